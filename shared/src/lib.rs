@@ -1,0 +1,35 @@
+//! surv's wire protocol: what crosses the network between a surv server and its viewers.
+//!
+//! Three messages, each with `encode` and `decode` and a named size cap, and no I/O:
+//!
+//! * [`register`]: the viewer's TCP registration (the seed-003 form and the versioned `SURV/1`
+//!   form) and the server's reply to the versioned form.
+//! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end`.
+//! * [`tag`]: the sequence number and capture time carried inside every frame datagram as a JPEG
+//!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it.
+//!
+//! docs/PROTOCOL.md describes the whole exchange for people; this crate is the reference.
+
+pub mod ack;
+pub mod register;
+pub mod tag;
+
+pub use ack::{Ack, AckError, MAX_ACK_BYTES};
+pub use register::{
+    Form, RegError, Registration, Reply, StreamParams, MAX_REGISTRATION_BYTES, MAX_REPLY_BYTES,
+    PROTOCOL_VERSION,
+};
+pub use tag::{FrameTag, TagError, TAG_BYTES};
+
+/// Default TCP port a surv server listens on for registrations (seed 003's).
+pub const DEFAULT_TCP_PORT: u16 = 9999;
+
+/// The largest UDP payload IPv4 can carry: 65,535 − 20 (IP header) − 8 (UDP header).
+pub const MAX_UDP_PAYLOAD_BYTES: usize = 65_507;
+
+/// Default cap on a frame datagram. Below [`MAX_UDP_PAYLOAD_BYTES`] with a little margin; on a
+/// network that fragments badly, a lower cap (e.g. 1400, one Ethernet MTU) avoids IP fragments.
+pub const DEFAULT_MAX_DATAGRAM_BYTES: usize = 65_000;
+
+/// The smallest datagram cap a server accepts: a tagged JPEG of a tiny image still fits.
+pub const MIN_DATAGRAM_BYTES: usize = 600;

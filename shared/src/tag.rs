@@ -1,0 +1,150 @@
+//! The frame tag: sequence number and capture time, carried inside each JPEG datagram.
+//!
+//! A frame datagram is one whole JPEG file, so that any JPEG decoder (seed 003's `cv2.imdecode`)
+//! reads it. The tag is a COM (comment) segment placed right after SOI; decoders skip COM.
+//!
+//! ```text
+//!  0      2      4      6                  10   11                 19                      27
+//!  +------+------+------+------------------+----+------------------+-----------------------+----
+//!  | FFD8 | FFFE | 0017 | 'S' 'U' 'R' 'V'  | 01 | seq (u64 BE)     | capture_unix_us (u64) | rest of the JPEG
+//!  +------+------+------+------------------+----+------------------+-----------------------+----
+//!   SOI    COM    length  magic             ver  frame number       capture time, µs since
+//!                 (23 =                          from the source,   1970-01-01 UTC, server
+//!                 itself + 21)                   0, 1, 2, …         clock
+//! ```
+//!
+//! `seq` counts captured frames, so a gap tells the viewer that frames were lost on the way or
+//! skipped by the server for that viewer; `capture_unix_us` gives capture → receipt latency when
+//! both clocks agree (same host, or NTP).
+
+use thiserror::Error;
+
+const SOI: [u8; 2] = [0xFF, 0xD8];
+const COM: [u8; 2] = [0xFF, 0xFE];
+const MAGIC: &[u8; 4] = b"SURV";
+const VERSION: u8 = 1;
+/// COM length field: counts itself (2) + magic (4) + version (1) + seq (8) + time (8).
+const COM_LEN: u16 = 2 + 4 + 1 + 8 + 8;
+
+/// Bytes the tag adds to a JPEG: the COM marker and its payload.
+pub const TAG_BYTES: usize = 2 + COM_LEN as usize;
+
+/// What a frame datagram says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameTag {
+    /// Frame number at the source, from 0.
+    pub seq: u64,
+    /// Capture time, microseconds since the Unix epoch, server clock.
+    pub capture_unix_us: u64,
+}
+
+/// Why a datagram carries no readable tag.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TagError {
+    #[error("not a JPEG (no SOI marker)")]
+    NotJpeg,
+    #[error("JPEG carries no surv tag")]
+    Untagged,
+    #[error("surv tag version {0} is not understood")]
+    Version(u8),
+}
+
+impl FrameTag {
+    /// Builds the datagram: `jpeg` (a whole JPEG starting with SOI) with the tag after SOI.
+    pub fn encode_into(&self, jpeg: &[u8], out: &mut Vec<u8>) -> Result<(), TagError> {
+        let body = jpeg.strip_prefix(&SOI).ok_or(TagError::NotJpeg)?;
+        out.clear();
+        out.reserve(SOI.len() + TAG_BYTES + body.len());
+        out.extend_from_slice(&SOI);
+        out.extend_from_slice(&COM);
+        out.extend_from_slice(&COM_LEN.to_be_bytes());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.capture_unix_us.to_be_bytes());
+        out.extend_from_slice(body);
+        Ok(())
+    }
+
+    /// Reads the tag from a datagram, if it has one where surv puts it.
+    pub fn decode(datagram: &[u8]) -> Result<FrameTag, TagError> {
+        let rest = datagram.strip_prefix(&SOI).ok_or(TagError::NotJpeg)?;
+        let seg = rest.get(..TAG_BYTES).ok_or(TagError::Untagged)?;
+        if seg[..2] != COM || seg[2..4] != COM_LEN.to_be_bytes() || &seg[4..8] != MAGIC {
+            return Err(TagError::Untagged);
+        }
+        if seg[8] != VERSION {
+            return Err(TagError::Version(seg[8]));
+        }
+        let word = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&seg[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        Ok(FrameTag {
+            seq: word(9),
+            capture_unix_us: word(17),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xD9];
+
+    #[test]
+    fn round_trip_keeps_the_jpeg_intact() {
+        let tag = FrameTag {
+            seq: 7,
+            capture_unix_us: 1_700_000_000_123_456,
+        };
+        let mut out = Vec::new();
+        tag.encode_into(JPEG, &mut out).unwrap();
+        assert_eq!(out.len(), JPEG.len() + TAG_BYTES);
+        assert_eq!(FrameTag::decode(&out), Ok(tag));
+        // Removing the COM segment gives back the original bytes.
+        let mut stripped = out[..2].to_vec();
+        stripped.extend_from_slice(&out[2 + TAG_BYTES..]);
+        assert_eq!(stripped, JPEG);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let mut out = Vec::new();
+        FrameTag {
+            seq: u64::MAX,
+            capture_unix_us: 1,
+        }
+        .encode_into(JPEG, &mut out)
+        .unwrap();
+        for n in 0..2 + TAG_BYTES {
+            assert!(FrameTag::decode(&out[..n]).is_err(), "prefix {n}");
+        }
+        assert!(FrameTag::decode(&out[..2 + TAG_BYTES]).is_ok());
+    }
+
+    #[test]
+    fn untagged_and_foreign_input() {
+        assert_eq!(FrameTag::decode(JPEG), Err(TagError::Untagged));
+        assert_eq!(FrameTag::decode(b"continue"), Err(TagError::NotJpeg));
+        assert_eq!(
+            FrameTag {
+                seq: 0,
+                capture_unix_us: 0
+            }
+            .encode_into(b"GIF8", &mut Vec::new()),
+            Err(TagError::NotJpeg)
+        );
+        let mut out = Vec::new();
+        FrameTag {
+            seq: 1,
+            capture_unix_us: 2,
+        }
+        .encode_into(JPEG, &mut out)
+        .unwrap();
+        out[10] = 9;
+        assert_eq!(FrameTag::decode(&out), Err(TagError::Version(9)));
+    }
+}
