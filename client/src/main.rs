@@ -1,1 +1,160 @@
-fn main() {}
+//! `surv-client`: parses flags, runs the receiver on a background runtime and the window on the
+//! main thread (or headless), prints the summary.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use surv_client::display::{self, Latest};
+use surv_client::recorder::RecorderConfig;
+use surv_client::{ClientError, Config};
+use tokio_util::sync::CancellationToken;
+
+/// Watches a surv server: registers over TCP, receives its JPEG frames over UDP, shows them in
+/// a window (fps, loss and latency in the title), records rolling AVI segments, and prints a
+/// summary at exit. Esc, closing the window or Ctrl-C ends it cleanly (the server is told `end`).
+#[derive(Debug, Parser)]
+#[command(name = "surv-client", version, about, long_about)]
+struct Args {
+    /// The server's host name or IP.
+    server: String,
+    /// The server's TCP registration port (surv-server --port, default 9999).
+    tcp_port: u16,
+    /// The UDP port to receive frames on (0: any free port).
+    udp_port: u16,
+    /// No window: receive, decode, record and report only. Also chosen automatically, with a
+    /// message, when there is no display.
+    #[arg(long)]
+    headless: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "S")]
+    seconds: Option<f64>,
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// Folder for the rolling recordings.
+    #[arg(long, value_name = "DIR", default_value = "recordings")]
+    record_dir: PathBuf,
+    /// Length of each recorded segment, in seconds (by the frames' capture times).
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    segment_secs: f64,
+    /// Do not record.
+    #[arg(long)]
+    no_record: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("surv-client: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let server = resolve(&args.server, args.tcp_port)?;
+    let positive = |v: f64, flag: &str| {
+        Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("{flag} must be a positive number of seconds, not {v}"))
+    };
+    let record = if args.no_record {
+        None
+    } else {
+        Some(RecorderConfig {
+            dir: args.record_dir.clone(),
+            segment: positive(args.segment_secs, "--segment-secs")?,
+        })
+    };
+    let config = Config {
+        server,
+        udp_port: args.udp_port,
+        max_frames: args.frames,
+        max_duration: args.seconds.map(|s| positive(s, "--seconds")).transpose()?,
+        record,
+        connect_timeout: Duration::from_secs(5),
+    };
+
+    let window = if args.headless {
+        false
+    } else if let Some(why) = display::no_display_reason() {
+        eprintln!("surv-client: {why}: running headless (frames are still decoded and recorded)");
+        false
+    } else {
+        true
+    };
+
+    let stop = CancellationToken::new();
+    let latest = window.then(|| Arc::new(Latest::default()));
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let receiver = {
+        let (stop, latest) = (stop.clone(), latest.clone());
+        runtime.spawn(async move {
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_signal.cancel();
+                }
+            });
+            let result = surv_client::run(config, latest, stop.clone()).await;
+            stop.cancel(); // closes the window when the stream ends by itself
+            result
+        })
+    };
+
+    if let Some(latest) = &latest {
+        let title = format!("surv {server}");
+        if let Err(e) = display::run_window(&title, latest, &stop) {
+            eprintln!("surv-client: cannot open a window ({e}); running headless");
+        }
+    }
+    let result = runtime
+        .block_on(receiver)
+        .context("the receiver task failed")?;
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            if let Some(first) = summary.segments.first() {
+                let dir = first
+                    .parent()
+                    .map_or_else(|| args.record_dir.clone(), PathBuf::from);
+                println!(
+                    "surv-client: {} segment(s) in {}",
+                    summary.segments.len(),
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::Refused(reason)) => {
+            eprintln!("surv-client: the server refused this viewer: {reason}");
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host:?}"))?
+        .next()
+        .with_context(|| format!("{host:?} has no address"))
+}

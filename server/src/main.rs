@@ -1,1 +1,207 @@
-fn main() {}
+//! `surv-server`: parses flags, opens the source, binds the listener and runs until Ctrl-C/SIGTERM.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use surv_proto::{
+    DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
+};
+use surv_server::encoder::EncoderConfig;
+use surv_server::source::{Source, TestPattern};
+use surv_server::{camera, Capture, Config, Journal, Server};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// A V4L2 camera (see --cam).
+    Cam,
+    /// The built-in moving test pattern with a frame counter and clock: needs no camera.
+    Test,
+}
+
+/// Captures a camera (or a test pattern) once, JPEG-encodes each frame once, and sends it as one
+/// UDP datagram to every registered viewer.
+///
+/// Viewers register over TCP by sending their UDP port: either bare ASCII digits (the seed-003
+/// viewer) or "SURV/1 <port>\n" (surv-client), and answer each frame with "continue" or "end".
+/// Joins and leaves are logged to --log-dir. Stop with Ctrl-C or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "surv-server", version, about, long_about)]
+struct Args {
+    /// Where frames come from.
+    #[arg(long, value_enum, default_value_t = SourceKind::Cam)]
+    source: SourceKind,
+    /// Camera index N, i.e. /dev/videoN (implies --source cam).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    cam: u32,
+    /// Frame size WIDTHxHEIGHT (even numbers).
+    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = parse_size)]
+    size: (u32, u32),
+    /// Frames per second to capture.
+    #[arg(long, value_name = "F", default_value_t = 30)]
+    fps: u32,
+    /// JPEG quality ceiling, 1-100; lowered per frame when a frame would not fit --max-datagram.
+    #[arg(long, value_name = "Q", default_value_t = 80)]
+    quality: u8,
+    /// No frame datagram is larger than this (UDP payload bytes, 600-65507). Lower it, e.g. to
+    /// 1400, on networks where IP fragments get lost.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM_BYTES)]
+    max_datagram: usize,
+    /// TCP port viewers register on.
+    #[arg(long, default_value_t = DEFAULT_TCP_PORT)]
+    port: u16,
+    /// Address to listen on (0.0.0.0 all IPv4, :: all IPv6, 127.0.0.1 this host only).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Live viewers at most; the next registration is refused with a reason.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_viewers: usize,
+    /// End a session after this many seconds without a reply from its viewer.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    viewer_timeout: f64,
+    /// Drop a connection that has not registered within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    register_timeout: f64,
+    /// Frames sent to a viewer without an ack before it skips to newer ones.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    max_in_flight: usize,
+    /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
+    #[arg(long, value_name = "DIR", default_value = "logs")]
+    log_dir: PathBuf,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or("expected WIDTHxHEIGHT, e.g. 640x480")?;
+    let w = w.trim().parse().map_err(|_| format!("bad width {w:?}"))?;
+    let h = h.trim().parse().map_err(|_| format!("bad height {h:?}"))?;
+    Ok((w, h))
+}
+
+fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds, not {value}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    if matches.value_source("cam") == Some(clap::parser::ValueSource::CommandLine) {
+        if args.source == SourceKind::Test {
+            bail!("--cam and --source test contradict each other: pick one");
+        }
+        args.source = SourceKind::Cam;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    if !(MIN_DATAGRAM_BYTES..=MAX_UDP_PAYLOAD_BYTES).contains(&args.max_datagram) {
+        bail!(
+            "--max-datagram must be {MIN_DATAGRAM_BYTES}..={MAX_UDP_PAYLOAD_BYTES} bytes, not {}",
+            args.max_datagram
+        );
+    }
+    if args.max_viewers == 0 || args.max_in_flight == 0 {
+        bail!("--max-viewers and --max-in-flight must be at least 1");
+    }
+    let config = Config {
+        max_viewers: args.max_viewers,
+        viewer_timeout: secs(args.viewer_timeout, "--viewer-timeout")?,
+        register_timeout: secs(args.register_timeout, "--register-timeout")?,
+        max_in_flight: args.max_in_flight,
+        ..Config::default()
+    };
+
+    let shutdown = CancellationToken::new();
+    let (width, height) = args.size;
+    let fps = args.fps;
+    let capture = match args.source {
+        SourceKind::Test => Capture::start(
+            move || Ok(Box::new(TestPattern::new(width, height, fps)?) as Box<dyn Source>),
+            EncoderConfig {
+                max_datagram_bytes: args.max_datagram,
+                quality: args.quality,
+            },
+            shutdown.clone(),
+        ),
+        SourceKind::Cam => {
+            let index = args.cam;
+            Capture::start(
+                move || Ok(Box::new(camera::open(index, width, height, fps)?) as Box<dyn Source>),
+                EncoderConfig {
+                    max_datagram_bytes: args.max_datagram,
+                    quality: args.quality,
+                },
+                shutdown.clone(),
+            )
+        }
+    };
+    let capture = match capture {
+        Ok(c) => c,
+        Err(e) if args.source == SourceKind::Cam => {
+            bail!("cannot capture from camera {} (/dev/video{}): {e}\nNo camera? Try `--source test` for the built-in test pattern.", args.cam, args.cam)
+        }
+        Err(e) => return Err(e).context("starting the test source"),
+    };
+
+    let journal = Journal::open(&args.log_dir)
+        .with_context(|| format!("opening the join/leave log in {}", args.log_dir.display()))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(args.bind, args.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("listening on TCP {addr} (is another server on that port? try --port)")
+        })?;
+        tracing::info!(
+            %addr,
+            width = capture.shape.width,
+            height = capture.shape.height,
+            fps = capture.shape.fps,
+            max_datagram = args.max_datagram,
+            log_dir = %args.log_dir.display(),
+            "surv-server ready"
+        );
+        let server = Arc::new(Server::new(config, &capture, args.max_datagram, journal));
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        surv_server::run(server, listener, shutdown).await;
+        capture.stop();
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Cancels `shutdown` on the first Ctrl-C or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C still works");
+                    let _ = ctrl_c.await;
+                    return shutdown.cancel();
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: ending every session");
+    shutdown.cancel();
+}

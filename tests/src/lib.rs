@@ -1,1 +1,316 @@
-//! placeholder
+//! Helpers for surv's end-to-end tests and load tools: a real server on loopback with the test
+//! pattern, a viewer that does exactly what seed 003's viewer does, and a raw viewer whose
+//! misbehaviour (loss, silence, spoofing) a test controls.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use surv_proto::{Ack, Form, FrameTag, Registration, Reply, StreamParams, MAX_UDP_PAYLOAD_BYTES};
+use surv_server::encoder::EncoderConfig;
+use surv_server::source::{Source, TestPattern};
+use surv_server::{Capture, Config, Journal, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Every network await in a test is bounded by this, so a broken test fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serialises the tests that load the CPU, so that two of them never compete on a 2-core machine.
+/// (An async lock: each test has its own runtime, and the guard is held across awaits.)
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// What kind of server to start.
+#[derive(Debug, Clone)]
+pub struct ServerOpts {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub quality: u8,
+    pub max_datagram_bytes: usize,
+    pub config: Config,
+}
+
+impl Default for ServerOpts {
+    fn default() -> Self {
+        ServerOpts {
+            width: 640,
+            height: 480,
+            fps: 30,
+            quality: 80,
+            max_datagram_bytes: surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+            config: Config::default(),
+        }
+    }
+}
+
+/// A server running on 127.0.0.1 with the test pattern.
+pub struct TestServer {
+    pub server: Arc<Server>,
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub log_dir: tempfile::TempDir,
+    capture: Option<Capture>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Starts a server on `127.0.0.1:0` and waits until its first frame is encoded.
+pub async fn start_server(opts: ServerOpts) -> anyhow::Result<TestServer> {
+    let shutdown = CancellationToken::new();
+    let (w, h, fps) = (opts.width, opts.height, opts.fps);
+    let capture = Capture::start(
+        move || Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn Source>),
+        EncoderConfig {
+            max_datagram_bytes: opts.max_datagram_bytes,
+            quality: opts.quality,
+        },
+        shutdown.clone(),
+    )?;
+    let log_dir = tempfile::tempdir()?;
+    let journal = Journal::open(log_dir.path())?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = Arc::new(Server::new(
+        opts.config,
+        &capture,
+        opts.max_datagram_bytes,
+        journal,
+    ));
+    let mut frames = capture.frames.clone();
+    timeout(IO_TIMEOUT, frames.wait_for(Option::is_some))
+        .await
+        .context("no first frame")??;
+    let task = tokio::spawn(surv_server::run(server.clone(), listener, shutdown.clone()));
+    Ok(TestServer {
+        server,
+        addr,
+        shutdown,
+        log_dir,
+        capture: Some(capture),
+        task: Some(task),
+    })
+}
+
+impl TestServer {
+    /// The join/leave log so far.
+    pub fn journal(&self) -> Vec<String> {
+        surv_server::journal::read_all(self.log_dir.path()).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until a journal line matches.
+    pub async fn wait_journal(&self, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        let until = Instant::now() + IO_TIMEOUT;
+        while Instant::now() < until {
+            if let Some(l) = self.journal().into_iter().find(|l| pred(l)) {
+                return Ok(l);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "no such journal line; journal:\n{}",
+            self.journal().join("\n")
+        )
+    }
+
+    /// Waits (bounded) until `n` sessions are live.
+    pub async fn wait_sessions(&self, n: usize) -> anyhow::Result<()> {
+        let until = Instant::now() + IO_TIMEOUT;
+        while self.server.sessions.len() != n {
+            if Instant::now() > until {
+                bail!("{} sessions live, not {n}", self.server.sessions.len());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the capture thread, so its counters stop moving.
+    pub fn stop_capture(&mut self) {
+        if let Some(c) = self.capture.take() {
+            c.stop();
+        }
+    }
+
+    /// Shuts the server down gracefully and returns the journal.
+    pub async fn stop(mut self) -> anyhow::Result<Vec<String>> {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            timeout(IO_TIMEOUT, t)
+                .await
+                .context("server did not stop")??;
+        }
+        self.stop_capture();
+        Ok(self.journal())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// What a raw viewer saw.
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    pub datagrams: u64,
+    pub largest: usize,
+    pub decoded: u64,
+    pub undecodable: u64,
+    pub seqs: Vec<u64>,
+    /// Where the frames came from (the session's UDP socket).
+    pub from: Option<SocketAddr>,
+}
+
+/// How a raw viewer acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckStyle {
+    /// Plain `continue`, as seed 003.
+    Seed,
+    /// `continue <seq>`, as surv-client.
+    Seq,
+    /// Never answers.
+    Silent,
+}
+
+/// A viewer built from bare sockets, doing only what the test tells it.
+pub struct RawViewer {
+    pub tcp: TcpStream,
+    pub udp: UdpSocket,
+    pub params: Option<StreamParams>,
+}
+
+impl RawViewer {
+    /// Registers with `form`. For the seed form this is byte for byte what seed 003 sends: the
+    /// port in ASCII, no newline, connection left open.
+    pub async fn register(server: SocketAddr, form: Form) -> anyhow::Result<RawViewer> {
+        let udp = UdpSocket::bind("127.0.0.1:0").await?;
+        let port = udp.local_addr()?.port();
+        let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
+        tcp.write_all(
+            &Registration {
+                form,
+                udp_port: port,
+            }
+            .encode(),
+        )
+        .await?;
+        let params = match form {
+            Form::Seed => None,
+            Form::V1 => match read_reply(&mut tcp).await? {
+                Reply::Accepted(p) => Some(p),
+                Reply::Refused(r) => bail!("refused: {r}"),
+            },
+        };
+        Ok(RawViewer { tcp, udp, params })
+    }
+
+    /// Receives for `duration` (or `max_frames`), decoding each datagram with turbojpeg and
+    /// acking per `style`; `drop_every` of 10 datagrams are discarded unacked, as if lost.
+    pub async fn receive(
+        &mut self,
+        duration: Duration,
+        max_frames: u64,
+        style: AckStyle,
+        drop_in_10: u8,
+    ) -> anyhow::Result<Received> {
+        let mut got = Received::default();
+        let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+        let mut d = turbojpeg::Decompressor::new()?;
+        let until = Instant::now() + duration;
+        let mut n_seen = 0u64;
+        while got.datagrams < max_frames {
+            let Ok(res) = tokio::time::timeout_at(until, self.udp.recv_from(&mut buf)).await else {
+                break;
+            };
+            let (n, from) = res?;
+            n_seen += 1;
+            // A fixed pattern of "lost" datagrams: reproducible, spread evenly.
+            if (n_seen * 7 % 10) < u64::from(drop_in_10) {
+                continue;
+            }
+            got.datagrams += 1;
+            got.largest = got.largest.max(n);
+            got.from = Some(from);
+            let datagram = &buf[..n];
+            match d.read_header(datagram).and_then(|h| {
+                let mut px = vec![0u8; h.width * h.height * 3];
+                d.decompress(
+                    datagram,
+                    turbojpeg::Image {
+                        pixels: px.as_mut_slice(),
+                        width: h.width,
+                        pitch: h.width * 3,
+                        height: h.height,
+                        format: turbojpeg::PixelFormat::RGB,
+                    },
+                )
+            }) {
+                Ok(()) => got.decoded += 1,
+                Err(_) => got.undecodable += 1,
+            }
+            let seq = FrameTag::decode(datagram).ok().map(|t| t.seq);
+            if let Some(s) = seq {
+                got.seqs.push(s);
+            }
+            let ack = match style {
+                AckStyle::Silent => continue,
+                AckStyle::Seed => Ack::Continue(None),
+                AckStyle::Seq => Ack::Continue(seq),
+            };
+            self.udp.send_to(&ack.encode(), from).await?;
+        }
+        Ok(got)
+    }
+
+    /// Sends `end` to where the frames came from, as seed 003 does on Esc.
+    pub async fn end(&self, to: SocketAddr) -> anyhow::Result<()> {
+        self.udp.send_to(b"end", to).await?;
+        Ok(())
+    }
+}
+
+/// Reads one reply line from the server (bounded).
+pub async fn read_reply(tcp: &mut TcpStream) -> anyhow::Result<Reply> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    timeout(IO_TIMEOUT, async {
+        loop {
+            match tcp.read(&mut byte).await? {
+                0 => bail!(
+                    "closed without a reply after {:?}",
+                    String::from_utf8_lossy(&line)
+                ),
+                _ if byte[0] == b'\n' => return Ok(()),
+                _ => line.push(byte[0]),
+            }
+            if line.len() > surv_proto::MAX_REPLY_BYTES {
+                bail!("reply too long");
+            }
+        }
+    })
+    .await??;
+    Reply::decode(&line).map_err(anyhow::Error::msg)
+}
+
+/// Sends `bytes` as a registration and returns what the server answered before closing: its
+/// reply line (if any) and whether it closed the connection.
+pub async fn try_registration(server: SocketAddr, bytes: &[u8]) -> anyhow::Result<(String, bool)> {
+    let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
+    tcp.write_all(bytes).await?;
+    let mut out = Vec::new();
+    let closed = timeout(IO_TIMEOUT, tcp.read_to_end(&mut out)).await.is_ok();
+    Ok((String::from_utf8_lossy(&out).into_owned(), closed))
+}
+
+/// Fraction of the frames captured during `duration` at `fps` that `received` represents.
+pub fn share(received: u64, fps: u32, duration: Duration) -> f64 {
+    received as f64 / (f64::from(fps) * duration.as_secs_f64())
+}

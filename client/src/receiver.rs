@@ -1,0 +1,290 @@
+//! Registration and the receive loop: one datagram in, one ack out, the frame handed to the
+//! decoder and the recorder without waiting for either.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use surv_proto::{
+    Ack, Form, FrameTag, Registration, Reply, StreamParams, MAX_REPLY_BYTES, MAX_UDP_PAYLOAD_BYTES,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::decoder::Decoder;
+use crate::display::Latest;
+use crate::recorder::{self, RecFrame, RecorderConfig};
+use crate::stats::{StreamStats, Summary};
+
+/// How often the window's status line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// After this long without a frame, the viewer says so (once per silence).
+const QUIET_WARNING: Duration = Duration::from_secs(5);
+
+/// What to connect to and when to stop.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server's TCP registration address.
+    pub server: SocketAddr,
+    /// Where to receive frames; 0 picks a free port.
+    pub udp_port: u16,
+    /// Stop after this many frames.
+    pub max_frames: Option<u64>,
+    /// Stop after this long.
+    pub max_duration: Option<Duration>,
+    /// Record rolling segments, or not.
+    pub record: Option<RecorderConfig>,
+    /// Limit for connecting and for the server's reply.
+    pub connect_timeout: Duration,
+}
+
+/// Why the viewer could not stream at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot receive on UDP port {port}: {source} (is another viewer using it? pick another port, or 0)")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("cannot connect to {addr}: {source} (is surv-server running there?)")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no answer from {0} within the timeout (is that a surv server?)")]
+    NoReply(SocketAddr),
+    #[error("the server refused: {0}")]
+    Refused(String),
+    #[error("the server's reply is not understood: {0}")]
+    Protocol(String),
+    #[error("cannot start the {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Registers with the server, streams until a limit, `stop`, or the server goes away, then
+/// sends `end` and reports. Decoded frames go to `latest` for a window, if one is given.
+pub async fn run(
+    cfg: Config,
+    latest: Option<Arc<Latest>>,
+    stop: CancellationToken,
+) -> Result<Summary, ClientError> {
+    let any_ip = if cfg.server.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    let udp = UdpSocket::bind((any_ip, cfg.udp_port))
+        .await
+        .map_err(|source| ClientError::Bind {
+            port: cfg.udp_port,
+            source,
+        })?;
+    let udp_port = udp
+        .local_addr()
+        .map_err(|source| ClientError::Bind {
+            port: cfg.udp_port,
+            source,
+        })?
+        .port();
+
+    let (mut tcp, params) = register(&cfg, udp_port).await?;
+    tracing::info!(
+        session = params.session_id,
+        width = params.width,
+        height = params.height,
+        fps = params.fps,
+        udp_port,
+        "registered"
+    );
+
+    let mut decoder = Decoder::spawn(latest.clone()).map_err(|source| ClientError::Start {
+        what: "decoder",
+        source,
+    })?;
+    let recorder = match &cfg.record {
+        Some(rc) => Some(recorder::spawn(rc.clone()).map_err(|e| ClientError::Start {
+            what: "recorder",
+            source: std::io::Error::other(e.to_string()),
+        })?),
+        None => None,
+    };
+
+    let mut stats = StreamStats::new();
+    let mut server_udp: Option<SocketAddr> = None;
+    // One byte more than the largest UDP payload, so an oversized datagram shows as such.
+    let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+    let mut tcp_buf = [0u8; 64];
+    let deadline = cfg.max_duration.map(|d| Instant::now() + d);
+    let mut next_status = Instant::now() + STATUS_EVERY;
+    let mut last_frame_at = Instant::now();
+    let mut warned_quiet = false;
+
+    let ended_by = loop {
+        if cfg.max_frames.is_some_and(|n| stats.received >= n) {
+            break "frame limit".to_string();
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break "stopped".to_string(),
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break "time limit".to_string(),
+            res = tcp.read(&mut tcp_buf) => match res {
+                Ok(0) | Err(_) => break "server closed the connection".to_string(),
+                Ok(_) => {} // nothing more is expected from the server; ignore it
+            },
+            res = udp.recv_from(&mut buf) => {
+                let (n, from) = match res {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp receive error");
+                        continue;
+                    }
+                };
+                // Frames come from the server's IP, from one port (its session socket).
+                if from.ip() != cfg.server.ip() || server_udp.is_some_and(|s| s != from) || n > MAX_UDP_PAYLOAD_BYTES {
+                    stats.ignored += 1;
+                    continue;
+                }
+                let datagram = &buf[..n];
+                let Ok(tag) = FrameTag::decode(datagram) else {
+                    stats.ignored += 1;
+                    continue;
+                };
+                server_udp = Some(from);
+                if udp.try_send_to(&Ack::Continue(Some(tag.seq)).encode(), from).is_err() {
+                    tracing::debug!("ack not sent (socket busy); the next one covers it");
+                }
+                stats.on_frame(tag.seq, tag.capture_unix_us, unix_micros_now());
+                last_frame_at = Instant::now();
+                warned_quiet = false;
+                let frame = Bytes::copy_from_slice(datagram);
+                if let Some(r) = &recorder {
+                    r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us });
+                }
+                decoder.push(frame);
+            }
+        }
+        let now = Instant::now();
+        if now >= next_status {
+            next_status = now + STATUS_EVERY;
+            if let Some(latest) = &latest {
+                latest.set_status(status_line(&stats));
+            }
+            if !warned_quiet && now - last_frame_at >= QUIET_WARNING {
+                tracing::warn!(
+                    seconds = QUIET_WARNING.as_secs(),
+                    "no frames from the server"
+                );
+                warned_quiet = true;
+            }
+        }
+    };
+
+    // Tell the server at once, rather than letting it time out. A lost `end` is covered by the
+    // TCP connection closing right after.
+    if let Some(addr) = server_udp {
+        let _ = udp.send_to(&Ack::End.encode(), addr).await;
+    }
+    let _ = tcp.shutdown().await;
+    drop(tcp);
+
+    let counts = tokio::task::spawn_blocking(move || decoder.finish())
+        .await
+        .unwrap_or_default();
+    let report = match recorder {
+        Some(r) => Some(
+            tokio::task::spawn_blocking(move || r.finish())
+                .await
+                .map_err(|e| ClientError::Start {
+                    what: "recorder",
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+        ),
+        None => None,
+    };
+    Ok(Summary {
+        received: stats.received,
+        decoded: counts.decoded,
+        decode_failed: counts.failed,
+        decode_skipped: counts.skipped,
+        lost: stats.lost(),
+        loss_ratio: stats.loss_ratio(),
+        fps: stats.fps(),
+        latency_p50_ms: stats.latency_ms(50.0),
+        latency_p99_ms: stats.latency_ms(99.0),
+        ignored: stats.ignored,
+        recorded: report.as_ref().map_or(0, |r| r.frames_written),
+        record_dropped: report.as_ref().map_or(0, |r| r.frames_dropped),
+        segments: report.map(|r| r.segments).unwrap_or_default(),
+        seconds: stats.elapsed().as_secs_f64(),
+        ended_by,
+    })
+}
+
+/// Connects, sends `SURV/1 <udp_port>` and reads the server's one-line answer.
+async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParams), ClientError> {
+    let addr = cfg.server;
+    let mut tcp = match timeout(cfg.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+        Err(_) => return Err(ClientError::NoReply(addr)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let line = Registration {
+        form: Form::V1,
+        udp_port,
+    }
+    .encode();
+    tcp.write_all(&line)
+        .await
+        .map_err(|source| ClientError::Connect { addr, source })?;
+
+    // Read byte-wise up to the newline: nothing after it is ours to consume.
+    let mut reply = Vec::with_capacity(128);
+    let read_line = async {
+        let mut byte = [0u8; 1];
+        loop {
+            match tcp.read(&mut byte).await {
+                Ok(0) => {
+                    return Err(ClientError::Protocol(
+                        "the server closed the connection without a reply".into(),
+                    ))
+                }
+                Ok(_) if byte[0] == b'\n' => return Ok(()),
+                Ok(_) if reply.len() >= MAX_REPLY_BYTES => {
+                    return Err(ClientError::Protocol("reply line too long".into()))
+                }
+                Ok(_) => reply.push(byte[0]),
+                Err(source) => return Err(ClientError::Connect { addr, source }),
+            }
+        }
+    };
+    match timeout(cfg.connect_timeout, read_line).await {
+        Ok(res) => res?,
+        Err(_) => return Err(ClientError::NoReply(addr)),
+    }
+    match Reply::decode(&reply).map_err(ClientError::Protocol)? {
+        Reply::Accepted(params) => Ok((tcp, params)),
+        Reply::Refused(reason) => Err(ClientError::Refused(reason)),
+    }
+}
+
+fn status_line(s: &StreamStats) -> String {
+    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+    format!(
+        "{:.1} fps, loss {:.1}%, latency p50 {} p99 {}",
+        s.fps(),
+        s.loss_ratio() * 100.0,
+        ms(s.latency_ms(50.0)),
+        ms(s.latency_ms(99.0))
+    )
+}
+
+fn unix_micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

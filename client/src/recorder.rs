@@ -1,0 +1,1011 @@
+//! Rolling AVI segments of the received JPEG stream, written off the display path.
+//!
+//! The display hands each received frame to [`RecorderHandle::push`], which never blocks: a
+//! bounded queue feeds one dedicated thread that owns the file. When the queue is full the frame
+//! is dropped and counted, so a slow disk costs recorded frames, never displayed ones.
+//!
+//! Segments follow the capture clock carried in the stream, not arrival time, so network jitter
+//! does not move the cuts. A segment covers `[first capture, first capture + segment)`; the first
+//! frame outside that window starts the next one. A segment is also cut early when
+//!
+//! * the frame dimensions change (the server downscales under load): an AVI 1.0 stream has one
+//!   size in its headers and players scale or reject frames of another size, so a new file keeps
+//!   every file self-consistent. The new segment's window starts at that frame.
+//! * the file would pass the AVI 1.0 size limit ([`MAX_AVI_BYTES`](crate::avi::MAX_AVI_BYTES)).
+//!
+//! A segment is written as `surv-YYYYmmdd-HHMMSS.avi.part` (local time of its first frame,
+//! `-N` appended if the name is taken) and renamed to `.avi` once complete and synced, so a
+//! `.avi` file is always whole. If writing fails (disk full, directory gone), the segment is
+//! abandoned: its `.part` stays for inspection, the frames of its window are dropped, and the next
+//! window tries a fresh file. One error is logged per run of failures, not one per frame.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Local, Utc};
+use thiserror::Error;
+use tracing::{debug, error, info, trace, warn};
+
+use crate::avi::AviWriter;
+
+/// Frames waiting for the recorder thread: about two seconds at 30 fps.
+pub const QUEUE_FRAMES: usize = 64;
+
+/// Frame interval assumed for a segment of one frame, whose real interval is unknown: 30 fps.
+const SINGLE_FRAME_INTERVAL: Duration = Duration::from_micros(33_333);
+
+/// Write buffer in front of each file: a few typical frames per `write` system call.
+const WRITE_BUFFER_BYTES: usize = 128 << 10;
+
+/// At most one "dropping frames" warning per this interval.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// How many `-N` suffixes to try before giving up on a name.
+const MAX_NAME_TRIES: u32 = 1000;
+
+/// Where and how long.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    /// Directory for the segments; created if missing.
+    pub dir: PathBuf,
+    /// Capture time covered by one file.
+    pub segment: Duration,
+}
+
+/// One received frame to record.
+#[derive(Clone)]
+pub struct RecFrame {
+    /// A whole JPEG, stored as is (including the surv tag's COM segment).
+    pub jpeg: Bytes,
+    /// Capture time carried in the stream, µs since the Unix epoch.
+    pub capture_unix_us: u64,
+}
+
+impl fmt::Debug for RecFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecFrame")
+            .field("jpeg_bytes", &self.jpeg.len())
+            .field("capture_unix_us", &self.capture_unix_us)
+            .finish()
+    }
+}
+
+/// What the recorder did, returned by [`RecorderHandle::finish`].
+///
+/// Every pushed frame is counted once: `frames_written + frames_dropped` = frames pushed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecorderReport {
+    /// Closed (complete, renamed) segments, in order.
+    pub segments: Vec<PathBuf>,
+    /// Frames in those segments.
+    pub frames_written: u64,
+    /// Frames not in any closed segment: the queue was full, the JPEG header was unreadable, or
+    /// their segment failed to write.
+    pub frames_dropped: u64,
+    /// Failed attempts to create, write or close a segment.
+    pub write_errors: u64,
+}
+
+/// Why the recorder could not start.
+#[derive(Debug, Error)]
+pub enum RecorderError {
+    #[error("cannot create recording directory {}", dir.display())]
+    CreateDir { dir: PathBuf, source: io::Error },
+    #[error("recording directory {} is not writable", dir.display())]
+    NotWritable { dir: PathBuf, source: io::Error },
+    #[error("recording segment length must be more than zero")]
+    ZeroSegment,
+    #[error("cannot start the recorder thread")]
+    Spawn(#[source] io::Error),
+}
+
+/// The display side of the recorder: push frames, then [`finish`](Self::finish).
+///
+/// Dropped without `finish`, the thread still closes the segment, but in the background: a
+/// process that exits right after may leave it as `.part`.
+pub struct RecorderHandle {
+    tx: SyncSender<RecFrame>,
+    /// Frames refused because the queue was full or the thread was gone.
+    refused: AtomicU64,
+    /// When refusals were last logged, ms after `started`; `u64::MAX` for never. A disk that
+    /// is just too slow refuses every few frames: that is one warning per interval, not a flood.
+    refusal_logged_ms: AtomicU64,
+    started: Instant,
+    thread: JoinHandle<RecorderReport>,
+}
+
+/// Starts the recorder thread, after making sure `cfg.dir` exists and can be written to.
+pub fn spawn(cfg: RecorderConfig) -> Result<RecorderHandle, RecorderError> {
+    spawn_with(cfg, Disk)
+}
+
+impl RecorderHandle {
+    /// Queues a frame for recording. Never blocks: returns false, and counts the frame as
+    /// dropped, if the queue is full.
+    pub fn push(&self, f: RecFrame) -> bool {
+        match self.tx.try_send(f) {
+            Ok(()) => true,
+            Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => {
+                let dropped = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let logged_ms = self.refusal_logged_ms.load(Ordering::Relaxed);
+                let due = logged_ms == u64::MAX
+                    || now_ms.saturating_sub(logged_ms) >= REFUSAL_LOG_INTERVAL_MS;
+                if due
+                    && self
+                        .refusal_logged_ms
+                        .compare_exchange(logged_ms, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    warn!(
+                        frames_dropped = dropped,
+                        "recorder falling behind (slow disk?), dropping frames from the recording"
+                    );
+                }
+                trace!(capture_unix_us = f.capture_unix_us, "recorder queue full");
+                false
+            }
+        }
+    }
+
+    /// Records what is queued, closes the current segment properly and stops the thread.
+    pub fn finish(self) -> RecorderReport {
+        let RecorderHandle {
+            tx,
+            refused,
+            thread,
+            ..
+        } = self;
+        drop(tx);
+        let mut report = thread.join().unwrap_or_else(|_| {
+            // The thread does not panic by design; if it did, its segments are unaccounted.
+            error!("recorder thread panicked; the last segment may be left as .part");
+            RecorderReport::default()
+        });
+        report.frames_dropped += refused.into_inner();
+        report
+    }
+}
+
+/// Where segment files are created: the seam through which tests inject a failing disk.
+trait SegmentStore: Send + 'static {
+    type File: Write + Seek + Send;
+    /// Creates `path`, failing with `AlreadyExists` if it is there.
+    fn create_new(&mut self, path: &Path) -> io::Result<Self::File>;
+    /// Makes the written bytes durable, before the file is renamed to its final name.
+    fn sync(&mut self, file: &Self::File) -> io::Result<()>;
+}
+
+struct Disk;
+
+impl SegmentStore for Disk {
+    type File = File;
+
+    fn create_new(&mut self, path: &Path) -> io::Result<File> {
+        OpenOptions::new().write(true).create_new(true).open(path)
+    }
+
+    fn sync(&mut self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
+fn spawn_with<S: SegmentStore>(
+    cfg: RecorderConfig,
+    store: S,
+) -> Result<RecorderHandle, RecorderError> {
+    if cfg.segment.is_zero() {
+        return Err(RecorderError::ZeroSegment);
+    }
+    let dir = cfg.dir;
+    fs::create_dir_all(&dir).map_err(|source| RecorderError::CreateDir {
+        dir: dir.clone(),
+        source,
+    })?;
+    probe_writable(&dir).map_err(|source| RecorderError::NotWritable {
+        dir: dir.clone(),
+        source,
+    })?;
+
+    let (tx, rx) = mpsc::sync_channel(QUEUE_FRAMES);
+    let span = tracing::info_span!("recorder", dir = %dir.display());
+    // The thread logs to the caller's subscriber, also when it is a thread-local default.
+    let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+    let writer = SegmentWriter {
+        dir,
+        segment_us: u64::try_from(cfg.segment.as_micros()).unwrap_or(u64::MAX),
+        store,
+        current: None,
+        abandoned: None,
+        failing: false,
+        invalid_frames: 0,
+        report: RecorderReport::default(),
+    };
+    let thread = thread::Builder::new()
+        .name("surv-recorder".into())
+        .spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, || span.in_scope(|| writer.run(rx)))
+        })
+        .map_err(RecorderError::Spawn)?;
+    Ok(RecorderHandle {
+        tx,
+        refused: AtomicU64::new(0),
+        refusal_logged_ms: AtomicU64::new(u64::MAX),
+        started: Instant::now(),
+        thread,
+    })
+}
+
+/// Creates and removes a file in `dir`, so that a read-only directory is reported at start-up
+/// rather than at the first segment.
+fn probe_writable(dir: &Path) -> io::Result<()> {
+    let probe = dir.join(format!(".surv-write-probe-{}", std::process::id()));
+    File::create(&probe)?.write_all(b"surv")?;
+    fs::remove_file(&probe)
+}
+
+/// The recorder thread: owns the current segment file.
+struct SegmentWriter<S: SegmentStore> {
+    dir: PathBuf,
+    segment_us: u64,
+    store: S,
+    current: Option<Segment<S::File>>,
+    /// After a failed segment, its window `[start, end)` of capture time: frames in it are
+    /// dropped, the first frame outside tries a new file.
+    abandoned: Option<(u64, u64)>,
+    /// In a run of failures: log the first at error, the rest at debug.
+    failing: bool,
+    invalid_frames: u64,
+    report: RecorderReport,
+}
+
+/// The file being written.
+struct Segment<F: Write + Seek> {
+    avi: AviWriter<BufWriter<F>>,
+    /// Name while being written.
+    part: PathBuf,
+    /// Name once complete.
+    path: PathBuf,
+    dims: (u16, u16),
+    first_us: u64,
+    /// Latest capture time written (frames may arrive slightly out of order).
+    last_us: u64,
+    /// Time spent in `write_frame`, for the close log.
+    write_time: Duration,
+}
+
+impl<F: Write + Seek> Segment<F> {
+    /// Capture time spanned by the frames, plus one average frame interval so that the last
+    /// frame has a duration too.
+    fn duration(&self) -> Duration {
+        let frames = u64::from(self.avi.frames());
+        let span_us = self.last_us - self.first_us;
+        let interval = if frames >= 2 {
+            Duration::from_micros(span_us / (frames - 1))
+        } else {
+            SINGLE_FRAME_INTERVAL
+        };
+        Duration::from_micros(span_us) + interval
+    }
+}
+
+impl<S: SegmentStore> SegmentWriter<S> {
+    fn run(mut self, rx: Receiver<RecFrame>) -> RecorderReport {
+        for f in rx {
+            self.record(f);
+        }
+        if let Some(seg) = self.current.take() {
+            self.close(seg);
+        }
+        self.report
+    }
+
+    fn record(&mut self, f: RecFrame) {
+        let t = f.capture_unix_us;
+        let dims = match jpeg_dims(&f.jpeg) {
+            Ok(dims) => dims,
+            Err(reason) => {
+                self.report.frames_dropped += 1;
+                self.invalid_frames += 1;
+                if self.invalid_frames == 1 {
+                    warn!(%reason, "not recording a frame whose JPEG header is unreadable");
+                } else {
+                    trace!(%reason, capture_unix_us = t, "unreadable JPEG header");
+                }
+                return;
+            }
+        };
+
+        if let Some(seg) = &self.current {
+            let window_end = seg.first_us.saturating_add(self.segment_us);
+            let cut = if t >= window_end || t < seg.first_us {
+                Some("segment time")
+            } else if dims != seg.dims {
+                Some("frame size changed")
+            } else if !seg.avi.has_room_for(f.jpeg.len()) {
+                Some("avi 1.0 size limit")
+            } else {
+                None
+            };
+            if let Some(reason) = cut {
+                debug!(reason, "cutting segment");
+                if let Some(seg) = self.current.take() {
+                    self.close(seg);
+                }
+            }
+        }
+
+        if self.current.is_none() {
+            if let Some((start, end)) = self.abandoned {
+                if (start..end).contains(&t) {
+                    self.report.frames_dropped += 1;
+                    trace!(capture_unix_us = t, "segment abandoned, frame dropped");
+                    return;
+                }
+                self.abandoned = None;
+            }
+            match self.open(t, dims) {
+                Ok(seg) => self.current = Some(seg),
+                Err(e) => {
+                    self.note_failure("creating a segment", &self.dir.clone(), &e);
+                    self.abandoned = Some((t, t.saturating_add(self.segment_us)));
+                    self.report.frames_dropped += 1;
+                    return;
+                }
+            }
+        }
+
+        let Some(seg) = self.current.as_mut() else {
+            return;
+        };
+        let started = Instant::now();
+        match seg.avi.write_frame(&f.jpeg) {
+            Ok(()) => {
+                seg.write_time += started.elapsed();
+                seg.last_us = seg.last_us.max(t);
+                trace!(
+                    capture_unix_us = t,
+                    jpeg_bytes = f.jpeg.len(),
+                    "frame recorded"
+                );
+            }
+            Err(e) => {
+                if let Some(seg) = self.current.take() {
+                    self.note_failure("writing", &seg.part, &e);
+                    // The frames already in the file, and this one.
+                    self.report.frames_dropped += u64::from(seg.avi.frames()) + 1;
+                    let end = seg.first_us.saturating_add(self.segment_us);
+                    self.abandoned = Some((seg.first_us, end));
+                }
+            }
+        }
+    }
+
+    /// Creates the `.part` file of a segment starting at capture time `first_us`.
+    fn open(&mut self, first_us: u64, dims: (u16, u16)) -> io::Result<Segment<S::File>> {
+        let stem = file_stem(first_us);
+        for n in 0..MAX_NAME_TRIES {
+            let name = match n {
+                0 => format!("{stem}.avi"),
+                n => format!("{stem}-{n}.avi"),
+            };
+            let path = self.dir.join(&name);
+            if path.try_exists()? {
+                continue;
+            }
+            let part = self.dir.join(format!("{name}.part"));
+            let file = match self.store.create_new(&part) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+            let out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+            let avi = AviWriter::new(out, dims.0, dims.1)?;
+            debug!(path = %part.display(), width = dims.0, height = dims.1, "segment started");
+            return Ok(Segment {
+                avi,
+                part,
+                path,
+                dims,
+                first_us,
+                last_us: first_us,
+                write_time: Duration::ZERO,
+            });
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{stem}.avi and {MAX_NAME_TRIES} numbered variants all exist"),
+        ))
+    }
+
+    /// Completes a segment: index, headers, sync, rename from `.part`.
+    fn close(&mut self, seg: Segment<S::File>) {
+        let frames = u64::from(seg.avi.frames());
+        let duration = seg.duration();
+        let write_time = seg.write_time;
+        let (part, path) = (seg.part, seg.path);
+        let result = seg
+            .avi
+            .finish(duration)
+            .and_then(|out| out.into_inner().map_err(io::IntoInnerError::into_error))
+            .and_then(|file| self.store.sync(&file))
+            .and_then(|()| fs::rename(&part, &path));
+        match result {
+            Ok(()) => {
+                if self.failing {
+                    info!("recording works again");
+                    self.failing = false;
+                }
+                info!(
+                    path = %path.display(),
+                    frames,
+                    duration_ms = duration.as_millis(),
+                    write_us_per_frame = write_time.as_micros() / u128::from(frames.max(1)),
+                    "segment closed"
+                );
+                self.report.frames_written += frames;
+                self.report.segments.push(path);
+            }
+            Err(e) => {
+                self.note_failure("closing", &part, &e);
+                self.report.frames_dropped += frames;
+            }
+        }
+    }
+
+    fn note_failure(&mut self, doing: &str, path: &Path, e: &io::Error) {
+        self.report.write_errors += 1;
+        if self.failing {
+            debug!(path = %path.display(), error = %e, "recording still failing ({doing})");
+        } else {
+            self.failing = true;
+            error!(
+                path = %path.display(),
+                error = %e,
+                "recording failed while {doing}; frames are lost until a new segment can be \
+                 written (is the disk full?); a partial file is left as .part"
+            );
+        }
+    }
+}
+
+/// Width and height from the JPEG header.
+fn jpeg_dims(jpeg: &[u8]) -> Result<(u16, u16), String> {
+    let header = turbojpeg::read_header(jpeg).map_err(|e| e.to_string())?;
+    let width = u16::try_from(header.width).map_err(|_| "width over 65535".to_string())?;
+    let height = u16::try_from(header.height).map_err(|_| "height over 65535".to_string())?;
+    Ok((width, height))
+}
+
+/// `surv-YYYYmmdd-HHMMSS` in local time. A capture time chrono cannot represent (a corrupt or
+/// far-future clock) falls back to the current time so that recording goes on.
+fn file_stem(capture_unix_us: u64) -> String {
+    let utc = i64::try_from(capture_unix_us)
+        .ok()
+        .and_then(DateTime::<Utc>::from_timestamp_micros)
+        .unwrap_or_else(Utc::now);
+    format!("surv-{}", utc.with_timezone(&Local).format("%Y%m%d-%H%M%S"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+    use std::ops::Range;
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+
+    use surv_proto::FrameTag;
+    use turbojpeg::{Image, PixelFormat, Subsamp};
+
+    /// A whole second, so the file names of segments a second apart differ.
+    const T0_US: u64 = 1_700_000_000_000_000;
+    const FRAME_INTERVAL_US: u64 = 33_333;
+
+    /// A tagged JPEG as the server sends it: the picture changes with `seq`; `noisy` makes it
+    /// compress badly, for big frames.
+    fn jpeg(width: usize, height: usize, seq: u64, noisy: bool) -> Bytes {
+        let mut pixels = vec![0u8; width * height * 3];
+        let mut rng = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for (i, p) in pixels.iter_mut().enumerate() {
+            *p = if noisy {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng as u8
+            } else {
+                let (x, y) = ((i / 3) % width, (i / 3) / width);
+                (x as u64 * 2 + y as u64 + seq * 8 + (i % 3) as u64 * 80) as u8
+            };
+        }
+        let image = Image {
+            pixels: &pixels[..],
+            width,
+            pitch: width * 3,
+            height,
+            format: PixelFormat::RGB,
+        };
+        let plain = turbojpeg::compress(image, 85, Subsamp::Sub2x2).unwrap();
+        let mut tagged = Vec::new();
+        FrameTag {
+            seq,
+            capture_unix_us: T0_US + seq * FRAME_INTERVAL_US,
+        }
+        .encode_into(&plain, &mut tagged)
+        .unwrap();
+        Bytes::from(tagged)
+    }
+
+    fn frame(jpeg: Bytes, seq: u64) -> RecFrame {
+        RecFrame {
+            jpeg,
+            capture_unix_us: T0_US + seq * FRAME_INTERVAL_US,
+        }
+    }
+
+    /// Pushes every frame, waiting while the queue is full (timing comes from the frames, so
+    /// waiting changes nothing else). Returns how many pushes were refused.
+    fn push_all(rec: &RecorderHandle, frames: impl IntoIterator<Item = RecFrame>) -> u64 {
+        let mut refused = 0;
+        for f in frames {
+            while !rec.push(f.clone()) {
+                refused += 1;
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        refused
+    }
+
+    /// How the recorder should split frames `seqs` into 1-frame-interval-spaced segments of
+    /// `segment_us`: the ranges of sequence numbers in each.
+    fn expected_windows(seqs: Range<u64>, segment_us: u64) -> Vec<Range<u64>> {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        for s in seqs {
+            match out.last_mut() {
+                Some(w) if (s - w.start) * FRAME_INTERVAL_US < segment_us => w.end = s + 1,
+                _ => out.push(s..s + 1),
+            }
+        }
+        out
+    }
+
+    fn expected_name(seq: u64, suffix: &str) -> String {
+        let utc = DateTime::from_timestamp_micros((T0_US + seq * FRAME_INTERVAL_US) as i64);
+        let local = utc.unwrap().with_timezone(&Local);
+        format!("surv-{}{suffix}.avi", local.format("%Y%m%d-%H%M%S"))
+    }
+
+    fn run_tool(name: &str, args: &[&OsStr]) -> std::process::Output {
+        Command::new(name).args(args).output().unwrap_or_else(|e| {
+            panic!("cannot run {name} ({e}): install ffmpeg (apt-get install ffmpeg) to run the recorder tests")
+        })
+    }
+
+    /// Checks a closed segment four ways: our RIFF parser (exact sizes and index), ffmpeg decoding
+    /// every frame and failing on the first complaint, ffmpeg reading back exactly `jpegs` byte
+    /// for byte, and what ffprobe reports.
+    fn check_segment(path: &Path, jpegs: &[Bytes], (width, height): (u16, u16)) {
+        let frames = jpegs.len() as u64;
+        // Capture-time span plus one frame interval: real speed.
+        let expected_us = frames * FRAME_INTERVAL_US;
+        let file = fs::read(path).unwrap();
+        let (w, h) = (u32::from(width), u32::from(height));
+        crate::avi::tests::check_file(&file, jpegs, expected_us, w, h);
+
+        let out = run_tool(
+            "ffmpeg",
+            &["-v", "error", "-err_detect", "explode", "-xerror", "-i"]
+                .map(OsStr::new)
+                .into_iter()
+                .chain([path.as_os_str()])
+                .chain(["-f", "null", "-"].map(OsStr::new))
+                .collect::<Vec<_>>(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "ffmpeg failed on {}: {stderr}",
+            path.display()
+        );
+        assert!(
+            stderr.is_empty(),
+            "ffmpeg complained about {}: {stderr}",
+            path.display()
+        );
+
+        let copy_args = ["-v", "error", "-i"]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([path.as_os_str()])
+            .chain(["-map", "0:v", "-c", "copy", "-f", "mjpeg", "-"].map(OsStr::new))
+            .collect::<Vec<_>>();
+        let out = run_tool("ffmpeg", &copy_args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stdout == jpegs.concat(),
+            "{}: the JPEGs read back differ from those recorded",
+            path.display()
+        );
+
+        let mut args: Vec<&OsStr> = [
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,codec_name,width,height",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "default=nw=1",
+        ]
+        .map(OsStr::new)
+        .to_vec();
+        args.push(path.as_os_str());
+        let out = run_tool("ffprobe", &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "ffprobe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("ffprobe gave no {key}: {stdout}"))
+                .to_string()
+        };
+        assert_eq!(field("codec_name"), "mjpeg");
+        assert_eq!(field("width"), width.to_string());
+        assert_eq!(field("height"), height.to_string());
+        assert_eq!(
+            field("nb_read_frames"),
+            frames.to_string(),
+            "{}",
+            path.display()
+        );
+
+        let expected_s = expected_us as f64 / 1e6;
+        let duration_s: f64 = field("duration").parse().unwrap();
+        assert!(
+            (duration_s - expected_s).abs() <= expected_s * 0.02,
+            "{}: duration {duration_s} s, capture span {expected_s} s",
+            path.display()
+        );
+    }
+
+    fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(suffix))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn rolling_segments_play_back_at_capture_speed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("not/yet/there");
+        let rec = spawn(RecorderConfig {
+            dir: dir.clone(),
+            segment: Duration::from_secs(1),
+        })
+        .unwrap();
+        // 3.2 s of frames: three full segments and a short one closed by finish().
+        let seqs = 0..97;
+        let jpegs: Vec<Bytes> = seqs.clone().map(|s| jpeg(160, 90, s, false)).collect();
+        let refused = push_all(
+            &rec,
+            seqs.clone().map(|s| frame(jpegs[s as usize].clone(), s)),
+        );
+        let report = rec.finish();
+
+        let windows = expected_windows(seqs, 1_000_000);
+        assert_eq!(windows.len(), 4);
+        assert_eq!(report.frames_written, 97);
+        assert_eq!(report.frames_dropped, refused);
+        assert_eq!(report.write_errors, 0);
+        assert_eq!(report.segments.len(), windows.len(), "{report:?}");
+        for (path, w) in report.segments.iter().zip(&windows) {
+            assert_eq!(path.parent(), Some(dir.as_path()));
+            let name = path.file_name().unwrap().to_string_lossy();
+            assert_eq!(name, expected_name(w.start, ""));
+            let range = w.start as usize..w.end as usize;
+            check_segment(path, &jpegs[range], (160, 90));
+        }
+        assert_eq!(files_ending(&dir, ".avi"), report.segments);
+        assert!(files_ending(&dir, ".part").is_empty());
+    }
+
+    #[test]
+    fn frame_size_change_starts_a_new_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = spawn(RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+        })
+        .unwrap();
+        let big: Vec<Bytes> = (0..10).map(|s| jpeg(160, 90, s, false)).collect();
+        let small: Vec<Bytes> = (11..21).map(|s| jpeg(80, 45, s, false)).collect();
+        let mut frames: Vec<RecFrame> = (0..10).map(|s| frame(big[s].clone(), s as u64)).collect();
+        frames.push(frame(Bytes::from_static(b"\xFF\xD8 not a jpeg"), 10));
+        frames.extend((11..21).map(|s| frame(small[s - 11].clone(), s as u64)));
+        let refused = push_all(&rec, frames);
+        let report = rec.finish();
+
+        assert_eq!(report.frames_written, 20);
+        assert_eq!(report.frames_dropped, refused + 1, "the unreadable frame");
+        assert_eq!(report.write_errors, 0);
+        let names: Vec<_> = report
+            .segments
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        // Both start in the same second: the second gets a suffix.
+        assert_eq!(names, [expected_name(0, ""), expected_name(11, "-1")]);
+        check_segment(&report.segments[0], &big, (160, 90));
+        check_segment(&report.segments[1], &small, (80, 45));
+    }
+
+    #[test]
+    fn existing_file_is_not_overwritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let taken = tmp.path().join(expected_name(0, ""));
+        fs::write(&taken, b"someone else's").unwrap();
+        let rec = spawn(RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+        })
+        .unwrap();
+        let jpeg = jpeg(160, 90, 0, false);
+        assert!(rec.push(frame(jpeg.clone(), 0)));
+        let report = rec.finish();
+        assert_eq!(fs::read(&taken).unwrap(), b"someone else's");
+        assert_eq!(report.segments, [tmp.path().join(expected_name(0, "-1"))]);
+        check_segment(&report.segments[0], &[jpeg], (160, 90));
+    }
+
+    #[test]
+    fn unusable_dir_is_an_error_from_spawn() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a-file");
+        fs::write(&file, b"x").unwrap();
+        for dir in [file.join("rec"), file.clone()] {
+            let cfg = RecorderConfig {
+                dir: dir.clone(),
+                segment: Duration::from_secs(60),
+            };
+            match spawn(cfg) {
+                Err(e @ RecorderError::CreateDir { .. }) => {
+                    assert!(e.to_string().contains(&*dir.to_string_lossy()), "{e}");
+                }
+                Err(e) => panic!("wrong error for {}: {e:?}", dir.display()),
+                Ok(_) => panic!("spawn accepted {}", dir.display()),
+            }
+        }
+        let cfg = RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::ZERO,
+        };
+        assert!(matches!(spawn(cfg), Err(RecorderError::ZeroSegment)));
+    }
+
+    /// A disk whose first `create_new` waits until the test lets it go.
+    struct GatedDisk {
+        entered: mpsc::Sender<()>,
+        release: Receiver<()>,
+    }
+
+    impl SegmentStore for GatedDisk {
+        type File = File;
+
+        fn create_new(&mut self, path: &Path) -> io::Result<File> {
+            let _ = self.entered.send(());
+            let _ = self.release.recv();
+            Disk.create_new(path)
+        }
+
+        fn sync(&mut self, file: &File) -> io::Result<()> {
+            Disk.sync(file)
+        }
+    }
+
+    #[test]
+    fn full_queue_refuses_and_counts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel();
+        let cfg = RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+        };
+        let disk = GatedDisk {
+            entered: entered_tx,
+            release: release_rx,
+        };
+        let rec = spawn_with(cfg, disk).unwrap();
+        let jpeg = jpeg(160, 90, 0, false);
+        assert!(rec.push(frame(jpeg.clone(), 0)));
+        // The thread now holds frame 0 and waits in create_new: the queue is empty.
+        entered_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("recorder thread never started a segment");
+        for s in 1..=QUEUE_FRAMES as u64 {
+            assert!(rec.push(frame(jpeg.clone(), s)), "frame {s} refused");
+        }
+        let started = Instant::now();
+        assert!(!rec.push(frame(jpeg.clone(), 65)));
+        assert!(!rec.push(frame(jpeg.clone(), 66)));
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "push blocked"
+        );
+        drop(release_tx);
+        let report = rec.finish();
+        assert_eq!(report.frames_written, 65);
+        assert_eq!(report.frames_dropped, 2);
+        assert_eq!(report.segments.len(), 1);
+        check_segment(&report.segments[0], &vec![jpeg; 65], (160, 90));
+    }
+
+    /// A disk that is full while its files number `full` (counting from 1) are written: they take
+    /// `room_bytes`, then fail with ENOSPC.
+    struct FlakyDisk {
+        created: usize,
+        full: Range<usize>,
+        room_bytes: u64,
+    }
+
+    struct FlakyFile {
+        file: File,
+        room_bytes: Option<u64>,
+    }
+
+    impl SegmentStore for FlakyDisk {
+        type File = FlakyFile;
+
+        fn create_new(&mut self, path: &Path) -> io::Result<FlakyFile> {
+            let file = Disk.create_new(path)?;
+            self.created += 1;
+            let full = self.full.contains(&self.created);
+            Ok(FlakyFile {
+                file,
+                room_bytes: full.then_some(self.room_bytes),
+            })
+        }
+
+        fn sync(&mut self, file: &FlakyFile) -> io::Result<()> {
+            Disk.sync(&file.file)
+        }
+    }
+
+    impl Write for FlakyFile {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match &mut self.room_bytes {
+                None => self.file.write(buf),
+                Some(0) => Err(io::Error::from_raw_os_error(28)),
+                Some(room) => {
+                    let n = buf.len().min(usize::try_from(*room).unwrap());
+                    let n = self.file.write(&buf[..n])?;
+                    *room -= n as u64;
+                    Ok(n)
+                }
+            }
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl Seek for FlakyFile {
+        fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+            self.file.seek(pos)
+        }
+    }
+
+    /// Collects formatted log lines, including the recorder thread's.
+    #[derive(Clone, Default)]
+    struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for LogBuf {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn disk_full_abandons_segments_and_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = LogBuf::default();
+        let subscriber = {
+            let logs = logs.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || logs.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish()
+        };
+        // Files 2 and 3 hit a full disk; 1, 4 and 5 are fine.
+        let disk = FlakyDisk {
+            created: 0,
+            full: 2..4,
+            room_bytes: 10_000,
+        };
+        let seqs = 0..127;
+        let jpegs: Vec<Bytes> = seqs.clone().map(|s| jpeg(320, 180, s, true)).collect();
+        let frames: Vec<RecFrame> = seqs
+            .clone()
+            .map(|s| frame(jpegs[s as usize].clone(), s))
+            .collect();
+        // Big enough that the write buffer spills inside a segment: the failure hits
+        // write_frame, not just the close.
+        assert!(frames[0].jpeg.len() * 10 > WRITE_BUFFER_BYTES);
+
+        let (report, refused) = tracing::subscriber::with_default(subscriber, || {
+            let cfg = RecorderConfig {
+                dir: tmp.path().to_path_buf(),
+                segment: Duration::from_secs(1),
+            };
+            let rec = spawn_with(cfg, disk).unwrap();
+            let refused = push_all(&rec, frames);
+            (rec.finish(), refused)
+        });
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+
+        let windows = expected_windows(seqs, 1_000_000);
+        assert_eq!(windows.len(), 5);
+        let lost: u64 = windows[1..3].iter().map(|w| w.end - w.start).sum();
+        assert_eq!(report.write_errors, 2, "{logs}");
+        assert_eq!(report.frames_written, 127 - lost);
+        assert_eq!(report.frames_dropped, lost + refused);
+        assert_eq!(report.segments.len(), 3);
+        for (path, w) in report
+            .segments
+            .iter()
+            .zip([&windows[0], &windows[3], &windows[4]])
+        {
+            assert_eq!(
+                path.file_name().unwrap().to_string_lossy(),
+                expected_name(w.start, "")
+            );
+            check_segment(path, &jpegs[w.start as usize..w.end as usize], (320, 180));
+        }
+        let parts = files_ending(tmp.path(), ".part");
+        let expected_parts: Vec<PathBuf> = windows[1..3]
+            .iter()
+            .map(|w| tmp.path().join(expected_name(w.start, "") + ".part"))
+            .collect();
+        assert_eq!(parts, expected_parts, "failed segments keep their .part");
+
+        let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "one error for the run of failures: {logs}");
+        assert!(
+            errors[0].contains("No space left on device"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].contains("while writing"), "{}", errors[0]);
+        assert_eq!(logs.matches("recording works again").count(), 1, "{logs}");
+        assert_eq!(logs.matches("segment closed").count(), 3, "{logs}");
+    }
+}

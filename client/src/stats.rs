@@ -1,0 +1,206 @@
+//! What the viewer measures about its stream: frames, loss from sequence gaps, latency from the
+//! capture time carried in each frame, and the one-line summary printed at exit.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Latencies above this are clamped into the top bucket (an hour, in µs).
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Counts for one stream, kept by the receiving loop.
+#[derive(Debug)]
+pub struct StreamStats {
+    started: Instant,
+    first_seq: Option<u64>,
+    max_seq: u64,
+    /// Datagrams with a readable frame tag.
+    pub received: u64,
+    /// Tagged frames that arrived after a newer one (still counted as received).
+    pub reordered: u64,
+    /// Datagrams ignored: not from the server, or not a tagged JPEG.
+    pub ignored: u64,
+    /// Frames whose capture time lay in the future by our clock (clocks disagree): no latency.
+    pub clock_skewed: u64,
+    latency_us: Histogram<u64>,
+    /// When the first and the latest frame arrived, for the frame rate.
+    first_at: Option<Instant>,
+    last_at: Option<Instant>,
+}
+
+impl Default for StreamStats {
+    fn default() -> Self {
+        StreamStats::new()
+    }
+}
+
+impl StreamStats {
+    pub fn new() -> StreamStats {
+        StreamStats {
+            started: Instant::now(),
+            first_seq: None,
+            max_seq: 0,
+            received: 0,
+            reordered: 0,
+            ignored: 0,
+            clock_skewed: 0,
+            // 3 significant digits over 1 µs ..= 1 h: a few tens of KiB, fixed.
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("static histogram bounds are valid"),
+            first_at: None,
+            last_at: None,
+        }
+    }
+
+    /// A tagged frame arrived at `now_unix_us` (our clock).
+    pub fn on_frame(&mut self, seq: u64, capture_unix_us: u64, now_unix_us: u64) {
+        let now = Instant::now();
+        self.first_at.get_or_insert(now);
+        self.last_at = Some(now);
+        self.received += 1;
+        match self.first_seq {
+            None => {
+                self.first_seq = Some(seq);
+                self.max_seq = seq;
+            }
+            Some(_) if seq > self.max_seq => self.max_seq = seq,
+            Some(_) => self.reordered += 1,
+        }
+        match now_unix_us.checked_sub(capture_unix_us) {
+            Some(us) => self
+                .latency_us
+                .saturating_record(us.clamp(1, MAX_LATENCY_US)),
+            None => self.clock_skewed += 1,
+        }
+    }
+
+    /// Frames between the first and newest sequence number that never arrived: lost on the
+    /// network or skipped by the server because this viewer was behind.
+    pub fn lost(&self) -> u64 {
+        self.first_seq.map_or(0, |first| {
+            (self.max_seq - first + 1).saturating_sub(self.received)
+        })
+    }
+
+    /// Lost frames as a share of the frames the stream carried while we watched.
+    pub fn loss_ratio(&self) -> f64 {
+        let expected = self.received + self.lost();
+        if expected == 0 {
+            0.0
+        } else {
+            self.lost() as f64 / expected as f64
+        }
+    }
+
+    /// Frames per second between the first and the latest frame.
+    pub fn fps(&self) -> f64 {
+        match (self.first_at, self.last_at) {
+            (Some(a), Some(b)) if self.received > 1 && b > a => {
+                (self.received - 1) as f64 / (b - a).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Latency percentile (0–100) in milliseconds, if any frame had one.
+    pub fn latency_ms(&self, percentile: f64) -> Option<f64> {
+        (!self.latency_us.is_empty())
+            .then(|| self.latency_us.value_at_percentile(percentile) as f64 / 1000.0)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Everything the viewer reports at exit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub received: u64,
+    pub decoded: u64,
+    /// Frames received but not decoded: corrupt, or the decoder was behind.
+    pub decode_failed: u64,
+    pub decode_skipped: u64,
+    pub lost: u64,
+    pub loss_ratio: f64,
+    pub fps: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub ignored: u64,
+    pub recorded: u64,
+    pub record_dropped: u64,
+    pub segments: Vec<std::path::PathBuf>,
+    pub seconds: f64,
+    /// Why the stream ended.
+    pub ended_by: String,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
+        write!(
+            f,
+            "surv-client: {:.1} s, frames received={} decoded={} lost={} ({:.1}%) fps={:.1} latency_ms p50={} p99={} recorded={} segments={} ended_by={}",
+            self.seconds,
+            self.received,
+            self.decoded,
+            self.lost,
+            self.loss_ratio * 100.0,
+            self.fps,
+            ms(self.latency_p50_ms),
+            ms(self.latency_p99_ms),
+            self.recorded,
+            self.segments.len(),
+            self.ended_by,
+        )?;
+        if self.decode_failed + self.decode_skipped + self.record_dropped + self.ignored > 0 {
+            write!(
+                f,
+                " (decode_failed={} decode_skipped={} record_dropped={} ignored_datagrams={})",
+                self.decode_failed, self.decode_skipped, self.record_dropped, self.ignored
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_counts_gaps_and_not_reordering() {
+        let mut s = StreamStats::new();
+        for seq in [10, 11, 13, 12, 16] {
+            s.on_frame(seq, 1_000, 3_000);
+        }
+        assert_eq!(s.received, 5);
+        assert_eq!(s.reordered, 1);
+        assert_eq!(s.lost(), 2, "14 and 15 never came");
+        assert!((s.loss_ratio() - 2.0 / 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn latency_percentiles_and_skewed_clocks() {
+        let mut s = StreamStats::new();
+        for i in 0..100u64 {
+            s.on_frame(i, 1_000_000, 1_000_000 + (i + 1) * 1000); // 1..=100 ms
+        }
+        s.on_frame(100, 2_000_000, 1_000_000); // captured "in the future"
+        assert_eq!(s.clock_skewed, 1);
+        let p50 = s.latency_ms(50.0).unwrap();
+        let p99 = s.latency_ms(99.0).unwrap();
+        assert!((49.9..=50.1).contains(&p50), "{p50}");
+        assert!((98.9..=99.1).contains(&p99), "{p99}");
+    }
+
+    #[test]
+    fn empty_stream_reports_nothing_rather_than_nonsense() {
+        let s = StreamStats::new();
+        assert_eq!(s.lost(), 0);
+        assert_eq!(s.loss_ratio(), 0.0);
+        assert_eq!(s.fps(), 0.0);
+        assert_eq!(s.latency_ms(50.0), None);
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what surv needs to build, test and show a window, on Debian/Ubuntu, then nothing else.
+# Safe to run again: it installs only what is missing. Needs root or sudo for apt-get.
+set -euo pipefail
+
+# To build: cmake + nasm (libjpeg-turbo, built from source by the turbojpeg crate), libclang-dev
+# + pkg-config (bindgen for the V4L2 camera bindings). To run the window: libx11-6 + libxcursor1
+# (loaded at run time). To check recordings in tests: ffmpeg (ffmpeg, ffprobe).
+PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "surv setup: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "surv setup: cargo not found. Install Rust (https://rustup.rs) and run this again." >&2
+  exit 1
+fi

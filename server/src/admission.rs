@@ -1,0 +1,267 @@
+//! Admission: accepts TCP connections, reads each registration under a deadline and a size cap,
+//! refuses explicitly (a reason on the wire and in the journal), and runs the admitted session.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use surv_proto::{Form, RegError, Registration, Reply, StreamParams, MAX_REGISTRATION_BYTES};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::session::{Session, SessionInfo};
+use crate::Server;
+
+/// Writing a reply to a viewer that does not read it must not hold a task for long.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After a refusal, how long to wait for the peer's leftover bytes, and how many to read at most.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_MAX_BYTES: usize = 16 * 1024;
+
+/// After an accept error (out of file descriptors, say), wait before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections until `shutdown`; each registration and session runs on `tracker`.
+pub(crate) async fn accept_loop(
+    server: &Arc<Server>,
+    listener: &TcpListener,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let pending = Arc::new(Semaphore::new(server.config.max_pending_registrations));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            res = listener.accept() => res,
+        };
+        let (mut tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            server.stats.refused.fetch_add(1, Relaxed);
+            server
+                .journal
+                .refuse(peer, None, "too many registrations in progress");
+            continue; // dropping `tcp` closes it
+        };
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let registration = tokio::select! {
+                () = shutdown.cancelled() => return,
+                res = read_registration(&mut tcp, &server.config) => res,
+            };
+            drop(permit);
+            match registration {
+                Ok(reg) => admit(server, tcp, peer, reg, shutdown).await,
+                Err((form, reason)) => refuse(&server, tcp, peer, form, &reason).await,
+            }
+        });
+    }
+}
+
+/// Reads until the bytes form a registration, prove invalid, or the deadline passes.
+/// On failure, says which form the bytes looked like and why they were refused.
+async fn read_registration(
+    tcp: &mut TcpStream,
+    config: &crate::Config,
+) -> Result<Registration, (Option<Form>, String)> {
+    let deadline = Instant::now() + config.register_timeout;
+    let mut buf = Vec::with_capacity(2 * MAX_REGISTRATION_BYTES);
+    let mut chunk = [0u8; MAX_REGISTRATION_BYTES + 1];
+    loop {
+        // The seed form has no terminator: after its digits, a short pause ends it.
+        let bare_digits = !buf.is_empty() && buf.iter().all(u8::is_ascii_digit);
+        let wait_until = if bare_digits {
+            deadline.min(Instant::now() + config.seed_settle)
+        } else {
+            deadline
+        };
+        let at_rest = match timeout_at(wait_until, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) => true,
+            Ok(Ok(n)) => {
+                buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Ok(Err(e)) => {
+                return Err((
+                    guess_form(&buf),
+                    format!("connection error while registering: {e}"),
+                ))
+            }
+            Err(_elapsed) if bare_digits => true,
+            Err(_elapsed) => {
+                let secs = config.register_timeout.as_secs_f64();
+                return Err((
+                    guess_form(&buf),
+                    format!("registration timeout ({secs:.1} s)"),
+                ));
+            }
+        };
+        match Registration::decode(&buf, at_rest) {
+            Ok(reg) => return Ok(reg),
+            Err(RegError::Incomplete) if !at_rest => continue,
+            Err(RegError::Incomplete | RegError::Empty) => {
+                return Err((
+                    guess_form(&buf),
+                    "connection closed before registering".into(),
+                ))
+            }
+            Err(e) => return Err((guess_form(&buf), e.to_string())),
+        }
+    }
+}
+
+/// Which form bytes that failed to register were trying to be, for the journal.
+fn guess_form(buf: &[u8]) -> Option<Form> {
+    if buf.starts_with(b"SURV/") {
+        Some(Form::V1)
+    } else if !buf.is_empty()
+        && buf
+            .iter()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'\r' | b'\n'))
+    {
+        Some(Form::Seed)
+    } else {
+        None
+    }
+}
+
+/// Counts, logs and answers a refused registration, then closes the connection. The answer is
+/// an `ERR SURV/1 <reason>` line whatever the form: a seed viewer never reads it, a person
+/// trying the port with `nc` does.
+async fn refuse(
+    server: &Server,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    form: Option<Form>,
+    reason: &str,
+) {
+    server.stats.refused.fetch_add(1, Relaxed);
+    server.journal.refuse(peer, form, reason);
+    let reply = Reply::Refused(reason.to_string()).encode();
+    let _ = timeout(REPLY_TIMEOUT, async {
+        tcp.write_all(&reply).await?;
+        tcp.shutdown().await?;
+        // Closing with unread bytes makes the kernel send a reset, which can destroy the reply
+        // before the peer reads it: read what is left first (bounded in bytes and time).
+        let mut sink = [0u8; 1024];
+        let mut drained = 0;
+        while drained < LINGER_MAX_BYTES {
+            match timeout(LINGER, tcp.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        std::io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Runs an admitted viewer's session from JOIN to LEAVE.
+async fn admit(
+    server: Arc<Server>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    reg: Registration,
+    shutdown: CancellationToken,
+) {
+    if !server.try_reserve_slot() {
+        let reason = format!("server full ({} viewers)", server.config.max_viewers);
+        return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+    }
+    // Frames go to the TCP peer's own address, never to one named in the payload.
+    let viewer = SocketAddr::new(peer.ip(), reg.udp_port);
+    // Sent from the address the viewer reached us on, so its acks come back the same way.
+    let local_ip = match tcp.local_addr() {
+        Ok(a) => a.ip(),
+        Err(e) => {
+            server.release_slot();
+            return refuse(
+                &server,
+                tcp,
+                peer,
+                Some(reg.form),
+                &format!("server error: {e}"),
+            )
+            .await;
+        }
+    };
+    let udp = match UdpSocket::bind((local_ip, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            server.release_slot();
+            let reason = format!("server error: cannot open a UDP socket: {e}");
+            return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+        }
+    };
+    let id = server.next_id.fetch_add(1, Relaxed);
+    if reg.form == Form::V1 {
+        let reply = Reply::Accepted(StreamParams {
+            session_id: id,
+            width: server.shape.width,
+            height: server.shape.height,
+            fps: server.shape.fps,
+            max_datagram_bytes: server.max_datagram_bytes,
+        });
+        if !matches!(
+            timeout(REPLY_TIMEOUT, tcp.write_all(&reply.encode())).await,
+            Ok(Ok(()))
+        ) {
+            server.release_slot();
+            tracing::debug!(%peer, "viewer left before reading its acceptance");
+            return;
+        }
+    }
+    server.sessions.insert(
+        id,
+        SessionInfo {
+            viewer,
+            form: reg.form,
+            joined: chrono::Local::now(),
+        },
+    );
+    server.stats.joins.fetch_add(1, Relaxed);
+    server.journal.join(id, viewer, reg.form);
+
+    let session = Session {
+        id,
+        viewer,
+        form: reg.form,
+        udp,
+        tcp,
+        frames: server.frames.clone(),
+    };
+    let span = tracing::info_span!("session", id, %viewer, form = reg.form.as_str());
+    let leave = session.run(&server, shutdown).instrument(span).await;
+
+    server.sessions.remove(&id);
+    server.release_slot();
+    server.stats.leaves.fetch_add(1, Relaxed);
+    server.journal.leave(&leave);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_registrations_are_attributed_to_a_form() {
+        assert_eq!(guess_form(b"SURV/9 1\n"), Some(Form::V1));
+        assert_eq!(guess_form(b"99999999\r\n"), Some(Form::Seed));
+        assert_eq!(guess_form(b"GET /"), None);
+        assert_eq!(guess_form(b""), None);
+    }
+}

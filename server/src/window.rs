@@ -1,0 +1,267 @@
+//! The ack window: how many frames a session may have in flight without an ack, and when a
+//! frame whose ack never came is written off.
+//!
+//! The seed's stop-and-wait (send, then block for the reply) stalls forever on one lost datagram
+//! or ack. surv instead lets up to `max_in_flight` frames go unacked:
+//!
+//! * SURV/1 acks name the newest frame received (`continue <seq>`): everything up to it is settled,
+//!   so lost frames cost nothing.
+//! * Seed acks (`continue`) say only "one frame arrived": they settle the oldest frame in flight.
+//! * A frame still unacked some time after it was sent, while later acks do arrive, is presumed
+//!   lost and leaves the window: loss never shrinks the window for good. That time is four
+//!   round trips (measured from the acks), kept within [`MIN_ACK_WAIT`]..=[`ACK_WAIT`].
+//! * When the window is full and nothing at all comes back, the session sends a single probe
+//!   frame after [`ACK_WAIT`], then after twice that, and so on up to [`PROBE_MAX`]: a stream whose
+//!   acks were all lost resumes by itself, and an address that never acks receives
+//!   `max_in_flight` datagrams plus a handful of probes before the viewer timeout reaps it.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The longest a frame may stay unacked, while other acks arrive, before it is presumed lost;
+/// also the first probe interval.
+pub const ACK_WAIT: Duration = Duration::from_millis(250);
+
+/// The shortest such wait, however short the round trip.
+pub const MIN_ACK_WAIT: Duration = Duration::from_millis(20);
+
+/// The longest gap between probes to a viewer that has gone quiet.
+pub const PROBE_MAX: Duration = Duration::from_secs(2);
+
+/// Frames in flight to one viewer. Holds at most `max_in_flight` entries.
+#[derive(Debug)]
+pub struct Window {
+    in_flight: VecDeque<(u64, Instant)>,
+    max_in_flight: usize,
+    last_ack: Option<Instant>,
+    last_send: Option<Instant>,
+    probe_delay: Duration,
+    /// Smoothed round trip (1/8 gain); `None` until the first ack.
+    rtt: Option<Duration>,
+}
+
+impl Window {
+    pub fn new(max_in_flight: usize) -> Window {
+        let max_in_flight = max_in_flight.max(1);
+        Window {
+            in_flight: VecDeque::with_capacity(max_in_flight),
+            max_in_flight,
+            last_ack: None,
+            last_send: None,
+            probe_delay: ACK_WAIT,
+            rtt: None,
+        }
+    }
+
+    /// Frames sent and not yet settled.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// An ack arrived: `Some(seq)` settles every frame up to `seq`, `None` the oldest one.
+    pub fn on_ack(&mut self, seq: Option<u64>, now: Instant) {
+        // The round trip: exact when the ack names its frame; for a plain ack, the time since
+        // the newest frame sent, which can only be shorter than the truth (hence 4x below).
+        let sample = match seq {
+            Some(seq) => self
+                .in_flight
+                .iter()
+                .find(|&&(s, _)| s == seq)
+                .map(|&(_, sent)| now - sent),
+            None => self.in_flight.back().map(|&(_, sent)| now - sent),
+        };
+        if let Some(sample) = sample {
+            self.rtt = Some(self.rtt.map_or(sample, |rtt| (rtt * 7 + sample) / 8));
+        }
+        match seq {
+            Some(seq) => {
+                while self.in_flight.front().is_some_and(|&(s, _)| s <= seq) {
+                    self.in_flight.pop_front();
+                }
+            }
+            None => {
+                self.in_flight.pop_front();
+            }
+        }
+        self.last_ack = Some(now);
+        self.probe_delay = ACK_WAIT;
+    }
+
+    /// May a frame be sent now? Writes off frames presumed lost first.
+    pub fn can_send(&mut self, now: Instant) -> bool {
+        self.expire(now);
+        self.in_flight.len() < self.max_in_flight || self.probe_due(now)
+    }
+
+    /// Records a frame sent at `now`. Call only after [`Window::can_send`] said yes.
+    pub fn on_send(&mut self, seq: u64, now: Instant) {
+        if self.in_flight.len() >= self.max_in_flight {
+            // A probe: the window stays bounded, the oldest entry makes room, the next probe waits longer.
+            self.in_flight.pop_front();
+            self.probe_delay = (self.probe_delay * 2).min(PROBE_MAX);
+        }
+        self.in_flight.push_back((seq, now));
+        self.last_send = Some(now);
+    }
+
+    /// When [`Window::can_send`] may change from no to yes without any ack arriving.
+    pub fn next_change(&self) -> Option<Instant> {
+        if self.in_flight.len() < self.max_in_flight {
+            return None;
+        }
+        let probe = self.last_send.map(|t| t + self.probe_delay);
+        let expiry = self.expirable_front().map(|sent| sent + self.ack_wait());
+        match (probe, expiry) {
+            (Some(p), Some(e)) => Some(p.min(e)),
+            (p, e) => p.or(e),
+        }
+    }
+
+    /// How long an overtaken frame may stay unacked before it is written off.
+    pub fn ack_wait(&self) -> Duration {
+        self.rtt
+            .map_or(ACK_WAIT, |rtt| (rtt * 4).clamp(MIN_ACK_WAIT, ACK_WAIT))
+    }
+
+    fn probe_due(&self, now: Instant) -> bool {
+        self.last_send.is_none_or(|t| now >= t + self.probe_delay)
+    }
+
+    /// The send time of the oldest frame that an ack has since overtaken.
+    fn expirable_front(&self) -> Option<Instant> {
+        let &(_, sent) = self.in_flight.front()?;
+        (self.last_ack? >= sent).then_some(sent)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let wait = self.ack_wait();
+        while let Some(sent) = self.expirable_front() {
+            if now < sent + wait {
+                break;
+            }
+            self.in_flight.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_that_never_acks_gets_only_a_few_datagrams() {
+        let mut w = Window::new(4);
+        let start = Instant::now();
+        let mut sent = 0;
+        // 10 s of a 30 fps source offering a frame every 33 ms, no acks ever.
+        for i in 0..300u64 {
+            let now = start + 33 * MS * i as u32;
+            if w.can_send(now) {
+                w.on_send(i, now);
+                sent += 1;
+            }
+        }
+        // 4 in flight, then probes at 0.25, 0.5, 1, 2, 2, 2 s intervals.
+        assert!((4..=12).contains(&sent), "sent {sent}");
+        assert_eq!(w.in_flight(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cumulative_acks_make_losses_free() {
+        let mut w = Window::new(4);
+        let t = Instant::now();
+        for seq in 0..4 {
+            assert!(w.can_send(t));
+            w.on_send(seq, t);
+        }
+        assert!(!w.can_send(t));
+        // Frames 0..2 lost; the ack of 3 settles all four.
+        w.on_ack(Some(3), t + MS);
+        assert_eq!(w.in_flight(), 0);
+        assert!(w.can_send(t + MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plain_acks_with_loss_expire_the_lost_frames() {
+        let mut w = Window::new(4);
+        let t = Instant::now();
+        for seq in 0..4 {
+            w.on_send(seq, t);
+        }
+        // Only one of four arrived: one plain ack.
+        w.on_ack(None, t + 10 * MS);
+        assert_eq!(w.in_flight(), 3);
+        assert!(w.can_send(t + 10 * MS));
+        w.on_send(4, t + 10 * MS);
+        assert!(!w.can_send(t + 20 * MS), "window full, nothing expired yet");
+        // The ack came after frames 1..3 were sent: they expire one ack wait after sending,
+        // four measured round trips (10 ms: the ack came 10 ms after the newest send).
+        assert_eq!(w.ack_wait(), 40 * MS);
+        let change = w.next_change().expect("a deadline while full");
+        assert_eq!(change, t + 40 * MS);
+        assert!(!w.can_send(t + 39 * MS));
+        assert!(w.can_send(t + 40 * MS));
+        assert_eq!(
+            w.in_flight(),
+            1,
+            "only frame 4, sent after the last ack, is still in flight"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ack_wait_follows_the_round_trip_within_bounds() {
+        let mut w = Window::new(4);
+        let t = Instant::now();
+        assert_eq!(w.ack_wait(), ACK_WAIT, "no measurement yet");
+        w.on_send(0, t);
+        w.on_ack(Some(0), t + Duration::from_micros(100));
+        assert_eq!(w.ack_wait(), MIN_ACK_WAIT, "loopback-fast, floored");
+        let mut w = Window::new(4);
+        w.on_send(0, t);
+        w.on_ack(Some(0), t + 30 * MS);
+        assert_eq!(w.ack_wait(), 120 * MS);
+        w.on_send(1, t + 30 * MS);
+        w.on_ack(Some(1), t + 530 * MS);
+        assert_eq!(w.ack_wait(), ACK_WAIT, "slow path, capped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_lost_acks_does_not_stall_the_stream() {
+        let mut w = Window::new(2);
+        let t = Instant::now();
+        w.on_send(0, t);
+        w.on_send(1, t);
+        // Every ack lost: no expiry (no later ack), but a probe after ACK_WAIT.
+        assert!(!w.can_send(t + ACK_WAIT - MS));
+        assert_eq!(w.next_change(), Some(t + ACK_WAIT));
+        assert!(w.can_send(t + ACK_WAIT));
+        w.on_send(2, t + ACK_WAIT);
+        assert_eq!(w.in_flight(), 2, "bounded even when probing");
+        // The probe's ack settles it and opens the window again.
+        w.on_ack(Some(2), t + ACK_WAIT + MS);
+        assert_eq!(w.in_flight(), 0);
+        assert!(w.can_send(t + ACK_WAIT + MS));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probes_back_off_to_the_maximum() {
+        let mut w = Window::new(1);
+        let mut now = Instant::now();
+        w.on_send(0, now);
+        let mut gaps = Vec::new();
+        for seq in 1..8 {
+            let next = w.next_change().unwrap();
+            gaps.push(next - now);
+            now = next;
+            assert!(w.can_send(now));
+            w.on_send(seq, now);
+        }
+        assert_eq!(gaps[0], ACK_WAIT);
+        assert_eq!(gaps[1], ACK_WAIT * 2);
+        assert_eq!(*gaps.last().unwrap(), PROBE_MAX);
+    }
+}
