@@ -66,18 +66,33 @@ pub(crate) async fn accept_loop(
             drop(permit);
             match registration {
                 Ok(reg) => admit(server, tcp, peer, reg, shutdown).await,
-                Err((form, reason)) => refuse(&server, tcp, peer, form, &reason).await,
+                // A port check (connect, close) is no registration: counted, not journalled.
+                Err(Unregistered::Silent) => {
+                    server.stats.probes.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, "connection closed without sending anything");
+                }
+                Err(Unregistered::Refused(form, reason)) => {
+                    refuse(&server, tcp, peer, form, &reason).await
+                }
             }
         });
     }
 }
 
+/// Why a connection did not register.
+enum Unregistered {
+    /// It closed without sending a byte: a port check, not a viewer.
+    Silent,
+    /// It sent something that is not a registration, or too slowly: the form it looked like, and why.
+    Refused(Option<Form>, String),
+}
+
 /// Reads until the bytes form a registration, prove invalid, or the deadline passes.
-/// On failure, says which form the bytes looked like and why they were refused.
 async fn read_registration(
     tcp: &mut TcpStream,
     config: &crate::Config,
-) -> Result<Registration, (Option<Form>, String)> {
+) -> Result<Registration, Unregistered> {
+    let refused = |buf: &[u8], reason: String| Unregistered::Refused(guess_form(buf), reason);
     let deadline = Instant::now() + config.register_timeout;
     let mut buf = Vec::with_capacity(2 * MAX_REGISTRATION_BYTES);
     let mut chunk = [0u8; MAX_REGISTRATION_BYTES + 1];
@@ -96,30 +111,25 @@ async fn read_registration(
                 false
             }
             Ok(Err(e)) => {
-                return Err((
-                    guess_form(&buf),
+                return Err(refused(
+                    &buf,
                     format!("connection error while registering: {e}"),
                 ))
             }
             Err(_elapsed) if bare_digits => true,
             Err(_elapsed) => {
                 let secs = config.register_timeout.as_secs_f64();
-                return Err((
-                    guess_form(&buf),
-                    format!("registration timeout ({secs:.1} s)"),
-                ));
+                return Err(refused(&buf, format!("registration timeout ({secs:.1} s)")));
             }
         };
         match Registration::decode(&buf, at_rest) {
             Ok(reg) => return Ok(reg),
             Err(RegError::Incomplete) if !at_rest => continue,
-            Err(RegError::Incomplete | RegError::Empty) => {
-                return Err((
-                    guess_form(&buf),
-                    "connection closed before registering".into(),
-                ))
+            Err(RegError::Empty) => return Err(Unregistered::Silent),
+            Err(RegError::Incomplete) => {
+                return Err(refused(&buf, "connection closed before registering".into()))
             }
-            Err(e) => return Err((guess_form(&buf), e.to_string())),
+            Err(e) => return Err(refused(&buf, e.to_string())),
         }
     }
 }

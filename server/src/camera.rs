@@ -11,6 +11,7 @@
 //! tries to open the device again, at most once per [`REOPEN_INTERVAL`], so a camera that comes
 //! back resumes the stream.
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -401,9 +402,12 @@ fn start_worker(
     match opened_rx.recv_timeout(OPEN_TIMEOUT) {
         Ok(Ok(opened)) => Ok((shared, opened)),
         Ok(Err(reason)) => Err(reason),
-        Err(_) => {
+        Err(RecvTimeoutError::Timeout) => {
             shared.lock().stop = true;
             Err(format!("the device did not open within {OPEN_TIMEOUT:?}"))
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            Err("the camera thread failed while opening the device".into())
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Stats {
     pub leaves: AtomicU64,
     /// Registrations turned away, for any reason.
     pub refused: AtomicU64,
+    /// Connections closed without sending a byte (port checks); not refusals.
+    pub probes: AtomicU64,
     pub frames_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Frames a session did not send because its viewer was behind (summed at LEAVE).

@@ -314,3 +314,48 @@ pub async fn try_registration(server: SocketAddr, bytes: &[u8]) -> anyhow::Resul
 pub fn share(received: u64, fps: u32, duration: Duration) -> f64 {
     received as f64 / (f64::from(fps) * duration.as_secs_f64())
 }
+
+/// Runs the strict decode check on a media file: every frame must decode.
+pub fn ffmpeg_check(path: &std::path::Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-err_detect", "explode", "-xerror", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .context("running ffmpeg (install it: scripts/setup.sh)")?;
+    if !out.status.success() || !out.stderr.is_empty() {
+        bail!(
+            "ffmpeg rejects {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// What ffprobe says of a file's first video stream: (codec, frames decoded, duration in s).
+pub fn ffprobe(path: &std::path::Path) -> anyhow::Result<(String, u64, f64)> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,nb_read_frames:format=duration",
+            "-of",
+            "default=nw=1",
+        ])
+        .arg(path)
+        .output()
+        .context("running ffprobe (install ffmpeg: scripts/setup.sh)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_owned)
+            .with_context(|| format!("ffprobe gave no {k} for {}: {text}", path.display()))
+    };
+    Ok((
+        field("codec_name")?,
+        field("nb_read_frames")?.parse()?,
+        field("duration")?.parse()?,
+    ))
+}

@@ -349,3 +349,62 @@ async fn closing_tcp_and_shutdown_are_logged_with_their_reasons() {
         .count();
     assert_eq!(shutdowns, 3, "{journal:#?}");
 }
+
+/// surv-client records a live stream: segments rotate on time, every frame decodes with ffmpeg's
+/// strictest check, and each segment plays for as long as it was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_avi_segments_rotate_and_play_at_real_speed() {
+    let _serial = heavy().await;
+    let srv = start_server(ServerOpts {
+        width: 320,
+        height: 240,
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = client_config(srv.addr, 3.5);
+    cfg.record = Some(surv_client::recorder::RecorderConfig {
+        dir: dir.path().into(),
+        segment: Duration::from_secs(1),
+    });
+    let s = surv_client::run(cfg, None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(s.recorded, s.received, "{s}");
+    assert!(
+        s.segments.len() >= 4,
+        "3.5 s in 1 s segments: {:?}",
+        s.segments
+    );
+    let mut frames = 0;
+    for (i, seg) in s.segments.iter().enumerate() {
+        assert_eq!(
+            seg.extension().and_then(|e| e.to_str()),
+            Some("avi"),
+            "closed segments lose .part"
+        );
+        surv_tests::ffmpeg_check(seg).unwrap();
+        let (codec, n, secs) = surv_tests::ffprobe(seg).unwrap();
+        assert_eq!(codec, "mjpeg");
+        frames += n;
+        // Real speed: n frames captured at 30 fps play for n/30 s (±2 %).
+        let real = n as f64 / 30.0;
+        assert!(
+            (secs / real - 1.0).abs() <= 0.02,
+            "{}: {secs} s for {n} frames",
+            seg.display()
+        );
+        if i + 1 < s.segments.len() {
+            // A full segment holds 1 s of capture time (a frame more or less at the boundary).
+            assert!((29..=31).contains(&n), "{}: {n} frames", seg.display());
+        }
+    }
+    assert_eq!(frames, s.recorded, "every recorded frame is in a segment");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "part"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
