@@ -90,7 +90,17 @@ fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("{flag} must be a positive number of seconds, not {value}"))
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("surv-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     if matches.value_source("cam") == Some(clap::parser::ValueSource::CommandLine) {
@@ -152,7 +162,7 @@ fn main() -> anyhow::Result<()> {
     let capture = match capture {
         Ok(c) => c,
         Err(e) if args.source == SourceKind::Cam => {
-            bail!("cannot capture from camera {} (/dev/video{}): {e}\nNo camera? Try `--source test` for the built-in test pattern.", args.cam, args.cam)
+            bail!("camera {} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern.", args.cam)
         }
         Err(e) => return Err(e).context("starting the test source"),
     };
