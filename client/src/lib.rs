@@ -4,14 +4,18 @@
 //! * [`receiver`]: registration and the receive/ack loop ([`run`] is its entry point).
 //! * [`decoder`]: the decoding thread (every frame received is decoded, off the network path).
 //! * [`display`]: the window.
-//! * [`recorder`], [`avi`]: rolling AVI segments.
+//! * [`recorder`]: rolling segments, crash-safe, with [`retention`]; [`avi`] (MJPEG as received)
+//!   or [`mp4`] (fragmented MP4 of H.264 from [`h264`]).
 //! * [`stats`]: loss, latency and the exit summary.
 
 pub mod avi;
 pub mod decoder;
 pub mod display;
+pub mod h264;
+pub mod mp4;
 pub mod receiver;
 pub mod recorder;
+pub mod retention;
 pub mod stats;
 
 pub use receiver::{run, ClientError, Config};

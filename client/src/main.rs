@@ -10,13 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use surv_client::display::{self, Latest};
-use surv_client::recorder::RecorderConfig;
+use surv_client::recorder::{Format, RecorderConfig, Retention};
+use surv_client::retention::ByteSize;
 use surv_client::{ClientError, Config};
 use tokio_util::sync::CancellationToken;
 
 /// Watches a surv server: registers over TCP, receives its JPEG frames over UDP, shows them in
-/// a window (fps, loss and latency in the title), records rolling AVI segments, and prints a
-/// summary at exit. Esc, closing the window or Ctrl-C ends it cleanly (the server is told `end`).
+/// a window (fps, loss and latency in the title), records rolling AVI or MP4 segments, and prints
+/// a summary at exit. Esc, closing the window or Ctrl-C ends it cleanly (the server is told `end`).
 #[derive(Debug, Parser)]
 #[command(name = "surv-client", version, about, long_about)]
 struct Args {
@@ -42,6 +43,17 @@ struct Args {
     /// Length of each recorded segment, in seconds (by the frames' capture times).
     #[arg(long, value_name = "SECS", default_value_t = 15.0)]
     segment_secs: f64,
+    /// Segment format: avi (MJPEG, the received JPEGs as they came) or mp4 (H.264, fragmented:
+    /// plays in browsers; costs CPU to re-encode).
+    #[arg(long, value_name = "avi|mp4", default_value_t = Format::Avi)]
+    format: Format,
+    /// Keep at most this much of closed segments in the folder (e.g. 500M, 20G); the oldest are
+    /// deleted first.
+    #[arg(long, value_name = "SIZE")]
+    keep_bytes: Option<ByteSize>,
+    /// Keep at most this many closed segments in the folder; the oldest are deleted first.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_segments: Option<u64>,
     /// Do not record.
     #[arg(long)]
     no_record: bool,
@@ -79,6 +91,13 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(RecorderConfig {
             dir: args.record_dir.clone(),
             segment: positive(args.segment_secs, "--segment-secs")?,
+            format: args.format,
+            keep: Retention {
+                max_bytes: args.keep_bytes.map(|b| b.0),
+                max_segments: args
+                    .keep_segments
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            },
         })
     };
     let config = Config {

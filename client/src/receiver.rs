@@ -106,10 +106,14 @@ pub async fn run(
         source,
     })?;
     let recorder = match &cfg.record {
-        Some(rc) => Some(recorder::spawn(rc.clone()).map_err(|e| ClientError::Start {
-            what: "recorder",
-            source: std::io::Error::other(e.to_string()),
-        })?),
+        Some(rc) => {
+            Some(
+                recorder::spawn(rc.clone(), params.fps).map_err(|e| ClientError::Start {
+                    what: "recorder",
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+            )
+        }
         None => None,
     };
 

@@ -1,30 +1,40 @@
-//! Rolling AVI segments of the received JPEG stream, written off the display path.
+//! Rolling recording segments of the received stream, AVI (the JPEGs as they came) or MP4
+//! (H.264), written off the display path.
 //!
 //! The display hands each received frame to [`RecorderHandle::push`], which never blocks: a
-//! bounded queue feeds one dedicated thread that owns the file. When the queue is full the frame
-//! is dropped and counted, so a slow disk costs recorded frames, never displayed ones.
+//! bounded queue feeds one dedicated thread that owns the file and, for MP4, the encoder. When the
+//! queue is full (a slow disk, or an encoder that cannot keep up) the frame is dropped and counted,
+//! so a slow recorder costs recorded frames, never displayed ones, and never memory.
 //!
 //! Segments follow the capture clock carried in the stream, not arrival time, so network jitter
-//! does not move the cuts. A segment covers `[first capture, first capture + segment)`; the first
-//! frame outside that window starts the next one. A segment is also cut early when
+//! does not move the cuts, and playback runs at capture speed across lost frames: AVI lays frames
+//! on a grid of slots at the stream's nominal interval with empty slots for missing ones (see
+//! [`avi`](crate::avi)), MP4 gives each sample its own capture time. A segment covers
+//! `[first capture, first capture + segment)` and starts on a whole frame (for MP4 an IDR picture);
+//! the first frame outside that window starts the next one. A segment is also cut early when
 //!
-//! * the frame dimensions change (the server downscales under load): an AVI 1.0 stream has one
-//!   size in its headers and players scale or reject frames of another size, so a new file keeps
-//!   every file self-consistent. The new segment's window starts at that frame.
-//! * the file would pass the AVI 1.0 size limit ([`MAX_AVI_BYTES`](crate::avi::MAX_AVI_BYTES)).
+//! * the frame dimensions change (the server downscales under load): each file has one size.
+//! * an AVI would pass the AVI 1.0 size limit ([`MAX_AVI_BYTES`](crate::avi::MAX_AVI_BYTES)).
 //!
-//! A segment is written as `surv-YYYYmmdd-HHMMSS.avi.part` (local time of its first frame,
-//! `-N` appended if the name is taken) and renamed to `.avi` once complete and synced, so a
-//! `.avi` file is always whole. If writing fails (disk full, directory gone), the segment is
-//! abandoned: its `.part` stays for inspection, the frames of its window are dropped, and the next
-//! window tries a fresh file. One error is logged per run of failures, not one per frame.
+//! A segment is written as `surv-YYYYmmdd-HHMMSS.avi.part` (or `.mp4.part`; local time of its
+//! first frame, `-N` appended if the name is taken) and renamed once complete and synced, so a
+//! `.avi`/`.mp4` file is always whole. What is written becomes crash-safe at least every
+//! [`CHECKPOINT`] of capture time (and after that long without frames): MP4 writes each fragment
+//! (an IDR picture and what follows, under [`CHECKPOINT`] long) as it completes, AVI flushes and
+//! patches its header. A killed viewer leaves a `.part` that plays up to the last checkpoint.
+//!
+//! If writing fails (disk full, directory gone), the segment is abandoned: its `.part` stays, the
+//! frames of its window are dropped, and the next window tries a fresh file. One error is logged
+//! per run of failures, not one per frame. After each closed segment, [`Retention`] deletes the
+//! oldest closed segments beyond the cap.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -34,14 +44,21 @@ use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::avi::AviWriter;
+use crate::h264::JpegToH264;
+use crate::mp4::{Fmp4Writer, Sample, TIMESCALE};
+pub use crate::retention::Retention;
 
 /// Frames waiting for the recorder thread: about two seconds at 30 fps.
 pub const QUEUE_FRAMES: usize = 64;
 
-/// Frame interval assumed for a segment of one frame, whose real interval is unknown: 30 fps.
-const SINGLE_FRAME_INTERVAL: Duration = Duration::from_micros(33_333);
+/// What is written becomes playable-after-a-crash at least this often: the MP4 fragment length
+/// bound, and the AVI header-patch interval (both by capture time, and after this long idle).
+pub const CHECKPOINT: Duration = Duration::from_secs(1);
 
-/// Write buffer in front of each file: a few typical frames per `write` system call.
+/// Frame rate assumed when the stream does not say: 30 fps.
+const DEFAULT_FPS: u32 = 30;
+
+/// Write buffer in front of each AVI file: a few typical frames per `write` system call.
 const WRITE_BUFFER_BYTES: usize = 128 << 10;
 
 /// At most one "dropping frames" warning per this interval.
@@ -50,13 +67,65 @@ const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
 /// How many `-N` suffixes to try before giving up on a name.
 const MAX_NAME_TRIES: u32 = 1000;
 
-/// Where and how long.
+/// Container and codec of the segments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// MJPEG in AVI 1.0: the received JPEGs stored as they came.
+    #[default]
+    Avi,
+    /// H.264 in fragmented MP4: plays in browsers; each JPEG is decoded and re-encoded.
+    Mp4,
+}
+
+impl Format {
+    /// File extension of a closed segment.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Avi => "avi",
+            Format::Mp4 => "mp4",
+        }
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "avi" => Ok(Format::Avi),
+            "mp4" => Ok(Format::Mp4),
+            _ => Err(format!("unknown format {s:?} (use avi or mp4)")),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+/// Where, how long, in what format, and how much to keep.
 #[derive(Debug, Clone)]
 pub struct RecorderConfig {
     /// Directory for the segments; created if missing.
     pub dir: PathBuf,
     /// Capture time covered by one file.
     pub segment: Duration,
+    pub format: Format,
+    /// Oldest closed segments beyond this are deleted.
+    pub keep: Retention,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            dir: PathBuf::from("recordings"),
+            segment: Duration::from_secs(15),
+            format: Format::Avi,
+            keep: Retention::default(),
+        }
+    }
 }
 
 /// One received frame to record.
@@ -80,26 +149,27 @@ impl fmt::Debug for RecFrame {
 /// What the recorder did, returned by [`RecorderHandle::finish`].
 ///
 /// Every pushed frame is counted once: `frames_written + frames_dropped` = frames pushed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecorderReport {
-    /// Closed (complete, renamed) segments, in order.
+    /// Closed (complete, renamed) segments, in order; some may since have been deleted by
+    /// retention (see `deleted`).
     pub segments: Vec<PathBuf>,
     /// Frames in those segments.
     pub frames_written: u64,
-    /// Frames not in any closed segment: the queue was full, the JPEG header was unreadable, or
-    /// their segment failed to write.
+    /// Frames not in any closed segment: the queue was full, the JPEG was unreadable or could
+    /// not be coded, or their segment failed to write.
     pub frames_dropped: u64,
     /// Failed attempts to create, write or close a segment.
     pub write_errors: u64,
+    /// Closed segments deleted by retention (from this run or earlier ones).
+    pub deleted: Vec<PathBuf>,
+    /// Time the recorder thread spent per written frame: decode + encode + mux + write, µs.
+    pub cpu_us_per_frame: f64,
 }
 
 /// Why the recorder could not start.
 #[derive(Debug, Error)]
 pub enum RecorderError {
-    #[error("cannot create recording directory {}", dir.display())]
-    CreateDir { dir: PathBuf, source: io::Error },
-    #[error("recording directory {} is not writable", dir.display())]
-    NotWritable { dir: PathBuf, source: io::Error },
     #[error("recording segment length must be more than zero")]
     ZeroSegment,
     #[error("cannot start the recorder thread")]
@@ -121,9 +191,12 @@ pub struct RecorderHandle {
     thread: JoinHandle<RecorderReport>,
 }
 
-/// Starts the recorder thread, after making sure `cfg.dir` exists and can be written to.
-pub fn spawn(cfg: RecorderConfig) -> Result<RecorderHandle, RecorderError> {
-    spawn_with(cfg, Disk)
+/// Starts the recorder thread for a stream of `stream_fps` frames per second (0: unknown).
+///
+/// A directory that cannot be created or written to is logged as an error, not returned: the
+/// stream goes on, and recording starts by itself once the directory is usable.
+pub fn spawn(cfg: RecorderConfig, stream_fps: u32) -> Result<RecorderHandle, RecorderError> {
+    spawn_with(cfg, stream_fps, Disk)
 }
 
 impl RecorderHandle {
@@ -146,7 +219,8 @@ impl RecorderHandle {
                 {
                     warn!(
                         frames_dropped = dropped,
-                        "recorder falling behind (slow disk?), dropping frames from the recording"
+                        "recorder falling behind (slow disk or encoder), dropping frames from the \
+                         recording"
                     );
                 }
                 trace!(capture_unix_us = f.capture_unix_us, "recorder queue full");
@@ -199,33 +273,35 @@ impl SegmentStore for Disk {
 
 fn spawn_with<S: SegmentStore>(
     cfg: RecorderConfig,
+    stream_fps: u32,
     store: S,
 ) -> Result<RecorderHandle, RecorderError> {
     if cfg.segment.is_zero() {
         return Err(RecorderError::ZeroSegment);
     }
-    let dir = cfg.dir;
-    fs::create_dir_all(&dir).map_err(|source| RecorderError::CreateDir {
-        dir: dir.clone(),
-        source,
-    })?;
-    probe_writable(&dir).map_err(|source| RecorderError::NotWritable {
-        dir: dir.clone(),
-        source,
-    })?;
-
+    let fps = if stream_fps == 0 {
+        DEFAULT_FPS
+    } else {
+        stream_fps
+    };
     let (tx, rx) = mpsc::sync_channel(QUEUE_FRAMES);
-    let span = tracing::info_span!("recorder", dir = %dir.display());
+    let span = tracing::info_span!("recorder", dir = %cfg.dir.display(), format = %cfg.format);
     // The thread logs to the caller's subscriber, also when it is a thread-local default.
     let dispatch = tracing::dispatcher::get_default(|d| d.clone());
     let writer = SegmentWriter {
-        dir,
+        dir: cfg.dir,
+        format: cfg.format,
+        keep: cfg.keep,
         segment_us: u64::try_from(cfg.segment.as_micros()).unwrap_or(u64::MAX),
+        fps,
+        frame_us: (1_000_000 / fps).max(1),
         store,
         current: None,
         abandoned: None,
         failing: false,
         invalid_frames: 0,
+        uncoded_frames: 0,
+        busy: Duration::ZERO,
         report: RecorderReport::default(),
     };
     let thread = thread::Builder::new()
@@ -243,18 +319,25 @@ fn spawn_with<S: SegmentStore>(
     })
 }
 
-/// Creates and removes a file in `dir`, so that a read-only directory is reported at start-up
-/// rather than at the first segment.
+/// Creates `dir` if need be and a file in it, so that an unusable directory is reported at
+/// start-up rather than at the first segment.
 fn probe_writable(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".surv-write-probe-{}", std::process::id()));
-    File::create(&probe)?.write_all(b"surv")?;
-    fs::remove_file(&probe)
+    let written = File::create(&probe).and_then(|mut f| f.write_all(b"surv"));
+    let removed = fs::remove_file(&probe);
+    written.and(removed)
 }
 
 /// The recorder thread: owns the current segment file.
 struct SegmentWriter<S: SegmentStore> {
     dir: PathBuf,
+    format: Format,
+    keep: Retention,
     segment_us: u64,
+    fps: u32,
+    /// Nominal frame interval, from the stream's rate: AVI's slot length.
+    frame_us: u32,
     store: S,
     current: Option<Segment<S::File>>,
     /// After a failed segment, its window `[start, end)` of capture time: frames in it are
@@ -263,12 +346,15 @@ struct SegmentWriter<S: SegmentStore> {
     /// In a run of failures: log the first at error, the rest at debug.
     failing: bool,
     invalid_frames: u64,
+    uncoded_frames: u64,
+    /// Time spent recording frames, for the CPU-per-frame figure.
+    busy: Duration,
     report: RecorderReport,
 }
 
 /// The file being written.
 struct Segment<F: Write + Seek> {
-    avi: AviWriter<BufWriter<F>>,
+    body: Body<F>,
     /// Name while being written.
     part: PathBuf,
     /// Name once complete.
@@ -277,33 +363,108 @@ struct Segment<F: Write + Seek> {
     first_us: u64,
     /// Latest capture time written (frames may arrive slightly out of order).
     last_us: u64,
-    /// Time spent in `write_frame`, for the close log.
+    /// Capture time of the last checkpoint.
+    checkpoint_us: u64,
+    /// Time spent on frames, for the close log.
     write_time: Duration,
 }
 
+/// The format-specific part of a segment.
+enum Body<F: Write + Seek> {
+    Avi {
+        avi: AviWriter<BufWriter<F>>,
+        /// Slot of the latest frame written.
+        last_slot: Option<u64>,
+    },
+    Mp4(Box<Mp4Body<F>>),
+}
+
+struct Mp4Body<F: Write> {
+    encoder: JpegToH264,
+    /// The file until the first picture gives the SPS and PPS for its header.
+    file: Option<F>,
+    out: Option<Fmp4Writer<F>>,
+    /// The fragment being gathered; written when the next one starts, at a checkpoint, or on
+    /// close.
+    pending: Vec<Sample>,
+    /// Capture time of the pending fragment's first frame.
+    fragment_us: u64,
+}
+
 impl<F: Write + Seek> Segment<F> {
-    /// Capture time spanned by the frames, plus one average frame interval so that the last
-    /// frame has a duration too.
-    fn duration(&self) -> Duration {
-        let frames = u64::from(self.avi.frames());
-        let span_us = self.last_us - self.first_us;
-        let interval = if frames >= 2 {
-            Duration::from_micros(span_us / (frames - 1))
-        } else {
-            SINGLE_FRAME_INTERVAL
-        };
-        Duration::from_micros(span_us) + interval
+    /// Frames in the file once it is closed (written or pending).
+    fn frames(&self) -> u64 {
+        match &self.body {
+            Body::Avi { avi, .. } => u64::from(avi.frames()),
+            Body::Mp4(m) => m.out.as_ref().map_or(0, Fmp4Writer::samples) + m.pending.len() as u64,
+        }
+    }
+
+    /// Capture time spanned by the file: from the first frame to the end of the last one.
+    fn duration(&self, frame_us: u32) -> Duration {
+        match &self.body {
+            Body::Avi { avi, .. } => {
+                Duration::from_micros(u64::from(avi.slots()) * u64::from(frame_us))
+            }
+            Body::Mp4(_) => {
+                Duration::from_micros(self.last_us - self.first_us + u64::from(frame_us))
+            }
+        }
+    }
+}
+
+/// What went wrong with one frame.
+enum FrameError {
+    /// The file failed: abandon the segment.
+    Io(io::Error),
+    /// This frame cannot be coded: drop it, keep the segment.
+    Uncodable(String),
+}
+
+impl From<io::Error> for FrameError {
+    fn from(e: io::Error) -> Self {
+        FrameError::Io(e)
     }
 }
 
 impl<S: SegmentStore> SegmentWriter<S> {
     fn run(mut self, rx: Receiver<RecFrame>) -> RecorderReport {
-        for f in rx {
-            self.record(f);
+        match probe_writable(&self.dir) {
+            Ok(()) => {
+                warn_about_leftovers(&self.dir);
+                self.apply_retention();
+            }
+            Err(e) => self.note_failure("preparing the directory", &self.dir.clone(), &e),
+        }
+        loop {
+            match rx.recv_timeout(CHECKPOINT) {
+                Ok(f) => {
+                    let started = Instant::now();
+                    self.record(f);
+                    self.busy += started.elapsed();
+                }
+                // Nothing new for a while: make what is buffered safe.
+                Err(RecvTimeoutError::Timeout) => self.checkpoint(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
         }
         if let Some(seg) = self.current.take() {
+            let started = Instant::now();
             self.close(seg);
+            self.busy += started.elapsed();
         }
+        self.report.cpu_us_per_frame = if self.report.frames_written == 0 {
+            0.0
+        } else {
+            self.busy.as_secs_f64() * 1e6 / self.report.frames_written as f64
+        };
+        info!(
+            segments = self.report.segments.len(),
+            frames_written = self.report.frames_written,
+            frames_dropped = self.report.frames_dropped,
+            cpu_us_per_frame = self.report.cpu_us_per_frame as u64,
+            "recorder finished"
+        );
         self.report
     }
 
@@ -329,8 +490,8 @@ impl<S: SegmentStore> SegmentWriter<S> {
                 Some("segment time")
             } else if dims != seg.dims {
                 Some("frame size changed")
-            } else if !seg.avi.has_room_for(f.jpeg.len()) {
-                Some("avi 1.0 size limit")
+            } else if let Body::Avi { avi, .. } = &seg.body {
+                (!avi.has_room_for(f.jpeg.len())).then_some("avi 1.0 size limit")
             } else {
                 None
             };
@@ -366,8 +527,15 @@ impl<S: SegmentStore> SegmentWriter<S> {
             return;
         };
         let started = Instant::now();
-        match seg.avi.write_frame(&f.jpeg) {
-            Ok(()) => {
+        let frame_us = self.frame_us;
+        let result = match &mut seg.body {
+            Body::Avi { avi, last_slot } => {
+                write_avi_frame(avi, last_slot, &f.jpeg, t - seg.first_us, frame_us)
+            }
+            Body::Mp4(m) => m.write_frame(&f.jpeg, t, seg.first_us, frame_us),
+        };
+        match result {
+            Ok(fragment_written) => {
                 seg.write_time += started.elapsed();
                 seg.last_us = seg.last_us.max(t);
                 trace!(
@@ -375,12 +543,61 @@ impl<S: SegmentStore> SegmentWriter<S> {
                     jpeg_bytes = f.jpeg.len(),
                     "frame recorded"
                 );
+                if fragment_written {
+                    // MP4: the previous fragment is in the file.
+                    debug!(
+                        path = %seg.part.display(),
+                        frames = seg.frames() - 1,
+                        "segment checkpoint"
+                    );
+                } else if matches!(seg.body, Body::Avi { .. })
+                    && t.saturating_sub(seg.checkpoint_us) >= CHECKPOINT.as_micros() as u64
+                {
+                    seg.checkpoint_us = t;
+                    self.checkpoint();
+                }
             }
-            Err(e) => {
+            Err(FrameError::Uncodable(reason)) => {
+                self.report.frames_dropped += 1;
+                self.uncoded_frames += 1;
+                if self.uncoded_frames == 1 {
+                    warn!(%reason, "not recording a frame that cannot be coded");
+                } else {
+                    trace!(%reason, capture_unix_us = t, "frame not coded");
+                }
+            }
+            Err(FrameError::Io(e)) => {
                 if let Some(seg) = self.current.take() {
                     self.note_failure("writing", &seg.part, &e);
                     // The frames already in the file, and this one.
-                    self.report.frames_dropped += u64::from(seg.avi.frames()) + 1;
+                    self.report.frames_dropped += seg.frames() + 1;
+                    let end = seg.first_us.saturating_add(self.segment_us);
+                    self.abandoned = Some((seg.first_us, end));
+                }
+            }
+        }
+    }
+
+    /// Makes the current segment's frames safe against a crash (see [`CHECKPOINT`]).
+    fn checkpoint(&mut self) {
+        let Some(seg) = self.current.as_mut() else {
+            return;
+        };
+        let frame_us = self.frame_us;
+        let result = match &mut seg.body {
+            Body::Avi { avi, .. } => avi.checkpoint(),
+            Body::Mp4(m) => m.flush_fragment(None, frame_us),
+        };
+        match result {
+            Ok(()) => debug!(
+                path = %seg.part.display(),
+                frames = seg.frames(),
+                "segment checkpoint"
+            ),
+            Err(e) => {
+                if let Some(seg) = self.current.take() {
+                    self.note_failure("writing", &seg.part, &e);
+                    self.report.frames_dropped += seg.frames();
                     let end = seg.first_us.saturating_add(self.segment_us);
                     self.abandoned = Some((seg.first_us, end));
                 }
@@ -390,11 +607,14 @@ impl<S: SegmentStore> SegmentWriter<S> {
 
     /// Creates the `.part` file of a segment starting at capture time `first_us`.
     fn open(&mut self, first_us: u64, dims: (u16, u16)) -> io::Result<Segment<S::File>> {
+        // The directory may have been removed, or not be creatable yet at start.
+        fs::create_dir_all(&self.dir)?;
         let stem = file_stem(first_us);
+        let ext = self.format.extension();
         for n in 0..MAX_NAME_TRIES {
             let name = match n {
-                0 => format!("{stem}.avi"),
-                n => format!("{stem}-{n}.avi"),
+                0 => format!("{stem}.{ext}"),
+                n => format!("{stem}-{n}.{ext}"),
             };
             let path = self.dir.join(&name);
             if path.try_exists()? {
@@ -406,38 +626,75 @@ impl<S: SegmentStore> SegmentWriter<S> {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             };
-            let out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-            let avi = AviWriter::new(out, dims.0, dims.1)?;
-            debug!(path = %part.display(), width = dims.0, height = dims.1, "segment started");
+            let body = match self.format {
+                Format::Avi => {
+                    let out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+                    Body::Avi {
+                        avi: AviWriter::new(out, dims.0, dims.1, self.frame_us)?,
+                        last_slot: None,
+                    }
+                }
+                Format::Mp4 => {
+                    // Precision loss is irrelevant at frame rates.
+                    let encoder = JpegToH264::new(dims.0, dims.1, self.fps as f32)
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    Body::Mp4(Box::new(Mp4Body {
+                        encoder,
+                        file: Some(file),
+                        out: None,
+                        pending: Vec::new(),
+                        fragment_us: first_us,
+                    }))
+                }
+            };
+            info!(path = %part.display(), width = dims.0, height = dims.1, "segment started");
             return Ok(Segment {
-                avi,
+                body,
                 part,
                 path,
                 dims,
                 first_us,
                 last_us: first_us,
+                checkpoint_us: first_us,
                 write_time: Duration::ZERO,
             });
         }
         Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{stem}.avi and {MAX_NAME_TRIES} numbered variants all exist"),
+            format!("{stem}.{ext} and {MAX_NAME_TRIES} numbered variants all exist"),
         ))
     }
 
-    /// Completes a segment: index, headers, sync, rename from `.part`.
+    /// Completes a segment: index or last fragment, headers, sync, rename from `.part`; then
+    /// retention.
     fn close(&mut self, seg: Segment<S::File>) {
-        let frames = u64::from(seg.avi.frames());
-        let duration = seg.duration();
+        let frames = seg.frames();
+        let duration = seg.duration(self.frame_us);
         let write_time = seg.write_time;
+        let frame_us = self.frame_us;
         let (part, path) = (seg.part, seg.path);
-        let result = seg
-            .avi
-            .finish(duration)
-            .and_then(|out| out.into_inner().map_err(io::IntoInnerError::into_error))
-            .and_then(|file| self.store.sync(&file))
-            .and_then(|()| fs::rename(&part, &path));
+        let file = match seg.body {
+            Body::Avi { avi, .. } => avi
+                .finish()
+                .and_then(|out| out.into_inner().map_err(io::IntoInnerError::into_error)),
+            Body::Mp4(mut m) => m.flush_fragment(None, frame_us).and_then(|()| {
+                match (m.out, m.file) {
+                    (Some(out), _) => out.into_inner(),
+                    // No frame was ever coded: an empty file, removed below.
+                    (None, Some(file)) => Ok(file),
+                    (None, None) => Err(io::Error::other("segment has no file")),
+                }
+            }),
+        };
+        let result = file.and_then(|file| self.store.sync(&file)).and_then(|()| {
+            if frames == 0 {
+                fs::remove_file(&part)
+            } else {
+                fs::rename(&part, &path)
+            }
+        });
         match result {
+            Ok(()) if frames == 0 => debug!(path = %part.display(), "empty segment removed"),
             Ok(()) => {
                 if self.failing {
                     info!("recording works again");
@@ -447,16 +704,32 @@ impl<S: SegmentStore> SegmentWriter<S> {
                     path = %path.display(),
                     frames,
                     duration_ms = duration.as_millis(),
-                    write_us_per_frame = write_time.as_micros() / u128::from(frames.max(1)),
+                    cpu_us_per_frame = write_time.as_micros() / u128::from(frames.max(1)),
                     "segment closed"
                 );
                 self.report.frames_written += frames;
                 self.report.segments.push(path);
+                self.apply_retention();
             }
             Err(e) => {
                 self.note_failure("closing", &part, &e);
                 self.report.frames_dropped += frames;
             }
+        }
+    }
+
+    fn apply_retention(&mut self) {
+        match crate::retention::enforce(&self.dir, &self.keep) {
+            Ok(crate::retention::Enforced { deleted, failed }) => {
+                for d in deleted {
+                    info!(path = %d.path.display(), bytes = d.bytes, "retention: deleted the oldest segment");
+                    self.report.deleted.push(d.path);
+                }
+                for (path, e) in failed {
+                    warn!(path = %path.display(), error = %e, "retention: cannot delete a segment");
+                }
+            }
+            Err(e) => warn!(error = %e, "retention: cannot list the recording directory"),
         }
     }
 
@@ -470,9 +743,141 @@ impl<S: SegmentStore> SegmentWriter<S> {
                 path = %path.display(),
                 error = %e,
                 "recording failed while {doing}; frames are lost until a new segment can be \
-                 written (is the disk full?); a partial file is left as .part"
+                 written (is the disk full, or the directory not writable?); the stream goes on, \
+                 and recording resumes by itself; a partial file is left as .part"
             );
         }
+    }
+}
+
+/// Writes `jpeg`, captured `offset_us` after the segment's first frame, in the slot nearest its
+/// capture time, leaving the slots of missing frames empty. A frame that would share a slot
+/// (out of order, or a source faster than its nominal rate) takes the next free one.
+fn write_avi_frame<W: Write + Seek>(
+    avi: &mut AviWriter<W>,
+    last_slot: &mut Option<u64>,
+    jpeg: &[u8],
+    offset_us: u64,
+    frame_us: u32,
+) -> Result<bool, FrameError> {
+    let frame_us = u64::from(frame_us.max(1));
+    let nearest = (offset_us + frame_us / 2) / frame_us;
+    let slot = match *last_slot {
+        Some(last) => nearest.max(last + 1),
+        None => 0,
+    };
+    let empty = slot - last_slot.map_or(0, |l| l + 1);
+    avi.skip(u32::try_from(empty).unwrap_or(u32::MAX))?;
+    avi.write_frame(jpeg)?;
+    *last_slot = Some(slot);
+    Ok(false)
+}
+
+impl<F: Write> Mp4Body<F> {
+    /// Codes `jpeg` (captured at `t`, in a segment whose first frame was at `first_us`) into the
+    /// pending fragment, writing the previous fragment first when this frame starts a new one;
+    /// says whether it did.
+    fn write_frame(
+        &mut self,
+        jpeg: &[u8],
+        t: u64,
+        first_us: u64,
+        frame_us: u32,
+    ) -> Result<bool, FrameError> {
+        let dts = us_to_timescale(t.saturating_sub(first_us));
+        // Decode times must rise; an out-of-order frame goes right after the previous one.
+        let dts = match self.pending.last() {
+            Some(prev) => dts.max(prev.dts + 1),
+            None => dts,
+        };
+        let starts_fragment = self.pending.is_empty()
+            || t.saturating_sub(self.fragment_us) >= CHECKPOINT.as_micros() as u64;
+        let flushes = starts_fragment && !self.pending.is_empty();
+        if flushes {
+            self.flush_fragment(Some(dts), frame_us)?;
+        }
+        let coded = self
+            .encoder
+            .encode(jpeg, starts_fragment, t / 1000)
+            .map_err(|e| FrameError::Uncodable(e.to_string()))?;
+        let unit = coded.unit;
+        if unit.data.is_empty() {
+            return Err(FrameError::Uncodable(
+                "the encoder returned no picture".into(),
+            ));
+        }
+        if self.out.is_none() {
+            let (Some(sps), Some(pps)) = (&unit.sps, &unit.pps) else {
+                return Err(FrameError::Uncodable(
+                    "the first picture has no SPS/PPS".into(),
+                ));
+            };
+            let Some(file) = self.file.take() else {
+                return Err(FrameError::Io(io::Error::other("segment has no file")));
+            };
+            self.out = Some(Fmp4Writer::new(file, coded.width, coded.height, sps, pps)?);
+        }
+        if starts_fragment {
+            self.fragment_us = t;
+        }
+        if let Some(prev) = self.pending.last_mut() {
+            prev.duration = u32::try_from(dts - prev.dts).unwrap_or(u32::MAX);
+        }
+        self.pending.push(Sample {
+            data: unit.data,
+            dts,
+            duration: frame_interval_timescale(frame_us),
+            sync: unit.idr,
+        });
+        Ok(flushes)
+    }
+
+    /// Writes the pending fragment. Its last picture lasts until `next_dts`, when the next
+    /// picture is known, else one nominal frame interval.
+    fn flush_fragment(&mut self, next_dts: Option<u64>, frame_us: u32) -> io::Result<()> {
+        let Some(last) = self.pending.last_mut() else {
+            return Ok(());
+        };
+        last.duration = match next_dts {
+            Some(next) => u32::try_from(next.saturating_sub(last.dts)).unwrap_or(u32::MAX),
+            None => frame_interval_timescale(frame_us),
+        };
+        let Some(out) = self.out.as_mut() else {
+            return Ok(());
+        };
+        out.write_fragment(&self.pending)?;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+fn us_to_timescale(us: u64) -> u64 {
+    // No overflow for any offset under 6 million years.
+    us.saturating_mul(u64::from(TIMESCALE)) / 1_000_000
+}
+
+fn frame_interval_timescale(frame_us: u32) -> u32 {
+    u32::try_from(us_to_timescale(u64::from(frame_us))).unwrap_or(u32::MAX)
+}
+
+/// Segments left as `.part` by an earlier run that was killed (or by another viewer writing
+/// now): they play up to their last checkpoint; say so once.
+fn warn_about_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let parts: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.starts_with("surv-") && n.ends_with(".part"))
+        .collect();
+    if let Some(first) = parts.first() {
+        warn!(
+            count = parts.len(),
+            first = %first,
+            "unfinished segments (.part) in the recording directory: from an interrupted run, \
+             or another viewer's; they play up to their last checkpoint and are left as they are"
+        );
     }
 }
 
@@ -597,7 +1002,7 @@ mod tests {
         let expected_us = frames * FRAME_INTERVAL_US;
         let file = fs::read(path).unwrap();
         let (w, h) = (u32::from(width), u32::from(height));
-        crate::avi::tests::check_file(&file, jpegs, expected_us, w, h);
+        crate::avi::tests::check_file(&file, jpegs, FRAME_INTERVAL_US as u32, w, h);
 
         let out = run_tool(
             "ffmpeg",
@@ -701,10 +1106,14 @@ mod tests {
     fn rolling_segments_play_back_at_capture_speed() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("not/yet/there");
-        let rec = spawn(RecorderConfig {
-            dir: dir.clone(),
-            segment: Duration::from_secs(1),
-        })
+        let rec = spawn(
+            RecorderConfig {
+                dir: dir.clone(),
+                segment: Duration::from_secs(1),
+                ..RecorderConfig::default()
+            },
+            30,
+        )
         .unwrap();
         // 3.2 s of frames: three full segments and a short one closed by finish().
         let seqs = 0..97;
@@ -735,10 +1144,14 @@ mod tests {
     #[test]
     fn frame_size_change_starts_a_new_segment() {
         let tmp = tempfile::tempdir().unwrap();
-        let rec = spawn(RecorderConfig {
-            dir: tmp.path().to_path_buf(),
-            segment: Duration::from_secs(60),
-        })
+        let rec = spawn(
+            RecorderConfig {
+                dir: tmp.path().to_path_buf(),
+                segment: Duration::from_secs(60),
+                ..RecorderConfig::default()
+            },
+            30,
+        )
         .unwrap();
         let big: Vec<Bytes> = (0..10).map(|s| jpeg(160, 90, s, false)).collect();
         let small: Vec<Bytes> = (11..21).map(|s| jpeg(80, 45, s, false)).collect();
@@ -767,10 +1180,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let taken = tmp.path().join(expected_name(0, ""));
         fs::write(&taken, b"someone else's").unwrap();
-        let rec = spawn(RecorderConfig {
-            dir: tmp.path().to_path_buf(),
-            segment: Duration::from_secs(60),
-        })
+        let rec = spawn(
+            RecorderConfig {
+                dir: tmp.path().to_path_buf(),
+                segment: Duration::from_secs(60),
+                ..RecorderConfig::default()
+            },
+            30,
+        )
         .unwrap();
         let jpeg = jpeg(160, 90, 0, false);
         assert!(rec.push(frame(jpeg.clone(), 0)));
@@ -781,28 +1198,62 @@ mod tests {
     }
 
     #[test]
-    fn unusable_dir_is_an_error_from_spawn() {
+    fn zero_segment_is_an_error_from_spawn() {
         let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("a-file");
-        fs::write(&file, b"x").unwrap();
-        for dir in [file.join("rec"), file.clone()] {
-            let cfg = RecorderConfig {
-                dir: dir.clone(),
-                segment: Duration::from_secs(60),
-            };
-            match spawn(cfg) {
-                Err(e @ RecorderError::CreateDir { .. }) => {
-                    assert!(e.to_string().contains(&*dir.to_string_lossy()), "{e}");
-                }
-                Err(e) => panic!("wrong error for {}: {e:?}", dir.display()),
-                Ok(_) => panic!("spawn accepted {}", dir.display()),
-            }
-        }
         let cfg = RecorderConfig {
             dir: tmp.path().to_path_buf(),
             segment: Duration::ZERO,
+            ..RecorderConfig::default()
         };
-        assert!(matches!(spawn(cfg), Err(RecorderError::ZeroSegment)));
+        assert!(matches!(spawn(cfg, 30), Err(RecorderError::ZeroSegment)));
+    }
+
+    /// An unusable directory does not stop the viewer: one error, frames dropped, and recording
+    /// starts by itself once the directory can be created.
+    #[test]
+    fn unusable_dir_is_reported_once_and_recording_starts_when_fixed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blocker = tmp.path().join("a-file");
+        fs::write(&blocker, b"x").unwrap();
+        let dir = blocker.join("rec");
+        let logs = LogBuf::default();
+        let subscriber = logs.subscriber();
+        let jpegs: Vec<Bytes> = (0..75).map(|s| jpeg(160, 90, s, false)).collect();
+        let (report, refused) = tracing::subscriber::with_default(subscriber, || {
+            let cfg = RecorderConfig {
+                dir: dir.clone(),
+                segment: Duration::from_secs(1),
+                ..RecorderConfig::default()
+            };
+            let rec = spawn(cfg, 30).unwrap();
+            let mut refused = push_all(&rec, (0..30).map(|s| frame(jpegs[s as usize].clone(), s)));
+            let until = Instant::now() + Duration::from_secs(10);
+            while !logs.text().contains("creating a segment") && Instant::now() < until {
+                thread::sleep(Duration::from_millis(5));
+            }
+            fs::remove_file(&blocker).unwrap();
+            refused += push_all(&rec, (30..75).map(|s| frame(jpegs[s as usize].clone(), s)));
+            (rec.finish(), refused)
+        });
+        let logs = logs.text();
+        let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "one error for the run of failures: {logs}");
+        assert!(errors[0].contains(&*dir.to_string_lossy()), "{}", errors[0]);
+        assert_eq!(
+            report.write_errors, 2,
+            "the start-up probe and the first segment"
+        );
+        // The failed first window takes its frames with it (seq 30 is still inside it).
+        let windows = expected_windows(0..75, 1_000_000);
+        assert_eq!(windows.len(), 3);
+        let lost = windows[0].end;
+        assert_eq!(report.frames_written, 75 - lost, "{report:?}");
+        assert_eq!(report.frames_dropped, lost + refused);
+        assert_eq!(report.segments.len(), 2);
+        for (seg, w) in report.segments.iter().zip(&windows[1..]) {
+            check_segment(seg, &jpegs[w.start as usize..w.end as usize], (160, 90));
+        }
+        assert_eq!(logs.matches("recording works again").count(), 1, "{logs}");
     }
 
     /// A disk whose first `create_new` waits until the test lets it go.
@@ -833,12 +1284,13 @@ mod tests {
         let cfg = RecorderConfig {
             dir: tmp.path().to_path_buf(),
             segment: Duration::from_secs(60),
+            ..RecorderConfig::default()
         };
         let disk = GatedDisk {
             entered: entered_tx,
             release: release_rx,
         };
-        let rec = spawn_with(cfg, disk).unwrap();
+        let rec = spawn_with(cfg, 30, disk).unwrap();
         let jpeg = jpeg(160, 90, 0, false);
         assert!(rec.push(frame(jpeg.clone(), 0)));
         // The thread now holds frame 0 and waits in create_new: the queue is empty.
@@ -923,6 +1375,22 @@ mod tests {
     #[derive(Clone, Default)]
     struct LogBuf(Arc<Mutex<Vec<u8>>>);
 
+    impl LogBuf {
+        /// A subscriber that writes here, debug and up.
+        fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+            let logs = self.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || logs.clone())
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish()
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
     impl Write for LogBuf {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -965,8 +1433,9 @@ mod tests {
             let cfg = RecorderConfig {
                 dir: tmp.path().to_path_buf(),
                 segment: Duration::from_secs(1),
+                ..RecorderConfig::default()
             };
-            let rec = spawn_with(cfg, disk).unwrap();
+            let rec = spawn_with(cfg, 30, disk).unwrap();
             let refused = push_all(&rec, frames);
             (rec.finish(), refused)
         });

@@ -367,6 +367,7 @@ async fn recorded_avi_segments_rotate_and_play_at_real_speed() {
     cfg.record = Some(surv_client::recorder::RecorderConfig {
         dir: dir.path().into(),
         segment: Duration::from_secs(1),
+        ..Default::default()
     });
     let s = surv_client::run(cfg, None, CancellationToken::new())
         .await

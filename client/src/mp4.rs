@@ -1,0 +1,461 @@
+//! Fragmented MP4 (ISO BMFF) container writer for one H.264 video track.
+//!
+//! The boxes are built and serialised by the `mp4-atom` crate; this file only decides what goes
+//! in them. The layout is what a browser's `<video>` and ffmpeg play, and what survives a crash:
+//!
+//! ```text
+//! ftyp  iso5, with iso6 mp41 avc1 compatible
+//! moov  mvhd (duration 0: unknown, fragments follow)
+//!         trak  tkhd, mdia (mdhd timescale 90 kHz, hdlr vide, minf: vmhd, dinf, stbl with
+//!               avc1 + avcC (SPS, PPS) and empty sample tables)
+//!         mvex  trex (track 1)
+//! moof  mfhd (sequence number), traf: tfhd (default-base-is-moof), tfdt (decode time of the
+//!       first sample), trun (data offset; per sample: duration, size, flags)
+//! mdat  the samples of that fragment: length-prefixed NAL units
+//! moof/mdat ...  one pair per fragment
+//! ```
+//!
+//! Every fragment is complete on its own, and its `tfdt` states where it sits on the timeline, so
+//! a file cut after any fragment (a killed process) plays up to there, and a gap in capture time
+//! between fragments stays a gap instead of pulling later frames early.
+
+use std::io::{self, Write};
+
+use mp4_atom::{
+    Avc1, Avcc, Dinf, Dref, Encode, FourCC, Ftyp, Hdlr, Mdhd, Mdia, Mfhd, Minf, Moof, Moov, Mvex,
+    Mvhd, Stbl, Stco, Stsc, Stsd, Stsz, Stts, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex, Trun, TrunEntry,
+    TrunSamples, Url, Visual, Vmhd,
+};
+
+/// Media time units per second: the usual video clock, fine enough for µs capture times.
+pub const TIMESCALE: u32 = 90_000;
+
+/// `trun` sample flags of a sync sample (an IDR picture): depends on no other sample.
+const SYNC_SAMPLE_FLAGS: u32 = 0x0200_0000;
+/// `trun` sample flags of any other picture: depends on others, not a sync sample.
+const NON_SYNC_SAMPLE_FLAGS: u32 = 0x0101_0000;
+
+/// One coded picture, ready for a fragment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// NAL units, each preceded by its length as a big-endian u32 (what `avcC` with
+    /// `length_size` 4 says), SPS and PPS excluded (they are in the `avcC`).
+    pub data: Vec<u8>,
+    /// Decode time, in [`TIMESCALE`] units from the start of the file.
+    pub dts: u64,
+    /// How long the picture shows, in [`TIMESCALE`] units.
+    pub duration: u32,
+    /// An IDR picture: playback can start here.
+    pub sync: bool,
+}
+
+impl std::fmt::Debug for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("bytes", &self.data.len())
+            .field("dts", &self.dts)
+            .field("duration", &self.duration)
+            .field("sync", &self.sync)
+            .finish()
+    }
+}
+
+/// Writes a fragmented MP4 file: [`new`](Self::new) writes the init segment, each
+/// [`write_fragment`](Self::write_fragment) appends one `moof` + `mdat` and flushes.
+pub struct Fmp4Writer<W: Write> {
+    out: W,
+    /// `mfhd` sequence number of the next fragment, from 1.
+    sequence: u32,
+    /// Bytes written so far.
+    len: u64,
+    /// Samples written so far.
+    samples: u64,
+}
+
+impl<W: Write> Fmp4Writer<W> {
+    /// Writes `ftyp` and `moov` for a `width` x `height` H.264 track described by `sps` and `pps`
+    /// (NAL units without start code or length prefix).
+    pub fn new(mut out: W, width: u16, height: u16, sps: &[u8], pps: &[u8]) -> io::Result<Self> {
+        let init = init_segment(width, height, sps, pps)?;
+        out.write_all(&init)?;
+        out.flush()?;
+        Ok(Fmp4Writer {
+            out,
+            sequence: 1,
+            len: init.len() as u64,
+            samples: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written (never: the init segment is written by `new`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Samples written so far, in all fragments.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Appends one fragment holding `samples` (in decode order, the first at its own `dts`)
+    /// and flushes it, so that it is in the file once this returns.
+    pub fn write_fragment(&mut self, samples: &[Sample]) -> io::Result<()> {
+        let Some(first) = samples.first() else {
+            return Ok(());
+        };
+        let payload_bytes: usize = samples.iter().map(|s| s.data.len()).sum();
+        let entries = samples
+            .iter()
+            .map(|s| {
+                Ok(TrunEntry {
+                    duration: Some(s.duration),
+                    size: Some(u32::try_from(s.data.len()).map_err(io::Error::other)?),
+                    flags: Some(if s.sync {
+                        SYNC_SAMPLE_FLAGS
+                    } else {
+                        NON_SYNC_SAMPLE_FLAGS
+                    }),
+                    cts: None,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut moof = Moof {
+            mfhd: Mfhd {
+                sequence_number: self.sequence,
+            },
+            traf: vec![Traf {
+                tfhd: Tfhd {
+                    track_id: 1,
+                    default_base_is_moof: true,
+                    ..Default::default()
+                },
+                tfdt: Some(Tfdt {
+                    base_media_decode_time: first.dts,
+                }),
+                trun: vec![Trun {
+                    data_offset: Some(0),
+                    samples: TrunSamples::Explicit(entries),
+                }],
+                ..Default::default()
+            }],
+        };
+        // The data offset counts from the start of the moof to the first sample byte, past the
+        // mdat header; the offset field has a fixed width, so one trial encoding gives the size.
+        let moof_bytes = encode(&moof)?.len();
+        let data_offset = i32::try_from(moof_bytes + 8).map_err(io::Error::other)?;
+        moof.traf[0].trun[0].data_offset = Some(data_offset);
+        let mut buf = encode(&moof)?;
+        debug_assert_eq!(buf.len(), moof_bytes);
+        let mdat_bytes = u32::try_from(payload_bytes + 8).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "fragment over 4 GiB; write shorter fragments",
+            )
+        })?;
+        buf.reserve(8 + payload_bytes);
+        buf.extend_from_slice(&mdat_bytes.to_be_bytes());
+        buf.extend_from_slice(b"mdat");
+        for s in samples {
+            buf.extend_from_slice(&s.data);
+        }
+        self.out.write_all(&buf)?;
+        self.out.flush()?;
+        self.sequence = self.sequence.wrapping_add(1);
+        self.len += buf.len() as u64;
+        self.samples += samples.len() as u64;
+        Ok(())
+    }
+
+    /// The underlying writer, flushed.
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+fn encode<T: Encode>(atom: &T) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    atom.encode(&mut buf)
+        .map_err(|e| io::Error::other(format!("encoding an mp4 box: {e}")))?;
+    Ok(buf)
+}
+
+/// `ftyp` + `moov` of a fragmented file with one H.264 track.
+fn init_segment(width: u16, height: u16, sps: &[u8], pps: &[u8]) -> io::Result<Vec<u8>> {
+    // avcC copies profile, compatibility and level from the SPS (bytes 1..4 after the NAL header).
+    let &[_, profile, compat, level, ..] = sps else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("H.264 SPS of {} bytes is too short", sps.len()),
+        ));
+    };
+    let ftyp = Ftyp {
+        major_brand: FourCC::new(b"iso5"),
+        minor_version: 512,
+        compatible_brands: [b"iso5", b"iso6", b"mp41", b"avc1"]
+            .map(FourCC::new)
+            .to_vec(),
+    };
+    let avc1 = Avc1 {
+        visual: Visual {
+            data_reference_index: 1,
+            width,
+            height,
+            depth: 24,
+            ..Default::default()
+        },
+        avcc: Avcc {
+            configuration_version: 1,
+            avc_profile_indication: profile,
+            profile_compatibility: compat,
+            avc_level_indication: level,
+            length_size: 4,
+            sequence_parameter_sets: vec![sps.to_vec()],
+            picture_parameter_sets: vec![pps.to_vec()],
+            ext: None,
+        },
+        btrt: None,
+        colr: None,
+        pasp: None,
+        taic: None,
+        fiel: None,
+        spatial: None,
+    };
+    let moov = Moov {
+        mvhd: Mvhd {
+            timescale: TIMESCALE,
+            rate: 1.into(),
+            volume: 1.into(),
+            next_track_id: 2,
+            ..Default::default()
+        },
+        mvex: Some(Mvex {
+            mehd: None,
+            trex: vec![Trex {
+                track_id: 1,
+                default_sample_description_index: 1,
+                ..Default::default()
+            }],
+        }),
+        trak: vec![Trak {
+            tkhd: Tkhd {
+                track_id: 1,
+                enabled: true,
+                in_movie: true,
+                width: width.into(),
+                height: height.into(),
+                ..Default::default()
+            },
+            mdia: Mdia {
+                mdhd: Mdhd {
+                    timescale: TIMESCALE,
+                    language: "und".into(),
+                    ..Default::default()
+                },
+                hdlr: Hdlr {
+                    handler: FourCC::new(b"vide"),
+                    name: "surv video".into(),
+                },
+                minf: Minf {
+                    vmhd: Some(Vmhd::default()),
+                    dinf: Dinf {
+                        dref: Dref {
+                            entries: vec![Url::default().into()],
+                        },
+                    },
+                    stbl: Stbl {
+                        stsd: Stsd {
+                            codecs: vec![avc1.into()],
+                        },
+                        stts: Stts::default(),
+                        stsc: Stsc::default(),
+                        stsz: Stsz::default(),
+                        stco: Some(Stco::default()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            },
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut buf = encode(&ftyp)?;
+    buf.extend_from_slice(&encode(&moov)?);
+    Ok(buf)
+}
+
+/// Converts an Annex B byte stream (NAL units after `00 00 01` or `00 00 00 01` start codes) to
+/// the length-prefixed form MP4 stores, and returns the SPS and PPS found, which MP4 keeps in
+/// `avcC` rather than in the samples.
+pub fn annexb_to_avc(annexb: &[u8]) -> AvcAccessUnit {
+    let mut unit = AvcAccessUnit::default();
+    for nal in split_annexb(annexb) {
+        let Some(&header) = nal.first() else { continue };
+        match header & 0x1F {
+            7 => unit.sps = Some(nal.to_vec()),
+            8 => unit.pps = Some(nal.to_vec()),
+            // Access unit delimiters and filler: nothing a player needs.
+            9 | 12 => {}
+            kind => {
+                if kind == 5 {
+                    unit.idr = true;
+                }
+                let len = u32::try_from(nal.len()).unwrap_or(u32::MAX);
+                unit.data.extend_from_slice(&len.to_be_bytes());
+                unit.data.extend_from_slice(nal);
+            }
+        }
+    }
+    unit
+}
+
+/// One encoded picture in MP4 form.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AvcAccessUnit {
+    /// Length-prefixed NAL units, without SPS and PPS.
+    pub data: Vec<u8>,
+    pub sps: Option<Vec<u8>>,
+    pub pps: Option<Vec<u8>>,
+    /// Holds an IDR slice.
+    pub idr: bool,
+}
+
+/// The NAL units of an Annex B stream, without their start codes.
+fn split_annexb(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    // Start-code positions (index of the byte after `00 00 01`).
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= buf.len() {
+        if buf[i] == 0 && buf[i + 1] == 0 && buf[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&s| {
+            // The next unit's start code, and a leading zero of a 4-byte one, are not ours.
+            let mut e = s - 3;
+            while e > 0 && buf[e - 1] == 0 {
+                e -= 1;
+            }
+            e
+        })
+        .chain(std::iter::once(buf.len()))
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(s, e)| &buf[s..e.max(s)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mp4_atom::{Any, Decode};
+    use std::io::Cursor;
+
+    #[test]
+    fn annexb_splits_and_strips_parameter_sets() {
+        let stream = [
+            &[0, 0, 0, 1, 0x67, 1, 2, 3][..], // SPS
+            &[0, 0, 0, 1, 0x68, 4][..],       // PPS
+            &[0, 0, 1, 0x65, 9, 9, 0][..],    // IDR slice ending in a zero byte... of the next code
+            &[0, 0, 0, 1, 0x41, 7][..],       // non-IDR slice
+        ]
+        .concat();
+        let unit = annexb_to_avc(&stream);
+        assert_eq!(unit.sps.as_deref(), Some(&[0x67, 1, 2, 3][..]));
+        assert_eq!(unit.pps.as_deref(), Some(&[0x68, 4][..]));
+        assert!(unit.idr);
+        // Trailing zeros before a start code belong to the start code (Annex B's zero_byte).
+        assert_eq!(unit.data, [0, 0, 0, 3, 0x65, 9, 9, 0, 0, 0, 2, 0x41, 7]);
+        assert_eq!(annexb_to_avc(&[]), AvcAccessUnit::default());
+        assert_eq!(annexb_to_avc(&[0, 0, 1]).data, Vec::<u8>::new());
+    }
+
+    #[test]
+    fn fragments_parse_back_with_their_timing() {
+        let sps = [0x67, 0x42, 0xC0, 0x1E, 0xAB];
+        let pps = [0x68, 0xCE, 0x3C, 0x80];
+        let mut w = Fmp4Writer::new(Cursor::new(Vec::new()), 320, 240, &sps, &pps).unwrap();
+        let sample = |dts: u64, sync: bool| Sample {
+            data: vec![0, 0, 0, 2, 0x65, dts as u8],
+            dts,
+            duration: 3000,
+            sync,
+        };
+        w.write_fragment(&[sample(0, true), sample(3000, false)])
+            .unwrap();
+        w.write_fragment(&[]).unwrap();
+        // A gap: the second fragment starts at its own time.
+        w.write_fragment(&[sample(90_000, true)]).unwrap();
+        assert_eq!(w.samples(), 3);
+        let len = w.len();
+        let buf = w.into_inner().unwrap().into_inner();
+        assert_eq!(buf.len() as u64, len);
+
+        let mut c = Cursor::new(&buf[..]);
+        let ftyp = Ftyp::decode(&mut c).unwrap();
+        assert_eq!(ftyp.major_brand, FourCC::new(b"iso5"));
+        let moov = Moov::decode(&mut c).unwrap();
+        assert_eq!(moov.mvhd.timescale, TIMESCALE);
+        let trak = &moov.trak[0];
+        assert_eq!(trak.mdia.mdhd.timescale, TIMESCALE);
+        let Some(mp4_atom::Codec::Avc1(avc1)) = trak.mdia.minf.stbl.stsd.codecs.first() else {
+            panic!("no avc1: {:?}", trak.mdia.minf.stbl.stsd)
+        };
+        assert_eq!((avc1.visual.width, avc1.visual.height), (320, 240));
+        assert_eq!(avc1.avcc.sequence_parameter_sets, [sps.to_vec()]);
+        assert_eq!(avc1.avcc.picture_parameter_sets, [pps.to_vec()]);
+        assert_eq!(avc1.avcc.avc_profile_indication, 0x42);
+        assert_eq!(avc1.avcc.avc_level_indication, 0x1E);
+
+        let mut fragments = Vec::new();
+        while (c.position() as usize) < buf.len() {
+            let moof_at = c.position() as usize;
+            let Any::Moof(moof) = Any::decode(&mut c).unwrap() else {
+                panic!("expected moof at {moof_at}")
+            };
+            let Any::Mdat(mdat) = Any::decode(&mut c).unwrap() else {
+                panic!("expected mdat after the moof at {moof_at}")
+            };
+            let traf = &moof.traf[0];
+            let trun = &traf.trun[0];
+            // The data offset points at the first byte of the mdat payload.
+            let offset = trun.data_offset.unwrap() as usize;
+            assert_eq!(&buf[moof_at + offset..][..4], &mdat.data[..4]);
+            let entries: Vec<TrunEntry> = trun.samples.iter().collect();
+            fragments.push((
+                moof.mfhd.sequence_number,
+                traf.tfdt.as_ref().unwrap().base_media_decode_time,
+                entries.len(),
+                mdat.data.len(),
+                entries[0].flags,
+            ));
+        }
+        assert_eq!(
+            fragments,
+            [
+                (1, 0, 2, 12, Some(SYNC_SAMPLE_FLAGS)),
+                (2, 90_000, 1, 6, Some(SYNC_SAMPLE_FLAGS))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_short_sps_is_an_error_not_a_panic() {
+        for sps in [&[][..], &[0x67], &[0x67, 1, 2]] {
+            assert!(Fmp4Writer::new(Vec::new(), 16, 16, sps, &[0x68]).is_err());
+        }
+    }
+}
