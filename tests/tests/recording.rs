@@ -418,3 +418,89 @@ async fn a_recorded_mp4_plays_in_headless_chromium() {
         .unwrap();
     assert!(ready >= 2, "{result}");
 }
+
+/// Frames of a live `width` x `height` stream at 30 fps, as a viewer receives them (no loss).
+async fn live_frames(width: u32, height: u32, count: usize) -> Vec<RecFrame> {
+    let srv = start_server(ServerOpts {
+        width,
+        height,
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap();
+    let v = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+    let mut frames = Vec::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    while frames.len() < count {
+        let Ok(res) = tokio::time::timeout_at(until, v.udp.recv_from(&mut buf)).await else {
+            panic!("only {} frames in 60 s", frames.len());
+        };
+        let (len, from) = res.unwrap();
+        let tag = FrameTag::decode(&buf[..len]).unwrap();
+        v.udp
+            .send_to(&Ack::Continue(Some(tag.seq)).encode(), from)
+            .await
+            .unwrap();
+        frames.push(RecFrame {
+            jpeg: Bytes::copy_from_slice(&buf[..len]),
+            capture_unix_us: tag.capture_unix_us,
+        });
+    }
+    srv.stop().await.unwrap();
+    frames
+}
+
+/// The recorder's CPU cost per frame, AVI and MP4, at 640x480@30 and 1280x720@30: frames from a
+/// live test-pattern server are collected first, then recorded with nothing else running, and
+/// the recorder thread's CPU time is divided by the frames written. A figure, not a check:
+///
+/// `cargo test --release -p surv-tests --test recording -- --ignored --nocapture recorder_cpu`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run in release mode"]
+async fn recorder_cpu_per_frame() {
+    let _serial = heavy().await;
+    println!("| stream | format | recorder CPU per frame | of one core at 30 fps | MB/min |");
+    println!("|---|---|---|---|---|");
+    for (w, h) in [(640, 480), (1280, 720)] {
+        let frames = live_frames(w, h, 300).await;
+        let span_s = (frames[frames.len() - 1].capture_unix_us - frames[0].capture_unix_us
+            + FRAME_US) as f64
+            / 1e6;
+        for format in [Format::Avi, Format::Mp4] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = RecorderConfig {
+                dir: dir.path().into(),
+                segment: Duration::from_secs(60),
+                format,
+                keep: Retention::default(),
+            };
+            let frames = frames.clone();
+            let report = tokio::task::spawn_blocking(move || {
+                let rec = recorder::spawn(cfg, FPS).unwrap();
+                for f in frames {
+                    let until = std::time::Instant::now() + IO_TIMEOUT;
+                    while !rec.push(f.clone()) {
+                        assert!(std::time::Instant::now() < until, "recorder stuck");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                rec.finish()
+            })
+            .await
+            .unwrap();
+            assert_eq!(report.frames_written, 300);
+            let bytes: u64 = report
+                .segments
+                .iter()
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum();
+            let us = report.cpu_us_per_frame;
+            println!(
+                "| {w}x{h}@30 | {format} | {us:.0} µs | {:.1} % | {:.1} |",
+                us * f64::from(FPS) / 1e4,
+                bytes as f64 / 1e6 / span_s * 60.0
+            );
+        }
+    }
+}
