@@ -7,8 +7,10 @@ set -euo pipefail
 # + pkg-config (bindgen for the V4L2 camera bindings). To run the window: libx11-6 + libxcursor1
 # (loaded at run time). To check recordings in tests: ffmpeg (ffmpeg, ffprobe), and chromium
 # (a recorded MP4 must play in a browser's <video>). nasm also speeds up OpenH264 (built from
-# source by the openh264 crate for MP4 recording) about 2.5x.
-PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium)
+# source by the openh264 crate for MP4 recording) about 2.5x. To test the window as a person
+# sees it: xvfb, openbox, xdotool, wmctrl, imagemagick.
+PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium
+  xvfb openbox xdotool wmctrl imagemagick)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

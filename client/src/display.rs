@@ -3,10 +3,11 @@
 //! minifb draws through X11, loaded at run time, so the binary starts on machines without X
 //! libraries; with no display at all the viewer runs headless and says so.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use minifb::{Key, Window, WindowOptions};
+use minifb::{InputCallback, Key, Window, WindowOptions};
 use tokio_util::sync::CancellationToken;
 
 /// Redraws per second at most.
@@ -54,6 +55,20 @@ pub fn no_display_reason() -> Option<&'static str> {
     (!set("DISPLAY")).then_some("no X display (DISPLAY is not set)")
 }
 
+/// Catches Esc from the key events themselves: a press and release that arrive between two
+/// redraws would be missed by polling the key's state.
+struct EscWatch(Arc<AtomicBool>);
+
+impl InputCallback for EscWatch {
+    fn add_char(&mut self, _: u32) {}
+
+    fn set_key_state(&mut self, key: Key, down: bool) {
+        if key == Key::Escape && down {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs the window on this thread until it is closed, Esc is pressed, or `stop` is cancelled;
 /// closing the window cancels `stop`. Errors if no window can be opened.
 pub fn run_window(
@@ -68,12 +83,17 @@ pub fn run_window(
     };
     let mut window: Option<Window> = None;
     let mut last_status = String::new();
+    let esc = Arc::new(AtomicBool::new(false));
     while !stop.is_cancelled() {
         match latest.take() {
             Some(image) => {
                 let w = match &mut window {
                     Some(w) => w,
-                    None => window.insert(Window::new(title, image.width, image.height, options)?),
+                    None => {
+                        let mut w = Window::new(title, image.width, image.height, options)?;
+                        w.set_input_callback(Box::new(EscWatch(esc.clone())));
+                        window.insert(w)
+                    }
                 };
                 w.update_with_buffer(&image.pixels, image.width, image.height)?;
             }
@@ -84,7 +104,7 @@ pub fn run_window(
             }
         }
         if let Some(w) = &mut window {
-            if !w.is_open() || w.is_key_down(Key::Escape) {
+            if !w.is_open() || esc.load(Ordering::Relaxed) {
                 break;
             }
             let status = latest.status();

@@ -51,6 +51,17 @@ impl Default for ServerOpts {
     }
 }
 
+impl ServerOpts {
+    /// The defaults (30 fps, default cap, default limits) at another frame size.
+    pub fn sized(width: u32, height: u32) -> ServerOpts {
+        ServerOpts {
+            width,
+            height,
+            ..ServerOpts::default()
+        }
+    }
+}
+
 /// A server running on 127.0.0.1 with the test pattern.
 pub struct TestServer {
     pub server: Arc<Server>,

@@ -150,13 +150,7 @@ async fn a_silent_viewer_is_reaped_after_receiving_only_a_few_datagrams() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_losing_30_percent_keep_receiving() {
     let _serial = heavy().await;
-    let srv = start_server(ServerOpts {
-        width: 320,
-        height: 240,
-        ..ServerOpts::default()
-    })
-    .await
-    .unwrap();
+    let srv = start_server(ServerOpts::sized(320, 240)).await.unwrap();
     for (form, style) in [(Form::V1, AckStyle::Seq), (Form::Seed, AckStyle::Seed)] {
         let mut v = RawViewer::register(srv.addr, form).await.unwrap();
         let run = Duration::from_secs(3);
@@ -261,13 +255,7 @@ async fn the_viewer_over_max_viewers_is_told_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoofed_end_from_another_port_has_no_effect() {
-    let srv = start_server(ServerOpts {
-        width: 160,
-        height: 90,
-        ..ServerOpts::default()
-    })
-    .await
-    .unwrap();
+    let srv = start_server(ServerOpts::sized(160, 90)).await.unwrap();
     let mut v = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
     let first = v
         .receive(Duration::from_secs(1), 5, AckStyle::Seed, 0)
@@ -318,13 +306,7 @@ async fn no_datagram_exceeds_the_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_tcp_and_shutdown_are_logged_with_their_reasons() {
-    let srv = start_server(ServerOpts {
-        width: 160,
-        height: 90,
-        ..ServerOpts::default()
-    })
-    .await
-    .unwrap();
+    let srv = start_server(ServerOpts::sized(160, 90)).await.unwrap();
     let mut quitter = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
     quitter
         .receive(Duration::from_secs(1), 3, AckStyle::Seed, 0)
@@ -355,13 +337,7 @@ async fn closing_tcp_and_shutdown_are_logged_with_their_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_avi_segments_rotate_and_play_at_real_speed() {
     let _serial = heavy().await;
-    let srv = start_server(ServerOpts {
-        width: 320,
-        height: 240,
-        ..ServerOpts::default()
-    })
-    .await
-    .unwrap();
+    let srv = start_server(ServerOpts::sized(320, 240)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = client_config(srv.addr, 3.5);
     cfg.record = Some(surv_client::recorder::RecorderConfig {
