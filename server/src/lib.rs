@@ -152,4 +152,31 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
             "sessions still running after the shutdown grace period"
         );
     }
+    server.log_stats();
+}
+
+impl Server {
+    /// One line with every counter, at shutdown: what the load tool (`surv-load`) reads to
+    /// check "one encode per captured frame" and the encode time.
+    pub fn log_stats(&self) {
+        let (c, s) = (&self.capture_stats, &self.stats);
+        tracing::info!(
+            captured = c.captured.load(Relaxed),
+            encoded = c.encoded.load(Relaxed),
+            encode_attempts = c.encode_attempts.load(Relaxed),
+            encode_us = c.encode_us.load(Relaxed),
+            capture_errors = c.errors.load(Relaxed),
+            joins = s.joins.load(Relaxed),
+            leaves = s.leaves.load(Relaxed),
+            refused = s.refused.load(Relaxed),
+            frames_sent = s.frames_sent.load(Relaxed),
+            bytes_sent = s.bytes_sent.load(Relaxed),
+            frames_skipped = s.frames_skipped.load(Relaxed),
+            acks = s.acks.load(Relaxed),
+            bad_acks = s.bad_acks.load(Relaxed),
+            foreign_datagrams = s.foreign_datagrams.load(Relaxed),
+            send_errors = s.send_errors.load(Relaxed),
+            "final stats"
+        );
+    }
 }
