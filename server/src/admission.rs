@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use surv_proto::{Form, RegError, Registration, Reply, StreamParams, MAX_REGISTRATION_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::fanout::DataPath;
 use crate::session::{Session, SessionInfo};
 use crate::Server;
 
@@ -58,6 +59,7 @@ pub(crate) async fn accept_loop(
         };
         let server = server.clone();
         let shutdown = shutdown.clone();
+        let sessions = tracker.clone();
         tracker.spawn(async move {
             let registration = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -65,7 +67,7 @@ pub(crate) async fn accept_loop(
             };
             drop(permit);
             match registration {
-                Ok(reg) => admit(server, tcp, peer, reg, shutdown).await,
+                Ok(reg) => admit(server, tcp, peer, reg, &sessions, shutdown).await,
                 // A port check (connect, close) is no registration: counted, not journalled.
                 Err(Unregistered::Silent) => {
                     server.stats.probes.fetch_add(1, Relaxed);
@@ -186,6 +188,7 @@ async fn admit(
     mut tcp: TcpStream,
     peer: SocketAddr,
     reg: Registration,
+    tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
     if !server.try_reserve_slot() {
@@ -209,8 +212,8 @@ async fn admit(
             .await;
         }
     };
-    let udp = match UdpSocket::bind((local_ip, 0)).await {
-        Ok(s) => s,
+    let link = match DataPath::attach(&server, local_ip, viewer, tracker, &shutdown) {
+        Ok(link) => link,
         Err(e) => {
             server.release_slot();
             let reason = format!("server error: cannot open a UDP socket: {e}");
@@ -250,9 +253,8 @@ async fn admit(
         id,
         viewer,
         form: reg.form,
-        udp,
+        link,
         tcp,
-        frames: server.frames.clone(),
     };
     let span = tracing::info_span!("session", id, %viewer, form = reg.form.as_str());
     let leave = session.run(&server, shutdown).instrument(span).await;

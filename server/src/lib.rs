@@ -5,7 +5,9 @@
 //!
 //! * [`capture`]: the capture thread (source → encoder → newest frame).
 //! * [`admission`]: the TCP listener and registration.
-//! * [`session`]: one task per viewer.
+//! * [`session`]: one task per viewer: its control (end, timeout, the window's schedule).
+//! * [`fanout`]: the data path: each frame to every viewer in batches, acks back, on shared sockets.
+//! * [`udp_batch`]: `sendmmsg`/`recvmmsg`, the server's only `unsafe`.
 //! * [`window`]: the ack window that keeps a lost datagram or ack from stalling a session.
 //! * [`journal`]: the join/leave log.
 //! * [`source`], [`camera`], [`encoder`]: frames in, JPEG datagrams out.
@@ -14,9 +16,11 @@ pub mod admission;
 pub mod camera;
 pub mod capture;
 pub mod encoder;
+pub mod fanout;
 pub mod journal;
 pub mod session;
 pub mod source;
+pub mod udp_batch;
 pub mod window;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -98,6 +102,8 @@ pub struct Server {
     pub stats: Stats,
     /// Live sessions by id.
     pub sessions: DashMap<u64, SessionInfo>,
+    /// The shared UDP sockets and the sessions each serves.
+    pub data: fanout::DataPath,
     next_id: AtomicU64,
     slots: AtomicUsize,
 }
@@ -118,6 +124,7 @@ impl Server {
             journal,
             stats: Stats::default(),
             sessions: DashMap::new(),
+            data: fanout::DataPath::default(),
             next_id: AtomicU64::new(1),
             slots: AtomicUsize::new(0),
         }
@@ -141,6 +148,14 @@ impl Server {
 /// its LEAVE) within [`SHUTDOWN_GRACE`].
 pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    let fanout = match fanout::spawn_fanout_thread(server.clone(), shutdown.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the fan-out thread; no frames will be sent");
+            shutdown.cancel();
+            None
+        }
+    };
     admission::accept_loop(&server, &listener, &tracker, &shutdown).await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -151,6 +166,10 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
             left = tracker.len(),
             "sessions still running after the shutdown grace period"
         );
+    }
+    if let Some(t) = fanout {
+        // It sees the cancellation at once; it may be in the middle of one frame's sends.
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     server.log_stats();
 }

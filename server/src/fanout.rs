@@ -1,0 +1,498 @@
+//! The data path: each frame to every session in batches over shared UDP sockets, and the acks
+//! back, matched to their session by the viewer's address.
+//!
+//! A session's control (its TCP connection, timeouts, probes, the journal) stays in its own task
+//! ([`crate::session`]); what happens once per frame per viewer does not wake that task:
+//!
+//! * One fan-out thread waits for each new frame and, for every session whose ack window is
+//!   open, queues the viewer's address; one `sendmmsg` per [`udp_batch::SEND_BATCH`] viewers
+//!   then sends the same shared bytes to all of them (no copy in user space).
+//! * One ack task per shared socket takes acks in with `recvmmsg` and settles them in the
+//!   session's window, found by the sender's address; an ack that opens a full window sends the
+//!   frame waiting there at once.
+//! * A session's task is woken only for what is rare: an `end`, a frame waiting on a full window
+//!   (it probes or expires on the window's schedule), its timeout.
+//!
+//! Sessions share one socket per local address; a second session for a viewer address already
+//! served (the same IP and port registered twice) gets a socket of its own, so that each socket
+//! knows whose acks it receives.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use surv_proto::Ack;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::capture::SharedFrame;
+use crate::udp_batch::{self, Fanout, Inbox};
+use crate::window::Window;
+use crate::Server;
+
+/// Consecutive failed sends after which a session gives up (reason `error`).
+pub const MAX_SEND_ERRORS: u32 = 100;
+
+/// Socket buffers asked for (the kernel caps them at `net.core.{w,r}mem_max`): a frame burst to
+/// every viewer, and an ack from each, must not overflow them.
+const SEND_BUFFER_BYTES: usize = 8 << 20;
+const RECV_BUFFER_BYTES: usize = 8 << 20;
+
+/// When a send would block, how long the fan-out waits for room, and how often, before the rest
+/// of that frame's viewers skip it.
+const SEND_WAIT: Duration = Duration::from_millis(5);
+const SEND_WAITS: u32 = 4;
+
+/// Batches an ack task takes per wake-up before letting other tasks run.
+const ACK_BATCHES_PER_WAKE: usize = 16;
+
+/// Frames a session has seen published and sent, for the LEAVE line.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    first_seq: Option<u64>,
+    last_seq: u64,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+}
+
+impl Tally {
+    fn seen(&mut self, seq: u64) {
+        self.first_seq.get_or_insert(seq);
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Frames published while the session ran that it did not send.
+    pub fn skipped(&self) -> u64 {
+        self.first_seq.map_or(0, |first| {
+            (self.last_seq - first + 1).saturating_sub(self.frames_sent)
+        })
+    }
+}
+
+/// What the data path and the session task share about one viewer.
+pub(crate) struct LinkState {
+    pub window: Window,
+    /// The newest frame not yet sent because the window was full.
+    pub pending: Option<SharedFrame>,
+    pub tally: Tally,
+    pub last_heard: Instant,
+    /// The viewer said `end`.
+    pub ended: bool,
+    pub send_errors: u32,
+}
+
+/// One session's end of the data path.
+pub(crate) struct Link {
+    pub viewer: SocketAddr,
+    pub socket: Arc<SharedSocket>,
+    state: Mutex<LinkState>,
+    /// Wakes the session task: `end` arrived, a frame waits on a full window, sends fail.
+    pub wake: Notify,
+}
+
+impl Link {
+    /// The state, even if a thread panicked holding it (it holds only counters and a window).
+    pub fn state(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A UDP socket that sessions share, with the sessions it serves by viewer address.
+pub(crate) struct SharedSocket {
+    udp: UdpSocket,
+    local_ip: IpAddr,
+    links: DashMap<SocketAddr, Arc<Link>>,
+}
+
+/// Every shared socket.
+#[derive(Default)]
+pub struct DataPath {
+    sockets: Mutex<Vec<Arc<SharedSocket>>>,
+}
+
+/// What became of one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Sent,
+    /// The socket buffer stayed full: skipped, like a frame that came while the window was full.
+    Skipped,
+    Failed,
+}
+
+impl DataPath {
+    fn sockets(&self) -> Vec<Arc<SharedSocket>> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Joins a session to the data path: frames to `viewer` will leave from `local_ip`.
+    pub(crate) fn attach(
+        server: &Arc<Server>,
+        local_ip: IpAddr,
+        viewer: SocketAddr,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> io::Result<Arc<Link>> {
+        let new_link = |socket: &Arc<SharedSocket>| {
+            Arc::new(Link {
+                viewer,
+                socket: socket.clone(),
+                state: Mutex::new(LinkState {
+                    window: Window::new(server.config.max_in_flight),
+                    pending: None,
+                    tally: Tally::default(),
+                    last_heard: Instant::now(),
+                    ended: false,
+                    send_errors: 0,
+                }),
+                wake: Notify::new(),
+            })
+        };
+        let mut sockets = server
+            .data
+            .sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for socket in sockets.iter().filter(|s| s.local_ip == local_ip) {
+            if let dashmap::Entry::Vacant(e) = socket.links.entry(viewer) {
+                let link = new_link(socket);
+                e.insert(link.clone());
+                return Ok(link);
+            }
+        }
+        let socket = Arc::new(SharedSocket::bind(local_ip)?);
+        tracing::debug!(local = ?socket.udp.local_addr().ok(), "new shared UDP socket");
+        let link = new_link(&socket);
+        socket.links.insert(viewer, link.clone());
+        sockets.push(socket.clone());
+        tracker.spawn(ack_loop(server.clone(), socket, shutdown.clone()));
+        Ok(link)
+    }
+
+    /// Takes a session off the data path: its viewer's datagrams become foreign.
+    pub(crate) fn detach(link: &Arc<Link>) {
+        link.socket
+            .links
+            .remove_if(&link.viewer, |_, l| Arc::ptr_eq(l, link));
+    }
+}
+
+impl SharedSocket {
+    fn bind(local_ip: IpAddr) -> io::Result<SharedSocket> {
+        let std = std::net::UdpSocket::bind((local_ip, 0))?;
+        std.set_nonblocking(true)?;
+        let fd = std.as_raw_fd();
+        // Best effort: smaller buffers only mean more skipped frames under a burst.
+        let _ = udp_batch::set_buffer(fd, libc::SO_SNDBUF, SEND_BUFFER_BYTES);
+        let _ = udp_batch::set_buffer(fd, libc::SO_RCVBUF, RECV_BUFFER_BYTES);
+        Ok(SharedSocket {
+            udp: UdpSocket::from_std(std)?,
+            local_ip,
+            links: DashMap::new(),
+        })
+    }
+
+    /// Sends `payload` to each of `dests` and says what became of each, in order.
+    fn send_all(
+        &self,
+        fanout: &mut Fanout,
+        payload: &[u8],
+        dests: &[SocketAddr],
+        out: &mut Vec<Outcome>,
+    ) {
+        out.clear();
+        let fd = self.udp.as_raw_fd();
+        let mut waits = 0;
+        while out.len() < dests.len() {
+            let rest = &dests[out.len()..];
+            let blocked = match fanout.send(fd, payload, rest) {
+                Ok(n) if n > 0 => {
+                    out.extend(std::iter::repeat_n(Outcome::Sent, n));
+                    false
+                }
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) => {
+                    // This destination failed (the kernel stops a batch at the first error);
+                    // the others still get the frame.
+                    tracing::debug!(viewer = %rest[0], error = %e, "sending a frame failed");
+                    out.push(Outcome::Failed);
+                    false
+                }
+            };
+            if blocked {
+                if waits == SEND_WAITS {
+                    out.extend(std::iter::repeat_n(Outcome::Skipped, rest.len()));
+                } else {
+                    waits += 1;
+                    wait_writable(fd, SEND_WAIT);
+                }
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the socket has room to send.
+fn wait_writable(fd: i32, wait: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one pollfd, alive for the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+/// Books one datagram's outcome in the session's state and the server's counters.
+fn record(
+    server: &Server,
+    link: &Link,
+    st: &mut LinkState,
+    frame: &SharedFrame,
+    outcome: Outcome,
+    now: Instant,
+) {
+    match outcome {
+        Outcome::Sent => {
+            let bytes = frame.datagram.len() as u64;
+            st.window.on_send(frame.seq, now);
+            st.tally.frames_sent += 1;
+            st.tally.bytes_sent += bytes;
+            st.send_errors = 0;
+            tracing::trace!(viewer = %link.viewer, seq = frame.seq, bytes, "sent");
+        }
+        Outcome::Skipped => {}
+        Outcome::Failed => {
+            server.stats.send_errors.fetch_add(1, Relaxed);
+            st.send_errors += 1;
+            if st.send_errors == 1 || st.send_errors >= MAX_SEND_ERRORS {
+                link.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Sends one frame to one session now (the rare path: a join, an ack or a timer opened its
+/// window). The caller has taken the frame out of `pending` and checked the window.
+pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, fanout: &mut Fanout) {
+    let mut outcome = Vec::with_capacity(1);
+    link.socket
+        .send_all(fanout, &frame.datagram, &[link.viewer], &mut outcome);
+    let outcome = outcome.first().copied().unwrap_or(Outcome::Skipped);
+    if outcome == Outcome::Sent {
+        server.stats.frames_sent.fetch_add(1, Relaxed);
+        server
+            .stats
+            .bytes_sent
+            .fetch_add(frame.datagram.len() as u64, Relaxed);
+    }
+    record(
+        server,
+        link,
+        &mut link.state(),
+        frame,
+        outcome,
+        Instant::now(),
+    );
+}
+
+/// Offers `frame` to a session: taken now if its window is open (returned for sending),
+/// otherwise kept as the frame waiting there (replacing an older one, which is skipped).
+fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> bool {
+    st.tally.seen(frame.seq);
+    if st.window.can_send(now) {
+        st.pending = None;
+        true
+    } else {
+        if st.pending.replace(frame.clone()).is_none() {
+            // The session task keeps the window's schedule (probes, expiry) while a frame waits.
+            link.wake.notify_one();
+        }
+        false
+    }
+}
+
+/// Sends the frame current at join, or leaves it waiting.
+pub(crate) fn on_join(server: &Server, link: &Link) {
+    let Some(frame) = server.frames.borrow().clone() else {
+        return;
+    };
+    let take = offer(link, &mut link.state(), &frame, Instant::now());
+    if take {
+        send_one(server, link, &frame, &mut Fanout::default());
+    }
+}
+
+/// Runs the fan-out thread until `shutdown`: every new frame to every session with room.
+pub(crate) fn spawn_fanout_thread(
+    server: Arc<Server>,
+    shutdown: CancellationToken,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let handle = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("surv-fanout".into())
+        .spawn(move || {
+            let mut frames = server.frames.clone();
+            let mut fanout = Fanout::default();
+            let mut batch = Batch::default();
+            loop {
+                let next = handle.block_on(async {
+                    tokio::select! {
+                        () = shutdown.cancelled() => false,
+                        res = frames.changed() => res.is_ok(),
+                    }
+                });
+                if !next {
+                    return;
+                }
+                let frame = frames.borrow_and_update().clone();
+                if let Some(frame) = frame {
+                    fan_out(&server, &frame, &mut fanout, &mut batch);
+                }
+            }
+        })
+}
+
+/// Scratch space for one frame's fan-out, reused.
+#[derive(Default)]
+struct Batch {
+    links: Vec<Arc<Link>>,
+    dests: Vec<SocketAddr>,
+    outcomes: Vec<Outcome>,
+}
+
+/// Sends `frame` to every session whose window is open, one `sendmmsg` per batch of viewers.
+fn fan_out(server: &Server, frame: &SharedFrame, fanout: &mut Fanout, batch: &mut Batch) {
+    for socket in server.data.sockets() {
+        let now = Instant::now();
+        batch.links.clear();
+        batch.dests.clear();
+        for entry in socket.links.iter() {
+            let link = entry.value();
+            if offer(link, &mut link.state(), frame, now) {
+                batch.links.push(link.clone());
+                batch.dests.push(link.viewer);
+            }
+        }
+        if batch.dests.is_empty() {
+            continue;
+        }
+        socket.send_all(fanout, &frame.datagram, &batch.dests, &mut batch.outcomes);
+        let now = Instant::now();
+        let mut sent = 0u64;
+        for (link, &outcome) in batch.links.iter().zip(&batch.outcomes) {
+            sent += u64::from(outcome == Outcome::Sent);
+            record(server, link, &mut link.state(), frame, outcome, now);
+        }
+        server.stats.frames_sent.fetch_add(sent, Relaxed);
+        server
+            .stats
+            .bytes_sent
+            .fetch_add(sent * frame.datagram.len() as u64, Relaxed);
+        tracing::trace!(seq = frame.seq, viewers = sent, "fanned out");
+    }
+}
+
+/// Takes in the acks arriving on `socket` until `shutdown`, in batches.
+async fn ack_loop(server: Arc<Server>, socket: Arc<SharedSocket>, shutdown: CancellationToken) {
+    let mut inbox = Inbox::default();
+    let mut fanout = Fanout::default();
+    let mut released: Vec<(Arc<Link>, SharedFrame)> = Vec::new();
+    let fd = socket.udp.as_raw_fd();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            res = socket.udp.readable() => if let Err(e) = res {
+                tracing::warn!(error = %e, "shared UDP socket failed; acks on it are lost");
+                return;
+            },
+        }
+        for _ in 0..ACK_BATCHES_PER_WAKE {
+            let mut acks = 0u64;
+            let res = socket.udp.try_io(Interest::READABLE, || {
+                inbox.recv(fd, |bytes, from, len| {
+                    acks += u64::from(on_datagram(
+                        &server,
+                        &socket,
+                        bytes,
+                        len,
+                        from,
+                        &mut released,
+                    ));
+                })
+            });
+            server.stats.acks.fetch_add(acks, Relaxed);
+            for (link, frame) in released.drain(..) {
+                send_one(&server, &link, &frame, &mut fanout);
+            }
+            match res {
+                Ok(n) if n == udp_batch::RECV_BATCH => continue,
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive error");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One datagram from a viewer (or anyone): returns whether it was an ack. A frame waiting on a
+/// window that the ack opens goes to `released`.
+fn on_datagram(
+    server: &Server,
+    socket: &SharedSocket,
+    bytes: &[u8],
+    len: usize,
+    from: SocketAddr,
+    released: &mut Vec<(Arc<Link>, SharedFrame)>,
+) -> bool {
+    let Some(link) = socket.links.get(&from).map(|l| l.value().clone()) else {
+        server.stats.foreign_datagrams.fetch_add(1, Relaxed);
+        tracing::debug!(%from, "ignored a datagram from an address that is no viewer's");
+        return false;
+    };
+    let ack = if len > bytes.len() {
+        Err(surv_proto::AckError::TooLong(len))
+    } else {
+        Ack::decode(bytes)
+    };
+    let now = Instant::now();
+    let mut st = link.state();
+    match ack {
+        Ok(Ack::End) => {
+            st.ended = true;
+            link.wake.notify_one();
+            false
+        }
+        Ok(Ack::Continue(seq)) => {
+            st.window.on_ack(seq, now);
+            st.last_heard = now;
+            st.send_errors = 0;
+            if st.pending.is_some() && st.window.can_send(now) {
+                if let Some(frame) = st.pending.take() {
+                    drop(st);
+                    released.push((link, frame));
+                }
+            }
+            true
+        }
+        Err(e) => {
+            server.stats.bad_acks.fetch_add(1, Relaxed);
+            tracing::debug!(viewer = %from, error = %e, bytes = len, "ignored a datagram that is not an ack");
+            false
+        }
+    }
+}
