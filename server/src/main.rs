@@ -135,6 +135,16 @@ fn run() -> anyhow::Result<()> {
         ..Config::default()
     };
 
+    // Each viewer holds one TCP connection; past the limit, accepts back off and retry.
+    match surv_server::udp_batch::raise_fd_limit() {
+        Ok(limit) if limit < args.max_viewers as u64 + 64 => tracing::warn!(
+            limit,
+            max_viewers = args.max_viewers,
+            "the open-file limit is below --max-viewers; registrations past it will wait (raise `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
     let shutdown = CancellationToken::new();
     let (width, height) = args.size;
     let fps = args.fps;

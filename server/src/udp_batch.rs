@@ -236,6 +236,28 @@ pub fn set_buffer(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<()
     }
 }
 
+/// Raises this process's open-file limit to its hard limit (each viewer holds a TCP connection)
+/// and returns the limit now in force. Kept here with the server's other system calls.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+        Ok(lim.rlim_cur)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +341,18 @@ mod tests {
         assert_eq!(got[2].2, 1000, "the real length is reported");
         let err = inbox.recv(server.as_raw_fd(), |_, _, _| {}).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_limit() {
+        let limit = raise_fd_limit().unwrap();
+        // SAFETY: getrlimit on a local struct.
+        let hard = unsafe {
+            let mut lim: libc::rlimit = zeroed();
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_max
+        };
+        assert_eq!(limit, hard);
     }
 
     #[test]
