@@ -236,6 +236,27 @@ pub fn set_buffer(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<()
     }
 }
 
+/// Sets "don't fragment" on an IPv4 socket without path-MTU discovery (`IP_PMTUDISC_PROBE`):
+/// a datagram over the interface's MTU fails instead of being fragmented.
+pub fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
+    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Raises this process's open-file limit to its hard limit (each viewer holds a TCP connection)
 /// and returns the limit now in force. Kept here with the server's other system calls.
 pub fn raise_fd_limit() -> io::Result<u64> {
