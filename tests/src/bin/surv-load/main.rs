@@ -68,6 +68,10 @@ struct Args {
     /// Extra arguments for the server, e.g. `--server-arg=--max-in-flight=8`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Instead of surv-server, measure GStreamer's multiudpsink sending the same stream (JPEG,
+    /// no acks) to --viewers addresses: the CPU-per-datagram yardstick.
+    #[arg(long)]
+    gst_baseline: bool,
     /// Memory run: viewers join and leave for this many seconds; RSS is printed periodically.
     #[arg(long)]
     churn_secs: Option<f64>,
@@ -281,6 +285,8 @@ struct Shared {
     datagrams: AtomicU64,
     /// Bytes of the measured frames, all viewers.
     bytes: AtomicU64,
+    /// Baseline mode: untagged datagrams (GStreamer's) are counted while this is set.
+    count_untagged: AtomicBool,
 }
 
 /// What the receiving thread found.
@@ -335,6 +341,10 @@ fn receive_loop(
                 };
                 let Ok(tag) = FrameTag::decode(d.prefix) else {
                     t.untagged += 1;
+                    if shared.count_untagged.load(Relaxed) {
+                        t.per_viewer[index] += 1;
+                        shared.bytes.fetch_add(d.len as u64, Relaxed);
+                    }
                     return;
                 };
                 senders.insert(index, d.from);
@@ -483,6 +493,9 @@ fn main() -> anyhow::Result<()> {
     mmsg::configure(&udp, 256 << 20).context("configuring the generator's UDP socket")?;
     let udp_port = udp.local_addr()?.port();
 
+    if args.gst_baseline {
+        return gst_baseline(&args, &udp, udp_port);
+    }
     let server = ServerProc::start(&args)?;
     let pid = server.pid();
     // The server with its frames but no viewer: what each viewer adds is measured from here.
@@ -691,6 +704,65 @@ fn churn(
         last as f64 / 1024.0,
         max as f64 / 1024.0,
         (last as f64 - first as f64) / 1024.0
+    );
+    Ok(())
+}
+
+/// Runs `gst-launch-1.0 videotestsrc ! jpegenc ! multiudpsink` to --viewers addresses (the same
+/// 127.2.x.y as the viewers, no acks), receives as for surv-server, and prints GStreamer's CPU
+/// per delivered datagram.
+fn gst_baseline(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
+    let n = args.viewers;
+    let clients: Vec<String> = (0..n)
+        .map(|i| format!("{}:{udp_port}", viewer_ip(i)))
+        .collect();
+    let (w, h) = args.size;
+    let mut child = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(["videotestsrc", "is-live=true", "!"])
+        .arg(format!("video/x-raw,width={w},height={h},framerate={}/1", args.fps))
+        .args(["!", "jpegenc", "!", "multiudpsink"])
+        .arg(format!("clients={}", clients.join(",")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting gst-launch-1.0 (apt-get install gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good)")?;
+    let pid = child.id().to_string();
+    let shared = Arc::new(Shared::default());
+    let (_end_tx, end_rx) = mpsc::channel();
+    let receiver = {
+        let shared = shared.clone();
+        let udp = udp.try_clone()?;
+        std::thread::spawn(move || receive_loop(&udp, &shared, 0, &end_rx))
+    };
+    std::thread::sleep(Duration::from_secs_f64(args.warmup_secs + 1.0));
+    let gen_pid = std::process::id().to_string();
+    shared.count_untagged.store(true, Relaxed);
+    let (c0, g0, t0) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    let (c1, g1, secs) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
+    shared.count_untagged.store(false, Relaxed);
+    let rss = rss_kib(&pid)?;
+    shared.stop.store(true, Relaxed);
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    let t = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    let mut counts: Vec<u32> = t.per_viewer[..n].to_vec();
+    counts.sort_unstable();
+    let delivered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    println!(
+        "gst multiudpsink viewers={n} size={w}x{h}@{} ({} B/frame) measured={secs:.1}s | fps worst={:.1} median={:.1} | gst cpu/datagram={:.2}us ({:.0}% of a core) gen cpu={:.0}% | rss={:.1}MiB",
+        args.fps,
+        shared.bytes.load(Relaxed) / delivered.max(1),
+        f64::from(counts[0]) / secs,
+        f64::from(counts[n / 2]) / secs,
+        (c1 - c0) as f64 / delivered.max(1) as f64,
+        100.0 * (c1 - c0) as f64 / 1e6 / secs,
+        100.0 * (g1 - g0) as f64 / 1e6 / secs,
+        rss as f64 / 1024.0,
     );
     Ok(())
 }
