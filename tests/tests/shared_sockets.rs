@@ -1,0 +1,95 @@
+//! The batched data path on loopback: sessions share the server's UDP socket, and acks find
+//! their session by the viewer's address, even when one address is registered twice.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use surv_proto::{Ack, Form, FrameTag, Registration, Reply};
+use surv_tests::{read_reply, start_server, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+fn small() -> ServerOpts {
+    ServerOpts {
+        width: 160,
+        height: 90,
+        ..ServerOpts::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_share_one_socket_and_each_gets_the_full_stream() {
+    let srv = start_server(small()).await.unwrap();
+    let mut a = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    let mut b = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
+    let run = Duration::from_secs(2);
+    let (ga, gb) = tokio::join!(
+        a.receive(run, u64::MAX, AckStyle::Seq, 0),
+        b.receive(run, u64::MAX, AckStyle::Seed, 0)
+    );
+    let (ga, gb) = (ga.unwrap(), gb.unwrap());
+    assert_eq!(
+        ga.from, gb.from,
+        "both sessions' frames come from the one shared socket"
+    );
+    for got in [&ga, &gb] {
+        assert!(got.datagrams >= 54, "{got:?}");
+    }
+    assert_eq!(srv.server.stats.foreign_datagrams.load(Relaxed), 0);
+    assert!(srv.server.stats.acks.load(Relaxed) >= 108);
+}
+
+/// One viewer port registered twice from the same IP: two sessions, each acked through its own
+/// server socket, and an `end` to one of them ends that one only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_registered_twice_gets_two_independent_sessions() {
+    let srv = start_server(small()).await.unwrap();
+    let viewer = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    let port = viewer.udp.local_addr().unwrap().port();
+    let mut second = timeout(IO_TIMEOUT, TcpStream::connect(srv.addr))
+        .await
+        .unwrap()
+        .unwrap();
+    second
+        .write_all(
+            &Registration {
+                form: Form::V1,
+                udp_port: port,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_reply(&mut second).await.unwrap(),
+        Reply::Accepted(_)
+    ));
+    srv.wait_sessions(2).await.unwrap();
+
+    // Receive and ack for a while: frames arrive from two server sockets.
+    let mut per_source: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    let until = Instant::now() + Duration::from_secs(2);
+    while let Ok(res) = tokio::time::timeout_at(until, viewer.udp.recv_from(&mut buf)).await {
+        let (n, from) = res.unwrap();
+        *per_source.entry(from).or_default() += 1;
+        let seq = FrameTag::decode(&buf[..n]).unwrap().seq;
+        viewer
+            .udp
+            .send_to(&Ack::Continue(Some(seq)).encode(), from)
+            .await
+            .unwrap();
+    }
+    assert_eq!(per_source.len(), 2, "{per_source:?}");
+    assert!(per_source.values().all(|&n| n >= 54), "{per_source:?}");
+
+    let first = *per_source.keys().next().unwrap();
+    viewer.end(first).await.unwrap();
+    let leave = srv.wait_journal(|l| l.contains(" LEAVE ")).await.unwrap();
+    assert!(leave.contains("reason=end"), "{leave}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(srv.server.sessions.len(), 1, "the other session streams on");
+}
