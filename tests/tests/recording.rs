@@ -184,21 +184,7 @@ async fn segments_keep_real_time_across_lost_frames() {
             format,
             keep: Retention::default(),
         };
-        let frames = frames.clone();
-        let report = tokio::task::spawn_blocking(move || {
-            let rec = recorder::spawn(cfg, FPS).unwrap();
-            for f in frames {
-                // Timing comes from the frames; waiting for room changes nothing else.
-                let until = std::time::Instant::now() + IO_TIMEOUT;
-                while !rec.push(f.clone()) {
-                    assert!(std::time::Instant::now() < until, "recorder stuck");
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-            rec.finish()
-        })
-        .await
-        .unwrap();
+        let report = record_all(cfg, frames.clone()).await;
         assert_eq!(report.write_errors, 0);
         assert_eq!(report.segments.len(), windows.len(), "{format}: {report:?}");
         for (seg, &(first, last, n)) in report.segments.iter().zip(&windows) {
@@ -475,20 +461,7 @@ async fn recorder_cpu_per_frame() {
                 format,
                 keep: Retention::default(),
             };
-            let frames = frames.clone();
-            let report = tokio::task::spawn_blocking(move || {
-                let rec = recorder::spawn(cfg, FPS).unwrap();
-                for f in frames {
-                    let until = std::time::Instant::now() + IO_TIMEOUT;
-                    while !rec.push(f.clone()) {
-                        assert!(std::time::Instant::now() < until, "recorder stuck");
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-                rec.finish()
-            })
-            .await
-            .unwrap();
+            let report = record_all(cfg, frames.clone()).await;
             assert_eq!(report.frames_written, 300);
             let bytes: u64 = report
                 .segments
@@ -503,4 +476,22 @@ async fn recorder_cpu_per_frame() {
             );
         }
     }
+}
+
+/// Feeds every frame to a recorder (waiting, bounded, for room in its queue rather than
+/// dropping: timing comes from the frames, so waiting changes nothing else) and closes it.
+async fn record_all(cfg: RecorderConfig, frames: Vec<RecFrame>) -> recorder::RecorderReport {
+    tokio::task::spawn_blocking(move || {
+        let rec = recorder::spawn(cfg, FPS).unwrap();
+        for f in frames {
+            let until = std::time::Instant::now() + IO_TIMEOUT;
+            while !rec.push(f.clone()) {
+                assert!(std::time::Instant::now() < until, "recorder stuck");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        rec.finish()
+    })
+    .await
+    .unwrap()
 }
