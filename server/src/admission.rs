@@ -234,6 +234,7 @@ async fn admit(
             Ok(Ok(()))
         ) {
             server.release_slot();
+            server.stats.gone_before_accepted.fetch_add(1, Relaxed);
             tracing::debug!(%peer, "viewer left before reading its acceptance");
             return;
         }

@@ -105,6 +105,24 @@ impl Link {
     }
 }
 
+/// A session's place on the data path, from [`DataPath::attach`]: dropping it takes the viewer
+/// off (as [`DataPath::detach`] does), so that no way out of admission or a session, early
+/// returns included, leaves a viewer attached and sent every frame for good.
+pub(crate) struct Attached(Arc<Link>);
+
+impl std::ops::Deref for Attached {
+    type Target = Arc<Link>;
+    fn deref(&self) -> &Arc<Link> {
+        &self.0
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        DataPath::detach(&self.0);
+    }
+}
+
 /// A UDP socket that sessions share, with the sessions it serves by viewer address.
 pub(crate) struct SharedSocket {
     udp: UdpSocket,
@@ -135,6 +153,18 @@ impl DataPath {
             .clone()
     }
 
+    /// Viewers on the data path now, over every shared socket: once sessions have ended, this
+    /// is the number of live sessions (a larger number means a session left without detaching).
+    pub fn attached(&self) -> usize {
+        self.sockets().iter().map(|s| s.links.len()).sum()
+    }
+
+    /// Shared UDP sockets open (one per local address, more only while an address is registered
+    /// twice at once).
+    pub fn socket_count(&self) -> usize {
+        self.sockets().len()
+    }
+
     /// Joins a session to the data path: frames to `viewer` will leave from `local_ip`.
     pub(crate) fn attach(
         server: &Arc<Server>,
@@ -142,7 +172,7 @@ impl DataPath {
         viewer: SocketAddr,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> io::Result<Arc<Link>> {
+    ) -> io::Result<Attached> {
         let new_link = |socket: &Arc<SharedSocket>| {
             Arc::new(Link {
                 viewer,
@@ -167,7 +197,7 @@ impl DataPath {
             if let dashmap::Entry::Vacant(e) = socket.links.entry(viewer) {
                 let link = new_link(socket);
                 e.insert(link.clone());
-                return Ok(link);
+                return Ok(Attached(link));
             }
         }
         let socket = Arc::new(SharedSocket::bind(local_ip)?);
@@ -176,10 +206,11 @@ impl DataPath {
         socket.links.insert(viewer, link.clone());
         sockets.push(socket.clone());
         tracker.spawn(ack_loop(server.clone(), socket, shutdown.clone()));
-        Ok(link)
+        Ok(Attached(link))
     }
 
-    /// Takes a session off the data path: its viewer's datagrams become foreign.
+    /// Takes a session off the data path: its viewer's datagrams become foreign. Idempotent
+    /// (dropping its [`Attached`] does it again, harmlessly).
     pub(crate) fn detach(link: &Arc<Link>) {
         link.socket
             .links

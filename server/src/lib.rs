@@ -78,6 +78,9 @@ pub struct Stats {
     pub refused: AtomicU64,
     /// Connections closed without sending a byte (port checks); not refusals.
     pub probes: AtomicU64,
+    /// SURV/1 viewers admitted whose connection failed before their acceptance was written:
+    /// no session, no JOIN.
+    pub gone_before_accepted: AtomicU64,
     pub frames_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// Frames a session did not send because its viewer was behind (summed at LEAVE).
@@ -188,6 +191,7 @@ impl Server {
             joins = s.joins.load(Relaxed),
             leaves = s.leaves.load(Relaxed),
             refused = s.refused.load(Relaxed),
+            gone_before_accepted = s.gone_before_accepted.load(Relaxed),
             frames_sent = s.frames_sent.load(Relaxed),
             bytes_sent = s.bytes_sent.load(Relaxed),
             frames_skipped = s.frames_skipped.load(Relaxed),

@@ -9,7 +9,6 @@
 //! its place and is replaced by the next one (the viewer skips frames; they are counted).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use surv_proto::Form;
@@ -18,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{self, DataPath, Link, MAX_SEND_ERRORS};
+use crate::fanout::{self, Attached, DataPath, MAX_SEND_ERRORS};
 use crate::journal::{Leave, LeaveReason};
 use crate::udp_batch::Fanout;
 use crate::Server;
@@ -31,7 +30,7 @@ pub(crate) struct Session {
     pub id: u64,
     pub viewer: SocketAddr,
     pub form: Form,
-    pub link: Arc<Link>,
+    pub link: Attached,
     pub tcp: TcpStream,
 }
 

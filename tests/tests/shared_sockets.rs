@@ -93,3 +93,98 @@ async fn one_address_registered_twice_gets_two_independent_sessions() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(srv.server.sessions.len(), 1, "the other session streams on");
 }
+
+/// Registers `n` viewers, alternating forms.
+async fn register_some(addr: std::net::SocketAddr, n: usize) -> Vec<RawViewer> {
+    let mut viewers = Vec::with_capacity(n);
+    for i in 0..n {
+        let form = if i % 2 == 0 { Form::V1 } else { Form::Seed };
+        viewers.push(RawViewer::register(addr, form).await.unwrap());
+    }
+    viewers
+}
+
+/// Waits (bounded) until no viewer is left on the data path; returns how many are.
+async fn wait_detached(srv: &surv_tests::TestServer) -> usize {
+    let until = Instant::now() + IO_TIMEOUT;
+    while srv.server.data.attached() != 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.server.data.attached()
+}
+
+/// Viewers joining and leaving (by `end` and by closing TCP) leave nothing behind: no session
+/// entry, no viewer on the data path, no extra socket. What a churn run's memory depends on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_leaves_leave_no_state_behind() {
+    let srv = start_server(small()).await.unwrap();
+    for round in 0..10 {
+        let viewers = register_some(srv.addr, 20).await;
+        srv.wait_sessions(20).await.unwrap();
+        assert_eq!(srv.server.data.attached(), 20, "round {round}");
+        for (i, v) in viewers.into_iter().enumerate() {
+            if i % 2 == 0 {
+                // `end` goes to the address the frames come from.
+                let mut buf = [0u8; 2048];
+                let (_, server_udp) = timeout(IO_TIMEOUT, v.udp.recv_from(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                v.end(server_udp).await.unwrap();
+            }
+            // Dropping closes the TCP connection.
+        }
+        srv.wait_sessions(0).await.unwrap();
+        assert_eq!(wait_detached(&srv).await, 0, "round {round}");
+    }
+    assert_eq!(srv.server.data.socket_count(), 1);
+    assert_eq!(srv.server.stats.joins.load(Relaxed), 200);
+    assert_eq!(srv.server.stats.leaves.load(Relaxed), 200);
+}
+
+/// A SURV/1 viewer whose connection is reset right after it registers: the server may fail to
+/// write its acceptance, and that way out of admission must take the viewer off the data path
+/// too (it used to stay attached for good, sent every frame, one per such viewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_gone_before_its_acceptance_is_not_left_attached() {
+    let srv = start_server(small()).await.unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    for _ in 0..40 {
+        let tcp = std::net::TcpStream::connect(srv.addr).unwrap();
+        let sock = socket2::SockRef::from(&tcp);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        let reg = Registration {
+            form: Form::V1,
+            udp_port: port,
+        }
+        .encode();
+        std::io::Write::write_all(&mut &tcp, &reg).unwrap();
+        drop(tcp); // linger 0: a reset, not a FIN
+    }
+    // Every registration handled, one way or the other, before looking.
+    let stats = &srv.server.stats;
+    let handled = || {
+        [
+            &stats.joins,
+            &stats.gone_before_accepted,
+            &stats.refused,
+            &stats.probes,
+        ]
+        .iter()
+        .map(|c| c.load(Relaxed))
+        .sum::<u64>()
+    };
+    let until = Instant::now() + IO_TIMEOUT;
+    while handled() < 40 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(handled(), 40);
+    srv.wait_sessions(0).await.unwrap();
+    assert_eq!(
+        wait_detached(&srv).await,
+        0,
+        "{} of 40 were gone before their acceptance",
+        stats.gone_before_accepted.load(Relaxed)
+    );
+}
