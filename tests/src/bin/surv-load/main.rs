@@ -112,21 +112,6 @@ fn form_of(index: usize, seed_percent: usize) -> Form {
     }
 }
 
-/// Raises the open-file limit to its hard limit: every viewer holds a TCP connection.
-fn raise_fd_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur
-    }
-}
-
 /// CPU time (user + system) of a process, µs, from /proc/<pid>/stat.
 fn cpu_us(pid: &str) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -477,7 +462,8 @@ fn main() -> anyhow::Result<()> {
     if args.viewers == 0 || args.viewers > MAX_VIEWER_INDEX / 2 {
         bail!("--viewers must be 1..={}", MAX_VIEWER_INDEX / 2);
     }
-    let fd_limit = raise_fd_limit();
+    // Every viewer holds a TCP connection: the same limit as the server's, raised the same way.
+    let fd_limit = surv_server::udp_batch::raise_fd_limit().unwrap_or(0);
     if (fd_limit as usize) < args.viewers + 64 {
         eprintln!(
             "surv-load: warning: open-file limit {fd_limit} is below {} viewers",
