@@ -407,13 +407,9 @@ async fn a_recorded_mp4_plays_in_headless_chromium() {
 
 /// Frames of a live `width` x `height` stream at 30 fps, as a viewer receives them (no loss).
 async fn live_frames(width: u32, height: u32, count: usize) -> Vec<RecFrame> {
-    let srv = start_server(ServerOpts {
-        width,
-        height,
-        ..ServerOpts::default()
-    })
-    .await
-    .unwrap();
+    let srv = start_server(ServerOpts::sized(width, height))
+        .await
+        .unwrap();
     let v = RawViewer::register(srv.addr, Form::V1).await.unwrap();
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
     let mut frames = Vec::new();
