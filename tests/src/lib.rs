@@ -2,6 +2,8 @@
 //! pattern, a viewer that does exactly what seed 003's viewer does, and a raw viewer whose
 //! misbehaviour (loss, silence, spoofing) a test controls.
 
+pub mod fixtures;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
+
+pub use fixtures::{test_jpeg, Picture, Reaper};
 
 /// Every network await in a test is bounded by this, so a broken test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);

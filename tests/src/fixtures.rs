@@ -1,0 +1,94 @@
+//! Test fixtures shared by every crate's tests: JPEGs of known pictures, and a child process
+//! that is killed when the test lets go of it.
+//!
+//! The server and the client use these from their unit tests through a dev-dependency on this
+//! crate, so that there is one generator of test JPEGs, not one per file.
+
+use std::process::Child;
+
+pub use turbojpeg::Subsamp;
+
+/// Kills the child when dropped, so a failing test leaves nothing running.
+pub struct Reaper(pub Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What a test JPEG shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picture {
+    /// Diagonal colour ramps that move with the seed: compresses well, differs frame to frame.
+    Gradient(u64),
+    /// Pseudo-random bytes from the seed: compresses badly, for large frames.
+    Noise(u64),
+    /// One colour everywhere.
+    Solid([u8; 3]),
+}
+
+impl Picture {
+    /// The picture as packed RGB bytes, `width × height × 3`.
+    pub fn rgb(self, width: usize, height: usize) -> Vec<u8> {
+        let n = width * height * 3;
+        match self {
+            Picture::Gradient(seed) => (0..n)
+                .map(|i| {
+                    let (x, y) = ((i / 3) % width, (i / 3) / width);
+                    (x as u64 * 2 + y as u64 + seed * 8 + (i % 3) as u64 * 80) as u8
+                })
+                .collect(),
+            Picture::Noise(seed) => {
+                let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                (0..n)
+                    .map(|_| {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng as u8
+                    })
+                    .collect()
+            }
+            Picture::Solid(rgb) => rgb.iter().copied().cycle().take(n).collect(),
+        }
+    }
+}
+
+/// A JPEG of `picture` from turbojpeg, at `quality` (1-100) and the given chroma subsampling.
+pub fn test_jpeg(
+    width: usize,
+    height: usize,
+    picture: Picture,
+    quality: i32,
+    subsamp: Subsamp,
+) -> Vec<u8> {
+    let pixels = picture.rgb(width, height);
+    let image = turbojpeg::Image {
+        pixels: &pixels[..],
+        width,
+        pitch: width * 3,
+        height,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    turbojpeg::compress(image, quality, subsamp)
+        .expect("turbojpeg compresses a test picture")
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_jpegs_decode_to_their_size_and_differ_by_seed() {
+        let a = test_jpeg(64, 48, Picture::Gradient(1), 85, Subsamp::Sub2x2);
+        let b = test_jpeg(64, 48, Picture::Gradient(2), 85, Subsamp::Sub2x2);
+        assert_ne!(a, b);
+        let header = turbojpeg::read_header(&a).unwrap();
+        assert_eq!((header.width, header.height), (64, 48));
+        let noise = test_jpeg(64, 48, Picture::Noise(1), 85, Subsamp::Sub2x2);
+        assert!(noise.len() > 2 * a.len(), "noise compresses worse than a ramp");
+    }
+}
