@@ -22,7 +22,7 @@ use bytes::Bytes;
 use surv_proto::{FrameTag, TagError, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES, TAG_BYTES};
 use turbojpeg::{Compressor, Image, Subsamp, YuvPlanesImage};
 
-use crate::source::{PixelFormat, RawFrame};
+use crate::sources::{PixelFormat, RawFrame};
 
 /// The lowest JPEG quality used before the image is downscaled instead.
 pub const QUALITY_FLOOR: u8 = 10;
@@ -626,7 +626,7 @@ impl SizeModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Source, TestPattern};
+    use crate::sources::{FrameReader, TestPattern};
     use surv_proto::DEFAULT_MAX_DATAGRAM_BYTES;
 
     /// Decodes with turbojpeg, independently of the encoder: (width, height) of the image.

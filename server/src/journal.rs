@@ -1,10 +1,16 @@
-//! The join/leave log: one line per JOIN, LEAVE and REFUSE, in daily files under the log folder.
+//! The journal: one line per watcher JOIN, LEAVE and REFUSE, and per SOURCE-LOST and
+//! SOURCE-BACK, in daily files under the log folder.
 //!
 //! ```text
 //! 2026-11-21T21:40:00.123+01:00 JOIN session=3 viewer=127.0.0.1:5000 form=seed
 //! 2026-11-21T21:40:10.456+01:00 LEAVE session=3 viewer=127.0.0.1:5000 form=seed reason=end duration_s=10.333 frames_sent=310 bytes_sent=1534210 frames_skipped=0
 //! 2026-11-21T21:40:11.000+01:00 REFUSE peer=127.0.0.1:40112 form=surv1 reason="server full (16 viewers)"
+//! 2026-11-21T21:41:00.000+01:00 SOURCE-LOST source="camera 0" reason="reading a frame from /dev/video0: …"
+//! 2026-11-21T21:41:03.200+01:00 SOURCE-BACK source="camera 0" down_s=3.200
 //! ```
+//!
+//! `form` is the watcher's kind ([`WatcherKind::as_str`]); every kind of watcher has the same
+//! JOIN and LEAVE lines.
 //!
 //! Files are written through tracing-appender's rolling appender (`surv-journal.YYYY-MM-DD.log`),
 //! a line at a time and flushed, so a crash loses nothing already logged. A failed write is
@@ -18,8 +24,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{Local, SecondsFormat};
-use surv_proto::Form;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
+
+use crate::watchers::WatcherKind;
 
 /// File names are `surv-journal.<date>.log`.
 pub const FILE_PREFIX: &str = "surv-journal";
@@ -31,8 +38,8 @@ pub enum LeaveReason {
     End,
     /// Nothing from the viewer for the viewer timeout.
     Timeout,
-    /// The viewer closed its TCP connection.
-    TcpClosed,
+    /// The watcher closed its connection (a UDP viewer's TCP registration, an HTTP stream).
+    Closed,
     /// The server is shutting down.
     Shutdown,
     /// A socket error ended the session.
@@ -44,7 +51,7 @@ impl LeaveReason {
         match self {
             LeaveReason::End => "end",
             LeaveReason::Timeout => "timeout",
-            LeaveReason::TcpClosed => "tcp-closed",
+            LeaveReason::Closed => "closed",
             LeaveReason::Shutdown => "shutdown",
             LeaveReason::Error => "error",
         }
@@ -56,7 +63,7 @@ impl LeaveReason {
 pub struct Leave {
     pub session_id: u64,
     pub viewer: SocketAddr,
-    pub form: Form,
+    pub kind: WatcherKind,
     pub reason: LeaveReason,
     pub duration: Duration,
     pub frames_sent: u64,
@@ -97,11 +104,11 @@ impl Journal {
         self.write_errors.load(Ordering::Relaxed)
     }
 
-    pub fn join(&self, session_id: u64, viewer: SocketAddr, form: Form) {
-        tracing::info!(target: "surv::journal", session_id, %viewer, form = form.as_str(), "JOIN");
+    pub fn join(&self, session_id: u64, viewer: SocketAddr, kind: WatcherKind) {
+        tracing::info!(target: "surv::journal", session_id, %viewer, form = kind.as_str(), "JOIN");
         self.write(&format!(
             "JOIN session={session_id} viewer={viewer} form={}",
-            form.as_str()
+            kind.as_str()
         ));
     }
 
@@ -119,7 +126,7 @@ impl Journal {
             "LEAVE session={} viewer={} form={} reason={} duration_s={:.3} frames_sent={} bytes_sent={} frames_skipped={}",
             l.session_id,
             l.viewer,
-            l.form.as_str(),
+            l.kind.as_str(),
             l.reason.as_str(),
             l.duration.as_secs_f64(),
             l.frames_sent,
@@ -128,11 +135,24 @@ impl Journal {
         ));
     }
 
-    /// A registration that was turned away. `form` is `None` when the bytes had no form at all.
-    pub fn refuse(&self, peer: SocketAddr, form: Option<Form>, reason: &str) {
+    /// A watcher that was turned away. `kind` is `None` when its bytes had no form at all.
+    pub fn refuse(&self, peer: SocketAddr, kind: Option<WatcherKind>, reason: &str) {
         tracing::info!(target: "surv::journal", %peer, reason, "REFUSE");
-        let form = form.map_or("unknown", Form::as_str);
+        let form = kind.map_or("unknown", WatcherKind::as_str);
         self.write(&format!("REFUSE peer={peer} form={form} reason={reason:?}"));
+    }
+
+    /// The source stopped delivering (the first failure of an outage).
+    pub fn source_lost(&self, source: &str, reason: &str) {
+        self.write(&format!("SOURCE-LOST source={source:?} reason={reason:?}"));
+    }
+
+    /// The source delivers again after being lost for `down`.
+    pub fn source_back(&self, source: &str, down: Duration) {
+        self.write(&format!(
+            "SOURCE-BACK source={source:?} down_s={:.3}",
+            down.as_secs_f64()
+        ));
     }
 
     fn write(&self, line: &str) {
@@ -180,12 +200,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
         let viewer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        j.join(3, viewer, Form::Seed);
+        j.join(3, viewer, WatcherKind::Seed);
         j.leave(&Leave {
             session_id: 3,
             viewer,
-            form: Form::Seed,
-            reason: LeaveReason::TcpClosed,
+            kind: WatcherKind::Seed,
+            reason: LeaveReason::Closed,
             duration: Duration::from_millis(10_333),
             frames_sent: 310,
             bytes_sent: 1_534_210,
@@ -196,8 +216,10 @@ mod tests {
             None,
             "registration timeout",
         );
+        j.source_lost("camera 0", "cannot open /dev/video0: \u{1b}]0;x");
+        j.source_back("camera 0", Duration::from_millis(3_200));
         let lines = read_all(dir.path()).unwrap();
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), 5, "{lines:?}");
         assert!(
             lines[0].ends_with(" JOIN session=3 viewer=127.0.0.1:5000 form=seed"),
             "{}",
@@ -205,7 +227,7 @@ mod tests {
         );
         assert!(
             lines[1].ends_with(
-                " LEAVE session=3 viewer=127.0.0.1:5000 form=seed reason=tcp-closed duration_s=10.333 frames_sent=310 bytes_sent=1534210 frames_skipped=2"
+                " LEAVE session=3 viewer=127.0.0.1:5000 form=seed reason=closed duration_s=10.333 frames_sent=310 bytes_sent=1534210 frames_skipped=2"
             ),
             "{}",
             lines[1]
@@ -213,6 +235,19 @@ mod tests {
         assert!(lines[2].ends_with(
             r#"REFUSE peer=127.0.0.1:40112 form=unknown reason="registration timeout""#
         ));
+        // Peer-controlled text is quoted with control characters escaped.
+        assert!(
+            lines[3].ends_with(
+                r#"SOURCE-LOST source="camera 0" reason="cannot open /dev/video0: \u{1b}]0;x""#
+            ),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[4].ends_with(r#"SOURCE-BACK source="camera 0" down_s=3.200"#),
+            "{}",
+            lines[4]
+        );
         // Each line starts with an RFC 3339 timestamp chrono can read back.
         for l in &lines {
             let stamp = l.split(' ').next().unwrap();

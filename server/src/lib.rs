@@ -1,40 +1,36 @@
-//! surv-server as a library: capture once, encode once, send every frame to every viewer.
+//! surv-server as a library: capture once, encode once, send every frame to every watcher.
 //!
-//! `main.rs` parses flags, opens the source and binds the listener, then calls [`run`]; tests do
-//! the same on `127.0.0.1:0` with the test pattern.
+//! `main.rs` parses flags, builds the source and binds the listener, then calls [`run`]; tests
+//! do the same on `127.0.0.1:0` with the test pattern or a scripted source. docs/ARCHITECTURE.md
+//! draws the whole data path.
 //!
-//! * [`capture`]: the capture thread (source → encoder → newest frame).
-//! * [`admission`]: the TCP listener and registration.
-//! * [`session`]: one task per viewer: its control (end, timeout, the window's schedule).
-//! * [`fanout`]: the data path: each frame to every viewer in batches, acks back, on shared sockets.
-//! * [`udp_batch`]: `sendmmsg`/`recvmmsg`, the server's only `unsafe`.
-//! * [`window`]: the ack window that keeps a lost datagram or ack from stalling a session.
-//! * [`journal`]: the join/leave log.
-//! * [`source`], [`camera`], [`encoder`]: frames in, JPEG datagrams out.
+//! * [`sources`]: where frames come from, one file per kind, behind one trait.
+//! * [`capture`]: the one capture path: runs the source (again after a failure, with backoff),
+//!   encodes raw frames once, passes JPEGs through, publishes the newest frame.
+//! * [`encoder`]: JPEG encoding under the datagram cap.
+//! * [`watchers`]: every kind of watcher as a session in one registry; [`watchers::udp`] is
+//!   the UDP viewers' fast path, [`watchers::stream`] the driver for stream-oriented kinds.
+//! * [`journal`]: the join/leave and source lost/back log.
+//! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
 
-pub mod admission;
-pub mod camera;
 pub mod capture;
 pub mod encoder;
-pub mod fanout;
 pub mod journal;
-pub mod session;
-pub mod source;
-pub mod udp_batch;
-pub mod window;
+pub mod sources;
+pub mod sys;
+pub mod watchers;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use capture::{Capture, CaptureStats, FrameRx, StreamShape};
+pub use capture::{Capture, CaptureShared, CaptureStats, FrameRx, StreamShape};
 pub use journal::Journal;
-pub use session::SessionInfo;
+pub use watchers::{WatcherInfo, WatcherKind, Watchers};
 
 /// How long sessions get to log their LEAVE after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -52,7 +48,7 @@ pub struct Config {
     pub seed_settle: Duration,
     /// Registrations being read at once; more connections are closed at once (counted).
     pub max_pending_registrations: usize,
-    /// Frames a session may send without an ack (see [`window`]).
+    /// Frames a session may send without an ack (see [`watchers::udp::window`]).
     pub max_in_flight: usize,
 }
 
@@ -93,22 +89,21 @@ pub struct Stats {
     pub send_errors: AtomicU64,
 }
 
-/// Everything the listener and the sessions share.
+/// Everything the listeners and the sessions share.
 pub struct Server {
     pub config: Config,
-    /// Capture parameters, and the datagram cap, as told to SURV/1 viewers.
-    pub shape: StreamShape,
+    /// The datagram cap, as told to SURV/1 viewers.
     pub max_datagram_bytes: usize,
+    /// The newest frame.
     pub frames: FrameRx,
-    pub capture_stats: Arc<CaptureStats>,
-    pub journal: Journal,
+    /// The capture path's counters, the stream's shape and the source's state.
+    pub capture: Arc<CaptureShared>,
+    pub journal: Arc<Journal>,
     pub stats: Stats,
-    /// Live sessions by id.
-    pub sessions: DashMap<u64, SessionInfo>,
-    /// The shared UDP sockets and the sessions each serves.
-    pub data: fanout::DataPath,
-    next_id: AtomicU64,
-    slots: AtomicUsize,
+    /// Every live watcher, of every kind.
+    pub watchers: Watchers,
+    /// The UDP viewers' shared sockets and the sessions each serves.
+    pub data: watchers::udp::DataPath,
 }
 
 impl Server {
@@ -116,34 +111,18 @@ impl Server {
         config: Config,
         capture: &Capture,
         max_datagram_bytes: usize,
-        journal: Journal,
+        journal: Arc<Journal>,
     ) -> Server {
         Server {
-            config,
-            shape: capture.shape,
             max_datagram_bytes,
             frames: capture.frames.clone(),
-            capture_stats: capture.stats.clone(),
+            capture: capture.shared.clone(),
             journal,
             stats: Stats::default(),
-            sessions: DashMap::new(),
-            data: fanout::DataPath::default(),
-            next_id: AtomicU64::new(1),
-            slots: AtomicUsize::new(0),
+            watchers: Watchers::new(config.max_viewers),
+            data: watchers::udp::DataPath::default(),
+            config,
         }
-    }
-
-    /// Claims a viewer slot, or says no when `max_viewers` are live.
-    fn try_reserve_slot(&self) -> bool {
-        self.slots
-            .fetch_update(Relaxed, Relaxed, |n| {
-                (n < self.config.max_viewers).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn release_slot(&self) {
-        self.slots.fetch_sub(1, Relaxed);
     }
 }
 
@@ -151,7 +130,7 @@ impl Server {
 /// its LEAVE) within [`SHUTDOWN_GRACE`].
 pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let fanout = match fanout::spawn_fanout_thread(server.clone(), shutdown.clone()) {
+    let fanout = match watchers::udp::data_path::spawn_fanout_thread(server.clone(), shutdown.clone()) {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the fan-out thread; no frames will be sent");
@@ -159,7 +138,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
             None
         }
     };
-    admission::accept_loop(&server, &listener, &tracker, &shutdown).await;
+    watchers::udp::admission::accept_loop(&server, &listener, &tracker, &shutdown).await;
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -181,10 +160,13 @@ impl Server {
     /// One line with every counter, at shutdown: what the load tool (`surv-load`) reads to
     /// check "one encode per captured frame" and the encode time.
     pub fn log_stats(&self) {
-        let (c, s) = (&self.capture_stats, &self.stats);
+        let (c, s) = (&self.capture.stats, &self.stats);
         tracing::info!(
             captured = c.captured.load(Relaxed),
             encoded = c.encoded.load(Relaxed),
+            passed_through = c.passed_through.load(Relaxed),
+            rejected = c.rejected.load(Relaxed),
+            source_lost = c.source_lost.load(Relaxed),
             encode_attempts = c.encode_attempts.load(Relaxed),
             encode_us = c.encode_us.load(Relaxed),
             capture_errors = c.errors.load(Relaxed),

@@ -11,8 +11,8 @@ use surv_proto::{
     DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
 };
 use surv_server::encoder::EncoderConfig;
-use surv_server::source::{Source, TestPattern};
-use surv_server::{camera, Capture, Config, Journal, Server};
+use surv_server::sources::{camera, FrameReader, OnThread, Source, TestPattern};
+use surv_server::{Capture, Config, Journal, Server};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,7 +136,7 @@ fn run() -> anyhow::Result<()> {
     };
 
     // Each viewer holds one TCP connection; past the limit, accepts back off and retry.
-    match surv_server::udp_batch::raise_fd_limit() {
+    match surv_server::sys::raise_fd_limit() {
         Ok(limit) if limit < args.max_viewers as u64 + 64 => tracing::warn!(
             limit,
             max_viewers = args.max_viewers,
@@ -145,51 +145,58 @@ fn run() -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
-    let shutdown = CancellationToken::new();
     let (width, height) = args.size;
     let fps = args.fps;
-    let capture = match args.source {
-        SourceKind::Test => Capture::start(
-            move || Ok(Box::new(TestPattern::new(width, height, fps)?) as Box<dyn Source>),
-            EncoderConfig {
-                max_datagram_bytes: args.max_datagram,
-                quality: args.quality,
-            },
-            shutdown.clone(),
-        ),
+    let source: Box<dyn Source> = match args.source {
+        SourceKind::Test => {
+            // Checked here so that a bad --size or --fps is a clear error, not a lost source.
+            TestPattern::new(width, height, fps).context("--source test")?;
+            Box::new(OnThread::new(
+                format!("test pattern {width}x{height}@{fps}"),
+                move || Ok(Box::new(TestPattern::new(width, height, fps)?) as Box<dyn FrameReader>),
+            ))
+        }
         SourceKind::Cam => {
             let index = args.cam;
-            Capture::start(
-                move || Ok(Box::new(camera::open(index, width, height, fps)?) as Box<dyn Source>),
-                EncoderConfig {
-                    max_datagram_bytes: args.max_datagram,
-                    quality: args.quality,
-                },
-                shutdown.clone(),
-            )
+            Box::new(OnThread::new(format!("camera {index}"), move || {
+                Ok(Box::new(camera::open(index, width, height, fps)?) as Box<dyn FrameReader>)
+            }))
         }
     };
-    let capture = match capture {
-        Ok(c) => c,
-        Err(e) if args.source == SourceKind::Cam => {
-            bail!("camera {} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern.", args.cam)
-        }
-        Err(e) => return Err(e).context("starting the test source"),
+    let encoder = EncoderConfig {
+        max_datagram_bytes: args.max_datagram,
+        quality: args.quality,
     };
-
-    let journal = Journal::open(&args.log_dir)
-        .with_context(|| format!("opening the join/leave log in {}", args.log_dir.display()))?;
+    let journal = Arc::new(Journal::open(&args.log_dir).with_context(|| {
+        format!("opening the join/leave log in {}", args.log_dir.display())
+    })?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let capture = Capture::start(source, encoder, journal.clone(), &shutdown)
+            .context("starting the capture path")?;
+        // A local camera or the test pattern must work at start-up: its failure is an error,
+        // not an outage to wait out.
+        if let Err(e) = capture.first_outcome().await {
+            capture.stop().await;
+            return match args.source {
+                SourceKind::Cam => Err(anyhow::anyhow!(
+                    "camera {} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern.",
+                    args.cam
+                )),
+                SourceKind::Test => Err(anyhow::anyhow!("the test source failed: {e}")),
+            };
+        }
         let addr = SocketAddr::new(args.bind, args.port);
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("listening on TCP {addr} (is another server on that port? try --port)")
         })?;
+        let shape = capture.shared.shape();
         tracing::info!(
             %addr,
-            width = capture.shape.width,
-            height = capture.shape.height,
-            fps = capture.shape.fps,
+            width = shape.width,
+            height = shape.height,
+            fps = shape.fps,
             max_datagram = args.max_datagram,
             log_dir = %args.log_dir.display(),
             "surv-server ready"
@@ -197,7 +204,7 @@ fn run() -> anyhow::Result<()> {
         let server = Arc::new(Server::new(config, &capture, args.max_datagram, journal));
         tokio::spawn(stop_on_signal(shutdown.clone()));
         surv_server::run(server, listener, shutdown).await;
-        capture.stop();
+        capture.stop().await;
         tracing::info!("stopped");
         Ok(())
     })

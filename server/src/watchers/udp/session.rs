@@ -1,25 +1,25 @@
 //! One viewer's session: a task that decides when the viewer's stream ends, and keeps its
 //! window's schedule.
 //!
-//! Frames and acks do not pass through this task: the data path ([`crate::fanout`]) sends each
+//! Frames and acks do not pass through this task: the data path ([`super::data_path`]) sends each
 //! frame to every session whose window is open and settles acks as they come. The task wakes
 //! only for what is rare: the viewer's `end` or its TCP connection closing, its timeout, a frame
 //! waiting on a full window (to probe, or to send once unanswered frames expire), failed sends,
 //! and shutdown. Capture never waits for a session: a frame that finds the window full waits in
 //! its place and is replaced by the next one (the viewer skips frames; they are counted).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use surv_proto::Form;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{self, Attached, DataPath, MAX_SEND_ERRORS};
-use crate::journal::{Leave, LeaveReason};
-use crate::udp_batch::Fanout;
+use super::data_path::{self, DataPath, MAX_SEND_ERRORS};
+use super::link::Attached;
+use crate::journal::LeaveReason;
+use crate::sys::BatchSender;
+use crate::watchers::Tally;
 use crate::Server;
 
 /// How long after its TCP connection closes a viewer's `end` may still arrive.
@@ -27,21 +27,22 @@ const END_GRACE: Duration = Duration::from_millis(50);
 
 /// What a session needs besides the server it belongs to.
 pub(crate) struct Session {
-    pub id: u64,
-    pub viewer: SocketAddr,
-    pub form: Form,
     pub link: Attached,
     pub tcp: TcpStream,
 }
 
 impl Session {
     /// Runs until the viewer leaves, goes silent, the server shuts down or sends keep failing.
-    pub(crate) async fn run(mut self, server: &Server, shutdown: CancellationToken) -> Leave {
-        let started = Instant::now();
+    /// Returns why, and what the viewer was sent.
+    pub(crate) async fn run(
+        mut self,
+        server: &Server,
+        shutdown: CancellationToken,
+    ) -> (LeaveReason, Tally) {
         let timeout = server.config.viewer_timeout;
         let mut tcp_buf = [0u8; 256];
-        let mut fanout = Fanout::default();
-        fanout::on_join(server, &self.link);
+        let mut sender = BatchSender::default();
+        data_path::on_join(server, &self.link);
 
         let reason = loop {
             let now = Instant::now();
@@ -70,7 +71,7 @@ impl Session {
                 )
             };
             if let Some(frame) = release {
-                fanout::send_one(server, &self.link, &frame, &mut fanout);
+                data_path::send_one(server, &self.link, &frame, &mut sender);
                 continue;
             }
 
@@ -87,22 +88,8 @@ impl Session {
             }
         };
         DataPath::detach(&self.link);
-        let st = self.link.state();
-        let skipped = st.tally.skipped();
-        server
-            .stats
-            .frames_skipped
-            .fetch_add(skipped, std::sync::atomic::Ordering::Relaxed);
-        Leave {
-            session_id: self.id,
-            viewer: self.viewer,
-            form: self.form,
-            reason,
-            duration: started.elapsed(),
-            frames_sent: st.tally.frames_sent,
-            bytes_sent: st.tally.bytes_sent,
-            frames_skipped: skipped,
-        }
+        let tally = self.link.state().tally.clone();
+        (reason, tally)
     }
 
     /// The TCP connection closed. A viewer that leaves sends `end` and then closes: the `end`
@@ -114,17 +101,9 @@ impl Session {
                 .await
                 .is_err()
             {
-                return LeaveReason::TcpClosed;
+                return LeaveReason::Closed;
             }
         }
         LeaveReason::End
     }
-}
-
-/// The registry's view of a live session.
-#[derive(Debug, Clone)]
-pub struct SessionInfo {
-    pub viewer: SocketAddr,
-    pub form: Form,
-    pub joined: chrono::DateTime<chrono::Local>,
 }

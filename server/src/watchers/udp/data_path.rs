@@ -1,11 +1,11 @@
-//! The data path: each frame to every session in batches over shared UDP sockets, and the acks
-//! back, matched to their session by the viewer's address.
+//! The UDP data path: each frame to every session in batches over shared UDP sockets; the acks
+//! come back through [`super::acks`], matched to their session by the viewer's address.
 //!
 //! A session's control (its TCP connection, timeouts, probes, the journal) stays in its own task
 //! ([`crate::session`]); what happens once per frame per viewer does not wake that task:
 //!
 //! * One fan-out thread waits for each new frame and, for every session whose ack window is
-//!   open, queues the viewer's address; one `sendmmsg` per [`udp_batch::SEND_BATCH`] viewers
+//!   open, queues the viewer's address; one `sendmmsg` per [`sys::SEND_BATCH`] viewers
 //!   then sends the same shared bytes to all of them (no copy in user space).
 //! * One ack task per shared socket takes acks in with `recvmmsg` and settles them in the
 //!   session's window, found by the sender's address; an ack that opens a full window sends the
@@ -21,12 +21,10 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use surv_proto::Ack;
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -34,8 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::SharedFrame;
-use crate::udp_batch::{self, Fanout, Inbox};
-use crate::window::Window;
+use crate::sys::{self, BatchSender};
+use super::acks::ack_loop;
+use super::link::{Attached, Link, LinkState};
+use super::window::Window;
+use crate::watchers::Tally;
 use crate::Server;
 
 /// Consecutive failed sends after which a session gives up (reason `error`).
@@ -51,83 +52,11 @@ const RECV_BUFFER_BYTES: usize = 8 << 20;
 const SEND_WAIT: Duration = Duration::from_millis(5);
 const SEND_WAITS: u32 = 4;
 
-/// Batches an ack task takes per wake-up before letting other tasks run.
-const ACK_BATCHES_PER_WAKE: usize = 16;
-
-/// Frames a session has seen published and sent, for the LEAVE line.
-#[derive(Debug, Default)]
-pub(crate) struct Tally {
-    first_seq: Option<u64>,
-    last_seq: u64,
-    pub frames_sent: u64,
-    pub bytes_sent: u64,
-}
-
-impl Tally {
-    fn seen(&mut self, seq: u64) {
-        self.first_seq.get_or_insert(seq);
-        self.last_seq = self.last_seq.max(seq);
-    }
-
-    /// Frames published while the session ran that it did not send.
-    pub fn skipped(&self) -> u64 {
-        self.first_seq.map_or(0, |first| {
-            (self.last_seq - first + 1).saturating_sub(self.frames_sent)
-        })
-    }
-}
-
-/// What the data path and the session task share about one viewer.
-pub(crate) struct LinkState {
-    pub window: Window,
-    /// The newest frame not yet sent because the window was full.
-    pub pending: Option<SharedFrame>,
-    pub tally: Tally,
-    pub last_heard: Instant,
-    /// The viewer said `end`.
-    pub ended: bool,
-    pub send_errors: u32,
-}
-
-/// One session's end of the data path.
-pub(crate) struct Link {
-    pub viewer: SocketAddr,
-    pub socket: Arc<SharedSocket>,
-    state: Mutex<LinkState>,
-    /// Wakes the session task: `end` arrived, a frame waits on a full window, sends fail.
-    pub wake: Notify,
-}
-
-impl Link {
-    /// The state, even if a thread panicked holding it (it holds only counters and a window).
-    pub fn state(&self) -> MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A session's place on the data path, from [`DataPath::attach`]: dropping it takes the viewer
-/// off (as [`DataPath::detach`] does), so that no way out of admission or a session, early
-/// returns included, leaves a viewer attached and sent every frame for good.
-pub(crate) struct Attached(Arc<Link>);
-
-impl std::ops::Deref for Attached {
-    type Target = Arc<Link>;
-    fn deref(&self) -> &Arc<Link> {
-        &self.0
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        DataPath::detach(&self.0);
-    }
-}
-
 /// A UDP socket that sessions share, with the sessions it serves by viewer address.
 pub(crate) struct SharedSocket {
-    udp: UdpSocket,
+    pub(super) udp: UdpSocket,
     local_ip: IpAddr,
-    links: DashMap<SocketAddr, Arc<Link>>,
+    pub(super) links: DashMap<SocketAddr, Arc<Link>>,
 }
 
 /// Every shared socket.
@@ -224,13 +153,13 @@ impl SharedSocket {
         std.set_nonblocking(true)?;
         let fd = std.as_raw_fd();
         // Best effort: smaller buffers only mean more skipped frames under a burst.
-        let _ = udp_batch::set_buffer(fd, libc::SO_SNDBUF, SEND_BUFFER_BYTES);
-        let _ = udp_batch::set_buffer(fd, libc::SO_RCVBUF, RECV_BUFFER_BYTES);
+        let _ = sys::set_buffer(fd, libc::SO_SNDBUF, SEND_BUFFER_BYTES);
+        let _ = sys::set_buffer(fd, libc::SO_RCVBUF, RECV_BUFFER_BYTES);
         if local_ip.is_loopback() && local_ip.is_ipv4() {
             // Loopback's MTU (64 KiB) takes any datagram whole: with "don't fragment" set the
             // kernel skips drawing a random IP ID for each one (about a tenth of the server's
             // CPU at 2000 viewers). Other interfaces keep fragmenting large frames.
-            let _ = udp_batch::set_dont_fragment(fd);
+            let _ = sys::set_dont_fragment(fd);
         }
         Ok(SharedSocket {
             udp: UdpSocket::from_std(std)?,
@@ -242,7 +171,7 @@ impl SharedSocket {
     /// Sends `payload` to each of `dests` and says what became of each, in order.
     fn send_all(
         &self,
-        fanout: &mut Fanout,
+        fanout: &mut BatchSender,
         payload: &[u8],
         dests: &[SocketAddr],
         out: &mut Vec<Outcome>,
@@ -262,7 +191,7 @@ impl SharedSocket {
                 Err(e) => {
                     // This destination failed (the kernel stops a batch at the first error);
                     // the others still get the frame.
-                    tracing::debug!(viewer = %rest[0], error = %e, "sending a frame failed");
+                    tracing::trace!(viewer = %rest[0], error = %e, "sending a frame failed");
                     out.push(Outcome::Failed);
                     false
                 }
@@ -272,23 +201,11 @@ impl SharedSocket {
                     out.extend(std::iter::repeat_n(Outcome::Skipped, rest.len()));
                 } else {
                     waits += 1;
-                    wait_writable(fd, SEND_WAIT);
+                    sys::wait_writable(fd, SEND_WAIT);
                 }
             }
         }
     }
-}
-
-/// Waits (bounded) until the socket has room to send.
-fn wait_writable(fd: i32, wait: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: one pollfd, alive for the call.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 /// Books one datagram's outcome in the session's state and the server's counters.
@@ -322,7 +239,7 @@ fn record(
 
 /// Sends one frame to one session now (the rare path: a join, an ack or a timer opened its
 /// window). The caller has taken the frame out of `pending` and checked the window.
-pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, fanout: &mut Fanout) {
+pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, fanout: &mut BatchSender) {
     let mut outcome = Vec::with_capacity(1);
     link.socket
         .send_all(fanout, &frame.datagram, &[link.viewer], &mut outcome);
@@ -367,7 +284,7 @@ pub(crate) fn on_join(server: &Server, link: &Link) {
     };
     let take = offer(link, &mut link.state(), &frame, Instant::now());
     if take {
-        send_one(server, link, &frame, &mut Fanout::default());
+        send_one(server, link, &frame, &mut BatchSender::default());
     }
 }
 
@@ -381,7 +298,7 @@ pub(crate) fn spawn_fanout_thread(
         .name("surv-fanout".into())
         .spawn(move || {
             let mut frames = server.frames.clone();
-            let mut fanout = Fanout::default();
+            let mut fanout = BatchSender::default();
             let mut batch = Batch::default();
             loop {
                 let next = handle.block_on(async {
@@ -410,7 +327,7 @@ struct Batch {
 }
 
 /// Sends `frame` to every session whose window is open, one `sendmmsg` per batch of viewers.
-fn fan_out(server: &Server, frame: &SharedFrame, fanout: &mut Fanout, batch: &mut Batch) {
+fn fan_out(server: &Server, frame: &SharedFrame, fanout: &mut BatchSender, batch: &mut Batch) {
     for socket in server.data.sockets() {
         let now = Instant::now();
         batch.links.clear();
@@ -441,95 +358,3 @@ fn fan_out(server: &Server, frame: &SharedFrame, fanout: &mut Fanout, batch: &mu
     }
 }
 
-/// Takes in the acks arriving on `socket` until `shutdown`, in batches.
-async fn ack_loop(server: Arc<Server>, socket: Arc<SharedSocket>, shutdown: CancellationToken) {
-    let mut inbox = Inbox::default();
-    let mut fanout = Fanout::default();
-    let mut released: Vec<(Arc<Link>, SharedFrame)> = Vec::new();
-    let fd = socket.udp.as_raw_fd();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            res = socket.udp.readable() => if let Err(e) = res {
-                tracing::warn!(error = %e, "shared UDP socket failed; acks on it are lost");
-                return;
-            },
-        }
-        for _ in 0..ACK_BATCHES_PER_WAKE {
-            let mut acks = 0u64;
-            let res = socket.udp.try_io(Interest::READABLE, || {
-                inbox.recv(fd, |bytes, from, len| {
-                    acks += u64::from(on_datagram(
-                        &server,
-                        &socket,
-                        bytes,
-                        len,
-                        from,
-                        &mut released,
-                    ));
-                })
-            });
-            server.stats.acks.fetch_add(acks, Relaxed);
-            for (link, frame) in released.drain(..) {
-                send_one(&server, &link, &frame, &mut fanout);
-            }
-            match res {
-                Ok(n) if n == udp_batch::RECV_BATCH => continue,
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "udp receive error");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// One datagram from a viewer (or anyone): returns whether it was an ack. A frame waiting on a
-/// window that the ack opens goes to `released`.
-fn on_datagram(
-    server: &Server,
-    socket: &SharedSocket,
-    bytes: &[u8],
-    len: usize,
-    from: SocketAddr,
-    released: &mut Vec<(Arc<Link>, SharedFrame)>,
-) -> bool {
-    let Some(link) = socket.links.get(&from).map(|l| l.value().clone()) else {
-        server.stats.foreign_datagrams.fetch_add(1, Relaxed);
-        tracing::debug!(%from, "ignored a datagram from an address that is no viewer's");
-        return false;
-    };
-    let ack = if len > bytes.len() {
-        Err(surv_proto::AckError::TooLong(len))
-    } else {
-        Ack::decode(bytes)
-    };
-    let now = Instant::now();
-    let mut st = link.state();
-    match ack {
-        Ok(Ack::End) => {
-            st.ended = true;
-            link.wake.notify_one();
-            false
-        }
-        Ok(Ack::Continue(seq)) => {
-            st.window.on_ack(seq, now);
-            st.last_heard = now;
-            st.send_errors = 0;
-            if st.pending.is_some() && st.window.can_send(now) {
-                if let Some(frame) = st.pending.take() {
-                    drop(st);
-                    released.push((link, frame));
-                }
-            }
-            true
-        }
-        Err(e) => {
-            server.stats.bad_acks.fetch_add(1, Relaxed);
-            tracing::debug!(viewer = %from, error = %e, bytes = len, "ignored a datagram that is not an ack");
-            false
-        }
-    }
-}

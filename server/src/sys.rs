@@ -1,5 +1,6 @@
-//! Batched UDP system calls: one `sendmmsg` puts a frame on the wire to many viewers, one
-//! `recvmmsg` takes in many acks. The only `unsafe` in the server is here.
+//! Every system call the server makes through `libc`, and so all of its `unsafe`: batched UDP
+//! (one `sendmmsg` puts a frame on the wire to many viewers, one `recvmmsg` takes in many
+//! acks), socket options, a bounded wait for room to send, and the open-file limit.
 //!
 //! Sending shares the frame: every message's iovec points at the same bytes, so a frame is
 //! never copied in user space however many viewers get it.
@@ -71,16 +72,16 @@ fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// Reusable buffers for sending one payload to many addresses.
 #[derive(Default)]
-pub struct Fanout {
+pub struct BatchSender {
     names: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
 // SAFETY: the raw pointers in `hdrs` are rebuilt before every call and never dereferenced
 // outside it; between calls the buffers are plain data.
-unsafe impl Send for Fanout {}
+unsafe impl Send for BatchSender {}
 
-impl Fanout {
+impl BatchSender {
     /// Sends `payload` to each of `dests` in order, without blocking. Returns how many went
     /// (a prefix of `dests`): fewer when the socket buffer filled (the rest would block) or on
     /// an error after some were sent; an error only when the first one failed.
@@ -137,20 +138,20 @@ impl Fanout {
 }
 
 /// Reusable buffers for receiving up to [`RECV_BATCH`] small datagrams per call.
-pub struct Inbox {
-    bufs: Vec<[u8; Inbox::DATAGRAM_BYTES]>,
+pub struct BatchReceiver {
+    bufs: Vec<[u8; BatchReceiver::DATAGRAM_BYTES]>,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
-// SAFETY: as for `Fanout`: pointers are rebuilt before every call.
-unsafe impl Send for Inbox {}
+// SAFETY: as for `BatchSender`: pointers are rebuilt before every call.
+unsafe impl Send for BatchReceiver {}
 
-impl Default for Inbox {
+impl Default for BatchReceiver {
     fn default() -> Self {
-        Inbox {
-            bufs: vec![[0; Inbox::DATAGRAM_BYTES]; RECV_BATCH],
+        BatchReceiver {
+            bufs: vec![[0; BatchReceiver::DATAGRAM_BYTES]; RECV_BATCH],
             // SAFETY: plain old data; all-zero is valid.
             names: vec![unsafe { zeroed() }; RECV_BATCH],
             iovs: Vec::with_capacity(RECV_BATCH),
@@ -159,7 +160,7 @@ impl Default for Inbox {
     }
 }
 
-impl Inbox {
+impl BatchReceiver {
     /// Bytes kept of each datagram; longer ones are cut, and their length says so.
     pub const DATAGRAM_BYTES: usize = 128;
 
@@ -207,7 +208,7 @@ impl Inbox {
                 continue;
             };
             each(
-                &self.bufs[i][..full_len.min(Inbox::DATAGRAM_BYTES)],
+                &self.bufs[i][..full_len.min(BatchReceiver::DATAGRAM_BYTES)],
                 from,
                 full_len,
             );
@@ -257,6 +258,18 @@ pub fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// Waits until `fd` has room to send or `wait` has passed, whichever comes first.
+pub fn wait_writable(fd: RawFd, wait: std::time::Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one pollfd, alive for the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
 /// Raises this process's open-file limit to its hard limit (each viewer holds a TCP connection)
 /// and returns the limit now in force. Kept here with the server's other system calls.
 pub fn raise_fd_limit() -> io::Result<u64> {
@@ -287,7 +300,7 @@ mod tests {
     use std::time::Duration;
 
     fn recv_all(
-        inbox: &mut Inbox,
+        inbox: &mut BatchReceiver,
         sock: &UdpSocket,
         want: usize,
     ) -> Vec<(Vec<u8>, SocketAddr, usize)> {
@@ -312,7 +325,7 @@ mod tests {
             .collect();
         let dests: Vec<SocketAddr> = viewers.iter().map(|v| v.local_addr().unwrap()).collect();
         let payload: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
-        let sent = Fanout::default()
+        let sent = BatchSender::default()
             .send(server.as_raw_fd(), &payload, &dests)
             .unwrap();
         assert_eq!(sent, 5);
@@ -331,12 +344,12 @@ mod tests {
         let viewer = UdpSocket::bind("127.0.0.1:0").unwrap();
         set_buffer(viewer.as_raw_fd(), libc::SO_RCVBUF, 1 << 20).unwrap();
         let dests = vec![viewer.local_addr().unwrap(); SEND_BATCH + 3];
-        let sent = Fanout::default()
+        let sent = BatchSender::default()
             .send(server.as_raw_fd(), b"x", &dests)
             .unwrap();
         assert_eq!(sent, SEND_BATCH + 3);
         viewer.set_nonblocking(true).unwrap();
-        let got = recv_all(&mut Inbox::default(), &viewer, SEND_BATCH + 3);
+        let got = recv_all(&mut BatchReceiver::default(), &viewer, SEND_BATCH + 3);
         assert_eq!(got.len(), SEND_BATCH + 3);
     }
 
@@ -350,7 +363,7 @@ mod tests {
         a.send_to(b"continue", to).unwrap();
         b.send_to(b"continue 17", to).unwrap();
         a.send_to(&[b'x'; 1000], to).unwrap();
-        let mut inbox = Inbox::default();
+        let mut inbox = BatchReceiver::default();
         let got = recv_all(&mut inbox, &server, 3);
         assert_eq!(got.len(), 3);
         assert_eq!(got[0], (b"continue".to_vec(), a.local_addr().unwrap(), 8));
@@ -358,7 +371,7 @@ mod tests {
             got[1],
             (b"continue 17".to_vec(), b.local_addr().unwrap(), 11)
         );
-        assert_eq!(got[2].0.len(), Inbox::DATAGRAM_BYTES, "cut to the buffer");
+        assert_eq!(got[2].0.len(), BatchReceiver::DATAGRAM_BYTES, "cut to the buffer");
         assert_eq!(got[2].2, 1000, "the real length is reported");
         let err = inbox.recv(server.as_raw_fd(), |_, _, _| {}).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);

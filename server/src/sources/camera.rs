@@ -1,4 +1,4 @@
-//! V4L2 cameras through nokhwa, behind the Source trait.
+//! V4L2 cameras through nokhwa, behind the FrameReader trait.
 //!
 //! nokhwa's camera handle is not `Send`, so it lives on a worker thread of its own
 //! (`surv-camera-N`) that only dequeues frames and copies their bytes out. [`Camera`] is `Send`:
@@ -20,7 +20,7 @@ use nokhwa::utils::{
 };
 use turbojpeg::{Colorspace, Decompressor, Image, Subsamp, YuvImage};
 
-use crate::source::{unix_micros_now, PixelFormat, RawFrame, Source, SourceError};
+use crate::sources::{unix_micros_now, FrameReader, PixelFormat, RawFrame, SourceError};
 
 /// How long opening the device may take before [`open`] gives up.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -571,7 +571,7 @@ impl Camera {
     }
 }
 
-impl Source for Camera {
+impl FrameReader for Camera {
     fn describe(&self) -> String {
         let Mode {
             format,

@@ -1,5 +1,6 @@
-//! Admission: accepts TCP connections, reads each registration under a deadline and a size cap,
-//! refuses explicitly (a reason on the wire and in the journal), and runs the admitted session.
+//! UDP viewers' admission: accepts TCP connections, reads each registration under a deadline
+//! and a size cap, refuses explicitly (a reason on the wire and in the journal), and runs the
+//! admitted session.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::fanout::DataPath;
-use crate::session::{Session, SessionInfo};
+use super::data_path::DataPath;
+use super::session::Session;
+use crate::watchers::{Watchers, WatcherKind};
 use crate::Server;
 
 /// Writing a reply to a viewer that does not read it must not hold a task for long.
@@ -162,7 +164,7 @@ async fn refuse(
     reason: &str,
 ) {
     server.stats.refused.fetch_add(1, Relaxed);
-    server.journal.refuse(peer, form, reason);
+    server.journal.refuse(peer, form.map(WatcherKind::from), reason);
     let reply = Reply::Refused(reason.to_string()).encode();
     let _ = timeout(REPLY_TIMEOUT, async {
         tcp.write_all(&reply).await?;
@@ -191,79 +193,52 @@ async fn admit(
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
-    if !server.try_reserve_slot() {
-        let reason = format!("server full ({} viewers)", server.config.max_viewers);
+    let Some(slot) = Watchers::reserve(&server) else {
+        let reason = format!("server full ({} viewers)", server.watchers.max());
         return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
-    }
+    };
     // Frames go to the TCP peer's own address, never to one named in the payload.
     let viewer = SocketAddr::new(peer.ip(), reg.udp_port);
     // Sent from the address the viewer reached us on, so its acks come back the same way.
     let local_ip = match tcp.local_addr() {
         Ok(a) => a.ip(),
         Err(e) => {
-            server.release_slot();
-            return refuse(
-                &server,
-                tcp,
-                peer,
-                Some(reg.form),
-                &format!("server error: {e}"),
-            )
-            .await;
+            drop(slot);
+            let reason = format!("server error: {e}");
+            return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
         }
     };
     let link = match DataPath::attach(&server, local_ip, viewer, tracker, &shutdown) {
         Ok(link) => link,
         Err(e) => {
-            server.release_slot();
+            drop(slot);
             let reason = format!("server error: cannot open a UDP socket: {e}");
             return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
         }
     };
-    let id = server.next_id.fetch_add(1, Relaxed);
     if reg.form == Form::V1 {
+        let shape = server.capture.shape();
         let reply = Reply::Accepted(StreamParams {
-            session_id: id,
-            width: server.shape.width,
-            height: server.shape.height,
-            fps: server.shape.fps,
+            session_id: slot.id(),
+            width: shape.width,
+            height: shape.height,
+            fps: shape.fps,
             max_datagram_bytes: server.max_datagram_bytes,
         });
         if !matches!(
             timeout(REPLY_TIMEOUT, tcp.write_all(&reply.encode())).await,
             Ok(Ok(()))
         ) {
-            server.release_slot();
             server.stats.gone_before_accepted.fetch_add(1, Relaxed);
             tracing::debug!(%peer, "viewer left before reading its acceptance");
             return;
         }
     }
-    server.sessions.insert(
-        id,
-        SessionInfo {
-            viewer,
-            form: reg.form,
-            joined: chrono::Local::now(),
-        },
-    );
-    server.stats.joins.fetch_add(1, Relaxed);
-    server.journal.join(id, viewer, reg.form);
-
-    let session = Session {
-        id,
-        viewer,
-        form: reg.form,
-        link,
-        tcp,
-    };
-    let span = tracing::info_span!("session", id, %viewer, form = reg.form.as_str());
-    let leave = session.run(&server, shutdown).instrument(span).await;
-
-    server.sessions.remove(&id);
-    server.release_slot();
-    server.stats.leaves.fetch_add(1, Relaxed);
-    server.journal.leave(&leave);
+    let member = slot.join(reg.form.into(), viewer);
+    let span = tracing::info_span!("session", id = member.id, %viewer, form = reg.form.as_str());
+    let session = Session { link, tcp };
+    let (reason, tally) = session.run(&server, shutdown).instrument(span).await;
+    member.leave(reason, &tally);
 }
 
 #[cfg(test)]

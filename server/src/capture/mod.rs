@@ -1,0 +1,236 @@
+//! The one capture path: runs the source, keeps it alive, and publishes each frame once.
+//!
+//! ```text
+//! Source::run ──frames──▶ FrameSink ──encode once / pass through──▶ watch<newest frame> ──▶ watchers
+//!      ▲  │ error                │
+//!      │  ▼                      └─ SOURCE-LOST / SOURCE-BACK (journal), counters
+//!   supervise: backoff, run again
+//! ```
+//!
+//! [`Capture::start`] spawns the supervisor task. It runs the source; when the source fails or
+//! ends, the supervisor reports it lost (once per outage), waits with capped exponential
+//! backoff ([`backoff`]) and runs it again, until shutdown. Watchers stay registered through an
+//! outage. Publishing replaces the previous frame whatever the watchers are doing: capture never
+//! waits for a watcher.
+
+pub mod backoff;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::encoder::{EncodedFrame, Encoder, EncoderConfig};
+use crate::journal::Journal;
+use crate::sources::Source;
+use backoff::Backoff;
+pub use sink::FrameSink;
+
+/// One encoded frame, shared by every watcher that sends it.
+pub type SharedFrame = Arc<EncodedFrame>;
+
+/// The newest frame (`None` until the first one is captured).
+pub type FrameRx = watch::Receiver<Option<SharedFrame>>;
+
+/// Counters a test or the load tool reads to prove "one encode per captured frame".
+#[derive(Debug, Default)]
+pub struct CaptureStats {
+    /// Frames the source delivered.
+    pub captured: AtomicU64,
+    /// Frames published (encoded or passed through; at most one per captured frame).
+    pub encoded: AtomicU64,
+    /// Of `encoded`, JPEGs from the source sent as they came (no decode, no encode).
+    pub passed_through: AtomicU64,
+    /// turbojpeg compress calls; above the frames encoded only while quality adapts to the cap.
+    pub encode_attempts: AtomicU64,
+    /// Frames that could not be encoded under the cap.
+    pub errors: AtomicU64,
+    /// Frames the source delivered that were unusable (corrupt, not a JPEG, too big).
+    pub rejected: AtomicU64,
+    /// Times the source failed or ended (every failed attempt, during an outage too).
+    pub source_failures: AtomicU64,
+    /// Outages: times the source went from delivering to lost.
+    pub source_lost: AtomicU64,
+    /// Total time spent encoding, µs.
+    pub encode_us: AtomicU64,
+    /// JPEG quality in use (0 while frames pass through).
+    pub quality: AtomicU32,
+}
+
+/// What the source delivers: its size as last seen, and its frame rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamShape {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+}
+
+/// Whether frames are flowing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceState {
+    /// Not a frame yet, no failure yet.
+    Starting,
+    /// Frames are flowing.
+    Live,
+    /// The source failed (why); the capture path is trying again.
+    Lost(String),
+}
+
+/// What the capture path shares with the rest of the server.
+#[derive(Debug)]
+pub struct CaptureShared {
+    pub stats: CaptureStats,
+    shape: Mutex<StreamShape>,
+    state: watch::Sender<SourceState>,
+}
+
+impl CaptureShared {
+    fn new() -> CaptureShared {
+        CaptureShared {
+            stats: CaptureStats::default(),
+            shape: Mutex::new(StreamShape::default()),
+            state: watch::Sender::new(SourceState::Starting),
+        }
+    }
+
+    /// The stream's size and rate, as told to SURV/1 viewers.
+    pub fn shape(&self) -> StreamShape {
+        *self.shape.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_shape(&self, shape: StreamShape) {
+        *self.shape.lock().unwrap_or_else(|p| p.into_inner()) = shape;
+    }
+
+    /// A frame of this size went out (a source may change size, or the encoder downscale).
+    fn note_size(&self, width: u32, height: u32) {
+        let mut shape = self.shape.lock().unwrap_or_else(|p| p.into_inner());
+        (shape.width, shape.height) = (width, height);
+    }
+
+    pub fn state(&self) -> SourceState {
+        self.state.borrow().clone()
+    }
+}
+
+/// A running capture path.
+pub struct Capture {
+    pub frames: FrameRx,
+    pub shared: Arc<CaptureShared>,
+    task: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("encoder: {0}")]
+    Encoder(String),
+    /// The source failed before its first frame.
+    #[error("{0}")]
+    Source(String),
+}
+
+impl Capture {
+    /// Starts the capture path on the current runtime: `source` runs (and is run again after
+    /// every failure) until `shutdown` is cancelled or [`Capture::stop`] is called.
+    pub fn start(
+        source: Box<dyn Source>,
+        encoder: EncoderConfig,
+        journal: Arc<Journal>,
+        shutdown: &CancellationToken,
+    ) -> Result<Capture, CaptureError> {
+        Capture::start_with(source, encoder, journal, shutdown, Backoff::default())
+    }
+
+    /// [`Capture::start`] with a chosen backoff (tests).
+    pub fn start_with(
+        source: Box<dyn Source>,
+        encoder: EncoderConfig,
+        journal: Arc<Journal>,
+        shutdown: &CancellationToken,
+        backoff: Backoff,
+    ) -> Result<Capture, CaptureError> {
+        let max_datagram_bytes = encoder.max_datagram_bytes;
+        let encoder = Encoder::new(encoder).map_err(|e| CaptureError::Encoder(e.to_string()))?;
+        let (tx, frames) = watch::channel(None);
+        let shared = Arc::new(CaptureShared::new());
+        let stop = shutdown.child_token();
+        let sink = FrameSink::new(
+            shared.clone(),
+            journal,
+            encoder,
+            max_datagram_bytes,
+            tx,
+            source.describe(),
+        );
+        let task = tokio::spawn(supervise(source, sink, backoff, stop.clone()));
+        Ok(Capture {
+            frames,
+            shared,
+            task: Some(task),
+            stop,
+        })
+    }
+
+    /// Waits until the source has delivered its first frame (its shape) or failed (why). For
+    /// sources that must work at start-up (a local camera, the test pattern).
+    pub async fn first_outcome(&self) -> Result<StreamShape, CaptureError> {
+        let mut state = self.shared.state.subscribe();
+        let outcome = state
+            .wait_for(|s| *s != SourceState::Starting)
+            .await
+            .map(|s| s.clone());
+        match outcome {
+            Ok(SourceState::Lost(reason)) => Err(CaptureError::Source(reason)),
+            _ => Ok(self.shared.shape()),
+        }
+    }
+
+    /// Stops capturing and waits for the source to let go (at most about one frame).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Runs `source` until `stop`, again after each failure, with backoff between attempts.
+async fn supervise(
+    mut source: Box<dyn Source>,
+    sink: FrameSink,
+    mut backoff: Backoff,
+    stop: CancellationToken,
+) {
+    loop {
+        let delivered_before = sink.delivered();
+        let result = source.run(&sink, &stop).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        if sink.delivered() > delivered_before {
+            backoff.reset();
+        }
+        let reason = match result {
+            Err(e) => e.to_string(),
+            Ok(()) => "the source ended".to_string(),
+        };
+        sink.lost(&reason);
+        let wait = backoff.next_wait();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

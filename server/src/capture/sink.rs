@@ -1,0 +1,288 @@
+//! The capture path's intake: every source hands its frames to a [`FrameSink`], which encodes
+//! raw frames once, passes JPEGs through when they fit, tags each with its sequence number and
+//! capture time, and publishes the newest frame to every watcher through a `watch` channel.
+//!
+//! The sink also keeps the source's health (starting, live, lost): the journal's `SOURCE-LOST`
+//! and `SOURCE-BACK` lines come from here, once per outage, so no source writes them itself.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use surv_proto::FrameTag;
+use tokio::sync::watch;
+
+use super::{CaptureShared, SharedFrame, SourceState, StreamShape};
+use crate::encoder::{EncodedFrame, Encoder};
+use crate::journal::Journal;
+use crate::sources::{JpegFrame, PixelFormat, RawFrame, MAX_DECODED_PIXELS};
+
+/// While a source keeps failing or sending bad frames, how often that is logged again.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where a source delivers frames. Cheap to clone; every clone feeds the same stream.
+#[derive(Clone)]
+pub struct FrameSink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<CaptureShared>,
+    journal: Arc<Journal>,
+    frames: watch::Sender<Option<SharedFrame>>,
+    what: String,
+    max_datagram_bytes: usize,
+    work: Mutex<Work>,
+}
+
+/// What only one frame at a time may touch.
+struct Work {
+    encoder: Encoder,
+    /// The next frame's sequence number: one per frame a source delivered.
+    seq: u64,
+    /// A JPEG decoded for re-encoding, reused.
+    decoded: RawFrame,
+    /// When the source was reported lost, for the SOURCE-BACK line.
+    lost_at: Option<Instant>,
+    last_failure_log: Option<Instant>,
+    last_reject_log: Option<Instant>,
+}
+
+impl FrameSink {
+    pub(super) fn new(
+        shared: Arc<CaptureShared>,
+        journal: Arc<Journal>,
+        encoder: Encoder,
+        max_datagram_bytes: usize,
+        frames: watch::Sender<Option<SharedFrame>>,
+        what: String,
+    ) -> FrameSink {
+        FrameSink {
+            inner: Arc::new(Inner {
+                shared,
+                journal,
+                frames,
+                what,
+                max_datagram_bytes,
+                work: Mutex::new(Work {
+                    encoder,
+                    seq: 0,
+                    decoded: RawFrame::new(),
+                    lost_at: None,
+                    last_failure_log: None,
+                    last_reject_log: None,
+                }),
+            }),
+        }
+    }
+
+    fn work(&self) -> MutexGuard<'_, Work> {
+        // A poisoned lock means a frame panicked mid-encode; the encoder state is still sound.
+        self.inner.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Frames delivered by the source so far (published or not).
+    pub fn delivered(&self) -> u64 {
+        self.inner.shared.stats.captured.load(Relaxed)
+    }
+
+    /// The source is open: `describe` says what it turned out to be, `shape` what it delivers.
+    /// The stream counts as back only when its first frame arrives.
+    pub fn opened(&self, describe: &str, shape: StreamShape) {
+        tracing::info!(source = describe, width = shape.width, height = shape.height, fps = shape.fps, "source open");
+        self.inner.shared.set_shape(shape);
+    }
+
+    /// A raw frame from the source: encoded once under the datagram cap, then published.
+    pub fn publish_raw(&self, raw: &RawFrame) {
+        let mut work = self.work();
+        let seq = self.next_seq(&mut work);
+        let encoded = encode(&self.inner.shared, &mut work.encoder, raw, seq);
+        self.finish(&mut work, encoded);
+    }
+
+    /// A JPEG from the source: passed through untouched (only the tag added) when it fits the
+    /// datagram cap, otherwise decoded and re-encoded under it. Not a whole JPEG: rejected.
+    pub fn publish_jpeg(&self, frame: &JpegFrame) {
+        let header = match check_jpeg(&frame.jpeg) {
+            Ok(h) => h,
+            Err(reason) => return self.reject(reason),
+        };
+        let mut work = self.work();
+        let seq = self.next_seq(&mut work);
+        let tagged_bytes = frame.jpeg.len() + surv_proto::TAG_BYTES;
+        let encoded = if tagged_bytes <= self.inner.max_datagram_bytes {
+            passthrough(frame, header, seq).inspect(|_| {
+                self.inner.shared.stats.passed_through.fetch_add(1, Relaxed);
+            })
+        } else {
+            let Work {
+                encoder, decoded, ..
+            } = &mut *work;
+            match decode_into(frame, header, decoded) {
+                Ok(()) => encode(&self.inner.shared, encoder, decoded, seq),
+                Err(e) => Err(e),
+            }
+        };
+        self.finish(&mut work, encoded);
+    }
+
+    /// A frame the source delivered could not be used (corrupt, not a JPEG, too big): counted,
+    /// and logged at most every ten seconds.
+    pub fn reject(&self, reason: &str) {
+        let stats = &self.inner.shared.stats;
+        let n = stats.rejected.fetch_add(1, Relaxed) + 1;
+        let mut work = self.work();
+        if work
+            .last_reject_log
+            .is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY)
+        {
+            work.last_reject_log = Some(Instant::now());
+            tracing::warn!(source = %self.inner.what, reason, rejected_so_far = n, "frame rejected");
+        }
+    }
+
+    /// The source failed (or ended): the first failure of an outage is journalled as
+    /// SOURCE-LOST; failures while it stays lost are counted and logged every ten seconds.
+    pub(super) fn lost(&self, reason: &str) {
+        let shared = &self.inner.shared;
+        shared.stats.source_failures.fetch_add(1, Relaxed);
+        let mut work = self.work();
+        let now = Instant::now();
+        if work.lost_at.is_none() {
+            work.lost_at = Some(now);
+            work.last_failure_log = Some(now);
+            shared.stats.source_lost.fetch_add(1, Relaxed);
+            shared.state.send_replace(SourceState::Lost(reason.to_string()));
+            tracing::error!(source = %self.inner.what, reason, "source lost; retrying");
+            self.inner.journal.source_lost(&self.inner.what, reason);
+        } else if work
+            .last_failure_log
+            .is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY)
+        {
+            work.last_failure_log = Some(now);
+            tracing::warn!(source = %self.inner.what, reason, "source still lost; retrying");
+        }
+    }
+
+    fn next_seq(&self, work: &mut Work) -> u64 {
+        self.inner.shared.stats.captured.fetch_add(1, Relaxed);
+        let seq = work.seq;
+        work.seq += 1;
+        seq
+    }
+
+    /// Publishes an encoded frame (or counts why there is none), and marks the source live.
+    fn finish(&self, work: &mut Work, encoded: Result<EncodedFrame, String>) {
+        let shared = &self.inner.shared;
+        match encoded {
+            Ok(frame) => {
+                shared.note_size(frame.width, frame.height);
+                shared.stats.quality.store(u32::from(frame.quality), Relaxed);
+                shared.stats.encoded.fetch_add(1, Relaxed);
+                self.inner.frames.send_replace(Some(Arc::new(frame)));
+            }
+            Err(reason) => {
+                shared.stats.errors.fetch_add(1, Relaxed);
+                tracing::warn!(reason, "frame dropped: it could not be encoded under the cap");
+            }
+        }
+        if let Some(since) = work.lost_at.take() {
+            let down = since.elapsed();
+            tracing::info!(source = %self.inner.what, down_s = down.as_secs_f64(), "source back");
+            self.inner.journal.source_back(&self.inner.what, down);
+        }
+        if !matches!(*shared.state.borrow(), SourceState::Live) {
+            shared.state.send_replace(SourceState::Live);
+        }
+    }
+}
+
+fn encode(
+    shared: &CaptureShared,
+    encoder: &mut Encoder,
+    raw: &RawFrame,
+    seq: u64,
+) -> Result<EncodedFrame, String> {
+    let t0 = Instant::now();
+    let frame = encoder.encode(raw, seq).map_err(|e| e.to_string())?;
+    let stats = &shared.stats;
+    stats
+        .encode_us
+        .fetch_add(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX), Relaxed);
+    stats
+        .encode_attempts
+        .fetch_add(u64::from(frame.attempts), Relaxed);
+    Ok(frame)
+}
+
+/// What a JPEG's header says, once it has been checked to be a whole JPEG of a sane size.
+#[derive(Debug, Clone, Copy)]
+struct JpegHeader {
+    width: u32,
+    height: u32,
+}
+
+/// A whole JPEG (SOI … EOI) whose header turbojpeg reads, no larger than we would decode.
+fn check_jpeg(jpeg: &[u8]) -> Result<JpegHeader, &'static str> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        return Err("not a JPEG (no SOI marker)");
+    }
+    if !jpeg.ends_with(&[0xFF, 0xD9]) {
+        return Err("truncated JPEG (no EOI marker)");
+    }
+    let header = turbojpeg::read_header(jpeg).map_err(|_| "unreadable JPEG header")?;
+    let (Ok(width), Ok(height)) = (u32::try_from(header.width), u32::try_from(header.height))
+    else {
+        return Err("JPEG size out of range");
+    };
+    if width == 0 || height == 0 || u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
+        return Err("JPEG size out of range");
+    }
+    Ok(JpegHeader { width, height })
+}
+
+/// The source's own bytes with surv's tag after SOI: no decode, no encode.
+fn passthrough(frame: &JpegFrame, header: JpegHeader, seq: u64) -> Result<EncodedFrame, String> {
+    let mut datagram = Vec::new();
+    FrameTag {
+        seq,
+        capture_unix_us: frame.capture_unix_us,
+    }
+    .encode_into(&frame.jpeg, &mut datagram)
+    .map_err(|e| e.to_string())?;
+    Ok(EncodedFrame {
+        seq,
+        capture_unix_us: frame.capture_unix_us,
+        width: header.width,
+        height: header.height,
+        quality: 0,
+        attempts: 0,
+        datagram: Bytes::from(datagram),
+    })
+}
+
+/// Decodes a JPEG too big to pass through into `out` (RGB), for the encoder.
+fn decode_into(frame: &JpegFrame, header: JpegHeader, out: &mut RawFrame) -> Result<(), String> {
+    let (w, h) = (header.width as usize, header.height as usize);
+    let len = PixelFormat::Rgb24
+        .frame_bytes(header.width, header.height)
+        .ok_or("JPEG size out of range")?;
+    out.data.resize(len, 0);
+    let image = turbojpeg::Image {
+        pixels: &mut out.data[..],
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    turbojpeg::Decompressor::new()
+        .and_then(|mut d| d.decompress(&frame.jpeg, image))
+        .map_err(|e| format!("JPEG decode failed: {e}"))?;
+    out.width = header.width;
+    out.height = header.height;
+    out.format = PixelFormat::Rgb24;
+    out.capture_unix_us = frame.capture_unix_us;
+    Ok(())
+}

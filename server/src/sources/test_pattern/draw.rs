@@ -1,0 +1,133 @@
+//! Drawing the test pattern: JFIF colours, filled rectangles and 8×8 text on I420 planes.
+
+use chrono::{DateTime, Local};
+use font8x8::legacy::BASIC_LEGACY;
+
+/// Full-range (JFIF) BT.601 YCbCr of an RGB colour, as JPEG stores it.
+pub(super) const fn ycbcr(r: u8, g: u8, b: u8) -> [u8; 3] {
+    let (r, g, b) = (r as i32, g as i32, b as i32);
+    let y = (19_595 * r + 38_470 * g + 7_471 * b + 32_768) >> 16;
+    let cb = ((-11_059 * r - 21_709 * g + 32_768 * b + 32_768) >> 16) + 128;
+    let cr = ((32_768 * r - 27_439 * g - 5_329 * b + 32_768) >> 16) + 128;
+    [clamp_u8(y), clamp_u8(cb), clamp_u8(cr)]
+}
+
+const fn clamp_u8(v: i32) -> u8 {
+    if v < 0 {
+        0
+    } else if v > 255 {
+        255
+    } else {
+        v as u8
+    }
+}
+
+/// 75% colour bars, in the usual order.
+pub(super) const BARS: [[u8; 3]; 8] = [
+    ycbcr(191, 191, 191),
+    ycbcr(191, 191, 0),
+    ycbcr(0, 191, 191),
+    ycbcr(0, 191, 0),
+    ycbcr(191, 0, 191),
+    ycbcr(191, 0, 0),
+    ycbcr(0, 0, 191),
+    ycbcr(0, 0, 0),
+];
+pub(super) const BOX_COLOUR: [u8; 3] = ycbcr(255, 140, 0);
+pub(super) const BLACK: [u8; 3] = ycbcr(0, 0, 0);
+pub(super) const WHITE_Y: u8 = 255;
+/// Characters in the longest counter line at 30 fps for 9 hours ("F 999999").
+pub(super) const COUNTER_CHARS: u32 = 8;
+/// "HH:MM:SS.mmm".
+pub(super) const CLOCK_CHARS: u32 = 12;
+
+
+/// Local wall-clock time, "HH:MM:SS.mmm".
+pub(super) fn clock_text(unix_us: u64) -> String {
+    let local = i64::try_from(unix_us)
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .map(|t| t.with_timezone(&Local));
+    match local {
+        Some(t) => t.format("%H:%M:%S%.3f").to_string(),
+        None => "--:--:--.---".to_string(),
+    }
+}
+
+/// Drawing on I420 planes (even width and height); everything is clipped to the frame.
+pub(super) struct Canvas<'a> {
+    pub y: &'a mut [u8],
+    pub u: &'a mut [u8],
+    pub v: &'a mut [u8],
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Canvas<'_> {
+    /// Fills a rectangle in one colour; chroma covers every 2×2 block the rectangle touches.
+    pub fn fill(&mut self, x: usize, y: usize, w: usize, h: usize, [cy, cu, cv]: [u8; 3]) {
+        fill_plane(self.y, self.width, self.height, x, y, w, h, cy);
+        let (x1, y1) = (
+            x.saturating_add(w).div_ceil(2),
+            y.saturating_add(h).div_ceil(2),
+        );
+        let (cx, cyy) = (x / 2, y / 2);
+        let (cw, ch) = (self.width / 2, self.height / 2);
+        fill_plane(self.u, cw, ch, cx, cyy, x1 - cx, y1 - cyy, cu);
+        fill_plane(self.v, cw, ch, cx, cyy, x1 - cx, y1 - cyy, cv);
+    }
+
+    /// Writes ASCII `text` in white luma, each font pixel `scale × scale`.
+    pub fn text(&mut self, x: usize, y: usize, scale: usize, text: &str) {
+        for (i, c) in text.bytes().enumerate() {
+            let glyph = BASIC_LEGACY
+                .get(usize::from(c))
+                .copied()
+                .unwrap_or_default();
+            let gx = x.saturating_add(i * 8 * scale);
+            for (row, bits) in glyph.iter().enumerate() {
+                for col in 0..8 {
+                    // Bit 0 is the leftmost pixel.
+                    if bits & (1 << col) != 0 {
+                        let px = gx.saturating_add(col * scale);
+                        let py = y.saturating_add(row * scale);
+                        fill_plane(
+                            self.y,
+                            self.width,
+                            self.height,
+                            px,
+                            py,
+                            scale,
+                            scale,
+                            WHITE_Y,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sets a rectangle of a `width × height` plane (rows not padded) to `value`, clipped.
+#[allow(clippy::too_many_arguments)]
+fn fill_plane(
+    plane: &mut [u8],
+    width: usize,
+    height: usize,
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+    value: u8,
+) {
+    let (x1, y1) = (
+        x.saturating_add(w).min(width),
+        y.saturating_add(h).min(height),
+    );
+    if x >= x1 || y >= y1 {
+        return;
+    }
+    for row in plane.chunks_exact_mut(width).take(y1).skip(y) {
+        row[x..x1].fill(value);
+    }
+}

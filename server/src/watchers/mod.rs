@@ -1,0 +1,266 @@
+//! Watchers: everyone who receives frames, of every kind, as sessions in one registry.
+//!
+//! Whatever its kind, a watcher is admitted the same way: a [`Slot`] is reserved against
+//! `--max-viewers` (or the watcher is refused with a reason), the slot becomes a [`Membership`]
+//! when the watcher joins (a JOIN line in the journal, an entry in [`Watchers`]), and the
+//! membership ends with one LEAVE line carrying its kind, reason and [`Tally`] — also when it is
+//! dropped without [`Membership::leave`] (reason `error`), so every JOIN has its LEAVE.
+//!
+//! Kinds:
+//! * [`udp`]: seed-003 and SURV/1 viewers: registration over TCP, one JPEG datagram per frame,
+//!   acks (`continue`/`end`); the batched fast path.
+//! * [`stream`]: the driver for stream-oriented kinds (TCP, HTTP): the newest frame to each,
+//!   frames it cannot take skipped and counted, a write deadline for one that stops reading.
+//!
+//! To add a kind: see docs/ARCHITECTURE.md (a [`WatcherKind`] variant, a file that accepts the
+//! watcher, reserves a slot, joins, serves, leaves).
+
+pub mod stream;
+pub mod udp;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use surv_proto::Form;
+use tokio::time::Instant;
+
+use crate::journal::{Leave, LeaveReason};
+use crate::Server;
+
+/// What kind of watcher a session serves; `as_str` is the journal's `form=` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WatcherKind {
+    /// Seed 003's viewer: bare ASCII port, raw JPEG datagrams, `continue`/`end`.
+    Seed,
+    /// surv-client: `SURV/1 <port>`, a reply line, sequence-numbered acks.
+    Surv1,
+}
+
+impl WatcherKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatcherKind::Seed => Form::Seed.as_str(),
+            WatcherKind::Surv1 => Form::V1.as_str(),
+        }
+    }
+}
+
+impl From<Form> for WatcherKind {
+    fn from(form: Form) -> WatcherKind {
+        match form {
+            Form::Seed => WatcherKind::Seed,
+            Form::V1 => WatcherKind::Surv1,
+        }
+    }
+}
+
+/// The registry's view of a live watcher.
+#[derive(Debug, Clone)]
+pub struct WatcherInfo {
+    pub peer: SocketAddr,
+    pub kind: WatcherKind,
+    pub joined: chrono::DateTime<chrono::Local>,
+}
+
+/// Every live watcher, and the count against `--max-viewers`.
+pub struct Watchers {
+    max: usize,
+    live: DashMap<u64, WatcherInfo>,
+    /// Slots reserved: live watchers plus those being admitted.
+    slots: AtomicUsize,
+    next_id: AtomicU64,
+}
+
+impl Watchers {
+    pub fn new(max: usize) -> Watchers {
+        Watchers {
+            max,
+            live: DashMap::new(),
+            slots: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The most watchers at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Watchers that have joined and not left.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// A snapshot of the live watchers, by session id.
+    pub fn list(&self) -> Vec<(u64, WatcherInfo)> {
+        self.live
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect()
+    }
+
+    /// Reserves a place for a watcher being admitted, or `None` when `max` are live.
+    pub fn reserve(server: &Arc<Server>) -> Option<Slot> {
+        server
+            .watchers
+            .slots
+            .fetch_update(Relaxed, Relaxed, |n| (n < server.watchers.max).then_some(n + 1))
+            .ok()?;
+        Some(Slot {
+            server: server.clone(),
+            id: server.watchers.next_id.fetch_add(1, Relaxed),
+        })
+    }
+}
+
+/// A reserved place; released when dropped unless it became a [`Membership`].
+pub struct Slot {
+    server: Arc<Server>,
+    id: u64,
+}
+
+impl Slot {
+    /// The session id the watcher will have (SURV/1 tells it before the JOIN).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The watcher joins: a JOIN line, an entry in the registry.
+    pub fn join(self, kind: WatcherKind, peer: SocketAddr) -> Membership {
+        let server = self.server.clone();
+        let id = self.id;
+        server.watchers.live.insert(
+            id,
+            WatcherInfo {
+                peer,
+                kind,
+                joined: chrono::Local::now(),
+            },
+        );
+        server.stats.joins.fetch_add(1, Relaxed);
+        server.journal.join(id, peer, kind);
+        Membership {
+            slot: Some(self),
+            id,
+            kind,
+            peer,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.server.watchers.slots.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A joined watcher, until its LEAVE.
+pub struct Membership {
+    /// `None` once left.
+    slot: Option<Slot>,
+    pub id: u64,
+    pub kind: WatcherKind,
+    pub peer: SocketAddr,
+    started: Instant,
+}
+
+impl Membership {
+    /// The watcher leaves: one LEAVE line with why and what it was sent; the slot is freed.
+    pub fn leave(mut self, reason: LeaveReason, tally: &Tally) {
+        self.finish(reason, tally);
+    }
+
+    fn finish(&mut self, reason: LeaveReason, tally: &Tally) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let server = &slot.server;
+        let skipped = tally.skipped();
+        server.stats.frames_skipped.fetch_add(skipped, Relaxed);
+        server.watchers.live.remove(&self.id);
+        server.stats.leaves.fetch_add(1, Relaxed);
+        server.journal.leave(&Leave {
+            session_id: self.id,
+            viewer: self.peer,
+            kind: self.kind,
+            reason,
+            duration: self.started.elapsed(),
+            frames_sent: tally.frames_sent,
+            bytes_sent: tally.bytes_sent,
+            frames_skipped: skipped,
+        });
+    }
+}
+
+impl Drop for Membership {
+    /// A session that ends without saying why (a panic, a forgotten path) still leaves.
+    fn drop(&mut self) {
+        self.finish(LeaveReason::Error, &Tally::default());
+    }
+}
+
+/// Frames a watcher has seen published and sent, for the LEAVE line and the skip counters.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    first_seq: Option<u64>,
+    last_seq: u64,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+}
+
+impl Tally {
+    /// A frame was published while the watcher was there (sent to it or not).
+    pub fn seen(&mut self, seq: u64) {
+        self.first_seq.get_or_insert(seq);
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// A frame of `bytes` went to the watcher.
+    pub fn sent(&mut self, bytes: usize) {
+        self.frames_sent += 1;
+        self.bytes_sent = self.bytes_sent.saturating_add(bytes as u64);
+    }
+
+    /// Frames published while the watcher was there that it was not sent.
+    pub fn skipped(&self) -> u64 {
+        self.first_seq.map_or(0, |first| {
+            (self.last_seq - first)
+                .saturating_add(1)
+                .saturating_sub(self.frames_sent)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_counts_what_was_published_but_not_sent() {
+        let mut t = Tally::default();
+        assert_eq!(t.skipped(), 0);
+        for seq in 10..20 {
+            t.seen(seq);
+            if seq % 2 == 0 {
+                t.sent(100);
+            }
+        }
+        assert_eq!((t.frames_sent, t.bytes_sent, t.skipped()), (5, 500, 5));
+        t.seen(u64::MAX);
+        assert_eq!(t.skipped(), u64::MAX - 10 + 1 - 5);
+    }
+
+    #[test]
+    fn kinds_keep_the_journal_names_of_the_forms() {
+        assert_eq!(WatcherKind::from(Form::Seed).as_str(), "seed");
+        assert_eq!(WatcherKind::from(Form::V1).as_str(), "surv1");
+    }
+}

@@ -1,0 +1,84 @@
+//! The driver for stream-oriented watchers (TCP streams, HTTP MJPEG): the newest frame to each,
+//! at the pace that watcher can take.
+//!
+//! Each such watcher runs [`serve`] in its own task with its own [`FrameWriter`] (which frames
+//! one JPEG for its wire: a multipart part, an OAK header, …). It waits for a new frame, writes
+//! it, and waits again: frames published while a write was under way are never queued, only
+//! the newest is taken next, and the ones in between are counted as skipped. Capture and the
+//! other watchers never wait for it. A write that does not finish within the write deadline
+//! (a peer that stopped reading) ends the watcher with reason `timeout`; a write error ends it
+//! with `closed`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Tally;
+use crate::capture::FrameRx;
+use crate::encoder::EncodedFrame;
+use crate::journal::LeaveReason;
+use crate::Stats;
+
+/// What a write of one frame resolves to.
+pub type FrameWrite<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + 'a>>;
+
+/// How a stream-oriented watcher kind puts one frame on its wire.
+pub trait FrameWriter: Send {
+    /// Writes `frame` (its JPEG is `frame.datagram`) and flushes it.
+    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a>;
+}
+
+/// Sends the newest frame to `writer` until the watcher is gone, too slow, or `shutdown`;
+/// returns why it ended and what it was sent.
+pub async fn serve<W: FrameWriter>(
+    stats: &Stats,
+    mut frames: FrameRx,
+    writer: &mut W,
+    write_deadline: Duration,
+    shutdown: &CancellationToken,
+) -> (LeaveReason, Tally) {
+    let mut tally = Tally::default();
+    // The frame current at join goes out at once.
+    frames.mark_changed();
+    let reason = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break LeaveReason::Shutdown,
+            res = frames.changed() => if res.is_err() {
+                // The capture path is gone: the server is stopping.
+                break LeaveReason::Shutdown;
+            },
+        }
+        let Some(frame) = frames.borrow_and_update().clone() else {
+            continue;
+        };
+        tally.seen(frame.seq);
+        let written = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break LeaveReason::Shutdown,
+            res = tokio::time::timeout(write_deadline, writer.write_frame(&frame)) => res,
+        };
+        match written {
+            Ok(Ok(())) => {
+                tally.sent(frame.datagram.len());
+                stats.frames_sent.fetch_add(1, Relaxed);
+                stats
+                    .bytes_sent
+                    .fetch_add(frame.datagram.len() as u64, Relaxed);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "stream watcher write failed");
+                break LeaveReason::Closed;
+            }
+            Err(_elapsed) => break LeaveReason::Timeout,
+        }
+    };
+    (reason, tally)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! One UDP viewer's end of the data path: its ack window, the frame waiting on it, its tally,
+//! shared by the data path (which sends and settles acks) and the session task (which decides
+//! when the session ends).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::data_path::{DataPath, SharedSocket};
+use super::window::Window;
+use crate::capture::SharedFrame;
+use crate::watchers::Tally;
+
+/// What the data path and the session task share about one viewer.
+pub(crate) struct LinkState {
+    pub window: Window,
+    /// The newest frame not yet sent because the window was full.
+    pub pending: Option<SharedFrame>,
+    pub tally: Tally,
+    pub last_heard: Instant,
+    /// The viewer said `end`.
+    pub ended: bool,
+    pub send_errors: u32,
+}
+
+/// One session's end of the data path.
+pub(crate) struct Link {
+    pub viewer: SocketAddr,
+    pub socket: Arc<SharedSocket>,
+    pub(super) state: Mutex<LinkState>,
+    /// Wakes the session task: `end` arrived, a frame waits on a full window, sends fail.
+    pub wake: Notify,
+}
+
+impl Link {
+    /// The state, even if a thread panicked holding it (it holds only counters and a window).
+    pub fn state(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A session's place on the data path, from [`DataPath::attach`]: dropping it takes the viewer
+/// off (as [`DataPath::detach`] does), so that no way out of admission or a session, early
+/// returns included, leaves a viewer attached and sent every frame for good.
+pub(crate) struct Attached(pub(super) Arc<Link>);
+
+impl std::ops::Deref for Attached {
+    type Target = Arc<Link>;
+    fn deref(&self) -> &Arc<Link> {
+        &self.0
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        DataPath::detach(&self.0);
+    }
+}

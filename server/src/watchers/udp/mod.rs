@@ -1,0 +1,25 @@
+//! UDP viewers, seed-003 and SURV/1 forms: the fast path.
+//!
+//! ```text
+//! TCP :9999 ──registration──▶ admission ──▶ session task (end, timeout, probes, LEAVE)
+//!                                              │ attaches a Link
+//! newest frame ──▶ data_path (fan-out thread) ──sendmmsg──▶ shared UDP socket ──▶ viewers
+//!                              ▲ window opens                   │
+//!                              └──────── acks (recvmmsg) ◀──────┘
+//! ```
+//!
+//! * [`admission`]: TCP listener, registration under a deadline and a size cap, refusals.
+//! * [`session`]: one task per viewer: when its stream ends.
+//! * [`link`]: what the data path and the session share about one viewer.
+//! * [`data_path`]: shared sockets and the fan-out thread.
+//! * [`acks`]: the ack path.
+//! * [`window`]: the ack window that keeps a lost datagram or ack from stalling a viewer.
+
+mod acks;
+pub mod admission;
+pub mod data_path;
+pub(crate) mod link;
+pub mod session;
+pub mod window;
+
+pub use data_path::DataPath;
