@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use surv_proto::Ack;
 use surv_server::encoder::{Encoder, EncoderConfig};
-use surv_server::source::{PixelFormat, RawFrame, Source, TestPattern};
-use surv_server::udp_batch::{self, Fanout, Inbox};
-use surv_server::window::Window;
+use surv_server::sources::{FrameReader, PixelFormat, RawFrame, TestPattern};
+use surv_server::sys::{self, BatchReceiver, BatchSender};
+use surv_server::watchers::udp::window::Window;
 
 fn frame(width: u32, height: u32) -> RawFrame {
     let mut pattern = TestPattern::new(width, height, 30).expect("test pattern");
@@ -60,7 +60,7 @@ fn encode(c: &mut Criterion) {
 fn viewers(n: usize) -> (UdpSocket, Vec<SocketAddr>) {
     let rx = UdpSocket::bind("0.0.0.0:0").expect("bind");
     rx.set_nonblocking(true).expect("nonblocking");
-    let _ = udp_batch::set_buffer(rx.as_raw_fd(), libc::SO_RCVBUFFORCE, 64 << 20);
+    let _ = sys::set_buffer(rx.as_raw_fd(), libc::SO_RCVBUFFORCE, 64 << 20);
     let port = rx.local_addr().expect("addr").port();
     let dests = (0..n)
         .map(|i| {
@@ -73,7 +73,7 @@ fn viewers(n: usize) -> (UdpSocket, Vec<SocketAddr>) {
     (rx, dests)
 }
 
-fn drain(inbox: &mut Inbox, rx: &UdpSocket) {
+fn drain(inbox: &mut BatchReceiver, rx: &UdpSocket) {
     for _ in 0..100_000 {
         if inbox.recv(rx.as_raw_fd(), |_, _, _| {}).is_err() {
             break;
@@ -84,13 +84,13 @@ fn drain(inbox: &mut Inbox, rx: &UdpSocket) {
 fn fan_out(c: &mut Criterion) {
     let mut g = c.benchmark_group("fan_out_one_frame");
     let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let _ = udp_batch::set_buffer(tx.as_raw_fd(), libc::SO_SNDBUF, 8 << 20);
+    let _ = sys::set_buffer(tx.as_raw_fd(), libc::SO_SNDBUF, 8 << 20);
     let mut enc = Encoder::new(EncoderConfig::default()).expect("encoder");
     let datagram = enc.encode(&frame(160, 90), 1).expect("fits").datagram;
-    let mut inbox = Inbox::default();
+    let mut inbox = BatchReceiver::default();
     for n in [10usize, 100, 1000] {
         let (rx, dests) = viewers(n);
-        let mut fanout = Fanout::default();
+        let mut fanout = BatchSender::default();
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("160x90_sendmmsg", n), |b| {
             b.iter_custom(|iters| {
@@ -148,12 +148,12 @@ fn acks(c: &mut Criterion) {
     // recvmmsg of a batch of 64 acks from 64 viewers (sent outside the timing).
     let server = UdpSocket::bind("127.0.0.1:0").expect("bind");
     server.set_nonblocking(true).expect("nonblocking");
-    let _ = udp_batch::set_buffer(server.as_raw_fd(), libc::SO_RCVBUF, 4 << 20);
+    let _ = sys::set_buffer(server.as_raw_fd(), libc::SO_RCVBUF, 4 << 20);
     let senders: Vec<UdpSocket> = (0..64)
         .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
         .collect();
     let to = server.local_addr().expect("addr");
-    let mut inbox = Inbox::default();
+    let mut inbox = BatchReceiver::default();
     g.throughput(Throughput::Elements(64));
     g.bench_function("recvmmsg_64_acks", |b| {
         b.iter_custom(|iters| {

@@ -104,6 +104,9 @@ pub struct Server {
     pub watchers: Watchers,
     /// The UDP viewers' shared sockets and the sessions each serves.
     pub data: watchers::udp::DataPath,
+    /// Run the fan-out as a task on the runtime instead of a thread of its own: for tests under
+    /// paused time, whose clock must not run ahead of a thread it cannot see.
+    pub(crate) fanout_on_runtime: bool,
 }
 
 impl Server {
@@ -121,6 +124,7 @@ impl Server {
             stats: Stats::default(),
             watchers: Watchers::new(config.max_viewers),
             data: watchers::udp::DataPath::default(),
+            fanout_on_runtime: false,
             config,
         }
     }
@@ -130,12 +134,20 @@ impl Server {
 /// its LEAVE) within [`SHUTDOWN_GRACE`].
 pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let fanout = match watchers::udp::data_path::spawn_fanout_thread(server.clone(), shutdown.clone()) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the fan-out thread; no frames will be sent");
-            shutdown.cancel();
-            None
+    let fanout = if server.fanout_on_runtime {
+        tracker.spawn(watchers::udp::data_path::fan_out_loop(
+            server.clone(),
+            shutdown.clone(),
+        ));
+        None
+    } else {
+        match watchers::udp::data_path::spawn_fanout_thread(server.clone(), shutdown.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the fan-out thread; no frames will be sent");
+                shutdown.cancel();
+                None
+            }
         }
     };
     watchers::udp::admission::accept_loop(&server, &listener, &tracker, &shutdown).await;

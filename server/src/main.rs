@@ -167,9 +167,10 @@ fn run() -> anyhow::Result<()> {
         max_datagram_bytes: args.max_datagram,
         quality: args.quality,
     };
-    let journal = Arc::new(Journal::open(&args.log_dir).with_context(|| {
-        format!("opening the join/leave log in {}", args.log_dir.display())
-    })?);
+    let journal =
+        Arc::new(Journal::open(&args.log_dir).with_context(|| {
+            format!("opening the join/leave log in {}", args.log_dir.display())
+        })?);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

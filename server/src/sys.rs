@@ -371,7 +371,11 @@ mod tests {
             got[1],
             (b"continue 17".to_vec(), b.local_addr().unwrap(), 11)
         );
-        assert_eq!(got[2].0.len(), BatchReceiver::DATAGRAM_BYTES, "cut to the buffer");
+        assert_eq!(
+            got[2].0.len(),
+            BatchReceiver::DATAGRAM_BYTES,
+            "cut to the buffer"
+        );
         assert_eq!(got[2].2, 1000, "the real length is reported");
         let err = inbox.recv(server.as_raw_fd(), |_, _, _| {}).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use surv_proto::{Ack, Form, FrameTag, Registration, Reply, StreamParams, MAX_UDP_PAYLOAD_BYTES};
 use surv_server::encoder::EncoderConfig;
-use surv_server::source::{Source, TestPattern};
+use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
 use surv_server::{Capture, Config, Journal, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -76,20 +76,34 @@ pub struct TestServer {
     task: Option<JoinHandle<()>>,
 }
 
-/// Starts a server on `127.0.0.1:0` and waits until its first frame is encoded.
+/// Starts a server with the test pattern on `127.0.0.1:0` and waits until its first frame is
+/// encoded.
 pub async fn start_server(opts: ServerOpts) -> anyhow::Result<TestServer> {
-    let shutdown = CancellationToken::new();
     let (w, h, fps) = (opts.width, opts.height, opts.fps);
+    let pattern = OnThread::new(format!("test pattern {w}x{h}@{fps}"), move || {
+        Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn FrameReader>)
+    });
+    start_server_with(opts, Box::new(pattern)).await
+}
+
+/// Starts a server with `source` (`opts` gives the encoder and limits; its size and rate are
+/// the test pattern's only) and waits until its first frame is encoded.
+pub async fn start_server_with(
+    opts: ServerOpts,
+    source: Box<dyn Source>,
+) -> anyhow::Result<TestServer> {
+    let shutdown = CancellationToken::new();
+    let log_dir = tempfile::tempdir()?;
+    let journal = Arc::new(Journal::open(log_dir.path())?);
     let capture = Capture::start(
-        move || Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn Source>),
+        source,
         EncoderConfig {
             max_datagram_bytes: opts.max_datagram_bytes,
             quality: opts.quality,
         },
-        shutdown.clone(),
+        journal.clone(),
+        &shutdown,
     )?;
-    let log_dir = tempfile::tempdir()?;
-    let journal = Journal::open(log_dir.path())?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = Arc::new(Server::new(
@@ -137,19 +151,19 @@ impl TestServer {
     /// Waits (bounded) until `n` sessions are live.
     pub async fn wait_sessions(&self, n: usize) -> anyhow::Result<()> {
         let until = Instant::now() + IO_TIMEOUT;
-        while self.server.sessions.len() != n {
+        while self.server.watchers.len() != n {
             if Instant::now() > until {
-                bail!("{} sessions live, not {n}", self.server.sessions.len());
+                bail!("{} sessions live, not {n}", self.server.watchers.len());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok(())
     }
 
-    /// Stops the capture thread, so its counters stop moving.
-    pub fn stop_capture(&mut self) {
+    /// Stops the capture path, so its counters stop moving.
+    pub async fn stop_capture(&mut self) {
         if let Some(c) = self.capture.take() {
-            c.stop();
+            c.stop().await;
         }
     }
 
@@ -161,7 +175,7 @@ impl TestServer {
                 .await
                 .context("server did not stop")??;
         }
-        self.stop_capture();
+        self.stop_capture().await;
         Ok(self.journal())
     }
 }

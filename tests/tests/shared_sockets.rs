@@ -91,7 +91,7 @@ async fn one_address_registered_twice_gets_two_independent_sessions() {
     let leave = srv.wait_journal(|l| l.contains(" LEAVE ")).await.unwrap();
     assert!(leave.contains("reason=end"), "{leave}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(srv.server.sessions.len(), 1, "the other session streams on");
+    assert_eq!(srv.server.watchers.len(), 1, "the other session streams on");
 }
 
 /// Registers `n` viewers, alternating forms.

@@ -7,7 +7,9 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use surv_proto::FrameTag;
@@ -90,7 +92,13 @@ impl FrameSink {
     /// The source is open: `describe` says what it turned out to be, `shape` what it delivers.
     /// The stream counts as back only when its first frame arrives.
     pub fn opened(&self, describe: &str, shape: StreamShape) {
-        tracing::info!(source = describe, width = shape.width, height = shape.height, fps = shape.fps, "source open");
+        tracing::info!(
+            source = describe,
+            width = shape.width,
+            height = shape.height,
+            fps = shape.fps,
+            "source open"
+        );
         self.inner.shared.set_shape(shape);
     }
 
@@ -154,7 +162,9 @@ impl FrameSink {
             work.lost_at = Some(now);
             work.last_failure_log = Some(now);
             shared.stats.source_lost.fetch_add(1, Relaxed);
-            shared.state.send_replace(SourceState::Lost(reason.to_string()));
+            shared
+                .state
+                .send_replace(SourceState::Lost(reason.to_string()));
             tracing::error!(source = %self.inner.what, reason, "source lost; retrying");
             self.inner.journal.source_lost(&self.inner.what, reason);
         } else if work
@@ -179,13 +189,19 @@ impl FrameSink {
         match encoded {
             Ok(frame) => {
                 shared.note_size(frame.width, frame.height);
-                shared.stats.quality.store(u32::from(frame.quality), Relaxed);
+                shared
+                    .stats
+                    .quality
+                    .store(u32::from(frame.quality), Relaxed);
                 shared.stats.encoded.fetch_add(1, Relaxed);
                 self.inner.frames.send_replace(Some(Arc::new(frame)));
             }
             Err(reason) => {
                 shared.stats.errors.fetch_add(1, Relaxed);
-                tracing::warn!(reason, "frame dropped: it could not be encoded under the cap");
+                tracing::warn!(
+                    reason,
+                    "frame dropped: it could not be encoded under the cap"
+                );
             }
         }
         if let Some(since) = work.lost_at.take() {
@@ -208,9 +224,10 @@ fn encode(
     let t0 = Instant::now();
     let frame = encoder.encode(raw, seq).map_err(|e| e.to_string())?;
     let stats = &shared.stats;
-    stats
-        .encode_us
-        .fetch_add(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX), Relaxed);
+    stats.encode_us.fetch_add(
+        u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        Relaxed,
+    );
     stats
         .encode_attempts
         .fetch_add(u64::from(frame.attempts), Relaxed);

@@ -56,7 +56,8 @@ impl Source for OnThread {
 
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let (open, sink_for_thread, stop_for_thread) = (self.open.clone(), sink.clone(), stop.clone());
+        let (open, sink_for_thread, stop_for_thread) =
+            (self.open.clone(), sink.clone(), stop.clone());
         let what = self.what.clone();
         let spawned = std::thread::Builder::new()
             .name("surv-capture".into())

@@ -111,7 +111,9 @@ impl Watchers {
         server
             .watchers
             .slots
-            .fetch_update(Relaxed, Relaxed, |n| (n < server.watchers.max).then_some(n + 1))
+            .fetch_update(Relaxed, Relaxed, |n| {
+                (n < server.watchers.max).then_some(n + 1)
+            })
             .ok()?;
         Some(Slot {
             server: server.clone(),

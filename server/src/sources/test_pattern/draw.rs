@@ -41,7 +41,6 @@ pub(super) const COUNTER_CHARS: u32 = 8;
 /// "HH:MM:SS.mmm".
 pub(super) const CLOCK_CHARS: u32 = 12;
 
-
 /// Local wall-clock time, "HH:MM:SS.mmm".
 pub(super) fn clock_text(unix_us: u64) -> String {
     let local = i64::try_from(unix_us)

@@ -140,7 +140,6 @@ impl TestPattern {
     }
 }
 
-
 impl FrameReader for TestPattern {
     fn describe(&self) -> String {
         format!("test pattern {}x{}@{}", self.width, self.height, self.fps)

@@ -54,7 +54,12 @@ async fn read_frames(mut r: DuplexStream, pause: Duration) -> Vec<u64> {
 }
 
 /// Publishes `count` frames of `bytes`, one every `interval`, then ends the stream.
-async fn publish(tx: watch::Sender<Option<SharedFrame>>, count: u64, bytes: usize, interval: Duration) {
+async fn publish(
+    tx: watch::Sender<Option<SharedFrame>>,
+    count: u64,
+    bytes: usize,
+    interval: Duration,
+) {
     for seq in 0..count {
         tx.send_replace(Some(frame(seq, bytes)));
         sleep(interval).await;
@@ -97,16 +102,27 @@ async fn a_slow_reader_gets_the_newest_frames_and_the_rest_are_counted() {
     publisher.await.unwrap();
     let got = reader.await.unwrap();
     assert_eq!(reason, LeaveReason::Shutdown);
-    // Publishing ended at 2 s; the watcher ended within about two of the reader's reads of
-    // that: it never held a queue of old frames (all 200 at the reader's pace would take 20 s).
-    assert!(started.elapsed() < Duration::from_millis(2300), "{:?}", started.elapsed());
+    // Publishing ended at 2 s; the watcher ended a few of the reader's reads after that: it
+    // never held a queue of old frames (all 200 at the reader's pace would take 20 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
-    assert!((15..=30).contains(&got.len()), "{} frames: {got:?}", got.len());
+    assert!(
+        (15..=30).contains(&got.len()),
+        "{} frames: {got:?}",
+        got.len()
+    );
     // The writer never queues: what reached the reader is what was sent, and nothing older
     // than a frame or two behind the newest was ever written.
     assert_eq!(tally.frames_sent, got.len() as u64);
     assert_eq!(tally.skipped(), 200 - tally.frames_sent);
-    assert!(*got.last().unwrap() >= 197, "the last frames sent are the newest: {got:?}");
+    assert!(
+        *got.last().unwrap() >= 197,
+        "the last frames sent are the newest: {got:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -118,8 +134,14 @@ async fn a_reader_that_stops_reading_is_dropped_at_the_write_deadline() {
     let _publisher = tokio::spawn(publish(tx, 1000, 1000, Duration::from_millis(10)));
     let mut writer = Framed(w);
     let started = Instant::now();
-    let (reason, tally) =
-        serve(&stats, rx, &mut writer, Duration::from_millis(500), &shutdown).await;
+    let (reason, tally) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_millis(500),
+        &shutdown,
+    )
+    .await;
     assert_eq!(reason, LeaveReason::Timeout);
     // The first frame fits the pipe; the second blocks and times out 500 ms later.
     assert_eq!(tally.frames_sent, 1);

@@ -23,7 +23,11 @@ use crate::Server;
 const ACK_BATCHES_PER_WAKE: usize = 16;
 
 /// Takes in the acks arriving on `socket` until `shutdown`, in batches.
-pub(super) async fn ack_loop(server: Arc<Server>, socket: Arc<SharedSocket>, shutdown: CancellationToken) {
+pub(super) async fn ack_loop(
+    server: Arc<Server>,
+    socket: Arc<SharedSocket>,
+    shutdown: CancellationToken,
+) {
     let mut inbox = BatchReceiver::default();
     let mut fanout = BatchSender::default();
     let mut released: Vec<(Arc<Link>, SharedFrame)> = Vec::new();

@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::data_path::DataPath;
 use super::session::Session;
-use crate::watchers::{Watchers, WatcherKind};
+use crate::watchers::{WatcherKind, Watchers};
 use crate::Server;
 
 /// Writing a reply to a viewer that does not read it must not hold a task for long.
@@ -164,7 +164,9 @@ async fn refuse(
     reason: &str,
 ) {
     server.stats.refused.fetch_add(1, Relaxed);
-    server.journal.refuse(peer, form.map(WatcherKind::from), reason);
+    server
+        .journal
+        .refuse(peer, form.map(WatcherKind::from), reason);
     let reply = Reply::Refused(reason.to_string()).encode();
     let _ = timeout(REPLY_TIMEOUT, async {
         tcp.write_all(&reply).await?;

@@ -31,11 +31,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::capture::SharedFrame;
-use crate::sys::{self, BatchSender};
 use super::acks::ack_loop;
 use super::link::{Attached, Link, LinkState};
 use super::window::Window;
+use crate::capture::SharedFrame;
+use crate::sys::{self, BatchSender};
 use crate::watchers::Tally;
 use crate::Server;
 
@@ -239,7 +239,12 @@ fn record(
 
 /// Sends one frame to one session now (the rare path: a join, an ack or a timer opened its
 /// window). The caller has taken the frame out of `pending` and checked the window.
-pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, fanout: &mut BatchSender) {
+pub(crate) fn send_one(
+    server: &Server,
+    link: &Link,
+    frame: &SharedFrame,
+    fanout: &mut BatchSender,
+) {
     let mut outcome = Vec::with_capacity(1);
     link.socket
         .send_all(fanout, &frame.datagram, &[link.viewer], &mut outcome);
@@ -288,7 +293,27 @@ pub(crate) fn on_join(server: &Server, link: &Link) {
     }
 }
 
-/// Runs the fan-out thread until `shutdown`: every new frame to every session with room.
+/// Sends every new frame to every session with room, until `shutdown`.
+pub(crate) async fn fan_out_loop(server: Arc<Server>, shutdown: CancellationToken) {
+    let mut frames = server.frames.clone();
+    let mut sender = BatchSender::default();
+    let mut batch = Batch::default();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            res = frames.changed() => if res.is_err() {
+                return;
+            },
+        }
+        let frame = frames.borrow_and_update().clone();
+        if let Some(frame) = frame {
+            fan_out(&server, &frame, &mut sender, &mut batch);
+        }
+    }
+}
+
+/// Runs [`fan_out_loop`] on a thread of its own, so that a frame's `sendmmsg` calls to every
+/// viewer never hold up the runtime's workers (registrations, acks, sessions).
 pub(crate) fn spawn_fanout_thread(
     server: Arc<Server>,
     shutdown: CancellationToken,
@@ -296,26 +321,7 @@ pub(crate) fn spawn_fanout_thread(
     let handle = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("surv-fanout".into())
-        .spawn(move || {
-            let mut frames = server.frames.clone();
-            let mut fanout = BatchSender::default();
-            let mut batch = Batch::default();
-            loop {
-                let next = handle.block_on(async {
-                    tokio::select! {
-                        () = shutdown.cancelled() => false,
-                        res = frames.changed() => res.is_ok(),
-                    }
-                });
-                if !next {
-                    return;
-                }
-                let frame = frames.borrow_and_update().clone();
-                if let Some(frame) = frame {
-                    fan_out(&server, &frame, &mut fanout, &mut batch);
-                }
-            }
-        })
+        .spawn(move || handle.block_on(fan_out_loop(server, shutdown)))
 }
 
 /// Scratch space for one frame's fan-out, reused.
@@ -357,4 +363,3 @@ fn fan_out(server: &Server, frame: &SharedFrame, fanout: &mut BatchSender, batch
         tracing::trace!(seq = frame.seq, viewers = sent, "fanned out");
     }
 }
-

@@ -107,3 +107,6 @@ impl Session {
         LeaveReason::End
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -463,7 +463,7 @@ fn main() -> anyhow::Result<()> {
         bail!("--viewers must be 1..={}", MAX_VIEWER_INDEX / 2);
     }
     // Every viewer holds a TCP connection: the same limit as the server's, raised the same way.
-    let fd_limit = surv_server::udp_batch::raise_fd_limit().unwrap_or(0);
+    let fd_limit = surv_server::sys::raise_fd_limit().unwrap_or(0);
     if (fd_limit as usize) < args.viewers + 64 {
         eprintln!(
             "surv-load: warning: open-file limit {fd_limit} is below {} viewers",

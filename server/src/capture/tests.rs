@@ -1,0 +1,414 @@
+//! The capture path with a scripted source, under paused time: a source that fails is run
+//! again on the backoff schedule, an outage is one SOURCE-LOST and one SOURCE-BACK, frames
+//! flow again after it, and JPEGs pass through untouched when they fit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use surv_proto::FrameTag;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::journal::read_all;
+use crate::sources::{
+    FrameReader, JpegFrame, OnThread, PixelFormat, RawFrame, SourceError, SourceRun, TestPattern,
+};
+
+/// One run of the scripted source.
+#[derive(Debug, Clone)]
+enum Step {
+    /// Fails at once, as a camera that cannot be opened.
+    Fail(&'static str),
+    /// Opens, delivers this many raw frames 100 ms apart, then fails.
+    Raw(u32),
+    /// Opens, delivers these JPEGs 100 ms apart, then fails.
+    Jpegs(Vec<Bytes>),
+}
+
+/// A source that follows a script, one step per run; after the script, it waits for stop.
+struct Scripted {
+    steps: VecDeque<Step>,
+    runs: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Source for Scripted {
+    fn describe(&self) -> String {
+        "scripted".into()
+    }
+
+    fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
+        let step = self.steps.pop_front();
+        self.runs.lock().unwrap().push(Instant::now());
+        Box::pin(async move {
+            let gone = |reason: &str| SourceError::Read {
+                device: "scripted".into(),
+                reason: reason.into(),
+            };
+            let shape = StreamShape {
+                width: 32,
+                height: 32,
+                fps: 10,
+            };
+            match step {
+                None => {
+                    stop.cancelled().await;
+                    Ok(())
+                }
+                Some(Step::Fail(reason)) => Err(gone(reason)),
+                Some(Step::Raw(n)) => {
+                    sink.opened("scripted 32x32", shape);
+                    for i in 0..n {
+                        let mut frame = RawFrame::new();
+                        frame.width = 32;
+                        frame.height = 32;
+                        frame.format = PixelFormat::I420;
+                        frame.data = vec![(i * 40) as u8; 32 * 32 * 3 / 2];
+                        sink.publish_raw(&frame);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(gone("unplugged"))
+                }
+                Some(Step::Jpegs(jpegs)) => {
+                    sink.opened("scripted jpeg", shape);
+                    for (i, jpeg) in jpegs.into_iter().enumerate() {
+                        sink.publish_jpeg(&JpegFrame {
+                            jpeg,
+                            capture_unix_us: 1_000 + i as u64,
+                        });
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(gone("pusher left"))
+                }
+            }
+        })
+    }
+}
+
+struct Rig {
+    capture: Capture,
+    runs: Arc<Mutex<Vec<Instant>>>,
+    log_dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+}
+
+fn start(steps: Vec<Step>, max_datagram_bytes: usize) -> Rig {
+    let log_dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = CancellationToken::new();
+    let source = Scripted {
+        steps: steps.into(),
+        runs: runs.clone(),
+    };
+    let encoder = EncoderConfig {
+        max_datagram_bytes,
+        quality: 80,
+    };
+    let capture = Capture::start(Box::new(source), encoder, journal, &shutdown).unwrap();
+    Rig {
+        capture,
+        runs,
+        log_dir,
+        shutdown,
+    }
+}
+
+impl Rig {
+    /// When each run started, in ms since the first.
+    fn run_times_ms(&self) -> Vec<u128> {
+        let runs = self.runs.lock().unwrap();
+        runs.iter().map(|t| (*t - runs[0]).as_millis()).collect()
+    }
+
+    fn journal(&self) -> Vec<String> {
+        read_all(self.log_dir.path()).unwrap()
+    }
+}
+
+fn count(lines: &[String], word: &str) -> usize {
+    lines.iter().filter(|l| l.contains(word)).count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and_one_back() {
+    let rig = start(
+        vec![
+            Step::Fail("cannot open"),
+            Step::Fail("cannot open"),
+            Step::Fail("cannot open"),
+            Step::Raw(3),
+            Step::Fail("cannot open"),
+        ],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    let err = rig.capture.first_outcome().await.unwrap_err();
+    assert!(err.to_string().contains("cannot open"), "{err}");
+    assert!(matches!(rig.capture.shared.state(), SourceState::Lost(_)));
+
+    // Through the script and into the last run, which waits for stop.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Fails at 0, 200, 600 (waits of 200, 400, 800 ms); delivers from 1400 ms for 300 ms and
+    // fails at 1700; frames came, so the backoff starts again at 200: run at 1900, fails,
+    // 400 ms later the last run at 2300.
+    assert_eq!(rig.run_times_ms(), [0, 200, 600, 1400, 1900, 2300]);
+    let stats = &rig.capture.shared.stats;
+    assert_eq!(stats.captured.load(Relaxed), 3);
+    assert_eq!(stats.encoded.load(Relaxed), 3);
+    assert_eq!(stats.source_failures.load(Relaxed), 5);
+    assert_eq!(stats.source_lost.load(Relaxed), 2, "two outages");
+    let lines = rig.journal();
+    assert_eq!(count(&lines, "SOURCE-LOST"), 2, "{lines:#?}");
+    assert_eq!(count(&lines, "SOURCE-BACK"), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains(
+            r#"SOURCE-LOST source="scripted" reason="reading a frame from scripted: cannot open""#
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("SOURCE-BACK source=\"scripted\" down_s=1.400"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("unplugged"), "{}", lines[2]);
+    // The stream's last frame is the third, and its shape is the source's.
+    let newest = rig.capture.frames.borrow().clone().unwrap();
+    assert_eq!((newest.seq, newest.width, newest.height), (2, 32, 32));
+    assert_eq!(
+        rig.capture.shared.shape(),
+        StreamShape {
+            width: 32,
+            height: 32,
+            fps: 10
+        }
+    );
+
+    rig.shutdown.cancel();
+    let started = Instant::now();
+    rig.capture.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(10),
+        "stop waits for nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backoff_is_capped_however_long_the_source_stays_away() {
+    let rig = start(
+        vec![Step::Fail("gone"); 12],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let times = rig.run_times_ms();
+    assert_eq!(
+        times.len(),
+        13,
+        "12 failures then the waiting run: {times:?}"
+    );
+    let gaps: Vec<u128> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(
+        gaps,
+        [200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000, 5000, 5000, 5000]
+    );
+    // One outage, one line, however many attempts.
+    let lines = rig.journal();
+    assert_eq!(count(&lines, "SOURCE-LOST"), 1, "{lines:#?}");
+    assert_eq!(rig.capture.shared.stats.source_failures.load(Relaxed), 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn jpegs_that_fit_pass_through_and_others_are_reencoded_or_rejected() {
+    let small = Bytes::from(surv_tests::test_jpeg(
+        64,
+        48,
+        surv_tests::Picture::Gradient(1),
+        85,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    ));
+    let big = Bytes::from(surv_tests::test_jpeg(
+        320,
+        240,
+        surv_tests::Picture::Noise(2),
+        95,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    ));
+    let cap = 8_000;
+    assert!(small.len() + surv_proto::TAG_BYTES <= cap && big.len() > cap);
+    let not_jpeg = Bytes::from_static(b"GIF89a not a jpeg at all");
+    let truncated = small.slice(..small.len() / 2);
+    let rig = start(
+        vec![Step::Jpegs(vec![small.clone(), not_jpeg, truncated, big])],
+        cap,
+    );
+    let mut frames = rig.capture.frames.clone();
+    let first = frames
+        .wait_for(Option::is_some)
+        .await
+        .unwrap()
+        .clone()
+        .unwrap();
+    // Passed through: the source's bytes, untouched, after surv's tag.
+    assert_eq!(&first.datagram[..2], &[0xFF, 0xD8]);
+    assert_eq!(&first.datagram[2 + surv_proto::TAG_BYTES..], &small[2..]);
+    let tag = FrameTag::decode(&first.datagram).unwrap();
+    assert_eq!((tag.seq, tag.capture_unix_us), (0, 1_000));
+    assert_eq!((first.width, first.height), (64, 48));
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let stats = &rig.capture.shared.stats;
+    assert_eq!(stats.passed_through.load(Relaxed), 1);
+    assert_eq!(stats.rejected.load(Relaxed), 2, "not a JPEG, truncated");
+    assert_eq!(
+        stats.encoded.load(Relaxed),
+        2,
+        "one passed through, one re-encoded"
+    );
+    let last = rig.capture.frames.borrow().clone().unwrap();
+    assert!(last.datagram.len() <= cap, "{} bytes", last.datagram.len());
+    assert!(last.attempts >= 1, "re-encoded");
+    let decoded = turbojpeg::read_header(&last.datagram).unwrap();
+    assert!(decoded.width <= 320 && decoded.height <= 240);
+    // Sequence numbers count the frames the source delivered, rejected ones included.
+    assert_eq!(FrameTag::decode(&last.datagram).unwrap().seq, 1);
+    rig.capture.stop().await;
+}
+
+/// The blocking adapter: a reader that fails is opened again on a new thread; BadFrame is
+/// skipped, not an outage.
+#[tokio::test(start_paused = true)]
+async fn blocking_readers_are_reopened_and_bad_frames_skipped() {
+    struct Flaky {
+        frames: u32,
+    }
+    impl FrameReader for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        fn size(&self) -> (u32, u32) {
+            (16, 16)
+        }
+        fn fps(&self) -> u32 {
+            30
+        }
+        fn next_frame(&mut self, frame: &mut RawFrame) -> Result<(), SourceError> {
+            self.frames += 1;
+            match self.frames {
+                2 => Err(SourceError::BadFrame {
+                    device: "flaky".into(),
+                    reason: "corrupt".into(),
+                }),
+                4 => Err(SourceError::Read {
+                    device: "flaky".into(),
+                    reason: "unplugged".into(),
+                }),
+                _ => {
+                    frame.width = 16;
+                    frame.height = 16;
+                    frame.format = PixelFormat::I420;
+                    frame.data = vec![100; 16 * 16 * 3 / 2];
+                    Ok(())
+                }
+            }
+        }
+    }
+    let opens = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = opens.clone();
+    let source = OnThread::new("flaky", move || {
+        // Open twice, then stay away.
+        if counted.fetch_add(1, Relaxed) < 2 {
+            Ok(Box::new(Flaky { frames: 0 }) as Box<dyn FrameReader>)
+        } else {
+            Err(SourceError::Open {
+                device: "flaky".into(),
+                reason: "no such device".into(),
+            })
+        }
+    });
+    let log_dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    let capture = Capture::start(
+        Box::new(source),
+        EncoderConfig::default(),
+        journal,
+        &shutdown,
+    )
+    .unwrap();
+    // Paused time advances only while nothing runs; the reader threads run in real time, so
+    // wait for what they do rather than for a time.
+    let stats = &capture.shared.stats;
+    for _ in 0..2000 {
+        if opens.load(Relaxed) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        opens.load(Relaxed) >= 4,
+        "opened {} times",
+        opens.load(Relaxed)
+    );
+    // Two readers, each: frame, bad frame, frame, unplugged.
+    assert_eq!(stats.captured.load(Relaxed), 4);
+    assert_eq!(stats.rejected.load(Relaxed), 2);
+    let lines = read_all(log_dir.path()).unwrap();
+    assert_eq!(count(&lines, "SOURCE-LOST"), 2, "{lines:#?}");
+    assert_eq!(count(&lines, "SOURCE-BACK"), 1, "{lines:#?}");
+    shutdown.cancel();
+    capture.stop().await;
+}
+
+#[test]
+fn a_test_pattern_runs_on_its_thread_through_the_adapter() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let log_dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
+        let shutdown = CancellationToken::new();
+        let source = OnThread::new("test pattern", || {
+            Ok(Box::new(TestPattern::new(64, 48, 100)?) as Box<dyn FrameReader>)
+        });
+        let capture = Capture::start(
+            Box::new(source),
+            EncoderConfig::default(),
+            journal,
+            &shutdown,
+        )
+        .unwrap();
+        let shape = tokio::time::timeout(Duration::from_secs(10), capture.first_outcome())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            shape,
+            StreamShape {
+                width: 64,
+                height: 48,
+                fps: 100
+            }
+        );
+        let mut frames = capture.frames.clone();
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(10), frames.changed())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let started = std::time::Instant::now();
+        capture.stop().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "stopped within a frame or so"
+        );
+        assert!(read_all(log_dir.path()).unwrap().is_empty(), "no outage");
+    });
+}

@@ -1,0 +1,241 @@
+//! Sessions end as they should, timed under paused time: a real server on loopback with a
+//! scripted source (a frame every 33 ms of virtual time), viewers played by the test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use surv_proto::{Registration, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::{FrameSink, StreamShape};
+use crate::encoder::EncoderConfig;
+use crate::journal::read_all;
+use crate::sources::{PixelFormat, RawFrame, Source, SourceRun};
+use crate::{Capture, Config, Journal, Server};
+
+/// A frame every 33 ms of (virtual) time, forever.
+struct Ticker;
+
+impl Source for Ticker {
+    fn describe(&self) -> String {
+        "ticker".into()
+    }
+
+    fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
+        Box::pin(async move {
+            sink.opened(
+                "ticker",
+                StreamShape {
+                    width: 32,
+                    height: 32,
+                    fps: 30,
+                },
+            );
+            let mut frame = RawFrame::new();
+            (frame.width, frame.height, frame.format) = (32, 32, PixelFormat::I420);
+            frame.data = vec![90; 32 * 32 * 3 / 2];
+            while !stop.is_cancelled() {
+                sink.publish_raw(&frame);
+                tokio::time::sleep(Duration::from_millis(33)).await;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct Rig {
+    server: Arc<Server>,
+    addr: SocketAddr,
+    log_dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    _capture: Capture,
+}
+
+async fn start(config: Config) -> Rig {
+    let log_dir = tempfile::tempdir().unwrap();
+    let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
+    let shutdown = CancellationToken::new();
+    let capture = Capture::start(
+        Box::new(Ticker),
+        EncoderConfig::default(),
+        journal.clone(),
+        &shutdown,
+    )
+    .unwrap();
+    capture.first_outcome().await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = Server::new(config, &capture, 65_000, journal);
+    server.fanout_on_runtime = true;
+    let server = Arc::new(server);
+    tokio::spawn(crate::run(server.clone(), listener, shutdown.clone()));
+    Rig {
+        server,
+        addr,
+        log_dir,
+        shutdown,
+        _capture: capture,
+    }
+}
+
+impl Rig {
+    fn journal(&self) -> Vec<String> {
+        read_all(self.log_dir.path()).unwrap()
+    }
+
+    /// Waits (bounded in virtual time) for a LEAVE line and returns it with when it came.
+    async fn leave(&self) -> (String, Instant) {
+        for _ in 0..10_000 {
+            if let Some(l) = self.journal().into_iter().find(|l| l.contains(" LEAVE ")) {
+                return (l, Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no LEAVE: {:#?}", self.journal());
+    }
+}
+
+/// Registers a SURV/1 viewer for `udp`; returns the TCP connection, its reply read.
+async fn register(addr: SocketAddr, udp: &UdpSocket) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let reg = Registration {
+        form: surv_proto::Form::V1,
+        udp_port: udp.local_addr().unwrap().port(),
+    };
+    tcp.write_all(&reg.encode()).await.unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        assert_eq!(
+            tcp.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the reply"
+        );
+        line.push(byte[0]);
+    }
+    let Ok(Reply::Accepted(_)) = Reply::decode(&line) else {
+        panic!("not accepted: {}", String::from_utf8_lossy(&line));
+    };
+    tcp
+}
+
+fn config(viewer_timeout: Duration) -> Config {
+    Config {
+        viewer_timeout,
+        ..Config::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_viewer_that_never_acks_gets_its_window_and_a_few_probes_then_times_out() {
+    let rig = start(config(Duration::from_secs(10))).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let joined = Instant::now();
+    let _tcp = register(rig.addr, &udp).await;
+    let mut arrivals = Vec::new();
+    let mut buf = vec![0u8; 70_000];
+    // Every datagram for 12 s of virtual time, never answering.
+    while let Ok(Ok(_)) = timeout(
+        Duration::from_secs(12).saturating_sub(joined.elapsed()),
+        udp.recv_from(&mut buf),
+    )
+    .await
+    {
+        arrivals.push(joined.elapsed());
+    }
+    let (leave, _) = rig.leave().await;
+    assert!(leave.contains("reason=timeout"), "{leave}");
+    // The window (4), then probes 250 ms, 500 ms, 1 s, then every 2 s after the last send,
+    // until the 10 s timeout: 4 + 7.
+    assert_eq!(arrivals.len(), 11, "{arrivals:?}");
+    let gaps: Vec<u128> = arrivals[3..]
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    for (gap, want) in gaps.iter().zip([250, 500, 1000, 2000, 2000, 2000, 2000]) {
+        assert!(gap.abs_diff(want) <= 40, "probe gaps {gaps:?}");
+    }
+    assert!(
+        arrivals.last().unwrap() < &Duration::from_secs(10),
+        "nothing after the LEAVE"
+    );
+    assert_eq!(rig.server.watchers.len(), 0);
+    assert_eq!(rig.server.data.attached(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_session_times_out_exactly_after_the_viewers_last_ack() {
+    let rig = start(config(Duration::from_secs(3))).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let _tcp = register(rig.addr, &udp).await;
+    let mut buf = vec![0u8; 70_000];
+    // Ack every frame for 5 s, then go silent.
+    let acking = Instant::now();
+    let mut acked = 0;
+    while acking.elapsed() < Duration::from_secs(5) {
+        let (n, from) = timeout(Duration::from_secs(1), udp.recv_from(&mut buf))
+            .await
+            .expect("frames keep coming while acked")
+            .unwrap();
+        let seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
+        udp.send_to(format!("continue {seq}").as_bytes(), from)
+            .await
+            .unwrap();
+        acked += 1;
+    }
+    let last_ack = Instant::now();
+    assert!(acked >= 140, "{acked} frames in 5 s at 30 fps");
+    let (leave, at) = rig.leave().await;
+    assert!(leave.contains("reason=timeout"), "{leave}");
+    let silent = at - last_ack;
+    assert!(
+        silent >= Duration::from_secs(3) && silent < Duration::from_millis(3100),
+        "LEAVE {silent:?} after the last ack"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn end_sent_just_after_closing_tcp_is_end_and_a_bare_close_is_closed_after_the_grace() {
+    let rig = start(config(Duration::from_secs(10))).await;
+    // Viewer A closes its TCP connection and sends `end` 20 ms later, within END_GRACE.
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp = register(rig.addr, &a).await;
+    let mut buf = vec![0u8; 70_000];
+    let (_, from) = a.recv_from(&mut buf).await.unwrap();
+    drop(tcp);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.send_to(b"end", from).await.unwrap();
+    let (leave, _) = rig.leave().await;
+    assert!(leave.contains("reason=end"), "{leave}");
+
+    // Viewer B only closes: `closed`, once END_GRACE has passed.
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp = register(rig.addr, &b).await;
+    b.recv_from(&mut buf).await.unwrap();
+    let closed_at = Instant::now();
+    drop(tcp);
+    let mut leave_b = None;
+    for _ in 0..1000 {
+        leave_b = rig
+            .journal()
+            .into_iter()
+            .filter(|l| l.contains(" LEAVE "))
+            .nth(1);
+        if leave_b.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let waited = closed_at.elapsed();
+    let leave_b = leave_b.expect("B left");
+    assert!(leave_b.contains("reason=closed"), "{leave_b}");
+    assert!(
+        waited >= super::END_GRACE && waited < super::END_GRACE + Duration::from_millis(20),
+        "{waited:?}"
+    );
+    rig.shutdown.cancel();
+}
