@@ -239,3 +239,47 @@ async fn end_sent_just_after_closing_tcp_is_end_and_a_bare_close_is_closed_after
     );
     rig.shutdown.cancel();
 }
+
+/// Receives for `secs` of virtual time, acking every frame when `ack`; returns how many came.
+async fn watch(udp: UdpSocket, secs: u64, ack: bool) -> u64 {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 70_000];
+    let mut got = 0;
+    while let Ok(Ok((n, from))) = tokio::time::timeout_at(until, udp.recv_from(&mut buf)).await {
+        got += 1;
+        if ack {
+            let seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
+            udp.send_to(format!("continue {seq}").as_bytes(), from)
+                .await
+                .unwrap();
+        }
+    }
+    got
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fan_out_sends_every_frame_to_viewers_that_ack_whatever_a_silent_one_does() {
+    let rig = start(config(Duration::from_secs(10))).await;
+    let mut tcps = Vec::new();
+    let mut viewers = Vec::new();
+    for ack in [true, true, false] {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        tcps.push(register(rig.addr, &udp).await);
+        viewers.push(tokio::spawn(watch(udp, 3, ack)));
+    }
+    let mut got = Vec::new();
+    for v in viewers {
+        got.push(v.await.unwrap());
+    }
+    // 3 s at 30 fps: 91 frames published (one every 33 ms from 0).
+    assert!(got[0] >= 89 && got[1] >= 89, "acking viewers got {got:?}");
+    // The silent one: its window (4) and the probes of 3 s (at 0.25, 0.75, 1.75 s after).
+    assert!((4..=8).contains(&got[2]), "silent viewer got {got:?}");
+    let stats = &rig.server.stats;
+    assert_eq!(
+        stats.frames_sent.load(std::sync::atomic::Ordering::Relaxed),
+        got.iter().sum::<u64>(),
+        "every datagram sent was received on loopback"
+    );
+    rig.shutdown.cancel();
+}
