@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use surv_proto::{Ack, Form, FrameTag, Registration, Reply, StreamParams, MAX_UDP_PAYLOAD_BYTES};
+use surv_proto::{
+    Ack, Form, FrameTag, Registration, Reply, ReplyError, StreamParams, MAX_UDP_PAYLOAD_BYTES,
+};
 use surv_server::encoder::EncoderConfig;
 use surv_server::source::{Source, TestPattern};
 use surv_server::{Capture, Config, Journal, Server};
@@ -292,27 +294,29 @@ impl RawViewer {
     }
 }
 
-/// Reads one reply line from the server (bounded).
+/// Reads one reply line from the server (bounded), byte-wise so that nothing after it is
+/// consumed; surv-proto decides where the line ends and whether it is a reply.
 pub async fn read_reply(tcp: &mut TcpStream) -> anyhow::Result<Reply> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     timeout(IO_TIMEOUT, async {
         loop {
-            match tcp.read(&mut byte).await? {
-                0 => bail!(
+            if tcp.read(&mut byte).await? == 0 {
+                bail!(
                     "closed without a reply after {:?}",
                     String::from_utf8_lossy(&line)
-                ),
-                _ if byte[0] == b'\n' => return Ok(()),
-                _ => line.push(byte[0]),
+                );
             }
-            if line.len() > surv_proto::MAX_REPLY_BYTES {
-                bail!("reply too long");
+            line.push(byte[0]);
+            match Reply::decode(&line) {
+                Err(ReplyError::Incomplete) => {}
+                Ok((reply, _)) => return Ok(reply),
+                Err(e) => return Err(e.into()),
             }
         }
     })
-    .await??;
-    Reply::decode(&line).map_err(anyhow::Error::msg)
+    .await
+    .context("no reply line within the timeout")?
 }
 
 /// Sends `bytes` as a registration and returns what the server answered before closing: its

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use surv_proto::{Form, FrameTag, Registration, Reply};
+use surv_proto::{Form, FrameTag, Registration, Reply, ReplyError};
 
 /// Viewer addresses are 127.2.(i / 250).(i % 250 + 1): this many fit.
 const MAX_VIEWER_INDEX: usize = 250 * 256;
@@ -46,7 +46,7 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     viewers: usize,
     /// Frame size WIDTHxHEIGHT of the test pattern.
-    #[arg(long, default_value = "160x90", value_parser = parse_size)]
+    #[arg(long, default_value = "160x90", value_parser = surv_proto::parse_size)]
     size: (u32, u32),
     /// Frames per second.
     #[arg(long, default_value_t = 30)]
@@ -81,16 +81,6 @@ struct Args {
     /// In the memory run, seconds between RSS lines.
     #[arg(long, default_value_t = 30.0)]
     report_secs: f64,
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s
-        .split_once('x')
-        .ok_or("expected WIDTHxHEIGHT, e.g. 160x90")?;
-    Ok((
-        w.parse().map_err(|_| format!("bad width {w:?}"))?,
-        h.parse().map_err(|_| format!("bad height {h:?}"))?,
-    ))
 }
 
 fn viewer_ip(index: usize) -> Ipv4Addr {
@@ -430,20 +420,28 @@ fn connect_and_send(
     Ok(tcp)
 }
 
+/// Reads the server's reply byte-wise, as surv-client does: surv-proto frames it. The whole
+/// line is due within 10 s, however slowly it trickles in.
 fn read_reply(mut tcp: &TcpStream) -> anyhow::Result<Reply> {
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let until = Instant::now() + Duration::from_secs(10);
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    while line.len() <= surv_proto::MAX_REPLY_BYTES {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no whole reply within 10 s");
+        }
+        tcp.set_read_timeout(Some(left))?;
         if tcp.read(&mut byte)? == 0 {
             bail!("closed without a reply");
         }
-        if byte[0] == b'\n' {
-            return Reply::decode(&line).map_err(anyhow::Error::msg);
-        }
         line.push(byte[0]);
+        match Reply::decode(&line) {
+            Err(ReplyError::Incomplete) => {}
+            Ok((reply, _)) => return Ok(reply),
+            Err(e) => return Err(e.into()),
+        }
     }
-    bail!("reply too long")
 }
 
 fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
