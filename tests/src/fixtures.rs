@@ -89,6 +89,9 @@ mod tests {
         let header = turbojpeg::read_header(&a).unwrap();
         assert_eq!((header.width, header.height), (64, 48));
         let noise = test_jpeg(64, 48, Picture::Noise(1), 85, Subsamp::Sub2x2);
-        assert!(noise.len() > 2 * a.len(), "noise compresses worse than a ramp");
+        assert!(
+            noise.len() > 2 * a.len(),
+            "noise compresses worse than a ramp"
+        );
     }
 }
