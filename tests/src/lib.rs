@@ -1,8 +1,12 @@
 //! Helpers for surv's end-to-end tests and load tools: a real server on loopback with the test
 //! pattern, a viewer that does exactly what seed 003's viewer does, and a raw viewer whose
-//! misbehaviour (loss, silence, spoofing) a test controls.
+//! misbehaviour (loss, silence, spoofing) a test controls. Beside them: `fixtures` (test JPEGs,
+//! the child reaper), `child` (programs run under a time limit), `media` (ffmpeg and ffprobe
+//! judging recorded files).
 
+pub mod child;
 pub mod fixtures;
+pub mod media;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +25,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+pub use child::output_within;
 pub use fixtures::{test_jpeg, Picture, Reaper};
+pub use media::{ffmpeg_check, ffprobe, mjpeg_stream, probe, Probe};
 
 /// Every network await in a test is bounded by this, so a broken test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -332,49 +338,4 @@ pub async fn try_registration(server: SocketAddr, bytes: &[u8]) -> anyhow::Resul
 /// Fraction of the frames captured during `duration` at `fps` that `received` represents.
 pub fn share(received: u64, fps: u32, duration: Duration) -> f64 {
     received as f64 / (f64::from(fps) * duration.as_secs_f64())
-}
-
-/// Runs the strict decode check on a media file: every frame must decode.
-pub fn ffmpeg_check(path: &std::path::Path) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-err_detect", "explode", "-xerror", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .context("running ffmpeg (install it: scripts/setup.sh)")?;
-    if !out.status.success() || !out.stderr.is_empty() {
-        bail!(
-            "ffmpeg rejects {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// What ffprobe says of a file's first video stream: (codec, frames decoded, duration in s).
-pub fn ffprobe(path: &std::path::Path) -> anyhow::Result<(String, u64, f64)> {
-    let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,nb_read_frames:format=duration",
-            "-of",
-            "default=nw=1",
-        ])
-        .arg(path)
-        .output()
-        .context("running ffprobe (install ffmpeg: scripts/setup.sh)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-            .map(str::to_owned)
-            .with_context(|| format!("ffprobe gave no {k} for {}: {text}", path.display()))
-    };
-    Ok((
-        field("codec_name")?,
-        field("nb_read_frames")?.parse()?,
-        field("duration")?.parse()?,
-    ))
 }
