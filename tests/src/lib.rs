@@ -190,6 +190,10 @@ pub struct Received {
     pub seqs: Vec<u64>,
     /// Where the frames came from (the session's UDP socket).
     pub from: Option<SocketAddr>,
+    /// When the last datagram kept arrived.
+    pub last_at: Option<Instant>,
+    /// The longest wait between two datagrams kept: how long the picture froze.
+    pub longest_gap: Duration,
 }
 
 /// How a raw viewer acks.
@@ -259,6 +263,11 @@ impl RawViewer {
             if (n_seen * 7 % 10) < u64::from(drop_in_10) {
                 continue;
             }
+            let now = Instant::now();
+            if let Some(last) = got.last_at {
+                got.longest_gap = got.longest_gap.max(now - last);
+            }
+            got.last_at = Some(now);
             got.datagrams += 1;
             got.largest = got.largest.max(n);
             got.from = Some(from);
