@@ -221,14 +221,14 @@ impl RawViewer {
         let udp = UdpSocket::bind("127.0.0.1:0").await?;
         let port = udp.local_addr()?.port();
         let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
-        tcp.write_all(
-            &Registration {
-                form,
-                udp_port: port,
-            }
-            .encode(),
-        )
-        .await?;
+        let registration = Registration {
+            form,
+            udp_port: port,
+        }
+        .encode();
+        timeout(IO_TIMEOUT, tcp.write_all(&registration))
+            .await
+            .context("registration not sent within the timeout")??;
         let params = match form {
             Form::Seed => None,
             Form::V1 => match read_reply(&mut tcp).await? {
@@ -338,7 +338,9 @@ pub async fn read_reply(tcp: &mut TcpStream) -> anyhow::Result<Reply> {
 /// reply line (if any) and whether it closed the connection.
 pub async fn try_registration(server: SocketAddr, bytes: &[u8]) -> anyhow::Result<(String, bool)> {
     let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
-    tcp.write_all(bytes).await?;
+    timeout(IO_TIMEOUT, tcp.write_all(bytes))
+        .await
+        .context("registration not sent within the timeout")??;
     let mut out = Vec::new();
     let closed = timeout(IO_TIMEOUT, tcp.read_to_end(&mut out)).await.is_ok();
     Ok((String::from_utf8_lossy(&out).into_owned(), closed))
