@@ -3,11 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use surv_proto::{
-    Ack, Form, FrameTag, Registration, Reply, StreamParams, MAX_REPLY_BYTES, MAX_UDP_PAYLOAD_BYTES,
+    unix_micros_now, Ack, Form, FrameTag, Registration, Reply, ReplyError, StreamParams,
+    MAX_UDP_PAYLOAD_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -246,9 +247,10 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
         .await
         .map_err(|source| ClientError::Connect { addr, source })?;
 
-    // Read byte-wise up to the newline: nothing after it is ours to consume.
-    let mut reply = Vec::with_capacity(128);
-    let read_line = async {
+    // Byte-wise, so that nothing after the newline is consumed; surv-proto says where the line
+    // ends, and refuses it as soon as it cannot be a reply (a foreign peer, an endless line).
+    let read_reply = async {
+        let mut line = Vec::with_capacity(128);
         let mut byte = [0u8; 1];
         loop {
             match tcp.read(&mut byte).await {
@@ -257,22 +259,22 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
                         "the server closed the connection without a reply".into(),
                     ))
                 }
-                Ok(_) if byte[0] == b'\n' => return Ok(()),
-                Ok(_) if reply.len() >= MAX_REPLY_BYTES => {
-                    return Err(ClientError::Protocol("reply line too long".into()))
-                }
-                Ok(_) => reply.push(byte[0]),
+                Ok(_) => line.push(byte[0]),
                 Err(source) => return Err(ClientError::Connect { addr, source }),
+            }
+            match Reply::decode(&line) {
+                Err(ReplyError::Incomplete) => {}
+                Ok((reply, _)) => return Ok(reply),
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
         }
     };
-    match timeout(cfg.connect_timeout, read_line).await {
-        Ok(res) => res?,
-        Err(_) => return Err(ClientError::NoReply(addr)),
-    }
-    match Reply::decode(&reply).map_err(ClientError::Protocol)? {
-        Reply::Accepted(params) => Ok((tcp, params)),
-        Reply::Refused(reason) => Err(ClientError::Refused(reason)),
+    // The reason was escaped by the decoder: it prints safely.
+    match timeout(cfg.connect_timeout, read_reply).await {
+        Ok(Ok(Reply::Accepted(params))) => Ok((tcp, params)),
+        Ok(Ok(Reply::Refused(reason))) => Err(ClientError::Refused(reason)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::NoReply(addr)),
     }
 }
 
@@ -287,8 +289,75 @@ fn status_line(s: &StreamStats) -> String {
     )
 }
 
-fn unix_micros_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+#[cfg(test)]
+mod tests {
+    //! Registration against stand-in servers that answer what a hostile or foreign peer would.
+
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that reads the registration line, answers `reply` and keeps the connection
+    /// open until the test ends. Returns the config to register with.
+    async fn answering(reply: Vec<u8>) -> Config {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut registration = [0u8; 64];
+            let _ = tcp.read(&mut registration).await;
+            let _ = tcp.write_all(&reply).await;
+            // Held open: a viewer that waits for more would wait for its timeout.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        Config {
+            server,
+            udp_port: 0,
+            max_frames: None,
+            max_duration: None,
+            record: None,
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_rate_out_of_range_is_refused_naming_the_field() {
+        let line = b"OK SURV/1 session=1 width=640 height=480 fps=4294967295 max_datagram=65000\n";
+        let cfg = answering(line.to_vec()).await;
+        let err = register(&cfg, 5000).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("fps=4294967295")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_reason_is_printed_without_control_characters() {
+        let cfg = answering(b"ERR SURV/1 \x1b]0;owned\x07 full\r\n".to_vec()).await;
+        let err = register(&cfg, 5000).await.unwrap_err();
+        let shown = err.to_string();
+        assert!(matches!(err, ClientError::Refused(_)), "{shown}");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\x1b]0;owned\\x07 full"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_a_surv_server_is_told_apart_at_once() {
+        let cfg = answering(b"SSH-2.0-OpenSSH_9.2".to_vec()).await;
+        let started = Instant::now();
+        let err = register(&cfg, 5000).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("not a SURV/1 reply")),
+            "{err}"
+        );
+        assert!(started.elapsed() < cfg.connect_timeout, "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_line_is_cut_at_the_cap() {
+        let mut line = b"OK SURV/1 ".to_vec();
+        line.resize(10 << 20, b'x');
+        let cfg = answering(line).await;
+        let err = register(&cfg, 5000).await.unwrap_err();
+        assert!(matches!(&err, ClientError::Protocol(_)), "{err}");
+    }
 }

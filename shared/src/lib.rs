@@ -1,25 +1,32 @@
 //! surv's wire protocol: what crosses the network between a surv server and its viewers.
 //!
-//! Three messages, each with `encode` and `decode` and a named size cap, and no I/O:
+//! Four messages, each with `encode` and `decode` and a named size cap, and no I/O:
 //!
 //! * [`register`]: the viewer's TCP registration (the seed-003 form and the versioned `SURV/1`
-//!   form) and the server's reply to the versioned form.
+//!   form).
+//! * [`reply`]: the server's one-line answer to the versioned form.
 //! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end`.
 //! * [`tag`]: the sequence number and capture time carried inside every frame datagram as a JPEG
 //!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it.
+//!
+//! Besides the messages, [`size`] owns how a frame size is written on surv's command lines.
 //!
 //! docs/PROTOCOL.md describes the whole exchange for people; this crate is the reference.
 
 pub mod ack;
 pub mod register;
+pub mod reply;
+pub mod size;
 pub mod tag;
 
 pub use ack::{Ack, AckError, MAX_ACK_BYTES};
-pub use register::{
-    Form, RegError, Registration, Reply, StreamParams, MAX_REGISTRATION_BYTES, MAX_REPLY_BYTES,
-    PROTOCOL_VERSION,
+pub use register::{Form, RegError, Registration, MAX_REGISTRATION_BYTES, PROTOCOL_VERSION};
+pub use reply::{
+    escape_controls, Reply, ReplyError, StreamParams, MAX_REPLY_BYTES, MAX_STREAM_FPS,
+    MAX_STREAM_SIDE_PX,
 };
-pub use tag::{FrameTag, TagError, TAG_BYTES};
+pub use size::{parse_size, SizeError};
+pub use tag::{unix_micros_now, FrameTag, TagError, TAG_BYTES};
 
 /// Default TCP port a surv server listens on for registrations (seed 003's).
 pub const DEFAULT_TCP_PORT: u16 = 9999;

@@ -7,12 +7,8 @@
 //!                                 the connection open and the server never writes to it
 //!
 //! SURV/1 form (viewer → server), one line:
-//!     "SURV/1 5000\n"             magic/version, one space, the UDP port
-//!
-//! reply to the SURV/1 form (server → viewer), one line, then the connection stays open
-//! while streaming (accepted) or is closed (refused):
-//!     "OK SURV/1 session=12 width=640 height=480 fps=30 max_datagram=65000\n"
-//!     "ERR SURV/1 server full (16 viewers)\n"
+//!     "SURV/1 5000\n"             magic/version, one space, the UDP port; the server
+//!                                 answers with one line, see [`crate::reply`]
 //! ```
 //!
 //! In both forms the frames go to the TCP peer's own IP at the announced UDP port; nothing in
@@ -31,9 +27,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A registration longer than this, without completing, is refused.
 pub const MAX_REGISTRATION_BYTES: usize = 64;
-
-/// A reply line longer than this (newline included) is refused by the viewer.
-pub const MAX_REPLY_BYTES: usize = 512;
 
 const V1_PREFIX: &[u8] = b"SURV/";
 
@@ -161,117 +154,6 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[..bytes.len().min(24)]).into_owned()
 }
 
-/// What a viewer is told about the stream it was admitted to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamParams {
-    pub session_id: u64,
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub max_datagram_bytes: usize,
-}
-
-/// The server's answer to a `SURV/1` registration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    Accepted(StreamParams),
-    /// Refused, with a reason meant for the person running the viewer.
-    Refused(String),
-}
-
-impl Reply {
-    /// One line, newline-terminated. A reason is cut to fit [`MAX_REPLY_BYTES`] and stripped of
-    /// line breaks so that it can never end the line early.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Reply::Accepted(p) => format!(
-                "OK SURV/{PROTOCOL_VERSION} session={} width={} height={} fps={} max_datagram={}\n",
-                p.session_id, p.width, p.height, p.fps, p.max_datagram_bytes
-            )
-            .into_bytes(),
-            Reply::Refused(reason) => {
-                let head = format!("ERR SURV/{PROTOCOL_VERSION} ");
-                let room = MAX_REPLY_BYTES - head.len() - 1;
-                let mut clean: String = reason
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                while clean.len() > room {
-                    clean.pop();
-                }
-                format!("{head}{clean}\n").into_bytes()
-            }
-        }
-    }
-
-    /// Parses a reply line (with or without its newline). Unknown `key=value` words in an OK
-    /// line are ignored so that later servers can add parameters.
-    pub fn decode(line: &[u8]) -> Result<Reply, String> {
-        if line.len() > MAX_REPLY_BYTES {
-            return Err(format!("reply over {MAX_REPLY_BYTES} bytes"));
-        }
-        let text = std::str::from_utf8(line).map_err(|_| "reply is not UTF-8".to_string())?;
-        let text = text.trim_end_matches(['\r', '\n']);
-        let version = format!("SURV/{PROTOCOL_VERSION}");
-        if let Some(reason) = text
-            .strip_prefix("ERR ")
-            .and_then(|r| r.strip_prefix(&version))
-        {
-            return Ok(Reply::Refused(reason.trim().to_string()));
-        }
-        let Some(params) = text
-            .strip_prefix("OK ")
-            .and_then(|r| r.strip_prefix(&version))
-        else {
-            return Err(format!(
-                "not a SURV/1 reply: {:?}",
-                &text[..text.len().min(60)]
-            ));
-        };
-        let mut p = StreamParams {
-            session_id: 0,
-            width: 0,
-            height: 0,
-            fps: 0,
-            max_datagram_bytes: 0,
-        };
-        let mut seen = 0u8;
-        for word in params.split_ascii_whitespace() {
-            let (key, value) = word
-                .split_once('=')
-                .ok_or(format!("bad reply word {word:?}"))?;
-            let num = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| format!("bad value in {word:?}"))
-            };
-            match key {
-                "session" => (p.session_id, seen) = (num()?, seen | 1),
-                "width" => {
-                    (p.width, seen) = (u32::try_from(num()?).map_err(|e| e.to_string())?, seen | 2)
-                }
-                "height" => {
-                    (p.height, seen) = (u32::try_from(num()?).map_err(|e| e.to_string())?, seen | 4)
-                }
-                "fps" => {
-                    (p.fps, seen) = (u32::try_from(num()?).map_err(|e| e.to_string())?, seen | 8)
-                }
-                "max_datagram" => {
-                    (p.max_datagram_bytes, seen) = (
-                        usize::try_from(num()?).map_err(|e| e.to_string())?,
-                        seen | 16,
-                    )
-                }
-                _ => {}
-            }
-        }
-        if seen != 31 {
-            return Err("reply lacks a stream parameter".to_string());
-        }
-        Ok(Reply::Accepted(p))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,16 +209,6 @@ mod tests {
         for r in [seed(1), seed(65535), v1(1), v1(40000)] {
             assert_eq!(Registration::decode(&r.encode(), true), Ok(r));
         }
-        let ok = Reply::Accepted(StreamParams {
-            session_id: 9,
-            width: 640,
-            height: 480,
-            fps: 30,
-            max_datagram_bytes: 1400,
-        });
-        assert_eq!(Reply::decode(&ok.encode()), Ok(ok));
-        let no = Reply::Refused("server full (16 viewers)".into());
-        assert_eq!(Reply::decode(&no.encode()), Ok(no));
     }
 
     #[test]
@@ -381,26 +253,5 @@ mod tests {
             Registration::decode(&[b'7'; 65], false),
             Err(RegError::TooLong)
         );
-    }
-
-    #[test]
-    fn refusal_reason_cannot_break_the_line() {
-        let r = Reply::Refused("a\nb".repeat(400));
-        let bytes = r.encode();
-        assert!(bytes.len() <= MAX_REPLY_BYTES);
-        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
-        assert!(matches!(Reply::decode(&bytes), Ok(Reply::Refused(_))));
-    }
-
-    #[test]
-    fn bad_replies_are_errors() {
-        for bad in [
-            &b"OK SURV/1 session=1\n"[..],
-            b"HTTP/1.1 200 OK\r\n",
-            b"OK SURV/1 width=x\n",
-            b"\xff",
-        ] {
-            assert!(Reply::decode(bad).is_err(), "{bad:?}");
-        }
     }
 }

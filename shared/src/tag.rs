@@ -15,7 +15,9 @@
 //!
 //! `seq` counts captured frames, so a gap tells the viewer that frames were lost on the way or
 //! skipped by the server for that viewer; `capture_unix_us` gives capture → receipt latency when
-//! both clocks agree (same host, or NTP).
+//! both clocks agree (same host, or NTP). [`unix_micros_now`] is the clock both ends read for it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
@@ -88,6 +90,14 @@ impl FrameTag {
     }
 }
 
+/// Microseconds since the Unix epoch from the system clock, as `capture_unix_us` counts them
+/// (0 if the clock is before 1970). A clock read, no I/O.
+pub fn unix_micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +156,15 @@ mod tests {
         .unwrap();
         out[10] = 9;
         assert_eq!(FrameTag::decode(&out), Err(TagError::Version(9)));
+    }
+
+    #[test]
+    fn the_clock_reads_microseconds_since_1970() {
+        let now = unix_micros_now();
+        // After 2020-01-01 and before 2100-01-01: microseconds, not ms or ns.
+        assert!(
+            (1_577_836_800_000_000..4_102_444_800_000_000).contains(&now),
+            "{now}"
+        );
     }
 }

@@ -1,15 +1,21 @@
 //! Helpers for surv's end-to-end tests and load tools: a real server on loopback with the test
 //! pattern, a viewer that does exactly what seed 003's viewer does, and a raw viewer whose
-//! misbehaviour (loss, silence, spoofing) a test controls.
+//! misbehaviour (loss, silence, spoofing) a test controls. Beside them: `fixtures` (test JPEGs,
+//! the child reaper), `child` (programs run under a time limit), `media` (ffmpeg and ffprobe
+//! judging recorded files).
 
+pub mod child;
 pub mod fixtures;
+pub mod media;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use surv_proto::{Ack, Form, FrameTag, Registration, Reply, StreamParams, MAX_UDP_PAYLOAD_BYTES};
+use surv_proto::{
+    Ack, Form, FrameTag, Registration, Reply, ReplyError, StreamParams, MAX_UDP_PAYLOAD_BYTES,
+};
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
 use surv_server::{Capture, Config, Journal, Server};
@@ -19,7 +25,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+pub use child::output_within;
 pub use fixtures::{test_jpeg, Picture, Reaper};
+pub use media::{ffmpeg_check, ffprobe, mjpeg_stream, probe, Probe};
 
 /// Every network await in a test is bounded by this, so a broken test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -196,6 +204,10 @@ pub struct Received {
     pub seqs: Vec<u64>,
     /// Where the frames came from (the session's UDP socket).
     pub from: Option<SocketAddr>,
+    /// When the last datagram kept arrived.
+    pub last_at: Option<Instant>,
+    /// The longest wait between two datagrams kept: how long the picture froze.
+    pub longest_gap: Duration,
 }
 
 /// How a raw viewer acks.
@@ -223,14 +235,14 @@ impl RawViewer {
         let udp = UdpSocket::bind("127.0.0.1:0").await?;
         let port = udp.local_addr()?.port();
         let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
-        tcp.write_all(
-            &Registration {
-                form,
-                udp_port: port,
-            }
-            .encode(),
-        )
-        .await?;
+        let registration = Registration {
+            form,
+            udp_port: port,
+        }
+        .encode();
+        timeout(IO_TIMEOUT, tcp.write_all(&registration))
+            .await
+            .context("registration not sent within the timeout")??;
         let params = match form {
             Form::Seed => None,
             Form::V1 => match read_reply(&mut tcp).await? {
@@ -265,6 +277,11 @@ impl RawViewer {
             if (n_seen * 7 % 10) < u64::from(drop_in_10) {
                 continue;
             }
+            let now = Instant::now();
+            if let Some(last) = got.last_at {
+                got.longest_gap = got.longest_gap.max(now - last);
+            }
+            got.last_at = Some(now);
             got.datagrams += 1;
             got.largest = got.largest.max(n);
             got.from = Some(from);
@@ -306,34 +323,38 @@ impl RawViewer {
     }
 }
 
-/// Reads one reply line from the server (bounded).
+/// Reads one reply line from the server (bounded), byte-wise so that nothing after it is
+/// consumed; surv-proto decides where the line ends and whether it is a reply.
 pub async fn read_reply(tcp: &mut TcpStream) -> anyhow::Result<Reply> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     timeout(IO_TIMEOUT, async {
         loop {
-            match tcp.read(&mut byte).await? {
-                0 => bail!(
+            if tcp.read(&mut byte).await? == 0 {
+                bail!(
                     "closed without a reply after {:?}",
                     String::from_utf8_lossy(&line)
-                ),
-                _ if byte[0] == b'\n' => return Ok(()),
-                _ => line.push(byte[0]),
+                );
             }
-            if line.len() > surv_proto::MAX_REPLY_BYTES {
-                bail!("reply too long");
+            line.push(byte[0]);
+            match Reply::decode(&line) {
+                Err(ReplyError::Incomplete) => {}
+                Ok((reply, _)) => return Ok(reply),
+                Err(e) => return Err(e.into()),
             }
         }
     })
-    .await??;
-    Reply::decode(&line).map_err(anyhow::Error::msg)
+    .await
+    .context("no reply line within the timeout")?
 }
 
 /// Sends `bytes` as a registration and returns what the server answered before closing: its
 /// reply line (if any) and whether it closed the connection.
 pub async fn try_registration(server: SocketAddr, bytes: &[u8]) -> anyhow::Result<(String, bool)> {
     let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
-    tcp.write_all(bytes).await?;
+    timeout(IO_TIMEOUT, tcp.write_all(bytes))
+        .await
+        .context("registration not sent within the timeout")??;
     let mut out = Vec::new();
     let closed = timeout(IO_TIMEOUT, tcp.read_to_end(&mut out)).await.is_ok();
     Ok((String::from_utf8_lossy(&out).into_owned(), closed))
@@ -342,49 +363,4 @@ pub async fn try_registration(server: SocketAddr, bytes: &[u8]) -> anyhow::Resul
 /// Fraction of the frames captured during `duration` at `fps` that `received` represents.
 pub fn share(received: u64, fps: u32, duration: Duration) -> f64 {
     received as f64 / (f64::from(fps) * duration.as_secs_f64())
-}
-
-/// Runs the strict decode check on a media file: every frame must decode.
-pub fn ffmpeg_check(path: &std::path::Path) -> anyhow::Result<()> {
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-err_detect", "explode", "-xerror", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .context("running ffmpeg (install it: scripts/setup.sh)")?;
-    if !out.status.success() || !out.stderr.is_empty() {
-        bail!(
-            "ffmpeg rejects {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// What ffprobe says of a file's first video stream: (codec, frames decoded, duration in s).
-pub fn ffprobe(path: &std::path::Path) -> anyhow::Result<(String, u64, f64)> {
-    let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,nb_read_frames:format=duration",
-            "-of",
-            "default=nw=1",
-        ])
-        .arg(path)
-        .output()
-        .context("running ffprobe (install ffmpeg: scripts/setup.sh)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-            .map(str::to_owned)
-            .with_context(|| format!("ffprobe gave no {k} for {}: {text}", path.display()))
-    };
-    Ok((
-        field("codec_name")?,
-        field("nb_read_frames")?.parse()?,
-        field("duration")?.parse()?,
-    ))
 }

@@ -158,16 +158,26 @@ async fn viewers_losing_30_percent_keep_receiving() {
         // 70 % of what was sent arrives; the window must not shrink to a stall.
         let kept = share(got.datagrams, 30, run);
         eprintln!(
-            "{style:?} acks, 30% dropped: kept {:.0}% of captured frames",
-            kept * 100.0
+            "{style:?} acks, 30% dropped: kept {:.0}% of captured frames, longest gap {:?}",
+            kept * 100.0,
+            got.longest_gap
         );
         assert!(
             kept >= 0.6,
             "{style:?}: kept {:.0}% of frames: {got:?}",
             kept * 100.0
         );
-        let last_second: Vec<_> = got.seqs.iter().rev().take(10).collect();
-        assert_eq!(last_second.len(), 10, "still receiving at the end");
+        // The picture never froze for a second, and was still moving when the run ended.
+        let since_last = got.last_at.map(|t| t.elapsed());
+        assert!(
+            got.longest_gap < Duration::from_secs(1),
+            "{style:?}: no frame for {:?}: {got:?}",
+            got.longest_gap
+        );
+        assert!(
+            since_last.is_some_and(|d| d < Duration::from_secs(1)),
+            "{style:?}: the last frame came {since_last:?} before the end: {got:?}"
+        );
     }
 }
 
@@ -241,8 +251,10 @@ async fn the_viewer_over_max_viewers_is_told_why() {
     let _a = RawViewer::register(srv.addr, Form::V1).await.unwrap();
     let _b = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
     srv.wait_sessions(2).await.unwrap();
-    let err = surv_client::run(client_config(srv.addr, 1.0), None, CancellationToken::new())
+    let refused = surv_client::run(client_config(srv.addr, 1.0), None, CancellationToken::new());
+    let err = timeout(IO_TIMEOUT, refused)
         .await
+        .expect("the refused viewer did not return")
         .unwrap_err();
     assert!(
         matches!(&err, surv_client::ClientError::Refused(r) if r.contains("server full (2 viewers)")),
@@ -345,8 +357,10 @@ async fn recorded_avi_segments_rotate_and_play_at_real_speed() {
         segment: Duration::from_secs(1),
         ..Default::default()
     });
-    let s = surv_client::run(cfg, None, CancellationToken::new())
+    let run = surv_client::run(cfg, None, CancellationToken::new());
+    let s = timeout(Duration::from_secs_f64(3.5) + IO_TIMEOUT, run)
         .await
+        .expect("the recording viewer did not stop")
         .unwrap();
     assert_eq!(s.recorded, s.received, "{s}");
     assert!(

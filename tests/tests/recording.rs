@@ -13,7 +13,9 @@ use bytes::Bytes;
 use surv_client::recorder::{self, Format, RecFrame, RecorderConfig, Retention};
 use surv_client::Config as ClientConfig;
 use surv_proto::{Ack, Form, FrameTag, MAX_UDP_PAYLOAD_BYTES};
-use surv_tests::{ffmpeg_check, ffprobe, heavy, start_server, RawViewer, ServerOpts, IO_TIMEOUT};
+use surv_tests::{
+    ffmpeg_check, heavy, probe, start_server, Probe, RawViewer, ServerOpts, IO_TIMEOUT,
+};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -74,9 +76,10 @@ fn files_with(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Checks one closed segment: every frame decodes, it holds `frames` frames of `format`, and it
-/// plays for `wall_s` (±2 %).
-fn check_segment(path: &Path, format: Format, frames: u64, wall_s: f64) {
+/// Judges one closed segment: it has lost its `.part`, every frame decodes with ffmpeg's
+/// strictest checks, and it holds `format`'s codec at the stream's size. Returns what ffprobe
+/// found.
+fn judge_segment(path: &Path, format: Format, (width, height): (u32, u32)) -> Probe {
     assert_eq!(
         path.extension().and_then(|e| e.to_str()),
         Some(format.extension()),
@@ -84,14 +87,27 @@ fn check_segment(path: &Path, format: Format, frames: u64, wall_s: f64) {
         path.display()
     );
     ffmpeg_check(path).unwrap();
-    let (got_codec, n, secs) = ffprobe(path).unwrap();
-    assert_eq!(got_codec, codec(format), "{}", path.display());
-    assert_eq!(n, frames, "{}: frames", path.display());
+    let p = probe(path).unwrap();
+    assert_eq!(p.codec, codec(format), "{}", path.display());
+    assert_eq!((p.width, p.height), (width, height), "{}", path.display());
+    p
+}
+
+/// Asserts that a segment plays for `wall_s`, the capture time it covers (±2 %).
+fn assert_real_speed(path: &Path, p: &Probe, wall_s: f64) {
     assert!(
-        (secs / wall_s - 1.0).abs() <= 0.02,
-        "{}: plays {secs} s, captured over {wall_s} s",
-        path.display()
+        (p.duration_s / wall_s - 1.0).abs() <= 0.02,
+        "{}: plays {} s, captured over {wall_s} s",
+        path.display(),
+        p.duration_s
     );
+}
+
+/// Checks one closed segment: judged as above, it holds `frames` frames and plays for `wall_s`.
+fn check_segment(path: &Path, format: Format, size: (u32, u32), frames: u64, wall_s: f64) {
+    let p = judge_segment(path, format, size);
+    assert_eq!(p.frames, frames, "{}: frames", path.display());
+    assert_real_speed(path, &p, wall_s);
 }
 
 /// The viewer records a live 640x480@30 stream into 1 s segments, in each format: every
@@ -111,8 +127,10 @@ async fn live_segments_in_each_format_play_at_real_speed() {
         assert!(s.segments.len() >= 5, "{format}: {:?}", s.segments);
         let mut total = 0;
         for (i, seg) in s.segments.iter().enumerate() {
-            let (_, n, _) = ffprobe(seg).unwrap();
-            check_segment(seg, format, n, n as f64 / f64::from(FPS));
+            let p = judge_segment(seg, format, (640, 480));
+            // No loss, so its n frames were captured over n frame intervals.
+            let n = p.frames;
+            assert_real_speed(seg, &p, n as f64 / f64::from(FPS));
             if i + 1 < s.segments.len() {
                 assert!((29..=31).contains(&n), "{}: {n} frames", seg.display());
             }
@@ -189,7 +207,7 @@ async fn segments_keep_real_time_across_lost_frames() {
         assert_eq!(report.segments.len(), windows.len(), "{format}: {report:?}");
         for (seg, &(first, last, n)) in report.segments.iter().zip(&windows) {
             let wall_s = (last - first + FRAME_US) as f64 / 1e6;
-            check_segment(seg, format, n, wall_s);
+            check_segment(seg, format, (320, 240), n, wall_s);
         }
         assert_eq!(report.frames_written, frames_len(&windows));
     }

@@ -1,0 +1,328 @@
+//! Unit tests of the reply line: round trips, framing (Incomplete until the newline, Invalid as
+//! soon as it cannot be a reply), field ranges, escaping, and no panic on any input.
+
+use super::*;
+
+const OK_LINE: &[u8] = b"OK SURV/1 session=12 width=640 height=480 fps=30 max_datagram=65000\n";
+
+fn params() -> StreamParams {
+    StreamParams {
+        session_id: 12,
+        width: 640,
+        height: 480,
+        fps: 30,
+        max_datagram_bytes: 65_000,
+    }
+}
+
+fn ok_with(fields: &str) -> Result<(Reply, usize), ReplyError> {
+    Reply::decode(format!("OK SURV/1 {fields}\n").as_bytes())
+}
+
+#[test]
+fn round_trips() {
+    let small = StreamParams {
+        session_id: 9,
+        width: 640,
+        height: 480,
+        fps: 30,
+        max_datagram_bytes: 1400,
+    };
+    for reply in [
+        Reply::Accepted(small),
+        Reply::Accepted(params()),
+        Reply::Refused("server full (16 viewers)".into()),
+        Reply::Refused(String::new()),
+    ] {
+        let bytes = reply.encode();
+        assert_eq!(Reply::decode(&bytes), Ok((reply, bytes.len())));
+    }
+    assert_eq!(Reply::Accepted(params()).encode(), OK_LINE);
+}
+
+#[test]
+fn every_prefix_of_a_valid_reply_is_incomplete() {
+    let crlf = b"ERR SURV/1 server full (16 viewers)\r\n";
+    for whole in [OK_LINE, b"ERR SURV/1 server full (16 viewers)\n", crlf] {
+        for n in 0..whole.len() {
+            assert_eq!(
+                Reply::decode(&whole[..n]),
+                Err(ReplyError::Incomplete),
+                "{:?}",
+                String::from_utf8_lossy(&whole[..n])
+            );
+        }
+        assert!(Reply::decode(whole).is_ok());
+    }
+}
+
+#[test]
+fn only_the_line_is_consumed() {
+    let mut bytes = OK_LINE.to_vec();
+    bytes.extend_from_slice(b"\xff\xd8 not the reply's");
+    assert_eq!(
+        Reply::decode(&bytes),
+        Ok((Reply::Accepted(params()), OK_LINE.len()))
+    );
+}
+
+#[test]
+fn refusal_reason_cannot_break_the_line() {
+    let r = Reply::Refused("a\nb".repeat(400));
+    let bytes = r.encode();
+    assert!(bytes.len() <= MAX_REPLY_BYTES);
+    assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+    assert!(matches!(Reply::decode(&bytes), Ok((Reply::Refused(_), n)) if n == bytes.len()));
+}
+
+#[test]
+fn a_line_over_the_cap_is_invalid_with_or_without_its_newline() {
+    // Padded with a parameter a later server might send; the line is exactly the cap.
+    let mut line = OK_LINE[..OK_LINE.len() - 1].to_vec();
+    line.extend_from_slice(b" pad=");
+    line.resize(MAX_REPLY_BYTES - 1, b'x');
+    line.push(b'\n');
+    assert_eq!(line.len(), MAX_REPLY_BYTES);
+    assert_eq!(
+        Reply::decode(&line),
+        Ok((Reply::Accepted(params()), MAX_REPLY_BYTES))
+    );
+
+    let mut over = line[..MAX_REPLY_BYTES - 1].to_vec();
+    over.push(b'x');
+    assert_eq!(Reply::decode(&over), Err(ReplyError::TooLong), "no newline");
+    over.push(b'\n');
+    assert_eq!(Reply::decode(&over), Err(ReplyError::TooLong), "newline");
+    let huge = vec![b'x'; 10 << 20];
+    assert!(matches!(
+        Reply::decode(&huge),
+        Err(ReplyError::TooLong | ReplyError::Garbage(_))
+    ));
+}
+
+#[test]
+fn garbage_is_invalid_before_its_newline() {
+    for bad in [
+        &b"HTTP/1.1 200 OK"[..],
+        b"SSH-2.0-OpenSSH",
+        b"ok surv/1",
+        b"OK SURV/2 session=1",
+        b"OK SURV/10",
+        b"ERR SURV/1x",
+        b"\xff\xfe",
+        b"\0",
+    ] {
+        assert!(
+            matches!(Reply::decode(bad), Err(ReplyError::Garbage(_))),
+            "{bad:?}: {:?}",
+            Reply::decode(bad)
+        );
+    }
+}
+
+#[test]
+fn non_utf8_is_invalid() {
+    assert_eq!(
+        Reply::decode(b"ERR SURV/1 full \xff\xfe\n"),
+        Err(ReplyError::NotUtf8)
+    );
+    assert_eq!(
+        Reply::decode(b"OK SURV/1 session=1 width=\xc3\n"),
+        Err(ReplyError::NotUtf8)
+    );
+}
+
+#[test]
+fn bad_replies_are_errors() {
+    let cases: &[(&[u8], ReplyError)] = &[
+        (b"OK SURV/1 session=1\n", ReplyError::Missing("width")),
+        (
+            b"HTTP/1.1 200 OK\r\n",
+            ReplyError::Garbage("HTTP/1.1 200 OK".into()),
+        ),
+        (b"OK\n", ReplyError::Garbage("OK".into())),
+        (b"\n", ReplyError::Garbage(String::new())),
+        (
+            b"OK SURV/1 session\n",
+            ReplyError::BadWord("session".into()),
+        ),
+        (
+            b"OK SURV/1 width=x\n",
+            ReplyError::OutOfRange {
+                key: "width",
+                value: "x".into(),
+                min: 1,
+                max: 16_384,
+            },
+        ),
+        (
+            b"OK SURV/1 session=-1\n",
+            ReplyError::OutOfRange {
+                key: "session",
+                value: "-1".into(),
+                min: 0,
+                max: u64::MAX,
+            },
+        ),
+        (
+            b"OK SURV/1 session=1 session=2\n",
+            ReplyError::Repeated("session"),
+        ),
+        (b"\xff\n", ReplyError::Garbage("\u{fffd}".into())),
+    ];
+    for (bytes, want) in cases {
+        assert_eq!(&Reply::decode(bytes).unwrap_err(), want, "{bytes:?}");
+    }
+}
+
+#[test]
+fn every_missing_field_is_named() {
+    let all = [
+        "session=1",
+        "width=2",
+        "height=2",
+        "fps=1",
+        "max_datagram=600",
+    ];
+    for (i, name) in ["session", "width", "height", "fps", "max_datagram"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut fields = all.to_vec();
+        fields.remove(i);
+        assert_eq!(
+            ok_with(&fields.join(" ")),
+            Err(ReplyError::Missing(name)),
+            "{fields:?}"
+        );
+    }
+    assert!(ok_with(&all.join(" ")).is_ok());
+}
+
+#[test]
+fn ok_fields_out_of_range_are_refused() {
+    for (bad, key) in [
+        ("width=0 height=480 fps=30 max_datagram=65000", "width"),
+        ("width=16385 height=480 fps=30 max_datagram=65000", "width"),
+        ("width=640 height=0 fps=30 max_datagram=65000", "height"),
+        (
+            "width=640 height=99999999999 fps=30 max_datagram=65000",
+            "height",
+        ),
+        ("width=640 height=480 fps=0 max_datagram=65000", "fps"),
+        (
+            "width=640 height=480 fps=4294967295 max_datagram=65000",
+            "fps",
+        ),
+        ("width=640 height=480 fps=1001 max_datagram=65000", "fps"),
+        (
+            "width=640 height=480 fps=30 max_datagram=599",
+            "max_datagram",
+        ),
+        (
+            "width=640 height=480 fps=30 max_datagram=65508",
+            "max_datagram",
+        ),
+        (
+            "width=640 height=480 fps=30 max_datagram=99999999999999999999999",
+            "max_datagram",
+        ),
+    ] {
+        let got = ok_with(&format!("session=1 {bad}"));
+        assert!(
+            matches!(&got, Err(ReplyError::OutOfRange { key: k, .. }) if *k == key),
+            "{bad}: {got:?}"
+        );
+        let message = got.unwrap_err().to_string();
+        assert!(message.contains(key) && message.contains(".."), "{message}");
+    }
+}
+
+#[test]
+fn ok_fields_at_the_ends_of_their_ranges_are_accepted() {
+    let (lo, hi) = (MIN_DATAGRAM_BYTES, MAX_UDP_PAYLOAD_BYTES);
+    for (w, h, fps, max) in [(1, 1, 1, lo), (16_384, 16_384, 1_000, hi)] {
+        let got = ok_with(&format!(
+            "session=18446744073709551615 width={w} height={h} fps={fps} max_datagram={max}"
+        ));
+        assert_eq!(
+            got.map(|r| r.0),
+            Ok(Reply::Accepted(StreamParams {
+                session_id: u64::MAX,
+                width: w,
+                height: h,
+                fps,
+                max_datagram_bytes: max,
+            }))
+        );
+    }
+}
+
+#[test]
+fn unknown_parameters_are_ignored() {
+    let got = ok_with("token=abc session=12 width=640 height=480 fps=30 max_datagram=65000 x=");
+    assert_eq!(got.map(|r| r.0), Ok(Reply::Accepted(params())));
+}
+
+#[test]
+fn control_characters_in_a_refusal_are_escaped() {
+    let line = "ERR SURV/1 \u{1b}]0;owned\u{7} full\rgone\u{7f}\u{85}é\n";
+    assert_eq!(
+        Reply::decode(line.as_bytes()).map(|r| r.0),
+        Ok(Reply::Refused(
+            "\\x1b]0;owned\\x07 full\\x0dgone\\x7f\\u{85}é".into()
+        ))
+    );
+    let err = Reply::decode(b"\x1b[2J\n").unwrap_err().to_string();
+    assert!(!err.chars().any(char::is_control), "{err:?}");
+}
+
+#[test]
+fn a_multi_byte_character_at_the_excerpt_cut_is_no_panic() {
+    // 59 ASCII bytes, then "é" (2 bytes) straddling byte 60: the old excerpt sliced there.
+    let mut line = "x".repeat(59).into_bytes();
+    line.extend_from_slice("é…\n".as_bytes());
+    let err = Reply::decode(&line).unwrap_err();
+    assert_eq!(err, ReplyError::Garbage(format!("{}é", "x".repeat(59))));
+    // The same for a bad value, at every cut.
+    for pad in 0..8 {
+        let value = format!("{}{}", "1".repeat(pad), "é".repeat(70));
+        let got = ok_with(&format!("session={value}"));
+        assert!(matches!(got, Err(ReplyError::OutOfRange { .. })), "{got:?}");
+    }
+}
+
+#[test]
+fn no_input_panics() {
+    // Valid lines cut, spliced and mutated, and noise: every answer is a value, never a panic,
+    // and a reply never claims more bytes than it was given.
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let seeds: [&[u8]; 3] = [
+        OK_LINE,
+        b"ERR SURV/1 server full (16 viewers)\n",
+        "ERR SURV/1 é…\u{1b}\n".as_bytes(),
+    ];
+    for i in 0..20_000u64 {
+        let mut bytes = seeds[(i % 3) as usize].to_vec();
+        for _ in 0..next() % 4 {
+            let at = (next() % (bytes.len() as u64 + 1)) as usize;
+            match next() % 3 {
+                0 => bytes.insert(at, next() as u8),
+                1 if at < bytes.len() => bytes[at] = next() as u8,
+                _ => bytes.truncate(at),
+            }
+        }
+        if i % 10 == 0 {
+            bytes = (0..next() % 600).map(|_| next() as u8).collect();
+        }
+        if let Ok((_, used)) = Reply::decode(&bytes) {
+            assert!(used <= bytes.len() && bytes[used - 1] == b'\n', "{bytes:?}");
+        }
+    }
+}

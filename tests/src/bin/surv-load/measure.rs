@@ -1,0 +1,147 @@
+//! The run against surv-server: start it, register the viewers, let them stream, then measure
+//! a window of frames and print the one line of figures (or hand over to the churn run).
+
+use std::net::UdpSocket;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use surv_proto::Form;
+
+use crate::procfs::{cpu_us, rss_kib};
+use crate::receiver::{receive_loop, Shared};
+use crate::server::{log_field, ServerProc};
+use crate::viewers::{form_of, register_all};
+use crate::{churn, Args, WAIT_LIMIT};
+
+/// Runs the server with `args.viewers` viewers whose frames arrive on `udp` (port `udp_port`).
+pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
+    let server = ServerProc::start(args)?;
+    let pid = server.pid();
+    // The server with its frames but no viewer: what each viewer adds is measured from here.
+    std::thread::sleep(Duration::from_millis(1000));
+    let rss_base_kib = rss_kib(&pid)?;
+
+    let shared = Arc::new(Shared::default());
+    let (end_tx, end_rx) = mpsc::channel();
+    let receiver = {
+        let shared = shared.clone();
+        let udp = udp.try_clone()?;
+        let seed_percent = args.seed_percent;
+        std::thread::Builder::new()
+            .name("load-recv".into())
+            .spawn(move || receive_loop(&udp, &shared, seed_percent, &end_rx))?
+    };
+    let gen_pid = std::process::id().to_string();
+
+    let t_reg = Instant::now();
+    let indices: Vec<usize> = (0..args.viewers).collect();
+    let (mut viewers, failed) = register_all(server.addr, &indices, udp_port, args.seed_percent);
+    let reg_secs = t_reg.elapsed().as_secs_f64();
+    if !failed.is_empty() {
+        eprintln!(
+            "surv-load: {} registrations failed, e.g. {}",
+            failed.len(),
+            failed[0]
+        );
+    }
+
+    if let Some(churn_secs) = args.churn_secs {
+        let result = churn::run(
+            args,
+            &server,
+            &shared,
+            &end_tx,
+            &mut viewers,
+            churn_secs,
+            rss_base_kib,
+            udp_port,
+        );
+        shared.stop.store(true, Relaxed);
+        let _ = receiver.join();
+        server.stop();
+        return result;
+    }
+
+    std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
+    let frames = (f64::from(args.fps) * args.seconds).round().max(1.0) as u64;
+    let lo = shared.max_seq.load(Relaxed) + 2;
+    shared.lo.store(lo, Relaxed);
+    shared.hi.store(lo + frames - 1, Relaxed);
+    wait_until("the first measured frame", || {
+        shared.max_seq.load(Relaxed) >= lo
+    })?;
+    let (srv0, gen0, t0) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, Instant::now());
+    wait_until("the last measured frame", || {
+        shared.max_seq.load(Relaxed) > lo + frames - 1
+    })?;
+    let (srv1, gen1, secs) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
+    let rss_kib_loaded = rss_kib(&pid)?;
+    // Late datagrams of the last measured frames still count.
+    std::thread::sleep(Duration::from_millis(300));
+    shared.stop.store(true, Relaxed);
+    let tallies = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    drop(viewers);
+    let log = server.stop();
+    let bytes = shared.bytes.load(Relaxed);
+
+    let n = args.viewers;
+    let mut counts: Vec<u32> = (0..n).map(|i| tallies.per_viewer[i]).collect();
+    counts.sort_unstable();
+    let worst = counts[0];
+    let median = counts[n / 2];
+    let delivered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    let measured_secs = frames as f64 / f64::from(args.fps);
+    let srv_cpu = srv1.saturating_sub(srv0);
+    let gen_cpu = gen1.saturating_sub(gen0);
+    let captured = log_field(&log, "captured").unwrap_or(0.0);
+    let encoded = log_field(&log, "encoded").unwrap_or(0.0);
+    let attempts = log_field(&log, "encode_attempts").unwrap_or(0.0);
+    let encode_us = log_field(&log, "encode_us").unwrap_or(0.0);
+    let (w, h) = args.size;
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "viewers={n} ({} seed) size={w}x{h}@{} ({} B/frame) measured={:.1}s | fps worst={:.1} median={:.1} | frames to worst viewer={:.2}% | server cpu/frame={:.2}us ({:.0}% of a core) gen cpu={:.0}% | rss={:.1}MiB ({:.1}MiB idle) per viewer={:.1}KiB | latency p50={:.2}ms p99={:.2}ms (kernel rx; app p99={:.2}ms) encode={:.2}ms | encodes/captured={:.3} (compress calls {:.3}) | registered in {reg_secs:.1}s, {} failed",
+        (0..n).filter(|&i| form_of(i, args.seed_percent) == Form::Seed).count(),
+        args.fps,
+        bytes / delivered.max(1),
+        measured_secs,
+        f64::from(worst) / measured_secs,
+        f64::from(median) / measured_secs,
+        100.0 * f64::from(worst) / frames as f64,
+        srv_cpu as f64 / delivered.max(1) as f64,
+        100.0 * srv_cpu as f64 / 1e6 / secs,
+        100.0 * gen_cpu as f64 / 1e6 / secs,
+        rss_kib_loaded as f64 / 1024.0,
+        rss_base_kib as f64 / 1024.0,
+        (rss_kib_loaded.saturating_sub(rss_base_kib)) as f64 / n as f64,
+        ms(tallies.latency_us.value_at_quantile(0.5)),
+        ms(tallies.latency_us.value_at_quantile(0.99)),
+        ms(tallies.app_latency_us.value_at_quantile(0.99)),
+        encode_us / encoded.max(1.0) / 1000.0,
+        encoded / captured.max(1.0),
+        attempts / captured.max(1.0),
+        failed.len(),
+    );
+    if tallies.untagged + tallies.ack_errors > 0 {
+        eprintln!(
+            "surv-load: {} untagged datagrams, {} ack send errors",
+            tallies.untagged, tallies.ack_errors
+        );
+    }
+    Ok(())
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
+    let until = Instant::now() + WAIT_LIMIT;
+    while !cond() {
+        if Instant::now() > until {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The receiving thread: every viewer's frames arrive on one UDP socket, are counted per viewer
+//! and timed (capture → receipt), and are acked from the viewer's own address as that viewer's
+//! form does.
+
+use std::collections::HashMap;
+use std::net::{SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use surv_proto::{Form, FrameTag};
+
+use crate::mmsg;
+use crate::viewers::{form_of, viewer_index, viewer_ip, MAX_VIEWER_INDEX};
+
+/// Datagrams per recvmmsg call.
+const RECV_BATCH: usize = 256;
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// What the receiving thread shares with the rest.
+#[derive(Default)]
+pub struct Shared {
+    pub stop: AtomicBool,
+    /// Newest frame number seen.
+    pub max_seq: AtomicU64,
+    /// Frames `lo..=hi` are the measured ones (hi = 0: not measuring yet).
+    pub lo: AtomicU64,
+    pub hi: AtomicU64,
+    pub datagrams: AtomicU64,
+    /// Bytes of the measured frames, all viewers.
+    pub bytes: AtomicU64,
+    /// Baseline mode: untagged datagrams (GStreamer's) are counted while this is set.
+    pub count_untagged: AtomicBool,
+}
+
+/// What the receiving thread found.
+pub struct Tallies {
+    /// Measured frames received, per viewer index.
+    pub per_viewer: Vec<u32>,
+    /// Capture → kernel receipt, µs, measured frames only.
+    pub latency_us: Histogram<u64>,
+    /// Capture → the generator reading it, µs.
+    pub app_latency_us: Histogram<u64>,
+    pub untagged: u64,
+    pub ack_errors: u64,
+}
+
+pub fn receive_loop(
+    sock: &UdpSocket,
+    shared: &Shared,
+    seed_percent: usize,
+    ends: &mpsc::Receiver<usize>,
+) -> Tallies {
+    let mut t = Tallies {
+        per_viewer: vec![0; MAX_VIEWER_INDEX],
+        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        app_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        untagged: 0,
+        ack_errors: 0,
+    };
+    let mut senders: HashMap<usize, SocketAddrV4> = HashMap::new();
+    let mut rb = mmsg::RecvBatch::new(RECV_BATCH);
+    let mut sb = mmsg::SendBatch::default();
+    let mut ack_text = String::with_capacity(32);
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(sock),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    while !shared.stop.load(Relaxed) {
+        while let Ok(index) = ends.try_recv() {
+            if let Some(to) = senders.remove(&index) {
+                sb.push(b"end", to, viewer_ip(index));
+            }
+        }
+        // SAFETY: one pollfd, alive for the call; 20 ms bound so that `stop` is seen.
+        unsafe { libc::poll(&mut pfd, 1, 20) };
+        // Drain what is queued, a bounded number of batches before looking at `stop` again.
+        for _ in 0..64 {
+            let (lo, hi) = (shared.lo.load(Relaxed), shared.hi.load(Relaxed));
+            let now_ns = unix_ns();
+            let got = rb.recv(sock, |d| {
+                let Some(index) = viewer_index(d.to) else {
+                    return;
+                };
+                let Ok(tag) = FrameTag::decode(d.prefix) else {
+                    t.untagged += 1;
+                    if shared.count_untagged.load(Relaxed) {
+                        t.per_viewer[index] += 1;
+                        shared.bytes.fetch_add(d.len as u64, Relaxed);
+                    }
+                    return;
+                };
+                senders.insert(index, d.from);
+                shared.datagrams.fetch_add(1, Relaxed);
+                if tag.seq > shared.max_seq.load(Relaxed) {
+                    shared.max_seq.store(tag.seq, Relaxed);
+                }
+                if hi != 0 && (lo..=hi).contains(&tag.seq) {
+                    t.per_viewer[index] += 1;
+                    shared.bytes.fetch_add(d.len as u64, Relaxed);
+                    let cap_ns = tag.capture_unix_us * 1000;
+                    if let Some(rx) = d.rx_unix_ns {
+                        let _ = t.latency_us.record(rx.saturating_sub(cap_ns) / 1000 + 1);
+                    }
+                    let _ = t
+                        .app_latency_us
+                        .record(now_ns.saturating_sub(cap_ns) / 1000 + 1);
+                }
+                ack_text.clear();
+                match form_of(index, seed_percent) {
+                    Form::Seed => ack_text.push_str("continue"),
+                    Form::V1 => {
+                        use std::fmt::Write as _;
+                        let _ = write!(ack_text, "continue {}", tag.seq);
+                    }
+                }
+                sb.push(ack_text.as_bytes(), d.from, d.to);
+            });
+            if sb.len() > 0 && sb.flush(sock).is_err() {
+                t.ack_errors += 1;
+            }
+            match got {
+                Ok(n) if n == RECV_BATCH => continue,
+                _ => break,
+            }
+        }
+        if sb.len() > 0 && sb.flush(sock).is_err() {
+            t.ack_errors += 1;
+        }
+    }
+    t
+}

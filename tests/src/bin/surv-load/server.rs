@@ -1,0 +1,125 @@
+//! The surv-server under test, as its own process: started on loopback with the test pattern,
+//! waited for until it listens, stopped with SIGTERM (then SIGKILL), and its log read back.
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::{Args, WAIT_LIMIT};
+
+/// The server process; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct ServerProc {
+    child: Child,
+    pub addr: SocketAddrV4,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProc {
+    pub fn start(args: &Args) -> anyhow::Result<ServerProc> {
+        let exe = match &args.server {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("no folder for this binary")?
+                .join("surv-server"),
+        };
+        if !exe.exists() {
+            bail!(
+                "no server binary at {}: build it with `cargo build --release -p surv-server -p surv-tests`, or pass --server",
+                exe.display()
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("server.log");
+        let (w, h) = args.size;
+        let child = Command::new(&exe)
+            .args(["--source", "test", "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .args([
+                "--size",
+                &format!("{w}x{h}"),
+                "--fps",
+                &args.fps.to_string(),
+            ])
+            .args(["--max-viewers", &(args.viewers + 64).to_string()])
+            .arg("--log-dir")
+            .arg(dir.path())
+            .args(&args.server_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let srv = ServerProc {
+            child,
+            addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            log,
+            _dir: dir,
+        };
+        let until = Instant::now() + WAIT_LIMIT;
+        while TcpStream::connect_timeout(&srv.addr.into(), Duration::from_secs(1)).is_err() {
+            if Instant::now() > until {
+                bail!(
+                    "the server did not listen on {}: {}",
+                    srv.addr,
+                    srv.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(srv)
+    }
+
+    pub fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (bounded) and returns the server's log.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.log_text()
+    }
+
+    fn terminate(&mut self) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// A `key=value` number from the server's final stats line.
+pub fn log_field(log: &str, key: &str) -> Option<f64> {
+    let line = log.lines().rev().find(|l| l.contains("final stats"))?;
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    let v: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    v.parse().ok()
+}
