@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     cam: u32,
     /// Frame size WIDTHxHEIGHT (even numbers).
-    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = parse_size)]
+    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = surv_proto::parse_size)]
     size: (u32, u32),
     /// Frames per second to capture.
     #[arg(long, value_name = "F", default_value_t = 30)]
@@ -72,15 +72,6 @@ struct Args {
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or("expected WIDTHxHEIGHT, e.g. 640x480")?;
-    let w = w.trim().parse().map_err(|_| format!("bad width {w:?}"))?;
-    let h = h.trim().parse().map_err(|_| format!("bad height {h:?}"))?;
-    Ok((w, h))
 }
 
 fn secs(value: f64, flag: &str) -> anyhow::Result<Duration> {

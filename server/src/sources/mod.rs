@@ -35,6 +35,7 @@ use crate::capture::FrameSink;
 use test_pattern::{MAX_FPS, MAX_HEIGHT_PX, MAX_WIDTH_PX, MIN_SIDE_PX};
 
 pub use blocking::{FrameReader, OnThread};
+pub use surv_proto::unix_micros_now;
 pub use test_pattern::TestPattern;
 
 /// How the bytes of a [`RawFrame`] are laid out.
@@ -163,13 +164,6 @@ pub trait Source: Send + 'static {
     /// so it must open afresh each time. It calls [`FrameSink::opened`] once open, before the
     /// first frame.
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a>;
-}
-
-/// Microseconds since the Unix epoch, from the system clock (0 if the clock is before 1970).
-pub fn unix_micros_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
