@@ -46,7 +46,8 @@ pub struct Config {
     pub register_timeout: Duration,
     /// After the seed form's bare digits, how long a pause means "that was all of it".
     pub seed_settle: Duration,
-    /// Registrations being read at once; more connections are closed at once (counted).
+    /// Registrations being read at once; when all are taken, the oldest one is refused to make
+    /// room for a new connection (so idle connections cannot lock viewers out).
     pub max_pending_registrations: usize,
     /// Frames a session may send without an ack (see [`watchers::udp::window`]).
     pub max_in_flight: usize,

@@ -2,15 +2,15 @@
 //! and a size cap, refuses explicitly (a reason on the wire and in the journal), and runs the
 //! admitted session.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use surv_proto::{Form, RegError, Registration, Reply, StreamParams, MAX_REGISTRATION_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +38,7 @@ pub(crate) async fn accept_loop(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    let pending = Arc::new(Semaphore::new(server.config.max_pending_registrations));
+    let pending = Arc::new(Pending::default());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -52,22 +52,21 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            server.stats.refused.fetch_add(1, Relaxed);
-            server
-                .journal
-                .refuse(peer, None, "too many registrations in progress");
-            continue; // dropping `tcp` closes it
-        };
+        let place = Pending::enter(&pending, server.config.max_pending_registrations);
         let server = server.clone();
         let shutdown = shutdown.clone();
         let sessions = tracker.clone();
         tracker.spawn(async move {
             let registration = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
+                () = place.evicted.cancelled() => Err(Unregistered::Refused(
+                    None,
+                    "too many registrations in progress: this one was the slowest".into(),
+                )),
                 res = read_registration(&mut tcp, &server.config) => res,
             };
-            drop(permit);
+            drop(place);
             match registration {
                 Ok(reg) => admit(server, tcp, peer, reg, &sessions, shutdown).await,
                 // A port check (connect, close) is no registration: counted, not journalled.
@@ -80,6 +79,62 @@ pub(crate) async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Registrations being read, oldest first. When all `max_pending_registrations` places are
+/// taken, a new connection takes the place of the oldest one, which is refused with a reason:
+/// an honest registration sends its line within milliseconds of connecting, so connections
+/// held open without finishing theirs (a slowloris) push out each other, not honest viewers.
+#[derive(Default)]
+struct Pending {
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    next: u64,
+    /// By arrival: each registration's eviction token.
+    live: BTreeMap<u64, CancellationToken>,
+}
+
+/// A registration's place among the pending ones; given back when dropped.
+struct Place {
+    pending: Arc<Pending>,
+    id: u64,
+    /// Cancelled when a newer connection takes this place.
+    evicted: CancellationToken,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a new connection, evicting the oldest pending one when all `max` are taken.
+    fn enter(pending: &Arc<Pending>, max: usize) -> Place {
+        let mut inner = pending.lock();
+        while inner.live.len() >= max.max(1) {
+            match inner.live.pop_first() {
+                Some((_, oldest)) => oldest.cancel(),
+                None => break,
+            }
+        }
+        let id = inner.next;
+        inner.next += 1;
+        let evicted = CancellationToken::new();
+        inner.live.insert(id, evicted.clone());
+        Place {
+            pending: pending.clone(),
+            id,
+            evicted,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.pending.lock().live.remove(&self.id);
     }
 }
 
@@ -246,6 +301,23 @@ async fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_connection_takes_the_place_of_the_oldest_pending_one() {
+        let pending = Arc::new(Pending::default());
+        let a = Pending::enter(&pending, 2);
+        let b = Pending::enter(&pending, 2);
+        assert!(!a.evicted.is_cancelled() && !b.evicted.is_cancelled());
+        let c = Pending::enter(&pending, 2);
+        assert!(a.evicted.is_cancelled(), "the oldest is pushed out");
+        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
+        drop(b);
+        // A place given back leaves room: nobody else is evicted.
+        let d = Pending::enter(&pending, 2);
+        assert!(!c.evicted.is_cancelled() && !d.evicted.is_cancelled());
+        drop((a, c, d));
+        assert!(pending.lock().live.is_empty());
+    }
 
     #[test]
     fn failed_registrations_are_attributed_to_a_form() {
