@@ -210,7 +210,12 @@ mod tests {
         assert_eq!(bgrx_bytes(7680, 4320).unwrap(), 7680 * 4320 * 4);
         assert_eq!(bgrx_bytes(4320, 7680).unwrap(), 7680 * 4320 * 4);
         assert_eq!(bgrx_bytes(32, 16).unwrap(), 32 * 16 * 4);
-        for (w, h) in [(7681, 4320), (4320, 7681), (65_535, 65_535), (usize::MAX, 2)] {
+        for (w, h) in [
+            (7681, 4320),
+            (4320, 7681),
+            (65_535, 65_535),
+            (usize::MAX, 2),
+        ] {
             assert!(
                 matches!(bgrx_bytes(w, h), Err(DecodeError::TooBig { width, height })
                     if (width, height) == (w, h)),
