@@ -3,11 +3,11 @@
 //!
 //! Only closed segments are candidates (`surv-*.avi` / `surv-*.mp4`, the names the recorder
 //! gives on close); a `.part` being written, and any other file, are never touched. Oldest is by
-//! the capture time in the name (`surv-YYYYmmdd-HHMMSS[-N]`, read by the recorder's
-//! [`naming`](crate::recorder::naming), which also builds it), then by modification time, so
-//! segments from other viewers sharing the folder age together; a `surv-*` name of another form
-//! counts as older than all of them. The recorder enforces the cap after each segment it closes:
-//! the folder holds at most the cap plus the one segment being written.
+//! the capture time in the name (`surv-YYYYmmdd-HHMMSS[-N]`, parsed by `recorder::naming`, which
+//! also builds it), then by modification time, so segments from other viewers sharing the folder
+//! age together; a `surv-*` name of another form counts as older than all of them. The recorder
+//! enforces the cap after each segment it closes: the folder holds at most the cap plus the one
+//! segment being written.
 
 use std::fs;
 use std::io;

@@ -13,7 +13,7 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// over 9 hours at 30 fps, where the server drops a viewer that stops acking within seconds. A
 /// bigger jump is the numbering starting over (or a datagram lying about its number), not a loss
 /// of up to 2^64 frames: counting restarts from the new number.
-const MAX_SEQ_GAP: u64 = 1 << 20;
+pub const MAX_SEQ_GAP: u64 = 1 << 20;
 
 /// Counts for one stream, kept by the receiving loop.
 #[derive(Debug)]
