@@ -8,11 +8,27 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
+use thiserror::Error;
 
 use crate::display::{Image, Latest};
 
 /// Frames waiting to be decoded at most.
 const QUEUE_FRAMES: usize = 8;
+
+/// The largest picture decoded, in pixels: 8K UHD (7680x4320), the largest frame surv's server
+/// makes, in either orientation. The output buffer is sized from the JPEG header, which the peer
+/// writes: a header claiming 65500x65500 would otherwise ask for 17 GB. At this cap the buffer
+/// is at most about 127 MiB.
+pub const MAX_FRAME_PIXELS: usize = 7680 * 4320;
+
+/// Why a frame was not decoded.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("cannot decode the JPEG: {0}")]
+    Jpeg(#[from] turbojpeg::Error),
+    #[error("frame size {width}x{height} is over the {MAX_FRAME_PIXELS}-pixel cap")]
+    TooBig { width: usize, height: usize },
+}
 
 /// What the decoder did, reported when it ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -100,16 +116,27 @@ fn decode_loop(rx: &Receiver<Bytes>, latest: Option<&Latest>) -> DecodeCounts {
 }
 
 /// Decodes one JPEG into `out` as BGRX bytes, which read as little-endian `u32` are the
-/// `0x00RRGGBB` pixels the window wants.
+/// `0x00RRGGBB` pixels the window wants. A header over [`MAX_FRAME_PIXELS`] is refused before
+/// anything is allocated.
 pub fn decode_bgrx(
     d: &mut turbojpeg::Decompressor,
     jpeg: &[u8],
     out: &mut Vec<u8>,
-) -> Result<(usize, usize), turbojpeg::Error> {
-    let header = d.read_header(jpeg)?;
+) -> Result<(usize, usize), DecodeError> {
+    let header = match d.read_header(jpeg) {
+        Ok(header) => header,
+        Err(e) => {
+            // A header that fails after its frame size was read (a side over libjpeg-turbo's
+            // 65500) leaves the decompressor mid-header, and every later frame would fail with
+            // "two SOI markers": one bad datagram must not end the picture, so start afresh.
+            *d = turbojpeg::Decompressor::new()?;
+            return Err(e.into());
+        }
+    };
     let (width, height) = (header.width, header.height);
+    out.resize(bgrx_bytes(width, height)?, 0);
+    // In range: the width is at most the whole buffer's pixels.
     let pitch = width * 4;
-    out.resize(pitch * height, 0);
     d.decompress(
         jpeg,
         turbojpeg::Image {
@@ -123,27 +150,34 @@ pub fn decode_bgrx(
     Ok((width, height))
 }
 
+/// The size of a `width` x `height` BGRX picture, if it is within [`MAX_FRAME_PIXELS`].
+fn bgrx_bytes(width: usize, height: usize) -> Result<usize, DecodeError> {
+    width
+        .checked_mul(height)
+        .filter(|&pixels| pixels <= MAX_FRAME_PIXELS)
+        .map(|pixels| pixels * 4)
+        .ok_or(DecodeError::TooBig { width, height })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
 
     fn jpeg(width: usize, height: usize, rgb: [u8; 3]) -> Vec<u8> {
-        let pixels: Vec<u8> = rgb
-            .iter()
-            .copied()
-            .cycle()
-            .take(width * height * 3)
-            .collect();
-        let image = turbojpeg::Image {
-            pixels: pixels.as_slice(),
-            width,
-            pitch: width * 3,
-            height,
-            format: turbojpeg::PixelFormat::RGB,
-        };
-        turbojpeg::compress(image, 95, turbojpeg::Subsamp::None)
-            .unwrap()
-            .to_vec()
+        test_jpeg(width, height, Picture::Solid(rgb), 95, Subsamp::None)
+    }
+
+    /// `jpeg` with the size in its frame header (SOF0) replaced: what a peer can send.
+    fn claiming_size(mut jpeg: Vec<u8>, width: u16, height: u16) -> Vec<u8> {
+        let sof = jpeg
+            .windows(2)
+            .position(|m| m == [0xFF, 0xC0])
+            .expect("a baseline JPEG has an SOF0 segment");
+        // FF C0, length (2), precision (1), height (2), width (2).
+        jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        jpeg
     }
 
     #[test]
@@ -168,6 +202,67 @@ mod tests {
         assert!(
             r.abs_diff(200) < 6 && g.abs_diff(100) < 6 && b.abs_diff(50) < 6,
             "{px:06x}"
+        );
+    }
+
+    #[test]
+    fn the_cap_admits_8k_either_way_and_nothing_bigger() {
+        assert_eq!(bgrx_bytes(7680, 4320).unwrap(), 7680 * 4320 * 4);
+        assert_eq!(bgrx_bytes(4320, 7680).unwrap(), 7680 * 4320 * 4);
+        assert_eq!(bgrx_bytes(32, 16).unwrap(), 32 * 16 * 4);
+        for (w, h) in [
+            (7681, 4320),
+            (4320, 7681),
+            (65_535, 65_535),
+            (usize::MAX, 2),
+        ] {
+            assert!(
+                matches!(bgrx_bytes(w, h), Err(DecodeError::TooBig { width, height })
+                    if (width, height) == (w, h)),
+                "{w}x{h}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_a_huge_frame_is_refused_without_allocating() {
+        let small = jpeg(32, 16, [10, 20, 30]);
+        let mut d = turbojpeg::Decompressor::new().unwrap();
+        // 65500 is the largest side libjpeg-turbo reads; here the cap must refuse it.
+        for (w, h) in [(65_500, 65_500), (7681, 4320)] {
+            let big = claiming_size(small.clone(), w, h);
+            let mut out = Vec::new();
+            let err = decode_bgrx(&mut d, &big, &mut out).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::TooBig { width, height }
+                    if (width, height) == (usize::from(w), usize::from(h))),
+                "{w}x{h}: {err}"
+            );
+            assert_eq!(out.capacity(), 0, "{w}x{h}: allocated for a refused frame");
+        }
+        let mut out = Vec::new();
+        assert_eq!(decode_bgrx(&mut d, &small, &mut out).unwrap(), (32, 16));
+        assert_eq!(out.len(), 32 * 16 * 4);
+    }
+
+    /// Frames claiming 65535x65535 (which libjpeg-turbo refuses half-way through the header) and
+    /// 65500x65500 (which the cap refuses) are counted as failures, and the frames after them
+    /// still decode.
+    #[test]
+    fn huge_frames_are_counted_failures_and_the_next_frame_decodes() {
+        let small = jpeg(32, 16, [10, 20, 30]);
+        let mut d = Decoder::spawn(None).unwrap();
+        for (w, h) in [(65_535, 65_535), (65_500, 65_500)] {
+            d.push(Bytes::from(claiming_size(small.clone(), w, h)));
+            d.push(Bytes::from(small.clone()));
+        }
+        assert_eq!(
+            d.finish(),
+            DecodeCounts {
+                decoded: 2,
+                failed: 2,
+                skipped: 0
+            }
         );
     }
 }

@@ -5,6 +5,10 @@
 //! the recorder decides which frames to drop, and counts them. Every picture it is handed comes
 //! back coded, and the caller asks for an IDR picture where a fragment starts, so that each
 //! fragment of the file can be decoded on its own.
+//!
+//! The encoder writes Annex B (start codes); each picture is handed out as an
+//! [`AvcAccessUnit`]: length-prefixed NAL units with the SPS and PPS apart, the form MP4 stores
+//! ([`mp4`](crate::mp4) takes it from here; this codec knows nothing of the container).
 
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, RateControlMode,
@@ -14,8 +18,6 @@ use openh264::formats::{RgbSliceU8, YUVBuffer, YUVSlices, YUVSource};
 use openh264::{OpenH264API, Timestamp};
 use thiserror::Error;
 use turbojpeg::{Decompressor, PixelFormat, Subsamp, YuvImage};
-
-use crate::mp4::{annexb_to_avc, AvcAccessUnit};
 
 /// Bits per pixel per frame the rate control aims at: about 0.9 Mbit/s at 640x480@30 and
 /// 2.8 Mbit/s at 1280x720@30, where a scene from a fixed camera looks clean.
@@ -159,23 +161,106 @@ impl JpegToH264 {
     }
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use turbojpeg::Image;
+/// Converts an Annex B byte stream (NAL units after `00 00 01` or `00 00 00 01` start codes) to
+/// the length-prefixed form MP4 stores, and returns the SPS and PPS found, which MP4 keeps in
+/// `avcC` rather than in the samples.
+pub fn annexb_to_avc(annexb: &[u8]) -> AvcAccessUnit {
+    let mut unit = AvcAccessUnit::default();
+    for nal in split_annexb(annexb) {
+        let Some(&header) = nal.first() else { continue };
+        match header & 0x1F {
+            7 => unit.sps = Some(nal.to_vec()),
+            8 => unit.pps = Some(nal.to_vec()),
+            // Access unit delimiters and filler: nothing a player needs.
+            9 | 12 => {}
+            kind => {
+                if kind == 5 {
+                    unit.idr = true;
+                }
+                let len = u32::try_from(nal.len()).unwrap_or(u32::MAX);
+                unit.data.extend_from_slice(&len.to_be_bytes());
+                unit.data.extend_from_slice(nal);
+            }
+        }
+    }
+    unit
+}
 
-    pub(crate) fn jpeg(width: usize, height: usize, seq: u8, subsamp: Subsamp) -> Vec<u8> {
-        let pixels: Vec<u8> = (0..width * height * 3)
-            .map(|i| ((i / 3) % width + (i / 3) / width + usize::from(seq) * 4 + i % 3 * 60) as u8)
-            .collect();
-        let image = Image {
-            pixels: &pixels[..],
+/// One encoded picture in MP4 form.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AvcAccessUnit {
+    /// Length-prefixed NAL units, without SPS and PPS.
+    pub data: Vec<u8>,
+    pub sps: Option<Vec<u8>>,
+    pub pps: Option<Vec<u8>>,
+    /// Holds an IDR slice.
+    pub idr: bool,
+}
+
+/// The NAL units of an Annex B stream, without their start codes.
+fn split_annexb(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    // Start-code positions (index of the byte after `00 00 01`).
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= buf.len() {
+        if buf[i] == 0 && buf[i + 1] == 0 && buf[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts
+        .iter()
+        .skip(1)
+        .map(|&s| {
+            // The next unit's start code, and a leading zero of a 4-byte one, are not ours.
+            let mut e = s - 3;
+            while e > 0 && buf[e - 1] == 0 {
+                e -= 1;
+            }
+            e
+        })
+        .chain(std::iter::once(buf.len()))
+        .collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(move |(s, e)| &buf[s..e.max(s)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use surv_tests::fixtures::{test_jpeg, Picture};
+
+    fn jpeg(width: usize, height: usize, seq: u8, subsamp: Subsamp) -> Vec<u8> {
+        test_jpeg(
             width,
-            pitch: width * 3,
             height,
-            format: PixelFormat::RGB,
-        };
-        turbojpeg::compress(image, 85, subsamp).unwrap().to_vec()
+            Picture::Gradient(u64::from(seq)),
+            85,
+            subsamp,
+        )
+    }
+
+    #[test]
+    fn annexb_splits_and_strips_parameter_sets() {
+        let stream = [
+            &[0, 0, 0, 1, 0x67, 1, 2, 3][..], // SPS
+            &[0, 0, 0, 1, 0x68, 4][..],       // PPS
+            &[0, 0, 1, 0x65, 9, 9, 0][..],    // IDR slice ending in a zero byte... of the next code
+            &[0, 0, 0, 1, 0x41, 7][..],       // non-IDR slice
+        ]
+        .concat();
+        let unit = annexb_to_avc(&stream);
+        assert_eq!(unit.sps.as_deref(), Some(&[0x67, 1, 2, 3][..]));
+        assert_eq!(unit.pps.as_deref(), Some(&[0x68, 4][..]));
+        assert!(unit.idr);
+        // Trailing zeros before a start code belong to the start code (Annex B's zero_byte).
+        assert_eq!(unit.data, [0, 0, 0, 3, 0x65, 9, 9, 0, 0, 0, 2, 0x41, 7]);
+        assert_eq!(annexb_to_avc(&[]), AvcAccessUnit::default());
+        assert_eq!(annexb_to_avc(&[0, 0, 1]).data, Vec::<u8>::new());
     }
 
     #[test]

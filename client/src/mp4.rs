@@ -290,98 +290,11 @@ fn init_segment(width: u16, height: u16, sps: &[u8], pps: &[u8]) -> io::Result<V
     Ok(buf)
 }
 
-/// Converts an Annex B byte stream (NAL units after `00 00 01` or `00 00 00 01` start codes) to
-/// the length-prefixed form MP4 stores, and returns the SPS and PPS found, which MP4 keeps in
-/// `avcC` rather than in the samples.
-pub fn annexb_to_avc(annexb: &[u8]) -> AvcAccessUnit {
-    let mut unit = AvcAccessUnit::default();
-    for nal in split_annexb(annexb) {
-        let Some(&header) = nal.first() else { continue };
-        match header & 0x1F {
-            7 => unit.sps = Some(nal.to_vec()),
-            8 => unit.pps = Some(nal.to_vec()),
-            // Access unit delimiters and filler: nothing a player needs.
-            9 | 12 => {}
-            kind => {
-                if kind == 5 {
-                    unit.idr = true;
-                }
-                let len = u32::try_from(nal.len()).unwrap_or(u32::MAX);
-                unit.data.extend_from_slice(&len.to_be_bytes());
-                unit.data.extend_from_slice(nal);
-            }
-        }
-    }
-    unit
-}
-
-/// One encoded picture in MP4 form.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct AvcAccessUnit {
-    /// Length-prefixed NAL units, without SPS and PPS.
-    pub data: Vec<u8>,
-    pub sps: Option<Vec<u8>>,
-    pub pps: Option<Vec<u8>>,
-    /// Holds an IDR slice.
-    pub idr: bool,
-}
-
-/// The NAL units of an Annex B stream, without their start codes.
-fn split_annexb(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    // Start-code positions (index of the byte after `00 00 01`).
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= buf.len() {
-        if buf[i] == 0 && buf[i + 1] == 0 && buf[i + 2] == 1 {
-            starts.push(i + 3);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let ends: Vec<usize> = starts
-        .iter()
-        .skip(1)
-        .map(|&s| {
-            // The next unit's start code, and a leading zero of a 4-byte one, are not ours.
-            let mut e = s - 3;
-            while e > 0 && buf[e - 1] == 0 {
-                e -= 1;
-            }
-            e
-        })
-        .chain(std::iter::once(buf.len()))
-        .collect();
-    starts
-        .into_iter()
-        .zip(ends)
-        .map(move |(s, e)| &buf[s..e.max(s)])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use mp4_atom::{Any, Decode};
     use std::io::Cursor;
-
-    #[test]
-    fn annexb_splits_and_strips_parameter_sets() {
-        let stream = [
-            &[0, 0, 0, 1, 0x67, 1, 2, 3][..], // SPS
-            &[0, 0, 0, 1, 0x68, 4][..],       // PPS
-            &[0, 0, 1, 0x65, 9, 9, 0][..],    // IDR slice ending in a zero byte... of the next code
-            &[0, 0, 0, 1, 0x41, 7][..],       // non-IDR slice
-        ]
-        .concat();
-        let unit = annexb_to_avc(&stream);
-        assert_eq!(unit.sps.as_deref(), Some(&[0x67, 1, 2, 3][..]));
-        assert_eq!(unit.pps.as_deref(), Some(&[0x68, 4][..]));
-        assert!(unit.idr);
-        // Trailing zeros before a start code belong to the start code (Annex B's zero_byte).
-        assert_eq!(unit.data, [0, 0, 0, 3, 0x65, 9, 9, 0, 0, 0, 2, 0x41, 7]);
-        assert_eq!(annexb_to_avc(&[]), AvcAccessUnit::default());
-        assert_eq!(annexb_to_avc(&[0, 0, 1]).data, Vec::<u8>::new());
-    }
 
     #[test]
     fn fragments_parse_back_with_their_timing() {

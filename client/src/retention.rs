@@ -3,16 +3,19 @@
 //!
 //! Only closed segments are candidates (`surv-*.avi` / `surv-*.mp4`, the names the recorder
 //! gives on close); a `.part` being written, and any other file, are never touched. Oldest is by
-//! the capture time in the name (`surv-YYYYmmdd-HHMMSS[-N]`), then by modification time, so
-//! segments from other viewers sharing the folder age together. The recorder enforces the cap
-//! after each segment it closes: the folder holds at most the cap plus the one segment being
-//! written.
+//! the capture time in the name (`surv-YYYYmmdd-HHMMSS[-N]`, parsed by `recorder::naming`, which
+//! also builds it), then by modification time, so segments from other viewers sharing the folder
+//! age together; a `surv-*` name of another form counts as older than all of them. The recorder
+//! enforces the cap after each segment it closes: the folder holds at most the cap plus the one
+//! segment being written.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::SystemTime;
+
+use crate::recorder::naming::{self, SegmentName};
 
 /// How much to keep; `None` is no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,7 +43,7 @@ pub struct Closed {
 
 /// Whether `name` is a closed segment's name.
 pub fn is_closed_segment(name: &str) -> bool {
-    name.starts_with("surv-") && (name.ends_with(".avi") || name.ends_with(".mp4"))
+    naming::is_closed(name)
 }
 
 /// Closed segments in `dir`, oldest first.
@@ -64,28 +67,12 @@ pub fn closed_segments(dir: &Path) -> io::Result<Vec<Closed>> {
             modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         });
     }
-    out.sort_by(|a, b| {
-        age_key(&a.path)
-            .cmp(&age_key(&b.path))
-            .then(a.modified.cmp(&b.modified))
-            .then(a.path.cmp(&b.path))
+    out.sort_by_cached_key(|c| {
+        let name = c.path.file_name().and_then(|n| n.to_str());
+        let age = name.and_then(naming::parse).map(SegmentName::into_age);
+        (age, c.modified, c.path.clone())
     });
     Ok(out)
-}
-
-/// `YYYYmmdd-HHMMSS` and the `-N` suffix as a number, so `-10` sorts after `-9`.
-fn age_key(path: &Path) -> (String, u32) {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default();
-    let stamp = stem.get(5..20).unwrap_or(stem).to_string();
-    let n = stem
-        .get(20..)
-        .and_then(|s| s.strip_prefix('-'))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (stamp, n)
 }
 
 /// What [`enforce`] did.
@@ -266,5 +253,29 @@ mod tests {
             .unwrap()
             .deleted
             .is_empty());
+    }
+
+    /// A `surv-*.avi` the recorder did not name (hand-copied, or a clock past year 9999) is
+    /// still a candidate, and goes before the recorder's own segments.
+    #[test]
+    fn names_of_another_form_count_as_oldest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        touch(d, "surv-20260101-000100.avi", 100);
+        touch(d, "surv-+100000101-000000.avi", 100);
+        touch(d, "surv-copy.mp4", 100);
+        let order: Vec<String> = closed_segments(d)
+            .unwrap()
+            .iter()
+            .map(|c| c.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2], "surv-20260101-000100.avi");
+        let keep_one = Retention {
+            max_bytes: None,
+            max_segments: Some(1),
+        };
+        assert_eq!(enforce(d, &keep_one).unwrap().deleted.len(), 2);
+        assert_eq!(names(d), ["surv-20260101-000100.avi"]);
     }
 }

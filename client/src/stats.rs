@@ -9,12 +9,21 @@ use hdrhistogram::Histogram;
 /// Latencies above this are clamped into the top bucket (an hour, in µs).
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+/// The largest sequence gap, forward or back, read as frames lost or reordered: 2^20 frames,
+/// over 9 hours at 30 fps, where the server drops a viewer that stops acking within seconds. A
+/// bigger jump is the numbering starting over (or a datagram lying about its number), not a loss
+/// of up to 2^64 frames: counting restarts from the new number.
+pub const MAX_SEQ_GAP: u64 = 1 << 20;
+
 /// Counts for one stream, kept by the receiving loop.
 #[derive(Debug)]
 pub struct StreamStats {
     started: Instant,
-    first_seq: Option<u64>,
-    max_seq: u64,
+    /// The newest sequence number seen, `None` before the first frame.
+    newest_seq: Option<u64>,
+    /// Frames the stream carried from the first one seen to the newest, summed over every
+    /// restart of the numbering: what `received` would be with no loss.
+    carried: u64,
     /// Datagrams with a readable frame tag.
     pub received: u64,
     /// Tagged frames that arrived after a newer one (still counted as received).
@@ -23,6 +32,8 @@ pub struct StreamStats {
     pub ignored: u64,
     /// Frames whose capture time lay in the future by our clock (clocks disagree): no latency.
     pub clock_skewed: u64,
+    /// Jumps of the sequence number by more than [`MAX_SEQ_GAP`]: counting started over there.
+    pub seq_restarts: u64,
     latency_us: Histogram<u64>,
     /// When the first and the latest frame arrived, for the frame rate.
     first_at: Option<Instant>,
@@ -39,12 +50,13 @@ impl StreamStats {
     pub fn new() -> StreamStats {
         StreamStats {
             started: Instant::now(),
-            first_seq: None,
-            max_seq: 0,
+            newest_seq: None,
+            carried: 0,
             received: 0,
             reordered: 0,
             ignored: 0,
             clock_skewed: 0,
+            seq_restarts: 0,
             // 3 significant digits over 1 µs ..= 1 h: a few tens of KiB, fixed.
             latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("static histogram bounds are valid"),
@@ -59,14 +71,7 @@ impl StreamStats {
         self.first_at.get_or_insert(now);
         self.last_at = Some(now);
         self.received += 1;
-        match self.first_seq {
-            None => {
-                self.first_seq = Some(seq);
-                self.max_seq = seq;
-            }
-            Some(_) if seq > self.max_seq => self.max_seq = seq,
-            Some(_) => self.reordered += 1,
-        }
+        self.on_seq(seq);
         match now_unix_us.checked_sub(capture_unix_us) {
             Some(us) => self
                 .latency_us
@@ -75,12 +80,35 @@ impl StreamStats {
         }
     }
 
+    /// Places `seq` against the newest number seen. The numbers come from the network, so the
+    /// distance is taken modulo 2^64 and judged against [`MAX_SEQ_GAP`], as RTP receivers judge
+    /// theirs (RFC 3550 appendix A.1): no arithmetic on them can overflow, `u64::MAX` followed
+    /// by 0 is one step forward, and a number far from the newest either way restarts counting.
+    fn on_seq(&mut self, seq: u64) {
+        let Some(newest) = self.newest_seq else {
+            self.newest_seq = Some(seq);
+            self.carried = 1;
+            return;
+        };
+        let ahead = seq.wrapping_sub(newest);
+        let behind = newest.wrapping_sub(seq);
+        if (1..=MAX_SEQ_GAP).contains(&ahead) {
+            self.newest_seq = Some(seq);
+            self.carried = self.carried.saturating_add(ahead);
+        } else if behind <= MAX_SEQ_GAP {
+            // Older than the newest (or a duplicate): already counted as carried.
+            self.reordered += 1;
+        } else {
+            self.seq_restarts += 1;
+            self.newest_seq = Some(seq);
+            self.carried = self.carried.saturating_add(1);
+        }
+    }
+
     /// Frames between the first and newest sequence number that never arrived: lost on the
     /// network or skipped by the server because this viewer was behind.
     pub fn lost(&self) -> u64 {
-        self.first_seq.map_or(0, |first| {
-            (self.max_seq - first + 1).saturating_sub(self.received)
-        })
+        self.carried.saturating_sub(self.received)
     }
 
     /// Lost frames as a share of the frames the stream carried while we watched.
@@ -179,6 +207,66 @@ mod tests {
         assert_eq!(s.reordered, 1);
         assert_eq!(s.lost(), 2, "14 and 15 never came");
         assert!((s.loss_ratio() - 2.0 / 7.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sequence_wrapping_past_u64_max_is_one_step() {
+        let mut s = StreamStats::new();
+        for seq in [u64::MAX - 2, u64::MAX, 0, 2] {
+            s.on_frame(seq, 1_000, 3_000);
+        }
+        assert_eq!(s.received, 4);
+        assert_eq!(s.reordered, 0);
+        assert_eq!(s.seq_restarts, 0);
+        assert_eq!(s.lost(), 2, "u64::MAX - 1 and 1 never came");
+    }
+
+    #[test]
+    fn a_first_seq_of_zero_then_u64_max_neither_overflows_nor_loses_2_pow_64() {
+        let mut s = StreamStats::new();
+        for seq in [0, 1, u64::MAX, 2] {
+            s.on_frame(seq, 1_000, 3_000);
+        }
+        // u64::MAX is two steps behind 1: an old frame, not a new one 2^64 ahead.
+        assert_eq!(s.reordered, 1);
+        assert_eq!(s.seq_restarts, 0);
+        assert_eq!(s.lost(), 0);
+    }
+
+    #[test]
+    fn a_jump_back_to_zero_restarts_counting() {
+        let mut s = StreamStats::new();
+        for seq in [5_000_000, 5_000_001, 0, 1, 3] {
+            s.on_frame(seq, 1_000, 3_000);
+        }
+        assert_eq!(s.received, 5);
+        assert_eq!(s.seq_restarts, 1);
+        assert_eq!(s.lost(), 1, "2 never came; the jump itself lost nothing");
+        assert!((s.loss_ratio() - 1.0 / 6.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_huge_jump_forward_restarts_counting() {
+        let mut s = StreamStats::new();
+        for seq in [10, 11, 1 << 40, (1 << 40) + 2] {
+            s.on_frame(seq, 1_000, 3_000);
+        }
+        assert_eq!(s.received, 4);
+        assert_eq!(s.reordered, 0);
+        assert_eq!(s.seq_restarts, 1);
+        assert_eq!(s.lost(), 1, "2^40 + 1 never came");
+    }
+
+    #[test]
+    fn the_largest_gap_is_still_a_loss() {
+        let mut s = StreamStats::new();
+        s.on_frame(7, 1_000, 3_000);
+        s.on_frame(7 + MAX_SEQ_GAP, 1_000, 3_000);
+        assert_eq!(s.seq_restarts, 0);
+        assert_eq!(s.lost(), MAX_SEQ_GAP - 1);
+        s.on_frame(7 + 2 * MAX_SEQ_GAP + 1, 1_000, 3_000);
+        assert_eq!(s.seq_restarts, 1);
+        assert_eq!(s.lost(), MAX_SEQ_GAP - 1);
     }
 
     #[test]

@@ -8,17 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use surv_tests::{ffmpeg_check, ffprobe, heavy, start_server, ServerOpts};
-
-/// Kills the child when dropped, so a failing test leaves nothing running.
-struct Reaper(Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use surv_tests::{ffmpeg_check, ffprobe, heavy, start_server, Reaper, ServerOpts};
 
 /// Lines of the child's stderr, each with when it arrived.
 type Lines = Arc<Mutex<Vec<(Instant, String)>>>;

@@ -1,0 +1,158 @@
+//! How the recorder cuts frames into files: by capture time, on a frame size change, around a
+//! name that is taken, and with lost frames keeping their time.
+
+use std::fs;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    check_segment, expected_name, expected_windows, files_ending, frame, jpeg, push_all,
+    FRAME_INTERVAL_US,
+};
+use crate::recorder::{spawn, RecFrame, RecorderConfig, RecorderError};
+
+#[test]
+fn rolling_segments_play_back_at_capture_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("not/yet/there");
+    let rec = spawn(
+        RecorderConfig {
+            dir: dir.clone(),
+            segment: Duration::from_secs(1),
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    // 3.2 s of frames: three full segments and a short one closed by finish().
+    let seqs = 0..97;
+    let jpegs: Vec<Bytes> = seqs.clone().map(|s| jpeg(160, 90, s, false)).collect();
+    let refused = push_all(
+        &rec,
+        seqs.clone().map(|s| frame(jpegs[s as usize].clone(), s)),
+    );
+    let report = rec.finish();
+
+    let windows = expected_windows(seqs, 1_000_000);
+    assert_eq!(windows.len(), 4);
+    assert_eq!(report.frames_written, 97);
+    assert_eq!(report.frames_dropped, refused);
+    assert_eq!(report.write_errors, 0);
+    assert_eq!(report.segments.len(), windows.len(), "{report:?}");
+    for (path, w) in report.segments.iter().zip(&windows) {
+        assert_eq!(path.parent(), Some(dir.as_path()));
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert_eq!(name, expected_name(w.start, ""));
+        let range = w.start as usize..w.end as usize;
+        check_segment(path, &jpegs[range], (160, 90));
+    }
+    assert_eq!(files_ending(&dir, ".avi"), report.segments);
+    assert!(files_ending(&dir, ".part").is_empty());
+}
+
+#[test]
+fn frame_size_change_starts_a_new_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = spawn(
+        RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    let big: Vec<Bytes> = (0..10).map(|s| jpeg(160, 90, s, false)).collect();
+    let small: Vec<Bytes> = (11..21).map(|s| jpeg(80, 45, s, false)).collect();
+    let mut frames: Vec<RecFrame> = (0..10).map(|s| frame(big[s].clone(), s as u64)).collect();
+    frames.push(frame(Bytes::from_static(b"\xFF\xD8 not a jpeg"), 10));
+    frames.extend((11..21).map(|s| frame(small[s - 11].clone(), s as u64)));
+    let refused = push_all(&rec, frames);
+    let report = rec.finish();
+
+    assert_eq!(report.frames_written, 20);
+    assert_eq!(report.frames_dropped, refused + 1, "the unreadable frame");
+    assert_eq!(report.write_errors, 0);
+    let names: Vec<_> = report
+        .segments
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    // Both start in the same second: the second gets a suffix.
+    assert_eq!(names, [expected_name(0, ""), expected_name(11, "-1")]);
+    check_segment(&report.segments[0], &big, (160, 90));
+    check_segment(&report.segments[1], &small, (80, 45));
+}
+
+#[test]
+fn existing_file_is_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = tmp.path().join(expected_name(0, ""));
+    fs::write(&taken, b"someone else's").unwrap();
+    let rec = spawn(
+        RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    let jpeg = jpeg(160, 90, 0, false);
+    assert!(rec.push(frame(jpeg.clone(), 0)));
+    let report = rec.finish();
+    assert_eq!(fs::read(&taken).unwrap(), b"someone else's");
+    assert_eq!(report.segments, [tmp.path().join(expected_name(0, "-1"))]);
+    check_segment(&report.segments[0], &[jpeg], (160, 90));
+}
+
+#[test]
+fn zero_segment_is_an_error_from_spawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = RecorderConfig {
+        dir: tmp.path().to_path_buf(),
+        segment: Duration::ZERO,
+        ..RecorderConfig::default()
+    };
+    assert!(matches!(spawn(cfg, 30), Err(RecorderError::ZeroSegment)));
+}
+
+/// AVI with frames missing: the gaps are empty slots, so the file plays at capture speed.
+#[test]
+fn avi_gaps_keep_capture_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = spawn(
+        RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    // Frames 0..60 with every third lost and a hole of 15.
+    let seqs: Vec<u64> = (0..60)
+        .filter(|s| s % 3 != 1 && !(20..35).contains(s))
+        .collect();
+    let jpegs: Vec<Bytes> = (0..60).map(|s| jpeg(160, 90, s, false)).collect();
+    let refused = push_all(
+        &rec,
+        seqs.iter().map(|&s| frame(jpegs[s as usize].clone(), s)),
+    );
+    let report = rec.finish();
+    assert_eq!(report.frames_written, seqs.len() as u64);
+    assert_eq!(report.frames_dropped, refused);
+    // One slot per frame interval from the first frame to the last: empty where lost.
+    let slots: Vec<Bytes> = (0..60)
+        .map(|s| {
+            if seqs.contains(&s) {
+                jpegs[s as usize].clone()
+            } else {
+                Bytes::new()
+            }
+        })
+        .collect();
+    let file = fs::read(&report.segments[0]).unwrap();
+    crate::avi::tests::check_file(&file, &slots, FRAME_INTERVAL_US as u32, 160, 90);
+}
