@@ -3,7 +3,6 @@
 //! defects 1 and 2).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use surv_proto::Form;
 use surv_server::Config;
