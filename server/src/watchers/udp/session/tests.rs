@@ -117,7 +117,7 @@ async fn register(addr: SocketAddr, udp: &UdpSocket) -> TcpStream {
         );
         line.push(byte[0]);
     }
-    let Ok(Reply::Accepted(_)) = Reply::decode(&line) else {
+    let Ok((Reply::Accepted(_), _)) = Reply::decode(&line) else {
         panic!("not accepted: {}", String::from_utf8_lossy(&line));
     };
     tcp
