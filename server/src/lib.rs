@@ -186,6 +186,7 @@ impl Server {
             joins = s.joins.load(Relaxed),
             leaves = s.leaves.load(Relaxed),
             refused = s.refused.load(Relaxed),
+            probes = s.probes.load(Relaxed),
             gone_before_accepted = s.gone_before_accepted.load(Relaxed),
             frames_sent = s.frames_sent.load(Relaxed),
             bytes_sent = s.bytes_sent.load(Relaxed),
