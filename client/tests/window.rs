@@ -93,28 +93,48 @@ fn start_x() -> XDisplay {
             .spawn()
             .expect("openbox is missing: run scripts/setup.sh"),
     );
-    // Closing and focusing a window are the window manager's work: a test that went on before
-    // openbox manages the display would close or focus nothing.
-    let managed = poll(X_STEP_WITHIN, || {
+    // Mapping, closing and focusing a window are the window manager's work, so the viewer starts
+    // only once openbox answers requests. Having set its properties is not enough: openbox 3.6
+    // can leave events that arrive during its startup in its own queue and sleep until the next
+    // event comes, so a window mapped then stayed unmapped (seen: 15 s unmapped, then mapped
+    // within a second of one more event to openbox). Openbox acts on a request only from its
+    // event loop, which empties that queue.
+    let ready = poll(X_STEP_WITHIN, || {
         if let Some(status) = wm.0.try_wait().expect("polling openbox") {
             panic!("openbox exited ({status}) before managing {name}");
         }
-        let out = tool("wmctrl")
-            .env("DISPLAY", &name)
-            .arg("-m")
-            .output()
-            .expect("wmctrl is missing: run scripts/setup.sh");
-        out.status.success().then_some(())
+        let now = desktops(&name)?;
+        let wanted = if now == 1 { 2 } else { 1 };
+        wmctrl(&name, &["-n", &wanted.to_string()]);
+        // Sent again on every poll: each request is a new event, which wakes openbox.
+        poll(Duration::from_millis(500), || {
+            (desktops(&name)? == wanted).then_some(())
+        })
     });
     assert!(
-        managed.is_some(),
-        "openbox did not manage {name} within {X_STEP_WITHIN:?}"
+        ready.is_some(),
+        "openbox did not answer requests on {name} within {X_STEP_WITHIN:?}"
     );
     XDisplay {
         name,
         _wm: wm,
         _xvfb: xvfb,
     }
+}
+
+fn wmctrl(display: &str, args: &[&str]) -> std::process::Output {
+    tool("wmctrl")
+        .env("DISPLAY", display)
+        .args(args)
+        .output()
+        .expect("wmctrl is missing: run scripts/setup.sh")
+}
+
+/// How many desktops the window manager says there are; `None` before it says.
+fn desktops(display: &str) -> Option<usize> {
+    let out = wmctrl(display, &["-d"]);
+    let n = String::from_utf8_lossy(&out.stdout).lines().count();
+    (out.status.success() && n > 0).then_some(n)
 }
 
 /// A stand-in server: accepts one SURV/1 viewer and sends it solid red 320x240 frames at 30 fps
@@ -387,12 +407,7 @@ fn esc_sends_end_and_exits_cleanly() {
 fn closing_the_window_sends_end_and_exits_cleanly() {
     stop_viewer_by(&|display, window| {
         // What a window manager's close button does: WM_DELETE_WINDOW to the window.
-        let ok = tool("wmctrl")
-            .env("DISPLAY", display)
-            .args(["-i", "-c", window])
-            .status()
-            .expect("wmctrl is missing")
-            .success();
+        let ok = wmctrl(display, &["-i", "-c", window]).status.success();
         assert!(ok, "wmctrl could not close the window");
     });
 }
