@@ -28,6 +28,9 @@ const EXIT_WITHIN: Duration = Duration::from_secs(5);
 /// The colour of every frame the stand-in server sends.
 const RED: [u8; 3] = [220, 0, 0];
 
+/// The stand-in server's frame interval: 30 fps.
+const FRAME_EVERY: Duration = Duration::from_micros(33_333);
+
 fn tool(name: &str) -> Command {
     Command::new(name)
 }
@@ -167,13 +170,12 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
 
         let jpeg = test_jpeg(320, 240, Picture::Solid(RED), 80, Subsamp::Sub2x2);
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(33)))
-            .unwrap();
         let viewer = std::net::SocketAddr::new(peer.ip(), udp_port);
         let start = Instant::now();
+        let mut next_frame = start;
         let mut datagram = Vec::new();
         let mut buf = [0u8; 64];
-        for seq in 0.. {
+        'stream: for seq in 0.. {
             if start.elapsed() > Duration::from_secs(20) {
                 break;
             }
@@ -188,10 +190,20 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
             .encode_into(&jpeg, &mut datagram)
             .unwrap();
             udp.send_to(&datagram, viewer).unwrap();
-            if let Ok((n, _)) = udp.recv_from(&mut buf) {
-                if &buf[..n] == b"end" {
-                    flag.store(true, Ordering::SeqCst);
+            // Read what the viewer says (acks, then `end`) until the next frame is due: a single
+            // read returns at the first ack, and the stream would run at the viewer's ack rate.
+            next_frame += FRAME_EVERY;
+            loop {
+                let left = next_frame.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     break;
+                }
+                udp.set_read_timeout(Some(left)).unwrap();
+                if let Ok((n, _)) = udp.recv_from(&mut buf) {
+                    if &buf[..n] == b"end" {
+                        flag.store(true, Ordering::SeqCst);
+                        break 'stream;
+                    }
                 }
             }
         }
