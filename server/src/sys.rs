@@ -1,22 +1,38 @@
-//! Every system call the server makes through `libc`, and so all of its `unsafe`: batched UDP
-//! (one `sendmmsg` puts a frame on the wire to many viewers, one `recvmmsg` takes in many
-//! acks), socket options, a bounded wait for room to send, and the open-file limit.
+//! Every system call the server makes through `libc`, and so all of its `unsafe` (and of the
+//! load tool, which uses these too): batched UDP (`sendmmsg` of one frame to many viewers,
+//! `recvmmsg` of many datagrams with their senders, full lengths and, when asked, their
+//! destination and kernel receive time), the sockaddr conversions, socket options, a bounded
+//! wait on one socket, and the open-file limit.
 //!
 //! Sending shares the frame: every message's iovec points at the same bytes, so a frame is
-//! never copied in user space however many viewers get it.
+//! never copied in user space however many viewers get it. Every batch type owns its buffers
+//! and rebuilds the raw pointers into them before each call, so no pointer outlives a call.
 
+use std::ffi::CStr;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 /// Messages per `sendmmsg` call (the kernel's UIO_MAXIOV caps a call at 1024).
 pub const SEND_BATCH: usize = 512;
 
-/// Datagrams per `recvmmsg` call.
+/// Datagrams per `recvmmsg` call on the server.
 pub const RECV_BATCH: usize = 64;
 
-fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+/// Control bytes per message: room for an `IP_PKTINFO` and an `SCM_TIMESTAMPNS` message
+/// (32 bytes each on 64-bit Linux) with room to spare; `u64` words keep it 8-byte aligned.
+const CONTROL_WORDS: usize = 16;
+type Control = [u64; CONTROL_WORDS];
+
+/// Bytes one `IP_PKTINFO` control message takes, header and padding included.
+// SAFETY: CMSG_SPACE is arithmetic on its argument; it reads no memory.
+const PKTINFO_SPACE: usize =
+    unsafe { libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) } as usize;
+
+/// `addr` as the kernel takes it: the storage and the length of the part in use.
+pub fn to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data, all-zero is valid; it is large and aligned
     // enough for either address type written into it below.
     unsafe {
@@ -45,8 +61,10 @@ fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     }
 }
 
-fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    // SAFETY: the family field says which address type the kernel wrote.
+/// The address the kernel wrote into `ss`; `None` for a family other than IPv4 and IPv6.
+pub fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    // SAFETY: the family field says which address type the kernel wrote, and the storage is
+    // large and aligned enough for either.
     unsafe {
         match i32::from(ss.ss_family) {
             libc::AF_INET => {
@@ -67,6 +85,76 @@ fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
             }
             _ => None,
         }
+    }
+}
+
+/// Sets an integer socket option (`setsockopt` with a `c_int` value).
+pub fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sets a socket buffer size (`SO_SNDBUF`/`SO_RCVBUF`, or the `…FORCE` forms that pass the
+/// limit when privileged); the kernel caps the plain forms at its maximum.
+pub fn set_buffer(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_int_option(fd, libc::SOL_SOCKET, option, value)
+}
+
+/// Sets "don't fragment" on an IPv4 socket without path-MTU discovery (`IP_PMTUDISC_PROBE`):
+/// a datagram over the interface's MTU fails instead of being fragmented.
+pub fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
+    set_int_option(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    )
+}
+
+/// Asks the kernel to say, with each datagram received on this IPv4 socket, the local address
+/// it was sent to (`IP_PKTINFO`) and when it arrived (`SO_TIMESTAMPNS`); a
+/// [`MmsgReceiver::with_control`] reads both.
+pub fn set_destination_and_timestamp(fd: RawFd) -> io::Result<()> {
+    set_int_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+}
+
+/// Keeps a socket to one network interface (`SO_BINDTODEVICE`); needs CAP_NET_RAW.
+pub fn bind_to_device(fd: RawFd, interface: &CStr) -> io::Result<()> {
+    let name = interface.to_bytes_with_nul();
+    // SAFETY: passes a pointer to a live NUL-terminated byte string and its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -104,7 +192,7 @@ impl BatchSender {
 
     fn send_chunk(&mut self, fd: RawFd, payload: &[u8], dests: &[SocketAddr]) -> io::Result<usize> {
         self.names.clear();
-        self.names.extend(dests.iter().map(to_storage));
+        self.names.extend(dests.iter().map(to_sockaddr));
         // One iovec for all: the kernel only reads it.
         let mut iov = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
@@ -137,26 +225,281 @@ impl BatchSender {
     }
 }
 
-/// Reusable buffers for receiving up to [`RECV_BATCH`] small datagrams per call.
-pub struct BatchReceiver {
-    bufs: Vec<[u8; BatchReceiver::DATAGRAM_BYTES]>,
-    names: Vec<libc::sockaddr_storage>,
+/// Small datagrams queued for one `sendmmsg`, each to its own address and each from its own
+/// local address (an `IP_PKTINFO` control message per datagram): one socket bound to 0.0.0.0
+/// speaks for many addresses.
+#[derive(Default)]
+pub struct SourcedSender {
+    /// Every queued payload, back to back; `spans` says where each one is.
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+    names: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    sources: Vec<Ipv4Addr>,
+    control: Vec<Control>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
 // SAFETY: as for `BatchSender`: pointers are rebuilt before every call.
-unsafe impl Send for BatchReceiver {}
+unsafe impl Send for SourcedSender {}
+
+impl SourcedSender {
+    /// `sendmmsg` calls one flush makes at most: a full socket buffer is retried this often,
+    /// then the rest is dropped as the network would drop it.
+    pub const MAX_ATTEMPTS: usize = 8;
+
+    /// Queues `payload` to `to`, to be sent from the local address `from_ip`.
+    pub fn push(&mut self, payload: &[u8], to: SocketAddr, from_ip: Ipv4Addr) {
+        self.spans.push((self.bytes.len(), payload.len()));
+        self.bytes.extend_from_slice(payload);
+        self.names.push(to_sockaddr(&to));
+        self.sources.push(from_ip);
+    }
+
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Sends everything queued without blocking, retrying the rest after a partial send or a
+    /// full buffer up to [`Self::MAX_ATTEMPTS`] calls in all, and empties the batch. Returns
+    /// how many were sent; an error other than "would block" ends the flush.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.spans.len();
+        self.control.clear();
+        self.control.resize(n, [0; CONTROL_WORDS]);
+        self.iovs.clear();
+        for &(start, len) in &self.spans {
+            self.iovs.push(libc::iovec {
+                // The kernel only reads it.
+                iov_base: self.bytes[start..].as_ptr() as *mut libc::c_void,
+                iov_len: len,
+            });
+        }
+        self.hdrs.clear();
+        for i in 0..n {
+            // SAFETY: plain old data; every pointer is set below to buffers owned by self.
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = (&mut self.names[i].0 as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.names[i].1;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = PKTINFO_SPACE as _;
+            // SAFETY: the control buffer (CONTROL_WORDS * 8 bytes, 8-byte aligned) holds more
+            // than PKTINFO_SPACE, the msg_controllen given, so CMSG_FIRSTHDR is not null and the
+            // header and payload written are inside it.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                let mut info: libc::in_pktinfo = zeroed();
+                info.ipi_spec_dst.s_addr = u32::from(self.sources[i]).to_be();
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+            }
+            self.hdrs.push(h);
+        }
+        let mut sent = 0;
+        let mut attempts = 0;
+        let result = loop {
+            if sent == n || attempts == Self::MAX_ATTEMPTS {
+                break Ok(sent);
+            }
+            attempts += 1;
+            // SAFETY: headers from `sent` on (n - sent of them) point into buffers owned by
+            // self, alive and unmoved for the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs.as_mut_ptr().add(sent),
+                    (n - sent) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                break Err(e);
+            }
+            sent += rc as usize;
+        };
+        self.bytes.clear();
+        self.spans.clear();
+        self.names.clear();
+        self.sources.clear();
+        result
+    }
+}
+
+/// One datagram as [`MmsgReceiver`] received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// Its first bytes, as many as the receiver keeps.
+    pub bytes: &'a [u8],
+    /// Its full length (more than `bytes.len()` when it was cut).
+    pub len: usize,
+    pub from: SocketAddr,
+    /// The local address it was sent to (`IP_PKTINFO`), when control messages were asked for.
+    pub to: Option<Ipv4Addr>,
+    /// When the kernel took it in, ns since the Unix epoch (`SO_TIMESTAMPNS`), likewise.
+    pub rx_unix_ns: Option<u64>,
+}
+
+/// Reusable buffers for receiving up to `capacity` datagrams per `recvmmsg`, each cut to
+/// `datagram_bytes` (`MSG_TRUNC` still reports its full length), with or without control
+/// messages.
+pub struct MmsgReceiver {
+    datagram_bytes: usize,
+    /// `capacity` buffers of `datagram_bytes`, back to back.
+    bufs: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    /// Empty, or one per message.
+    control: Vec<Control>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: as for `BatchSender`: pointers are rebuilt before every call.
+unsafe impl Send for MmsgReceiver {}
+
+impl MmsgReceiver {
+    /// Room for `capacity` datagrams per call, keeping `datagram_bytes` of each (at least one
+    /// of each).
+    pub fn new(capacity: usize, datagram_bytes: usize) -> MmsgReceiver {
+        let capacity = capacity.max(1);
+        let datagram_bytes = datagram_bytes.max(1);
+        MmsgReceiver {
+            datagram_bytes,
+            bufs: vec![0; capacity * datagram_bytes],
+            // SAFETY: plain old data; all-zero is valid.
+            names: vec![unsafe { zeroed() }; capacity],
+            control: Vec::new(),
+            iovs: Vec::with_capacity(capacity),
+            hdrs: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Also takes each datagram's control messages, and reports the destination and receive
+    /// time they carry (the socket asks for them: [`set_destination_and_timestamp`]).
+    pub fn with_control(mut self) -> MmsgReceiver {
+        self.control = vec![[0; CONTROL_WORDS]; self.names.len()];
+        self
+    }
+
+    /// Datagrams per call.
+    pub fn capacity(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Receives what is queued without blocking (`WouldBlock` when nothing is) and calls
+    /// `each` per datagram; returns how many there were (a datagram from an address of another
+    /// family than IPv4 and IPv6 is counted, not passed on).
+    pub fn recv(&mut self, fd: RawFd, mut each: impl FnMut(Received<'_>)) -> io::Result<usize> {
+        let capacity = self.names.len();
+        self.iovs.clear();
+        for buf in self.bufs.chunks_exact_mut(self.datagram_bytes) {
+            self.iovs.push(libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: self.datagram_bytes,
+            });
+        }
+        self.hdrs.clear();
+        for i in 0..capacity {
+            // SAFETY: plain old data; the pointers are set right below.
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            if let Some(c) = self.control.get_mut(i) {
+                h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = size_of::<Control>() as _;
+            }
+            self.hdrs.push(h);
+        }
+        // SAFETY: every header points into buffers owned by self, alive and unmoved for the
+        // call; the lengths given are theirs.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                capacity as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = rc as usize;
+        for i in 0..n {
+            let Some(from) = from_sockaddr(&self.names[i]) else {
+                continue;
+            };
+            let len = self.hdrs[i].msg_len as usize;
+            let (to, rx_unix_ns) = if self.control.is_empty() {
+                (None, None)
+            } else {
+                parse_control(&self.hdrs[i].msg_hdr)
+            };
+            let start = i * self.datagram_bytes;
+            each(Received {
+                bytes: &self.bufs[start..start + len.min(self.datagram_bytes)],
+                len,
+                from,
+                to,
+                rx_unix_ns,
+            });
+        }
+        Ok(n)
+    }
+}
+
+/// Reads the destination address and the kernel receive time from a received header.
+fn parse_control(msg: &libc::msghdr) -> (Option<Ipv4Addr>, Option<u64>) {
+    let mut to = None;
+    let mut rx_unix_ns = None;
+    // SAFETY: the kernel filled msg_control (a buffer of ours) and set msg_controllen; the
+    // CMSG_* macros walk within it, and each payload is read unaligned as the type its
+    // (level, type) promises.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            let data = libc::CMSG_DATA(c);
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info: libc::in_pktinfo = std::ptr::read_unaligned(data.cast());
+                    to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                }
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    let t: libc::timespec = std::ptr::read_unaligned(data.cast());
+                    rx_unix_ns = u64::try_from(t.tv_sec)
+                        .ok()
+                        .and_then(|s| s.checked_mul(1_000_000_000))
+                        .and_then(|ns| ns.checked_add(u64::try_from(t.tv_nsec).ok()?));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    (to, rx_unix_ns)
+}
+
+/// The server's ack inbox: [`RECV_BATCH`] datagrams per call, [`Self::DATAGRAM_BYTES`] kept
+/// of each, no control messages.
+pub struct BatchReceiver(MmsgReceiver);
 
 impl Default for BatchReceiver {
     fn default() -> Self {
-        BatchReceiver {
-            bufs: vec![[0; BatchReceiver::DATAGRAM_BYTES]; RECV_BATCH],
-            // SAFETY: plain old data; all-zero is valid.
-            names: vec![unsafe { zeroed() }; RECV_BATCH],
-            iovs: Vec::with_capacity(RECV_BATCH),
-            hdrs: Vec::with_capacity(RECV_BATCH),
-        }
+        BatchReceiver(MmsgReceiver::new(RECV_BATCH, BatchReceiver::DATAGRAM_BYTES))
     }
 }
 
@@ -171,98 +514,24 @@ impl BatchReceiver {
         fd: RawFd,
         mut each: impl FnMut(&[u8], SocketAddr, usize),
     ) -> io::Result<usize> {
-        self.iovs.clear();
-        for b in &mut self.bufs {
-            self.iovs.push(libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            });
-        }
-        self.hdrs.clear();
-        for i in 0..RECV_BATCH {
-            // SAFETY: plain old data; the pointers are set right below.
-            let mut h: libc::mmsghdr = unsafe { zeroed() };
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            self.hdrs.push(h);
-        }
-        // SAFETY: every header points into buffers owned by self, alive and unmoved for the call.
-        let rc = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                RECV_BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = rc as usize;
-        for i in 0..n {
-            let full_len = self.hdrs[i].msg_len as usize;
-            let Some(from) = from_storage(&self.names[i]) else {
-                continue;
-            };
-            each(
-                &self.bufs[i][..full_len.min(BatchReceiver::DATAGRAM_BYTES)],
-                from,
-                full_len,
-            );
-        }
-        Ok(n)
-    }
-}
-
-/// Sets a socket buffer size (`SO_SNDBUF`/`SO_RCVBUF`); the kernel caps it at its maximum.
-pub fn set_buffer(fd: RawFd, option: libc::c_int, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: passes a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            option,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Sets "don't fragment" on an IPv4 socket without path-MTU discovery (`IP_PMTUDISC_PROBE`):
-/// a datagram over the interface's MTU fails instead of being fragmented.
-pub fn set_dont_fragment(fd: RawFd) -> io::Result<()> {
-    let value: libc::c_int = libc::IP_PMTUDISC_PROBE;
-    // SAFETY: passes a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        self.0.recv(fd, |d| each(d.bytes, d.from, d.len))
     }
 }
 
 /// Waits until `fd` has room to send or `wait` has passed, whichever comes first.
-pub fn wait_writable(fd: RawFd, wait: std::time::Duration) {
+pub fn wait_writable(fd: RawFd, wait: Duration) {
+    poll_one(fd, libc::POLLOUT, wait);
+}
+
+/// Waits until `fd` has something to read or `wait` has passed, whichever comes first.
+pub fn wait_readable(fd: RawFd, wait: Duration) {
+    poll_one(fd, libc::POLLIN, wait);
+}
+
+fn poll_one(fd: RawFd, events: libc::c_short, wait: Duration) {
     let mut pfd = libc::pollfd {
         fd,
-        events: libc::POLLOUT,
+        events,
         revents: 0,
     };
     let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
@@ -271,7 +540,7 @@ pub fn wait_writable(fd: RawFd, wait: std::time::Duration) {
 }
 
 /// Raises this process's open-file limit to its hard limit (each viewer holds a TCP connection)
-/// and returns the limit now in force. Kept here with the server's other system calls.
+/// and returns the limit now in force.
 pub fn raise_fd_limit() -> io::Result<u64> {
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
@@ -293,113 +562,4 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::UdpSocket;
-    use std::os::fd::AsRawFd;
-    use std::time::Duration;
-
-    fn recv_all(
-        inbox: &mut BatchReceiver,
-        sock: &UdpSocket,
-        want: usize,
-    ) -> Vec<(Vec<u8>, SocketAddr, usize)> {
-        let mut got = Vec::new();
-        for _ in 0..100 {
-            let _ = inbox.recv(sock.as_raw_fd(), |b, from, len| {
-                got.push((b.to_vec(), from, len))
-            });
-            if got.len() >= want {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        got
-    }
-
-    #[test]
-    fn one_payload_reaches_every_destination_whole() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let viewers: Vec<UdpSocket> = (0..5)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let dests: Vec<SocketAddr> = viewers.iter().map(|v| v.local_addr().unwrap()).collect();
-        let payload: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
-        let sent = BatchSender::default()
-            .send(server.as_raw_fd(), &payload, &dests)
-            .unwrap();
-        assert_eq!(sent, 5);
-        for v in &viewers {
-            v.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = vec![0u8; 65_536];
-            let (n, from) = v.recv_from(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &payload[..]);
-            assert_eq!(from, server.local_addr().unwrap());
-        }
-    }
-
-    #[test]
-    fn more_destinations_than_one_call_takes_all_go() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let viewer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        set_buffer(viewer.as_raw_fd(), libc::SO_RCVBUF, 1 << 20).unwrap();
-        let dests = vec![viewer.local_addr().unwrap(); SEND_BATCH + 3];
-        let sent = BatchSender::default()
-            .send(server.as_raw_fd(), b"x", &dests)
-            .unwrap();
-        assert_eq!(sent, SEND_BATCH + 3);
-        viewer.set_nonblocking(true).unwrap();
-        let got = recv_all(&mut BatchReceiver::default(), &viewer, SEND_BATCH + 3);
-        assert_eq!(got.len(), SEND_BATCH + 3);
-    }
-
-    #[test]
-    fn acks_come_in_batches_with_their_senders_and_true_lengths() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_nonblocking(true).unwrap();
-        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = server.local_addr().unwrap();
-        a.send_to(b"continue", to).unwrap();
-        b.send_to(b"continue 17", to).unwrap();
-        a.send_to(&[b'x'; 1000], to).unwrap();
-        let mut inbox = BatchReceiver::default();
-        let got = recv_all(&mut inbox, &server, 3);
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[0], (b"continue".to_vec(), a.local_addr().unwrap(), 8));
-        assert_eq!(
-            got[1],
-            (b"continue 17".to_vec(), b.local_addr().unwrap(), 11)
-        );
-        assert_eq!(
-            got[2].0.len(),
-            BatchReceiver::DATAGRAM_BYTES,
-            "cut to the buffer"
-        );
-        assert_eq!(got[2].2, 1000, "the real length is reported");
-        let err = inbox.recv(server.as_raw_fd(), |_, _, _| {}).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-    }
-
-    #[test]
-    fn the_fd_limit_is_raised_to_the_hard_limit() {
-        let limit = raise_fd_limit().unwrap();
-        // SAFETY: getrlimit on a local struct.
-        let hard = unsafe {
-            let mut lim: libc::rlimit = zeroed();
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-            lim.rlim_max
-        };
-        assert_eq!(limit, hard);
-    }
-
-    #[test]
-    fn ipv6_addresses_round_trip() {
-        let a: SocketAddr = "[::1]:4242".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for addr in [a, b] {
-            let (ss, _) = to_storage(&addr);
-            assert_eq!(from_storage(&ss), Some(addr));
-        }
-    }
-}
+mod tests;

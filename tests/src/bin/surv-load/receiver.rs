@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use surv_proto::{Form, FrameTag};
+use surv_server::sys;
 
 use crate::mmsg;
 use crate::viewers::{form_of, viewer_index, viewer_ip, MAX_VIEWER_INDEX};
@@ -68,19 +69,15 @@ pub fn receive_loop(
     let mut rb = mmsg::RecvBatch::new(RECV_BATCH);
     let mut sb = mmsg::SendBatch::default();
     let mut ack_text = String::with_capacity(32);
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(sock),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
     while !shared.stop.load(Relaxed) {
         while let Ok(index) = ends.try_recv() {
             if let Some(to) = senders.remove(&index) {
                 sb.push(b"end", to, viewer_ip(index));
             }
         }
-        // SAFETY: one pollfd, alive for the call; 20 ms bound so that `stop` is seen.
-        unsafe { libc::poll(&mut pfd, 1, 20) };
+        // Bounded so that `stop` is seen.
+        sys::wait_readable(fd, Duration::from_millis(20));
         // Drain what is queued, a bounded number of batches before looking at `stop` again.
         for _ in 0..64 {
             let (lo, hi) = (shared.lo.load(Relaxed), shared.hi.load(Relaxed));
