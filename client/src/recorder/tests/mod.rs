@@ -7,11 +7,9 @@ mod failures;
 mod fakes;
 mod segments;
 
-use std::ffi::OsStr;
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +17,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Local};
 use surv_proto::FrameTag;
 use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
+use surv_tests::media;
 
 use super::{RecFrame, RecorderHandle};
 
@@ -106,13 +105,6 @@ fn expected_name(seq: u64, suffix: &str) -> String {
     let local = utc.unwrap().with_timezone(&Local);
     format!("surv-{}{suffix}.avi", local.format("%Y%m%d-%H%M%S"))
 }
-
-fn run_tool(name: &str, args: &[&OsStr]) -> std::process::Output {
-    Command::new(name).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run {name} ({e}): install ffmpeg (apt-get install ffmpeg) to run the recorder tests")
-    })
-}
-
 /// Checks a closed segment four ways: our RIFF parser (exact sizes and index), ffmpeg decoding
 /// every frame and failing on the first complaint, ffmpeg reading back exactly `jpegs` byte
 /// for byte, and what ffprobe reports.
@@ -124,135 +116,30 @@ fn check_segment(path: &Path, jpegs: &[Bytes], (width, height): (u16, u16)) {
     let (w, h) = (u32::from(width), u32::from(height));
     crate::avi::tests::check_file(&file, jpegs, FRAME_INTERVAL_US as u32, w, h);
 
-    let out = run_tool(
-        "ffmpeg",
-        &["-v", "error", "-err_detect", "explode", "-xerror", "-i"]
-            .map(OsStr::new)
-            .into_iter()
-            .chain([path.as_os_str()])
-            .chain(["-f", "null", "-"].map(OsStr::new))
-            .collect::<Vec<_>>(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    media::ffmpeg_check(path).unwrap();
     assert!(
-        out.status.success(),
-        "ffmpeg failed on {}: {stderr}",
-        path.display()
-    );
-    assert!(
-        stderr.is_empty(),
-        "ffmpeg complained about {}: {stderr}",
-        path.display()
-    );
-
-    let copy_args = ["-v", "error", "-i"]
-        .map(OsStr::new)
-        .into_iter()
-        .chain([path.as_os_str()])
-        .chain(["-map", "0:v", "-c", "copy", "-f", "mjpeg", "-"].map(OsStr::new))
-        .collect::<Vec<_>>();
-    let out = run_tool("ffmpeg", &copy_args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stdout == jpegs.concat(),
+        media::mjpeg_stream(path).unwrap() == jpegs.concat(),
         "{}: the JPEGs read back differ from those recorded",
         path.display()
     );
-
-    let mut args: Vec<&OsStr> = [
-        "-v",
-        "error",
-        "-count_frames",
-        "-select_streams",
-        "v:0",
-        "-show_entries",
-        "stream=nb_read_frames,codec_name,width,height",
-        "-show_entries",
-        "format=duration",
-        "-of",
-        "default=nw=1",
-    ]
-    .map(OsStr::new)
-    .to_vec();
-    args.push(path.as_os_str());
-    let out = run_tool("ffprobe", &args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ffprobe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |key: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("ffprobe gave no {key}: {stdout}"))
-            .to_string()
-    };
-    assert_eq!(field("codec_name"), "mjpeg");
-    assert_eq!(field("width"), width.to_string());
-    assert_eq!(field("height"), height.to_string());
-    assert_eq!(
-        field("nb_read_frames"),
-        frames.to_string(),
-        "{}",
-        path.display()
-    );
-
+    let p = media::probe(path).unwrap();
+    assert_eq!(p.codec, "mjpeg");
+    assert_eq!((p.width, p.height), (w, h));
+    assert_eq!(p.frames, frames, "{}", path.display());
     let expected_s = expected_us as f64 / 1e6;
-    let duration_s: f64 = field("duration").parse().unwrap();
     assert!(
-        (duration_s - expected_s).abs() <= expected_s * 0.02,
-        "{}: duration {duration_s} s, capture span {expected_s} s",
-        path.display()
+        (p.duration_s - expected_s).abs() <= expected_s * 0.02,
+        "{}: duration {} s, capture span {expected_s} s",
+        path.display(),
+        p.duration_s
     );
 }
 
 /// What ffprobe says of an MP4 segment: (codec, frames, duration s), after ffmpeg decoded
 /// every frame with its strictest checks.
 fn probe_mp4(path: &Path) -> (String, u64, f64) {
-    let mut args: Vec<&OsStr> = ["-v", "error", "-err_detect", "explode", "-xerror", "-i"]
-        .map(OsStr::new)
-        .to_vec();
-    args.push(path.as_os_str());
-    args.extend(["-f", "null", "-"].map(OsStr::new));
-    let out = run_tool("ffmpeg", &args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stderr.is_empty(),
-        "{}: {stderr}",
-        path.display()
-    );
-    let mut args: Vec<&OsStr> = ["-v", "error", "-count_frames", "-select_streams", "v:0"]
-        .map(OsStr::new)
-        .to_vec();
-    args.extend(
-        [
-            "-show_entries",
-            "stream=codec_name,nb_read_frames:format=duration",
-            "-of",
-            "default=nw=1",
-        ]
-        .map(OsStr::new),
-    );
-    args.push(path.as_os_str());
-    let out = run_tool("ffprobe", &args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix('='))
-            .unwrap_or_else(|| panic!("no {k}: {text}"))
-            .to_string()
-    };
-    (
-        field("codec_name"),
-        field("nb_read_frames").parse().unwrap(),
-        field("duration").parse().unwrap(),
-    )
+    media::ffmpeg_check(path).unwrap();
+    media::ffprobe(path).unwrap()
 }
 
 fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
