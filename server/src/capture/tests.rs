@@ -95,11 +95,20 @@ struct Rig {
     shutdown: CancellationToken,
 }
 
-fn start(steps: Vec<Step>, max_datagram_bytes: usize) -> Rig {
+/// Starts the capture path on `source` with a journal in a temporary folder.
+fn capture_of(
+    source: Box<dyn Source>,
+    encoder: EncoderConfig,
+) -> (Capture, tempfile::TempDir, CancellationToken) {
     let log_dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
-    let runs = Arc::new(Mutex::new(Vec::new()));
     let shutdown = CancellationToken::new();
+    let capture = Capture::start(source, encoder, journal, &shutdown).unwrap();
+    (capture, log_dir, shutdown)
+}
+
+fn start(steps: Vec<Step>, max_datagram_bytes: usize) -> Rig {
+    let runs = Arc::new(Mutex::new(Vec::new()));
     let source = Scripted {
         steps: steps.into(),
         runs: runs.clone(),
@@ -108,7 +117,7 @@ fn start(steps: Vec<Step>, max_datagram_bytes: usize) -> Rig {
         max_datagram_bytes,
         quality: 80,
     };
-    let capture = Capture::start(Box::new(source), encoder, journal, &shutdown).unwrap();
+    let (capture, log_dir, shutdown) = capture_of(Box::new(source), encoder);
     Rig {
         capture,
         runs,
@@ -329,16 +338,7 @@ async fn blocking_readers_are_reopened_and_bad_frames_skipped() {
             })
         }
     });
-    let log_dir = tempfile::tempdir().unwrap();
-    let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
-    let shutdown = CancellationToken::new();
-    let capture = Capture::start(
-        Box::new(source),
-        EncoderConfig::default(),
-        journal,
-        &shutdown,
-    )
-    .unwrap();
+    let (capture, log_dir, shutdown) = capture_of(Box::new(source), EncoderConfig::default());
     // Paused time advances only while nothing runs; the reader threads run in real time, so
     // wait for what they do rather than for a time.
     let stats = &capture.shared.stats;
@@ -371,19 +371,10 @@ fn a_test_pattern_runs_on_its_thread_through_the_adapter() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let log_dir = tempfile::tempdir().unwrap();
-        let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
-        let shutdown = CancellationToken::new();
         let source = OnThread::new("test pattern", || {
             Ok(Box::new(TestPattern::new(64, 48, 100)?) as Box<dyn FrameReader>)
         });
-        let capture = Capture::start(
-            Box::new(source),
-            EncoderConfig::default(),
-            journal,
-            &shutdown,
-        )
-        .unwrap();
+        let (capture, log_dir, _shutdown) = capture_of(Box::new(source), EncoderConfig::default());
         let shape = tokio::time::timeout(Duration::from_secs(10), capture.first_outcome())
             .await
             .unwrap()
