@@ -144,17 +144,6 @@ impl Capture {
         journal: Arc<Journal>,
         shutdown: &CancellationToken,
     ) -> Result<Capture, CaptureError> {
-        Capture::start_with(source, encoder, journal, shutdown, Backoff::default())
-    }
-
-    /// [`Capture::start`] with a chosen backoff (tests).
-    pub fn start_with(
-        source: Box<dyn Source>,
-        encoder: EncoderConfig,
-        journal: Arc<Journal>,
-        shutdown: &CancellationToken,
-        backoff: Backoff,
-    ) -> Result<Capture, CaptureError> {
         let max_datagram_bytes = encoder.max_datagram_bytes;
         let encoder = Encoder::new(encoder).map_err(|e| CaptureError::Encoder(e.to_string()))?;
         let (tx, frames) = watch::channel(None);
@@ -168,7 +157,7 @@ impl Capture {
             tx,
             source.describe(),
         );
-        let task = tokio::spawn(supervise(source, sink, backoff, stop.clone()));
+        let task = tokio::spawn(supervise(source, sink, Backoff::default(), stop.clone()));
         Ok(Capture {
             frames,
             shared,
