@@ -11,20 +11,22 @@ use surv_proto::{
     DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
 };
 use surv_server::encoder::EncoderConfig;
-use surv_server::sources::{camera, FrameReader, OnThread, Source, TestPattern};
+use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
+use surv_server::sources::{SourceOptions, SourceSpec};
 use surv_server::{Capture, Config, Journal, Server};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum SourceKind {
-    /// A V4L2 camera (see --cam).
-    Cam,
-    /// The built-in moving test pattern with a frame counter and clock: needs no camera.
-    Test,
+enum Transport {
+    /// RTP interleaved in the RTSP TCP connection (works through NAT and firewalls).
+    Tcp,
+    /// RTP over UDP.
+    Udp,
 }
 
-/// Captures a camera (or a test pattern) once, JPEG-encodes each frame once, and sends it as one
-/// UDP datagram to every registered viewer.
+/// Captures a camera (or a test pattern, or a network camera, or a file) once, JPEG-encodes each
+/// frame once (JPEG sources pass through as they are), and sends it as one UDP datagram to every
+/// registered viewer.
 ///
 /// Viewers register over TCP by sending their UDP port: either bare ASCII digits (the seed-003
 /// viewer) or "SURV/1 <port>\n" (surv-client), and answer each frame with "continue" or "end".
@@ -32,18 +34,38 @@ enum SourceKind {
 #[derive(Debug, Parser)]
 #[command(name = "surv-server", version, about, long_about)]
 struct Args {
-    /// Where frames come from.
-    #[arg(long, value_enum, default_value_t = SourceKind::Cam)]
-    source: SourceKind,
+    /// Where frames come from: test (built-in pattern), cam (camera --cam N),
+    /// udp://HOST:PORT (JPEG datagrams pushed to us), tcp-listen://HOST:PORT (a camera connects
+    /// and pushes length-prefixed or OAK "ABCDE" frames), tcp://HOST:PORT (we connect to such a
+    /// camera), http://[USER:PASS@]HOST[:PORT]/PATH (MJPEG stream or still image),
+    /// rtsp://[USER:PASS@]HOST[:PORT]/PATH (H.264 or MJPEG), file:PATH or PATH (video file, image,
+    /// or folder of JPEGs).
+    #[arg(long, value_name = "SOURCE", default_value = "cam", value_parser = SourceSpec::parse)]
+    source: SourceSpec,
     /// Camera index N, i.e. /dev/videoN (implies --source cam).
     #[arg(long, value_name = "N", default_value_t = 0)]
     cam: u32,
-    /// Frame size WIDTHxHEIGHT (even numbers).
+    /// Frame size WIDTHxHEIGHT (even numbers) for cameras and the test pattern; the "no signal"
+    /// frame's size until a network source shows its own.
     #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = surv_proto::parse_size)]
     size: (u32, u32),
-    /// Frames per second to capture.
+    /// Frames per second for cameras and the test pattern; the rate still images and folders
+    /// are shown at. Network sources run at their own rate.
     #[arg(long, value_name = "F", default_value_t = 30)]
     fps: u32,
+    /// Largest frame read from a network or file source; larger ones are rejected unread.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_FRAME_BYTES)]
+    max_frame_bytes: usize,
+    /// Push sources (udp://, tcp-listen://) take frames only from these networks
+    /// (ADDR/BITS or ADDR, comma-separated or repeated). Default: from anyone.
+    #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = spec::parse_net)]
+    source_allow: Vec<IpNet>,
+    /// Play a video file source again from the start when it ends.
+    #[arg(long = "loop")]
+    looped: bool,
+    /// How RTSP sources carry their media.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    rtsp_transport: Transport,
     /// JPEG quality ceiling, 1-100; lowered per frame when a frame would not fit --max-datagram.
     #[arg(long, value_name = "Q", default_value_t = 80)]
     quality: u8,
@@ -95,10 +117,17 @@ fn run() -> anyhow::Result<()> {
     let matches = <Args as clap::CommandFactory>::command().get_matches();
     let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
     if matches.value_source("cam") == Some(clap::parser::ValueSource::CommandLine) {
-        if args.source == SourceKind::Test {
-            bail!("--cam and --source test contradict each other: pick one");
+        let source_given =
+            matches.value_source("source") == Some(clap::parser::ValueSource::CommandLine);
+        if source_given && !matches!(args.source, SourceSpec::Cam(_)) {
+            bail!(
+                "--cam and --source {} contradict each other: pick one",
+                args.source
+            );
         }
-        args.source = SourceKind::Cam;
+        args.source = SourceSpec::Cam(args.cam);
+    } else if let SourceSpec::Cam(_) = args.source {
+        args.source = SourceSpec::Cam(args.cam);
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -136,24 +165,29 @@ fn run() -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
+    if args.max_frame_bytes < 1024 {
+        bail!(
+            "--max-frame-bytes must be at least 1024, not {}",
+            args.max_frame_bytes
+        );
+    }
     let (width, height) = args.size;
-    let fps = args.fps;
-    let source: Box<dyn Source> = match args.source {
-        SourceKind::Test => {
-            // Checked here so that a bad --size or --fps is a clear error, not a lost source.
-            TestPattern::new(width, height, fps).context("--source test")?;
-            Box::new(OnThread::new(
-                format!("test pattern {width}x{height}@{fps}"),
-                move || Ok(Box::new(TestPattern::new(width, height, fps)?) as Box<dyn FrameReader>),
-            ))
-        }
-        SourceKind::Cam => {
-            let index = args.cam;
-            Box::new(OnThread::new(format!("camera {index}"), move || {
-                Ok(Box::new(camera::open(index, width, height, fps)?) as Box<dyn FrameReader>)
-            }))
-        }
+    let options = SourceOptions {
+        width,
+        height,
+        fps: args.fps,
+        max_frame_bytes: args.max_frame_bytes,
+        allow: args.source_allow.clone(),
+        looped: args.looped,
+        rtsp_transport: match args.rtsp_transport {
+            Transport::Tcp => RtspTransport::Tcp,
+            Transport::Udp => RtspTransport::Udp,
+        },
     };
+    let source = args
+        .source
+        .build(&options)
+        .with_context(|| format!("--source {}", args.source))?;
     let encoder = EncoderConfig {
         max_datagram_bytes: args.max_datagram,
         quality: args.quality,
@@ -168,16 +202,17 @@ fn run() -> anyhow::Result<()> {
         let capture = Capture::start(source, encoder, journal.clone(), &shutdown)
             .context("starting the capture path")?;
         // A local camera or the test pattern must work at start-up: its failure is an error,
-        // not an outage to wait out.
-        if let Err(e) = capture.first_outcome().await {
-            capture.stop().await;
-            return match args.source {
-                SourceKind::Cam => Err(anyhow::anyhow!(
-                    "camera {} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern.",
-                    args.cam
-                )),
-                SourceKind::Test => Err(anyhow::anyhow!("the test source failed: {e}")),
-            };
+        // not an outage to wait out. A network camera may boot after the server: it is retried.
+        if args.source.must_work_at_start() {
+            if let Err(e) = capture.first_outcome().await {
+                capture.stop().await;
+                return match args.source {
+                    SourceSpec::Cam(n) => Err(anyhow::anyhow!(
+                        "camera {n} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern."
+                    )),
+                    _ => Err(anyhow::anyhow!("the {} source failed: {e}", args.source)),
+                };
+            }
         }
         let addr = SocketAddr::new(args.bind, args.port);
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -186,6 +221,7 @@ fn run() -> anyhow::Result<()> {
         let shape = capture.shared.shape();
         tracing::info!(
             %addr,
+            source = %args.source,
             width = shape.width,
             height = shape.height,
             fps = shape.fps,

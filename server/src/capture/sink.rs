@@ -153,7 +153,9 @@ impl FrameSink {
 
     /// The source failed (or ended): the first failure of an outage is journalled as
     /// SOURCE-LOST; failures while it stays lost are counted and logged every ten seconds.
-    pub(super) fn lost(&self, reason: &str) {
+    /// The supervisor calls it when a run ends; a push source calls it itself when its camera
+    /// disconnects, and goes on waiting for the camera to come back.
+    pub fn lost(&self, reason: &str) {
         let shared = &self.inner.shared;
         shared.stats.source_failures.fetch_add(1, Relaxed);
         let mut work = self.work();

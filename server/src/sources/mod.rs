@@ -16,12 +16,15 @@
 //! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
 //! (to come) implement [`Source`] directly as async code.
 //!
+//! [`spec`] parses `--source` and builds the source it names.
+//!
 //! To add a kind: a file here implementing [`Source`] (or [`FrameReader`]), a `--source` form
-//! in `main.rs` that builds it, a stand-in test; see docs/ARCHITECTURE.md.
+//! in [`spec`] that builds it, a stand-in test; see docs/ARCHITECTURE.md.
 
 pub mod blocking;
 pub mod camera;
 pub mod pacer;
+pub mod spec;
 pub mod test_pattern;
 
 use std::fmt;
@@ -35,6 +38,7 @@ use crate::capture::FrameSink;
 use test_pattern::{MAX_FPS, MAX_HEIGHT_PX, MAX_WIDTH_PX, MIN_SIDE_PX};
 
 pub use blocking::{FrameReader, OnThread};
+pub use spec::{SourceOptions, SourceSpec};
 pub use surv_proto::unix_micros_now;
 pub use test_pattern::TestPattern;
 
