@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::encoder::{EncodedFrame, Encoder, EncoderConfig};
 use crate::journal::Journal;
-use crate::sources::Source;
+use crate::sources::{Source, SourceError};
 use backoff::Backoff;
 pub use sink::FrameSink;
 
@@ -211,11 +211,15 @@ async fn supervise(
         if sink.delivered() > delivered_before {
             backoff.reset();
         }
-        let reason = match result {
+        let reason = match &result {
             Err(e) => e.to_string(),
             Ok(()) => "the source ended".to_string(),
         };
         sink.lost(&reason);
+        if let Err(SourceError::Finished { .. }) = result {
+            tracing::info!("the source has nothing more to play; not running it again");
+            return stop.cancelled().await;
+        }
         let wait = backoff.next_wait();
         tokio::select! {
             () = stop.cancelled() => return,

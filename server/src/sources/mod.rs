@@ -129,6 +129,10 @@ pub enum SourceError {
     /// This one frame was unusable (e.g. a corrupt MJPEG frame); the next call may succeed.
     #[error("unusable frame from {device}: {reason}")]
     BadFrame { device: String, reason: String },
+    /// The source played to its end and has nothing more (a video file without `--loop`): it
+    /// is not run again; watchers see the "no signal" frame.
+    #[error("{device} ended")]
+    Finished { device: String },
 }
 
 /// The largest picture surv decodes (8K UHD): a JPEG header claiming more is rejected before
@@ -165,8 +169,8 @@ pub trait Source: Send + 'static {
 
     /// Opens the source and hands every frame to `sink` until the source fails (`Err`, with
     /// why) or `stop` is cancelled (`Ok`). Called again by the capture path after a failure,
-    /// so it must open afresh each time. It calls [`FrameSink::opened`] once open, before the
-    /// first frame.
+    /// so it must open afresh each time (except after [`SourceError::Finished`]). It calls
+    /// [`FrameSink::opened`] once open, before the first frame.
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a>;
 }
 
