@@ -8,9 +8,14 @@ set -euo pipefail
 # (loaded at run time). To check recordings in tests: ffmpeg (ffmpeg, ffprobe), and chromium
 # (a recorded MP4 must play in a browser's <video>). nasm also speeds up OpenH264 (built from
 # source by the openh264 crate for MP4 recording) about 2.5x. To test the window as a person
-# sees it: xvfb, openbox, xdotool, wmctrl, imagemagick.
+# sees it: xvfb, openbox, xdotool, wmctrl, imagemagick. Stand-in cameras and peers: GStreamer's
+# RTSP server from Python (gir1.2-gst-rtsp-server-1.0, python3-gi, plugins base/good/ugly for
+# jpegenc, rtpjpegpay, x264enc, rtph264pay), gst-launch-1.0 (gstreamer1.0-tools, also the
+# comparison in surv-load), and a real MQTT broker (mosquitto, mosquitto-clients).
 PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium
-  xvfb openbox xdotool wmctrl imagemagick)
+  xvfb openbox xdotool wmctrl imagemagick
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+  gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
