@@ -7,6 +7,7 @@
 pub mod child;
 pub mod fixtures;
 pub mod media;
+pub mod standins;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
