@@ -10,10 +10,11 @@ use clap::{Parser, ValueEnum};
 use surv_proto::{
     DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
 };
+use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
 use surv_server::sources::{SourceOptions, SourceSpec};
-use surv_server::{Capture, Config, Journal, Server};
+use surv_server::{Capture, Config, Journal, Server, StreamShape};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -188,9 +189,16 @@ fn run() -> anyhow::Result<()> {
         .source
         .build(&options)
         .with_context(|| format!("--source {}", args.source))?;
-    let encoder = EncoderConfig {
-        max_datagram_bytes: args.max_datagram,
-        quality: args.quality,
+    let capture_config = CaptureConfig {
+        encoder: EncoderConfig {
+            max_datagram_bytes: args.max_datagram,
+            quality: args.quality,
+        },
+        idle: StreamShape {
+            width,
+            height,
+            fps: args.fps,
+        },
     };
     let journal =
         Arc::new(Journal::open(&args.log_dir).with_context(|| {
@@ -199,7 +207,7 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let capture = Capture::start(source, encoder, journal.clone(), &shutdown)
+        let capture = Capture::start(source, capture_config, journal.clone(), &shutdown)
             .context("starting the capture path")?;
         // A local camera or the test pattern must work at start-up: its failure is an error,
         // not an outage to wait out. A network camera may boot after the server: it is retried.

@@ -17,9 +17,10 @@ use anyhow::{bail, Context};
 use surv_proto::{
     Ack, Form, FrameTag, Registration, Reply, ReplyError, StreamParams, MAX_UDP_PAYLOAD_BYTES,
 };
+use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
-use surv_server::{Capture, Config, Journal, Server};
+use surv_server::{Capture, Config, Journal, Server, StreamShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -106,9 +107,16 @@ pub async fn start_server_with(
     let journal = Arc::new(Journal::open(log_dir.path())?);
     let capture = Capture::start(
         source,
-        EncoderConfig {
-            max_datagram_bytes: opts.max_datagram_bytes,
-            quality: opts.quality,
+        CaptureConfig {
+            encoder: EncoderConfig {
+                max_datagram_bytes: opts.max_datagram_bytes,
+                quality: opts.quality,
+            },
+            idle: StreamShape {
+                width: opts.width,
+                height: opts.height,
+                fps: opts.fps,
+            },
         },
         journal.clone(),
         &shutdown,

@@ -10,7 +10,9 @@
 //! [`Capture::start`] spawns the supervisor task. It runs the source; when the source fails or
 //! ends, the supervisor reports it lost (once per outage), waits with capped exponential
 //! backoff ([`backoff`]) and runs it again, until shutdown. Watchers stay registered through an
-//! outage. Publishing replaces the previous frame whatever the watchers are doing: capture never
+//! outage, and while the source is not delivering (before its first frame, or lost) they get a
+//! "no signal" frame once a second ([`crate::sources::no_signal`]), so viewers stay alive and show
+//! why. Publishing replaces the previous frame whatever the watchers are doing: capture never
 //! waits for a watcher.
 
 pub mod backoff;
@@ -20,6 +22,9 @@ mod tests;
 
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -56,11 +61,38 @@ pub struct CaptureStats {
     pub source_failures: AtomicU64,
     /// Outages: times the source went from delivering to lost.
     pub source_lost: AtomicU64,
+    /// "No signal" frames published while the source was not delivering (not in `encoded`).
+    pub no_signal: AtomicU64,
     /// Total time spent encoding, µs.
     pub encode_us: AtomicU64,
     /// JPEG quality in use (0 while frames pass through).
     pub quality: AtomicU32,
 }
+
+/// How the capture path runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureConfig {
+    pub encoder: EncoderConfig,
+    /// The stream's shape until the source says or shows its own (`--size`, `--fps`): what
+    /// SURV/1 viewers are told, and the size of the "no signal" frame.
+    pub idle: StreamShape,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> CaptureConfig {
+        CaptureConfig {
+            encoder: EncoderConfig::default(),
+            idle: StreamShape {
+                width: 640,
+                height: 480,
+                fps: 30,
+            },
+        }
+    }
+}
+
+/// While the source is not delivering, how often the "no signal" frame goes out.
+pub const NO_SIGNAL_EVERY: Duration = Duration::from_secs(1);
 
 /// What the source delivers: its size as last seen, and its frame rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,10 +122,10 @@ pub struct CaptureShared {
 }
 
 impl CaptureShared {
-    fn new() -> CaptureShared {
+    fn new(idle: StreamShape) -> CaptureShared {
         CaptureShared {
             stats: CaptureStats::default(),
-            shape: Mutex::new(StreamShape::default()),
+            shape: Mutex::new(idle),
             state: watch::Sender::new(SourceState::Starting),
         }
     }
@@ -103,8 +135,21 @@ impl CaptureShared {
         *self.shape.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_shape(&self, shape: StreamShape) {
-        *self.shape.lock().unwrap_or_else(|p| p.into_inner()) = shape;
+    /// What a source says when it opens; a zero is something it does not know (yet), and the
+    /// value in use stays.
+    fn set_shape(&self, new: StreamShape) {
+        let mut shape = self.shape.lock().unwrap_or_else(|p| p.into_inner());
+        if new.width > 0 && new.height > 0 {
+            (shape.width, shape.height) = (new.width, new.height);
+        }
+        if new.fps > 0 {
+            shape.fps = new.fps;
+        }
+    }
+
+    /// The frame rate measured for a source that does not declare one.
+    fn set_fps(&self, fps: u32) {
+        self.shape.lock().unwrap_or_else(|p| p.into_inner()).fps = fps;
     }
 
     /// A frame of this size went out (a source may change size, or the encoder downscale).
@@ -123,6 +168,7 @@ pub struct Capture {
     pub frames: FrameRx,
     pub shared: Arc<CaptureShared>,
     task: Option<JoinHandle<()>>,
+    idle_task: Option<JoinHandle<()>>,
     stop: CancellationToken,
 }
 
@@ -140,14 +186,15 @@ impl Capture {
     /// every failure) until `shutdown` is cancelled or [`Capture::stop`] is called.
     pub fn start(
         source: Box<dyn Source>,
-        encoder: EncoderConfig,
+        config: CaptureConfig,
         journal: Arc<Journal>,
         shutdown: &CancellationToken,
     ) -> Result<Capture, CaptureError> {
-        let max_datagram_bytes = encoder.max_datagram_bytes;
-        let encoder = Encoder::new(encoder).map_err(|e| CaptureError::Encoder(e.to_string()))?;
+        let max_datagram_bytes = config.encoder.max_datagram_bytes;
+        let encoder =
+            Encoder::new(config.encoder).map_err(|e| CaptureError::Encoder(e.to_string()))?;
         let (tx, frames) = watch::channel(None);
-        let shared = Arc::new(CaptureShared::new());
+        let shared = Arc::new(CaptureShared::new(config.idle));
         let stop = shutdown.child_token();
         let sink = FrameSink::new(
             shared.clone(),
@@ -157,11 +204,13 @@ impl Capture {
             tx,
             source.describe(),
         );
+        let idle_task = tokio::spawn(no_signal(sink.clone(), stop.clone()));
         let task = tokio::spawn(supervise(source, sink, Backoff::default(), stop.clone()));
         Ok(Capture {
             frames,
             shared,
             task: Some(task),
+            idle_task: Some(idle_task),
             stop,
         })
     }
@@ -183,7 +232,10 @@ impl Capture {
     /// Stops capturing and waits for the source to let go (at most about one frame).
     pub async fn stop(mut self) {
         self.stop.cancel();
-        if let Some(task) = self.task.take() {
+        for task in [self.task.take(), self.idle_task.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
         }
     }
@@ -225,5 +277,42 @@ async fn supervise(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// While the source is not live (no frame yet, or lost), publishes the "no signal" frame every
+/// [`NO_SIGNAL_EVERY`], the first one that long after the source stopped delivering.
+async fn no_signal(sink: FrameSink, stop: CancellationToken) {
+    let mut state = sink.state();
+    let mut quiet_since = Instant::now();
+    loop {
+        let live = matches!(*state.borrow_and_update(), SourceState::Live);
+        if live {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = state.changed() => if changed.is_err() { return },
+            }
+            quiet_since = Instant::now();
+            continue;
+        }
+        let due = quiet_since + NO_SIGNAL_EVERY;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep_until(due) => {}
+            changed = state.changed() => {
+                if changed.is_err() { return }
+                continue;
+            }
+        }
+        let why = match &*state.borrow() {
+            SourceState::Lost(reason) => reason.clone(),
+            _ => "waiting for the source's first frame".to_string(),
+        };
+        let sink = sink.clone();
+        let published = tokio::task::spawn_blocking(move || sink.publish_no_signal(&why)).await;
+        if published.is_err() {
+            tracing::error!("drawing the no-signal frame panicked");
+        }
+        quiet_since = Instant::now();
     }
 }

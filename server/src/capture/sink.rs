@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use super::{CaptureShared, SharedFrame, SourceState, StreamShape};
 use crate::encoder::{EncodedFrame, Encoder};
 use crate::journal::Journal;
-use crate::sources::{JpegFrame, PixelFormat, RawFrame, MAX_DECODED_PIXELS};
+use crate::sources::{
+    no_signal, unix_micros_now, JpegFrame, PixelFormat, RawFrame, MAX_DECODED_PIXELS,
+};
 
 /// While a source keeps failing or sending bad frames, how often that is logged again.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -49,7 +51,16 @@ struct Work {
     lost_at: Option<Instant>,
     last_failure_log: Option<Instant>,
     last_reject_log: Option<Instant>,
+    /// The source declared no frame rate: the rate is measured from arrivals.
+    measure_fps: bool,
+    /// For the measured rate: the frame that opened the window, and frames since.
+    rate_window: Option<(Instant, u32)>,
+    /// The "no signal" picture, reused.
+    idle_frame: RawFrame,
 }
+
+/// Over how long a window an undeclared frame rate is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(2);
 
 impl FrameSink {
     pub(super) fn new(
@@ -74,6 +85,9 @@ impl FrameSink {
                     lost_at: None,
                     last_failure_log: None,
                     last_reject_log: None,
+                    measure_fps: false,
+                    rate_window: None,
+                    idle_frame: RawFrame::new(),
                 }),
             }),
         }
@@ -90,8 +104,15 @@ impl FrameSink {
     }
 
     /// The source is open: `describe` says what it turned out to be, `shape` what it delivers.
-    /// The stream counts as back only when its first frame arrives.
+    /// A zero in `shape` is what the source does not know: the size then comes from its frames,
+    /// and a zero `fps` is measured from their arrivals. The stream counts as back only when its
+    /// first frame arrives.
     pub fn opened(&self, describe: &str, shape: StreamShape) {
+        {
+            let mut work = self.work();
+            work.measure_fps = shape.fps == 0;
+            work.rate_window = None;
+        }
         tracing::info!(
             source = describe,
             width = shape.width,
@@ -134,6 +155,41 @@ impl FrameSink {
             }
         };
         self.finish(&mut work, encoded);
+    }
+
+    /// While the source is not delivering: the "no signal" picture (saying `why`) at the
+    /// stream's current size, encoded and published like a frame, with the next sequence number,
+    /// but not counted as captured or encoded and leaving the source's state alone.
+    pub fn publish_no_signal(&self, why: &str) {
+        let shape = self.inner.shared.shape();
+        let mut work = self.work();
+        let seq = work.seq;
+        work.seq += 1;
+        let Work {
+            encoder,
+            idle_frame,
+            ..
+        } = &mut *work;
+        let lines = [self.inner.what.as_str(), why];
+        no_signal::render(
+            shape.width,
+            shape.height,
+            &lines,
+            unix_micros_now(),
+            idle_frame,
+        );
+        match encoder.encode(idle_frame, seq) {
+            Ok(frame) => {
+                self.inner.shared.stats.no_signal.fetch_add(1, Relaxed);
+                self.inner.frames.send_replace(Some(Arc::new(frame)));
+            }
+            Err(e) => tracing::warn!(error = %e, "the no-signal frame could not be encoded"),
+        }
+    }
+
+    /// The source's state, to wait on.
+    pub(super) fn state(&self) -> watch::Receiver<SourceState> {
+        self.inner.shared.state.subscribe()
     }
 
     /// A frame the source delivered could not be used (corrupt, not a JPEG, too big): counted,
@@ -197,6 +253,9 @@ impl FrameSink {
                     .store(u32::from(frame.quality), Relaxed);
                 shared.stats.encoded.fetch_add(1, Relaxed);
                 self.inner.frames.send_replace(Some(Arc::new(frame)));
+                if work.measure_fps {
+                    measure_rate(shared, &mut work.rate_window);
+                }
             }
             Err(reason) => {
                 shared.stats.errors.fetch_add(1, Relaxed);
@@ -214,6 +273,25 @@ impl FrameSink {
         if !matches!(*shared.state.borrow(), SourceState::Live) {
             shared.state.send_replace(SourceState::Live);
         }
+    }
+}
+
+/// Counts one frame into the window; at the window's end, the rate seen (frame intervals per
+/// second) becomes the stream's, and this frame opens the next window.
+fn measure_rate(shared: &CaptureShared, window: &mut Option<(Instant, u32)>) {
+    let now = Instant::now();
+    let Some((since, frames)) = window else {
+        *window = Some((now, 0));
+        return;
+    };
+    *frames += 1;
+    let elapsed = now.duration_since(*since);
+    if elapsed >= RATE_WINDOW {
+        let fps = (f64::from(*frames) / elapsed.as_secs_f64())
+            .round()
+            .max(1.0);
+        shared.set_fps(fps as u32);
+        *window = Some((now, 0));
     }
 }
 

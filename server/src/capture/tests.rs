@@ -27,6 +27,9 @@ enum Step {
     Raw(u32),
     /// Opens, delivers these JPEGs 100 ms apart, then fails.
     Jpegs(Vec<Bytes>),
+    /// Opens knowing neither size nor rate, delivers this many 48x16 raw frames 100 ms apart
+    /// (10 fps), then has played to its end.
+    Unknown(u32),
 }
 
 /// A source that follows a script, one step per run; after the script, it waits for stop.
@@ -83,6 +86,19 @@ impl Source for Scripted {
                     }
                     Err(gone("pusher left"))
                 }
+                Some(Step::Unknown(n)) => {
+                    sink.opened("scripted unknown", StreamShape::default());
+                    for _ in 0..n {
+                        let mut frame = RawFrame::new();
+                        (frame.width, frame.height) = (48, 16);
+                        frame.data = vec![128; 48 * 16 * 3 / 2];
+                        sink.publish_raw(&frame);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(SourceError::Finished {
+                        device: "scripted".into(),
+                    })
+                }
             }
         })
     }
@@ -103,7 +119,11 @@ fn capture_of(
     let log_dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
     let shutdown = CancellationToken::new();
-    let capture = Capture::start(source, encoder, journal, &shutdown).unwrap();
+    let config = CaptureConfig {
+        encoder,
+        ..CaptureConfig::default()
+    };
+    let capture = Capture::start(source, config, journal, &shutdown).unwrap();
     (capture, log_dir, shutdown)
 }
 
@@ -185,9 +205,13 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
         lines[1]
     );
     assert!(lines[2].contains("unplugged"), "{}", lines[2]);
-    // The stream's last frame is the third, and its shape is the source's.
+    // While it was not delivering (0–1400 ms, and from 1700 ms), a "no signal" frame went out
+    // a second after it went quiet and each second after: at 1000, then 2700, 3700, 4700 ms.
+    // They take sequence numbers (0, then 4–6 around the source's 1–3) but are not captured or
+    // encoded frames; the last is at the source's size.
+    assert_eq!(stats.no_signal.load(Relaxed), 4);
     let newest = rig.capture.frames.borrow().clone().unwrap();
-    assert_eq!((newest.seq, newest.width, newest.height), (2, 32, 32));
+    assert_eq!((newest.seq, newest.width, newest.height), (6, 32, 32));
     assert_eq!(
         rig.capture.shared.shape(),
         StreamShape {
@@ -195,6 +219,10 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
             height: 32,
             fps: 10
         }
+    );
+    assert!(
+        matches!(rig.capture.shared.state(), SourceState::Lost(_)),
+        "a no-signal frame does not make the source live"
     );
 
     rig.shutdown.cancel();
@@ -204,6 +232,63 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
         started.elapsed() < Duration::from_millis(10),
         "stop waits for nothing"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn until_a_source_shows_its_own_shape_watchers_get_no_signal_at_the_idle_shape() {
+    let rig = start(
+        vec![Step::Fail("booting")],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    let mut frames = rig.capture.frames.clone();
+    assert!(frames.borrow_and_update().is_none());
+    tokio::time::sleep(Duration::from_millis(999)).await;
+    assert!(
+        frames.borrow().is_none(),
+        "no frame before a second of silence"
+    );
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let first = frames
+        .borrow_and_update()
+        .clone()
+        .expect("a no-signal frame");
+    // The idle shape (CaptureConfig's default, i.e. --size) is what viewers are told.
+    assert_eq!((first.width, first.height), (640, 480));
+    assert_eq!(rig.capture.shared.shape().width, 640);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stats = &rig.capture.shared.stats;
+    assert_eq!(stats.no_signal.load(Relaxed), 4, "one a second");
+    assert_eq!(stats.encoded.load(Relaxed), 0);
+    assert_eq!(stats.captured.load(Relaxed), 0);
+    let newest = frames.borrow().clone().unwrap();
+    assert_eq!(newest.seq, 3, "no-signal frames number on");
+    // The picture says it: it decodes, and it is not the uniform grey of a blank frame.
+    let gray = turbojpeg::decompress(&newest.datagram, turbojpeg::PixelFormat::GRAY).unwrap();
+    let (lo, hi) = gray
+        .pixels
+        .iter()
+        .fold((255u8, 0u8), |(lo, hi), &p| (lo.min(p), hi.max(p)));
+    assert!(hi > 200 && lo < 60, "text on a dark background: {lo}..{hi}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_without_a_declared_rate_is_measured_and_one_that_ended_is_not_run_again() {
+    let rig = start(
+        vec![Step::Unknown(30)],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let shape = rig.capture.shared.shape();
+    assert_eq!((shape.width, shape.height, shape.fps), (48, 16, 10));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(rig.run_times_ms(), [0], "finished: run once");
+    let stats = &rig.capture.shared.stats;
+    assert_eq!(stats.captured.load(Relaxed), 30);
+    // Ended at 3000 ms; it is now 7500: no signal at 4000, 5000, 6000, 7000.
+    assert_eq!(stats.no_signal.load(Relaxed), 4);
+    let lines = rig.journal();
+    assert_eq!(count(&lines, "SOURCE-LOST"), 1, "{lines:#?}");
+    assert!(lines[0].contains("scripted ended"), "{}", lines[0]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,10 +1,11 @@
-//! Drawing the test pattern: JFIF colours, filled rectangles and 8×8 text on I420 planes.
+//! Drawing on I420 planes: JFIF colours, filled rectangles and 8×8 text (the test pattern and
+//! the "no signal" frame).
 
 use chrono::{DateTime, Local};
 use font8x8::legacy::BASIC_LEGACY;
 
 /// Full-range (JFIF) BT.601 YCbCr of an RGB colour, as JPEG stores it.
-pub(super) const fn ycbcr(r: u8, g: u8, b: u8) -> [u8; 3] {
+pub(crate) const fn ycbcr(r: u8, g: u8, b: u8) -> [u8; 3] {
     let (r, g, b) = (r as i32, g as i32, b as i32);
     let y = (19_595 * r + 38_470 * g + 7_471 * b + 32_768) >> 16;
     let cb = ((-11_059 * r - 21_709 * g + 32_768 * b + 32_768) >> 16) + 128;
@@ -42,7 +43,7 @@ pub(super) const COUNTER_CHARS: u32 = 8;
 pub(super) const CLOCK_CHARS: u32 = 12;
 
 /// Local wall-clock time, "HH:MM:SS.mmm".
-pub(super) fn clock_text(unix_us: u64) -> String {
+pub(crate) fn clock_text(unix_us: u64) -> String {
     let local = i64::try_from(unix_us)
         .ok()
         .and_then(DateTime::from_timestamp_micros)
@@ -54,7 +55,7 @@ pub(super) fn clock_text(unix_us: u64) -> String {
 }
 
 /// Drawing on I420 planes (even width and height); everything is clipped to the frame.
-pub(super) struct Canvas<'a> {
+pub(crate) struct Canvas<'a> {
     pub y: &'a mut [u8],
     pub u: &'a mut [u8],
     pub v: &'a mut [u8],

@@ -2,7 +2,7 @@
 //! burnt in, so that a viewer can see at a glance that frames arrive, in order, and how late.
 //! Needs no camera.
 
-mod draw;
+pub(crate) mod draw;
 #[cfg(test)]
 mod tests;
 

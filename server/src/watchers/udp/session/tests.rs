@@ -11,8 +11,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::capture::CaptureConfig;
 use crate::capture::{FrameSink, StreamShape};
-use crate::encoder::EncoderConfig;
 use crate::journal::read_all;
 use crate::sources::{PixelFormat, RawFrame, Source, SourceRun};
 use crate::{Capture, Config, Journal, Server};
@@ -61,7 +61,7 @@ async fn start(config: Config) -> Rig {
     let shutdown = CancellationToken::new();
     let capture = Capture::start(
         Box::new(Ticker),
-        EncoderConfig::default(),
+        CaptureConfig::default(),
         journal.clone(),
         &shutdown,
     )
