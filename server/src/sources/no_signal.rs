@@ -102,6 +102,6 @@ mod tests {
         let red_band_row = 240 / 3;
         let background = y[5 * 320 + 5];
         assert_ne!(y[red_band_row * 320 + 2], background, "the band is drawn");
-        assert!(y.iter().any(|&p| p == 255), "white text is drawn");
+        assert!(y.contains(&255), "white text is drawn");
     }
 }
