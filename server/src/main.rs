@@ -92,6 +92,10 @@ struct Args {
     /// Frames sent to a viewer without an ack before it skips to newer ones.
     #[arg(long, value_name = "N", default_value_t = 4)]
     max_in_flight: usize,
+    /// Also serve OAK host programs on this TCP port: each frame as the OAK PoE
+    /// tcp_streaming_server writes it (32-byte "ABCDE" header, then the JPEG). 0 = off.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    tcp_stream_port: u16,
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
@@ -238,8 +242,25 @@ fn run() -> anyhow::Result<()> {
             "surv-server ready"
         );
         let server = Arc::new(Server::new(config, &capture, args.max_datagram, journal));
+        let oak = if args.tcp_stream_port != 0 {
+            let addr = SocketAddr::new(args.bind, args.tcp_stream_port);
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("--tcp-stream-port: listening on TCP {addr} (is that port in use?)")
+            })?;
+            tracing::info!(%addr, "serving OAK host programs (ABCDE over TCP)");
+            Some(tokio::spawn(surv_server::watchers::oak_tcp::run(
+                server.clone(),
+                listener,
+                shutdown.clone(),
+            )))
+        } else {
+            None
+        };
         tokio::spawn(stop_on_signal(shutdown.clone()));
         surv_server::run(server, listener, shutdown).await;
+        if let Some(oak) = oak {
+            let _ = oak.await;
+        }
         capture.stop().await;
         tracing::info!("stopped");
         Ok(())

@@ -11,10 +11,12 @@
 //!   acks (`continue`/`end`); the batched fast path.
 //! * [`stream`]: the driver for stream-oriented kinds (TCP, HTTP): the newest frame to each,
 //!   frames it cannot take skipped and counted, a write deadline for one that stops reading.
+//! * [`oak_tcp`]: OAK host programs reading the ABCDE-framed TCP stream (`--tcp-stream-port`).
 //!
 //! To add a kind: see docs/ARCHITECTURE.md (a [`WatcherKind`] variant, a file that accepts the
 //! watcher, reserves a slot, joins, serves, leaves).
 
+pub mod oak_tcp;
 pub mod stream;
 pub mod udp;
 
@@ -37,6 +39,8 @@ pub enum WatcherKind {
     Seed,
     /// surv-client: `SURV/1 <port>`, a reply line, sequence-numbered acks.
     Surv1,
+    /// An OAK host program reading the ABCDE TCP stream ([`oak_tcp`]).
+    OakTcp,
 }
 
 impl WatcherKind {
@@ -44,6 +48,7 @@ impl WatcherKind {
         match self {
             WatcherKind::Seed => Form::Seed.as_str(),
             WatcherKind::Surv1 => Form::V1.as_str(),
+            WatcherKind::OakTcp => "oak-tcp",
         }
     }
 }
