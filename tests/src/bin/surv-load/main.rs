@@ -6,6 +6,9 @@
 //! the worst and median viewer, server CPU per delivered frame (from /proc, acks included),
 //! server RSS, capture → receipt latency, encodes per captured frame, and the generator's own CPU.
 //!
+//! With `--push tcp|udp`, the tool is also the camera (see `push.rs`), and the figures add the
+//! server's CPU per ingested frame and the share of frames passed through untouched.
+//!
 //! With `--churn-secs`, viewers keep joining and leaving for that long and the server's RSS is
 //! printed periodically instead (the memory-growth run).
 //!
@@ -17,13 +20,14 @@
 //! surv-server and its line of figures), `server.rs` (the server process), `viewers.rs`
 //! (addresses, forms, registration), `receiver.rs` (the receiving and acking thread), `mmsg.rs`
 //! (its batched system calls), `procfs.rs` (CPU and RSS from /proc), `churn.rs` (the memory
-//! run), `gst.rs` (the GStreamer yardstick).
+//! run), `gst.rs` (the GStreamer yardstick), `push.rs` (the camera of a push run).
 
 mod churn;
 mod gst;
 mod measure;
 mod mmsg;
 mod procfs;
+mod push;
 mod receiver;
 mod server;
 mod viewers;
@@ -70,6 +74,12 @@ struct Args {
     /// Extra arguments for the server, e.g. `--server-arg=--max-in-flight=8`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+    /// Push run: instead of the test pattern, the server takes JPEGs from a camera that this tool
+    /// plays (length-prefixed over TCP to `tcp-listen://`, or one per datagram to `udp://`) at
+    /// --size and --fps, and passes them through; prints the server CPU per ingested frame (with
+    /// no viewer) and the ingest → viewer latency.
+    #[arg(long, value_enum)]
+    push: Option<push::PushKind>,
     /// Instead of surv-server, measure GStreamer's multiudpsink sending the same stream (JPEG,
     /// no acks) to --viewers addresses: the CPU-per-datagram yardstick.
     #[arg(long)]

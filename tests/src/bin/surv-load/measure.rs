@@ -10,6 +10,7 @@ use anyhow::bail;
 use surv_proto::Form;
 
 use crate::procfs::{cpu_us, rss_kib};
+use crate::push::{PushKind, Pusher};
 use crate::receiver::{receive_loop, Shared};
 use crate::server::{log_field, ServerProc};
 use crate::viewers::{form_of, register_all};
@@ -19,9 +20,23 @@ use crate::{churn, Args, WAIT_LIMIT};
 pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
     let server = ServerProc::start(args)?;
     let pid = server.pid();
+    let camera = match (args.push, server.camera_to) {
+        (Some(kind), Some(to)) => Some(Pusher::start(kind, to.into(), args.size, args.fps)?),
+        _ => None,
+    };
     // The server with its frames but no viewer: what each viewer adds is measured from here.
     std::thread::sleep(Duration::from_millis(1000));
     let rss_base_kib = rss_kib(&pid)?;
+    // A push run: what ingesting costs (read, check, tag, publish) with no viewer to send to.
+    let ingest = match &camera {
+        Some(cam) => {
+            let (cpu0, sent0) = (cpu_us(&pid)?, cam.sent.load(Relaxed));
+            std::thread::sleep(Duration::from_secs(3));
+            let (cpu1, sent1) = (cpu_us(&pid)?, cam.sent.load(Relaxed));
+            Some(cpu1.saturating_sub(cpu0) as f64 / sent1.saturating_sub(sent0).max(1) as f64)
+        }
+        None => None,
+    };
 
     let shared = Arc::new(Shared::default());
     let (end_tx, end_rx) = mpsc::channel();
@@ -85,6 +100,12 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
     drop(viewers);
+    let camera_sent = camera
+        .as_ref()
+        .map(|c| (c.sent.load(Relaxed), c.frame_bytes));
+    if let Some(cam) = camera {
+        cam.stop()?;
+    }
     let log = server.stop();
     let bytes = shared.bytes.load(Relaxed);
 
@@ -126,6 +147,15 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
         attempts / captured.max(1.0),
         failed.len(),
     );
+    if let (Some(ingest_us), Some((sent, frame_bytes))) = (ingest, camera_sent) {
+        let passed = log_field(&log, "passed_through").unwrap_or(0.0);
+        println!(
+            "push={:?}: camera sent {sent} frames of {frame_bytes} B | server cpu/ingested frame with no viewer={ingest_us:.1}us | passed through {:.1}% of captured, rejected {}",
+            args.push.unwrap_or(PushKind::Tcp),
+            100.0 * passed / captured.max(1.0),
+            log_field(&log, "rejected").unwrap_or(0.0),
+        );
+    }
     if tallies.untagged + tallies.ack_errors > 0 {
         eprintln!(
             "surv-load: {} untagged datagrams, {} ack send errors",

@@ -1,19 +1,23 @@
-//! The surv-server under test, as its own process: started on loopback with the test pattern,
+//! The surv-server under test, as its own process: started on loopback with the test pattern
+//! (or, in a push run, a `tcp-listen://`/`udp://` source on a free port for the camera),
 //! waited for until it listens, stopped with SIGTERM (then SIGKILL), and its log read back.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::push::PushKind;
 use crate::{Args, WAIT_LIMIT};
 
 /// The server process; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct ServerProc {
     child: Child,
     pub addr: SocketAddrV4,
+    /// Where a push run's camera sends (the server's `tcp-listen://` or `udp://` source).
+    pub camera_to: Option<SocketAddrV4>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -37,8 +41,18 @@ impl ServerProc {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("server.log");
         let (w, h) = args.size;
+        let camera_to = match args.push {
+            Some(PushKind::Tcp) => Some(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
+            Some(PushKind::Udp) => Some(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()),
+            None => None,
+        }
+        .map(|port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        let source = match (args.push, camera_to) {
+            (Some(kind), Some(to)) => kind.source_arg(to.port()),
+            _ => "test".to_string(),
+        };
         let child = Command::new(&exe)
-            .args(["--source", "test", "--bind", "127.0.0.1"])
+            .args(["--source", &source, "--bind", "127.0.0.1"])
             .args(["--port", &port.to_string()])
             .args([
                 "--size",
@@ -59,6 +73,7 @@ impl ServerProc {
         let srv = ServerProc {
             child,
             addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            camera_to,
             log,
             _dir: dir,
         };
