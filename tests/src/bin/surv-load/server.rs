@@ -47,12 +47,16 @@ impl ServerProc {
             None => None,
         }
         .map(|port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        // `--server-arg=--source=…` (an RTSP stand-in, a file) replaces the test pattern.
+        let source_given = args.server_args.iter().any(|a| a.starts_with("--source"));
         let source = match (args.push, camera_to) {
-            (Some(kind), Some(to)) => kind.source_arg(to.port()),
-            _ => "test".to_string(),
+            (Some(kind), Some(to)) => Some(kind.source_arg(to.port())),
+            _ if source_given => None,
+            _ => Some("test".to_string()),
         };
         let child = Command::new(&exe)
-            .args(["--source", &source, "--bind", "127.0.0.1"])
+            .args(source.iter().flat_map(|s| ["--source", s.as_str()]))
+            .args(["--bind", "127.0.0.1"])
             .args(["--port", &port.to_string()])
             .args([
                 "--size",
