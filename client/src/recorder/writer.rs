@@ -18,6 +18,15 @@ use super::{Format, RecFrame, RecorderConfig, RecorderReport, Retention, CHECKPO
 /// How many `-N` suffixes to try before giving up on a name.
 const MAX_NAME_TRIES: u32 = 1000;
 
+/// Segments are cut for an abnormal reason (the frame size changed, capture time went back or
+/// leapt ahead) at most once in this long (wall time): one change cuts at once, but a server
+/// whose frames alternate sizes or times cannot make a new file per frame; the frames that
+/// would have cut sooner are dropped (counted, logged).
+const MIN_ABNORMAL_CUT_GAP: Duration = Duration::from_secs(1);
+
+/// How often a run of dropped frames (churn, unreadable) is logged again.
+const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// The recorder thread: owns the current segment file.
 pub(super) struct SegmentWriter<S: SegmentStore> {
     dir: PathBuf,
@@ -36,6 +45,12 @@ pub(super) struct SegmentWriter<S: SegmentStore> {
     failing: bool,
     invalid_frames: u64,
     uncoded_frames: u64,
+    /// When a segment was last cut for an abnormal reason.
+    last_abnormal_cut: Option<Instant>,
+    /// Frames dropped because they would have cut again too soon (see
+    /// [`MIN_ABNORMAL_CUT_GAP`]), and when that was last logged.
+    churn_frames: u64,
+    churn_logged: Option<Instant>,
     /// Time spent recording frames, for the CPU-per-frame figure.
     busy: Duration,
     report: RecorderReport,
@@ -72,6 +87,9 @@ impl<S: SegmentStore> SegmentWriter<S> {
             failing: false,
             invalid_frames: 0,
             uncoded_frames: 0,
+            last_abnormal_cut: None,
+            churn_frames: 0,
+            churn_logged: None,
             busy: Duration::ZERO,
             report: RecorderReport::default(),
         }
@@ -123,13 +141,13 @@ impl<S: SegmentStore> SegmentWriter<S> {
 
     fn record(&mut self, f: RecFrame) {
         let t = f.capture_unix_us;
-        let dims = match jpeg_dims(&f.jpeg) {
+        let dims = match whole_jpeg(&f.jpeg).and_then(|()| jpeg_dims(&f.jpeg)) {
             Ok(dims) => dims,
             Err(reason) => {
                 self.report.frames_dropped += 1;
                 self.invalid_frames += 1;
                 if self.invalid_frames == 1 {
-                    warn!(%reason, "not recording a frame whose JPEG header is unreadable");
+                    warn!(%reason, "not recording a frame that is not a whole, readable JPEG");
                 } else {
                     trace!(%reason, capture_unix_us = t, "unreadable JPEG header");
                 }
@@ -139,14 +157,42 @@ impl<S: SegmentStore> SegmentWriter<S> {
 
         if let Some(seg) = &self.current {
             let window_end = seg.first_us.saturating_add(self.segment_us);
-            let cut = if t >= window_end || t < seg.first_us {
-                Some("segment time")
+            // (why, whether it is abnormal: something a sane stream does not do every second)
+            let cut = if t < seg.first_us {
+                Some(("capture time went back", true))
+            } else if t >= window_end.saturating_add(self.segment_us) {
+                Some(("capture time leapt ahead", true))
+            } else if t >= window_end {
+                Some(("segment time", false))
             } else if dims != seg.dims {
-                Some("frame size changed")
+                Some(("frame size changed", true))
             } else {
-                seg.track.cut_before(f.jpeg.len())
+                seg.track.cut_before(f.jpeg.len()).map(|r| (r, false))
             };
-            if let Some(reason) = cut {
+            if let Some((reason, abnormal)) = cut {
+                let too_soon = self
+                    .last_abnormal_cut
+                    .is_some_and(|at| at.elapsed() < MIN_ABNORMAL_CUT_GAP);
+                if abnormal && too_soon {
+                    self.report.frames_dropped += 1;
+                    self.churn_frames += 1;
+                    if self
+                        .churn_logged
+                        .is_none_or(|at| at.elapsed() >= REPEAT_LOG_EVERY)
+                    {
+                        self.churn_logged = Some(Instant::now());
+                        warn!(
+                            reason,
+                            dropped_so_far = self.churn_frames,
+                            "frame not recorded: the stream changes size or time too often \
+                             (a new segment at most once a second for that)"
+                        );
+                    }
+                    return;
+                }
+                if abnormal {
+                    self.last_abnormal_cut = Some(Instant::now());
+                }
                 debug!(reason, "cutting segment");
                 if let Some(seg) = self.current.take() {
                     self.close(seg);
@@ -349,6 +395,19 @@ impl<S: SegmentStore> SegmentWriter<S> {
             );
         }
     }
+}
+
+/// A whole JPEG: SOI first, and EOI at the end (a few bytes of padding after it allowed), so
+/// that a truncated frame is not stored as if it were one.
+fn whole_jpeg(jpeg: &[u8]) -> Result<(), String> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        return Err("not a JPEG (no SOI marker)".into());
+    }
+    let tail = &jpeg[jpeg.len().saturating_sub(32)..];
+    if !tail.windows(2).any(|w| w == [0xFF, 0xD9]) {
+        return Err("truncated JPEG (no EOI marker at its end)".into());
+    }
+    Ok(())
 }
 
 /// Width and height from the JPEG header.

@@ -156,3 +156,68 @@ fn avi_gaps_keep_capture_speed() {
     let file = fs::read(&report.segments[0]).unwrap();
     crate::avi::tests::check_file(&file, &slots, FRAME_INTERVAL_US as u32, 160, 90);
 }
+
+/// A hostile (or broken) server alternating frame sizes and capture times cannot make a file
+/// per frame: the first change cuts at once, later ones at most once a second; the frames in
+/// between are dropped and counted.
+#[test]
+fn alternating_sizes_and_times_do_not_make_a_file_per_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = spawn(
+        RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    let mut frames = Vec::new();
+    for s in 0..40u64 {
+        let (w, h) = if s % 2 == 0 { (160, 90) } else { (80, 45) };
+        frames.push(frame(jpeg(w, h, s, false), s));
+    }
+    // Capture time jumping back and forth by an hour, at one size.
+    for s in 40..80u64 {
+        let mut f = frame(jpeg(160, 90, s, false), s);
+        if s % 2 == 1 {
+            f.capture_unix_us += 3_600_000_000;
+        }
+        frames.push(f);
+    }
+    let started = std::time::Instant::now();
+    let refused = push_all(&rec, frames);
+    let report = rec.finish();
+    // One abnormal cut at once, then at most one a second: without the limit, 79 segments.
+    let allowed = 2 + started.elapsed().as_secs() as usize;
+    assert!(report.segments.len() <= allowed, "{:?}", report.segments);
+    assert_eq!(report.frames_written + report.frames_dropped, 80 + refused);
+    assert!(report.frames_dropped >= 55 + refused, "{report:?}");
+}
+
+/// A frame cut short in transit (no EOI) is not stored as if it were a picture.
+#[test]
+fn truncated_jpegs_are_not_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = spawn(
+        RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    let whole: Vec<Bytes> = (0..10).map(|s| jpeg(160, 90, s, false)).collect();
+    let mut frames = Vec::new();
+    for s in 0..10u64 {
+        let cut = whole[s as usize].slice(..whole[s as usize].len() * 2 / 3);
+        frames.push(frame(cut, s));
+        frames.push(frame(whole[s as usize].clone(), s));
+    }
+    let refused = push_all(&rec, frames);
+    let report = rec.finish();
+    assert_eq!(report.frames_written, 10);
+    assert_eq!(report.frames_dropped, 10 + refused);
+    check_segment(&report.segments[0], &whole, (160, 90));
+}
