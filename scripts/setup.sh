@@ -11,11 +11,12 @@ set -euo pipefail
 # sees it: xvfb, openbox, xdotool, wmctrl, imagemagick. Stand-in cameras and peers: GStreamer's
 # RTSP server from Python (gir1.2-gst-rtsp-server-1.0, python3-gi, plugins base/good/ugly for
 # jpegenc, rtpjpegpay, x264enc, rtph264pay), gst-launch-1.0 (gstreamer1.0-tools, also the
-# comparison in surv-load), and a real MQTT broker (mosquitto, mosquitto-clients).
+# comparison in surv-load), a real MQTT broker (mosquitto, mosquitto-clients), and nftables
+# for the loss harness (scripts/loss-netns.sh).
 PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium
   xvfb openbox xdotool wmctrl imagemagick
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-  gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients)
+  gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients nftables)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

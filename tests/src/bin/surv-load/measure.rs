@@ -147,6 +147,29 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
         attempts / captured.max(1.0),
         failed.len(),
     );
+    // Per form: the worst viewer's share of the frames, and the longest wait between two frames
+    // at any viewer of that form (what loss and the ack window cost).
+    for form in [Form::V1, Form::Seed] {
+        let of_form: Vec<usize> = (0..n)
+            .filter(|&i| form_of(i, args.seed_percent) == form)
+            .collect();
+        if of_form.is_empty() {
+            continue;
+        }
+        let worst = of_form.iter().map(|&i| tallies.per_viewer[i]).min().unwrap_or(0);
+        let gap_ms = of_form
+            .iter()
+            .map(|&i| tallies.max_gap_ns[i])
+            .max()
+            .unwrap_or(0) as f64
+            / 1e6;
+        println!(
+            "form={}: viewers={} worst share={:.1}% longest gap between frames={gap_ms:.0}ms",
+            form.as_str(),
+            of_form.len(),
+            100.0 * f64::from(worst) / frames as f64,
+        );
+    }
     if let (Some(ingest_us), Some((sent, frame_bytes))) = (ingest, camera_sent) {
         let passed = log_field(&log, "passed_through").unwrap_or(0.0);
         println!(

@@ -50,6 +50,10 @@ pub struct Tallies {
     pub app_latency_us: Histogram<u64>,
     pub untagged: u64,
     pub ack_errors: u64,
+    /// Per viewer: when its last measured frame came (ns since the epoch; 0 = none yet), and the
+    /// longest wait between two of its measured frames, ns.
+    pub last_rx_ns: Vec<u64>,
+    pub max_gap_ns: Vec<u64>,
 }
 
 pub fn receive_loop(
@@ -64,6 +68,8 @@ pub fn receive_loop(
         app_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         untagged: 0,
         ack_errors: 0,
+        last_rx_ns: vec![0; MAX_VIEWER_INDEX],
+        max_gap_ns: vec![0; MAX_VIEWER_INDEX],
     };
     let mut senders: HashMap<usize, SocketAddrV4> = HashMap::new();
     let mut rb = mmsg::RecvBatch::new(RECV_BATCH);
@@ -102,6 +108,11 @@ pub fn receive_loop(
                 if hi != 0 && (lo..=hi).contains(&tag.seq) {
                     t.per_viewer[index] += 1;
                     shared.bytes.fetch_add(d.len as u64, Relaxed);
+                    let last = std::mem::replace(&mut t.last_rx_ns[index], now_ns);
+                    if last != 0 {
+                        let gap = now_ns.saturating_sub(last);
+                        t.max_gap_ns[index] = t.max_gap_ns[index].max(gap);
+                    }
                     let cap_ns = tag.capture_unix_us * 1000;
                     if let Some(rx) = d.rx_unix_ns {
                         let _ = t.latency_us.record(rx.saturating_sub(cap_ns) / 1000 + 1);

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Loss harness (issue 11; opt-in, needs root for `ip netns`): runs surv-load — a release
+# surv-server on the test pattern and N viewers, half seed form, half SURV/1 — inside a private
+# network namespace whose loopback drops a random share of UDP datagrams with nftables (frames
+# and acks alike: each datagram crosses the input hook once), at 0 %, 20 % and 40 %.
+# Prints surv-load's figures per loss rate: worst share of frames per form, longest gap between
+# two frames at any viewer, server CPU. Nothing leaves the namespace.
+#   sudo scripts/loss-netns.sh [VIEWERS] [SECONDS] [SIZE]      e.g. scripts/loss-netns.sh 20 10 640x480
+set -euo pipefail
+cd "$(dirname "$0")/.."
+viewers=${1:-20}
+seconds=${2:-10}
+size=${3:-640x480}
+command -v nft >/dev/null || { echo "loss-netns: needs nft (apt-get install nftables)" >&2; exit 1; }
+cargo build --release -q -p surv-server -p surv-tests
+ns="surv-loss-$$"
+ip netns add "$ns"
+trap 'ip netns del "$ns"' EXIT
+ip netns exec "$ns" ip link set lo up
+for loss in 0 20 40; do
+    ip netns exec "$ns" nft flush ruleset
+    if [ "$loss" -gt 0 ]; then
+        ip netns exec "$ns" nft add table inet surv
+        ip netns exec "$ns" nft add chain inet surv in '{ type filter hook input priority 0; }'
+        ip netns exec "$ns" nft add rule inet surv in meta l4proto udp numgen random mod 100 '<' "$loss" drop
+    fi
+    echo "== random loss ${loss} % on every UDP datagram (frames and acks)"
+    ip netns exec "$ns" target/release/surv-load --viewers "$viewers" --size "$size" --fps 30 \
+        --seconds "$seconds" --seed-percent 50
+done
