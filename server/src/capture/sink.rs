@@ -220,10 +220,15 @@ impl FrameSink {
             work.lost_at = Some(now);
             work.last_failure_log = Some(now);
             shared.stats.source_lost.fetch_add(1, Relaxed);
-            shared
+            let was = shared
                 .state
                 .send_replace(SourceState::Lost(reason.to_string()));
-            tracing::error!(source = %self.inner.what, reason, "source lost; retrying");
+            if was == SourceState::Starting {
+                // A network camera booting after the server is normal: a warning, not an error.
+                tracing::warn!(source = %self.inner.what, reason, "source not available yet; retrying");
+            } else {
+                tracing::error!(source = %self.inner.what, reason, "source lost; retrying");
+            }
             self.inner.journal.source_lost(&self.inner.what, reason);
         } else if work
             .last_failure_log
