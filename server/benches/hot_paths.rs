@@ -2,6 +2,8 @@
 //! frame out to N viewers (the `sendmmsg` path, on loopback), and taking acks in (`recvmmsg`,
 //! decode, settle in the window).
 //!
+//! Also motion analysis per frame (1/8-scale decode + compare).
+//!
 //! `cargo bench -p surv-server`. The fan-out figures include the kernel's loopback delivery
 //! into the receiving socket, as the server's CPU figure in surv-load does.
 
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use surv_proto::Ack;
 use surv_server::encoder::{Encoder, EncoderConfig};
+use surv_server::motion::{thumbnail, Detector, MotionConfig};
 use surv_server::sources::{FrameReader, PixelFormat, RawFrame, TestPattern};
 use surv_server::sys::{self, BatchReceiver, BatchSender};
 use surv_server::watchers::udp::window::Window;
@@ -179,9 +182,40 @@ fn acks(c: &mut Criterion) {
     g.finish();
 }
 
+/// Motion analysis of one frame as the server does it: the JPEG decoded at 1/8 in grayscale,
+/// compared with the previous picture (issue 10's budget: 0.3 ms at 640x480, 1 ms at 1080p).
+fn motion(c: &mut Criterion) {
+    let mut g = c.benchmark_group("motion_per_frame");
+    for (w, h) in [(640u32, 480u32), (1920, 1080)] {
+        let raw = frame(w, h);
+        let mut enc = Encoder::new(EncoderConfig::default()).expect("encoder");
+        let jpegs: Vec<Vec<u8>> = (0..2)
+            .map(|seq| {
+                let mut f = frame(w, h);
+                f.data[seq * 1000] ^= 0xFF;
+                enc.encode(&f, seq as u64).expect("encode").datagram.to_vec()
+            })
+            .collect();
+        drop(raw);
+        let mut detector = Detector::new(MotionConfig::default());
+        let mut decompressor = turbojpeg::Decompressor::new().expect("decompressor");
+        let mut thumb = Vec::new();
+        let mut i = 0u64;
+        g.bench_function(BenchmarkId::from_parameter(format!("{w}x{h}")), |b| {
+            b.iter(|| {
+                i += 1;
+                let jpeg = &jpegs[(i % 2) as usize];
+                let (tw, th) = thumbnail(&mut decompressor, jpeg, &mut thumb).expect("thumbnail");
+                detector.analyse(&thumb, tw, th, i * 66_000)
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = encode, fan_out, acks
+    targets = encode, fan_out, acks, motion
 }
 criterion_main!(benches);

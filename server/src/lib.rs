@@ -16,6 +16,7 @@
 pub mod capture;
 pub mod encoder;
 pub mod journal;
+pub mod motion;
 pub mod sources;
 pub mod sys;
 pub mod watchers;
