@@ -193,7 +193,10 @@ fn motion(c: &mut Criterion) {
             .map(|seq| {
                 let mut f = frame(w, h);
                 f.data[seq * 1000] ^= 0xFF;
-                enc.encode(&f, seq as u64).expect("encode").datagram.to_vec()
+                enc.encode(&f, seq as u64)
+                    .expect("encode")
+                    .datagram
+                    .to_vec()
             })
             .collect();
         drop(raw);

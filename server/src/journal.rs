@@ -1,5 +1,5 @@
-//! The journal: one line per watcher JOIN, LEAVE and REFUSE, and per SOURCE-LOST and
-//! SOURCE-BACK, in daily files under the log folder.
+//! The journal: one line per watcher JOIN, LEAVE and REFUSE, per SOURCE-LOST and SOURCE-BACK,
+//! and per MOTION-START and MOTION-END, in daily files under the log folder.
 //!
 //! ```text
 //! 2026-11-21T21:40:00.123+01:00 JOIN session=3 viewer=127.0.0.1:5000 form=seed
@@ -7,6 +7,8 @@
 //! 2026-11-21T21:40:11.000+01:00 REFUSE peer=127.0.0.1:40112 form=surv1 reason="server full (16 viewers)"
 //! 2026-11-21T21:41:00.000+01:00 SOURCE-LOST source="camera 0" reason="reading a frame from /dev/video0: …"
 //! 2026-11-21T21:41:03.200+01:00 SOURCE-BACK source="camera 0" down_s=3.200
+//! 2026-11-21T21:42:00.050+01:00 MOTION-START at=2026-11-21T21:42:00.010+01:00 score=3.125 box=0.250,0.400,0.125,0.167
+//! 2026-11-21T21:42:08.020+01:00 MOTION-END start=2026-11-21T21:42:00.010+01:00 end=2026-11-21T21:42:05.000+01:00 duration_s=4.990 peak=6.250 box=0.000,0.400,1.000,0.167
 //! ```
 //!
 //! `form` is the watcher's kind ([`WatcherKind::as_str`]); every kind of watcher has the same
@@ -155,6 +157,29 @@ impl Journal {
         ));
     }
 
+    /// A motion event began at `at_us` (capture time) with `score` (share of the picture) in
+    /// `region` (x, y, w, h as fractions of the picture).
+    pub fn motion_start(&self, at_us: u64, score: f32, region: [f32; 4]) {
+        let [x, y, w, h] = region;
+        self.write(&format!(
+            "MOTION-START at={} score={:.3} box={x:.3},{y:.3},{w:.3},{h:.3}",
+            stamp_us(at_us),
+            score * 100.0
+        ));
+    }
+
+    /// A motion event ended: motion from `start_us` to `end_us` (its last frame with motion).
+    pub fn motion_end(&self, start_us: u64, end_us: u64, peak: f32, region: [f32; 4]) {
+        let [x, y, w, h] = region;
+        self.write(&format!(
+            "MOTION-END start={} end={} duration_s={:.3} peak={:.3} box={x:.3},{y:.3},{w:.3},{h:.3}",
+            stamp_us(start_us),
+            stamp_us(end_us),
+            end_us.saturating_sub(start_us) as f64 / 1e6,
+            peak * 100.0
+        ));
+    }
+
     fn write(&self, line: &str) {
         let stamped = format!(
             "{} {line}\n",
@@ -189,6 +214,20 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<String>> {
         lines.extend(std::fs::read_to_string(f)?.lines().map(str::to_owned));
     }
     Ok(lines)
+}
+
+/// A capture time (µs since the epoch) as local RFC 3339 with milliseconds.
+fn stamp_us(us: u64) -> String {
+    i64::try_from(us)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .map_or_else(
+            || us.to_string(),
+            |t| {
+                t.with_timezone(&Local)
+                    .to_rfc3339_opts(SecondsFormat::Millis, false)
+            },
+        )
 }
 
 #[cfg(test)]

@@ -18,6 +18,12 @@ use surv_server::{Capture, Config, Journal, Server, StreamShape};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     /// RTP interleaved in the RTSP TCP connection (works through NAT and firewalls).
     Tcp,
@@ -96,6 +102,18 @@ struct Args {
     /// tcp_streaming_server writes it (32-byte "ABCDE" header, then the JPEG). 0 = off.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     tcp_stream_port: u16,
+    /// Motion detection on the server (journal MOTION-START / MOTION-END): on or off.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    motion: Switch,
+    /// Analyse every Nth frame for motion.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    motion_every: u64,
+    /// Share of the picture (%) that must change between analysed frames for motion.
+    #[arg(long, value_name = "PCT", default_value_t = 0.5)]
+    motion_threshold: f32,
+    /// A motion event ends after this many seconds without motion.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    motion_hold: f64,
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
@@ -176,6 +194,14 @@ fn run() -> anyhow::Result<()> {
             args.max_frame_bytes
         );
     }
+    if args.motion_every == 0 || !(0.0..=100.0).contains(&args.motion_threshold) {
+        bail!("--motion-every must be at least 1 and --motion-threshold 0 to 100");
+    }
+    let motion_config = surv_server::motion::MotionConfig {
+        threshold_pct: args.motion_threshold,
+        hold: secs(args.motion_hold, "--motion-hold")?,
+        ..Default::default()
+    };
     let (width, height) = args.size;
     let options = SourceOptions {
         width,
@@ -241,6 +267,17 @@ fn run() -> anyhow::Result<()> {
             log_dir = %args.log_dir.display(),
             "surv-server ready"
         );
+        let motion = (args.motion == Switch::On).then(|| {
+            tokio::spawn(surv_server::motion::watch::run(
+                capture.frames.clone(),
+                args.motion_every,
+                motion_config,
+                capture.shared.clone(),
+                journal.clone(),
+                Arc::new(surv_server::motion::watch::MotionState::default()),
+                shutdown.clone(),
+            ))
+        });
         let server = Arc::new(Server::new(config, &capture, args.max_datagram, journal));
         let oak = if args.tcp_stream_port != 0 {
             let addr = SocketAddr::new(args.bind, args.tcp_stream_port);
@@ -260,6 +297,9 @@ fn run() -> anyhow::Result<()> {
         surv_server::run(server, listener, shutdown).await;
         if let Some(oak) = oak {
             let _ = oak.await;
+        }
+        if let Some(motion) = motion {
+            let _ = motion.await;
         }
         capture.stop().await;
         tracing::info!("stopped");

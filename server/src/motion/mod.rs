@@ -18,6 +18,7 @@
 
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::time::Duration;
 

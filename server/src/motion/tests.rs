@@ -62,7 +62,12 @@ fn one_event_for_a_moving_object_none_for_the_lights() {
         events.extend(event);
     }
     assert_eq!(events.len(), 2, "one start, one end: {events:#?}");
-    let MotionEvent::Start { at_us, score, region } = events[0].clone() else {
+    let MotionEvent::Start {
+        at_us,
+        score,
+        region,
+    } = events[0].clone()
+    else {
         panic!("{events:#?}");
     };
     assert!((1_500_000..=2_500_000).contains(&at_us), "start at {at_us}");
@@ -81,7 +86,10 @@ fn one_event_for_a_moving_object_none_for_the_lights() {
     assert_eq!(start_us, at_us);
     assert!((3_500_000..=4_500_000).contains(&end_us), "end at {end_us}");
     assert!(peak >= score);
-    assert!(region.w > 0.8, "the box spans the object's path: {region:?}");
+    assert!(
+        region.w > 0.8,
+        "the box spans the object's path: {region:?}"
+    );
     // Active from the start to 3 s after the end (the hold), then never again.
     assert!(active_frames >= 5 * fps as usize - 2, "{active_frames}");
     assert!(!detector.active());

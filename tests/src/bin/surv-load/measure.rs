@@ -156,7 +156,11 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
         if of_form.is_empty() {
             continue;
         }
-        let worst = of_form.iter().map(|&i| tallies.per_viewer[i]).min().unwrap_or(0);
+        let worst = of_form
+            .iter()
+            .map(|&i| tallies.per_viewer[i])
+            .min()
+            .unwrap_or(0);
         let gap_ms = of_form
             .iter()
             .map(|&i| tallies.max_gap_ns[i])
