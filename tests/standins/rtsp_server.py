@@ -2,15 +2,17 @@
 """A stand-in RTSP camera for surv's tests: GStreamer's gst-rtsp-server (what many IP cameras and
 NVR bridges run), serving a live test picture on two mounts:
 
-  /h264   videotestsrc -> x264enc (zerolatency, a key frame every --key-int frames) -> RTP/H.264
+  /h264   videotestsrc -> x264enc (Main profile, zerolatency, a key frame every --key-int frames)
+          -> RTP/H.264
   /mjpeg  videotestsrc -> jpegenc -> RTP/JPEG (RFC 2435)
   /h265   videotestsrc -> x265enc -> RTP/H.265 (only when x265enc is installed; surv refuses it)
 
 Both TCP-interleaved and UDP transports are offered, as a camera does. With --user/--password the
 mounts need that login, by Basic or Digest (--auth). Listens on 127.0.0.1 only.
 
-Once it listens it prints one line, `READY rtsp://127.0.0.1:PORT`, and flushes it (with --port 0
-the port is the one the system chose), then serves until killed.
+Once it listens it prints one line, `READY rtsp://127.0.0.1:PORT /h264 /mjpeg …` (the mounts it
+serves), and flushes it (with --port 0 the port is the one the system chose), then serves until
+killed.
 
 Run with the system /usr/bin/python3, which has `gi` (Debian packages python3-gi,
 gir1.2-gst-rtsp-server-1.0, gstreamer1.0-plugins-{base,good,ugly}; see scripts/setup.sh).
@@ -40,8 +42,10 @@ def picture(args):
 def pipelines(args):
     src = picture(args)
     mounts = {
-        "/h264": f"( {src} ! x264enc tune=zerolatency speed-preset=ultrafast "
-        f"key-int-max={args.key_int} ! rtph264pay name=pay0 pt=96 config-interval=-1 )",
+        # Main profile (CABAC), as cameras send, not the Baseline of x264's fastest preset.
+        "/h264": f"( {src} ! x264enc tune=zerolatency speed-preset=veryfast "
+        f"key-int-max={args.key_int} ! video/x-h264,profile=main "
+        f"! rtph264pay name=pay0 pt=96 config-interval=-1 )",
         "/mjpeg": f"( {src} ! jpegenc quality=80 ! rtpjpegpay name=pay0 pt=26 )",
     }
     if Gst.ElementFactory.find("x265enc") and Gst.ElementFactory.find("rtph265pay"):
@@ -88,7 +92,8 @@ def main():
         permissions.add_permission_for_role("camera-user", "media.factory.construct", True)
 
     mounts = server.get_mount_points()
-    for path, launch in pipelines(args).items():
+    served = pipelines(args)
+    for path, launch in served.items():
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
         # One encoder per mount, whatever the number of clients, as a camera has.
@@ -100,7 +105,7 @@ def main():
     if server.attach(None) == 0:
         print(f"cannot listen on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
         sys.exit(1)
-    print(f"READY rtsp://127.0.0.1:{server.get_bound_port()}", flush=True)
+    print(f"READY rtsp://127.0.0.1:{server.get_bound_port()} {' '.join(served)}", flush=True)
     GLib.MainLoop().run()
 
 

@@ -54,6 +54,8 @@ struct Camera {
     child: Option<Reaper>,
     port: u16,
     args: Vec<String>,
+    /// The paths it serves (`/h265` only where GStreamer has x265).
+    mounts: Vec<String>,
 }
 
 impl Camera {
@@ -63,6 +65,7 @@ impl Camera {
             child: None,
             port: 0,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            mounts: Vec::new(),
         };
         cam.launch();
         cam
@@ -98,12 +101,15 @@ impl Camera {
         let line = rx
             .recv_timeout(IO_TIMEOUT)
             .expect("the RTSP stand-in printed no READY line in time");
-        let port = line
-            .trim()
-            .strip_prefix("READY rtsp://127.0.0.1:")
+        let mut words = line.split_whitespace();
+        let port = (words.next() == Some("READY"))
+            .then(|| words.next())
+            .flatten()
+            .and_then(|url| url.strip_prefix("rtsp://127.0.0.1:"))
             .and_then(|p| p.parse::<u16>().ok())
             .unwrap_or_else(|| panic!("unexpected stand-in line {line:?}"));
         self.port = port;
+        self.mounts = words.map(str::to_string).collect();
         self.child = Some(reaper);
     }
 
@@ -380,29 +386,52 @@ async fn login(auth: &str) {
     assert!(seen.camera_frames() >= 10, "{auth}: {seen:?}");
     good.stop().await.unwrap();
 
-    let bad = start(
-        &cam.url("/mjpeg", Some(("admin", "guess"))),
-        RtspTransport::Tcp,
-    )
-    .await;
-    let lost = bad
+    for login in [Some(("admin", "guess")), None] {
+        let bad = start(&cam.url("/mjpeg", login), RtspTransport::Tcp).await;
+        let lost = bad
+            .wait_journal(|l| l.contains("SOURCE-LOST"))
+            .await
+            .unwrap();
+        assert!(
+            lost.contains("wrong or missing credentials"),
+            "{auth} {login:?}: {lost}"
+        );
+        assert!(
+            !lost.contains("guess"),
+            "the password stays out of the journal: {lost}"
+        );
+        assert_eq!(bad.server.capture.stats.captured.load(Relaxed), 0);
+        let journal = bad.stop().await.unwrap();
+        assert!(
+            !journal.iter().any(|l| l.contains("SOURCE-BACK")),
+            "{journal:#?}"
+        );
+    }
+}
+
+/// A camera whose only video is H.265: a lost source whose reason names the codec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_codec_is_named() {
+    if !standin_available() {
+        return;
+    }
+    let _serial = heavy().await;
+    let cam = Camera::start(&[]);
+    if !cam.mounts.iter().any(|m| m == "/h265") {
+        eprintln!("SKIPPED: GStreamer has no x265enc here, so the stand-in serves no H.265");
+        return;
+    }
+    let srv = start(&cam.url("/h265", None), RtspTransport::Tcp).await;
+    let lost = srv
         .wait_journal(|l| l.contains("SOURCE-LOST"))
         .await
         .unwrap();
     assert!(
-        lost.contains("wrong or missing credentials"),
-        "{auth}: {lost}"
+        lost.contains("unsupported video codec (video/h265)"),
+        "{lost}"
     );
-    assert!(
-        !lost.contains("guess"),
-        "the password stays out of the journal: {lost}"
-    );
-    assert_eq!(bad.server.capture.stats.captured.load(Relaxed), 0);
-    let journal = bad.stop().await.unwrap();
-    assert!(
-        !journal.iter().any(|l| l.contains("SOURCE-BACK")),
-        "{journal:#?}"
-    );
+    assert_eq!(srv.server.capture.stats.captured.load(Relaxed), 0);
+    srv.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

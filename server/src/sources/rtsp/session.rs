@@ -186,14 +186,17 @@ async fn step<T>(
     }
 }
 
-/// A retina error as one line a user can act on.
+/// A retina error as one line a user can act on. An answer from the camera is told by its
+/// first line (status, request, why); the connection details after it are for debugging only.
 pub fn explain(e: &retina::Error) -> String {
-    let detail = one_line(&e.to_string());
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
     match e.status_code() {
-        Some(401) => format!("wrong or missing credentials (the camera answered 401: {detail})"),
-        Some(403) => format!("the camera refused this login access (403: {detail})"),
-        Some(404) => format!("no such stream on the camera; check the path (404: {detail})"),
-        _ => detail,
+        Some(401) => format!("wrong or missing credentials ({first})"),
+        Some(403) => format!("the camera refused this login access ({first})"),
+        Some(404) => format!("no such stream on the camera; check the path ({first})"),
+        Some(_) => first.to_string(),
+        None => one_line(&text),
     }
 }
 
