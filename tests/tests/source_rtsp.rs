@@ -303,6 +303,7 @@ async fn camera_streams_to_viewers(path: &str, transport: RtspTransport) {
     );
 
     // What the real viewer saw.
+    eprintln!("{path} {transport:?}: {summary}");
     assert!(
         summary.decoded as f64 >= 0.8 * f64::from(CAM_FPS) * run.as_secs_f64(),
         "{summary}"
