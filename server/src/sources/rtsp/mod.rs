@@ -109,10 +109,15 @@ impl RtspSource {
             };
             let frame = match item {
                 Err(_) => {
+                    // Over UDP the usual cause is a firewall or NAT dropping the media.
+                    let hint = match self.transport {
+                        RtspTransport::Udp => " (over UDP: try --rtsp-transport tcp)",
+                        RtspTransport::Tcp => "",
+                    };
                     break Err(self.lost(format!(
-                        "no frame from the camera for {} s",
+                        "no frame from the camera for {} s{hint}",
                         FRAME_TIMEOUT.as_secs()
-                    )))
+                    )));
                 }
                 Ok(None) => break Err(self.lost("the camera ended the stream".into())),
                 Ok(Some(Err(e))) => break Err(self.lost(session::explain(&e))),
@@ -121,6 +126,8 @@ impl RtspSource {
             };
             deadline = Instant::now() + FRAME_TIMEOUT;
             let capture_unix_us = unix_micros_now();
+            // retina has assembled the frame by now (its JPEG depacketizer caps a frame at
+            // 2 MB; its H.264 one has no cap): this keeps oversized frames from going further.
             if frame.data().len() > self.max_frame_bytes {
                 sink.reject("frame over --max-frame-bytes");
                 continue;

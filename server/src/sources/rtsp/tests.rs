@@ -35,6 +35,14 @@ fn bad_urls_are_refused_with_the_password_hidden() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
+#[test]
+fn the_source_form_builds_an_rtsp_source_with_the_password_hidden() {
+    use crate::sources::{SourceOptions, SourceSpec};
+    let spec = SourceSpec::parse("rtsp://admin:hunter2@cam.local:8554/h264").unwrap();
+    let source = spec.build(&SourceOptions::default()).unwrap();
+    assert_eq!(source.describe(), "rtsp://admin:***@cam.local:8554/h264");
+}
+
 fn offer(list: &[(&str, &str)]) -> Vec<Offered> {
     list.iter()
         .map(|(m, e)| Offered {
