@@ -11,6 +11,7 @@
 //! Kinds:
 //! * [`test_pattern`]: the built-in moving pattern (no camera needed).
 //! * [`camera`]: V4L2 cameras through nokhwa.
+//! * [`rtsp`]: RTSP cameras through retina (MJPEG passed through, H.264 decoded once).
 //! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
@@ -26,6 +27,7 @@ pub mod blocking;
 pub mod camera;
 pub mod no_signal;
 pub mod pacer;
+pub mod rtsp;
 pub mod spec;
 pub mod test_pattern;
 
