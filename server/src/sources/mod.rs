@@ -11,6 +11,7 @@
 //! Kinds:
 //! * [`test_pattern`]: the built-in moving pattern (no camera needed).
 //! * [`camera`]: V4L2 cameras through nokhwa.
+//! * [`file`]: video files (played by ffmpeg), still images, folders of JPEGs.
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
 //! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
@@ -23,6 +24,7 @@
 
 pub mod blocking;
 pub mod camera;
+pub mod file;
 pub mod pacer;
 pub mod spec;
 pub mod test_pattern;

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 pub use ipnet::IpNet;
 use std::path::PathBuf;
 
-use super::{camera, FrameReader, OnThread, Source, SourceError, TestPattern};
+use super::{camera, file, FrameReader, OnThread, Source, SourceError, TestPattern};
 
 /// The `--source` forms, for `--help` and for errors.
 pub const FORMS: &str =
@@ -190,6 +190,7 @@ impl SourceSpec {
                     Ok(Box::new(camera::open(index, width, height, fps)?) as Box<dyn FrameReader>)
                 },
             ))),
+            SourceSpec::File { path } => Ok(Box::new(file::FileSource::new(path.clone(), opts)?)),
             other => Err(SourceError::Open {
                 device: other.to_string(),
                 reason: "this kind of source is not built yet".into(),
