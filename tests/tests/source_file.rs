@@ -5,6 +5,7 @@
 //! viewers watch. Camera frames are told apart from anything else the server may send (the
 //! "no signal" frame) by their content.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
@@ -77,27 +78,34 @@ struct Got {
 }
 
 /// Receives for `duration` as the viewer registered (acking `continue`, as seed 003 does, or
-/// `continue <seq>` for SURV/1), keeping every datagram.
+/// `continue <seq>` for SURV/1), keeping every frame once (a new viewer may be sent the newest
+/// frame twice as it joins).
 async fn collect(v: &mut RawViewer, duration: Duration) -> Vec<Got> {
     let mut got = Vec::new();
+    let mut seen = HashSet::new();
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
     let until = Instant::now() + duration;
     while let Ok(res) = timeout_at(until, v.udp.recv_from(&mut buf)).await {
         let (n, from) = res.unwrap();
         let datagram = &buf[..n];
         let tag = FrameTag::decode(datagram).ok();
-        let header = turbojpeg::read_header(datagram).expect("every datagram is a JPEG");
-        got.push(Got {
-            at: Instant::now(),
-            jpeg: untag(datagram),
-            width: header.width as u32,
-            height: header.height as u32,
-        });
+        let image = turbojpeg::decompress(datagram, turbojpeg::PixelFormat::RGB)
+            .expect("every datagram decodes as a JPEG");
+        let first_time = tag.is_none_or(|t| seen.insert(t.seq));
         let ack = match v.params {
             None => Ack::Continue(None),
             Some(_) => Ack::Continue(tag.map(|t| t.seq)),
         };
         v.udp.send_to(&ack.encode(), from).await.unwrap();
+        if !first_time {
+            continue;
+        }
+        got.push(Got {
+            at: Instant::now(),
+            jpeg: untag(datagram),
+            width: image.width as u32,
+            height: image.height as u32,
+        });
     }
     got
 }
