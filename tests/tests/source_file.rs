@@ -244,7 +244,25 @@ async fn a_looped_mjpeg_avi_plays_on_past_its_end() {
         "{:#?}",
         srv.journal()
     );
+    assert_eq!(players_of(&clip), 1, "one ffmpeg plays the clip");
     srv.stop().await.unwrap();
+    // Stopping the server stops its ffmpeg.
+    let until = Instant::now() + IO_TIMEOUT;
+    while players_of(&clip) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(players_of(&clip), 0, "ffmpeg outlived the server");
+}
+
+/// Running processes whose command line names `path` (zombies have none).
+fn players_of(path: &Path) -> usize {
+    let needle = path.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| cmd.windows(needle.len()).any(|w| w == needle))
+        .count()
 }
 
 /// A JPEG still goes out at --fps, every frame the file's own bytes.

@@ -74,11 +74,6 @@ impl JpegSplitter {
         }
     }
 
-    /// The buffer to read into (e.g. `read_buf`); call [`JpegSplitter::next_frame`] after.
-    pub fn buffer_mut(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
     /// Adds bytes from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

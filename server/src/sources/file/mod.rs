@@ -136,6 +136,10 @@ impl FileSource {
             if meta.is_dir() {
                 return Ok(Some(Kind::Folder));
             }
+            if !meta.is_file() {
+                // A FIFO or a device: reading its first bytes would take them from ffmpeg.
+                return Ok(Some(Kind::Video));
+            }
             let mut head = [0u8; 16];
             let mut file = std::fs::File::open(&path)?;
             let n = read_up_to(&mut file, &mut head)?;
@@ -210,11 +214,17 @@ fn load_jpeg(path: &Path, max_frame_bytes: usize) -> Result<Loaded, String> {
     // Bounded: the splitter keeps at most the cap plus a chunk, and reading stops at most a
     // cap past the first JPEG.
     let mut read_after_first = 0usize;
+    let mut read_total = 0usize;
     loop {
         let n = file.read(&mut chunk).map_err(|e| e.to_string())?;
+        read_total = read_total.saturating_add(n);
         splitter.push(&chunk[..n]);
         if first.is_none() {
             first = splitter.next_frame().map_err(|e| e.to_string())?;
+            if first.is_none() && read_total > max_frame_bytes {
+                // A big file with no JPEG start: not read to its end.
+                return Err(format!("no JPEG in its first {max_frame_bytes} bytes"));
+            }
         }
         if let Some(jpeg) = &first {
             // Anything JPEG-like after it makes the file a stream of JPEGs.

@@ -91,7 +91,12 @@ pub(super) async fn run(
             }
         }
         let read = tokio::select! {
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => {
+                // Killed and reaped here rather than left to kill_on_drop's lazy reaping.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(EXIT_TIMEOUT, child.wait()).await;
+                return Ok(());
+            }
             read = tokio::time::timeout(stall, stdout.read(&mut chunk)) => read,
         };
         match read {

@@ -108,6 +108,8 @@ fn a_jpeg_file_is_read_whole_checked_and_capped() {
     assert!(err(&write("text.jpg", b"hello"), 1 << 20).contains("not a JPEG"));
     assert!(err(&write("big.jpg", &good), good.len() - 1).contains("larger than"));
     assert!(err(dir.path(), 1 << 20).contains("not a regular file"));
+    // Junk with no JPEG start is not read past the cap.
+    assert!(err(&write("junk.jpg", &[0u8; 5000]), 1000).contains("no JPEG in its first 1000"));
     assert!(!err(&dir.path().join("missing.jpg"), 1 << 20).is_empty());
     // Whole JPEG structure, but not a picture turbojpeg reads.
     assert!(err(&write("empty.jpg", &[0xFF, 0xD8, 0xFF, 0xD9]), 1 << 20).contains("unreadable"));
