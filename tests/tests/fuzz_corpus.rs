@@ -36,3 +36,38 @@ fn wire_corpus_parses_without_panicking() {
     // The seed inputs are real messages: the replay reaches the parsers' accepting paths.
     assert!(understood >= 5, "only {understood} corpus inputs parsed");
 }
+
+#[test]
+fn jpeg_split_corpus_splits_without_panicking() {
+    use surv_server::sources::file::jpeg_split::JpegSplitter;
+    const CAP: usize = 4096;
+    let mut frames = 0;
+    for (path, data) in corpus("jpeg_split") {
+        let Some((&chunk, data)) = data.split_first() else {
+            continue;
+        };
+        let chunk = usize::from(chunk) * 8 + 1;
+        let mut splitter = JpegSplitter::new(CAP);
+        for piece in data.chunks(chunk) {
+            splitter.push(piece);
+            loop {
+                match splitter.next_frame() {
+                    Ok(Some(frame)) => {
+                        frames += 1;
+                        assert!(frame.len() <= CAP, "{}", path.display());
+                        assert!(
+                            frame.starts_with(&[0xFF, 0xD8]) && frame.ends_with(&[0xFF, 0xD9]),
+                            "{}",
+                            path.display()
+                        );
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            assert!(splitter.buffered() <= CAP + chunk + 2, "{}", path.display());
+        }
+    }
+    // The seed inputs hold whole JPEGs: the replay reaches the splitter's accepting path.
+    assert!(frames >= 5, "only {frames} frames split from the corpus");
+}

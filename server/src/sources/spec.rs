@@ -10,7 +10,7 @@ use std::net::IpAddr;
 pub use ipnet::IpNet;
 use std::path::PathBuf;
 
-use super::{camera, rtsp, FrameReader, OnThread, Source, SourceError, TestPattern};
+use super::{camera, file, rtsp, FrameReader, OnThread, Source, SourceError, TestPattern};
 
 /// The `--source` forms, for `--help` and for errors.
 pub const FORMS: &str =
@@ -195,6 +195,7 @@ impl SourceSpec {
                 opts.rtsp_transport,
                 opts.max_frame_bytes,
             )?)),
+            SourceSpec::File { path } => Ok(Box::new(file::FileSource::new(path.clone(), opts)?)),
             other => Err(SourceError::Open {
                 device: other.to_string(),
                 reason: "this kind of source is not built yet".into(),
