@@ -11,12 +11,9 @@
 //! Kinds:
 //! * [`test_pattern`]: the built-in moving pattern (no camera needed).
 //! * [`camera`]: V4L2 cameras through nokhwa.
-<<<<<<< HEAD
 //! * [`rtsp`]: RTSP cameras through retina (MJPEG passed through, H.264 decoded once).
-//! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
-=======
 //! * [`file`]: video files (played by ffmpeg), still images, folders of JPEGs.
->>>>>>> file
+//! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
 //! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
@@ -29,11 +26,8 @@
 
 pub mod blocking;
 pub mod camera;
-<<<<<<< HEAD
-pub mod no_signal;
-=======
 pub mod file;
->>>>>>> file
+pub mod no_signal;
 pub mod pacer;
 pub mod rtsp;
 pub mod spec;

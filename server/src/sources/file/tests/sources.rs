@@ -12,8 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::super::folder::list_jpegs;
 use super::super::video::parse_probe;
 use super::super::{load_jpeg, sniff, FileSource, Kind, Tools};
-use crate::capture::{Capture, CaptureError, StreamShape};
-use crate::encoder::EncoderConfig;
+use crate::capture::{Capture, CaptureConfig, CaptureError, StreamShape};
 use crate::journal::Journal;
 use crate::sources::{SourceError, SourceOptions};
 
@@ -120,11 +119,13 @@ async fn first_failure(source: FileSource) -> String {
     let log_dir = tempfile::tempdir().unwrap();
     let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
     let shutdown = CancellationToken::new();
-    let encoder = EncoderConfig {
-        max_datagram_bytes: 65_000,
-        quality: 80,
-    };
-    let capture = Capture::start(Box::new(source), encoder, journal, &shutdown).unwrap();
+    let capture = Capture::start(
+        Box::new(source),
+        CaptureConfig::default(),
+        journal,
+        &shutdown,
+    )
+    .unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(20), capture.first_outcome())
         .await
         .expect("the source neither failed nor delivered");
