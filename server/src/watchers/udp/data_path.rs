@@ -109,6 +109,7 @@ impl DataPath {
                 state: Mutex::new(LinkState {
                     window: Window::new(server.config.max_in_flight),
                     pending: None,
+                    offered: None,
                     tally: Tally::default(),
                     last_heard: Instant::now(),
                     ended: false,
@@ -269,6 +270,10 @@ pub(crate) fn send_one(
 /// Offers `frame` to a session: taken now if its window is open (returned for sending),
 /// otherwise kept as the frame waiting there (replacing an older one, which is skipped).
 fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> bool {
+    if st.offered.is_some_and(|seq| frame.seq <= seq) {
+        return false;
+    }
+    st.offered = Some(frame.seq);
     st.tally.seen(frame.seq);
     if st.window.can_send(now) {
         st.pending = None;

@@ -18,6 +18,9 @@ pub(crate) struct LinkState {
     pub window: Window,
     /// The newest frame not yet sent because the window was full.
     pub pending: Option<SharedFrame>,
+    /// The newest frame offered to this viewer: the join and the fan-out may both see the frame
+    /// current at join, and it must go out once.
+    pub offered: Option<u64>,
     pub tally: Tally,
     pub last_heard: Instant,
     /// The viewer said `end`.
