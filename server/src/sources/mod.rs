@@ -12,6 +12,7 @@
 //! * [`test_pattern`]: the built-in moving pattern (no camera needed).
 //! * [`camera`]: V4L2 cameras through nokhwa.
 //! * [`rtsp`]: RTSP cameras through retina (MJPEG passed through, H.264 decoded once).
+//! * [`http`]: MJPEG streams and still-image URLs (`http://`), hyper client.
 //! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
@@ -25,6 +26,7 @@
 
 pub mod blocking;
 pub mod camera;
+pub mod http;
 pub mod no_signal;
 pub mod pacer;
 pub mod rtsp;

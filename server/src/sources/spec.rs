@@ -195,6 +195,7 @@ impl SourceSpec {
                 opts.rtsp_transport,
                 opts.max_frame_bytes,
             )?)),
+            SourceSpec::Http { url } => Ok(Box::new(super::http::HttpSource::new(url, opts)?)),
             other => Err(SourceError::Open {
                 device: other.to_string(),
                 reason: "this kind of source is not built yet".into(),
