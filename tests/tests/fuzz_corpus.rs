@@ -36,3 +36,40 @@ fn wire_corpus_parses_without_panicking() {
     // The seed inputs are real messages: the replay reaches the parsers' accepting paths.
     assert!(understood >= 5, "only {understood} corpus inputs parsed");
 }
+
+#[test]
+fn multipart_corpus_reads_without_panicking() {
+    use surv_server::sources::http::multipart::{Event, MultipartReader, MAX_HEADER_BYTES};
+    const CAP: usize = 256;
+    let mut jpegs = 0;
+    for (path, data) in corpus("multipart") {
+        let Some((&control, body)) = data.split_first() else {
+            continue;
+        };
+        let boundary = match control % 4 {
+            0 => Some("b"),
+            1 => Some("--jpgboundary"),
+            2 => None,
+            _ => Some("FRAME"),
+        };
+        let chunk = usize::from(control / 4) + 1;
+        let mut reader = MultipartReader::new(boundary, CAP);
+        'input: for piece in body.chunks(chunk) {
+            reader.push(piece);
+            loop {
+                match reader.next_event() {
+                    Ok(Some(Event::Jpeg(part))) => {
+                        assert!(part.len() <= CAP, "{}", path.display());
+                        jpegs += 1;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => break 'input,
+                }
+            }
+            assert!(reader.buffered() <= MAX_HEADER_BYTES + CAP + chunk + 300);
+        }
+    }
+    // The seed inputs are real camera streams: the replay reaches the reader's part paths.
+    assert!(jpegs >= 8, "only {jpegs} parts read from the corpus");
+}
