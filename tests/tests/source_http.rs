@@ -17,7 +17,7 @@ use surv_server::sources::http::{Deadlines, HttpSource};
 use surv_server::sources::{Source, SourceOptions};
 use surv_server::{Capture, Journal};
 use surv_tests::standins::http::{
-    multipart_head, part, HttpCamera, HttpCameraKind, Say, ScriptedHttp,
+    multipart_head, part, HttpCamera, HttpCameraKind, KeepAliveStill, Say, ScriptedHttp,
 };
 use surv_tests::{
     start_server_with, test_jpeg, Picture, RawViewer, ServerOpts, TestServer, IO_TIMEOUT,
@@ -255,6 +255,27 @@ async fn still_image_url_is_polled_at_fps() {
         window.elapsed()
     );
     all_passed_through(&mut srv, 8).await;
+}
+
+/// A snapshot URL that keeps the connection alive is polled on that one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_still_is_polled_on_one_connection() {
+    let frames = camera_frames(4);
+    let cam = KeepAliveStill::start(frames.clone()).await.unwrap();
+    let mut srv = start_server_with(
+        ServerOpts::default(),
+        source(&cam.url(), &options(10), Deadlines::default()),
+    )
+    .await
+    .unwrap();
+    viewers_get_the_cameras_frames(&srv, &frames, Duration::from_secs(2), 8).await;
+    all_passed_through(&mut srv, 10).await;
+    assert!(cam.requests.load(Relaxed) >= 10);
+    assert_eq!(
+        cam.connections.load(Relaxed),
+        1,
+        "the connection was reused"
+    );
 }
 
 /// Kill the camera mid-stream and start it again on the same port: viewers stay registered,

@@ -5,11 +5,14 @@
 //! bytes on the wire are what Python's `BaseHTTPRequestHandler` writes, quirks included), fed
 //! with the test's JPEGs at a fixed rate; it can be killed and started again on the same port.
 //! [`ScriptedHttp`] is an in-process server that answers every request with exactly the bytes
-//! (and pauses) a test lists: a stream that breaks the rules in a known way.
+//! (and pauses) a test lists: a stream that breaks the rules in a known way. [`KeepAliveStill`]
+//! is a snapshot URL that keeps its connection open, counting connections and requests.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -454,4 +457,65 @@ pub fn multipart_head(boundary: &str) -> Vec<u8> {
         "HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary={boundary}\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// A snapshot URL on HTTP/1.1 with keep-alive (as most IP cameras' `/snapshot.jpg`): every
+/// `GET` on a connection gets the next JPEG with its Content-Length; connections and requests
+/// are counted so a test can see whether its client reused the connection.
+pub struct KeepAliveStill {
+    pub port: u16,
+    pub connections: Arc<AtomicU64>,
+    pub requests: Arc<AtomicU64>,
+    accept: JoinHandle<()>,
+}
+
+impl Drop for KeepAliveStill {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl KeepAliveStill {
+    pub async fn start(frames: Vec<Vec<u8>>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        let frames = Arc::new(frames);
+        let accept = tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                conns.fetch_add(1, Relaxed);
+                let (reqs, frames) = (reqs.clone(), frames.clone());
+                tasks.spawn(async move {
+                    while read_request_head(&mut tcp).await.is_ok() {
+                        let n = reqs.fetch_add(1, Relaxed);
+                        let Some(jpeg) = frames.get((n as usize) % frames.len().max(1)) else {
+                            return;
+                        };
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                            jpeg.len()
+                        );
+                        if tcp.write_all(head.as_bytes()).await.is_err()
+                            || tcp.write_all(jpeg).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        });
+        Ok(KeepAliveStill {
+            port,
+            connections,
+            requests,
+            accept,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/snapshot.jpg", self.port)
+    }
 }
