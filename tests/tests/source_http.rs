@@ -278,6 +278,33 @@ async fn a_keep_alive_still_is_polled_on_one_connection() {
     );
 }
 
+/// A still served with the wrong Content-Type is known by its first bytes (SOI) and polled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mislabelled_still_is_known_by_its_bytes() {
+    let frames = camera_frames(1);
+    let mut answer = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        frames[0].len()
+    )
+    .into_bytes();
+    answer.extend(&frames[0]);
+    let cam = ScriptedHttp::start(vec![Say::Bytes(answer)], None)
+        .await
+        .unwrap();
+    let mut srv = start_server_with(
+        ServerOpts::default(),
+        source(
+            &cam.url("/cgi-bin/snap?chn=0"),
+            &options(10),
+            Deadlines::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    viewers_get_the_cameras_frames(&srv, &frames, Duration::from_millis(1500), 5).await;
+    all_passed_through(&mut srv, 8).await;
+}
+
 /// Kill the camera mid-stream and start it again on the same port: viewers stay registered,
 /// the journal has SOURCE-LOST then SOURCE-BACK, and the camera's frames flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
