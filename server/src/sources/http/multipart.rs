@@ -421,10 +421,14 @@ impl MultipartReader {
             },
             Delimiter::Close => State::Closing,
         };
-        if keep {
-            Step::Event(Event::Jpeg(part))
-        } else {
-            Step::Again
+        match (keep, part.len() > self.max_part_bytes) {
+            (false, _) => Step::Again,
+            // Found whole in one chunk, before the running check could see it grow.
+            (true, true) => Step::Event(Event::Skipped(Skip::TooLarge {
+                bytes: part.len() as u64,
+                max_bytes: self.max_part_bytes,
+            })),
+            (true, false) => Step::Event(Event::Jpeg(part)),
         }
     }
 

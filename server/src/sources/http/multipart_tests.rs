@@ -325,3 +325,27 @@ fn a_huge_declared_length_is_skipped_without_allocating() {
     ));
     assert!(most < 64);
 }
+
+/// Found by `scripts/fuzz.sh multipart`: a part without Content-Length that arrives whole, with
+/// the next delimiter, in one chunk was delivered over the cap.
+#[test]
+fn an_unlengthed_part_over_the_cap_in_one_chunk_is_skipped() {
+    let big = body(14, 300);
+    let mut stream = b"--b\r\n\r\n".to_vec();
+    stream.extend(&big);
+    stream.extend(b"\r\n--b\r\n\r\n");
+    stream.extend(body(15, 10));
+    stream.extend(b"\r\n--b\r\n");
+    let (events, res, _) = read_all(Some("b"), 256, &stream, stream.len());
+    res.unwrap();
+    assert_eq!(
+        events,
+        vec![
+            Event::Skipped(Skip::TooLarge {
+                bytes: big.len() as u64,
+                max_bytes: 256
+            }),
+            Event::Jpeg(body(15, 10).into()),
+        ]
+    );
+}
