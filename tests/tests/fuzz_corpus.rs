@@ -71,3 +71,40 @@ fn jpeg_split_corpus_splits_without_panicking() {
     // The seed inputs hold whole JPEGs: the replay reaches the splitter's accepting path.
     assert!(frames >= 5, "only {frames} frames split from the corpus");
 }
+
+#[test]
+fn multipart_corpus_reads_without_panicking() {
+    use surv_server::sources::http::multipart::{Event, MultipartReader, MAX_HEADER_BYTES};
+    const CAP: usize = 256;
+    let mut jpegs = 0;
+    for (path, data) in corpus("multipart") {
+        let Some((&control, body)) = data.split_first() else {
+            continue;
+        };
+        let boundary = match control % 4 {
+            0 => Some("b"),
+            1 => Some("--jpgboundary"),
+            2 => None,
+            _ => Some("FRAME"),
+        };
+        let chunk = usize::from(control / 4) + 1;
+        let mut reader = MultipartReader::new(boundary, CAP);
+        'input: for piece in body.chunks(chunk) {
+            reader.push(piece);
+            loop {
+                match reader.next_event() {
+                    Ok(Some(Event::Jpeg(part))) => {
+                        assert!(part.len() <= CAP, "{}", path.display());
+                        jpegs += 1;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => break 'input,
+                }
+            }
+            assert!(reader.buffered() <= MAX_HEADER_BYTES + CAP + chunk + 300);
+        }
+    }
+    // The seed inputs are real camera streams: the replay reaches the reader's part paths.
+    assert!(jpegs >= 8, "only {jpegs} parts read from the corpus");
+}

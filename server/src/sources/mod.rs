@@ -13,6 +13,7 @@
 //! * [`camera`]: V4L2 cameras through nokhwa.
 //! * [`rtsp`]: RTSP cameras through retina (MJPEG passed through, H.264 decoded once).
 //! * [`file`]: video files (played by ffmpeg), still images, folders of JPEGs.
+//! * [`http`]: MJPEG streams and still-image URLs (`http://`), hyper client.
 //! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
@@ -27,6 +28,7 @@
 pub mod blocking;
 pub mod camera;
 pub mod file;
+pub mod http;
 pub mod no_signal;
 pub mod pacer;
 pub mod rtsp;

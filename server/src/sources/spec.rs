@@ -196,6 +196,7 @@ impl SourceSpec {
                 opts.max_frame_bytes,
             )?)),
             SourceSpec::File { path } => Ok(Box::new(file::FileSource::new(path.clone(), opts)?)),
+            SourceSpec::Http { url } => Ok(Box::new(super::http::HttpSource::new(url, opts)?)),
             other => Err(SourceError::Open {
                 device: other.to_string(),
                 reason: "this kind of source is not built yet".into(),
