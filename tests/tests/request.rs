@@ -209,3 +209,73 @@ async fn garbage_datagrams_are_counted_and_not_served() {
         "{journal:#?}"
     );
 }
+
+/// The load figure: 1,000 apps at 160x90@30 on loopback for 5 s, each must get ≥ 99 % of the
+/// frames published while it watched. Prints the figures. Run with
+/// `cargo test --release -p surv-tests --test request -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load figure: 1,000 apps, about 10 s of both cores"]
+async fn load_1000_apps_each_get_99_percent() {
+    const APPS: usize = 1_000;
+    const RUN: Duration = Duration::from_secs(5);
+    let _serial = surv_tests::heavy().await;
+    let _ = surv_server::sys::raise_fd_limit();
+    let requests = RequestConfig {
+        per_ip: APPS,
+        ..ttl(60.0)
+    };
+    let config = Config {
+        max_viewers: APPS + 10,
+        ..Config::default()
+    };
+    let r = rig(config, requests).await;
+    let mut apps = Vec::with_capacity(APPS);
+    for i in 0..APPS {
+        // Spread over 127.0.2.x-127.0.5.x: many hosts, as on the internet.
+        let ip = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            2 + (i / 250) as u8,
+            1 + (i % 250) as u8,
+        ));
+        apps.push(SeedApp::start(ip, r.port, None).await.unwrap());
+    }
+    let until = Instant::now() + IO_TIMEOUT;
+    while r.hub.len() < APPS && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.hub.len(), APPS);
+    let captured = |r: &Rig| r.srv.server.capture.stats.captured.load(Relaxed);
+    let started_at = captured(&r);
+    let tasks: Vec<_> = apps
+        .into_iter()
+        .map(|mut app| {
+            tokio::spawn(async move {
+                let frames = app.frames_for(RUN).await.unwrap();
+                let seqs: Vec<u64> = frames.iter().filter_map(|f| f.seq).collect();
+                (seqs.len(), seqs.first().copied(), seqs.last().copied())
+            })
+        })
+        .collect();
+    let mut shares = Vec::with_capacity(APPS);
+    for t in tasks {
+        let (got, first, last) = timeout(RUN + IO_TIMEOUT, t).await.unwrap().unwrap();
+        let (Some(first), Some(last)) = (first, last) else {
+            panic!("an app got no frames");
+        };
+        shares.push(got as f64 / (last - first + 1) as f64);
+    }
+    let published = captured(&r) - started_at;
+    shares.sort_by(f64::total_cmp);
+    let skipped = r.hub.stats.skipped_sends.load(Relaxed);
+    println!(
+        "{APPS} apps, {:.1} s: {published} frames published; share of frames per app: min {:.2}% \
+         median {:.2}%; sends skipped {skipped}, send errors {}",
+        RUN.as_secs_f64(),
+        shares[0] * 100.0,
+        shares[APPS / 2] * 100.0,
+        r.hub.stats.send_errors.load(Relaxed),
+    );
+    assert!(shares[0] >= 0.99, "worst app got {:.2}%", shares[0] * 100.0);
+    r.stop().await;
+}

@@ -94,7 +94,9 @@ fn http_credentials_bearer_basic_and_query() {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let basic = format!("Basic {}", b64("viewer:s3cr3t"));
     let basic_no_user = format!("basic {}", b64(":s3cr3t"));
-    let cases: &[(Option<&[u8]>, Option<&str>, Option<&[u8]>)] = &[
+    /// Authorization header, query string, the token they present.
+    type Case<'a> = (Option<&'a [u8]>, Option<&'a str>, Option<&'a [u8]>);
+    let cases: &[Case] = &[
         (Some(b"Bearer s3cr3t"), None, Some(b"s3cr3t")),
         (Some(b"bearer  s3cr3t "), None, Some(b"s3cr3t")),
         (Some(basic.as_bytes()), None, Some(b"s3cr3t")),

@@ -14,6 +14,20 @@
 //! ([`RequestHub::offer`] + [`RequestHub::serve`]: a `udp://` source on the same port, as seed
 //! 001's server has camera and apps on one port, one firewall hole).
 //!
+//! For a source sharing the port, the wiring is:
+//!
+//! ```text
+//! let socket = RequestHub::bind(addr)?;                    // or the source's own Arc<UdpSocket>
+//! let hub = RequestHub::new(server, socket.clone(), config);
+//! tokio::spawn(hub.clone().serve(shutdown.clone()));       // fan-out, expiry, LEAVEs at shutdown
+//! // in the source's receive loop, for each datagram:
+//! if hub.offer(&datagram, from) { continue; }              // a Request: not a frame
+//! ```
+//!
+//! The hub sends from that socket (it never reads it then), so replies leave from the port the
+//! apps' NAT mappings point to. [`RequestHub::offer`] is cheap (a parse of at most
+//! [`MAX_REQUEST_BYTES`] bytes and one map lookup) and never blocks.
+//!
 //! Fan-out: one task sends each new frame to every app with `sendmmsg`
 //! ([`crate::sys::BatchSender`]) without waiting on any; when the socket buffer stays full for
 //! a few milliseconds, the apps not yet served skip that frame (counted), nothing is queued.

@@ -11,8 +11,8 @@ use surv_proto::FrameTag;
 use tokio::net::UdpSocket;
 use tokio::time::{timeout, Instant};
 
-/// A datagram larger than any frame (the seed reads with `recvfrom(800*800)`).
-const RECV_BYTES: usize = 800 * 800;
+/// Room for any datagram (the seed reads with `recvfrom(800*800)`; UDP carries at most this).
+const RECV_BYTES: usize = surv_proto::MAX_UDP_PAYLOAD_BYTES + 1;
 
 /// One frame as the app sees it.
 #[derive(Debug, Clone)]
