@@ -247,12 +247,23 @@ async fn load_1000_apps_each_get_99_percent() {
     assert_eq!(r.hub.len(), APPS);
     let captured = |r: &Rig| r.srv.server.capture.stats.captured.load(Relaxed);
     let started_at = captured(&r);
+    // 30,000 datagrams a second: the apps only read each frame's tag (decoding them all would
+    // take more CPU than the machine has; the other tests decode what apps receive).
     let tasks: Vec<_> = apps
         .into_iter()
-        .map(|mut app| {
+        .map(|app| {
             tokio::spawn(async move {
-                let frames = app.frames_for(RUN).await.unwrap();
-                let seqs: Vec<u64> = frames.iter().filter_map(|f| f.seq).collect();
+                let mut buf = vec![0u8; 65_536];
+                let mut seqs = Vec::with_capacity(200);
+                let until = Instant::now() + RUN;
+                while let Ok(Ok((n, _))) =
+                    tokio::time::timeout_at(until, app.socket.recv_from(&mut buf)).await
+                {
+                    let jpeg =
+                        buf[..n].starts_with(&[0xFF, 0xD8]) && buf[..n].ends_with(&[0xFF, 0xD9]);
+                    assert!(jpeg, "a {n}-byte datagram is no whole JPEG");
+                    seqs.extend(surv_proto::FrameTag::decode(&buf[..n]).ok().map(|t| t.seq));
+                }
                 (seqs.len(), seqs.first().copied(), seqs.last().copied())
             })
         })
@@ -276,6 +287,9 @@ async fn load_1000_apps_each_get_99_percent() {
         shares[APPS / 2] * 100.0,
         r.hub.stats.send_errors.load(Relaxed),
     );
-    assert!(shares[0] >= 0.99, "worst app got {:.2}%", shares[0] * 100.0);
+    let server = r.srv.server.clone();
     r.stop().await;
+    let skipped_by_server = server.stats.frames_skipped.load(Relaxed);
+    println!("frames the server did not send to an app, summed at LEAVE: {skipped_by_server}");
+    assert!(shares[0] >= 0.99, "worst app got {:.2}%", shares[0] * 100.0);
 }
