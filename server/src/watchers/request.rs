@@ -368,6 +368,18 @@ impl RequestHub {
         for app in apps.by_addr.into_values() {
             app.membership.leave(LeaveReason::Shutdown, &app.tally);
         }
+        let st = &self.stats;
+        tracing::info!(
+            joined = st.joined.load(Relaxed),
+            renewals = st.renewals.load(Relaxed),
+            refused_per_ip = st.refused_per_ip.load(Relaxed),
+            refused_full = st.refused_full.load(Relaxed),
+            refused_auth = st.refused_auth.load(Relaxed),
+            garbage = st.garbage.load(Relaxed),
+            skipped_sends = st.skipped_sends.load(Relaxed),
+            send_errors = st.send_errors.load(Relaxed),
+            "request port: final stats"
+        );
     }
 
     /// Drops the apps silent for the TTL (`timeout`).
