@@ -57,6 +57,13 @@ struct Args {
     /// Do not record.
     #[arg(long)]
     no_record: bool,
+    /// The server's access token (surv-server --token), sent with the registration.
+    #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// Read the access token from this file (white space around it is ignored), so that it
+    /// does not show in the process list.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -100,7 +107,26 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
         })
     };
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("--token-file: reading {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(t) = &token {
+        if !surv_proto::is_valid_token(t.as_bytes()) {
+            anyhow::bail!(
+                "the token must be 1-{} visible ASCII characters, without spaces",
+                surv_proto::MAX_TOKEN_BYTES
+            );
+        }
+    }
     let config = Config {
+        token,
         server,
         udp_port: args.udp_port,
         max_frames: args.frames,

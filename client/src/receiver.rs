@@ -41,6 +41,8 @@ pub struct Config {
     pub record: Option<RecorderConfig>,
     /// Limit for connecting and for the server's reply.
     pub connect_timeout: Duration,
+    /// The server's access token (its `--token`), sent with the registration.
+    pub token: Option<String>,
 }
 
 /// Why the viewer could not stream at all.
@@ -242,6 +244,7 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
         form: Form::V1,
         udp_port,
     }
+    .with_token(cfg.token.as_deref())
     .encode();
     tcp.write_all(&line)
         .await
@@ -316,6 +319,7 @@ mod tests {
             max_duration: None,
             record: None,
             connect_timeout: Duration::from_secs(3),
+            token: None,
         }
     }
 

@@ -11,8 +11,10 @@
 //! * [`watchers`]: every kind of watcher as a session in one registry; [`watchers::udp`] is
 //!   the UDP viewers' fast path, [`watchers::stream`] the driver for stream-oriented kinds.
 //! * [`journal`]: the join/leave and source lost/back log.
+//! * [`auth`]: the access token and who must present it.
 //! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
 
+pub mod auth;
 pub mod capture;
 pub mod encoder;
 pub mod journal;
@@ -52,6 +54,10 @@ pub struct Config {
     pub max_pending_registrations: usize,
     /// Frames a session may send without an ack (see [`watchers::udp::window`]).
     pub max_in_flight: usize,
+    /// The access token (`--token`); `None`: everyone may watch.
+    pub token: Option<auth::Token>,
+    /// With a token set, still let in the seed forms, which cannot carry one.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for Config {
@@ -63,6 +69,8 @@ impl Default for Config {
             seed_settle: Duration::from_millis(50),
             max_pending_registrations: 256,
             max_in_flight: 4,
+            token: None,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -89,6 +97,8 @@ pub struct Stats {
     /// Datagrams from any address other than the session's viewer: ignored.
     pub foreign_datagrams: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Watchers refused for a missing or wrong access token (see [`auth`]).
+    pub auth_failures: AtomicU64,
 }
 
 /// Everything the listeners and the sessions share.
@@ -104,6 +114,8 @@ pub struct Server {
     pub stats: Stats,
     /// Every live watcher, of every kind.
     pub watchers: Watchers,
+    /// Who may watch (from `config.token`).
+    pub access: auth::Access,
     /// The UDP viewers' shared sockets and the sessions each serves.
     pub data: watchers::udp::DataPath,
     /// Run the fan-out as a task on the runtime instead of a thread of its own: for tests under
@@ -125,6 +137,7 @@ impl Server {
             journal,
             stats: Stats::default(),
             watchers: Watchers::new(config.max_viewers),
+            access: auth::Access::new(config.token.clone(), config.allow_unauthenticated),
             data: watchers::udp::DataPath::default(),
             fanout_on_runtime: false,
             config,
@@ -196,6 +209,7 @@ impl Server {
             bad_acks = s.bad_acks.load(Relaxed),
             foreign_datagrams = s.foreign_datagrams.load(Relaxed),
             send_errors = s.send_errors.load(Relaxed),
+            auth_failures = s.auth_failures.load(Relaxed),
             "final stats"
         );
     }

@@ -10,10 +10,12 @@ use clap::{Parser, ValueEnum};
 use surv_proto::{
     DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
 };
+use surv_server::auth::Token;
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
 use surv_server::sources::{SourceOptions, SourceSpec};
+use surv_server::watchers::request::{self, RequestConfig, RequestHub};
 use surv_server::{Capture, Config, Journal, Server, StreamShape};
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +39,9 @@ enum Transport {
 ///
 /// Viewers register over TCP by sending their UDP port: either bare ASCII digits (the seed-003
 /// viewer) or "SURV/1 <port>\n" (surv-client), and answer each frame with "continue" or "end".
-/// Joins and leaves are logged to --log-dir. Stop with Ctrl-C or SIGTERM.
+/// Apps behind NAT (seed 001) send "Request" to --request-port instead. With --token, every
+/// form must carry the token. Joins and leaves are logged to --log-dir. Stop with Ctrl-C or
+/// SIGTERM.
 #[derive(Debug, Parser)]
 #[command(name = "surv-server", version, about, long_about)]
 struct Args {
@@ -114,6 +118,32 @@ struct Args {
     /// A motion event ends after this many seconds without motion.
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     motion_hold: f64,
+    /// Also serve seed 001's apps behind NAT on this UDP port: an app sends "Request" (or
+    /// "Request TOKEN") once, and every frame is sent back to its address from this port as one
+    /// JPEG datagram. 0 = off.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    request_port: u16,
+    /// An app that has sent nothing for this many seconds stops being served; any datagram
+    /// from it renews it. 0 = never (risky on public networks: a forged Request then makes
+    /// this server send frames to that address until it stops).
+    #[arg(long, value_name = "SECS", default_value_t = request::DEFAULT_TTL.as_secs_f64())]
+    request_ttl: f64,
+    /// Apps served at most per source IP address; more Requests from it are refused.
+    #[arg(long, value_name = "N", default_value_t = request::DEFAULT_PER_IP)]
+    request_per_ip: usize,
+    /// Access token: SURV/1 viewers must send it (surv-client --token), apps must send
+    /// "Request TOKEN"; seed-form viewers and bare "Request" apps, which cannot send one,
+    /// are refused unless --allow-unauthenticated. 1-128 visible ASCII characters.
+    #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// Read the access token from this file (white space around it is ignored), so that it
+    /// does not show in the process list.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// With a token set, still serve seed-form viewers and bare "Request" apps (whose forms
+    /// cannot carry a token): anyone who can reach the ports can watch through them.
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
@@ -170,7 +200,34 @@ fn run() -> anyhow::Result<()> {
     if args.max_viewers == 0 || args.max_in_flight == 0 {
         bail!("--max-viewers and --max-in-flight must be at least 1");
     }
+    let token = match (&args.token, &args.token_file) {
+        (Some(secret), _) => Some(Token::new(secret).context("--token")?),
+        (None, Some(path)) => Some(Token::from_file(path).context("--token-file")?),
+        (None, None) => None,
+    };
+    if token.is_none() && !args.bind.is_loopback() {
+        tracing::warn!(
+            bind = %args.bind,
+            "no --token: anyone who can reach this address can watch (set --token or --token-file, or --bind 127.0.0.1)"
+        );
+    }
+    if token.is_none() && args.allow_unauthenticated {
+        tracing::warn!("--allow-unauthenticated has no effect without --token");
+    }
+    if args.request_per_ip == 0 {
+        bail!("--request-per-ip must be at least 1");
+    }
+    let request_config = RequestConfig {
+        ttl: if args.request_ttl == 0.0 {
+            None
+        } else {
+            Some(secs(args.request_ttl, "--request-ttl")?)
+        },
+        per_ip: args.request_per_ip,
+    };
     let config = Config {
+        token,
+        allow_unauthenticated: args.allow_unauthenticated,
         max_viewers: args.max_viewers,
         viewer_timeout: secs(args.viewer_timeout, "--viewer-timeout")?,
         register_timeout: secs(args.register_timeout, "--register-timeout")?,
@@ -293,6 +350,22 @@ fn run() -> anyhow::Result<()> {
         } else {
             None
         };
+        let requests = if args.request_port != 0 {
+            let addr = SocketAddr::new(args.bind, args.request_port);
+            let socket = RequestHub::bind(addr).with_context(|| {
+                format!("--request-port: binding UDP {addr} (is that port in use?)")
+            })?;
+            tracing::info!(
+                %addr,
+                ttl_s = args.request_ttl,
+                per_ip = args.request_per_ip,
+                "serving apps that send \"Request\" (seed 001)"
+            );
+            let hub = RequestHub::new(server.clone(), socket, request_config);
+            Some(tokio::spawn(hub.run(shutdown.clone())))
+        } else {
+            None
+        };
         tokio::spawn(stop_on_signal(shutdown.clone()));
         surv_server::run(server, listener, shutdown).await;
         if let Some(oak) = oak {
@@ -300,6 +373,9 @@ fn run() -> anyhow::Result<()> {
         }
         if let Some(motion) = motion {
             let _ = motion.await;
+        }
+        if let Some(requests) = requests {
+            let _ = requests.await;
         }
         capture.stop().await;
         tracing::info!("stopped");

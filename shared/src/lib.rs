@@ -3,7 +3,7 @@
 //! Four messages, each with `encode` and `decode` and a named size cap, and no I/O:
 //!
 //! * [`register`]: the viewer's TCP registration (the seed-003 form and the versioned `SURV/1`
-//!   form).
+//!   form, with the access token it may carry), and seed 001's `Request` datagram.
 //! * [`reply`]: the server's one-line answer to the versioned form.
 //! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end`.
 //! * [`tag`]: the sequence number and capture time carried inside every frame datagram as a JPEG
@@ -20,7 +20,11 @@ pub mod size;
 pub mod tag;
 
 pub use ack::{Ack, AckError, MAX_ACK_BYTES};
-pub use register::{Form, RegError, Registration, MAX_REGISTRATION_BYTES, PROTOCOL_VERSION};
+pub use register::{
+    is_valid_token, AppRequest, Form, RegError, Registration, RegistrationLine, RequestError,
+    MAX_REGISTRATION_BYTES, MAX_REGISTRATION_LINE_BYTES, MAX_REQUEST_BYTES, MAX_TOKEN_BYTES,
+    PROTOCOL_VERSION,
+};
 pub use reply::{
     escape_controls, Reply, ReplyError, StreamParams, MAX_REPLY_BYTES, MAX_STREAM_FPS,
     MAX_STREAM_SIDE_PX,

@@ -1,18 +1,30 @@
-//! Registration: how a viewer asks a server for the stream, over TCP.
+//! Registration: how a viewer asks a server for the stream — over TCP (seed 003's viewer,
+//! surv-client), or with one UDP datagram (seed 001's app behind NAT).
 //!
 //! ```text
-//! seed 003 form (viewer → server), no reply:
+//! seed 003 form (viewer → server, TCP), no reply:
 //!     "5000"                      the viewer's UDP port, ASCII digits, no terminator
 //!                                 (a trailing "\n" or "\r\n" is accepted too); the viewer keeps
 //!                                 the connection open and the server never writes to it
 //!
-//! SURV/1 form (viewer → server), one line:
+//! SURV/1 form (viewer → server, TCP), one line:
 //!     "SURV/1 5000\n"             magic/version, one space, the UDP port; the server
 //!                                 answers with one line, see [`crate::reply`]
+//!     "SURV/1 5000 token=s3cr3t\n" the same with the server's access token (`--token`):
+//!                                 1..=MAX_TOKEN_BYTES visible ASCII bytes (0x21..=0x7e)
+//!
+//! seed 001 form (app → server, one UDP datagram to the server's --request-port), no reply:
+//!     "Request"                   exactly these 7 bytes: the server learns the app's address
+//!                                 (as its NAT maps it) and sends every frame there, from the
+//!                                 port the datagram reached, as one whole JPEG datagram
+//!     "Request s3cr3t"            the same with the server's access token
+//!                                 (a trailing "\n" or "\r\n" is tolerated in both)
 //! ```
 //!
-//! In both forms the frames go to the TCP peer's own IP at the announced UDP port; nothing in
-//! the payload can name another host. Closing the TCP connection ends the session.
+//! In every form the frames go to the peer's own address (the TCP peer's IP at the announced
+//! UDP port, or the datagram's source address); nothing in the payload can name another host.
+//! Closing the TCP connection ends a TCP-registered session; an app stays until it has been
+//! silent for the server's `--request-ttl`.
 //!
 //! The seed form has no terminator, so the parser cannot know the digits are complete until the
 //! peer pauses: [`Registration::decode`] takes `at_rest` (the peer has sent nothing for a short
@@ -25,10 +37,22 @@ use crate::ack::parse_u64;
 /// The protocol version of the `SURV/<n>` form this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// A registration longer than this, without completing, is refused.
+/// A registration without a token longer than this, without completing, is refused.
 pub const MAX_REGISTRATION_BYTES: usize = 64;
 
+/// The longest access token a registration or a `Request` may carry.
+pub const MAX_TOKEN_BYTES: usize = 128;
+
+/// A `SURV/` line carrying a token may be this long (the token's room added to the cap).
+pub const MAX_REGISTRATION_LINE_BYTES: usize =
+    MAX_REGISTRATION_BYTES + TOKEN_KEY.len() + MAX_TOKEN_BYTES;
+
+/// The longest `Request` datagram: `Request`, a space, a token, `\r\n`.
+pub const MAX_REQUEST_BYTES: usize = REQUEST.len() + 1 + MAX_TOKEN_BYTES + 2;
+
 const V1_PREFIX: &[u8] = b"SURV/";
+const TOKEN_KEY: &[u8] = b" token=";
+const REQUEST: &[u8] = b"Request";
 
 /// Which form a viewer registered with; it decides whether the server replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +88,62 @@ pub enum RegError {
     Incomplete,
     #[error("empty registration")]
     Empty,
-    #[error("registration over {MAX_REGISTRATION_BYTES} bytes")]
-    TooLong,
+    /// Over the cap for what it looks like (a port, or a `SURV/` line with room for a token).
+    #[error("registration over {0} bytes")]
+    TooLong(usize),
     #[error("registration is neither a UDP port nor \"SURV/1 <port>\"")]
     Garbage,
     #[error("unsupported protocol version {0:?} (this server speaks SURV/1)")]
     Version(String),
     #[error("UDP port {0:?} is not in 1..=65535")]
     BadPort(String),
+    #[error("the token is not 1-{MAX_TOKEN_BYTES} visible ASCII characters")]
+    BadToken,
 }
 
 impl Registration {
     /// Parses what the viewer has sent so far. `at_rest`: no more bytes are expected now.
+    /// A token the line carries is checked for its form and dropped: a server reads
+    /// [`RegistrationLine::decode`] instead.
     pub fn decode(buf: &[u8], at_rest: bool) -> Result<Registration, RegError> {
+        RegistrationLine::decode(buf, at_rest).map(|line| line.registration)
+    }
+
+    /// Writes the registration as a viewer sends it.
+    pub fn encode(&self) -> Vec<u8> {
+        self.with_token(None).encode()
+    }
+
+    /// The registration with an access token, as a viewer of a server with `--token` sends it.
+    pub fn with_token(self, token: Option<&str>) -> RegistrationLine {
+        RegistrationLine {
+            registration: self,
+            token: token.map(str::to_string),
+        }
+    }
+}
+
+/// A registration with the access token its line carried, if any.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistrationLine {
+    pub registration: Registration,
+    /// `SURV/1 <port> token=<token>`; always `None` for the seed form, which has no room for one.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for RegistrationLine {
+    /// The token is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationLine")
+            .field("registration", &self.registration)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl RegistrationLine {
+    /// Parses what the viewer has sent so far. `at_rest`: no more bytes are expected now.
+    pub fn decode(buf: &[u8], at_rest: bool) -> Result<RegistrationLine, RegError> {
         if buf.is_empty() {
             return Err(if at_rest {
                 RegError::Empty
@@ -84,9 +151,15 @@ impl Registration {
                 RegError::Incomplete
             });
         }
+        // A `SURV/` line has room for a token; anything else is a port and needs no more.
+        let cap = if buf.starts_with(V1_PREFIX) {
+            MAX_REGISTRATION_LINE_BYTES
+        } else {
+            MAX_REGISTRATION_BYTES
+        };
         let line_end = buf.iter().position(|&b| b == b'\n');
-        if line_end.is_none() && buf.len() > MAX_REGISTRATION_BYTES {
-            return Err(RegError::TooLong);
+        if line_end.is_none() && buf.len() > cap {
+            return Err(RegError::TooLong(cap));
         }
         let (line, complete) = match line_end {
             Some(i) if i + 1 == buf.len() => (&buf[..i], true),
@@ -94,8 +167,8 @@ impl Registration {
             None => (buf, at_rest),
         };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.len() > MAX_REGISTRATION_BYTES {
-            return Err(RegError::TooLong);
+        if line.len() > cap {
+            return Err(RegError::TooLong(cap));
         }
 
         if line.iter().all(u8::is_ascii_digit) {
@@ -105,7 +178,8 @@ impl Registration {
             return Ok(Registration {
                 form: Form::Seed,
                 udp_port: parse_port(line)?,
-            });
+            }
+            .with_token(None));
         }
         if V1_PREFIX.starts_with(line) {
             return Err(RegError::Incomplete); // "S", "SU", … "SURV/" so far
@@ -122,25 +196,108 @@ impl Registration {
             };
         }
         let mut words = rest.split(|&b| b == b' ');
-        let (Some(version), Some(port), None) = (words.next(), words.next(), words.next()) else {
+        let (Some(version), Some(port), extra, None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
             return Err(RegError::Garbage);
         };
         if version != b"1" {
             return Err(RegError::Version(lossy(version)));
         }
-        Ok(Registration {
-            form: Form::V1,
-            udp_port: parse_port(port)?,
+        let token = match extra {
+            None => None,
+            Some(word) => {
+                let value = word
+                    .strip_prefix(&TOKEN_KEY[1..])
+                    .ok_or(RegError::Garbage)?;
+                Some(parse_token(value).ok_or(RegError::BadToken)?)
+            }
+        };
+        Ok(RegistrationLine {
+            registration: Registration {
+                form: Form::V1,
+                udp_port: parse_port(port)?,
+            },
+            token,
         })
     }
 
-    /// Writes the registration as a viewer sends it.
+    /// Writes the line as a viewer sends it (the seed form cannot carry a token: it is left out).
     pub fn encode(&self) -> Vec<u8> {
-        match self.form {
-            Form::Seed => self.udp_port.to_string().into_bytes(),
-            Form::V1 => format!("SURV/{PROTOCOL_VERSION} {}\n", self.udp_port).into_bytes(),
+        let r = &self.registration;
+        match (r.form, &self.token) {
+            (Form::Seed, _) => r.udp_port.to_string().into_bytes(),
+            (Form::V1, None) => format!("SURV/{PROTOCOL_VERSION} {}\n", r.udp_port).into_bytes(),
+            (Form::V1, Some(t)) => {
+                format!("SURV/{PROTOCOL_VERSION} {} token={t}\n", r.udp_port).into_bytes()
+            }
         }
     }
+}
+
+/// Seed 001's `Request` datagram, which registers the app that sent it (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppRequest {
+    /// `Request <token>`; `None` for the bare seed form.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AppRequest {
+    /// The token is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppRequest")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Why a datagram is not a `Request`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestError {
+    #[error("datagram of {0} bytes is over the {MAX_REQUEST_BYTES}-byte cap of a request")]
+    TooLong(usize),
+    #[error("not a request (expected \"Request\" or \"Request <token>\")")]
+    NotARequest,
+    #[error("the token is not 1-{MAX_TOKEN_BYTES} visible ASCII characters")]
+    BadToken,
+}
+
+impl AppRequest {
+    /// Parses one datagram.
+    pub fn decode(datagram: &[u8]) -> Result<AppRequest, RequestError> {
+        if datagram.len() > MAX_REQUEST_BYTES {
+            return Err(RequestError::TooLong(datagram.len()));
+        }
+        let text = datagram.strip_suffix(b"\n").unwrap_or(datagram);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        let rest = text
+            .strip_prefix(REQUEST)
+            .ok_or(RequestError::NotARequest)?;
+        if rest.is_empty() {
+            return Ok(AppRequest { token: None });
+        }
+        let token = rest.strip_prefix(b" ").ok_or(RequestError::NotARequest)?;
+        let token = parse_token(token).ok_or(RequestError::BadToken)?;
+        Ok(AppRequest { token: Some(token) })
+    }
+
+    /// Writes the datagram as an app sends it.
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.token {
+            None => REQUEST.to_vec(),
+            Some(t) => [REQUEST, b" ", t.as_bytes()].concat(),
+        }
+    }
+}
+
+/// Whether `token` can be carried on the wire: 1..=[`MAX_TOKEN_BYTES`] visible ASCII bytes
+/// (no spaces, no control characters). A server checks its `--token` with this at start.
+pub fn is_valid_token(token: &[u8]) -> bool {
+    (1..=MAX_TOKEN_BYTES).contains(&token.len()) && token.iter().all(|b| b.is_ascii_graphic())
+}
+
+fn parse_token(value: &[u8]) -> Option<String> {
+    is_valid_token(value).then(|| String::from_utf8_lossy(value).into_owned())
 }
 
 fn parse_port(digits: &[u8]) -> Result<u16, RegError> {
@@ -155,103 +312,4 @@ fn lossy(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seed(port: u16) -> Registration {
-        Registration {
-            form: Form::Seed,
-            udp_port: port,
-        }
-    }
-    fn v1(port: u16) -> Registration {
-        Registration {
-            form: Form::V1,
-            udp_port: port,
-        }
-    }
-
-    #[test]
-    fn seed_form_needs_a_pause_or_newline() {
-        assert_eq!(
-            Registration::decode(b"5000", false),
-            Err(RegError::Incomplete)
-        );
-        assert_eq!(Registration::decode(b"5000", true), Ok(seed(5000)));
-        assert_eq!(Registration::decode(b"5000\n", false), Ok(seed(5000)));
-        assert_eq!(Registration::decode(b"5000\r\n", false), Ok(seed(5000)));
-        assert_eq!(Registration::decode(b"65535", true), Ok(seed(65535)));
-    }
-
-    #[test]
-    fn v1_form() {
-        assert_eq!(Registration::decode(b"SURV/1 5000\n", false), Ok(v1(5000)));
-        assert_eq!(
-            Registration::decode(b"SURV/1 5000\r\n", false),
-            Ok(v1(5000))
-        );
-        assert_eq!(
-            Registration::decode(b"SURV/1 5000", false),
-            Err(RegError::Incomplete)
-        );
-        assert_eq!(
-            Registration::decode(b"SURV/1 5000", true),
-            Err(RegError::Garbage)
-        );
-        assert_eq!(
-            Registration::decode(b"SURV/2 5000\n", false),
-            Err(RegError::Version("2".into()))
-        );
-    }
-
-    #[test]
-    fn round_trips() {
-        for r in [seed(1), seed(65535), v1(1), v1(40000)] {
-            assert_eq!(Registration::decode(&r.encode(), true), Ok(r));
-        }
-    }
-
-    #[test]
-    fn every_prefix_of_a_valid_registration_is_incomplete() {
-        for whole in [&b"SURV/1 5000\n"[..], b"5000\n"] {
-            for n in 0..whole.len() {
-                assert_eq!(
-                    Registration::decode(&whole[..n], false),
-                    Err(RegError::Incomplete),
-                    "{n}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn bad_registrations_are_refused_with_a_reason() {
-        let cases: &[(&[u8], RegError)] = &[
-            (b"", RegError::Empty),
-            (b"0", RegError::BadPort("0".into())),
-            (b"65536", RegError::BadPort("65536".into())),
-            (
-                b"99999999999999999999999",
-                RegError::BadPort("99999999999999999999999".into()),
-            ),
-            (b"SURV/1 0\n", RegError::BadPort("0".into())),
-            (b"SURV/1 -5\n", RegError::BadPort("-5".into())),
-            (b"SURV/1 5000 extra\n", RegError::Garbage),
-            (b"hello\n", RegError::Garbage),
-            (b"GET / HTTP/1.1\r\n", RegError::Garbage),
-            (b"5000\n5001\n", RegError::Garbage),
-            (b"\xff\xfe\x00", RegError::Garbage),
-        ];
-        for (bytes, want) in cases {
-            assert_eq!(
-                &Registration::decode(bytes, true).unwrap_err(),
-                want,
-                "{bytes:?}"
-            );
-        }
-        assert_eq!(
-            Registration::decode(&[b'7'; 65], false),
-            Err(RegError::TooLong)
-        );
-    }
-}
+mod tests;

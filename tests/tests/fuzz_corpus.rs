@@ -29,6 +29,8 @@ fn wire_corpus_parses_without_panicking() {
     for (_path, data) in corpus("wire") {
         understood += usize::from(surv_proto::Registration::decode(&data, true).is_ok());
         let _ = surv_proto::Registration::decode(&data, false);
+        let _ = surv_proto::RegistrationLine::decode(&data, false);
+        understood += usize::from(surv_proto::AppRequest::decode(&data).is_ok());
         understood += usize::from(surv_proto::Ack::decode(&data).is_ok());
         understood += usize::from(surv_proto::Reply::decode(&data).is_ok());
         let _ = surv_proto::FrameTag::decode(&data);

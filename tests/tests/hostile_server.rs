@@ -24,6 +24,7 @@ fn client_config(server: SocketAddr, seconds: f64) -> ClientConfig {
         max_duration: Some(Duration::from_secs_f64(seconds)),
         record: None,
         connect_timeout: Duration::from_secs(3),
+        token: None,
     }
 }
 

@@ -58,6 +58,7 @@ async fn record_live(
             keep,
         }),
         connect_timeout: Duration::from_secs(5),
+        token: None,
     };
     let run = surv_client::run(cfg, None, CancellationToken::new());
     timeout(Duration::from_secs_f64(seconds) + IO_TIMEOUT, run)

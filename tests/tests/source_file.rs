@@ -136,6 +136,7 @@ fn client_config(srv: &TestServer, seconds: f64) -> ClientConfig {
         max_duration: Some(Duration::from_secs_f64(seconds)),
         record: None,
         connect_timeout: Duration::from_secs(5),
+        token: None,
     }
 }
 

@@ -12,11 +12,14 @@
 //! * [`stream`]: the driver for stream-oriented kinds (TCP, HTTP): the newest frame to each,
 //!   frames it cannot take skipped and counted, a write deadline for one that stops reading.
 //! * [`oak_tcp`]: OAK host programs reading the ABCDE-framed TCP stream (`--tcp-stream-port`).
+//! * [`request`]: seed 001's apps behind NAT: a `Request` datagram, then every frame as one
+//!   JPEG datagram from the same port, no acks, a TTL (`--request-port`).
 //!
 //! To add a kind: see docs/ARCHITECTURE.md (a [`WatcherKind`] variant, a file that accepts the
 //! watcher, reserves a slot, joins, serves, leaves).
 
 pub mod oak_tcp;
+pub mod request;
 pub mod stream;
 pub mod udp;
 
@@ -41,6 +44,8 @@ pub enum WatcherKind {
     Surv1,
     /// An OAK host program reading the ABCDE TCP stream ([`oak_tcp`]).
     OakTcp,
+    /// Seed 001's app behind NAT: `Request` datagram, JPEG datagrams, no acks ([`request`]).
+    Request,
 }
 
 impl WatcherKind {
@@ -49,6 +54,7 @@ impl WatcherKind {
             WatcherKind::Seed => Form::Seed.as_str(),
             WatcherKind::Surv1 => Form::V1.as_str(),
             WatcherKind::OakTcp => "oak-tcp",
+            WatcherKind::Request => "request",
         }
     }
 }

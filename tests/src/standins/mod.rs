@@ -2,3 +2,4 @@
 //! format exactly as the seed programs (or the real device) do: one file per kind.
 pub mod http;
 pub mod oak_host;
+pub mod seed001_app;

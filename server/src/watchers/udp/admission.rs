@@ -1,6 +1,6 @@
 //! UDP viewers' admission: accepts TCP connections, reads each registration under a deadline
-//! and a size cap, refuses explicitly (a reason on the wire and in the journal), and runs the
-//! admitted session.
+//! and a size cap, checks its access token ([`crate::auth`]), refuses explicitly (a reason on
+//! the wire and in the journal), and runs the admitted session.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use surv_proto::{Form, RegError, Registration, Reply, StreamParams, MAX_REGISTRATION_BYTES};
+use surv_proto::{Form, RegError, RegistrationLine, Reply, StreamParams, MAX_REGISTRATION_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use super::data_path::DataPath;
 use super::session::Session;
+use crate::auth::{Denied, Presented};
 use crate::watchers::{WatcherKind, Watchers};
 use crate::Server;
 
@@ -150,7 +151,7 @@ enum Unregistered {
 async fn read_registration(
     tcp: &mut TcpStream,
     config: &crate::Config,
-) -> Result<Registration, Unregistered> {
+) -> Result<RegistrationLine, Unregistered> {
     let refused = |buf: &[u8], reason: String| Unregistered::Refused(guess_form(buf), reason);
     let deadline = Instant::now() + config.register_timeout;
     let mut buf = Vec::with_capacity(2 * MAX_REGISTRATION_BYTES);
@@ -181,7 +182,7 @@ async fn read_registration(
                 return Err(refused(&buf, format!("registration timeout ({secs:.1} s)")));
             }
         };
-        match Registration::decode(&buf, at_rest) {
+        match RegistrationLine::decode(&buf, at_rest) {
             Ok(reg) => return Ok(reg),
             Err(RegError::Incomplete) if !at_rest => continue,
             Err(RegError::Empty) => return Err(Unregistered::Silent),
@@ -246,10 +247,26 @@ async fn admit(
     server: Arc<Server>,
     mut tcp: TcpStream,
     peer: SocketAddr,
-    reg: Registration,
+    line: RegistrationLine,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let reg = line.registration;
+    let presented = match (&line.token, reg.form) {
+        (Some(token), _) => Presented::Token(token.as_bytes()),
+        (None, Form::V1) => Presented::Nothing,
+        (None, Form::Seed) => Presented::SeedForm,
+    };
+    if let Err(denied) = server
+        .access
+        .check(&server.stats, peer, reg.form.as_str(), presented)
+    {
+        let reason = match denied {
+            Denied::Missing => format!("{denied} (surv-client --token TOKEN)"),
+            Denied::Wrong | Denied::FormCannotCarryIt => denied.to_string(),
+        };
+        return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+    }
     let Some(slot) = Watchers::reserve(&server) else {
         let reason = format!("server full ({} viewers)", server.watchers.max());
         return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
