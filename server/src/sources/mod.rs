@@ -13,6 +13,9 @@
 //! * [`camera`]: V4L2 cameras through nokhwa.
 //! * [`rtsp`]: RTSP cameras through retina (MJPEG passed through, H.264 decoded once).
 //! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
+//! * [`udp`]: JPEG datagrams pushed by a camera (seed 001).
+//! * [`tcp`]: JPEGs over TCP, length-prefixed (seed 004) or OAK ABCDE (seed 000), the camera
+//!   connecting to surv (`tcp-listen://`) or surv to the camera (`tcp://`).
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
 //! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
@@ -29,7 +32,9 @@ pub mod no_signal;
 pub mod pacer;
 pub mod rtsp;
 pub mod spec;
+pub mod tcp;
 pub mod test_pattern;
+pub mod udp;
 
 use std::fmt;
 use std::future::Future;

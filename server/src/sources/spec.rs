@@ -10,7 +10,7 @@ use std::net::IpAddr;
 pub use ipnet::IpNet;
 use std::path::PathBuf;
 
-use super::{camera, rtsp, FrameReader, OnThread, Source, SourceError, TestPattern};
+use super::{camera, rtsp, tcp, udp, FrameReader, OnThread, Source, SourceError, TestPattern};
 
 /// The `--source` forms, for `--help` and for errors.
 pub const FORMS: &str =
@@ -195,6 +195,13 @@ impl SourceSpec {
                 opts.rtsp_transport,
                 opts.max_frame_bytes,
             )?)),
+            SourceSpec::Udp { host, port } => Ok(Box::new(udp::UdpSource::new(host, *port, opts))),
+            SourceSpec::TcpListen { host, port } => {
+                Ok(Box::new(tcp::TcpListenSource::new(host, *port, opts)))
+            }
+            SourceSpec::TcpConnect { host, port } => {
+                Ok(Box::new(tcp::TcpConnectSource::new(host, *port, opts)))
+            }
             other => Err(SourceError::Open {
                 device: other.to_string(),
                 reason: "this kind of source is not built yet".into(),
