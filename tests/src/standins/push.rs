@@ -83,10 +83,14 @@ pub async fn udp_sender(
     let sent = Arc::new(AtomicU64::new(0));
     let (s, n) = (socket.clone(), sent.clone());
     let task = tokio::spawn(async move {
-        every(feed, |frame| {
-            let s = s.clone();
-            async move { s.send_to(&frame, to).await.map(drop) }
-        }, &n)
+        every(
+            feed,
+            |frame| {
+                let s = s.clone();
+                async move { s.send_to(&frame, to).await.map(drop) }
+            },
+            &n,
+        )
         .await;
     });
     Ok((Camera { sent, task, local }, socket))
@@ -104,15 +108,19 @@ pub async fn length_prefixed_sender(to: SocketAddr, feed: Feed) -> anyhow::Resul
             return;
         }
         let tcp = Arc::new(tokio::sync::Mutex::new(tcp));
-        every(feed, |frame| {
-            let tcp = tcp.clone();
-            async move {
-                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-                let mut message = len.to_be_bytes().to_vec();
-                message.extend_from_slice(&frame);
-                tcp.lock().await.write_all(&message).await
-            }
-        }, &n)
+        every(
+            feed,
+            |frame| {
+                let tcp = tcp.clone();
+                async move {
+                    let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                    let mut message = len.to_be_bytes().to_vec();
+                    message.extend_from_slice(&frame);
+                    tcp.lock().await.write_all(&message).await
+                }
+            },
+            &n,
+        )
         .await;
     });
     Ok(Camera { sent, task, local })
@@ -162,15 +170,19 @@ pub fn abcde_header(ts_s: f64, size: usize) -> Vec<u8> {
 async fn stream_abcde(tcp: TcpStream, feed: Feed, sent: &AtomicU64) {
     let tcp = Arc::new(tokio::sync::Mutex::new(tcp));
     let t0 = Instant::now();
-    every(feed, |frame| {
-        let tcp = tcp.clone();
-        async move {
-            let mut tcp = tcp.lock().await;
-            tcp.write_all(&abcde_header(t0.elapsed().as_secs_f64(), frame.len()))
-                .await?;
-            tcp.write_all(&frame).await
-        }
-    }, sent)
+    every(
+        feed,
+        |frame| {
+            let tcp = tcp.clone();
+            async move {
+                let mut tcp = tcp.lock().await;
+                tcp.write_all(&abcde_header(t0.elapsed().as_secs_f64(), frame.len()))
+                    .await?;
+                tcp.write_all(&frame).await
+            }
+        },
+        sent,
+    )
     .await;
 }
 
