@@ -110,3 +110,45 @@ fn multipart_corpus_reads_without_panicking() {
     // The seed inputs are real camera streams: the replay reaches the reader's part paths.
     assert!(jpegs >= 8, "only {jpegs} parts read from the corpus");
 }
+
+#[test]
+fn framing_corpus_decodes_without_panicking() {
+    use bytes::BytesMut;
+    use surv_server::sources::tcp::framing::{Decoder, FramingError, ABCDE_HEADER_BYTES};
+    const CAP: usize = 4096;
+    let (mut frames, mut invalid) = (0, 0);
+    for (path, data) in corpus("framing") {
+        let Some((&split, stream)) = data.split_first() else {
+            continue;
+        };
+        let read = if split == 0 {
+            stream.len().max(1)
+        } else {
+            usize::from(split)
+        };
+        let mut decoder = Decoder::new(CAP);
+        let mut buf = BytesMut::new();
+        'stream: for chunk in stream.chunks(read) {
+            buf.extend_from_slice(chunk);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(payload) => {
+                        assert!(!payload.is_empty() && payload.len() <= CAP, "{path:?}");
+                        frames += 1;
+                    }
+                    Err(FramingError::Incomplete) => break,
+                    Err(FramingError::Invalid(_)) => {
+                        invalid += 1;
+                        break 'stream;
+                    }
+                }
+            }
+            assert!(buf.len() <= CAP + ABCDE_HEADER_BYTES + read, "{path:?}");
+        }
+    }
+    // The seed inputs are real camera streams and real garbage: both paths are reached.
+    assert!(
+        frames >= 10 && invalid >= 3,
+        "{frames} frames, {invalid} invalid"
+    );
+}

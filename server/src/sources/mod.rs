@@ -15,6 +15,9 @@
 //! * [`file`]: video files (played by ffmpeg), still images, folders of JPEGs.
 //! * [`http`]: MJPEG streams and still-image URLs (`http://`), hyper client.
 //! * [`no_signal`]: not a source: the picture shown while the source is not delivering.
+//! * [`udp`]: JPEG datagrams pushed by a camera (seed 001).
+//! * [`tcp`]: JPEGs over TCP, length-prefixed (seed 004) or OAK ABCDE (seed 000), the camera
+//!   connecting to surv (`tcp-listen://`) or surv to the camera (`tcp://`).
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
 //! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
@@ -33,7 +36,9 @@ pub mod no_signal;
 pub mod pacer;
 pub mod rtsp;
 pub mod spec;
+pub mod tcp;
 pub mod test_pattern;
+pub mod udp;
 
 use std::fmt;
 use std::future::Future;

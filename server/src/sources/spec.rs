@@ -10,7 +10,9 @@ use std::net::IpAddr;
 pub use ipnet::IpNet;
 use std::path::PathBuf;
 
-use super::{camera, file, rtsp, FrameReader, OnThread, Source, SourceError, TestPattern};
+use super::{
+    camera, file, rtsp, tcp, udp, FrameReader, OnThread, Source, SourceError, TestPattern,
+};
 
 /// The `--source` forms, for `--help` and for errors.
 pub const FORMS: &str =
@@ -197,10 +199,13 @@ impl SourceSpec {
             )?)),
             SourceSpec::File { path } => Ok(Box::new(file::FileSource::new(path.clone(), opts)?)),
             SourceSpec::Http { url } => Ok(Box::new(super::http::HttpSource::new(url, opts)?)),
-            other => Err(SourceError::Open {
-                device: other.to_string(),
-                reason: "this kind of source is not built yet".into(),
-            }),
+            SourceSpec::Udp { host, port } => Ok(Box::new(udp::UdpSource::new(host, *port, opts))),
+            SourceSpec::TcpListen { host, port } => {
+                Ok(Box::new(tcp::TcpListenSource::new(host, *port, opts)))
+            }
+            SourceSpec::TcpConnect { host, port } => {
+                Ok(Box::new(tcp::TcpConnectSource::new(host, *port, opts)))
+            }
         }
     }
 }

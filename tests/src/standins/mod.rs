@@ -2,4 +2,5 @@
 //! format exactly as the seed programs (or the real device) do: one file per kind.
 pub mod http;
 pub mod oak_host;
+pub mod push;
 pub mod seed001_app;

@@ -1,0 +1,44 @@
+//! TCP camera sources: `tcp-listen://` (the camera connects to surv: seed 004's `sendvid.py`,
+//! OAK PoE `tcp_streaming_client`) and `tcp://` (surv connects to the camera: OAK PoE
+//! `tcp_streaming_server`), both speaking either framing of [`framing`], told apart per
+//! connection.
+//!
+//! * [`framing`]: the sans-I/O decoder (length prefix or ABCDE header, capped).
+//! * [`conn`]: one connection read under its idle and frame deadlines.
+//! * [`listen`]: the listener kept across the camera's reconnects, one pusher at a time.
+//! * [`connect`]: one outgoing connection per run; the capture path reconnects with backoff.
+//! * [`peers`]: per-cause counters and rate-limited logs (shared with [`super::udp`]).
+//!
+//! Frames are published from the blocking pool ([`publish`]): a JPEG too big for the datagram
+//! cap is decoded and re-encoded, which must not stall the reactor.
+
+pub mod conn;
+pub mod connect;
+pub mod framing;
+pub mod listen;
+pub mod peers;
+#[cfg(test)]
+mod tests;
+
+use super::JpegFrame;
+use crate::capture::FrameSink;
+
+pub use conn::Deadlines;
+pub use connect::TcpConnectSource;
+pub use listen::TcpListenSource;
+pub use peers::{Cause, PeerStats};
+
+/// Whether `payload` looks like one whole JPEG (SOI … EOI); the sink checks its header.
+pub(crate) fn is_whole_jpeg(payload: &[u8]) -> bool {
+    payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9])
+}
+
+/// Hands `frame` to the sink on the blocking pool (passthrough is a copy; a frame over the
+/// datagram cap is decoded and re-encoded), and waits for it: frames stay in order, and a
+/// camera faster than the encoder is slowed by TCP (or the socket buffer) instead of queueing.
+pub(crate) async fn publish(sink: &FrameSink, frame: JpegFrame) {
+    let sink = sink.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || sink.publish_jpeg(&frame)).await {
+        tracing::warn!(error = %e, "publishing a camera frame failed");
+    }
+}
