@@ -38,6 +38,9 @@ struct Inner {
     what: String,
     max_datagram_bytes: usize,
     work: Mutex<Work>,
+    /// Reads JPEG headers; kept, because creating a turbojpeg handle per frame costs more than
+    /// reading the header.
+    headers: Mutex<Option<turbojpeg::Decompressor>>,
 }
 
 /// What only one frame at a time may touch.
@@ -89,6 +92,7 @@ impl FrameSink {
                     rate_window: None,
                     idle_frame: RawFrame::new(),
                 }),
+                headers: Mutex::new(None),
             }),
         }
     }
@@ -134,7 +138,11 @@ impl FrameSink {
     /// A JPEG from the source: passed through untouched (only the tag added) when it fits the
     /// datagram cap, otherwise decoded and re-encoded under it. Not a whole JPEG: rejected.
     pub fn publish_jpeg(&self, frame: &JpegFrame) {
-        let header = match check_jpeg(&frame.jpeg) {
+        let checked = {
+            let mut headers = self.inner.headers.lock().unwrap_or_else(|p| p.into_inner());
+            check_jpeg(&frame.jpeg, &mut headers)
+        };
+        let header = match checked {
             Ok(h) => h,
             Err(reason) => return self.reject(reason),
         };
@@ -327,14 +335,25 @@ struct JpegHeader {
 }
 
 /// A whole JPEG (SOI … EOI) whose header turbojpeg reads, no larger than we would decode.
-fn check_jpeg(jpeg: &[u8]) -> Result<JpegHeader, &'static str> {
+fn check_jpeg(
+    jpeg: &[u8],
+    reader: &mut Option<turbojpeg::Decompressor>,
+) -> Result<JpegHeader, &'static str> {
     if !jpeg.starts_with(&[0xFF, 0xD8]) {
         return Err("not a JPEG (no SOI marker)");
     }
     if !jpeg.ends_with(&[0xFF, 0xD9]) {
         return Err("truncated JPEG (no EOI marker)");
     }
-    let header = turbojpeg::read_header(jpeg).map_err(|_| "unreadable JPEG header")?;
+    let reader = match reader {
+        Some(r) => r,
+        None => reader.insert(
+            turbojpeg::Decompressor::new().map_err(|_| "cannot start the JPEG header reader")?,
+        ),
+    };
+    let header = reader
+        .read_header(jpeg)
+        .map_err(|_| "unreadable JPEG header")?;
     let (Ok(width), Ok(height)) = (u32::try_from(header.width), u32::try_from(header.height))
     else {
         return Err("JPEG size out of range");

@@ -30,8 +30,9 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
     // A push run: what ingesting costs (read, check, tag, publish) with no viewer to send to.
     let ingest = match &camera {
         Some(cam) => {
+            // As long as the measured run: /proc counts CPU in 10 ms ticks.
             let (cpu0, sent0) = (cpu_us(&pid)?, cam.sent.load(Relaxed));
-            std::thread::sleep(Duration::from_secs(3));
+            std::thread::sleep(Duration::from_secs_f64(args.seconds.max(3.0)));
             let (cpu1, sent1) = (cpu_us(&pid)?, cam.sent.load(Relaxed));
             Some(cpu1.saturating_sub(cpu0) as f64 / sent1.saturating_sub(sent0).max(1) as f64)
         }
