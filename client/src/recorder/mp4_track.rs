@@ -25,6 +25,13 @@ pub(super) struct Mp4Track<F: Write> {
     first_us: u64,
     /// The stream's nominal frame interval: how long the last picture lasts.
     frame_us: u32,
+    /// The earliest frame slot the next picture may take. Decode times sit on a grid of the
+    /// stream's frame interval (as AVI's slots do): a frame takes the slot nearest its capture
+    /// time, or the next free one when it came early, late or twice in one interval, so that
+    /// decode times rise by at least one frame interval across fragments and checkpoints.
+    /// (Players and ffmpeg's strict check time the stream in frame intervals: two pictures
+    /// within one interval collide there.)
+    next_slot: u64,
 }
 
 impl<F: Write> Mp4Track<F> {
@@ -49,6 +56,7 @@ impl<F: Write> Mp4Track<F> {
             fragment_us: first_us,
             first_us,
             frame_us,
+            next_slot: 0,
         })
     }
 
@@ -83,12 +91,11 @@ impl<F: Write + Send> Track<F> for Mp4Track<F> {
     /// Codes `jpeg` into the pending fragment, writing the previous fragment first when this
     /// frame starts a new one; says whether it did.
     fn write_frame(&mut self, jpeg: &[u8], t: u64) -> Result<bool, FrameError> {
-        let dts = us_to_timescale(t.saturating_sub(self.first_us));
-        // Decode times must rise; an out-of-order frame goes right after the previous one.
-        let dts = match self.pending.last() {
-            Some(prev) => dts.max(prev.dts + 1),
-            None => dts,
-        };
+        // The frame's slot on the frame-interval grid (see `next_slot`).
+        let frame_us = u64::from(self.frame_us.max(1));
+        let offset_us = t.saturating_sub(self.first_us);
+        let slot = ((offset_us + frame_us / 2) / frame_us).max(self.next_slot);
+        let dts = us_to_timescale(slot.saturating_mul(frame_us));
         let starts_fragment = self.pending.is_empty()
             || t.saturating_sub(self.fragment_us) >= CHECKPOINT.as_micros() as u64;
         let flushes = starts_fragment && !self.pending.is_empty();
@@ -122,6 +129,7 @@ impl<F: Write + Send> Track<F> for Mp4Track<F> {
         if let Some(prev) = self.pending.last_mut() {
             prev.duration = u32::try_from(dts - prev.dts).unwrap_or(u32::MAX);
         }
+        self.next_slot = slot + 1;
         self.pending.push(Sample {
             data: unit.data,
             dts,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
-    check_segment, expected_name, expected_windows, files_ending, frame, jpeg, push_all,
+    check_segment, expected_name, expected_windows, files_ending, frame, jpeg, probe_mp4, push_all,
     FRAME_INTERVAL_US,
 };
 use crate::recorder::{spawn, RecFrame, RecorderConfig, RecorderError};
@@ -220,4 +220,44 @@ fn truncated_jpegs_are_not_recorded() {
     assert_eq!(report.frames_written, 10);
     assert_eq!(report.frames_dropped, 10 + refused);
     check_segment(&report.segments[0], &whole, (160, 90));
+}
+
+/// MP4 decode times rise strictly even when capture times repeat, go back, or come closer
+/// than the timescale, also across fragment boundaries and checkpoints (ffmpeg's strict check
+/// refused "non monotonically increasing dts" when a fragment started with a repeated time).
+#[test]
+fn mp4_decode_times_rise_whatever_the_capture_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rec = spawn(
+        RecorderConfig {
+            dir: tmp.path().to_path_buf(),
+            segment: Duration::from_secs(60),
+            format: crate::recorder::Format::Mp4,
+            ..RecorderConfig::default()
+        },
+        30,
+    )
+    .unwrap();
+    let mut frames = Vec::new();
+    for s in 0..80u64 {
+        let mut f = frame(jpeg(160, 90, s, false), s);
+        // Every 7th repeats the previous capture time, every 11th goes 5 ms back, and around
+        // each fragment boundary (1 s of capture time) two frames share a time.
+        if s % 7 == 0 || s % 30 == 0 {
+            f.capture_unix_us -= FRAME_INTERVAL_US;
+        }
+        if s % 11 == 0 {
+            f.capture_unix_us -= 5_000;
+        }
+        frames.push(f);
+    }
+    let refused = push_all(&rec, frames);
+    let report = rec.finish();
+    assert_eq!(report.write_errors, 0);
+    assert_eq!(report.frames_written + report.frames_dropped, 80 + refused);
+    for path in &report.segments {
+        let (codec, n, _) = probe_mp4(path);
+        assert_eq!(codec, "h264");
+        assert!(n > 0);
+    }
 }
