@@ -23,6 +23,7 @@ use crate::recorder::{spawn, Format, RecFrame, RecorderConfig, QUEUE_FRAMES};
 /// starts by itself once the directory can be created.
 #[test]
 fn unusable_dir_is_reported_once_and_recording_starts_when_fixed() {
+    keep_every_callsite_enabled();
     let tmp = tempfile::tempdir().unwrap();
     let blocker = tmp.path().join("a-file");
     fs::write(&blocker, b"x").unwrap();
@@ -106,8 +107,24 @@ fn full_queue_refuses_and_counts() {
     check_segment(&report.segments[0], &vec![jpeg; 65], (160, 90));
 }
 
+/// Tests in this binary run in parallel, most without a subscriber: tracing would cache a
+/// callsite they reach first as "never enabled", and the log-capturing tests below would miss
+/// its lines (CI saw "segment closed" missing). A global subscriber that enables every level
+/// (and writes nowhere) keeps every callsite live for the scoped ones.
+fn keep_every_callsite_enabled() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let sink = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(sink);
+    });
+}
+
 #[test]
 fn disk_full_abandons_segments_and_recovers() {
+    keep_every_callsite_enabled();
     let tmp = tempfile::tempdir().unwrap();
     let logs = LogBuf::default();
     let subscriber = {
@@ -188,6 +205,7 @@ fn disk_full_abandons_segments_and_recovers() {
 /// in the stream keep their time.
 #[test]
 fn mp4_disk_full_abandons_segments_and_recovers() {
+    keep_every_callsite_enabled();
     let tmp = tempfile::tempdir().unwrap();
     let logs = LogBuf::default();
     let subscriber = logs.subscriber();
