@@ -166,6 +166,17 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
         }
     };
     watchers::udp::admission::accept_loop(&server, &listener, &tracker, &shutdown).await;
+    wind_down(&tracker, "sessions").await;
+    if let Some(t) = fanout {
+        // It sees the cancellation at once; it may be in the middle of one frame's sends.
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    server.log_stats();
+}
+
+/// Closes `tracker` and waits for its tasks (watchers logging their LEAVE) at most
+/// [`SHUTDOWN_GRACE`]; says how many of `what` were still running if they did not all end.
+pub(crate) async fn wind_down(tracker: &TaskTracker, what: &str) {
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -173,14 +184,9 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
     {
         tracing::warn!(
             left = tracker.len(),
-            "sessions still running after the shutdown grace period"
+            "{what} still running after the shutdown grace period"
         );
     }
-    if let Some(t) = fanout {
-        // It sees the cancellation at once; it may be in the middle of one frame's sends.
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    server.log_stats();
 }
 
 impl Server {

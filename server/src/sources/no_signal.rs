@@ -22,15 +22,7 @@ pub fn render(width: u32, height: u32, lines: &[&str], unix_us: u64, frame: &mut
     frame.height = height;
     frame.format = PixelFormat::I420;
     frame.capture_unix_us = unix_us;
-    let (y_plane, chroma) = frame.data.split_at_mut(w * h);
-    let (u_plane, v_plane) = chroma.split_at_mut((w / 2) * (h / 2));
-    let mut canvas = Canvas {
-        y: y_plane,
-        u: u_plane,
-        v: v_plane,
-        width: w,
-        height: h,
-    };
+    let mut canvas = Canvas::i420(&mut frame.data, w, h);
     canvas.fill(0, 0, w, h, BACKGROUND);
 
     let title = "NO SIGNAL";

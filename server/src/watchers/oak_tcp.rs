@@ -25,7 +25,7 @@ use super::stream::{serve, FrameWrite, FrameWriter};
 use super::{WatcherKind, Watchers};
 use crate::encoder::EncodedFrame;
 use crate::journal::LeaveReason;
-use crate::{Server, SHUTDOWN_GRACE};
+use crate::Server;
 
 /// The header's length: `ABCDE ` (6) + timestamp (18) + size (8).
 pub const HEADER_BYTES: usize = 32;
@@ -46,7 +46,7 @@ pub fn header(capture_unix_us: u64, len: usize, out: &mut String) {
 }
 
 /// Serves OAK host programs on `listener` until `shutdown`; returns once every client has left
-/// (or after [`SHUTDOWN_GRACE`]).
+/// (or after [`crate::SHUTDOWN_GRACE`]).
 pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     loop {
@@ -65,16 +65,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
             }
         }
     }
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tracker.len(),
-            "OAK TCP clients still running after the grace period"
-        );
-    }
+    crate::wind_down(&tracker, "OAK TCP clients").await;
 }
 
 /// One client, from accept to LEAVE.

@@ -63,7 +63,20 @@ pub(crate) struct Canvas<'a> {
     pub height: usize,
 }
 
-impl Canvas<'_> {
+impl<'a> Canvas<'a> {
+    /// The canvas over one I420 frame of `width × height` (even): Y, then U, then V, unpadded.
+    pub fn i420(data: &'a mut [u8], width: usize, height: usize) -> Canvas<'a> {
+        let (y, chroma) = data.split_at_mut(width * height);
+        let (u, v) = chroma.split_at_mut((width / 2) * (height / 2));
+        Canvas {
+            y,
+            u,
+            v,
+            width,
+            height,
+        }
+    }
+
     /// Fills a rectangle in one colour; chroma covers every 2×2 block the rectangle touches.
     pub fn fill(&mut self, x: usize, y: usize, w: usize, h: usize, [cy, cu, cv]: [u8; 3]) {
         fill_plane(self.y, self.width, self.height, x, y, w, h, cy);

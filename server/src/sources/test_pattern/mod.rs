@@ -65,9 +65,8 @@ impl TestPattern {
     /// Draws frame number `n` (which sets all the motion) with the clock at `unix_us`.
     fn render(&mut self, n: u64, unix_us: u64, data: &mut [u8]) {
         let (w, h) = (self.width as usize, self.height as usize);
-        let (cw, ch) = (w / 2, h / 2);
-        let (y_plane, chroma) = data.split_at_mut(w * h);
-        let (u_plane, v_plane) = chroma.split_at_mut(cw * ch);
+        let cw = w / 2;
+        let mut canvas = Canvas::i420(data, w, h);
 
         // Bars, scrolling left by `step` pixels a frame.
         let step = (w / 160).max(1) as u64;
@@ -82,24 +81,17 @@ impl TestPattern {
             let bar = BARS[(2 * cx + offset) % w * BARS.len() / w];
             (*u, *v) = (bar[1], bar[2]);
         }
-        for row in y_plane.chunks_exact_mut(w) {
+        for row in canvas.y.chunks_exact_mut(w) {
             row.copy_from_slice(y_row);
         }
-        for (u, v) in u_plane
+        for (u, v) in canvas
+            .u
             .chunks_exact_mut(cw)
-            .zip(v_plane.chunks_exact_mut(cw))
+            .zip(canvas.v.chunks_exact_mut(cw))
         {
             u.copy_from_slice(u_row);
             v.copy_from_slice(v_row);
         }
-
-        let mut canvas = Canvas {
-            y: y_plane,
-            u: u_plane,
-            v: v_plane,
-            width: w,
-            height: h,
-        };
 
         // A box bouncing off the edges, with a dark core so it shows on every bar.
         let side = (w.min(h) / 5).max(4) & !1;
