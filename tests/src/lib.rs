@@ -41,6 +41,20 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// How the tests run surv-client: any UDP port, for `seconds`, no recording, a 5 s connect
+/// timeout, no token. Tests change a field with `..client_config(…)`.
+pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
+    surv_client::Config {
+        server,
+        udp_port: 0,
+        max_frames: None,
+        max_duration: Some(Duration::from_secs_f64(seconds)),
+        record: None,
+        connect_timeout: Duration::from_secs(5),
+        token: None,
+    }
+}
+
 /// What kind of server to start.
 #[derive(Debug, Clone)]
 pub struct ServerOpts {

@@ -40,13 +40,8 @@ fn failures(srv: &TestServer) -> u64 {
 
 fn client(srv: &TestServer, token: Option<&str>) -> ClientConfig {
     ClientConfig {
-        server: srv.addr,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs(1)),
-        record: None,
-        connect_timeout: Duration::from_secs(5),
         token: token.map(str::to_string),
+        ..surv_tests::client_config(srv.addr, 1.0)
     }
 }
 

@@ -3,26 +3,14 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use surv_client::Config as ClientConfig;
 use surv_proto::Form;
 use surv_server::Config;
+use surv_tests::client_config;
 use surv_tests::{
     heavy, share, start_server, try_registration, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT,
 };
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-
-fn client_config(server: std::net::SocketAddr, seconds: f64) -> ClientConfig {
-    ClientConfig {
-        server,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs_f64(seconds)),
-        record: None,
-        connect_timeout: Duration::from_secs(5),
-        token: None,
-    }
-}
 
 /// N surv-client viewers for 5 s at 640x480@30: each gets ≥ 90 % of frames, all decode, and the
 /// server encoded each captured frame exactly once however many viewers there were.

@@ -18,13 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 fn client_config(server: SocketAddr, seconds: f64) -> ClientConfig {
     ClientConfig {
-        server,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs_f64(seconds)),
-        record: None,
         connect_timeout: Duration::from_secs(3),
-        token: None,
+        ..surv_tests::client_config(server, seconds)
     }
 }
 

@@ -47,18 +47,13 @@ async fn record_live(
     keep: Retention,
 ) -> surv_client::Summary {
     let cfg = ClientConfig {
-        server,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs_f64(seconds)),
         record: Some(RecorderConfig {
             dir: dir.into(),
             segment: Duration::from_secs(1),
             format,
             keep,
         }),
-        connect_timeout: Duration::from_secs(5),
-        token: None,
+        ..surv_tests::client_config(server, seconds)
     };
     let run = surv_client::run(cfg, None, CancellationToken::new());
     timeout(Duration::from_secs_f64(seconds) + IO_TIMEOUT, run)

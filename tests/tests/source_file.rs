@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surv_client::display::Latest;
-use surv_client::Config as ClientConfig;
 use surv_proto::{Ack, Form, FrameTag, MAX_UDP_PAYLOAD_BYTES, TAG_BYTES};
 use surv_server::sources::{SourceOptions, SourceSpec};
+use surv_tests::client_config;
 use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
 use surv_tests::{
     heavy, output_within, start_server_with, RawViewer, ServerOpts, TestServer, IO_TIMEOUT,
@@ -128,18 +128,6 @@ fn rate(frames: &[&Got]) -> f64 {
     }
 }
 
-fn client_config(srv: &TestServer, seconds: f64) -> ClientConfig {
-    ClientConfig {
-        server: srv.addr,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs_f64(seconds)),
-        record: None,
-        connect_timeout: Duration::from_secs(5),
-        token: None,
-    }
-}
-
 /// An MP4 (H.264) plays at its own rate to surv-client and to a seed-form viewer, at its own
 /// size, every frame passed through as ffmpeg wrote it; at its end the source is journalled as
 /// ended, not run again, and the server goes on serving.
@@ -157,7 +145,7 @@ async fn an_mp4_plays_at_its_own_rate_to_both_viewers_then_ends() {
 
     let latest = Arc::new(Latest::default());
     let client = tokio::spawn(surv_client::run(
-        client_config(&srv, 1.5),
+        client_config(srv.addr, 1.5),
         Some(latest.clone()),
         CancellationToken::new(),
     ));

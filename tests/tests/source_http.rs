@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surv_client::display::Latest;
-use surv_client::Config as ClientConfig;
 use surv_proto::{Form, FrameTag, MAX_UDP_PAYLOAD_BYTES, TAG_BYTES};
 use surv_server::capture::CaptureConfig;
 use surv_server::sources::http::{Deadlines, HttpSource};
 use surv_server::sources::{Source, SourceOptions};
 use surv_server::{Capture, Journal};
+use surv_tests::client_config;
 use surv_tests::standins::http::{
     multipart_head, part, HttpCamera, HttpCameraKind, KeepAliveStill, Say, ScriptedHttp,
 };
@@ -59,18 +59,6 @@ fn source(url: &str, opts: &SourceOptions, deadlines: Deadlines) -> Box<dyn Sour
             .unwrap()
             .with_deadlines(deadlines),
     )
-}
-
-fn client_config(server: std::net::SocketAddr, seconds: f64) -> ClientConfig {
-    ClientConfig {
-        server,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs_f64(seconds)),
-        record: None,
-        connect_timeout: Duration::from_secs(5),
-        token: None,
-    }
 }
 
 /// What a seed-form viewer saw: frames that are the camera's own bytes once surv's tag is

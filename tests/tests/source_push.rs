@@ -291,15 +291,7 @@ async fn camera_end_to_end(wire: Wire) {
     let seed = Viewer::start(&srv, Form::Seed, &known).await;
     let latest = Arc::new(Latest::default());
     let client = surv_client::run(
-        surv_client::Config {
-            server: srv.addr,
-            udp_port: 0,
-            max_frames: None,
-            max_duration: Some(Duration::from_millis(1500)),
-            record: None,
-            connect_timeout: Duration::from_secs(5),
-            token: None,
-        },
+        surv_tests::client_config(srv.addr, 1.5),
         Some(latest.clone()),
         CancellationToken::new(),
     );

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surv_client::display::Latest;
-use surv_client::Config as ClientConfig;
 use surv_proto::{Ack, Form, MAX_UDP_PAYLOAD_BYTES};
 use surv_server::sources::rtsp::RtspSource;
 use surv_server::sources::spec::RtspTransport;
+use surv_tests::client_config;
 use surv_tests::{heavy, start_server_with, RawViewer, Reaper, ServerOpts, TestServer, IO_TIMEOUT};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -229,18 +229,6 @@ async fn watch_seed(viewer: &mut RawViewer, duration: Duration) -> Seen {
             .unwrap();
     }
     seen
-}
-
-fn client_config(server: std::net::SocketAddr, seconds: f64) -> ClientConfig {
-    ClientConfig {
-        server,
-        udp_port: 0,
-        max_frames: None,
-        max_duration: Some(Duration::from_secs_f64(seconds)),
-        record: None,
-        connect_timeout: Duration::from_secs(5),
-        token: None,
-    }
 }
 
 /// Counter snapshot.
