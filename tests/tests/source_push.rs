@@ -35,14 +35,15 @@ const CAM_INTERVAL: Duration = Duration::from_millis(50);
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const OTHER_HOST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
-/// `n` distinct camera JPEGs; `salt` tells one camera's pictures from another's.
+/// `n` (up to 6) distinct camera JPEGs; `salt` (1 to 6) tells one camera's pictures from
+/// another's. (A gradient repeats every 32 seeds.)
 fn camera_jpegs(n: u64, salt: u64) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             test_jpeg(
                 CAM_W,
                 CAM_H,
-                Picture::Gradient(salt * 100 + i),
+                Picture::Gradient(salt * 6 + i),
                 80,
                 Subsamp::Sub2x2,
             )
@@ -269,6 +270,11 @@ async fn camera_end_to_end(wire: Wire) {
         .enumerate()
         .map(|(i, j)| (j.clone(), i))
         .collect();
+    assert_eq!(
+        known.len(),
+        first.len() + second.len(),
+        "pictures all differ"
+    );
     let known = Arc::new(known);
     let source = wire.spec(port).build(&SourceOptions::default()).unwrap();
     let (srv, cam) = server_and_camera(wire, port, source, &first).await;
@@ -320,6 +326,11 @@ async fn camera_end_to_end(wire: Wire) {
     assert_eq!(
         attempts, attempts0,
         "{wire:?}: camera frames were passed through, never encoded"
+    );
+    assert_eq!(
+        stat(&srv).rejected.load(Relaxed),
+        0,
+        "{wire:?}: the camera's every frame taken"
     );
     // surv-client has left (its `end`); both raw viewers are still registered.
     srv.wait_sessions(2).await.unwrap();
@@ -423,6 +434,11 @@ async fn tcp_listen_refuses_bad_pushers_while_the_camera_streams() {
         .enumerate()
         .map(|(i, j)| (j.clone(), i))
         .collect();
+    assert_eq!(
+        known.len(),
+        first.len() + second.len(),
+        "pictures all differ"
+    );
     let known = Arc::new(known);
     let source = TcpListenSource::new("127.0.0.1", port, &allow_localhost_only()).with_deadlines(
         Deadlines {
@@ -549,6 +565,7 @@ async fn udp_refuses_bad_datagrams_while_the_camera_streams() {
         .enumerate()
         .map(|(i, j)| (j.clone(), i))
         .collect();
+    assert_eq!(known.len(), first.len(), "pictures all differ");
     let known = Arc::new(known);
     let source = UdpSource::new("127.0.0.1", port, &allow_localhost_only());
     let stats = source.stats();

@@ -176,8 +176,9 @@ async fn stream_abcde(tcp: TcpStream, feed: Feed, sent: &AtomicU64) {
             let tcp = tcp.clone();
             async move {
                 let mut tcp = tcp.lock().await;
-                tcp.write_all(&abcde_header(t0.elapsed().as_secs_f64(), frame.len()))
-                    .await?;
+                // `timedelta.total_seconds()`: whole microseconds.
+                let ts = t0.elapsed().as_micros() as f64 / 1e6;
+                tcp.write_all(&abcde_header(ts, frame.len())).await?;
                 tcp.write_all(&frame).await
             }
         },

@@ -31,6 +31,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// Width of the timestamp field of an ABCDE header.
+const ABCDE_TIMESTAMP_BYTES: usize = 18;
+
 /// Bytes of seed 004's length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 /// Bytes of an OAK ABCDE header.
@@ -188,8 +191,7 @@ impl Decoder {
         if !fields.iter().all(|&b| b == b' ' || b.is_ascii_graphic()) {
             return Err(Invalid::BadHeader("it is not printable ASCII").into());
         }
-        let mut words = fields.split(|&b| b == b' ').filter(|word| !word.is_empty());
-        let (Some(timestamp), Some(size), None) = (words.next(), words.next(), words.next()) else {
+        let Some((timestamp, size)) = abcde_fields(fields) else {
             return Err(Invalid::BadHeader("it needs exactly a timestamp and a size").into());
         };
         let timestamp_ok = std::str::from_utf8(timestamp)
@@ -219,6 +221,23 @@ impl Decoder {
             }
             .into()),
         }
+    }
+}
+
+/// The timestamp and the size of an ABCDE header's 26 field bytes: split on spaces, as the
+/// OAK's host program does; or, when a timestamp fills its 18 characters and runs into the
+/// size (`str(ts).ljust(18)` pads nothing then), by position.
+fn abcde_fields(fields: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut words = fields.split(|&b| b == b' ').filter(|word| !word.is_empty());
+    match (words.next(), words.next(), words.next()) {
+        (Some(timestamp), Some(size), None) => Some((timestamp, size)),
+        (Some(_), None, None) => {
+            let (timestamp, size) = fields.split_at_checked(ABCDE_TIMESTAMP_BYTES)?;
+            let (timestamp, size) = (timestamp.trim_ascii(), size.trim_ascii());
+            let word = |w: &[u8]| !w.is_empty() && !w.contains(&b' ');
+            (word(timestamp) && word(size)).then_some((timestamp, size))
+        }
+        _ => None,
     }
 }
 

@@ -154,6 +154,23 @@ fn streams_in_neither_framing_are_invalid() {
 }
 
 #[test]
+fn an_abcde_timestamp_that_fills_its_field_is_read_by_position() {
+    // `str(ts).ljust(18)` pads nothing when the timestamp has 18 characters: it runs into the
+    // size. The OAK's host splits on spaces; surv reads such a header by its fields' widths.
+    let (a, b) = (jpeg(1, 10), jpeg(2, 10));
+    let mut stream = Vec::new();
+    for (ts, f) in [("1.2500000000000002", &a), ("12345.678901234567", &b)] {
+        let header = format!("ABCDE {ts:<18}{:<8}", f.len());
+        assert_eq!(header.len(), ABCDE_HEADER_BYTES);
+        stream.extend(header.as_bytes());
+        stream.extend(f);
+    }
+    let (got, end) = decode_all(&stream, 7, CAP);
+    assert_eq!(got, [a, b]);
+    assert!(matches!(end, FramingError::Incomplete), "{end:?}");
+}
+
+#[test]
 fn bad_abcde_headers_are_invalid() {
     let good = abcde(&[jpeg(1, 10)], false);
     let header = |text: &str| {
@@ -170,6 +187,9 @@ fn bad_abcde_headers_are_invalid() {
         "ABCDE 1.5 99999999999999999999",
         "ABCDX 1.5 10",
         "ABCDE 1.5\t10",
+        "ABCDE 1.250000000000000x10",
+        "ABCDE 1.2500000000000002-10",
+        "ABCDE 1.2500000000000002",
     ] {
         let (got, end) = decode_all(&header(bad), 7, CAP);
         assert_eq!(got.len(), 1, "{bad}");
