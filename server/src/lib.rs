@@ -10,11 +10,14 @@
 //! * [`encoder`]: JPEG encoding under the datagram cap.
 //! * [`watchers`]: every kind of watcher as a session in one registry; [`watchers::udp`] is
 //!   the UDP viewers' fast path, [`watchers::stream`] the driver for stream-oriented kinds.
+//! * [`http`]: the HTTP server for browsers: the live page, `/stream.mjpg`, `/snapshot.jpg`,
+//!   `/status` and `/metrics`.
 //! * [`journal`]: the join/leave and source lost/back log.
 //! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
 
 pub mod capture;
 pub mod encoder;
+pub mod http;
 pub mod journal;
 pub mod sources;
 pub mod sys;
@@ -30,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 pub use capture::{Capture, CaptureShared, CaptureStats, FrameRx, StreamShape};
 pub use journal::Journal;
-pub use watchers::{WatcherInfo, WatcherKind, Watchers};
+pub use watchers::{RefusalCause, WatcherInfo, WatcherKind, Watchers};
 
 /// How long sessions get to log their LEAVE after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -51,6 +54,9 @@ pub struct Config {
     pub max_pending_registrations: usize,
     /// Frames a session may send without an ack (see [`watchers::udp::window`]).
     pub max_in_flight: usize,
+    /// An HTTP client that takes nothing of what it was sent for this long is dropped (an
+    /// MJPEG watcher with reason `timeout`).
+    pub http_write_deadline: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +68,7 @@ impl Default for Config {
             seed_settle: Duration::from_millis(50),
             max_pending_registrations: 256,
             max_in_flight: 4,
+            http_write_deadline: Duration::from_secs(10),
         }
     }
 }
@@ -71,8 +78,10 @@ impl Default for Config {
 pub struct Stats {
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
-    /// Registrations turned away, for any reason.
+    /// Watchers turned away, for any reason.
     pub refused: AtomicU64,
+    /// The same, by cause.
+    pub refusals: watchers::Refusals,
     /// Connections closed without sending a byte (port checks); not refusals.
     pub probes: AtomicU64,
     /// SURV/1 viewers admitted whose connection failed before their acceptance was written:
@@ -108,6 +117,8 @@ pub struct Server {
     /// Run the fan-out as a task on the runtime instead of a thread of its own: for tests under
     /// paused time, whose clock must not run ahead of a thread it cannot see.
     pub(crate) fanout_on_runtime: bool,
+    /// When the server started, for its uptime.
+    pub started: std::time::Instant,
 }
 
 impl Server {
@@ -126,15 +137,41 @@ impl Server {
             watchers: Watchers::new(config.max_viewers),
             data: watchers::udp::DataPath::default(),
             fanout_on_runtime: false,
+            started: std::time::Instant::now(),
             config,
         }
     }
 }
 
+/// Where watchers reach the server.
+pub struct Listeners {
+    /// UDP viewers register here (seed 003's port, SURV/1).
+    pub viewers: TcpListener,
+    /// Browsers and MJPEG players ([`http`]); `None`: no HTTP server.
+    pub http: Option<TcpListener>,
+}
+
 /// Serves viewers on `listener` until `shutdown` is cancelled, then ends every session (each logs
 /// its LEAVE) within [`SHUTDOWN_GRACE`].
 pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
+    let listeners = Listeners {
+        viewers: listener,
+        http: None,
+    };
+    run_with(server, listeners, shutdown).await
+}
+
+/// Serves every kind of watcher on its listener until `shutdown` is cancelled, then ends every
+/// session (each logs its LEAVE) within [`SHUTDOWN_GRACE`].
+pub async fn run_with(server: Arc<Server>, listeners: Listeners, shutdown: CancellationToken) {
+    let Listeners {
+        viewers: listener,
+        http,
+    } = listeners;
     let tracker = TaskTracker::new();
+    if let Some(http) = http {
+        tracker.spawn(http::serve(server.clone(), http, shutdown.clone()));
+    }
     let fanout = if server.fanout_on_runtime {
         tracker.spawn(watchers::udp::data_path::fan_out_loop(
             server.clone(),
@@ -186,6 +223,7 @@ impl Server {
             joins = s.joins.load(Relaxed),
             leaves = s.leaves.load(Relaxed),
             refused = s.refused.load(Relaxed),
+            refused_full = s.refusals.get(RefusalCause::Full),
             probes = s.probes.load(Relaxed),
             gone_before_accepted = s.gone_before_accepted.load(Relaxed),
             frames_sent = s.frames_sent.load(Relaxed),

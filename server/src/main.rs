@@ -76,6 +76,14 @@ struct Args {
     /// TCP port viewers register on.
     #[arg(long, default_value_t = DEFAULT_TCP_PORT)]
     port: u16,
+    /// HTTP port for browsers and players, on the same --bind: the live page (/), the MJPEG
+    /// stream (/stream.mjpg), the newest frame (/snapshot.jpg), /status (JSON) and /metrics
+    /// (Prometheus). 0 turns it off.
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    http_port: u16,
+    /// Drop an HTTP client that takes none of what it is sent for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    http_write_timeout: f64,
     /// Address to listen on (0.0.0.0 all IPv4, :: all IPv6, 127.0.0.1 this host only).
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -152,6 +160,7 @@ fn run() -> anyhow::Result<()> {
         viewer_timeout: secs(args.viewer_timeout, "--viewer-timeout")?,
         register_timeout: secs(args.register_timeout, "--register-timeout")?,
         max_in_flight: args.max_in_flight,
+        http_write_deadline: secs(args.http_write_timeout, "--http-write-timeout")?,
         ..Config::default()
     };
 
@@ -218,6 +227,20 @@ fn run() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("listening on TCP {addr} (is another server on that port? try --port)")
         })?;
+        let http = match args.http_port {
+            0 => None,
+            port => {
+                let addr = SocketAddr::new(args.bind, port);
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!(
+                        "listening for HTTP on {addr} (is another server on that port? try \
+                         --http-port with another port, or --http-port 0 to turn HTTP off)"
+                    )
+                })?;
+                tracing::info!(%addr, "HTTP: the live page is at http://{addr}/");
+                Some(listener)
+            }
+        };
         let shape = capture.shared.shape();
         tracing::info!(
             %addr,
@@ -231,7 +254,11 @@ fn run() -> anyhow::Result<()> {
         );
         let server = Arc::new(Server::new(config, &capture, args.max_datagram, journal));
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        surv_server::run(server, listener, shutdown).await;
+        let listeners = surv_server::Listeners {
+            viewers: listener,
+            http,
+        };
+        surv_server::run_with(server, listeners, shutdown).await;
         capture.stop().await;
         tracing::info!("stopped");
         Ok(())

@@ -14,6 +14,7 @@
 //! waits for a watcher.
 
 pub mod backoff;
+pub mod encode_times;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,8 @@ pub struct CaptureStats {
     pub encode_us: AtomicU64,
     /// JPEG quality in use (0 while frames pass through).
     pub quality: AtomicU32,
+    /// How long each encode took.
+    pub encode_times: encode_times::EncodeTimes,
 }
 
 /// What the source delivers: its size as last seen, and its frame rate.
@@ -85,14 +88,17 @@ pub enum SourceState {
 #[derive(Debug)]
 pub struct CaptureShared {
     pub stats: CaptureStats,
+    /// What the source is (its `describe()`), for `/status`.
+    pub source: String,
     shape: Mutex<StreamShape>,
     state: watch::Sender<SourceState>,
 }
 
 impl CaptureShared {
-    fn new() -> CaptureShared {
+    fn new(source: String) -> CaptureShared {
         CaptureShared {
             stats: CaptureStats::default(),
+            source,
             shape: Mutex::new(StreamShape::default()),
             state: watch::Sender::new(SourceState::Starting),
         }
@@ -147,7 +153,7 @@ impl Capture {
         let max_datagram_bytes = encoder.max_datagram_bytes;
         let encoder = Encoder::new(encoder).map_err(|e| CaptureError::Encoder(e.to_string()))?;
         let (tx, frames) = watch::channel(None);
-        let shared = Arc::new(CaptureShared::new());
+        let shared = Arc::new(CaptureShared::new(source.describe()));
         let stop = shutdown.child_token();
         let sink = FrameSink::new(
             shared.clone(),

@@ -75,7 +75,7 @@ async fn a_reader_that_keeps_up_gets_every_frame() {
     let reader = tokio::spawn(read_frames(r, Duration::ZERO));
     let publisher = tokio::spawn(publish(tx, 30, 1000, Duration::from_millis(33)));
     let mut writer = Framed(w);
-    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown).await;
+    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown, &LiveTally::default()).await;
     drop(writer);
     publisher.await.unwrap();
     assert_eq!(reason, LeaveReason::Shutdown, "the capture path ended");
@@ -97,7 +97,7 @@ async fn a_slow_reader_gets_the_newest_frames_and_the_rest_are_counted() {
     let publisher = tokio::spawn(publish(tx, 200, 1000, Duration::from_millis(10)));
     let mut writer = Framed(w);
     let started = Instant::now();
-    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown).await;
+    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown, &LiveTally::default()).await;
     drop(writer);
     publisher.await.unwrap();
     let got = reader.await.unwrap();
@@ -140,6 +140,7 @@ async fn a_reader_that_stops_reading_is_dropped_at_the_write_deadline() {
         &mut writer,
         Duration::from_millis(500),
         &shutdown,
+        &LiveTally::default(),
     )
     .await;
     assert_eq!(reason, LeaveReason::Timeout);
@@ -161,7 +162,7 @@ async fn a_reader_that_goes_away_ends_the_watcher_as_closed() {
     let shutdown = CancellationToken::new();
     let _publisher = tokio::spawn(publish(tx, 10, 100, Duration::from_millis(10)));
     let mut writer = Framed(w);
-    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown).await;
+    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown, &LiveTally::default()).await;
     assert_eq!((reason, tally.frames_sent), (LeaveReason::Closed, 0));
 }
 
@@ -179,7 +180,7 @@ async fn shutdown_ends_a_watcher_mid_write() {
     });
     let mut writer = Framed(w);
     let started = Instant::now();
-    let (reason, _) = serve(&stats, rx, &mut writer, Duration::from_secs(10), &shutdown).await;
+    let (reason, _) = serve(&stats, rx, &mut writer, Duration::from_secs(10), &shutdown, &LiveTally::default()).await;
     assert_eq!(reason, LeaveReason::Shutdown);
     assert!(started.elapsed() < Duration::from_millis(100));
     drop(tx);
