@@ -5,37 +5,44 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, Sleep};
 
+use super::WriteStalled;
+
 pub(crate) struct DeadlineIo<T> {
     inner: T,
     deadline: Duration,
+    /// Set when the deadline passed.
+    stalled: WriteStalled,
     /// Armed while a write waits for room in the socket.
-    stalled: Option<Pin<Box<Sleep>>>,
+    waiting: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> DeadlineIo<T> {
-    pub(crate) fn new(inner: T, deadline: Duration) -> DeadlineIo<T> {
+    pub(crate) fn new(inner: T, deadline: Duration, stalled: WriteStalled) -> DeadlineIo<T> {
         DeadlineIo {
             inner,
             deadline,
-            stalled: None,
+            stalled,
+            waiting: None,
         }
     }
 
     /// Counts a write that could not go: Pending until the deadline, then `TimedOut`.
     fn check_stall<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if polled.is_ready() {
-            self.stalled = None;
+            self.waiting = None;
             return polled;
         }
         let deadline = self.deadline;
-        let timer = self.stalled.get_or_insert_with(|| Box::pin(sleep(deadline)));
+        let timer = self.waiting.get_or_insert_with(|| Box::pin(sleep(deadline)));
         ready!(timer.as_mut().poll(cx));
+        self.stalled.0.store(true, Relaxed);
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("the peer took nothing for {deadline:?}"),

@@ -39,7 +39,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::{HttpState, Peer};
+use super::{HttpState, Peer, WriteStalled};
 use crate::encoder::EncodedFrame;
 use crate::watchers::stream::{self, FrameWrite, FrameWriter};
 use crate::watchers::{LiveTally, RefusalCause, WatcherKind, Watchers};
@@ -104,6 +104,7 @@ pub(crate) struct Part([Option<Bytes>; 3]);
 pub(crate) async fn stream(
     State(http): State<Arc<HttpState>>,
     Extension(Peer(peer)): Extension<Peer>,
+    Extension(stalled): Extension<WriteStalled>,
     Query(query): Query<StreamQuery>,
 ) -> Response {
     let server = &http.server;
@@ -129,7 +130,7 @@ pub(crate) async fn stream(
     } else {
         PartStyle::Framed
     };
-    let (body, mut writer) = channel(style);
+    let (body, mut writer) = channel(style, stalled);
     let live = Arc::new(LiveTally::default());
     let member = slot.join_reporting(WatcherKind::Http, peer, live.clone());
     let span = tracing::info_span!("http", id = member.id, %peer);
@@ -168,7 +169,7 @@ pub(crate) async fn stream(
 }
 
 /// A body and the writer that feeds it, for one client.
-pub(crate) fn channel(style: PartStyle) -> (MjpegBody, PartWriter) {
+pub(crate) fn channel(style: PartStyle, stalled: WriteStalled) -> (MjpegBody, PartWriter) {
     // Capacity 1: the body asks for one part at a time.
     let (demand_tx, demand_rx) = mpsc::channel(1);
     let body = MjpegBody {
@@ -181,6 +182,7 @@ pub(crate) fn channel(style: PartStyle) -> (MjpegBody, PartWriter) {
         demand: demand_rx,
         taker: None,
         style,
+        stalled,
     };
     (body, writer)
 }
@@ -246,18 +248,28 @@ pub(crate) struct PartWriter {
     /// Where the part asked for goes.
     taker: Option<oneshot::Sender<Part>>,
     style: PartStyle,
-}
-
-fn client_gone() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "the http client is gone")
+    /// The connection's write deadline passed (rather than the client closing it).
+    stalled: WriteStalled,
 }
 
 impl PartWriter {
+    /// Why the body is gone: the connection was cut for taking nothing, or the client left.
+    fn gone(&self) -> io::Error {
+        if self.stalled.is_set() {
+            io::Error::new(io::ErrorKind::TimedOut, "the http client took nothing")
+        } else {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the http client is gone")
+        }
+    }
+
     /// Waits for the body to ask for a part (cancel-safe: a demand is kept once received).
     async fn asked(&mut self) -> io::Result<oneshot::Sender<Part>> {
         match self.taker.take() {
             Some(taker) => Ok(taker),
-            None => self.demand.recv().await.ok_or_else(client_gone),
+            None => match self.demand.recv().await {
+                Some(taker) => Ok(taker),
+                None => Err(self.gone()),
+            },
         }
     }
 }
@@ -274,9 +286,8 @@ impl FrameWriter for PartWriter {
     fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a> {
         Box::pin(async move {
             let taker = self.asked().await?;
-            taker
-                .send(self.style.part(&frame.datagram))
-                .map_err(|_| client_gone())
+            let part = self.style.part(&frame.datagram);
+            taker.send(part).map_err(|_| self.gone())
         })
     }
 }

@@ -20,6 +20,9 @@ mod status;
 mod tests;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +39,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Server, SHUTDOWN_GRACE};
+use crate::{sys, Server, SHUTDOWN_GRACE};
 
 pub use mjpeg::BOUNDARY;
 
@@ -46,6 +49,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// What hyper buffers of a response beyond the socket before it stops taking more from the
 /// body (hyper's minimum is 8 KiB; its default, ~400 KiB, would queue several old frames).
 pub const MAX_BUF_BYTES: usize = 16 * 1024;
+
+/// Bounds of a connection's kernel send buffer (see [`send_buffer_bytes`]).
+const MIN_SNDBUF_BYTES: usize = 32 * 1024;
+const MAX_SNDBUF_BYTES: usize = 4 * 1024 * 1024;
 
 /// Connections open at once beyond `--max-viewers`: room for pages, snapshots and scrapes.
 const EXTRA_CONNECTIONS: usize = 256;
@@ -59,6 +66,17 @@ const PAGE: &str = include_str!("page.html");
 /// The address a request came from (set per connection).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// Set when a connection's write made no progress for the write deadline: why its response
+/// ended (an MJPEG watcher leaves with `timeout`, not `closed`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteStalled(pub Arc<AtomicBool>);
+
+impl WriteStalled {
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
 
 /// What the handlers share.
 pub(crate) struct HttpState {
@@ -85,6 +103,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
         shutdown: shutdown.clone(),
     });
     let write_deadline = state.server.config.http_write_deadline;
+    let server = state.server.clone();
     let app = router(state);
     loop {
         let permit = tokio::select! {
@@ -106,9 +125,11 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
                 continue;
             }
         };
+        let sndbuf = send_buffer_bytes(&server);
         tracker.spawn(connection(
             app.clone(),
             tcp,
+            sndbuf,
             peer,
             write_deadline,
             shutdown.clone(),
@@ -125,6 +146,17 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
             "http connections still open after the shutdown grace period"
         );
     }
+}
+
+/// The kernel's send buffer for a connection: about two frames of the stream as it is now
+/// (the kernel doubles it for its bookkeeping). Left to autotuning it grows to megabytes,
+/// which for an MJPEG client on a slow link is seconds of old frames queued before the
+/// newest; two frames still let a 50 ms path carry 40 frames a second.
+fn send_buffer_bytes(server: &Server) -> usize {
+    let frame_bytes = server.frames.borrow().as_ref().map_or(0, |f| f.datagram.len());
+    frame_bytes
+        .saturating_mul(2)
+        .clamp(MIN_SNDBUF_BYTES, MAX_SNDBUF_BYTES)
 }
 
 /// The routes, behind [`admit`].
@@ -161,6 +193,7 @@ async fn page() -> impl IntoResponse {
 async fn connection(
     app: Router,
     tcp: TcpStream,
+    sndbuf_bytes: usize,
     peer: SocketAddr,
     write_deadline: Duration,
     shutdown: CancellationToken,
@@ -168,10 +201,15 @@ async fn connection(
 ) {
     // Small writes (a part's headers) go at once; the frames are what is large.
     let _ = tcp.set_nodelay(true);
-    let io = TokioIo::new(io::DeadlineIo::new(tcp, write_deadline));
+    if let Err(e) = sys::set_buffer(tcp.as_raw_fd(), libc::SO_SNDBUF, sndbuf_bytes) {
+        tracing::debug!(%peer, error = %e, "cannot size the send buffer");
+    }
+    let stalled = WriteStalled::default();
+    let io = TokioIo::new(io::DeadlineIo::new(tcp, write_deadline, stalled.clone()));
     let routes = TowerToHyperService::new(app);
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
         request.extensions_mut().insert(Peer(peer));
+        request.extensions_mut().insert(stalled.clone());
         hyper::service::Service::call(&routes, request)
     });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use super::io::DeadlineIo;
 use super::mjpeg::{channel, MjpegBody, PartStyle, BOUNDARY};
 use super::status::RateMeter;
+use super::WriteStalled;
 use crate::encoder::EncodedFrame;
 use crate::watchers::stream::FrameWriter;
 
@@ -53,7 +54,7 @@ fn drain(body: &mut MjpegBody) -> (Vec<u8>, bool) {
 
 #[tokio::test]
 async fn the_writer_is_ready_only_when_the_body_asks_and_parts_carry_their_length() {
-    let (mut body, mut writer) = channel(PartStyle::Framed);
+    let (mut body, mut writer) = channel(PartStyle::Framed, WriteStalled::default());
     // Nobody polled the body: the writer is not ready.
     let not_yet = tokio::time::timeout(Duration::from_millis(50), writer.ready()).await;
     assert!(not_yet.is_err(), "ready before the body asked");
@@ -71,7 +72,7 @@ async fn the_writer_is_ready_only_when_the_body_asks_and_parts_carry_their_lengt
 
 #[tokio::test]
 async fn advance_headers_put_the_next_parts_headers_right_after_each_jpeg() {
-    let (mut body, mut writer) = channel(PartStyle::AdvanceHeaders);
+    let (mut body, mut writer) = channel(PartStyle::AdvanceHeaders, WriteStalled::default());
     let (head, _) = drain(&mut body);
     let part_head = format!("--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n");
     assert_eq!(head, part_head.as_bytes());
@@ -83,11 +84,11 @@ async fn advance_headers_put_the_next_parts_headers_right_after_each_jpeg() {
 
 #[tokio::test]
 async fn a_body_that_is_gone_fails_the_writer() {
-    let (body, mut writer) = channel(PartStyle::Framed);
+    let (body, mut writer) = channel(PartStyle::Framed, WriteStalled::default());
     drop(body);
     let err = writer.ready().await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
-    let (mut body, mut writer) = channel(PartStyle::Framed);
+    let (mut body, mut writer) = channel(PartStyle::Framed, WriteStalled::default());
     let _ = drain(&mut body);
     writer.ready().await.unwrap();
     drop(body);
@@ -97,7 +98,7 @@ async fn a_body_that_is_gone_fails_the_writer() {
 #[tokio::test(start_paused = true)]
 async fn a_write_that_makes_no_progress_fails_at_the_deadline() {
     let (a, _b) = tokio::io::duplex(64);
-    let mut io = DeadlineIo::new(a, Duration::from_secs(2));
+    let mut io = DeadlineIo::new(a, Duration::from_secs(2), WriteStalled::default());
     io.write_all(&[0; 64]).await.unwrap();
     let started = tokio::time::Instant::now();
     let err = io.write_all(&[0; 1]).await.unwrap_err();
@@ -108,7 +109,7 @@ async fn a_write_that_makes_no_progress_fails_at_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_write_that_progresses_slowly_is_not_cut() {
     let (a, mut b) = tokio::io::duplex(64);
-    let mut io = DeadlineIo::new(a, Duration::from_secs(2));
+    let mut io = DeadlineIo::new(a, Duration::from_secs(2), WriteStalled::default());
     let reader = tokio::spawn(async move {
         let mut buf = [0u8; 64];
         let mut total = 0;

@@ -7,8 +7,9 @@
 //! a write was under way are never queued, only the newest is taken next, and the ones in
 //! between are counted as skipped. Capture and the other watchers never wait for it. A writer
 //! that does not become ready, or a write that does not finish, within the write deadline (a
-//! peer that stopped reading) ends the watcher with reason `timeout`; a write error ends it
-//! with `closed`.
+//! peer that stopped reading) ends the watcher with reason `timeout`, and so does a writer
+//! error of kind `TimedOut` (a deadline of the writer's own); any other error ends it with
+//! `closed`.
 //!
 //! A writer that can tell when its peer will take more (an HTTP body polled by hyper only when
 //! its buffer has room) says so in [`FrameWriter::ready`], so that the frame is picked at that
@@ -64,6 +65,7 @@ pub async fn serve<W: FrameWriter>(
         };
         match ready {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => break LeaveReason::Timeout,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "stream watcher gone");
                 break LeaveReason::Closed;
@@ -97,6 +99,7 @@ pub async fn serve<W: FrameWriter>(
                     .fetch_add(frame.datagram.len() as u64, Relaxed);
                 live.set(&tally);
             }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => break LeaveReason::Timeout,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "stream watcher write failed");
                 break LeaveReason::Closed;
