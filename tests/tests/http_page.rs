@@ -219,7 +219,10 @@ fn look_at_the_page(url: &str) {
         if facts["drawn"].as_u64().unwrap_or(0) > 0 && facts["state"] == "live" {
             break facts;
         }
-        assert!(Instant::now() < until, "the page never became ready: {facts}");
+        assert!(
+            Instant::now() < until,
+            "the page never became ready: {facts}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert_eq!(first["size"], "320×240", "{first}");
@@ -242,7 +245,10 @@ fn look_at_the_page(url: &str) {
     let mut changed = 0;
     let until = Instant::now() + PAGE_READY_WITHIN;
     while changed < 100 {
-        assert!(Instant::now() < until, "the picture did not move ({changed} pixels changed)");
+        assert!(
+            Instant::now() < until,
+            "the picture did not move ({changed} pixels changed)"
+        );
         std::thread::sleep(Duration::from_millis(1100));
         let after = browser.shot(&rect).unwrap();
         assert_eq!(after.len(), before.len());

@@ -34,13 +34,19 @@ impl<T> DeadlineIo<T> {
     }
 
     /// Counts a write that could not go: Pending until the deadline, then `TimedOut`.
-    fn check_stall<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn check_stall<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         if polled.is_ready() {
             self.waiting = None;
             return polled;
         }
         let deadline = self.deadline;
-        let timer = self.waiting.get_or_insert_with(|| Box::pin(sleep(deadline)));
+        let timer = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(sleep(deadline)));
         ready!(timer.as_mut().poll(cx));
         self.stalled.0.store(true, Relaxed);
         Poll::Ready(Err(io::Error::new(

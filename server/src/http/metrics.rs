@@ -47,7 +47,11 @@ impl Metrics {
 pub(crate) async fn metrics(State(http): State<Arc<HttpState>>) -> Response {
     match http.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed\n").into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics encoding failed\n",
+        )
+            .into_response(),
     }
 }
 
@@ -64,7 +68,13 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fm
     c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: f64) -> std::fmt::Result {
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: f64,
+) -> std::fmt::Result {
     let g = ConstGauge::new(v);
     g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)
 }
@@ -90,7 +100,12 @@ impl Collector for ServerCollector {
         let server = &self.0;
         let (c, s) = (&server.capture.stats, &server.stats);
         let e = &mut e;
-        counter(e, "frames_captured", "Frames the source delivered.", c.captured.load(Relaxed))?;
+        counter(
+            e,
+            "frames_captured",
+            "Frames the source delivered.",
+            c.captured.load(Relaxed),
+        )?;
         counter(
             e,
             "frames_encoded",
@@ -103,7 +118,12 @@ impl Collector for ServerCollector {
             "Of the frames published, JPEGs from the source sent as they came.",
             c.passed_through.load(Relaxed),
         )?;
-        counter(e, "frames_rejected", "Unusable frames from the source.", c.rejected.load(Relaxed))?;
+        counter(
+            e,
+            "frames_rejected",
+            "Unusable frames from the source.",
+            c.rejected.load(Relaxed),
+        )?;
         counter(
             e,
             "encode_errors",
@@ -112,8 +132,13 @@ impl Collector for ServerCollector {
         )?;
         let times = c.encode_times.snapshot();
         let unit = Unit::Seconds;
-        e.encode_descriptor("encode", "Time to encode one frame.", Some(&unit), MetricType::Histogram)?
-            .encode_histogram::<NoLabelSet>(times.sum_s, times.count, &times.buckets, None)?;
+        e.encode_descriptor(
+            "encode",
+            "Time to encode one frame.",
+            Some(&unit),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(times.sum_s, times.count, &times.buckets, None)?;
         gauge(
             e,
             "jpeg_quality",
@@ -136,7 +161,12 @@ impl Collector for ServerCollector {
             .map(|(name, now)| (name, ConstGauge::new(i64::from(now)))),
             MetricType::Gauge,
         )?;
-        counter(e, "source_lost", "Outages: times the source went from delivering to lost.", c.source_lost.load(Relaxed))?;
+        counter(
+            e,
+            "source_lost",
+            "Outages: times the source went from delivering to lost.",
+            c.source_lost.load(Relaxed),
+        )?;
         counter(
             e,
             "source_failures",
@@ -155,7 +185,13 @@ impl Collector for ServerCollector {
                 .map(|(k, n)| (k.as_str(), ConstGauge::new(n as i64))),
             MetricType::Gauge,
         )?;
-        gauge(e, "watchers_max", "The most watchers at once (--max-viewers).", None, server.watchers.max() as f64)?;
+        gauge(
+            e,
+            "watchers_max",
+            "The most watchers at once (--max-viewers).",
+            None,
+            server.watchers.max() as f64,
+        )?;
         counter(e, "joins", "Watchers that joined.", s.joins.load(Relaxed))?;
         counter(e, "leaves", "Watchers that left.", s.leaves.load(Relaxed))?;
         family(
@@ -172,7 +208,12 @@ impl Collector for ServerCollector {
             "Frames sent to watchers (one datagram each to a UDP viewer, one part to an HTTP one).",
             s.frames_sent.load(Relaxed),
         )?;
-        counter(e, "sent_bytes", "Bytes of frames sent to watchers.", s.bytes_sent.load(Relaxed))?;
+        counter(
+            e,
+            "sent_bytes",
+            "Bytes of frames sent to watchers.",
+            s.bytes_sent.load(Relaxed),
+        )?;
         counter(
             e,
             "frames_skipped",
@@ -180,10 +221,26 @@ impl Collector for ServerCollector {
             s.frames_skipped.load(Relaxed),
         )?;
         counter(e, "acks", "Acks from UDP viewers.", s.acks.load(Relaxed))?;
-        counter(e, "bad_acks", "Datagrams from a viewer's address that are not acks.", s.bad_acks.load(Relaxed))?;
-        counter(e, "send_errors", "Datagrams that could not be sent.", s.send_errors.load(Relaxed))?;
+        counter(
+            e,
+            "bad_acks",
+            "Datagrams from a viewer's address that are not acks.",
+            s.bad_acks.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "send_errors",
+            "Datagrams that could not be sent.",
+            s.send_errors.load(Relaxed),
+        )?;
         let unit = Unit::Seconds;
-        gauge(e, "uptime", "Time since the server started.", Some(&unit), server.started.elapsed().as_secs_f64())?;
+        gauge(
+            e,
+            "uptime",
+            "Time since the server started.",
+            Some(&unit),
+            server.started.elapsed().as_secs_f64(),
+        )?;
         Ok(())
     }
 }

@@ -153,7 +153,11 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
 /// which for an MJPEG client on a slow link is seconds of old frames queued before the
 /// newest; two frames still let a 50 ms path carry 40 frames a second.
 fn send_buffer_bytes(server: &Server) -> usize {
-    let frame_bytes = server.frames.borrow().as_ref().map_or(0, |f| f.datagram.len());
+    let frame_bytes = server
+        .frames
+        .borrow()
+        .as_ref()
+        .map_or(0, |f| f.datagram.len());
     frame_bytes
         .saturating_mul(2)
         .clamp(MIN_SNDBUF_BYTES, MAX_SNDBUF_BYTES)

@@ -60,11 +60,17 @@ async fn the_writer_is_ready_only_when_the_body_asks_and_parts_carry_their_lengt
     assert!(not_yet.is_err(), "ready before the body asked");
     assert_eq!(drain(&mut body), (Vec::new(), false));
     writer.ready().await.unwrap();
-    writer.write_frame(&frame(1, b"\xFF\xD8abc\xFF\xD9")).await.unwrap();
+    writer
+        .write_frame(&frame(1, b"\xFF\xD8abc\xFF\xD9"))
+        .await
+        .unwrap();
     let (bytes, ended) = drain(&mut body);
     assert!(!ended);
     let head = format!("--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: 7\r\n\r\n");
-    assert_eq!(bytes, [head.as_bytes(), b"\xFF\xD8abc\xFF\xD9\r\n"].concat());
+    assert_eq!(
+        bytes,
+        [head.as_bytes(), b"\xFF\xD8abc\xFF\xD9\r\n"].concat()
+    );
     // The writer goes: the body ends.
     drop(writer);
     assert_eq!(drain(&mut body), (Vec::new(), true));
@@ -79,7 +85,10 @@ async fn advance_headers_put_the_next_parts_headers_right_after_each_jpeg() {
     writer.ready().await.unwrap();
     writer.write_frame(&frame(1, b"JPEG1")).await.unwrap();
     let (bytes, _) = drain(&mut body);
-    assert_eq!(bytes, [b"JPEG1\r\n".as_slice(), part_head.as_bytes()].concat());
+    assert_eq!(
+        bytes,
+        [b"JPEG1\r\n".as_slice(), part_head.as_bytes()].concat()
+    );
 }
 
 #[tokio::test]
@@ -115,7 +124,9 @@ async fn a_write_that_progresses_slowly_is_not_cut() {
         let mut total = 0;
         while total < 640 {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            total += tokio::io::AsyncReadExt::read(&mut b, &mut buf).await.unwrap();
+            total += tokio::io::AsyncReadExt::read(&mut b, &mut buf)
+                .await
+                .unwrap();
         }
         total
     });

@@ -261,7 +261,15 @@ async fn admit(
 ) {
     let Some(slot) = Watchers::reserve(&server) else {
         let reason = format!("server full ({} viewers)", server.watchers.max());
-        return refuse(&server, tcp, peer, Some(reg.form), RefusalCause::Full, &reason).await;
+        return refuse(
+            &server,
+            tcp,
+            peer,
+            Some(reg.form),
+            RefusalCause::Full,
+            &reason,
+        )
+        .await;
     };
     // Frames go to the TCP peer's own address, never to one named in the payload.
     let viewer = SocketAddr::new(peer.ip(), reg.udp_port);
