@@ -27,7 +27,7 @@ async fn ffmpeg_reads_the_stream_at_the_full_rate() {
     for query in ["", "?advance_headers=1"] {
         let url = format!("http://{}/stream.mjpg{query}", web.http);
         let out = dir.path().join("got.avi");
-        let frames = 75;
+        let frames = 60;
         let run = {
             let (url, out) = (url.clone(), out.clone());
             tokio::task::spawn_blocking(move || ffmpeg_reads(&url, frames, &out))

@@ -97,7 +97,10 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
     ));
     let state = Arc::new(HttpState {
         metrics: metrics::Metrics::new(server.clone()),
-        rate: status::RateMeter::default(),
+        rate: status::RateMeter::new(
+            server.capture.stats.encoded.load(Relaxed),
+            std::time::Instant::now(),
+        ),
         server,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),

@@ -96,9 +96,9 @@ pub struct SessionRow {
 }
 
 /// Frames per second from the published-frame counter, between requests at least
-/// [`RATE_WINDOW`] apart.
-#[derive(Debug, Default)]
-pub(crate) struct RateMeter(Mutex<Option<RateSample>>);
+/// [`RATE_WINDOW`] apart (the first one: since the meter was made).
+#[derive(Debug)]
+pub(crate) struct RateMeter(Mutex<RateSample>);
 
 #[derive(Debug, Clone, Copy)]
 struct RateSample {
@@ -108,29 +108,27 @@ struct RateSample {
 }
 
 impl RateMeter {
+    pub(crate) fn new(frames: u64, now: Instant) -> RateMeter {
+        RateMeter(Mutex::new(RateSample {
+            at: now,
+            frames,
+            rate: 0.0,
+        }))
+    }
+
     pub(crate) fn rate(&self, frames: u64, now: Instant) -> f64 {
         let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match *last {
-            None => {
-                *last = Some(RateSample {
-                    at: now,
-                    frames,
-                    rate: 0.0,
-                });
-                0.0
-            }
-            Some(s) if now.duration_since(s.at) < RATE_WINDOW => s.rate,
-            Some(s) => {
-                let secs = now.duration_since(s.at).as_secs_f64();
-                let rate = frames.saturating_sub(s.frames) as f64 / secs;
-                *last = Some(RateSample {
-                    at: now,
-                    frames,
-                    rate,
-                });
-                rate
-            }
+        let secs = now.saturating_duration_since(last.at);
+        if secs < RATE_WINDOW {
+            return last.rate;
         }
+        let rate = frames.saturating_sub(last.frames) as f64 / secs.as_secs_f64();
+        *last = RateSample {
+            at: now,
+            frames,
+            rate,
+        };
+        rate
     }
 }
 

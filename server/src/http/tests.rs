@@ -136,12 +136,14 @@ async fn a_write_that_progresses_slowly_is_not_cut() {
 
 #[test]
 fn the_rate_is_measured_over_a_window_of_at_least_a_second() {
-    let meter = RateMeter::default();
     let t0 = Instant::now();
-    assert_eq!(meter.rate(100, t0), 0.0);
-    // Too soon: still the last rate.
+    let meter = RateMeter::new(100, t0);
+    // Too soon: no rate yet.
     assert_eq!(meter.rate(110, t0 + Duration::from_millis(500)), 0.0);
     let r = meter.rate(160, t0 + Duration::from_secs(2));
     assert!((r - 30.0).abs() < 1e-9, "{r}");
+    // Too soon again: the last rate.
     assert_eq!(meter.rate(170, t0 + Duration::from_millis(2100)), r);
+    let r = meter.rate(170, t0 + Duration::from_secs(4));
+    assert!((r - 5.0).abs() < 1e-9, "{r}");
 }
