@@ -223,7 +223,6 @@ impl Server {
             joins = s.joins.load(Relaxed),
             leaves = s.leaves.load(Relaxed),
             refused = s.refused.load(Relaxed),
-            refused_full = s.refusals.get(RefusalCause::Full),
             probes = s.probes.load(Relaxed),
             gone_before_accepted = s.gone_before_accepted.load(Relaxed),
             frames_sent = s.frames_sent.load(Relaxed),

@@ -15,7 +15,6 @@ pub const BUCKET_BOUNDS_S: [f64; 10] = [
 pub struct EncodeTimes {
     /// Per bucket, not cumulative; the last one is above every bound.
     buckets: [AtomicU64; BUCKET_BOUNDS_S.len() + 1],
-    count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
@@ -36,7 +35,6 @@ impl EncodeTimes {
             .position(|&b| s <= b)
             .unwrap_or(BUCKET_BOUNDS_S.len());
         self.buckets[i].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         self.sum_ns.fetch_add(ns, Relaxed);
     }
