@@ -10,8 +10,10 @@ bash scripts/setup.sh
 cargo build --release -q -p surv-server -p surv-client
 
 PORT=9999
+HTTP_PORT="${HTTP_PORT:-8080}"
 mkdir -p logs recordings
-./target/release/surv-server --source test --size 640x480 --fps 30 --bind 127.0.0.1 --port "$PORT" --log-dir logs &
+./target/release/surv-server --source test --size 640x480 --fps 30 --bind 127.0.0.1 --port "$PORT" \
+  --http-port "$HTTP_PORT" --log-dir logs &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null || true' EXIT
 # Wait (bounded) until the server listens.
@@ -20,6 +22,7 @@ for _ in $(seq 1 50); do
   sleep 0.1
 done
 
+echo "While it runs, a browser on this machine shows it too: http://127.0.0.1:$HTTP_PORT/"
 ./target/release/surv-client 127.0.0.1 "$PORT" 0 --seconds "$SECONDS_TO_RUN" --segment-secs 5 --record-dir recordings
 
 kill -TERM "$SERVER"

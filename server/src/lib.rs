@@ -10,6 +10,8 @@
 //! * [`encoder`]: JPEG encoding under the datagram cap.
 //! * [`watchers`]: every kind of watcher as a session in one registry; [`watchers::udp`] is
 //!   the UDP viewers' fast path, [`watchers::stream`] the driver for stream-oriented kinds.
+//! * [`http`]: the HTTP server for browsers: the live page, `/stream.mjpg`, `/snapshot.jpg`,
+//!   `/status` and `/metrics`.
 //! * [`journal`]: the join/leave and source lost/back log.
 //! * [`auth`]: the access token and who must present it.
 //! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod capture;
 pub mod encoder;
+pub mod http;
 pub mod journal;
 pub mod motion;
 pub mod sources;
@@ -33,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 pub use capture::{Capture, CaptureShared, CaptureStats, FrameRx, StreamShape};
 pub use journal::Journal;
-pub use watchers::{WatcherInfo, WatcherKind, Watchers};
+pub use watchers::{RefusalCause, WatcherInfo, WatcherKind, Watchers};
 
 /// How long sessions get to log their LEAVE after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -58,6 +61,11 @@ pub struct Config {
     pub token: Option<auth::Token>,
     /// With a token set, still let in the seed forms, which cannot carry one.
     pub allow_unauthenticated: bool,
+    /// An HTTP client that takes nothing of what it was sent for this long is dropped (an
+    /// MJPEG watcher with reason `timeout`).
+    pub http_write_deadline: Duration,
+    /// `/metrics` answers without the token (`--metrics-public`), for a scraper.
+    pub metrics_public: bool,
 }
 
 impl Default for Config {
@@ -71,6 +79,8 @@ impl Default for Config {
             max_in_flight: 4,
             token: None,
             allow_unauthenticated: false,
+            http_write_deadline: Duration::from_secs(10),
+            metrics_public: false,
         }
     }
 }
@@ -80,8 +90,10 @@ impl Default for Config {
 pub struct Stats {
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
-    /// Registrations turned away, for any reason.
+    /// Watchers turned away, for any reason.
     pub refused: AtomicU64,
+    /// The same, by cause.
+    pub refusals: watchers::Refusals,
     /// Connections closed without sending a byte (port checks); not refusals.
     pub probes: AtomicU64,
     /// SURV/1 viewers admitted whose connection failed before their acceptance was written:
@@ -121,6 +133,8 @@ pub struct Server {
     /// Run the fan-out as a task on the runtime instead of a thread of its own: for tests under
     /// paused time, whose clock must not run ahead of a thread it cannot see.
     pub(crate) fanout_on_runtime: bool,
+    /// When the server started, for its uptime.
+    pub started: std::time::Instant,
 }
 
 impl Server {
@@ -140,15 +154,41 @@ impl Server {
             access: auth::Access::new(config.token.clone(), config.allow_unauthenticated),
             data: watchers::udp::DataPath::default(),
             fanout_on_runtime: false,
+            started: std::time::Instant::now(),
             config,
         }
     }
 }
 
+/// Where watchers reach the server.
+pub struct Listeners {
+    /// UDP viewers register here (seed 003's port, SURV/1).
+    pub viewers: TcpListener,
+    /// Browsers and MJPEG players ([`http`]); `None`: no HTTP server.
+    pub http: Option<TcpListener>,
+}
+
 /// Serves viewers on `listener` until `shutdown` is cancelled, then ends every session (each logs
 /// its LEAVE) within [`SHUTDOWN_GRACE`].
 pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
+    let listeners = Listeners {
+        viewers: listener,
+        http: None,
+    };
+    run_with(server, listeners, shutdown).await
+}
+
+/// Serves every kind of watcher on its listener until `shutdown` is cancelled, then ends every
+/// session (each logs its LEAVE) within [`SHUTDOWN_GRACE`].
+pub async fn run_with(server: Arc<Server>, listeners: Listeners, shutdown: CancellationToken) {
+    let Listeners {
+        viewers: listener,
+        http,
+    } = listeners;
     let tracker = TaskTracker::new();
+    if let Some(http) = http {
+        tracker.spawn(http::serve(server.clone(), http, shutdown.clone()));
+    }
     let fanout = if server.fanout_on_runtime {
         tracker.spawn(watchers::udp::data_path::fan_out_loop(
             server.clone(),

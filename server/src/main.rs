@@ -87,6 +87,14 @@ struct Args {
     /// TCP port viewers register on.
     #[arg(long, default_value_t = DEFAULT_TCP_PORT)]
     port: u16,
+    /// HTTP port for browsers and players, on the same --bind: the live page (/), the MJPEG
+    /// stream (/stream.mjpg), the newest frame (/snapshot.jpg), /status (JSON) and /metrics
+    /// (Prometheus). 0 turns it off.
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    http_port: u16,
+    /// Drop an HTTP client that takes none of what it is sent for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    http_write_timeout: f64,
     /// Address to listen on (0.0.0.0 all IPv4, :: all IPv6, 127.0.0.1 this host only).
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
@@ -132,8 +140,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = request::DEFAULT_PER_IP)]
     request_per_ip: usize,
     /// Access token: SURV/1 viewers must send it (surv-client --token), apps must send
-    /// "Request TOKEN"; seed-form viewers and bare "Request" apps, which cannot send one,
-    /// are refused unless --allow-unauthenticated. 1-128 visible ASCII characters.
+    /// "Request TOKEN", HTTP requests must carry it (Authorization: Bearer TOKEN, Basic auth
+    /// with any user name and TOKEN as password, or ?token=TOKEN); seed-form viewers and bare
+    /// "Request" apps, which cannot send one, are refused unless --allow-unauthenticated.
+    /// 1-128 visible ASCII characters.
     #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
     token: Option<String>,
     /// Read the access token from this file (white space around it is ignored), so that it
@@ -144,6 +154,9 @@ struct Args {
     /// cannot carry a token): anyone who can reach the ports can watch through them.
     #[arg(long)]
     allow_unauthenticated: bool,
+    /// With a token set, still answer /metrics without it (for a Prometheus scraper).
+    #[arg(long)]
+    metrics_public: bool,
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
@@ -232,6 +245,8 @@ fn run() -> anyhow::Result<()> {
         viewer_timeout: secs(args.viewer_timeout, "--viewer-timeout")?,
         register_timeout: secs(args.register_timeout, "--register-timeout")?,
         max_in_flight: args.max_in_flight,
+        http_write_deadline: secs(args.http_write_timeout, "--http-write-timeout")?,
+        metrics_public: args.metrics_public,
         ..Config::default()
     };
 
@@ -313,6 +328,20 @@ fn run() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!("listening on TCP {addr} (is another server on that port? try --port)")
         })?;
+        let http = match args.http_port {
+            0 => None,
+            port => {
+                let addr = SocketAddr::new(args.bind, port);
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!(
+                        "listening for HTTP on {addr} (is another server on that port? try \
+                         --http-port with another port, or --http-port 0 to turn HTTP off)"
+                    )
+                })?;
+                tracing::info!(%addr, "HTTP: the live page is at http://{addr}/");
+                Some(listener)
+            }
+        };
         let shape = capture.shared.shape();
         tracing::info!(
             %addr,
@@ -367,7 +396,11 @@ fn run() -> anyhow::Result<()> {
             None
         };
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        surv_server::run(server, listener, shutdown).await;
+        let listeners = surv_server::Listeners {
+            viewers: listener,
+            http,
+        };
+        surv_server::run_with(server, listeners, shutdown).await;
         if let Some(oak) = oak {
             let _ = oak.await;
         }

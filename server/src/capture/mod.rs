@@ -16,6 +16,7 @@
 //! waits for a watcher.
 
 pub mod backoff;
+pub mod encode_times;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -67,6 +68,8 @@ pub struct CaptureStats {
     pub encode_us: AtomicU64,
     /// JPEG quality in use (0 while frames pass through).
     pub quality: AtomicU32,
+    /// How long each encode took.
+    pub encode_times: encode_times::EncodeTimes,
 }
 
 /// How the capture path runs.
@@ -117,14 +120,17 @@ pub enum SourceState {
 #[derive(Debug)]
 pub struct CaptureShared {
     pub stats: CaptureStats,
+    /// What the source is (its `describe()`), for `/status`.
+    pub source: String,
     shape: Mutex<StreamShape>,
     state: watch::Sender<SourceState>,
 }
 
 impl CaptureShared {
-    fn new(idle: StreamShape) -> CaptureShared {
+    fn new(source: String, idle: StreamShape) -> CaptureShared {
         CaptureShared {
             stats: CaptureStats::default(),
+            source,
             shape: Mutex::new(idle),
             state: watch::Sender::new(SourceState::Starting),
         }
@@ -194,7 +200,7 @@ impl Capture {
         let encoder =
             Encoder::new(config.encoder).map_err(|e| CaptureError::Encoder(e.to_string()))?;
         let (tx, frames) = watch::channel(None);
-        let shared = Arc::new(CaptureShared::new(config.idle));
+        let shared = Arc::new(CaptureShared::new(source.describe(), config.idle));
         let stop = shutdown.child_token();
         let sink = FrameSink::new(
             shared.clone(),

@@ -317,6 +317,7 @@ fn encode(
     let t0 = Instant::now();
     let frame = encoder.encode(raw, seq).map_err(|e| e.to_string())?;
     let stats = &shared.stats;
+    stats.encode_times.record(t0.elapsed());
     stats.encode_us.fetch_add(
         u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
         Relaxed,

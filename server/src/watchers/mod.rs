@@ -14,6 +14,10 @@
 //! * [`oak_tcp`]: OAK host programs reading the ABCDE-framed TCP stream (`--tcp-stream-port`).
 //! * [`request`]: seed 001's apps behind NAT: a `Request` datagram, then every frame as one
 //!   JPEG datagram from the same port, no acks, a TTL (`--request-port`).
+//! * HTTP MJPEG clients (`crate::http`, kind [`WatcherKind::Http`]) are driven by [`stream`].
+//!
+//! The registry also keeps, per live watcher, where its tally can be read while it is live
+//! ([`TallySource`]), for `/status`; and the server counts refusals by [`RefusalCause`].
 //!
 //! To add a kind: see docs/ARCHITECTURE.md (a [`WatcherKind`] variant, a file that accepts the
 //! watcher, reserves a slot, joins, serves, leaves).
@@ -26,7 +30,7 @@ pub mod udp;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use surv_proto::Form;
@@ -46,15 +50,21 @@ pub enum WatcherKind {
     OakTcp,
     /// Seed 001's app behind NAT: `Request` datagram, JPEG datagrams, no acks ([`request`]).
     Request,
+    /// A browser or player reading `/stream.mjpg` (multipart/x-mixed-replace).
+    Http,
 }
 
 impl WatcherKind {
+    /// Every kind, for counts by kind that show the kinds nobody uses too.
+    pub const ALL: [WatcherKind; 3] = [WatcherKind::Seed, WatcherKind::Surv1, WatcherKind::Http];
+
     pub fn as_str(self) -> &'static str {
         match self {
             WatcherKind::Seed => Form::Seed.as_str(),
             WatcherKind::Surv1 => Form::V1.as_str(),
             WatcherKind::OakTcp => "oak-tcp",
             WatcherKind::Request => "request",
+            WatcherKind::Http => "http",
         }
     }
 }
@@ -68,12 +78,119 @@ impl From<Form> for WatcherKind {
     }
 }
 
+/// Where a live watcher's tally is read from while it is live (for `/status`).
+pub trait TallySource: Send + Sync {
+    fn tally(&self) -> Tally;
+}
+
+/// A tally its watcher's task keeps up to date, for kinds whose tally lives in that task.
+#[derive(Debug, Default)]
+pub struct LiveTally(Mutex<Tally>);
+
+impl LiveTally {
+    pub fn set(&self, tally: &Tally) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(tally);
+    }
+}
+
+impl TallySource for LiveTally {
+    fn tally(&self) -> Tally {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl TallySource for udp::link::Link {
+    fn tally(&self) -> Tally {
+        self.state().tally.clone()
+    }
+}
+
 /// The registry's view of a live watcher.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WatcherInfo {
     pub peer: SocketAddr,
     pub kind: WatcherKind,
     pub joined: chrono::DateTime<chrono::Local>,
+    /// Its tally so far, when its kind reports one while live.
+    pub tally: Option<Arc<dyn TallySource>>,
+}
+
+impl WatcherInfo {
+    /// What it has been sent and has skipped so far (zeros when its kind does not say).
+    pub fn tally_now(&self) -> Tally {
+        self.tally.as_ref().map(|t| t.tally()).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for WatcherInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatcherInfo")
+            .field("peer", &self.peer)
+            .field("kind", &self.kind)
+            .field("joined", &self.joined)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a watcher was turned away, for the refusal counters by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// `--max-viewers` watchers are live.
+    Full,
+    /// What it sent is not a registration (or the connection failed while registering).
+    Invalid,
+    /// It did not finish registering in time.
+    Timeout,
+    /// Too many registrations in progress: it was the slowest.
+    Crowded,
+    /// The server could not serve it (a socket it could not open, …).
+    ServerError,
+    /// It did not present the access token (`--token`), or a wrong one.
+    Unauthorized,
+    /// Its IP address already has `--request-per-ip` apps watching.
+    PerIp,
+}
+
+impl RefusalCause {
+    pub const ALL: [RefusalCause; 7] = [
+        RefusalCause::Full,
+        RefusalCause::Invalid,
+        RefusalCause::Timeout,
+        RefusalCause::Crowded,
+        RefusalCause::ServerError,
+        RefusalCause::Unauthorized,
+        RefusalCause::PerIp,
+    ];
+
+    /// The label in `/metrics` and `/status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCause::Full => "full",
+            RefusalCause::Invalid => "invalid",
+            RefusalCause::Timeout => "timeout",
+            RefusalCause::Crowded => "crowded",
+            RefusalCause::ServerError => "server_error",
+            RefusalCause::Unauthorized => "unauthorized",
+            RefusalCause::PerIp => "per_ip",
+        }
+    }
+}
+
+/// Refusals counted by cause.
+#[derive(Debug, Default)]
+pub struct Refusals([AtomicU64; RefusalCause::ALL.len()]);
+
+impl Refusals {
+    pub fn count(&self, cause: RefusalCause) {
+        self.0[cause as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn get(&self, cause: RefusalCause) -> u64 {
+        self.0[cause as usize].load(Relaxed)
+    }
 }
 
 /// Every live watcher, and the count against `--max-viewers`.
@@ -117,6 +234,17 @@ impl Watchers {
             .collect()
     }
 
+    /// Live watchers of each kind, every kind listed.
+    pub fn count_by_kind(&self) -> [(WatcherKind, usize); WatcherKind::ALL.len()] {
+        let mut counts = WatcherKind::ALL.map(|k| (k, 0));
+        for e in self.live.iter() {
+            if let Some(c) = counts.iter_mut().find(|(k, _)| *k == e.value().kind) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
+
     /// Reserves a place for a watcher being admitted, or `None` when `max` are live.
     pub fn reserve(server: &Arc<Server>) -> Option<Slot> {
         server
@@ -147,6 +275,25 @@ impl Slot {
 
     /// The watcher joins: a JOIN line, an entry in the registry.
     pub fn join(self, kind: WatcherKind, peer: SocketAddr) -> Membership {
+        self.join_inner(kind, peer, None)
+    }
+
+    /// Joins as [`Slot::join`], with where its tally can be read while it is live.
+    pub fn join_reporting(
+        self,
+        kind: WatcherKind,
+        peer: SocketAddr,
+        tally: Arc<dyn TallySource>,
+    ) -> Membership {
+        self.join_inner(kind, peer, Some(tally))
+    }
+
+    fn join_inner(
+        self,
+        kind: WatcherKind,
+        peer: SocketAddr,
+        tally: Option<Arc<dyn TallySource>>,
+    ) -> Membership {
         let server = self.server.clone();
         let id = self.id;
         server.watchers.live.insert(
@@ -155,6 +302,7 @@ impl Slot {
                 peer,
                 kind,
                 joined: chrono::Local::now(),
+                tally,
             },
         );
         server.stats.joins.fetch_add(1, Relaxed);
@@ -275,5 +423,16 @@ mod tests {
     fn kinds_keep_the_journal_names_of_the_forms() {
         assert_eq!(WatcherKind::from(Form::Seed).as_str(), "seed");
         assert_eq!(WatcherKind::from(Form::V1).as_str(), "surv1");
+        assert_eq!(WatcherKind::Http.as_str(), "http");
+    }
+
+    #[test]
+    fn refusals_are_counted_by_cause() {
+        let r = Refusals::default();
+        r.count(RefusalCause::Full);
+        r.count(RefusalCause::Full);
+        r.count(RefusalCause::Timeout);
+        let counts: Vec<_> = RefusalCause::ALL.iter().map(|&c| r.get(c)).collect();
+        assert_eq!(counts, [2, 0, 1, 0, 0, 0, 0]);
     }
 }

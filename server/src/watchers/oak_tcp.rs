@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stream::{serve, FrameWrite, FrameWriter};
-use super::{WatcherKind, Watchers};
+use super::{LiveTally, RefusalCause, WatcherKind, Watchers};
 use crate::encoder::EncodedFrame;
 use crate::journal::LeaveReason;
 use crate::Server;
@@ -76,13 +76,18 @@ async fn watch(
     shutdown: CancellationToken,
 ) {
     let Some(slot) = Watchers::reserve(&server) else {
+        let reason = format!("server full ({} viewers)", server.watchers.max());
         server.stats.refused.fetch_add(1, Relaxed);
-        tracing::warn!(%peer, max = server.watchers.max(), "OAK TCP client refused: server full");
+        server.stats.refusals.count(RefusalCause::Full);
+        server
+            .journal
+            .refuse(peer, Some(WatcherKind::OakTcp), &reason);
         return;
     };
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let membership = slot.join(WatcherKind::OakTcp, peer);
+    let live = Arc::new(LiveTally::default());
+    let membership = slot.join_reporting(WatcherKind::OakTcp, peer, live.clone());
     let stop = shutdown.child_token();
     let closed = Arc::new(AtomicBool::new(false));
     let drain = tokio::spawn(drain(read, stop.clone(), closed.clone()));
@@ -96,6 +101,7 @@ async fn watch(
         &mut writer,
         WRITE_DEADLINE,
         &stop,
+        &live,
     )
     .await;
     if reason == LeaveReason::Shutdown && closed.load(Relaxed) && !shutdown.is_cancelled() {

@@ -10,6 +10,7 @@ use tokio::time::{sleep, Instant};
 
 use super::*;
 use crate::capture::SharedFrame;
+use crate::watchers::TallySource;
 
 /// Writes each frame as `[u32 BE seq][u32 BE length][bytes]`.
 struct Framed(DuplexStream);
@@ -75,7 +76,15 @@ async fn a_reader_that_keeps_up_gets_every_frame() {
     let reader = tokio::spawn(read_frames(r, Duration::ZERO));
     let publisher = tokio::spawn(publish(tx, 30, 1000, Duration::from_millis(33)));
     let mut writer = Framed(w);
-    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown).await;
+    let (reason, tally) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_secs(1),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
     drop(writer);
     publisher.await.unwrap();
     assert_eq!(reason, LeaveReason::Shutdown, "the capture path ended");
@@ -97,7 +106,15 @@ async fn a_slow_reader_gets_the_newest_frames_and_the_rest_are_counted() {
     let publisher = tokio::spawn(publish(tx, 200, 1000, Duration::from_millis(10)));
     let mut writer = Framed(w);
     let started = Instant::now();
-    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown).await;
+    let (reason, tally) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_secs(1),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
     drop(writer);
     publisher.await.unwrap();
     let got = reader.await.unwrap();
@@ -140,6 +157,7 @@ async fn a_reader_that_stops_reading_is_dropped_at_the_write_deadline() {
         &mut writer,
         Duration::from_millis(500),
         &shutdown,
+        &LiveTally::default(),
     )
     .await;
     assert_eq!(reason, LeaveReason::Timeout);
@@ -161,7 +179,15 @@ async fn a_reader_that_goes_away_ends_the_watcher_as_closed() {
     let shutdown = CancellationToken::new();
     let _publisher = tokio::spawn(publish(tx, 10, 100, Duration::from_millis(10)));
     let mut writer = Framed(w);
-    let (reason, tally) = serve(&stats, rx, &mut writer, Duration::from_secs(1), &shutdown).await;
+    let (reason, tally) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_secs(1),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
     assert_eq!((reason, tally.frames_sent), (LeaveReason::Closed, 0));
 }
 
@@ -179,8 +205,128 @@ async fn shutdown_ends_a_watcher_mid_write() {
     });
     let mut writer = Framed(w);
     let started = Instant::now();
-    let (reason, _) = serve(&stats, rx, &mut writer, Duration::from_secs(10), &shutdown).await;
+    let (reason, _) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_secs(10),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
     assert_eq!(reason, LeaveReason::Shutdown);
     assert!(started.elapsed() < Duration::from_millis(100));
+    drop(tx);
+}
+
+/// A writer whose peer asks for each frame (as an HTTP body polled by hyper does): ready only
+/// when the test says so.
+struct Asked {
+    asks: tokio::sync::mpsc::UnboundedReceiver<io::Result<()>>,
+    written: Vec<u64>,
+}
+
+impl FrameWriter for Asked {
+    fn ready(&mut self) -> FrameWrite<'_> {
+        Box::pin(async move {
+            match self.asks.recv().await {
+                Some(res) => res,
+                None => Err(io::ErrorKind::BrokenPipe.into()),
+            }
+        })
+    }
+
+    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a> {
+        self.written.push(frame.seq);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_is_given_the_frame_newest_when_it_becomes_ready() {
+    let (tx, rx) = watch::channel(None);
+    let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
+    let stats = Stats::default();
+    let shutdown = CancellationToken::new();
+    let live = Arc::new(LiveTally::default());
+    let publisher = tokio::spawn(publish(tx, 100, 10, Duration::from_millis(10)));
+    let asker = tokio::spawn(async move {
+        // Ready at once, then only every 250 ms: 25 frames published in between each time.
+        for _ in 0..4 {
+            ask.send(Ok(())).unwrap();
+            sleep(Duration::from_millis(250)).await;
+        }
+        ask
+    });
+    let mut writer = Asked {
+        asks,
+        written: Vec::new(),
+    };
+    let serving = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let out = serve(
+                &stats,
+                rx,
+                &mut writer,
+                Duration::from_secs(5),
+                &shutdown,
+                &live,
+            )
+            .await;
+            (out, writer.written)
+        })
+    };
+    let ask = asker.await.unwrap();
+    sleep(Duration::from_millis(10)).await;
+    // While serving: what /status would show.
+    assert_eq!(live.tally().frames_sent, 4);
+    drop(ask);
+    publisher.await.unwrap();
+    let ((reason, tally), written) = serving.await.unwrap();
+    // Each frame was picked when the writer became ready: the newest at that moment, never one
+    // picked earlier and held.
+    assert_eq!(written, [0, 25, 50, 75], "{written:?}");
+    assert_eq!(reason, LeaveReason::Closed);
+    assert_eq!(tally.frames_sent, 4);
+    assert_eq!(tally.skipped(), 75 - 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_never_becomes_ready_times_out_and_so_does_a_timed_out_error() {
+    let (tx, rx) = watch::channel(Some(frame(0, 10)));
+    let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
+    let stats = Stats::default();
+    let shutdown = CancellationToken::new();
+    let mut writer = Asked {
+        asks,
+        written: Vec::new(),
+    };
+    ask.send(Ok(())).unwrap();
+    let started = Instant::now();
+    let (reason, tally) = serve(
+        &stats,
+        rx.clone(),
+        &mut writer,
+        Duration::from_millis(500),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
+    assert_eq!((reason, tally.frames_sent), (LeaveReason::Timeout, 1));
+    assert_eq!(started.elapsed(), Duration::from_millis(500));
+
+    // The writer's own deadline (a connection cut for taking nothing) is a timeout too.
+    ask.send(Err(io::ErrorKind::TimedOut.into())).unwrap();
+    let (reason, _) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_secs(5),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
+    assert_eq!(reason, LeaveReason::Timeout);
     drop(tx);
 }

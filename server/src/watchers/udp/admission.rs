@@ -19,7 +19,7 @@ use tracing::Instrument;
 use super::data_path::DataPath;
 use super::session::Session;
 use crate::auth::{Denied, Presented};
-use crate::watchers::{WatcherKind, Watchers};
+use crate::watchers::{RefusalCause, WatcherKind, Watchers};
 use crate::Server;
 
 /// Writing a reply to a viewer that does not read it must not hold a task for long.
@@ -63,6 +63,7 @@ pub(crate) async fn accept_loop(
                 () = shutdown.cancelled() => return,
                 () = place.evicted.cancelled() => Err(Unregistered::Refused(
                     None,
+                    RefusalCause::Crowded,
                     "too many registrations in progress: this one was the slowest".into(),
                 )),
                 res = read_registration(&mut tcp, &server.config) => res,
@@ -75,8 +76,8 @@ pub(crate) async fn accept_loop(
                     server.stats.probes.fetch_add(1, Relaxed);
                     tracing::debug!(%peer, "connection closed without sending anything");
                 }
-                Err(Unregistered::Refused(form, reason)) => {
-                    refuse(&server, tcp, peer, form, &reason).await
+                Err(Unregistered::Refused(form, cause, reason)) => {
+                    refuse(&server, tcp, peer, form, cause, &reason).await
                 }
             }
         });
@@ -144,7 +145,7 @@ enum Unregistered {
     /// It closed without sending a byte: a port check, not a viewer.
     Silent,
     /// It sent something that is not a registration, or too slowly: the form it looked like, and why.
-    Refused(Option<Form>, String),
+    Refused(Option<Form>, RefusalCause, String),
 }
 
 /// Reads until the bytes form a registration, prove invalid, or the deadline passes.
@@ -152,7 +153,9 @@ async fn read_registration(
     tcp: &mut TcpStream,
     config: &crate::Config,
 ) -> Result<RegistrationLine, Unregistered> {
-    let refused = |buf: &[u8], reason: String| Unregistered::Refused(guess_form(buf), reason);
+    let refused = |buf: &[u8], reason: String| {
+        Unregistered::Refused(guess_form(buf), RefusalCause::Invalid, reason)
+    };
     let deadline = Instant::now() + config.register_timeout;
     let mut buf = Vec::with_capacity(2 * MAX_REGISTRATION_BYTES);
     let mut chunk = [0u8; MAX_REGISTRATION_BYTES + 1];
@@ -179,7 +182,11 @@ async fn read_registration(
             Err(_elapsed) if bare_digits => true,
             Err(_elapsed) => {
                 let secs = config.register_timeout.as_secs_f64();
-                return Err(refused(&buf, format!("registration timeout ({secs:.1} s)")));
+                return Err(Unregistered::Refused(
+                    guess_form(&buf),
+                    RefusalCause::Timeout,
+                    format!("registration timeout ({secs:.1} s)"),
+                ));
             }
         };
         match RegistrationLine::decode(&buf, at_rest) {
@@ -217,9 +224,11 @@ async fn refuse(
     mut tcp: TcpStream,
     peer: SocketAddr,
     form: Option<Form>,
+    cause: RefusalCause,
     reason: &str,
 ) {
     server.stats.refused.fetch_add(1, Relaxed);
+    server.stats.refusals.count(cause);
     server
         .journal
         .refuse(peer, form.map(WatcherKind::from), reason);
@@ -265,11 +274,27 @@ async fn admit(
             Denied::Missing => format!("{denied} (surv-client --token TOKEN)"),
             Denied::Wrong | Denied::FormCannotCarryIt => denied.to_string(),
         };
-        return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+        return refuse(
+            &server,
+            tcp,
+            peer,
+            Some(reg.form),
+            RefusalCause::Unauthorized,
+            &reason,
+        )
+        .await;
     }
     let Some(slot) = Watchers::reserve(&server) else {
         let reason = format!("server full ({} viewers)", server.watchers.max());
-        return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+        return refuse(
+            &server,
+            tcp,
+            peer,
+            Some(reg.form),
+            RefusalCause::Full,
+            &reason,
+        )
+        .await;
     };
     // Frames go to the TCP peer's own address, never to one named in the payload.
     let viewer = SocketAddr::new(peer.ip(), reg.udp_port);
@@ -279,7 +304,8 @@ async fn admit(
         Err(e) => {
             drop(slot);
             let reason = format!("server error: {e}");
-            return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+            let cause = RefusalCause::ServerError;
+            return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
         }
     };
     let link = match DataPath::attach(&server, local_ip, viewer, tracker, &shutdown) {
@@ -287,7 +313,8 @@ async fn admit(
         Err(e) => {
             drop(slot);
             let reason = format!("server error: cannot open a UDP socket: {e}");
-            return refuse(&server, tcp, peer, Some(reg.form), &reason).await;
+            let cause = RefusalCause::ServerError;
+            return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
         }
     };
     if reg.form == Form::V1 {
@@ -308,7 +335,7 @@ async fn admit(
             return;
         }
     }
-    let member = slot.join(reg.form.into(), viewer);
+    let member = slot.join_reporting(reg.form.into(), viewer, Arc::clone(&link) as _);
     let span = tracing::info_span!("session", id = member.id, %viewer, form = reg.form.as_str());
     let session = Session { link, tcp };
     let (reason, tally) = session.run(&server, shutdown).instrument(span).await;

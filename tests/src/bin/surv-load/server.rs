@@ -65,6 +65,16 @@ impl ServerProc {
                 &args.fps.to_string(),
             ])
             .args(["--max-viewers", &(args.viewers + 64).to_string()])
+            // No HTTP server unless asked for (two loads at once would both want 8080).
+            .args(
+                (!args
+                    .server_args
+                    .iter()
+                    .any(|a| a.starts_with("--http-port")))
+                .then_some(["--http-port", "0"])
+                .into_iter()
+                .flatten(),
+            )
             .arg("--log-dir")
             .arg(dir.path())
             .args(&args.server_args)

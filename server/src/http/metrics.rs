@@ -1,0 +1,252 @@
+//! `/metrics`: the server's counters in the Prometheus (OpenMetrics) text format, read from
+//! the counters the server keeps anyway, at scrape time (a prometheus-client `Collector`), so
+//! nothing is counted twice.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::HttpState;
+use crate::capture::SourceState;
+use crate::watchers::RefusalCause;
+use crate::Server;
+
+/// The OpenMetrics text format, as prometheus-client writes it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The registry `/metrics` encodes: one collector over the server's counters.
+pub(crate) struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub(crate) fn new(server: Arc<Server>) -> Metrics {
+        let mut registry = Registry::with_prefix("surv");
+        registry.register_collector(Box::new(ServerCollector(server)));
+        Metrics { registry }
+    }
+
+    /// The text a scrape gets.
+    pub(crate) fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// `GET /metrics`.
+pub(crate) async fn metrics(State(http): State<Arc<HttpState>>) -> Response {
+    match http.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "metrics encoding failed\n",
+        )
+            .into_response(),
+    }
+}
+
+struct ServerCollector(Arc<Server>);
+
+impl std::fmt::Debug for ServerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCollector")
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: f64,
+) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, unit, g.metric_type())?)
+}
+
+/// A metric with one label, one sample per value of it.
+fn family<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'static str, M)>,
+    metric_type: MetricType,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, metric_type)?;
+    for (value, metric) in samples {
+        metric.encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let server = &self.0;
+        let (c, s) = (&server.capture.stats, &server.stats);
+        let e = &mut e;
+        counter(
+            e,
+            "frames_captured",
+            "Frames the source delivered.",
+            c.captured.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "frames_encoded",
+            "Frames published to watchers (encoded, or passed through).",
+            c.encoded.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "frames_passed_through",
+            "Of the frames published, JPEGs from the source sent as they came.",
+            c.passed_through.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "frames_rejected",
+            "Unusable frames from the source.",
+            c.rejected.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "frames_no_signal",
+            "\"No signal\" frames published while the source was not delivering.",
+            c.no_signal.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "encode_errors",
+            "Frames that could not be encoded under the datagram cap.",
+            c.errors.load(Relaxed),
+        )?;
+        let times = c.encode_times.snapshot();
+        let unit = Unit::Seconds;
+        e.encode_descriptor(
+            "encode",
+            "Time to encode one frame.",
+            Some(&unit),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(times.sum_s, times.count, &times.buckets, None)?;
+        gauge(
+            e,
+            "jpeg_quality",
+            "JPEG quality of the last encoded frame (0 while frames pass through).",
+            None,
+            f64::from(c.quality.load(Relaxed)),
+        )?;
+
+        let state = server.capture.state();
+        family(
+            e,
+            "source_state",
+            "The source's state: 1 for the current one.",
+            "state",
+            [
+                ("starting", matches!(state, SourceState::Starting)),
+                ("live", matches!(state, SourceState::Live)),
+                ("lost", matches!(state, SourceState::Lost(_))),
+            ]
+            .map(|(name, now)| (name, ConstGauge::new(i64::from(now)))),
+            MetricType::Gauge,
+        )?;
+        counter(
+            e,
+            "source_lost",
+            "Outages: times the source went from delivering to lost.",
+            c.source_lost.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "source_failures",
+            "Failed attempts to run the source (reconnects that failed included).",
+            c.source_failures.load(Relaxed),
+        )?;
+
+        family(
+            e,
+            "watchers",
+            "Live watchers by kind.",
+            "kind",
+            server
+                .watchers
+                .count_by_kind()
+                .map(|(k, n)| (k.as_str(), ConstGauge::new(n as i64))),
+            MetricType::Gauge,
+        )?;
+        gauge(
+            e,
+            "watchers_max",
+            "The most watchers at once (--max-viewers).",
+            None,
+            server.watchers.max() as f64,
+        )?;
+        counter(e, "joins", "Watchers that joined.", s.joins.load(Relaxed))?;
+        counter(e, "leaves", "Watchers that left.", s.leaves.load(Relaxed))?;
+        family(
+            e,
+            "refusals",
+            "Watchers turned away, by reason.",
+            "reason",
+            RefusalCause::ALL.map(|r| (r.as_str(), ConstCounter::new(s.refusals.get(r)))),
+            MetricType::Counter,
+        )?;
+        counter(
+            e,
+            "frames_sent",
+            "Frames sent to watchers (one datagram each to a UDP viewer, one part to an HTTP one).",
+            s.frames_sent.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "sent_bytes",
+            "Bytes of frames sent to watchers.",
+            s.bytes_sent.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "frames_skipped",
+            "Frames watchers did not get because they were behind (counted when they leave).",
+            s.frames_skipped.load(Relaxed),
+        )?;
+        counter(e, "acks", "Acks from UDP viewers.", s.acks.load(Relaxed))?;
+        counter(
+            e,
+            "bad_acks",
+            "Datagrams from a viewer's address that are not acks.",
+            s.bad_acks.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "send_errors",
+            "Datagrams that could not be sent.",
+            s.send_errors.load(Relaxed),
+        )?;
+        let unit = Unit::Seconds;
+        gauge(
+            e,
+            "uptime",
+            "Time since the server started.",
+            Some(&unit),
+            server.started.elapsed().as_secs_f64(),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The HTTP server for browsers and players: the live page (`/`), the MJPEG stream
+//! (`/stream.mjpg`, one watcher of kind `http` per client), the newest frame (`/snapshot.jpg`),
+//! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`).
+//!
+//! axum routes the requests; each connection is served by hyper's HTTP/1 connection in a task
+//! of its own, with three bounds: a request's headers must arrive within
+//! [`HEADER_READ_TIMEOUT`] (idle keep-alive connections included), a write that makes no
+//! progress for `Config::http_write_deadline` ends the connection ([`io::DeadlineIo`]), and
+//! hyper buffers at most [`MAX_BUF_BYTES`] of a response beyond the socket, so that a slow
+//! MJPEG client is sent the newest frame, not a queue of old ones ([`mjpeg`]).
+//!
+//! Every request passes [`admit`] first: the one place where a request is let in or turned
+//! away (access control goes there).
+
+mod io;
+mod metrics;
+mod mjpeg;
+mod status;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{self, Presented};
+use crate::watchers::RefusalCause;
+use crate::{sys, Server, SHUTDOWN_GRACE};
+
+pub use mjpeg::BOUNDARY;
+
+/// A request's headers must arrive within this, from the moment the connection waits for them.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What hyper buffers of a response beyond the socket before it stops taking more from the
+/// body (hyper's minimum is 8 KiB; its default, ~400 KiB, would queue several old frames).
+pub const MAX_BUF_BYTES: usize = 16 * 1024;
+
+/// Bounds of a connection's kernel send buffer (see [`send_buffer_bytes`]).
+const MIN_SNDBUF_BYTES: usize = 32 * 1024;
+const MAX_SNDBUF_BYTES: usize = 4 * 1024 * 1024;
+
+/// Connections open at once beyond `--max-viewers`: room for pages, snapshots and scrapes.
+const EXTRA_CONNECTIONS: usize = 256;
+
+/// After an accept error (out of file descriptors, say), wait before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The live page: plain HTML and a few lines of JS.
+const PAGE: &str = include_str!("page.html");
+
+/// The address a request came from (set per connection).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Set when a connection's write made no progress for the write deadline: why its response
+/// ended (an MJPEG watcher leaves with `timeout`, not `closed`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteStalled(pub Arc<AtomicBool>);
+
+impl WriteStalled {
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Relaxed)
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct HttpState {
+    pub server: Arc<Server>,
+    /// MJPEG watchers' tasks run here, so that shutdown waits for their LEAVE.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub metrics: metrics::Metrics,
+    pub rate: status::RateMeter,
+}
+
+/// Serves HTTP on `listener` until `shutdown`, then gives its connections [`SHUTDOWN_GRACE`]
+/// to end (MJPEG watchers end with reason `shutdown`).
+pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let connections = Arc::new(Semaphore::new(
+        server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS),
+    ));
+    let state = Arc::new(HttpState {
+        metrics: metrics::Metrics::new(server.clone()),
+        rate: status::RateMeter::new(
+            server.capture.stats.encoded.load(Relaxed),
+            std::time::Instant::now(),
+        ),
+        server,
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let write_deadline = state.server.config.http_write_deadline;
+    let server = state.server.clone();
+    let app = router(state);
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_closed) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            res = listener.accept() => res,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "http accept failed; backing off");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let sndbuf = send_buffer_bytes(&server);
+        tracker.spawn(connection(
+            app.clone(),
+            tcp,
+            sndbuf,
+            peer,
+            write_deadline,
+            shutdown.clone(),
+            permit,
+        ));
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.len(),
+            "http connections still open after the shutdown grace period"
+        );
+    }
+}
+
+/// The kernel's send buffer for a connection: about two frames of the stream as it is now
+/// (the kernel doubles it for its bookkeeping). Left to autotuning it grows to megabytes,
+/// which for an MJPEG client on a slow link is seconds of old frames queued before the
+/// newest; two frames still let a 50 ms path carry 40 frames a second.
+fn send_buffer_bytes(server: &Server) -> usize {
+    let frame_bytes = server
+        .frames
+        .borrow()
+        .as_ref()
+        .map_or(0, |f| f.datagram.len());
+    frame_bytes
+        .saturating_mul(2)
+        .clamp(MIN_SNDBUF_BYTES, MAX_SNDBUF_BYTES)
+}
+
+/// The routes, behind [`admit`].
+pub(crate) fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/stream.mjpg", get(mjpeg::stream))
+        .route("/snapshot.jpg", get(status::snapshot))
+        .route("/status", get(status::status))
+        .route("/metrics", get(metrics::metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .with_state(state)
+}
+
+/// Every request comes through here before its route: the one place where a request is let in
+/// or turned away. With `--token`, a request must present it ([`auth::http_presented`]: Bearer,
+/// Basic with any user name, or `?token=`), `/metrics` excepted under `--metrics-public`; one
+/// that does not is answered 401 with a Basic challenge (browsers then ask for it), counted as
+/// a refusal of cause `unauthorized`, and logged at most every ten seconds.
+async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
+    let server = &http.server;
+    let public = server.config.metrics_public && request.uri().path() == "/metrics";
+    if !server.access.requires_token() || public {
+        return next.run(request).await;
+    }
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let presented = auth::http_presented(authorization, request.uri().query());
+    let presented = presented
+        .as_deref()
+        .map_or(Presented::Nothing, Presented::Token);
+    match server.access.check(&server.stats, peer, "http", presented) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => {
+            server.stats.refused.fetch_add(1, Relaxed);
+            server.stats.refusals.count(RefusalCause::Unauthorized);
+            (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::WWW_AUTHENTICATE, "Basic realm=\"surv\""),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                format!(
+                    "{denied}: present the server's token (Bearer, Basic password or ?token=)\n"
+                ),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
+
+/// One connection, until the peer closes it, a bound ends it, or shutdown (then gracefully:
+/// the response under way ends, within the grace period).
+async fn connection(
+    app: Router,
+    tcp: TcpStream,
+    sndbuf_bytes: usize,
+    peer: SocketAddr,
+    write_deadline: Duration,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    // Small writes (a part's headers) go at once; the frames are what is large.
+    let _ = tcp.set_nodelay(true);
+    if let Err(e) = sys::set_buffer(tcp.as_raw_fd(), libc::SO_SNDBUF, sndbuf_bytes) {
+        tracing::debug!(%peer, error = %e, "cannot size the send buffer");
+    }
+    let stalled = WriteStalled::default();
+    let io = TokioIo::new(io::DeadlineIo::new(tcp, write_deadline, stalled.clone()));
+    let routes = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer));
+        request.extensions_mut().insert(stalled.clone());
+        hyper::service::Service::call(&routes, request)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF_BYTES)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        res = conn.as_mut() => res,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+                Ok(res) => res,
+                Err(_elapsed) => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "http connection ended");
+    }
+}

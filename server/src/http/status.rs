@@ -1,0 +1,254 @@
+//! `/status` (the server's state as JSON: what the live page shows, and a row per watcher) and
+//! `/snapshot.jpg` (the newest frame).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use super::HttpState;
+use crate::capture::SourceState;
+use crate::watchers::{RefusalCause, WatcherKind};
+use crate::Server;
+
+/// The frame rate shown is measured over at least this long.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub source: SourceStatus,
+    /// The stream's size as last sent (0 until the first frame).
+    pub width: u32,
+    pub height: u32,
+    /// The rate the source announced (0: it did not say).
+    pub fps: u32,
+    /// Frames published per second, measured between status requests.
+    pub fps_measured: f64,
+    pub encoder: EncoderStatus,
+    pub uptime_s: f64,
+    pub counters: Counters,
+    pub watchers: WatcherCounts,
+    /// One row per live watcher, oldest first.
+    pub sessions: Vec<SessionRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SourceStatus {
+    pub description: String,
+    /// `starting`, `live` or `lost`.
+    pub state: &'static str,
+    /// Why it was lost.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EncoderStatus {
+    /// JPEG quality of the last encoded frame (0 while frames pass through untouched).
+    pub quality: u32,
+    /// No frame is larger than this (the UDP datagram cap).
+    pub max_datagram_bytes: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counters {
+    pub captured: u64,
+    pub encoded: u64,
+    pub passed_through: u64,
+    pub rejected: u64,
+    /// "No signal" frames published while the source was not delivering.
+    pub no_signal: u64,
+    pub encode_errors: u64,
+    pub source_lost: u64,
+    pub source_failures: u64,
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    /// Frames watchers did not get because they were behind: those who left plus those live.
+    pub frames_skipped: u64,
+    pub acks: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    pub refused: u64,
+    pub refused_by_reason: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WatcherCounts {
+    pub total: usize,
+    pub max: usize,
+    pub by_kind: BTreeMap<&'static str, usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionRow {
+    pub id: u64,
+    pub kind: &'static str,
+    pub address: String,
+    /// When it joined (RFC 3339, local time).
+    pub since: String,
+    pub connected_s: f64,
+    pub frames_sent: u64,
+    pub frames_skipped: u64,
+    pub bytes_sent: u64,
+}
+
+/// Frames per second from the published-frame counter, between requests at least
+/// [`RATE_WINDOW`] apart (the first one: since the meter was made).
+#[derive(Debug)]
+pub(crate) struct RateMeter(Mutex<RateSample>);
+
+#[derive(Debug, Clone, Copy)]
+struct RateSample {
+    at: Instant,
+    frames: u64,
+    rate: f64,
+}
+
+impl RateMeter {
+    pub(crate) fn new(frames: u64, now: Instant) -> RateMeter {
+        RateMeter(Mutex::new(RateSample {
+            at: now,
+            frames,
+            rate: 0.0,
+        }))
+    }
+
+    pub(crate) fn rate(&self, frames: u64, now: Instant) -> f64 {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let secs = now.saturating_duration_since(last.at);
+        if secs < RATE_WINDOW {
+            return last.rate;
+        }
+        let rate = frames.saturating_sub(last.frames) as f64 / secs.as_secs_f64();
+        *last = RateSample {
+            at: now,
+            frames,
+            rate,
+        };
+        rate
+    }
+}
+
+impl Status {
+    pub fn of(server: &Server, rate: &RateMeter) -> Status {
+        let (c, s) = (&server.capture.stats, &server.stats);
+        let (state, reason) = match server.capture.state() {
+            SourceState::Starting => ("starting", None),
+            SourceState::Live => ("live", None),
+            SourceState::Lost(why) => ("lost", Some(why)),
+        };
+        let shape = server.capture.shape();
+        let now = chrono::Local::now();
+        let mut list = server.watchers.list();
+        list.sort_by_key(|(id, _)| *id);
+        let sessions: Vec<SessionRow> = list
+            .into_iter()
+            .map(|(id, info)| {
+                let tally = info.tally_now();
+                SessionRow {
+                    id,
+                    kind: info.kind.as_str(),
+                    address: info.peer.to_string(),
+                    since: info
+                        .joined
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+                    connected_s: (now - info.joined).num_milliseconds().max(0) as f64 / 1000.0,
+                    frames_sent: tally.frames_sent,
+                    frames_skipped: tally.skipped(),
+                    bytes_sent: tally.bytes_sent,
+                }
+            })
+            .collect();
+        let live_skipped: u64 = sessions.iter().map(|r| r.frames_skipped).sum();
+        let encoded = c.encoded.load(Relaxed);
+        Status {
+            source: SourceStatus {
+                description: server.capture.source.clone(),
+                state,
+                reason,
+            },
+            width: shape.width,
+            height: shape.height,
+            fps: shape.fps,
+            fps_measured: rate.rate(encoded, Instant::now()),
+            encoder: EncoderStatus {
+                quality: c.quality.load(Relaxed),
+                max_datagram_bytes: server.max_datagram_bytes,
+            },
+            uptime_s: server.started.elapsed().as_secs_f64(),
+            counters: Counters {
+                captured: c.captured.load(Relaxed),
+                encoded,
+                passed_through: c.passed_through.load(Relaxed),
+                rejected: c.rejected.load(Relaxed),
+                no_signal: c.no_signal.load(Relaxed),
+                encode_errors: c.errors.load(Relaxed),
+                source_lost: c.source_lost.load(Relaxed),
+                source_failures: c.source_failures.load(Relaxed),
+                frames_sent: s.frames_sent.load(Relaxed),
+                bytes_sent: s.bytes_sent.load(Relaxed),
+                frames_skipped: s.frames_skipped.load(Relaxed).saturating_add(live_skipped),
+                acks: s.acks.load(Relaxed),
+                joins: s.joins.load(Relaxed),
+                leaves: s.leaves.load(Relaxed),
+                refused: s.refused.load(Relaxed),
+                refused_by_reason: RefusalCause::ALL
+                    .iter()
+                    .map(|&r| (r.as_str(), s.refusals.get(r)))
+                    .collect(),
+            },
+            watchers: WatcherCounts {
+                total: sessions.len(),
+                max: server.watchers.max(),
+                by_kind: server
+                    .watchers
+                    .count_by_kind()
+                    .iter()
+                    .map(|&(k, n)| (WatcherKind::as_str(k), n))
+                    .collect(),
+            },
+            sessions,
+        }
+    }
+}
+
+/// `GET /status`.
+pub(crate) async fn status(State(http): State<Arc<HttpState>>) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Json(Status::of(&http.server, &http.rate)),
+    )
+        .into_response()
+}
+
+/// `GET /snapshot.jpg`: the newest frame; 503 with why before the first one.
+pub(crate) async fn snapshot(State(http): State<Arc<HttpState>>) -> Response {
+    let frame = http.server.frames.borrow().clone();
+    match frame {
+        Some(frame) => (
+            [
+                (header::CONTENT_TYPE, "image/jpeg"),
+                (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
+            ],
+            frame.datagram.clone(),
+        )
+            .into_response(),
+        None => {
+            let why = match http.server.capture.state() {
+                SourceState::Lost(reason) => format!("no frame yet: the source is lost: {reason}"),
+                _ => "no frame yet: the source is starting".to_string(),
+            };
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                why + "\n",
+            )
+                .into_response()
+        }
+    }
+}
