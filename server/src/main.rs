@@ -14,7 +14,8 @@ use surv_server::auth::Token;
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
-use surv_server::sources::{SourceOptions, SourceSpec};
+use surv_server::sources::udp::{PortSharer, SharedPort, UdpSource};
+use surv_server::sources::{Source, SourceOptions, SourceSpec};
 use surv_server::watchers::request::{self, RequestConfig, RequestHub};
 use surv_server::{Capture, Config, Journal, Server, StreamShape};
 use tokio_util::sync::CancellationToken;
@@ -128,7 +129,8 @@ struct Args {
     motion_hold: f64,
     /// Also serve seed 001's apps behind NAT on this UDP port: an app sends "Request" (or
     /// "Request TOKEN") once, and every frame is sent back to its address from this port as one
-    /// JPEG datagram. 0 = off.
+    /// JPEG datagram. 0 = off. The same port as a udp:// source shares its socket: JPEG
+    /// datagrams feed the source, "Request"s register apps (seed 001's one port).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     request_port: u16,
     /// An app that has sent nothing for this many seconds stops being served; any datagram
@@ -287,10 +289,6 @@ fn run() -> anyhow::Result<()> {
             Transport::Udp => RtspTransport::Udp,
         },
     };
-    let source = args
-        .source
-        .build(&options)
-        .with_context(|| format!("--source {}", args.source))?;
     let capture_config = CaptureConfig {
         encoder: EncoderConfig {
             max_datagram_bytes: args.max_datagram,
@@ -309,6 +307,34 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // `udp://HOST:P` with `--request-port P`: one socket for the camera's frames and the
+        // apps' `Request`s, as seed 001's server has it.
+        let shared_port = match &args.source {
+            SourceSpec::Udp { host, port } if *port == args.request_port => {
+                let addr = tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .with_context(|| format!("--source {}: no address for {host}", args.source))?;
+                let socket = RequestHub::bind(addr).with_context(|| {
+                    format!("--source {} with --request-port: binding UDP {addr}", args.source)
+                })?;
+                Some(SharedPort {
+                    socket,
+                    sharer: Arc::default(),
+                })
+            }
+            _ => None,
+        };
+        let source: Box<dyn Source> = match (&args.source, &shared_port) {
+            (SourceSpec::Udp { host, port }, Some(shared)) => {
+                Box::new(UdpSource::new(host, *port, &options).sharing(shared.clone()))
+            }
+            _ => args
+                .source
+                .build(&options)
+                .with_context(|| format!("--source {}", args.source))?,
+        };
         let capture = Capture::start(source, capture_config, journal.clone(), &shutdown)
             .context("starting the capture path")?;
         // A local camera or the test pattern must work at start-up: its failure is an error,
@@ -379,7 +405,19 @@ fn run() -> anyhow::Result<()> {
         } else {
             None
         };
-        let requests = if args.request_port != 0 {
+        let requests = if let Some(shared) = &shared_port {
+            let addr = shared.socket.local_addr()?;
+            tracing::info!(
+                %addr,
+                ttl_s = args.request_ttl,
+                per_ip = args.request_per_ip,
+                "serving apps that send \"Request\" (seed 001) on the camera's port"
+            );
+            let hub = RequestHub::new(server.clone(), shared.socket.clone(), request_config);
+            let sharer: Arc<dyn PortSharer> = hub.clone();
+            let _ = shared.sharer.set(sharer);
+            Some(tokio::spawn(hub.serve(shutdown.clone())))
+        } else if args.request_port != 0 {
             let addr = SocketAddr::new(args.bind, args.request_port);
             let socket = RequestHub::bind(addr).with_context(|| {
                 format!("--request-port: binding UDP {addr} (is that port in use?)")

@@ -6,10 +6,17 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use surv_server::sources::tcp::peers::Cause;
+use surv_server::sources::udp::{PortSharer, SharedPort, UdpSource};
+use surv_server::sources::SourceOptions;
 use surv_server::watchers::request::{RequestConfig, RequestHub};
 use surv_server::Config;
+use surv_tests::fixtures::Subsamp;
+use surv_tests::standins::push::{udp_sender, Feed};
 use surv_tests::standins::seed001_app::SeedApp;
-use surv_tests::{start_server, ServerOpts, TestServer, IO_TIMEOUT};
+use surv_tests::{
+    start_server, start_server_with, test_jpeg, Picture, ServerOpts, TestServer, IO_TIMEOUT,
+};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
@@ -292,4 +299,70 @@ async fn load_1000_apps_each_get_99_percent() {
     let skipped_by_server = server.stats.frames_skipped.load(Relaxed);
     println!("frames the server did not send to an app, summed at LEAVE: {skipped_by_server}");
     assert!(shares[0] >= 0.99, "worst app got {:.2}%", shares[0] * 100.0);
+}
+
+/// Seed 001's server takes its camera's frames and its apps' `Request`s on one UDP port (one
+/// firewall hole): `udp://…:P` with `--request-port P`. The camera feeds the source, the app
+/// gets the camera's pictures back from that port, and neither is mistaken for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_and_its_apps_share_one_port() {
+    let socket = RequestHub::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap();
+    let shared = SharedPort {
+        socket: socket.clone(),
+        sharer: Arc::default(),
+    };
+    let source = UdpSource::new("127.0.0.1", port.port(), &SourceOptions::default());
+    let peers = source.stats();
+    let source = source.sharing(shared.clone());
+    let srv = start_server_with(ServerOpts::sized(640, 480), Box::new(source))
+        .await
+        .unwrap();
+    let hub = RequestHub::new(srv.server.clone(), socket, ttl(5.0));
+    let sharer: Arc<dyn PortSharer> = hub.clone();
+    assert!(shared.sharer.set(sharer).is_ok());
+    let serving = tokio::spawn(hub.clone().serve(srv.shutdown.clone()));
+
+    let camera_jpeg = test_jpeg(320, 240, Picture::Gradient(3), 80, Subsamp::Sub2x2);
+    let feed = Feed {
+        frames: vec![camera_jpeg],
+        interval: Duration::from_millis(33),
+    };
+    let (camera, _) = udp_sender(local(1), port, feed).await.unwrap();
+    let mut app = SeedApp::start(local(2), port, None).await.unwrap();
+    let until = Instant::now() + IO_TIMEOUT;
+    let mut camera_frames = 0;
+    while camera_frames < 10 {
+        assert!(
+            Instant::now() < until,
+            "{camera_frames} camera frames at the app"
+        );
+        let frame = app.recv_frame(IO_TIMEOUT).await.unwrap();
+        assert_eq!(frame.from, port, "frames come from the port the app asked");
+        // The "no signal" frame (640x480) may come first, before the camera's.
+        if (frame.width, frame.height) == (320, 240) {
+            camera_frames += 1;
+        }
+    }
+    assert_eq!(hub.stats.joined.load(Relaxed), 1);
+    assert_eq!(
+        peers.count(Cause::WatcherRequest),
+        0,
+        "the Request went to the hub"
+    );
+    assert_eq!(peers.count(Cause::NotJpeg), 0);
+    assert!(srv.server.capture.stats.passed_through.load(Relaxed) >= 10);
+    srv.wait_journal(|l| l.contains("JOIN") && l.contains("form=request"))
+        .await
+        .unwrap();
+    drop(camera);
+    srv.shutdown.cancel();
+    timeout(IO_TIMEOUT, serving).await.unwrap().unwrap();
+    let journal = srv.stop().await.unwrap();
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains("LEAVE") && l.contains("form=request") && l.contains("shutdown")),
+        "{journal:#?}"
+    );
 }

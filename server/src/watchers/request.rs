@@ -503,5 +503,11 @@ struct Fanout {
     failed: Vec<SocketAddr>,
 }
 
+impl crate::sources::udp::PortSharer for RequestHub {
+    fn offer(&self, datagram: &[u8], from: SocketAddr) -> bool {
+        RequestHub::offer(self, datagram, from)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,11 @@
 //! `udp://HOST:PORT`: seed 001's Raspberry Pi, which `sendto`s each JPEG as one datagram (no
 //! header, ~10 fps) and never reads anything back.
 //!
-//! * Every datagram is judged by [`classify`] (one place, so that issue 9 can route a seed-001
-//!   app's `Request` arriving on this port to a watcher path; today it is counted and dropped).
+//! * Every datagram is judged by [`classify`]. Seed 001's server takes its camera's frames and
+//!   its apps' `Request`s on one port (one firewall hole): with a [`SharedPort`] (`udp://…:P`
+//!   with `--request-port P`), whatever is not a JPEG is offered to the watchers that share the
+//!   port first ([`PortSharer`], the `Request` hub), and the apps are served from this same
+//!   socket. Without one, a `Request` is counted and dropped.
 //! * The receive buffer holds any UDP datagram (65,536 bytes, over the 65,507 of IPv4 and the
 //!   65,527 of IPv6); a datagram that fills it may have been cut and is rejected, never used.
 //! * Peers outside `--source-allow` are rejected, counted, and logged once per cause.
@@ -21,7 +24,7 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -97,12 +100,27 @@ impl Owner {
     }
 }
 
+/// Watchers that take datagrams arriving on the source's port (the `Request` hub).
+pub trait PortSharer: Send + Sync {
+    /// `true` when `datagram` was theirs and is consumed.
+    fn offer(&self, datagram: &[u8], from: SocketAddr) -> bool;
+}
+
+/// The source's socket, bound before the source runs, and the watchers sharing it (set once the
+/// server exists, after the capture path has started).
+#[derive(Clone)]
+pub struct SharedPort {
+    pub socket: Arc<UdpSocket>,
+    pub sharer: Arc<OnceLock<Arc<dyn PortSharer>>>,
+}
+
 /// A source fed by JPEG datagrams.
 pub struct UdpSource {
     host: String,
     port: u16,
     opts: SourceOptions,
     stats: Arc<PeerStats>,
+    shared: Option<SharedPort>,
 }
 
 impl UdpSource {
@@ -112,7 +130,15 @@ impl UdpSource {
             port,
             opts: opts.clone(),
             stats: Arc::default(),
+            shared: None,
         }
+    }
+
+    /// Reads `shared.socket` (bound by the caller, on this source's address) instead of binding
+    /// its own, and offers what is not a JPEG to `shared.sharer`.
+    pub fn sharing(mut self, shared: SharedPort) -> UdpSource {
+        self.shared = Some(shared);
+        self
     }
 
     /// The per-cause counters of this source.
@@ -158,12 +184,18 @@ impl Source for UdpSource {
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
         Box::pin(async move {
             let device = self.describe();
-            let socket = UdpSocket::bind((self.host.as_str(), self.port))
-                .await
-                .map_err(|e| SourceError::Open {
-                    device: device.clone(),
-                    reason: format!("cannot bind: {e}"),
-                })?;
+            let socket = match &self.shared {
+                Some(shared) => shared.socket.clone(),
+                None => Arc::new(
+                    UdpSocket::bind((self.host.as_str(), self.port))
+                        .await
+                        .map_err(|e| SourceError::Open {
+                            device: device.clone(),
+                            reason: format!("cannot bind: {e}"),
+                        })?,
+                ),
+            };
+            let sharer = self.shared.as_ref().map(|s| s.sharer.clone());
             let fd = socket.as_raw_fd();
             if let Err(e) = crate::sys::set_buffer(fd, libc::SO_RCVBUF, SOCKET_RECV_BUFFER_BYTES) {
                 tracing::debug!(error = %e, "SO_RCVBUF not raised");
@@ -195,6 +227,12 @@ impl Source for UdpSource {
                     }
                 };
                 let datagram = &buf[..n];
+                let sharer = sharer.as_ref().and_then(|s| s.get());
+                if classify(datagram) != Datagram::Jpeg
+                    && sharer.is_some_and(|s| s.offer(datagram, from))
+                {
+                    continue;
+                }
                 if let Some(cause) = self.judge(datagram, from, owner.as_ref()) {
                     let detail = format!("{n}-byte datagram dropped");
                     self.stats.note(sink, cause, from, &detail);
