@@ -143,8 +143,9 @@ struct Args {
     request_per_ip: usize,
     /// Access token: SURV/1 viewers must send it (surv-client --token), apps must send
     /// "Request TOKEN", HTTP requests must carry it (Authorization: Bearer TOKEN, Basic auth
-    /// with any user name and TOKEN as password, or ?token=TOKEN); seed-form viewers and bare
-    /// "Request" apps, which cannot send one, are refused unless --allow-unauthenticated.
+    /// with any user name and TOKEN as password, or ?token=TOKEN); seed-form viewers, bare
+    /// "Request" apps and OAK host programs, which cannot send one, are refused unless
+    /// --allow-unauthenticated.
     /// 1-128 visible ASCII characters.
     #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
     token: Option<String>,
@@ -152,8 +153,8 @@ struct Args {
     /// does not show in the process list.
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// With a token set, still serve seed-form viewers and bare "Request" apps (whose forms
-    /// cannot carry a token): anyone who can reach the ports can watch through them.
+    /// With a token set, still serve seed-form viewers, bare "Request" apps and OAK host
+    /// programs (whose forms cannot carry a token): anyone who can reach those ports can watch.
     #[arg(long)]
     allow_unauthenticated: bool,
     /// With a token set, still answer /metrics without it (for a Prometheus scraper).

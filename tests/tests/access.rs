@@ -10,11 +10,13 @@ use surv_client::{ClientError, Config as ClientConfig};
 use surv_proto::Form;
 use surv_server::auth::Token;
 use surv_server::watchers::request::{RequestConfig, RequestHub};
-use surv_server::Config;
+use surv_server::{Config, RefusalCause};
+use surv_tests::standins::oak_host;
 use surv_tests::standins::seed001_app::SeedApp;
 use surv_tests::{
     start_server, try_registration, AckStyle, RawViewer, ServerOpts, TestServer, IO_TIMEOUT,
 };
+use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
@@ -140,6 +142,46 @@ async fn apps_need_request_with_the_token() {
         assert_eq!(hub.stats.refused_auth.load(Relaxed), refused);
         srv.shutdown.cancel();
         timeout(IO_TIMEOUT, task).await.unwrap().unwrap();
+        srv.stop().await.unwrap();
+    }
+}
+
+/// The OAK's host program sends nothing, so it cannot carry the token: with `--token` its
+/// connection is closed unserved (counted, journalled), unless `--allow-unauthenticated`.
+#[tokio::test]
+async fn oak_host_programs_are_refused_unless_allow_unauthenticated() {
+    for allow_unauthenticated in [false, true] {
+        let srv = server(allow_unauthenticated).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let oak = tokio::spawn(surv_server::watchers::oak_tcp::run(
+            srv.server.clone(),
+            listener,
+            srv.shutdown.clone(),
+        ));
+        let mut host = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let read = oak_host::read_frame(&mut host).await;
+        if allow_unauthenticated {
+            let frame = read.unwrap();
+            assert_eq!((frame.width, frame.height), (160, 90));
+            assert_eq!(failures(&srv), 0);
+        } else {
+            assert!(read.is_err(), "served without the token");
+            let mut rest = Vec::new();
+            let n = timeout(IO_TIMEOUT, host.read_to_end(&mut rest))
+                .await
+                .expect("the connection is closed")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "nothing sent");
+            assert_eq!(failures(&srv), 1);
+            assert_eq!(srv.server.stats.refusals.get(RefusalCause::Unauthorized), 1);
+            srv.wait_journal(|l| l.contains("REFUSE") && l.contains("form=oak-tcp"))
+                .await
+                .unwrap();
+        }
+        drop(host);
+        srv.shutdown.cancel();
+        timeout(IO_TIMEOUT, oak).await.unwrap().unwrap();
         srv.stop().await.unwrap();
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::stream::{serve, FrameWrite, FrameWriter};
 use super::{LiveTally, RefusalCause, WatcherKind, Watchers};
+use crate::auth::Presented;
 use crate::encoder::EncodedFrame;
 use crate::journal::LeaveReason;
 use crate::Server;
@@ -75,14 +76,23 @@ async fn watch(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    // The OAK's host program sends nothing: like the seed forms, it cannot carry a token.
+    let kind = WatcherKind::OakTcp;
+    if let Err(denied) =
+        server
+            .access
+            .check(&server.stats, peer, kind.as_str(), Presented::SeedForm)
+    {
+        return refuse(
+            &server,
+            peer,
+            RefusalCause::Unauthorized,
+            &denied.to_string(),
+        );
+    }
     let Some(slot) = Watchers::reserve(&server) else {
         let reason = format!("server full ({} viewers)", server.watchers.max());
-        server.stats.refused.fetch_add(1, Relaxed);
-        server.stats.refusals.count(RefusalCause::Full);
-        server
-            .journal
-            .refuse(peer, Some(WatcherKind::OakTcp), &reason);
-        return;
+        return refuse(&server, peer, RefusalCause::Full, &reason);
     };
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
@@ -111,6 +121,16 @@ async fn watch(
     let _ = drain.await;
     let _ = writer.write.shutdown().await;
     membership.leave(reason, &tally);
+}
+
+/// Counts and journals a client turned away; dropping its stream closes it (its host program
+/// has no way to be told why).
+fn refuse(server: &Server, peer: SocketAddr, cause: RefusalCause, reason: &str) {
+    server.stats.refused.fetch_add(1, Relaxed);
+    server.stats.refusals.count(cause);
+    server
+        .journal
+        .refuse(peer, Some(WatcherKind::OakTcp), reason);
 }
 
 /// Reads and discards what the client sends until it closes (then ends the watcher) or `stop`.
