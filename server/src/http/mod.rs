@@ -141,16 +141,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
             permit,
         ));
     }
-    tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tracker.len(),
-            "http connections still open after the shutdown grace period"
-        );
-    }
+    crate::wind_down(&tracker, "http connections").await;
 }
 
 /// The kernel's send buffer for a connection: about two frames of the stream as it is now
