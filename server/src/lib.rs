@@ -135,6 +135,8 @@ pub struct Server {
     pub(crate) fanout_on_runtime: bool,
     /// When the server started, for its uptime.
     pub started: std::time::Instant,
+    /// What the motion detector reports (all zero when it does not run).
+    pub motion: Arc<motion::watch::MotionState>,
 }
 
 impl Server {
@@ -155,6 +157,7 @@ impl Server {
             data: watchers::udp::DataPath::default(),
             fanout_on_runtime: false,
             started: std::time::Instant::now(),
+            motion: Arc::default(),
             config,
         }
     }

@@ -380,18 +380,23 @@ fn run() -> anyhow::Result<()> {
             log_dir = %args.log_dir.display(),
             "surv-server ready"
         );
+        let server = Arc::new(Server::new(
+            config,
+            &capture,
+            args.max_datagram,
+            journal.clone(),
+        ));
         let motion = (args.motion == Switch::On).then(|| {
             tokio::spawn(surv_server::motion::watch::run(
                 capture.frames.clone(),
                 args.motion_every,
                 motion_config,
                 capture.shared.clone(),
-                journal.clone(),
-                Arc::new(surv_server::motion::watch::MotionState::default()),
+                journal,
+                server.motion.clone(),
                 shutdown.clone(),
             ))
         });
-        let server = Arc::new(Server::new(config, &capture, args.max_datagram, journal));
         let oak = if args.tcp_stream_port != 0 {
             let addr = SocketAddr::new(args.bind, args.tcp_stream_port);
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {

@@ -105,6 +105,10 @@ async fn snapshot_status_and_page() {
     assert_eq!(s["fps"], 30);
     assert!(s["uptime_s"].as_f64().unwrap() > 0.0);
     assert!(s["encoder"]["quality"].as_u64().unwrap() > 0);
+    // No detector runs in this server: said so, and nothing under way.
+    assert_eq!(s["motion"]["enabled"], false, "{s}");
+    assert_eq!(s["motion"]["active"], false, "{s}");
+    assert_eq!(s["motion"]["events"], 0, "{s}");
     assert_eq!(
         s["encoder"]["max_datagram_bytes"],
         surv_proto::DEFAULT_MAX_DATAGRAM_BYTES
@@ -222,6 +226,9 @@ async fn metrics_and_refusals() {
         "surv_sent_bytes_total",
         "surv_frames_skipped_total",
         "surv_frames_passed_through_total",
+        "surv_frames_no_signal_total",
+        "surv_motion_active",
+        "surv_motion_events_total",
     ] {
         value(series);
     }

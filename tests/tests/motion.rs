@@ -146,5 +146,6 @@ async fn one_event_for_the_object_none_for_the_lights() -> anyhow::Result<()> {
     assert!(state.analysed.load(Relaxed) >= (END / 1_000_000 * FPS / 2) * 8 / 10);
     assert_eq!(state.events.load(Relaxed), 1);
     assert!(!state.active.load(Relaxed));
+    assert!(state.enabled.load(Relaxed));
     Ok(())
 }

@@ -89,10 +89,14 @@ fn judge_segment(path: &Path, format: Format, (width, height): (u32, u32)) -> Pr
     p
 }
 
-/// Asserts that a segment plays for `wall_s`, the capture time it covers (±2 %).
+/// Asserts that a segment plays for `wall_s`, the capture time it covers, within 2 % or one
+/// frame interval, whichever is more: frames sit on the stream's frame grid (AVI has one rate
+/// per file; MP4's decode times keep to it too), so capture jitter on a busy machine can move
+/// the last frame one slot (CI saw 1.000 s for 0.969 s of 1 s segments).
 fn assert_real_speed(path: &Path, p: &Probe, wall_s: f64) {
+    let slack_s = (0.02 * wall_s).max(FRAME_US as f64 / 1e6 + 0.001);
     assert!(
-        (p.duration_s / wall_s - 1.0).abs() <= 0.02,
+        (p.duration_s - wall_s).abs() <= slack_s,
         "{}: plays {} s, captured over {wall_s} s",
         path.display(),
         p.duration_s

@@ -153,6 +153,20 @@ impl Collector for ServerCollector {
             f64::from(c.quality.load(Relaxed)),
         )?;
 
+        let motion = &server.motion;
+        gauge(
+            e,
+            "motion_active",
+            "1 while a motion event is under way.",
+            None,
+            f64::from(u8::from(motion.active.load(Relaxed))),
+        )?;
+        counter(
+            e,
+            "motion_events",
+            "Motion events started (MOTION-START).",
+            motion.events.load(Relaxed),
+        )?;
         let state = server.capture.state();
         family(
             e,

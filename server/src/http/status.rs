@@ -31,6 +31,7 @@ pub struct Status {
     /// Frames published per second, measured between status requests.
     pub fps_measured: f64,
     pub encoder: EncoderStatus,
+    pub motion: MotionStatus,
     pub uptime_s: f64,
     pub counters: Counters,
     pub watchers: WatcherCounts,
@@ -45,6 +46,17 @@ pub struct SourceStatus {
     pub state: &'static str,
     /// Why it was lost.
     pub reason: Option<String>,
+}
+
+/// The motion detector (`--motion`): whether it runs, whether an event is under way.
+#[derive(Debug, Serialize)]
+pub struct MotionStatus {
+    pub enabled: bool,
+    pub active: bool,
+    /// Events since start (MOTION-START lines).
+    pub events: u64,
+    /// Share of the picture that changed in the last analysed frame, percent.
+    pub score_pct: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,6 +191,12 @@ impl Status {
             encoder: EncoderStatus {
                 quality: c.quality.load(Relaxed),
                 max_datagram_bytes: server.max_datagram_bytes,
+            },
+            motion: MotionStatus {
+                enabled: server.motion.enabled.load(Relaxed),
+                active: server.motion.active.load(Relaxed),
+                events: server.motion.events.load(Relaxed),
+                score_pct: f64::from(server.motion.score_bp.load(Relaxed)) / 100.0,
             },
             uptime_s: server.started.elapsed().as_secs_f64(),
             counters: Counters {

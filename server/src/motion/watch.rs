@@ -17,6 +17,8 @@ use crate::journal::Journal;
 /// What the rest of the server reads about motion.
 #[derive(Debug, Default)]
 pub struct MotionState {
+    /// The detector runs (`--motion on`).
+    pub enabled: AtomicBool,
     /// An event is under way.
     pub active: AtomicBool,
     /// Frames analysed, events started, frames that could not be analysed.
@@ -46,6 +48,7 @@ pub async fn run(
             return;
         }
     };
+    state.enabled.store(true, Relaxed);
     let mut thumb = Vec::new();
     let mut was_live = false;
     loop {
