@@ -20,6 +20,9 @@ use crate::{Args, WAIT_LIMIT};
 /// GStreamer's multipart boundary in the baseline.
 const GST_BOUNDARY: &str = "gstloadpart";
 
+/// Between two connections to GStreamer.
+const GST_STAGGER: Duration = Duration::from_millis(10);
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -32,12 +35,13 @@ fn runtime(args: &Args) -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Starts `normal` + `slow` + `stalled` clients (indices in that order).
+/// Starts `normal` + `slow` + `stalled` clients (indices in that order), `stagger` apart.
 fn spawn_clients(
     rt: &tokio::runtime::Runtime,
     args: &Args,
     target: Target,
     slow_bytes_per_sec: usize,
+    stagger: Duration,
 ) -> Arc<Tally> {
     let (n, slow, stalled) = (args.http.unwrap_or(0), args.http_slow, args.http_stalled);
     let tally = Arc::new(Tally::new(n + slow + stalled));
@@ -53,6 +57,7 @@ fn spawn_clients(
             Kind::Stalled
         };
         rt.spawn(client(i, kind, target.clone(), tally.clone()));
+        std::thread::sleep(stagger);
     }
     tally
 }
@@ -113,7 +118,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         request: Some("GET /stream.mjpg HTTP/1.1\r\nHost: load\r\n\r\n".into()),
         raw_boundary: String::new(),
     };
-    let tally = spawn_clients(&rt, args, target, slow_rate);
+    let tally = spawn_clients(&rt, args, target, slow_rate, Duration::ZERO);
     let t_conn = Instant::now();
     wait_until("every normal and slow client's first part", || {
         tally.started.load(Relaxed) >= n + slow
@@ -222,11 +227,19 @@ pub fn run_gst(args: &Args) -> anyhow::Result<()> {
             request: None,
             raw_boundary: GST_BOUNDARY.into(),
         };
-        let tally = spawn_clients(&rt, args, target, 0);
+        // tcpserversink listens with a short backlog: connections made all at once beyond it
+        // complete on our side only and are not served for many seconds.
+        let tally = spawn_clients(&rt, args, target, 0, GST_STAGGER);
         wait_until("every client's first part", || {
             tally.started.load(Relaxed) >= n
         })
-        .inspect_err(|_| eprintln!("surv-load: {}", error_note(&tally)))?;
+        .inspect_err(|_| {
+            eprintln!(
+                "surv-load: {} of {n} clients got a part; {}",
+                tally.started.load(Relaxed),
+                error_note(&tally)
+            )
+        })?;
         std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
         let gen_pid = std::process::id().to_string();
         tally.count_all.store(true, Relaxed);
