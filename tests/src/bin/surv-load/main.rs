@@ -12,6 +12,9 @@
 //! With `--churn-secs`, viewers keep joining and leaving for that long and the server's RSS is
 //! printed periodically instead (the memory-growth run).
 //!
+//! With `--http N` (and `--http-slow`, `--http-stalled`), the watchers are HTTP MJPEG clients of
+//! `/stream.mjpg` instead (see `http.rs`); with `--request N`, seed 001's apps (`request.rs`).
+//!
 //! The generator is one receiving thread on one UDP socket: `recvmmsg`/`sendmmsg` in batches,
 //! only the 64-byte head of each frame copied out (see `mmsg.rs`), so that it leaves as much of
 //! the machine as it can to the server it measures.
@@ -20,15 +23,21 @@
 //! surv-server and its line of figures), `server.rs` (the server process), `viewers.rs`
 //! (addresses, forms, registration), `receiver.rs` (the receiving and acking thread), `mmsg.rs`
 //! (its batched system calls), `procfs.rs` (CPU and RSS from /proc), `churn.rs` (the memory
-//! run), `gst.rs` (the GStreamer yardstick), `push.rs` (the camera of a push run).
+//! run), `gst.rs` (the GStreamer yardstick), `push.rs` (the camera of a push run), `http.rs`
+//! (the HTTP runs, and their GStreamer yardstick), `http_clients.rs` (their clients),
+//! `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the apps run).
 
 mod churn;
 mod gst;
+mod http;
+mod http_clients;
 mod measure;
+mod mjpeg;
 mod mmsg;
 mod procfs;
 mod push;
 mod receiver;
+mod request;
 mod server;
 mod viewers;
 
@@ -84,6 +93,23 @@ struct Args {
     /// no acks) to --viewers addresses: the CPU-per-datagram yardstick.
     #[arg(long)]
     gst_baseline: bool,
+    /// HTTP run: N MJPEG clients of the server's `/stream.mjpg` instead of UDP viewers (with
+    /// --gst-baseline: of GStreamer's tcpserversink).
+    #[arg(long)]
+    http: Option<usize>,
+    /// In an HTTP run, also this many clients that read at 1/10 of the stream's byte rate.
+    #[arg(long, default_value_t = 0)]
+    http_slow: usize,
+    /// In an HTTP run, also this many clients that connect and never read.
+    #[arg(long, default_value_t = 0)]
+    http_stalled: usize,
+    /// Threads of the HTTP clients' runtime.
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
+    /// Apps run: N of seed 001's apps send `Request` to the server's --request-port and count
+    /// what comes back (no acks), instead of UDP viewers.
+    #[arg(long)]
+    request: Option<usize>,
     /// Memory run: viewers join and leave for this many seconds; RSS is printed periodically.
     #[arg(long)]
     churn_secs: Option<f64>,
@@ -100,13 +126,29 @@ fn main() -> anyhow::Result<()> {
     if args.viewers == 0 || args.viewers > MAX_VIEWER_INDEX / 2 {
         bail!("--viewers must be 1..={}", MAX_VIEWER_INDEX / 2);
     }
+    let http_total = args.http.unwrap_or(0) + args.http_slow + args.http_stalled;
+    if args.http == Some(0) || http_total > MAX_VIEWER_INDEX {
+        bail!("--http must be 1.. and all HTTP clients at most {MAX_VIEWER_INDEX}");
+    }
+    if args.http.is_none() && http_total > 0 {
+        bail!("--http-slow and --http-stalled go with --http N");
+    }
+    if matches!(args.request, Some(n) if n == 0 || n > MAX_VIEWER_INDEX) {
+        bail!("--request must be 1..={MAX_VIEWER_INDEX}");
+    }
     // Every viewer holds a TCP connection: the same limit as the server's, raised the same way.
     let fd_limit = surv_server::sys::raise_fd_limit().unwrap_or(0);
-    if (fd_limit as usize) < args.viewers + 64 {
+    if (fd_limit as usize) < args.viewers.max(http_total) + 64 {
         eprintln!(
-            "surv-load: warning: open-file limit {fd_limit} is below {} viewers",
-            args.viewers
+            "surv-load: warning: open-file limit {fd_limit} is below {} watchers",
+            args.viewers.max(http_total)
         );
+    }
+    if args.http.is_some() {
+        return match args.gst_baseline {
+            true => http::run_gst(&args),
+            false => http::run_surv(&args),
+        };
     }
     let udp = UdpSocket::bind("0.0.0.0:0").context("binding the generator's UDP socket")?;
     if let Err(e) = mmsg::bind_to_loopback(&udp) {
@@ -117,6 +159,9 @@ fn main() -> anyhow::Result<()> {
     mmsg::configure(&udp, 256 << 20).context("configuring the generator's UDP socket")?;
     let udp_port = udp.local_addr()?.port();
 
+    if args.request.is_some() {
+        return request::run(&args, &udp);
+    }
     if args.gst_baseline {
         return gst::run(&args, &udp, udp_port);
     }

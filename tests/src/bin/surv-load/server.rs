@@ -24,6 +24,16 @@ pub struct ServerProc {
 
 impl ServerProc {
     pub fn start(args: &Args) -> anyhow::Result<ServerProc> {
+        ServerProc::start_with(args, args.viewers, &[])
+    }
+
+    /// With `watchers` watchers of any kind expected, and `extra` arguments (an HTTP or
+    /// request port).
+    pub fn start_with(
+        args: &Args,
+        watchers: usize,
+        extra: &[String],
+    ) -> anyhow::Result<ServerProc> {
         let exe = match &args.server {
             Some(p) => p.clone(),
             None => std::env::current_exe()?
@@ -64,12 +74,13 @@ impl ServerProc {
                 "--fps",
                 &args.fps.to_string(),
             ])
-            .args(["--max-viewers", &(args.viewers + 64).to_string()])
+            .args(["--max-viewers", &(watchers + 64).to_string()])
             // No HTTP server unless asked for (two loads at once would both want 8080).
             .args(
                 (!args
                     .server_args
                     .iter()
+                    .chain(extra)
                     .any(|a| a.starts_with("--http-port")))
                 .then_some(["--http-port", "0"])
                 .into_iter()
@@ -77,6 +88,7 @@ impl ServerProc {
             )
             .arg("--log-dir")
             .arg(dir.path())
+            .args(extra)
             .args(&args.server_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -107,6 +119,25 @@ impl ServerProc {
 
     pub fn pid(&self) -> String {
         self.child.id().to_string()
+    }
+
+    /// The server's journal (JOIN, LEAVE, …) so far.
+    pub fn journal(&self) -> String {
+        let mut text = String::new();
+        for entry in std::fs::read_dir(self._dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("surv-journal")
+            {
+                text += &std::fs::read_to_string(entry.path()).unwrap_or_default();
+            }
+        }
+        text
     }
 
     fn log_text(&self) -> String {
