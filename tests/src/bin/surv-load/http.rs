@@ -10,12 +10,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::http_clients::{client, Kind, Tally, Target};
+use crate::measure::{measure_window, wait_until};
 use crate::procfs::{cpu_us, rss_kib};
 use crate::server::ServerProc;
-use crate::{Args, WAIT_LIMIT};
+use crate::Args;
 
 /// GStreamer's multipart boundary in the baseline.
 const GST_BOUNDARY: &str = "gstloadpart";
@@ -60,17 +61,6 @@ fn spawn_clients(
         std::thread::sleep(stagger);
     }
     tally
-}
-
-fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
-    let until = Instant::now() + WAIT_LIMIT;
-    while !cond() {
-        if Instant::now() > until {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
 }
 
 /// The newest frame's size, from `/snapshot.jpg` (what a slow client's byte rate is set from).
@@ -127,20 +117,8 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     let conn_secs = t_conn.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
 
-    let gen_pid = std::process::id().to_string();
-    let frames = (f64::from(args.fps) * args.seconds).round().max(1.0) as u64;
-    let lo = tally.max_seq.load(Relaxed) + 2;
-    tally.lo.store(lo, Relaxed);
-    tally.hi.store(lo + frames - 1, Relaxed);
-    wait_until("the first measured frame", || {
-        tally.max_seq.load(Relaxed) >= lo
-    })?;
-    let (srv0, gen0, t0) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, Instant::now());
-    wait_until("the last measured frame", || {
-        tally.max_seq.load(Relaxed) > lo + frames - 1
-    })?;
-    let (srv1, gen1, secs) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
-    let rss_loaded = rss_kib(&pid)?;
+    let window = measure_window(args, &pid, &tally.max_seq, &tally.lo, &tally.hi)?;
+    let (frames, secs, rss_loaded) = (window.frames, window.secs, window.rss_kib);
     // Late parts of the measured frames still count; a slow client's come seconds late.
     let grace_ms = if slow > 0 { 3000 } else { 300 };
     std::thread::sleep(Duration::from_millis(grace_ms));
@@ -156,7 +134,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     let slow_counts = tally.sorted(n..n + slow);
     let delivered: u64 = tally.parts.iter().map(|c| u64::from(c.load(Relaxed))).sum();
     let measured_secs = frames as f64 / f64::from(args.fps);
-    let srv_cpu = srv1.saturating_sub(srv0) as f64;
+    let srv_cpu = window.server_cpu_us as f64;
     let (w, h) = args.size;
     println!(
         "http clients={n} slow={slow} stalled={stalled} size={w}x{h}@{} ({} B/frame) measured={measured_secs:.1}s | fps worst={:.1} median={:.1} | frames to worst client={:.2}% median={:.2}% | server cpu/frame={:.2}us ({:.0}% of a core) gen cpu={:.0}% | rss={:.1}MiB ({:.1}MiB idle, {:.1}MiB after the clients left) | connected in {conn_secs:.1}s, {}",
@@ -168,7 +146,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         share(normal[n / 2], frames as f64),
         srv_cpu / delivered.max(1) as f64,
         100.0 * srv_cpu / 1e6 / secs,
-        100.0 * gen1.saturating_sub(gen0) as f64 / 1e6 / secs,
+        100.0 * window.gen_cpu_us as f64 / 1e6 / secs,
         rss_loaded as f64 / 1024.0,
         rss_idle as f64 / 1024.0,
         rss_after as f64 / 1024.0,

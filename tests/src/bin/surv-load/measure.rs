@@ -2,7 +2,7 @@
 //! a window of frames and print the one line of figures (or hand over to the churn run).
 
 use std::net::UdpSocket;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,6 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
             .name("load-recv".into())
             .spawn(move || receive_loop(&udp, &shared, seed_percent, &end_rx))?
     };
-    let gen_pid = std::process::id().to_string();
 
     let t_reg = Instant::now();
     let indices: Vec<usize> = (0..args.viewers).collect();
@@ -81,19 +80,8 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
     }
 
     std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
-    let frames = (f64::from(args.fps) * args.seconds).round().max(1.0) as u64;
-    let lo = shared.max_seq.load(Relaxed) + 2;
-    shared.lo.store(lo, Relaxed);
-    shared.hi.store(lo + frames - 1, Relaxed);
-    wait_until("the first measured frame", || {
-        shared.max_seq.load(Relaxed) >= lo
-    })?;
-    let (srv0, gen0, t0) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, Instant::now());
-    wait_until("the last measured frame", || {
-        shared.max_seq.load(Relaxed) > lo + frames - 1
-    })?;
-    let (srv1, gen1, secs) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
-    let rss_kib_loaded = rss_kib(&pid)?;
+    let window = measure_window(args, &pid, &shared.max_seq, &shared.lo, &shared.hi)?;
+    let (frames, secs, rss_kib_loaded) = (window.frames, window.secs, window.rss_kib);
     // Late datagrams of the last measured frames still count.
     std::thread::sleep(Duration::from_millis(300));
     shared.stop.store(true, Relaxed);
@@ -117,8 +105,7 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
     let median = counts[n / 2];
     let delivered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
     let measured_secs = frames as f64 / f64::from(args.fps);
-    let srv_cpu = srv1.saturating_sub(srv0);
-    let gen_cpu = gen1.saturating_sub(gen0);
+    let (srv_cpu, gen_cpu) = (window.server_cpu_us, window.gen_cpu_us);
     let captured = log_field(&log, "captured").unwrap_or(0.0);
     let encoded = log_field(&log, "encoded").unwrap_or(0.0);
     let attempts = log_field(&log, "encode_attempts").unwrap_or(0.0);
@@ -193,7 +180,8 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
+/// Waits (bounded by `WAIT_LIMIT`) until `cond` holds.
+pub(crate) fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
     let until = Instant::now() + WAIT_LIMIT;
     while !cond() {
         if Instant::now() > until {
@@ -202,4 +190,46 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
+}
+
+/// The measured window and what the server and the generator spent in it.
+pub(crate) struct Window {
+    /// How many frames it spans (`--fps` × `--seconds`).
+    pub frames: u64,
+    /// CPU of the server and of this generator over the window, µs; its wall time, s.
+    pub server_cpu_us: u64,
+    pub gen_cpu_us: u64,
+    pub secs: f64,
+    /// The server's RSS at its end.
+    pub rss_kib: u64,
+}
+
+/// Measures the next `--fps` × `--seconds` frames, from two past the newest seen (`max_seq`):
+/// publishes the window to the receivers (`lo`, `hi`), waits for its first and last frame, and
+/// samples the server's (`pid`) and this process's CPU between them.
+pub(crate) fn measure_window(
+    args: &Args,
+    pid: &str,
+    max_seq: &AtomicU64,
+    lo_out: &AtomicU64,
+    hi_out: &AtomicU64,
+) -> anyhow::Result<Window> {
+    let gen_pid = std::process::id().to_string();
+    let frames = (f64::from(args.fps) * args.seconds).round().max(1.0) as u64;
+    let lo = max_seq.load(Relaxed) + 2;
+    lo_out.store(lo, Relaxed);
+    hi_out.store(lo + frames - 1, Relaxed);
+    wait_until("the first measured frame", || max_seq.load(Relaxed) >= lo)?;
+    let (srv0, gen0, t0) = (cpu_us(pid)?, cpu_us(&gen_pid)?, Instant::now());
+    wait_until("the last measured frame", || {
+        max_seq.load(Relaxed) > lo + frames - 1
+    })?;
+    let (srv1, gen1, secs) = (cpu_us(pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
+    Ok(Window {
+        frames,
+        server_cpu_us: srv1.saturating_sub(srv0),
+        gen_cpu_us: gen1.saturating_sub(gen0),
+        secs,
+        rss_kib: rss_kib(pid)?,
+    })
 }

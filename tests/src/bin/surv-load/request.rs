@@ -7,17 +7,17 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
 use surv_proto::FrameTag;
 use surv_server::sys;
 
+use crate::measure::measure_window;
 use crate::mmsg::{RecvBatch, SendBatch};
-use crate::procfs::{cpu_us, rss_kib};
+use crate::procfs::rss_kib;
 use crate::server::ServerProc;
 use crate::viewers::{viewer_index, viewer_ip, MAX_VIEWER_INDEX};
-use crate::{Args, WAIT_LIMIT};
+use crate::Args;
 
 /// Requests sent per `sendmmsg`, with a pause between batches (the server's socket buffer).
 const SEND_BATCH: usize = 100;
@@ -63,17 +63,6 @@ fn receive(sock: &UdpSocket, shared: &Shared) -> (Vec<u32>, u64) {
     (per_app, untagged)
 }
 
-fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
-    let until = Instant::now() + WAIT_LIMIT;
-    while !cond() {
-        if Instant::now() > until {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
-}
-
 pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let n = args.request.unwrap_or(0);
     let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -103,20 +92,8 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
 
-    let gen_pid = std::process::id().to_string();
-    let frames = (f64::from(args.fps) * args.seconds).round().max(1.0) as u64;
-    let lo = shared.max_seq.load(Relaxed) + 2;
-    shared.lo.store(lo, Relaxed);
-    shared.hi.store(lo + frames - 1, Relaxed);
-    wait_until("the first measured frame", || {
-        shared.max_seq.load(Relaxed) >= lo
-    })?;
-    let (srv0, gen0, t0) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, Instant::now());
-    wait_until("the last measured frame", || {
-        shared.max_seq.load(Relaxed) > lo + frames - 1
-    })?;
-    let (srv1, gen1, secs) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
-    let rss_loaded = rss_kib(&pid)?;
+    let window = measure_window(args, &pid, &shared.max_seq, &shared.lo, &shared.hi)?;
+    let (frames, secs, rss_loaded) = (window.frames, window.secs, window.rss_kib);
     std::thread::sleep(Duration::from_millis(300));
     shared.stop.store(true, Relaxed);
     let (per_app, untagged) = receiver
@@ -133,7 +110,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     counts.sort_unstable();
     let delivered: u64 = counts.iter().map(|&c| u64::from(c)).sum();
     let measured_secs = frames as f64 / f64::from(args.fps);
-    let srv_cpu = srv1.saturating_sub(srv0) as f64;
+    let srv_cpu = window.server_cpu_us as f64;
     let (w, h) = args.size;
     println!(
         "request apps={n} size={w}x{h}@{} ({} B/frame) measured={measured_secs:.1}s | fps worst={:.1} median={:.1} | frames to worst app={:.2}% median={:.2}% | server cpu/frame={:.2}us ({:.0}% of a core) gen cpu={:.0}% | rss={:.1}MiB ({:.1}MiB idle) | {joins} JOINs form=request, {untagged} untagged, {send_errors} send errors",
@@ -145,7 +122,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         100.0 * f64::from(counts[n / 2]) / frames as f64,
         srv_cpu / delivered.max(1) as f64,
         100.0 * srv_cpu / 1e6 / secs,
-        100.0 * gen1.saturating_sub(gen0) as f64 / 1e6 / secs,
+        100.0 * window.gen_cpu_us as f64 / 1e6 / secs,
         rss_loaded as f64 / 1024.0,
         rss_idle as f64 / 1024.0,
     );
