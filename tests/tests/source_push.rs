@@ -51,6 +51,19 @@ fn camera_jpegs(n: u64, salt: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Each camera picture's bytes → its index (counting on through the sets), to tell which
+/// picture a viewer got; the pictures must all differ.
+fn known_pictures(sets: &[&[Vec<u8>]]) -> Arc<HashMap<Vec<u8>, usize>> {
+    let all: Vec<&Vec<u8>> = sets.iter().flat_map(|set| set.iter()).collect();
+    let known: HashMap<Vec<u8>, usize> = all
+        .iter()
+        .enumerate()
+        .map(|(i, j)| ((*j).clone(), i))
+        .collect();
+    assert_eq!(known.len(), all.len(), "pictures all differ");
+    Arc::new(known)
+}
+
 fn feed(frames: &[Vec<u8>]) -> Feed {
     Feed {
         frames: frames.to_vec(),
@@ -264,18 +277,7 @@ async fn camera_end_to_end(wire: Wire) {
         free_port_tcp()
     };
     let (first, second) = (camera_jpegs(6, 1), camera_jpegs(6, 2));
-    let known: HashMap<Vec<u8>, usize> = first
-        .iter()
-        .chain(&second)
-        .enumerate()
-        .map(|(i, j)| (j.clone(), i))
-        .collect();
-    assert_eq!(
-        known.len(),
-        first.len() + second.len(),
-        "pictures all differ"
-    );
-    let known = Arc::new(known);
+    let known = known_pictures(&[&first, &second]);
     let source = wire.spec(port).build(&SourceOptions::default()).unwrap();
     let (srv, cam) = server_and_camera(wire, port, source, &first).await;
     until("camera frames passed through", || {
@@ -428,18 +430,7 @@ async fn tcp_listen_refuses_bad_pushers_while_the_camera_streams() {
     let port = free_port_tcp();
     let at = SocketAddr::new(LOCALHOST, port);
     let (first, second) = (camera_jpegs(4, 3), camera_jpegs(4, 4));
-    let known: HashMap<Vec<u8>, usize> = first
-        .iter()
-        .chain(&second)
-        .enumerate()
-        .map(|(i, j)| (j.clone(), i))
-        .collect();
-    assert_eq!(
-        known.len(),
-        first.len() + second.len(),
-        "pictures all differ"
-    );
-    let known = Arc::new(known);
+    let known = known_pictures(&[&first, &second]);
     let source = TcpListenSource::new("127.0.0.1", port, &allow_localhost_only()).with_deadlines(
         Deadlines {
             idle: Duration::from_millis(1000),
@@ -560,13 +551,7 @@ async fn udp_refuses_bad_datagrams_while_the_camera_streams() {
     let port = free_port_udp();
     let at = SocketAddr::new(LOCALHOST, port);
     let first = camera_jpegs(4, 5);
-    let known: HashMap<Vec<u8>, usize> = first
-        .iter()
-        .enumerate()
-        .map(|(i, j)| (j.clone(), i))
-        .collect();
-    assert_eq!(known.len(), first.len(), "pictures all differ");
-    let known = Arc::new(known);
+    let known = known_pictures(&[&first]);
     let source = UdpSource::new("127.0.0.1", port, &allow_localhost_only());
     let stats = source.stats();
     let (srv, cam_socket) = {
