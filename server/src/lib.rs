@@ -90,9 +90,7 @@ impl Default for Config {
 pub struct Stats {
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
-    /// Watchers turned away, for any reason.
-    pub refused: AtomicU64,
-    /// The same, by cause.
+    /// Watchers turned away, by cause (`total()`: for any reason).
     pub refusals: watchers::Refusals,
     /// Connections closed without sending a byte (port checks); not refusals.
     pub probes: AtomicU64,
@@ -248,7 +246,7 @@ impl Server {
             capture_errors = c.errors.load(Relaxed),
             joins = s.joins.load(Relaxed),
             leaves = s.leaves.load(Relaxed),
-            refused = s.refused.load(Relaxed),
+            refused = s.refusals.total(),
             probes = s.probes.load(Relaxed),
             gone_before_accepted = s.gone_before_accepted.load(Relaxed),
             frames_sent = s.frames_sent.load(Relaxed),

@@ -215,7 +215,7 @@ async fn bad_registrations_are_refused_without_disturbing_viewers() {
         share(got.datagrams, 30, run) >= 0.9,
         "the streaming viewer was disturbed: {got:?}"
     );
-    assert_eq!(srv.server.stats.refused.load(Relaxed), n as u64);
+    assert_eq!(srv.server.stats.refusals.total(), n as u64);
     let refusals = srv
         .journal()
         .iter()

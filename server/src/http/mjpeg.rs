@@ -25,7 +25,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -110,7 +109,6 @@ pub(crate) async fn stream(
     let server = &http.server;
     let Some(slot) = Watchers::reserve(server) else {
         let reason = format!("server full ({} viewers)", server.watchers.max());
-        server.stats.refused.fetch_add(1, Relaxed);
         server.stats.refusals.count(RefusalCause::Full);
         server
             .journal

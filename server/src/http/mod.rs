@@ -198,7 +198,6 @@ async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next)
     match server.access.check(&server.stats, peer, "http", presented) {
         Ok(()) => next.run(request).await,
         Err(denied) => {
-            server.stats.refused.fetch_add(1, Relaxed);
             server.stats.refusals.count(RefusalCause::Unauthorized);
             (
                 StatusCode::UNAUTHORIZED,

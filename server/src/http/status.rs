@@ -214,7 +214,7 @@ impl Status {
                 acks: s.acks.load(Relaxed),
                 joins: s.joins.load(Relaxed),
                 leaves: s.leaves.load(Relaxed),
-                refused: s.refused.load(Relaxed),
+                refused: s.refusals.total(),
                 refused_by_reason: RefusalCause::ALL
                     .iter()
                     .map(|&r| (r.as_str(), s.refusals.get(r)))

@@ -191,6 +191,11 @@ impl Refusals {
     pub fn get(&self, cause: RefusalCause) -> u64 {
         self.0[cause as usize].load(Relaxed)
     }
+
+    /// Watchers turned away, for any reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|n| n.load(Relaxed)).sum()
+    }
 }
 
 /// Every live watcher, and the count against `--max-viewers`.

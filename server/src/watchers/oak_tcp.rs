@@ -126,7 +126,6 @@ async fn watch(
 /// Counts and journals a client turned away; dropping its stream closes it (its host program
 /// has no way to be told why).
 fn refuse(server: &Server, peer: SocketAddr, cause: RefusalCause, reason: &str) {
-    server.stats.refused.fetch_add(1, Relaxed);
     server.stats.refusals.count(cause);
     server
         .journal

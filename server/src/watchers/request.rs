@@ -318,7 +318,6 @@ impl RequestHub {
     /// Counts a refused `Request`; journals and logs it at most every ten seconds (datagrams
     /// cost nothing to send: a flood must not flood the journal too).
     fn refuse(&self, from: SocketAddr, cause: RefusalCause, reason: &str) {
-        self.server.stats.refused.fetch_add(1, Relaxed);
         self.server.stats.refusals.count(cause);
         let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

@@ -130,7 +130,7 @@ async fn each_ip_gets_at_most_per_ip_apps() {
     }
     assert_eq!(r.hub.len(), 2);
     assert_eq!(r.hub.stats.refused_per_ip.load(Relaxed), 3);
-    assert_eq!(r.server.stats.refused.load(Relaxed), 3);
+    assert_eq!(r.server.stats.refusals.total(), 3);
     // Journalled, but not three times: refusals of datagrams are rate-limited.
     assert_eq!(r.count("REFUSE"), 1, "{:#?}", r.journal());
     assert!(r

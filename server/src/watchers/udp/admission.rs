@@ -227,7 +227,6 @@ async fn refuse(
     cause: RefusalCause,
     reason: &str,
 ) {
-    server.stats.refused.fetch_add(1, Relaxed);
     server.stats.refusals.count(cause);
     server
         .journal
