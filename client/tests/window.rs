@@ -186,6 +186,7 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
             FrameTag {
                 seq,
                 capture_unix_us: now_us,
+                motion: false,
             }
             .encode_into(&jpeg, &mut datagram)
             .unwrap();

@@ -17,6 +17,11 @@
 //! Files are written through tracing-appender's rolling appender (`surv-journal.YYYY-MM-DD.log`),
 //! a line at a time and flushed, so a crash loses nothing already logged. A failed write is
 //! counted and reported once per run of failures; the server goes on streaming.
+//!
+//! Every line (but REFUSE) is also an [`Event`] for whoever [subscribes](Journal::subscribe) (the
+//! MQTT publisher): one place says what happened, whatever reads it. Motion updates (a running
+//! event's score and box, at most once a second) are events only, not lines. A subscriber that
+//! falls behind loses the oldest events (a `broadcast` channel), never slows the writer.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -26,6 +31,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{Local, SecondsFormat};
+use tokio::sync::broadcast;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 
 use crate::watchers::WatcherKind;
@@ -73,11 +79,61 @@ pub struct Leave {
     pub frames_skipped: u64,
 }
 
+/// Events a subscriber may fall behind by before it loses the oldest.
+const EVENT_BACKLOG: usize = 1024;
+
+/// What happened, as the journal tells subscribers. Times are µs since the Unix epoch.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Join {
+        at_us: u64,
+        session_id: u64,
+        viewer: SocketAddr,
+        kind: WatcherKind,
+    },
+    Leave {
+        at_us: u64,
+        leave: Leave,
+    },
+    SourceLost {
+        at_us: u64,
+        source: String,
+        reason: String,
+    },
+    SourceBack {
+        at_us: u64,
+        source: String,
+        down: Duration,
+    },
+    /// A motion event began at `at_us` (capture time).
+    MotionStart {
+        at_us: u64,
+        score: f32,
+        region: [f32; 4],
+    },
+    /// A running motion event: the frame at `at_us` scored `score`; `region` is the event's box
+    /// so far.
+    MotionUpdate {
+        at_us: u64,
+        start_us: u64,
+        score: f32,
+        peak: f32,
+        region: [f32; 4],
+    },
+    MotionEnd {
+        start_us: u64,
+        end_us: u64,
+        peak: f32,
+        region: [f32; 4],
+    },
+}
+
 /// The join/leave log. Cheap to share behind an `Arc`.
 pub struct Journal {
     dir: PathBuf,
     file: Mutex<RollingFileAppender>,
     write_errors: AtomicU64,
+    events: broadcast::Sender<Event>,
 }
 
 impl Journal {
@@ -94,7 +150,19 @@ impl Journal {
             dir: dir.to_path_buf(),
             file: Mutex::new(file),
             write_errors: AtomicU64::new(0),
+            events: broadcast::Sender::new(EVENT_BACKLOG),
         })
+    }
+
+    /// Every event from now on. A receiver more than 1024 events behind gets
+    /// `RecvError::Lagged(n)`: the `n` oldest were dropped for it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn tell(&self, event: Event) {
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
     }
 
     pub fn dir(&self) -> &Path {
@@ -112,6 +180,12 @@ impl Journal {
             "JOIN session={session_id} viewer={viewer} form={}",
             kind.as_str()
         ));
+        self.tell(Event::Join {
+            at_us: surv_proto::unix_micros_now(),
+            session_id,
+            viewer,
+            kind,
+        });
     }
 
     pub fn leave(&self, l: &Leave) {
@@ -135,6 +209,10 @@ impl Journal {
             l.bytes_sent,
             l.frames_skipped
         ));
+        self.tell(Event::Leave {
+            at_us: surv_proto::unix_micros_now(),
+            leave: l.clone(),
+        });
     }
 
     /// A watcher that was turned away. `kind` is `None` when its bytes had no form at all.
@@ -147,6 +225,11 @@ impl Journal {
     /// The source stopped delivering (the first failure of an outage).
     pub fn source_lost(&self, source: &str, reason: &str) {
         self.write(&format!("SOURCE-LOST source={source:?} reason={reason:?}"));
+        self.tell(Event::SourceLost {
+            at_us: surv_proto::unix_micros_now(),
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+        });
     }
 
     /// The source delivers again after being lost for `down`.
@@ -155,6 +238,11 @@ impl Journal {
             "SOURCE-BACK source={source:?} down_s={:.3}",
             down.as_secs_f64()
         ));
+        self.tell(Event::SourceBack {
+            at_us: surv_proto::unix_micros_now(),
+            source: source.to_owned(),
+            down,
+        });
     }
 
     /// A motion event began at `at_us` (capture time) with `score` (share of the picture) in
@@ -166,6 +254,29 @@ impl Journal {
             stamp_us(at_us),
             score * 100.0
         ));
+        self.tell(Event::MotionStart {
+            at_us,
+            score,
+            region,
+        });
+    }
+
+    /// A running motion event, for subscribers only (no line).
+    pub fn motion_update(
+        &self,
+        at_us: u64,
+        start_us: u64,
+        score: f32,
+        peak: f32,
+        region: [f32; 4],
+    ) {
+        self.tell(Event::MotionUpdate {
+            at_us,
+            start_us,
+            score,
+            peak,
+            region,
+        });
     }
 
     /// A motion event ended: motion from `start_us` to `end_us` (its last frame with motion).
@@ -178,6 +289,12 @@ impl Journal {
             end_us.saturating_sub(start_us) as f64 / 1e6,
             peak * 100.0
         ));
+        self.tell(Event::MotionEnd {
+            start_us,
+            end_us,
+            peak,
+            region,
+        });
     }
 
     fn write(&self, line: &str) {

@@ -6,7 +6,7 @@
 //!   form, with the access token it may carry), and seed 001's `Request` datagram.
 //! * [`reply`]: the server's one-line answer to the versioned form.
 //! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end`.
-//! * [`tag`]: the sequence number and capture time carried inside every frame datagram as a JPEG
+//! * [`tag`]: the sequence number, capture time and motion flag carried inside every frame datagram as a JPEG
 //!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it.
 //!
 //! Besides the messages, [`size`] owns how a frame size is written on surv's command lines.
@@ -30,7 +30,7 @@ pub use reply::{
     MAX_STREAM_SIDE_PX,
 };
 pub use size::{parse_size, SizeError};
-pub use tag::{unix_micros_now, FrameTag, TagError, TAG_BYTES};
+pub use tag::{unix_micros_now, FrameTag, TagError, FLAG_MOTION, TAG_BYTES};
 
 /// Default TCP port a surv server listens on for registrations (seed 003's).
 pub const DEFAULT_TCP_PORT: u16 = 9999;

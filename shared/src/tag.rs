@@ -1,21 +1,26 @@
-//! The frame tag: sequence number and capture time, carried inside each JPEG datagram.
+//! The frame tag: sequence number, capture time and flags, carried inside each JPEG datagram.
 //!
 //! A frame datagram is one whole JPEG file, so that any JPEG decoder (seed 003's `cv2.imdecode`)
 //! reads it. The tag is a COM (comment) segment placed right after SOI; decoders skip COM.
 //!
 //! ```text
-//!  0      2      4      6                  10   11                 19                      27
-//!  +------+------+------+------------------+----+------------------+-----------------------+----
-//!  | FFD8 | FFFE | 0017 | 'S' 'U' 'R' 'V'  | 01 | seq (u64 BE)     | capture_unix_us (u64) | rest of the JPEG
-//!  +------+------+------+------------------+----+------------------+-----------------------+----
-//!   SOI    COM    length  magic             ver  frame number       capture time, µs since
-//!                 (23 =                          from the source,   1970-01-01 UTC, server
-//!                 itself + 21)                   0, 1, 2, …         clock
+//!  0      2      4      6                  10   11                 19                      27      28
+//!  +------+------+------+------------------+----+------------------+-----------------------+-------+----
+//!  | FFD8 | FFFE | 0018 | 'S' 'U' 'R' 'V'  | 02 | seq (u64 BE)     | capture_unix_us (u64) | flags | rest of the JPEG
+//!  +------+------+------+------------------+----+------------------+-----------------------+-------+----
+//!   SOI    COM    length  magic             ver  frame number       capture time, µs since  bit 0:
+//!                 (24 =                          from the source,   1970-01-01 UTC, server  motion
+//!                 itself + 22)                   0, 1, 2, …         clock
 //! ```
 //!
 //! `seq` counts captured frames, so a gap tells the viewer that frames were lost on the way or
 //! skipped by the server for that viewer; `capture_unix_us` gives capture → receipt latency when
 //! both clocks agree (same host, or NTP). [`unix_micros_now`] is the clock both ends read for it.
+//! `flags` bit 0 ([`FLAG_MOTION`]) is set on frames published while a motion event is under way;
+//! the other bits are 0 and readers ignore them.
+//!
+//! Version 1 (length 23, no flags byte) is what surv wrote before motion detection; it is still
+//! read, as flags 0.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,12 +29,17 @@ use thiserror::Error;
 const SOI: [u8; 2] = [0xFF, 0xD8];
 const COM: [u8; 2] = [0xFF, 0xFE];
 const MAGIC: &[u8; 4] = b"SURV";
-const VERSION: u8 = 1;
-/// COM length field: counts itself (2) + magic (4) + version (1) + seq (8) + time (8).
-const COM_LEN: u16 = 2 + 4 + 1 + 8 + 8;
+const VERSION: u8 = 2;
+/// COM length field: counts itself (2) + magic (4) + version (1) + seq (8) + time (8) + flags (1).
+const COM_LEN: u16 = 2 + 4 + 1 + 8 + 8 + 1;
+/// Version 1's length: no flags byte.
+const COM_LEN_V1: u16 = COM_LEN - 1;
 
 /// Bytes the tag adds to a JPEG: the COM marker and its payload.
 pub const TAG_BYTES: usize = 2 + COM_LEN as usize;
+
+/// `flags` bit: the frame was published while a motion event was under way.
+pub const FLAG_MOTION: u8 = 1;
 
 /// What a frame datagram says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +48,8 @@ pub struct FrameTag {
     pub seq: u64,
     /// Capture time, microseconds since the Unix epoch, server clock.
     pub capture_unix_us: u64,
+    /// Inside a motion event ([`FLAG_MOTION`]).
+    pub motion: bool,
 }
 
 /// Why a datagram carries no readable tag.
@@ -64,6 +76,7 @@ impl FrameTag {
         out.push(VERSION);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.capture_unix_us.to_be_bytes());
+        out.push(if self.motion { FLAG_MOTION } else { 0 });
         out.extend_from_slice(body);
         Ok(())
     }
@@ -71,21 +84,33 @@ impl FrameTag {
     /// Reads the tag from a datagram, if it has one where surv puts it.
     pub fn decode(datagram: &[u8]) -> Result<FrameTag, TagError> {
         let rest = datagram.strip_prefix(&SOI).ok_or(TagError::NotJpeg)?;
-        let seg = rest.get(..TAG_BYTES).ok_or(TagError::Untagged)?;
-        if seg[..2] != COM || seg[2..4] != COM_LEN.to_be_bytes() || &seg[4..8] != MAGIC {
+        // Marker, length, magic and version decide which layout follows.
+        let head = rest.get(..9).ok_or(TagError::Untagged)?;
+        if head[..2] != COM || &head[4..8] != MAGIC {
             return Err(TagError::Untagged);
         }
-        if seg[8] != VERSION {
-            return Err(TagError::Version(seg[8]));
+        let len = u16::from_be_bytes([head[2], head[3]]);
+        let version = head[8];
+        let expected = match version {
+            1 => COM_LEN_V1,
+            VERSION => COM_LEN,
+            _ if len == COM_LEN || len == COM_LEN_V1 => return Err(TagError::Version(version)),
+            _ => return Err(TagError::Untagged),
+        };
+        if len != expected {
+            return Err(TagError::Untagged);
         }
+        let seg = rest.get(..2 + usize::from(len)).ok_or(TagError::Untagged)?;
         let word = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&seg[at..at + 8]);
             u64::from_be_bytes(b)
         };
+        let flags = if version == 1 { 0 } else { seg[25] };
         Ok(FrameTag {
             seq: word(9),
             capture_unix_us: word(17),
+            motion: flags & FLAG_MOTION != 0,
         })
     }
 }
@@ -106,18 +131,55 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_the_jpeg_intact() {
-        let tag = FrameTag {
-            seq: 7,
-            capture_unix_us: 1_700_000_000_123_456,
-        };
+        for motion in [false, true] {
+            let tag = FrameTag {
+                seq: 7,
+                capture_unix_us: 1_700_000_000_123_456,
+                motion,
+            };
+            let mut out = Vec::new();
+            tag.encode_into(JPEG, &mut out).unwrap();
+            assert_eq!(out.len(), JPEG.len() + TAG_BYTES);
+            assert_eq!(FrameTag::decode(&out), Ok(tag));
+            assert_eq!(out[2 + TAG_BYTES - 1], u8::from(motion));
+            // Removing the COM segment gives back the original bytes.
+            let mut stripped = out[..2].to_vec();
+            stripped.extend_from_slice(&out[2 + TAG_BYTES..]);
+            assert_eq!(stripped, JPEG);
+        }
+    }
+
+    #[test]
+    fn version_1_tags_still_read_as_no_motion() {
+        // What surv wrote before the flags byte: length 23, version 1.
+        let mut v1 = vec![
+            0xFF, 0xD8, 0xFF, 0xFE, 0x00, 0x17, b'S', b'U', b'R', b'V', 1,
+        ];
+        v1.extend_from_slice(&42u64.to_be_bytes());
+        v1.extend_from_slice(&1_700_000_000_000_000u64.to_be_bytes());
+        v1.extend_from_slice(&JPEG[2..]);
+        assert_eq!(
+            FrameTag::decode(&v1),
+            Ok(FrameTag {
+                seq: 42,
+                capture_unix_us: 1_700_000_000_000_000,
+                motion: false
+            })
+        );
+        // Unknown flag bits are ignored.
         let mut out = Vec::new();
-        tag.encode_into(JPEG, &mut out).unwrap();
-        assert_eq!(out.len(), JPEG.len() + TAG_BYTES);
-        assert_eq!(FrameTag::decode(&out), Ok(tag));
-        // Removing the COM segment gives back the original bytes.
-        let mut stripped = out[..2].to_vec();
-        stripped.extend_from_slice(&out[2 + TAG_BYTES..]);
-        assert_eq!(stripped, JPEG);
+        FrameTag {
+            seq: 1,
+            capture_unix_us: 2,
+            motion: false,
+        }
+        .encode_into(JPEG, &mut out)
+        .unwrap();
+        out[2 + TAG_BYTES - 1] = 0xFE;
+        assert!(!FrameTag::decode(&out).unwrap().motion);
+        // A version's length must match it.
+        v1[10] = 2;
+        assert_eq!(FrameTag::decode(&v1), Err(TagError::Untagged));
     }
 
     #[test]
@@ -126,6 +188,7 @@ mod tests {
         FrameTag {
             seq: u64::MAX,
             capture_unix_us: 1,
+            motion: true,
         }
         .encode_into(JPEG, &mut out)
         .unwrap();
@@ -142,7 +205,8 @@ mod tests {
         assert_eq!(
             FrameTag {
                 seq: 0,
-                capture_unix_us: 0
+                capture_unix_us: 0,
+                motion: false,
             }
             .encode_into(b"GIF8", &mut Vec::new()),
             Err(TagError::NotJpeg)
@@ -151,6 +215,7 @@ mod tests {
         FrameTag {
             seq: 1,
             capture_unix_us: 2,
+            motion: false,
         }
         .encode_into(JPEG, &mut out)
         .unwrap();

@@ -267,7 +267,7 @@ async fn a_still_jpeg_is_passed_through_byte_for_byte_at_fps() {
         Subsamp::Sub2x2,
     );
     std::fs::write(&still, &jpeg).unwrap();
-    let srv = serve_file(&still, options(10, false)).await;
+    let mut srv = serve_file(&still, options(10, false)).await;
     let mut v = RawViewer::register(srv.addr, Form::V1).await.unwrap();
     let params = v.params.clone().unwrap();
     assert_eq!((params.width, params.height, params.fps), (W, H, 10));
@@ -280,6 +280,9 @@ async fn a_still_jpeg_is_passed_through_byte_for_byte_at_fps() {
         same.len(),
         got.len()
     );
+    // Counters compared with each other are read once the capture has stopped: read
+    // while it runs, a frame can land between two loads (CI saw captured 20, passed 21).
+    srv.stop_capture().await;
     let c = &srv.server.capture.stats;
     let captured = c.captured.load(Relaxed);
     assert!(captured >= same.len() as u64, "{c:?}");
@@ -304,7 +307,7 @@ async fn a_png_still_is_converted_once_and_repeated() {
             "1",
         ],
     );
-    let srv = serve_file(&png, options(10, false)).await;
+    let mut srv = serve_file(&png, options(10, false)).await;
     let mut v = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
     let got = collect(&mut v, Duration::from_millis(1500)).await;
     let pictures: Vec<&Got> = got
@@ -316,6 +319,7 @@ async fn a_png_still_is_converted_once_and_repeated() {
         pictures.iter().all(|g| g.jpeg == pictures[0].jpeg),
         "converted once: every frame is the same JPEG"
     );
+    srv.stop_capture().await;
     let c = &srv.server.capture.stats;
     assert_eq!(
         c.passed_through.load(Relaxed),

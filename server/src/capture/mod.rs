@@ -21,7 +21,7 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,6 +124,8 @@ pub struct CaptureShared {
     pub source: String,
     shape: Mutex<StreamShape>,
     state: watch::Sender<SourceState>,
+    /// Frames published now are inside a motion event (set by the motion detector).
+    motion: AtomicBool,
 }
 
 impl CaptureShared {
@@ -133,7 +135,18 @@ impl CaptureShared {
             source,
             shape: Mutex::new(idle),
             state: watch::Sender::new(SourceState::Starting),
+            motion: AtomicBool::new(false),
         }
+    }
+
+    /// Whether frames published from now on carry the motion flag in their tag.
+    pub fn set_motion(&self, on: bool) {
+        self.motion.store(on, Ordering::Relaxed);
+    }
+
+    /// Frames published now are inside a motion event.
+    pub fn in_motion(&self) -> bool {
+        self.motion.load(Ordering::Relaxed)
     }
 
     /// The stream's size and rate, as told to SURV/1 viewers.

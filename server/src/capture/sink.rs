@@ -150,7 +150,7 @@ impl FrameSink {
         let seq = self.next_seq(&mut work);
         let tagged_bytes = frame.jpeg.len() + surv_proto::TAG_BYTES;
         let encoded = if tagged_bytes <= self.inner.max_datagram_bytes {
-            passthrough(frame, header, seq).inspect(|_| {
+            passthrough(frame, header, seq, self.inner.shared.in_motion()).inspect(|_| {
                 self.inner.shared.stats.passed_through.fetch_add(1, Relaxed);
             })
         } else {
@@ -315,7 +315,9 @@ fn encode(
     seq: u64,
 ) -> Result<EncodedFrame, String> {
     let t0 = Instant::now();
-    let frame = encoder.encode(raw, seq).map_err(|e| e.to_string())?;
+    let frame = encoder
+        .encode_tagged(raw, seq, shared.in_motion())
+        .map_err(|e| e.to_string())?;
     let stats = &shared.stats;
     stats.encode_times.record(t0.elapsed());
     stats.encode_us.fetch_add(
@@ -366,11 +368,17 @@ fn check_jpeg(
 }
 
 /// The source's own bytes with surv's tag after SOI: no decode, no encode.
-fn passthrough(frame: &JpegFrame, header: JpegHeader, seq: u64) -> Result<EncodedFrame, String> {
+fn passthrough(
+    frame: &JpegFrame,
+    header: JpegHeader,
+    seq: u64,
+    motion: bool,
+) -> Result<EncodedFrame, String> {
     let mut datagram = Vec::new();
     FrameTag {
         seq,
         capture_unix_us: frame.capture_unix_us,
+        motion,
     }
     .encode_into(&frame.jpeg, &mut datagram)
     .map_err(|e| e.to_string())?;

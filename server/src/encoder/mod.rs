@@ -205,6 +205,16 @@ impl Encoder {
     /// Encodes `frame` into one datagram no larger than the cap, tagged with `seq` and the
     /// frame's capture time.
     pub fn encode(&mut self, frame: &RawFrame, seq: u64) -> Result<EncodedFrame, EncodeError> {
+        self.encode_tagged(frame, seq, false)
+    }
+
+    /// [`encode`](Self::encode), with the tag's motion flag set to `motion`.
+    pub fn encode_tagged(
+        &mut self,
+        frame: &RawFrame,
+        seq: u64,
+        motion: bool,
+    ) -> Result<EncodedFrame, EncodeError> {
         check_frame(frame)?;
         let cap = self.cfg.max_datagram_bytes;
         let ceiling = self.cfg.quality;
@@ -255,6 +265,7 @@ impl Encoder {
         FrameTag {
             seq,
             capture_unix_us: frame.capture_unix_us,
+            motion,
         }
         .encode_into(&self.jpeg[..jpeg_bytes], &mut datagram)?;
         if datagram.len() > cap {

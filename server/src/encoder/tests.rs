@@ -152,7 +152,8 @@ fn rgb_frames_are_encoded_too() {
         FrameTag::decode(&f.datagram).unwrap(),
         FrameTag {
             seq: 9,
-            capture_unix_us: 5
+            capture_unix_us: 5,
+            motion: false,
         }
     );
 }

@@ -120,6 +120,23 @@ impl Detector {
         self.active.is_some()
     }
 
+    /// The event under way: its start (µs), peak score so far, and box so far.
+    pub fn current(&self) -> Option<(u64, f32, MotionBox)> {
+        let a = self.active.as_ref()?;
+        Some((a.start_us, a.peak, self.fraction(a.region)))
+    }
+
+    /// Ends the event under way now (the source went away), at its last frame with motion.
+    pub fn finish(&mut self) -> Option<MotionEvent> {
+        let active = self.active.take()?;
+        Some(MotionEvent::End {
+            start_us: active.start_us,
+            end_us: active.last_motion_us,
+            peak: active.peak,
+            region: self.fraction(active.region),
+        })
+    }
+
     /// Compares `gray` (`width × height`, one byte a pixel, rows unpadded) captured at `at_us`
     /// with the previous picture; returns what it showed and the event it started or ended.
     pub fn analyse(
@@ -202,13 +219,7 @@ impl Detector {
         if at_us.saturating_sub(active.last_motion_us) < hold_us {
             return None;
         }
-        let active = self.active.take()?;
-        Some(MotionEvent::End {
-            start_us: active.start_us,
-            end_us: active.last_motion_us,
-            peak: active.peak,
-            region: self.fraction(active.region),
-        })
+        self.finish()
     }
 
     /// Changed pixels with at least two changed 4-neighbours, and their bounding box.

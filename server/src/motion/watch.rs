@@ -1,9 +1,12 @@
 //! The motion detector on the live stream: takes every Nth published frame (by sequence
-//! number), analyses it off the capture path, and reports events to the journal and to whoever
-//! reads [`MotionState`] (the frame tag, `/status`, metrics).
+//! number), analyses it off the capture path, and reports events to the journal (and through
+//! it to MQTT: start, an update at most every [`UPDATE_EVERY_US`] while motion goes on, end), to
+//! the capture (frames published during an event carry the motion flag in their tag) and to
+//! whoever reads [`MotionState`] (`/status`, metrics).
 //!
-//! Frames published while the source is not live (the "no signal" picture) are not analysed,
-//! and the comparison starts afresh when the source is back, so an outage is never motion.
+//! Frames published while the source is not live (the "no signal" picture) are not analysed;
+//! an event under way when the source goes ends there (at its last frame with motion), and the
+//! comparison starts afresh when the source is back, so an outage is never motion.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -13,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::{thumbnail, Detector, MotionBox, MotionConfig, MotionEvent};
 use crate::capture::{CaptureShared, FrameRx, SourceState};
 use crate::journal::Journal;
+
+/// While an event runs, how often its score and box are told to subscribers (µs of capture time).
+pub const UPDATE_EVERY_US: u64 = 1_000_000;
 
 /// What the rest of the server reads about motion.
 #[derive(Debug, Default)]
@@ -27,6 +33,63 @@ pub struct MotionState {
     pub failed: AtomicU64,
     /// The latest score, in hundredths of a percent.
     pub score_bp: AtomicU32,
+}
+
+/// Where the detector's findings go.
+struct Report {
+    capture: Arc<CaptureShared>,
+    journal: Arc<Journal>,
+    state: Arc<MotionState>,
+    /// Capture time of the last update told, to space them out.
+    last_update_us: u64,
+}
+
+impl Report {
+    fn active(&self, active: bool) {
+        self.state.active.store(active, Relaxed);
+        self.capture.set_motion(active);
+    }
+
+    fn event(&mut self, event: MotionEvent) {
+        match event {
+            MotionEvent::Start {
+                at_us,
+                score,
+                region,
+            } => {
+                self.state.events.fetch_add(1, Relaxed);
+                self.last_update_us = at_us;
+                tracing::info!(score = score * 100.0, "motion started");
+                self.journal.motion_start(at_us, score, corners(region));
+            }
+            MotionEvent::End {
+                start_us,
+                end_us,
+                peak,
+                region,
+            } => {
+                tracing::info!(
+                    duration_s = end_us.saturating_sub(start_us) as f64 / 1e6,
+                    "motion ended"
+                );
+                self.journal
+                    .motion_end(start_us, end_us, peak, corners(region));
+            }
+        }
+    }
+
+    /// An event runs and the frame at `at_us` showed motion scoring `score`.
+    fn maybe_update(&mut self, detector: &Detector, at_us: u64, score: f32) {
+        let Some((start_us, peak, region)) = detector.current() else {
+            return;
+        };
+        if at_us.saturating_sub(self.last_update_us) < UPDATE_EVERY_US {
+            return;
+        }
+        self.last_update_us = at_us;
+        self.journal
+            .motion_update(at_us, start_us, score, peak, corners(region));
+    }
 }
 
 /// Runs the detector on every `every`-th frame of `frames` until `stop`.
@@ -49,12 +112,18 @@ pub async fn run(
         }
     };
     state.enabled.store(true, Relaxed);
+    let mut report = Report {
+        capture: capture.clone(),
+        journal,
+        state: state.clone(),
+        last_update_us: 0,
+    };
     let mut thumb = Vec::new();
     let mut was_live = false;
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
-            changed = frames.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => break,
+            changed = frames.changed() => if changed.is_err() { break },
         }
         let Some(frame) = frames.borrow_and_update().clone() else {
             continue;
@@ -63,6 +132,10 @@ pub async fn run(
         if !live {
             if was_live {
                 // The picture will be a different one when the source is back.
+                if let Some(end) = detector.finish() {
+                    report.event(end);
+                }
+                report.active(false);
                 detector = Detector::new(cfg);
             }
             was_live = false;
@@ -81,37 +154,26 @@ pub async fn run(
                 continue;
             }
         };
-        let (analysis, event) = detector.analyse(&thumb, w, h, frame.capture_unix_us);
+        let at_us = frame.capture_unix_us;
+        let (analysis, event) = detector.analyse(&thumb, w, h, at_us);
         state.analysed.fetch_add(1, Relaxed);
         state
             .score_bp
             .store((analysis.score * 10_000.0) as u32, Relaxed);
-        state.active.store(analysis.active, Relaxed);
+        report.active(analysis.active);
         match event {
-            Some(MotionEvent::Start {
-                at_us,
-                score,
-                region,
-            }) => {
-                state.events.fetch_add(1, Relaxed);
-                tracing::info!(score = score * 100.0, "motion started");
-                journal.motion_start(at_us, score, corners(region));
-            }
-            Some(MotionEvent::End {
-                start_us,
-                end_us,
-                peak,
-                region,
-            }) => {
-                tracing::info!(
-                    duration_s = end_us.saturating_sub(start_us) as f64 / 1e6,
-                    "motion ended"
-                );
-                journal.motion_end(start_us, end_us, peak, corners(region));
+            Some(event) => report.event(event),
+            None if analysis.score * 100.0 >= cfg.threshold_pct => {
+                report.maybe_update(&detector, at_us, analysis.score);
             }
             None => {}
         }
     }
+    // The server stops: an event under way is not left open in the journal.
+    if let Some(end) = detector.finish() {
+        report.event(end);
+    }
+    report.active(false);
 }
 
 fn corners(b: MotionBox) -> [f32; 4] {

@@ -43,6 +43,7 @@ fn jpeg(width: usize, height: usize, seq: u64, noisy: bool) -> Bytes {
     FrameTag {
         seq,
         capture_unix_us: T0_US + seq * FRAME_INTERVAL_US,
+        motion: false,
     }
     .encode_into(&plain, &mut tagged)
     .unwrap();
