@@ -95,10 +95,13 @@ fn decode_loop(rx: &Receiver<Bytes>, latest: Option<&Latest>) -> DecodeCounts {
             Ok((width, height)) => {
                 counts.decoded += 1;
                 if let Some(latest) = latest {
-                    let pixels = bgrx
+                    let mut pixels: Vec<u32> = bgrx
                         .chunks_exact(4)
                         .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
                         .collect();
+                    if surv_proto::FrameTag::decode(&jpeg).is_ok_and(|t| t.motion) {
+                        mark_motion(&mut pixels, width, height);
+                    }
                     latest.put(Image {
                         width,
                         height,
@@ -113,6 +116,28 @@ fn decode_loop(rx: &Receiver<Bytes>, latest: Option<&Latest>) -> DecodeCounts {
         }
     }
     counts
+}
+
+/// Colour of the motion mark.
+pub const MOTION_RED: u32 = 0x00FF_2020;
+
+/// The on-screen motion mark: a red border, `max(2, 1/60 of the smaller side)` pixels wide, on a
+/// frame the server flagged as inside a motion event.
+pub fn mark_motion(pixels: &mut [u32], width: usize, height: usize) {
+    if pixels.len() < width * height {
+        return;
+    }
+    let b = (width.min(height) / 60).max(2);
+    for y in 0..height {
+        let row = &mut pixels[y * width..(y + 1) * width];
+        if y < b || y + b >= height {
+            row.fill(MOTION_RED);
+        } else {
+            let edge = b.min(width);
+            row[..edge].fill(MOTION_RED);
+            row[width - edge..].fill(MOTION_RED);
+        }
+    }
 }
 
 /// Decodes one JPEG into `out` as BGRX bytes, which read as little-endian `u32` are the
@@ -163,6 +188,24 @@ fn bgrx_bytes(width: usize, height: usize) -> Result<usize, DecodeError> {
 mod tests {
     use super::*;
     use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
+
+    #[test]
+    fn the_motion_mark_is_a_border_and_leaves_the_inside() {
+        let (w, h) = (120, 90);
+        let mut px = vec![0x0012_3456; w * h];
+        mark_motion(&mut px, w, h);
+        let at = |x: usize, y: usize| px[y * w + x];
+        for (x, y) in [(0, 0), (w - 1, h - 1), (1, h / 2), (w / 2, 1), (w - 2, 40)] {
+            assert_eq!(at(x, y), MOTION_RED, "({x}, {y})");
+        }
+        assert_eq!(at(2, 2), 0x0012_3456);
+        assert_eq!(at(w / 2, h / 2), 0x0012_3456);
+        let red = px.iter().filter(|&&p| p == MOTION_RED).count();
+        assert_eq!(red, w * h - (w - 4) * (h - 4));
+        // Tiny and short buffers: no panic.
+        mark_motion(&mut [0; 3], 1, 3);
+        mark_motion(&mut [0; 2], 4, 4);
+    }
 
     fn jpeg(width: usize, height: usize, rgb: [u8; 3]) -> Vec<u8> {
         test_jpeg(width, height, Picture::Solid(rgb), 95, Subsamp::None)

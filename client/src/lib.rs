@@ -6,6 +6,7 @@
 //! * [`display`]: the window.
 //! * [`recorder`]: rolling segments, crash-safe, with [`retention`]; [`avi`] (MJPEG as received)
 //!   or [`mp4`] (fragmented MP4 of H.264 from [`h264`]).
+//! * [`pipe`]: `--pipe`, the received JPEGs on standard output as an MJPEG stream.
 //! * [`stats`]: loss, latency and the exit summary.
 
 pub mod avi;
@@ -13,6 +14,7 @@ pub mod decoder;
 pub mod display;
 pub mod h264;
 pub mod mp4;
+pub mod pipe;
 pub mod receiver;
 pub mod recorder;
 pub mod retention;

@@ -10,14 +10,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use surv_client::display::{self, Latest};
-use surv_client::recorder::{Format, RecorderConfig, Retention};
+use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger, MAX_PRE_ROLL};
 use surv_client::retention::ByteSize;
 use surv_client::{ClientError, Config};
 use tokio_util::sync::CancellationToken;
 
 /// Watches a surv server: registers over TCP, receives its JPEG frames over UDP, shows them in
-/// a window (fps, loss and latency in the title), records rolling AVI or MP4 segments, and prints
-/// a summary at exit. Esc, closing the window or Ctrl-C ends it cleanly (the server is told `end`).
+/// a window (fps, loss and latency in the title; a red border and "MOTION" in the title while
+/// the server reports motion), records rolling AVI or MP4 segments (all the time, or only around
+/// motion), optionally writes the stream to standard output (--pipe), and prints a summary at
+/// exit. Esc, closing the window, Ctrl-C or a closed pipe ends it cleanly (the server is told
+/// `end`).
 #[derive(Debug, Parser)]
 #[command(name = "surv-client", version, about, long_about)]
 struct Args {
@@ -57,6 +60,23 @@ struct Args {
     /// Do not record.
     #[arg(long)]
     no_record: bool,
+    /// What to record: every frame (always), or only around motion the server detected
+    /// (motion; the server must run with --motion on, its default).
+    #[arg(long, value_name = "always|motion", default_value = "always", value_parser = ["always", "motion"])]
+    record_on: String,
+    /// With --record-on motion: seconds recorded before the first frame flagged as motion
+    /// (at most 60; kept in memory meanwhile).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pre_roll: f64,
+    /// With --record-on motion: seconds recorded after the last frame flagged as motion (the
+    /// server flags frames until its --motion-hold has passed without motion).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    post_roll: f64,
+    /// Write every received JPEG to standard output, one after another (an MJPEG stream for
+    /// `| ffmpeg -f mjpeg -i - …`). Logs and the summary go to standard error. The viewer ends,
+    /// telling the server, when the reader closes the pipe.
+    #[arg(long)]
+    pipe: bool,
     /// The server's access token (surv-server --token), sent with the registration.
     #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
     token: Option<String>,
@@ -92,6 +112,27 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .filter(|d| !d.is_zero())
             .with_context(|| format!("{flag} must be a positive number of seconds, not {v}"))
     };
+    let seconds = |v: f64, flag: &str| {
+        Duration::try_from_secs_f64(v)
+            .ok()
+            .with_context(|| format!("{flag} must be a number of seconds, not {v}"))
+    };
+    let trigger = match args.record_on.as_str() {
+        "motion" => {
+            let pre_roll = seconds(args.pre_roll, "--pre-roll")?;
+            if pre_roll > MAX_PRE_ROLL {
+                anyhow::bail!(
+                    "--pre-roll is at most {} s (it is kept in memory)",
+                    MAX_PRE_ROLL.as_secs()
+                );
+            }
+            Trigger::Motion {
+                pre_roll,
+                post_roll: seconds(args.post_roll, "--post-roll")?,
+            }
+        }
+        _ => Trigger::Always,
+    };
     let record = if args.no_record {
         None
     } else {
@@ -105,6 +146,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .keep_segments
                     .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             },
+            trigger,
         })
     };
     let token = match (&args.token, &args.token_file) {
@@ -133,6 +175,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_duration: args.seconds.map(|s| positive(s, "--seconds")).transpose()?,
         record,
         connect_timeout: Duration::from_secs(5),
+        pipe: args.pipe,
     };
 
     let window = if args.headless {
@@ -173,16 +216,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("the receiver task failed")?;
     match result {
         Ok(summary) => {
-            println!("{summary}");
+            // Standard output is the video when piping.
+            let mut report = summary.to_string();
             if let Some(first) = summary.segments.first() {
                 let dir = first
                     .parent()
                     .map_or_else(|| args.record_dir.clone(), PathBuf::from);
-                println!(
-                    "surv-client: {} segment(s) in {}",
+                report += &format!(
+                    "\nsurv-client: {} segment(s) in {}",
                     summary.segments.len(),
                     dir.display()
                 );
+            }
+            if args.pipe {
+                eprintln!("{report}");
+            } else {
+                println!("{report}");
             }
             Ok(ExitCode::SUCCESS)
         }

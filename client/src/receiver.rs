@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decoder::Decoder;
 use crate::display::Latest;
+use crate::pipe::Pipe;
 use crate::recorder::{self, RecFrame, RecorderConfig};
 use crate::stats::{StreamStats, Summary};
 
@@ -43,6 +44,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// The server's access token (its `--token`), sent with the registration.
     pub token: Option<String>,
+    /// Write every received JPEG to standard output (`--pipe`); the stream ends when the
+    /// reader closes it.
+    pub pipe: bool,
 }
 
 /// Why the viewer could not stream at all.
@@ -119,8 +123,23 @@ pub async fn run(
         }
         None => None,
     };
+    let pipe_closed = CancellationToken::new();
+    let mut pipe = if cfg.pipe {
+        Some(
+            Pipe::spawn(std::io::stdout(), pipe_closed.clone()).map_err(|source| {
+                ClientError::Start {
+                    what: "pipe writer",
+                    source,
+                }
+            })?,
+        )
+    } else {
+        None
+    };
 
     let mut stats = StreamStats::new();
+    let mut motion_frames = 0u64;
+    let mut in_motion = false;
     let mut server_udp: Option<SocketAddr> = None;
     // One byte more than the largest UDP payload, so an oversized datagram shows as such.
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
@@ -137,6 +156,7 @@ pub async fn run(
         tokio::select! {
             biased;
             () = stop.cancelled() => break "stopped".to_string(),
+            () = pipe_closed.cancelled() => break "pipe closed".to_string(),
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break "time limit".to_string(),
             res = tcp.read(&mut tcp_buf) => match res {
                 Ok(0) | Err(_) => break "server closed the connection".to_string(),
@@ -167,9 +187,19 @@ pub async fn run(
                 stats.on_frame(tag.seq, tag.capture_unix_us, unix_micros_now());
                 last_frame_at = Instant::now();
                 warned_quiet = false;
+                motion_frames += u64::from(tag.motion);
+                if tag.motion != in_motion {
+                    in_motion = tag.motion;
+                    if let Some(latest) = &latest {
+                        latest.set_status(status_line(&stats, in_motion));
+                    }
+                }
                 let frame = Bytes::copy_from_slice(datagram);
                 if let Some(r) = &recorder {
-                    r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us });
+                    r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us, motion: tag.motion });
+                }
+                if let Some(p) = &mut pipe {
+                    p.push(frame.clone());
                 }
                 decoder.push(frame);
             }
@@ -178,7 +208,7 @@ pub async fn run(
         if now >= next_status {
             next_status = now + STATUS_EVERY;
             if let Some(latest) = &latest {
-                latest.set_status(status_line(&stats));
+                latest.set_status(status_line(&stats, in_motion));
             }
             if !warned_quiet && now - last_frame_at >= QUIET_WARNING {
                 tracing::warn!(
@@ -212,6 +242,10 @@ pub async fn run(
         ),
         None => None,
     };
+    let piped = match pipe {
+        Some(p) => tokio::task::spawn_blocking(move || p.finish()).await.ok(),
+        None => None,
+    };
     Ok(Summary {
         received: stats.received,
         decoded: counts.decoded,
@@ -225,6 +259,9 @@ pub async fn run(
         ignored: stats.ignored,
         recorded: report.as_ref().map_or(0, |r| r.frames_written),
         record_dropped: report.as_ref().map_or(0, |r| r.frames_dropped),
+        record_idle: report.as_ref().map_or(0, |r| r.frames_idle),
+        motion_frames,
+        piped,
         segments: report.map(|r| r.segments).unwrap_or_default(),
         seconds: stats.elapsed().as_secs_f64(),
         ended_by,
@@ -281,10 +318,13 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
     }
 }
 
-fn status_line(s: &StreamStats) -> String {
+/// The window title's status: rate, loss, latency, and `MOTION` first while the frames shown are
+/// inside a motion event.
+fn status_line(s: &StreamStats, in_motion: bool) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
     format!(
-        "{:.1} fps, loss {:.1}%, latency p50 {} p99 {}",
+        "{}{:.1} fps, loss {:.1}%, latency p50 {} p99 {}",
+        if in_motion { "● MOTION — " } else { "" },
         s.fps(),
         s.loss_ratio() * 100.0,
         ms(s.latency_ms(50.0)),
@@ -320,6 +360,7 @@ mod tests {
             record: None,
             connect_timeout: Duration::from_secs(3),
             token: None,
+            pipe: false,
         }
     }
 

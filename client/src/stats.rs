@@ -158,7 +158,13 @@ pub struct Summary {
     pub ignored: u64,
     pub recorded: u64,
     pub record_dropped: u64,
+    /// Frames not recorded by choice (`--record-on motion`: outside every pre- and post-roll).
+    pub record_idle: u64,
     pub segments: Vec<std::path::PathBuf>,
+    /// Frames the server flagged as inside a motion event.
+    pub motion_frames: u64,
+    /// With `--pipe`: frames written to the output, and frames not written.
+    pub piped: Option<crate::pipe::PipeCounts>,
     pub seconds: f64,
     /// Why the stream ended.
     pub ended_by: String,
@@ -169,7 +175,7 @@ impl fmt::Display for Summary {
         let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.1}"));
         write!(
             f,
-            "surv-client: {:.1} s, frames received={} decoded={} lost={} ({:.1}%) fps={:.1} latency_ms p50={} p99={} recorded={} segments={} ended_by={}",
+            "surv-client: {:.1} s, frames received={} decoded={} lost={} ({:.1}%) fps={:.1} latency_ms p50={} p99={} motion={} recorded={} segments={} ended_by={}",
             self.seconds,
             self.received,
             self.decoded,
@@ -178,6 +184,7 @@ impl fmt::Display for Summary {
             self.fps,
             ms(self.latency_p50_ms),
             ms(self.latency_p99_ms),
+            self.motion_frames,
             self.recorded,
             self.segments.len(),
             self.ended_by,
@@ -188,6 +195,12 @@ impl fmt::Display for Summary {
                 " (decode_failed={} decode_skipped={} record_dropped={} ignored_datagrams={})",
                 self.decode_failed, self.decode_skipped, self.record_dropped, self.ignored
             )?;
+        }
+        if self.record_idle > 0 {
+            write!(f, " not_recorded_no_motion={}", self.record_idle)?;
+        }
+        if let Some(p) = self.piped {
+            write!(f, " piped={} pipe_dropped={}", p.written, p.dropped)?;
         }
         Ok(())
     }

@@ -42,7 +42,7 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// How the tests run surv-client: any UDP port, for `seconds`, no recording, a 5 s connect
-/// timeout, no token. Tests change a field with `..client_config(…)`.
+/// timeout, no token, no pipe. Tests change a field with `..client_config(…)`.
 pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
     surv_client::Config {
         server,
@@ -52,6 +52,7 @@ pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
         record: None,
         connect_timeout: Duration::from_secs(5),
         token: None,
+        pipe: false,
     }
 }
 

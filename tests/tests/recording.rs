@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use surv_client::recorder::{self, Format, RecFrame, RecorderConfig, Retention};
+use surv_client::recorder::{self, Format, RecFrame, RecorderConfig, Retention, Trigger};
 use surv_client::Config as ClientConfig;
 use surv_proto::{Ack, Form, FrameTag, MAX_UDP_PAYLOAD_BYTES};
 use surv_tests::{
@@ -52,6 +52,7 @@ async fn record_live(
             segment: Duration::from_secs(1),
             format,
             keep,
+            trigger: Trigger::Always,
         }),
         ..surv_tests::client_config(server, seconds)
     };
@@ -169,6 +170,7 @@ async fn lossy_live_frames(seconds: u64) -> Vec<RecFrame> {
         frames.push(RecFrame {
             jpeg: Bytes::copy_from_slice(&buf[..len]),
             capture_unix_us: tag.capture_unix_us,
+            motion: tag.motion,
         });
     }
     srv.stop().await.unwrap();
@@ -201,6 +203,7 @@ async fn segments_keep_real_time_across_lost_frames() {
             segment: Duration::from_secs(1),
             format,
             keep: Retention::default(),
+            trigger: Trigger::Always,
         };
         let report = record_all(cfg, frames.clone()).await;
         assert_eq!(report.write_errors, 0);
@@ -445,6 +448,7 @@ async fn live_frames(width: u32, height: u32, count: usize) -> Vec<RecFrame> {
         frames.push(RecFrame {
             jpeg: Bytes::copy_from_slice(&buf[..len]),
             capture_unix_us: tag.capture_unix_us,
+            motion: tag.motion,
         });
     }
     srv.stop().await.unwrap();
@@ -474,6 +478,7 @@ async fn recorder_cpu_per_frame() {
                 segment: Duration::from_secs(60),
                 format,
                 keep: Retention::default(),
+                trigger: Trigger::Always,
             };
             let report = record_all(cfg, frames.clone()).await;
             assert_eq!(report.frames_written, 300);

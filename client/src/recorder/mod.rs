@@ -8,6 +8,8 @@
 //!   on the recording directory.
 //! * `naming`: segment file names, built for the recorder and parsed for
 //!   [`retention`](crate::retention).
+//! * `gate`: with [`Trigger::Motion`], which frames are recorded: those around motion, with a
+//!   pre- and post-roll.
 //!
 //! The display hands each received frame to [`RecorderHandle::push`], which never blocks: a
 //! bounded queue feeds one dedicated thread that owns the file and, for MP4, the encoder. When the
@@ -37,6 +39,7 @@
 //! oldest closed segments beyond the cap.
 
 mod avi_track;
+mod gate;
 mod handle;
 mod mp4_track;
 pub(crate) mod naming;
@@ -57,6 +60,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 pub use crate::retention::Retention;
+pub use gate::MAX_PRE_ROLL;
 pub use handle::{spawn, RecorderHandle};
 
 /// Frames waiting for the recorder thread: about two seconds at 30 fps.
@@ -114,6 +118,23 @@ pub struct RecorderConfig {
     pub format: Format,
     /// Oldest closed segments beyond this are deleted.
     pub keep: Retention,
+    /// What is recorded: everything, or only around motion.
+    pub trigger: Trigger,
+}
+
+/// What the recorder records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trigger {
+    /// Every frame received.
+    #[default]
+    Always,
+    /// Frames around those the server flagged as motion: `pre_roll` of capture time before the
+    /// first flagged frame (at most [`MAX_PRE_ROLL`]), `post_roll` after the last. Each such
+    /// recording starts a new segment and ends its last one.
+    Motion {
+        pre_roll: Duration,
+        post_roll: Duration,
+    },
 }
 
 impl Default for RecorderConfig {
@@ -123,6 +144,7 @@ impl Default for RecorderConfig {
             segment: Duration::from_secs(15),
             format: Format::Avi,
             keep: Retention::default(),
+            trigger: Trigger::Always,
         }
     }
 }
@@ -134,6 +156,8 @@ pub struct RecFrame {
     pub jpeg: Bytes,
     /// Capture time carried in the stream, µs since the Unix epoch.
     pub capture_unix_us: u64,
+    /// The server flagged the frame as inside a motion event.
+    pub motion: bool,
 }
 
 impl fmt::Debug for RecFrame {
@@ -141,13 +165,15 @@ impl fmt::Debug for RecFrame {
         f.debug_struct("RecFrame")
             .field("jpeg_bytes", &self.jpeg.len())
             .field("capture_unix_us", &self.capture_unix_us)
+            .field("motion", &self.motion)
             .finish()
     }
 }
 
 /// What the recorder did, returned by [`RecorderHandle::finish`].
 ///
-/// Every pushed frame is counted once: `frames_written + frames_dropped` = frames pushed.
+/// Every pushed frame is counted once: `frames_written + frames_dropped + frames_idle` = frames
+/// pushed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecorderReport {
     /// Closed (complete, renamed) segments, in order; some may since have been deleted by
@@ -158,6 +184,9 @@ pub struct RecorderReport {
     /// Frames not in any closed segment: the queue was full, the JPEG was unreadable or could
     /// not be coded, or their segment failed to write.
     pub frames_dropped: u64,
+    /// Frames not recorded by choice: with [`Trigger::Motion`], those outside every pre- and
+    /// post-roll.
+    pub frames_idle: u64,
     /// Failed attempts to create, write or close a segment.
     pub write_errors: u64,
     /// Closed segments deleted by retention (from this run or earlier ones).

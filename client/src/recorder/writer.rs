@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, trace, warn};
 
+use super::gate::{Gated, MotionGate};
 use super::naming;
 use super::storage::{probe_writable, warn_about_leftovers, SegmentStore};
 use super::track::{self, FrameError, Track};
-use super::{Format, RecFrame, RecorderConfig, RecorderReport, Retention, CHECKPOINT};
+use super::{Format, RecFrame, RecorderConfig, RecorderReport, Retention, Trigger, CHECKPOINT};
 
 /// How many `-N` suffixes to try before giving up on a name.
 const MAX_NAME_TRIES: u32 = 1000;
@@ -37,6 +38,8 @@ pub(super) struct SegmentWriter<S: SegmentStore> {
     /// Nominal frame interval, from the stream's rate: AVI's slot length.
     frame_us: u32,
     store: S,
+    /// With `--record-on motion`: what is recorded.
+    gate: Option<MotionGate>,
     current: Option<Segment<S::File>>,
     /// After a failed segment, its window `[start, end)` of capture time: frames in it are
     /// dropped, the first frame outside tries a new file.
@@ -81,6 +84,13 @@ impl<S: SegmentStore> SegmentWriter<S> {
             segment_us: u64::try_from(cfg.segment.as_micros()).unwrap_or(u64::MAX),
             fps,
             frame_us: (1_000_000 / fps).max(1),
+            gate: match cfg.trigger {
+                Trigger::Always => None,
+                Trigger::Motion {
+                    pre_roll,
+                    post_roll,
+                } => Some(MotionGate::new(pre_roll, post_roll, fps)),
+            },
             store,
             current: None,
             abandoned: None,
@@ -104,11 +114,20 @@ impl<S: SegmentStore> SegmentWriter<S> {
             }
             Err(e) => self.note_failure("preparing the directory", &self.dir.clone(), &e),
         }
+        let mut gated = Vec::new();
         loop {
             match rx.recv_timeout(CHECKPOINT) {
                 Ok(f) => {
                     let started = Instant::now();
-                    self.record(f);
+                    match &mut self.gate {
+                        None => self.record(f),
+                        Some(gate) => {
+                            gate.take(f, &mut gated);
+                            for g in gated.drain(..) {
+                                self.gated(g);
+                            }
+                        }
+                    }
                     self.busy += started.elapsed();
                 }
                 // Nothing new for a while: make what is buffered safe.
@@ -120,6 +139,10 @@ impl<S: SegmentStore> SegmentWriter<S> {
             let started = Instant::now();
             self.close(seg);
             self.busy += started.elapsed();
+        }
+        if let Some(gate) = &mut self.gate {
+            gate.finish();
+            self.report.frames_idle = gate.idle;
         }
         // CPU time of this thread (decode, encode, mux, write system calls), not wall time:
         // what recording costs the machine. Wall time stands in where the clock is missing.
@@ -137,6 +160,20 @@ impl<S: SegmentStore> SegmentWriter<S> {
             "recorder finished"
         );
         self.report
+    }
+
+    fn gated(&mut self, g: Gated) {
+        match g {
+            Gated::Record(f) => self.record(f),
+            Gated::Cut => {
+                debug!("motion recording ended");
+                if let Some(seg) = self.current.take() {
+                    self.close(seg);
+                }
+                // The next recording is not part of a failed segment's window.
+                self.abandoned = None;
+            }
+        }
     }
 
     fn record(&mut self, f: RecFrame) {

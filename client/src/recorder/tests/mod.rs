@@ -54,6 +54,7 @@ fn frame(jpeg: Bytes, seq: u64) -> RecFrame {
     RecFrame {
         jpeg,
         capture_unix_us: T0_US + seq * FRAME_INTERVAL_US,
+        motion: false,
     }
 }
 
