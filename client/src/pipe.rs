@@ -79,7 +79,11 @@ impl Pipe {
 
     /// Writes what is queued (unless the output has closed) and stops the thread.
     pub fn finish(self) -> PipeCounts {
-        let Pipe { tx, dropped, thread } = self;
+        let Pipe {
+            tx,
+            dropped,
+            thread,
+        } = self;
         drop(tx);
         let (written, lost, error) = thread.join().unwrap_or((0, 0, None));
         match error {

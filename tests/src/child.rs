@@ -15,9 +15,18 @@ const POLL: Duration = Duration::from_millis(10);
 /// Runs `cmd` with no stdin and captured stdout and stderr, like [`Command::output`], but kills
 /// it and fails if it has not exited within `limit`.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+    output_within_reading(cmd, Stdio::null(), limit)
+}
+
+/// [`output_within`] with `stdin` as the child's standard input (another child's output, say).
+pub fn output_within_reading(
+    cmd: &mut Command,
+    stdin: Stdio,
+    limit: Duration,
+) -> anyhow::Result<Output> {
     let what = format!("{:?}", cmd.get_program());
     let mut child = Reaper(
-        cmd.stdin(Stdio::null())
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-pub use child::output_within;
+pub use child::{output_within, output_within_reading};
 pub use fixtures::{test_jpeg, Picture, Reaper};
 pub use media::{ffmpeg_check, ffprobe, mjpeg_stream, probe, Probe};
 
