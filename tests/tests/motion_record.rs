@@ -1,0 +1,234 @@
+//! Motion seen by the viewer: a scripted camera (still, an object crossing, the lights switched
+//! on, still again) on the real server with its motion detector; surv-client with
+//! `--record-on motion` records one recording around the object only, with its pre- and
+//! post-roll, judged by ffmpeg and by the frame tags inside the recorded JPEGs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger};
+use surv_proto::FrameTag;
+use surv_server::capture::{FrameSink, StreamShape};
+use surv_server::motion::watch::{run as watch_motion, MotionState};
+use surv_server::motion::MotionConfig;
+use surv_server::sources::{PixelFormat, RawFrame, Source, SourceRun};
+use surv_tests::{ffmpeg_check, heavy, mjpeg_stream, probe, start_server_with, ServerOpts};
+use tokio_util::sync::CancellationToken;
+
+const W: usize = 320;
+const H: usize = 240;
+const FPS: u64 = 30;
+/// When the object moves, and when the lights go on, µs into the script.
+const MOVE: (u64, u64) = (2_000_000, 3_500_000);
+const LIGHTS: u64 = 5_500_000;
+const HOLD: Duration = Duration::from_millis(500);
+const PRE: Duration = Duration::from_secs(1);
+const POST: Duration = Duration::from_secs(1);
+/// One frame interval, µs.
+const FRAME_US: u64 = 1_000_000 / FPS;
+
+/// The scripted camera: frame n at n/30 s, still after the script's end.
+struct Script {
+    t0_us: Arc<AtomicU64>,
+}
+
+fn luma(t_us: u64, n: u64, out: &mut [u8]) {
+    let object_x = (MOVE.0..MOVE.1)
+        .contains(&t_us)
+        .then(|| ((t_us - MOVE.0) * (W as u64 - 40) / (MOVE.1 - MOVE.0)) as usize);
+    let lights = if t_us >= LIGHTS { 40 } else { 0 };
+    let mut rng = (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for y in 0..H {
+        for x in 0..W {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut v = 50 + ((x / 20 + y / 20) % 2) as i32 * 100 + (rng % 5) as i32;
+            if object_x.is_some_and(|ox| (ox..ox + 40).contains(&x) && (100..140).contains(&y)) {
+                v = 5;
+            }
+            out[y * W + x] = (v + lights).clamp(0, 255) as u8;
+        }
+    }
+}
+
+impl Source for Script {
+    fn describe(&self) -> String {
+        "motion script".into()
+    }
+
+    fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
+        Box::pin(async move {
+            let shape = StreamShape {
+                width: W as u32,
+                height: H as u32,
+                fps: FPS as u32,
+            };
+            sink.opened("motion script", shape);
+            let t0 = surv_proto::unix_micros_now();
+            self.t0_us.store(t0, Relaxed);
+            let mut tick = tokio::time::interval(Duration::from_micros(FRAME_US));
+            let mut frame = RawFrame::new();
+            (frame.width, frame.height, frame.format) = (W as u32, H as u32, PixelFormat::I420);
+            frame.data = vec![128; W * H * 3 / 2];
+            // Bounded: 20 s of frames at most, the test ends long before.
+            for n in 0..FPS * 20 {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                let t_us = n * FRAME_US;
+                luma(t_us, n, &mut frame.data[..W * H]);
+                frame.capture_unix_us = t0 + t_us;
+                sink.publish_raw(&frame);
+            }
+            stop.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+/// The JPEGs of an MJPEG stream copied out of a file, by their surv tags: (capture µs, motion).
+fn tags(stream: &[u8]) -> Vec<FrameTag> {
+    let starts: Vec<usize> = stream
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, 0xD8, 0xFF, 0xFE])
+        .map(|(i, _)| i)
+        .collect();
+    starts
+        .iter()
+        .filter_map(|&i| FrameTag::decode(&stream[i..]).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
+    let _serial = heavy().await;
+    let t0 = Arc::new(AtomicU64::new(0));
+    let srv = start_server_with(
+        ServerOpts::sized(W as u32, H as u32),
+        Box::new(Script { t0_us: t0.clone() }),
+    )
+    .await
+    .unwrap();
+    let state = Arc::new(MotionState::default());
+    let cfg = MotionConfig {
+        hold: HOLD,
+        ..MotionConfig::default()
+    };
+    let motion = tokio::spawn(watch_motion(
+        srv.server.frames.clone(),
+        1,
+        cfg,
+        srv.server.capture.clone(),
+        srv.server.journal.clone(),
+        state.clone(),
+        srv.shutdown.clone(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let client = surv_client::Config {
+        record: Some(RecorderConfig {
+            dir: dir.path().into(),
+            segment: Duration::from_secs(30),
+            format: Format::Avi,
+            keep: Retention::default(),
+            trigger: Trigger::Motion {
+                pre_roll: PRE,
+                post_roll: POST,
+            },
+        }),
+        ..surv_tests::client_config(srv.addr, 8.0)
+    };
+    let summary = surv_client::run(client, None, CancellationToken::new())
+        .await
+        .unwrap();
+    let journal = srv.stop().await.unwrap();
+    motion.await.unwrap();
+    let t0 = t0.load(Relaxed);
+    let rel = |us: u64| us as i64 - t0 as i64;
+
+    // The journal: one event, for the object.
+    let starts = journal
+        .iter()
+        .filter(|l| l.contains("MOTION-START"))
+        .count();
+    assert_eq!(starts, 1, "{journal:#?}");
+
+    // The viewer saw flagged frames, and recorded one recording of them, in one file.
+    assert!(summary.motion_frames >= 30, "{summary}");
+    assert_eq!(summary.segments.len(), 1, "{summary}");
+    assert!(summary.record_idle > 0, "{summary}");
+    assert_eq!(
+        summary.recorded + summary.record_dropped + summary.record_idle,
+        summary.received,
+        "{summary}"
+    );
+    let file = &summary.segments[0];
+    ffmpeg_check(file).unwrap();
+
+    let recorded = tags(&mjpeg_stream(file).unwrap());
+    assert_eq!(recorded.len() as u64, summary.recorded, "{summary}");
+    let flagged: Vec<i64> = recorded
+        .iter()
+        .filter(|t| t.motion)
+        .map(|t| rel(t.capture_unix_us))
+        .collect();
+    let (first_flag, last_flag) = (flagged[0], *flagged.last().unwrap());
+    // Flagged: from the object's start until the hold after its end; not the lights.
+    let truth = |us: u64| us as i64;
+    assert!(
+        (first_flag - truth(MOVE.0)).abs() <= 500_000,
+        "first flagged frame at {first_flag} µs, motion from {}",
+        MOVE.0
+    );
+    let flag_end = truth(MOVE.1) + HOLD.as_micros() as i64;
+    assert!(
+        (last_flag - flag_end).abs() <= 500_000,
+        "last flagged frame at {last_flag} µs, motion until {} + hold",
+        MOVE.1
+    );
+    assert!(last_flag < truth(LIGHTS), "the lights flagged as motion");
+
+    // The recording: the pre-roll before the first flagged frame, the post-roll after the last.
+    let first = rel(recorded[0].capture_unix_us);
+    let last = rel(recorded.last().unwrap().capture_unix_us);
+    eprintln!(
+        "flagged {first_flag}..{last_flag} µs, recorded {first}..{last} µs ({} frames); {summary}",
+        recorded.len()
+    );
+    let (pre, post) = (PRE.as_micros() as i64, POST.as_micros() as i64);
+    let slot = FRAME_US as i64 + 2_000;
+    assert!(
+        (first - (first_flag - pre)).abs() <= slot,
+        "recording starts at {first} µs, first flagged {first_flag} µs, pre-roll {pre} µs"
+    );
+    assert!(
+        (last - (last_flag + post)).abs() <= slot,
+        "recording ends at {last} µs, last flagged {last_flag} µs, post-roll {post} µs"
+    );
+    // Every frame between: all of them when none was lost on the way (loopback, but a loaded
+    // machine may still drop a datagram).
+    let span = (last - first) / FRAME_US as i64 + 1;
+    let n = recorded.len() as i64;
+    if summary.lost == 0 {
+        assert_eq!(n, span, "{first}..{last}: {summary}");
+    } else {
+        assert!(
+            n <= span && n >= span * 95 / 100,
+            "{n} of {span}: {summary}"
+        );
+    }
+    // ffprobe: it plays for as long as it covers, at capture speed.
+    let p = probe(file).unwrap();
+    let covers = (last - first) as f64 / 1e6 + 1.0 / FPS as f64;
+    assert!(
+        (p.duration_s - covers).abs() <= 1.0 / FPS as f64 + 0.01,
+        "plays {} s, covers {covers} s",
+        p.duration_s
+    );
+    if summary.lost == 0 {
+        assert_eq!(p.frames, recorded.len() as u64);
+    }
+}
