@@ -27,6 +27,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// After this long without a frame, the viewer says so (once per silence).
 const QUIET_WARNING: Duration = Duration::from_secs(5);
 
+/// Until the first frame arrives, `hello` is sent again this often (a lost `hello` costs this).
+const HELLO_EVERY: Duration = Duration::from_millis(100);
+
 /// What to connect to and when to stop.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -137,6 +140,16 @@ pub async fn run(
         None
     };
 
+    // A server with session keys sends nothing before our `hello` from this socket, to the
+    // session's UDP port on the address we registered with.
+    let key = params.key;
+    let hello_to = params
+        .udp_port
+        .filter(|_| key.is_some())
+        .map(|port| SocketAddr::new(cfg.server.ip(), port));
+    let hello = Ack::Hello.encode_keyed(key);
+    let mut next_hello = Instant::now();
+
     let mut stats = StreamStats::new();
     let mut motion_frames = 0u64;
     let mut in_motion = false;
@@ -153,9 +166,19 @@ pub async fn run(
         if cfg.max_frames.is_some_and(|n| stats.received >= n) {
             break "frame limit".to_string();
         }
+        let hello_due = hello_to.filter(|_| server_udp.is_none());
         tokio::select! {
             biased;
             () = stop.cancelled() => break "stopped".to_string(),
+            () = sleep_until(next_hello), if hello_due.is_some() => {
+                if let Some(to) = hello_due {
+                    if let Err(e) = udp.send_to(&hello, to).await {
+                        tracing::debug!(error = %e, "hello not sent");
+                    }
+                }
+                next_hello = Instant::now() + HELLO_EVERY;
+                continue;
+            }
             () = pipe_closed.cancelled() => break "pipe closed".to_string(),
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break "time limit".to_string(),
             res = tcp.read(&mut tcp_buf) => match res {
@@ -170,8 +193,10 @@ pub async fn run(
                         continue;
                     }
                 };
-                // Frames come from the server's IP, from one port (its session socket).
-                if from.ip() != cfg.server.ip() || server_udp.is_some_and(|s| s != from) || n > MAX_UDP_PAYLOAD_BYTES {
+                // Frames come from the server's IP, from one port: the session's (told in the OK
+                // line, or the first frame's).
+                let expected = hello_to.or(server_udp);
+                if from.ip() != cfg.server.ip() || expected.is_some_and(|s| s != from) || n > MAX_UDP_PAYLOAD_BYTES {
                     stats.ignored += 1;
                     continue;
                 }
@@ -181,7 +206,7 @@ pub async fn run(
                     continue;
                 };
                 server_udp = Some(from);
-                if udp.try_send_to(&Ack::Continue(Some(tag.seq)).encode(), from).is_err() {
+                if udp.try_send_to(&Ack::Continue(Some(tag.seq)).encode_keyed(key), from).is_err() {
                     tracing::debug!("ack not sent (socket busy); the next one covers it");
                 }
                 stats.on_frame(tag.seq, tag.capture_unix_us, unix_micros_now());
@@ -222,8 +247,8 @@ pub async fn run(
 
     // Tell the server at once, rather than letting it time out. A lost `end` is covered by the
     // TCP connection closing right after.
-    if let Some(addr) = server_udp {
-        let _ = udp.send_to(&Ack::End.encode(), addr).await;
+    if let Some(addr) = server_udp.or(hello_to) {
+        let _ = udp.send_to(&Ack::End.encode_keyed(key), addr).await;
     }
     let _ = tcp.shutdown().await;
     drop(tcp);

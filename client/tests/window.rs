@@ -165,6 +165,9 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
             height: 240,
             fps: 30,
             max_datagram_bytes: 65_000,
+            // A server without session keys: frames without waiting for a `hello`.
+            key: None,
+            udp_port: None,
         };
         tcp.write_all(&Reply::Accepted(params).encode()).unwrap();
 

@@ -106,6 +106,9 @@ pub struct Stats {
     pub bad_acks: AtomicU64,
     /// Datagrams from any address other than the session's viewer: ignored.
     pub foreign_datagrams: AtomicU64,
+    /// Acks from a SURV/1 viewer's address without its session key, or with another: not the
+    /// viewer's (a forged `end`, say); ignored.
+    pub keyless_acks: AtomicU64,
     pub send_errors: AtomicU64,
     /// Watchers refused for a missing or wrong access token (see [`auth`]).
     pub auth_failures: AtomicU64,
@@ -255,6 +258,7 @@ impl Server {
             acks = s.acks.load(Relaxed),
             bad_acks = s.bad_acks.load(Relaxed),
             foreign_datagrams = s.foreign_datagrams.load(Relaxed),
+            keyless_acks = s.keyless_acks.load(Relaxed),
             send_errors = s.send_errors.load(Relaxed),
             auth_failures = s.auth_failures.load(Relaxed),
             "final stats"

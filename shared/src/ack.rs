@@ -3,10 +3,20 @@
 //! ```text
 //! seed 003 form:  "continue"            one per frame received
 //!                 "end"                 the viewer leaves
-//! SURV/1 form:    "continue <seq>"      <seq>: decimal u64, the tag sequence number of the
-//!                                       newest frame received (acks are cumulative)
-//!                 "end"
+//! SURV/1 form:    "continue <seq> k=<key>"   <seq>: decimal u64, the tag sequence number of
+//!                                            the newest frame received (acks are cumulative)
+//!                 "end k=<key>"
+//!                 "hello k=<key>"            sent from the announced port right after the OK
+//!                                            line, until the first frame arrives: no frame
+//!                                            goes to a SURV/1 viewer before it
 //! ```
+//!
+//! `<key>` is the session key the server's `OK` line handed out (`key=`, 16 lowercase hex
+//! digits). A SURV/1 session's datagram without its key is not the viewer's and is ignored
+//! (counted as spoofed): a third party who can send from the viewer's address but never saw the
+//! TCP reply cannot end or steer the session, and a port that never asked gets no frames. The
+//! seed form carries no key and cannot (seed 003 sends exactly `continue` and `end`). A SURV/1
+//! viewer of a server that hands out no key sends the forms without ` k=…`.
 //!
 //! A trailing `\r`, `\n` or NUL is tolerated (some viewers send C strings). Anything else is
 //! [`AckError`]: the server counts it and ignores it.
@@ -24,6 +34,8 @@ pub enum Ack {
     Continue(Option<u64>),
     /// Stop streaming to this viewer now.
     End,
+    /// A SURV/1 viewer's first word from its announced port: frames may start.
+    Hello,
 }
 
 /// Why a datagram is not an ack.
@@ -31,13 +43,19 @@ pub enum Ack {
 pub enum AckError {
     #[error("ack of {0} bytes is over the {MAX_ACK_BYTES}-byte cap")]
     TooLong(usize),
-    #[error("not an ack (expected \"continue\", \"continue <seq>\" or \"end\")")]
+    #[error("not an ack (expected \"continue\", \"continue <seq>\", \"end\" or \"hello\", the last three with \" k=<key>\" for SURV/1)")]
     Unknown,
 }
 
 impl Ack {
-    /// Parses one datagram.
+    /// Parses one datagram, with or without a session key (see [`Ack::decode_keyed`] for the
+    /// key).
     pub fn decode(datagram: &[u8]) -> Result<Ack, AckError> {
+        Ack::decode_keyed(datagram).map(|(ack, _)| ack)
+    }
+
+    /// Parses one datagram: the ack, and the session key it carries, if any. `hello` needs a key.
+    pub fn decode_keyed(datagram: &[u8]) -> Result<(Ack, Option<u64>), AckError> {
         if datagram.len() > MAX_ACK_BYTES {
             return Err(AckError::TooLong(datagram.len()));
         }
@@ -45,27 +63,59 @@ impl Ack {
             .iter()
             .rposition(|b| !matches!(b, b'\r' | b'\n' | 0))
             .map_or(0, |i| i + 1);
-        let text = &datagram[..end];
-        match text {
-            b"continue" => Ok(Ack::Continue(None)),
-            b"end" => Ok(Ack::End),
+        let mut text = &datagram[..end];
+        let mut key = None;
+        if let Some(at) = text.windows(3).rposition(|w| w == b" k=") {
+            key = Some(parse_key(&text[at + 3..]).ok_or(AckError::Unknown)?);
+            text = &text[..at];
+        }
+        let ack = match text {
+            b"continue" => Ack::Continue(None),
+            b"end" => Ack::End,
+            b"hello" if key.is_some() => Ack::Hello,
             _ => {
                 let seq = text.strip_prefix(b"continue ").ok_or(AckError::Unknown)?;
                 parse_u64(seq)
                     .map(|s| Ack::Continue(Some(s)))
-                    .ok_or(AckError::Unknown)
+                    .ok_or(AckError::Unknown)?
             }
-        }
+        };
+        Ok((ack, key))
     }
 
-    /// Writes the ack as it goes on the wire.
+    /// Writes the ack as it goes on the wire, without a key (the seed form, or a server that
+    /// hands out none). [`Ack::Hello`] has no keyless form: it writes `hello`, which no server
+    /// takes.
     pub fn encode(&self) -> Vec<u8> {
-        match self {
+        self.encode_keyed(None)
+    }
+
+    /// Writes the ack with the session key, when there is one.
+    pub fn encode_keyed(&self, key: Option<u64>) -> Vec<u8> {
+        let mut out = match self {
             Ack::Continue(None) => b"continue".to_vec(),
             Ack::Continue(Some(seq)) => format!("continue {seq}").into_bytes(),
             Ack::End => b"end".to_vec(),
+            Ack::Hello => b"hello".to_vec(),
+        };
+        if let Some(key) = key {
+            out.extend_from_slice(format!(" k={}", format_key(key)).as_bytes());
         }
+        out
     }
+}
+
+/// A session key as it is written: 16 lowercase hex digits.
+pub fn format_key(key: u64) -> String {
+    format!("{key:016x}")
+}
+
+/// Exactly 16 hex digits (either case).
+pub(crate) fn parse_key(text: &[u8]) -> Option<u64> {
+    if text.len() != 16 || !text.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(text).ok()?, 16).ok()
 }
 
 /// Decimal digits only (no sign, no spaces), at most 20 of them, no overflow.
@@ -91,6 +141,40 @@ mod tests {
             Ack::End,
         ] {
             assert_eq!(Ack::decode(&ack.encode()), Ok(ack));
+        }
+        for ack in [
+            Ack::Continue(None),
+            Ack::Continue(Some(u64::MAX)),
+            Ack::End,
+            Ack::Hello,
+        ] {
+            for key in [0, 1, 0xdead_beef_0123_4567, u64::MAX] {
+                let wire = ack.encode_keyed(Some(key));
+                assert!(wire.len() <= MAX_ACK_BYTES, "{wire:?}");
+                assert_eq!(Ack::decode_keyed(&wire), Ok((ack, Some(key))));
+            }
+        }
+        assert_eq!(
+            Ack::decode_keyed(b"continue 7 k=00000000000000ff\n"),
+            Ok((Ack::Continue(Some(7)), Some(255)))
+        );
+        assert_eq!(Ack::decode_keyed(b"end"), Ok((Ack::End, None)));
+    }
+
+    #[test]
+    fn bad_keys_and_a_keyless_hello_are_rejected() {
+        for bad in [
+            &b"hello"[..],
+            b"hello k=",
+            b"hello k=123",
+            b"end k=0123456789abcdef0",
+            b"end k=0123456789abcdeg",
+            b"end k=+123456789abcdef",
+            b"continue 1 k=0123456789abcdef k=0123456789abcdef",
+            b"k=0123456789abcdef",
+            b"continue1 k=0123456789abcdef",
+        ] {
+            assert_eq!(Ack::decode_keyed(bad), Err(AckError::Unknown), "{bad:?}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! server → viewer, one line, then the connection stays open while streaming (accepted) or is
 //! closed (refused):
-//!     "OK SURV/1 session=12 width=640 height=480 fps=30 max_datagram=65000\n"
+//!     "OK SURV/1 session=12 width=640 height=480 fps=30 max_datagram=65000 key=9f86d081884c7d65 udp=40123\n"
 //!     "ERR SURV/1 server full (16 viewers)\n"
 //!
 //!      OK SURV/1  key=value words, space-separated, any order; unknown keys are ignored
@@ -11,6 +11,10 @@
 //!                 width height  pixels, 1..=16384 (MAX_STREAM_SIDE_PX)
 //!                 fps           1..=1000 (MAX_STREAM_FPS)
 //!                 max_datagram  bytes, 600..=65507 (MIN_DATAGRAM_BYTES..=MAX_UDP_PAYLOAD_BYTES)
+//!                 key           optional: 16 hex digits, the session key the viewer's acks carry
+//!                               (see [`crate::ack`]); absent from servers before it
+//!                 udp           optional, with key: the server's UDP port that frames come
+//!                               from and where `hello` goes, 1..=65535
 //!     ERR SURV/1  the rest of the line is a reason for the person running the viewer
 //! ```
 //!
@@ -26,7 +30,7 @@ use std::fmt::Write as _;
 
 use thiserror::Error;
 
-use crate::ack::parse_u64;
+use crate::ack::{format_key, parse_key, parse_u64};
 use crate::register::PROTOCOL_VERSION;
 use crate::{MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES};
 
@@ -53,6 +57,11 @@ pub struct StreamParams {
     pub height: u32,
     pub fps: u32,
     pub max_datagram_bytes: usize,
+    /// The session key: the viewer says `hello` with it and puts it in every ack.
+    pub key: Option<u64>,
+    /// The server's UDP port for this session (frames come from it; `hello` goes to it), on
+    /// the address the viewer registered with.
+    pub udp_port: Option<u16>,
 }
 
 /// The server's answer to a `SURV/1` registration.
@@ -110,11 +119,20 @@ impl Reply {
     /// line breaks so that it can never end the line early.
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Reply::Accepted(p) => format!(
-                "OK SURV/{PROTOCOL_VERSION} session={} width={} height={} fps={} max_datagram={}\n",
-                p.session_id, p.width, p.height, p.fps, p.max_datagram_bytes
-            )
-            .into_bytes(),
+            Reply::Accepted(p) => {
+                let mut line = format!(
+                    "OK SURV/{PROTOCOL_VERSION} session={} width={} height={} fps={} max_datagram={}",
+                    p.session_id, p.width, p.height, p.fps, p.max_datagram_bytes
+                );
+                if let Some(key) = p.key {
+                    let _ = write!(line, " key={}", format_key(key));
+                }
+                if let Some(port) = p.udp_port {
+                    let _ = write!(line, " udp={port}");
+                }
+                line.push('\n');
+                line.into_bytes()
+            }
             Reply::Refused(reason) => {
                 let head = format!("ERR SURV/{PROTOCOL_VERSION} ");
                 let room = MAX_REPLY_BYTES - head.len() - 1;
@@ -175,10 +193,37 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
         .strip_prefix(OK_HEAD)
         .ok_or_else(|| ReplyError::Garbage(excerpt(text)))?;
     let mut values = [None::<u64>; FIELDS.len()];
+    let mut session_key = None;
+    let mut udp_port = None;
     for word in params.split_ascii_whitespace() {
         let (key, value) = word
             .split_once('=')
             .ok_or_else(|| ReplyError::BadWord(excerpt(word)))?;
+        if key == "key" {
+            if session_key.is_some() {
+                return Err(ReplyError::Repeated("key"));
+            }
+            session_key = Some(
+                parse_key(value.as_bytes()).ok_or_else(|| ReplyError::BadWord(excerpt(word)))?,
+            );
+            continue;
+        }
+        if key == "udp" {
+            if udp_port.is_some() {
+                return Err(ReplyError::Repeated("udp"));
+            }
+            let port = parse_u64(value.as_bytes())
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p > 0)
+                .ok_or_else(|| ReplyError::OutOfRange {
+                    key: "udp",
+                    value: excerpt(value),
+                    min: 1,
+                    max: u64::from(u16::MAX),
+                })?;
+            udp_port = Some(port);
+            continue;
+        }
         let Some(i) = FIELDS.iter().position(|f| f.0 == key) else {
             continue; // a parameter from a later server
         };
@@ -205,6 +250,8 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
         height: narrow(2)?,
         fps: narrow(3)?,
         max_datagram_bytes: usize::try_from(field(4)?).unwrap_or(usize::MAX),
+        key: session_key,
+        udp_port,
     }))
 }
 

@@ -274,7 +274,35 @@ impl RawViewer {
                 Reply::Refused(r) => bail!("refused: {r}"),
             },
         };
-        Ok(RawViewer { tcp, udp, params })
+        let viewer = RawViewer { tcp, udp, params };
+        viewer.hello().await?;
+        Ok(viewer)
+    }
+
+    /// The session key from the `OK` line (SURV/1), which acks carry.
+    pub fn key(&self) -> Option<u64> {
+        self.params.as_ref().and_then(|p| p.key)
+    }
+
+    /// `ack` as this viewer sends it: with its session key, if it has one.
+    pub fn ack_bytes(&self, ack: Ack) -> Vec<u8> {
+        ack.encode_keyed(self.key())
+    }
+
+    /// SURV/1: `hello` with the key to the session's UDP port, which starts the frames. Sent
+    /// twice (loopback hardly loses one; a duplicate is harmless). Nothing for the seed form.
+    pub async fn hello(&self) -> anyhow::Result<()> {
+        let Some(p) = &self.params else {
+            return Ok(());
+        };
+        let (Some(_), Some(port)) = (p.key, p.udp_port) else {
+            return Ok(());
+        };
+        let to = SocketAddr::new(self.tcp.peer_addr()?.ip(), port);
+        for _ in 0..2 {
+            self.udp.send_to(&self.ack_bytes(Ack::Hello), to).await?;
+        }
+        Ok(())
     }
 
     /// Receives for `duration` (or `max_frames`), decoding each datagram with turbojpeg and
@@ -335,14 +363,15 @@ impl RawViewer {
                 AckStyle::Seed => Ack::Continue(None),
                 AckStyle::Seq => Ack::Continue(seq),
             };
-            self.udp.send_to(&ack.encode(), from).await?;
+            self.udp.send_to(&self.ack_bytes(ack), from).await?;
         }
         Ok(got)
     }
 
-    /// Sends `end` to where the frames came from, as seed 003 does on Esc.
+    /// Sends `end` to where the frames came from, as seed 003 does on Esc (with the session
+    /// key for SURV/1).
     pub async fn end(&self, to: SocketAddr) -> anyhow::Result<()> {
-        self.udp.send_to(b"end", to).await?;
+        self.udp.send_to(&self.ack_bytes(Ack::End), to).await?;
         Ok(())
     }
 }

@@ -159,7 +159,7 @@ async fn lossy_live_frames(seconds: u64) -> Vec<RecFrame> {
         let (len, from) = res.unwrap();
         let tag = FrameTag::decode(&buf[..len]).unwrap();
         v.udp
-            .send_to(&Ack::Continue(Some(tag.seq)).encode(), from)
+            .send_to(&v.ack_bytes(Ack::Continue(Some(tag.seq))), from)
             .await
             .unwrap();
         n += 1;
@@ -442,7 +442,7 @@ async fn live_frames(width: u32, height: u32, count: usize) -> Vec<RecFrame> {
         let (len, from) = res.unwrap();
         let tag = FrameTag::decode(&buf[..len]).unwrap();
         v.udp
-            .send_to(&Ack::Continue(Some(tag.seq)).encode(), from)
+            .send_to(&v.ack_bytes(Ack::Continue(Some(tag.seq))), from)
             .await
             .unwrap();
         frames.push(RecFrame {

@@ -79,7 +79,7 @@ async fn one_address_registered_twice_gets_two_independent_sessions() {
         let seq = FrameTag::decode(&buf[..n]).unwrap().seq;
         viewer
             .udp
-            .send_to(&Ack::Continue(Some(seq)).encode(), from)
+            .send_to(&viewer.ack_bytes(Ack::Continue(Some(seq))), from)
             .await
             .unwrap();
     }

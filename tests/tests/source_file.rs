@@ -96,7 +96,7 @@ async fn collect(v: &mut RawViewer, duration: Duration) -> Vec<Got> {
             None => Ack::Continue(None),
             Some(_) => Ack::Continue(tag.map(|t| t.seq)),
         };
-        v.udp.send_to(&ack.encode(), from).await.unwrap();
+        v.udp.send_to(&v.ack_bytes(ack), from).await.unwrap();
         if !first_time {
             continue;
         }

@@ -183,7 +183,7 @@ async fn receive(
             Form::Seed => Ack::Continue(None),
             Form::V1 => Ack::Continue(seq),
         };
-        v.udp.send_to(&ack.encode(), from).await?;
+        v.udp.send_to(&v.ack_bytes(ack), from).await?;
     }
 }
 

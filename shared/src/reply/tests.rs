@@ -12,6 +12,8 @@ fn params() -> StreamParams {
         height: 480,
         fps: 30,
         max_datagram_bytes: 65_000,
+        key: None,
+        udp_port: None,
     }
 }
 
@@ -27,6 +29,8 @@ fn round_trips() {
         height: 480,
         fps: 30,
         max_datagram_bytes: 1400,
+        key: None,
+        udp_port: None,
     };
     for reply in [
         Reply::Accepted(small),
@@ -253,6 +257,8 @@ fn ok_fields_at_the_ends_of_their_ranges_are_accepted() {
                 height: h,
                 fps,
                 max_datagram_bytes: max,
+                key: None,
+                udp_port: None,
             }))
         );
     }
@@ -325,4 +331,46 @@ fn no_input_panics() {
             assert!(used <= bytes.len() && bytes[used - 1] == b'\n', "{bytes:?}");
         }
     }
+}
+
+#[test]
+fn the_session_key_is_optional_hex_and_given_once() {
+    let line =
+        b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 key=00000000000000ff\n";
+    let (reply, _) = Reply::decode(line).unwrap();
+    assert!(matches!(reply, Reply::Accepted(p) if p.key == Some(255)));
+    for bad in [
+        &b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 key=ff\n"[..],
+        b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 key=zz00000000000000\n",
+        b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 key=\n",
+    ] {
+        assert!(
+            matches!(Reply::decode(bad), Err(ReplyError::BadWord(_))),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    let keyed = Reply::Accepted(StreamParams {
+        key: Some(0x9f86_d081_884c_7d65),
+        udp_port: Some(40123),
+        ..params()
+    });
+    let wire = keyed.encode();
+    assert!(
+        wire.ends_with(b" key=9f86d081884c7d65 udp=40123\n"),
+        "{wire:?}"
+    );
+    for bad in ["udp=0", "udp=65536", "udp=x"] {
+        let line = format!("OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 {bad}\n");
+        assert!(
+            matches!(
+                Reply::decode(line.as_bytes()),
+                Err(ReplyError::OutOfRange { key: "udp", .. })
+            ),
+            "{bad}"
+        );
+    }
+    assert_eq!(Reply::decode(&wire), Ok((keyed, wire.len())));
+    let twice = b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 key=00000000000000ff key=00000000000000ff\n";
+    assert_eq!(Reply::decode(twice), Err(ReplyError::Repeated("key")));
 }

@@ -13,7 +13,7 @@ use tokio::io::Interest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::data_path::{send_one, SharedSocket};
+use super::data_path::{confirm, send_one, SharedSocket};
 use super::link::Link;
 use crate::capture::SharedFrame;
 use crate::sys::{self, BatchReceiver, BatchSender};
@@ -89,11 +89,30 @@ fn on_datagram(
     let ack = if len > bytes.len() {
         Err(surv_proto::AckError::TooLong(len))
     } else {
-        Ack::decode(bytes)
+        Ack::decode_keyed(bytes)
     };
     let now = Instant::now();
     let mut st = link.state();
+    let ack = match ack {
+        // A SURV/1 session takes only acks with its key; the seed form's have none.
+        Ok((ack, key)) if key == st.key => Ok(ack),
+        Ok(_) => {
+            drop(st);
+            server.stats.keyless_acks.fetch_add(1, Relaxed);
+            tracing::trace!(viewer = %from, "ignored an ack without the session's key");
+            return false;
+        }
+        Err(e) => Err(e),
+    };
     match ack {
+        Ok(Ack::Hello) => {
+            st.last_heard = now;
+            if let Some(frame) = confirm(server, &link, &mut st) {
+                drop(st);
+                released.push((link, frame));
+            }
+            true
+        }
         Ok(Ack::End) => {
             st.ended = true;
             link.wake.notify_one();

@@ -307,7 +307,20 @@ async fn admit(
             return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
         }
     };
-    let link = match DataPath::attach(&server, local_ip, viewer, tracker, &shutdown) {
+    // SURV/1: a session key for its acks, and no frame before its `hello` (see surv_proto::ack).
+    let key = match reg.form {
+        Form::V1 => match session_key() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                drop(slot);
+                let reason = format!("server error: no random session key: {e}");
+                let cause = RefusalCause::ServerError;
+                return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
+            }
+        },
+        Form::Seed => None,
+    };
+    let link = match DataPath::attach(&server, local_ip, viewer, key, tracker, &shutdown) {
         Ok(link) => link,
         Err(e) => {
             drop(slot);
@@ -324,6 +337,8 @@ async fn admit(
             height: shape.height,
             fps: shape.fps,
             max_datagram_bytes: server.max_datagram_bytes,
+            key,
+            udp_port: link.socket.udp.local_addr().ok().map(|a| a.port()),
         });
         if !matches!(
             timeout(REPLY_TIMEOUT, tcp.write_all(&reply.encode())).await,
@@ -339,6 +354,13 @@ async fn admit(
     let session = Session { link, tcp };
     let (reason, tally) = session.run(&server, shutdown).instrument(span).await;
     member.leave(reason, &tally);
+}
+
+/// A random session key from the operating system's generator.
+fn session_key() -> Result<u64, getrandom::Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes)?;
+    Ok(u64::from_ne_bytes(bytes))
 }
 
 #[cfg(test)]

@@ -95,10 +95,13 @@ impl DataPath {
     }
 
     /// Joins a session to the data path: frames to `viewer` will leave from `local_ip`.
+    /// `key`: the session key its acks must carry; with one, no frame goes out before the
+    /// viewer's `hello`.
     pub(crate) fn attach(
         server: &Arc<Server>,
         local_ip: IpAddr,
         viewer: SocketAddr,
+        key: Option<u64>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> io::Result<Attached> {
@@ -114,6 +117,8 @@ impl DataPath {
                     last_heard: Instant::now(),
                     ended: false,
                     send_errors: 0,
+                    key,
+                    confirmed: key.is_none(),
                 }),
                 wake: Notify::new(),
             })
@@ -270,7 +275,9 @@ pub(crate) fn send_one(
 /// Offers `frame` to a session: taken now if its window is open (returned for sending),
 /// otherwise kept as the frame waiting there (replacing an older one, which is skipped).
 fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> bool {
-    if st.offered.is_some_and(|seq| frame.seq <= seq) {
+    if !st.confirmed || st.offered.is_some_and(|seq| frame.seq <= seq) {
+        // Before its `hello`, a viewer is sent nothing and misses nothing: its stream begins
+        // with the frame current at the `hello`.
         return false;
     }
     st.offered = Some(frame.seq);
@@ -285,6 +292,17 @@ fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> 
         }
         false
     }
+}
+
+/// The viewer said `hello` with its key: frames may go, starting with the current one,
+/// returned for sending (or left waiting on the window).
+pub(super) fn confirm(server: &Server, link: &Link, st: &mut LinkState) -> Option<SharedFrame> {
+    if st.confirmed {
+        return None;
+    }
+    st.confirmed = true;
+    let frame = server.frames.borrow().clone()?;
+    offer(link, st, &frame, Instant::now()).then_some(frame)
 }
 
 /// Sends the frame current at join, or leaves it waiting.

@@ -26,6 +26,11 @@ pub(crate) struct LinkState {
     /// The viewer said `end`.
     pub ended: bool,
     pub send_errors: u32,
+    /// The session key its acks must carry (SURV/1); `None` for the seed form, which has none.
+    pub key: Option<u64>,
+    /// Frames may go: the viewer said `hello` with its key from the announced port (SURV/1), or
+    /// from the start (the seed form).
+    pub confirmed: bool,
 }
 
 /// One session's end of the data path.

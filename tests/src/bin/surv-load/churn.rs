@@ -22,7 +22,7 @@ pub fn run(
     viewers: &mut Vec<Viewer>,
     secs: f64,
     rss_base_kib: u64,
-    udp_port: u16,
+    udp: &std::net::UdpSocket,
 ) -> anyhow::Result<()> {
     let pid = server.pid();
     let start = Instant::now();
@@ -65,7 +65,7 @@ pub fn run(
         // Give the `end`s a moment to go out before the TCP connections close.
         std::thread::sleep(Duration::from_millis(50));
         drop(leaving);
-        let (new, bad) = register_all(server.addr, &fresh, udp_port, args.seed_percent);
+        let (new, bad) = register_all(server.addr, &fresh, udp, args.seed_percent, &shared.keys);
         joined += new.len();
         failed += bad.len();
         viewers.extend(new);

@@ -165,5 +165,5 @@ fn main() -> anyhow::Result<()> {
     if args.gst_baseline {
         return gst::run(&args, &udp, udp_port);
     }
-    measure::run(&args, &udp, udp_port)
+    measure::run(&args, &udp)
 }

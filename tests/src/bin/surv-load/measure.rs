@@ -16,8 +16,8 @@ use crate::server::{log_field, ServerProc};
 use crate::viewers::{form_of, register_all};
 use crate::{churn, Args, WAIT_LIMIT};
 
-/// Runs the server with `args.viewers` viewers whose frames arrive on `udp` (port `udp_port`).
-pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
+/// Runs the server with `args.viewers` viewers whose frames arrive on `udp`.
+pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let server = ServerProc::start(args)?;
     let pid = server.pid();
     let camera = match (args.push, server.camera_to) {
@@ -52,7 +52,8 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
 
     let t_reg = Instant::now();
     let indices: Vec<usize> = (0..args.viewers).collect();
-    let (mut viewers, failed) = register_all(server.addr, &indices, udp_port, args.seed_percent);
+    let (mut viewers, failed) =
+        register_all(server.addr, &indices, udp, args.seed_percent, &shared.keys);
     let reg_secs = t_reg.elapsed().as_secs_f64();
     if !failed.is_empty() {
         eprintln!(
@@ -71,7 +72,7 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
             &mut viewers,
             churn_secs,
             rss_base_kib,
-            udp_port,
+            udp,
         );
         shared.stop.store(true, Relaxed);
         let _ = receiver.join();

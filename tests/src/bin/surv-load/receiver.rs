@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use surv_proto::{Form, FrameTag};
+use surv_proto::{Ack, Form, FrameTag};
 use surv_server::sys;
 
 use crate::mmsg;
@@ -38,6 +38,38 @@ pub struct Shared {
     pub bytes: AtomicU64,
     /// Baseline mode: untagged datagrams (GStreamer's) are counted while this is set.
     pub count_untagged: AtomicBool,
+    /// SURV/1 viewers' session keys, which their acks carry.
+    pub keys: SessionKeys,
+}
+
+/// Each SURV/1 viewer's session key from its `OK` line, by viewer index.
+pub struct SessionKeys {
+    known: Vec<AtomicBool>,
+    key: Vec<AtomicU64>,
+}
+
+impl Default for SessionKeys {
+    fn default() -> SessionKeys {
+        SessionKeys {
+            known: (0..MAX_VIEWER_INDEX)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            key: (0..MAX_VIEWER_INDEX).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl SessionKeys {
+    pub fn set(&self, index: usize, key: Option<u64>) {
+        self.key[index].store(key.unwrap_or(0), Relaxed);
+        self.known[index].store(key.is_some(), Relaxed);
+    }
+
+    pub fn get(&self, index: usize) -> Option<u64> {
+        self.known[index]
+            .load(Relaxed)
+            .then(|| self.key[index].load(Relaxed))
+    }
 }
 
 /// What the receiving thread found.
@@ -79,7 +111,11 @@ pub fn receive_loop(
     while !shared.stop.load(Relaxed) {
         while let Ok(index) = ends.try_recv() {
             if let Some(to) = senders.remove(&index) {
-                sb.push(b"end", to, viewer_ip(index));
+                sb.push(
+                    &Ack::End.encode_keyed(shared.keys.get(index)),
+                    to,
+                    viewer_ip(index),
+                );
             }
         }
         // Bounded so that `stop` is seen.
@@ -127,6 +163,9 @@ pub fn receive_loop(
                     Form::V1 => {
                         use std::fmt::Write as _;
                         let _ = write!(ack_text, "continue {}", tag.seq);
+                        if let Some(key) = shared.keys.get(index) {
+                            let _ = write!(ack_text, " k={key:016x}");
+                        }
                     }
                 }
                 sb.push(ack_text.as_bytes(), d.from, d.to);

@@ -2,11 +2,14 @@
 //! form, and registering many of them in batches, reading SURV/1 replies as surv-client does.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use surv_proto::{Form, Registration, Reply, ReplyError};
+use surv_proto::{Ack, Form, Registration, Reply, ReplyError};
+
+use crate::mmsg::SendBatch;
+use crate::receiver::SessionKeys;
 
 /// Viewer addresses are 127.2.(i / 250).(i % 250 + 1): this many fit.
 pub const MAX_VIEWER_INDEX: usize = 250 * 256;
@@ -38,16 +41,22 @@ pub struct Viewer {
     _tcp: TcpStream,
 }
 
-/// Registers viewers `indices` (in batches under the server's pending-registration limit).
-/// Returns the connections and the number refused or failed.
+/// Registers viewers `indices` (in batches under the server's pending-registration limit),
+/// their frames to arrive on `udp`. SURV/1 viewers' session keys go to `keys`, and each says
+/// `hello` from its own address (twice, a batch apart). Returns the connections and the
+/// registrations refused or failed.
 pub fn register_all(
     server: SocketAddrV4,
     indices: &[usize],
-    udp_port: u16,
+    udp: &UdpSocket,
     seed_percent: usize,
+    keys: &SessionKeys,
 ) -> (Vec<Viewer>, Vec<String>) {
+    let udp_port = udp.local_addr().map_or(0, |a| a.port());
     let mut ok = Vec::with_capacity(indices.len());
     let mut failed = Vec::new();
+    let mut hellos = SendBatch::default();
+    let mut again: Vec<(Vec<u8>, SocketAddrV4, Ipv4Addr)> = Vec::new();
     for batch in indices.chunks(REGISTER_BATCH) {
         let mut pending = Vec::with_capacity(batch.len());
         for &index in batch {
@@ -61,14 +70,33 @@ pub fn register_all(
             match form {
                 Form::Seed => ok.push(Viewer { index, _tcp: tcp }),
                 Form::V1 => match read_reply(&tcp) {
-                    Ok(Reply::Accepted(_)) => ok.push(Viewer { index, _tcp: tcp }),
+                    Ok(Reply::Accepted(p)) => {
+                        keys.set(index, p.key);
+                        if let (Some(key), Some(port)) = (p.key, p.udp_port) {
+                            let hello = Ack::Hello.encode_keyed(Some(key));
+                            let to = SocketAddrV4::new(*server.ip(), port);
+                            hellos.push(&hello, to, viewer_ip(index));
+                            again.push((hello, to, viewer_ip(index)));
+                        }
+                        ok.push(Viewer { index, _tcp: tcp });
+                    }
                     Ok(Reply::Refused(r)) => failed.push(format!("viewer {index}: refused: {r}")),
                     Err(e) => failed.push(format!("viewer {index}: {e:#}")),
                 },
             }
         }
+        if let Err(e) = hellos.flush(udp) {
+            failed.push(format!("hello not sent: {e}"));
+        }
         // Seed registrations end with a 50 ms pause: let this batch's settle before the next.
         std::thread::sleep(Duration::from_millis(80));
+        // Each hello once more, in case the first was dropped by a full socket buffer.
+        for (hello, to, from) in again.drain(..) {
+            hellos.push(&hello, to, from);
+        }
+        if let Err(e) = hellos.flush(udp) {
+            failed.push(format!("hello not sent: {e}"));
+        }
     }
     (ok, failed)
 }

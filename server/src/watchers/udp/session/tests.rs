@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use surv_proto::{Registration, Reply};
+use surv_proto::{Ack, Registration, Reply, StreamParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::time::{timeout, Instant};
@@ -99,8 +99,19 @@ impl Rig {
     }
 }
 
-/// Registers a SURV/1 viewer for `udp`; returns the TCP connection, its reply read.
-async fn register(addr: SocketAddr, udp: &UdpSocket) -> TcpStream {
+/// Registers a SURV/1 viewer for `udp` and says `hello`; returns the TCP connection (its reply
+/// read) and the session key.
+async fn register(addr: SocketAddr, udp: &UdpSocket) -> (TcpStream, Option<u64>) {
+    let (tcp, params) = register_quiet(addr, udp).await;
+    let to = SocketAddr::new(addr.ip(), params.udp_port.expect("udp= in the OK line"));
+    udp.send_to(&Ack::Hello.encode_keyed(params.key), to)
+        .await
+        .unwrap();
+    (tcp, params.key)
+}
+
+/// Registers without the `hello`.
+async fn register_quiet(addr: SocketAddr, udp: &UdpSocket) -> (TcpStream, StreamParams) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     let reg = Registration {
         form: surv_proto::Form::V1,
@@ -117,10 +128,10 @@ async fn register(addr: SocketAddr, udp: &UdpSocket) -> TcpStream {
         );
         line.push(byte[0]);
     }
-    let Ok((Reply::Accepted(_), _)) = Reply::decode(&line) else {
+    let Ok((Reply::Accepted(params), _)) = Reply::decode(&line) else {
         panic!("not accepted: {}", String::from_utf8_lossy(&line));
     };
-    tcp
+    (tcp, params)
 }
 
 fn config(viewer_timeout: Duration) -> Config {
@@ -135,7 +146,7 @@ async fn a_viewer_that_never_acks_gets_its_window_and_a_few_probes_then_times_ou
     let rig = start(config(Duration::from_secs(10))).await;
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let joined = Instant::now();
-    let _tcp = register(rig.addr, &udp).await;
+    let _session = register(rig.addr, &udp).await;
     let mut arrivals = Vec::new();
     let mut buf = vec![0u8; 70_000];
     // Every datagram for 12 s of virtual time, never answering.
@@ -171,7 +182,7 @@ async fn a_viewer_that_never_acks_gets_its_window_and_a_few_probes_then_times_ou
 async fn the_session_times_out_exactly_after_the_viewers_last_ack() {
     let rig = start(config(Duration::from_secs(3))).await;
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let _tcp = register(rig.addr, &udp).await;
+    let (_tcp, key) = register(rig.addr, &udp).await;
     let mut buf = vec![0u8; 70_000];
     // Ack every frame for 5 s, then go silent.
     let acking = Instant::now();
@@ -182,7 +193,7 @@ async fn the_session_times_out_exactly_after_the_viewers_last_ack() {
             .expect("frames keep coming while acked")
             .unwrap();
         let seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
-        udp.send_to(format!("continue {seq}").as_bytes(), from)
+        udp.send_to(&Ack::Continue(Some(seq)).encode_keyed(key), from)
             .await
             .unwrap();
         acked += 1;
@@ -203,18 +214,18 @@ async fn end_sent_just_after_closing_tcp_is_end_and_a_bare_close_is_closed_after
     let rig = start(config(Duration::from_secs(10))).await;
     // Viewer A closes its TCP connection and sends `end` 20 ms later, within END_GRACE.
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let tcp = register(rig.addr, &a).await;
+    let (tcp, key) = register(rig.addr, &a).await;
     let mut buf = vec![0u8; 70_000];
     let (_, from) = a.recv_from(&mut buf).await.unwrap();
     drop(tcp);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    a.send_to(b"end", from).await.unwrap();
+    a.send_to(&Ack::End.encode_keyed(key), from).await.unwrap();
     let (leave, _) = rig.leave().await;
     assert!(leave.contains("reason=end"), "{leave}");
 
     // Viewer B only closes: `closed`, once END_GRACE has passed.
     let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let tcp = register(rig.addr, &b).await;
+    let (tcp, _) = register(rig.addr, &b).await;
     b.recv_from(&mut buf).await.unwrap();
     let closed_at = Instant::now();
     drop(tcp);
@@ -241,7 +252,7 @@ async fn end_sent_just_after_closing_tcp_is_end_and_a_bare_close_is_closed_after
 }
 
 /// Receives for `secs` of virtual time, acking every frame when `ack`; returns how many came.
-async fn watch(udp: UdpSocket, secs: u64, ack: bool) -> u64 {
+async fn watch(udp: UdpSocket, key: Option<u64>, secs: u64, ack: bool) -> u64 {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut buf = vec![0u8; 70_000];
     let mut got = 0;
@@ -249,7 +260,7 @@ async fn watch(udp: UdpSocket, secs: u64, ack: bool) -> u64 {
         got += 1;
         if ack {
             let seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
-            udp.send_to(format!("continue {seq}").as_bytes(), from)
+            udp.send_to(&Ack::Continue(Some(seq)).encode_keyed(key), from)
                 .await
                 .unwrap();
         }
@@ -264,8 +275,9 @@ async fn the_fan_out_sends_every_frame_to_viewers_that_ack_whatever_a_silent_one
     let mut viewers = Vec::new();
     for ack in [true, true, false] {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        tcps.push(register(rig.addr, &udp).await);
-        viewers.push(tokio::spawn(watch(udp, 3, ack)));
+        let (tcp, key) = register(rig.addr, &udp).await;
+        tcps.push(tcp);
+        viewers.push(tokio::spawn(watch(udp, key, 3, ack)));
     }
     let mut got = Vec::new();
     for v in viewers {
@@ -281,5 +293,82 @@ async fn the_fan_out_sends_every_frame_to_viewers_that_ack_whatever_a_silent_one
         got.iter().sum::<u64>(),
         "every datagram sent was received on loopback"
     );
+    rig.shutdown.cancel();
+}
+
+/// Defect 8: a port that never says `hello` gets nothing (a registration cannot aim frames at
+/// a port that did not ask), and the session times out.
+#[tokio::test(start_paused = true)]
+async fn no_frame_goes_to_a_surv1_viewer_before_its_hello() {
+    let rig = start(config(Duration::from_secs(3))).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_tcp, params) = register_quiet(rig.addr, &udp).await;
+    let mut buf = vec![0u8; 70_000];
+    // A hello without the key, or with another, opens nothing.
+    let to = SocketAddr::new(rig.addr.ip(), params.udp_port.unwrap());
+    let wrong = params.key.map(|k| k ^ 1);
+    for hello in [b"hello".to_vec(), Ack::Hello.encode_keyed(wrong)] {
+        udp.send_to(&hello, to).await.unwrap();
+    }
+    let got = timeout(Duration::from_secs(5), udp.recv_from(&mut buf)).await;
+    assert!(got.is_err(), "a frame came before the hello");
+    let (leave, _) = rig.leave().await;
+    assert!(
+        leave.contains("reason=timeout") && leave.contains("frames_sent=0"),
+        "{leave}"
+    );
+    assert_eq!(rig.server.data.attached(), 0);
+    assert_eq!(
+        rig.server
+            .stats
+            .keyless_acks
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the wrong key counted (bare `hello` is not an ack at all)"
+    );
+}
+
+/// Defect 9: `end` forged from the viewer's own address, without the session key, does not end
+/// the session; the viewer's own keyed `end` does.
+#[tokio::test(start_paused = true)]
+async fn a_forged_end_from_the_viewers_own_address_is_ignored() {
+    let rig = start(config(Duration::from_secs(10))).await;
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_tcp, key) = register(rig.addr, &udp).await;
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+    let mut seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
+    // The forger shares the viewer's address (the same socket here): no key, or a wrong one.
+    let forged = [
+        b"end".to_vec(),
+        Ack::End.encode_keyed(key.map(|k| k.wrapping_add(1))),
+    ];
+    for f in &forged {
+        udp.send_to(f, from).await.unwrap();
+    }
+    // Frames keep coming while the viewer acks.
+    for _ in 0..30 {
+        udp.send_to(&Ack::Continue(Some(seq)).encode_keyed(key), from)
+            .await
+            .unwrap();
+        let (n, _) = timeout(Duration::from_secs(1), udp.recv_from(&mut buf))
+            .await
+            .expect("the stream goes on after a forged end")
+            .unwrap();
+        seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
+    }
+    assert!(rig.journal().iter().all(|l| !l.contains(" LEAVE ")));
+    assert_eq!(
+        rig.server
+            .stats
+            .keyless_acks
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    udp.send_to(&Ack::End.encode_keyed(key), from)
+        .await
+        .unwrap();
+    let (leave, _) = rig.leave().await;
+    assert!(leave.contains("reason=end"), "{leave}");
     rig.shutdown.cancel();
 }
