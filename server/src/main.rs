@@ -170,8 +170,9 @@ struct Args {
     /// joins, leaves, source lost/back, motion), PREFIX/motion (ON/OFF, retained) and
     /// PREFIX/stats (JSON). The server starts and streams whether or not the broker is up;
     /// events wait for it in a bounded queue. The password shows in the process list.
-    #[arg(long, value_name = "URL", value_parser = BrokerUrl::parse)]
-    mqtt: Option<BrokerUrl>,
+    // Parsed after clap, whose error would echo the value, password and all.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
     /// MQTT topic prefix. Default: surv/NAME (see --name).
     #[arg(long, value_name = "PREFIX")]
     mqtt_topic: Option<String>,
@@ -298,8 +299,9 @@ fn run() -> anyhow::Result<()> {
     let name = args.name.clone().unwrap_or_else(mqtt::default_name);
     mqtt::check_topic(&name, true).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let mqtt_config = match &args.mqtt {
-        Some(broker) => {
-            let mut c = MqttConfig::new(broker.clone(), &name);
+        Some(url) => {
+            let broker = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--mqtt {e}"))?;
+            let mut c = MqttConfig::new(broker, &name);
             if let Some(prefix) = &args.mqtt_topic {
                 mqtt::check_topic(prefix, false)
                     .map_err(|e| anyhow::anyhow!("--mqtt-topic: {e}"))?;

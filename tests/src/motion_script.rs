@@ -83,4 +83,3 @@ impl Source for Script {
         })
     }
 }
-

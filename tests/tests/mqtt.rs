@@ -4,227 +4,31 @@
 //! stats at the configured interval, motion events and the `motion` state; and that a broker
 //! stopped mid-stream, or never there, costs watchers nothing.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+#[path = "mqtt/broker.rs"]
+mod broker;
+#[path = "mqtt/server_proc.rs"]
+mod server_proc;
+
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
 use surv_proto::Form;
 use surv_server::motion::watch::{run as watch_motion, MotionState};
 use surv_server::motion::MotionConfig;
 use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
 use surv_tests::motion_script::{Script, END, H, MOVE, W};
 use surv_tests::{
-    client_config, output_within, start_server, start_server_with, AckStyle, RawViewer, Reaper,
-    ServerOpts, IO_TIMEOUT,
+    client_config, output_within, start_server, start_server_with, AckStyle, RawViewer, ServerOpts,
+    IO_TIMEOUT,
 };
-use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-/// The longest any one message is waited for.
-const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// mosquitto on 127.0.0.1, anonymous, with persistence so that a subscriber's session (and
-/// the messages queued for it) outlive a stop and restart.
-struct Broker {
-    port: u16,
-    dir: tempfile::TempDir,
-    proc: Option<Reaper>,
-}
-
-impl Broker {
-    async fn start() -> anyhow::Result<Broker> {
-        let mut b = Broker {
-            port: free_port(),
-            dir: tempfile::tempdir()?,
-            proc: None,
-        };
-        b.restart().await?;
-        Ok(b)
-    }
-
-    fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (again) on its port and waits until it listens.
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
-                self.port,
-                self.dir.path().display()
-            ),
-        )?;
-        let log = std::fs::File::create(self.dir.path().join("mosquitto.log"))?;
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {MOSQUITTO} (Debian package mosquitto)"))?;
-        let mut reaper = Reaper(child);
-        let until = Instant::now() + IO_TIMEOUT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > until || reaper.0.try_wait()?.is_some() {
-                let log = std::fs::read_to_string(self.dir.path().join("mosquitto.log"));
-                bail!("mosquitto is not listening on {}: {log:?}", self.port);
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-        self.proc = Some(reaper);
-        Ok(())
-    }
-
-    /// Stops it as `kill` does (SIGTERM: it saves its sessions), SIGKILL after 5 s.
-    async fn stop(&mut self) -> anyhow::Result<()> {
-        let Some(mut reaper) = self.proc.take() else {
-            return Ok(());
-        };
-        terminate(&reaper.0);
-        let until = Instant::now() + Duration::from_secs(5);
-        while reaper.0.try_wait()?.is_none() && Instant::now() < until {
-            sleep(Duration::from_millis(20)).await;
-        }
-        drop(reaper);
-        Ok(())
-    }
-}
-
-fn terminate(child: &Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-}
-
-/// A message as the subscriber got it.
-#[derive(Debug, Clone)]
-struct Msg {
-    topic: String,
-    payload: String,
-    retain: bool,
-    at: Instant,
-}
-
-/// A rumqttc subscriber to `filter` with a session the broker keeps (QoS 1): it reconnects on
-/// its own and misses nothing published while the broker was stopped and restarted.
-struct Sub {
-    rx: mpsc::UnboundedReceiver<Msg>,
-    subacks: watch::Receiver<u32>,
-    task: tokio::task::JoinHandle<()>,
-    /// Every message read so far, in order.
-    seen: Vec<Msg>,
-}
-
-impl Sub {
-    async fn start(port: u16, filter: &str, id: &str) -> anyhow::Result<Sub> {
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options
-            .set_clean_session(false)
-            .set_max_packet_size(256 * 1024, 256 * 1024);
-        let (client, mut eventloop) = AsyncClient::new(options, 16);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (acks_tx, subacks) = watch::channel(0u32);
-        let filter = filter.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.try_subscribe(&filter, QoS::AtLeastOnce);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        acks_tx.send_modify(|n| *n += 1);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let msg = Msg {
-                            topic: p.topic.clone(),
-                            payload: String::from_utf8_lossy(&p.payload).into_owned(),
-                            retain: p.retain,
-                            at: Instant::now(),
-                        };
-                        if tx.send(msg).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        let mut sub = Sub {
-            rx,
-            subacks,
-            task,
-            seen: Vec::new(),
-        };
-        sub.subscribed(1).await?;
-        Ok(sub)
-    }
-
-    /// Waits until the broker has confirmed `n` subscriptions (one per connection).
-    async fn subscribed(&mut self, n: u32) -> anyhow::Result<()> {
-        timeout(WAIT, self.subacks.wait_for(|&k| k >= n))
-            .await
-            .context("the subscriber was not subscribed in time")??;
-        Ok(())
-    }
-
-    /// The next message (from now) that `pred` accepts, waiting at most `limit`.
-    async fn next(&mut self, what: &str, limit: Duration, pred: impl Fn(&Msg) -> bool) -> anyhow::Result<Msg> {
-        let until = Instant::now() + limit;
-        loop {
-            let msg = match tokio::time::timeout_at(until, self.rx.recv()).await {
-                Ok(Some(m)) => m,
-                _ => bail!("no {what} within {limit:?}; read so far: {:#?}", self.seen),
-            };
-            self.seen.push(msg.clone());
-            if pred(&msg) {
-                return Ok(msg);
-            }
-        }
-    }
-
-    /// The next `PREFIX/events` message of `type`, as JSON.
-    async fn event(&mut self, prefix: &str, kind: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-        let topic = format!("{prefix}/events");
-        let msg = self
-            .next(&format!("{kind} event"), WAIT, |m| {
-                m.topic == topic && json(&m.payload).is_some_and(|v| v["type"] == kind && pred(&v))
-            })
-            .await?;
-        Ok(json(&msg.payload).unwrap_or_default())
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn json(text: &str) -> Option<Value> {
-    serde_json::from_str(text).ok()
-}
+use broker::{free_port, json, terminate, Broker, Sub, WAIT};
+use server_proc::{server_exe, ServerProc};
 
 fn config(broker: &Broker, prefix: &str) -> MqttConfig {
     let mut c = MqttConfig::new(BrokerUrl::parse(&broker.url()).unwrap(), "test");
@@ -254,11 +58,7 @@ async fn joins_leaves_and_stats_reach_the_broker_as_documented() -> anyhow::Resu
     assert_eq!(online.payload, "online");
 
     // A real viewer watches for 1.5 s and ends.
-    let viewer = surv_client::run(
-        client_config(srv.addr, 1.5),
-        None,
-        CancellationToken::new(),
-    );
+    let viewer = surv_client::run(client_config(srv.addr, 1.5), None, CancellationToken::new());
     let report = timeout(IO_TIMEOUT + Duration::from_secs(2), viewer).await??;
     let join = sub.event(prefix, "join", |_| true).await?;
     let leave = sub.event(prefix, "leave", |_| true).await?;
@@ -267,28 +67,42 @@ async fn joins_leaves_and_stats_reach_the_broker_as_documented() -> anyhow::Resu
     assert_eq!(join["kind"], "surv1", "{join}");
     assert_eq!(join["address"], address, "{join}");
     assert_eq!(join["session"], leave["session"]);
-    assert!(join["at_us"].as_u64().is_some() && join["at"].is_string(), "{join}");
+    assert!(
+        join["at_us"].as_u64().is_some() && join["at"].is_string(),
+        "{join}"
+    );
     assert_eq!(leave["kind"], "surv1");
     assert_eq!(leave["address"], address);
     assert_eq!(leave["reason"], "end", "{leave}");
     let frames = leave["frames"].as_u64().context("frames")?;
     assert_eq!(frames.to_string(), field(&journal_leave, "frames_sent"));
-    assert!(frames >= report.received && report.received > 20, "{leave} vs {report}");
+    assert!(
+        frames >= report.received && report.received > 20,
+        "{leave} vs {report}"
+    );
     assert!(leave["frames_skipped"].is_u64() && leave["duration_s"].as_f64() > Some(1.0));
 
     // Stats every second (--mqtt-stats-secs 1), with what /status shows.
     let mut stats = Vec::new();
     for _ in 0..3 {
         let m = sub
-            .next("stats", Duration::from_secs(5), |m| m.topic == "surv/a/stats")
+            .next("stats", Duration::from_secs(5), |m| {
+                m.topic == "surv/a/stats"
+            })
             .await?;
         stats.push((m.at, json(&m.payload).context("stats JSON")?));
     }
     for pair in stats.windows(2) {
         let gap_us = pair[1].1["at_us"].as_u64().unwrap() - pair[0].1["at_us"].as_u64().unwrap();
-        assert!((700_000..=1_600_000).contains(&gap_us), "stats {gap_us} µs apart");
+        assert!(
+            (700_000..=1_600_000).contains(&gap_us),
+            "stats {gap_us} µs apart"
+        );
         let arrived = pair[1].0 - pair[0].0;
-        assert!(arrived < Duration::from_secs(2), "stats arrived {arrived:?} apart");
+        assert!(
+            arrived < Duration::from_secs(2),
+            "stats arrived {arrived:?} apart"
+        );
     }
     let s = &stats[2].1;
     assert_eq!(s["source"]["state"], "live", "{s}");
@@ -309,7 +123,6 @@ async fn joins_leaves_and_stats_reach_the_broker_as_documented() -> anyhow::Resu
         .await?;
     assert_eq!(offline.payload, "offline");
     let m = &srv.server.mqtt;
-    use std::sync::atomic::Ordering::Relaxed;
     assert!(m.published.load(Relaxed) >= 6);
     assert_eq!(m.dropped.load(Relaxed), 0);
     Ok(())
@@ -320,7 +133,7 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
     let broker = Broker::start().await?;
     let prefix = "surv/b";
     let mut sub = Sub::start(broker.port, "surv/b/#", "sub-b").await?;
-    let t0 = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t0 = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let srv = start_server_with(
         ServerOpts::sized(W as u32, H as u32),
         Box::new(Script { t0_us: t0.clone() }),
@@ -338,28 +151,36 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
         cfg,
         srv.server.capture.clone(),
         srv.server.journal.clone(),
-        std::sync::Arc::new(MotionState::default()),
+        Arc::new(MotionState::default()),
         srv.shutdown.clone(),
     ));
     let start = sub.event(prefix, "motion_start", |_| true).await?;
     let end = sub.event(prefix, "motion_end", |_| true).await?;
     // Until the script is over: the lights must not start a second event.
-    sleep(Duration::from_micros(END + 500_000).saturating_sub(Duration::from_micros(
-        surv_proto::unix_micros_now().saturating_sub(t0.load(std::sync::atomic::Ordering::Relaxed)),
-    )))
+    sleep(
+        Duration::from_micros(END + 500_000).saturating_sub(Duration::from_micros(
+            surv_proto::unix_micros_now().saturating_sub(t0.load(Relaxed)),
+        )),
+    )
     .await;
     stop.cancel();
     timeout(IO_TIMEOUT, task).await??;
     srv.stop().await?;
     motion.await?;
-    while let Ok(m) = sub.next("the rest", Duration::from_millis(300), |_| false).await {
+    while let Ok(m) = sub
+        .next("the rest", Duration::from_millis(300), |_| false)
+        .await
+    {
         drop(m);
     }
 
-    let t0 = t0.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = t0.load(Relaxed);
     let start_us = start["at_us"].as_u64().context("at_us")? - t0;
     let end_us = end["end_us"].as_u64().context("end_us")? - t0;
-    assert!(start_us.abs_diff(MOVE.0) <= 500_000, "start {start_us} µs: {start}");
+    assert!(
+        start_us.abs_diff(MOVE.0) <= 500_000,
+        "start {start_us} µs: {start}"
+    );
     assert!(end_us.abs_diff(MOVE.1) <= 500_000, "end {end_us} µs: {end}");
     assert_eq!(end["start_us"], start["at_us"]);
     for e in [&start, &end] {
@@ -369,7 +190,10 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
         assert!(x + w <= 1.0001 && y + h <= 1.0001, "{e}");
     }
     assert!(start["score"].as_f64() > Some(0.0));
-    assert!(end["peak"].as_f64() >= start["score"].as_f64(), "{start} {end}");
+    assert!(
+        end["peak"].as_f64() >= start["score"].as_f64(),
+        "{start} {end}"
+    );
     assert!(chrono::DateTime::parse_from_rfc3339(end["end"].as_str().unwrap_or("")).is_ok());
     let starts = sub
         .seen
@@ -389,83 +213,6 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
     Ok(())
 }
 
-/// The surv-server binary, built (if it is not up to date) beside this test's own binary.
-fn server_exe() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let me = std::env::current_exe().map_err(|e| e.to_string())?;
-            // target/<profile>/deps/mqtt-HASH → target/<profile>/surv-server
-            let dir = me
-                .parent()
-                .and_then(|d| d.parent())
-                .ok_or("no folder for this test binary")?;
-            let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo.args(["build", "--quiet", "-p", "surv-server", "--bin", "surv-server"]);
-            if dir.ends_with("release") {
-                cargo.arg("--release");
-            }
-            let out = output_within(&mut cargo, Duration::from_secs(900)).map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "building surv-server: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            Ok(dir.join("surv-server"))
-        })
-        .clone()
-        .map_err(anyhow::Error::msg)
-}
-
-/// The real server with the test pattern on loopback, its stderr in a file.
-struct ServerProc {
-    child: Reaper,
-    addr: SocketAddr,
-    stderr: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ServerProc {
-    async fn start(extra: &[&str]) -> anyhow::Result<ServerProc> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let stderr = dir.path().join("stderr.log");
-        let child = Command::new(server_exe()?)
-            .args(["--source", "test", "--size", "160x120", "--bind", "127.0.0.1"])
-            .args(["--port", &port.to_string(), "--http-port", "0", "--motion", "off"])
-            .arg("--log-dir")
-            .arg(dir.path().join("logs"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr)?)
-            .spawn()?;
-        let proc = ServerProc {
-            child: Reaper(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            stderr,
-            _dir: dir,
-        };
-        proc.wait_log("surv-server ready").await?;
-        Ok(proc)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    async fn wait_log(&self, what: &str) -> anyhow::Result<()> {
-        let until = Instant::now() + WAIT;
-        while !self.log().contains(what) {
-            if Instant::now() > until {
-                bail!("no {what:?} from the server; its log:\n{}", self.log());
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_killed_server_is_announced_offline_by_its_last_will() -> anyhow::Result<()> {
     let broker = Broker::start().await?;
@@ -479,11 +226,17 @@ async fn a_killed_server_is_announced_offline_by_its_last_will() -> anyhow::Resu
     let killed = Instant::now();
     server.child.0.wait()?;
     let offline = sub
-        .next("available offline", WAIT, |m| m.topic == "surv/killed/available")
+        .next("available offline", WAIT, |m| {
+            m.topic == "surv/killed/available"
+        })
         .await?;
     assert_eq!(offline.payload, "offline");
     // The socket closed with the process: the broker did not wait for the keep-alive (10 s).
-    assert!(offline.at - killed < Duration::from_secs(3), "{:?}", offline.at - killed);
+    assert!(
+        offline.at - killed < Duration::from_secs(3),
+        "{:?}",
+        offline.at - killed
+    );
     // Retained: whoever subscribes later reads `offline` at once.
     let mut late = Sub::start(broker.port, "surv/killed/available", "sub-c-late").await?;
     let m = late.next("retained available", WAIT, |_| true).await?;
@@ -492,10 +245,12 @@ async fn a_killed_server_is_announced_offline_by_its_last_will() -> anyhow::Resu
 }
 
 #[tokio::test]
-async fn without_a_broker_the_server_warns_serves_and_connects_when_one_comes() -> anyhow::Result<()> {
+async fn without_a_broker_the_server_warns_serves_and_connects_when_one_comes() -> anyhow::Result<()>
+{
     let port = free_port(); // nothing listens there yet
     let url = format!("mqtt://cam:s3cret-pw@127.0.0.1:{port}");
-    let server = ServerProc::start(&["--mqtt", &url, "--name", "late", "--mqtt-stats-secs", "1"]).await?;
+    let server =
+        ServerProc::start(&["--mqtt", &url, "--name", "late", "--mqtt-stats-secs", "1"]).await?;
     server.wait_log("MQTT: cannot reach the broker").await?;
     let mut viewer = RawViewer::register(server.addr, Form::V1).await?;
     let got = viewer
@@ -515,7 +270,8 @@ async fn without_a_broker_the_server_warns_serves_and_connects_when_one_comes() 
         .next("available", WAIT, |m| m.topic == "surv/late/available")
         .await?;
     assert_eq!(online.payload, "online");
-    sub.next("stats", WAIT, |m| m.topic == "surv/late/stats").await?;
+    sub.next("stats", WAIT, |m| m.topic == "surv/late/stats")
+        .await?;
 
     // SIGTERM: a clean stop, `offline` said, nothing hangs.
     terminate(&server.child.0);
@@ -532,17 +288,23 @@ async fn without_a_broker_the_server_warns_serves_and_connects_when_one_comes() 
     };
     assert!(status.success(), "{status}");
     let offline = sub
-        .next("available offline", WAIT, |m| m.topic == "surv/late/available")
+        .next("available offline", WAIT, |m| {
+            m.topic == "surv/late/available"
+        })
         .await?;
     assert_eq!(offline.payload, "offline");
     let log = std::fs::read_to_string(&server.stderr)?;
-    assert!(!log.contains("s3cret-pw"), "the password was logged:\n{log}");
+    assert!(
+        !log.contains("s3cret-pw"),
+        "the password was logged:\n{log}"
+    );
     assert!(log.contains("cam:***@127.0.0.1"), "{log}");
     Ok(())
 }
 
 #[tokio::test]
-async fn a_broker_stopped_mid_stream_costs_watchers_nothing_and_events_resume() -> anyhow::Result<()> {
+async fn a_broker_stopped_mid_stream_costs_watchers_nothing_and_events_resume() -> anyhow::Result<()>
+{
     const FPS: u32 = 30;
     const OUTAGE: Duration = Duration::from_secs(5);
     let mut broker = Broker::start().await?;
@@ -572,13 +334,15 @@ async fn a_broker_stopped_mid_stream_costs_watchers_nothing_and_events_resume() 
         let got = side
             .receive(Duration::from_secs(1), u64::MAX, AckStyle::Seq, 0)
             .await?;
-        side.end(got.from.context("the side viewer got no frame")?).await?;
+        side.end(got.from.context("the side viewer got no frame")?)
+            .await?;
         tokio::time::sleep_until(began + OUTAGE).await;
         broker.restart().await?;
-        anyhow::Ok(side_addr)
+        anyhow::Ok((side_addr, Instant::now()))
     };
-    let (during, side_addr) = tokio::join!(viewer.receive(OUTAGE, u64::MAX, AckStyle::Seq, 0), outage);
-    let (during, side_addr) = (during?.datagrams, side_addr?);
+    let (during, side_addr) =
+        tokio::join!(viewer.receive(OUTAGE, u64::MAX, AckStyle::Seq, 0), outage);
+    let (during, (side_addr, restarted)) = (during?.datagrams, side_addr?);
     let floor = (f64::from(FPS) * OUTAGE.as_secs_f64() * 0.9) as u64;
     assert!(
         before >= floor && during >= floor,
@@ -587,18 +351,66 @@ async fn a_broker_stopped_mid_stream_costs_watchers_nothing_and_events_resume() 
 
     // Events resume: the queued JOIN, then a JOIN made after the restart.
     let side = side_addr.to_string();
-    sub.event(prefix, "join", |e| e["address"] == side.as_str()).await?;
-    sub.event(prefix, "leave", |e| e["address"] == side.as_str()).await?;
+    sub.event(prefix, "join", |e| e["address"] == side.as_str())
+        .await?;
+    sub.event(prefix, "leave", |e| e["address"] == side.as_str())
+        .await?;
     let after = RawViewer::register(srv.addr, Form::V1).await?;
     let after_addr = after.udp.local_addr()?.to_string();
     sub.event(prefix, "join", |e| e["address"] == after_addr.as_str())
         .await?;
+    // `online` is said again on the new connection.
+    assert!(
+        sub.seen
+            .iter()
+            .any(|m| m.topic == "surv/d/available" && m.payload == "online" && m.at > restarted),
+        "{:#?}",
+        sub.seen
+    );
     let m = &srv.server.mqtt;
-    use std::sync::atomic::Ordering::Relaxed;
     assert!(m.reconnects.load(Relaxed) >= 1);
     assert!(m.connected.load(Relaxed));
     assert_eq!(m.dropped.load(Relaxed), 0);
     stop.cancel();
     timeout(IO_TIMEOUT, task).await??;
     Ok(())
+}
+
+#[test]
+fn bad_mqtt_flags_are_refused_with_a_reason_and_no_password() {
+    let exe = server_exe().unwrap();
+    for (args, want) in [
+        (&["--mqtt", "mqtts://u:hunter2@127.0.0.1"][..], "mqtt://"),
+        (&["--mqtt", "mqtt://u:hunter2@127.0.0.1/x"][..], "no path"),
+        (
+            &["--mqtt", "mqtt://127.0.0.1", "--mqtt-topic", "surv/#"][..],
+            "--mqtt-topic",
+        ),
+        (
+            &["--mqtt", "mqtt://127.0.0.1", "--name", "a/b"][..],
+            "--name",
+        ),
+        (
+            &["--mqtt", "mqtt://127.0.0.1", "--mqtt-stats-secs", "0"][..],
+            "--mqtt-stats-secs",
+        ),
+    ] {
+        let out = output_within(
+            Command::new(&exe)
+                .args(["--source", "test", "--port", "0", "--http-port", "0"])
+                .args([
+                    "--bind",
+                    "127.0.0.1",
+                    "--log-dir",
+                    "/nonexistent/never-made",
+                ])
+                .args(args),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "{args:?}: {err}");
+    }
 }

@@ -125,7 +125,9 @@ pub fn check_topic(prefix: &str, one_level: bool) -> Result<(), String> {
         return Err("must be 1 to 1000 bytes".into());
     }
     if let Some(c) = prefix.chars().find(|c| matches!(c, '+' | '#' | '\0')) {
-        return Err(format!("{prefix:?} has {c:?}, which MQTT topics cannot have"));
+        return Err(format!(
+            "{prefix:?} has {c:?}, which MQTT topics cannot have"
+        ));
     }
     if one_level && prefix.contains('/') {
         return Err(format!("{prefix:?} has a '/'"));

@@ -115,7 +115,10 @@ fn motion_events_give_percent_scores_fraction_boxes_and_times() {
         region,
     });
     assert_eq!(update["type"], "motion_update");
-    assert_eq!((update["score"].clone(), update["peak"].clone()), (json!(2.5), json!(6.25)));
+    assert_eq!(
+        (update["score"].clone(), update["peak"].clone()),
+        (json!(2.5), json!(6.25))
+    );
     assert_eq!(update["start_us"], AT);
     assert_time(&update, "start", "start_us");
 
@@ -204,10 +207,7 @@ fn broker_urls_parse_with_login_and_never_show_the_password() {
     let b = BrokerUrl::parse("mqtt://cam%40home:p%3Ass@broker.lan:1884").unwrap();
     assert_eq!(b.host, "broker.lan");
     assert_eq!(b.port, 1884);
-    assert_eq!(
-        b.login,
-        Some(("cam@home".to_string(), "p:ss".to_string()))
-    );
+    assert_eq!(b.login, Some(("cam@home".to_string(), "p:ss".to_string())));
     assert_eq!(b.to_string(), "mqtt://cam@home:***@broker.lan:1884");
     assert!(!format!("{b:?}").contains("p:ss"));
     let plain = BrokerUrl::parse("mqtt://127.0.0.1").unwrap();
@@ -234,5 +234,8 @@ fn topics_without_wildcards_or_empty_levels() {
         assert!(check_topic(bad, false).is_err(), "{bad:?}");
     }
     assert!(check_topic("a/b", true).is_err());
-    assert_eq!(client_id("a-very-long-host-name.example", 123456), "surv-123456-a-very-long");
+    assert_eq!(
+        client_id("a-very-long-host-name.example", 123456),
+        "surv-123456-a-very-long"
+    );
 }
