@@ -344,6 +344,7 @@ async fn a_broker_stopped_mid_stream_costs_watchers_nothing_and_events_resume() 
         tokio::join!(viewer.receive(OUTAGE, u64::MAX, AckStyle::Seq, 0), outage);
     let (during, (side_addr, restarted)) = (during?.datagrams, side_addr?);
     let floor = (f64::from(FPS) * OUTAGE.as_secs_f64() * 0.9) as u64;
+    eprintln!("frames in 5 s: before the outage {before}, during it {during}");
     assert!(
         before >= floor && during >= floor,
         "frames in 5 s before the outage {before}, during it {during}: both should be >= {floor}"
