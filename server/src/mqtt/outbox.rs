@@ -9,6 +9,12 @@
 //! event reaches the broker at least once (a duplicate is possible when only its PUBACK was
 //! lost). rumqttc reports each publish it writes (`Outgoing::Publish(pkid)`) in the order it was
 //! handed over, which is how a packet id is matched to its message.
+//!
+//! One race is left: a message handed over in the instant between rumqttc's error (which
+//! empties its channel) and the publisher learning of it stays in rumqttc's channel and goes
+//! out after the reconnect, besides its copy put back here. That costs a duplicate and, until
+//! the next disconnect, one in-flight place; the publisher checks the live link flag before
+//! each hand-over to keep the window to that instant.
 
 use std::collections::VecDeque;
 
