@@ -30,6 +30,8 @@ const MAX_IN_FLIGHT: usize = 64;
 const REQUEST_CAP: usize = 2 * MAX_IN_FLIGHT;
 /// Largest message either way (a stats message is about 1.5 KiB, an event under 3 KiB).
 const MAX_PACKET_BYTES: usize = 256 * 1024;
+/// At a stop, the time `offline` and the DISCONNECT get even when the queue used up the grace.
+const GOODBYE: Duration = Duration::from_millis(500);
 /// Reports from the event loop not yet read by the publisher.
 const NOTE_CAP: usize = 256;
 
@@ -161,7 +163,9 @@ pub(super) async fn run(
             .and_then(|()| p.client.try_disconnect());
         if said.is_ok() {
             // The event loop ends once the DISCONNECT is written; the broker then drops the will.
-            let _ = tokio::time::timeout_at(deadline, async {
+            // (Cut short, the connection just closes and the will says `offline` instead.)
+            let goodbye = deadline.max(tokio::time::Instant::now() + GOODBYE);
+            let _ = tokio::time::timeout_at(goodbye, async {
                 while let Some(note) = notes.recv().await {
                     if matches!(note, Note::Ended) {
                         break;
@@ -179,7 +183,7 @@ pub(super) async fn run(
         tracing::warn!(
             queued,
             in_flight,
-            "MQTT: stopped with events the broker did not get"
+            "MQTT: stopped with messages the broker did not take"
         );
     }
 }
