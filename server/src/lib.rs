@@ -13,6 +13,7 @@
 //! * [`http`]: the HTTP server for browsers: the live page, `/stream.mjpg`, `/snapshot.jpg`,
 //!   `/status` and `/metrics`.
 //! * [`journal`]: the join/leave and source lost/back log.
+//! * [`mqtt`]: the journal's events, the motion state and the stats, published to a broker.
 //! * [`auth`]: the access token and who must present it.
 //! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
 
@@ -22,6 +23,7 @@ pub mod encoder;
 pub mod http;
 pub mod journal;
 pub mod motion;
+pub mod mqtt;
 pub mod sources;
 pub mod sys;
 pub mod watchers;
@@ -138,6 +140,8 @@ pub struct Server {
     pub started: std::time::Instant,
     /// What the motion detector reports (all zero when it does not run).
     pub motion: Arc<motion::watch::MotionState>,
+    /// The MQTT publisher's health (all zero without `--mqtt`).
+    pub mqtt: Arc<mqtt::MqttStats>,
 }
 
 impl Server {
@@ -159,6 +163,7 @@ impl Server {
             fanout_on_runtime: false,
             started: std::time::Instant::now(),
             motion: Arc::default(),
+            mqtt: Arc::default(),
             config,
         }
     }

@@ -13,6 +13,7 @@ use surv_proto::{
 use surv_server::auth::Token;
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
+use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
 use surv_server::sources::udp::{PortSharer, SharedPort, UdpSource};
 use surv_server::sources::{Source, SourceOptions, SourceSpec};
@@ -160,6 +161,24 @@ struct Args {
     /// With a token set, still answer /metrics without it (for a Prometheus scraper).
     #[arg(long)]
     metrics_public: bool,
+    /// This server's name: the last level of the default MQTT topic prefix (surv/NAME) and
+    /// part of its MQTT client id. Default: the host name (or "surv").
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Publish events to an MQTT broker, mqtt://[USER:PASS@]HOST[:PORT] (port 1883; no TLS):
+    /// PREFIX/available (online/offline, retained, and the Last Will), PREFIX/events (JSON:
+    /// joins, leaves, source lost/back, motion), PREFIX/motion (ON/OFF, retained) and
+    /// PREFIX/stats (JSON). The server starts and streams whether or not the broker is up;
+    /// events wait for it in a bounded queue. The password shows in the process list.
+    // Parsed after clap, whose error would echo the value, password and all.
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// MQTT topic prefix. Default: surv/NAME (see --name).
+    #[arg(long, value_name = "PREFIX")]
+    mqtt_topic: Option<String>,
+    /// Publish PREFIX/stats every this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    mqtt_stats_secs: f64,
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
     log_dir: PathBuf,
@@ -277,6 +296,22 @@ fn run() -> anyhow::Result<()> {
         hold: secs(args.motion_hold, "--motion-hold")?,
         ..Default::default()
     };
+    let name = args.name.clone().unwrap_or_else(mqtt::default_name);
+    mqtt::check_topic(&name, true).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let mqtt_config = match &args.mqtt {
+        Some(url) => {
+            let broker = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--mqtt {e}"))?;
+            let mut c = MqttConfig::new(broker, &name);
+            if let Some(prefix) = &args.mqtt_topic {
+                mqtt::check_topic(prefix, false)
+                    .map_err(|e| anyhow::anyhow!("--mqtt-topic: {e}"))?;
+                c.prefix = prefix.clone();
+            }
+            c.stats_every = secs(args.mqtt_stats_secs, "--mqtt-stats-secs")?;
+            Some(c)
+        }
+        None => None,
+    };
     let (width, height) = args.size;
     let options = SourceOptions {
         width,
@@ -386,6 +421,9 @@ fn run() -> anyhow::Result<()> {
             args.max_datagram,
             journal.clone(),
         ));
+        // Stopped after the watchers have left, so that their LEAVEs are published too.
+        let mqtt_stop = CancellationToken::new();
+        let mqtt = mqtt_config.map(|c| mqtt::spawn(server.clone(), c, mqtt_stop.clone()));
         let motion = (args.motion == Switch::On).then(|| {
             tokio::spawn(surv_server::motion::watch::run(
                 capture.frames.clone(),
@@ -453,6 +491,11 @@ fn run() -> anyhow::Result<()> {
         }
         if let Some(requests) = requests {
             let _ = requests.await;
+        }
+        mqtt_stop.cancel();
+        if let Some(mqtt) = mqtt {
+            // Bounded by its own grace period (mqtt::STOP_GRACE).
+            let _ = mqtt.await;
         }
         capture.stop().await;
         tracing::info!("stopped");

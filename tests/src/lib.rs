@@ -7,6 +7,7 @@
 pub mod child;
 pub mod fixtures;
 pub mod media;
+pub mod motion_script;
 pub mod standins;
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
-//! Motion seen by the viewer: a scripted camera (still, an object crossing, the lights switched
-//! on, still again) on the real server with its motion detector; surv-client with
+//! Motion seen by the viewer: the scripted camera of `surv_tests::motion_script` (still, an
+//! object crossing, the lights switched on, still again) on the real server with its motion detector; surv-client with
 //! `--record-on motion` records one recording around the object only, with its pre- and
 //! post-roll, judged by ffmpeg and by the frame tags inside the recorded JPEGs.
 
@@ -9,85 +9,17 @@ use std::time::Duration;
 
 use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger};
 use surv_proto::FrameTag;
-use surv_server::capture::{FrameSink, StreamShape};
 use surv_server::motion::watch::{run as watch_motion, MotionState};
 use surv_server::motion::MotionConfig;
-use surv_server::sources::{PixelFormat, RawFrame, Source, SourceRun};
+use surv_tests::motion_script::{Script, FPS, H, LIGHTS, MOVE, W};
 use surv_tests::{ffmpeg_check, heavy, mjpeg_stream, probe, start_server_with, ServerOpts};
 use tokio_util::sync::CancellationToken;
 
-const W: usize = 320;
-const H: usize = 240;
-const FPS: u64 = 30;
-/// When the object moves, and when the lights go on, µs into the script.
-const MOVE: (u64, u64) = (2_000_000, 3_500_000);
-const LIGHTS: u64 = 5_500_000;
 const HOLD: Duration = Duration::from_millis(500);
 const PRE: Duration = Duration::from_secs(1);
 const POST: Duration = Duration::from_secs(1);
 /// One frame interval, µs.
 const FRAME_US: u64 = 1_000_000 / FPS;
-
-/// The scripted camera: frame n at n/30 s, still after the script's end.
-struct Script {
-    t0_us: Arc<AtomicU64>,
-}
-
-fn luma(t_us: u64, n: u64, out: &mut [u8]) {
-    let object_x = (MOVE.0..MOVE.1)
-        .contains(&t_us)
-        .then(|| ((t_us - MOVE.0) * (W as u64 - 40) / (MOVE.1 - MOVE.0)) as usize);
-    let lights = if t_us >= LIGHTS { 40 } else { 0 };
-    let mut rng = (n + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    for y in 0..H {
-        for x in 0..W {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let mut v = 50 + ((x / 20 + y / 20) % 2) as i32 * 100 + (rng % 5) as i32;
-            if object_x.is_some_and(|ox| (ox..ox + 40).contains(&x) && (100..140).contains(&y)) {
-                v = 5;
-            }
-            out[y * W + x] = (v + lights).clamp(0, 255) as u8;
-        }
-    }
-}
-
-impl Source for Script {
-    fn describe(&self) -> String {
-        "motion script".into()
-    }
-
-    fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
-        Box::pin(async move {
-            let shape = StreamShape {
-                width: W as u32,
-                height: H as u32,
-                fps: FPS as u32,
-            };
-            sink.opened("motion script", shape);
-            let t0 = surv_proto::unix_micros_now();
-            self.t0_us.store(t0, Relaxed);
-            let mut tick = tokio::time::interval(Duration::from_micros(FRAME_US));
-            let mut frame = RawFrame::new();
-            (frame.width, frame.height, frame.format) = (W as u32, H as u32, PixelFormat::I420);
-            frame.data = vec![128; W * H * 3 / 2];
-            // Bounded: 20 s of frames at most, the test ends long before.
-            for n in 0..FPS * 20 {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    _ = tick.tick() => {}
-                }
-                let t_us = n * FRAME_US;
-                luma(t_us, n, &mut frame.data[..W * H]);
-                frame.capture_unix_us = t0 + t_us;
-                sink.publish_raw(&frame);
-            }
-            stop.cancelled().await;
-            Ok(())
-        })
-    }
-}
 
 /// The JPEGs of an MJPEG stream copied out of a file, by their surv tags: (capture µs, motion).
 fn tags(stream: &[u8]) -> Vec<FrameTag> {
@@ -139,7 +71,7 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
                 post_roll: POST,
             },
         }),
-        ..surv_tests::client_config(srv.addr, 8.0)
+        ..surv_tests::client_config(srv.addr, 6.0)
     };
     let summary = surv_client::run(client, None, CancellationToken::new())
         .await

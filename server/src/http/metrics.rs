@@ -253,6 +253,41 @@ impl Collector for ServerCollector {
             "Datagrams that could not be sent.",
             s.send_errors.load(Relaxed),
         )?;
+        let mqtt = &server.mqtt;
+        if mqtt.enabled.load(Relaxed) {
+            gauge(
+                e,
+                "mqtt_connected",
+                "1 while connected to the MQTT broker (--mqtt).",
+                None,
+                f64::from(u8::from(mqtt.connected.load(Relaxed))),
+            )?;
+            counter(
+                e,
+                "mqtt_published",
+                "MQTT messages the broker took.",
+                mqtt.published.load(Relaxed),
+            )?;
+            counter(
+                e,
+                "mqtt_dropped",
+                "Events lost because the MQTT queue was full while the broker was away.",
+                mqtt.dropped.load(Relaxed),
+            )?;
+            counter(
+                e,
+                "mqtt_reconnects",
+                "Connections to the MQTT broker after the first.",
+                mqtt.reconnects.load(Relaxed),
+            )?;
+            gauge(
+                e,
+                "mqtt_queued",
+                "Events waiting for the MQTT broker.",
+                None,
+                mqtt.queued.load(Relaxed) as f64,
+            )?;
+        }
         let unit = Unit::Seconds;
         gauge(
             e,

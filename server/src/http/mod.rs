@@ -15,7 +15,8 @@
 mod io;
 mod metrics;
 mod mjpeg;
-mod status;
+// The MQTT publisher sends the same `Status` as its stats.
+pub(crate) mod status;
 #[cfg(test)]
 mod tests;
 

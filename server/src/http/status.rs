@@ -32,6 +32,8 @@ pub struct Status {
     pub fps_measured: f64,
     pub encoder: EncoderStatus,
     pub motion: MotionStatus,
+    /// The MQTT publisher (`--mqtt`); `null` without it.
+    pub mqtt: Option<MqttStatus>,
     pub uptime_s: f64,
     pub counters: Counters,
     pub watchers: WatcherCounts,
@@ -59,10 +61,28 @@ pub struct MotionStatus {
     pub score_pct: f64,
 }
 
+/// The MQTT publisher's health.
+#[derive(Debug, Serialize)]
+pub struct MqttStatus {
+    pub connected: bool,
+    /// Messages the broker took.
+    pub published: u64,
+    /// Events lost (the queue was full while the broker was away).
+    pub dropped: u64,
+    /// Events waiting for the broker.
+    pub queued: u64,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Why the last attempt failed or the connection dropped; `null` while connected.
+    pub last_error: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct EncoderStatus {
     /// JPEG quality of the last encoded frame (0 while frames pass through untouched).
     pub quality: u32,
+    /// Mean time to encode a frame since start, milliseconds (0 while frames pass through).
+    pub encode_ms_mean: f64,
     /// No frame is larger than this (the UDP datagram cap).
     pub max_datagram_bytes: usize,
 }
@@ -147,7 +167,7 @@ impl RateMeter {
 }
 
 impl Status {
-    pub fn of(server: &Server, rate: &RateMeter) -> Status {
+    pub(crate) fn of(server: &Server, rate: &RateMeter) -> Status {
         let (c, s) = (&server.capture.stats, &server.stats);
         let (state, reason) = match server.capture.state() {
             SourceState::Starting => ("starting", None),
@@ -190,6 +210,14 @@ impl Status {
             fps_measured: rate.rate(encoded, Instant::now()),
             encoder: EncoderStatus {
                 quality: c.quality.load(Relaxed),
+                encode_ms_mean: {
+                    let times = c.encode_times.snapshot();
+                    if times.count == 0 {
+                        0.0
+                    } else {
+                        (times.sum_s * 1e6 / times.count as f64).round() / 1e3
+                    }
+                },
                 max_datagram_bytes: server.max_datagram_bytes,
             },
             motion: MotionStatus {
@@ -198,6 +226,7 @@ impl Status {
                 events: server.motion.events.load(Relaxed),
                 score_pct: f64::from(server.motion.score_bp.load(Relaxed)) / 100.0,
             },
+            mqtt: mqtt_status(&server.mqtt),
             uptime_s: server.started.elapsed().as_secs_f64(),
             counters: Counters {
                 captured: c.captured.load(Relaxed),
@@ -233,6 +262,17 @@ impl Status {
             sessions,
         }
     }
+}
+
+fn mqtt_status(m: &crate::mqtt::MqttStats) -> Option<MqttStatus> {
+    m.enabled.load(Relaxed).then(|| MqttStatus {
+        connected: m.connected.load(Relaxed),
+        published: m.published.load(Relaxed),
+        dropped: m.dropped.load(Relaxed),
+        queued: m.queued.load(Relaxed),
+        reconnects: m.reconnects.load(Relaxed),
+        last_error: m.last_error(),
+    })
 }
 
 /// `GET /status`.
