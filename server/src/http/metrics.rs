@@ -249,6 +249,12 @@ impl Collector for ServerCollector {
         )?;
         counter(
             e,
+            "keyless_acks",
+            "Acks from a SURV/1 viewer's address without its session key (forged): ignored.",
+            s.keyless_acks.load(Relaxed),
+        )?;
+        counter(
+            e,
             "send_errors",
             "Datagrams that could not be sent.",
             s.send_errors.load(Relaxed),

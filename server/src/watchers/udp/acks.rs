@@ -107,6 +107,7 @@ fn on_datagram(
     match ack {
         Ok(Ack::Hello) => {
             st.last_heard = now;
+            st.window.on_alive(now);
             if let Some(frame) = confirm(server, &link, &mut st) {
                 drop(st);
                 released.push((link, frame));

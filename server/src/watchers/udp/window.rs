@@ -95,6 +95,13 @@ impl Window {
         self.probe_delay = ACK_WAIT;
     }
 
+    /// The viewer showed it is there without acking a frame (its `hello`): it counts as alive
+    /// for [`ALIVE_FOR`], so that the first frames' lost acks expire them rather than shut the
+    /// window. Settles nothing, measures no round trip.
+    pub fn on_alive(&mut self, now: Instant) {
+        self.last_ack = Some(self.last_ack.map_or(now, |t| t.max(now)));
+    }
+
     /// May a frame be sent now? Writes off frames presumed lost first.
     pub fn can_send(&mut self, now: Instant) -> bool {
         self.expire(now);
@@ -314,5 +321,36 @@ mod tests {
         assert_eq!(gaps[0], ACK_WAIT);
         assert_eq!(gaps[1], ACK_WAIT * 2);
         assert_eq!(*gaps.last().unwrap(), PROBE_MAX);
+    }
+
+    /// A viewer that said hello and then had the acks of its first frames all lost keeps
+    /// getting frames (they expire after the ack wait) instead of being probed with back-off.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_hello_lost_acks_expire_rather_than_shut_the_window() {
+        let mut w = Window::new(4);
+        let start = Instant::now();
+        w.on_alive(start);
+        let mut sent = 0;
+        // The first 900 ms at 30 fps, every ack lost.
+        for i in 0..27u64 {
+            let now = start + 33 * MS * i as u32;
+            if w.can_send(now) {
+                w.on_send(i, now);
+                sent += 1;
+            }
+        }
+        // Four frames per ack wait (250 ms) while the viewer counts as alive: about 16 fps.
+        // Without the hello: 4 frames and probes at 250 ms and 750 ms.
+        assert!(sent >= 14, "sent {sent} of 27");
+        let mut cold = Window::new(4);
+        let mut cold_sent = 0;
+        for i in 0..27u64 {
+            let now = start + 33 * MS * i as u32;
+            if cold.can_send(now) {
+                cold.on_send(i, now);
+                cold_sent += 1;
+            }
+        }
+        assert!(cold_sent <= 7, "without a hello {cold_sent}");
     }
 }
