@@ -43,11 +43,17 @@ pub use watchers::{RefusalCause, WatcherInfo, WatcherKind, Watchers};
 /// How long sessions get to log their LEAVE after shutdown is asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// `--max-viewers-per-ip`'s default.
+pub const DEFAULT_MAX_VIEWERS_PER_IP: usize = 64;
+
 /// Admission and session limits.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Live sessions at most; the next registration is refused with a reason.
     pub max_viewers: usize,
+    /// Live UDP viewers (seed form and SURV/1) from one IP at most: a registration draws frames
+    /// to a port of the registering IP, and the seed form cannot prove that port asked.
+    pub max_viewers_per_ip: usize,
     /// A session that hears nothing from its viewer for this long ends (reason `timeout`).
     pub viewer_timeout: Duration,
     /// A connection that has not completed its registration in this time is dropped.
@@ -74,6 +80,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_viewers: 4096,
+            max_viewers_per_ip: DEFAULT_MAX_VIEWERS_PER_IP,
             viewer_timeout: Duration::from_secs(10),
             register_timeout: Duration::from_secs(5),
             seed_settle: Duration::from_millis(50),

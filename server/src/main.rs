@@ -103,6 +103,10 @@ struct Args {
     /// Live viewers at most; the next registration is refused with a reason.
     #[arg(long, value_name = "N", default_value_t = 4096)]
     max_viewers: usize,
+    /// Live UDP viewers from one IP address at most (each registration draws frames to a port
+    /// of the registering address); the next is refused with a reason.
+    #[arg(long, value_name = "N", default_value_t = surv_server::DEFAULT_MAX_VIEWERS_PER_IP)]
+    max_viewers_per_ip: usize,
     /// End a session after this many seconds without a reply from its viewer.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     viewer_timeout: f64,
@@ -232,8 +236,8 @@ fn run() -> anyhow::Result<()> {
             args.max_datagram
         );
     }
-    if args.max_viewers == 0 || args.max_in_flight == 0 {
-        bail!("--max-viewers and --max-in-flight must be at least 1");
+    if args.max_viewers == 0 || args.max_in_flight == 0 || args.max_viewers_per_ip == 0 {
+        bail!("--max-viewers, --max-viewers-per-ip and --max-in-flight must be at least 1");
     }
     let token = match (&args.token, &args.token_file) {
         (Some(secret), _) => Some(Token::new(secret).context("--token")?),
@@ -264,6 +268,7 @@ fn run() -> anyhow::Result<()> {
         token,
         allow_unauthenticated: args.allow_unauthenticated,
         max_viewers: args.max_viewers,
+        max_viewers_per_ip: args.max_viewers_per_ip,
         viewer_timeout: secs(args.viewer_timeout, "--viewer-timeout")?,
         register_timeout: secs(args.register_timeout, "--register-timeout")?,
         max_in_flight: args.max_in_flight,

@@ -81,3 +81,50 @@ async fn honest_viewers_get_in_while_idle_connections_fill_every_pending_place()
     assert_eq!(srv.server.watchers.len(), 5);
     srv.stop().await.unwrap();
 }
+
+/// Defect 8: one IP may hold at most `max_viewers_per_ip` UDP viewers (each draws frames to a
+/// port of that IP); the next is refused with the reason, journalled, and a place freed is
+/// taken again.
+#[tokio::test]
+async fn viewers_from_one_ip_are_capped_with_a_reason() {
+    let config = Config {
+        max_viewers_per_ip: 2,
+        ..Config::default()
+    };
+    let srv = start_server(ServerOpts {
+        config,
+        ..ServerOpts::sized(160, 90)
+    })
+    .await
+    .unwrap();
+    let first = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    let _second = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
+    srv.wait_sessions(2).await.unwrap();
+    let err = RawViewer::register(srv.addr, Form::V1)
+        .await
+        .err()
+        .expect("a third viewer from 127.0.0.1 is refused");
+    assert!(
+        err.to_string()
+            .contains("2 viewers already watch from this IP"),
+        "{err}"
+    );
+    let refuse = srv
+        .wait_journal(|l| l.contains(" REFUSE ") && l.contains("from this IP"))
+        .await
+        .unwrap();
+    assert!(refuse.contains("form=surv1"), "{refuse}");
+    assert_eq!(
+        srv.server
+            .stats
+            .refusals
+            .get(surv_server::watchers::RefusalCause::PerIp),
+        1
+    );
+    // A place freed is a place again.
+    drop(first);
+    srv.wait_sessions(1).await.unwrap();
+    let again = RawViewer::register(srv.addr, Form::V1).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+    srv.stop().await.unwrap();
+}

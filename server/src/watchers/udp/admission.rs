@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::data_path::DataPath;
+use super::data_path::{AttachError, DataPath};
 use super::session::Session;
 use crate::auth::{Denied, Presented};
 use crate::watchers::{RefusalCause, WatcherKind, Watchers};
@@ -324,8 +324,10 @@ async fn admit(
         Ok(link) => link,
         Err(e) => {
             drop(slot);
-            let reason = format!("server error: cannot open a UDP socket: {e}");
-            let cause = RefusalCause::ServerError;
+            let (cause, reason) = match e {
+                AttachError::PerIp(_) => (RefusalCause::PerIp, e.to_string()),
+                AttachError::Socket(_) => (RefusalCause::ServerError, format!("server error: {e}")),
+            };
             return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
         }
     };

@@ -59,6 +59,15 @@ pub(crate) struct SharedSocket {
     pub(super) links: DashMap<SocketAddr, Arc<Link>>,
 }
 
+/// Why a viewer could not be put on the data path.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttachError {
+    #[error("{0} viewers already watch from this IP (--max-viewers-per-ip)")]
+    PerIp(usize),
+    #[error("cannot open a UDP socket: {0}")]
+    Socket(#[from] io::Error),
+}
+
 /// Every shared socket.
 #[derive(Default)]
 pub struct DataPath {
@@ -96,7 +105,8 @@ impl DataPath {
 
     /// Joins a session to the data path: frames to `viewer` will leave from `local_ip`.
     /// `key`: the session key its acks must carry; with one, no frame goes out before the
-    /// viewer's `hello`.
+    /// viewer's `hello`. Refused when `max_viewers_per_ip` viewers of the viewer's IP are
+    /// attached already (counted under the same lock as the attaching, so it holds exactly).
     pub(crate) fn attach(
         server: &Arc<Server>,
         local_ip: IpAddr,
@@ -104,7 +114,7 @@ impl DataPath {
         key: Option<u64>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> io::Result<Attached> {
+    ) -> Result<Attached, AttachError> {
         let new_link = |socket: &Arc<SharedSocket>| {
             Arc::new(Link {
                 viewer,
@@ -128,6 +138,19 @@ impl DataPath {
             .sockets
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let max = server.config.max_viewers_per_ip;
+        let from_ip: usize = sockets
+            .iter()
+            .map(|s| {
+                s.links
+                    .iter()
+                    .filter(|l| l.key().ip() == viewer.ip())
+                    .count()
+            })
+            .sum();
+        if from_ip >= max {
+            return Err(AttachError::PerIp(max));
+        }
         for socket in sockets.iter().filter(|s| s.local_ip == local_ip) {
             if let dashmap::Entry::Vacant(e) = socket.links.entry(viewer) {
                 let link = new_link(socket);
