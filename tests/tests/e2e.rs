@@ -125,15 +125,27 @@ async fn a_silent_viewer_is_reaped_after_receiving_only_a_few_datagrams() {
         ..ServerOpts::default()
     };
     let srv = start_server(opts).await.unwrap();
-    let mut v = RawViewer::register(srv.addr, Form::V1).await.unwrap();
-    let got = v
-        .receive(Duration::from_secs(3), u64::MAX, AckStyle::Silent, 0)
-        .await
-        .unwrap();
-    // 4 in flight plus a few backed-off probes in 2 s, against 60 frames captured meanwhile.
-    assert!((1..=10).contains(&got.datagrams), "{got:?}");
-    let leave = srv.wait_journal(|l| l.contains(" LEAVE ")).await.unwrap();
-    assert!(leave.contains("reason=timeout"), "{leave}");
+    // Seed form: 4 in flight plus a few backed-off probes in 2 s, against 60 frames captured
+    // meanwhile. SURV/1: its hello makes it alive for a second (4 frames per 250 ms, written
+    // off unacked), then the same probes.
+    for (form, most) in [(Form::Seed, 10), (Form::V1, 20)] {
+        let mut v = RawViewer::register(srv.addr, form).await.unwrap();
+        let got = v
+            .receive(Duration::from_secs(3), u64::MAX, AckStyle::Silent, 0)
+            .await
+            .unwrap();
+        assert!((1..=most).contains(&got.datagrams), "{form:?}: {got:?}");
+    }
+    let leaves: Vec<String> = srv
+        .journal()
+        .into_iter()
+        .filter(|l| l.contains(" LEAVE "))
+        .collect();
+    assert_eq!(leaves.len(), 2, "{leaves:#?}");
+    assert!(
+        leaves.iter().all(|l| l.contains("reason=timeout")),
+        "{leaves:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
