@@ -42,10 +42,13 @@ pub struct Shared {
     pub keys: SessionKeys,
 }
 
-/// Each SURV/1 viewer's session key from its `OK` line, by viewer index.
+/// Each SURV/1 viewer's session key from its `OK` line, and where its `hello` goes, by viewer
+/// index.
 pub struct SessionKeys {
     known: Vec<AtomicBool>,
     key: Vec<AtomicU64>,
+    /// The server's session address (IPv4 << 16 | port); 0: none.
+    hello_to: Vec<AtomicU64>,
 }
 
 impl Default for SessionKeys {
@@ -55,13 +58,18 @@ impl Default for SessionKeys {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             key: (0..MAX_VIEWER_INDEX).map(|_| AtomicU64::new(0)).collect(),
+            hello_to: (0..MAX_VIEWER_INDEX).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
 
 impl SessionKeys {
-    pub fn set(&self, index: usize, key: Option<u64>) {
+    pub fn set(&self, index: usize, key: Option<u64>, hello_to: Option<SocketAddrV4>) {
         self.key[index].store(key.unwrap_or(0), Relaxed);
+        let packed = hello_to.map_or(0, |a| {
+            (u64::from(a.ip().to_bits()) << 16) | u64::from(a.port())
+        });
+        self.hello_to[index].store(packed, Relaxed);
         self.known[index].store(key.is_some(), Relaxed);
     }
 
@@ -70,7 +78,22 @@ impl SessionKeys {
             .load(Relaxed)
             .then(|| self.key[index].load(Relaxed))
     }
+
+    /// Where viewer `index` says hello, if it has a key.
+    pub fn hello_to(&self, index: usize) -> Option<SocketAddrV4> {
+        self.get(index)?;
+        let packed = self.hello_to[index].load(Relaxed);
+        (packed != 0).then(|| {
+            SocketAddrV4::new(
+                std::net::Ipv4Addr::from_bits((packed >> 16) as u32),
+                packed as u16,
+            )
+        })
+    }
 }
+
+/// Until its first frame, a SURV/1 viewer says hello again this often (a lost hello costs it).
+const HELLO_EVERY: Duration = Duration::from_millis(100);
 
 /// What the receiving thread found.
 pub struct Tallies {
@@ -108,7 +131,23 @@ pub fn receive_loop(
     let mut sb = mmsg::SendBatch::default();
     let mut ack_text = String::with_capacity(32);
     let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+    let mut next_hello = std::time::Instant::now() + HELLO_EVERY;
     while !shared.stop.load(Relaxed) {
+        if std::time::Instant::now() >= next_hello {
+            next_hello = std::time::Instant::now() + HELLO_EVERY;
+            for index in 0..MAX_VIEWER_INDEX {
+                if senders.contains_key(&index) {
+                    continue;
+                }
+                if let Some(to) = shared.keys.hello_to(index) {
+                    let hello = Ack::Hello.encode_keyed(shared.keys.get(index));
+                    sb.push(&hello, to, viewer_ip(index));
+                }
+            }
+            if sb.len() > 0 && sb.flush(sock).is_err() {
+                t.ack_errors += 1;
+            }
+        }
         while let Ok(index) = ends.try_recv() {
             if let Some(to) = senders.remove(&index) {
                 sb.push(
@@ -117,6 +156,8 @@ pub fn receive_loop(
                     viewer_ip(index),
                 );
             }
+            // Gone: no more hellos for it.
+            shared.keys.set(index, None, None);
         }
         // Bounded so that `stop` is seen.
         sys::wait_readable(fd, Duration::from_millis(20));

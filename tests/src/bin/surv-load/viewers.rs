@@ -43,7 +43,7 @@ pub struct Viewer {
 
 /// Registers viewers `indices` (in batches under the server's pending-registration limit),
 /// their frames to arrive on `udp`. SURV/1 viewers' session keys go to `keys`, and each says
-/// `hello` from its own address (twice, a batch apart). Returns the connections and the
+/// `hello` from its own address once registered. Returns the connections and the
 /// registrations refused or failed.
 pub fn register_all(
     server: SocketAddrV4,
@@ -56,7 +56,6 @@ pub fn register_all(
     let mut ok = Vec::with_capacity(indices.len());
     let mut failed = Vec::new();
     let mut hellos = SendBatch::default();
-    let mut again: Vec<(Vec<u8>, SocketAddrV4, Ipv4Addr)> = Vec::new();
     for batch in indices.chunks(REGISTER_BATCH) {
         let mut pending = Vec::with_capacity(batch.len());
         for &index in batch {
@@ -71,12 +70,10 @@ pub fn register_all(
                 Form::Seed => ok.push(Viewer { index, _tcp: tcp }),
                 Form::V1 => match read_reply(&tcp) {
                     Ok(Reply::Accepted(p)) => {
-                        keys.set(index, p.key);
-                        if let (Some(key), Some(port)) = (p.key, p.udp_port) {
-                            let hello = Ack::Hello.encode_keyed(Some(key));
-                            let to = SocketAddrV4::new(*server.ip(), port);
-                            hellos.push(&hello, to, viewer_ip(index));
-                            again.push((hello, to, viewer_ip(index)));
+                        let to = p.udp_port.map(|port| SocketAddrV4::new(*server.ip(), port));
+                        keys.set(index, p.key, to);
+                        if let (Some(key), Some(to)) = (p.key, to) {
+                            hellos.push(&Ack::Hello.encode_keyed(Some(key)), to, viewer_ip(index));
                         }
                         ok.push(Viewer { index, _tcp: tcp });
                     }
@@ -89,14 +86,8 @@ pub fn register_all(
             failed.push(format!("hello not sent: {e}"));
         }
         // Seed registrations end with a 50 ms pause: let this batch's settle before the next.
+        // (The receiving thread says hello again for every viewer still without a frame.)
         std::thread::sleep(Duration::from_millis(80));
-        // Each hello once more, in case the first was dropped by a full socket buffer.
-        for (hello, to, from) in again.drain(..) {
-            hellos.push(&hello, to, from);
-        }
-        if let Err(e) = hellos.flush(udp) {
-            failed.push(format!("hello not sent: {e}"));
-        }
     }
     (ok, failed)
 }
