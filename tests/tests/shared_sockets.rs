@@ -63,11 +63,22 @@ async fn one_address_registered_twice_gets_two_independent_sessions() {
         )
         .await
         .unwrap();
-    assert!(matches!(
-        read_reply(&mut second).await.unwrap(),
-        Reply::Accepted(_)
-    ));
+    let Reply::Accepted(second_params) = read_reply(&mut second).await.unwrap() else {
+        panic!("the second registration was refused");
+    };
     srv.wait_sessions(2).await.unwrap();
+    // Each session has its own UDP port and key: the second says its hello from the same port.
+    let keys: HashMap<u16, Option<u64>> = [&viewer.params.clone().unwrap(), &second_params]
+        .iter()
+        .map(|p| (p.udp_port.unwrap(), p.key))
+        .collect();
+    assert_eq!(keys.len(), 2, "two session sockets");
+    let to = SocketAddr::new(srv.addr.ip(), second_params.udp_port.unwrap());
+    viewer
+        .udp
+        .send_to(&Ack::Hello.encode_keyed(second_params.key), to)
+        .await
+        .unwrap();
 
     // Receive and ack for a while: frames arrive from two server sockets.
     let mut per_source: HashMap<SocketAddr, u64> = HashMap::new();
@@ -79,7 +90,10 @@ async fn one_address_registered_twice_gets_two_independent_sessions() {
         let seq = FrameTag::decode(&buf[..n]).unwrap().seq;
         viewer
             .udp
-            .send_to(&viewer.ack_bytes(Ack::Continue(Some(seq))), from)
+            .send_to(
+                &Ack::Continue(Some(seq)).encode_keyed(keys[&from.port()]),
+                from,
+            )
             .await
             .unwrap();
     }
@@ -87,7 +101,11 @@ async fn one_address_registered_twice_gets_two_independent_sessions() {
     assert!(per_source.values().all(|&n| n >= 54), "{per_source:?}");
 
     let first = *per_source.keys().next().unwrap();
-    viewer.end(first).await.unwrap();
+    viewer
+        .udp
+        .send_to(&Ack::End.encode_keyed(keys[&first.port()]), first)
+        .await
+        .unwrap();
     let leave = srv.wait_journal(|l| l.contains(" LEAVE ")).await.unwrap();
     assert!(leave.contains("reason=end"), "{leave}");
     tokio::time::sleep(Duration::from_millis(300)).await;
