@@ -1,6 +1,7 @@
 //! Motion seen by the viewer: the scripted camera of `surv_tests::motion_script` (still, an
 //! object crossing, the lights switched on, still again) on the real server with its motion detector; surv-client with
-//! `--record-on motion` records one recording around the object only, with its pre- and
+//! `--record-on motion` records one recording around the object only (and `/status` says what
+//! happens), with its pre- and
 //! post-roll, judged by ffmpeg and by the frame tags inside the recorded JPEGs.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -20,6 +21,25 @@ const PRE: Duration = Duration::from_secs(1);
 const POST: Duration = Duration::from_secs(1);
 /// One frame interval, µs.
 const FRAME_US: u64 = 1_000_000 / FPS;
+
+/// `GET /status` over HTTP/1.0, its JSON body.
+async fn status(http: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut tcp = tokio::net::TcpStream::connect(http).await?;
+        tcp.write_all(b"GET /status HTTP/1.0\r\n\r\n").await?;
+        let mut reply = Vec::new();
+        tcp.take(1 << 20).read_to_end(&mut reply).await?;
+        anyhow::Ok(reply)
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), io).await??;
+    let body = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &reply[i + 4..])
+        .ok_or_else(|| anyhow::anyhow!("no body"))?;
+    Ok(serde_json::from_slice(body)?)
+}
 
 /// The JPEGs of an MJPEG stream copied out of a file, by their surv tags: (capture µs, motion).
 fn tags(stream: &[u8]) -> Vec<FrameTag> {
@@ -45,7 +65,15 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
     )
     .await
     .unwrap();
-    let state = Arc::new(MotionState::default());
+    // The server's own motion state, which /status reads, and its HTTP server.
+    let state: Arc<MotionState> = srv.server.motion.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let web = tokio::spawn(surv_server::http::serve(
+        srv.server.clone(),
+        listener,
+        srv.shutdown.clone(),
+    ));
     let cfg = MotionConfig {
         hold: HOLD,
         ..MotionConfig::default()
@@ -73,11 +101,36 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
         }),
         ..surv_tests::client_config(srv.addr, 6.0)
     };
+    // /status, every 100 ms while the viewer runs: what a dashboard would have shown.
+    let polls = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..55 {
+            if let Ok(s) = status(http).await {
+                seen.push((
+                    s["motion"]["active"].as_bool(),
+                    s["motion"]["events"].as_u64(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    });
     let summary = surv_client::run(client, None, CancellationToken::new())
         .await
         .unwrap();
+    let polls = polls.await.unwrap();
+    let after = status(http).await.unwrap();
     let journal = srv.stop().await.unwrap();
     motion.await.unwrap();
+    web.await.unwrap();
+
+    // /status: an event under way at some point, none before the first, one after.
+    assert!(polls.len() >= 40, "{polls:?}");
+    assert!(polls.contains(&(Some(true), Some(1))), "{polls:?}");
+    assert_eq!(polls[0], (Some(false), Some(0)), "{polls:?}");
+    assert_eq!(after["motion"]["active"], false, "{after}");
+    assert_eq!(after["motion"]["events"], 1, "{after}");
+    assert_eq!(after["motion"]["enabled"], true, "{after}");
     let t0 = t0.load(Relaxed);
     let rel = |us: u64| us as i64 - t0 as i64;
 
