@@ -31,6 +31,15 @@ fn good_frame() -> &'static [u8] {
     })
 }
 
+/// ASan's default options for this binary. surv-client links openh264 (for MP4 recording, not on
+/// this path), whose C++ decoder and encoder each define the same table; the default ODR check
+/// (level 2) aborts at start on that. Level 1 still reports a global defined twice with different
+/// sizes. `ASAN_OPTIONS` in the environment still overrides this.
+#[no_mangle]
+pub extern "C" fn __asan_default_options() -> *const std::ffi::c_char {
+    c"detect_odr_violation=1".as_ptr()
+}
+
 thread_local! {
     /// Like the viewer's decoding thread: one decompressor and one output buffer for every frame.
     static DECODER: RefCell<(turbojpeg::Decompressor, Vec<u8>)> = RefCell::new((
