@@ -152,3 +152,92 @@ fn framing_corpus_decodes_without_panicking() {
         "{frames} frames, {invalid} invalid"
     );
 }
+
+#[test]
+fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
+    use surv_client::decoder::{decode_bgrx, mark_motion, DecodeError, MAX_FRAME_PIXELS};
+    use surv_client::recorder::{jpeg_dims, whole_jpeg};
+    use surv_proto::{FrameTag, MAX_UDP_PAYLOAD_BYTES};
+    use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
+
+    /// What the viewer makes of the seed datagrams (crafted by hand, see
+    /// fuzz/corpus/client_datagram/): `Some((w, h))` is shown and recorded at that size, `None`
+    /// neither shown nor recorded. Files the fuzzer added need only not panic.
+    const SEEDS: &[(&str, Option<(usize, usize)>)] = &[
+        ("v1-96x64-422.jpg", Some((96, 64))),
+        ("v1-progressive-arithmetic-33x17.jpg", Some((33, 17))),
+        ("v2-160x120-420.jpg", Some((160, 120))),
+        ("v2-33x17-odd.jpg", Some((33, 17))),
+        ("v2-arithmetic-64x48.jpg", Some((64, 48))),
+        ("v2-gray-40x30.jpg", Some((40, 30))),
+        ("v2-motion-64x48-444.jpg", Some((64, 48))),
+        ("v2-progressive-160x120.jpg", Some((160, 120))),
+        ("v2-restart-96x64.jpg", Some((96, 64))),
+        // Lossless (SOF3, ffmpeg's ljpeg): libjpeg-turbo cannot convert it to the window's BGRX.
+        ("v2-lossless-32x24.jpg", None),
+        ("v2-claims-65535x65535.jpg", None),
+        ("v2-claims-8000x8000.jpg", None),
+        ("v2-claims-0x0.jpg", None),
+        ("v2-truncated-160x120.jpg", None),
+        ("v2-tag-only.jpg", None),
+        ("v2-tag-then-noise.bin", None),
+    ];
+
+    let good = test_jpeg(16, 16, Picture::Gradient(1), 90, Subsamp::Sub2x2);
+    let mut d = turbojpeg::Decompressor::new().expect("JPEG decoder");
+    let mut out = Vec::new();
+    let (mut tagged, mut shown, mut motion, mut too_big) = (0, 0, 0, 0);
+    let mut seeds_seen = 0;
+    for (path, data) in corpus("client_datagram") {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let expected = SEEDS.iter().find(|(seed, _)| *seed == name).map(|s| s.1);
+        seeds_seen += usize::from(expected.is_some());
+        // The same calls as fuzz/fuzz_targets/client_datagram.rs.
+        if data.len() > MAX_UDP_PAYLOAD_BYTES {
+            continue;
+        }
+        let Ok(tag) = FrameTag::decode(&data) else {
+            assert_eq!(expected, None, "{name}: a seed lost its tag");
+            continue;
+        };
+        tagged += 1;
+        let recorded = whole_jpeg(&data).and_then(|()| jpeg_dims(&data));
+        let decoded = decode_bgrx(&mut d, &data, &mut out);
+        match &decoded {
+            Ok((width, height)) => {
+                shown += 1;
+                assert!(width * height <= MAX_FRAME_PIXELS, "{name}");
+                assert_eq!(out.len(), width * height * 4, "{name}");
+                let mut pixels: Vec<u32> = out
+                    .chunks_exact(4)
+                    .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
+                    .collect();
+                if tag.motion {
+                    motion += 1;
+                    mark_motion(&mut pixels, *width, *height);
+                }
+            }
+            Err(DecodeError::TooBig { .. }) => too_big += 1,
+            Err(_) => {}
+        }
+        if let Some(expected) = expected {
+            assert_eq!(decoded.as_ref().ok().copied(), expected, "{name}: shown");
+            if let Some((w, h)) = expected {
+                let dims = (u16::try_from(w).unwrap(), u16::try_from(h).unwrap());
+                assert_eq!(recorded, Ok(dims), "{name}: recorded");
+            }
+        }
+        if name == "v2-truncated-160x120.jpg" {
+            assert!(recorded.is_err(), "a truncated frame is not recorded");
+        }
+        // One bad datagram does not end the picture: the next frame decodes.
+        let next = decode_bgrx(&mut d, &good, &mut out);
+        assert!(matches!(next, Ok((16, 16))), "{name}: then {next:?}");
+    }
+    assert_eq!(seeds_seen, SEEDS.len(), "a seed file went missing");
+    assert!(tagged >= SEEDS.len(), "only {tagged} tagged datagrams");
+    assert!(
+        shown >= SEEDS.iter().filter(|s| s.1.is_some()).count() && motion >= 2 && too_big >= 1,
+        "{shown} shown, {motion} with motion, {too_big} over the pixel cap"
+    );
+}

@@ -62,6 +62,7 @@ use thiserror::Error;
 pub use crate::retention::Retention;
 pub use gate::MAX_PRE_ROLL;
 pub use handle::{spawn, RecorderHandle};
+pub use writer::{jpeg_dims, whole_jpeg};
 
 /// Frames waiting for the recorder thread: about two seconds at 30 fps.
 pub const QUEUE_FRAMES: usize = 64;

@@ -436,7 +436,7 @@ impl<S: SegmentStore> SegmentWriter<S> {
 
 /// A whole JPEG: SOI first, and EOI at the end (a few bytes of padding after it allowed), so
 /// that a truncated frame is not stored as if it were one.
-fn whole_jpeg(jpeg: &[u8]) -> Result<(), String> {
+pub fn whole_jpeg(jpeg: &[u8]) -> Result<(), String> {
     if !jpeg.starts_with(&[0xFF, 0xD8]) {
         return Err("not a JPEG (no SOI marker)".into());
     }
@@ -448,7 +448,7 @@ fn whole_jpeg(jpeg: &[u8]) -> Result<(), String> {
 }
 
 /// Width and height from the JPEG header.
-fn jpeg_dims(jpeg: &[u8]) -> Result<(u16, u16), String> {
+pub fn jpeg_dims(jpeg: &[u8]) -> Result<(u16, u16), String> {
     let header = turbojpeg::read_header(jpeg).map_err(|e| e.to_string())?;
     let width = u16::try_from(header.width).map_err(|_| "width over 65535".to_string())?;
     let height = u16::try_from(header.height).map_err(|_| "height over 65535".to_string())?;
