@@ -333,8 +333,9 @@ pub fn read_all(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(lines)
 }
 
-/// A capture time (µs since the epoch) as local RFC 3339 with milliseconds.
-fn stamp_us(us: u64) -> String {
+/// A time (µs since the epoch) as local RFC 3339 with milliseconds: the journal's form, also
+/// MQTT's.
+pub(crate) fn stamp_us(us: u64) -> String {
     i64::try_from(us)
         .ok()
         .and_then(chrono::DateTime::from_timestamp_micros)

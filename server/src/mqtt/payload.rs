@@ -17,10 +17,9 @@
 //!  "peak":6.25,"box":{…}}
 //! ```
 
-use chrono::{Local, SecondsFormat};
 use serde::Serialize;
 
-use crate::journal::Event;
+use crate::journal::{stamp_us, Event};
 
 /// Peer-supplied text (a source's error, say) is cut to this many characters.
 pub const MAX_TEXT_CHARS: usize = 1000;
@@ -111,14 +110,14 @@ impl EventJson {
                 viewer,
                 kind,
             } => EventJson::Join {
-                at: rfc3339(*at_us),
+                at: stamp_us(*at_us),
                 at_us: *at_us,
                 session: *session_id,
                 kind: kind.as_str(),
                 address: viewer.to_string(),
             },
             Event::Leave { at_us, leave } => EventJson::Leave {
-                at: rfc3339(*at_us),
+                at: stamp_us(*at_us),
                 at_us: *at_us,
                 session: leave.session_id,
                 kind: leave.kind.as_str(),
@@ -134,7 +133,7 @@ impl EventJson {
                 source,
                 reason,
             } => EventJson::SourceLost {
-                at: rfc3339(*at_us),
+                at: stamp_us(*at_us),
                 at_us: *at_us,
                 source: cut(source),
                 reason: cut(reason),
@@ -144,7 +143,7 @@ impl EventJson {
                 source,
                 down,
             } => EventJson::SourceBack {
-                at: rfc3339(*at_us),
+                at: stamp_us(*at_us),
                 at_us: *at_us,
                 source: cut(source),
                 down_s: round(down.as_secs_f64(), 3),
@@ -154,7 +153,7 @@ impl EventJson {
                 score,
                 region,
             } => EventJson::MotionStart {
-                at: rfc3339(*at_us),
+                at: stamp_us(*at_us),
                 at_us: *at_us,
                 score: percent(*score),
                 region: motion_box(region),
@@ -166,9 +165,9 @@ impl EventJson {
                 peak,
                 region,
             } => EventJson::MotionUpdate {
-                at: rfc3339(*at_us),
+                at: stamp_us(*at_us),
                 at_us: *at_us,
-                start: rfc3339(*start_us),
+                start: stamp_us(*start_us),
                 start_us: *start_us,
                 score: percent(*score),
                 peak: percent(*peak),
@@ -180,11 +179,11 @@ impl EventJson {
                 peak,
                 region,
             } => EventJson::MotionEnd {
-                at: rfc3339(*end_us),
+                at: stamp_us(*end_us),
                 at_us: *end_us,
-                start: rfc3339(*start_us),
+                start: stamp_us(*start_us),
                 start_us: *start_us,
-                end: rfc3339(*end_us),
+                end: stamp_us(*end_us),
                 end_us: *end_us,
                 duration_s: round(end_us.saturating_sub(*start_us) as f64 / 1e6, 3),
                 peak: percent(*peak),
@@ -218,24 +217,10 @@ pub(crate) fn stats_json(status: &crate::http::status::Status, at_us: u64) -> St
     };
     if let Some(map) = value.as_object_mut() {
         map.remove("sessions");
-        map.insert("at".into(), rfc3339(at_us).into());
+        map.insert("at".into(), stamp_us(at_us).into());
         map.insert("at_us".into(), at_us.into());
     }
     value.to_string()
-}
-
-/// µs since the epoch as local RFC 3339 with milliseconds (the journal's form).
-pub fn rfc3339(us: u64) -> String {
-    i64::try_from(us)
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_micros)
-        .map_or_else(
-            || us.to_string(),
-            |t| {
-                t.with_timezone(&Local)
-                    .to_rfc3339_opts(SecondsFormat::Millis, false)
-            },
-        )
 }
 
 fn round(v: f64, decimals: i32) -> f64 {

@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::outbox::Outbox;
-use super::payload::{motion_state, rfc3339, EventJson, MAX_TEXT_CHARS};
+use super::payload::{motion_state, EventJson, MAX_TEXT_CHARS};
 use super::{check_topic, client_id, BrokerUrl};
+use crate::journal::stamp_us as rfc3339;
 use crate::journal::{Event, Leave, LeaveReason};
 use crate::watchers::WatcherKind;
 
