@@ -83,3 +83,27 @@ impl Source for Script {
         })
     }
 }
+
+/// Runs the server's motion detector on `srv`'s stream, as `surv-server --motion on` does:
+/// every `every`-th frame, events ending after `hold`, reporting into `state`, until the
+/// server shuts down.
+pub fn spawn_detector(
+    srv: &crate::TestServer,
+    every: u64,
+    hold: Duration,
+    state: Arc<surv_server::motion::watch::MotionState>,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = surv_server::motion::MotionConfig {
+        hold,
+        ..surv_server::motion::MotionConfig::default()
+    };
+    tokio::spawn(surv_server::motion::watch::run(
+        srv.server.frames.clone(),
+        every,
+        cfg,
+        srv.server.capture.clone(),
+        srv.server.journal.clone(),
+        state,
+        srv.shutdown.clone(),
+    ))
+}

@@ -6,9 +6,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use surv_server::motion::watch::{run as watch_motion, MotionState};
-use surv_server::motion::MotionConfig;
-use surv_tests::motion_script::{Script, END, FPS, H, MOVE, W};
+use surv_server::motion::watch::MotionState;
+use surv_tests::motion_script::{spawn_detector, Script, END, FPS, H, MOVE, W};
 use surv_tests::{start_server_with, ServerOpts};
 
 /// `key=<RFC 3339>` from a journal line, as µs since the epoch.
@@ -29,19 +28,7 @@ async fn one_event_for_the_object_none_for_the_lights() -> anyhow::Result<()> {
     )
     .await?;
     let state = Arc::new(MotionState::default());
-    let cfg = MotionConfig {
-        hold: Duration::from_secs(1),
-        ..MotionConfig::default()
-    };
-    let motion = tokio::spawn(watch_motion(
-        srv.server.frames.clone(),
-        2,
-        cfg,
-        srv.server.capture.clone(),
-        srv.server.journal.clone(),
-        state.clone(),
-        srv.shutdown.clone(),
-    ));
+    let motion = spawn_detector(&srv, 2, Duration::from_secs(1), state.clone());
     tokio::time::sleep(Duration::from_micros(END + 500_000)).await;
     let journal = srv.stop().await?;
     motion.await?;

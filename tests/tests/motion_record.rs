@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger};
 use surv_proto::FrameTag;
-use surv_server::motion::watch::{run as watch_motion, MotionState};
-use surv_server::motion::MotionConfig;
-use surv_tests::motion_script::{Script, FPS, H, LIGHTS, MOVE, W};
+use surv_server::motion::watch::MotionState;
+use surv_tests::motion_script::{spawn_detector, Script, FPS, H, LIGHTS, MOVE, W};
 use surv_tests::{ffmpeg_check, heavy, mjpeg_stream, probe, start_server_with, ServerOpts};
 use tokio_util::sync::CancellationToken;
 
@@ -74,19 +73,7 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
         listener,
         srv.shutdown.clone(),
     ));
-    let cfg = MotionConfig {
-        hold: HOLD,
-        ..MotionConfig::default()
-    };
-    let motion = tokio::spawn(watch_motion(
-        srv.server.frames.clone(),
-        1,
-        cfg,
-        srv.server.capture.clone(),
-        srv.server.journal.clone(),
-        state.clone(),
-        srv.shutdown.clone(),
-    ));
+    let motion = spawn_detector(&srv, 1, HOLD, state.clone());
     let dir = tempfile::tempdir().unwrap();
     let client = surv_client::Config {
         record: Some(RecorderConfig {

@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use surv_proto::Form;
-use surv_server::motion::watch::{run as watch_motion, MotionState};
-use surv_server::motion::MotionConfig;
+use surv_server::motion::watch::MotionState;
 use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
-use surv_tests::motion_script::{Script, END, H, MOVE, W};
+use surv_tests::motion_script::{spawn_detector, Script, END, H, MOVE, W};
 use surv_tests::{
     client_config, output_within, start_server, start_server_with, AckStyle, RawViewer, ServerOpts,
     IO_TIMEOUT,
@@ -141,19 +140,12 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
     .await?;
     let stop = CancellationToken::new();
     let task = mqtt::spawn(srv.server.clone(), config(&broker, prefix), stop.clone());
-    let cfg = MotionConfig {
-        hold: Duration::from_secs(1),
-        ..MotionConfig::default()
-    };
-    let motion = tokio::spawn(watch_motion(
-        srv.server.frames.clone(),
+    let motion = spawn_detector(
+        &srv,
         2,
-        cfg,
-        srv.server.capture.clone(),
-        srv.server.journal.clone(),
+        Duration::from_secs(1),
         Arc::new(MotionState::default()),
-        srv.shutdown.clone(),
-    ));
+    );
     let start = sub.event(prefix, "motion_start", |_| true).await?;
     let end = sub.event(prefix, "motion_end", |_| true).await?;
     // Until the script is over: the lights must not start a second event.
