@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs one fuzz target under libFuzzer + AddressSanitizer for a bounded time (opt-in; not in CI).
-#   scripts/fuzz.sh TARGET [SECONDS]      e.g. scripts/fuzz.sh framing 60
+#   scripts/fuzz.sh TARGET [SECONDS [RUNS]]   e.g. scripts/fuzz.sh framing 60
+#                                             scripts/fuzz.sh wire 900 10000000 (stops at 10 M runs)
 #   scripts/fuzz.sh --list
 # Targets live in fuzz/fuzz_targets/, corpora in fuzz/corpus/<target>/ (new finds are added
 # there; `cargo test` replays every corpus file, so commit the interesting ones and any crasher).
@@ -13,6 +14,7 @@ if [[ "${1:-}" == "--list" || $# -eq 0 ]]; then
 fi
 target=$1
 secs=${2:-60}
+runs=${3:--1}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 export RUSTC_BOOTSTRAP=1
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
@@ -20,5 +22,5 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks -Zsanitizer=address"
 cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" --bin "$target"
 mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
-exec "fuzz/target/$triple/release/$target" -max_total_time="$secs" -rss_limit_mb=2048 \
+exec "fuzz/target/$triple/release/$target" -max_total_time="$secs" -runs="$runs" -rss_limit_mb=2048 \
     -artifact_prefix="fuzz/artifacts/$target/" "fuzz/corpus/$target"

@@ -40,6 +40,82 @@ pub struct Shared {
     pub count_untagged: AtomicBool,
     /// SURV/1 viewers' session keys, which their acks carry.
     pub keys: SessionKeys,
+    /// Frames per viewer in consecutive phases of a run (the chaos run); empty otherwise.
+    pub phases: Phases,
+    /// The server UDP ports that frames came from, as found.
+    pub server_ports: std::sync::Mutex<std::collections::BTreeSet<u16>>,
+}
+
+/// Phases of a run cut by frame number: phase k holds frames `bounds[k]..bounds[k + 1]`. Each
+/// viewer's frames and longest wait between two frames are counted per phase, so that what
+/// happened before, during and after something is read exactly, frame by frame.
+pub struct Phases {
+    /// Start frame of each phase; `u64::MAX`: not started.
+    bounds: Vec<AtomicU64>,
+    /// `[phase * viewers + viewer]`.
+    frames: Vec<AtomicU64>,
+    max_gap_ns: Vec<AtomicU64>,
+    last_rx_ns: Vec<AtomicU64>,
+    viewers: usize,
+}
+
+impl Default for Phases {
+    fn default() -> Phases {
+        Phases::new(0, 0)
+    }
+}
+
+impl Phases {
+    pub fn new(phases: usize, viewers: usize) -> Phases {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Phases {
+            bounds: (0..phases).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            frames: zeros(phases * viewers),
+            max_gap_ns: zeros(phases * viewers),
+            last_rx_ns: zeros(viewers),
+            viewers,
+        }
+    }
+
+    /// Starts phase `k` at frame `first` (phases start in order, each after the last).
+    pub fn start(&self, k: usize, first: u64) {
+        self.bounds[k].store(first, Relaxed);
+    }
+
+    /// The frames of phase `k` (none until the next phase has started).
+    pub fn span(&self, k: usize) -> Option<(u64, u64)> {
+        let lo = self.bounds.get(k)?.load(Relaxed);
+        let hi = self.bounds.get(k + 1)?.load(Relaxed);
+        (lo != u64::MAX && hi != u64::MAX).then_some((lo, hi))
+    }
+
+    /// Viewer `viewer`'s frames and longest gap (ns) in phase `k`.
+    pub fn of(&self, k: usize, viewer: usize) -> (u64, u64) {
+        let i = k * self.viewers + viewer;
+        (
+            self.frames[i].load(Relaxed),
+            self.max_gap_ns[i].load(Relaxed),
+        )
+    }
+
+    fn record(&self, viewer: usize, seq: u64, now_ns: u64) {
+        if viewer >= self.viewers {
+            return;
+        }
+        let Some(k) = self
+            .bounds
+            .iter()
+            .rposition(|b| b.load(Relaxed) <= seq)
+        else {
+            return;
+        };
+        let i = k * self.viewers + viewer;
+        self.frames[i].fetch_add(1, Relaxed);
+        let last = self.last_rx_ns[viewer].swap(now_ns, Relaxed);
+        if last != 0 {
+            self.max_gap_ns[i].fetch_max(now_ns.saturating_sub(last), Relaxed);
+        }
+    }
 }
 
 /// Each SURV/1 viewer's session key from its `OK` line, and where its `hello` goes, by viewer
@@ -177,7 +253,12 @@ pub fn receive_loop(
                     }
                     return;
                 };
-                senders.insert(index, d.from);
+                if senders.insert(index, d.from) != Some(d.from) {
+                    if let Ok(mut ports) = shared.server_ports.lock() {
+                        ports.insert(d.from.port());
+                    }
+                }
+                shared.phases.record(index, tag.seq, now_ns);
                 shared.datagrams.fetch_add(1, Relaxed);
                 if tag.seq > shared.max_seq.load(Relaxed) {
                     shared.max_seq.store(tag.seq, Relaxed);
