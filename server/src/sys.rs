@@ -518,6 +518,17 @@ impl BatchReceiver {
     }
 }
 
+/// Reads what is already queued on a socket without waiting (`MSG_DONTWAIT`), whatever the
+/// async runtime believes of its readiness: `WouldBlock` when nothing is there, `Ok(0)` at end.
+pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Waits until `fd` has room to send or `wait` has passed, whichever comes first.
 pub fn wait_writable(fd: RawFd, wait: Duration) {
     poll_one(fd, libc::POLLOUT, wait);

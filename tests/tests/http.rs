@@ -229,10 +229,59 @@ async fn metrics_and_refusals() {
         "surv_frames_no_signal_total",
         "surv_motion_active",
         "surv_motion_events_total",
+        "surv_foreign_datagrams_total",
+        "surv_probes_total",
+        "surv_gone_before_accepted_total",
     ] {
         value(series);
     }
     drop(a);
+    web.stop().await;
+}
+
+/// A slowloris on the HTTP port: idle connections (never a request) beyond every connection
+/// place (`--max-viewers` + 256) do not lock out a request, nor push out a stream: a new
+/// connection takes the place of the oldest idle one. Before, the server stopped accepting
+/// until the header deadline (10 s) freed places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_every_place_do_not_lock_out_requests() {
+    let _serial = heavy().await;
+    let mut opts = ServerOpts::sized(160, 120);
+    opts.config = Config {
+        max_viewers: 1,
+        ..Config::default()
+    };
+    let web = start_web(opts).await;
+    let mut stream = MjpegReader::open(web.http, None).await.unwrap();
+    stream.next().await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        let tcp = tokio::time::timeout(IO_TIMEOUT, tokio::net::TcpStream::connect(web.http))
+            .await
+            .expect("connect timed out")
+            .unwrap();
+        idle.push(tcp);
+    }
+    // Let the server take them all in (bounded), then ask.
+    let until = Instant::now() + IO_TIMEOUT;
+    while web.srv.server.stats.refusals.get(RefusalCause::Crowded) < 400 - 257
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let t = Instant::now();
+        let reply = tokio::time::timeout(Duration::from_secs(3), get(web.http, "/status"))
+            .await
+            .expect("/status not answered within 3 s while idle connections fill the places")
+            .unwrap();
+        assert_eq!(reply.status, 200);
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+    assert!(web.srv.server.stats.refusals.get(RefusalCause::Crowded) >= 400 - 257);
+    // The stream, which made its request, kept its place.
+    stream.read_for(Duration::from_millis(500)).await.unwrap();
+    drop(idle);
     web.stop().await;
 }
 

@@ -249,6 +249,24 @@ impl Collector for ServerCollector {
         )?;
         counter(
             e,
+            "foreign_datagrams",
+            "Datagrams at the session sockets from no viewer's address (junk, spoofed acks): ignored.",
+            s.foreign_datagrams.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "probes",
+            "Registration connections closed without sending a byte (port checks); not refusals.",
+            s.probes.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "gone_before_accepted",
+            "SURV/1 viewers admitted whose connection failed before their acceptance was written.",
+            s.gone_before_accepted.load(Relaxed),
+        )?;
+        counter(
+            e,
             "keyless_acks",
             "Acks from a SURV/1 viewer's address without its session key (forged): ignored.",
             s.keyless_acks.load(Relaxed),

@@ -7,11 +7,14 @@
 //! [`HEADER_READ_TIMEOUT`] (idle keep-alive connections included), a write that makes no
 //! progress for `Config::http_write_deadline` ends the connection ([`io::DeadlineIo`]), and
 //! hyper buffers at most [`MAX_BUF_BYTES`] of a response beyond the socket, so that a slow
-//! MJPEG client is sent the newest frame, not a queue of old ones ([`mjpeg`]).
+//! MJPEG client is sent the newest frame, not a queue of old ones ([`mjpeg`]). At most
+//! `--max-viewers` + [`EXTRA_CONNECTIONS`] connections are open at once; beyond that a new one
+//! pushes out the oldest that has not sent a request yet, or is answered 503 ([`conns`]).
 //!
 //! Every request passes [`admit`] first: the one place where a request is let in or turned
 //! away (access control goes there).
 
+mod conns;
 mod io;
 mod metrics;
 mod mjpeg;
@@ -35,8 +38,8 @@ use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -59,6 +62,9 @@ const MAX_SNDBUF_BYTES: usize = 4 * 1024 * 1024;
 
 /// Connections open at once beyond `--max-viewers`: room for pages, snapshots and scrapes.
 const EXTRA_CONNECTIONS: usize = 256;
+
+/// Writing the 503 of a full server must not hold a task for long.
+const FULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// After an accept error (out of file descriptors, say), wait before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -95,9 +101,8 @@ pub(crate) struct HttpState {
 /// to end (MJPEG watchers end with reason `shutdown`).
 pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let connections = Arc::new(Semaphore::new(
-        server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS),
-    ));
+    let connections = Arc::new(conns::Conns::default());
+    let max_connections = server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS);
     let state = Arc::new(HttpState {
         metrics: metrics::Metrics::new(server.clone()),
         rate: status::RateMeter::new(
@@ -112,13 +117,6 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
     let server = state.server.clone();
     let app = router(state);
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_closed) => break,
-            },
-        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             res = listener.accept() => res,
@@ -131,6 +129,19 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
                 continue;
             }
         };
+        let place = match conns::Conns::enter(&connections, max_connections) {
+            conns::Entry::Free(place) => place,
+            conns::Entry::Evicted(place) => {
+                // The connection pushed out never sent a request: no answer is owed to it.
+                server.stats.refusals.count(RefusalCause::Crowded);
+                place
+            }
+            conns::Entry::Full => {
+                server.stats.refusals.count(RefusalCause::Full);
+                tracker.spawn(answer_full(tcp, peer));
+                continue;
+            }
+        };
         let sndbuf = send_buffer_bytes(&server);
         tracker.spawn(connection(
             app.clone(),
@@ -139,10 +150,17 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
             peer,
             write_deadline,
             shutdown.clone(),
-            permit,
+            place,
         ));
     }
     crate::wind_down(&tracker, "http connections").await;
+}
+
+/// Every place has a request behind it: a 503 the client can read, then the connection closes.
+async fn answer_full(mut tcp: TcpStream, peer: SocketAddr) {
+    const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n\r\nsurv: every HTTP connection place taken";
+    tracing::debug!(%peer, "http connection refused: every place taken");
+    let _ = tokio::time::timeout(FULL_ANSWER_TIMEOUT, tcp.write_all(FULL)).await;
 }
 
 /// The kernel's send buffer for a connection: about two frames of the stream as it is now
@@ -234,8 +252,9 @@ async fn connection(
     peer: SocketAddr,
     write_deadline: Duration,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    place: conns::Place,
 ) {
+    let place = Arc::new(place);
     // Small writes (a part's headers) go at once; the frames are what is large.
     let _ = tcp.set_nodelay(true);
     if let Err(e) = sys::set_buffer(tcp.as_raw_fd(), libc::SO_SNDBUF, sndbuf_bytes) {
@@ -244,7 +263,9 @@ async fn connection(
     let stalled = WriteStalled::default();
     let io = TokioIo::new(io::DeadlineIo::new(tcp, write_deadline, stalled.clone()));
     let routes = TowerToHyperService::new(app);
+    let requested = place.clone();
     let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+        requested.requested();
         request.extensions_mut().insert(Peer(peer));
         request.extensions_mut().insert(stalled.clone());
         hyper::service::Service::call(&routes, request)
@@ -257,6 +278,10 @@ async fn connection(
     tokio::pin!(conn);
     let ended = tokio::select! {
         res = conn.as_mut() => res,
+        () = place.evicted.cancelled() => {
+            tracing::debug!(%peer, "http connection pushed out before its first request");
+            return;
+        }
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {

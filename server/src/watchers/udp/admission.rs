@@ -61,12 +61,7 @@ pub(crate) async fn accept_loop(
             let registration = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                () = place.evicted.cancelled() => Err(Unregistered::Refused(
-                    None,
-                    RefusalCause::Crowded,
-                    "too many registrations in progress: this one was the slowest".into(),
-                )),
-                res = read_registration(&mut tcp, &server.config) => res,
+                res = read_registration(&mut tcp, &server.config, &place.evicted) => res,
             };
             drop(place);
             match registration {
@@ -148,10 +143,12 @@ enum Unregistered {
     Refused(Option<Form>, RefusalCause, String),
 }
 
-/// Reads until the bytes form a registration, prove invalid, or the deadline passes.
+/// Reads until the bytes form a registration, prove invalid, or the deadline passes; when
+/// `evicted` (a newer connection took its place), only what has already arrived counts.
 async fn read_registration(
     tcp: &mut TcpStream,
     config: &crate::Config,
+    evicted: &CancellationToken,
 ) -> Result<RegistrationLine, Unregistered> {
     let refused = |buf: &[u8], reason: String| {
         Unregistered::Refused(guess_form(buf), RefusalCause::Invalid, reason)
@@ -167,7 +164,12 @@ async fn read_registration(
         } else {
             deadline
         };
-        let at_rest = match timeout_at(wait_until, tcp.read(&mut chunk)).await {
+        let read = tokio::select! {
+            biased;
+            () = evicted.cancelled() => return last_chance(tcp, buf, &mut chunk),
+            read = timeout_at(wait_until, tcp.read(&mut chunk)) => read,
+        };
+        let at_rest = match read {
             Ok(Ok(0)) => true,
             Ok(Ok(n)) => {
                 buf.extend_from_slice(&chunk[..n]);
@@ -199,6 +201,31 @@ async fn read_registration(
             Err(e) => return Err(refused(&buf, e.to_string())),
         }
     }
+}
+
+/// A registration pushed out of its place: what already waits in the socket is read without
+/// waiting, and if that is a whole registration it stands. Under a flood of new connections the
+/// places turn over faster than a task is scheduled, so an honest viewer whose line arrived
+/// with its connection may not have been read yet; only a connection still short of a whole
+/// registration is refused as the slowest.
+fn last_chance(
+    tcp: &TcpStream,
+    mut buf: Vec<u8>,
+    chunk: &mut [u8],
+) -> Result<RegistrationLine, Unregistered> {
+    while buf.len() <= surv_proto::MAX_REGISTRATION_LINE_BYTES {
+        match crate::sys::recv_now(std::os::fd::AsRawFd::as_raw_fd(tcp), chunk) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    RegistrationLine::decode(&buf, true).map_err(|_| {
+        Unregistered::Refused(
+            guess_form(&buf),
+            RefusalCause::Crowded,
+            "too many registrations in progress: this one was the slowest".into(),
+        )
+    })
 }
 
 /// Which form bytes that failed to register were trying to be, for the journal.
@@ -368,6 +395,52 @@ fn session_key() -> Result<u64, getrandom::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection to a fresh listener whose client has sent `bytes`, as the server sees it.
+    async fn sent(bytes: &'static [u8]) -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(bytes).await.unwrap();
+        let (server_side, _) = listener.accept().await.unwrap();
+        // Loopback delivers at once; give the bytes a moment all the same (bounded).
+        for _ in 0..100 {
+            let mut probe = [0u8; 64];
+            let peek = timeout(Duration::from_millis(5), server_side.peek(&mut probe)).await;
+            if matches!(peek, Ok(Ok(n)) if n >= bytes.len()) {
+                break;
+            }
+        }
+        (server_side, client)
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_whose_registration_has_arrived_whole_is_admitted() {
+        let (mut tcp, _client) = sent(b"SURV/1 5000\n").await;
+        let evicted = CancellationToken::new();
+        evicted.cancel();
+        let reg = read_registration(&mut tcp, &crate::Config::default(), &evicted).await;
+        match reg {
+            Ok(reg) => assert_eq!(reg.registration.udp_port, 5000),
+            Err(_) => panic!("a whole registration was refused because its place was taken"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_evicted_connection_short_of_a_registration_is_refused_as_the_slowest() {
+        for partial in [b"SURV/1 50".as_slice(), b""] {
+            let (mut tcp, _client) = sent(partial).await;
+            let evicted = CancellationToken::new();
+            evicted.cancel();
+            match read_registration(&mut tcp, &crate::Config::default(), &evicted).await {
+                Err(Unregistered::Refused(_, RefusalCause::Crowded, reason)) => {
+                    assert!(reason.contains("slowest"), "{reason}")
+                }
+                _ => panic!("{partial:?}: not refused as crowded"),
+            }
+        }
+    }
 
     #[test]
     fn a_new_connection_takes_the_place_of_the_oldest_pending_one() {

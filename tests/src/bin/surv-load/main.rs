@@ -27,6 +27,9 @@
 //! (the HTTP runs, and their GStreamer yardstick), `http_clients.rs` (their clients),
 //! `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the apps run).
 
+mod chaos;
+mod chaos_floods;
+mod chaos_http;
 mod churn;
 mod gst;
 mod http;
@@ -119,6 +122,25 @@ struct Args {
     /// In the memory run, seconds between RSS lines.
     #[arg(long, default_value_t = 30.0)]
     report_secs: f64,
+    /// Chaos run (issue 11): while --viewers honest viewers stream, hostile floods hit the
+    /// server one after another (garbage registrations with slowloris, random datagrams, spoofed
+    /// acks, join/leave churn with SIGKILLed surv-client processes, HTTP idle/non-reading/junk
+    /// connections); prints per flood the honest viewers' share of frames before, during and
+    /// after, the server's RSS and descriptors, and whether its counters account for what was
+    /// sent. Needs `cargo build --release -p surv-server -p surv-client -p surv-tests`.
+    #[arg(long)]
+    chaos: bool,
+    /// In the chaos run, the floods' sizes as a share of the issue's (1.0: 100,000 garbage
+    /// registrations, 2,000 slowloris, 1,000,000 datagrams, 100,000 spoofed acks, 10,000
+    /// join/leave cycles, 300 killed clients, 2,000 + 1,000 + 150 HTTP connections).
+    #[arg(long, default_value_t = 1.0)]
+    chaos_scale: f64,
+    /// In the chaos run, only these floods (registrations, datagrams, spoofed-acks, churn, http).
+    #[arg(long, value_delimiter = ',')]
+    chaos_only: Vec<String>,
+    /// In the chaos run, random datagrams per second at most.
+    #[arg(long, default_value_t = 50_000)]
+    chaos_datagram_rate: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,6 +183,12 @@ fn main() -> anyhow::Result<()> {
 
     if args.request.is_some() {
         return request::run(&args, &udp);
+    }
+    if args.chaos {
+        if args.viewers > 1_000 || !(0.0..=10.0).contains(&args.chaos_scale) {
+            bail!("a chaos run takes at most 1,000 honest --viewers and a --chaos-scale of 0..=10");
+        }
+        return chaos::run(&args, &udp);
     }
     if args.gst_baseline {
         return gst::run(&args, &udp, udp_port);

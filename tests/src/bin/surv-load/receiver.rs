@@ -102,11 +102,7 @@ impl Phases {
         if viewer >= self.viewers {
             return;
         }
-        let Some(k) = self
-            .bounds
-            .iter()
-            .rposition(|b| b.load(Relaxed) <= seq)
-        else {
+        let Some(k) = self.bounds.iter().rposition(|b| b.load(Relaxed) <= seq) else {
             return;
         };
         let i = k * self.viewers + viewer;

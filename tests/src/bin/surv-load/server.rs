@@ -144,6 +144,17 @@ impl ServerProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits (bounded): the server's log and its journal, shutdown LEAVEs included.
+    pub fn stop_with_journal(mut self) -> (String, String) {
+        self.terminate();
+        (self.log_text(), self.journal())
+    }
+
     /// SIGTERM, then waits (bounded) and returns the server's log.
     pub fn stop(mut self) -> String {
         self.terminate();
