@@ -392,14 +392,14 @@ fn run() -> anyhow::Result<()> {
             }
         }
         let addr = SocketAddr::new(args.bind, args.port);
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        let listener = listen(addr).with_context(|| {
             format!("listening on TCP {addr} (is another server on that port? try --port)")
         })?;
         let http = match args.http_port {
             0 => None,
             port => {
                 let addr = SocketAddr::new(args.bind, port);
-                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                let listener = listen(addr).with_context(|| {
                     format!(
                         "listening for HTTP on {addr} (is another server on that port? try \
                          --http-port with another port, or --http-port 0 to turn HTTP off)"
@@ -442,7 +442,7 @@ fn run() -> anyhow::Result<()> {
         });
         let oak = if args.tcp_stream_port != 0 {
             let addr = SocketAddr::new(args.bind, args.tcp_stream_port);
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            let listener = listen(addr).with_context(|| {
                 format!("--tcp-stream-port: listening on TCP {addr} (is that port in use?)")
             })?;
             tracing::info!(%addr, "serving OAK host programs (ABCDE over TCP)");
@@ -531,4 +531,21 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutting down: ending every session");
     shutdown.cancel();
+}
+
+/// The kernel's queue of connections not yet accepted, per listening port (tokio's `bind` asks
+/// for 1024; Linux caps it at `net.core.somaxconn`, 4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` as tokio's `TcpListener::bind` does (SO_REUSEADDR), with a deeper queue: a
+/// burst of connections (a flood, or many viewers starting at once) waits there instead of
+/// having SYNs dropped, which costs each client a one-second retransmit.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
 }

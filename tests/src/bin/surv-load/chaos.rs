@@ -25,8 +25,8 @@ use crate::server::ServerProc;
 use crate::viewers::register_all;
 use crate::Args;
 
-/// Phases: a baseline, then "during" and "after" for each flood, then the end marker.
-const MAX_PHASES: usize = 2 + 2 * 8;
+/// Phases: a baseline, then "during", "settle" and "after" for each flood, then the end marker.
+const MAX_PHASES: usize = 2 + 3 * 16;
 /// How long the baseline and each "after" phase are measured.
 const CALM: Duration = Duration::from_secs(5);
 /// After a flood and before its "after" phase: the server's deadlines (registration 5 s,
@@ -312,7 +312,14 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         .chain(chaos_http::ALL.iter().copied())
         .filter(|f| args.chaos_only.is_empty() || args.chaos_only.iter().any(|o| o == f.name))
         .collect();
-    for flood in floods {
+    let rounds = args.chaos_rounds.max(1);
+    if floods.len() * rounds * 3 + 2 > MAX_PHASES {
+        bail!("at most {} floods in all (--chaos-rounds × floods)", (MAX_PHASES - 2) / 3);
+    }
+    // Each round runs every flood again: memory that stays after the first round but does not
+    // grow in the next is the allocator keeping its pages, not a leak.
+    let mut rss_after_round = Vec::new();
+    for flood in (0..rounds).flat_map(|_| floods.iter().copied()) {
         let during_k = k - 1;
         let sampler = PeakSampler::start(&pid);
         let t = Instant::now();
@@ -373,6 +380,20 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
             ));
         }
         before = after;
+        if flood.name == floods[floods.len() - 1].name {
+            rss_after_round.push(before.rss_kib);
+        }
+    }
+    if rounds > 1 {
+        let mib: Vec<String> = rss_after_round
+            .iter()
+            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+            .collect();
+        println!(
+            "rss after each round: {} MiB (baseline {:.1} MiB)",
+            mib.join(", "),
+            baseline.rss_kib as f64 / 1024.0
+        );
     }
 
     shared.stop.store(true, Relaxed);

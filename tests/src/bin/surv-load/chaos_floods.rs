@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use surv_proto::{Form, Registration, Reply, ReplyError};
+use surv_proto::{Form, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chaos::{metrics, udp_drops, Ctx, Reading};
-use crate::viewers::{register_all, viewer_ip, MAX_VIEWER_INDEX};
+use crate::viewers::{connect_and_send, read_reply, register_all, viewer_ip, MAX_VIEWER_INDEX};
 
 /// One flood: its name (for `--chaos-only`) and what runs it.
 #[derive(Clone, Copy)]
@@ -167,35 +167,15 @@ async fn slowloris(i: usize, to: SocketAddrV4, done: Arc<AtomicBool>, opened: Ar
     }
 }
 
-/// An honest SURV/1 registration during the flood: the time until its `OK` (or why not).
-async fn honest_registration(index: usize, to: SocketAddrV4) -> Result<Duration, String> {
+/// An honest SURV/1 registration during the flood, on a thread of its own (as a real viewer
+/// sends its line right after connecting): the time until its `OK`, or why not.
+fn honest_registration(index: usize, to: SocketAddrV4) -> Result<Duration, String> {
     let t = Instant::now();
-    let mut tcp = connect(viewer_ip(index), to)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let line = Registration {
-        form: Form::V1,
-        udp_port: 9,
-    }
-    .encode();
-    tcp.write_all(&line).await.map_err(|e| e.to_string())?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 256];
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n = match tokio::time::timeout_at(until, tcp.read(&mut buf)).await {
-            Err(_) => return Err("no reply in 10 s".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
-            Ok(Ok(0)) => return Err("closed without a reply".into()),
-            Ok(Ok(n)) => n,
-        };
-        reply.extend_from_slice(&buf[..n]);
-        match Reply::decode(&reply) {
-            Err(ReplyError::Incomplete) => {}
-            Ok((Reply::Accepted(_), _)) => return Ok(t.elapsed()),
-            Ok((Reply::Refused(r), _)) => return Err(format!("refused: {r}")),
-            Err(e) => return Err(e.to_string()),
-        }
+    let tcp = connect_and_send(to, index, 9, Form::V1).map_err(|e| format!("{e:#}"))?;
+    match read_reply(&tcp) {
+        Ok(Reply::Accepted(_)) => Ok(t.elapsed()),
+        Ok(Reply::Refused(r)) => Err(format!("refused: {r}")),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
@@ -208,24 +188,26 @@ fn registrations(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
     let done = Arc::new(AtomicBool::new(false));
     let opened = Arc::new(AtomicU64::new(0));
     let connect_failed = Arc::new(AtomicU64::new(0));
-    let (honest, secs) = runtime()?.block_on(async {
+    let honest = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            // Bounded: one every 500 ms while the flood lasts, at most 2,000.
+            for i in 0..2_000 {
+                if done.load(Relaxed) {
+                    break;
+                }
+                results.push(honest_registration(MAX_VIEWER_INDEX - 1 - i % 500, to));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            results
+        })
+    };
+    let secs = runtime()?.block_on(async {
         let mut slow = tokio::task::JoinSet::new();
         for i in 0..slow_n {
             slow.spawn(slowloris(i, to, done.clone(), opened.clone()));
         }
-        let honest_done = done.clone();
-        let honest = tokio::spawn(async move {
-            let mut results = Vec::new();
-            // Bounded: one every 500 ms while the flood lasts, at most 2,000.
-            for i in 0..2_000 {
-                if honest_done.load(Relaxed) {
-                    break;
-                }
-                results.push(honest_registration(MAX_VIEWER_INDEX - 1 - i % 500, to).await);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            results
-        });
         let t = Instant::now();
         let limit = Arc::new(tokio::sync::Semaphore::new(GARBAGE_CONCURRENCY));
         let mut garbage = tokio::task::JoinSet::new();
@@ -256,8 +238,9 @@ fn registrations(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
         let secs = t.elapsed().as_secs_f64();
         done.store(true, Relaxed);
         while slow.join_next().await.is_some() {}
-        (honest.await.unwrap_or_default(), secs)
+        secs
     });
+    let honest = honest.join().unwrap_or_default();
     let opened = opened.load(Relaxed) as f64;
     let honest_ok: Vec<Duration> = honest
         .iter()

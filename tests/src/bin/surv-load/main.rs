@@ -138,6 +138,10 @@ struct Args {
     /// In the chaos run, only these floods (registrations, datagrams, spoofed-acks, churn, http).
     #[arg(long, value_delimiter = ',')]
     chaos_only: Vec<String>,
+    /// In the chaos run, how many times to run the floods (RSS after each round tells memory
+    /// the allocator keeps from a leak).
+    #[arg(long, default_value_t = 1)]
+    chaos_rounds: usize,
     /// In the chaos run, random datagrams per second at most.
     #[arg(long, default_value_t = 50_000)]
     chaos_datagram_rate: u64,

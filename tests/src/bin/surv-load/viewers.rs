@@ -92,7 +92,7 @@ pub fn register_all(
     (ok, failed)
 }
 
-fn connect_and_send(
+pub fn connect_and_send(
     server: SocketAddrV4,
     index: usize,
     udp_port: u16,
@@ -110,7 +110,7 @@ fn connect_and_send(
 
 /// Reads the server's reply byte-wise, as surv-client does: surv-proto frames it. The whole
 /// line is due within 10 s, however slowly it trickles in.
-fn read_reply(mut tcp: &TcpStream) -> anyhow::Result<Reply> {
+pub fn read_reply(mut tcp: &TcpStream) -> anyhow::Result<Reply> {
     let until = Instant::now() + Duration::from_secs(10);
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
