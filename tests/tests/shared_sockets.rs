@@ -160,6 +160,38 @@ async fn joins_and_leaves_leave_no_state_behind() {
     assert_eq!(srv.server.stats.leaves.load(Relaxed), 200);
 }
 
+/// The same viewer address registered twice at once gets a second socket (each socket must
+/// know whose acks it receives); once those sessions leave, the extra socket closes. It used to
+/// stay open for good (found by the chaos run: one descriptor more after a churn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extra_socket_for_an_address_registered_twice_closes_when_its_sessions_leave() {
+    let srv = start_server(small()).await.unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    for round in 0..3 {
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
+            let reg = Registration {
+                form: Form::V1,
+                udp_port: port,
+            };
+            tcp.write_all(&reg.encode()).await.unwrap();
+            assert!(matches!(
+                read_reply(&mut tcp).await.unwrap(),
+                Reply::Accepted(_)
+            ));
+            conns.push(tcp);
+        }
+        srv.wait_sessions(2).await.unwrap();
+        assert_eq!(srv.server.data.socket_count(), 2, "round {round}");
+        drop(conns);
+        srv.wait_sessions(0).await.unwrap();
+        assert_eq!(wait_detached(&srv).await, 0);
+        assert_eq!(srv.server.data.socket_count(), 1, "round {round}");
+    }
+}
+
 /// A SURV/1 viewer whose connection is reset right after it registers: the server may fail to
 /// write its acceptance, and that way out of admission must take the viewer off the data path
 /// too (it used to stay attached for good, sent every frame, one per such viewer).

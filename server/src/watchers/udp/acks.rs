@@ -35,6 +35,7 @@ pub(super) async fn ack_loop(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            () = socket.closed.cancelled() => return,
             res = socket.udp.readable() => if let Err(e) = res {
                 tracing::warn!(error = %e, "shared UDP socket failed; acks on it are lost");
                 return;

@@ -15,7 +15,7 @@
 //!
 //! Sessions share one socket per local address; a second session for a viewer address already
 //! served (the same IP and port registered twice) gets a socket of its own, so that each socket
-//! knows whose acks it receives.
+//! knows whose acks it receives; such an extra socket closes when its last session leaves.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -57,6 +57,11 @@ pub(crate) struct SharedSocket {
     pub(super) udp: UdpSocket,
     local_ip: IpAddr,
     pub(super) links: DashMap<SocketAddr, Arc<Link>>,
+    /// Cancelled when this socket is closed: its ack task ends, and the descriptor closes with
+    /// the last reference.
+    pub(super) closed: CancellationToken,
+    /// The list it is in, to leave it when closed.
+    owner: std::sync::Weak<Mutex<Vec<Arc<SharedSocket>>>>,
 }
 
 /// Why a viewer could not be put on the data path.
@@ -71,7 +76,7 @@ pub(crate) enum AttachError {
 /// Every shared socket.
 #[derive(Default)]
 pub struct DataPath {
-    sockets: Mutex<Vec<Arc<SharedSocket>>>,
+    sockets: Arc<Mutex<Vec<Arc<SharedSocket>>>>,
 }
 
 /// What became of one datagram.
@@ -158,7 +163,10 @@ impl DataPath {
                 return Ok(Attached(link));
             }
         }
-        let socket = Arc::new(SharedSocket::bind(local_ip)?);
+        let socket = Arc::new(SharedSocket::bind(
+            local_ip,
+            Arc::downgrade(&server.data.sockets),
+        )?);
         tracing::debug!(local = ?socket.udp.local_addr().ok(), "new shared UDP socket");
         let link = new_link(&socket);
         socket.links.insert(viewer, link.clone());
@@ -168,16 +176,38 @@ impl DataPath {
     }
 
     /// Takes a session off the data path: its viewer's datagrams become foreign. Idempotent
-    /// (dropping its [`Attached`] does it again, harmlessly).
+    /// (dropping its [`Attached`] does it again, harmlessly). An extra socket (one opened for a
+    /// viewer address registered twice) is closed when its last session leaves.
     pub(crate) fn detach(link: &Arc<Link>) {
-        link.socket
+        let socket = &link.socket;
+        socket
             .links
             .remove_if(&link.viewer, |_, l| Arc::ptr_eq(l, link));
+        if !socket.links.is_empty() {
+            return;
+        }
+        let Some(owner) = socket.owner.upgrade() else {
+            return;
+        };
+        // Under the lock that attaching takes: no session joins it meanwhile.
+        let mut sockets = owner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = sockets.iter().position(|s| Arc::ptr_eq(s, socket)) else {
+            return;
+        };
+        let first_of_its_ip = !sockets[..at].iter().any(|s| s.local_ip == socket.local_ip);
+        if socket.links.is_empty() && !first_of_its_ip {
+            sockets.remove(at);
+            socket.closed.cancel();
+            tracing::debug!(local = ?socket.udp.local_addr().ok(), "extra shared UDP socket closed");
+        }
     }
 }
 
 impl SharedSocket {
-    fn bind(local_ip: IpAddr) -> io::Result<SharedSocket> {
+    fn bind(
+        local_ip: IpAddr,
+        owner: std::sync::Weak<Mutex<Vec<Arc<SharedSocket>>>>,
+    ) -> io::Result<SharedSocket> {
         let std = std::net::UdpSocket::bind((local_ip, 0))?;
         std.set_nonblocking(true)?;
         let fd = std.as_raw_fd();
@@ -194,6 +224,8 @@ impl SharedSocket {
             udp: UdpSocket::from_std(std)?,
             local_ip,
             links: DashMap::new(),
+            closed: CancellationToken::new(),
+            owner,
         })
     }
 

@@ -91,6 +91,21 @@ pub fn fd_count(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// What each open descriptor of a process is (`socket:[…]`, a path, `anon_inode:[eventfd]`).
+fn fd_targets(pid: &str) -> Vec<String> {
+    let mut t: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let link = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{}→{}", e.file_name().to_string_lossy(), link.display())
+        })
+        .collect();
+    t.sort();
+    t
+}
+
 /// Datagrams dropped by the kernel at a process's UDP sockets, from `/proc/<pid>/net/udp{,6}`
 /// (its sockets found by inode among its descriptors).
 pub fn udp_drops(pid: &str) -> u64 {
@@ -296,6 +311,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     next_phase(&mut k);
     std::thread::sleep(CALM);
     let baseline = read(&pid, http)?;
+    let baseline_fds = fd_targets(&pid);
     next_phase(&mut k);
     println!(
         "baseline: {} | rss {:.1} MiB, {} fds",
@@ -314,7 +330,10 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         .collect();
     let rounds = args.chaos_rounds.max(1);
     if floods.len() * rounds * 3 + 2 > MAX_PHASES {
-        bail!("at most {} floods in all (--chaos-rounds × floods)", (MAX_PHASES - 2) / 3);
+        bail!(
+            "at most {} floods in all (--chaos-rounds × floods)",
+            (MAX_PHASES - 2) / 3
+        );
     }
     // Each round runs every flood again: memory that stays after the first round but does not
     // grow in the next is the allocator keeping its pages, not a leak.
@@ -374,6 +393,11 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
             break;
         }
         if after.fds > baseline.fds {
+            let extra: Vec<String> = fd_targets(&pid)
+                .into_iter()
+                .filter(|t| !baseline_fds.contains(t))
+                .collect();
+            println!("   descriptors beyond the baseline's: {}", extra.join(", "));
             failures.push(format!(
                 "{}: {} fds after, {} at baseline",
                 flood.name, after.fds, baseline.fds
@@ -396,6 +420,9 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         );
     }
 
+    if args.chaos_trim {
+        trim_report(&pid);
+    }
     shared.stop.store(true, Relaxed);
     let _ = receiver.join();
     drop(viewers);
@@ -431,4 +458,31 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         false => println!("chaos: NOT MET: {}", failures.join("; ")),
     }
     Ok(())
+}
+
+/// `--chaos-trim`: asks the server's allocator (glibc) to give its free pages back, through gdb,
+/// and prints RSS before and after. Memory that goes away then was the allocator's, not held by
+/// the server; what stays is in use (or fragmented).
+fn trim_report(pid: &str) {
+    let before = rss_kib(pid).unwrap_or(0);
+    let out = std::process::Command::new("gdb")
+        .args(["-p", pid, "-batch", "-ex", "call (int) malloc_trim(0)"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    let after = rss_kib(pid).unwrap_or(0);
+    match out {
+        Ok(o) if o.status.success() => println!(
+            "malloc_trim(0) in the server: rss {:.1} → {:.1} MiB",
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        ),
+        Ok(o) => println!(
+            "malloc_trim through gdb failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Err(e) => println!("malloc_trim needs gdb: {e}"),
+    }
 }

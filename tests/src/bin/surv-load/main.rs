@@ -142,6 +142,11 @@ struct Args {
     /// the allocator keeps from a leak).
     #[arg(long, default_value_t = 1)]
     chaos_rounds: usize,
+    /// At the end of the chaos run, have the server's allocator return its free pages (glibc
+    /// `malloc_trim`, called through gdb) and print RSS before and after: memory kept by the
+    /// allocator, told apart from memory in use.
+    #[arg(long)]
+    chaos_trim: bool,
     /// In the chaos run, random datagrams per second at most.
     #[arg(long, default_value_t = 50_000)]
     chaos_datagram_rate: u64,
