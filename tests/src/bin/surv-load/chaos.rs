@@ -273,7 +273,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         let (shared, udp, seed_percent) = (shared.clone(), udp.try_clone()?, args.seed_percent);
         std::thread::Builder::new()
             .name("load-recv".into())
-            .spawn(move || receive_loop(&udp, &shared, seed_percent, &end_rx))?
+            .spawn(move || receive_loop(&udp, &shared, seed_percent, &end_rx, None))?
     };
     let honest: Vec<usize> = (0..args.viewers).collect();
     let (viewers, failed) =

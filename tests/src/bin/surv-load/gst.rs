@@ -39,7 +39,7 @@ pub fn run(args: &Args, udp: &UdpSocket, udp_port: u16) -> anyhow::Result<()> {
     let receiver = {
         let shared = shared.clone();
         let udp = udp.try_clone()?;
-        std::thread::spawn(move || receive_loop(&udp, &shared, 0, &end_rx))
+        std::thread::spawn(move || receive_loop(&udp, &shared, 0, &end_rx, None))
     };
     std::thread::sleep(Duration::from_secs_f64(args.warmup_secs + 1.0));
     let gen_pid = std::process::id().to_string();

@@ -21,16 +21,18 @@
 //!
 //! This file is the command line; the rest, one thing per file: `measure.rs` (the run against
 //! surv-server and its line of figures), `server.rs` (the server process), `viewers.rs`
-//! (addresses, forms, registration), `receiver.rs` (the receiving and acking thread), `mmsg.rs`
-//! (its batched system calls), `procfs.rs` (CPU and RSS from /proc), `churn.rs` (the memory
-//! run), `gst.rs` (the GStreamer yardstick), `push.rs` (the camera of a push run), `http.rs`
-//! (the HTTP runs, and their GStreamer yardstick), `http_clients.rs` (their clients),
-//! `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the apps run).
+//! (addresses, forms, registration), `receiver.rs` (the receiving and acking thread), `delay.rs`
+//! (its path delay and jitter), `mmsg.rs` (its batched system calls), `procfs.rs` (CPU and RSS
+//! from /proc), `churn.rs` (the memory run), `gst.rs` (the GStreamer yardstick), `push.rs` (the
+//! camera of a push run), `http.rs` (the HTTP runs, and their GStreamer yardstick),
+//! `http_clients.rs` (their clients), `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the
+//! apps run).
 
 mod chaos;
 mod chaos_floods;
 mod chaos_http;
 mod churn;
+mod delay;
 mod gst;
 mod http;
 mod http_clients;
@@ -150,6 +152,14 @@ struct Args {
     /// In the chaos run, random datagrams per second at most.
     #[arg(long, default_value_t = 50_000)]
     chaos_datagram_rate: u64,
+    /// One-way delay of the viewers' path, ms: each frame reaches its viewer, and each of the
+    /// viewer's acks and hellos leaves, this long ± --jitter-ms after it was sent (uniform,
+    /// independent per datagram, so they can overtake each other). Needs no root.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u32,
+    /// Jitter of that delay, ms (at most --delay-ms).
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,6 +177,7 @@ fn main() -> anyhow::Result<()> {
     if matches!(args.request, Some(n) if n == 0 || n > MAX_VIEWER_INDEX) {
         bail!("--request must be 1..={MAX_VIEWER_INDEX}");
     }
+    delay::Jitter::from_ms(args.delay_ms, args.jitter_ms).map_err(anyhow::Error::msg)?;
     // Every viewer holds a TCP connection: the same limit as the server's, raised the same way.
     let fd_limit = surv_server::sys::raise_fd_limit().unwrap_or(0);
     if (fd_limit as usize) < args.viewers.max(http_total) + 64 {

@@ -45,9 +45,12 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         let shared = shared.clone();
         let udp = udp.try_clone()?;
         let seed_percent = args.seed_percent;
+        let delay = crate::delay::Jitter::from_ms(args.delay_ms, args.jitter_ms)
+            .ok()
+            .flatten();
         std::thread::Builder::new()
             .name("load-recv".into())
-            .spawn(move || receive_loop(&udp, &shared, seed_percent, &end_rx))?
+            .spawn(move || receive_loop(&udp, &shared, seed_percent, &end_rx, delay))?
     };
 
     let t_reg = Instant::now();

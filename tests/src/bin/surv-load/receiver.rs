@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use surv_proto::{Ack, Form, FrameTag};
 use surv_server::sys;
 
+use crate::delay::{self, DelayLine, Jitter};
 use crate::mmsg;
 use crate::viewers::{form_of, viewer_index, viewer_ip, MAX_VIEWER_INDEX};
 
@@ -167,6 +168,9 @@ impl SessionKeys {
 /// Until its first frame, a SURV/1 viewer says hello again this often (a lost hello costs it).
 const HELLO_EVERY: Duration = Duration::from_millis(100);
 
+/// The longest the loop waits for a datagram before looking at `stop` again.
+const POLL_WAIT: Duration = Duration::from_millis(20);
+
 /// What the receiving thread found.
 pub struct Tallies {
     /// Measured frames received, per viewer index.
@@ -183,122 +187,217 @@ pub struct Tallies {
     pub max_gap_ns: Vec<u64>,
 }
 
+/// A frame as its viewer receives it: what the receiving thread reads of it.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    index: usize,
+    seq: u64,
+    capture_unix_us: u64,
+    len: usize,
+    from: SocketAddrV4,
+    /// When the frame reached the viewer: the kernel's receive time, plus the delay it was held
+    /// for (`--delay-ms`).
+    rx_unix_ns: Option<u64>,
+}
+
+/// The viewers as the receiving thread plays them: what they counted, and where each one's
+/// frames come from.
+struct Viewers<'a> {
+    shared: &'a Shared,
+    seed_percent: usize,
+    t: Tallies,
+    senders: HashMap<usize, SocketAddrV4>,
+    ack_text: String,
+}
+
+impl Viewers<'_> {
+    /// Viewer `f.index` receives frame `f` at `now_ns`: counts and times it, and returns the
+    /// ack it sends back (to `f.from`, from the viewer's own address).
+    fn receive(&mut self, f: &Arrival, now_ns: u64) -> &[u8] {
+        let (shared, t) = (self.shared, &mut self.t);
+        let index = f.index;
+        let (lo, hi) = (shared.lo.load(Relaxed), shared.hi.load(Relaxed));
+        if self.senders.insert(index, f.from) != Some(f.from) {
+            if let Ok(mut ports) = shared.server_ports.lock() {
+                ports.insert(f.from.port());
+            }
+        }
+        shared.phases.record(index, f.seq, now_ns);
+        shared.datagrams.fetch_add(1, Relaxed);
+        if f.seq > shared.max_seq.load(Relaxed) {
+            shared.max_seq.store(f.seq, Relaxed);
+        }
+        if hi != 0 && (lo..=hi).contains(&f.seq) {
+            t.per_viewer[index] += 1;
+            shared.bytes.fetch_add(f.len as u64, Relaxed);
+            let last = std::mem::replace(&mut t.last_rx_ns[index], now_ns);
+            if last != 0 {
+                let gap = now_ns.saturating_sub(last);
+                t.max_gap_ns[index] = t.max_gap_ns[index].max(gap);
+            }
+            let cap_ns = f.capture_unix_us * 1000;
+            if let Some(rx) = f.rx_unix_ns {
+                let _ = t.latency_us.record(rx.saturating_sub(cap_ns) / 1000 + 1);
+            }
+            let _ = t
+                .app_latency_us
+                .record(now_ns.saturating_sub(cap_ns) / 1000 + 1);
+        }
+        self.ack_text.clear();
+        match form_of(index, self.seed_percent) {
+            Form::Seed => self.ack_text.push_str("continue"),
+            Form::V1 => {
+                use std::fmt::Write as _;
+                let _ = write!(self.ack_text, "continue {}", f.seq);
+                if let Some(key) = shared.keys.get(index) {
+                    let _ = write!(self.ack_text, " k={key:016x}");
+                }
+            }
+        }
+        self.ack_text.as_bytes()
+    }
+}
+
+/// Where the viewers' own datagrams go: straight into the send batch, or held on the delay
+/// line first.
+fn send_or_hold(
+    line: &mut Option<DelayLine<Arrival>>,
+    sb: &mut mmsg::SendBatch,
+    payload: &[u8],
+    to: SocketAddrV4,
+    from_ip: std::net::Ipv4Addr,
+) {
+    match line {
+        None => sb.push(payload, to, from_ip),
+        Some(line) => line.hold_outbound(payload, to, from_ip, Instant::now()),
+    }
+}
+
+/// Delivers the held frames that are due to their viewers (holding their acks in turn), and
+/// queues the held acks that are due.
+fn release_due(line: &mut DelayLine<Arrival>, v: &mut Viewers<'_>, sb: &mut mmsg::SendBatch) {
+    let (now, now_ns) = (Instant::now(), unix_ns());
+    while let Some((f, _)) = line.inbound.pop_due(now) {
+        let ack = v.receive(&f, now_ns);
+        line.hold_outbound(ack, f.from, viewer_ip(f.index), now);
+    }
+    while let Some((out, _)) = line.outbound.pop_due(now) {
+        sb.push(out.payload(), out.to, out.from_ip);
+    }
+}
+
+/// Receives every viewer's frames on `sock` until `shared.stop`, counting, timing and acking
+/// them; with `delay`, each frame reaches its viewer, and each of the viewer's datagrams leaves,
+/// only after its own random delay (see `delay.rs`).
 pub fn receive_loop(
     sock: &UdpSocket,
     shared: &Shared,
     seed_percent: usize,
     ends: &mpsc::Receiver<usize>,
+    delay: Option<Jitter>,
 ) -> Tallies {
-    let mut t = Tallies {
-        per_viewer: vec![0; MAX_VIEWER_INDEX],
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        app_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        untagged: 0,
-        ack_errors: 0,
-        last_rx_ns: vec![0; MAX_VIEWER_INDEX],
-        max_gap_ns: vec![0; MAX_VIEWER_INDEX],
+    let mut v = Viewers {
+        shared,
+        seed_percent,
+        t: Tallies {
+            per_viewer: vec![0; MAX_VIEWER_INDEX],
+            latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            app_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            untagged: 0,
+            ack_errors: 0,
+            last_rx_ns: vec![0; MAX_VIEWER_INDEX],
+            max_gap_ns: vec![0; MAX_VIEWER_INDEX],
+        },
+        senders: HashMap::new(),
+        ack_text: String::with_capacity(64),
     };
-    let mut senders: HashMap<usize, SocketAddrV4> = HashMap::new();
+    let mut line: Option<DelayLine<Arrival>> = delay.map(DelayLine::new);
     let mut rb = mmsg::RecvBatch::new(RECV_BATCH);
     let mut sb = mmsg::SendBatch::default();
-    let mut ack_text = String::with_capacity(32);
     let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
-    let mut next_hello = std::time::Instant::now() + HELLO_EVERY;
+    let mut next_hello = Instant::now() + HELLO_EVERY;
     while !shared.stop.load(Relaxed) {
-        if std::time::Instant::now() >= next_hello {
-            next_hello = std::time::Instant::now() + HELLO_EVERY;
+        if Instant::now() >= next_hello {
+            next_hello = Instant::now() + HELLO_EVERY;
             for index in 0..MAX_VIEWER_INDEX {
-                if senders.contains_key(&index) {
+                if v.senders.contains_key(&index) {
                     continue;
                 }
                 if let Some(to) = shared.keys.hello_to(index) {
                     let hello = Ack::Hello.encode_keyed(shared.keys.get(index));
-                    sb.push(&hello, to, viewer_ip(index));
+                    send_or_hold(&mut line, &mut sb, &hello, to, viewer_ip(index));
                 }
             }
             if sb.len() > 0 && sb.flush(sock).is_err() {
-                t.ack_errors += 1;
+                v.t.ack_errors += 1;
             }
         }
         while let Ok(index) = ends.try_recv() {
-            if let Some(to) = senders.remove(&index) {
-                sb.push(
-                    &Ack::End.encode_keyed(shared.keys.get(index)),
-                    to,
-                    viewer_ip(index),
-                );
+            if let Some(to) = v.senders.remove(&index) {
+                let end = Ack::End.encode_keyed(shared.keys.get(index));
+                send_or_hold(&mut line, &mut sb, &end, to, viewer_ip(index));
             }
             // Gone: no more hellos for it.
             shared.keys.set(index, None, None);
         }
-        // Bounded so that `stop` is seen.
-        sys::wait_readable(fd, Duration::from_millis(20));
+        // Bounded so that `stop` is seen; with a delay, until the next datagram is due.
+        let wait = match &line {
+            None => POLL_WAIT,
+            Some(l) => delay::wait_for(l.next_release(), Instant::now(), POLL_WAIT),
+        };
+        sys::wait_readable(fd, wait);
         // Drain what is queued, a bounded number of batches before looking at `stop` again.
         for _ in 0..64 {
-            let (lo, hi) = (shared.lo.load(Relaxed), shared.hi.load(Relaxed));
             let now_ns = unix_ns();
+            let now = Instant::now();
             let got = rb.recv(sock, |d| {
                 let Some(index) = viewer_index(d.to) else {
                     return;
                 };
                 let Ok(tag) = FrameTag::decode(d.prefix) else {
-                    t.untagged += 1;
+                    v.t.untagged += 1;
                     if shared.count_untagged.load(Relaxed) {
-                        t.per_viewer[index] += 1;
+                        v.t.per_viewer[index] += 1;
                         shared.bytes.fetch_add(d.len as u64, Relaxed);
                     }
                     return;
                 };
-                if senders.insert(index, d.from) != Some(d.from) {
-                    if let Ok(mut ports) = shared.server_ports.lock() {
-                        ports.insert(d.from.port());
-                    }
+                let f = Arrival {
+                    index,
+                    seq: tag.seq,
+                    capture_unix_us: tag.capture_unix_us,
+                    len: d.len,
+                    from: d.from,
+                    rx_unix_ns: d.rx_unix_ns,
+                };
+                match &mut line {
+                    None => sb.push(v.receive(&f, now_ns), d.from, d.to),
+                    Some(line) => line.hold_inbound(now, |held| Arrival {
+                        rx_unix_ns: f.rx_unix_ns.map(|rx| rx + held.as_nanos() as u64),
+                        ..f
+                    }),
                 }
-                shared.phases.record(index, tag.seq, now_ns);
-                shared.datagrams.fetch_add(1, Relaxed);
-                if tag.seq > shared.max_seq.load(Relaxed) {
-                    shared.max_seq.store(tag.seq, Relaxed);
-                }
-                if hi != 0 && (lo..=hi).contains(&tag.seq) {
-                    t.per_viewer[index] += 1;
-                    shared.bytes.fetch_add(d.len as u64, Relaxed);
-                    let last = std::mem::replace(&mut t.last_rx_ns[index], now_ns);
-                    if last != 0 {
-                        let gap = now_ns.saturating_sub(last);
-                        t.max_gap_ns[index] = t.max_gap_ns[index].max(gap);
-                    }
-                    let cap_ns = tag.capture_unix_us * 1000;
-                    if let Some(rx) = d.rx_unix_ns {
-                        let _ = t.latency_us.record(rx.saturating_sub(cap_ns) / 1000 + 1);
-                    }
-                    let _ = t
-                        .app_latency_us
-                        .record(now_ns.saturating_sub(cap_ns) / 1000 + 1);
-                }
-                ack_text.clear();
-                match form_of(index, seed_percent) {
-                    Form::Seed => ack_text.push_str("continue"),
-                    Form::V1 => {
-                        use std::fmt::Write as _;
-                        let _ = write!(ack_text, "continue {}", tag.seq);
-                        if let Some(key) = shared.keys.get(index) {
-                            let _ = write!(ack_text, " k={key:016x}");
-                        }
-                    }
-                }
-                sb.push(ack_text.as_bytes(), d.from, d.to);
             });
+            if let Some(line) = &mut line {
+                release_due(line, &mut v, &mut sb);
+            }
             if sb.len() > 0 && sb.flush(sock).is_err() {
-                t.ack_errors += 1;
+                v.t.ack_errors += 1;
             }
             match got {
                 Ok(n) if n == RECV_BATCH => continue,
                 _ => break,
             }
         }
+        if let Some(line) = &mut line {
+            release_due(line, &mut v, &mut sb);
+        }
         if sb.len() > 0 && sb.flush(sock).is_err() {
-            t.ack_errors += 1;
+            v.t.ack_errors += 1;
         }
     }
-    t
+    if let Some(line) = &line {
+        println!("{}", line.summary());
+    }
+    v.t
 }
