@@ -344,11 +344,11 @@ mod tests {
         let mut acks: Vec<(u64, u64)> = Vec::new();
         let (mut offered, mut sent) = (0u32, 0u32);
         let mut pending: Option<u64> = None;
-        let mut send = |w: &mut Window,
-                        seq: u64,
-                        t_ms: u64,
-                        acks: &mut Vec<(u64, u64)>,
-                        next: &mut dyn FnMut(u64) -> u64| {
+        let send = |w: &mut Window,
+                    seq: u64,
+                    t_ms: u64,
+                    acks: &mut Vec<(u64, u64)>,
+                    next: &mut dyn FnMut(u64) -> u64| {
             w.on_send(seq, start + MS * t_ms as u32);
             let delay =
                 |next: &mut dyn FnMut(u64) -> u64| one_way_ms - jitter_ms + next(2 * jitter_ms + 1);
@@ -367,9 +367,8 @@ mod tests {
             }
             if t_ms % 33 == 0 {
                 offered += 1;
-                if pending.replace(t_ms / 33).is_some() {
-                    // The older waiting frame is skipped.
-                }
+                // The newest frame waits; an older one still waiting is skipped.
+                pending = Some(t_ms / 33);
             }
             if let Some(seq) = pending {
                 if w.can_send(now) {
