@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddrV4, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -18,8 +18,9 @@ use anyhow::{bail, Context};
 
 use crate::chaos_floods::{self, Flood};
 use crate::chaos_http;
+use crate::http::free_port;
 use crate::measure::wait_until;
-use crate::procfs::rss_kib;
+use crate::procfs::{fd_count, fd_targets, rss_kib, udp_drops};
 use crate::receiver::{receive_loop, Phases, Shared};
 use crate::server::ServerProc;
 use crate::viewers::register_all;
@@ -80,59 +81,6 @@ impl Reading {
     pub fn metric(&self, name: &str) -> f64 {
         self.metrics.get(name).copied().unwrap_or(f64::NAN)
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Open file descriptors of a process.
-pub fn fd_count(pid: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// What each open descriptor of a process is (`socket:[…]`, a path, `anon_inode:[eventfd]`).
-fn fd_targets(pid: &str) -> Vec<String> {
-    let mut t: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| {
-            let link = std::fs::read_link(e.path()).unwrap_or_default();
-            format!("{}→{}", e.file_name().to_string_lossy(), link.display())
-        })
-        .collect();
-    t.sort();
-    t
-}
-
-/// Datagrams dropped by the kernel at a process's UDP sockets, from `/proc/<pid>/net/udp{,6}`
-/// (its sockets found by inode among its descriptors).
-pub fn udp_drops(pid: &str) -> u64 {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            let l = l.to_string_lossy().into_owned();
-            l.strip_prefix("socket:[")?
-                .strip_suffix(']')
-                .map(str::to_owned)
-        })
-        .collect();
-    let mut drops = 0;
-    for table in ["udp", "udp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
-            if f.len() >= 13 && inodes.contains(f[9]) {
-                drops += f[12].parse::<u64>().unwrap_or(0);
-            }
-        }
-    }
-    drops
 }
 
 /// A plain HTTP/1.0 GET on loopback, bounded by `limit`: the status code and body.

@@ -13,7 +13,8 @@ use anyhow::Context;
 use surv_proto::{Form, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::chaos::{metrics, udp_drops, Ctx, Reading};
+use crate::chaos::{metrics, Ctx, Reading};
+use crate::procfs::udp_drops;
 use crate::viewers::{connect_and_send, read_reply, register_all, viewer_ip, MAX_VIEWER_INDEX};
 
 /// One flood: its name (for `--chaos-only`) and what runs it.
@@ -93,6 +94,18 @@ fn settle(
     }
 }
 
+/// Waits (bounded) until the datagrams the server counted as foreign since `before`, plus those
+/// the kernel dropped at its sockets (full queues), reach `sent`; the last `/metrics` reading,
+/// the foreign count and the drops.
+fn foreign_accounted(ctx: &Ctx, before: &Reading, sent: u64) -> (HashMap<String, f64>, f64, u64) {
+    let drops0 = before.kernel_drops;
+    let (m, drops) = settle(ctx, |m, drops| {
+        delta(m, before, "foreign_datagrams") + drops.saturating_sub(drops0) as f64 >= sent as f64
+    });
+    let foreign = delta(&m, before, "foreign_datagrams");
+    (m, foreign, drops.saturating_sub(drops0))
+}
+
 fn delta(after: &HashMap<String, f64>, before: &Reading, name: &str) -> f64 {
     after.get(name).copied().unwrap_or(0.0) - before.metric(name)
 }
@@ -103,9 +116,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A TCP connection from `from` to the server, bounded by 5 s.
-async fn connect(from: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<tokio::net::TcpStream> {
+/// A TCP connection from `from` to the server (with a receive buffer of `rcvbuf` bytes if
+/// given), bounded by 5 s.
+pub async fn connect(
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    rcvbuf: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
+    if let Some(bytes) = rcvbuf {
+        sock.set_recv_buffer_size(bytes)?;
+    }
     sock.bind(SocketAddrV4::new(from, 0).into())?;
     match tokio::time::timeout(Duration::from_secs(5), sock.connect(to.into())).await {
         Ok(r) => r,
@@ -150,7 +171,7 @@ fn garbage_line(j: usize, rng: &mut Rng) -> Vec<u8> {
 async fn slowloris(i: usize, to: SocketAddrV4, done: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
     let from = Ipv4Addr::new(127, 4, (i / 250 % 250) as u8, (i % 250 + 1) as u8);
     while !done.load(Relaxed) {
-        let Ok(mut tcp) = connect(from, to).await else {
+        let Ok(mut tcp) = connect(from, to, None).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
@@ -220,7 +241,7 @@ fn registrations(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
                 let _permit = permit;
                 let from = Ipv4Addr::new(127, 3, (j / 250 % 250) as u8, (j % 250 + 1) as u8);
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (j as u64 + 1));
-                let Ok(mut tcp) = connect(from, to).await else {
+                let Ok(mut tcp) = connect(from, to, None).await else {
                     failed.fetch_add(1, Relaxed);
                     return;
                 };
@@ -349,13 +370,9 @@ fn datagrams(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
     }
     let secs = t.elapsed().as_secs_f64();
     REQUEST_PORT_SENT.fetch_add(to_request, Relaxed);
-    let drops0 = before.kernel_drops;
     // The session sockets count what reaches them as foreign; what the kernel dropped for full
-    // queues is in `drops` (with the request port's, and any honest ack that met a full queue).
-    let (m, drops) = settle(ctx, |m, drops| {
-        delta(m, before, "foreign_datagrams") + (drops - drops0) as f64 >= to_sessions as f64
-    });
-    let foreign = delta(&m, before, "foreign_datagrams");
+    // queues is in `dropped` (with the request port's, and any honest ack that met a full queue).
+    let (_, foreign, dropped) = foreign_accounted(ctx, before, to_sessions);
     let mut r = FloodReport::default();
     r.lines.push(format!(
         "sent: {} datagrams ({:.1} GB) in {secs:.1} s ({:.0}/s): {to_sessions} to {session_targets} session sockets, {to_request} to the request port; {errors} send errors",
@@ -365,12 +382,12 @@ fn datagrams(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
     ));
     r.lines.push(format!(
         "counted: foreign datagrams {foreign} + dropped by the kernel (queues full) {} at the server's sockets; the request port's count is checked at the end",
-        drops - drops0
+        dropped
     ));
-    if foreign + ((drops - drops0) as f64) < to_sessions as f64 {
+    if foreign + (dropped as f64) < to_sessions as f64 {
         r.failed.push(format!(
             "{foreign} counted + {} dropped < {to_sessions} sent to the session sockets",
-            drops - drops0
+            dropped
         ));
     }
     Ok(r)
@@ -418,24 +435,20 @@ fn spoofed_acks(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let drops0 = before.kernel_drops;
-    let (m, drops) = settle(ctx, |m, drops| {
-        delta(m, before, "foreign_datagrams") + (drops - drops0) as f64 >= sent as f64
-    });
-    let foreign = delta(&m, before, "foreign_datagrams");
+    let (m, foreign, dropped) = foreign_accounted(ctx, before, sent);
     let mut r = FloodReport::default();
     r.lines.push(format!(
         "sent: {sent} spoofed acks in {secs:.1} s ({errors} send errors), half from another port of the viewer's address, half from 127.0.0.2"
     ));
     r.lines.push(format!(
         "counted: foreign datagrams {foreign}, dropped by the kernel {}; leaves {} (an honest viewer leaving would be one)",
-        drops - drops0,
+        dropped,
         delta(&m, before, "leaves")
     ));
-    if foreign + ((drops - drops0) as f64) != sent as f64 {
+    if foreign + (dropped as f64) != sent as f64 {
         r.failed.push(format!(
             "{foreign} counted + {} dropped != {sent} sent",
-            drops - drops0
+            dropped
         ));
     }
     if delta(&m, before, "leaves") > 0.0 {

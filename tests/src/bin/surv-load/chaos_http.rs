@@ -2,7 +2,7 @@
 //! 1,000 that request `/stream.mjpg` and never read, and junk request lines and headers of
 //! 1 MB, while an honest client asks for `/status` every 500 ms.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chaos::{http_get, Ctx, Reading};
-use crate::chaos_floods::{Flood, FloodReport};
+use crate::chaos_floods::{connect, Flood, FloodReport};
 
 pub const ALL: &[Flood] = &[Flood {
     name: "http",
@@ -20,22 +20,6 @@ pub const ALL: &[Flood] = &[Flood {
 /// How long the idle and non-reading connections are held (unless the server ends them first):
 /// past the server's 10 s header deadline.
 const HOLD: Duration = Duration::from_secs(15);
-
-async fn connect(
-    from: Ipv4Addr,
-    to: SocketAddrV4,
-    rcvbuf: Option<u32>,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    if let Some(bytes) = rcvbuf {
-        sock.set_recv_buffer_size(bytes)?;
-    }
-    sock.bind(SocketAddrV4::new(from, 0).into())?;
-    match tokio::time::timeout(Duration::from_secs(5), sock.connect(to.into())).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
-}
 
 /// Counters shared by the hostile clients.
 #[derive(Default)]

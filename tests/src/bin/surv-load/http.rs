@@ -24,7 +24,7 @@ const GST_BOUNDARY: &str = "gstloadpart";
 /// Between two connections to GStreamer.
 const GST_STAGGER: Duration = Duration::from_millis(10);
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

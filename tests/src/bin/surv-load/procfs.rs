@@ -1,4 +1,5 @@
-//! Readings of a process from /proc: its CPU time and its resident memory.
+//! Readings of a process from /proc: its CPU time, its resident memory, its open descriptors and
+//! the datagrams the kernel dropped at its UDP sockets.
 
 use anyhow::Context;
 
@@ -26,4 +27,53 @@ pub fn rss_kib(pid: &str) -> anyhow::Result<u64> {
         .nth(1)
         .context("odd VmRSS")?
         .parse()?)
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// What each open descriptor of a process is (`socket:[…]`, a path, `anon_inode:[eventfd]`).
+pub fn fd_targets(pid: &str) -> Vec<String> {
+    let mut t: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let link = std::fs::read_link(e.path()).unwrap_or_default();
+            format!("{}→{}", e.file_name().to_string_lossy(), link.display())
+        })
+        .collect();
+    t.sort();
+    t
+}
+
+/// Datagrams dropped by the kernel at a process's UDP sockets, from `/proc/<pid>/net/udp{,6}`
+/// (its sockets found by inode among its descriptors).
+pub fn udp_drops(pid: &str) -> u64 {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut drops = 0;
+    for table in ["udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+            if f.len() >= 13 && inodes.contains(f[9]) {
+                drops += f[12].parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    drops
 }
