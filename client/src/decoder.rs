@@ -21,6 +21,14 @@ const QUEUE_FRAMES: usize = 8;
 /// is at most about 127 MiB.
 pub const MAX_FRAME_PIXELS: usize = 7680 * 4320;
 
+/// The most pixels a JPEG may claim per byte it has. A Huffman-coded JPEG spends at least one
+/// bit on each 8x8 block of each component (a DC code; sequential scans an end-of-block code
+/// too), so even one flat grey picture cannot beat 512 pixels a byte; surv's server makes
+/// baseline colour JPEGs, about 64 pixels a byte when flat (tests below). A header claiming
+/// more (4000x4000 in a 700-byte datagram) is a lie or arithmetic coding, which nothing of surv
+/// makes: it is refused before a buffer of its claimed size is allocated and filled with grey.
+pub const MAX_PIXELS_PER_BYTE: usize = 1024;
+
 /// Why a frame was not decoded.
 #[derive(Debug, Error)]
 pub enum DecodeError {
@@ -28,6 +36,15 @@ pub enum DecodeError {
     Jpeg(#[from] turbojpeg::Error),
     #[error("frame size {width}x{height} is over the {MAX_FRAME_PIXELS}-pixel cap")]
     TooBig { width: usize, height: usize },
+    #[error(
+        "frame size {width}x{height} is more than {MAX_PIXELS_PER_BYTE} pixels a byte of its \
+         {bytes} bytes"
+    )]
+    Implausible {
+        width: usize,
+        height: usize,
+        bytes: usize,
+    },
 }
 
 /// What the decoder did, reported when it ends.
@@ -141,8 +158,8 @@ pub fn mark_motion(pixels: &mut [u32], width: usize, height: usize) {
 }
 
 /// Decodes one JPEG into `out` as BGRX bytes, which read as little-endian `u32` are the
-/// `0x00RRGGBB` pixels the window wants. A header over [`MAX_FRAME_PIXELS`] is refused before
-/// anything is allocated.
+/// `0x00RRGGBB` pixels the window wants. A header over [`MAX_FRAME_PIXELS`], or over
+/// [`MAX_PIXELS_PER_BYTE`] for the JPEG's length, is refused before anything is allocated.
 pub fn decode_bgrx(
     d: &mut turbojpeg::Decompressor,
     jpeg: &[u8],
@@ -159,7 +176,15 @@ pub fn decode_bgrx(
         }
     };
     let (width, height) = (header.width, header.height);
-    out.resize(bgrx_bytes(width, height)?, 0);
+    let bytes = bgrx_bytes(width, height)?;
+    if width * height > jpeg.len().saturating_mul(MAX_PIXELS_PER_BYTE) {
+        return Err(DecodeError::Implausible {
+            width,
+            height,
+            bytes: jpeg.len(),
+        });
+    }
+    out.resize(bytes, 0);
     // In range: the width is at most the whole buffer's pixels.
     let pitch = width * 4;
     d.decompress(
@@ -307,5 +332,60 @@ mod tests {
                 skipped: 0
             }
         );
+    }
+
+    /// The server's own flat pictures, the ones that compress best, at every chroma layout and
+    /// at the lowest quality, stay well under the pixels-a-byte bound and decode.
+    #[test]
+    fn the_flattest_frames_a_server_makes_are_under_the_pixels_a_byte_bound() {
+        let mut d = turbojpeg::Decompressor::new().unwrap();
+        let mut out = Vec::new();
+        let mut densest = 0;
+        for (w, h) in [(1920, 1080), (4096, 2160)] {
+            for subsamp in [
+                Subsamp::None,
+                Subsamp::Sub2x1,
+                Subsamp::Sub2x2,
+                Subsamp::Gray,
+            ] {
+                for quality in [1, 95] {
+                    let flat = test_jpeg(w, h, Picture::Solid([0, 0, 0]), quality, subsamp);
+                    let per_byte = w * h / flat.len();
+                    densest = densest.max(per_byte);
+                    assert_eq!(
+                        decode_bgrx(&mut d, &flat, &mut out).unwrap(),
+                        (w, h),
+                        "{w}x{h} {subsamp:?} q{quality}: {} bytes",
+                        flat.len()
+                    );
+                }
+            }
+        }
+        assert!(
+            densest * 2 <= MAX_PIXELS_PER_BYTE,
+            "the bound should keep a margin of 2 over {densest} pixels a byte"
+        );
+    }
+
+    #[test]
+    fn a_short_jpeg_claiming_a_large_frame_is_refused_without_allocating() {
+        let small = jpeg(32, 16, [10, 20, 30]);
+        let claimed = (small.len() * MAX_PIXELS_PER_BYTE).isqrt() + 1;
+        let lie = claiming_size(small.clone(), claimed as u16, claimed as u16);
+        let mut d = turbojpeg::Decompressor::new().unwrap();
+        let mut out = Vec::new();
+        let err = decode_bgrx(&mut d, &lie, &mut out).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Implausible { width, height, bytes }
+                if (width, height, bytes) == (claimed, claimed, lie.len())),
+            "{err}"
+        );
+        assert_eq!(out.capacity(), 0, "allocated for a refused frame");
+        // Just within the bound, the same bytes go to the decoder, which finds the data short.
+        let side = (small.len() * MAX_PIXELS_PER_BYTE).isqrt();
+        let fits = claiming_size(small.clone(), side as u16, side as u16);
+        let err = decode_bgrx(&mut d, &fits, &mut out).unwrap_err();
+        assert!(matches!(err, DecodeError::Jpeg(_)), "{err}");
+        assert_eq!(decode_bgrx(&mut d, &small, &mut out).unwrap(), (32, 16));
     }
 }
