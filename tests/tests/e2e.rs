@@ -125,10 +125,11 @@ async fn a_silent_viewer_is_reaped_after_receiving_only_a_few_datagrams() {
         ..ServerOpts::default()
     };
     let srv = start_server(opts).await.unwrap();
-    // Seed form: 4 in flight plus a few backed-off probes in 2 s, against 60 frames captured
-    // meanwhile. SURV/1: its hello makes it alive for a second (4 frames per 250 ms, written
-    // off unacked), then the same probes.
-    for (form, most) in [(Form::Seed, 10), (Form::V1, 20)] {
+    // Seed form (nothing proves it is there): 4 in flight, a probe after 250 ms and then every
+    // 100 ms up to 16 datagrams, then backed-off probes; against 60 frames captured meanwhile.
+    // SURV/1: its hello makes it alive for a second (4 frames per 250 ms, written off
+    // unacked), then backed-off probes.
+    for (form, most) in [(Form::Seed, 20), (Form::V1, 20)] {
         let mut v = RawViewer::register(srv.addr, form).await.unwrap();
         let got = v
             .receive(Duration::from_secs(3), u64::MAX, AckStyle::Silent, 0)
