@@ -7,8 +7,8 @@
 # The delay is surv-load's own (`--delay-ms 50 --jitter-ms 25`: the viewers hold each frame and
 # each ack that long, since netem cannot load on these kernels); it needs no root and runs
 # anywhere, e.g. `target/release/surv-load --viewers 20 --size 640x480 --delay-ms 50 --jitter-ms 25`.
-# Prints surv-load's figures per run: worst share of frames per form, longest gap between
-# two frames at any viewer, server CPU. Nothing leaves the namespace.
+# Prints surv-load's figures per run: worst share of frames per form, longest wait for a frame
+# at any viewer (edges of the measured window included), server CPU. Nothing leaves the namespace.
 #   sudo scripts/loss-netns.sh [VIEWERS] [SECONDS] [SIZE]      e.g. scripts/loss-netns.sh 20 10 640x480
 set -euo pipefail
 cd "$(dirname "$0")/.."

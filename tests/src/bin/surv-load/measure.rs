@@ -139,8 +139,9 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         attempts / captured.max(1.0),
         failed.len(),
     );
-    // Per form: the worst viewer's share of the frames, and the longest wait between two frames
-    // at any viewer of that form (what loss and the ack window cost).
+    // Per form: the worst viewer's share of the frames, and the longest wait for a frame at any
+    // viewer of that form within the measured window, its edges included (what loss and the
+    // ack window cost).
     for form in [Form::V1, Form::Seed] {
         let of_form: Vec<usize> = (0..n)
             .filter(|&i| form_of(i, args.seed_percent) == form)
@@ -155,12 +156,12 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
             .unwrap_or(0);
         let gap_ms = of_form
             .iter()
-            .map(|&i| tallies.max_gap_ns[i])
+            .map(|&i| tallies.longest_wait_ns(i))
             .max()
             .unwrap_or(0) as f64
             / 1e6;
         println!(
-            "form={}: viewers={} worst share={:.1}% longest gap between frames={gap_ms:.0}ms",
+            "form={}: viewers={} worst share={:.1}% longest wait for a frame={gap_ms:.0}ms",
             form.as_str(),
             of_form.len(),
             100.0 * f64::from(worst) / frames as f64,

@@ -181,10 +181,30 @@ pub struct Tallies {
     pub app_latency_us: Histogram<u64>,
     pub untagged: u64,
     pub ack_errors: u64,
-    /// Per viewer: when its last measured frame came (ns since the epoch; 0 = none yet), and the
-    /// longest wait between two of its measured frames, ns.
+    /// Per viewer: when its first and last measured frames came (ns since the epoch; 0 = none
+    /// yet), and the longest wait between two of its measured frames, ns.
+    pub first_rx_ns: Vec<u64>,
     pub last_rx_ns: Vec<u64>,
     pub max_gap_ns: Vec<u64>,
+}
+
+impl Tallies {
+    /// Viewer `index`'s longest wait for a frame within the measured window, ns: between two
+    /// of its frames, and also from the window's first frame (at any viewer) to its own first,
+    /// and from its own last to the window's last; the whole window if it got none.
+    pub fn longest_wait_ns(&self, index: usize) -> u64 {
+        let start = self.first_rx_ns.iter().copied().filter(|&t| t != 0).min();
+        let end = self.last_rx_ns.iter().copied().max();
+        let (Some(start), Some(end)) = (start, end) else {
+            return 0;
+        };
+        if self.first_rx_ns[index] == 0 {
+            return end.saturating_sub(start);
+        }
+        self.max_gap_ns[index]
+            .max(self.first_rx_ns[index].saturating_sub(start))
+            .max(end.saturating_sub(self.last_rx_ns[index]))
+    }
 }
 
 /// A frame as its viewer receives it: what the receiving thread reads of it.
@@ -231,7 +251,9 @@ impl Viewers<'_> {
             t.per_viewer[index] += 1;
             shared.bytes.fetch_add(f.len as u64, Relaxed);
             let last = std::mem::replace(&mut t.last_rx_ns[index], now_ns);
-            if last != 0 {
+            if last == 0 {
+                t.first_rx_ns[index] = now_ns;
+            } else {
                 let gap = now_ns.saturating_sub(last);
                 t.max_gap_ns[index] = t.max_gap_ns[index].max(gap);
             }
@@ -305,6 +327,7 @@ pub fn receive_loop(
             app_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
             untagged: 0,
             ack_errors: 0,
+            first_rx_ns: vec![0; MAX_VIEWER_INDEX],
             last_rx_ns: vec![0; MAX_VIEWER_INDEX],
             max_gap_ns: vec![0; MAX_VIEWER_INDEX],
         },
@@ -400,4 +423,43 @@ pub fn receive_loop(
         println!("{}", line.summary());
     }
     v.t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tallies(first: &[u64], last: &[u64], gaps: &[u64]) -> Tallies {
+        Tallies {
+            per_viewer: vec![0; first.len()],
+            latency_us: Histogram::new(3).unwrap(),
+            app_latency_us: Histogram::new(3).unwrap(),
+            untagged: 0,
+            ack_errors: 0,
+            first_rx_ns: first.to_vec(),
+            last_rx_ns: last.to_vec(),
+            max_gap_ns: gaps.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_longest_wait_counts_a_late_start_an_early_end_and_no_frames_at_all() {
+        // The window runs from 1,000 (viewer 0's first frame) to 9,000 (viewer 0's last).
+        let t = tallies(
+            &[1_000, 4_000, 1_100, 0],
+            &[9_000, 8_000, 8_900, 0],
+            &[50, 60, 2_000, 0],
+        );
+        assert_eq!(t.longest_wait_ns(0), 50, "between two frames");
+        assert_eq!(t.longest_wait_ns(1), 3_000, "waited for its first frame");
+        assert_eq!(t.longest_wait_ns(2), 2_000, "a gap in the middle");
+        assert_eq!(
+            t.longest_wait_ns(3),
+            8_000,
+            "nothing at all: the whole window"
+        );
+        assert_eq!(tallies(&[0], &[0], &[0]).longest_wait_ns(0), 0, "no window");
+        let ends_early = tallies(&[1_000, 1_000], &[9_000, 5_000], &[10, 10]);
+        assert_eq!(ends_early.longest_wait_ns(1), 4_000, "nothing after 5,000");
+    }
 }
