@@ -187,7 +187,17 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
 
 /// Waits (bounded by `WAIT_LIMIT`) until `cond` holds.
 pub(crate) fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
-    let until = Instant::now() + WAIT_LIMIT;
+    wait_longer_until(what, Duration::ZERO, cond)
+}
+
+/// [`wait_until`], allowing `extra` time beyond [`WAIT_LIMIT`] (for a wait that spans the
+/// measured window).
+pub(crate) fn wait_longer_until(
+    what: &str,
+    extra: Duration,
+    cond: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    let until = Instant::now() + WAIT_LIMIT + extra;
     while !cond() {
         if Instant::now() > until {
             bail!("timed out waiting for {what}");
@@ -226,7 +236,8 @@ pub(crate) fn measure_window(
     hi_out.store(lo + frames - 1, Relaxed);
     wait_until("the first measured frame", || max_seq.load(Relaxed) >= lo)?;
     let (srv0, gen0, t0) = (cpu_us(pid)?, cpu_us(&gen_pid)?, Instant::now());
-    wait_until("the last measured frame", || {
+    let window = Duration::from_secs_f64(args.seconds);
+    wait_longer_until("the last measured frame", window, || {
         max_seq.load(Relaxed) > lo + frames - 1
     })?;
     let (srv1, gen1, secs) = (cpu_us(pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
