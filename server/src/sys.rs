@@ -572,5 +572,18 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     }
 }
 
+/// Hands the allocator's free memory back to the system: glibc's `malloc_trim(0)`, which
+/// returns the free pages inside every thread's arena, not only the top of the main heap. After
+/// a flood of connections, the memory they used is free again but glibc keeps most of it mapped,
+/// so RSS would stay near the flood's peak. Returns whether anything was released; with another
+/// C library, does nothing.
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims it.
+    return unsafe { libc::malloc_trim(0) } == 1;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 #[cfg(test)]
 mod tests;
