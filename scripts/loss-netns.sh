@@ -9,7 +9,7 @@
 # anywhere, e.g. `target/release/surv-load --viewers 20 --size 640x480 --delay-ms 50 --jitter-ms 25`.
 # Prints surv-load's figures per run: worst share of frames per form, longest wait for a frame
 # at any viewer (edges of the measured window included), server CPU. Nothing leaves the namespace.
-#   sudo scripts/loss-netns.sh [VIEWERS] [SECONDS] [SIZE]      e.g. scripts/loss-netns.sh 20 10 640x480
+#   sudo scripts/loss-netns.sh [VIEWERS] [SECONDS] [SIZE]      e.g. scripts/loss-netns.sh 20 30 640x480
 set -euo pipefail
 cd "$(dirname "$0")/.."
 viewers=${1:-20}
