@@ -173,10 +173,16 @@ struct Args {
     /// PREFIX/available (online/offline, retained, and the Last Will), PREFIX/events (JSON:
     /// joins, leaves, source lost/back, motion), PREFIX/motion (ON/OFF, retained) and
     /// PREFIX/stats (JSON). The server starts and streams whether or not the broker is up;
-    /// events wait for it in a bounded queue. The password shows in the process list.
+    /// events wait for it in a bounded queue. A password in the URL shows in the process
+    /// list: use --mqtt-password-file instead.
     // Parsed after clap, whose error would echo the value, password and all.
     #[arg(long, value_name = "URL")]
     mqtt: Option<String>,
+    /// Read the MQTT password from this file (its text, less one line ending at its end), so
+    /// that it does not show in the process list; --mqtt then names the user only
+    /// (mqtt://USER@HOST).
+    #[arg(long, value_name = "PATH", requires = "mqtt")]
+    mqtt_password_file: Option<PathBuf>,
     /// MQTT topic prefix. Default: surv/NAME (see --name).
     #[arg(long, value_name = "PREFIX")]
     mqtt_topic: Option<String>,
@@ -305,7 +311,12 @@ fn run() -> anyhow::Result<()> {
     mqtt::check_topic(&name, true).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
     let mqtt_config = match &args.mqtt {
         Some(url) => {
-            let broker = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--mqtt {e}"))?;
+            let mut broker = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--mqtt {e}"))?;
+            if let Some(path) = &args.mqtt_password_file {
+                broker = broker
+                    .with_password_file(path)
+                    .map_err(|e| anyhow::anyhow!("--mqtt-password-file: {e}"))?;
+            }
             let mut c = MqttConfig::new(broker, &name);
             if let Some(prefix) = &args.mqtt_topic {
                 mqtt::check_topic(prefix, false)

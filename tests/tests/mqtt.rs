@@ -257,6 +257,7 @@ async fn without_a_broker_the_server_warns_serves_and_connects_when_one_comes() 
         port,
         dir: tempfile::tempdir()?,
         proc: None,
+        login: None,
     };
     broker.restart().await?;
     let mut sub = Sub::start(port, "surv/late/#", "sub-e").await?;
@@ -293,6 +294,56 @@ async fn without_a_broker_the_server_warns_serves_and_connects_when_one_comes() 
         "the password was logged:\n{log}"
     );
     assert!(log.contains("cam:***@127.0.0.1"), "{log}");
+    Ok(())
+}
+
+/// `--mqtt-password-file`: the password reaches a broker that lets in nobody else, and it is
+/// not in the server's command line.
+#[tokio::test]
+async fn a_password_from_a_file_logs_in_to_a_broker_that_requires_it() -> anyhow::Result<()> {
+    let broker = Broker::start_with_login("cam", "fi1e-pw").await?;
+    // The broker does refuse a wrong password (so the login below is what let the server in).
+    let (_client, mut wrong) = rumqttc::AsyncClient::new(
+        {
+            let mut o = rumqttc::MqttOptions::new("sub-wrong", "127.0.0.1", broker.port);
+            o.set_credentials("cam", "not-it");
+            o
+        },
+        4,
+    );
+    let refused = timeout(IO_TIMEOUT, wrong.poll()).await?;
+    assert!(
+        matches!(refused, Err(rumqttc::ConnectionError::ConnectionRefused(_))),
+        "{refused:?}"
+    );
+    let mut sub = Sub::start_as(
+        broker.port,
+        "surv/pwfile/#",
+        "sub-f",
+        Some(("cam", "fi1e-pw")),
+    )
+    .await?;
+    let file = broker.dir.path().join("surv-mqtt-password");
+    std::fs::write(&file, "fi1e-pw\n")?;
+    let url = format!("mqtt://cam@127.0.0.1:{}", broker.port);
+    let file_arg = file.to_str().context("a UTF-8 temp path")?;
+    let server = ServerProc::start(&[
+        "--mqtt",
+        &url,
+        "--mqtt-password-file",
+        file_arg,
+        "--name",
+        "pwfile",
+    ])
+    .await?;
+    let online = sub
+        .next("available", WAIT, |m| m.topic == "surv/pwfile/available")
+        .await?;
+    assert_eq!(online.payload, "online");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.child.0.id()))?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("--mqtt-password-file"), "{cmdline}");
+    assert!(!cmdline.contains("fi1e-pw"), "{cmdline}");
     Ok(())
 }
 
@@ -388,6 +439,24 @@ fn bad_mqtt_flags_are_refused_with_a_reason_and_no_password() {
         (
             &["--mqtt", "mqtt://127.0.0.1", "--mqtt-stats-secs", "0"][..],
             "--mqtt-stats-secs",
+        ),
+        (
+            &[
+                "--mqtt",
+                "mqtt://u:hunter2@127.0.0.1",
+                "--mqtt-password-file",
+                "/nonexistent/pw",
+            ][..],
+            "--mqtt-password-file",
+        ),
+        (
+            &[
+                "--mqtt",
+                "mqtt://u@127.0.0.1",
+                "--mqtt-password-file",
+                "/nonexistent/pw",
+            ][..],
+            "/nonexistent/pw",
         ),
     ] {
         let out = output_within(

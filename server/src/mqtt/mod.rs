@@ -98,6 +98,53 @@ impl BrokerUrl {
     }
 }
 
+/// The longest password an MQTT CONNECT can carry (a 16-bit length).
+const MAX_PASSWORD_BYTES: u64 = 65_535;
+
+impl BrokerUrl {
+    /// Takes the password from a file (`--mqtt-password-file`), so that it does not show in
+    /// the process list: the file's text, without one line ending at its end. The URL must name
+    /// the user (`mqtt://USER@HOST`) and no password. Errors name the file, never the password.
+    pub fn with_password_file(mut self, path: &std::path::Path) -> Result<BrokerUrl, String> {
+        let shown = path.display();
+        let user = match self.login.take() {
+            None => {
+                return Err(format!(
+                    "the URL names no user: use mqtt://USER@HOST with {shown}"
+                ))
+            }
+            Some((_, pass)) if !pass.is_empty() => {
+                return Err("the URL has a password already; leave it out of the URL".into())
+            }
+            Some((user, _)) => user,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, MAX_PASSWORD_BYTES + 3),
+                    &mut bytes,
+                )
+            })
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("{shown}: not UTF-8"))?;
+        let pass = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        if pass.is_empty() {
+            return Err(format!("{shown} is empty"));
+        }
+        if pass.len() as u64 > MAX_PASSWORD_BYTES {
+            return Err(format!(
+                "{shown}: over {MAX_PASSWORD_BYTES} bytes, more than MQTT can carry"
+            ));
+        }
+        self.login = Some((user, pass.to_string()));
+        Ok(self)
+    }
+}
+
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("mqtt://")?;

@@ -228,6 +228,45 @@ fn broker_urls_parse_with_login_and_never_show_the_password() {
 }
 
 #[test]
+fn a_password_file_completes_a_url_that_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mqtt-password");
+    let url = |u: &str| BrokerUrl::parse(u).unwrap();
+    std::fs::write(&file, "s3cr3t with spaces\n").unwrap();
+    let b = url("mqtt://cam@broker.lan")
+        .with_password_file(&file)
+        .unwrap();
+    assert_eq!(
+        b.login,
+        Some(("cam".to_string(), "s3cr3t with spaces".to_string()))
+    );
+    assert_eq!(b.to_string(), "mqtt://cam:***@broker.lan:1883");
+    std::fs::write(&file, "crlf\r\n").unwrap();
+    let b = url("mqtt://cam@h").with_password_file(&file).unwrap();
+    assert_eq!(b.login.unwrap().1, "crlf");
+    // Refusals name the file or the URL's fault, never the password.
+    std::fs::write(&file, "s3cr3t").unwrap();
+    let refusals = [
+        url("mqtt://h").with_password_file(&file),
+        url("mqtt://cam:other@h").with_password_file(&file),
+        url("mqtt://cam@h").with_password_file(&dir.path().join("missing")),
+    ];
+    for r in refusals {
+        let e = r.unwrap_err();
+        assert!(!e.contains("s3cr3t") && !e.contains("other"), "{e}");
+    }
+    std::fs::write(&file, "\n").unwrap();
+    let e = url("mqtt://cam@h").with_password_file(&file).unwrap_err();
+    assert!(e.contains("empty"), "{e}");
+    std::fs::write(&file, vec![b'x'; 70_000]).unwrap();
+    let e = url("mqtt://cam@h").with_password_file(&file).unwrap_err();
+    assert!(e.contains("65535"), "{e}");
+    std::fs::write(&file, [0xff, 0xfe]).unwrap();
+    let e = url("mqtt://cam@h").with_password_file(&file).unwrap_err();
+    assert!(e.contains("UTF-8"), "{e}");
+}
+
+#[test]
 fn topics_without_wildcards_or_empty_levels() {
     assert!(check_topic("surv/front-door", false).is_ok());
     assert!(check_topic("front-door", true).is_ok());

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, timeout, Instant};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
 /// The longest any one message is waited for.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -22,20 +23,32 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// mosquitto on 127.0.0.1, anonymous, with persistence so that a subscriber's session (and
-/// the messages queued for it) outlive a stop and restart.
+/// mosquitto on 127.0.0.1, anonymous (or, with `login`, only that user with that password),
+/// with persistence so that a subscriber's session (and the messages queued for it) outlive a
+/// stop and restart.
 pub struct Broker {
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub proc: Option<Reaper>,
+    pub login: Option<(String, String)>,
 }
 
 impl Broker {
     pub async fn start() -> anyhow::Result<Broker> {
+        Broker::start_with(None).await
+    }
+
+    /// A broker that lets in only `user` with `password`.
+    pub async fn start_with_login(user: &str, password: &str) -> anyhow::Result<Broker> {
+        Broker::start_with(Some((user.to_string(), password.to_string()))).await
+    }
+
+    async fn start_with(login: Option<(String, String)>) -> anyhow::Result<Broker> {
         let mut b = Broker {
             port: free_port(),
             dir: tempfile::tempdir()?,
             proc: None,
+            login,
         };
         b.restart().await?;
         Ok(b)
@@ -48,10 +61,25 @@ impl Broker {
     /// Starts it (again) on its port and waits until it listens.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let conf = self.dir.path().join("mosquitto.conf");
+        let access = match &self.login {
+            None => "allow_anonymous true\n".to_string(),
+            Some((user, password)) => {
+                let file = self.dir.path().join("passwd");
+                let made = Command::new(MOSQUITTO_PASSWD)
+                    .args(["-c", "-b"])
+                    .arg(&file)
+                    .args([user, password])
+                    .stdout(Stdio::null())
+                    .status()
+                    .with_context(|| format!("running {MOSQUITTO_PASSWD}"))?;
+                anyhow::ensure!(made.success(), "{MOSQUITTO_PASSWD}: {made}");
+                format!("allow_anonymous false\npassword_file {}\n", file.display())
+            }
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                "listener {} 127.0.0.1\n{access}persistence true\npersistence_location {}/\n",
                 self.port,
                 self.dir.path().display()
             ),
@@ -123,7 +151,20 @@ pub struct Sub {
 
 impl Sub {
     pub async fn start(port: u16, filter: &str, id: &str) -> anyhow::Result<Sub> {
+        Sub::start_as(port, filter, id, None).await
+    }
+
+    /// [`Sub::start`], logging in as `login` (user, password).
+    pub async fn start_as(
+        port: u16,
+        filter: &str,
+        id: &str,
+        login: Option<(&str, &str)>,
+    ) -> anyhow::Result<Sub> {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options
             .set_clean_session(false)
             .set_max_packet_size(256 * 1024, 256 * 1024);
