@@ -24,6 +24,7 @@ pub mod http;
 pub mod journal;
 pub mod motion;
 pub mod mqtt;
+pub(crate) mod places;
 pub mod sources;
 pub mod sys;
 pub mod watchers;

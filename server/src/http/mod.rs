@@ -9,12 +9,11 @@
 //! hyper buffers at most [`MAX_BUF_BYTES`] of a response beyond the socket, so that a slow
 //! MJPEG client is sent the newest frame, not a queue of old ones ([`mjpeg`]). At most
 //! `--max-viewers` + [`EXTRA_CONNECTIONS`] connections are open at once; beyond that a new one
-//! pushes out the oldest that has not sent a request yet, or is answered 503 ([`conns`]).
+//! pushes out the oldest that has not sent a request yet, or is answered 503 ([`crate::places`]).
 //!
 //! Every request passes [`admit`] first: the one place where a request is let in or turned
 //! away (access control goes there).
 
-mod conns;
 mod io;
 mod metrics;
 mod mjpeg;
@@ -44,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Presented};
+use crate::places::{Entry, Place, Places};
 use crate::watchers::RefusalCause;
 use crate::{sys, Server, SHUTDOWN_GRACE};
 
@@ -101,7 +101,7 @@ pub(crate) struct HttpState {
 /// to end (MJPEG watchers end with reason `shutdown`).
 pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let connections = Arc::new(conns::Conns::default());
+    let connections = Arc::new(Places::default());
     let max_connections = server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS);
     let state = Arc::new(HttpState {
         metrics: metrics::Metrics::new(server.clone()),
@@ -129,14 +129,14 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
                 continue;
             }
         };
-        let place = match conns::Conns::enter(&connections, max_connections) {
-            conns::Entry::Free(place) => place,
-            conns::Entry::Evicted(place) => {
+        let place = match Places::enter(&connections, max_connections) {
+            Entry::Free(place) => place,
+            Entry::Evicted(place) => {
                 // The connection pushed out never sent a request: no answer is owed to it.
                 server.stats.refusals.count(RefusalCause::Crowded);
                 place
             }
-            conns::Entry::Full => {
+            Entry::Full => {
                 server.stats.refusals.count(RefusalCause::Full);
                 tracker.spawn(answer_full(tcp, peer));
                 continue;
@@ -252,7 +252,7 @@ async fn connection(
     peer: SocketAddr,
     write_deadline: Duration,
     shutdown: CancellationToken,
-    place: conns::Place,
+    place: Place,
 ) {
     let place = Arc::new(place);
     // Small writes (a part's headers) go at once; the frames are what is large.

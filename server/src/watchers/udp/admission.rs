@@ -2,10 +2,9 @@
 //! and a size cap, checks its access token ([`crate::auth`]), refuses explicitly (a reason on
 //! the wire and in the journal), and runs the admitted session.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use surv_proto::{Form, RegError, RegistrationLine, Reply, StreamParams, MAX_REGISTRATION_BYTES};
@@ -19,6 +18,7 @@ use tracing::Instrument;
 use super::data_path::{AttachError, DataPath};
 use super::session::Session;
 use crate::auth::{Denied, Presented};
+use crate::places::{Entry, Places};
 use crate::watchers::{RefusalCause, WatcherKind, Watchers};
 use crate::Server;
 
@@ -39,7 +39,9 @@ pub(crate) async fn accept_loop(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
-    let pending = Arc::new(Pending::default());
+    // Registrations being read: the oldest gives its place to a new connection when all are
+    // taken, and is refused with a reason (see `places`).
+    let pending = Arc::new(Places::default());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -53,7 +55,12 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let place = Pending::enter(&pending, server.config.max_pending_registrations);
+        let place = match Places::enter(&pending, server.config.max_pending_registrations) {
+            Entry::Free(place) | Entry::Evicted(place) => place,
+            // Registrations never mark their places, so there is always one to take; were
+            // there none, the connection would only be closed.
+            Entry::Full => continue,
+        };
         let server = server.clone();
         let shutdown = shutdown.clone();
         let sessions = tracker.clone();
@@ -76,62 +83,6 @@ pub(crate) async fn accept_loop(
                 }
             }
         });
-    }
-}
-
-/// Registrations being read, oldest first. When all `max_pending_registrations` places are
-/// taken, a new connection takes the place of the oldest one, which is refused with a reason:
-/// an honest registration sends its line within milliseconds of connecting, so connections
-/// held open without finishing theirs (a slowloris) push out each other, not honest viewers.
-#[derive(Default)]
-struct Pending {
-    inner: Mutex<PendingInner>,
-}
-
-#[derive(Default)]
-struct PendingInner {
-    next: u64,
-    /// By arrival: each registration's eviction token.
-    live: BTreeMap<u64, CancellationToken>,
-}
-
-/// A registration's place among the pending ones; given back when dropped.
-struct Place {
-    pending: Arc<Pending>,
-    id: u64,
-    /// Cancelled when a newer connection takes this place.
-    evicted: CancellationToken,
-}
-
-impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A place for a new connection, evicting the oldest pending one when all `max` are taken.
-    fn enter(pending: &Arc<Pending>, max: usize) -> Place {
-        let mut inner = pending.lock();
-        while inner.live.len() >= max.max(1) {
-            match inner.live.pop_first() {
-                Some((_, oldest)) => oldest.cancel(),
-                None => break,
-            }
-        }
-        let id = inner.next;
-        inner.next += 1;
-        let evicted = CancellationToken::new();
-        inner.live.insert(id, evicted.clone());
-        Place {
-            pending: pending.clone(),
-            id,
-            evicted,
-        }
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.pending.lock().live.remove(&self.id);
     }
 }
 
@@ -440,23 +391,6 @@ mod tests {
                 _ => panic!("{partial:?}: not refused as crowded"),
             }
         }
-    }
-
-    #[test]
-    fn a_new_connection_takes_the_place_of_the_oldest_pending_one() {
-        let pending = Arc::new(Pending::default());
-        let a = Pending::enter(&pending, 2);
-        let b = Pending::enter(&pending, 2);
-        assert!(!a.evicted.is_cancelled() && !b.evicted.is_cancelled());
-        let c = Pending::enter(&pending, 2);
-        assert!(a.evicted.is_cancelled(), "the oldest is pushed out");
-        assert!(!b.evicted.is_cancelled() && !c.evicted.is_cancelled());
-        drop(b);
-        // A place given back leaves room: nobody else is evicted.
-        let d = Pending::enter(&pending, 2);
-        assert!(!c.evicted.is_cancelled() && !d.evicted.is_cancelled());
-        drop((a, c, d));
-        assert!(pending.lock().live.is_empty());
     }
 
     #[test]
