@@ -284,17 +284,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| format!("file task failed: {e}"))
 }
 
-/// Hands a JPEG to the sink on a blocking thread: one too big to pass through is decoded and
-/// re-encoded there, never on the reactor.
+/// Hands a JPEG to the sink, stamped now (see [`FrameSink::publish`]: one too big to pass
+/// through is decoded and re-encoded on a blocking thread, never on the reactor).
 async fn publish(sink: &FrameSink, jpeg: Bytes) {
-    let sink = sink.clone();
     let frame = JpegFrame {
         jpeg,
         capture_unix_us: unix_micros_now(),
     };
-    if let Err(e) = tokio::task::spawn_blocking(move || sink.publish_jpeg(&frame)).await {
-        tracing::warn!(error = %e, "publishing a frame failed");
-    }
+    sink.publish(frame).await;
 }
 
 /// The `--fps` schedule of stills and folders, on the tokio clock.

@@ -33,12 +33,7 @@ pub(crate) fn is_whole_jpeg(payload: &[u8]) -> bool {
     payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9])
 }
 
-/// Hands `frame` to the sink on the blocking pool (passthrough is a copy; a frame over the
-/// datagram cap is decoded and re-encoded), and waits for it: frames stay in order, and a
-/// camera faster than the encoder is slowed by TCP (or the socket buffer) instead of queueing.
+/// Hands `frame` to the sink and waits for it (see [`FrameSink::publish`]).
 pub(crate) async fn publish(sink: &FrameSink, frame: JpegFrame) {
-    let sink = sink.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || sink.publish_jpeg(&frame)).await {
-        tracing::warn!(error = %e, "publishing a camera frame failed");
-    }
+    sink.publish(frame).await;
 }
