@@ -77,6 +77,8 @@ pub(crate) enum AttachError {
 #[derive(Default)]
 pub struct DataPath {
     sockets: Arc<Mutex<Vec<Arc<SharedSocket>>>>,
+    /// Told when a session joins: the fan-out, asleep while nobody is on the data path, wakes.
+    joined: tokio::sync::Notify,
 }
 
 /// What became of one datagram.
@@ -160,6 +162,7 @@ impl DataPath {
             if let dashmap::Entry::Vacant(e) = socket.links.entry(viewer) {
                 let link = new_link(socket);
                 e.insert(link.clone());
+                server.data.joined.notify_one();
                 return Ok(Attached(link));
             }
         }
@@ -172,6 +175,7 @@ impl DataPath {
         socket.links.insert(viewer, link.clone());
         sockets.push(socket.clone());
         tracker.spawn(ack_loop(server.clone(), socket, shutdown.clone()));
+        server.data.joined.notify_one();
         Ok(Attached(link))
     }
 
@@ -377,6 +381,16 @@ pub(crate) async fn fan_out_loop(server: Arc<Server>, shutdown: CancellationToke
     let mut sender = BatchSender::default();
     let mut batch = Batch::default();
     loop {
+        if server.data.attached() == 0 {
+            // Nobody on the data path: sleep until a session joins rather than wake this thread
+            // for every frame (a wake-up costs more than a passed-through frame's whole ingest).
+            // A join between the check and the wait leaves a permit, so it is not missed; the
+            // frame current at a join is sent by the join itself (and not again from here).
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = server.data.joined.notified() => continue,
+            }
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             res = frames.changed() => if res.is_err() {

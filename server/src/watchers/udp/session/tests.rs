@@ -375,3 +375,45 @@ async fn a_forged_end_from_the_viewers_own_address_is_ignored() {
     assert!(leave.contains("reason=end"), "{leave}");
     rig.shutdown.cancel();
 }
+
+/// The fan-out sleeps while nobody is on the data path and must wake for the next viewer: each
+/// of three viewers, joining after the one before has left and the server has been alone for a
+/// second, gets the stream at the full rate.
+#[tokio::test(start_paused = true)]
+async fn a_viewer_joining_after_everyone_left_gets_the_full_stream() {
+    let rig = start(config(Duration::from_secs(10))).await;
+    let mut buf = vec![0u8; 70_000];
+    for round in 0..3 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_tcp, key) = register(rig.addr, &udp).await;
+        let started = Instant::now();
+        let (mut got, mut server_udp) = (0, None);
+        while started.elapsed() < Duration::from_secs(1) {
+            let (n, from) = timeout(Duration::from_millis(500), udp.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no frame for 500 ms"))
+                .unwrap();
+            let seq = surv_proto::FrameTag::decode(&buf[..n]).unwrap().seq;
+            udp.send_to(&Ack::Continue(Some(seq)).encode_keyed(key), from)
+                .await
+                .unwrap();
+            (got, server_udp) = (got + 1, Some(from));
+        }
+        assert!(got >= 28, "round {round}: {got} frames in 1 s at 30 fps");
+        udp.send_to(&Ack::End.encode_keyed(key), server_udp.unwrap())
+            .await
+            .unwrap();
+        for _ in 0..1000 {
+            if rig.server.data.attached() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            rig.server.data.attached(),
+            0,
+            "round {round}: still attached"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
