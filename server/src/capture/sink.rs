@@ -135,8 +135,6 @@ impl FrameSink {
         self.finish(&mut work, encoded);
     }
 
-    /// A JPEG from the source: passed through untouched (only the tag added) when it fits the
-    /// datagram cap, otherwise decoded and re-encoded under it. Not a whole JPEG: rejected.
     /// [`FrameSink::publish_jpeg`] from async code, and waits for it: frames stay in order,
     /// and a source faster than the encoder is slowed (by TCP, or its socket buffer) instead
     /// of queueing. A frame that will pass through (a header check and a copy, some
@@ -144,7 +142,7 @@ impl FrameSink {
     /// re-encoded on the blocking pool, never on the reactor. (Handing every frame to the
     /// pool cost two thread wake-ups a frame: 244 µs of server CPU per pushed 52 KB frame.)
     pub async fn publish(&self, frame: JpegFrame) {
-        if frame.jpeg.len() + surv_proto::TAG_BYTES <= self.inner.max_datagram_bytes {
+        if self.passes_through(&frame.jpeg) {
             return self.publish_jpeg(&frame);
         }
         let sink = self.clone();
@@ -153,6 +151,13 @@ impl FrameSink {
         }
     }
 
+    /// Whether `jpeg`, tagged, fits the datagram cap: then it is passed through, not re-encoded.
+    fn passes_through(&self, jpeg: &[u8]) -> bool {
+        jpeg.len() + surv_proto::TAG_BYTES <= self.inner.max_datagram_bytes
+    }
+
+    /// A JPEG from the source: passed through untouched (only the tag added) when it fits the
+    /// datagram cap, otherwise decoded and re-encoded under it. Not a whole JPEG: rejected.
     pub fn publish_jpeg(&self, frame: &JpegFrame) {
         let checked = {
             let mut headers = self.inner.headers.lock().unwrap_or_else(|p| p.into_inner());
@@ -164,8 +169,7 @@ impl FrameSink {
         };
         let mut work = self.work();
         let seq = self.next_seq(&mut work);
-        let tagged_bytes = frame.jpeg.len() + surv_proto::TAG_BYTES;
-        let encoded = if tagged_bytes <= self.inner.max_datagram_bytes {
+        let encoded = if self.passes_through(&frame.jpeg) {
             passthrough(frame, header, seq, self.inner.shared.in_motion()).inspect(|_| {
                 self.inner.shared.stats.passed_through.fetch_add(1, Relaxed);
             })

@@ -11,8 +11,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{Conn, Deadlines};
+use super::is_whole_jpeg;
 use super::peers::{Cause, PeerStats};
-use super::{is_whole_jpeg, publish};
 use crate::capture::{FrameSink, StreamShape};
 use crate::sources::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
 
@@ -95,13 +95,10 @@ impl Source for TcpConnectSource {
                 match read {
                     Ok(jpeg) if is_whole_jpeg(&jpeg) => {
                         let capture_unix_us = unix_micros_now();
-                        publish(
-                            sink,
-                            JpegFrame {
-                                jpeg,
-                                capture_unix_us,
-                            },
-                        )
+                        sink.publish(JpegFrame {
+                            jpeg,
+                            capture_unix_us,
+                        })
                         .await;
                     }
                     Ok(_) => self

@@ -24,8 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{Conn, ConnEnd, Deadlines};
+use super::is_whole_jpeg;
 use super::peers::{Cause, PeerStats};
-use super::{is_whole_jpeg, publish};
 use crate::capture::{FrameSink, StreamShape};
 use crate::sources::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
 
@@ -186,7 +186,7 @@ impl TcpListenSource {
         frame: JpegFrame,
     ) {
         if is_whole_jpeg(&frame.jpeg) {
-            publish(sink, frame).await;
+            sink.publish(frame).await;
         } else if let Some(c) = current {
             self.stats.note(
                 sink,

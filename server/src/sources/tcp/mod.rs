@@ -9,8 +9,9 @@
 //! * [`connect`]: one outgoing connection per run; the capture path reconnects with backoff.
 //! * [`peers`]: per-cause counters and rate-limited logs (shared with [`super::udp`]).
 //!
-//! Frames are published from the blocking pool ([`publish`]): a JPEG too big for the datagram
-//! cap is decoded and re-encoded, which must not stall the reactor.
+//! Frames go to the sink through [`crate::capture::FrameSink::publish`]: one that passes
+//! through on the reading task, a JPEG too big for the datagram cap decoded and re-encoded on
+//! the blocking pool, which must not stall the reactor.
 
 pub mod conn;
 pub mod connect;
@@ -20,9 +21,6 @@ pub mod peers;
 #[cfg(test)]
 mod tests;
 
-use super::JpegFrame;
-use crate::capture::FrameSink;
-
 pub use conn::Deadlines;
 pub use connect::TcpConnectSource;
 pub use listen::TcpListenSource;
@@ -31,9 +29,4 @@ pub use peers::{Cause, PeerStats};
 /// Whether `payload` looks like one whole JPEG (SOI … EOI); the sink checks its header.
 pub(crate) fn is_whole_jpeg(payload: &[u8]) -> bool {
     payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9])
-}
-
-/// Hands `frame` to the sink and waits for it (see [`FrameSink::publish`]).
-pub(crate) async fn publish(sink: &FrameSink, frame: JpegFrame) {
-    sink.publish(frame).await;
 }

@@ -32,8 +32,8 @@ use tokio::net::UdpSocket;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::tcp::is_whole_jpeg;
 use super::tcp::peers::{Cause, PeerStats};
-use super::tcp::{is_whole_jpeg, publish};
 use super::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
 use crate::capture::{FrameSink, StreamShape};
 
@@ -254,7 +254,7 @@ impl Source for UdpSource {
                     jpeg: Bytes::copy_from_slice(datagram),
                     capture_unix_us: unix_micros_now(),
                 };
-                publish(sink, frame).await;
+                sink.publish(frame).await;
             }
         })
     }
