@@ -100,8 +100,10 @@ impl DataPath {
 
     /// Viewers on the data path now, over every shared socket: once sessions have ended, this
     /// is the number of live sessions (a larger number means a session left without detaching).
+    /// Cheap enough for the fan-out's every frame: the list is read in place, not copied.
     pub fn attached(&self) -> usize {
-        self.sockets().iter().map(|s| s.links.len()).sum()
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.iter().map(|s| s.links.len()).sum()
     }
 
     /// Shared UDP sockets open (one per local address, more only while an address is registered
