@@ -57,7 +57,7 @@ pub const COLD_PROBE: Duration = Duration::from_millis(100);
 /// way, all of them go unacked one time in 1,250 (0.64^16).
 pub const COLD_DATAGRAMS: u32 = 16;
 
-/// Frames in flight to one viewer. Holds at most `max_in_flight` entries.
+/// Frames in flight to one viewer. Holds at most [`IN_FLIGHT_CAP`] × `max_in_flight` entries.
 #[derive(Debug)]
 pub struct Window {
     in_flight: VecDeque<(u64, Instant)>,
@@ -213,6 +213,16 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// The simulations' random numbers (xorshift64) from `seed`: each call, one below `n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_address_that_never_acks_gets_only_a_few_datagrams() {
         let mut w = Window::new(4);
@@ -315,13 +325,8 @@ mod tests {
     fn sent_share_under_loss(loss_pct: u64, cumulative: bool) -> f64 {
         let mut w = Window::new(4);
         let start = Instant::now();
-        let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut lost = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % 100 < loss_pct
-        };
+        let mut rng = xorshift(0x2545_F491_4F6C_DD1D);
+        let mut lost = move || rng(100) < loss_pct;
         let (mut offered, mut sent) = (0u32, 0u32);
         for seq in 0..1800u64 {
             let now = start + 33 * MS * seq as u32;
@@ -360,13 +365,7 @@ mod tests {
     fn sent_share_over_a_jittery_path(loss_pct: u64, one_way_ms: u64, jitter_ms: u64) -> f64 {
         let mut w = Window::new(4);
         let start = Instant::now();
-        let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
         // Acks on their way: (arrival ms, seq).
         let mut acks: Vec<(u64, u64)> = Vec::new();
         let (mut offered, mut sent) = (0u32, 0u32);
@@ -503,13 +502,8 @@ mod tests {
     fn cold_seed_viewer(loss_pct: u64, seed: u64) -> (f64, Duration) {
         let mut w = Window::new(4);
         let start = Instant::now();
-        let mut rng = seed | 1;
-        let mut lost = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % 100 < loss_pct
-        };
+        let mut rng = xorshift(seed | 1);
+        let mut lost = move || rng(100) < loss_pct;
         let (mut sent, mut last, mut gap) = (0u32, start, Duration::ZERO);
         let mut acks: Vec<Instant> = Vec::new();
         let mut pending = false;
