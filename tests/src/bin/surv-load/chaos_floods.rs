@@ -166,10 +166,16 @@ fn garbage_line(j: usize, rng: &mut Rng) -> Vec<u8> {
     }
 }
 
+/// Flooding peer `i`'s address in 127.`net`.0.0/16: 127.`net`.(i / 250 % 250).(i % 250 + 1), so
+/// that each flood comes from addresses of its own, apart from the honest viewers' 127.2.
+pub fn flood_ip(net: u8, i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, net, (i / 250 % 250) as u8, (i % 250 + 1) as u8)
+}
+
 /// A slowloris connection `i`: connects from its own address and sends nothing; when the
 /// server drops it, connects again, until `done`.
 async fn slowloris(i: usize, to: SocketAddrV4, done: Arc<AtomicBool>, opened: Arc<AtomicU64>) {
-    let from = Ipv4Addr::new(127, 4, (i / 250 % 250) as u8, (i % 250 + 1) as u8);
+    let from = flood_ip(4, i);
     while !done.load(Relaxed) {
         let Ok(mut tcp) = connect(from, to, None).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -239,7 +245,7 @@ fn registrations(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
             let (opened, failed) = (opened.clone(), connect_failed.clone());
             garbage.spawn(async move {
                 let _permit = permit;
-                let from = Ipv4Addr::new(127, 3, (j / 250 % 250) as u8, (j % 250 + 1) as u8);
+                let from = flood_ip(3, j);
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (j as u64 + 1));
                 let Ok(mut tcp) = connect(from, to, None).await else {
                     failed.fetch_add(1, Relaxed);
@@ -329,8 +335,8 @@ fn registrations(ctx: &Ctx, before: &Reading) -> anyhow::Result<FloodReport> {
 fn sockets(net: u8, count: usize) -> anyhow::Result<Vec<UdpSocket>> {
     (0..count)
         .map(|i| {
-            let ip = Ipv4Addr::new(127, net, (i / 250) as u8, (i % 250 + 1) as u8);
-            UdpSocket::bind(SocketAddrV4::new(ip, 0)).context("binding a flood socket")
+            UdpSocket::bind(SocketAddrV4::new(flood_ip(net, i), 0))
+                .context("binding a flood socket")
         })
         .collect()
 }

@@ -2,7 +2,6 @@
 //! 1,000 that request `/stream.mjpg` and never read, and junk request lines and headers of
 //! 1 MB, while an honest client asks for `/status` every 500 ms.
 
-use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::chaos::{http_get, Ctx, Reading};
-use crate::chaos_floods::{connect, Flood, FloodReport};
+use crate::chaos_floods::{connect, flood_ip, Flood, FloodReport};
 
 pub const ALL: &[Flood] = &[Flood {
     name: "http",
@@ -74,40 +73,36 @@ fn http(ctx: &Ctx, _before: &Reading) -> anyhow::Result<FloodReport> {
     let started = Instant::now();
     let probes = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..idle_n {
-            let t = t.clone();
-            set.spawn(async move {
-                let from = Ipv4Addr::new(127, 6, (i / 250 % 250) as u8, (i % 250 + 1) as u8);
-                match connect(from, to, None).await {
-                    Ok(mut tcp) => {
-                        t.opened.fetch_add(1, Relaxed);
-                        hold(&mut tcp, &t, true).await;
-                    }
-                    Err(_) => drop(t.connect_failed.fetch_add(1, Relaxed)),
-                }
-            });
-        }
-        for i in 0..stalled_n {
-            let t = t.clone();
-            set.spawn(async move {
-                let from = Ipv4Addr::new(127, 7, (i / 250 % 250) as u8, (i % 250 + 1) as u8);
-                match connect(from, to, Some(4096)).await {
-                    Ok(mut tcp) => {
-                        t.opened.fetch_add(1, Relaxed);
-                        let req = b"GET /stream.mjpg HTTP/1.1\r\nHost: chaos\r\n\r\n";
-                        if tcp.write_all(req).await.is_ok() {
-                            hold(&mut tcp, &t, false).await;
+        // Idle connections (from 127.6) send nothing and read; non-reading ones (from 127.7,
+        // with a 4 KiB receive buffer) ask for the stream and never read.
+        let stream = b"GET /stream.mjpg HTTP/1.1\r\nHost: chaos\r\n\r\n".as_slice();
+        for (net, n, rcvbuf, request) in [
+            (6, idle_n, None, None),
+            (7, stalled_n, Some(4096), Some(stream)),
+        ] {
+            for i in 0..n {
+                let t = t.clone();
+                set.spawn(async move {
+                    let Ok(mut tcp) = connect(flood_ip(net, i), to, rcvbuf).await else {
+                        t.connect_failed.fetch_add(1, Relaxed);
+                        return;
+                    };
+                    t.opened.fetch_add(1, Relaxed);
+                    match request {
+                        None => hold(&mut tcp, &t, true).await,
+                        Some(req) => {
+                            if tcp.write_all(req).await.is_ok() {
+                                hold(&mut tcp, &t, false).await;
+                            }
                         }
                     }
-                    Err(_) => drop(t.connect_failed.fetch_add(1, Relaxed)),
-                }
-            });
+                });
+            }
         }
         for i in 0..junk_n {
             let t = t.clone();
             set.spawn(async move {
-                let from = Ipv4Addr::new(127, 8, (i / 250 % 250) as u8, (i % 250 + 1) as u8);
-                let Ok(mut tcp) = connect(from, to, None).await else {
+                let Ok(mut tcp) = connect(flood_ip(8, i), to, None).await else {
                     t.connect_failed.fetch_add(1, Relaxed);
                     return;
                 };

@@ -34,16 +34,25 @@ pub fn fd_count(pid: &str) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
-/// What each open descriptor of a process is (`socket:[…]`, a path, `anon_inode:[eventfd]`).
-pub fn fd_targets(pid: &str) -> Vec<String> {
-    let mut t: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// A process's open descriptors: each one's number and what it points at (empty if it closed
+/// while being read).
+fn fd_links(pid: &str) -> impl Iterator<Item = (std::ffi::OsString, std::path::PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| {
-            let link = std::fs::read_link(e.path()).unwrap_or_default();
-            format!("{}→{}", e.file_name().to_string_lossy(), link.display())
+            (
+                e.file_name(),
+                std::fs::read_link(e.path()).unwrap_or_default(),
+            )
         })
+}
+
+/// What each open descriptor of a process is (`socket:[…]`, a path, `anon_inode:[eventfd]`).
+pub fn fd_targets(pid: &str) -> Vec<String> {
+    let mut t: Vec<String> = fd_links(pid)
+        .map(|(fd, link)| format!("{}→{}", fd.to_string_lossy(), link.display()))
         .collect();
     t.sort();
     t
@@ -52,12 +61,8 @@ pub fn fd_targets(pid: &str) -> Vec<String> {
 /// Datagrams dropped by the kernel at a process's UDP sockets, from `/proc/<pid>/net/udp{,6}`
 /// (its sockets found by inode among its descriptors).
 pub fn udp_drops(pid: &str) -> u64 {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
+    let inodes: std::collections::HashSet<String> = fd_links(pid)
+        .filter_map(|(_, l)| {
             let l = l.to_string_lossy().into_owned();
             l.strip_prefix("socket:[")?
                 .strip_suffix(']')
