@@ -57,6 +57,9 @@ pub struct BrokerUrl {
     pub login: Option<(String, String)>,
 }
 
+/// The longest password an MQTT CONNECT can carry (a 16-bit length).
+const MAX_PASSWORD_BYTES: u64 = 65_535;
+
 impl BrokerUrl {
     /// Parses `--mqtt`; the error says what is wrong with it (without the password).
     pub fn parse(text: &str) -> Result<BrokerUrl, String> {
@@ -96,12 +99,7 @@ impl BrokerUrl {
             login,
         })
     }
-}
 
-/// The longest password an MQTT CONNECT can carry (a 16-bit length).
-const MAX_PASSWORD_BYTES: u64 = 65_535;
-
-impl BrokerUrl {
     /// Takes the password from a file (`--mqtt-password-file`), so that it does not show in
     /// the process list: the file's text, without one line ending at its end. The URL must name
     /// the user (`mqtt://USER@HOST`) and no password. Errors name the file, never the password.
