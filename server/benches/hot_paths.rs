@@ -201,7 +201,7 @@ fn motion(c: &mut Criterion) {
             .collect();
         drop(raw);
         let mut detector = Detector::new(MotionConfig::default());
-        let mut decompressor = turbojpeg::Decompressor::new().expect("decompressor");
+        let mut decompressor = surv_server::jpeg::JpegReader::new();
         let mut thumb = Vec::new();
         let mut i = 0u64;
         g.bench_function(BenchmarkId::from_parameter(format!("{w}x{h}")), |b| {

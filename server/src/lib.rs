@@ -22,6 +22,7 @@ pub mod capture;
 pub mod encoder;
 pub mod http;
 pub mod journal;
+pub mod jpeg;
 pub mod motion;
 pub mod mqtt;
 pub(crate) mod places;

@@ -77,6 +77,54 @@ pub fn test_jpeg(
         .to_vec()
 }
 
+/// Broken JPEGs of the kinds cameras send, each with what it is: made from `good` (a whole
+/// JPEG) so that its tables and frame header are real. None is a picture; a server must
+/// refuse each and lose nothing but it.
+pub fn broken_jpegs(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let sos = good
+        .windows(2)
+        .position(|w| w == [0xFF, 0xDA])
+        .expect("a whole JPEG has a start of scan");
+    let sof = good
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0] || w == [0xFF, 0xC2])
+        .expect("a baseline or progressive frame header");
+    let with_eoi = |mut b: Vec<u8>| {
+        b.extend_from_slice(&[0xFF, 0xD9]);
+        b
+    };
+    // The start-of-scan header cut short: every table and the frame header readable, then EOI.
+    let sos_cut = with_eoi(good[..sos + 5].to_vec());
+    // Tables and frame header, then EOI with no scan at all.
+    let no_scan = with_eoi(good[..sos].to_vec());
+    // Tables only.
+    let tables_only = with_eoi(good[..sof].to_vec());
+    // A frame header claiming 65535x65535, the rest as it was.
+    let mut huge = good.to_vec();
+    huge[sof + 5..sof + 9].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0xFF]);
+    // Random bytes between SOI and EOI.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = vec![0xFF, 0xD8];
+    random.extend((0..2000).map(|_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 24) as u8
+    }));
+    let random = with_eoi(random);
+    // The second half of the frame lost: SOI, tables, a part of the scan, and no EOI.
+    let half = good[..good.len() / 2].to_vec();
+    vec![
+        ("start-of-scan header cut short", sos_cut),
+        ("no scan", no_scan),
+        ("tables only", tables_only),
+        ("frame header claiming 65535x65535", huge),
+        ("random bytes between SOI and EOI", random),
+        ("SOI EOI and nothing else", vec![0xFF, 0xD8, 0xFF, 0xD9]),
+        ("second half lost", half),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,3 +241,34 @@ fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
         "{shown} shown, {motion} with motion, {too_big} over the pixel cap"
     );
 }
+
+#[test]
+fn jpeg_check_corpus_is_read_as_the_capture_path_reads_it() {
+    use surv_server::jpeg::{check, JpegReader};
+    let good = surv_tests::test_jpeg(
+        48,
+        32,
+        surv_tests::Picture::Gradient(1),
+        80,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    );
+    let mut pictures = 0;
+    for (path, data) in corpus("jpeg_check") {
+        let mut reader = JpegReader::new();
+        if let Ok(info) = check(&data) {
+            pictures += 1;
+            assert!(info.width > 0 && info.height > 0, "{}", path.display());
+            if u64::from(info.width) * u64::from(info.height) <= 7680 * 4320 {
+                let _ = reader.header(&data);
+            }
+        } else {
+            let _ = reader.header(&data);
+        }
+        let header = reader
+            .header(&good)
+            .unwrap_or_else(|e| panic!("after {}: {e}", path.display()));
+        assert_eq!((header.width, header.height), (48, 32));
+    }
+    // The seed inputs include real pictures: the replay reaches the accepting path.
+    assert!(pictures >= 3, "only {pictures} pictures in the corpus");
+}

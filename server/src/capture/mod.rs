@@ -9,7 +9,16 @@
 //!
 //! [`Capture::start`] spawns the supervisor task. It runs the source; when the source fails or
 //! ends, the supervisor reports it lost (once per outage), waits with capped exponential
-//! backoff ([`backoff`]) and runs it again, until shutdown. Watchers stay registered through an
+//! backoff ([`backoff`]) and runs it again, until shutdown.
+//!
+//! One watchdog for every kind of source ([`watch_run`]): a source that stops delivering
+//! without failing (a camera that keeps its connection open and sends a byte now and then, a
+//! proxy that answers but forwards nothing) is an outage too. No frame for [`stall_after`]
+//! (5 s, or 10 frame intervals for slower sources) ends the run with the reason "no frame for
+//! N s", and the source is opened again; a run that has not delivered its first frame
+//! [`FIRST_FRAME_WITHIN`] after it started is ended the same way. Sources that cameras push to
+//! ([`OnStall::Report`]) are only reported lost: their listening socket stays, and the
+//! camera's next frame brings them back. Watchers stay registered through an
 //! outage, and while the source is not delivering (before its first frame, or lost) they get a
 //! "no signal" frame once a second ([`crate::sources::no_signal`]), so viewers stay alive and show
 //! why. Publishing replaces the previous frame whatever the watchers are doing: capture never
@@ -33,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::encoder::{EncodedFrame, Encoder, EncoderConfig};
 use crate::journal::Journal;
-use crate::sources::{Source, SourceError};
+use crate::sources::{OnStall, Source, SourceError};
 use backoff::Backoff;
 pub use sink::FrameSink;
 
@@ -96,6 +105,21 @@ impl Default for CaptureConfig {
 
 /// While the source is not delivering, how often the "no signal" frame goes out.
 pub const NO_SIGNAL_EVERY: Duration = Duration::from_secs(1);
+
+/// The shortest silence that counts as a stall, whatever the frame rate.
+pub const STALL_MIN: Duration = Duration::from_secs(5);
+/// For slow sources, the frame intervals of silence that count as a stall.
+pub const STALL_FRAMES: u32 = 10;
+/// How long a (re)opened source may take to deliver its first frame (a camera's connection,
+/// its RTSP set-up, an H.264 stream's first key frame).
+pub const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(20);
+
+/// How long a live source at `fps` may go without a frame before it counts as lost: 5 s, or
+/// 10 frame intervals when that is longer.
+pub fn stall_after(fps: u32) -> Duration {
+    let intervals = Duration::from_secs(u64::from(STALL_FRAMES)) / fps.max(1);
+    intervals.max(STALL_MIN)
+}
 
 /// What the source delivers: its size as last seen, and its frame rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,7 +299,9 @@ async fn supervise(
 ) {
     loop {
         let delivered_before = sink.delivered();
-        let result = source.run(&sink, &stop).await;
+        let on_stall = source.on_stall();
+        let device = source.describe();
+        let result = watch_run(source.run(&sink, &stop), &sink, on_stall, &device, &stop).await;
         if stop.is_cancelled() {
             return;
         }
@@ -299,8 +325,70 @@ async fn supervise(
     }
 }
 
+/// Drives one run of a source, and ends it when it stalls: no frame for [`stall_after`] the
+/// stream's rate since the newest frame, or none within [`FIRST_FRAME_WITHIN`] of the start.
+/// A source that cameras push to ([`OnStall::Report`]) is not ended: once it has been live, a
+/// stall is reported (once per stall) and the run goes on.
+async fn watch_run(
+    run: crate::sources::SourceRun<'_>,
+    sink: &FrameSink,
+    on_stall: OnStall,
+    device: &str,
+    stop: &CancellationToken,
+) -> Result<(), SourceError> {
+    tokio::pin!(run);
+    let started = Instant::now();
+    // The newest frame a stall was reported for (push sources).
+    let mut reported: Option<Instant> = None;
+    loop {
+        let last = sink.last_frame().filter(|&t| t >= started);
+        let (since, bound) = match last {
+            Some(t) => (t, stall_after(sink.fps())),
+            None => (started, FIRST_FRAME_WITHIN),
+        };
+        let deadline = since + bound;
+        if Instant::now() >= deadline && reported != Some(since) {
+            let secs = bound.as_secs();
+            let reason = match last {
+                Some(_) => format!("no frame for {secs} s"),
+                None => format!("no frame within {secs} s of opening"),
+            };
+            match on_stall {
+                OnStall::Reopen => {
+                    return Err(SourceError::Read {
+                        device: device.to_string(),
+                        reason,
+                    })
+                }
+                OnStall::Report if last.is_some() => {
+                    tracing::warn!(source = device, reason, "source stalled");
+                    sink.lost(&reason);
+                }
+                OnStall::Report => {}
+            }
+            reported = Some(since);
+        }
+        let wake = if reported == Some(since) {
+            // Reported: look again a bound later (a frame resets `since` before that).
+            Instant::now() + bound
+        } else if last.is_none() {
+            // Before the first frame, look every second: once frames flow, the bound is the
+            // shorter stall bound from the newest frame.
+            deadline.min(Instant::now() + Duration::from_secs(1))
+        } else {
+            deadline
+        };
+        tokio::select! {
+            result = &mut run => return result,
+            // A source should end by itself at stop; one that does not is dropped here.
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
 /// While the source is not live (no frame yet, or lost), publishes the "no signal" frame every
-/// [`NO_SIGNAL_EVERY`], the first one that long after the source stopped delivering.
+/// [`NO_SIGNAL_EVERY`], the first one that long after the source's newest frame.
 async fn no_signal(sink: FrameSink, stop: CancellationToken) {
     let mut state = sink.state();
     let mut quiet_since = Instant::now();
@@ -311,7 +399,9 @@ async fn no_signal(sink: FrameSink, stop: CancellationToken) {
                 () = stop.cancelled() => return,
                 changed = state.changed() => if changed.is_err() { return },
             }
-            quiet_since = Instant::now();
+            // Quiet since its newest frame: after a stall found by the watchdog, viewers have
+            // seen a frozen picture for the stall bound already, and get "no signal" at once.
+            quiet_since = sink.last_frame().unwrap_or_else(Instant::now);
             continue;
         }
         let due = quiet_since + NO_SIGNAL_EVERY;

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::{CaptureShared, SharedFrame, SourceState, StreamShape};
 use crate::encoder::{EncodedFrame, Encoder};
 use crate::journal::Journal;
+use crate::jpeg::{self, JpegReader, NotAPicture};
 use crate::sources::{
     no_signal, unix_micros_now, JpegFrame, PixelFormat, RawFrame, MAX_DECODED_PIXELS,
 };
@@ -39,8 +40,8 @@ struct Inner {
     max_datagram_bytes: usize,
     work: Mutex<Work>,
     /// Reads JPEG headers; kept, because creating a turbojpeg handle per frame costs more than
-    /// reading the header.
-    headers: Mutex<Option<turbojpeg::Decompressor>>,
+    /// reading the header (and renewed after a bad one: [`JpegReader`]).
+    headers: Mutex<JpegReader>,
 }
 
 /// What only one frame at a time may touch.
@@ -48,10 +49,13 @@ struct Work {
     encoder: Encoder,
     /// The next frame's sequence number: one per frame a source delivered.
     seq: u64,
-    /// A JPEG decoded for re-encoding, reused.
+    /// A JPEG decoded for re-encoding, reused, and its decoder.
     decoded: RawFrame,
+    decoder: JpegReader,
     /// When the source was reported lost, for the SOURCE-BACK line.
     lost_at: Option<Instant>,
+    /// When the newest frame was published, for the capture path's watchdog.
+    last_frame: Option<Instant>,
     last_failure_log: Option<Instant>,
     last_reject_log: Option<Instant>,
     /// The source declared no frame rate: the rate is measured from arrivals.
@@ -85,14 +89,16 @@ impl FrameSink {
                     encoder,
                     seq: 0,
                     decoded: RawFrame::new(),
+                    decoder: JpegReader::new(),
                     lost_at: None,
+                    last_frame: None,
                     last_failure_log: None,
                     last_reject_log: None,
                     measure_fps: false,
                     rate_window: None,
                     idle_frame: RawFrame::new(),
                 }),
-                headers: Mutex::new(None),
+                headers: Mutex::new(JpegReader::new()),
             }),
         }
     }
@@ -105,6 +111,16 @@ impl FrameSink {
     /// Frames delivered by the source so far (published or not).
     pub fn delivered(&self) -> u64 {
         self.inner.shared.stats.captured.load(Relaxed)
+    }
+
+    /// The stream's frame rate, declared or measured.
+    pub(super) fn fps(&self) -> u32 {
+        self.inner.shared.shape().fps
+    }
+
+    /// When the source's newest frame was published (`None` before the first).
+    pub(super) fn last_frame(&self) -> Option<Instant> {
+        self.work().last_frame
     }
 
     /// The source is open: `describe` says what it turned out to be, `shape` what it delivers.
@@ -175,9 +191,12 @@ impl FrameSink {
             })
         } else {
             let Work {
-                encoder, decoded, ..
+                encoder,
+                decoded,
+                decoder,
+                ..
             } = &mut *work;
-            match decode_into(frame, header, decoded) {
+            match decode_into(frame, header, decoder, decoded) {
                 Ok(()) => encode(&self.inner.shared, encoder, decoded, seq),
                 Err(e) => Err(e),
             }
@@ -236,7 +255,8 @@ impl FrameSink {
     }
 
     /// The source failed (or ended): the first failure of an outage is journalled as
-    /// SOURCE-LOST; failures while it stays lost are counted and logged every ten seconds.
+    /// SOURCE-LOST; failures while it stays lost are counted, logged every ten seconds, and
+    /// the newest reason is what `/status` and the "no signal" frame show.
     /// The supervisor calls it when a run ends; a push source calls it itself when its camera
     /// disconnects, and goes on waiting for the camera to come back.
     pub fn lost(&self, reason: &str) {
@@ -258,12 +278,22 @@ impl FrameSink {
                 tracing::error!(source = %self.inner.what, reason, "source lost; retrying");
             }
             self.inner.journal.source_lost(&self.inner.what, reason);
-        } else if work
-            .last_failure_log
-            .is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY)
-        {
-            work.last_failure_log = Some(now);
-            tracing::warn!(source = %self.inner.what, reason, "source still lost; retrying");
+        } else {
+            // `/status` shows why it is lost now, not why it was first.
+            shared.state.send_if_modified(|state| match state {
+                SourceState::Lost(was) if was != reason => {
+                    *was = reason.to_string();
+                    true
+                }
+                _ => false,
+            });
+            if work
+                .last_failure_log
+                .is_none_or(|t| t.elapsed() >= REPEAT_LOG_EVERY)
+            {
+                work.last_failure_log = Some(now);
+                tracing::warn!(source = %self.inner.what, reason, "source still lost; retrying");
+            }
         }
     }
 
@@ -286,6 +316,7 @@ impl FrameSink {
                     .store(u32::from(frame.quality), Relaxed);
                 shared.stats.encoded.fetch_add(1, Relaxed);
                 self.inner.frames.send_replace(Some(Arc::new(frame)));
+                work.last_frame = Some(Instant::now());
                 if work.measure_fps {
                     measure_rate(shared, &mut work.rate_window);
                 }
@@ -357,32 +388,17 @@ struct JpegHeader {
     height: u32,
 }
 
-/// A whole JPEG (SOI … EOI) whose header turbojpeg reads, no larger than we would decode.
-fn check_jpeg(
-    jpeg: &[u8],
-    reader: &mut Option<turbojpeg::Decompressor>,
-) -> Result<JpegHeader, &'static str> {
-    if !jpeg.starts_with(&[0xFF, 0xD8]) {
-        return Err("not a JPEG (no SOI marker)");
-    }
-    if !jpeg.ends_with(&[0xFF, 0xD9]) {
-        return Err("truncated JPEG (no EOI marker)");
-    }
-    let reader = match reader {
-        Some(r) => r,
-        None => reader.insert(
-            turbojpeg::Decompressor::new().map_err(|_| "cannot start the JPEG header reader")?,
-        ),
-    };
-    let header = reader
-        .read_header(jpeg)
-        .map_err(|_| "unreadable JPEG header")?;
-    let (Ok(width), Ok(height)) = (u32::try_from(header.width), u32::try_from(header.height))
-    else {
+/// A JPEG picture (a whole JPEG with a frame and a scan: [`jpeg::check`]) no larger than we
+/// would decode, whose header turbojpeg reads as the same size.
+fn check_jpeg(jpeg: &[u8], reader: &mut JpegReader) -> Result<JpegHeader, &'static str> {
+    let info = jpeg::check(jpeg).map_err(NotAPicture::as_str)?;
+    let (width, height) = (info.width, info.height);
+    if u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
         return Err("JPEG size out of range");
-    };
-    if width == 0 || height == 0 || u64::from(width) * u64::from(height) > MAX_DECODED_PIXELS {
-        return Err("JPEG size out of range");
+    }
+    let header = reader.header(jpeg).map_err(|_| "unreadable JPEG header")?;
+    if (header.width, header.height) != (width as usize, height as usize) {
+        return Err("JPEG header read two ways");
     }
     Ok(JpegHeader { width, height })
 }
@@ -414,7 +430,12 @@ fn passthrough(
 }
 
 /// Decodes a JPEG too big to pass through into `out` (RGB), for the encoder.
-fn decode_into(frame: &JpegFrame, header: JpegHeader, out: &mut RawFrame) -> Result<(), String> {
+fn decode_into(
+    frame: &JpegFrame,
+    header: JpegHeader,
+    decoder: &mut JpegReader,
+    out: &mut RawFrame,
+) -> Result<(), String> {
     let (w, h) = (header.width as usize, header.height as usize);
     let len = PixelFormat::Rgb24
         .frame_bytes(header.width, header.height)
@@ -427,8 +448,8 @@ fn decode_into(frame: &JpegFrame, header: JpegHeader, out: &mut RawFrame) -> Res
         height: h,
         format: turbojpeg::PixelFormat::RGB,
     };
-    turbojpeg::Decompressor::new()
-        .and_then(|mut d| d.decompress(&frame.jpeg, image))
+    decoder
+        .run(|d| d.decompress(&frame.jpeg, image))
         .map_err(|e| format!("JPEG decode failed: {e}"))?;
     out.width = header.width;
     out.height = header.height;

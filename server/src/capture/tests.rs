@@ -30,17 +30,26 @@ enum Step {
     /// Opens knowing neither size nor rate, delivers this many 48x16 raw frames 100 ms apart
     /// (10 fps), then has played to its end.
     Unknown(u32),
+    /// Opens, delivers this many raw frames 100 ms apart, then goes silent without failing
+    /// (a camera that keeps its connection open and sends nothing), until stop.
+    Stall(u32),
 }
 
 /// A source that follows a script, one step per run; after the script, it waits for stop.
 struct Scripted {
     steps: VecDeque<Step>,
     runs: Arc<Mutex<Vec<Instant>>>,
+    /// What the watchdog does with it (a push source: report only).
+    on_stall: OnStall,
 }
 
 impl Source for Scripted {
     fn describe(&self) -> String {
         "scripted".into()
+    }
+
+    fn on_stall(&self) -> OnStall {
+        self.on_stall
     }
 
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
@@ -64,16 +73,14 @@ impl Source for Scripted {
                 Some(Step::Fail(reason)) => Err(gone(reason)),
                 Some(Step::Raw(n)) => {
                     sink.opened("scripted 32x32", shape);
-                    for i in 0..n {
-                        let mut frame = RawFrame::new();
-                        frame.width = 32;
-                        frame.height = 32;
-                        frame.format = PixelFormat::I420;
-                        frame.data = vec![(i * 40) as u8; 32 * 32 * 3 / 2];
-                        sink.publish_raw(&frame);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    raw_frames(sink, n).await;
                     Err(gone("unplugged"))
+                }
+                Some(Step::Stall(n)) => {
+                    sink.opened("scripted 32x32", shape);
+                    raw_frames(sink, n).await;
+                    stop.cancelled().await;
+                    Ok(())
                 }
                 Some(Step::Jpegs(jpegs)) => {
                     sink.opened("scripted jpeg", shape);
@@ -104,6 +111,19 @@ impl Source for Scripted {
     }
 }
 
+/// `n` 32x32 raw frames, 100 ms apart.
+async fn raw_frames(sink: &FrameSink, n: u32) {
+    for i in 0..n {
+        let mut frame = RawFrame::new();
+        frame.width = 32;
+        frame.height = 32;
+        frame.format = PixelFormat::I420;
+        frame.data = vec![(i * 40) as u8; 32 * 32 * 3 / 2];
+        sink.publish_raw(&frame);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 struct Rig {
     capture: Capture,
     runs: Arc<Mutex<Vec<Instant>>>,
@@ -128,10 +148,15 @@ fn capture_of(
 }
 
 fn start(steps: Vec<Step>, max_datagram_bytes: usize) -> Rig {
+    start_with(steps, max_datagram_bytes, OnStall::Reopen)
+}
+
+fn start_with(steps: Vec<Step>, max_datagram_bytes: usize, on_stall: OnStall) -> Rig {
     let runs = Arc::new(Mutex::new(Vec::new()));
     let source = Scripted {
         steps: steps.into(),
         runs: runs.clone(),
+        on_stall,
     };
     let encoder = EncoderConfig {
         max_datagram_bytes,
@@ -206,7 +231,7 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
     );
     assert!(lines[2].contains("unplugged"), "{}", lines[2]);
     // While it was not delivering (0–1400 ms, and from 1700 ms), a "no signal" frame went out
-    // a second after it went quiet and each second after: at 1000, then 2700, 3700, 4700 ms.
+    // a second after its newest frame and each second after: at 1000, then 2600, 3600, 4600 ms.
     // They take sequence numbers (0, then 4–6 around the source's 1–3) but are not captured or
     // encoded frames; the last is at the source's size.
     assert_eq!(stats.no_signal.load(Relaxed), 4);
@@ -487,4 +512,202 @@ fn a_test_pattern_runs_on_its_thread_through_the_adapter() {
         );
         assert!(read_all(log_dir.path()).unwrap().is_empty(), "no outage");
     });
+}
+
+#[test]
+fn the_stall_bound_is_five_seconds_or_ten_frame_intervals() {
+    assert_eq!(stall_after(30), Duration::from_secs(5));
+    assert_eq!(stall_after(2), Duration::from_secs(5));
+    assert_eq!(stall_after(1), Duration::from_secs(10));
+    assert_eq!(stall_after(0), Duration::from_secs(10));
+}
+
+/// A source that goes silent without failing is lost after the watchdog's bound, with why,
+/// then opened again; its frames bring it back.
+#[tokio::test(start_paused = true)]
+async fn a_silent_source_is_lost_within_the_bound_and_reopened() {
+    let rig = start(
+        vec![Step::Stall(10), Step::Raw(5)],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    let mut state = rig.capture.shared.state.subscribe();
+    state.wait_for(|s| *s == SourceState::Live).await.unwrap();
+    let live_at = Instant::now();
+    // Frames at 0..900 ms, then silence.
+    let lost = state
+        .wait_for(|s| matches!(s, SourceState::Lost(_)))
+        .await
+        .unwrap()
+        .clone();
+    let after = Instant::now() - live_at;
+    assert_eq!(
+        lost,
+        SourceState::Lost("reading a frame from scripted: no frame for 5 s".into())
+    );
+    assert_eq!(
+        after,
+        Duration::from_millis(900 + 5000),
+        "5 s after the last frame"
+    );
+    state.wait_for(|s| *s == SourceState::Live).await.unwrap();
+    let back_after = Instant::now() - live_at;
+    // Reopened after the first backoff step, 200 ms.
+    assert_eq!(back_after, Duration::from_millis(5900 + 200));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rig.run_times_ms(), [0, 6100, 6800]);
+    let lines = rig.journal();
+    assert!(
+        lines[0].contains(r#"SOURCE-LOST source="scripted" reason="reading a frame from scripted: no frame for 5 s""#),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].contains("SOURCE-BACK source=\"scripted\" down_s=0.200"),
+        "{lines:#?}"
+    );
+    // While it was silent, viewers were shown why.
+    assert!(rig.capture.shared.stats.no_signal.load(Relaxed) >= 1);
+    rig.capture.stop().await;
+}
+
+/// A source that opens but never delivers is ended after [`FIRST_FRAME_WITHIN`].
+#[tokio::test(start_paused = true)]
+async fn a_source_that_opens_and_never_delivers_is_opened_again() {
+    let rig = start(
+        vec![Step::Stall(0), Step::Raw(1)],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    tokio::time::sleep(FIRST_FRAME_WITHIN + Duration::from_secs(1)).await;
+    assert_eq!(rig.run_times_ms(), [0, 20_200, 20_500]);
+    let lines = rig.journal();
+    assert!(
+        lines[0].contains("no frame within 20 s of opening"),
+        "{lines:#?}"
+    );
+    assert!(lines[1].contains("SOURCE-BACK"), "{lines:#?}");
+    rig.capture.stop().await;
+}
+
+/// A push source (cameras connect to it) is reported lost once per stall and never reopened:
+/// its socket stays for the camera, whose next frame brings it back.
+#[tokio::test(start_paused = true)]
+async fn a_push_source_that_stalls_is_reported_not_reopened() {
+    struct Push {
+        runs: Arc<Mutex<Vec<Instant>>>,
+    }
+    impl Source for Push {
+        fn describe(&self) -> String {
+            "push".into()
+        }
+        fn on_stall(&self) -> OnStall {
+            OnStall::Report
+        }
+        fn run<'a>(&'a mut self, sink: &'a FrameSink, _: &'a CancellationToken) -> SourceRun<'a> {
+            self.runs.lock().unwrap().push(Instant::now());
+            Box::pin(async move {
+                // Silent for 8 s before any camera: not an outage, only waiting.
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                sink.opened("push", StreamShape::default());
+                raw_frames(sink, 10).await;
+                // The camera stalls for 12 s, then comes back.
+                tokio::time::sleep(Duration::from_secs(12)).await;
+                raw_frames(sink, 10).await;
+                std::future::pending().await
+            })
+        }
+    }
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let (capture, log_dir, _shutdown) = capture_of(
+        Box::new(Push { runs: runs.clone() }),
+        EncoderConfig::default(),
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(capture.shared.state(), SourceState::Starting);
+    let mut state = capture.shared.state.subscribe();
+    state.wait_for(|s| *s == SourceState::Live).await.unwrap();
+    let t0 = Instant::now();
+    state
+        .wait_for(|s| matches!(s, SourceState::Lost(_)))
+        .await
+        .unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_millis(900 + 5000));
+    assert_eq!(
+        capture.shared.state(),
+        SourceState::Lost("no frame for 5 s".into())
+    );
+    state.wait_for(|s| *s == SourceState::Live).await.unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_millis(1000 + 12_000));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(runs.lock().unwrap().len(), 1, "never reopened");
+    let lines = read_all(log_dir.path()).unwrap();
+    assert_eq!(count(&lines, "SOURCE-LOST"), 2, "one per stall: {lines:#?}");
+    assert_eq!(count(&lines, "SOURCE-BACK"), 1, "{lines:#?}");
+    capture.stop().await;
+}
+
+/// While a source stays lost, `/status` shows the newest reason, not the first.
+#[tokio::test(start_paused = true)]
+async fn the_loss_reason_is_the_newest() {
+    let rig = start(
+        vec![
+            Step::Fail("the camera ended the stream"),
+            Step::Fail("HTTP 301 moved"),
+        ],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        matches!(rig.capture.shared.state(), SourceState::Lost(r) if r.ends_with("the camera ended the stream"))
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        matches!(rig.capture.shared.state(), SourceState::Lost(r) if r.ends_with("HTTP 301 moved")),
+        "{:?}",
+        rig.capture.shared.state()
+    );
+    let lines = rig.journal();
+    assert_eq!(
+        count(&lines, "SOURCE-LOST"),
+        1,
+        "still one outage: {lines:#?}"
+    );
+    rig.capture.stop().await;
+}
+
+/// One broken JPEG costs one frame: after each broken form, every good frame is published.
+#[tokio::test(start_paused = true)]
+async fn a_broken_jpeg_costs_one_frame_and_non_pictures_are_rejected() {
+    let good = surv_tests::test_jpeg(
+        64,
+        48,
+        surv_tests::Picture::Gradient(1),
+        85,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    );
+    let broken = surv_tests::fixtures::broken_jpegs(&good);
+    let mut script = Vec::new();
+    for (_, bad) in &broken {
+        script.push(Bytes::from(bad.clone()));
+        script.extend((0..3).map(|_| Bytes::from(good.clone())));
+    }
+    let n_broken = broken.len() as u64;
+    let rig = start(
+        vec![Step::Jpegs(script)],
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+    );
+    tokio::time::sleep(Duration::from_millis(100 * 4 * n_broken + 50)).await;
+    let stats = &rig.capture.shared.stats;
+    assert_eq!(stats.rejected.load(Relaxed), n_broken, "each broken form");
+    assert_eq!(
+        stats.passed_through.load(Relaxed),
+        3 * n_broken,
+        "every good frame"
+    );
+    assert_eq!(
+        stats.captured.load(Relaxed),
+        3 * n_broken,
+        "broken ones are not captured"
+    );
+    let newest = rig.capture.frames.borrow().clone().unwrap();
+    assert_eq!((newest.width, newest.height), (64, 48));
+    rig.capture.stop().await;
 }

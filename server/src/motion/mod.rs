@@ -22,6 +22,8 @@ pub mod watch;
 
 use std::time::Duration;
 
+use crate::jpeg::JpegReader;
+
 /// What counts as motion.
 #[derive(Debug, Clone, Copy)]
 pub struct MotionConfig {
@@ -267,6 +269,14 @@ impl Detector {
 /// At 1/8 libjpeg takes each block's DC coefficient and skips the inverse DCT, so this costs
 /// little more than the entropy decoding.
 pub fn thumbnail(
+    reader: &mut JpegReader,
+    jpeg: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(usize, usize), String> {
+    reader.run_for_reason(|d| thumbnail_with(d, jpeg, out))
+}
+
+fn thumbnail_with(
     decompressor: &mut turbojpeg::Decompressor,
     jpeg: &[u8],
     out: &mut Vec<u8>,

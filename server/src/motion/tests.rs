@@ -41,7 +41,7 @@ fn scene(brightness: i32, object_x: Option<usize>, grain: u64) -> Vec<u8> {
 #[test]
 fn one_event_for_a_moving_object_none_for_the_lights() {
     let mut detector = Detector::new(MotionConfig::default());
-    let mut decompressor = turbojpeg::Decompressor::new().unwrap();
+    let mut decompressor = crate::jpeg::JpegReader::new();
     let mut thumb = Vec::new();
     let mut events = Vec::new();
     let mut active_frames = 0;
@@ -98,7 +98,7 @@ fn one_event_for_a_moving_object_none_for_the_lights() {
 #[test]
 fn a_still_scene_with_sensor_noise_is_not_motion() {
     let mut detector = Detector::new(MotionConfig::default());
-    let mut decompressor = turbojpeg::Decompressor::new().unwrap();
+    let mut decompressor = crate::jpeg::JpegReader::new();
     let mut thumb = Vec::new();
     for i in 0..30u64 {
         let (w, h) = thumbnail(&mut decompressor, &scene(0, None, i), &mut thumb).unwrap();
@@ -113,10 +113,24 @@ fn bad_input_is_not_a_panic() {
     let mut detector = Detector::new(MotionConfig::default());
     assert_eq!(detector.analyse(&[], 0, 0, 0).1, None);
     assert_eq!(detector.analyse(&[1, 2, 3], 80, 60, 0).1, None);
-    let mut decompressor = turbojpeg::Decompressor::new().unwrap();
+    let mut decompressor = crate::jpeg::JpegReader::new();
     let mut thumb = Vec::new();
     assert!(thumbnail(&mut decompressor, b"\xFF\xD8 not a jpeg", &mut thumb).is_err());
     // A size change starts the comparison afresh.
     detector.analyse(&[0; 16], 4, 4, 0);
     assert_eq!(detector.analyse(&[255; 64], 8, 8, 1).1, None);
+}
+
+#[test]
+fn a_bad_frame_costs_one_thumbnail() {
+    let good = scene(0, None, 0);
+    let mut reader = crate::jpeg::JpegReader::new();
+    let mut thumb = Vec::new();
+    for (what, bad) in surv_tests::fixtures::broken_jpegs(&good) {
+        let _ = thumbnail(&mut reader, &bad, &mut thumb);
+        assert!(
+            thumbnail(&mut reader, &good, &mut thumb).is_ok(),
+            "the good frame after {what}"
+        );
+    }
 }

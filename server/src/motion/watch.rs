@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::{thumbnail, Detector, MotionBox, MotionConfig, MotionEvent};
 use crate::capture::{CaptureShared, FrameRx, SourceState};
 use crate::journal::Journal;
+use crate::jpeg::JpegReader;
 
 /// While an event runs, how often its score and box are told to subscribers (µs of capture time).
 pub const UPDATE_EVERY_US: u64 = 1_000_000;
@@ -104,13 +105,12 @@ pub async fn run(
 ) {
     let every = every.max(1);
     let mut detector = Detector::new(cfg);
-    let mut decompressor = match turbojpeg::Decompressor::new() {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "motion detection cannot start");
-            return;
-        }
-    };
+    // Renewed after a frame it fails on, so one bad frame costs one analysis.
+    let mut decompressor = JpegReader::new();
+    if let Err(e) = decompressor.run(|_| Ok::<_, turbojpeg::Error>(())) {
+        tracing::error!(error = %e, "motion detection cannot start");
+        return;
+    }
     state.enabled.store(true, Relaxed);
     let mut report = Report {
         capture: capture.clone(),

@@ -172,6 +172,16 @@ impl fmt::Debug for JpegFrame {
     }
 }
 
+/// What the capture path's watchdog does when a source stops delivering frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStall {
+    /// Ends the run and opens the source again (every source surv connects to or opens).
+    Reopen,
+    /// Reports the source lost and lets the run go on: a source that cameras push to keeps its
+    /// listening socket, and the camera's next frame brings it back.
+    Report,
+}
+
 /// What a [`Source::run`] future resolves to.
 pub type SourceRun<'a> = Pin<Box<dyn Future<Output = Result<(), SourceError>> + Send + 'a>>;
 
@@ -185,6 +195,11 @@ pub trait Source: Send + 'static {
     /// so it must open afresh each time (except after [`SourceError::Finished`]). It calls
     /// [`FrameSink::opened`] once open, before the first frame.
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a>;
+
+    /// What the watchdog does when no frame comes in time ([`crate::capture`]).
+    fn on_stall(&self) -> OnStall {
+        OnStall::Reopen
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 
 use turbojpeg::{Colorspace, Decompressor, Image, Subsamp, YuvImage};
 
+use crate::jpeg::JpegReader;
+
 use crate::sources::{PixelFormat, RawFrame};
 
 /// Largest decoded frame accepted from a camera: 8K UHD.
@@ -134,31 +136,29 @@ pub fn i422_to_i420(
 
 /// The MJPEG decoder of one camera: turbojpeg's decompressor and a buffer for 4:2:2 planes.
 pub(super) struct MjpegDecoder {
-    decompressor: Decompressor,
+    reader: JpegReader,
     scratch: Vec<u8>,
 }
 
 impl MjpegDecoder {
     pub(super) fn new() -> Result<Self, turbojpeg::Error> {
+        let mut reader = JpegReader::new();
+        // Fail here, at open, if turbojpeg cannot start at all.
+        reader.run(|_| Ok::<_, turbojpeg::Error>(()))?;
         Ok(MjpegDecoder {
-            decompressor: Decompressor::new()?,
+            reader,
             scratch: Vec::new(),
         })
     }
 
-    /// Decodes one MJPEG frame into `frame`, as [`decode_mjpeg`] does. After a bad frame the
-    /// decompressor is replaced: a JPEG cut short inside its tables can leave turbojpeg's
-    /// decompressor refusing every later frame ("Bogus Huffman table definition"), so one
-    /// corrupt frame would otherwise cost the stream.
+    /// Decodes one MJPEG frame into `frame`, as [`decode_mjpeg`] does. A frame that is not a
+    /// picture ([`crate::jpeg::check`]) is refused before turbojpeg reads it, and after a bad
+    /// frame the decompressor is renewed ([`JpegReader`]): one corrupt frame costs one frame.
     pub(super) fn decode(&mut self, jpeg: &[u8], frame: &mut RawFrame) -> Result<(), String> {
-        let result = decode_mjpeg(&mut self.decompressor, jpeg, frame, &mut self.scratch);
-        if result.is_err() {
-            match Decompressor::new() {
-                Ok(fresh) => self.decompressor = fresh,
-                Err(e) => tracing::warn!(error = %e, "cannot renew the JPEG decoder"),
-            }
-        }
-        result
+        crate::jpeg::check(jpeg).map_err(|e| format!("not a picture: {e}"))?;
+        let scratch = &mut self.scratch;
+        self.reader
+            .run_for_reason(|d| decode_mjpeg(d, jpeg, frame, scratch))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The `http://` source: an MJPEG stream (`multipart/x-mixed-replace`) or a still-image URL
 //! polled at `--fps`, from a camera surv connects to.
 //!
-//! What the first response says decides the mode, at every (re)open:
+//! What the response says decides the mode, at every (re)open and at every poll of a still
+//! URL (a camera may switch a URL from snapshots to a stream: surv follows it):
 //! * `multipart/…` → a stream: each JPEG part is passed through ([`multipart`] reads the
 //!   parts, whatever the camera's quirks), parts that are not JPEG or are over
 //!   `--max-frame-bytes` are rejected and counted, and the stream goes on;
@@ -37,6 +38,14 @@ pub struct HttpSource {
     max_frame_bytes: usize,
     fps: u32,
     deadlines: Deadlines,
+}
+
+/// What a poll of the still URL got.
+enum Polled {
+    Still(Still),
+    /// The URL answers with a stream now: read it as one (on the connection it came on,
+    /// which must outlive the body).
+    Stream(Connection, Response<Incoming>, String),
 }
 
 /// What one still-image response held.
@@ -96,17 +105,7 @@ impl HttpSource {
         }
         let content_type = content_type(&response);
         if is_multipart(&content_type) {
-            sink.opened(
-                &format!("{} (MJPEG stream)", self.target.shown),
-                StreamShape {
-                    width: 0,
-                    height: 0,
-                    fps: 0,
-                },
-            );
-            return self
-                .stream(response.into_body(), boundary_param(&content_type), sink)
-                .await;
+            return self.open_stream(response, &content_type, sink).await;
         }
         let first = self
             .read_still(response, &content_type)
@@ -127,6 +126,25 @@ impl HttpSource {
         let conn = matches!(first, Still::Image(_)).then_some(conn);
         self.publish_still(first, sink);
         self.poll(conn, sink).await
+    }
+
+    /// Serves a `multipart/x-mixed-replace` answer as a stream.
+    async fn open_stream(
+        &self,
+        response: Response<Incoming>,
+        content_type: &str,
+        sink: &FrameSink,
+    ) -> Result<(), SourceError> {
+        sink.opened(
+            &format!("{} (MJPEG stream)", self.target.shown),
+            StreamShape {
+                width: 0,
+                height: 0,
+                fps: 0,
+            },
+        );
+        self.stream(response.into_body(), boundary_param(content_type), sink)
+            .await
     }
 
     /// A `multipart/x-mixed-replace` body: every JPEG part to the sink until the body ends.
@@ -176,10 +194,17 @@ impl HttpSource {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            let still = self
+            let still = match self
                 .fetch_still(&mut conn)
                 .await
-                .map_err(|r| self.read_error(r))?;
+                .map_err(|r| self.read_error(r))?
+            {
+                Polled::Still(still) => still,
+                Polled::Stream(_conn, response, content_type) => {
+                    tracing::info!(source = %self.target.shown, "the still URL answers with an MJPEG stream now; following it");
+                    return self.open_stream(response, &content_type, sink).await;
+                }
+            };
             if matches!(still, Still::TooLarge(_)) {
                 conn = None; // the rest of that body is never read
             }
@@ -190,7 +215,7 @@ impl HttpSource {
     /// One GET of the still URL, on the open connection when the camera kept it; a request
     /// that fails on a kept connection is tried once more on a new one (the camera may have
     /// closed it meanwhile).
-    async fn fetch_still(&self, conn: &mut Option<Connection>) -> Result<Still, String> {
+    async fn fetch_still(&self, conn: &mut Option<Connection>) -> Result<Polled, String> {
         let kept = conn.take().filter(|c| !c.is_closed());
         let reused = kept.is_some();
         let mut c = match kept {
@@ -210,9 +235,12 @@ impl HttpSource {
             return Err(problem);
         }
         let content_type = content_type(&response);
+        if is_multipart(&content_type) {
+            return Ok(Polled::Stream(c, response, content_type));
+        }
         let still = self.read_still(response, &content_type).await?;
         *conn = Some(c);
-        Ok(still)
+        Ok(Polled::Still(still))
     }
 
     fn publish_still(&self, still: Still, sink: &FrameSink) {

@@ -12,7 +12,12 @@
 //! back at its first frame, while a connection that never completes a frame (a port scan, a
 //! slowloris peer, a stream in neither framing) never disturbs the camera that is streaming:
 //! it is dropped at its deadline or first bad byte, and counted. At most
-//! [`MAX_WAITING_CONNECTIONS`] connections may wait for their first frame at once.
+//! [`MAX_WAITING_CONNECTIONS`] connections may wait for their first frame at once; a new one
+//! beyond that closes the oldest of them (the rule of the HTTP and registration ports,
+//! [`crate::places`]), so idle connections reopened as they close cannot keep a camera out:
+//! the camera's connection sends a frame within milliseconds and takes over.
+//!
+//! Only a JPEG picture ([`crate::jpeg::check`]) takes the source over: `FF D8 FF D9` does not.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,7 +32,10 @@ use super::conn::{Conn, ConnEnd, Deadlines};
 use super::is_whole_jpeg;
 use super::peers::{Cause, PeerStats};
 use crate::capture::{FrameSink, StreamShape};
-use crate::sources::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
+use crate::places::{Entry, Place, Places};
+use crate::sources::{
+    unix_micros_now, JpegFrame, OnStall, Source, SourceError, SourceOptions, SourceRun,
+};
 
 /// Connections that have not sent a whole frame yet, at most, besides the camera streaming.
 pub const MAX_WAITING_CONNECTIONS: usize = 4;
@@ -78,6 +86,9 @@ struct Pusher {
     id: u64,
     peer: SocketAddr,
     close: CancellationToken,
+    /// While it waits for its first frame: its place among the waiting (given back when it
+    /// takes over or ends).
+    place: Option<Place>,
 }
 
 impl Source for TcpListenSource {
@@ -87,6 +98,11 @@ impl Source for TcpListenSource {
         } else {
             format!("tcp-listen://{}:{}", self.host, self.port)
         }
+    }
+
+    /// Cameras push to it: a stall is reported, the socket stays open for the camera.
+    fn on_stall(&self) -> OnStall {
+        OnStall::Report
     }
 
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
@@ -105,6 +121,7 @@ impl Source for TcpListenSource {
             let (tx, mut rx) = mpsc::channel::<(u64, Event)>(4);
             let mut current: Option<Pusher> = None;
             let mut waiting: Vec<Pusher> = Vec::new();
+            let places = Arc::new(Places::default());
             let mut next_id = 0u64;
             loop {
                 tokio::select! {
@@ -122,24 +139,35 @@ impl Source for TcpListenSource {
                             self.stats.note(sink, Cause::NotAllowed, peer, "connection closed");
                             continue;
                         }
-                        if waiting.len() >= MAX_WAITING_CONNECTIONS {
-                            self.stats.note(sink, Cause::TooManyWaiting, peer, "connection closed");
-                            continue;
-                        }
+                        let place = match Places::enter(&places, MAX_WAITING_CONNECTIONS) {
+                            Entry::Free(p) | Entry::Evicted(p) => p,
+                            // Never marked requested: there is always one to evict.
+                            Entry::Full => continue,
+                        };
+                        waiting.retain(|w| {
+                            let evicted = w.place.as_ref().is_some_and(|p| p.evicted.is_cancelled());
+                            if evicted {
+                                w.close.cancel();
+                                let detail = format!("connection closed for {peer}");
+                                self.stats.note(sink, Cause::TooManyWaiting, w.peer, &detail);
+                            }
+                            !evicted
+                        });
                         self.stats.connections.fetch_add(1, Relaxed);
                         tracing::info!(source = %describe, %peer, "camera connected");
                         next_id += 1;
                         let close = conns.child_token();
                         let conn = Conn::new(stream, peer, self.opts.max_frame_bytes, self.deadlines);
                         tokio::spawn(read_connection(next_id, conn, close.clone(), tx.clone()));
-                        waiting.push(Pusher { id: next_id, peer, close });
+                        waiting.push(Pusher { id: next_id, peer, close, place: Some(place) });
                     }
                     Some((id, event)) = rx.recv() => match event {
                         Event::Frame(frame) => {
                             if current.as_ref().is_some_and(|c| c.id == id) {
                                 self.frame_from_current(sink, &current, frame).await;
                             } else if let Some(i) = waiting.iter().position(|w| w.id == id) {
-                                let newcomer = waiting.swap_remove(i);
+                                let mut newcomer = waiting.swap_remove(i);
+                                newcomer.place = None;
                                 if !is_whole_jpeg(&frame.jpeg) {
                                     self.stats.note(sink, Cause::NotJpeg, newcomer.peer, "first frame; connection closed");
                                     newcomer.close.cancel();

@@ -26,7 +26,8 @@ pub use connect::TcpConnectSource;
 pub use listen::TcpListenSource;
 pub use peers::{Cause, PeerStats};
 
-/// Whether `payload` looks like one whole JPEG (SOI … EOI); the sink checks its header.
+/// Whether `payload` is one whole JPEG picture (SOI, a frame and a scan, EOI:
+/// [`crate::jpeg::check`]). Only a picture may take a source over from the camera feeding it.
 pub(crate) fn is_whole_jpeg(payload: &[u8]) -> bool {
-    payload.starts_with(&[0xFF, 0xD8]) && payload.ends_with(&[0xFF, 0xD9])
+    crate::jpeg::check(payload).is_ok()
 }

@@ -24,7 +24,8 @@ pub enum Cause {
     NotAllowed,
     /// Another camera feeds the source (udp: until it falls silent).
     Busy,
-    /// Too many connections are waiting to send their first frame (tcp-listen).
+    /// Closed before its first frame to make room for a newer connection: too many were
+    /// waiting to send their first frame (tcp-listen; the oldest goes).
     TooManyWaiting,
     /// A frame over `--max-frame-bytes`.
     TooLarge,
@@ -69,7 +70,9 @@ impl Cause {
         match self {
             Cause::NotAllowed => "peer not in --source-allow",
             Cause::Busy => "another camera feeds this source",
-            Cause::TooManyWaiting => "too many connections waiting for their first frame",
+            Cause::TooManyWaiting => {
+                "closed before a frame for a newer connection (too many waiting)"
+            }
             Cause::TooLarge => "frame over --max-frame-bytes",
             Cause::Truncated => "datagram may have been truncated",
             Cause::NotJpeg => "not a whole JPEG",

@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::tcp::is_whole_jpeg;
 use super::tcp::peers::{Cause, PeerStats};
-use super::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
+use super::{unix_micros_now, JpegFrame, OnStall, Source, SourceError, SourceOptions, SourceRun};
 use crate::capture::{FrameSink, StreamShape};
 
 /// Receive buffer: larger than any UDP payload, so a full buffer means a cut datagram.
@@ -179,6 +179,11 @@ impl Source for UdpSource {
         } else {
             format!("udp://{}:{}", self.host, self.port)
         }
+    }
+
+    /// Cameras push to it: a stall is reported, the socket stays open for the camera.
+    fn on_stall(&self) -> OnStall {
+        OnStall::Report
     }
 
     fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
