@@ -1,6 +1,8 @@
 //! Access control: the server's shared secret (`--token` / `--token-file`) and who must present
 //! it, checked in constant time for every kind of watcher; failures counted (`Stats::auth_failures`)
-//! and logged with the peer's address, at most once every ten seconds.
+//! and logged with the peer's address, at most once every ten seconds. An address that presents
+//! wrong tokens again and again is slowed down ([`throttle`]): its attempts are refused unchecked
+//! for a while, counted in `Stats::auth_throttled` and logged the same way.
 //!
 //! Policy, when a token is set:
 //! * forms that can carry it must carry it: SURV/1 (`token=`), `Request <token>`, HTTP
@@ -10,6 +12,12 @@
 //!   001's bare `Request`), are refused unless `--allow-unauthenticated` is given.
 //!
 //! Without a token everyone is let in (a token presented anyway is ignored).
+//!
+//! Only a token presented and wrong counts against an address (a missing one, or a seed form,
+//! gives away nothing about the secret). Addresses that connected (TCP: registrations, HTTP) and
+//! addresses datagrams claim to come from (`Request`, which anyone can forge) are tracked in two
+//! tables: forged `Request`s with wrong tokens can slow down only `Request`s from that address,
+//! never its viewers or browsers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,6 +30,10 @@ use subtle::ConstantTimeEq;
 use surv_proto::{is_valid_token, MAX_TOKEN_BYTES};
 
 use crate::Stats;
+
+pub mod throttle;
+
+use throttle::{Source, Throttle, Verdict};
 
 /// Failures are logged at most this often (the rest are counted, and the count is logged).
 pub const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -98,6 +110,10 @@ pub enum Denied {
     Wrong,
     #[error("this server needs an access token, which this form cannot carry (the server was not started with --allow-unauthenticated)")]
     FormCannotCarryIt,
+    /// Too many wrong tokens from this address lately: refused without looking at the token,
+    /// for this many more seconds (rounded up).
+    #[error("too many wrong access tokens from this address: try again in {retry_after_s} s")]
+    Throttled { retry_after_s: u64 },
 }
 
 /// How a watcher presents itself, for [`Access::check`].
@@ -112,12 +128,27 @@ pub enum Presented<'a> {
     SeedForm,
 }
 
-/// Who may watch: the token and the `--allow-unauthenticated` flag, with the failure log.
+/// Who may watch: the token and the `--allow-unauthenticated` flag, with the failure log and
+/// the addresses slowed down after wrong tokens.
 #[derive(Debug, Default)]
 pub struct Access {
     token: Option<Token>,
     allow_unauthenticated: bool,
     log: Mutex<FailureLog>,
+    throttled_log: Mutex<FailureLog>,
+    /// Peers that connected (TCP): their address is proven by the handshake.
+    connected: Throttle,
+    /// Addresses `Request` datagrams came from: forgeable, so kept apart.
+    datagrams: Throttle,
+}
+
+/// Where an attempt came from, for [`Access::check_at`]: which failure table it counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A TCP connection (a registration, an HTTP request, an OAK host).
+    Connection,
+    /// A datagram, whose source address proves nothing (`Request`).
+    Datagram,
 }
 
 #[derive(Debug, Default)]
@@ -132,7 +163,7 @@ impl Access {
         Access {
             token,
             allow_unauthenticated,
-            log: Mutex::default(),
+            ..Access::default()
         }
     }
 
@@ -141,8 +172,9 @@ impl Access {
         self.token.is_some()
     }
 
-    /// Lets a watcher of `kind` from `peer` in, or says why not; a refusal is counted in
-    /// `stats.auth_failures` and logged (rate-limited) with the address.
+    /// Lets a watcher of `kind` that connected from `peer` in, or says why not; a refusal is
+    /// counted in `stats.auth_failures` (or `stats.auth_throttled` when `peer` is locked out)
+    /// and logged (rate-limited) with the address.
     pub fn check(
         &self,
         stats: &Stats,
@@ -150,29 +182,93 @@ impl Access {
         kind: &str,
         presented: Presented<'_>,
     ) -> Result<(), Denied> {
+        self.check_at(
+            stats,
+            peer,
+            Via::Connection,
+            kind,
+            presented,
+            Instant::now(),
+        )
+    }
+
+    /// [`Access::check`] for a datagram claiming to come from `peer` (a `Request`): its
+    /// failures count in a table of their own.
+    pub fn check_datagram(
+        &self,
+        stats: &Stats,
+        peer: SocketAddr,
+        kind: &str,
+        presented: Presented<'_>,
+    ) -> Result<(), Denied> {
+        self.check_at(stats, peer, Via::Datagram, kind, presented, Instant::now())
+    }
+
+    /// The check at `now` (the tests' clock).
+    pub(crate) fn check_at(
+        &self,
+        stats: &Stats,
+        peer: SocketAddr,
+        via: Via,
+        kind: &str,
+        presented: Presented<'_>,
+        now: Instant,
+    ) -> Result<(), Denied> {
         let Some(token) = &self.token else {
             return Ok(());
         };
         let verdict = match presented {
-            Presented::Token(t) if token.matches(t) => Ok(()),
-            Presented::Token(_) => Err(Denied::Wrong),
+            Presented::Token(t) => {
+                let throttle = match via {
+                    Via::Connection => &self.connected,
+                    Via::Datagram => &self.datagrams,
+                };
+                match throttle.attempt(Source::of(peer.ip()), now, || token.matches(t)) {
+                    Verdict::Right => Ok(()),
+                    Verdict::Wrong => Err(Denied::Wrong),
+                    Verdict::Throttled(left) => Err(Denied::Throttled {
+                        retry_after_s: ceil_secs(left),
+                    }),
+                }
+            }
             Presented::Nothing => Err(Denied::Missing),
             Presented::SeedForm if self.allow_unauthenticated => Ok(()),
             Presented::SeedForm => Err(Denied::FormCannotCarryIt),
         };
-        if let Err(why) = verdict {
-            let failures = stats.auth_failures.fetch_add(1, Relaxed) + 1;
-            self.log_failure(peer, kind, why, failures);
+        match verdict {
+            Ok(()) => {}
+            Err(why @ Denied::Throttled { .. }) => {
+                let throttled = stats.auth_throttled.fetch_add(1, Relaxed) + 1;
+                let log = LogLine::Throttled { throttled };
+                self.log_refusal(&self.throttled_log, now, peer, kind, why, log);
+            }
+            Err(why) => {
+                let failures = stats.auth_failures.fetch_add(1, Relaxed) + 1;
+                let log = LogLine::Failure { failures };
+                self.log_refusal(&self.log, now, peer, kind, why, log);
+            }
         }
         verdict
     }
 
-    fn log_failure(&self, peer: SocketAddr, kind: &str, why: Denied, failures: u64) {
-        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
+    /// Addresses slowed down or being watched for wrong tokens now (connections, datagrams).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.connected.tracked(), self.datagrams.tracked())
+    }
+
+    fn log_refusal(
+        &self,
+        log: &Mutex<FailureLog>,
+        now: Instant,
+        peer: SocketAddr,
+        kind: &str,
+        why: Denied,
+        line: LogLine,
+    ) {
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
         if log
             .last
-            .is_some_and(|t| now.duration_since(t) < FAILURE_LOG_EVERY)
+            .is_some_and(|t| now.saturating_duration_since(t) < FAILURE_LOG_EVERY)
         {
             log.unlogged += 1;
             return;
@@ -180,15 +276,38 @@ impl Access {
         let unlogged = std::mem::take(&mut log.unlogged);
         log.last = Some(now);
         drop(log);
-        tracing::warn!(
-            %peer,
-            form = kind,
-            reason = %why,
-            failures_so_far = failures,
-            not_logged_since_last = unlogged,
-            "access denied"
-        );
+        match line {
+            LogLine::Failure { failures } => tracing::warn!(
+                %peer,
+                form = kind,
+                reason = %why,
+                failures_so_far = failures,
+                not_logged_since_last = unlogged,
+                "access denied"
+            ),
+            LogLine::Throttled { throttled } => tracing::warn!(
+                %peer,
+                form = kind,
+                reason = %why,
+                throttled_so_far = throttled,
+                not_logged_since_last = unlogged,
+                "access throttled"
+            ),
+        }
     }
+}
+
+/// Which count a refusal's log line carries.
+#[derive(Debug, Clone, Copy)]
+enum LogLine {
+    Failure { failures: u64 },
+    Throttled { throttled: u64 },
+}
+
+/// Whole seconds, rounded up (at least 1): what `Retry-After` and the refusal reason say.
+fn ceil_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 /// The token an HTTP request presents, if any: `Authorization: Bearer <token>`,

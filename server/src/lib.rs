@@ -128,6 +128,10 @@ pub struct Stats {
     pub send_errors: AtomicU64,
     /// Watchers refused for a missing or wrong access token (see [`auth`]).
     pub auth_failures: AtomicU64,
+    /// Watchers refused unchecked because their address presented too many wrong tokens lately
+    /// (see [`auth::throttle`]). `refusals` of cause `unauthorized` counts these and
+    /// `auth_failures`.
+    pub auth_throttled: AtomicU64,
 }
 
 /// Everything the listeners and the sessions share.
@@ -280,6 +284,7 @@ impl Server {
             keyless_acks = s.keyless_acks.load(Relaxed),
             send_errors = s.send_errors.load(Relaxed),
             auth_failures = s.auth_failures.load(Relaxed),
+            auth_throttled = s.auth_throttled.load(Relaxed),
             "final stats"
         );
     }

@@ -150,7 +150,8 @@ struct Args {
     /// "Request TOKEN", HTTP requests must carry it (Authorization: Bearer TOKEN, Basic auth
     /// with any user name and TOKEN as password, or ?token=TOKEN); seed-form viewers, bare
     /// "Request" apps and OAK host programs, which cannot send one, are refused unless
-    /// --allow-unauthenticated.
+    /// --allow-unauthenticated. After 5 wrong tokens within a minute an address is refused
+    /// without its token being checked for 1 s, doubling with each wrong one after to 60 s.
     /// 1-128 visible ASCII characters.
     #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
     token: Option<String>,

@@ -224,6 +224,18 @@ impl Collector for ServerCollector {
         )?;
         counter(
             e,
+            "auth_failures",
+            "Watchers refused for a missing or wrong access token (--token).",
+            s.auth_failures.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "auth_throttled",
+            "Watchers refused without checking their token: their address presented too many wrong ones lately.",
+            s.auth_throttled.load(Relaxed),
+        )?;
+        counter(
+            e,
             "frames_sent",
             "Frames sent to watchers (one datagram each to a UDP viewer, one part to an HTTP one).",
             s.frames_sent.load(Relaxed),

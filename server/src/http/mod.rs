@@ -42,7 +42,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{self, Presented};
+use crate::auth::{self, Denied, Presented};
 use crate::places::{Entry, Place, Places};
 use crate::watchers::RefusalCause;
 use crate::{sys, Server, SHUTDOWN_GRACE};
@@ -195,7 +195,9 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
 /// or turned away. With `--token`, a request must present it ([`auth::http_presented`]: Bearer,
 /// Basic with any user name, or `?token=`), `/metrics` excepted under `--metrics-public`; one
 /// that does not is answered 401 with a Basic challenge (browsers then ask for it), counted as
-/// a refusal of cause `unauthorized`, and logged at most every ten seconds.
+/// a refusal of cause `unauthorized`, and logged at most every ten seconds. From an address
+/// slowed down after too many wrong tokens ([`auth::throttle`]), a request presenting one is
+/// answered 429 with `Retry-After` (its token unchecked), counted the same way.
 async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     let server = &http.server;
     let public = server.config.metrics_public && request.uri().path() == "/metrics";
@@ -216,6 +218,18 @@ async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next)
         .map_or(Presented::Nothing, Presented::Token);
     match server.access.check(&server.stats, peer, "http", presented) {
         Ok(()) => next.run(request).await,
+        Err(denied @ Denied::Throttled { retry_after_s }) => {
+            server.stats.refusals.count(RefusalCause::Unauthorized);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    (header::RETRY_AFTER, retry_after_s.to_string()),
+                    (header::CACHE_CONTROL, "no-store".to_string()),
+                ],
+                format!("{denied}\n"),
+            )
+                .into_response()
+        }
         Err(denied) => {
             server.stats.refusals.count(RefusalCause::Unauthorized);
             (

@@ -107,6 +107,10 @@ pub struct Counters {
     pub leaves: u64,
     pub refused: u64,
     pub refused_by_reason: BTreeMap<&'static str, u64>,
+    /// Refused for a missing or wrong access token.
+    pub auth_failures: u64,
+    /// Refused unchecked: the address presented too many wrong tokens lately.
+    pub auth_throttled: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +252,8 @@ impl Status {
                     .iter()
                     .map(|&r| (r.as_str(), s.refusals.get(r)))
                     .collect(),
+                auth_failures: s.auth_failures.load(Relaxed),
+                auth_throttled: s.auth_throttled.load(Relaxed),
             },
             watchers: WatcherCounts {
                 total: sessions.len(),

@@ -99,7 +99,8 @@ pub struct RequestStats {
     pub refused_per_ip: AtomicU64,
     /// `Request`s turned away: server full.
     pub refused_full: AtomicU64,
-    /// `Request`s turned away: no or a wrong token (also in `Stats::auth_failures`).
+    /// `Request`s turned away: no or a wrong token, or too many wrong ones from that address
+    /// lately (also in `Stats::auth_failures`, `Stats::auth_throttled`).
     pub refused_auth: AtomicU64,
     /// Datagrams that are no `Request`, from an address that is no app: ignored.
     pub garbage: AtomicU64,
@@ -269,7 +270,10 @@ impl RequestHub {
             .as_deref()
             .map_or(Presented::SeedForm, |t| Presented::Token(t.as_bytes()));
         let kind = WatcherKind::Request.as_str();
-        if let Err(denied) = server.access.check(&server.stats, from, kind, presented) {
+        if let Err(denied) = server
+            .access
+            .check_datagram(&server.stats, from, kind, presented)
+        {
             self.stats.refused_auth.fetch_add(1, Relaxed);
             return self.refuse(from, RefusalCause::Unauthorized, &denied.to_string());
         }

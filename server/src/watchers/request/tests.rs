@@ -229,3 +229,40 @@ async fn with_a_token_requests_must_carry_it() {
     assert_eq!(r.hub.len(), 1);
     assert_eq!(r.server.stats.auth_failures.load(Relaxed), 1);
 }
+
+/// `Request`s with wrong tokens from one address: after five, its `Request`s are refused
+/// unchecked (the right token too), the same way (nothing sent back, counted); another address
+/// joins; and the address's TCP forms are not slowed down by datagrams anyone can forge.
+#[tokio::test]
+async fn requests_guessing_from_one_address_are_slowed_down_alone() {
+    use crate::auth::throttle::FREE_FAILURES;
+    use crate::auth::Presented;
+
+    let config = Config {
+        token: Some(Token::new("s3cr3t").unwrap()),
+        ..Config::default()
+    };
+    let r = rig(config, RequestConfig::default()).await;
+    for port in 1..=FREE_FAILURES {
+        let from = SocketAddr::new([192, 0, 2, 7].into(), port as u16);
+        assert_eq!(r.hub.take(b"Request guess", from), Taken::Request);
+    }
+    let stats = &r.server.stats;
+    assert_eq!(stats.auth_failures.load(Relaxed), u64::from(FREE_FAILURES));
+    r.hub.take(b"Request s3cr3t", addr("192.0.2.7:100"));
+    assert_eq!(r.hub.len(), 0);
+    assert_eq!(stats.auth_throttled.load(Relaxed), 1);
+    assert_eq!(
+        r.hub.stats.refused_auth.load(Relaxed),
+        u64::from(FREE_FAILURES) + 1
+    );
+    r.hub.take(b"Request s3cr3t", addr("192.0.2.8:100"));
+    assert_eq!(r.hub.len(), 1);
+    let tcp = r.server.access.check(
+        stats,
+        addr("192.0.2.7:5000"),
+        "surv1",
+        Presented::Token(b"s3cr3t"),
+    );
+    assert_eq!(tcp, Ok(()));
+}

@@ -249,7 +249,9 @@ async fn admit(
     {
         let reason = match denied {
             Denied::Missing => format!("{denied} (surv-client --token TOKEN)"),
-            Denied::Wrong | Denied::FormCannotCarryIt => denied.to_string(),
+            Denied::Wrong | Denied::FormCannotCarryIt | Denied::Throttled { .. } => {
+                denied.to_string()
+            }
         };
         return refuse(
             &server,
