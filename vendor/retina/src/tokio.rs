@@ -21,6 +21,15 @@ use super::{ConnectionContext, ReceivedMessage, WallTime};
 /// Default initial capacity for the read ring buffer (64 KiB).
 const DEFAULT_READ_CAPACITY: usize = 64 * 1024;
 
+/// Largest RTSP message (head and body) accepted from the peer, in bytes.
+///
+/// The read buffer holds a message until it is complete, so without a limit
+/// a peer's `Content-Length: 1000000000` (or a header that never ends) makes
+/// it grow until memory runs out. Real messages are far smaller: a
+/// `DESCRIBE` response's SDP is a few KiB, and interleaved data frames are at
+/// most 65,539 bytes by construction.
+pub(crate) const MAX_MESSAGE_SIZE: usize = 256 * 1024;
+
 /// A RTSP connection which implements `Stream`, `Sink`, and `Unpin`.
 pub(crate) struct Connection {
     stream: TcpStream,
@@ -52,7 +61,9 @@ impl Connection {
                 peer_addr,
                 established_wall,
             },
-            parser: crate::rtsp::parse::Parser::default(),
+            parser: crate::rtsp::parse::Parser::builder()
+                .max_message_size(MAX_MESSAGE_SIZE)
+                .build(),
             read_buf: MarkBuf::new(DEFAULT_READ_CAPACITY),
             write_buf: Vec::new(),
         })
@@ -111,7 +122,16 @@ fn try_decode(
     let initial_len = input.len();
 
     match parser.feed(&mut input) {
-        Ok(None) => Ok(None), // idle, no data; caller distinguishes EOF from "need more"
+        Ok(None) => {
+            // Idle, no message; caller distinguishes EOF from "need more". The
+            // parser may have consumed CRLFs between messages: advance past
+            // them too, or a peer sending nothing else fills the buffer.
+            let consumed = initial_len - input.len();
+            if consumed > 0 {
+                read_buf.advance_unparsed(unparsed + consumed as u64);
+            }
+            Ok(None)
+        }
         Ok(Some((msg, body_slice))) => {
             let consumed = initial_len - input.len();
             let body_len = body_slice.len();
@@ -388,6 +408,57 @@ mod tests {
         assert_eq!(s1, b"asdf");
         assert!(s2.is_empty());
         assert_eq!(read_buf.unparsed_len(), 4); // "rest" remains
+    }
+
+    #[test]
+    fn crlfs_between_messages_are_consumed() {
+        // A peer sending only CRLFs must not fill the buffer.
+        let mut read_buf = MarkBuf::new(64);
+        read_buf.extend(b"\r\n\r\n\r\n");
+        let mut parser = crate::rtsp::parse::Parser::default();
+        assert!(
+            try_decode(&mut parser, &mut read_buf, false)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(read_buf.unparsed_len(), 0);
+        assert_eq!(parser.stream_pos(), 6);
+    }
+
+    /// A peer's huge `Content-Length` is refused as soon as the head is read:
+    /// the read buffer never grows towards it.
+    #[tokio::test]
+    async fn huge_content_length_is_refused_before_the_body_is_buffered() {
+        use futures::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let head = b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: 1000000000\r\n\r\n";
+            tcp.write_all(head).await.unwrap();
+            // 4 MiB of body at most, until the client hangs up.
+            let chunk = vec![b'a'; 64 * 1024];
+            for _ in 0..64 {
+                if tcp.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut conn = Connection::from_stream(stream).unwrap();
+        let err = conn.next().await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("message-too-large"), "{err}");
+        assert!(err.contains("Content-Length 1000000000"), "{err}");
+        assert!(
+            err.contains(&format!("limit of {MAX_MESSAGE_SIZE} bytes")),
+            "{err}"
+        );
+        let capacity = conn.read_buf().capacity();
+        assert!(capacity <= DEFAULT_READ_CAPACITY, "grew to {capacity}");
+        drop(conn);
+        peer.await.unwrap();
     }
 
     #[test]

@@ -146,6 +146,48 @@ fn incomplete() -> FeedError {
     FeedError::Incomplete(Incomplete::default())
 }
 
+/// Source of the [`FeedError::Invalid`] for a message over [`ParserBuilder::max_message_size`].
+#[derive(Debug)]
+struct MessageTooLarge {
+    /// Bytes of the head: all of it if `content_length` is known, else as much as was seen.
+    head_bytes: usize,
+    /// The `Content-Length` declared by a complete head.
+    content_length: Option<u64>,
+    limit: usize,
+}
+
+impl std::fmt::Display for MessageTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.content_length {
+            Some(content_length) => write!(
+                f,
+                "Content-Length {content_length} (after a {}-byte head) exceeds the limit of {} \
+                 bytes per message",
+                self.head_bytes, self.limit,
+            ),
+            None => write!(
+                f,
+                "message head of more than {} bytes (at least {} so far) exceeds the limit of {} \
+                 bytes per message",
+                self.limit, self.head_bytes, self.limit,
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MessageTooLarge {}
+
+fn too_large(head_bytes: usize, content_length: Option<u64>, limit: usize) -> FeedError {
+    invalid_err(
+        "message-too-large",
+        MessageTooLarge {
+            head_bytes,
+            content_length,
+            limit,
+        },
+    )
+}
+
 /// Builder for [`Parser`]. Obtain via [`Parser::builder`].
 pub struct ParserBuilder {
     max_message_size: usize,
@@ -154,8 +196,13 @@ pub struct ParserBuilder {
 impl ParserBuilder {
     /// Sets the maximum total message size in bytes (head + body combined).
     ///
-    /// Messages exceeding this limit are rejected with [`FeedError::Invalid`].
-    /// Defaults to [`usize::MAX`] (no limit).
+    /// Messages exceeding this limit are rejected with [`FeedError::Invalid`]
+    /// as soon as that is known: when the head's `Content-Length` says so
+    /// (before any of the body is needed), or when the head itself, complete
+    /// or not, grows past the limit. So a caller that buffers only what
+    /// [`Parser::feed`] has not consumed buffers at most about this much.
+    /// (Interleaved data frames are at most 65,539 bytes by construction and
+    /// are not checked.) Defaults to [`usize::MAX`] (no limit).
     pub fn max_message_size(mut self, n: usize) -> Self {
         self.max_message_size = n;
         self
@@ -251,6 +298,10 @@ impl Parser {
                         }
                         Err(FeedError::Incomplete(_)) => {
                             *input = checkpoint;
+                            // All of `input` is this message's (unfinished) first line.
+                            if input.len() > self.max_message_size {
+                                return Err(too_large(input.len(), None, self.max_message_size));
+                            }
                             return Err(incomplete());
                         }
                         Err(e) => return Err(e),
@@ -265,6 +316,11 @@ impl Parser {
                         Message::Response(_) => "response",
                         Message::Data(_) => unreachable!(),
                     };
+                    if head_bytes > self.max_message_size {
+                        return Err(
+                            too_large(head_bytes, None, self.max_message_size).context(context)
+                        );
+                    }
                     let checkpoint = *input;
                     let before = input.len();
                     match parse_header_line(input) {
@@ -288,12 +344,24 @@ impl Parser {
                                 content_length(headers).map_err(|e| e.context(context))?;
                             let total = (head_bytes as u64).saturating_add(body_len);
                             if total > self.max_message_size as u64 {
-                                return Err(invalid("message-too-large").context(context));
+                                return Err(too_large(
+                                    head_bytes,
+                                    Some(body_len),
+                                    self.max_message_size,
+                                )
+                                .context(context));
                             }
                             self.state = ParserState::Body(msg, body_len as usize);
                         }
                         Err(FeedError::Incomplete(_)) => {
                             *input = checkpoint;
+                            // All of `input` is this message's (unfinished) next header line.
+                            let seen = head_bytes.saturating_add(input.len());
+                            if seen > self.max_message_size {
+                                return Err(
+                                    too_large(seen, None, self.max_message_size).context(context)
+                                );
+                            }
                             self.state = ParserState::Head { msg, head_bytes };
                             return Err(incomplete());
                         }
@@ -818,6 +886,79 @@ pub(crate) mod tests {
             panic!("expected Invalid, got {err:?}");
         };
         assert_eq!(inv.context, ["message-too-large", "request"]);
+    }
+
+    #[test]
+    fn max_message_size_refuses_content_length_before_body() {
+        // Only the head: the body is refused unseen, not waited for (and
+        // buffered by the caller meanwhile).
+        let data = b"RTSP/1.0 200 OK\r\nCSeq: 2\r\nContent-Length: 1000000000\r\n\r\n";
+        let mut input = Split::new(data, &[]);
+        let err = Parser::builder()
+            .max_message_size(256 * 1024)
+            .build()
+            .feed(&mut input)
+            .unwrap_err();
+        let FeedError::Invalid(ref inv) = err else {
+            panic!("expected Invalid, got {err:?}");
+        };
+        assert_eq!(inv.context, ["message-too-large", "response"]);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid RTSP message: byte {len}: response > message-too-large: \
+                 Content-Length 1000000000 (after a {len}-byte head) exceeds the limit of \
+                 262144 bytes per message",
+                len = data.len(),
+            ),
+        );
+    }
+
+    #[test]
+    fn max_message_size_bounds_an_unfinished_head() {
+        const LIMIT: usize = 1024;
+        let endless = |start: &[u8], fill: &[u8]| {
+            let mut v = start.to_vec();
+            while v.len() <= LIMIT {
+                v.extend_from_slice(fill);
+            }
+            v.truncate(LIMIT + 1);
+            v
+        };
+        for (what, data) in [
+            ("status line", endless(b"RTSP/1.0 200 ", b"a")),
+            ("request line", endless(b"DESCRIBE rtsp://cam/", b"a")),
+            (
+                "header line",
+                endless(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nX: ", b"a"),
+            ),
+            ("header lines", endless(b"RTSP/1.0 200 OK\r\n", b"X: a\r\n")),
+        ] {
+            // Up to the limit, the parser waits for more; one byte more is
+            // refused, whether it came in one feed or was consumed in two.
+            let mut input = Split::new(&data[..LIMIT], &[]);
+            let mut parser = Parser::builder().max_message_size(LIMIT).build();
+            match parser.feed(&mut input) {
+                Err(FeedError::Incomplete(_)) => {}
+                other => panic!("{what}: {LIMIT} bytes: expected Incomplete, got {other:?}"),
+            }
+            for split in [0, 20, LIMIT / 2, LIMIT] {
+                let (first, second) = data.split_at(split);
+                let mut parser = Parser::builder().max_message_size(LIMIT).build();
+                let err = two_feed(&mut parser, first, second).unwrap_err();
+                let FeedError::Invalid(ref inv) = err else {
+                    panic!("{what} split at {split}: expected Invalid, got {err:?}");
+                };
+                assert_eq!(
+                    inv.context[0], "message-too-large",
+                    "{what} split at {split}"
+                );
+                assert!(
+                    err.to_string().contains("exceeds the limit of 1024 bytes"),
+                    "{what} split at {split}: {err}",
+                );
+            }
+        }
     }
 
     #[test]
