@@ -14,6 +14,10 @@
 //! [`worker`] thread, which shows the newest frame and never builds a backlog. No frame for
 //! [`FRAME_TIMEOUT`] is a lost camera: the run returns why, and the capture path reconnects with
 //! backoff. Options used: `--rtsp-transport`, `--max-frame-bytes`.
+//!
+//! retina is vendored with a bound on each RTSP message it reads (256 KiB, head and body;
+//! `vendor/retina/SURV-PATCH.md`): a camera's endless or oversized answer is a lost source whose
+//! reason gives the size, never a growing buffer.
 
 pub mod h264;
 pub mod session;
