@@ -8,7 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use surv_tests::{ffmpeg_check, ffprobe, heavy, start_server, Reaper, ServerOpts};
+use surv_tests::{
+    ffmpeg_check, ffprobe, heavy, packet_times, start_server_with, ClockedPattern, Reaper,
+    ServerOpts,
+};
 
 /// Lines of the child's stderr, each with when it arrived.
 type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
@@ -64,11 +67,12 @@ fn parts(dir: &Path) -> Vec<PathBuf> {
 /// partial file.
 async fn killed_mid_segment_leaves_a_playable_part(format: &str, codec: &str) {
     let _serial = heavy().await;
-    let srv = start_server(ServerOpts {
-        width: 320,
-        height: 240,
-        ..ServerOpts::default()
-    })
+    // Capture times from an ideal 30 fps clock: what plays is then what the recorder was
+    // given, not how the machine happened to schedule the test pattern.
+    let srv = start_server_with(
+        ServerOpts::sized(320, 240),
+        ClockedPattern::source(320, 240, 30),
+    )
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -130,12 +134,33 @@ async fn killed_mid_segment_leaves_a_playable_part(format: &str, codec: &str) {
         "{}: {frames} frames playable, {checkpointed} were checkpointed",
         part.display()
     );
-    // What plays, plays at capture speed (30 fps, no loss on loopback): from the frames
-    // checkpointed (AVI's header is patched there) to all frames found.
-    let (lo, hi) = (checkpointed as f64 / 30.0, frames as f64 / 30.0);
+    // What plays, plays at capture speed. The capture times are exact multiples of 1/30 s,
+    // so every frame starts on that grid (a frame the viewer missed on a busy machine leaves
+    // a gap of whole intervals, and the file plays that long), and the file plays from its
+    // first frame's start to its last frame's end, or (AVI, whose header is patched at each
+    // checkpoint) at least as long as the frames checkpointed.
+    let times = packet_times(part).unwrap();
+    assert_eq!(times.len() as u64, frames, "{}", part.display());
+    let ticks = |t: f64| (t - times[0]) * 30.0;
+    for &t in &times {
+        let off = (ticks(t) - ticks(t).round()).abs();
+        assert!(
+            off < 0.05,
+            "{}: a frame at {t} s, off the 30 fps grid",
+            part.display()
+        );
+    }
+    let spanned = ticks(times[times.len() - 1]).round() + 1.0;
     assert!(
-        secs >= lo * 0.98 && secs <= hi * 1.02,
-        "{}: plays {secs} s; {checkpointed}..{frames} frames at 30 fps",
+        spanned >= frames as f64,
+        "{spanned} intervals for {frames} frames"
+    );
+    let (lo, hi) = (checkpointed as f64 / 30.0, spanned / 30.0);
+    let slack = 1.0 / 30.0 + 0.005;
+    assert!(
+        secs >= lo - slack && secs <= hi + slack,
+        "{}: plays {secs} s; {checkpointed} frames checkpointed, {frames} frames over \
+         {spanned} intervals of 1/30 s",
         part.display()
     );
     srv.stop().await.unwrap();

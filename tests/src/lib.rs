@@ -20,7 +20,7 @@ use surv_proto::{
 };
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
-use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
+use surv_server::sources::{FrameReader, OnThread, RawFrame, Source, SourceError, TestPattern};
 use surv_server::{Capture, Config, Journal, Server, StreamShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use child::{output_within, output_within_reading};
 pub use fixtures::{test_jpeg, Picture, Reaper};
-pub use media::{ffmpeg_check, ffprobe, mjpeg_stream, probe, Probe};
+pub use media::{ffmpeg_check, ffprobe, mjpeg_stream, packet_times, probe, Probe};
 
 /// Every network await in a test is bounded by this, so a broken test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +110,53 @@ pub async fn start_server(opts: ServerOpts) -> anyhow::Result<TestServer> {
         Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn FrameReader>)
     });
     start_server_with(opts, Box::new(pattern)).await
+}
+
+/// The test pattern stamped by an ideal clock: frame `n` is captured at `t0 + n / fps` exactly,
+/// however late the machine ran it. A recording of it must then play at exactly `fps`, with a
+/// gap of whole frame intervals where a frame was missed: what a test of a recorder's timing
+/// can hold it to on a busy machine, where real capture times wander.
+pub struct ClockedPattern {
+    inner: TestPattern,
+    t0_us: Option<u64>,
+    n: u64,
+}
+
+impl ClockedPattern {
+    pub fn source(width: u32, height: u32, fps: u32) -> Box<dyn Source> {
+        Box::new(OnThread::new(
+            format!("clocked test pattern {width}x{height}@{fps}"),
+            move || {
+                Ok(Box::new(ClockedPattern {
+                    inner: TestPattern::new(width, height, fps)?,
+                    t0_us: None,
+                    n: 0,
+                }) as Box<dyn FrameReader>)
+            },
+        ))
+    }
+}
+
+impl FrameReader for ClockedPattern {
+    fn describe(&self) -> String {
+        format!("clocked {}", self.inner.describe())
+    }
+
+    fn size(&self) -> (u32, u32) {
+        self.inner.size()
+    }
+
+    fn fps(&self) -> u32 {
+        self.inner.fps()
+    }
+
+    fn next_frame(&mut self, frame: &mut RawFrame) -> Result<(), SourceError> {
+        self.inner.next_frame(frame)?;
+        let t0 = *self.t0_us.get_or_insert(frame.capture_unix_us);
+        frame.capture_unix_us = t0 + self.n * 1_000_000 / u64::from(self.inner.fps().max(1));
+        self.n += 1;
+        Ok(())
+    }
 }
 
 /// Starts a server with `source` (`opts` gives the encoder and limits; its size and rate are

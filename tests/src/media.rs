@@ -101,6 +101,42 @@ pub fn probe(path: &Path) -> anyhow::Result<Probe> {
     })
 }
 
+/// The presentation times (s) of the packets of a file's first video stream, in file order.
+pub fn packet_times(path: &Path) -> anyhow::Result<Vec<f64>> {
+    let mut args: Vec<&std::ffi::OsStr> = [
+        "-v",
+        "error",
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "packet=pts_time",
+        "-of",
+        "csv=p=0",
+    ]
+    .iter()
+    .map(|s| s.as_ref())
+    .collect();
+    args.push(path.as_os_str());
+    let out = run("ffprobe", &args)?;
+    if !out.status.success() {
+        bail!(
+            "ffprobe failed on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.trim_end_matches(',')
+                .parse::<f64>()
+                .with_context(|| format!("ffprobe's pts_time {l:?} for {}", path.display()))
+        })
+        .collect()
+}
+
 /// What ffprobe says of a file's first video stream: (codec, frames decoded, duration in s).
 pub fn ffprobe(path: &Path) -> anyhow::Result<(String, u64, f64)> {
     let p = probe(path)?;
