@@ -77,6 +77,10 @@ struct Args {
     /// telling the server, when the reader closes the pipe.
     #[arg(long)]
     pipe: bool,
+    /// The camera to watch, by its name on the server (its --camera-name, or a [[camera]] of
+    /// its --config). Default: the server's first camera.
+    #[arg(long, value_name = "NAME")]
+    camera: Option<String>,
     /// The server's access token (surv-server --token), sent with the registration.
     #[arg(long, value_name = "SECRET", conflicts_with = "token_file")]
     token: Option<String>,
@@ -167,6 +171,14 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if let Some(name) = &args.camera {
+        if !surv_proto::is_valid_camera_name(name.as_bytes()) {
+            anyhow::bail!(
+                "--camera: a camera name is 1-{} letters, digits, '-' or '_'",
+                surv_proto::MAX_CAMERA_NAME_BYTES
+            );
+        }
+    }
     let config = Config {
         token,
         server,
@@ -176,6 +188,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         record,
         connect_timeout: Duration::from_secs(5),
         pipe: args.pipe,
+        camera: args.camera.clone(),
     };
 
     let window = if args.headless {

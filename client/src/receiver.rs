@@ -47,6 +47,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// The server's access token (its `--token`), sent with the registration.
     pub token: Option<String>,
+    /// The camera to watch, by name (`None`: the server's first).
+    pub camera: Option<String>,
     /// Write every received JPEG to standard output (`--pipe`); the stream ends when the
     /// reader closes it.
     pub pipe: bool,
@@ -307,6 +309,7 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
         udp_port,
     }
     .with_token(cfg.token.as_deref())
+    .with_camera(cfg.camera.as_deref())
     .encode();
     tcp.write_all(&line)
         .await
@@ -386,6 +389,7 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             token: None,
             pipe: false,
+            camera: None,
         }
     }
 

@@ -77,6 +77,8 @@ pub struct Leave {
     pub frames_sent: u64,
     pub bytes_sent: u64,
     pub frames_skipped: u64,
+    /// The camera it watched.
+    pub camera: String,
 }
 
 /// Events a subscriber may fall behind by before it loses the oldest.
@@ -90,6 +92,7 @@ pub enum Event {
         session_id: u64,
         viewer: SocketAddr,
         kind: WatcherKind,
+        camera: String,
     },
     Leave {
         at_us: u64,
@@ -174,10 +177,10 @@ impl Journal {
         self.write_errors.load(Ordering::Relaxed)
     }
 
-    pub fn join(&self, session_id: u64, viewer: SocketAddr, kind: WatcherKind) {
-        tracing::info!(target: "surv::journal", session_id, %viewer, form = kind.as_str(), "JOIN");
+    pub fn join(&self, session_id: u64, viewer: SocketAddr, kind: WatcherKind, camera: &str) {
+        tracing::info!(target: "surv::journal", session_id, %viewer, form = kind.as_str(), camera, "JOIN");
         self.write(&format!(
-            "JOIN session={session_id} viewer={viewer} form={}",
+            "JOIN session={session_id} viewer={viewer} form={} cam={camera}",
             kind.as_str()
         ));
         self.tell(Event::Join {
@@ -185,6 +188,7 @@ impl Journal {
             session_id,
             viewer,
             kind,
+            camera: camera.to_string(),
         });
     }
 
@@ -199,7 +203,7 @@ impl Journal {
             "LEAVE"
         );
         self.write(&format!(
-            "LEAVE session={} viewer={} form={} reason={} duration_s={:.3} frames_sent={} bytes_sent={} frames_skipped={}",
+            "LEAVE session={} viewer={} form={} reason={} duration_s={:.3} frames_sent={} bytes_sent={} frames_skipped={} cam={}",
             l.session_id,
             l.viewer,
             l.kind.as_str(),
@@ -207,7 +211,8 @@ impl Journal {
             l.duration.as_secs_f64(),
             l.frames_sent,
             l.bytes_sent,
-            l.frames_skipped
+            l.frames_skipped,
+            l.camera
         ));
         self.tell(Event::Leave {
             at_us: surv_proto::unix_micros_now(),
@@ -357,7 +362,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(dir.path()).unwrap();
         let viewer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        j.join(3, viewer, WatcherKind::Seed);
+        j.join(3, viewer, WatcherKind::Seed, "door");
         j.leave(&Leave {
             session_id: 3,
             viewer,
@@ -367,6 +372,7 @@ mod tests {
             frames_sent: 310,
             bytes_sent: 1_534_210,
             frames_skipped: 2,
+            camera: "door".into(),
         });
         j.refuse(
             "127.0.0.1:40112".parse().unwrap(),
@@ -378,13 +384,13 @@ mod tests {
         let lines = read_all(dir.path()).unwrap();
         assert_eq!(lines.len(), 5, "{lines:?}");
         assert!(
-            lines[0].ends_with(" JOIN session=3 viewer=127.0.0.1:5000 form=seed"),
+            lines[0].ends_with(" JOIN session=3 viewer=127.0.0.1:5000 form=seed cam=door"),
             "{}",
             lines[0]
         );
         assert!(
             lines[1].ends_with(
-                " LEAVE session=3 viewer=127.0.0.1:5000 form=seed reason=closed duration_s=10.333 frames_sent=310 bytes_sent=1534210 frames_skipped=2"
+                " LEAVE session=3 viewer=127.0.0.1:5000 form=seed reason=closed duration_s=10.333 frames_sent=310 bytes_sent=1534210 frames_skipped=2 cam=door"
             ),
             "{}",
             lines[1]

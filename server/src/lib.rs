@@ -4,6 +4,7 @@
 //! do the same on `127.0.0.1:0` with the test pattern or a scripted source. docs/ARCHITECTURE.md
 //! draws the whole data path.
 //!
+//! * [`cameras`]: cameras by name, each with its capture path and its UDP viewers.
 //! * [`sources`]: where frames come from, one file per kind, behind one trait.
 //! * [`capture`]: the one capture path: runs the source (again after a failure, with backoff),
 //!   encodes raw frames once, passes JPEGs through, publishes the newest frame.
@@ -18,7 +19,9 @@
 //! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
 
 pub mod auth;
+pub mod cameras;
 pub mod capture;
+pub mod config;
 pub mod encoder;
 pub mod http;
 pub mod journal;
@@ -38,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use cameras::{Camera, Cameras};
 pub use capture::{Capture, CaptureShared, CaptureStats, FrameRx, StreamShape};
 pub use journal::Journal;
 pub use watchers::{RefusalCause, WatcherInfo, WatcherKind, Watchers};
@@ -139,48 +143,56 @@ pub struct Server {
     pub config: Config,
     /// The datagram cap, as told to SURV/1 viewers.
     pub max_datagram_bytes: usize,
-    /// The newest frame.
-    pub frames: FrameRx,
-    /// The capture path's counters, the stream's shape and the source's state.
-    pub capture: Arc<CaptureShared>,
+    /// Every camera, by name; the first is the one watchers get when they name none.
+    pub cameras: Cameras,
     pub journal: Arc<Journal>,
     pub stats: Stats,
     /// Every live watcher, of every kind.
     pub watchers: Watchers,
     /// Who may watch (from `config.token`).
     pub access: auth::Access,
-    /// The UDP viewers' shared sockets and the sessions each serves.
-    pub data: watchers::udp::DataPath,
     /// Run the fan-out as a task on the runtime instead of a thread of its own: for tests under
     /// paused time, whose clock must not run ahead of a thread it cannot see.
     pub(crate) fanout_on_runtime: bool,
     /// When the server started, for its uptime.
     pub started: std::time::Instant,
-    /// What the motion detector reports (all zero when it does not run).
-    pub motion: Arc<motion::watch::MotionState>,
     /// The MQTT publisher's health (all zero without `--mqtt`).
     pub mqtt: Arc<mqtt::MqttStats>,
 }
 
 impl Server {
+    /// A server for one camera, [`cameras::DEFAULT_CAMERA_NAME`], on `capture`.
     pub fn new(
         config: Config,
         capture: &Capture,
         max_datagram_bytes: usize,
         journal: Arc<Journal>,
     ) -> Server {
+        let camera = Camera::new(cameras::DEFAULT_CAMERA_NAME, capture);
+        Server::with_cameras(
+            config,
+            Cameras::new(vec![camera]),
+            max_datagram_bytes,
+            journal,
+        )
+    }
+
+    /// A server for `cameras`.
+    pub fn with_cameras(
+        config: Config,
+        cameras: Cameras,
+        max_datagram_bytes: usize,
+        journal: Arc<Journal>,
+    ) -> Server {
         Server {
             max_datagram_bytes,
-            frames: capture.frames.clone(),
-            capture: capture.shared.clone(),
+            cameras,
             journal,
             stats: Stats::default(),
             watchers: Watchers::new(config.max_viewers),
             access: auth::Access::new(config.token.clone(), config.allow_unauthenticated),
-            data: watchers::udp::DataPath::default(),
             fanout_on_runtime: false,
             started: std::time::Instant::now(),
-            motion: Arc::default(),
             mqtt: Arc::default(),
             config,
         }
@@ -216,25 +228,32 @@ pub async fn run_with(server: Arc<Server>, listeners: Listeners, shutdown: Cance
     if let Some(http) = http {
         tracker.spawn(http::serve(server.clone(), http, shutdown.clone()));
     }
-    let fanout = if server.fanout_on_runtime {
-        tracker.spawn(watchers::udp::data_path::fan_out_loop(
+    // One fan-out per camera: a frame of one camera never waits for another's sends.
+    let mut fanouts = Vec::new();
+    for camera in server.cameras.iter() {
+        if server.fanout_on_runtime {
+            tracker.spawn(watchers::udp::data_path::fan_out_loop(
+                server.clone(),
+                camera.clone(),
+                shutdown.clone(),
+            ));
+            continue;
+        }
+        match watchers::udp::data_path::spawn_fanout_thread(
             server.clone(),
+            camera.clone(),
             shutdown.clone(),
-        ));
-        None
-    } else {
-        match watchers::udp::data_path::spawn_fanout_thread(server.clone(), shutdown.clone()) {
-            Ok(t) => Some(t),
+        ) {
+            Ok(t) => fanouts.push(t),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the fan-out thread; no frames will be sent");
+                tracing::error!(camera = %camera.name, error = %e, "cannot start the fan-out thread; no frames will be sent");
                 shutdown.cancel();
-                None
             }
         }
-    };
+    }
     watchers::udp::admission::accept_loop(&server, &listener, &tracker, &shutdown).await;
     wind_down(&tracker, "sessions").await;
-    if let Some(t) = fanout {
+    for t in fanouts {
         // It sees the cancellation at once; it may be in the middle of one frame's sends.
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
@@ -257,19 +276,46 @@ pub(crate) async fn wind_down(tracker: &TaskTracker, what: &str) {
 }
 
 impl Server {
-    /// One line with every counter, at shutdown: what the load tool (`surv-load`) reads to
-    /// check "one encode per captured frame" and the encode time.
+    /// The first camera: the one watchers get when they name none (seed-form viewers, today's
+    /// `/stream.mjpg`).
+    pub fn first_camera(&self) -> &Arc<Camera> {
+        self.cameras.first()
+    }
+
+    /// One line with every counter, at shutdown (the capture counters summed over the cameras,
+    /// and a line for each camera when there are several): what the load tool (`surv-load`)
+    /// reads to check "one encode per captured frame" and the encode time.
     pub fn log_stats(&self) {
-        let (c, s) = (&self.capture.stats, &self.stats);
+        let sum = |f: fn(&CaptureStats) -> &AtomicU64| -> u64 {
+            self.cameras
+                .iter()
+                .map(|c| f(&c.capture.stats).load(Relaxed))
+                .sum()
+        };
+        if self.cameras.len() > 1 {
+            for camera in self.cameras.iter() {
+                let c = &camera.capture.stats;
+                tracing::info!(
+                    camera = %camera.name,
+                    captured = c.captured.load(Relaxed),
+                    encoded = c.encoded.load(Relaxed),
+                    passed_through = c.passed_through.load(Relaxed),
+                    rejected = c.rejected.load(Relaxed),
+                    source_lost = c.source_lost.load(Relaxed),
+                    "camera stats"
+                );
+            }
+        }
+        let s = &self.stats;
         tracing::info!(
-            captured = c.captured.load(Relaxed),
-            encoded = c.encoded.load(Relaxed),
-            passed_through = c.passed_through.load(Relaxed),
-            rejected = c.rejected.load(Relaxed),
-            source_lost = c.source_lost.load(Relaxed),
-            encode_attempts = c.encode_attempts.load(Relaxed),
-            encode_us = c.encode_us.load(Relaxed),
-            capture_errors = c.errors.load(Relaxed),
+            captured = sum(|c| &c.captured),
+            encoded = sum(|c| &c.encoded),
+            passed_through = sum(|c| &c.passed_through),
+            rejected = sum(|c| &c.rejected),
+            source_lost = sum(|c| &c.source_lost),
+            encode_attempts = sum(|c| &c.encode_attempts),
+            encode_us = sum(|c| &c.encode_us),
+            capture_errors = sum(|c| &c.errors),
             joins = s.joins.load(Relaxed),
             leaves = s.leaves.load(Relaxed),
             refused = s.refusals.total(),

@@ -11,14 +11,16 @@ use surv_proto::{
     DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
 };
 use surv_server::auth::Token;
+use surv_server::cameras::check_name;
 use surv_server::capture::CaptureConfig;
+use surv_server::config::{self, CameraEntry};
 use surv_server::encoder::EncoderConfig;
 use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
 use surv_server::sources::udp::{PortSharer, SharedPort, UdpSource};
 use surv_server::sources::{Source, SourceOptions, SourceSpec};
 use surv_server::watchers::request::{self, RequestConfig, RequestHub};
-use surv_server::{Capture, Config, Journal, Server, StreamShape};
+use surv_server::{Camera, Cameras, Capture, Config, Journal, Server, StreamShape};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,8 +47,23 @@ enum Transport {
 /// form must carry the token. Joins and leaves are logged to --log-dir. Stop with Ctrl-C or
 /// SIGTERM.
 #[derive(Debug, Parser)]
-#[command(name = "surv-server", version, about, long_about)]
+#[command(
+    name = "surv-server",
+    version,
+    about,
+    long_about,
+    args_override_self = true
+)]
 struct Args {
+    /// Cameras and settings from a TOML file: [[camera]] tables (name, source, and size, fps,
+    /// quality, motion, loop, max-frame-bytes, source-allow, rtsp-transport for that camera),
+    /// and any flag of this command by its long name (http-port = 8080). A flag given on the
+    /// command line overrides the file. See docs/CONFIG.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The camera's name without --config (in /cam/NAME/ URLs and SURV/1's cam=NAME).
+    #[arg(long, value_name = "NAME", default_value = surv_server::cameras::DEFAULT_CAMERA_NAME)]
+    camera_name: String,
     /// Where frames come from: test (built-in pattern), cam (camera --cam N),
     /// udp://HOST:PORT (JPEG datagrams pushed to us), tcp-listen://HOST:PORT (a camera connects
     /// and pushes length-prefixed or OAK "ABCDE" frames), tcp://HOST:PORT (we connect to such a
@@ -212,9 +229,102 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The command line, with a `--config` file's settings before it (so that the command line
+/// overrides them), and the file's cameras.
+struct Parsed {
+    matches: clap::ArgMatches,
+    args: Args,
+    /// The file's `[[camera]]` tables, each with its line.
+    cameras: Vec<(CameraEntry, usize)>,
+}
+
+fn parse_args() -> anyhow::Result<Parsed> {
+    let cli: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = <Args as clap::CommandFactory>::command();
+    let matches = command.clone().get_matches_from(&cli);
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    let Some(path) = args.config.clone() else {
+        return Ok(Parsed {
+            matches,
+            args,
+            cameras: Vec::new(),
+        });
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--config: reading {}", path.display()))?;
+    let at = |line: usize| format!("{}:{line}", path.display());
+    let file = config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {}", at(e.line), e.reason))?;
+    let mut full = vec![cli[0].clone()];
+    for s in &file.settings {
+        let words = setting_args(&command, s)
+            .map_err(|reason| anyhow::anyhow!("{}: {reason}", at(s.line)))?;
+        full.extend(words.into_iter().map(Into::into));
+    }
+    full.extend(cli[1..].iter().cloned());
+    let matches = command
+        .try_get_matches_from(&full)
+        .map_err(|e| anyhow::anyhow!("{} with the command line: {}", path.display(), e.render()))?;
+    let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    Ok(Parsed {
+        matches,
+        args,
+        cameras: file.cameras,
+    })
+}
+
+/// A config file's setting as command-line words: `--flag value` (a list: the flag once per
+/// value; `true` for a switch: the flag alone, `false`: nothing).
+fn setting_args(command: &clap::Command, s: &config::Setting) -> Result<Vec<String>, String> {
+    let Some(arg) = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(s.flag.as_str()))
+    else {
+        return Err(format!(
+            "unknown setting `{}` (not a flag of surv-server)",
+            s.flag
+        ));
+    };
+    if s.flag == "config" {
+        return Err("`config` cannot be set in a config file".into());
+    }
+    let flag = format!("--{}", s.flag);
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(t) => Ok(t.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(format!("`{}` = {other}: not a value for {flag}", s.flag)),
+    };
+    let takes_value = arg.get_action().takes_values();
+    Ok(match &s.value {
+        toml::Value::Boolean(on) if !takes_value => {
+            if *on {
+                vec![flag]
+            } else {
+                Vec::new()
+            }
+        }
+        toml::Value::Array(items) => {
+            let mut words = Vec::new();
+            for item in items {
+                words.push(flag.clone());
+                words.push(scalar(item)?);
+            }
+            words
+        }
+        v => {
+            let value = scalar(v)?;
+            vec![flag, value]
+        }
+    })
+}
+
 fn run() -> anyhow::Result<()> {
-    let matches = <Args as clap::CommandFactory>::command().get_matches();
-    let mut args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    let Parsed {
+        matches,
+        mut args,
+        cameras: file_cameras,
+    } = parse_args()?;
     if matches.value_source("cam") == Some(clap::parser::ValueSource::CommandLine) {
         let source_given =
             matches.value_source("source") == Some(clap::parser::ValueSource::CommandLine);
@@ -329,30 +439,7 @@ fn run() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let (width, height) = args.size;
-    let options = SourceOptions {
-        width,
-        height,
-        fps: args.fps,
-        max_frame_bytes: args.max_frame_bytes,
-        allow: args.source_allow.clone(),
-        looped: args.looped,
-        rtsp_transport: match args.rtsp_transport {
-            Transport::Tcp => RtspTransport::Tcp,
-            Transport::Udp => RtspTransport::Udp,
-        },
-    };
-    let capture_config = CaptureConfig {
-        encoder: EncoderConfig {
-            max_datagram_bytes: args.max_datagram,
-            quality: args.quality,
-        },
-        idle: StreamShape {
-            width,
-            height,
-            fps: args.fps,
-        },
-    };
+    let plans = camera_plans(&matches, &args, &file_cameras)?;
     let journal =
         Arc::new(Journal::open(&args.log_dir).with_context(|| {
             format!("opening the join/leave log in {}", args.log_dir.display())
@@ -360,48 +447,64 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        // `udp://HOST:P` with `--request-port P`: one socket for the camera's frames and the
-        // apps' `Request`s, as seed 001's server has it.
-        let shared_port = match &args.source {
-            SourceSpec::Udp { host, port } if *port == args.request_port => {
-                let addr = tokio::net::lookup_host((host.as_str(), *port))
-                    .await
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .with_context(|| format!("--source {}: no address for {host}", args.source))?;
-                let socket = RequestHub::bind(addr).with_context(|| {
-                    format!("--source {} with --request-port: binding UDP {addr}", args.source)
-                })?;
-                Some(SharedPort {
-                    socket,
-                    sharer: Arc::default(),
-                })
+        let mut captures = Vec::new();
+        let mut cameras = Vec::new();
+        // Per camera: `udp://HOST:P` with its request port P shares one socket for the
+        // camera's frames and the apps' `Request`s, as seed 001's server has it.
+        let mut shared_ports = Vec::new();
+        for plan in &plans {
+            let shared = match &plan.source {
+                SourceSpec::Udp { host, port } if *port == plan.request_port => {
+                    let addr = tokio::net::lookup_host((host.as_str(), *port))
+                        .await
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .with_context(|| format!("--source {}: no address for {host}", plan.source))?;
+                    let socket = RequestHub::bind(addr).with_context(|| {
+                        format!("--source {} with --request-port: binding UDP {addr}", plan.source)
+                    })?;
+                    Some(SharedPort {
+                        socket,
+                        sharer: Arc::default(),
+                    })
+                }
+                _ => None,
+            };
+            let source: Box<dyn Source> = match (&plan.source, &shared) {
+                (SourceSpec::Udp { host, port }, Some(shared)) => {
+                    Box::new(UdpSource::new(host, *port, &plan.options).sharing(shared.clone()))
+                }
+                _ => plan
+                    .source
+                    .build(&plan.options)
+                    .with_context(|| format!("camera {}: --source {}", plan.name, plan.source))?,
+            };
+            let capture = Capture::start(source, plan.capture, journal.clone(), &shutdown)
+                .context("starting the capture path")?;
+            // A local camera or the test pattern must work at start-up: its failure is an
+            // error, not an outage to wait out. A network camera may boot after the server.
+            if plan.source.must_work_at_start() {
+                if let Err(e) = capture.first_outcome().await {
+                    capture.stop().await;
+                    for c in captures {
+                        Capture::stop(c).await;
+                    }
+                    return match plan.source {
+                        SourceSpec::Cam(n) => Err(anyhow::anyhow!(
+                            "camera {}: /dev/video{n} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern.",
+                            plan.name
+                        )),
+                        _ => Err(anyhow::anyhow!(
+                            "camera {}: the {} source failed: {e}",
+                            plan.name,
+                            plan.source
+                        )),
+                    };
+                }
             }
-            _ => None,
-        };
-        let source: Box<dyn Source> = match (&args.source, &shared_port) {
-            (SourceSpec::Udp { host, port }, Some(shared)) => {
-                Box::new(UdpSource::new(host, *port, &options).sharing(shared.clone()))
-            }
-            _ => args
-                .source
-                .build(&options)
-                .with_context(|| format!("--source {}", args.source))?,
-        };
-        let capture = Capture::start(source, capture_config, journal.clone(), &shutdown)
-            .context("starting the capture path")?;
-        // A local camera or the test pattern must work at start-up: its failure is an error,
-        // not an outage to wait out. A network camera may boot after the server: it is retried.
-        if args.source.must_work_at_start() {
-            if let Err(e) = capture.first_outcome().await {
-                capture.stop().await;
-                return match args.source {
-                    SourceSpec::Cam(n) => Err(anyhow::anyhow!(
-                        "camera {n} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern."
-                    )),
-                    _ => Err(anyhow::anyhow!("the {} source failed: {e}", args.source)),
-                };
-            }
+            cameras.push(Camera::new(&plan.name, &capture));
+            captures.push(capture);
+            shared_ports.push(shared);
         }
         let addr = SocketAddr::new(args.bind, args.port);
         let listener = listen(addr).with_context(|| {
@@ -421,79 +524,103 @@ fn run() -> anyhow::Result<()> {
                 Some(listener)
             }
         };
-        let shape = capture.shared.shape();
+        for (plan, camera) in plans.iter().zip(&cameras) {
+            let shape = camera.capture.shape();
+            tracing::info!(
+                camera = %plan.name,
+                source = %plan.source,
+                width = shape.width,
+                height = shape.height,
+                fps = shape.fps,
+                "camera"
+            );
+        }
         tracing::info!(
             %addr,
-            source = %args.source,
-            width = shape.width,
-            height = shape.height,
-            fps = shape.fps,
+            cameras = plans.len(),
             max_datagram = args.max_datagram,
             log_dir = %args.log_dir.display(),
             "surv-server ready"
         );
-        let server = Arc::new(Server::new(
+        let server = Arc::new(Server::with_cameras(
             config,
-            &capture,
+            Cameras::new(cameras),
             args.max_datagram,
             journal.clone(),
         ));
         // Stopped after the watchers have left, so that their LEAVEs are published too.
         let mqtt_stop = CancellationToken::new();
         let mqtt = mqtt_config.map(|c| mqtt::spawn(server.clone(), c, mqtt_stop.clone()));
-        let motion = (args.motion == Switch::On).then(|| {
-            tokio::spawn(surv_server::motion::watch::run(
-                capture.frames.clone(),
-                args.motion_every,
-                motion_config,
-                capture.shared.clone(),
-                journal,
-                server.motion.clone(),
-                shutdown.clone(),
-            ))
-        });
-        let oak = if args.tcp_stream_port != 0 {
-            let addr = SocketAddr::new(args.bind, args.tcp_stream_port);
-            let listener = listen(addr).with_context(|| {
-                format!("--tcp-stream-port: listening on TCP {addr} (is that port in use?)")
-            })?;
-            tracing::info!(%addr, "serving OAK host programs (ABCDE over TCP)");
-            Some(tokio::spawn(surv_server::watchers::oak_tcp::run(
-                server.clone(),
-                listener,
-                shutdown.clone(),
-            )))
-        } else {
-            None
-        };
-        let requests = if let Some(shared) = &shared_port {
-            let addr = shared.socket.local_addr()?;
-            tracing::info!(
-                %addr,
-                ttl_s = args.request_ttl,
-                per_ip = args.request_per_ip,
-                "serving apps that send \"Request\" (seed 001) on the camera's port"
-            );
-            let hub = RequestHub::new(server.clone(), shared.socket.clone(), request_config);
-            let sharer: Arc<dyn PortSharer> = hub.clone();
-            let _ = shared.sharer.set(sharer);
-            Some(tokio::spawn(hub.serve(shutdown.clone())))
-        } else if args.request_port != 0 {
-            let addr = SocketAddr::new(args.bind, args.request_port);
-            let socket = RequestHub::bind(addr).with_context(|| {
-                format!("--request-port: binding UDP {addr} (is that port in use?)")
-            })?;
-            tracing::info!(
-                %addr,
-                ttl_s = args.request_ttl,
-                per_ip = args.request_per_ip,
-                "serving apps that send \"Request\" (seed 001)"
-            );
-            let hub = RequestHub::new(server.clone(), socket, request_config);
-            Some(tokio::spawn(hub.run(shutdown.clone())))
-        } else {
-            None
-        };
+        let mut detectors = Vec::new();
+        for (plan, camera) in plans.iter().zip(server.cameras.iter()) {
+            if plan.motion {
+                detectors.push(tokio::spawn(surv_server::motion::watch::run(
+                    camera.frames.clone(),
+                    args.motion_every,
+                    motion_config,
+                    camera.capture.clone(),
+                    journal.clone(),
+                    camera.motion.clone(),
+                    shutdown.clone(),
+                )));
+            }
+        }
+        // Each camera's own ports for OAK host programs and seed 001's apps.
+        let mut watchers = Vec::new();
+        for ((plan, camera), shared) in plans.iter().zip(server.cameras.iter()).zip(&shared_ports) {
+            if plan.tcp_stream_port != 0 {
+                let addr = SocketAddr::new(args.bind, plan.tcp_stream_port);
+                let listener = listen(addr).with_context(|| {
+                    format!(
+                        "camera {}: tcp-stream-port: listening on TCP {addr} (is that port in use?)",
+                        plan.name
+                    )
+                })?;
+                tracing::info!(%addr, camera = %plan.name, "serving OAK host programs (ABCDE over TCP)");
+                watchers.push(tokio::spawn(surv_server::watchers::oak_tcp::run(
+                    server.clone(),
+                    camera.clone(),
+                    listener,
+                    shutdown.clone(),
+                )));
+            }
+            if let Some(shared) = shared {
+                let addr = shared.socket.local_addr()?;
+                tracing::info!(
+                    %addr,
+                    camera = %plan.name,
+                    ttl_s = args.request_ttl,
+                    per_ip = args.request_per_ip,
+                    "serving apps that send \"Request\" (seed 001) on the camera's port"
+                );
+                let hub = RequestHub::new(
+                    server.clone(),
+                    camera.clone(),
+                    shared.socket.clone(),
+                    request_config.clone(),
+                );
+                let sharer: Arc<dyn PortSharer> = hub.clone();
+                let _ = shared.sharer.set(sharer);
+                watchers.push(tokio::spawn(hub.serve(shutdown.clone())));
+            } else if plan.request_port != 0 {
+                let addr = SocketAddr::new(args.bind, plan.request_port);
+                let socket = RequestHub::bind(addr).with_context(|| {
+                    format!(
+                        "camera {}: request-port: binding UDP {addr} (is that port in use?)",
+                        plan.name
+                    )
+                })?;
+                tracing::info!(
+                    %addr,
+                    camera = %plan.name,
+                    ttl_s = args.request_ttl,
+                    per_ip = args.request_per_ip,
+                    "serving apps that send \"Request\" (seed 001)"
+                );
+                let hub = RequestHub::new(server.clone(), camera.clone(), socket, request_config.clone());
+                watchers.push(tokio::spawn(hub.run(shutdown.clone())));
+            }
+        }
         tokio::spawn(stop_on_signal(shutdown.clone()));
         tokio::spawn(release_memory_every(RELEASE_MEMORY_EVERY, shutdown.clone()));
         let listeners = surv_server::Listeners {
@@ -501,24 +628,162 @@ fn run() -> anyhow::Result<()> {
             http,
         };
         surv_server::run_with(server, listeners, shutdown).await;
-        if let Some(oak) = oak {
-            let _ = oak.await;
-        }
-        if let Some(motion) = motion {
-            let _ = motion.await;
-        }
-        if let Some(requests) = requests {
-            let _ = requests.await;
+        for task in watchers.into_iter().chain(detectors) {
+            let _ = task.await;
         }
         mqtt_stop.cancel();
         if let Some(mqtt) = mqtt {
             // Bounded by its own grace period (mqtt::STOP_GRACE).
             let _ = mqtt.await;
         }
-        capture.stop().await;
+        for capture in captures {
+            capture.stop().await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// One camera to start: its name, source, options and own watcher ports (0: none).
+struct CameraPlan {
+    name: String,
+    source: SourceSpec,
+    options: SourceOptions,
+    capture: CaptureConfig,
+    motion: bool,
+    request_port: u16,
+    tcp_stream_port: u16,
+}
+
+/// The cameras to start: the config file's `[[camera]]` tables, each over the server-wide
+/// values, or else the one camera the flags describe.
+fn camera_plans(
+    matches: &clap::ArgMatches,
+    args: &Args,
+    entries: &[(CameraEntry, usize)],
+) -> anyhow::Result<Vec<CameraPlan>> {
+    let base = |size: (u32, u32), fps: u32, quality: u8| {
+        let options = SourceOptions {
+            width: size.0,
+            height: size.1,
+            fps,
+            max_frame_bytes: args.max_frame_bytes,
+            allow: args.source_allow.clone(),
+            looped: args.looped,
+            rtsp_transport: match args.rtsp_transport {
+                Transport::Tcp => RtspTransport::Tcp,
+                Transport::Udp => RtspTransport::Udp,
+            },
+        };
+        let capture = CaptureConfig {
+            encoder: EncoderConfig {
+                max_datagram_bytes: args.max_datagram,
+                quality,
+            },
+            idle: StreamShape {
+                width: size.0,
+                height: size.1,
+                fps,
+            },
+        };
+        (options, capture)
+    };
+    let motion = args.motion == Switch::On;
+    if entries.is_empty() {
+        check_name(&args.camera_name).map_err(|e| anyhow::anyhow!("--camera-name: {e}"))?;
+        let (options, capture) = base(args.size, args.fps, args.quality);
+        return Ok(vec![CameraPlan {
+            name: args.camera_name.clone(),
+            source: args.source.clone(),
+            options,
+            capture,
+            motion,
+            request_port: args.request_port,
+            tcp_stream_port: args.tcp_stream_port,
+        }]);
+    }
+    let named = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    if named("source") || named("cam") {
+        bail!(
+            "--source or --cam, and [[camera]] tables in the config: name the cameras in one place"
+        );
+    }
+    let config = args
+        .config
+        .as_deref()
+        .unwrap_or(std::path::Path::new("config"));
+    let mut plans: Vec<CameraPlan> = Vec::new();
+    for (i, (entry, line)) in entries.iter().enumerate() {
+        let at = format!("{}:{line}: camera {}", config.display(), entry.name);
+        let size = match &entry.size {
+            Some(s) => surv_proto::parse_size(s).map_err(|e| anyhow::anyhow!("{at}: size: {e}"))?,
+            None => args.size,
+        };
+        let fps = entry.fps.unwrap_or(args.fps);
+        let quality = entry.quality.unwrap_or(args.quality);
+        if !(1..=100).contains(&quality) {
+            bail!("{at}: quality must be 1 to 100, not {quality}");
+        }
+        let (mut options, capture) = base(size, fps, quality);
+        if let Some(looped) = entry.looped {
+            options.looped = looped;
+        }
+        if let Some(bytes) = entry.max_frame_bytes {
+            if bytes < 1024 {
+                bail!("{at}: max-frame-bytes must be at least 1024, not {bytes}");
+            }
+            options.max_frame_bytes = bytes;
+        }
+        if let Some(nets) = &entry.source_allow {
+            options.allow = nets
+                .iter()
+                .map(|n| spec::parse_net(n).map_err(|e| anyhow::anyhow!("{at}: source-allow: {e}")))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        if let Some(t) = &entry.rtsp_transport {
+            options.rtsp_transport = match t.as_str() {
+                "tcp" => RtspTransport::Tcp,
+                "udp" => RtspTransport::Udp,
+                other => bail!("{at}: rtsp-transport is tcp or udp, not {other:?}"),
+            };
+        }
+        let source =
+            SourceSpec::parse(&entry.source).map_err(|e| anyhow::anyhow!("{at}: source: {e}"))?;
+        // The server-wide --request-port and --tcp-stream-port are the first camera's.
+        let (request_port, tcp_stream_port) = if i == 0 {
+            (
+                entry.request_port.unwrap_or(args.request_port),
+                entry.tcp_stream_port.unwrap_or(args.tcp_stream_port),
+            )
+        } else {
+            (
+                entry.request_port.unwrap_or(0),
+                entry.tcp_stream_port.unwrap_or(0),
+            )
+        };
+        for (port, key) in [
+            (request_port, "request-port"),
+            (tcp_stream_port, "tcp-stream-port"),
+        ] {
+            if port != 0
+                && plans
+                    .iter()
+                    .any(|p| p.request_port == port || p.tcp_stream_port == port)
+            {
+                bail!("{at}: {key} {port} is another camera's already");
+            }
+        }
+        plans.push(CameraPlan {
+            name: entry.name.clone(),
+            source,
+            options,
+            capture,
+            motion: entry.motion.unwrap_or(motion),
+            request_port,
+            tcp_stream_port,
+        });
+    }
+    Ok(plans)
 }
 
 /// How often free memory goes back to the system (see [`release_memory_every`]).

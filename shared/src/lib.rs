@@ -21,9 +21,9 @@ pub mod tag;
 
 pub use ack::{Ack, AckError, MAX_ACK_BYTES};
 pub use register::{
-    is_valid_token, AppRequest, Form, RegError, Registration, RegistrationLine, RequestError,
-    MAX_REGISTRATION_BYTES, MAX_REGISTRATION_LINE_BYTES, MAX_REQUEST_BYTES, MAX_TOKEN_BYTES,
-    PROTOCOL_VERSION,
+    is_valid_camera_name, is_valid_token, AppRequest, Form, RegError, Registration,
+    RegistrationLine, RequestError, MAX_CAMERA_NAME_BYTES, MAX_REGISTRATION_BYTES,
+    MAX_REGISTRATION_LINE_BYTES, MAX_REQUEST_BYTES, MAX_TOKEN_BYTES, PROTOCOL_VERSION,
 };
 pub use reply::{
     escape_controls, Reply, ReplyError, StreamParams, MAX_REPLY_BYTES, MAX_STREAM_FPS,

@@ -12,6 +12,10 @@
 //!                                 answers with one line, see [`crate::reply`]
 //!     "SURV/1 5000 token=s3cr3t\n" the same with the server's access token (`--token`):
 //!                                 1..=MAX_TOKEN_BYTES visible ASCII bytes (0x21..=0x7e)
+//!     "SURV/1 5000 cam=door\n"    the camera to watch, by name (1..=MAX_CAMERA_NAME_BYTES
+//!                                 letters, digits, '-', '_'); without it, the server's first
+//!     "SURV/1 5000 token=s3cr3t cam=door\n"
+//!                                 both, in this order
 //!
 //! seed 001 form (app → server, one UDP datagram to the server's --request-port), no reply:
 //!     "Request"                   exactly these 7 bytes: the server learns the app's address
@@ -43,15 +47,22 @@ pub const MAX_REGISTRATION_BYTES: usize = 64;
 /// The longest access token a registration or a `Request` may carry.
 pub const MAX_TOKEN_BYTES: usize = 128;
 
-/// A `SURV/` line carrying a token may be this long (the token's room added to the cap).
-pub const MAX_REGISTRATION_LINE_BYTES: usize =
-    MAX_REGISTRATION_BYTES + TOKEN_KEY.len() + MAX_TOKEN_BYTES;
+/// The longest camera name a registration may carry.
+pub const MAX_CAMERA_NAME_BYTES: usize = 32;
+
+/// A `SURV/` line carrying a token and a camera may be this long (their room added to the cap).
+pub const MAX_REGISTRATION_LINE_BYTES: usize = MAX_REGISTRATION_BYTES
+    + TOKEN_KEY.len()
+    + MAX_TOKEN_BYTES
+    + CAMERA_KEY.len()
+    + MAX_CAMERA_NAME_BYTES;
 
 /// The longest `Request` datagram: `Request`, a space, a token, `\r\n`.
 pub const MAX_REQUEST_BYTES: usize = REQUEST.len() + 1 + MAX_TOKEN_BYTES + 2;
 
 const V1_PREFIX: &[u8] = b"SURV/";
 const TOKEN_KEY: &[u8] = b" token=";
+const CAMERA_KEY: &[u8] = b" cam=";
 const REQUEST: &[u8] = b"Request";
 
 /// Which form a viewer registered with; it decides whether the server replies.
@@ -99,6 +110,8 @@ pub enum RegError {
     BadPort(String),
     #[error("the token is not 1-{MAX_TOKEN_BYTES} visible ASCII characters")]
     BadToken,
+    #[error("the camera name is not 1-{MAX_CAMERA_NAME_BYTES} letters, digits, '-' or '_'")]
+    BadCamera,
 }
 
 impl Registration {
@@ -119,6 +132,7 @@ impl Registration {
         RegistrationLine {
             registration: self,
             token: token.map(str::to_string),
+            camera: None,
         }
     }
 }
@@ -129,6 +143,8 @@ pub struct RegistrationLine {
     pub registration: Registration,
     /// `SURV/1 <port> token=<token>`; always `None` for the seed form, which has no room for one.
     pub token: Option<String>,
+    /// `SURV/1 <port> cam=<name>`; `None`: the server's first camera (always, for the seed form).
+    pub camera: Option<String>,
 }
 
 impl std::fmt::Debug for RegistrationLine {
@@ -137,11 +153,18 @@ impl std::fmt::Debug for RegistrationLine {
         f.debug_struct("RegistrationLine")
             .field("registration", &self.registration)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("camera", &self.camera)
             .finish()
     }
 }
 
 impl RegistrationLine {
+    /// The line asking for camera `name` (`None`: the server's first).
+    pub fn with_camera(mut self, name: Option<&str>) -> RegistrationLine {
+        self.camera = name.map(str::to_string);
+        self
+    }
+
     /// Parses what the viewer has sent so far. `at_rest`: no more bytes are expected now.
     pub fn decode(buf: &[u8], at_rest: bool) -> Result<RegistrationLine, RegError> {
         if buf.is_empty() {
@@ -196,42 +219,54 @@ impl RegistrationLine {
             };
         }
         let mut words = rest.split(|&b| b == b' ');
-        let (Some(version), Some(port), extra, None) =
-            (words.next(), words.next(), words.next(), words.next())
-        else {
+        let (Some(version), Some(port)) = (words.next(), words.next()) else {
             return Err(RegError::Garbage);
         };
         if version != b"1" {
             return Err(RegError::Version(lossy(version)));
         }
-        let token = match extra {
-            None => None,
-            Some(word) => {
-                let value = word
-                    .strip_prefix(&TOKEN_KEY[1..])
-                    .ok_or(RegError::Garbage)?;
-                Some(parse_token(value).ok_or(RegError::BadToken)?)
+        // Then `token=…`, then `cam=…`, each at most once, in that order.
+        let (mut token, mut camera) = (None, None);
+        for word in words {
+            if let Some(value) = word.strip_prefix(&TOKEN_KEY[1..]) {
+                if token.is_some() || camera.is_some() {
+                    return Err(RegError::Garbage);
+                }
+                token = Some(parse_token(value).ok_or(RegError::BadToken)?);
+            } else if let Some(value) = word.strip_prefix(&CAMERA_KEY[1..]) {
+                if camera.is_some() {
+                    return Err(RegError::Garbage);
+                }
+                camera = Some(parse_camera(value).ok_or(RegError::BadCamera)?);
+            } else {
+                return Err(RegError::Garbage);
             }
-        };
+        }
         Ok(RegistrationLine {
             registration: Registration {
                 form: Form::V1,
                 udp_port: parse_port(port)?,
             },
             token,
+            camera,
         })
     }
 
     /// Writes the line as a viewer sends it (the seed form cannot carry a token: it is left out).
     pub fn encode(&self) -> Vec<u8> {
         let r = &self.registration;
-        match (r.form, &self.token) {
-            (Form::Seed, _) => r.udp_port.to_string().into_bytes(),
-            (Form::V1, None) => format!("SURV/{PROTOCOL_VERSION} {}\n", r.udp_port).into_bytes(),
-            (Form::V1, Some(t)) => {
-                format!("SURV/{PROTOCOL_VERSION} {} token={t}\n", r.udp_port).into_bytes()
-            }
+        if r.form == Form::Seed {
+            return r.udp_port.to_string().into_bytes();
         }
+        let mut line = format!("SURV/{PROTOCOL_VERSION} {}", r.udp_port);
+        if let Some(t) = &self.token {
+            line.push_str(&format!(" token={t}"));
+        }
+        if let Some(c) = &self.camera {
+            line.push_str(&format!(" cam={c}"));
+        }
+        line.push('\n');
+        line.into_bytes()
     }
 }
 
@@ -298,6 +333,19 @@ pub fn is_valid_token(token: &[u8]) -> bool {
 
 fn parse_token(value: &[u8]) -> Option<String> {
     is_valid_token(value).then(|| String::from_utf8_lossy(value).into_owned())
+}
+
+/// Whether `name` may name a camera: 1..=[`MAX_CAMERA_NAME_BYTES`] ASCII letters, digits,
+/// `-` and `_` (it goes into URLs, MQTT topics and the journal as it is).
+pub fn is_valid_camera_name(name: &[u8]) -> bool {
+    (1..=MAX_CAMERA_NAME_BYTES).contains(&name.len())
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+}
+
+fn parse_camera(value: &[u8]) -> Option<String> {
+    is_valid_camera_name(value).then(|| String::from_utf8_lossy(value).into_owned())
 }
 
 fn parse_port(digits: &[u8]) -> Result<u16, RegError> {

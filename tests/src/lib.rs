@@ -21,7 +21,7 @@ use surv_proto::{
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::{FrameReader, OnThread, RawFrame, Source, SourceError, TestPattern};
-use surv_server::{Capture, Config, Journal, Server, StreamShape};
+use surv_server::{Camera, Cameras, Capture, Config, Journal, Server, StreamShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -54,6 +54,7 @@ pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
         connect_timeout: Duration::from_secs(5),
         token: None,
         pipe: false,
+        camera: None,
     }
 }
 
@@ -98,7 +99,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub log_dir: tempfile::TempDir,
-    capture: Option<Capture>,
+    captures: Vec<Capture>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -165,44 +166,60 @@ pub async fn start_server_with(
     opts: ServerOpts,
     source: Box<dyn Source>,
 ) -> anyhow::Result<TestServer> {
+    let name = surv_server::cameras::DEFAULT_CAMERA_NAME;
+    start_server_cameras(opts, vec![(name, source)]).await
+}
+
+/// Starts a server with a camera for each `(name, source)`, in that order, and waits until each
+/// has a first frame.
+pub async fn start_server_cameras(
+    opts: ServerOpts,
+    sources: Vec<(&str, Box<dyn Source>)>,
+) -> anyhow::Result<TestServer> {
     let shutdown = CancellationToken::new();
     let log_dir = tempfile::tempdir()?;
     let journal = Arc::new(Journal::open(log_dir.path())?);
-    let capture = Capture::start(
-        source,
-        CaptureConfig {
-            encoder: EncoderConfig {
-                max_datagram_bytes: opts.max_datagram_bytes,
-                quality: opts.quality,
+    let mut captures = Vec::new();
+    let mut cameras = Vec::new();
+    for (name, source) in sources {
+        let capture = Capture::start(
+            source,
+            CaptureConfig {
+                encoder: EncoderConfig {
+                    max_datagram_bytes: opts.max_datagram_bytes,
+                    quality: opts.quality,
+                },
+                idle: StreamShape {
+                    width: opts.width,
+                    height: opts.height,
+                    fps: opts.fps,
+                },
             },
-            idle: StreamShape {
-                width: opts.width,
-                height: opts.height,
-                fps: opts.fps,
-            },
-        },
-        journal.clone(),
-        &shutdown,
-    )?;
+            journal.clone(),
+            &shutdown,
+        )?;
+        let mut frames = capture.frames.clone();
+        timeout(IO_TIMEOUT, frames.wait_for(Option::is_some))
+            .await
+            .with_context(|| format!("no first frame from camera {name}"))??;
+        cameras.push(Camera::new(name, &capture));
+        captures.push(capture);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = Arc::new(Server::new(
+    let server = Arc::new(Server::with_cameras(
         opts.config,
-        &capture,
+        Cameras::new(cameras),
         opts.max_datagram_bytes,
         journal,
     ));
-    let mut frames = capture.frames.clone();
-    timeout(IO_TIMEOUT, frames.wait_for(Option::is_some))
-        .await
-        .context("no first frame")??;
     let task = tokio::spawn(surv_server::run(server.clone(), listener, shutdown.clone()));
     Ok(TestServer {
         server,
         addr,
         shutdown,
         log_dir,
-        capture: Some(capture),
+        captures,
         task: Some(task),
     })
 }
@@ -240,9 +257,9 @@ impl TestServer {
         Ok(())
     }
 
-    /// Stops the capture path, so its counters stop moving.
+    /// Stops the capture paths, so their counters stop moving.
     pub async fn stop_capture(&mut self) {
-        if let Some(c) = self.capture.take() {
+        for c in std::mem::take(&mut self.captures) {
             c.stop().await;
         }
     }
@@ -304,6 +321,15 @@ impl RawViewer {
     /// Registers with `form`. For the seed form this is byte for byte what seed 003 sends: the
     /// port in ASCII, no newline, connection left open.
     pub async fn register(server: SocketAddr, form: Form) -> anyhow::Result<RawViewer> {
+        RawViewer::register_for(server, form, None).await
+    }
+
+    /// [`RawViewer::register`] asking for a camera by name (SURV/1's `cam=`).
+    pub async fn register_for(
+        server: SocketAddr,
+        form: Form,
+        camera: Option<&str>,
+    ) -> anyhow::Result<RawViewer> {
         let udp = UdpSocket::bind("127.0.0.1:0").await?;
         let port = udp.local_addr()?.port();
         let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(server)).await??;
@@ -311,6 +337,8 @@ impl RawViewer {
             form,
             udp_port: port,
         }
+        .with_token(None)
+        .with_camera(camera)
         .encode();
         timeout(IO_TIMEOUT, tcp.write_all(&registration))
             .await

@@ -98,10 +98,10 @@ pub fn spawn_detector(
         ..surv_server::motion::MotionConfig::default()
     };
     tokio::spawn(surv_server::motion::watch::run(
-        srv.server.frames.clone(),
+        srv.server.first_camera().frames.clone(),
         every,
         cfg,
-        srv.server.capture.clone(),
+        srv.server.first_camera().capture.clone(),
         srv.server.journal.clone(),
         state,
         srv.shutdown.clone(),

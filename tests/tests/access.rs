@@ -204,7 +204,12 @@ async fn apps_need_request_with_the_token() {
         let srv = server(allow_unauthenticated).await;
         let socket = RequestHub::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let port = socket.local_addr().unwrap();
-        let hub = RequestHub::new(srv.server.clone(), socket, RequestConfig::default());
+        let hub = RequestHub::new(
+            srv.server.clone(),
+            srv.server.first_camera().clone(),
+            socket,
+            RequestConfig::default(),
+        );
         let task = tokio::spawn(hub.clone().run(srv.shutdown.clone()));
         let ip = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 1, n));
 
@@ -234,6 +239,7 @@ async fn oak_host_programs_are_refused_unless_allow_unauthenticated() {
         let addr = listener.local_addr().unwrap();
         let oak = tokio::spawn(surv_server::watchers::oak_tcp::run(
             srv.server.clone(),
+            srv.server.first_camera().clone(),
             listener,
             srv.shutdown.clone(),
         ));

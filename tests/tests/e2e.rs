@@ -7,7 +7,8 @@ use surv_proto::Form;
 use surv_server::Config;
 use surv_tests::client_config;
 use surv_tests::{
-    heavy, share, start_server, try_registration, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT,
+    heavy, share, start_server, start_server_with, try_registration, AckStyle, RawViewer,
+    ServerOpts, IO_TIMEOUT,
 };
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +49,7 @@ async fn viewers_get_the_full_stream(n: usize) {
         assert_eq!(s.ended_by, "time limit");
     }
     srv.stop_capture().await;
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     let (captured, encoded) = (c.captured.load(Relaxed), c.encoded.load(Relaxed));
     assert!(captured >= 150, "captured {captured}");
     assert_eq!(
@@ -351,7 +352,14 @@ async fn closing_tcp_and_shutdown_are_logged_with_their_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_avi_segments_rotate_and_play_at_real_speed() {
     let _serial = heavy().await;
-    let srv = start_server(ServerOpts::sized(320, 240)).await.unwrap();
+    // Capture times from an ideal 30 fps clock, so that what plays is what the recorder was
+    // given, however the machine scheduled the test pattern.
+    let srv = start_server_with(
+        ServerOpts::sized(320, 240),
+        surv_tests::ClockedPattern::source(320, 240, 30),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = client_config(srv.addr, 3.5);
     cfg.record = Some(surv_client::recorder::RecorderConfig {
@@ -381,16 +389,21 @@ async fn recorded_avi_segments_rotate_and_play_at_real_speed() {
         let (codec, n, secs) = surv_tests::ffprobe(seg).unwrap();
         assert_eq!(codec, "mjpeg");
         frames += n;
-        // Real speed: n frames captured at 30 fps play for n/30 s (±2 %).
+        // Real speed: n frames captured at 30 fps play for n/30 s (±2 %), and for as long as
+        // the frames the viewer missed on a busy machine took, if any (s.lost in the run).
         let real = n as f64 / 30.0;
+        let with_gaps = (n + s.lost) as f64 / 30.0;
         assert!(
-            (secs / real - 1.0).abs() <= 0.02,
-            "{}: {secs} s for {n} frames",
-            seg.display()
+            secs >= real * 0.98 && secs <= with_gaps * 1.02,
+            "{}: {secs} s for {n} frames ({} lost in the run)",
+            seg.display(),
+            s.lost
         );
         if i + 1 < s.segments.len() {
-            // A full segment holds 1 s of capture time (a frame more or less at the boundary).
-            assert!((29..=31).contains(&n), "{}: {n} frames", seg.display());
+            // A full segment holds 1 s of capture time (a frame more or less at the boundary,
+            // fewer where frames were missed).
+            let fewest = 29u64.saturating_sub(s.lost);
+            assert!((fewest..=31).contains(&n), "{}: {n} frames", seg.display());
         }
     }
     assert_eq!(frames, s.recorded, "every recorded frame is in a segment");

@@ -86,7 +86,15 @@ async fn snapshot_status_and_page() {
     );
     assert_eq!(decode(&snap.body).unwrap(), (320, 240));
     let seq = FrameTag::decode(&snap.body).unwrap().seq;
-    let newest = web.srv.server.frames.borrow().as_ref().unwrap().seq;
+    let newest = web
+        .srv
+        .server
+        .first_camera()
+        .frames
+        .borrow()
+        .as_ref()
+        .unwrap()
+        .seq;
     assert!(newest - seq <= 3, "snapshot {seq}, newest {newest}");
 
     let reply = get(web.http, "/status").await.unwrap();
@@ -210,25 +218,35 @@ async fn metrics_and_refusals() {
     assert_eq!(value("surv_watchers{kind=\"seed\"}"), 0.0);
     assert_eq!(value("surv_refusals_total{reason=\"full\"}"), 1.0);
     assert_eq!(web.srv.server.stats.refusals.get(RefusalCause::Full), 1);
-    assert_eq!(value("surv_source_state{state=\"live\"}"), 1.0, "{text}");
-    assert!(value("surv_frames_captured_total") >= value("surv_frames_encoded_total"));
-    assert!(value("surv_frames_encoded_total") > 0.0);
-    assert!(value("surv_frames_sent_total") >= 1.0);
-    assert!(value("surv_encode_seconds_count") > 0.0);
+    // Per-camera series carry the camera's name.
+    let cam = |name: &str| format!("{name}{{camera=\"main\"}}");
     assert_eq!(
-        value("surv_encode_seconds_bucket{le=\"+Inf\"}"),
-        value("surv_encode_seconds_count")
+        value("surv_source_state{camera=\"main\",state=\"live\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(value(&cam("surv_frames_captured_total")) >= value(&cam("surv_frames_encoded_total")));
+    assert!(value(&cam("surv_frames_encoded_total")) > 0.0);
+    assert!(value("surv_frames_sent_total") >= 1.0);
+    assert!(value(&cam("surv_encode_seconds_count")) > 0.0);
+    assert_eq!(
+        value("surv_encode_seconds_bucket{le=\"+Inf\",camera=\"main\"}"),
+        value(&cam("surv_encode_seconds_count"))
     );
     for series in [
         "surv_source_lost_total",
         "surv_source_failures_total",
-        "surv_acks_total",
-        "surv_sent_bytes_total",
-        "surv_frames_skipped_total",
         "surv_frames_passed_through_total",
         "surv_frames_no_signal_total",
         "surv_motion_active",
         "surv_motion_events_total",
+    ] {
+        value(&cam(series));
+    }
+    for series in [
+        "surv_acks_total",
+        "surv_sent_bytes_total",
+        "surv_frames_skipped_total",
         "surv_foreign_datagrams_total",
         "surv_probes_total",
         "surv_gone_before_accepted_total",
@@ -369,6 +387,7 @@ async fn slow_and_stalled_clients_do_not_disturb_a_normal_one() {
     let frame_bytes = web
         .srv
         .server
+        .first_camera()
         .frames
         .borrow()
         .as_ref()

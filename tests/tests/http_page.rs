@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use surv_tests::{heavy, start_server, Reaper, ServerOpts, TestServer, IO_TIMEOUT};
+use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
+use surv_tests::{
+    heavy, start_server, start_server_cameras, Reaper, ServerOpts, TestServer, IO_TIMEOUT,
+};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 
@@ -197,6 +200,10 @@ fn pixels_changed(a: &[u8], b: &[u8]) -> usize {
 
 async fn start_web() -> (TestServer, SocketAddr, tokio::task::JoinHandle<()>) {
     let srv = start_server(ServerOpts::sized(320, 240)).await.unwrap();
+    serve_http(srv).await
+}
+
+async fn serve_http(srv: TestServer) -> (TestServer, SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(surv_server::http::serve(
@@ -283,4 +290,113 @@ async fn the_page_shows_a_moving_picture_and_live_facts() {
             .any(|l| l.contains("JOIN") && l.contains("form=http")),
         "{journal:#?}"
     );
+}
+
+/// Each grid tile: its camera, its picture's size as drawn from the snapshot, where it is,
+/// and the facts line under it.
+const TILES: &str = r#"(() => [...document.querySelectorAll(".tile")].map((a) => {
+  const img = a.querySelector("img");
+  const r = img.getBoundingClientRect();
+  return { name: img.alt, w: img.naturalWidth, h: img.naturalHeight,
+           x: r.x, y: r.y, width: r.width, height: r.height,
+           facts: a.querySelector("p span:last-child").textContent };
+}))()"#;
+
+fn pattern(w: u32, h: u32) -> Box<dyn Source> {
+    Box::new(OnThread::new(format!("test pattern {w}x{h}"), move || {
+        Ok(Box::new(TestPattern::new(w, h, 15)?) as Box<dyn FrameReader>)
+    }))
+}
+
+/// The grid at `/` of a server with four cameras: four tiles, each showing its own camera's
+/// picture (by its size), live, and moving (two screenshots of each tile over a second apart
+/// differ). With `SURV_SCREENSHOT=FILE` the whole page is saved there as a PNG.
+fn look_at_the_grid(url: &str, cameras: &[(&str, u32, u32)]) {
+    let mut browser = Browser::launch().unwrap();
+    browser.open(url).unwrap();
+    let until = Instant::now() + PAGE_READY_WITHIN;
+    let tiles = loop {
+        let tiles = browser.eval(TILES).unwrap_or(Value::Null);
+        let ready = tiles.as_array().is_some_and(|t| {
+            t.len() == cameras.len()
+                && t.iter().all(|t| {
+                    t["w"].as_u64().unwrap_or(0) > 0
+                        && t["facts"].as_str().is_some_and(|f| f.starts_with("live"))
+                })
+        });
+        if ready {
+            break tiles;
+        }
+        assert!(
+            Instant::now() < until,
+            "the grid never became ready: {tiles}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let tiles = tiles.as_array().unwrap();
+    for ((name, w, h), tile) in cameras.iter().zip(tiles) {
+        assert_eq!(tile["name"], *name, "{tile}");
+        assert_eq!(
+            (tile["w"].as_u64(), tile["h"].as_u64()),
+            (Some(u64::from(*w)), Some(u64::from(*h))),
+            "{name}'s tile shows its own picture: {tile}"
+        );
+    }
+    if let Ok(path) = std::env::var("SURV_SCREENSHOT") {
+        let r = browser
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+    for tile in tiles {
+        let rect = Rect {
+            x: tile["x"].as_f64().unwrap(),
+            y: tile["y"].as_f64().unwrap(),
+            width: tile["width"].as_f64().unwrap(),
+            height: tile["height"].as_f64().unwrap(),
+        };
+        let before = browser.shot(&rect).unwrap();
+        let mut changed = 0;
+        let until = Instant::now() + PAGE_READY_WITHIN;
+        while changed < 100 {
+            assert!(
+                Instant::now() < until,
+                "{}'s picture did not move ({changed} pixels changed)",
+                tile["name"]
+            );
+            std::thread::sleep(Duration::from_millis(1100));
+            let after = browser.shot(&rect).unwrap();
+            changed = pixels_changed(&before, &after);
+        }
+    }
+    browser.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grid_shows_every_camera_moving() {
+    let _serial = heavy().await;
+    let cameras = [
+        ("door", 320, 240),
+        ("yard", 160, 96),
+        ("garage", 240, 180),
+        ("attic", 200, 150),
+    ];
+    let sources = cameras
+        .iter()
+        .map(|&(name, w, h)| (name, pattern(w, h)))
+        .collect();
+    let srv = start_server_cameras(ServerOpts::sized(320, 240), sources)
+        .await
+        .unwrap();
+    let (srv, addr, task) = serve_http(srv).await;
+    let url = format!("http://{addr}/");
+    tokio::task::spawn_blocking(move || look_at_the_grid(&url, &cameras))
+        .await
+        .unwrap();
+    srv.shutdown.cancel();
+    timeout(IO_TIMEOUT, task).await.unwrap().unwrap();
+    srv.stop().await.unwrap();
 }

@@ -65,7 +65,7 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
     .await
     .unwrap();
     // The server's own motion state, which /status reads, and its HTTP server.
-    let state: Arc<MotionState> = srv.server.motion.clone();
+    let state: Arc<MotionState> = srv.server.first_camera().motion.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let web = tokio::spawn(surv_server::http::serve(

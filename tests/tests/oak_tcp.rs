@@ -15,6 +15,7 @@ async fn an_oak_host_program_reads_and_decodes_the_stream() -> anyhow::Result<()
     let addr = listener.local_addr()?;
     let oak = tokio::spawn(surv_server::watchers::oak_tcp::run(
         srv.server.clone(),
+        srv.server.first_camera().clone(),
         listener,
         srv.shutdown.clone(),
     ));

@@ -38,7 +38,12 @@ async fn rig(config: Config, requests: RequestConfig) -> Rig {
     .unwrap();
     let socket = RequestHub::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = socket.local_addr().unwrap();
-    let hub = RequestHub::new(srv.server.clone(), socket, requests);
+    let hub = RequestHub::new(
+        srv.server.clone(),
+        srv.server.first_camera().clone(),
+        socket,
+        requests,
+    );
     let task = tokio::spawn(hub.clone().run(srv.shutdown.clone()));
     Rig {
         srv,
@@ -252,7 +257,15 @@ async fn load_1000_apps_each_get_99_percent() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(r.hub.len(), APPS);
-    let captured = |r: &Rig| r.srv.server.capture.stats.captured.load(Relaxed);
+    let captured = |r: &Rig| {
+        r.srv
+            .server
+            .first_camera()
+            .capture
+            .stats
+            .captured
+            .load(Relaxed)
+    };
     let started_at = captured(&r);
     // 30,000 datagrams a second: the apps only read each frame's tag (decoding them all would
     // take more CPU than the machine has; the other tests decode what apps receive).
@@ -318,7 +331,12 @@ async fn a_camera_and_its_apps_share_one_port() {
     let srv = start_server_with(ServerOpts::sized(640, 480), Box::new(source))
         .await
         .unwrap();
-    let hub = RequestHub::new(srv.server.clone(), socket, ttl(5.0));
+    let hub = RequestHub::new(
+        srv.server.clone(),
+        srv.server.first_camera().clone(),
+        socket,
+        ttl(5.0),
+    );
     let sharer: Arc<dyn PortSharer> = hub.clone();
     assert!(shared.sharer.set(sharer).is_ok());
     let serving = tokio::spawn(hub.clone().serve(srv.shutdown.clone()));
@@ -351,7 +369,15 @@ async fn a_camera_and_its_apps_share_one_port() {
         "the Request went to the hub"
     );
     assert_eq!(peers.count(Cause::NotJpeg), 0);
-    assert!(srv.server.capture.stats.passed_through.load(Relaxed) >= 10);
+    assert!(
+        srv.server
+            .first_camera()
+            .capture
+            .stats
+            .passed_through
+            .load(Relaxed)
+            >= 10
+    );
     srv.wait_journal(|l| l.contains("JOIN") && l.contains("form=request"))
         .await
         .unwrap();

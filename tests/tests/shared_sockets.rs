@@ -125,10 +125,10 @@ async fn register_some(addr: std::net::SocketAddr, n: usize) -> Vec<RawViewer> {
 /// Waits (bounded) until no viewer is left on the data path; returns how many are.
 async fn wait_detached(srv: &surv_tests::TestServer) -> usize {
     let until = Instant::now() + IO_TIMEOUT;
-    while srv.server.data.attached() != 0 && Instant::now() < until {
+    while srv.server.first_camera().data.attached() != 0 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    srv.server.data.attached()
+    srv.server.first_camera().data.attached()
 }
 
 /// Viewers joining and leaving (by `end` and by closing TCP) leave nothing behind: no session
@@ -139,7 +139,11 @@ async fn joins_and_leaves_leave_no_state_behind() {
     for round in 0..10 {
         let viewers = register_some(srv.addr, 20).await;
         srv.wait_sessions(20).await.unwrap();
-        assert_eq!(srv.server.data.attached(), 20, "round {round}");
+        assert_eq!(
+            srv.server.first_camera().data.attached(),
+            20,
+            "round {round}"
+        );
         for (i, v) in viewers.into_iter().enumerate() {
             if i % 2 == 0 {
                 // `end` goes to the address the frames come from.
@@ -155,7 +159,7 @@ async fn joins_and_leaves_leave_no_state_behind() {
         srv.wait_sessions(0).await.unwrap();
         assert_eq!(wait_detached(&srv).await, 0, "round {round}");
     }
-    assert_eq!(srv.server.data.socket_count(), 1);
+    assert_eq!(srv.server.first_camera().data.socket_count(), 1);
     assert_eq!(srv.server.stats.joins.load(Relaxed), 200);
     assert_eq!(srv.server.stats.leaves.load(Relaxed), 200);
 }
@@ -184,11 +188,19 @@ async fn an_extra_socket_for_an_address_registered_twice_closes_when_its_session
             conns.push(tcp);
         }
         srv.wait_sessions(2).await.unwrap();
-        assert_eq!(srv.server.data.socket_count(), 2, "round {round}");
+        assert_eq!(
+            srv.server.first_camera().data.socket_count(),
+            2,
+            "round {round}"
+        );
         drop(conns);
         srv.wait_sessions(0).await.unwrap();
         assert_eq!(wait_detached(&srv).await, 0);
-        assert_eq!(srv.server.data.socket_count(), 1, "round {round}");
+        assert_eq!(
+            srv.server.first_camera().data.socket_count(),
+            1,
+            "round {round}"
+        );
     }
 }
 

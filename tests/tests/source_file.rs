@@ -175,7 +175,7 @@ async fn an_mp4_plays_at_its_own_rate_to_both_viewers_then_ends() {
         .unwrap();
     assert!(ended.contains("clip.mp4"), "{ended}");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     assert_eq!(c.source_failures.load(Relaxed), 1, "{c:?}");
     let captured = c.captured.load(Relaxed);
     assert!(
@@ -221,7 +221,7 @@ async fn a_looped_mjpeg_avi_plays_on_past_its_end() {
         "past the clip's end: {} frames at {fps:.1} fps",
         after_end.len()
     );
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     let captured = c.captured.load(Relaxed) as f64;
     assert!(
         captured >= 2.0 * f64::from(VIDEO_FPS) && captured <= elapsed * f64::from(VIDEO_FPS) + 3.0,
@@ -283,7 +283,7 @@ async fn a_still_jpeg_is_passed_through_byte_for_byte_at_fps() {
     // Counters compared with each other are read once the capture has stopped: read
     // while it runs, a frame can land between two loads (CI saw captured 20, passed 21).
     srv.stop_capture().await;
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     let captured = c.captured.load(Relaxed);
     assert!(captured >= same.len() as u64, "{c:?}");
     assert_eq!(c.passed_through.load(Relaxed), captured, "{c:?}");
@@ -320,7 +320,7 @@ async fn a_png_still_is_converted_once_and_repeated() {
         "converted once: every frame is the same JPEG"
     );
     srv.stop_capture().await;
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     assert_eq!(
         c.passed_through.load(Relaxed),
         c.captured.load(Relaxed),
@@ -361,7 +361,7 @@ async fn a_folder_plays_once_skipping_a_bad_file_then_ends() {
     srv.wait_journal(|l| l.contains("SOURCE-LOST") && l.contains("ended"))
         .await
         .unwrap();
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     assert_eq!(c.captured.load(Relaxed), 4, "one pass of 4 pictures: {c:?}");
     assert_eq!(c.passed_through.load(Relaxed), 4, "{c:?}");
     assert_eq!(c.rejected.load(Relaxed), 1, "02b.jpg: {c:?}");
@@ -390,7 +390,13 @@ async fn a_looped_folder_plays_in_name_order_and_picks_up_new_files() {
             "name order a1 a2 a3 a5: {order:?}"
         );
     }
-    let rejected = srv.server.capture.stats.rejected.load(Relaxed);
+    let rejected = srv
+        .server
+        .first_camera()
+        .capture
+        .stats
+        .rejected
+        .load(Relaxed);
     assert!(rejected >= 2, "a2x.jpg rejected at every pass: {rejected}");
 
     // a4.jpg sorts between a3 and a5.

@@ -149,7 +149,7 @@ async fn viewers_get_the_cameras_frames(
 /// none rejected, the source never lost.
 async fn all_passed_through(srv: &mut TestServer, least: u64) {
     srv.stop_capture().await;
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     let (captured, passed) = (c.captured.load(Relaxed), c.passed_through.load(Relaxed));
     assert!(captured >= least, "captured {captured}");
     assert_eq!(passed, captured, "every camera frame passed through");
@@ -232,7 +232,7 @@ async fn still_image_url_is_polled_at_fps() {
     )
     .await
     .unwrap();
-    let stats = &srv.server.capture.stats;
+    let stats = &srv.server.first_camera().capture.stats;
     let before = stats.captured.load(Relaxed);
     let window = Instant::now();
     viewers_get_the_cameras_frames(&srv, &frames, Duration::from_secs(3), 5).await;
@@ -373,7 +373,15 @@ async fn a_camera_that_dies_and_comes_back() {
         .position(|l| l.contains("SOURCE-BACK"))
         .unwrap();
     assert!(lost_at < back, "{journal:#?}");
-    assert_eq!(srv.server.capture.stats.source_lost.load(Relaxed), 1);
+    assert_eq!(
+        srv.server
+            .first_camera()
+            .capture
+            .stats
+            .source_lost
+            .load(Relaxed),
+        1
+    );
 }
 
 /// A stream of good frames interleaved with bad parts: over the cap with and without a
@@ -452,7 +460,7 @@ async fn bad_parts_are_rejected_and_the_stream_goes_on() {
     .unwrap();
     viewers_get_the_cameras_frames(&srv, &frames, Duration::from_secs(2), 10).await;
     srv.stop_capture().await;
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     let (passed, rejected) = (c.passed_through.load(Relaxed), c.rejected.load(Relaxed));
     assert_eq!(passed, c.captured.load(Relaxed));
     assert_eq!(
@@ -512,7 +520,15 @@ async fn a_camera_stalling_mid_part_is_lost_and_retried() {
     srv.wait_journal(|l| l.contains("SOURCE-BACK"))
         .await
         .unwrap();
-    assert!(srv.server.capture.stats.captured.load(Relaxed) >= 4);
+    assert!(
+        srv.server
+            .first_camera()
+            .capture
+            .stats
+            .captured
+            .load(Relaxed)
+            >= 4
+    );
 }
 
 /// Sources that never deliver a frame, run without a server (no first frame to wait for): the

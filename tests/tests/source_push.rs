@@ -264,7 +264,7 @@ async fn server_and_camera(
 }
 
 fn stat(srv: &TestServer) -> &surv_server::capture::CaptureStats {
-    &srv.server.capture.stats
+    &srv.server.first_camera().capture.stats
 }
 
 /// One wire form end to end: both kinds of viewers get the camera's bytes at the camera's size,

@@ -233,7 +233,7 @@ async fn watch_seed(viewer: &mut RawViewer, duration: Duration) -> Seen {
 
 /// Counter snapshot.
 fn counters(srv: &TestServer) -> (u64, u64, u64) {
-    let c = &srv.server.capture.stats;
+    let c = &srv.server.first_camera().capture.stats;
     (
         c.captured.load(Relaxed),
         c.encoded.load(Relaxed),
@@ -333,8 +333,14 @@ async fn camera_streams_to_viewers(path: &str, transport: RtspTransport) {
             "H.264 pictures are encoded, never passed through"
         );
     }
-    assert_eq!(srv.server.capture.stats.errors.load(Relaxed), 0);
-    assert_eq!(srv.server.capture.shape().width as usize, CAM_W);
+    assert_eq!(
+        srv.server.first_camera().capture.stats.errors.load(Relaxed),
+        0
+    );
+    assert_eq!(
+        srv.server.first_camera().capture.shape().width as usize,
+        CAM_W
+    );
     srv.stop().await.unwrap();
 }
 
@@ -390,7 +396,15 @@ async fn login(auth: &str) {
             !lost.contains("guess"),
             "the password stays out of the journal: {lost}"
         );
-        assert_eq!(bad.server.capture.stats.captured.load(Relaxed), 0);
+        assert_eq!(
+            bad.server
+                .first_camera()
+                .capture
+                .stats
+                .captured
+                .load(Relaxed),
+            0
+        );
         let journal = bad.stop().await.unwrap();
         assert!(
             !journal.iter().any(|l| l.contains("SOURCE-BACK")),
@@ -420,7 +434,15 @@ async fn an_unsupported_codec_is_named() {
         lost.contains("unsupported video codec (video/h265)"),
         "{lost}"
     );
-    assert_eq!(srv.server.capture.stats.captured.load(Relaxed), 0);
+    assert_eq!(
+        srv.server
+            .first_camera()
+            .capture
+            .stats
+            .captured
+            .load(Relaxed),
+        0
+    );
     srv.stop().await.unwrap();
 }
 

@@ -211,7 +211,13 @@ async fn refused_before_buffered(answer: Answer, reason_says: &[&str]) {
     // A second more: the capture path reconnects, and the camera answers each attempt alike
     // (the RSS is watched throughout).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let captured = srv.server.capture.stats.captured.load(Relaxed);
+    let captured = srv
+        .server
+        .first_camera()
+        .capture
+        .stats
+        .captured
+        .load(Relaxed);
     srv.stop().await.unwrap();
     let sent = cam.stop().await;
     watching.cancel();

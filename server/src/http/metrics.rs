@@ -16,9 +16,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::HttpState;
-use crate::capture::SourceState;
+use crate::capture::{CaptureStats, SourceState};
 use crate::watchers::RefusalCause;
-use crate::Server;
+use crate::{Camera, Server};
 
 /// The OpenMetrics text format, as prometheus-client writes it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -80,12 +80,12 @@ fn gauge(
 }
 
 /// A metric with one label, one sample per value of it.
-fn family<M: EncodeMetric>(
+fn family<'a, M: EncodeMetric>(
     e: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     label: &str,
-    samples: impl IntoIterator<Item = (&'static str, M)>,
+    samples: impl IntoIterator<Item = (&'a str, M)>,
     metric_type: MetricType,
 ) -> std::fmt::Result {
     let mut m = e.encode_descriptor(name, help, None, metric_type)?;
@@ -98,100 +98,131 @@ fn family<M: EncodeMetric>(
 impl Collector for ServerCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let server = &self.0;
-        let (c, s) = (&server.capture.stats, &server.stats);
+        let s = &server.stats;
         let e = &mut e;
-        counter(
-            e,
-            "frames_captured",
-            "Frames the source delivered.",
-            c.captured.load(Relaxed),
-        )?;
-        counter(
+        let cams: Vec<&Camera> = server.cameras.iter().map(|c| &**c).collect();
+        let per_camera_counter =
+            |e: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&CaptureStats) -> u64| {
+                family(
+                    e,
+                    name,
+                    help,
+                    "camera",
+                    cams.iter()
+                        .map(|c| (c.name.as_str(), ConstCounter::new(f(&c.capture.stats)))),
+                    MetricType::Counter,
+                )
+            };
+        per_camera_counter(e, "frames_captured", "Frames the source delivered.", |c| {
+            c.captured.load(Relaxed)
+        })?;
+        per_camera_counter(
             e,
             "frames_encoded",
             "Frames published to watchers (encoded, or passed through).",
-            c.encoded.load(Relaxed),
+            |c| c.encoded.load(Relaxed),
         )?;
-        counter(
+        per_camera_counter(
             e,
             "frames_passed_through",
             "Of the frames published, JPEGs from the source sent as they came.",
-            c.passed_through.load(Relaxed),
+            |c| c.passed_through.load(Relaxed),
         )?;
-        counter(
+        per_camera_counter(
             e,
             "frames_rejected",
             "Unusable frames from the source.",
-            c.rejected.load(Relaxed),
+            |c| c.rejected.load(Relaxed),
         )?;
-        counter(
+        per_camera_counter(
             e,
             "frames_no_signal",
             "\"No signal\" frames published while the source was not delivering.",
-            c.no_signal.load(Relaxed),
+            |c| c.no_signal.load(Relaxed),
         )?;
-        counter(
+        per_camera_counter(
             e,
             "encode_errors",
             "Frames that could not be encoded under the datagram cap.",
-            c.errors.load(Relaxed),
+            |c| c.errors.load(Relaxed),
         )?;
-        let times = c.encode_times.snapshot();
         let unit = Unit::Seconds;
-        e.encode_descriptor(
+        let mut histogram = e.encode_descriptor(
             "encode",
             "Time to encode one frame.",
             Some(&unit),
             MetricType::Histogram,
-        )?
-        .encode_histogram::<NoLabelSet>(times.sum_s, times.count, &times.buckets, None)?;
-        gauge(
+        )?;
+        for c in &cams {
+            let times = c.capture.stats.encode_times.snapshot();
+            histogram
+                .encode_family(&[("camera", c.name.as_str())])?
+                .encode_histogram::<NoLabelSet>(times.sum_s, times.count, &times.buckets, None)?;
+        }
+        family(
             e,
             "jpeg_quality",
             "JPEG quality of the last encoded frame (0 while frames pass through).",
-            None,
-            f64::from(c.quality.load(Relaxed)),
+            "camera",
+            cams.iter().map(|c| {
+                let q = f64::from(c.capture.stats.quality.load(Relaxed));
+                (c.name.as_str(), ConstGauge::new(q))
+            }),
+            MetricType::Gauge,
         )?;
-
-        let motion = &server.motion;
-        gauge(
+        family(
             e,
             "motion_active",
             "1 while a motion event is under way.",
-            None,
-            f64::from(u8::from(motion.active.load(Relaxed))),
+            "camera",
+            cams.iter().map(|c| {
+                let on = i64::from(c.motion.active.load(Relaxed));
+                (c.name.as_str(), ConstGauge::new(on))
+            }),
+            MetricType::Gauge,
         )?;
-        counter(
+        family(
             e,
             "motion_events",
             "Motion events started (MOTION-START).",
-            motion.events.load(Relaxed),
+            "camera",
+            cams.iter().map(|c| {
+                (
+                    c.name.as_str(),
+                    ConstCounter::new(c.motion.events.load(Relaxed)),
+                )
+            }),
+            MetricType::Counter,
         )?;
-        let state = server.capture.state();
-        family(
-            e,
+        let mut states = e.encode_descriptor(
             "source_state",
             "The source's state: 1 for the current one.",
-            "state",
-            [
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &cams {
+            let state = c.capture.state();
+            for (name, now) in [
                 ("starting", matches!(state, SourceState::Starting)),
                 ("live", matches!(state, SourceState::Live)),
                 ("lost", matches!(state, SourceState::Lost(_))),
-            ]
-            .map(|(name, now)| (name, ConstGauge::new(i64::from(now)))),
-            MetricType::Gauge,
-        )?;
-        counter(
+            ] {
+                ConstGauge::new(i64::from(now)).encode(
+                    states.encode_family(&[("camera", c.name.as_str()), ("state", name)])?,
+                )?;
+            }
+        }
+        per_camera_counter(
             e,
             "source_lost",
             "Outages: times the source went from delivering to lost.",
-            c.source_lost.load(Relaxed),
+            |c| c.source_lost.load(Relaxed),
         )?;
-        counter(
+        per_camera_counter(
             e,
             "source_failures",
             "Failed attempts to run the source (reconnects that failed included).",
-            c.source_failures.load(Relaxed),
+            |c| c.source_failures.load(Relaxed),
         )?;
 
         family(

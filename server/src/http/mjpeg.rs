@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -42,6 +42,7 @@ use super::{HttpState, Peer, WriteStalled};
 use crate::encoder::EncodedFrame;
 use crate::watchers::stream::{self, FrameWrite, FrameWriter};
 use crate::watchers::{LiveTally, RefusalCause, WatcherKind, Watchers};
+use crate::Camera;
 
 /// The multipart boundary (not found in a JPEG's entropy-coded data in practice, and parts
 /// carry their length anyway).
@@ -99,12 +100,40 @@ impl PartStyle {
 #[derive(Debug)]
 pub(crate) struct Part([Option<Bytes>; 3]);
 
-/// `GET /stream.mjpg`: a watcher for as long as the client reads.
+/// `GET /stream.mjpg`: a watcher of the first camera for as long as the client reads.
 pub(crate) async fn stream(
     State(http): State<Arc<HttpState>>,
     Extension(Peer(peer)): Extension<Peer>,
     Extension(stalled): Extension<WriteStalled>,
     Query(query): Query<StreamQuery>,
+) -> Response {
+    let camera = http.server.first_camera().clone();
+    stream_of(&http, peer, stalled, query, camera)
+}
+
+/// `GET /cam/<name>/stream.mjpg`: a watcher of that camera.
+pub(crate) async fn camera_stream(
+    State(http): State<Arc<HttpState>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Extension(stalled): Extension<WriteStalled>,
+    Query(query): Query<StreamQuery>,
+    Path(name): Path<String>,
+) -> Response {
+    match http.server.cameras.pick(Some(&name)) {
+        Ok(camera) => {
+            let camera = camera.clone();
+            stream_of(&http, peer, stalled, query, camera)
+        }
+        Err(why) => super::no_such_camera(why),
+    }
+}
+
+fn stream_of(
+    http: &Arc<HttpState>,
+    peer: std::net::SocketAddr,
+    stalled: WriteStalled,
+    query: StreamQuery,
+    camera: Arc<Camera>,
 ) -> Response {
     let server = &http.server;
     let Some(slot) = Watchers::reserve(server) else {
@@ -130,7 +159,7 @@ pub(crate) async fn stream(
     };
     let (body, mut writer) = channel(style, stalled);
     let live = Arc::new(LiveTally::default());
-    let member = slot.join_reporting(WatcherKind::Http, peer, live.clone());
+    let member = slot.join_reporting(WatcherKind::Http, peer, &camera.name, live.clone());
     let span = tracing::info_span!("http", id = member.id, %peer);
     let server = server.clone();
     let shutdown = http.shutdown.clone();
@@ -138,7 +167,7 @@ pub(crate) async fn stream(
         async move {
             let (reason, tally) = stream::serve(
                 &server.stats,
-                server.frames.clone(),
+                camera.frames.clone(),
                 &mut writer,
                 server.config.http_write_deadline,
                 &shutdown,

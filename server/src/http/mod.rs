@@ -71,6 +71,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The live page: plain HTML and a few lines of JS.
 const PAGE: &str = include_str!("page.html");
+/// The grid of every camera, at `/` when there are several.
+const GRID: &str = include_str!("grid.html");
 
 /// The address a request came from (set per connection).
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +96,8 @@ pub(crate) struct HttpState {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     pub metrics: metrics::Metrics,
-    pub rate: status::RateMeter,
+    /// One per camera, in order: each camera's measured frame rate for `/status`.
+    pub rates: Vec<status::RateMeter>,
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then gives its connections [`SHUTDOWN_GRACE`]
@@ -105,10 +108,16 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
     let max_connections = server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS);
     let state = Arc::new(HttpState {
         metrics: metrics::Metrics::new(server.clone()),
-        rate: status::RateMeter::new(
-            server.capture.stats.encoded.load(Relaxed),
-            std::time::Instant::now(),
-        ),
+        rates: server
+            .cameras
+            .iter()
+            .map(|c| {
+                status::RateMeter::new(
+                    c.capture.stats.encoded.load(Relaxed),
+                    std::time::Instant::now(),
+                )
+            })
+            .collect(),
         server,
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
@@ -168,11 +177,13 @@ async fn answer_full(mut tcp: TcpStream, peer: SocketAddr) {
 /// which for an MJPEG client on a slow link is seconds of old frames queued before the
 /// newest; two frames still let a 50 ms path carry 40 frames a second.
 fn send_buffer_bytes(server: &Server) -> usize {
+    // The largest camera's frame: the connection may ask for any of them.
     let frame_bytes = server
-        .frames
-        .borrow()
-        .as_ref()
-        .map_or(0, |f| f.datagram.len());
+        .cameras
+        .iter()
+        .map(|c| c.frames.borrow().as_ref().map_or(0, |f| f.datagram.len()))
+        .max()
+        .unwrap_or(0);
     frame_bytes
         .saturating_mul(2)
         .clamp(MIN_SNDBUF_BYTES, MAX_SNDBUF_BYTES)
@@ -181,10 +192,14 @@ fn send_buffer_bytes(server: &Server) -> usize {
 /// The routes, behind [`admit`].
 pub(crate) fn router(state: Arc<HttpState>) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/index.html", get(page))
+        .route("/", get(home))
+        .route("/index.html", get(home))
         .route("/stream.mjpg", get(mjpeg::stream))
         .route("/snapshot.jpg", get(status::snapshot))
+        .route("/cam/{name}/", get(page))
+        .route("/cam/{name}/stream.mjpg", get(mjpeg::camera_stream))
+        .route("/cam/{name}/snapshot.jpg", get(status::camera_snapshot))
+        .route("/cam/{name}/status", get(status::camera_status))
         .route("/status", get(status::status))
         .route("/metrics", get(metrics::metrics))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
@@ -245,6 +260,26 @@ async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next)
                 .into_response()
         }
     }
+}
+
+/// 404 for a camera name the server does not have, naming the ones it has.
+pub(crate) fn no_such_camera(why: String) -> Response {
+    (StatusCode::NOT_FOUND, why + "\n").into_response()
+}
+
+/// `/`: with more than one camera the grid of them all, else the one camera's live page.
+async fn home(State(http): State<Arc<HttpState>>) -> Response {
+    if http.server.cameras.len() > 1 {
+        return (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            GRID,
+        )
+            .into_response();
+    }
+    page().await.into_response()
 }
 
 async fn page() -> impl IntoResponse {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,13 +15,18 @@ use serde::Serialize;
 use super::HttpState;
 use crate::capture::SourceState;
 use crate::watchers::{RefusalCause, WatcherKind};
-use crate::Server;
+use crate::{Camera, Server};
 
 /// The frame rate shown is measured over at least this long.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// The server's state. Its top-level source, size, rate, encoder, motion and capture counters
+/// are one camera's (at `/status` the first, the one `/stream.mjpg` serves; at
+/// `/cam/<name>/status` that one); `cameras` has every camera's.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// The camera shown at the top level.
+    pub camera: String,
     pub source: SourceStatus,
     /// The stream's size as last sent (0 until the first frame).
     pub width: u32,
@@ -39,9 +44,70 @@ pub struct Status {
     pub watchers: WatcherCounts,
     /// One row per live watcher, oldest first.
     pub sessions: Vec<SessionRow>,
+    /// Every camera, in the configured order.
+    pub cameras: Vec<CameraStatus>,
 }
 
-#[derive(Debug, Serialize)]
+/// One camera: its source, picture, rate and capture counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraStatus {
+    pub name: String,
+    pub source: SourceStatus,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub fps_measured: f64,
+    pub motion: MotionStatus,
+    pub captured: u64,
+    pub encoded: u64,
+    pub passed_through: u64,
+    pub rejected: u64,
+    pub no_signal: u64,
+    pub source_lost: u64,
+    /// UDP viewers (seed form and SURV/1) watching it now.
+    pub udp_viewers: usize,
+}
+
+impl CameraStatus {
+    fn of(camera: &Camera, rate: &RateMeter) -> CameraStatus {
+        let c = &camera.capture.stats;
+        let (state, reason) = match camera.capture.state() {
+            SourceState::Starting => ("starting", None),
+            SourceState::Live => ("live", None),
+            SourceState::Lost(why) => ("lost", Some(why)),
+        };
+        let shape = camera.capture.shape();
+        let encoded = c.encoded.load(Relaxed);
+        let m = &camera.motion;
+        CameraStatus {
+            name: camera.name.clone(),
+            source: SourceStatus {
+                description: camera.capture.source.clone(),
+                state,
+                reason,
+            },
+            width: shape.width,
+            height: shape.height,
+            fps: shape.fps,
+            fps_measured: rate.rate(encoded, Instant::now()),
+            motion: MotionStatus {
+                enabled: m.enabled.load(Relaxed),
+                active: m.active.load(Relaxed),
+                events: m.events.load(Relaxed),
+                score_pct: f64::from(m.score_bp.load(Relaxed)) / 100.0,
+            },
+            captured: c.captured.load(Relaxed),
+            encoded,
+            passed_through: c.passed_through.load(Relaxed),
+            rejected: c.rejected.load(Relaxed),
+            no_signal: c.no_signal.load(Relaxed),
+            source_lost: c.source_lost.load(Relaxed),
+            udp_viewers: camera.data.attached(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct SourceStatus {
     pub description: String,
     /// `starting`, `live` or `lost`.
@@ -51,7 +117,7 @@ pub struct SourceStatus {
 }
 
 /// The motion detector (`--motion`): whether it runs, whether an event is under way.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct MotionStatus {
     pub enabled: bool,
     pub active: bool,
@@ -124,6 +190,8 @@ pub struct WatcherCounts {
 pub struct SessionRow {
     pub id: u64,
     pub kind: &'static str,
+    /// The camera it watches.
+    pub camera: String,
     pub address: String,
     /// When it joined (RFC 3339, local time).
     pub since: String,
@@ -171,14 +239,36 @@ impl RateMeter {
 }
 
 impl Status {
-    pub(crate) fn of(server: &Server, rate: &RateMeter) -> Status {
-        let (c, s) = (&server.capture.stats, &server.stats);
-        let (state, reason) = match server.capture.state() {
-            SourceState::Starting => ("starting", None),
-            SourceState::Live => ("live", None),
-            SourceState::Lost(why) => ("lost", Some(why)),
-        };
-        let shape = server.capture.shape();
+    /// With the first camera on top. `rates`: one meter per camera, in order.
+    pub(crate) fn of(server: &Server, rates: &[RateMeter]) -> Status {
+        Status::of_camera(server, rates, 0)
+    }
+
+    /// With the `shown`th camera on top.
+    pub(crate) fn of_camera(server: &Server, rates: &[RateMeter], shown: usize) -> Status {
+        let cameras: Vec<CameraStatus> = server
+            .cameras
+            .iter()
+            .zip(rates)
+            .map(|(camera, rate)| CameraStatus::of(camera, rate))
+            .collect();
+        let shown = shown.min(cameras.len() - 1);
+        let camera = server
+            .cameras
+            .iter()
+            .nth(shown)
+            .unwrap_or(server.first_camera());
+        let (c, s) = (&camera.capture.stats, &server.stats);
+        let CameraStatus {
+            source,
+            width,
+            height,
+            fps,
+            fps_measured,
+            motion,
+            encoded,
+            ..
+        } = cameras[shown].clone();
         let now = chrono::Local::now();
         let mut list = server.watchers.list();
         list.sort_by_key(|(id, _)| *id);
@@ -189,6 +279,7 @@ impl Status {
                 SessionRow {
                     id,
                     kind: info.kind.as_str(),
+                    camera: info.camera.clone(),
                     address: info.peer.to_string(),
                     since: info
                         .joined
@@ -201,17 +292,13 @@ impl Status {
             })
             .collect();
         let live_skipped: u64 = sessions.iter().map(|r| r.frames_skipped).sum();
-        let encoded = c.encoded.load(Relaxed);
         Status {
-            source: SourceStatus {
-                description: server.capture.source.clone(),
-                state,
-                reason,
-            },
-            width: shape.width,
-            height: shape.height,
-            fps: shape.fps,
-            fps_measured: rate.rate(encoded, Instant::now()),
+            camera: camera.name.clone(),
+            source,
+            width,
+            height,
+            fps,
+            fps_measured,
             encoder: EncoderStatus {
                 quality: c.quality.load(Relaxed),
                 encode_ms_mean: {
@@ -224,12 +311,7 @@ impl Status {
                 },
                 max_datagram_bytes: server.max_datagram_bytes,
             },
-            motion: MotionStatus {
-                enabled: server.motion.enabled.load(Relaxed),
-                active: server.motion.active.load(Relaxed),
-                events: server.motion.events.load(Relaxed),
-                score_pct: f64::from(server.motion.score_bp.load(Relaxed)) / 100.0,
-            },
+            motion,
             mqtt: mqtt_status(&server.mqtt),
             uptime_s: server.started.elapsed().as_secs_f64(),
             counters: Counters {
@@ -266,6 +348,7 @@ impl Status {
                     .collect(),
             },
             sessions,
+            cameras,
         }
     }
 }
@@ -285,14 +368,50 @@ fn mqtt_status(m: &crate::mqtt::MqttStats) -> Option<MqttStatus> {
 pub(crate) async fn status(State(http): State<Arc<HttpState>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-cache")],
-        Json(Status::of(&http.server, &http.rate)),
+        Json(Status::of(&http.server, &http.rates)),
     )
         .into_response()
 }
 
-/// `GET /snapshot.jpg`: the newest frame; 503 with why before the first one.
+/// `GET /cam/<name>/status`: `/status` with that camera on top (what its page reads).
+pub(crate) async fn camera_status(
+    State(http): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+) -> Response {
+    let Some(shown) = http.server.cameras.iter().position(|c| c.name == name) else {
+        let why = http
+            .server
+            .cameras
+            .pick(Some(&name))
+            .err()
+            .unwrap_or_default();
+        return super::no_such_camera(why);
+    };
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Json(Status::of_camera(&http.server, &http.rates, shown)),
+    )
+        .into_response()
+}
+
+/// `GET /snapshot.jpg`: the first camera's newest frame; 503 with why before the first one.
 pub(crate) async fn snapshot(State(http): State<Arc<HttpState>>) -> Response {
-    let frame = http.server.frames.borrow().clone();
+    snapshot_of(http.server.first_camera())
+}
+
+/// `GET /cam/<name>/snapshot.jpg`: that camera's newest frame.
+pub(crate) async fn camera_snapshot(
+    State(http): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+) -> Response {
+    match http.server.cameras.pick(Some(&name)) {
+        Ok(camera) => snapshot_of(camera),
+        Err(why) => super::no_such_camera(why),
+    }
+}
+
+fn snapshot_of(camera: &Camera) -> Response {
+    let frame = camera.frames.borrow().clone();
     match frame {
         Some(frame) => (
             [
@@ -303,7 +422,7 @@ pub(crate) async fn snapshot(State(http): State<Arc<HttpState>>) -> Response {
         )
             .into_response(),
         None => {
-            let why = match http.server.capture.state() {
+            let why = match camera.capture.state() {
                 SourceState::Lost(reason) => format!("no frame yet: the source is lost: {reason}"),
                 _ => "no frame yet: the source is starting".to_string(),
             };

@@ -43,6 +43,7 @@ pub enum EventJson {
         session: u64,
         kind: &'static str,
         address: String,
+        camera: String,
     },
     Leave {
         at: String,
@@ -50,6 +51,7 @@ pub enum EventJson {
         session: u64,
         kind: &'static str,
         address: String,
+        camera: String,
         reason: &'static str,
         duration_s: f64,
         /// Frames sent to the watcher.
@@ -109,12 +111,14 @@ impl EventJson {
                 session_id,
                 viewer,
                 kind,
+                camera,
             } => EventJson::Join {
                 at: stamp_us(*at_us),
                 at_us: *at_us,
                 session: *session_id,
                 kind: kind.as_str(),
                 address: viewer.to_string(),
+                camera: camera.clone(),
             },
             Event::Leave { at_us, leave } => EventJson::Leave {
                 at: stamp_us(*at_us),
@@ -122,6 +126,7 @@ impl EventJson {
                 session: leave.session_id,
                 kind: leave.kind.as_str(),
                 address: leave.viewer.to_string(),
+                camera: leave.camera.clone(),
                 reason: leave.reason.as_str(),
                 duration_s: round(leave.duration.as_secs_f64(), 3),
                 frames: leave.frames_sent,

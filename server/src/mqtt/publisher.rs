@@ -119,7 +119,11 @@ pub(super) async fn run(
         motion_on: false,
         motion_due: false,
     };
-    let rate = RateMeter::new(server.capture.stats.encoded.load(Relaxed), Instant::now());
+    let rates: Vec<RateMeter> = server
+        .cameras
+        .iter()
+        .map(|c| RateMeter::new(c.capture.stats.encoded.load(Relaxed), Instant::now()))
+        .collect();
     let mut tick = tokio::time::interval(config.stats_every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut journal_open = true;
@@ -132,7 +136,7 @@ pub(super) async fn run(
                 Err(broadcast::error::RecvError::Lagged(n)) => p.stats.dropped(n),
                 Err(broadcast::error::RecvError::Closed) => journal_open = false,
             },
-            _ = tick.tick() => p.publish_stats(&server, &rate),
+            _ = tick.tick() => p.publish_stats(&server, &rates),
         }
         p.pump();
     }
@@ -303,7 +307,7 @@ impl Publisher {
         handed
     }
 
-    fn publish_stats(&mut self, server: &Server, rate: &RateMeter) {
+    fn publish_stats(&mut self, server: &Server, rate: &[RateMeter]) {
         if !self.can_send() {
             return;
         }

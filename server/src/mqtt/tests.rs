@@ -35,6 +35,7 @@ fn join_and_leave_carry_kind_address_reason_and_frames() {
         session_id: 3,
         viewer,
         kind: WatcherKind::Seed,
+        camera: "door".into(),
     });
     assert_time(&join, "at", "at_us");
     assert_eq!(join["at_us"], AT);
@@ -42,7 +43,7 @@ fn join_and_leave_carry_kind_address_reason_and_frames() {
     without_time.as_object_mut().unwrap().remove("at");
     assert_eq!(
         without_time,
-        json!({"type":"join","at_us":AT,"session":3,"kind":"seed","address":"127.0.0.1:5000"})
+        json!({"type":"join","at_us":AT,"session":3,"kind":"seed","address":"127.0.0.1:5000","camera":"door"})
     );
 
     let leave = json_of(&Event::Leave {
@@ -56,9 +57,11 @@ fn join_and_leave_carry_kind_address_reason_and_frames() {
             frames_sent: 310,
             bytes_sent: 1_534_210,
             frames_skipped: 2,
+            camera: "door".into(),
         },
     });
     assert_eq!(leave["type"], "leave");
+    assert_eq!(leave["camera"], "door");
     assert_eq!(leave["kind"], "seed");
     assert_eq!(leave["address"], "127.0.0.1:5000");
     assert_eq!(leave["reason"], "timeout");

@@ -21,7 +21,7 @@
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
 //! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
-//! (to come) implement [`Source`] directly as async code.
+//! (udp, tcp, http, rtsp, file) implement [`Source`] directly as async code.
 //!
 //! [`spec`] parses `--source` and builds the source it names.
 //!

@@ -113,6 +113,8 @@ impl TallySource for udp::link::Link {
 pub struct WatcherInfo {
     pub peer: SocketAddr,
     pub kind: WatcherKind,
+    /// The camera it watches.
+    pub camera: String,
     pub joined: chrono::DateTime<chrono::Local>,
     /// Its tally so far, when its kind reports one while live.
     pub tally: Option<Arc<dyn TallySource>>,
@@ -152,10 +154,12 @@ pub enum RefusalCause {
     Unauthorized,
     /// Its IP address already has `--request-per-ip` apps watching.
     PerIp,
+    /// It named a camera the server does not have.
+    UnknownCamera,
 }
 
 impl RefusalCause {
-    pub const ALL: [RefusalCause; 7] = [
+    pub const ALL: [RefusalCause; 8] = [
         RefusalCause::Full,
         RefusalCause::Invalid,
         RefusalCause::Timeout,
@@ -163,6 +167,7 @@ impl RefusalCause {
         RefusalCause::ServerError,
         RefusalCause::Unauthorized,
         RefusalCause::PerIp,
+        RefusalCause::UnknownCamera,
     ];
 
     /// The label in `/metrics` and `/status`.
@@ -175,6 +180,7 @@ impl RefusalCause {
             RefusalCause::ServerError => "server_error",
             RefusalCause::Unauthorized => "unauthorized",
             RefusalCause::PerIp => "per_ip",
+            RefusalCause::UnknownCamera => "unknown_camera",
         }
     }
 }
@@ -279,8 +285,8 @@ impl Slot {
     }
 
     /// The watcher joins: a JOIN line, an entry in the registry.
-    pub fn join(self, kind: WatcherKind, peer: SocketAddr) -> Membership {
-        self.join_inner(kind, peer, None)
+    pub fn join(self, kind: WatcherKind, peer: SocketAddr, camera: &str) -> Membership {
+        self.join_inner(kind, peer, camera, None)
     }
 
     /// Joins as [`Slot::join`], with where its tally can be read while it is live.
@@ -288,15 +294,17 @@ impl Slot {
         self,
         kind: WatcherKind,
         peer: SocketAddr,
+        camera: &str,
         tally: Arc<dyn TallySource>,
     ) -> Membership {
-        self.join_inner(kind, peer, Some(tally))
+        self.join_inner(kind, peer, camera, Some(tally))
     }
 
     fn join_inner(
         self,
         kind: WatcherKind,
         peer: SocketAddr,
+        camera: &str,
         tally: Option<Arc<dyn TallySource>>,
     ) -> Membership {
         let server = self.server.clone();
@@ -306,17 +314,19 @@ impl Slot {
             WatcherInfo {
                 peer,
                 kind,
+                camera: camera.to_string(),
                 joined: chrono::Local::now(),
                 tally,
             },
         );
         server.stats.joins.fetch_add(1, Relaxed);
-        server.journal.join(id, peer, kind);
+        server.journal.join(id, peer, kind, camera);
         Membership {
             slot: Some(self),
             id,
             kind,
             peer,
+            camera: camera.to_string(),
             started: Instant::now(),
         }
     }
@@ -335,6 +345,7 @@ pub struct Membership {
     pub id: u64,
     pub kind: WatcherKind,
     pub peer: SocketAddr,
+    pub camera: String,
     started: Instant,
 }
 
@@ -362,6 +373,7 @@ impl Membership {
             frames_sent: tally.frames_sent,
             bytes_sent: tally.bytes_sent,
             frames_skipped: skipped,
+            camera: self.camera.clone(),
         });
     }
 }
@@ -438,6 +450,6 @@ mod tests {
         r.count(RefusalCause::Full);
         r.count(RefusalCause::Timeout);
         let counts: Vec<_> = RefusalCause::ALL.iter().map(|&c| r.get(c)).collect();
-        assert_eq!(counts, [2, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(counts, [2, 0, 1, 0, 0, 0, 0, 0]);
     }
 }

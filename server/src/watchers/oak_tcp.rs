@@ -26,7 +26,7 @@ use super::{LiveTally, RefusalCause, WatcherKind, Watchers};
 use crate::auth::Presented;
 use crate::encoder::EncodedFrame;
 use crate::journal::LeaveReason;
-use crate::Server;
+use crate::{Camera, Server};
 
 /// The header's length: `ABCDE ` (6) + timestamp (18) + size (8).
 pub const HEADER_BYTES: usize = 32;
@@ -46,9 +46,14 @@ pub fn header(capture_unix_us: u64, len: usize, out: &mut String) {
     }
 }
 
-/// Serves OAK host programs on `listener` until `shutdown`; returns once every client has left
-/// (or after [`crate::SHUTDOWN_GRACE`]).
-pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
+/// Serves OAK host programs on `listener` with `camera`'s frames until `shutdown`; returns
+/// once every client has left (or after [`crate::SHUTDOWN_GRACE`]).
+pub async fn run(
+    server: Arc<Server>,
+    camera: Arc<Camera>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -57,7 +62,14 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(watch(server.clone(), stream, peer, shutdown.clone()));
+                let camera = camera.clone();
+                tracker.spawn(watch(
+                    server.clone(),
+                    camera,
+                    stream,
+                    peer,
+                    shutdown.clone(),
+                ));
             }
             Err(e) => {
                 // Out of file descriptors, mostly: wait a little rather than spin.
@@ -72,6 +84,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
 /// One client, from accept to LEAVE.
 async fn watch(
     server: Arc<Server>,
+    camera: Arc<Camera>,
     stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
@@ -97,7 +110,7 @@ async fn watch(
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let live = Arc::new(LiveTally::default());
-    let membership = slot.join_reporting(WatcherKind::OakTcp, peer, live.clone());
+    let membership = slot.join_reporting(WatcherKind::OakTcp, peer, &camera.name, live.clone());
     let stop = shutdown.child_token();
     let closed = Arc::new(AtomicBool::new(false));
     let drain = tokio::spawn(drain(read, stop.clone(), closed.clone()));
@@ -107,7 +120,7 @@ async fn watch(
     };
     let (mut reason, tally) = serve(
         &server.stats,
-        server.frames.clone(),
+        camera.frames.clone(),
         &mut writer,
         WRITE_DEADLINE,
         &stop,

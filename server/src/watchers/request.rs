@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! let socket = RequestHub::bind(addr)?;                    // or the source's own Arc<UdpSocket>
-//! let hub = RequestHub::new(server, socket.clone(), config);
+//! let hub = RequestHub::new(server, camera, socket.clone(), config);
 //! tokio::spawn(hub.clone().serve(shutdown.clone()));       // fan-out, expiry, LEAVEs at shutdown
 //! // in the source's receive loop, for each datagram:
 //! if hub.offer(&datagram, from) { continue; }              // a Request: not a frame
@@ -51,7 +51,7 @@ use crate::auth::{Presented, FAILURE_LOG_EVERY};
 use crate::capture::SharedFrame;
 use crate::journal::LeaveReason;
 use crate::sys::{self, BatchSender};
-use crate::Server;
+use crate::{Camera, Server};
 
 /// `--request-ttl` by default: an app that has said nothing for this long is dropped.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -137,6 +137,8 @@ struct Apps {
 /// Seed 001's apps on one UDP socket: registration, renewal, expiry and the fan-out.
 pub struct RequestHub {
     server: Arc<Server>,
+    /// The camera the apps watch.
+    camera: Arc<Camera>,
     socket: Arc<UdpSocket>,
     config: RequestConfig,
     apps: Mutex<Apps>,
@@ -157,14 +159,17 @@ impl RequestHub {
         Ok(Arc::new(UdpSocket::from_std(std)?))
     }
 
-    /// A hub that sends from `socket` (and, with [`RequestHub::run`], reads it).
+    /// A hub that sends `camera`'s frames from `socket` (and, with [`RequestHub::run`], reads
+    /// it).
     pub fn new(
         server: Arc<Server>,
+        camera: Arc<Camera>,
         socket: Arc<UdpSocket>,
         config: RequestConfig,
     ) -> Arc<RequestHub> {
         Arc::new(RequestHub {
             server,
+            camera,
             socket,
             config,
             apps: Mutex::default(),
@@ -295,7 +300,7 @@ impl RequestHub {
             let reason = format!("server full ({} viewers)", server.watchers.max());
             return self.refuse(from, RefusalCause::Full, &reason);
         };
-        let membership = slot.join(WatcherKind::Request, from);
+        let membership = slot.join(WatcherKind::Request, from, &self.camera.name);
         self.stats.joined.fetch_add(1, Relaxed);
         *apps.per_ip.entry(from.ip()).or_default() += 1;
         let mut app = App {
@@ -305,7 +310,7 @@ impl RequestHub {
             last_seq: None,
         };
         // The frame current at join goes out at once, as for every other kind.
-        let current = server.frames.borrow().clone();
+        let current = self.camera.frames.borrow().clone();
         if let Some(frame) = current {
             app.tally.seen(frame.seq);
             if self.socket.try_send_to(&frame.datagram, from).is_ok() {
@@ -341,7 +346,7 @@ impl RequestHub {
     /// Serves the apps registered through [`RequestHub::offer`] (or [`RequestHub::run`]): every
     /// new frame to each, expiry after the TTL, until `shutdown`; then every app leaves.
     pub async fn serve(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut frames = self.server.frames.clone();
+        let mut frames = self.camera.frames.clone();
         let mut fanout = Fanout::default();
         // Expiry is checked a few times per TTL: an app leaves at most a quarter TTL late.
         let tick = self.config.ttl.map_or(Duration::from_secs(3600), |ttl| {

@@ -200,3 +200,52 @@ fn valid_tokens_are_visible_ascii() {
     assert!(!is_valid_token("é".as_bytes()));
     assert!(!is_valid_token(&[b'a'; MAX_TOKEN_BYTES + 1]));
 }
+
+#[test]
+fn v1_form_names_a_camera_after_its_token() {
+    let l = line(b"SURV/1 5000 cam=front-door\n").unwrap();
+    assert_eq!(l.camera.as_deref(), Some("front-door"));
+    assert_eq!(l.token, None);
+    let l = line(b"SURV/1 5000 token=s3cr3t cam=cam_2\n").unwrap();
+    assert_eq!(
+        (l.token.as_deref(), l.camera.as_deref()),
+        (Some("s3cr3t"), Some("cam_2"))
+    );
+    // Round trip, and every prefix of the longest line is incomplete, never refused.
+    let longest = v1(5000)
+        .with_token(Some(&"t".repeat(MAX_TOKEN_BYTES)))
+        .with_camera(Some(&"c".repeat(MAX_CAMERA_NAME_BYTES)));
+    let bytes = longest.encode();
+    assert!(
+        bytes.len() <= MAX_REGISTRATION_LINE_BYTES,
+        "{}",
+        bytes.len()
+    );
+    assert_eq!(line(&bytes).unwrap(), longest);
+    for end in 1..bytes.len() {
+        assert_eq!(
+            RegistrationLine::decode(&bytes[..end], false),
+            Err(RegError::Incomplete),
+            "prefix {end}"
+        );
+    }
+}
+
+#[test]
+fn bad_camera_names_are_refused() {
+    let too_long = format!(
+        "SURV/1 5000 cam={}\n",
+        "c".repeat(MAX_CAMERA_NAME_BYTES + 1)
+    );
+    for (bad, why) in [
+        (b"SURV/1 5000 cam=\n".as_slice(), RegError::BadCamera),
+        (b"SURV/1 5000 cam=a.b\n", RegError::BadCamera),
+        (b"SURV/1 5000 cam=a/b\n", RegError::BadCamera),
+        (too_long.as_bytes(), RegError::BadCamera),
+        (b"SURV/1 5000 cam=a cam=b\n", RegError::Garbage),
+        (b"SURV/1 5000 cam=a token=b\n", RegError::Garbage),
+        (b"SURV/1 5000 camera=a\n", RegError::Garbage),
+    ] {
+        assert_eq!(line(bad), Err(why), "{}", String::from_utf8_lossy(bad));
+    }
+}

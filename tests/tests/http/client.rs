@@ -27,7 +27,7 @@ pub struct Web {
 pub async fn start_web(opts: ServerOpts) -> Web {
     let srv = start_server(opts).await.unwrap();
     let until = Instant::now() + IO_TIMEOUT;
-    while srv.server.capture.state() != SourceState::Live {
+    while srv.server.first_camera().capture.state() != SourceState::Live {
         assert!(Instant::now() < until, "the source never went live");
         sleep(Duration::from_millis(5)).await;
     }

@@ -124,7 +124,7 @@ impl HttpSource {
         );
         // Over the cap, the rest of that body is never read: the connection cannot be reused.
         let conn = matches!(first, Still::Image(_)).then_some(conn);
-        self.publish_still(first, sink);
+        self.publish_still(first, sink).await;
         self.poll(conn, sink).await
     }
 
@@ -169,10 +169,15 @@ impl HttpSource {
                 .map_err(|e| self.read_error(e.to_string()))?
             {
                 match event {
-                    Event::Jpeg(jpeg) => sink.publish_jpeg(&JpegFrame {
-                        jpeg,
-                        capture_unix_us: unix_micros_now(),
-                    }),
+                    // On this task when it passes through; a re-encode goes to the
+                    // blocking pool, never the runtime's thread.
+                    Event::Jpeg(jpeg) => {
+                        sink.publish(JpegFrame {
+                            jpeg,
+                            capture_unix_us: unix_micros_now(),
+                        })
+                        .await
+                    }
                     Event::Skipped(why) => sink.reject(&why.to_string()),
                     Event::End => {
                         return Err(self
@@ -208,7 +213,7 @@ impl HttpSource {
             if matches!(still, Still::TooLarge(_)) {
                 conn = None; // the rest of that body is never read
             }
-            self.publish_still(still, sink);
+            self.publish_still(still, sink).await;
         }
     }
 
@@ -243,12 +248,15 @@ impl HttpSource {
         Ok(Polled::Still(still))
     }
 
-    fn publish_still(&self, still: Still, sink: &FrameSink) {
+    async fn publish_still(&self, still: Still, sink: &FrameSink) {
         match still {
-            Still::Image(jpeg) => sink.publish_jpeg(&JpegFrame {
-                jpeg,
-                capture_unix_us: unix_micros_now(),
-            }),
+            Still::Image(jpeg) => {
+                sink.publish(JpegFrame {
+                    jpeg,
+                    capture_unix_us: unix_micros_now(),
+                })
+                .await
+            }
             Still::TooLarge(bytes) => sink.reject(&format!(
                 "still image of {bytes} bytes is over --max-frame-bytes {}",
                 self.max_frame_bytes

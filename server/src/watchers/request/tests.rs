@@ -66,7 +66,12 @@ async fn rig(config: Config, requests: RequestConfig) -> Rig {
     capture.first_outcome().await.unwrap();
     let server = Arc::new(Server::new(config, &capture, 65_000, journal));
     let socket = RequestHub::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let hub = RequestHub::new(server.clone(), socket, requests);
+    let hub = RequestHub::new(
+        server.clone(),
+        server.first_camera().clone(),
+        socket,
+        requests,
+    );
     Rig {
         hub,
         server,

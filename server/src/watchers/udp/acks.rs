@@ -109,7 +109,7 @@ fn on_datagram(
         Ok(Ack::Hello) => {
             st.last_heard = now;
             st.window.on_alive(now);
-            if let Some(frame) = confirm(server, &link, &mut st) {
+            if let Some(frame) = confirm(&link, &mut st) {
                 drop(st);
                 released.push((link, frame));
             }

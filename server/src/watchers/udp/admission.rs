@@ -263,6 +263,14 @@ async fn admit(
         )
         .await;
     }
+    // Seed-form viewers cannot name a camera: they get the first.
+    let camera = match server.cameras.pick(line.camera.as_deref()) {
+        Ok(camera) => camera.clone(),
+        Err(reason) => {
+            let cause = RefusalCause::UnknownCamera;
+            return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
+        }
+    };
     let Some(slot) = Watchers::reserve(&server) else {
         let reason = format!("server full ({} viewers)", server.watchers.max());
         return refuse(
@@ -300,7 +308,7 @@ async fn admit(
         },
         Form::Seed => None,
     };
-    let link = match DataPath::attach(&server, local_ip, viewer, key, tracker, &shutdown) {
+    let link = match DataPath::attach(&server, &camera, local_ip, viewer, key, tracker, &shutdown) {
         Ok(link) => link,
         Err(e) => {
             drop(slot);
@@ -312,7 +320,7 @@ async fn admit(
         }
     };
     if reg.form == Form::V1 {
-        let shape = server.capture.shape();
+        let shape = camera.capture.shape();
         let reply = Reply::Accepted(StreamParams {
             session_id: slot.id(),
             width: shape.width,
@@ -331,7 +339,12 @@ async fn admit(
             return;
         }
     }
-    let member = slot.join_reporting(reg.form.into(), viewer, Arc::clone(&link) as _);
+    let member = slot.join_reporting(
+        reg.form.into(),
+        viewer,
+        &camera.name,
+        Arc::clone(&link) as _,
+    );
     let span = tracing::info_span!("session", id = member.id, %viewer, form = reg.form.as_str());
     let session = Session { link, tcp };
     let (reason, tally) = session.run(&server, shutdown).instrument(span).await;

@@ -2,7 +2,7 @@
 //! come back through [`super::acks`], matched to their session by the viewer's address.
 //!
 //! A session's control (its TCP connection, timeouts, probes, the journal) stays in its own task
-//! ([`crate::session`]); what happens once per frame per viewer does not wake that task:
+//! ([`super::session`]); what happens once per frame per viewer does not wake that task:
 //!
 //! * One fan-out thread waits for each new frame and, for every session whose ack window is
 //!   open, queues the viewer's address; one `sendmmsg` per [`sys::SEND_BATCH`] viewers
@@ -34,7 +34,8 @@ use tokio_util::task::TaskTracker;
 use super::acks::ack_loop;
 use super::link::{Attached, Link, LinkState};
 use super::window::Window;
-use crate::capture::SharedFrame;
+use crate::cameras::Camera;
+use crate::capture::{FrameRx, SharedFrame};
 use crate::sys::{self, BatchSender};
 use crate::watchers::Tally;
 use crate::Server;
@@ -62,6 +63,8 @@ pub(crate) struct SharedSocket {
     pub(super) closed: CancellationToken,
     /// The list it is in, to leave it when closed.
     owner: std::sync::Weak<Mutex<Vec<Arc<SharedSocket>>>>,
+    /// The newest frame of the camera its sessions watch.
+    frames: FrameRx,
 }
 
 /// Why a viewer could not be put on the data path.
@@ -73,7 +76,7 @@ pub(crate) enum AttachError {
     Socket(#[from] io::Error),
 }
 
-/// Every shared socket.
+/// Every shared socket of one camera's viewers.
 #[derive(Default)]
 pub struct DataPath {
     sockets: Arc<Mutex<Vec<Arc<SharedSocket>>>>,
@@ -112,12 +115,15 @@ impl DataPath {
         self.sockets().len()
     }
 
-    /// Joins a session to the data path: frames to `viewer` will leave from `local_ip`.
+    /// Joins a session to `camera`'s data path: frames to `viewer` will leave from `local_ip`.
     /// `key`: the session key its acks must carry; with one, no frame goes out before the
     /// viewer's `hello`. Refused when `max_viewers_per_ip` viewers of the viewer's IP are
-    /// attached already (counted under the same lock as the attaching, so it holds exactly).
+    /// attached already, over every camera (this camera's counted under the same lock as the
+    /// attaching; the others' just before, so that two attaches never hold each other's lock:
+    /// registrations racing from one IP to several cameras may pass the bound by one each).
     pub(crate) fn attach(
         server: &Arc<Server>,
+        camera: &Camera,
         local_ip: IpAddr,
         viewer: SocketAddr,
         key: Option<u64>,
@@ -142,21 +148,16 @@ impl DataPath {
                 wake: Notify::new(),
             })
         };
-        let mut sockets = server
-            .data
-            .sockets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let max = server.config.max_viewers_per_ip;
-        let from_ip: usize = sockets
+        let elsewhere: usize = server
+            .cameras
             .iter()
-            .map(|s| {
-                s.links
-                    .iter()
-                    .filter(|l| l.key().ip() == viewer.ip())
-                    .count()
-            })
+            .filter(|c| !std::ptr::eq(&c.data, &camera.data))
+            .map(|c| c.data.viewers_from(viewer.ip()))
             .sum();
+        let data = &camera.data;
+        let mut sockets = data.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        let max = server.config.max_viewers_per_ip;
+        let from_ip = elsewhere + count_from(&sockets, viewer.ip());
         if from_ip >= max {
             return Err(AttachError::PerIp(max));
         }
@@ -164,21 +165,27 @@ impl DataPath {
             if let dashmap::Entry::Vacant(e) = socket.links.entry(viewer) {
                 let link = new_link(socket);
                 e.insert(link.clone());
-                server.data.joined.notify_one();
+                data.joined.notify_one();
                 return Ok(Attached(link));
             }
         }
         let socket = Arc::new(SharedSocket::bind(
             local_ip,
-            Arc::downgrade(&server.data.sockets),
+            Arc::downgrade(&data.sockets),
+            camera.frames.clone(),
         )?);
         tracing::debug!(local = ?socket.udp.local_addr().ok(), "new shared UDP socket");
         let link = new_link(&socket);
         socket.links.insert(viewer, link.clone());
         sockets.push(socket.clone());
         tracker.spawn(ack_loop(server.clone(), socket, shutdown.clone()));
-        server.data.joined.notify_one();
+        data.joined.notify_one();
         Ok(Attached(link))
+    }
+
+    /// Viewers of `ip` on this data path now.
+    fn viewers_from(&self, ip: IpAddr) -> usize {
+        count_from(&self.sockets.lock().unwrap_or_else(|p| p.into_inner()), ip)
     }
 
     /// Takes a session off the data path: its viewer's datagrams become foreign. Idempotent
@@ -209,10 +216,19 @@ impl DataPath {
     }
 }
 
+/// Viewers of `ip` on `sockets`.
+fn count_from(sockets: &[Arc<SharedSocket>], ip: IpAddr) -> usize {
+    sockets
+        .iter()
+        .map(|s| s.links.iter().filter(|l| l.key().ip() == ip).count())
+        .sum()
+}
+
 impl SharedSocket {
     fn bind(
         local_ip: IpAddr,
         owner: std::sync::Weak<Mutex<Vec<Arc<SharedSocket>>>>,
+        frames: FrameRx,
     ) -> io::Result<SharedSocket> {
         let std = std::net::UdpSocket::bind((local_ip, 0))?;
         std.set_nonblocking(true)?;
@@ -232,6 +248,7 @@ impl SharedSocket {
             links: DashMap::new(),
             closed: CancellationToken::new(),
             owner,
+            frames,
         })
     }
 
@@ -357,18 +374,18 @@ fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> 
 
 /// The viewer said `hello` with its key: frames may go, starting with the current one,
 /// returned for sending (or left waiting on the window).
-pub(super) fn confirm(server: &Server, link: &Link, st: &mut LinkState) -> Option<SharedFrame> {
+pub(super) fn confirm(link: &Link, st: &mut LinkState) -> Option<SharedFrame> {
     if st.confirmed {
         return None;
     }
     st.confirmed = true;
-    let frame = server.frames.borrow().clone()?;
+    let frame = link.socket.frames.borrow().clone()?;
     offer(link, st, &frame, Instant::now()).then_some(frame)
 }
 
 /// Sends the frame current at join, or leaves it waiting.
 pub(crate) fn on_join(server: &Server, link: &Link) {
-    let Some(frame) = server.frames.borrow().clone() else {
+    let Some(frame) = link.socket.frames.borrow().clone() else {
         return;
     };
     let take = offer(link, &mut link.state(), &frame, Instant::now());
@@ -377,20 +394,24 @@ pub(crate) fn on_join(server: &Server, link: &Link) {
     }
 }
 
-/// Sends every new frame to every session with room, until `shutdown`.
-pub(crate) async fn fan_out_loop(server: Arc<Server>, shutdown: CancellationToken) {
-    let mut frames = server.frames.clone();
+/// Sends every new frame of `camera` to every session of it with room, until `shutdown`.
+pub(crate) async fn fan_out_loop(
+    server: Arc<Server>,
+    camera: Arc<Camera>,
+    shutdown: CancellationToken,
+) {
+    let mut frames = camera.frames.clone();
     let mut sender = BatchSender::default();
     let mut batch = Batch::default();
     loop {
-        if server.data.attached() == 0 {
+        if camera.data.attached() == 0 {
             // Nobody on the data path: sleep until a session joins rather than wake this thread
             // for every frame (a wake-up costs more than a passed-through frame's whole ingest).
             // A join between the check and the wait leaves a permit, so it is not missed; the
             // frame current at a join is sent by the join itself (and not again from here).
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = server.data.joined.notified() => continue,
+                () = camera.data.joined.notified() => continue,
             }
         }
         tokio::select! {
@@ -401,7 +422,7 @@ pub(crate) async fn fan_out_loop(server: Arc<Server>, shutdown: CancellationToke
         }
         let frame = frames.borrow_and_update().clone();
         if let Some(frame) = frame {
-            fan_out(&server, &frame, &mut sender, &mut batch);
+            fan_out(&server, &camera.data, &frame, &mut sender, &mut batch);
         }
     }
 }
@@ -410,12 +431,13 @@ pub(crate) async fn fan_out_loop(server: Arc<Server>, shutdown: CancellationToke
 /// viewer never hold up the runtime's workers (registrations, acks, sessions).
 pub(crate) fn spawn_fanout_thread(
     server: Arc<Server>,
+    camera: Arc<Camera>,
     shutdown: CancellationToken,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     let handle = tokio::runtime::Handle::current();
     std::thread::Builder::new()
-        .name("surv-fanout".into())
-        .spawn(move || handle.block_on(fan_out_loop(server, shutdown)))
+        .name(format!("fanout-{}", camera.name))
+        .spawn(move || handle.block_on(fan_out_loop(server, camera, shutdown)))
 }
 
 /// Scratch space for one frame's fan-out, reused.
@@ -427,8 +449,14 @@ struct Batch {
 }
 
 /// Sends `frame` to every session whose window is open, one `sendmmsg` per batch of viewers.
-fn fan_out(server: &Server, frame: &SharedFrame, fanout: &mut BatchSender, batch: &mut Batch) {
-    for socket in server.data.sockets() {
+fn fan_out(
+    server: &Server,
+    data: &DataPath,
+    frame: &SharedFrame,
+    fanout: &mut BatchSender,
+    batch: &mut Batch,
+) {
+    for socket in data.sockets() {
         let now = Instant::now();
         batch.links.clear();
         batch.dests.clear();

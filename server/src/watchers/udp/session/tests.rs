@@ -177,7 +177,7 @@ async fn a_viewer_that_never_acks_gets_a_second_of_frames_and_a_few_probes_then_
         "nothing after the LEAVE"
     );
     assert_eq!(rig.server.watchers.len(), 0);
-    assert_eq!(rig.server.data.attached(), 0);
+    assert_eq!(rig.server.first_camera().data.attached(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -320,7 +320,7 @@ async fn no_frame_goes_to_a_surv1_viewer_before_its_hello() {
         leave.contains("reason=timeout") && leave.contains("frames_sent=0"),
         "{leave}"
     );
-    assert_eq!(rig.server.data.attached(), 0);
+    assert_eq!(rig.server.first_camera().data.attached(), 0);
     assert_eq!(
         rig.server
             .stats
@@ -404,13 +404,13 @@ async fn a_viewer_joining_after_everyone_left_gets_the_full_stream() {
             .await
             .unwrap();
         for _ in 0..1000 {
-            if rig.server.data.attached() == 0 {
+            if rig.server.first_camera().data.attached() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(
-            rig.server.data.attached(),
+            rig.server.first_camera().data.attached(),
             0,
             "round {round}: still attached"
         );

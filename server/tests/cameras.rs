@@ -1,0 +1,338 @@
+//! Many cameras in one server, as a user runs it: the real `surv-server` binary with a
+//! `--config` file of four cameras (two test patterns of different sizes, a camera pushing
+//! JPEGs over TCP, a still image file). Each camera's snapshot has its own size; a SURV/1
+//! viewer naming a camera gets that camera's frames, a seed-form viewer the first camera's;
+//! unknown cameras are refused with the names there are; a bad config is refused at start
+//! with its line and why.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use surv_proto::Form;
+use surv_tests::standins::push::{length_prefixed_sender, Feed};
+use surv_tests::{test_jpeg, Picture, RawViewer, Reaper, IO_TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn jpeg(w: usize, h: usize, seed: u64) -> Vec<u8> {
+    test_jpeg(
+        w,
+        h,
+        Picture::Gradient(seed),
+        80,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    )
+}
+
+/// `GET path` over HTTP/1.0: the status code and the body.
+async fn get(port: u16, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(("127.0.0.1", port))).await??;
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut all = Vec::new();
+    timeout(IO_TIMEOUT, tcp.read_to_end(&mut all)).await??;
+    let head_end = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {} bytes", all.len()))?;
+    let status = std::str::from_utf8(&all[9..12])?.parse()?;
+    Ok((status, all[head_end + 4..].to_vec()))
+}
+
+/// The size of the JPEG `bytes` (after surv's tag, which turbojpeg skips as a comment).
+fn size_of(bytes: &[u8]) -> (usize, usize) {
+    let h = turbojpeg::read_header(bytes).expect("a JPEG");
+    (h.width, h.height)
+}
+
+/// Polls `/cam/NAME/snapshot.jpg` until it is a picture of `want` (bounded).
+async fn snapshot_is(http: u16, name: &str, want: (usize, usize)) {
+    let until = Instant::now() + IO_TIMEOUT;
+    let mut last = String::new();
+    while Instant::now() < until {
+        match get(http, &format!("/cam/{name}/snapshot.jpg")).await {
+            Ok((200, body)) if size_of(&body) == want => return,
+            Ok((code, body)) => {
+                last = format!("{code}, {} bytes", body.len());
+                if code == 200 {
+                    last += &format!(", {:?}", size_of(&body));
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    panic!("camera {name}: no {want:?} snapshot; last: {last}");
+}
+
+/// Starts the binary on `config` (its stderr to `dir/server.log`) and waits for its HTTP port.
+async fn start(config: &Path, dir: &Path, http: u16, extra: &[&str]) -> Reaper {
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_surv-server"))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting surv-server");
+    let child = Reaper(child);
+    let until = Instant::now() + IO_TIMEOUT;
+    while get(http, "/status").await.is_err() {
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        assert!(Instant::now() < until, "the server did not start:\n{log}");
+        sleep(Duration::from_millis(50)).await;
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_cameras_from_a_config_each_serve_their_own_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http, push) = (free_port(), free_port(), free_port());
+    let requests = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let still = dir.path().join("still.jpg");
+    std::fs::write(&still, jpeg(200, 150, 9)).unwrap();
+    let config = dir.path().join("surv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# four cameras
+port = {port}
+http_port = {http}
+bind = "127.0.0.1"
+log-dir = "{logs}"
+motion = "off"
+
+[[camera]]
+name = "big"
+source = "test"
+size = "320x240"
+
+[[camera]]
+name = "small"
+source = "test"
+size = "160x96"
+fps = 15
+request-port = {requests}
+
+[[camera]]
+name = "pushed"
+source = "tcp-listen://127.0.0.1:{push}"
+
+[[camera]]
+name = "still"
+source = "{still}"
+fps = 5
+"#,
+            logs = dir.path().join("logs").display(),
+            still = still.display(),
+        ),
+    )
+    .unwrap();
+    let _server = start(&config, dir.path(), http, &[]).await;
+    let pushed = (0..3).map(|i| jpeg(240, 180, i)).collect();
+    let _camera = length_prefixed_sender(
+        SocketAddr::from(([127, 0, 0, 1], push)),
+        Feed {
+            frames: pushed,
+            interval: Duration::from_millis(50),
+        },
+    )
+    .await
+    .unwrap();
+
+    for (name, size) in [
+        ("big", (320, 240)),
+        ("small", (160, 96)),
+        ("pushed", (240, 180)),
+        ("still", (200, 150)),
+    ] {
+        snapshot_is(http, name, size).await;
+    }
+    // Today's URLs are the first camera's.
+    let (code, body) = get(http, "/snapshot.jpg").await.unwrap();
+    assert_eq!((code, size_of(&body)), (200, (320, 240)));
+    let (code, body) = get(http, "/cam/nope/snapshot.jpg").await.unwrap();
+    assert_eq!(code, 404);
+    let why = String::from_utf8_lossy(&body);
+    assert!(why.contains("big, small, pushed, still"), "{why}");
+    let (_, status) = get(http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let names: Vec<&str> = status["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["big", "small", "pushed", "still"]);
+    let (_, small) = get(http, "/cam/small/status").await.unwrap();
+    let small: serde_json::Value = serde_json::from_slice(&small).unwrap();
+    assert_eq!(
+        (small["width"].as_u64(), small["height"].as_u64()),
+        (Some(160), Some(96))
+    );
+
+    // Viewers: SURV/1 names a camera; the seed form gets the first.
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for (name, size) in [
+        ("small", (160, 96)),
+        ("pushed", (240, 180)),
+        ("big", (320, 240)),
+    ] {
+        let v = RawViewer::register_for(addr, Form::V1, Some(name))
+            .await
+            .unwrap();
+        let p = v.params.clone().unwrap();
+        assert_eq!(
+            (p.width as usize, p.height as usize),
+            size,
+            "{name}'s OK line"
+        );
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = timeout(IO_TIMEOUT, v.udp.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(size_of(&buf[..n]), size, "{name}'s frames");
+    }
+    let seed = RawViewer::register(addr, Form::Seed).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, _) = timeout(IO_TIMEOUT, seed.udp.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        size_of(&buf[..n]),
+        (320, 240),
+        "a seed viewer gets the first camera"
+    );
+    // A seed-001 app on the second camera's own request port gets that camera.
+    let app = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    app.send_to(b"Request", ("127.0.0.1", requests))
+        .await
+        .unwrap();
+    let (n, _) = timeout(IO_TIMEOUT, app.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        size_of(&buf[..n]),
+        (160, 96),
+        "an app on small's request port"
+    );
+    let refused = RawViewer::register_for(addr, Form::V1, Some("nope"))
+        .await
+        .err()
+        .expect("an unknown camera is refused")
+        .to_string();
+    assert!(
+        refused.contains("no camera \"nope\"") && refused.contains("big, small, pushed, still"),
+        "{refused}"
+    );
+
+    // surv-client --camera: registers with that camera, and an unknown one is an error.
+    let mut cfg = surv_tests::client_config(addr, 1.0);
+    cfg.camera = Some("still".into());
+    let s = surv_client::run(cfg, None, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(s.received >= 2, "{s}");
+    let mut cfg = surv_tests::client_config(addr, 1.0);
+    cfg.camera = Some("nope".into());
+    let e = surv_client::run(cfg, None, tokio_util::sync::CancellationToken::new())
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("no camera \"nope\""), "{e}");
+}
+
+/// A config that does not parse, names a camera twice, has an unknown key or a bad source is
+/// refused at start with the file's line and the reason; nothing is served.
+#[test]
+fn a_bad_config_is_refused_with_its_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[[camera]]\nname = \"a\"\nsource = \"test\"\n\n[[camera]]\nname = \"a\"\nsource = \"test\"\n",
+            ":5:",
+            "a second camera named \"a\"",
+        ),
+        (
+            "[[camera]]\nname = \"a\"\nsource = \"test\"\nzoom = 2\n",
+            ":4:",
+            "unknown field `zoom`",
+        ),
+        ("http-prot = 8080\n", ":1:", "unknown setting `http-prot`"),
+        (
+            "[[camera]]\nname = \"a\"\nsource = \"udp://127.0.0.1:notaport\"\n",
+            ":1:",
+            "camera a: source",
+        ),
+        ("port = [\n", ":1:", ""),
+        (
+            "[[camera]]\nname = \"a/b\"\nsource = \"test\"\n",
+            ":1:",
+            "is not a letter",
+        ),
+    ];
+    for (text, line, reason) in cases {
+        let config = dir.path().join("surv.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_surv-server"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--port", "0", "--http-port", "0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} was accepted: {stderr}");
+        assert!(
+            stderr.contains(&format!("surv.toml{line}")) && stderr.contains(reason),
+            "{text:?}: {stderr}"
+        );
+    }
+}
+
+/// A flag on the command line overrides the config file's value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_overrides_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (in_file, on_line) = (free_port(), free_port());
+    let config = dir.path().join("surv.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "http-port = {in_file}\nport = 0\nbind = \"127.0.0.1\"\nsource = \"test\"\nsize = \"64x48\"\nlog-dir = \"{}\"\n",
+            dir.path().join("logs").display()
+        ),
+    )
+    .unwrap();
+    let _server = start(
+        &config,
+        dir.path(),
+        on_line,
+        &["--http-port", &on_line.to_string()],
+    )
+    .await;
+    let (code, body) = get(on_line, "/snapshot.jpg").await.unwrap();
+    assert_eq!((code, size_of(&body)), (200, (64, 48)));
+    assert!(
+        get(in_file, "/status").await.is_err(),
+        "the file's port is not used"
+    );
+}
