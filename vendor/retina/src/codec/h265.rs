@@ -104,7 +104,8 @@ enum DepacketizerInputState {
     /// Not yet processing an access unit.
     New,
 
-    /// Ignoring the remainder of an access unit because of interior packet loss.
+    /// Ignoring the remainder of an access unit because of interior packet loss
+    /// (or because it grew past [`super::h26x::MAX_ACCESS_UNIT_SIZE`]).
     Loss {
         timestamp: crate::Timestamp,
         pkts: u16,
@@ -314,6 +315,18 @@ impl Depacketizer {
 
         if payload_len < 2 {
             return Err("Short NAL".into());
+        }
+        // Refuse to keep more than `MAX_ACCESS_UNIT_SIZE` pinned; ignore the rest of the
+        // access unit (as after interior loss).
+        if let Some(m) = &self.mark
+            && let Err(e) = super::h26x::check_access_unit_size(
+                "H.265",
+                m.pos(),
+                payload_pos + u64::from(payload_len),
+            )
+        {
+            self.input_state = DepacketizerInputState::Loss { timestamp, pkts: 0 };
+            return Err(e);
         }
         if self.mark.is_none() {
             self.mark = Some(pkt.mark());
@@ -1664,5 +1677,107 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.generic_parameters.pixel_dimensions(), (2304, 1296));
+    }
+
+    /// Pushes `payload` as the next packet's payload after `headers` bytes of other input (as
+    /// the interleaved framing and RTP header that precede it on a TCP connection).
+    fn push_after(
+        d: &mut super::Depacketizer,
+        meta: crate::rtp::PacketMeta,
+        headers: usize,
+        payload: &[u8],
+        buf: &mut MarkBuf,
+    ) -> Result<(), String> {
+        buf.extend(&vec![0; headers]);
+        let pos = buf.end();
+        buf.extend(payload);
+        buf.advance_unparsed(buf.end());
+        d.push(&PacketRef::new(meta, buf, pos, payload.len() as u16))
+    }
+
+    fn meta_at(sequence_number: u16, timestamp: i64, mark: bool) -> crate::rtp::PacketMeta {
+        crate::rtp::PacketMeta {
+            ctx: crate::PacketContext::dummy(),
+            stream_id: 0,
+            timestamp: crate::Timestamp {
+                timestamp,
+                clock_rate: NonZeroU32::new(90_000).unwrap(),
+                start: 0,
+            },
+            sequence_number,
+            ssrc: 0,
+            mark,
+            loss: 0,
+        }
+    }
+
+    /// An access unit that never ends (fragments of one NAL, one timestamp, no marker bit) is
+    /// refused as soon as it spans more than `MAX_ACCESS_UNIT_SIZE` bytes of input, headers
+    /// included, so the read buffer stops growing; the rest of it is ignored without pinning
+    /// anything, and the next access unit comes out whole.
+    #[test]
+    fn endless_access_unit_is_refused_past_max_size() {
+        use crate::codec::h26x::MAX_ACCESS_UNIT_SIZE;
+        const HEADERS: usize = 16;
+        init_logging();
+        let mut buf = MarkBuf::new(65536);
+        let mut d = super::Depacketizer::new(90_000, Some("profile-id=1;sprop-sps=QgEBAWAAAAMAsAAAAwAAAwBaoAWCAeFja5JFL83BQYFBAAADAAEAAAMADKE=;sprop-pps=RAHA8saNA7NA;sprop-vps=QAEMAf//AWAAAAMAsAAAAwAAAwBarAwAAAMABAAAAwAyqA==")).unwrap();
+        let mut fragment = vec![0xab; 1400];
+        let first = buf.end() + HEADERS as u64;
+        let mut seq = 0u16;
+        let err = loop {
+            let hdr: &[u8] = if seq == 0 {
+                b"\x62\x01\x93"
+            } else {
+                b"\x62\x01\x13"
+            };
+            fragment[..hdr.len()].copy_from_slice(hdr);
+            let span = buf.end() + (HEADERS + fragment.len()) as u64 - first;
+            match push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf) {
+                Ok(()) => {
+                    assert!(span <= MAX_ACCESS_UNIT_SIZE, "took in {span} bytes");
+                    assert!(d.pull().is_none());
+                }
+                Err(e) => {
+                    assert!(span > MAX_ACCESS_UNIT_SIZE, "refused at {span} bytes: {e}");
+                    break e;
+                }
+            }
+            seq = seq.wrapping_add(1);
+        };
+        assert!(
+            err.starts_with("H.265 access unit exceeds the limit of 8388608 bytes"),
+            "{err}"
+        );
+        d.check_invariants(); // not in an access unit: nothing pinned.
+        let capacity = buf.capacity();
+        assert!(capacity <= 2 * MAX_ACCESS_UNIT_SIZE as usize, "{capacity}");
+
+        // More of it (14 MB): ignored, and the buffer does not grow.
+        for _ in 0..10_000 {
+            seq = seq.wrapping_add(1);
+            push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf).unwrap();
+            assert!(d.pull().is_none());
+        }
+        assert_eq!(buf.capacity(), capacity);
+
+        // The next access unit.
+        seq = seq.wrapping_add(1);
+        push_after(
+            &mut d,
+            meta_at(seq, 3000, true),
+            HEADERS,
+            b"\x26\x01idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        let frame = match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => frame,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(frame.timestamp().timestamp(), 3000);
+        assert!(frame.is_random_access_point());
+        assert!(frame.data().ends_with(b"\x26\x01idr slice"));
+        assert!(d.pull().is_none());
     }
 }

@@ -13,6 +13,37 @@ use crate::inputs::{Input as _, Split};
 /// We use the 4-byte form everywhere for simplicity.
 pub const ANNEX_B_START_CODE: [u8; 4] = [0, 0, 0, 1];
 
+/// The most input an H.264 or H.265 access unit may span, in bytes.
+///
+/// An access unit in progress pins the read buffer from its first payload byte
+/// on, so without a bound a peer that never ends one (no marker bit, no new
+/// timestamp) makes the buffer grow without limit. The bound is on that span:
+/// the access unit's payloads with their RTP (and interleaved) headers and
+/// whatever else arrived among them. So it bounds the memory held, however
+/// small the packets are, and not only the size of the frame that would come
+/// out.
+///
+/// 8 MiB: several times the largest real-world access units (a 4K keyframe at
+/// high quality is 1–2 MB), and what bluenviron's mediacommon (gortsplib,
+/// MediaMTX) chose for its `MaxAccessUnitSize` after 4 MiB proved too little
+/// for a 2160p60 stream.
+pub(crate) const MAX_ACCESS_UNIT_SIZE: u64 = 8 << 20;
+
+/// Checks that an access unit starting at input position `first` (its first
+/// payload byte) may take in a packet whose payload ends at `end`; else the
+/// error to give, naming `codec`. See [`MAX_ACCESS_UNIT_SIZE`].
+pub(super) fn check_access_unit_size(codec: &str, first: u64, end: u64) -> Result<(), String> {
+    let span = end - first;
+    if span > MAX_ACCESS_UNIT_SIZE {
+        return Err(format!(
+            "{codec} access unit exceeds the limit of {MAX_ACCESS_UNIT_SIZE} bytes \
+             ({span} bytes of packets so far, with no marker bit or new timestamp); \
+             skipping the rest of it"
+        ));
+    }
+    Ok(())
+}
+
 /// How to frame H.26x NAL units in output (packet format and extra data format).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Framing {
