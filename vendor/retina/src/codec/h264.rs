@@ -101,11 +101,13 @@ pub(crate) struct Depacketizer {
 
     /// In state `PreMark`, byte ranges of NAL bodies (excluding header bytes)
     /// referencing data in the shared [`MarkBuf`].
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     pieces: Vec<BufRange>,
 
     /// In state `PreMark`, an entry for each NAL.
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     nals: Vec<Nal>,
 
     /// True if we've seen a FU-A sequence where the NAL headers differ between
@@ -353,11 +355,11 @@ impl Depacketizer {
         }
     }
 
-    /// Discards the in-progress access unit's accumulated data and mark.
-    fn discard_au(&mut self) {
-        self.nals.clear();
-        self.pieces.clear();
-        self.mark = None;
+    /// Discards the in-progress access unit's accumulated data and mark, if
+    /// any, and releases the memory it took (see [`super::h26x::drop_access_unit`]).
+    fn discard_au(&mut self, buf: &MarkBuf) {
+        let pinned = self.mark.take().is_some();
+        super::h26x::drop_access_unit(pinned, &mut self.nals, &mut self.pieces, buf);
     }
 
     pub(super) fn parameters(&self) -> Option<super::ParametersRef<'_>> {
@@ -373,7 +375,7 @@ impl Depacketizer {
         // `input_state` at `New` when they encounter a problem mid-access unit. Restore
         // the invariant so the caller can try to recover after error.
         if !matches!(self.input_state, DepacketizerInputState::PreMark(_)) {
-            self.discard_au();
+            self.discard_au(pkt.buf());
         }
         r
     }
@@ -398,7 +400,7 @@ impl Depacketizer {
                 DepacketizerInputState::PreMark(mut access_unit) => {
                     let loss = meta.loss;
                     if loss > 0 {
-                        self.discard_au();
+                        self.discard_au(buf);
                         if access_unit.timestamp.timestamp == meta.timestamp.timestamp {
                             // Loss within this access unit. Ignore until mark or new timestamp.
                             self.input_state = if meta.mark {
@@ -428,7 +430,7 @@ impl Depacketizer {
                                 access_unit.timestamp,
                                 meta.timestamp),
                             }));
-                            self.discard_au();
+                            self.discard_au(buf);
                             AccessUnit::start(&meta, 0, false)
                         } else {
                             match self.nals.last() {
@@ -644,7 +646,7 @@ impl Depacketizer {
                     }
                     (false, None) => {
                         if loss > 0 {
-                            self.discard_au();
+                            self.discard_au(buf);
                             self.input_state = DepacketizerInputState::Loss {
                                 timestamp,
                                 pkts: loss,
@@ -3454,14 +3456,17 @@ mod tests {
         d.check_invariants(); // not in an access unit: nothing pinned.
         let capacity = buf.capacity();
         assert!(capacity <= 2 * MAX_ACCESS_UNIT_SIZE as usize, "{capacity}");
+        // What it took is released: the lists' room now, the buffer's growth at its next fill.
+        assert!(d.pieces.capacity() <= 64, "{}", d.pieces.capacity());
+        assert!(d.nals.capacity() <= 64, "{}", d.nals.capacity());
 
-        // More of it (14 MB): ignored, and the buffer does not grow.
+        // More of it (14 MB): ignored, with the buffer back to its initial size.
         for _ in 0..10_000 {
             seq = seq.wrapping_add(1);
             push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf).unwrap();
             assert!(d.pull().is_none());
+            assert_eq!(buf.capacity(), 65536);
         }
-        assert_eq!(buf.capacity(), capacity);
 
         // The next access unit.
         seq = seq.wrapping_add(1);
@@ -3481,5 +3486,100 @@ mod tests {
         assert!(frame.is_random_access_point());
         assert!(frame.data().ends_with(b"\x65idr slice"));
         assert!(d.pull().is_none());
+    }
+
+    /// Pushes an IDR picture at `timestamp` as `n` FU-A fragments of 1,400 bytes (after 16 bytes
+    /// of headers each), the last one with the end and marker bits if `end`.
+    fn push_big_picture(
+        d: &mut super::Depacketizer,
+        buf: &mut MarkBuf,
+        seq: &mut u16,
+        timestamp: i64,
+        n: usize,
+        end: bool,
+    ) {
+        let mut fragment = vec![0xab; 1400];
+        for i in 0..n {
+            let last = end && i == n - 1;
+            let fu_header = match (i, last) {
+                (0, _) => 0x85,
+                (_, true) => 0x45,
+                _ => 0x05,
+            };
+            fragment[..2].copy_from_slice(&[0x7c, fu_header]);
+            push_after(d, meta_at(*seq, timestamp, last), 16, &fragment, buf).unwrap();
+            *seq = seq.wrapping_add(1);
+        }
+    }
+
+    /// The read buffer grows for a large access unit in progress. When that access unit is
+    /// emitted, the buffer keeps its size (the next one may be as large); when it is dropped
+    /// (here for loss inside it), the buffer shrinks back at its next fill.
+    #[test]
+    fn dropped_access_unit_releases_the_buffer_growth() {
+        init_logging();
+        let mut buf = MarkBuf::new(65536);
+        let mut d = super::Depacketizer::new(90_000, Some("packetization-mode=1;profile-level-id=64001E;sprop-parameter-sets=Z2QAHqwsaoLA9puCgIKgAAADACAAAAMD0IAA,aO4xshsA")).unwrap();
+        let mut seq = 0u16;
+
+        // About 1.1 MB, emitted.
+        push_big_picture(&mut d, &mut buf, &mut seq, 0, 800, true);
+        match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => assert_eq!(frame.timestamp().timestamp(), 0),
+            other => panic!("{other:?}"),
+        }
+        let grown = buf.capacity();
+        assert_eq!(grown, 2 << 20);
+        push_after(
+            &mut d,
+            meta_at(seq, 3000, true),
+            16,
+            b"\x65idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        seq = seq.wrapping_add(1);
+        assert!(matches!(d.pull(), Some(Ok(CodecItem::VideoFrame(_)))));
+        assert_eq!(buf.capacity(), grown);
+
+        // As large, then a packet lost inside it: dropped.
+        push_big_picture(&mut d, &mut buf, &mut seq, 6000, 800, false);
+        assert_eq!(buf.capacity(), grown);
+        let mut lossy = meta_at(seq, 6000, false);
+        lossy.loss = 1;
+        push_after(&mut d, lossy, 16, b"\x7c\x05more", &mut buf).unwrap();
+        seq = seq.wrapping_add(1);
+        d.check_invariants();
+        assert!(d.pieces.capacity() <= 64, "{}", d.pieces.capacity());
+
+        // Its rest is ignored, and the buffer is back to its initial size.
+        push_after(
+            &mut d,
+            meta_at(seq, 6000, true),
+            16,
+            b"\x7c\x45end",
+            &mut buf,
+        )
+        .unwrap();
+        seq = seq.wrapping_add(1);
+        assert!(d.pull().is_none());
+        assert_eq!(buf.capacity(), 65536);
+
+        // The next access unit comes out whole.
+        push_after(
+            &mut d,
+            meta_at(seq, 9000, true),
+            16,
+            b"\x65idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => {
+                assert_eq!(frame.timestamp().timestamp(), 9000);
+                assert!(frame.data().ends_with(b"\x65idr slice"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

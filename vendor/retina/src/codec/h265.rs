@@ -51,11 +51,13 @@ pub(crate) struct Depacketizer {
     mark: Option<Mark>,
 
     /// In state `PreMark`, pieces of NALs, excluding their header bytes.
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     pieces: Vec<BufRange>,
 
     /// In state `PreMark`, an entry for each NAL.
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     nals: Vec<Nal>,
 
     /// True if we've seen a FU sequence where the NAL headers differ between
@@ -186,10 +188,11 @@ impl Depacketizer {
         }
     }
 
-    fn discard_au(&mut self) {
-        self.nals.clear();
-        self.pieces.clear();
-        self.mark = None;
+    /// Discards the in-progress access unit's accumulated data and mark, if
+    /// any, and releases the memory it took (see [`super::h26x::drop_access_unit`]).
+    fn discard_au(&mut self, buf: &MarkBuf) {
+        let pinned = self.mark.take().is_some();
+        super::h26x::drop_access_unit(pinned, &mut self.nals, &mut self.pieces, buf);
     }
 
     pub(super) fn parameters(&self) -> Option<super::ParametersRef<'_>> {
@@ -205,7 +208,7 @@ impl Depacketizer {
         // `input_state` at `New` when they encounter a problem mid-access unit. Restore
         // the invariant so the caller can try to recover after error.
         if !matches!(self.input_state, DepacketizerInputState::PreMark(_)) {
-            self.discard_au();
+            self.discard_au(pkt.buf());
         }
         r
     }
@@ -231,7 +234,7 @@ impl Depacketizer {
                 DepacketizerInputState::PreMark(mut access_unit) => {
                     let loss = meta.loss;
                     if loss > 0 {
-                        self.discard_au();
+                        self.discard_au(buf);
                         if access_unit.timestamp.timestamp == meta.timestamp.timestamp {
                             // Loss within this access unit. Ignore until mark or new timestamp.
                             self.input_state = if meta.mark {
@@ -258,7 +261,7 @@ impl Depacketizer {
                                 "timestamp changed from {} to {} in the middle of a fragmented NAL",
                                 access_unit.timestamp, meta.timestamp
                             ));
-                            self.discard_au();
+                            self.discard_au(buf);
                             AccessUnit::start(&meta, 0, false)
                         } else {
                             let last_nal_hdr = self
@@ -473,7 +476,7 @@ impl Depacketizer {
                     }
                     (false, false) => {
                         if loss > 0 {
-                            self.discard_au();
+                            self.discard_au(buf);
                             self.input_state = DepacketizerInputState::Loss {
                                 timestamp,
                                 pkts: loss,
@@ -1752,14 +1755,17 @@ mod tests {
         d.check_invariants(); // not in an access unit: nothing pinned.
         let capacity = buf.capacity();
         assert!(capacity <= 2 * MAX_ACCESS_UNIT_SIZE as usize, "{capacity}");
+        // What it took is released: the lists' room now, the buffer's growth at its next fill.
+        assert!(d.pieces.capacity() <= 64, "{}", d.pieces.capacity());
+        assert!(d.nals.capacity() <= 64, "{}", d.nals.capacity());
 
-        // More of it (14 MB): ignored, and the buffer does not grow.
+        // More of it (14 MB): ignored, with the buffer back to its initial size.
         for _ in 0..10_000 {
             seq = seq.wrapping_add(1);
             push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf).unwrap();
             assert!(d.pull().is_none());
+            assert_eq!(buf.capacity(), 65536);
         }
-        assert_eq!(buf.capacity(), capacity);
 
         // The next access unit.
         seq = seq.wrapping_add(1);

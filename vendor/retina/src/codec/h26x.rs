@@ -3,7 +3,7 @@
 
 //! Common logic between H.264 and H.265.
 
-use crate::buf::BufRange;
+use crate::buf::{BufRange, MarkBuf};
 use crate::inputs::{Input as _, Split};
 
 /// Annex B start code with the `zero_byte` prefix, as added by [`Framing::AnnexB`].
@@ -42,6 +42,34 @@ pub(super) fn check_access_unit_size(codec: &str, first: u64, end: u64) -> Resul
         ));
     }
     Ok(())
+}
+
+/// How many entries the NAL and piece lists keep room for after an access unit
+/// is dropped: enough for ordinary access units without regrowing, while an
+/// access unit of many tiny fragments may have grown them to megabytes.
+const DROPPED_AU_KEPT_ENTRIES: usize = 64;
+
+/// Releases what an access unit in progress held, when it is dropped rather
+/// than emitted (after loss or an error, or past [`MAX_ACCESS_UNIT_SIZE`]):
+/// clears `nals` and `pieces` and shrinks them, and asks `buf` to shrink back
+/// from what it grew to for the access unit (see
+/// [`MarkBuf::request_shrink`]). Does nothing when no access unit was in
+/// progress (`pinned` is false and both lists are empty), so the lists keep
+/// their allocation from one emitted access unit to the next.
+pub(super) fn drop_access_unit<N>(
+    pinned: bool,
+    nals: &mut Vec<N>,
+    pieces: &mut Vec<BufRange>,
+    buf: &MarkBuf,
+) {
+    if !pinned && nals.is_empty() && pieces.is_empty() {
+        return;
+    }
+    nals.clear();
+    pieces.clear();
+    nals.shrink_to(DROPPED_AU_KEPT_ENTRIES);
+    pieces.shrink_to(DROPPED_AU_KEPT_ENTRIES);
+    buf.request_shrink();
 }
 
 /// How to frame H.26x NAL units in output (packet format and extra data format).
