@@ -21,10 +21,10 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// What the process may hold resident, server and camera included (about 10 MiB in use; 75 to
-/// 115 MiB seen against the endless access unit: each refused session's connection keeps its
-/// 16 MiB read buffer for the 5 s retina waits on its TEARDOWN there, and surv reconnects after
-/// 0.2, 0.4, 0.8 s…).
+/// What the process may hold resident, server and camera included (about 10 MiB in use; 24 to
+/// 31 MiB seen against the endless access unit: a connection's read buffer grows to 16 MiB before
+/// its access unit is refused; then retina sends the TEARDOWN without waiting for an answer
+/// behind the flood and closes it, and glibc gives the buffer back at once, as main sets it up).
 const RSS_LIMIT: u64 = 128 << 20;
 /// How long the camera streams at most.
 const HOSTILE_FOR: Duration = Duration::from_secs(20);
