@@ -394,6 +394,9 @@ fn run() -> anyhow::Result<()> {
         ..Config::default()
     };
 
+    // Large blocks (a camera connection's buffer grown for a large frame) go back to the system
+    // when freed, instead of drawing later ones into glibc's arenas.
+    surv_server::sys::fix_mmap_threshold();
     // Each viewer holds one TCP connection; past the limit, accepts back off and retry.
     match surv_server::sys::raise_fd_limit() {
         Ok(limit) if limit < args.max_viewers as u64 + 64 => tracing::warn!(

@@ -585,5 +585,27 @@ pub fn release_free_memory() -> bool {
     false
 }
 
+/// The largest block glibc serves from its heap arenas once [`fix_mmap_threshold`] is called.
+pub const MMAP_THRESHOLD_BYTES: usize = 2 << 20;
+
+/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD_BYTES`]: larger blocks get a mapping of
+/// their own, which goes back to the system as soon as they are freed. By default glibc raises
+/// the threshold (up to 32 MiB) to the size of each such block freed, so that later blocks up to
+/// that size come from its heap arenas, one per thread, where they stay resident once freed
+/// until [`release_free_memory`]. An RTSP connection's read buffer grows to 16 MiB for an access
+/// unit near retina's 8 MiB bound: once one was freed, each reconnection's grew in an arena, and
+/// a camera sending endless access units took the process to 43 to 78 MiB in its first seconds,
+/// against 24 to 31 MiB with the threshold fixed (`tests/tests/source_rtsp_hostile.rs`). Blocks
+/// under the threshold (frames, the encoder's buffers) are served as before. Call once at
+/// startup. Returns whether it was set; with another C library, does nothing.
+pub fn fix_mmap_threshold() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes no pointers; glibc sets its parameter under its own lock.
+    return unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES as libc::c_int) }
+        == 1;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 #[cfg(test)]
 mod tests;

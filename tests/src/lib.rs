@@ -176,6 +176,8 @@ pub async fn start_server_cameras(
     opts: ServerOpts,
     sources: Vec<(&str, Box<dyn Source>)>,
 ) -> anyhow::Result<TestServer> {
+    // As main does: a process configured as the server's is.
+    surv_server::sys::fix_mmap_threshold();
     let shutdown = CancellationToken::new();
     let log_dir = tempfile::tempdir()?;
     let journal = Arc::new(Journal::open(log_dir.path())?);

@@ -5,6 +5,7 @@
 
 use crate::inputs::Split;
 use crate::to_u64;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A reference to a byte range within a [`MarkBuf`].
@@ -206,12 +207,36 @@ impl RingBuf {
 
     #[cold]
     fn realloc(&mut self, additional: usize) {
-        let data_len = self.len();
-        let new_size = data_len
+        let new_size = self
+            .len()
             .checked_add(additional)
             .and_then(usize::checked_next_power_of_two)
             .unwrap();
         debug_assert!(new_size > self.buf.len());
+        self.move_to(new_size);
+    }
+
+    /// Shrinks the ring to the smallest power of two that is at least
+    /// `min_capacity` and holds the valid data plus `additional` bytes, if
+    /// that is smaller than it is now.
+    pub fn shrink(&mut self, min_capacity: usize, additional: usize) {
+        let new_size = self
+            .len()
+            .saturating_add(additional)
+            .max(min_capacity)
+            .checked_next_power_of_two()
+            .unwrap();
+        if new_size < self.buf.len() {
+            self.move_to(new_size);
+        }
+    }
+
+    /// Moves the valid data into a new ring of `new_size` bytes (a power of
+    /// two, at least `len()`), at the same stream positions.
+    #[cold]
+    fn move_to(&mut self, new_size: usize) {
+        let data_len = self.len();
+        debug_assert!(new_size.is_power_of_two() && new_size >= data_len);
         let mut new_buf = vec![0u8; new_size].into_boxed_slice();
 
         if data_len > 0 {
@@ -343,17 +368,46 @@ pub(crate) struct MarkBuf {
     ring: RingBuf,
     registry: Arc<MarkRegistry>,
     unparsed: u64,
+
+    /// The ring's capacity when created: what [`request_shrink`](Self::request_shrink)
+    /// shrinks it back towards.
+    initial_capacity: usize,
+
+    /// Set by [`request_shrink`](Self::request_shrink) (through `&self`, as
+    /// depacketizers hold the buffer); acted on in
+    /// [`spare_capacity`](Self::spare_capacity).
+    shrink_requested: AtomicBool,
 }
 
 #[allow(dead_code)] // Some methods reserved for future steps.
 impl MarkBuf {
     /// Creates a new buffer with at least `capacity` bytes.
     pub fn new(capacity: usize) -> Self {
+        let ring = RingBuf::new(capacity);
         Self {
-            ring: RingBuf::new(capacity),
+            initial_capacity: ring.capacity(),
+            ring,
             registry: MarkRegistry::new(),
             unparsed: 0,
+            shrink_requested: AtomicBool::new(false),
         }
+    }
+
+    /// Asks for the ring to shrink back towards its initial capacity, once
+    /// what it holds allows.
+    ///
+    /// The ring grows to hold the data marks pin (a large access unit in
+    /// progress) and otherwise keeps its size, which suits a stream whose
+    /// frames are large again and again. A depacketizer calls this when it
+    /// drops what it pinned instead of emitting it (after loss or an error,
+    /// or an access unit refused for its size), so the growth is not held
+    /// for the rest of the connection. The next
+    /// [`spare_capacity`](Self::spare_capacity) shrinks the ring to fit what
+    /// is still buffered (not under the initial capacity); the request stands
+    /// until the ring is back to its initial capacity, as unparsed input or
+    /// another mark may keep it from getting there at once.
+    pub fn request_shrink(&self) {
+        self.shrink_requested.store(true, Ordering::Relaxed);
     }
 
     /// The current unparsed position (where new marks are created).
@@ -451,6 +505,12 @@ impl MarkBuf {
     /// writing into these slices, call [`advance_end`](Self::advance_end).
     pub fn spare_capacity(&mut self, reserve: usize) -> (&mut [u8], &mut [u8]) {
         self.reclaim();
+        if *self.shrink_requested.get_mut() {
+            self.ring.shrink(self.initial_capacity, reserve);
+            if self.ring.capacity() <= self.initial_capacity {
+                *self.shrink_requested.get_mut() = false;
+            }
+        }
         self.ring.spare_capacity(reserve)
     }
 
@@ -471,11 +531,15 @@ impl MarkBuf {
         self.ring.advance_to(floor);
     }
 
-    /// Appends data directly to the buffer.
+    /// Appends data directly to the buffer, as a read into
+    /// [`spare_capacity`](Self::spare_capacity) would.
     #[cfg(test)]
     pub fn extend(&mut self, data: &[u8]) {
-        self.reclaim();
-        self.ring.extend(data);
+        let (s1, s2) = self.spare_capacity(data.len());
+        let mid = data.len().min(s1.len());
+        s1[..mid].copy_from_slice(&data[..mid]);
+        s2[..data.len() - mid].copy_from_slice(&data[mid..]);
+        self.advance_end(data.len());
     }
 }
 
@@ -542,6 +606,7 @@ impl<'a> PacketRef<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inputs::Input as _;
 
     #[test]
     fn ring_basic() {
@@ -646,6 +711,55 @@ mod tests {
                 assert_eq!(got, want, "start={start} len={len}");
             }
         }
+    }
+
+    /// Shrinking from every reachable `(start position, data length)` state
+    /// keeps the data readable at the same stream positions, and the ring
+    /// usable afterwards.
+    #[test]
+    fn ring_shrink_from_every_state() {
+        const CAP: usize = 32;
+        const MIN: usize = 8;
+        for start in 0..(4 * CAP as u64) {
+            for len in 0..=MIN {
+                let mut buf = RingBuf::new(CAP);
+                let mut pos = 0u64;
+                while pos < start {
+                    let n = ((start - pos) as usize).min(CAP);
+                    buf.extend(&vec![0u8; n]);
+                    pos += n as u64;
+                    buf.advance_to(pos);
+                }
+                let data: Vec<u8> = (0..len).map(|i| (start as usize + i) as u8).collect();
+                buf.extend(&data);
+                buf.shrink(MIN, 0);
+                assert_eq!(buf.capacity(), MIN, "start={start} len={len}");
+                assert_eq!(
+                    buf.split(start, len).to_owned(),
+                    data,
+                    "start={start} len={len}"
+                );
+                buf.extend(b"!"); // may grow again
+                assert_eq!(buf.split(start + len as u64, 1).to_owned(), b"!");
+            }
+        }
+    }
+
+    /// `shrink` never goes under what the data and `additional` need, nor
+    /// under `min_capacity`, and never grows the ring.
+    #[test]
+    fn ring_shrink_bounds() {
+        let mut buf = RingBuf::new(64);
+        buf.extend(&[1u8; 20]);
+        buf.shrink(8, 0);
+        assert_eq!(buf.capacity(), 32);
+        buf.shrink(8, 13);
+        assert_eq!(buf.capacity(), 32, "20 + 13 > 32: stays");
+        buf.shrink(128, 0);
+        assert_eq!(buf.capacity(), 32, "never grows");
+        buf.advance_to(20);
+        buf.shrink(16, 0);
+        assert_eq!(buf.capacity(), 16);
     }
 
     /// `spare_capacity` must report no room when the ring is exactly full and
@@ -789,6 +903,66 @@ mod tests {
         buf.advance_unparsed(6);
         assert_eq!(buf.unparsed_len(), 5);
         assert_eq!(buf.unparsed_split().slices(), (&b"world"[..], &b""[..]));
+    }
+
+    /// A ring grown for what a mark pinned keeps its size until a shrink is
+    /// requested; then the next fill shrinks it back to its initial capacity,
+    /// with the unparsed data intact.
+    #[test]
+    fn mark_buf_shrinks_on_request() {
+        let mut buf = MarkBuf::new(64);
+        buf.extend(b"head");
+        buf.advance_unparsed(buf.end());
+        let mark = buf.add_mark_at(0);
+        buf.extend(&[7u8; 1000]);
+        buf.advance_unparsed(buf.end());
+        assert_eq!(buf.capacity(), 1024);
+        drop(mark);
+
+        // Without a request, the ring keeps its size.
+        buf.extend(b"x");
+        buf.advance_unparsed(buf.end());
+        assert_eq!(buf.capacity(), 1024);
+
+        buf.request_shrink();
+        assert_eq!(buf.capacity(), 1024, "acted on at the next fill");
+        buf.extend(b"unparsed");
+        assert_eq!(buf.capacity(), 64);
+        assert_eq!(buf.unparsed_split().to_owned(), b"unparsed");
+
+        // Later growth is as before.
+        buf.advance_unparsed(buf.end());
+        let mark = buf.add_mark();
+        buf.extend(&[8u8; 100]);
+        assert_eq!(buf.capacity(), 128);
+        drop(mark);
+    }
+
+    /// What is still pinned limits the shrink; the request stands until the
+    /// ring is back to its initial capacity.
+    #[test]
+    fn mark_buf_shrink_request_waits_for_pinned_data() {
+        let mut buf = MarkBuf::new(64);
+        let dropped = buf.add_mark();
+        buf.extend(&[1u8; 100]);
+        buf.advance_unparsed(buf.end());
+        let kept = buf.add_mark();
+        buf.extend(&[2u8; 300]);
+        buf.advance_unparsed(buf.end());
+        assert_eq!(buf.capacity(), 512);
+
+        drop(dropped);
+        buf.request_shrink();
+        buf.extend(b"");
+        assert_eq!(buf.capacity(), 512, "300 bytes still pinned");
+        buf.extend(&[3u8; 100]);
+        assert_eq!(buf.capacity(), 512);
+        assert_eq!(buf.split(kept.pos(), 300).to_owned(), vec![2u8; 300]);
+
+        drop(kept);
+        buf.advance_unparsed(buf.end());
+        buf.extend(b"");
+        assert_eq!(buf.capacity(), 64);
     }
 
     /// Mimics the TCP read path: repeated `spare_capacity`/`advance_end`/

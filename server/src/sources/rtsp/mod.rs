@@ -15,9 +15,10 @@
 //! [`FRAME_TIMEOUT`] is a lost camera: the run returns why, and the capture path reconnects with
 //! backoff. Options used: `--rtsp-transport`, `--max-frame-bytes`.
 //!
-//! retina is vendored with a bound on each RTSP message it reads (256 KiB, head and body;
-//! `vendor/retina/SURV-PATCH.md`): a camera's endless or oversized answer is a lost source whose
-//! reason gives the size, never a growing buffer.
+//! retina is vendored with a bound on each RTSP message it reads (256 KiB, head and body) and on
+//! each H.264 access unit (8 MiB of packets; `vendor/retina/SURV-PATCH.md`): a camera's endless
+//! or oversized answer, or a picture that never ends, is a lost source whose reason gives the
+//! size, never a growing buffer.
 
 pub mod h264;
 pub mod session;
@@ -131,7 +132,8 @@ impl RtspSource {
             deadline = Instant::now() + FRAME_TIMEOUT;
             let capture_unix_us = unix_micros_now();
             // retina has assembled the frame by now (its JPEG depacketizer caps a frame at
-            // 2 MB; its H.264 one has no cap): this keeps oversized frames from going further.
+            // 2 MB, its H.264 one an access unit at 8 MiB of packets): this keeps oversized
+            // frames from going further.
             if frame.data().len() > self.max_frame_bytes {
                 sink.reject("frame over --max-frame-bytes");
                 continue;

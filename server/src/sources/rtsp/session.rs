@@ -186,25 +186,60 @@ async fn step<T>(
     }
 }
 
-/// A retina error as one line a user can act on. An answer from the camera is told by its
-/// first line (status, request, why); the connection details after it are for debugging only.
+/// The longest reason [`explain`] gives, in bytes: one journal line, and the "no signal" frame.
+pub const MAX_REASON_BYTES: usize = 300;
+
+/// A retina error as one short line a user can act on: the error itself (retina's first line;
+/// for an answer from the camera: status, request, why) and the camera's address when retina
+/// gives one. What retina adds after it for debugging (a hex dump of what it had buffered, the
+/// local address, times, stream and packet positions) is left out, and the whole is at most
+/// [`MAX_REASON_BYTES`].
 pub fn explain(e: &retina::Error) -> String {
-    let text = e.to_string();
-    let first = text.lines().next().unwrap_or("").trim();
-    match e.status_code() {
+    explain_text(e.status_code(), &e.to_string())
+}
+
+/// [`explain`] on retina's text and the answer's status code, if it was an answer.
+pub(crate) fn explain_text(status: Option<u16>, text: &str) -> String {
+    let first = first_line(text);
+    let what = match status {
         Some(401) => format!("wrong or missing credentials ({first})"),
         Some(403) => format!("the camera refused this login access ({first})"),
         Some(404) => format!("no such stream on the camera; check the path ({first})"),
-        Some(_) => first.to_string(),
-        None => one_line(&text),
-    }
+        _ => first.to_string(),
+    };
+    let peer = peer_address(text).map_or(String::new(), |a| format!(" (peer {a})"));
+    let mut line = bounded(&what, MAX_REASON_BYTES - peer.len());
+    line.push_str(&peer);
+    line
 }
 
-/// retina's messages span lines (the error, then its context); the journal wants one.
-fn one_line(text: &str) -> String {
-    text.split('\n')
+/// retina's first line, without the lead-in to what follows it (`…; buffered:` before a hex
+/// dump, or a trailing colon).
+fn first_line(text: &str) -> &str {
+    let line = text
+        .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let line = line.strip_suffix("buffered:").unwrap_or(line).trim_end();
+    line.trim_end_matches([';', ':']).trim_end()
+}
+
+/// The camera's address from retina's `conn: LOCAL(me)->PEER@TIME` line.
+fn peer_address(text: &str) -> Option<std::net::SocketAddr> {
+    let conn = text.lines().find_map(|l| l.trim().strip_prefix("conn: "))?;
+    let (_, peer) = conn.split_once("->")?;
+    peer.split('@').next()?.trim().parse().ok()
+}
+
+/// `text` cut to at most `max` bytes, at a char boundary, ending with "…" when cut.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", text[..end].trim_end())
 }

@@ -1,12 +1,15 @@
 //! Unit tests of the RTSP source's parts that need no camera: the URL and login, the choice of
-//! stream, error wording, and H.264 decoding into I420 (round trip through openh264's encoder).
+//! stream, error wording (retina's errors as it words them, and from a loopback "camera"), and
+//! H.264 decoding into I420 (round trip through openh264's encoder).
 
 use openh264::encoder::{Encoder, EncoderConfig};
 use openh264::formats::{YUVBuffer, YUVSlices, YUVSource};
 use openh264::OpenH264API;
 
 use super::h264::{copy_i420, Decoded, H264Decoder};
-use super::session::{choose_stream, parse_target, Codec, Offered};
+use super::session::{
+    choose_stream, explain, explain_text, parse_target, Codec, Offered, MAX_REASON_BYTES,
+};
 use crate::sources::{PixelFormat, RawFrame};
 
 #[test]
@@ -82,6 +85,177 @@ fn no_usable_stream_says_why() {
         "{err}"
     );
     assert!(choose_stream(&[]).unwrap_err().contains("no stream"));
+}
+
+/// retina's error for an oversized answer, as it words it: the error, a hex dump of what it had
+/// buffered, then the connection and message.
+const FRAMING_ERROR: &str = "RTSP framing error: Invalid RTSP message: byte 134: response > \
+message-too-large: Content-Length 1000000000 (after a 134-byte head) exceeds the limit of 262144 \
+bytes per message; buffered:
+Length: 65536 (0x10000) bytes
+0000:   52 54 53 50  2f 31 2e 30  20 32 30 30  20 4f 4b 0d   RTSP/1.0 200 OK.
+0010:   0a 43 53 65  71 3a 20 31  0d 0a 43 6f  6e 74 65 6e   .CSeq: 1..Conten
+...65504 (0xffe0) bytes not shown...
+
+conn: 127.0.0.1:41640(me)->127.0.0.1:35037@2026-12-05T01:11:41.437454408Z
+msg: 134@2026-12-05T01:11:41.438205495Z";
+
+/// retina's error for an RTP packet its depacketizer refused.
+const PACKET_ERROR: &str = "H.264 access unit exceeds the limit of 8388608 bytes (8388872 bytes \
+of packets so far, with no marker bit or new timestamp); skipping the rest of it
+
+conn: 127.0.0.1:44158(me)->127.0.0.1:41889@2026-12-05T01:11:43.455722616Z
+stream: TCP, interleaved channel ids 0-1
+ssrc: 5e551045
+seq: 5915
+pkt: 8388028@2026-12-05T01:11:43.503613783Z";
+
+#[test]
+fn a_reason_is_the_error_and_the_peer_without_the_dump() {
+    assert_eq!(
+        explain_text(None, FRAMING_ERROR),
+        "RTSP framing error: Invalid RTSP message: byte 134: response > message-too-large: \
+         Content-Length 1000000000 (after a 134-byte head) exceeds the limit of 262144 bytes per \
+         message (peer 127.0.0.1:35037)"
+    );
+    assert_eq!(
+        explain_text(None, PACKET_ERROR),
+        "H.264 access unit exceeds the limit of 8388608 bytes (8388872 bytes of packets so far, \
+         with no marker bit or new timestamp); skipping the rest of it (peer 127.0.0.1:41889)"
+    );
+    let unauthorized = "401 Unauthorized response to DESCRIBE CSeq=2: Unauthorized\n\n\
+                        conn: [::1]:40000(me)->[::1]:554@2026-12-05T01:11:41Z\nmsg: 0@2026-12-05T01:11:41Z";
+    assert_eq!(
+        explain_text(Some(401), unauthorized),
+        "wrong or missing credentials (401 Unauthorized response to DESCRIBE CSeq=2: \
+         Unauthorized) (peer [::1]:554)"
+    );
+    let unassigned = "Received interleaved data on unassigned channel 4: \nLength: 3 (0x3) bytes\n\
+                      0000:   01 02 03   ...\n\nconn: 10.0.0.1:1(me)->10.0.0.9:554@x\nmsg: 9@x";
+    assert_eq!(
+        explain_text(None, unassigned),
+        "Received interleaved data on unassigned channel 4 (peer 10.0.0.9:554)"
+    );
+    // One line and no connection: as it is.
+    let refused = "Unable to connect to RTSP server: Connection refused (os error 111)";
+    assert_eq!(explain_text(None, refused), refused);
+}
+
+#[test]
+fn a_long_reason_is_cut_at_a_char_boundary_and_keeps_the_peer() {
+    let long = format!(
+        "{}\n\nconn: 127.0.0.1:1(me)->192.0.2.7:554@x",
+        "é€".repeat(400)
+    );
+    let reason = explain_text(None, &long);
+    assert!(reason.len() <= MAX_REASON_BYTES, "{} bytes", reason.len());
+    assert!(reason.ends_with("… (peer 192.0.2.7:554)"), "{reason}");
+    assert!(reason.starts_with("é€é€"), "{reason}");
+    let long = "x".repeat(1000);
+    let reason = explain_text(Some(404), &long);
+    assert_eq!(reason.len(), MAX_REASON_BYTES);
+    assert!(
+        reason.starts_with("no such stream on the camera"),
+        "{reason}"
+    );
+    assert!(reason.ends_with("x…"), "{reason}");
+}
+
+/// A one-connection loopback "camera" that answers OPTIONS, and DESCRIBE with `answer` (given
+/// the request's CSeq); retina's error describing it, and the camera's port.
+async fn describe_error(answer: fn(u32) -> String) -> (retina::Error, u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let camera = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut input = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let Some(end) = input.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => input.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&input[..end]).into_owned();
+            input.drain(..end + 4);
+            let cseq: u32 = head
+                .lines()
+                .find_map(|l| l.strip_prefix("CSeq:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let reply = if head.starts_with("OPTIONS") {
+                format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nPublic: OPTIONS, DESCRIBE\r\n\r\n")
+            } else {
+                answer(cseq)
+            };
+            if tcp.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    });
+    let url = url::Url::parse(&format!("rtsp://127.0.0.1:{port}/cam")).unwrap();
+    let described = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        retina::client::Session::describe(url, retina::client::SessionOptions::default()),
+    )
+    .await
+    .expect("retina answers in time");
+    camera.abort();
+    match described {
+        Ok(_) => panic!("DESCRIBE succeeded"),
+        Err(e) => (e, port),
+    }
+}
+
+#[tokio::test]
+async fn retina_errors_are_explained_in_one_short_line() {
+    let (e, port) = describe_error(|cseq| {
+        format!(
+            "RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nContent-Type: application/sdp\r\n\
+             Content-Length: 1000000000\r\n\r\nv=0\r\n{}",
+            "a".repeat(4000)
+        )
+    })
+    .await;
+    let full = e.to_string();
+    let reason = explain(&e);
+    eprintln!("{} bytes from retina: {reason}", full.len());
+    assert!(
+        full.contains("0000:"),
+        "retina's text has its hex dump: {full}"
+    );
+    assert!(reason.contains("Content-Length 1000000000"), "{reason}");
+    assert!(
+        reason.ends_with(&format!(" (peer 127.0.0.1:{port})")),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("0000:") && !reason.contains('\n'),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("buffered") && !reason.contains("(me)"),
+        "{reason}"
+    );
+    assert!(reason.len() <= MAX_REASON_BYTES, "{reason}");
+
+    let (e, port) = describe_error(|cseq| {
+        format!("RTSP/1.0 401 Unauthorized\r\nCSeq: {cseq}\r\nWWW-Authenticate: Basic realm=\"cam\"\r\n\r\n")
+    })
+    .await;
+    let reason = explain(&e);
+    assert!(
+        reason.starts_with("wrong or missing credentials (401"),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with(&format!(" (peer 127.0.0.1:{port})")),
+        "{reason}"
+    );
+    assert!(!reason.contains('\n'), "{reason}");
 }
 
 /// A picture whose quadrants have different Y, U and V values, so that a swapped plane, a

@@ -1160,6 +1160,11 @@ enum SessionFlag {
     /// Set if an `OPTIONS` request has completed and advertised supported for
     /// `GET_PARAMETER`.
     GetParameterSupported = 0x10,
+
+    /// Set while the last item the session's stream (`Session<Playing>` or
+    /// [`Demuxed`]) yielded was an error: the caller is likely dropping the
+    /// session because of what the server sent. See the `TEARDOWN` on drop.
+    StreamFailed = 0x20,
 }
 
 impl RtspConnection {
@@ -2570,6 +2575,17 @@ impl Session<Playing> {
         }
     }
 
+    /// Records whether the item the session's stream is yielding is an error
+    /// (see [`SessionFlag::StreamFailed`]).
+    fn note_stream_result(&mut self, failed: bool) {
+        let flags = self.0.as_mut().project().flags;
+        if failed {
+            *flags |= SessionFlag::StreamFailed as u8;
+        } else {
+            *flags &= !(SessionFlag::StreamFailed as u8);
+        }
+    }
+
     /// Polls for the next validated item (RTP or RTCP) from either the RTSP
     /// connection or UDP sockets, handling keepalives along the way.
     fn poll_stream_item(
@@ -2683,6 +2699,14 @@ impl PinnedDrop for SessionInner {
             None => return,
         };
 
+        // The session's stream failed on what the server sent, with media
+        // interleaved on the connection: an answer to a `TEARDOWN` there would
+        // come behind more of the same, if at all (a server flooding the
+        // connection would keep the attempt reading it until its timeout).
+        // Send the `TEARDOWN` there, but don't wait for the answer.
+        let await_existing_conn_answer =
+            !(has_tcp && (*this.flags & (SessionFlag::StreamFailed as u8)) != 0);
+
         // For now, assume the whole timeout is left.
         let expires = tokio::time::Instant::now()
             + std::time::Duration::from_secs(session.timeout_sec.into());
@@ -2717,6 +2741,7 @@ impl PinnedDrop for SessionInner {
             this.presentation.tool.take(),
             session.id,
             just_try_once,
+            await_existing_conn_answer,
             std::mem::take(this.options),
             this.requested_auth.take(),
             this.conn.take(),
@@ -2734,6 +2759,7 @@ impl futures::Stream for Session<Playing> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         let item = ready!(self.as_mut().poll_stream_item(cx));
+        self.note_stream_result(matches!(item, Some(Err(_))));
         Poll::Ready(match item {
             Some(Ok(ValidatedItem::Rtcp(pkt))) => Some(Ok(pkt)),
             Some(Ok(ValidatedItem::Rtp(rtp))) => {
@@ -2836,6 +2862,18 @@ impl futures::Stream for Demuxed {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.as_mut().poll_next_inner(cx));
+        self.session
+            .note_stream_result(matches!(item, Some(Err(_))));
+        Poll::Ready(item)
+    }
+}
+
+impl Demuxed {
+    fn poll_next_inner(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<CodecItem, Error>>> {
         loop {
             let stream_id = match self.state {
                 DemuxedState::Waiting => {
@@ -3529,6 +3567,120 @@ mod tests {
             .await
         },);
         let _session = session.unwrap();
+    }
+
+    /// Plays a Hikvision-like session (one H.264 stream interleaved over TCP, no
+    /// known server bug: one `TEARDOWN` attempt on the connection on drop),
+    /// takes one RTP packet from it through `Demuxed` (a good one, or one the
+    /// depacketizer refuses), drops it, and returns how long the `TEARDOWN`
+    /// took. The server answers the `TEARDOWN` after `answer_after`, if given.
+    async fn teardown_after_one_packet(
+        good_packet: bool,
+        answer_after: Option<std::time::Duration>,
+    ) -> std::time::Duration {
+        let (conn, mut server) = connect_to_mock().await;
+        let url = Url::parse("rtsp://192.168.5.106:554/Streaming/Channels/101").unwrap();
+        let group = Arc::new(SessionGroup::default());
+        let (session, _) = tokio::join!(
+            Session::describe_with_conn(
+                conn,
+                SessionOptions::default().session_group(group.clone()),
+                url
+            ),
+            req_response(
+                &mut server,
+                msg::Method::DESCRIBE,
+                response(include_bytes!("testdata/hikvision_describe.txt"))
+            ),
+        );
+        let mut session = session.unwrap();
+        tokio::join!(
+            async {
+                session.setup(0, SetupOptions::default()).await.unwrap();
+            },
+            req_response(
+                &mut server,
+                msg::Method::SETUP,
+                response(include_bytes!("testdata/hikvision_setup.txt"))
+            ),
+        );
+        let (session, _) = tokio::join!(
+            session.play(PlayOptions::default()),
+            req_response(
+                &mut server,
+                msg::Method::PLAY,
+                response(include_bytes!("testdata/hikvision_play.txt"))
+            ),
+        );
+        let mut demuxed = session.unwrap().demuxed().unwrap();
+
+        // RTP: marker, payload type 96, the sequence number and timestamp of
+        // the PLAY response's RTP-Info, its SSRC; then an IDR slice, or a NAL
+        // header with the forbidden bit set.
+        let mut pkt = b"\x80\xe0\x5e\x28\x4b\xbd\xa9\x7e\x4c\xac\xc3\xd1".to_vec();
+        pkt.extend_from_slice(if good_packet {
+            b"\x65idr slice"
+        } else {
+            b"\xe5bad"
+        });
+        let (item, _) = tokio::join!(
+            demuxed.next(),
+            server.send(OwnedMessage::Data {
+                channel_id: 0,
+                body: Bytes::from(pkt),
+            }),
+        );
+        match item {
+            Some(Ok(CodecItem::VideoFrame(_))) if good_packet => {}
+            Some(Err(e)) if !good_packet => assert!(e.to_string().contains("F bit set"), "{e}"),
+            o => panic!("unexpected item: {o:#?}"),
+        }
+
+        let dropped = tokio::time::Instant::now();
+        drop(demuxed);
+        let stale_sessions = group.stale_sessions();
+        assert_eq!(stale_sessions.num_sessions, 1);
+        tokio::join!(group.await_stale_sessions(&stale_sessions), async {
+            let msg = server.next().await.unwrap().unwrap();
+            let cseq = match msg.msg {
+                msg::Message::Request(ref r) => {
+                    assert_eq!(r.method, msg::Method::TEARDOWN);
+                    r.headers.get("CSeq").unwrap().to_string()
+                }
+                _ => panic!(),
+            };
+            let Some(answer_after) = answer_after else {
+                return; // holding the connection open, never answering.
+            };
+            tokio::time::sleep(answer_after).await;
+            let answer = format!("RTSP/1.0 200 OK\r\nCSeq: {cseq}\r\nSession: 708345999\r\n\r\n");
+            let (head, body) = response(Box::leak(answer.into_bytes().into_boxed_slice()));
+            let _ = server.send(OwnedMessage::Response { head, body }).await;
+        });
+        let elapsed = dropped.elapsed();
+        assert_eq!(group.stale_sessions().num_sessions, 0);
+        drop(server);
+        elapsed
+    }
+
+    /// After a normal stop, the `TEARDOWN` on the connection waits for the
+    /// server's answer.
+    #[tokio::test]
+    async fn teardown_after_normal_stop_awaits_the_answer() {
+        init_logging();
+        let answer_after = std::time::Duration::from_millis(500);
+        let elapsed = teardown_after_one_packet(true, Some(answer_after)).await;
+        assert!(elapsed >= answer_after, "{elapsed:?}");
+    }
+
+    /// After the session failed on what the server sent on the connection,
+    /// the `TEARDOWN` is still sent there, but its answer is not waited for
+    /// (it used to be, for up to 5 s, reading whatever the server sent).
+    #[tokio::test]
+    async fn teardown_after_stream_error_does_not_await_the_answer() {
+        init_logging();
+        let elapsed = teardown_after_one_packet(false, None).await;
+        assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 
 use bytes::Bytes;
+use futures::SinkExt as _;
 use url::Url;
 
 use crate::rtsp::msg::{self, OwnedMessage, StatusCode};
@@ -22,6 +23,7 @@ pub(super) async fn background_teardown(
     tool: Option<Tool>,
     session_id: Box<str>,
     just_try_once: bool,
+    await_existing_conn_answer: bool,
     options: SessionOptions,
     requested_auth: Option<http_auth::PasswordClient>,
     conn: Option<RtspConnection>,
@@ -40,6 +42,7 @@ pub(super) async fn background_teardown(
             tool,
             &session_id,
             just_try_once,
+            await_existing_conn_answer,
             &options,
             requested_auth,
             conn,
@@ -73,12 +76,17 @@ pub(super) async fn background_teardown(
 }
 
 /// Attempts `TEARDOWN` in a loop until success; caller should bound by session expiry.
+///
+/// Unless `await_existing_conn_answer`, the attempt on the existing connection
+/// only sends the request; it is then taken as failed, as if its answer could
+/// not be read.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn teardown_loop_forever(
     url: Url,
     tool: Option<Tool>,
     session_id: &str,
     just_try_once: bool,
+    await_existing_conn_answer: bool,
     options: &SessionOptions,
     mut requested_auth: Option<http_auth::PasswordClient>,
     mut conn: Option<RtspConnection>,
@@ -99,6 +107,23 @@ pub(super) async fn teardown_loop_forever(
 
     let attempt_deadline = tokio::time::sleep(EXISTING_CONN_TIMEOUT);
     tokio::pin!(attempt_deadline);
+    if !await_existing_conn_answer && let Some(mut conn) = conn.take() {
+        // The session failed on what the server sent on this connection (its
+        // media included). Sending the TEARDOWN is still worth it: the server
+        // may act on it. Reading its answer is not: it would come behind more
+        // of the same, if at all, and a server flooding the connection would
+        // keep this reading (and discarding) until the deadline. Closing the
+        // connection (on return, or before the fresh-connection attempts below)
+        // ends the session on most servers anyway.
+        tokio::select! {
+            biased;
+            r = send_only(&mut req, options, &mut requested_auth, &mut conn) => match r {
+                Ok(()) => log::debug!("TEARDOWN {} sent on existing conn after a stream error; not awaiting the answer", session_id),
+                Err(e) => log::debug!("TEARDOWN {} on existing conn failed: {}", session_id, e),
+            },
+            _ = &mut attempt_deadline => log::debug!("TEARDOWN {} on existing conn timed out", session_id),
+        }
+    }
     if let Some(conn) = conn.take() {
         // Attempt first on existing connection. Besides being the most
         // efficient approach, this is the best for old live555 servers' stale
@@ -185,6 +210,18 @@ pub(super) async fn teardown_loop_forever(
         }
         timeout = std::cmp::min(timeout * 2, FRESH_CONN_MAX_TIMEOUT);
     }
+}
+
+/// Sends the request on the supplied connection without reading anything;
+/// caller is responsible for the timeout.
+async fn send_only(
+    req: &mut OwnedMessage,
+    options: &SessionOptions,
+    requested_auth: &mut Option<http_auth::PasswordClient>,
+    conn: &mut RtspConnection,
+) -> Result<(), Error> {
+    conn.fill_req(options, requested_auth, req)?;
+    conn.inner.send(req.clone()).await.map_err(|e| wrap!(e))
 }
 
 /// Makes a single attempt on the supplied connection; caller is responsible for the timeout.

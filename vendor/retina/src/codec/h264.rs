@@ -101,11 +101,13 @@ pub(crate) struct Depacketizer {
 
     /// In state `PreMark`, byte ranges of NAL bodies (excluding header bytes)
     /// referencing data in the shared [`MarkBuf`].
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     pieces: Vec<BufRange>,
 
     /// In state `PreMark`, an entry for each NAL.
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     nals: Vec<Nal>,
 
     /// True if we've seen a FU-A sequence where the NAL headers differ between
@@ -218,7 +220,8 @@ enum DepacketizerInputState {
     /// Not yet processing an access unit.
     New,
 
-    /// Ignoring the remainder of an access unit because of interior packet loss.
+    /// Ignoring the remainder of an access unit because of interior packet loss
+    /// (or because it grew past [`super::h26x::MAX_ACCESS_UNIT_SIZE`]).
     Loss {
         timestamp: crate::Timestamp,
         pkts: u16,
@@ -352,11 +355,11 @@ impl Depacketizer {
         }
     }
 
-    /// Discards the in-progress access unit's accumulated data and mark.
-    fn discard_au(&mut self) {
-        self.nals.clear();
-        self.pieces.clear();
-        self.mark = None;
+    /// Discards the in-progress access unit's accumulated data and mark, if
+    /// any, and releases the memory it took (see [`super::h26x::drop_access_unit`]).
+    fn discard_au(&mut self, buf: &MarkBuf) {
+        let pinned = self.mark.take().is_some();
+        super::h26x::drop_access_unit(pinned, &mut self.nals, &mut self.pieces, buf);
     }
 
     pub(super) fn parameters(&self) -> Option<super::ParametersRef<'_>> {
@@ -372,7 +375,7 @@ impl Depacketizer {
         // `input_state` at `New` when they encounter a problem mid-access unit. Restore
         // the invariant so the caller can try to recover after error.
         if !matches!(self.input_state, DepacketizerInputState::PreMark(_)) {
-            self.discard_au();
+            self.discard_au(pkt.buf());
         }
         r
     }
@@ -397,7 +400,7 @@ impl Depacketizer {
                 DepacketizerInputState::PreMark(mut access_unit) => {
                     let loss = meta.loss;
                     if loss > 0 {
-                        self.discard_au();
+                        self.discard_au(buf);
                         if access_unit.timestamp.timestamp == meta.timestamp.timestamp {
                             // Loss within this access unit. Ignore until mark or new timestamp.
                             self.input_state = if meta.mark {
@@ -427,7 +430,7 @@ impl Depacketizer {
                                 access_unit.timestamp,
                                 meta.timestamp),
                             }));
-                            self.discard_au();
+                            self.discard_au(buf);
                             AccessUnit::start(&meta, 0, false)
                         } else {
                             match self.nals.last() {
@@ -486,6 +489,19 @@ impl Depacketizer {
 
         if payload_len == 0 {
             return Err("Empty NAL".into());
+        }
+
+        // Refuse to keep more than `MAX_ACCESS_UNIT_SIZE` pinned; ignore the rest of the
+        // access unit (as after interior loss).
+        if let Some(m) = &self.mark
+            && let Err(e) = super::h26x::check_access_unit_size(
+                "H.264",
+                m.pos(),
+                payload_pos + u64::from(payload_len),
+            )
+        {
+            self.input_state = DepacketizerInputState::Loss { timestamp, pkts: 0 };
+            return Err(e);
         }
 
         // Pin the payload data in the ring buffer.
@@ -630,7 +646,7 @@ impl Depacketizer {
                     }
                     (false, None) => {
                         if loss > 0 {
-                            self.discard_au();
+                            self.discard_au(buf);
                             self.input_state = DepacketizerInputState::Loss {
                                 timestamp,
                                 pkts: loss,
@@ -3369,5 +3385,201 @@ mod tests {
         );
         assert!(frame.is_random_access_point());
         assert_eq!(d.pull(), None);
+    }
+
+    /// Pushes `payload` as the next packet's payload after `headers` bytes of other input (as
+    /// the interleaved framing and RTP header that precede it on a TCP connection).
+    fn push_after(
+        d: &mut super::Depacketizer,
+        meta: crate::rtp::PacketMeta,
+        headers: usize,
+        payload: &[u8],
+        buf: &mut MarkBuf,
+    ) -> Result<(), String> {
+        buf.extend(&vec![0; headers]);
+        let pos = buf.end();
+        buf.extend(payload);
+        buf.advance_unparsed(buf.end());
+        d.push(&PacketRef::new(meta, buf, pos, payload.len() as u16))
+    }
+
+    fn meta_at(sequence_number: u16, timestamp: i64, mark: bool) -> crate::rtp::PacketMeta {
+        crate::rtp::PacketMeta {
+            ctx: crate::PacketContext::dummy(),
+            stream_id: 0,
+            timestamp: crate::Timestamp {
+                timestamp,
+                clock_rate: NonZeroU32::new(90_000).unwrap(),
+                start: 0,
+            },
+            sequence_number,
+            ssrc: 0,
+            mark,
+            loss: 0,
+        }
+    }
+
+    /// An access unit that never ends (fragments of one NAL, one timestamp, no marker bit) is
+    /// refused as soon as it spans more than `MAX_ACCESS_UNIT_SIZE` bytes of input, headers
+    /// included, so the read buffer stops growing; the rest of it is ignored without pinning
+    /// anything, and the next access unit comes out whole.
+    #[test]
+    fn endless_access_unit_is_refused_past_max_size() {
+        use crate::codec::h26x::MAX_ACCESS_UNIT_SIZE;
+        const HEADERS: usize = 16;
+        init_logging();
+        let mut buf = MarkBuf::new(65536);
+        let mut d = super::Depacketizer::new(90_000, Some("packetization-mode=1;profile-level-id=64001E;sprop-parameter-sets=Z2QAHqwsaoLA9puCgIKgAAADACAAAAMD0IAA,aO4xshsA")).unwrap();
+        let mut fragment = vec![0xab; 1400];
+        let first = buf.end() + HEADERS as u64;
+        let mut seq = 0u16;
+        let err = loop {
+            let hdr: &[u8] = if seq == 0 { b"\x7c\x85" } else { b"\x7c\x05" };
+            fragment[..hdr.len()].copy_from_slice(hdr);
+            let span = buf.end() + (HEADERS + fragment.len()) as u64 - first;
+            match push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf) {
+                Ok(()) => {
+                    assert!(span <= MAX_ACCESS_UNIT_SIZE, "took in {span} bytes");
+                    assert!(d.pull().is_none());
+                }
+                Err(e) => {
+                    assert!(span > MAX_ACCESS_UNIT_SIZE, "refused at {span} bytes: {e}");
+                    break e;
+                }
+            }
+            seq = seq.wrapping_add(1);
+        };
+        assert!(
+            err.starts_with("H.264 access unit exceeds the limit of 8388608 bytes"),
+            "{err}"
+        );
+        d.check_invariants(); // not in an access unit: nothing pinned.
+        let capacity = buf.capacity();
+        assert!(capacity <= 2 * MAX_ACCESS_UNIT_SIZE as usize, "{capacity}");
+        // What it took is released: the lists' room now, the buffer's growth at its next fill.
+        assert!(d.pieces.capacity() <= 64, "{}", d.pieces.capacity());
+        assert!(d.nals.capacity() <= 64, "{}", d.nals.capacity());
+
+        // More of it (14 MB): ignored, with the buffer back to its initial size.
+        for _ in 0..10_000 {
+            seq = seq.wrapping_add(1);
+            push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf).unwrap();
+            assert!(d.pull().is_none());
+            assert_eq!(buf.capacity(), 65536);
+        }
+
+        // The next access unit.
+        seq = seq.wrapping_add(1);
+        push_after(
+            &mut d,
+            meta_at(seq, 3000, true),
+            HEADERS,
+            b"\x65idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        let frame = match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => frame,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(frame.timestamp().timestamp(), 3000);
+        assert!(frame.is_random_access_point());
+        assert!(frame.data().ends_with(b"\x65idr slice"));
+        assert!(d.pull().is_none());
+    }
+
+    /// Pushes an IDR picture at `timestamp` as `n` FU-A fragments of 1,400 bytes (after 16 bytes
+    /// of headers each), the last one with the end and marker bits if `end`.
+    fn push_big_picture(
+        d: &mut super::Depacketizer,
+        buf: &mut MarkBuf,
+        seq: &mut u16,
+        timestamp: i64,
+        n: usize,
+        end: bool,
+    ) {
+        let mut fragment = vec![0xab; 1400];
+        for i in 0..n {
+            let last = end && i == n - 1;
+            let fu_header = match (i, last) {
+                (0, _) => 0x85,
+                (_, true) => 0x45,
+                _ => 0x05,
+            };
+            fragment[..2].copy_from_slice(&[0x7c, fu_header]);
+            push_after(d, meta_at(*seq, timestamp, last), 16, &fragment, buf).unwrap();
+            *seq = seq.wrapping_add(1);
+        }
+    }
+
+    /// The read buffer grows for a large access unit in progress. When that access unit is
+    /// emitted, the buffer keeps its size (the next one may be as large); when it is dropped
+    /// (here for loss inside it), the buffer shrinks back at its next fill.
+    #[test]
+    fn dropped_access_unit_releases_the_buffer_growth() {
+        init_logging();
+        let mut buf = MarkBuf::new(65536);
+        let mut d = super::Depacketizer::new(90_000, Some("packetization-mode=1;profile-level-id=64001E;sprop-parameter-sets=Z2QAHqwsaoLA9puCgIKgAAADACAAAAMD0IAA,aO4xshsA")).unwrap();
+        let mut seq = 0u16;
+
+        // About 1.1 MB, emitted.
+        push_big_picture(&mut d, &mut buf, &mut seq, 0, 800, true);
+        match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => assert_eq!(frame.timestamp().timestamp(), 0),
+            other => panic!("{other:?}"),
+        }
+        let grown = buf.capacity();
+        assert_eq!(grown, 2 << 20);
+        push_after(
+            &mut d,
+            meta_at(seq, 3000, true),
+            16,
+            b"\x65idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        seq = seq.wrapping_add(1);
+        assert!(matches!(d.pull(), Some(Ok(CodecItem::VideoFrame(_)))));
+        assert_eq!(buf.capacity(), grown);
+
+        // As large, then a packet lost inside it: dropped.
+        push_big_picture(&mut d, &mut buf, &mut seq, 6000, 800, false);
+        assert_eq!(buf.capacity(), grown);
+        let mut lossy = meta_at(seq, 6000, false);
+        lossy.loss = 1;
+        push_after(&mut d, lossy, 16, b"\x7c\x05more", &mut buf).unwrap();
+        seq = seq.wrapping_add(1);
+        d.check_invariants();
+        assert!(d.pieces.capacity() <= 64, "{}", d.pieces.capacity());
+
+        // Its rest is ignored, and the buffer is back to its initial size.
+        push_after(
+            &mut d,
+            meta_at(seq, 6000, true),
+            16,
+            b"\x7c\x45end",
+            &mut buf,
+        )
+        .unwrap();
+        seq = seq.wrapping_add(1);
+        assert!(d.pull().is_none());
+        assert_eq!(buf.capacity(), 65536);
+
+        // The next access unit comes out whole.
+        push_after(
+            &mut d,
+            meta_at(seq, 9000, true),
+            16,
+            b"\x65idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => {
+                assert_eq!(frame.timestamp().timestamp(), 9000);
+                assert!(frame.data().ends_with(b"\x65idr slice"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -51,11 +51,13 @@ pub(crate) struct Depacketizer {
     mark: Option<Mark>,
 
     /// In state `PreMark`, pieces of NALs, excluding their header bytes.
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     pieces: Vec<BufRange>,
 
     /// In state `PreMark`, an entry for each NAL.
-    /// Kept around (empty) in other states to re-use the backing allocation.
+    /// Kept around (empty) in other states to re-use the backing allocation
+    /// (shrunk when an access unit is dropped rather than emitted).
     nals: Vec<Nal>,
 
     /// True if we've seen a FU sequence where the NAL headers differ between
@@ -104,7 +106,8 @@ enum DepacketizerInputState {
     /// Not yet processing an access unit.
     New,
 
-    /// Ignoring the remainder of an access unit because of interior packet loss.
+    /// Ignoring the remainder of an access unit because of interior packet loss
+    /// (or because it grew past [`super::h26x::MAX_ACCESS_UNIT_SIZE`]).
     Loss {
         timestamp: crate::Timestamp,
         pkts: u16,
@@ -185,10 +188,11 @@ impl Depacketizer {
         }
     }
 
-    fn discard_au(&mut self) {
-        self.nals.clear();
-        self.pieces.clear();
-        self.mark = None;
+    /// Discards the in-progress access unit's accumulated data and mark, if
+    /// any, and releases the memory it took (see [`super::h26x::drop_access_unit`]).
+    fn discard_au(&mut self, buf: &MarkBuf) {
+        let pinned = self.mark.take().is_some();
+        super::h26x::drop_access_unit(pinned, &mut self.nals, &mut self.pieces, buf);
     }
 
     pub(super) fn parameters(&self) -> Option<super::ParametersRef<'_>> {
@@ -204,7 +208,7 @@ impl Depacketizer {
         // `input_state` at `New` when they encounter a problem mid-access unit. Restore
         // the invariant so the caller can try to recover after error.
         if !matches!(self.input_state, DepacketizerInputState::PreMark(_)) {
-            self.discard_au();
+            self.discard_au(pkt.buf());
         }
         r
     }
@@ -230,7 +234,7 @@ impl Depacketizer {
                 DepacketizerInputState::PreMark(mut access_unit) => {
                     let loss = meta.loss;
                     if loss > 0 {
-                        self.discard_au();
+                        self.discard_au(buf);
                         if access_unit.timestamp.timestamp == meta.timestamp.timestamp {
                             // Loss within this access unit. Ignore until mark or new timestamp.
                             self.input_state = if meta.mark {
@@ -257,7 +261,7 @@ impl Depacketizer {
                                 "timestamp changed from {} to {} in the middle of a fragmented NAL",
                                 access_unit.timestamp, meta.timestamp
                             ));
-                            self.discard_au();
+                            self.discard_au(buf);
                             AccessUnit::start(&meta, 0, false)
                         } else {
                             let last_nal_hdr = self
@@ -314,6 +318,18 @@ impl Depacketizer {
 
         if payload_len < 2 {
             return Err("Short NAL".into());
+        }
+        // Refuse to keep more than `MAX_ACCESS_UNIT_SIZE` pinned; ignore the rest of the
+        // access unit (as after interior loss).
+        if let Some(m) = &self.mark
+            && let Err(e) = super::h26x::check_access_unit_size(
+                "H.265",
+                m.pos(),
+                payload_pos + u64::from(payload_len),
+            )
+        {
+            self.input_state = DepacketizerInputState::Loss { timestamp, pkts: 0 };
+            return Err(e);
         }
         if self.mark.is_none() {
             self.mark = Some(pkt.mark());
@@ -460,7 +476,7 @@ impl Depacketizer {
                     }
                     (false, false) => {
                         if loss > 0 {
-                            self.discard_au();
+                            self.discard_au(buf);
                             self.input_state = DepacketizerInputState::Loss {
                                 timestamp,
                                 pkts: loss,
@@ -1664,5 +1680,110 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.generic_parameters.pixel_dimensions(), (2304, 1296));
+    }
+
+    /// Pushes `payload` as the next packet's payload after `headers` bytes of other input (as
+    /// the interleaved framing and RTP header that precede it on a TCP connection).
+    fn push_after(
+        d: &mut super::Depacketizer,
+        meta: crate::rtp::PacketMeta,
+        headers: usize,
+        payload: &[u8],
+        buf: &mut MarkBuf,
+    ) -> Result<(), String> {
+        buf.extend(&vec![0; headers]);
+        let pos = buf.end();
+        buf.extend(payload);
+        buf.advance_unparsed(buf.end());
+        d.push(&PacketRef::new(meta, buf, pos, payload.len() as u16))
+    }
+
+    fn meta_at(sequence_number: u16, timestamp: i64, mark: bool) -> crate::rtp::PacketMeta {
+        crate::rtp::PacketMeta {
+            ctx: crate::PacketContext::dummy(),
+            stream_id: 0,
+            timestamp: crate::Timestamp {
+                timestamp,
+                clock_rate: NonZeroU32::new(90_000).unwrap(),
+                start: 0,
+            },
+            sequence_number,
+            ssrc: 0,
+            mark,
+            loss: 0,
+        }
+    }
+
+    /// An access unit that never ends (fragments of one NAL, one timestamp, no marker bit) is
+    /// refused as soon as it spans more than `MAX_ACCESS_UNIT_SIZE` bytes of input, headers
+    /// included, so the read buffer stops growing; the rest of it is ignored without pinning
+    /// anything, and the next access unit comes out whole.
+    #[test]
+    fn endless_access_unit_is_refused_past_max_size() {
+        use crate::codec::h26x::MAX_ACCESS_UNIT_SIZE;
+        const HEADERS: usize = 16;
+        init_logging();
+        let mut buf = MarkBuf::new(65536);
+        let mut d = super::Depacketizer::new(90_000, Some("profile-id=1;sprop-sps=QgEBAWAAAAMAsAAAAwAAAwBaoAWCAeFja5JFL83BQYFBAAADAAEAAAMADKE=;sprop-pps=RAHA8saNA7NA;sprop-vps=QAEMAf//AWAAAAMAsAAAAwAAAwBarAwAAAMABAAAAwAyqA==")).unwrap();
+        let mut fragment = vec![0xab; 1400];
+        let first = buf.end() + HEADERS as u64;
+        let mut seq = 0u16;
+        let err = loop {
+            let hdr: &[u8] = if seq == 0 {
+                b"\x62\x01\x93"
+            } else {
+                b"\x62\x01\x13"
+            };
+            fragment[..hdr.len()].copy_from_slice(hdr);
+            let span = buf.end() + (HEADERS + fragment.len()) as u64 - first;
+            match push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf) {
+                Ok(()) => {
+                    assert!(span <= MAX_ACCESS_UNIT_SIZE, "took in {span} bytes");
+                    assert!(d.pull().is_none());
+                }
+                Err(e) => {
+                    assert!(span > MAX_ACCESS_UNIT_SIZE, "refused at {span} bytes: {e}");
+                    break e;
+                }
+            }
+            seq = seq.wrapping_add(1);
+        };
+        assert!(
+            err.starts_with("H.265 access unit exceeds the limit of 8388608 bytes"),
+            "{err}"
+        );
+        d.check_invariants(); // not in an access unit: nothing pinned.
+        let capacity = buf.capacity();
+        assert!(capacity <= 2 * MAX_ACCESS_UNIT_SIZE as usize, "{capacity}");
+        // What it took is released: the lists' room now, the buffer's growth at its next fill.
+        assert!(d.pieces.capacity() <= 64, "{}", d.pieces.capacity());
+        assert!(d.nals.capacity() <= 64, "{}", d.nals.capacity());
+
+        // More of it (14 MB): ignored, with the buffer back to its initial size.
+        for _ in 0..10_000 {
+            seq = seq.wrapping_add(1);
+            push_after(&mut d, meta_at(seq, 0, false), HEADERS, &fragment, &mut buf).unwrap();
+            assert!(d.pull().is_none());
+            assert_eq!(buf.capacity(), 65536);
+        }
+
+        // The next access unit.
+        seq = seq.wrapping_add(1);
+        push_after(
+            &mut d,
+            meta_at(seq, 3000, true),
+            HEADERS,
+            b"\x26\x01idr slice",
+            &mut buf,
+        )
+        .unwrap();
+        let frame = match d.pull() {
+            Some(Ok(CodecItem::VideoFrame(frame))) => frame,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(frame.timestamp().timestamp(), 3000);
+        assert!(frame.is_random_access_point());
+        assert!(frame.data().ends_with(b"\x26\x01idr slice"));
+        assert!(d.pull().is_none());
     }
 }

@@ -3,7 +3,7 @@
 
 //! Common logic between H.264 and H.265.
 
-use crate::buf::BufRange;
+use crate::buf::{BufRange, MarkBuf};
 use crate::inputs::{Input as _, Split};
 
 /// Annex B start code with the `zero_byte` prefix, as added by [`Framing::AnnexB`].
@@ -12,6 +12,65 @@ use crate::inputs::{Input as _, Split};
 /// unit of each access unit (H.264 Annex B section B.1.2; H.265 has equivalent language).
 /// We use the 4-byte form everywhere for simplicity.
 pub const ANNEX_B_START_CODE: [u8; 4] = [0, 0, 0, 1];
+
+/// The most input an H.264 or H.265 access unit may span, in bytes.
+///
+/// An access unit in progress pins the read buffer from its first payload byte
+/// on, so without a bound a peer that never ends one (no marker bit, no new
+/// timestamp) makes the buffer grow without limit. The bound is on that span:
+/// the access unit's payloads with their RTP (and interleaved) headers and
+/// whatever else arrived among them. So it bounds the memory held, however
+/// small the packets are, and not only the size of the frame that would come
+/// out.
+///
+/// 8 MiB: several times the largest real-world access units (a 4K keyframe at
+/// high quality is 1–2 MB), and what bluenviron's mediacommon (gortsplib,
+/// MediaMTX) chose for its `MaxAccessUnitSize` after 4 MiB proved too little
+/// for a 2160p60 stream.
+pub(crate) const MAX_ACCESS_UNIT_SIZE: u64 = 8 << 20;
+
+/// Checks that an access unit starting at input position `first` (its first
+/// payload byte) may take in a packet whose payload ends at `end`; else the
+/// error to give, naming `codec`. See [`MAX_ACCESS_UNIT_SIZE`].
+pub(super) fn check_access_unit_size(codec: &str, first: u64, end: u64) -> Result<(), String> {
+    let span = end - first;
+    if span > MAX_ACCESS_UNIT_SIZE {
+        return Err(format!(
+            "{codec} access unit exceeds the limit of {MAX_ACCESS_UNIT_SIZE} bytes \
+             ({span} bytes of packets so far, with no marker bit or new timestamp); \
+             skipping the rest of it"
+        ));
+    }
+    Ok(())
+}
+
+/// How many entries the NAL and piece lists keep room for after an access unit
+/// is dropped: enough for ordinary access units without regrowing, while an
+/// access unit of many tiny fragments may have grown them to megabytes.
+const DROPPED_AU_KEPT_ENTRIES: usize = 64;
+
+/// Releases what an access unit in progress held, when it is dropped rather
+/// than emitted (after loss or an error, or past [`MAX_ACCESS_UNIT_SIZE`]):
+/// clears `nals` and `pieces` and shrinks them, and asks `buf` to shrink back
+/// from what it grew to for the access unit (see
+/// [`MarkBuf::request_shrink`]). Does nothing when no access unit was in
+/// progress (`pinned` is false and both lists are empty), so the lists keep
+/// their allocation from one emitted access unit to the next.
+pub(super) fn drop_access_unit<N>(
+    pinned: bool,
+    nals: &mut Vec<N>,
+    pieces: &mut Vec<BufRange>,
+    buf: &MarkBuf,
+) {
+    if !pinned && nals.is_empty() && pieces.is_empty() {
+        return;
+    }
+    nals.clear();
+    pieces.clear();
+    nals.shrink_to(DROPPED_AU_KEPT_ENTRIES);
+    pieces.shrink_to(DROPPED_AU_KEPT_ENTRIES);
+    buf.request_shrink();
+}
 
 /// How to frame H.26x NAL units in output (packet format and extra data format).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
