@@ -56,9 +56,11 @@ enum Transport {
 )]
 struct Args {
     /// Cameras and settings from a TOML file: [[camera]] tables (name, source, and size, fps,
-    /// quality, motion, loop, max-frame-bytes, source-allow, rtsp-transport for that camera),
-    /// and any flag of this command by its long name (http-port = 8080). A flag given on the
-    /// command line overrides the file. See docs/CONFIG.md.
+    /// quality, motion, loop, max-frame-bytes, source-allow, rtsp-transport, request-port,
+    /// tcp-stream-port for that camera), and any flag of this command by its long name
+    /// (http-port = 8080). A flag given on the command line overrides the file. Watchers pick a
+    /// camera by name (SURV/1 "cam=NAME", surv-client --camera, /cam/NAME/ over HTTP); those
+    /// that cannot get the first. See docs/CONFIG.md.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// The camera's name without --config (in /cam/NAME/ URLs and SURV/1's cam=NAME).
