@@ -12,18 +12,10 @@ use std::time::Duration;
 
 use surv_proto::Form;
 use surv_tests::standins::push::{length_prefixed_sender, Feed};
-use surv_tests::{test_jpeg, Picture, RawViewer, Reaper, IO_TIMEOUT};
+use surv_tests::{free_tcp_port, free_udp_port, test_jpeg, Picture, RawViewer, Reaper, IO_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn jpeg(w: usize, h: usize, seed: u64) -> Vec<u8> {
     test_jpeg(
@@ -100,12 +92,8 @@ async fn start(config: &Path, dir: &Path, http: u16, extra: &[&str]) -> Reaper {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_cameras_from_a_config_each_serve_their_own_picture() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, http, push) = (free_port(), free_port(), free_port());
-    let requests = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (port, http, push) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let requests = free_udp_port();
     let still = dir.path().join("still.jpg");
     std::fs::write(&still, jpeg(200, 150, 9)).unwrap();
     let config = dir.path().join("surv.toml");
@@ -312,7 +300,7 @@ fn a_bad_config_is_refused_with_its_line_and_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_overrides_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let (in_file, on_line) = (free_port(), free_port());
+    let (in_file, on_line) = (free_tcp_port(), free_tcp_port());
     let config = dir.path().join("surv.toml");
     std::fs::write(
         &config,

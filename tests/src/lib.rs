@@ -113,6 +113,18 @@ pub async fn start_server(opts: ServerOpts) -> anyhow::Result<TestServer> {
     start_server_with(opts, Box::new(pattern)).await
 }
 
+/// A TCP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).
+pub fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a TCP port");
+    s.local_addr().expect("its address").port()
+}
+
+/// A UDP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP port");
+    s.local_addr().expect("its address").port()
+}
+
 /// The test pattern stamped by an ideal clock: frame `n` is captured at `t0 + n / fps` exactly,
 /// however late the machine ran it. A recording of it must then play at exactly `fps`, with a
 /// gap of whole frame intervals where a frame was missed: what a test of a recorder's timing

@@ -17,7 +17,7 @@ use surv_server::sources::udp::UdpSource;
 use surv_server::sources::{Source, SourceOptions};
 use surv_tests::fixtures::{broken_jpegs, Subsamp};
 use surv_tests::standins::http::{multipart_head, part, Say, ScriptedHttp};
-use surv_tests::{heavy, test_jpeg, Picture, IO_TIMEOUT};
+use surv_tests::{free_tcp_port, free_udp_port, heavy, test_jpeg, Picture, IO_TIMEOUT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::time::{sleep, Instant};
@@ -101,16 +101,6 @@ impl Rig {
     }
 }
 
-fn free_port_udp() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
-fn free_port_tcp() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 /// How a push camera sends one JPEG.
 enum Pusher {
     Udp(UdpSocket, SocketAddr),
@@ -170,10 +160,10 @@ async fn one_broken_jpeg_costs_one_frame(udp: bool) {
         ..SourceOptions::default()
     };
     let source: Box<dyn Source> = if udp {
-        let port = free_port_udp();
+        let port = free_udp_port();
         Box::new(UdpSource::new("127.0.0.1", port, &opts))
     } else {
-        let port = free_port_tcp();
+        let port = free_tcp_port();
         Box::new(TcpListenSource::new("127.0.0.1", port, &opts))
     };
     let port: u16 = source
@@ -323,7 +313,7 @@ async fn an_http_camera_stalled_mid_part_is_lost_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_do_not_keep_a_push_camera_out() {
     let _serial = heavy().await;
-    let port = free_port_tcp();
+    let port = free_tcp_port();
     let at = SocketAddr::new(LOCALHOST, port);
     let source = TcpListenSource::new("127.0.0.1", port, &SourceOptions::default());
     let stats = source.stats();

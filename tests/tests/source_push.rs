@@ -21,7 +21,10 @@ use surv_tests::standins::push::{
     abcde_client, abcde_header, abcde_server, length_prefixed_sender, udp_sender, Camera, Feed,
 };
 use surv_tests::IO_TIMEOUT;
-use surv_tests::{heavy, start_server_with, test_jpeg, Picture, RawViewer, ServerOpts, TestServer};
+use surv_tests::{
+    free_tcp_port, free_udp_port, heavy, start_server_with, test_jpeg, Picture, RawViewer,
+    ServerOpts, TestServer,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -196,16 +199,6 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn free_port_udp() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
-fn free_port_tcp() -> u16 {
-    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
-}
-
 /// The four wire forms the push and TCP sources take.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Wire {
@@ -272,9 +265,9 @@ fn stat(srv: &TestServer) -> &surv_server::capture::CaptureStats {
 async fn camera_end_to_end(wire: Wire) {
     let _serial = heavy().await;
     let port = if wire == Wire::Udp {
-        free_port_udp()
+        free_udp_port()
     } else {
-        free_port_tcp()
+        free_tcp_port()
     };
     let (first, second) = (camera_jpegs(6, 1), camera_jpegs(6, 2));
     let known = known_pictures(&[&first, &second]);
@@ -427,7 +420,7 @@ async fn counted(stats: &PeerStats, cause: Cause) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_listen_refuses_bad_pushers_while_the_camera_streams() {
     let _serial = heavy().await;
-    let port = free_port_tcp();
+    let port = free_tcp_port();
     let at = SocketAddr::new(LOCALHOST, port);
     let (first, second) = (camera_jpegs(4, 3), camera_jpegs(4, 4));
     let known = known_pictures(&[&first, &second]);
@@ -548,7 +541,7 @@ fn largest_datagram_jpeg() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_refuses_bad_datagrams_while_the_camera_streams() {
     let _serial = heavy().await;
-    let port = free_port_udp();
+    let port = free_udp_port();
     let at = SocketAddr::new(LOCALHOST, port);
     let first = camera_jpegs(4, 5);
     let known = known_pictures(&[&first]);
