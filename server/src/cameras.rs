@@ -1,9 +1,13 @@
 //! Cameras by name: each one captured once (its own capture path), with its own UDP data path
 //! and motion state; every kind of watcher picks one (the first when it cannot say which).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::capture::{Capture, CaptureShared, FrameRx};
+use crate::http::status::RateMeter;
 use crate::motion::watch::MotionState;
 use crate::watchers::udp::DataPath;
 
@@ -25,18 +29,53 @@ pub struct Camera {
     pub data: DataPath,
     /// What the motion detector reports (all zero when it does not run).
     pub motion: Arc<MotionState>,
+    /// Cancelled when the camera ends: at shutdown, or when a reload removes or changes it.
+    /// Everything serving this camera (its sessions, fan-out, own ports, motion detector)
+    /// stops on it.
+    pub stop: CancellationToken,
+    /// Set before `stop` when a reload ends the camera, so that its watchers leave with reason
+    /// `removed` rather than `shutdown`.
+    retired: AtomicBool,
+    /// Its measured frame rate, for `/status`.
+    pub(crate) rate: RateMeter,
+    /// The fan-out thread sending its frames to its UDP viewers, while it runs.
+    pub(crate) fanout: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Camera {
-    /// The camera `name` watching `capture`'s frames.
+    /// The camera `name` watching `capture`'s frames; it ends when [`Camera::stop`] is
+    /// cancelled ([`crate::run_with`] does at shutdown).
     pub fn new(name: &str, capture: &Capture) -> Camera {
+        Camera::ending_with(name, capture, CancellationToken::new())
+    }
+
+    /// The camera `name` watching `capture`'s frames, ending when `stop` is cancelled.
+    pub fn ending_with(name: &str, capture: &Capture, stop: CancellationToken) -> Camera {
         Camera {
             name: name.to_string(),
             frames: capture.frames.clone(),
             capture: capture.shared.clone(),
             data: DataPath::default(),
             motion: Arc::default(),
+            rate: RateMeter::new(
+                capture.shared.stats.encoded.load(Relaxed),
+                std::time::Instant::now(),
+            ),
+            stop,
+            retired: AtomicBool::new(false),
+            fanout: Mutex::new(None),
         }
+    }
+
+    /// Ends the camera for a reload: its watchers leave with reason `removed`.
+    pub fn retire(&self) {
+        self.retired.store(true, Relaxed);
+        self.stop.cancel();
+    }
+
+    /// Whether a reload ended it ([`Camera::retire`]).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Relaxed)
     }
 }
 
@@ -69,30 +108,48 @@ pub fn check_name(name: &str) -> Result<(), String> {
     ))
 }
 
-/// The cameras of a server, in the order they were configured (the first is the default).
+/// The cameras of a server, in the order they were configured (the first is the default). A
+/// reload replaces the list; readers take a snapshot ([`Cameras::list`]) and hold no lock.
 #[derive(Debug)]
-pub struct Cameras(Vec<Arc<Camera>>);
+pub struct Cameras(RwLock<Arc<[Arc<Camera>]>>);
 
 impl Cameras {
     /// At least one camera, names unique (checked by whoever built the list: the config).
     pub fn new(cameras: Vec<Camera>) -> Cameras {
+        Cameras::of(cameras.into_iter().map(Arc::new).collect())
+    }
+
+    /// At least one camera, shared already.
+    pub fn of(cameras: Vec<Arc<Camera>>) -> Cameras {
         assert!(!cameras.is_empty(), "a server has at least one camera");
-        Cameras(cameras.into_iter().map(Arc::new).collect())
+        Cameras(RwLock::new(cameras.into()))
+    }
+
+    /// Every camera now, in order.
+    pub fn list(&self) -> Arc<[Arc<Camera>]> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `cameras` in place of the list (a reload): watchers that pick a camera from now on
+    /// pick among these.
+    pub fn replace(&self, cameras: Vec<Arc<Camera>>) {
+        assert!(!cameras.is_empty(), "a server has at least one camera");
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = cameras.into();
     }
 
     /// The first camera: the one watchers get when they cannot name one.
-    pub fn first(&self) -> &Arc<Camera> {
-        &self.0[0]
+    pub fn first(&self) -> Arc<Camera> {
+        self.list()[0].clone()
     }
 
     /// The camera called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Camera>> {
-        self.0.iter().find(|c| c.name == name)
+    pub fn get(&self, name: &str) -> Option<Arc<Camera>> {
+        self.list().iter().find(|c| c.name == name).cloned()
     }
 
     /// The camera a watcher asked for, or the first one without a name; an unknown name is an
     /// error naming the cameras there are.
-    pub fn pick(&self, name: Option<&str>) -> Result<&Arc<Camera>, String> {
+    pub fn pick(&self, name: Option<&str>) -> Result<Arc<Camera>, String> {
         match name {
             None => Ok(self.first()),
             Some(name) => self.get(name).ok_or_else(|| {
@@ -104,20 +161,16 @@ impl Cameras {
         }
     }
 
-    pub fn names(&self) -> Vec<&str> {
-        self.0.iter().map(|c| c.name.as_str()).collect()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Camera>> {
-        self.0.iter()
+    pub fn names(&self) -> Vec<String> {
+        self.list().iter().map(|c| c.name.clone()).collect()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.list().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list().is_empty()
     }
 }
 

@@ -27,7 +27,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Local, SecondsFormat};
@@ -52,6 +52,8 @@ pub enum LeaveReason {
     Shutdown,
     /// A socket error ended the session.
     Error,
+    /// A reload of the config removed or changed its camera.
+    Removed,
 }
 
 impl LeaveReason {
@@ -62,6 +64,7 @@ impl LeaveReason {
             LeaveReason::Closed => "closed",
             LeaveReason::Shutdown => "shutdown",
             LeaveReason::Error => "error",
+            LeaveReason::Removed => "removed",
         }
     }
 }
@@ -102,17 +105,22 @@ pub enum Event {
         at_us: u64,
         source: String,
         reason: String,
+        /// The camera, when the line came from a camera's view ([`Journal::for_camera`]).
+        camera: Option<String>,
     },
     SourceBack {
         at_us: u64,
         source: String,
         down: Duration,
+        /// The camera, when the line came from a camera's view ([`Journal::for_camera`]).
+        camera: Option<String>,
     },
     /// A motion event began at `at_us` (capture time).
     MotionStart {
         at_us: u64,
         score: f32,
         region: [f32; 4],
+        camera: Option<String>,
     },
     /// A running motion event: the frame at `at_us` scored `score`; `region` is the event's box
     /// so far.
@@ -122,17 +130,27 @@ pub enum Event {
         score: f32,
         peak: f32,
         region: [f32; 4],
+        camera: Option<String>,
     },
     MotionEnd {
         start_us: u64,
         end_us: u64,
         peak: f32,
         region: [f32; 4],
+        camera: Option<String>,
     },
 }
 
-/// The join/leave log. Cheap to share behind an `Arc`.
+/// The join/leave log. Cheap to share behind an `Arc`; [`Journal::for_camera`] gives a view
+/// of the same log whose source and motion lines name their camera.
 pub struct Journal {
+    log: Arc<Log>,
+    /// The camera this view's SOURCE-* and MOTION-* lines are about (`cam=NAME`).
+    camera: Option<String>,
+}
+
+/// The file and the subscribers, shared by every view.
+struct Log {
     dir: PathBuf,
     file: Mutex<RollingFileAppender>,
     write_errors: AtomicU64,
@@ -150,31 +168,50 @@ impl Journal {
             .build(dir)
             .map_err(std::io::Error::other)?;
         Ok(Journal {
-            dir: dir.to_path_buf(),
-            file: Mutex::new(file),
-            write_errors: AtomicU64::new(0),
-            events: broadcast::Sender::new(EVENT_BACKLOG),
+            log: Arc::new(Log {
+                dir: dir.to_path_buf(),
+                file: Mutex::new(file),
+                write_errors: AtomicU64::new(0),
+                events: broadcast::Sender::new(EVENT_BACKLOG),
+            }),
+            camera: None,
         })
+    }
+
+    /// The same log, for camera `name`'s capture path and motion detector: their lines end
+    /// `cam=NAME` and their events carry the name.
+    pub fn for_camera(&self, name: &str) -> Journal {
+        Journal {
+            log: self.log.clone(),
+            camera: Some(name.to_string()),
+        }
+    }
+
+    /// ` cam=NAME` for a camera's view, nothing for the server's.
+    fn cam(&self) -> String {
+        self.camera
+            .as_deref()
+            .map_or_else(String::new, |c| format!(" cam={c}"))
     }
 
     /// Every event from now on. A receiver more than 1024 events behind gets
     /// `RecvError::Lagged(n)`: the `n` oldest were dropped for it.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+        self.log.events.subscribe()
     }
 
     fn tell(&self, event: Event) {
         // No subscriber is not an error.
-        let _ = self.events.send(event);
+        let _ = self.log.events.send(event);
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.log.dir
     }
 
     /// Lines that could not be written (disk full, folder gone, …).
     pub fn write_errors(&self) -> u64 {
-        self.write_errors.load(Ordering::Relaxed)
+        self.log.write_errors.load(Ordering::Relaxed)
     }
 
     pub fn join(&self, session_id: u64, viewer: SocketAddr, kind: WatcherKind, camera: &str) {
@@ -229,24 +266,30 @@ impl Journal {
 
     /// The source stopped delivering (the first failure of an outage).
     pub fn source_lost(&self, source: &str, reason: &str) {
-        self.write(&format!("SOURCE-LOST source={source:?} reason={reason:?}"));
+        self.write(&format!(
+            "SOURCE-LOST source={source:?} reason={reason:?}{}",
+            self.cam()
+        ));
         self.tell(Event::SourceLost {
             at_us: surv_proto::unix_micros_now(),
             source: source.to_owned(),
             reason: reason.to_owned(),
+            camera: self.camera.clone(),
         });
     }
 
     /// The source delivers again after being lost for `down`.
     pub fn source_back(&self, source: &str, down: Duration) {
         self.write(&format!(
-            "SOURCE-BACK source={source:?} down_s={:.3}",
-            down.as_secs_f64()
+            "SOURCE-BACK source={source:?} down_s={:.3}{}",
+            down.as_secs_f64(),
+            self.cam()
         ));
         self.tell(Event::SourceBack {
             at_us: surv_proto::unix_micros_now(),
             source: source.to_owned(),
             down,
+            camera: self.camera.clone(),
         });
     }
 
@@ -255,14 +298,16 @@ impl Journal {
     pub fn motion_start(&self, at_us: u64, score: f32, region: [f32; 4]) {
         let [x, y, w, h] = region;
         self.write(&format!(
-            "MOTION-START at={} score={:.3} box={x:.3},{y:.3},{w:.3},{h:.3}",
+            "MOTION-START at={} score={:.3} box={x:.3},{y:.3},{w:.3},{h:.3}{}",
             stamp_us(at_us),
-            score * 100.0
+            score * 100.0,
+            self.cam()
         ));
         self.tell(Event::MotionStart {
             at_us,
             score,
             region,
+            camera: self.camera.clone(),
         });
     }
 
@@ -281,6 +326,7 @@ impl Journal {
             score,
             peak,
             region,
+            camera: self.camera.clone(),
         });
     }
 
@@ -288,17 +334,19 @@ impl Journal {
     pub fn motion_end(&self, start_us: u64, end_us: u64, peak: f32, region: [f32; 4]) {
         let [x, y, w, h] = region;
         self.write(&format!(
-            "MOTION-END start={} end={} duration_s={:.3} peak={:.3} box={x:.3},{y:.3},{w:.3},{h:.3}",
+            "MOTION-END start={} end={} duration_s={:.3} peak={:.3} box={x:.3},{y:.3},{w:.3},{h:.3}{}",
             stamp_us(start_us),
             stamp_us(end_us),
             end_us.saturating_sub(start_us) as f64 / 1e6,
-            peak * 100.0
+            peak * 100.0,
+            self.cam()
         ));
         self.tell(Event::MotionEnd {
             start_us,
             end_us,
             peak,
             region,
+            camera: self.camera.clone(),
         });
     }
 
@@ -308,13 +356,14 @@ impl Journal {
             Local::now().to_rfc3339_opts(SecondsFormat::Millis, false)
         );
         // A poisoned lock only means another writer panicked mid-line; the file is still usable.
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let log = &*self.log;
+        let mut file = log.file.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = file
             .write_all(stamped.as_bytes())
             .and_then(|()| file.flush())
         {
-            if self.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::error!(dir = %self.dir.display(), error = %e, "cannot write the join/leave log; streaming goes on, lines are lost until it recovers");
+            if log.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!(dir = %log.dir.display(), error = %e, "cannot write the join/leave log; streaming goes on, lines are lost until it recovers");
             }
         }
     }

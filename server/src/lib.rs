@@ -4,6 +4,8 @@
 //! do the same on `127.0.0.1:0` with the test pattern or a scripted source. docs/ARCHITECTURE.md
 //! draws the whole data path.
 //!
+//! * [`app`]: the whole server from a plan: every camera and service started by one call,
+//!   reloaded (`SIGHUP`), stopped by one token.
 //! * [`cameras`]: cameras by name, each with its capture path and its UDP viewers.
 //! * [`sources`]: where frames come from, one file per kind, behind one trait.
 //! * [`capture`]: the one capture path: runs the source (again after a failure, with backoff),
@@ -18,6 +20,7 @@
 //! * [`auth`]: the access token and who must present it.
 //! * [`sys`]: every system call through `libc`, and so all of the server's `unsafe`.
 
+pub mod app;
 pub mod auth;
 pub mod cameras;
 pub mod capture;
@@ -228,36 +231,59 @@ pub async fn run_with(server: Arc<Server>, listeners: Listeners, shutdown: Cance
     if let Some(http) = http {
         tracker.spawn(http::serve(server.clone(), http, shutdown.clone()));
     }
-    // One fan-out per camera: a frame of one camera never waits for another's sends.
-    let mut fanouts = Vec::new();
-    for camera in server.cameras.iter() {
-        if server.fanout_on_runtime {
-            tracker.spawn(watchers::udp::data_path::fan_out_loop(
-                server.clone(),
-                camera.clone(),
-                shutdown.clone(),
-            ));
-            continue;
-        }
-        match watchers::udp::data_path::spawn_fanout_thread(
-            server.clone(),
-            camera.clone(),
-            shutdown.clone(),
-        ) {
-            Ok(t) => fanouts.push(t),
-            Err(e) => {
-                tracing::error!(camera = %camera.name, error = %e, "cannot start the fan-out thread; no frames will be sent");
-                shutdown.cancel();
-            }
-        }
+    // Each camera ends with the server (a camera a reload adds ends with the server too: its
+    // token is a child of `shutdown`, see `app`).
+    tracker.spawn(end_cameras_with(server.clone(), shutdown.clone()));
+    for camera in server.cameras.list().iter() {
+        start_fanout(&server, camera, &tracker);
     }
     watchers::udp::admission::accept_loop(&server, &listener, &tracker, &shutdown).await;
     wind_down(&tracker, "sessions").await;
-    for t in fanouts {
+    for camera in server.cameras.list().iter() {
+        stop_fanout(camera).await;
+    }
+    server.log_stats();
+}
+
+/// Ends every camera (cancels its [`Camera::stop`]) when `shutdown` is cancelled.
+pub(crate) async fn end_cameras_with(server: Arc<Server>, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    for camera in server.cameras.list().iter() {
+        camera.stop.cancel();
+    }
+}
+
+/// Starts `camera`'s fan-out (its frames to its UDP viewers) until [`Camera::stop`]: a thread of
+/// its own, so that a frame of one camera never waits for another's sends.
+pub(crate) fn start_fanout(server: &Arc<Server>, camera: &Arc<Camera>, tracker: &TaskTracker) {
+    let stop = camera.stop.clone();
+    if server.fanout_on_runtime {
+        tracker.spawn(watchers::udp::data_path::fan_out_loop(
+            server.clone(),
+            camera.clone(),
+            stop,
+        ));
+        return;
+    }
+    match watchers::udp::data_path::spawn_fanout_thread(server.clone(), camera.clone(), stop) {
+        Ok(t) => *camera.fanout.lock().unwrap_or_else(|p| p.into_inner()) = Some(t),
+        Err(e) => {
+            tracing::error!(camera = %camera.name, error = %e, "cannot start the fan-out thread; no frames will be sent to UDP viewers");
+        }
+    }
+}
+
+/// Waits for `camera`'s fan-out thread to end (after [`Camera::stop`]).
+pub(crate) async fn stop_fanout(camera: &Camera) {
+    let thread = camera
+        .fanout
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(t) = thread {
         // It sees the cancellation at once; it may be in the middle of one frame's sends.
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    server.log_stats();
 }
 
 /// Closes `tracker` and waits for its tasks (watchers logging their LEAVE) at most
@@ -278,7 +304,7 @@ pub(crate) async fn wind_down(tracker: &TaskTracker, what: &str) {
 impl Server {
     /// The first camera: the one watchers get when they name none (seed-form viewers, today's
     /// `/stream.mjpg`).
-    pub fn first_camera(&self) -> &Arc<Camera> {
+    pub fn first_camera(&self) -> Arc<Camera> {
         self.cameras.first()
     }
 
@@ -286,14 +312,15 @@ impl Server {
     /// and a line for each camera when there are several): what the load tool (`surv-load`)
     /// reads to check "one encode per captured frame" and the encode time.
     pub fn log_stats(&self) {
+        let cameras = self.cameras.list();
         let sum = |f: fn(&CaptureStats) -> &AtomicU64| -> u64 {
-            self.cameras
+            cameras
                 .iter()
                 .map(|c| f(&c.capture.stats).load(Relaxed))
                 .sum()
         };
-        if self.cameras.len() > 1 {
-            for camera in self.cameras.iter() {
+        if cameras.len() > 1 {
+            for camera in cameras.iter() {
                 let c = &camera.capture.stats;
                 tracing::info!(
                     camera = %camera.name,

@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use surv_proto::{
     DEFAULT_MAX_DATAGRAM_BYTES, DEFAULT_TCP_PORT, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES,
 };
+use surv_server::app::{listen, App, CameraPlan, Plan};
 use surv_server::auth::Token;
 use surv_server::cameras::check_name;
 use surv_server::capture::CaptureConfig;
@@ -17,10 +18,9 @@ use surv_server::config::{self, CameraEntry};
 use surv_server::encoder::EncoderConfig;
 use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
-use surv_server::sources::udp::{PortSharer, SharedPort, UdpSource};
-use surv_server::sources::{Source, SourceOptions, SourceSpec};
-use surv_server::watchers::request::{self, RequestConfig, RequestHub};
-use surv_server::{Camera, Cameras, Capture, Config, Journal, Server, StreamShape};
+use surv_server::sources::{SourceOptions, SourceSpec};
+use surv_server::watchers::request::{self, RequestConfig};
+use surv_server::{Config, Journal, Listeners, StreamShape};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -190,11 +190,12 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Publish events to an MQTT broker, mqtt://[USER:PASS@]HOST[:PORT] (port 1883; no TLS):
-    /// PREFIX/available (online/offline, retained, and the Last Will), PREFIX/events (JSON:
-    /// joins, leaves, source lost/back, motion), PREFIX/motion (ON/OFF, retained) and
-    /// PREFIX/stats (JSON). The server starts and streams whether or not the broker is up;
-    /// events wait for it in a bounded queue. A password in the URL shows in the process
-    /// list: use --mqtt-password-file instead.
+    /// PREFIX/available (online/offline, retained, and the Last Will), PREFIX/CAMERA/events
+    /// (JSON: joins, leaves, source lost/back, motion of that camera), PREFIX/CAMERA/motion
+    /// (ON/OFF, retained), PREFIX/events and PREFIX/motion (every camera's events; ON while any
+    /// camera is in motion) and PREFIX/stats (JSON). The server starts and streams whether or
+    /// not the broker is up; events wait for it in a bounded queue. A password in the URL shows
+    /// in the process list: use --mqtt-password-file instead.
     // Parsed after clap, whose error would echo the value, password and all.
     #[arg(long, value_name = "URL")]
     mqtt: Option<String>,
@@ -238,18 +239,33 @@ struct Parsed {
     args: Args,
     /// The file's `[[camera]]` tables, each with its line.
     cameras: Vec<(CameraEntry, usize)>,
+    /// The file's server-wide settings, as (flag, value) (a reload compares them).
+    settings: Vec<(String, toml::Value)>,
 }
 
+/// The command line (`--help` and usage errors exit here), and the `--config` file's settings
+/// under it.
 fn parse_args() -> anyhow::Result<Parsed> {
     let cli: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let command = <Args as clap::CommandFactory>::command();
     let matches = command.clone().get_matches_from(&cli);
     let args = <Args as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    with_config(cli, matches, args)
+}
+
+/// Reads `args.config` (again, for a reload) and puts its settings under the command line.
+fn with_config(
+    cli: Vec<std::ffi::OsString>,
+    matches: clap::ArgMatches,
+    args: Args,
+) -> anyhow::Result<Parsed> {
+    let command = <Args as clap::CommandFactory>::command();
     let Some(path) = args.config.clone() else {
         return Ok(Parsed {
             matches,
             args,
             cameras: Vec::new(),
+            settings: Vec::new(),
         });
     };
     let text = std::fs::read_to_string(&path)
@@ -271,6 +287,11 @@ fn parse_args() -> anyhow::Result<Parsed> {
         matches,
         args,
         cameras: file.cameras,
+        settings: file
+            .settings
+            .into_iter()
+            .map(|s| (s.flag, s.value))
+            .collect(),
     })
 }
 
@@ -322,24 +343,7 @@ fn setting_args(command: &clap::Command, s: &config::Setting) -> Result<Vec<Stri
 }
 
 fn run() -> anyhow::Result<()> {
-    let Parsed {
-        matches,
-        mut args,
-        cameras: file_cameras,
-    } = parse_args()?;
-    if matches.value_source("cam") == Some(clap::parser::ValueSource::CommandLine) {
-        let source_given =
-            matches.value_source("source") == Some(clap::parser::ValueSource::CommandLine);
-        if source_given && !matches!(args.source, SourceSpec::Cam(_)) {
-            bail!(
-                "--cam and --source {} contradict each other: pick one",
-                args.source
-            );
-        }
-        args.source = SourceSpec::Cam(args.cam);
-    } else if let SourceSpec::Cam(_) = args.source {
-        args.source = SourceSpec::Cam(args.cam);
-    }
+    let parsed = parse_args()?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -348,7 +352,69 @@ fn run() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    let plan = plan(&parsed)?;
+    let args = &parsed.args;
+    // Large blocks (a camera connection's buffer grown for a large frame) go back to the system
+    // when freed, instead of drawing later ones into glibc's arenas.
+    surv_server::sys::fix_mmap_threshold();
+    // Each viewer holds one TCP connection; past the limit, accepts back off and retry.
+    match surv_server::sys::raise_fd_limit() {
+        Ok(limit) if limit < args.max_viewers as u64 + 64 => tracing::warn!(
+            limit,
+            max_viewers = args.max_viewers,
+            "the open-file limit is below --max-viewers; registrations past it will wait (raise `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+    let journal =
+        Arc::new(Journal::open(&args.log_dir).with_context(|| {
+            format!("opening the join/leave log in {}", args.log_dir.display())
+        })?);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(args.bind, args.port);
+        let viewers = listen(addr).with_context(|| {
+            format!("listening on TCP {addr} (is another server on that port? try --port)")
+        })?;
+        let http = match args.http_port {
+            0 => None,
+            port => {
+                let addr = SocketAddr::new(args.bind, port);
+                let listener = listen(addr).with_context(|| {
+                    format!(
+                        "listening for HTTP on {addr} (is another server on that port? try \
+                         --http-port with another port, or --http-port 0 to turn HTTP off)"
+                    )
+                })?;
+                tracing::info!(%addr, "HTTP: the live page is at http://{addr}/");
+                Some(listener)
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let cameras = plan.cameras.len();
+        let app = App::start(plan, journal, shutdown.clone()).await?;
+        tracing::info!(
+            %addr,
+            cameras,
+            max_datagram = args.max_datagram,
+            log_dir = %args.log_dir.display(),
+            "surv-server ready"
+        );
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        // Without a config file, SIGHUP keeps its default (the server ends), as before.
+        if args.config.is_some() {
+            tokio::spawn(reload_on_hangup(app.clone(), parsed.settings.clone()));
+        }
+        app.serve(Listeners { viewers, http }).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
 
+/// The server `parsed` describes: its limits, services and cameras, every value checked.
+fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
+    let args = &parsed.args;
     if !(MIN_DATAGRAM_BYTES..=MAX_UDP_PAYLOAD_BYTES).contains(&args.max_datagram) {
         bail!(
             "--max-datagram must be {MIN_DATAGRAM_BYTES}..={MAX_UDP_PAYLOAD_BYTES} bytes, not {}",
@@ -375,7 +441,7 @@ fn run() -> anyhow::Result<()> {
     if args.request_per_ip == 0 {
         bail!("--request-per-ip must be at least 1");
     }
-    let request_config = RequestConfig {
+    let request = RequestConfig {
         ttl: if args.request_ttl == 0.0 {
             None
         } else {
@@ -395,37 +461,17 @@ fn run() -> anyhow::Result<()> {
         metrics_public: args.metrics_public,
         ..Config::default()
     };
-
-    // Large blocks (a camera connection's buffer grown for a large frame) go back to the system
-    // when freed, instead of drawing later ones into glibc's arenas.
-    surv_server::sys::fix_mmap_threshold();
-    // Each viewer holds one TCP connection; past the limit, accepts back off and retry.
-    match surv_server::sys::raise_fd_limit() {
-        Ok(limit) if limit < args.max_viewers as u64 + 64 => tracing::warn!(
-            limit,
-            max_viewers = args.max_viewers,
-            "the open-file limit is below --max-viewers; registrations past it will wait (raise `ulimit -n`)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
-    }
-    if args.max_frame_bytes < 1024 {
-        bail!(
-            "--max-frame-bytes must be at least 1024, not {}",
-            args.max_frame_bytes
-        );
-    }
     if args.motion_every == 0 || !(0.0..=100.0).contains(&args.motion_threshold) {
         bail!("--motion-every must be at least 1 and --motion-threshold 0 to 100");
     }
-    let motion_config = surv_server::motion::MotionConfig {
+    let motion = surv_server::motion::MotionConfig {
         threshold_pct: args.motion_threshold,
         hold: secs(args.motion_hold, "--motion-hold")?,
         ..Default::default()
     };
     let name = args.name.clone().unwrap_or_else(mqtt::default_name);
     mqtt::check_topic(&name, true).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    let mqtt_config = match &args.mqtt {
+    let mqtt = match &args.mqtt {
         Some(url) => {
             let mut broker = BrokerUrl::parse(url).map_err(|e| anyhow::anyhow!("--mqtt {e}"))?;
             if let Some(path) = &args.mqtt_password_file {
@@ -444,229 +490,89 @@ fn run() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let plans = camera_plans(&matches, &args, &file_cameras)?;
-    let journal =
-        Arc::new(Journal::open(&args.log_dir).with_context(|| {
-            format!("opening the join/leave log in {}", args.log_dir.display())
-        })?);
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let mut captures = Vec::new();
-        let mut cameras = Vec::new();
-        // Per camera: `udp://HOST:P` with its request port P shares one socket for the
-        // camera's frames and the apps' `Request`s, as seed 001's server has it.
-        let mut shared_ports = Vec::new();
-        for plan in &plans {
-            let shared = match &plan.source {
-                SourceSpec::Udp { host, port } if *port == plan.request_port => {
-                    let addr = tokio::net::lookup_host((host.as_str(), *port))
-                        .await
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .with_context(|| format!("--source {}: no address for {host}", plan.source))?;
-                    let socket = RequestHub::bind(addr).with_context(|| {
-                        format!("--source {} with --request-port: binding UDP {addr}", plan.source)
-                    })?;
-                    Some(SharedPort {
-                        socket,
-                        sharer: Arc::default(),
-                    })
-                }
-                _ => None,
-            };
-            let source: Box<dyn Source> = match (&plan.source, &shared) {
-                (SourceSpec::Udp { host, port }, Some(shared)) => {
-                    Box::new(UdpSource::new(host, *port, &plan.options).sharing(shared.clone()))
-                }
-                _ => plan
-                    .source
-                    .build(&plan.options)
-                    .with_context(|| format!("camera {}: --source {}", plan.name, plan.source))?,
-            };
-            let capture = Capture::start(source, plan.capture, journal.clone(), &shutdown)
-                .context("starting the capture path")?;
-            // A local camera or the test pattern must work at start-up: its failure is an
-            // error, not an outage to wait out. A network camera may boot after the server.
-            if plan.source.must_work_at_start() {
-                if let Err(e) = capture.first_outcome().await {
-                    capture.stop().await;
-                    for c in captures {
-                        Capture::stop(c).await;
-                    }
-                    return match plan.source {
-                        SourceSpec::Cam(n) => Err(anyhow::anyhow!(
-                            "camera {}: /dev/video{n} failed: {e}\nNo camera? Try `--source test` for the built-in test pattern.",
-                            plan.name
-                        )),
-                        _ => Err(anyhow::anyhow!(
-                            "camera {}: the {} source failed: {e}",
-                            plan.name,
-                            plan.source
-                        )),
-                    };
-                }
-            }
-            cameras.push(Camera::new(&plan.name, &capture));
-            captures.push(capture);
-            shared_ports.push(shared);
-        }
-        let addr = SocketAddr::new(args.bind, args.port);
-        let listener = listen(addr).with_context(|| {
-            format!("listening on TCP {addr} (is another server on that port? try --port)")
-        })?;
-        let http = match args.http_port {
-            0 => None,
-            port => {
-                let addr = SocketAddr::new(args.bind, port);
-                let listener = listen(addr).with_context(|| {
-                    format!(
-                        "listening for HTTP on {addr} (is another server on that port? try \
-                         --http-port with another port, or --http-port 0 to turn HTTP off)"
-                    )
-                })?;
-                tracing::info!(%addr, "HTTP: the live page is at http://{addr}/");
-                Some(listener)
-            }
-        };
-        for (plan, camera) in plans.iter().zip(&cameras) {
-            let shape = camera.capture.shape();
-            tracing::info!(
-                camera = %plan.name,
-                source = %plan.source,
-                width = shape.width,
-                height = shape.height,
-                fps = shape.fps,
-                "camera"
-            );
-        }
-        tracing::info!(
-            %addr,
-            cameras = plans.len(),
-            max_datagram = args.max_datagram,
-            log_dir = %args.log_dir.display(),
-            "surv-server ready"
-        );
-        let server = Arc::new(Server::with_cameras(
-            config,
-            Cameras::new(cameras),
-            args.max_datagram,
-            journal.clone(),
-        ));
-        // Stopped after the watchers have left, so that their LEAVEs are published too.
-        let mqtt_stop = CancellationToken::new();
-        let mqtt = mqtt_config.map(|c| mqtt::spawn(server.clone(), c, mqtt_stop.clone()));
-        let mut detectors = Vec::new();
-        for (plan, camera) in plans.iter().zip(server.cameras.iter()) {
-            if plan.motion {
-                detectors.push(tokio::spawn(surv_server::motion::watch::run(
-                    camera.frames.clone(),
-                    args.motion_every,
-                    motion_config,
-                    camera.capture.clone(),
-                    journal.clone(),
-                    camera.motion.clone(),
-                    shutdown.clone(),
-                )));
-            }
-        }
-        // Each camera's own ports for OAK host programs and seed 001's apps.
-        let mut watchers = Vec::new();
-        for ((plan, camera), shared) in plans.iter().zip(server.cameras.iter()).zip(&shared_ports) {
-            if plan.tcp_stream_port != 0 {
-                let addr = SocketAddr::new(args.bind, plan.tcp_stream_port);
-                let listener = listen(addr).with_context(|| {
-                    format!(
-                        "camera {}: tcp-stream-port: listening on TCP {addr} (is that port in use?)",
-                        plan.name
-                    )
-                })?;
-                tracing::info!(%addr, camera = %plan.name, "serving OAK host programs (ABCDE over TCP)");
-                watchers.push(tokio::spawn(surv_server::watchers::oak_tcp::run(
-                    server.clone(),
-                    camera.clone(),
-                    listener,
-                    shutdown.clone(),
-                )));
-            }
-            if let Some(shared) = shared {
-                let addr = shared.socket.local_addr()?;
-                tracing::info!(
-                    %addr,
-                    camera = %plan.name,
-                    ttl_s = args.request_ttl,
-                    per_ip = args.request_per_ip,
-                    "serving apps that send \"Request\" (seed 001) on the camera's port"
-                );
-                let hub = RequestHub::new(
-                    server.clone(),
-                    camera.clone(),
-                    shared.socket.clone(),
-                    request_config.clone(),
-                );
-                let sharer: Arc<dyn PortSharer> = hub.clone();
-                let _ = shared.sharer.set(sharer);
-                watchers.push(tokio::spawn(hub.serve(shutdown.clone())));
-            } else if plan.request_port != 0 {
-                let addr = SocketAddr::new(args.bind, plan.request_port);
-                let socket = RequestHub::bind(addr).with_context(|| {
-                    format!(
-                        "camera {}: request-port: binding UDP {addr} (is that port in use?)",
-                        plan.name
-                    )
-                })?;
-                tracing::info!(
-                    %addr,
-                    camera = %plan.name,
-                    ttl_s = args.request_ttl,
-                    per_ip = args.request_per_ip,
-                    "serving apps that send \"Request\" (seed 001)"
-                );
-                let hub = RequestHub::new(server.clone(), camera.clone(), socket, request_config.clone());
-                watchers.push(tokio::spawn(hub.run(shutdown.clone())));
-            }
-        }
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        tokio::spawn(release_memory_every(RELEASE_MEMORY_EVERY, shutdown.clone()));
-        let listeners = surv_server::Listeners {
-            viewers: listener,
-            http,
-        };
-        surv_server::run_with(server, listeners, shutdown).await;
-        for task in watchers.into_iter().chain(detectors) {
-            let _ = task.await;
-        }
-        mqtt_stop.cancel();
-        if let Some(mqtt) = mqtt {
-            // Bounded by its own grace period (mqtt::STOP_GRACE).
-            let _ = mqtt.await;
-        }
-        for capture in captures {
-            capture.stop().await;
-        }
-        tracing::info!("stopped");
-        Ok(())
+    Ok(Plan {
+        config,
+        max_datagram_bytes: args.max_datagram,
+        bind: args.bind,
+        cameras: camera_plans(parsed)?,
+        motion_every: args.motion_every,
+        motion,
+        request,
+        mqtt,
+        release_memory_every: Some(RELEASE_MEMORY_EVERY),
     })
 }
 
-/// One camera to start: its name, source, options and own watcher ports (0: none).
-struct CameraPlan {
-    name: String,
-    source: SourceSpec,
-    options: SourceOptions,
-    capture: CaptureConfig,
-    motion: bool,
-    request_port: u16,
-    tcp_stream_port: u16,
+/// On each `SIGHUP`, reads the `--config` file again and gives the server its cameras: added
+/// ones start, removed ones end, changed ones restart, the others are not touched. A file that
+/// no longer parses changes nothing (the reason is logged). Server-wide settings take effect at
+/// the next start (a changed one is named in a warning).
+async fn reload_on_hangup(app: Arc<App>, mut settings: Vec<(String, toml::Value)>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => return tracing::warn!(error = %e, "cannot watch SIGHUP: no config reload"),
+        };
+        while hangups.recv().await.is_some() {
+            let parsed = std::env::args_os().collect::<Vec<_>>();
+            let reread = <Args as clap::CommandFactory>::command()
+                .try_get_matches_from(&parsed)
+                .map_err(anyhow::Error::from)
+                .and_then(|m| {
+                    let args = <Args as clap::FromArgMatches>::from_arg_matches(&m)?;
+                    with_config(parsed, m, args)
+                })
+                .and_then(|p| camera_plans(&p).map(|cameras| (p, cameras)));
+            match reread {
+                Ok((p, cameras)) => {
+                    let changed: Vec<&str> = p
+                        .settings
+                        .iter()
+                        .filter(|s| !settings.contains(s))
+                        .chain(settings.iter().filter(|s| !p.settings.contains(s)))
+                        .map(|(flag, _)| flag.as_str())
+                        .collect();
+                    if !changed.is_empty() {
+                        tracing::warn!(settings = ?changed, "SIGHUP: changed server-wide settings take effect at the next start; the cameras are reloaded now");
+                    }
+                    settings = p.settings;
+                    app.reload(cameras).await;
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP: the config is refused, the cameras stay as they are: {e:#}"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (app, &mut settings);
 }
 
 /// The cameras to start: the config file's `[[camera]]` tables, each over the server-wide
 /// values, or else the one camera the flags describe.
-fn camera_plans(
-    matches: &clap::ArgMatches,
-    args: &Args,
-    entries: &[(CameraEntry, usize)],
-) -> anyhow::Result<Vec<CameraPlan>> {
+fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
+    let Parsed {
+        matches,
+        args,
+        cameras: entries,
+        ..
+    } = parsed;
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    // `--cam N` is `--source cam` on camera N.
+    let mut source = args.source.clone();
+    if given("cam") {
+        if given("source") && !matches!(args.source, SourceSpec::Cam(_)) {
+            bail!(
+                "--cam and --source {} contradict each other: pick one",
+                args.source
+            );
+        }
+        source = SourceSpec::Cam(args.cam);
+    } else if let SourceSpec::Cam(_) = args.source {
+        source = SourceSpec::Cam(args.cam);
+    }
     let base = |size: (u32, u32), fps: u32, quality: u8| {
         let options = SourceOptions {
             width: size.0,
@@ -699,7 +605,8 @@ fn camera_plans(
         let (options, capture) = base(args.size, args.fps, args.quality);
         return Ok(vec![CameraPlan {
             name: args.camera_name.clone(),
-            source: args.source.clone(),
+            source,
+            given: None,
             options,
             capture,
             motion,
@@ -707,8 +614,7 @@ fn camera_plans(
             tcp_stream_port: args.tcp_stream_port,
         }]);
     }
-    let named = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-    if named("source") || named("cam") {
+    if given("source") || given("cam") {
         bail!(
             "--source or --cam, and [[camera]] tables in the config: name the cameras in one place"
         );
@@ -781,6 +687,7 @@ fn camera_plans(
         plans.push(CameraPlan {
             name: entry.name.clone(),
             source,
+            given: None,
             options,
             capture,
             motion: entry.motion.unwrap_or(motion),
@@ -793,31 +700,6 @@ fn camera_plans(
 
 /// How often free memory goes back to the system (see [`release_memory_every`]).
 const RELEASE_MEMORY_EVERY: Duration = Duration::from_secs(5);
-
-/// Every `every`, until `shutdown`, hands the allocator's free memory back to the system, so
-/// that RSS falls back after a burst of viewers or a flood of connections instead of staying at
-/// its peak (glibc keeps freed pages in its arenas). A call that gives back 64 MiB takes about
-/// 11 ms (the `release_memory` test's heap), holding each arena's lock in turn while it trims
-/// it; it runs on a blocking thread.
-async fn release_memory_every(every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let started = std::time::Instant::now();
-        let released = tokio::task::spawn_blocking(surv_server::sys::release_free_memory)
-            .await
-            .unwrap_or(false);
-        tracing::trace!(
-            released,
-            took_us = started.elapsed().as_micros(),
-            "memory released"
-        );
-    }
-}
 
 /// Cancels `shutdown` on the first Ctrl-C or SIGTERM.
 async fn stop_on_signal(shutdown: CancellationToken) {
@@ -842,21 +724,4 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutting down: ending every session");
     shutdown.cancel();
-}
-
-/// The kernel's queue of connections not yet accepted, per listening port (tokio's `bind` asks
-/// for 1024; Linux caps it at `net.core.somaxconn`, 4096 by default).
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Listens on `addr` as tokio's `TcpListener::bind` does (SO_REUSEADDR), with a deeper queue: a
-/// burst of connections (a flood, or many viewers starting at once) waits there instead of
-/// having SYNs dropped, which costs each client a one-second retransmit.
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let sock = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(LISTEN_BACKLOG)
 }

@@ -324,3 +324,109 @@ async fn the_command_line_overrides_the_config() {
         "the file's port is not used"
     );
 }
+
+/// `SIGHUP` reloads the config: an added camera starts, a removed one ends (its watcher leaves
+/// with reason `removed`), a changed one restarts with its new settings, and an unchanged one's
+/// viewer stays; a config that no longer parses changes nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_cameras() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http) = (free_tcp_port(), free_tcp_port());
+    let config = dir.path().join("surv.toml");
+    let logs = dir.path().join("logs");
+    let write = |cameras: &str| {
+        let head = format!(
+            "port = {port}\nhttp-port = {http}\nbind = \"127.0.0.1\"\nmotion = \"off\"\nlog-dir = \"{}\"\n",
+            logs.display()
+        );
+        std::fs::write(&config, head + cameras).unwrap();
+    };
+    let camera = |name: &str, size: &str| {
+        format!("\n[[camera]]\nname = \"{name}\"\nsource = \"test\"\nsize = \"{size}\"\n")
+    };
+    write(&(camera("stays", "160x96") + &camera("goes", "128x96") + &camera("changes", "96x64")));
+    let server = start(&config, dir.path(), http, &[]).await;
+    let hangup = || {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        let rc = unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGHUP) };
+        assert_eq!(rc, 0, "kill -HUP");
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stays = RawViewer::register_for(addr, Form::V1, Some("stays"))
+        .await
+        .unwrap();
+    let mut goes = RawViewer::register_for(addr, Form::V1, Some("goes"))
+        .await
+        .unwrap();
+
+    write(&(camera("stays", "160x96") + &camera("changes", "64x64") + &camera("new", "192x96")));
+    let watch = Duration::from_secs(3);
+    let (s, g, ()) = tokio::join!(
+        stays.receive(watch, u64::MAX, surv_tests::AckStyle::Seq, 0),
+        goes.receive(watch, u64::MAX, surv_tests::AckStyle::Seq, 0),
+        async {
+            sleep(Duration::from_millis(500)).await;
+            hangup();
+        }
+    );
+    let (s, g) = (s.unwrap(), g.unwrap());
+    snapshot_is(http, "new", (192, 96)).await;
+    snapshot_is(http, "changes", (64, 64)).await;
+    assert_eq!(get(http, "/cam/goes/snapshot.jpg").await.unwrap().0, 404);
+    assert!(
+        s.decoded >= 30,
+        "the unchanged camera's viewer: {} frames",
+        s.decoded
+    );
+    let gaps = s.seqs.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert_eq!(
+        gaps, 0,
+        "the unchanged camera's viewer lost frames: {:?}",
+        s.seqs
+    );
+    assert!(g.decoded >= 1);
+    let journal = surv_server::journal::read_all(&logs).unwrap();
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains("LEAVE") && l.contains("reason=removed") && l.contains("cam=goes")),
+        "{journal:#?}"
+    );
+    assert!(
+        !journal
+            .iter()
+            .any(|l| l.contains("LEAVE") && l.contains("cam=stays")),
+        "{journal:#?}"
+    );
+
+    // A config that no longer parses: refused with its line, and the cameras stay.
+    std::fs::write(
+        &config,
+        "[[camera]]\nname = \"x\"\nsource = \"test\"\nzoom = 2\n",
+    )
+    .unwrap();
+    hangup();
+    let until = Instant::now() + IO_TIMEOUT;
+    let log = loop {
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+        if log.contains("the config is refused") || Instant::now() > until {
+            break log;
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        log.contains("the config is refused")
+            && log.contains("surv.toml:4")
+            && log.contains("zoom"),
+        "{log}"
+    );
+    let (_, status) = get(http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    let names: Vec<&str> = status["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["stays", "changes", "new"]);
+}

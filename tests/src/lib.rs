@@ -18,10 +18,11 @@ use anyhow::{bail, Context};
 use surv_proto::{
     Ack, Form, FrameTag, Registration, Reply, ReplyError, StreamParams, MAX_UDP_PAYLOAD_BYTES,
 };
+use surv_server::app::{App, CameraPlan, Plan};
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
 use surv_server::sources::{FrameReader, OnThread, RawFrame, Source, SourceError, TestPattern};
-use surv_server::{Camera, Cameras, Capture, Config, Journal, Server, StreamShape};
+use surv_server::{Config, Journal, Server, StreamShape};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -99,7 +100,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub log_dir: tempfile::TempDir,
-    captures: Vec<Capture>,
+    /// The server as the binary runs it.
+    pub app: Arc<App>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -193,47 +195,44 @@ pub async fn start_server_cameras(
     let shutdown = CancellationToken::new();
     let log_dir = tempfile::tempdir()?;
     let journal = Arc::new(Journal::open(log_dir.path())?);
-    let mut captures = Vec::new();
-    let mut cameras = Vec::new();
-    for (name, source) in sources {
-        let capture = Capture::start(
-            source,
-            CaptureConfig {
-                encoder: EncoderConfig {
-                    max_datagram_bytes: opts.max_datagram_bytes,
-                    quality: opts.quality,
-                },
-                idle: StreamShape {
-                    width: opts.width,
-                    height: opts.height,
-                    fps: opts.fps,
-                },
-            },
-            journal.clone(),
-            &shutdown,
-        )?;
-        let mut frames = capture.frames.clone();
+    let capture = CaptureConfig {
+        encoder: EncoderConfig {
+            max_datagram_bytes: opts.max_datagram_bytes,
+            quality: opts.quality,
+        },
+        idle: StreamShape {
+            width: opts.width,
+            height: opts.height,
+            fps: opts.fps,
+        },
+    };
+    let plan = Plan {
+        cameras: sources
+            .into_iter()
+            .map(|(name, source)| CameraPlan::given(name, source, capture))
+            .collect(),
+        ..Plan::new(opts.config, opts.max_datagram_bytes)
+    };
+    let app = App::start(plan, journal, shutdown.clone()).await?;
+    for camera in app.server().cameras.list().iter() {
+        let mut frames = camera.frames.clone();
         timeout(IO_TIMEOUT, frames.wait_for(Option::is_some))
             .await
-            .with_context(|| format!("no first frame from camera {name}"))??;
-        cameras.push(Camera::new(name, &capture));
-        captures.push(capture);
+            .with_context(|| format!("no first frame from camera {}", camera.name))??;
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = Arc::new(Server::with_cameras(
-        opts.config,
-        Cameras::new(cameras),
-        opts.max_datagram_bytes,
-        journal,
-    ));
-    let task = tokio::spawn(surv_server::run(server.clone(), listener, shutdown.clone()));
+    let listeners = surv_server::Listeners {
+        viewers: listener,
+        http: None,
+    };
+    let task = tokio::spawn(app.clone().serve(listeners));
     Ok(TestServer {
-        server,
+        server: app.server().clone(),
+        app,
         addr,
         shutdown,
         log_dir,
-        captures,
         task: Some(task),
     })
 }
@@ -273,9 +272,7 @@ impl TestServer {
 
     /// Stops the capture paths, so their counters stop moving.
     pub async fn stop_capture(&mut self) {
-        for c in std::mem::take(&mut self.captures) {
-            c.stop().await;
-        }
+        self.app.stop_captures().await;
     }
 
     /// Shuts the server down gracefully and returns the journal.
@@ -286,7 +283,6 @@ impl TestServer {
                 .await
                 .context("server did not stop")??;
         }
-        self.stop_capture().await;
         Ok(self.journal())
     }
 }

@@ -97,12 +97,14 @@ pub fn spawn_detector(
         hold,
         ..surv_server::motion::MotionConfig::default()
     };
+    let camera = srv.server.first_camera();
     tokio::spawn(surv_server::motion::watch::run(
-        srv.server.first_camera().frames.clone(),
+        camera.frames.clone(),
         every,
         cfg,
-        srv.server.first_camera().capture.clone(),
-        srv.server.journal.clone(),
+        camera.capture.clone(),
+        // As the server's: its lines and events name the camera.
+        Arc::new(srv.server.journal.for_camera(&camera.name)),
         state,
         srv.shutdown.clone(),
     ))

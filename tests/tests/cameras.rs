@@ -80,7 +80,7 @@ async fn a_failing_camera_costs_another_cameras_viewers_nothing() {
         f.decoded >= 1,
         "the flaky camera's viewer still gets frames"
     );
-    let cameras: Vec<_> = srv.server.cameras.iter().collect();
+    let cameras = srv.server.cameras.list();
     assert_eq!(cameras[0].capture.state(), SourceState::Live);
     assert!(
         cameras[1]
@@ -98,5 +98,11 @@ async fn a_failing_camera_costs_another_cameras_viewers_nothing() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    // The journal says which camera was lost.
+    let lost = srv
+        .wait_journal(|l| l.contains("SOURCE-LOST"))
+        .await
+        .unwrap();
+    assert!(lost.ends_with("cam=flaky"), "{lost}");
     srv.stop().await.unwrap();
 }

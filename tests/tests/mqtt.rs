@@ -187,21 +187,37 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
         "{start} {end}"
     );
     assert!(chrono::DateTime::parse_from_rfc3339(end["end"].as_str().unwrap_or("")).is_ok());
-    let starts = sub
-        .seen
-        .iter()
-        .filter(|m| m.payload.contains(r#""type":"motion_start""#))
-        .count();
-    assert_eq!(starts, 1, "one event for the object, none for the lights");
-    // The retained state: OFF at first, ON for the event, OFF after it.
-    let mut states: Vec<&str> = sub
-        .seen
-        .iter()
-        .filter(|m| m.topic == "surv/b/motion")
-        .map(|m| m.payload.as_str())
-        .collect();
-    states.dedup();
-    assert_eq!(states, ["OFF", "ON", "OFF"]);
+    assert_eq!(start["camera"], "main", "{start}");
+    // Each event on the server's topic and on its camera's, the same message.
+    for topic in ["surv/b/events", "surv/b/main/events"] {
+        let starts: Vec<&str> = sub
+            .seen
+            .iter()
+            .filter(|m| m.topic == topic && m.payload.contains(r#""type":"motion_start""#))
+            .map(|m| m.payload.as_str())
+            .collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "{topic}: one event for the object, none for the lights"
+        );
+        assert_eq!(json(starts[0]).unwrap(), start);
+    }
+    // The retained states, the server's and the camera's: OFF at first (the server's), ON for
+    // the event, OFF after it.
+    for (topic, want) in [
+        ("surv/b/motion", &["OFF", "ON", "OFF"][..]),
+        ("surv/b/main/motion", &["ON", "OFF"][..]),
+    ] {
+        let mut states: Vec<&str> = sub
+            .seen
+            .iter()
+            .filter(|m| m.topic == topic)
+            .map(|m| m.payload.as_str())
+            .collect();
+        states.dedup();
+        assert_eq!(states, want, "{topic}");
+    }
     Ok(())
 }
 

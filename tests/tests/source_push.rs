@@ -256,8 +256,8 @@ async fn server_and_camera(
     (srv.unwrap(), cam)
 }
 
-fn stat(srv: &TestServer) -> &surv_server::capture::CaptureStats {
-    &srv.server.first_camera().capture.stats
+fn stat(srv: &TestServer) -> std::sync::Arc<surv_server::CaptureShared> {
+    srv.server.first_camera().capture.clone()
 }
 
 /// One wire form end to end: both kinds of viewers get the camera's bytes at the camera's size,
@@ -274,11 +274,11 @@ async fn camera_end_to_end(wire: Wire) {
     let source = wire.spec(port).build(&SourceOptions::default()).unwrap();
     let (srv, cam) = server_and_camera(wire, port, source, &first).await;
     until("camera frames passed through", || {
-        stat(&srv).passed_through.load(Relaxed) >= 3
+        stat(&srv).stats.passed_through.load(Relaxed) >= 3
     })
     .await;
-    let (sent0, passed0) = (cam.sent(), stat(&srv).passed_through.load(Relaxed));
-    let attempts0 = stat(&srv).encode_attempts.load(Relaxed);
+    let (sent0, passed0) = (cam.sent(), stat(&srv).stats.passed_through.load(Relaxed));
+    let attempts0 = stat(&srv).stats.encode_attempts.load(Relaxed);
 
     // Viewers: a SURV/1 one told the camera's size, a seed-form one, and surv-client.
     let t0 = Instant::now();
@@ -306,13 +306,13 @@ async fn camera_end_to_end(wire: Wire) {
 
     // Kill the camera: the source is lost, the viewers stay and are told "no signal".
     let other = v1.seen.lock().unwrap().other;
-    let attempts = stat(&srv).encode_attempts.load(Relaxed);
+    let attempts = stat(&srv).stats.encode_attempts.load(Relaxed);
     let sent = cam.sent();
     cam.kill().await;
     srv.wait_journal(|l| l.contains("SOURCE-LOST"))
         .await
         .unwrap();
-    let passed = stat(&srv).passed_through.load(Relaxed) - passed0;
+    let passed = stat(&srv).stats.passed_through.load(Relaxed) - passed0;
     let sent = sent - sent0;
     assert!(
         passed + 2 >= sent && passed <= sent + 2,
@@ -323,7 +323,7 @@ async fn camera_end_to_end(wire: Wire) {
         "{wire:?}: camera frames were passed through, never encoded"
     );
     assert_eq!(
-        stat(&srv).rejected.load(Relaxed),
+        stat(&srv).stats.rejected.load(Relaxed),
         0,
         "{wire:?}: the camera's every frame taken"
     );
@@ -438,7 +438,7 @@ async fn tcp_listen_refuses_bad_pushers_while_the_camera_streams() {
     let viewer = Viewer::start(&srv, Form::Seed, &known).await;
     let t0 = Instant::now();
     viewer.wait_camera(t0, 5, |i| i < 4).await;
-    let passed0 = stat(&srv).passed_through.load(Relaxed);
+    let passed0 = stat(&srv).stats.passed_through.load(Relaxed);
 
     let refused = push_bytes(OTHER_HOST, at, &first[0]).await.unwrap();
     let mut over_cap = 300_000u32.to_be_bytes().to_vec();
@@ -488,7 +488,7 @@ async fn tcp_listen_refuses_bad_pushers_while_the_camera_streams() {
     // The camera streamed on: its frames kept passing through, no outage, nobody replaced.
     let bad = Instant::now();
     viewer.wait_camera(bad, 5, |i| i < 4).await;
-    assert!(stat(&srv).passed_through.load(Relaxed) > passed0 + 10);
+    assert!(stat(&srv).stats.passed_through.load(Relaxed) > passed0 + 10);
     assert!(
         !srv.journal().iter().any(|l| l.contains("SOURCE-LOST")),
         "{:#?}",
@@ -496,7 +496,7 @@ async fn tcp_listen_refuses_bad_pushers_while_the_camera_streams() {
     );
     assert_eq!(stats.count(Cause::Replaced), 0);
     assert!(!cam.is_finished());
-    let rejected = stat(&srv).rejected.load(Relaxed);
+    let rejected = stat(&srv).stats.rejected.load(Relaxed);
     assert!(rejected >= 6, "rejected {rejected}");
 
     // A second camera: the newest connection with a whole JPEG takes over.
@@ -558,7 +558,7 @@ async fn udp_refuses_bad_datagrams_while_the_camera_streams() {
     let (cam, cam_socket) = cam_socket;
     let viewer = Viewer::start(&srv, Form::V1, &known).await;
     viewer.wait_camera(Instant::now(), 5, |_| true).await;
-    let c = stat(&srv);
+    let c = &stat(&srv).stats;
     let (passed0, attempts0, errors0) = (
         c.passed_through.load(Relaxed),
         c.encode_attempts.load(Relaxed),

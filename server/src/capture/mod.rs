@@ -82,7 +82,7 @@ pub struct CaptureStats {
 }
 
 /// How the capture path runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CaptureConfig {
     pub encoder: EncoderConfig,
     /// The stream's shape until the source says or shows its own (`--size`, `--fps`): what

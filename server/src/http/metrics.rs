@@ -100,7 +100,8 @@ impl Collector for ServerCollector {
         let server = &self.0;
         let s = &server.stats;
         let e = &mut e;
-        let cams: Vec<&Camera> = server.cameras.iter().map(|c| &**c).collect();
+        let list = server.cameras.list();
+        let cams: Vec<&Camera> = list.iter().map(|c| &**c).collect();
         let per_camera_counter =
             |e: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&CaptureStats) -> u64| {
                 family(

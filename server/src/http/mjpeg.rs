@@ -107,7 +107,7 @@ pub(crate) async fn stream(
     Extension(stalled): Extension<WriteStalled>,
     Query(query): Query<StreamQuery>,
 ) -> Response {
-    let camera = http.server.first_camera().clone();
+    let camera = http.server.first_camera();
     stream_of(&http, peer, stalled, query, camera)
 }
 
@@ -120,10 +120,7 @@ pub(crate) async fn camera_stream(
     Path(name): Path<String>,
 ) -> Response {
     match http.server.cameras.pick(Some(&name)) {
-        Ok(camera) => {
-            let camera = camera.clone();
-            stream_of(&http, peer, stalled, query, camera)
-        }
+        Ok(camera) => stream_of(&http, peer, stalled, query, camera),
         Err(why) => super::no_such_camera(why),
     }
 }
@@ -159,10 +156,11 @@ fn stream_of(
     };
     let (body, mut writer) = channel(style, stalled);
     let live = Arc::new(LiveTally::default());
-    let member = slot.join_reporting(WatcherKind::Http, peer, &camera.name, live.clone());
+    let member = slot.join_reporting(WatcherKind::Http, peer, &camera, live.clone());
     let span = tracing::info_span!("http", id = member.id, %peer);
     let server = server.clone();
-    let shutdown = http.shutdown.clone();
+    // Ends with the server or with its camera (a reload removing it).
+    let shutdown = camera.stop.clone();
     http.tracker.spawn(
         async move {
             let (reason, tally) = stream::serve(

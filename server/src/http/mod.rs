@@ -94,10 +94,7 @@ pub(crate) struct HttpState {
     pub server: Arc<Server>,
     /// MJPEG watchers' tasks run here, so that shutdown waits for their LEAVE.
     pub tracker: TaskTracker,
-    pub shutdown: CancellationToken,
     pub metrics: metrics::Metrics,
-    /// One per camera, in order: each camera's measured frame rate for `/status`.
-    pub rates: Vec<status::RateMeter>,
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then gives its connections [`SHUTDOWN_GRACE`]
@@ -108,20 +105,13 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
     let max_connections = server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS);
     let state = Arc::new(HttpState {
         metrics: metrics::Metrics::new(server.clone()),
-        rates: server
-            .cameras
-            .iter()
-            .map(|c| {
-                status::RateMeter::new(
-                    c.capture.stats.encoded.load(Relaxed),
-                    std::time::Instant::now(),
-                )
-            })
-            .collect(),
         server,
         tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
     });
+    tracker.spawn(crate::end_cameras_with(
+        state.server.clone(),
+        shutdown.clone(),
+    ));
     let write_deadline = state.server.config.http_write_deadline;
     let server = state.server.clone();
     let app = router(state);
@@ -180,6 +170,7 @@ fn send_buffer_bytes(server: &Server) -> usize {
     // The largest camera's frame: the connection may ask for any of them.
     let frame_bytes = server
         .cameras
+        .list()
         .iter()
         .map(|c| c.frames.borrow().as_ref().map_or(0, |f| f.datagram.len()))
         .max()

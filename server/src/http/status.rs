@@ -239,25 +239,22 @@ impl RateMeter {
 }
 
 impl Status {
-    /// With the first camera on top. `rates`: one meter per camera, in order.
-    pub(crate) fn of(server: &Server, rates: &[RateMeter]) -> Status {
-        Status::of_camera(server, rates, 0)
+    /// With the first camera on top.
+    pub(crate) fn of(server: &Server) -> Status {
+        Status::of_camera(server, None)
     }
 
-    /// With the `shown`th camera on top.
-    pub(crate) fn of_camera(server: &Server, rates: &[RateMeter], shown: usize) -> Status {
-        let cameras: Vec<CameraStatus> = server
-            .cameras
+    /// With the camera called `shown` on top (the first if there is none of that name).
+    pub(crate) fn of_camera(server: &Server, shown: Option<&str>) -> Status {
+        let list = server.cameras.list();
+        let cameras: Vec<CameraStatus> = list
             .iter()
-            .zip(rates)
-            .map(|(camera, rate)| CameraStatus::of(camera, rate))
+            .map(|camera| CameraStatus::of(camera, &camera.rate))
             .collect();
-        let shown = shown.min(cameras.len() - 1);
-        let camera = server
-            .cameras
-            .iter()
-            .nth(shown)
-            .unwrap_or(server.first_camera());
+        let shown = shown
+            .and_then(|name| list.iter().position(|c| c.name == name))
+            .unwrap_or(0);
+        let camera = &list[shown];
         let (c, s) = (&camera.capture.stats, &server.stats);
         let CameraStatus {
             source,
@@ -368,7 +365,7 @@ fn mqtt_status(m: &crate::mqtt::MqttStats) -> Option<MqttStatus> {
 pub(crate) async fn status(State(http): State<Arc<HttpState>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-cache")],
-        Json(Status::of(&http.server, &http.rates)),
+        Json(Status::of(&http.server)),
     )
         .into_response()
 }
@@ -378,25 +375,19 @@ pub(crate) async fn camera_status(
     State(http): State<Arc<HttpState>>,
     Path(name): Path<String>,
 ) -> Response {
-    let Some(shown) = http.server.cameras.iter().position(|c| c.name == name) else {
-        let why = http
-            .server
-            .cameras
-            .pick(Some(&name))
-            .err()
-            .unwrap_or_default();
+    if let Err(why) = http.server.cameras.pick(Some(&name)) {
         return super::no_such_camera(why);
-    };
+    }
     (
         [(header::CACHE_CONTROL, "no-cache")],
-        Json(Status::of_camera(&http.server, &http.rates, shown)),
+        Json(Status::of_camera(&http.server, Some(&name))),
     )
         .into_response()
 }
 
 /// `GET /snapshot.jpg`: the first camera's newest frame; 503 with why before the first one.
 pub(crate) async fn snapshot(State(http): State<Arc<HttpState>>) -> Response {
-    snapshot_of(http.server.first_camera())
+    snapshot_of(&http.server.first_camera())
 }
 
 /// `GET /cam/<name>/snapshot.jpg`: that camera's newest frame.
@@ -405,7 +396,7 @@ pub(crate) async fn camera_snapshot(
     Path(name): Path<String>,
 ) -> Response {
     match http.server.cameras.pick(Some(&name)) {
-        Ok(camera) => snapshot_of(camera),
+        Ok(camera) => snapshot_of(&camera),
         Err(why) => super::no_such_camera(why),
     }
 }

@@ -4,8 +4,10 @@
 //! | topic | payload | QoS, retained |
 //! |---|---|---|
 //! | `PREFIX/available` | `online` at every (re)connect; `offline` as the Last Will and at a clean stop | 1, retained |
-//! | `PREFIX/events` | JSON per event ([`payload::EventJson`]) | 1 |
-//! | `PREFIX/motion` | `ON` / `OFF` | 1, retained |
+//! | `PREFIX/CAMERA/events` | JSON per event of that camera ([`payload::EventJson`], with `camera`) | 1 |
+//! | `PREFIX/CAMERA/motion` | `ON` / `OFF`: that camera's motion | 1, retained |
+//! | `PREFIX/events` | every camera's events, for one subscription | 1 |
+//! | `PREFIX/motion` | `ON` while any camera is in motion, else `OFF` | 1, retained |
 //! | `PREFIX/stats` | `/status` JSON less its session rows, every `stats_every` | 0 |
 //!
 //! QoS 1 for what a user acts on (events, states): the broker acknowledges each, and an event

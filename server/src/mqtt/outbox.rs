@@ -23,23 +23,24 @@ pub const QUEUE_CAP: usize = 1000;
 
 /// A message handed to rumqttc, until the broker acknowledges it.
 #[derive(Debug)]
-struct InFlight {
+struct InFlight<T> {
     /// Known once rumqttc has written it.
     pkid: Option<u16>,
     /// An event, put back in the queue if the connection drops before its PUBACK; `None` for
     /// stats and retained states, which are sent afresh instead.
-    event: Option<String>,
+    event: Option<T>,
 }
 
+/// Events (`T`: what the publisher needs to send one again) in order, until acknowledged.
 #[derive(Debug)]
-pub struct Outbox {
-    queue: VecDeque<String>,
+pub struct Outbox<T = String> {
+    queue: VecDeque<T>,
     cap: usize,
-    in_flight: VecDeque<InFlight>,
+    in_flight: VecDeque<InFlight<T>>,
 }
 
-impl Outbox {
-    pub fn new(cap: usize) -> Outbox {
+impl<T> Outbox<T> {
+    pub fn new(cap: usize) -> Outbox<T> {
         Outbox {
             queue: VecDeque::new(),
             cap: cap.max(1),
@@ -48,7 +49,7 @@ impl Outbox {
     }
 
     /// Queues an event; returns how many old ones were dropped to make room (0 or 1).
-    pub fn push(&mut self, event: String) -> u64 {
+    pub fn push(&mut self, event: T) -> u64 {
         self.queue.push_back(event);
         self.trim()
     }
@@ -60,8 +61,8 @@ impl Outbox {
     }
 
     /// The oldest queued event.
-    pub fn next(&self) -> Option<&str> {
-        self.queue.front().map(String::as_str)
+    pub fn next(&self) -> Option<&T> {
+        self.queue.front()
     }
 
     /// The oldest queued event was handed to rumqttc.

@@ -64,12 +64,16 @@ pub enum EventJson {
         at_us: u64,
         source: String,
         reason: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
     },
     SourceBack {
         at: String,
         at_us: u64,
         source: String,
         down_s: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
     },
     MotionStart {
         at: String,
@@ -77,6 +81,8 @@ pub enum EventJson {
         score: f64,
         #[serde(rename = "box")]
         region: MotionBox,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
     },
     MotionUpdate {
         at: String,
@@ -87,6 +93,8 @@ pub enum EventJson {
         peak: f64,
         #[serde(rename = "box")]
         region: MotionBox,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
     },
     /// `at` is the end: the last frame with motion.
     MotionEnd {
@@ -100,6 +108,8 @@ pub enum EventJson {
         peak: f64,
         #[serde(rename = "box")]
         region: MotionBox,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
     },
 }
 
@@ -137,31 +147,37 @@ impl EventJson {
                 at_us,
                 source,
                 reason,
+                camera,
             } => EventJson::SourceLost {
                 at: stamp_us(*at_us),
                 at_us: *at_us,
                 source: cut(source),
                 reason: cut(reason),
+                camera: camera.clone(),
             },
             Event::SourceBack {
                 at_us,
                 source,
                 down,
+                camera,
             } => EventJson::SourceBack {
                 at: stamp_us(*at_us),
                 at_us: *at_us,
                 source: cut(source),
                 down_s: round(down.as_secs_f64(), 3),
+                camera: camera.clone(),
             },
             Event::MotionStart {
                 at_us,
                 score,
                 region,
+                camera,
             } => EventJson::MotionStart {
                 at: stamp_us(*at_us),
                 at_us: *at_us,
                 score: percent(*score),
                 region: motion_box(region),
+                camera: camera.clone(),
             },
             Event::MotionUpdate {
                 at_us,
@@ -169,6 +185,7 @@ impl EventJson {
                 score,
                 peak,
                 region,
+                camera,
             } => EventJson::MotionUpdate {
                 at: stamp_us(*at_us),
                 at_us: *at_us,
@@ -177,12 +194,14 @@ impl EventJson {
                 score: percent(*score),
                 peak: percent(*peak),
                 region: motion_box(region),
+                camera: camera.clone(),
             },
             Event::MotionEnd {
                 start_us,
                 end_us,
                 peak,
                 region,
+                camera,
             } => EventJson::MotionEnd {
                 at: stamp_us(*end_us),
                 at_us: *end_us,
@@ -193,6 +212,7 @@ impl EventJson {
                 duration_s: round(end_us.saturating_sub(*start_us) as f64 / 1e6, 3),
                 peak: percent(*peak),
                 region: motion_box(region),
+                camera: camera.clone(),
             },
         }
     }
@@ -201,6 +221,19 @@ impl EventJson {
     pub fn to_json(&self) -> String {
         // Plain strings and numbers only: serialising cannot fail, but say so rather than panic.
         serde_json::to_string(self).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#))
+    }
+}
+
+/// The camera an event is about, when it says.
+pub fn camera_of(event: &Event) -> Option<&str> {
+    match event {
+        Event::Join { camera, .. } => Some(camera),
+        Event::Leave { leave, .. } => Some(&leave.camera),
+        Event::SourceLost { camera, .. }
+        | Event::SourceBack { camera, .. }
+        | Event::MotionStart { camera, .. }
+        | Event::MotionUpdate { camera, .. }
+        | Event::MotionEnd { camera, .. } => camera.as_deref(),
     }
 }
 

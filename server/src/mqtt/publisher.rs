@@ -5,9 +5,10 @@
 //! with no bound: the event loop bounds its connect and flushes ([`super::CONNECT_TIMEOUT_S`])
 //! and notices a silent broker by its keep-alive.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event as Polled, EventLoop, Incoming, LastWill, MqttOptions,
@@ -17,10 +18,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Outbox;
-use super::payload::{motion_state, stats_json, EventJson};
+use super::payload::{camera_of, motion_state, stats_json, EventJson};
 use super::{MqttConfig, MqttStats, CONNECT_TIMEOUT_S, RETRY_MAX, RETRY_MIN, STOP_GRACE};
 use crate::capture::backoff::Backoff;
-use crate::http::status::{RateMeter, Status};
+use crate::http::status::Status;
 use crate::journal::Event;
 use crate::Server;
 
@@ -49,6 +50,7 @@ enum Note {
 }
 
 struct Topics {
+    prefix: String,
     available: String,
     events: String,
     motion: String,
@@ -58,12 +60,30 @@ struct Topics {
 impl Topics {
     fn new(prefix: &str) -> Topics {
         Topics {
+            prefix: prefix.to_string(),
             available: format!("{prefix}/available"),
             events: format!("{prefix}/events"),
             motion: format!("{prefix}/motion"),
             stats: format!("{prefix}/stats"),
         }
     }
+
+    /// `PREFIX/CAMERA/events`.
+    fn camera_events(&self, camera: &str) -> String {
+        format!("{}/{camera}/events", self.prefix)
+    }
+
+    /// `PREFIX/CAMERA/motion`.
+    fn camera_motion(&self, camera: &str) -> String {
+        format!("{}/{camera}/motion", self.prefix)
+    }
+}
+
+/// A retained ON/OFF state: its value, and whether it is still to be sent (latest value only).
+#[derive(Debug, Clone, Copy, Default)]
+struct Retained {
+    on: bool,
+    due: bool,
 }
 
 fn options(config: &MqttConfig, available: &str) -> MqttOptions {
@@ -116,14 +136,9 @@ pub(super) async fn run(
         link,
         connected: false,
         online_due: false,
-        motion_on: false,
-        motion_due: false,
+        motion: Retained::default(),
+        camera_motion: BTreeMap::new(),
     };
-    let rates: Vec<RateMeter> = server
-        .cameras
-        .iter()
-        .map(|c| RateMeter::new(c.capture.stats.encoded.load(Relaxed), Instant::now()))
-        .collect();
     let mut tick = tokio::time::interval(config.stats_every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut journal_open = true;
@@ -136,7 +151,7 @@ pub(super) async fn run(
                 Err(broadcast::error::RecvError::Lagged(n)) => p.stats.dropped(n),
                 Err(broadcast::error::RecvError::Closed) => journal_open = false,
             },
-            _ = tick.tick() => p.publish_stats(&server, &rates),
+            _ = tick.tick() => p.publish_stats(&server),
         }
         p.pump();
     }
@@ -195,7 +210,8 @@ pub(super) async fn run(
 struct Publisher {
     client: AsyncClient,
     topics: Topics,
-    outbox: Outbox,
+    /// Events with their topics.
+    outbox: Outbox<(String, String)>,
     stats: Arc<MqttStats>,
     /// Connected as the event loop sees it now (it clears this the moment the link fails).
     link: Arc<AtomicBool>,
@@ -203,9 +219,10 @@ struct Publisher {
     connected: bool,
     /// `online` is to be sent (after each CONNACK).
     online_due: bool,
-    motion_on: bool,
-    /// The motion state changed, or a connection is new: send it (latest value only).
-    motion_due: bool,
+    /// `PREFIX/motion`: ON while any camera is in motion.
+    motion: Retained,
+    /// `PREFIX/CAMERA/motion`, per camera that has reported motion.
+    camera_motion: BTreeMap<String, Retained>,
 }
 
 impl Publisher {
@@ -214,7 +231,10 @@ impl Publisher {
             Note::Connected => {
                 self.connected = true;
                 self.online_due = true;
-                self.motion_due = true;
+                self.motion.due = true;
+                for state in self.camera_motion.values_mut() {
+                    state.due = true;
+                }
             }
             Note::Lost => {
                 self.connected = false;
@@ -238,12 +258,26 @@ impl Publisher {
             .store(self.outbox.queued() as u64, Relaxed);
     }
 
+    /// Queues `event` for `PREFIX/events` and, when it names its camera, for
+    /// `PREFIX/CAMERA/events`; notes what it does to the motion states.
     fn event(&mut self, event: &Event) {
+        let camera = camera_of(event);
         if let Some(on) = motion_state(event) {
-            self.motion_on = on;
-            self.motion_due = true;
+            let name = camera.unwrap_or_default().to_string();
+            self.camera_motion.insert(name, Retained { on, due: true });
+            let any = self.camera_motion.values().any(|m| m.on);
+            if any != self.motion.on {
+                self.motion = Retained { on: any, due: true };
+            }
         }
-        let dropped = self.outbox.push(EventJson::of(event).to_json());
+        let json = EventJson::of(event).to_json();
+        let mut dropped = 0;
+        if let Some(camera) = camera {
+            dropped += self
+                .outbox
+                .push((self.topics.camera_events(camera), json.clone()));
+        }
+        dropped += self.outbox.push((self.topics.events.clone(), json));
         self.stats.dropped(dropped);
         self.stats
             .queued
@@ -263,23 +297,35 @@ impl Publisher {
             }
             self.online_due = false;
         }
-        if self.motion_due {
-            let state = if self.motion_on { "ON" } else { "OFF" };
+        let on_off = |on: bool| if on { "ON" } else { "OFF" };
+        if self.motion.due {
             let topic = self.topics.motion.clone();
-            if self.send_other(topic, state, QoS::AtLeastOnce) {
-                self.motion_due = false;
+            if self.send_other(topic, on_off(self.motion.on), QoS::AtLeastOnce) {
+                self.motion.due = false;
+            }
+        }
+        let due: Vec<(String, bool)> = self
+            .camera_motion
+            .iter()
+            .filter(|(name, m)| m.due && !name.is_empty())
+            .map(|(name, m)| (name.clone(), m.on))
+            .collect();
+        for (name, on) in due {
+            let topic = self.topics.camera_motion(&name);
+            if !self.send_other(topic, on_off(on), QoS::AtLeastOnce) {
+                break;
+            }
+            if let Some(m) = self.camera_motion.get_mut(&name) {
+                m.due = false;
             }
         }
         while self.can_send() {
-            let Some(event) = self.outbox.next() else {
+            let Some((topic, event)) = self.outbox.next() else {
                 break;
             };
-            let handed = self.client.try_publish(
-                &self.topics.events,
-                QoS::AtLeastOnce,
-                false,
-                event.as_bytes(),
-            );
+            let handed = self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, event.as_bytes());
             if handed.is_err() {
                 break;
             }
@@ -307,11 +353,11 @@ impl Publisher {
         handed
     }
 
-    fn publish_stats(&mut self, server: &Server, rate: &[RateMeter]) {
+    fn publish_stats(&mut self, server: &Server) {
         if !self.can_send() {
             return;
         }
-        let json = stats_json(&Status::of(server, rate), surv_proto::unix_micros_now());
+        let json = stats_json(&Status::of(server), surv_proto::unix_micros_now());
         let topic = self.topics.stats.clone();
         self.send_other(topic, &json, QoS::AtMostOnce);
     }

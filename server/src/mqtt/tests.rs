@@ -78,9 +78,11 @@ fn source_events_say_which_source_and_why_with_long_text_cut() {
         at_us: AT,
         source: "camera 0".into(),
         reason: long,
+        camera: Some("door".into()),
     });
     assert_eq!(lost["type"], "source_lost");
     assert_eq!(lost["source"], "camera 0");
+    assert_eq!(lost["camera"], "door");
     assert_eq!(
         lost["reason"].as_str().unwrap().chars().count(),
         MAX_TEXT_CHARS + 1
@@ -89,9 +91,11 @@ fn source_events_say_which_source_and_why_with_long_text_cut() {
         at_us: AT,
         source: "camera 0".into(),
         down: Duration::from_millis(3_200),
+        camera: None,
     });
     assert_eq!(back["type"], "source_back");
     assert_eq!(back["down_s"], 3.2);
+    assert!(back.get("camera").is_none(), "no camera, no field: {back}");
     assert_time(&back, "at", "at_us");
 }
 
@@ -103,6 +107,7 @@ fn motion_events_give_percent_scores_fraction_boxes_and_times() {
         at_us: AT,
         score: 0.031_25,
         region,
+        camera: Some("yard".into()),
     };
     let start = json_of(&start_event);
     assert_eq!(start["type"], "motion_start");
@@ -117,6 +122,7 @@ fn motion_events_give_percent_scores_fraction_boxes_and_times() {
         score: 0.025,
         peak: 0.0625,
         region,
+        camera: Some("yard".into()),
     });
     assert_eq!(update["type"], "motion_update");
     assert_eq!(
@@ -131,6 +137,7 @@ fn motion_events_give_percent_scores_fraction_boxes_and_times() {
         end_us: AT + 4_990_000,
         peak: 0.0625,
         region,
+        camera: Some("yard".into()),
     };
     let end = json_of(&end_event);
     assert_eq!(end["type"], "motion_end");
@@ -140,6 +147,10 @@ fn motion_events_give_percent_scores_fraction_boxes_and_times() {
     assert_time(&end, "start", "start_us");
     assert_eq!(end["box"], want_box);
     assert_eq!(motion_state(&end_event), Some(false));
+    assert_eq!(
+        (start["camera"].clone(), end["camera"].clone()),
+        (json!("yard"), json!("yard"))
+    );
 }
 
 #[test]
@@ -149,16 +160,16 @@ fn a_time_out_of_range_is_written_as_its_number_not_a_panic() {
 
 #[test]
 fn a_full_queue_drops_the_oldest_and_counts_it() {
-    let mut o = Outbox::new(3);
+    let mut o = Outbox::<String>::new(3);
     let dropped: u64 = (0..5).map(|i| o.push(format!("e{i}"))).sum();
     assert_eq!(dropped, 2);
     assert_eq!(o.queued(), 3);
-    assert_eq!(o.next(), Some("e2"));
+    assert_eq!(o.next().map(String::as_str), Some("e2"));
 }
 
 #[test]
 fn unacknowledged_events_go_back_in_order_and_acked_ones_do_not() {
-    let mut o = Outbox::new(10);
+    let mut o = Outbox::<String>::new(10);
     for i in 0..4 {
         o.push(format!("e{i}"));
     }
@@ -179,7 +190,7 @@ fn unacknowledged_events_go_back_in_order_and_acked_ones_do_not() {
     assert_eq!(o.connection_lost(), 0);
     assert_eq!(o.in_flight(), 0);
     let mut order = Vec::new();
-    while let Some(e) = o.next().map(str::to_owned) {
+    while let Some(e) = o.next().cloned() {
         order.push(e);
         o.handed_next();
     }
@@ -188,7 +199,7 @@ fn unacknowledged_events_go_back_in_order_and_acked_ones_do_not() {
 
 #[test]
 fn a_qos0_message_is_done_once_written_and_requeueing_keeps_the_cap() {
-    let mut o = Outbox::new(2);
+    let mut o = Outbox::<String>::new(2);
     o.handed_other();
     assert!(o.written(0), "QoS 0: done when written");
     assert_eq!(o.in_flight(), 0);
@@ -200,7 +211,7 @@ fn a_qos0_message_is_done_once_written_and_requeueing_keeps_the_cap() {
     o.push("d".into());
     // a and b come back in front of c and d: the queue holds 2, so the oldest two go.
     assert_eq!(o.connection_lost(), 2);
-    assert_eq!(o.next(), Some("c"));
+    assert_eq!(o.next().map(String::as_str), Some("c"));
     // A pkid nobody waits for is ignored.
     assert!(!o.acked(7));
     assert!(!o.written(9));

@@ -54,7 +54,7 @@ pub enum RtspTransport {
 }
 
 /// Settings a source may honour (which ones each kind uses is in its module's docs).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceOptions {
     /// `--size`: what a camera or the test pattern captures at, and the "no signal" frame's
     /// size before a source has said its own.

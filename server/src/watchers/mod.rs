@@ -36,6 +36,7 @@ use dashmap::DashMap;
 use surv_proto::Form;
 use tokio::time::Instant;
 
+use crate::cameras::Camera;
 use crate::journal::{Leave, LeaveReason};
 use crate::Server;
 
@@ -285,7 +286,7 @@ impl Slot {
     }
 
     /// The watcher joins: a JOIN line, an entry in the registry.
-    pub fn join(self, kind: WatcherKind, peer: SocketAddr, camera: &str) -> Membership {
+    pub fn join(self, kind: WatcherKind, peer: SocketAddr, camera: &Arc<Camera>) -> Membership {
         self.join_inner(kind, peer, camera, None)
     }
 
@@ -294,7 +295,7 @@ impl Slot {
         self,
         kind: WatcherKind,
         peer: SocketAddr,
-        camera: &str,
+        camera: &Arc<Camera>,
         tally: Arc<dyn TallySource>,
     ) -> Membership {
         self.join_inner(kind, peer, camera, Some(tally))
@@ -304,7 +305,7 @@ impl Slot {
         self,
         kind: WatcherKind,
         peer: SocketAddr,
-        camera: &str,
+        camera: &Arc<Camera>,
         tally: Option<Arc<dyn TallySource>>,
     ) -> Membership {
         let server = self.server.clone();
@@ -314,19 +315,19 @@ impl Slot {
             WatcherInfo {
                 peer,
                 kind,
-                camera: camera.to_string(),
+                camera: camera.name.clone(),
                 joined: chrono::Local::now(),
                 tally,
             },
         );
         server.stats.joins.fetch_add(1, Relaxed);
-        server.journal.join(id, peer, kind, camera);
+        server.journal.join(id, peer, kind, &camera.name);
         Membership {
             slot: Some(self),
             id,
             kind,
             peer,
-            camera: camera.to_string(),
+            camera: camera.clone(),
             started: Instant::now(),
         }
     }
@@ -345,7 +346,8 @@ pub struct Membership {
     pub id: u64,
     pub kind: WatcherKind,
     pub peer: SocketAddr,
-    pub camera: String,
+    /// The camera it watches.
+    pub camera: Arc<Camera>,
     started: Instant,
 }
 
@@ -358,6 +360,11 @@ impl Membership {
     fn finish(&mut self, reason: LeaveReason, tally: &Tally) {
         let Some(slot) = self.slot.take() else {
             return;
+        };
+        // Its camera ended under it: a reload removed or changed the camera.
+        let reason = match reason {
+            LeaveReason::Shutdown if self.camera.is_retired() => LeaveReason::Removed,
+            other => other,
         };
         let server = &slot.server;
         let skipped = tally.skipped();
@@ -373,7 +380,7 @@ impl Membership {
             frames_sent: tally.frames_sent,
             bytes_sent: tally.bytes_sent,
             frames_skipped: skipped,
-            camera: self.camera.clone(),
+            camera: self.camera.name.clone(),
         });
     }
 }

@@ -110,7 +110,7 @@ async fn watch(
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
     let live = Arc::new(LiveTally::default());
-    let membership = slot.join_reporting(WatcherKind::OakTcp, peer, &camera.name, live.clone());
+    let membership = slot.join_reporting(WatcherKind::OakTcp, peer, &camera, live.clone());
     let stop = shutdown.child_token();
     let closed = Arc::new(AtomicBool::new(false));
     let drain = tokio::spawn(drain(read, stop.clone(), closed.clone()));

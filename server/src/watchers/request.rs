@@ -300,7 +300,7 @@ impl RequestHub {
             let reason = format!("server full ({} viewers)", server.watchers.max());
             return self.refuse(from, RefusalCause::Full, &reason);
         };
-        let membership = slot.join(WatcherKind::Request, from, &self.camera.name);
+        let membership = slot.join(WatcherKind::Request, from, &self.camera);
         self.stats.joined.fetch_add(1, Relaxed);
         *apps.per_ip.entry(from.ip()).or_default() += 1;
         let mut app = App {

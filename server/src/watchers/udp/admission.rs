@@ -72,7 +72,7 @@ pub(crate) async fn accept_loop(
             };
             drop(place);
             match registration {
-                Ok(reg) => admit(server, tcp, peer, reg, &sessions, shutdown).await,
+                Ok(reg) => admit(server, tcp, peer, reg, &sessions).await,
                 // A port check (connect, close) is no registration: counted, not journalled.
                 Err(Unregistered::Silent) => {
                     server.stats.probes.fetch_add(1, Relaxed);
@@ -235,7 +235,6 @@ async fn admit(
     peer: SocketAddr,
     line: RegistrationLine,
     tracker: &TaskTracker,
-    shutdown: CancellationToken,
 ) {
     let reg = line.registration;
     let presented = match (&line.token, reg.form) {
@@ -265,7 +264,7 @@ async fn admit(
     }
     // Seed-form viewers cannot name a camera: they get the first.
     let camera = match server.cameras.pick(line.camera.as_deref()) {
-        Ok(camera) => camera.clone(),
+        Ok(camera) => camera,
         Err(reason) => {
             let cause = RefusalCause::UnknownCamera;
             return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
@@ -308,6 +307,8 @@ async fn admit(
         },
         Form::Seed => None,
     };
+    // The session ends with the server or with its camera (a reload removing it).
+    let shutdown = camera.stop.clone();
     let link = match DataPath::attach(&server, &camera, local_ip, viewer, key, tracker, &shutdown) {
         Ok(link) => link,
         Err(e) => {
@@ -339,12 +340,7 @@ async fn admit(
             return;
         }
     }
-    let member = slot.join_reporting(
-        reg.form.into(),
-        viewer,
-        &camera.name,
-        Arc::clone(&link) as _,
-    );
+    let member = slot.join_reporting(reg.form.into(), viewer, &camera, Arc::clone(&link) as _);
     let span = tracing::info_span!("session", id = member.id, %viewer, form = reg.form.as_str());
     let session = Session { link, tcp };
     let (reason, tally) = session.run(&server, shutdown).instrument(span).await;

@@ -150,6 +150,7 @@ impl DataPath {
         };
         let elsewhere: usize = server
             .cameras
+            .list()
             .iter()
             .filter(|c| !std::ptr::eq(&c.data, &camera.data))
             .map(|c| c.data.viewers_from(viewer.ip()))
