@@ -23,6 +23,7 @@ pub mod cameras;
 pub mod capture;
 pub mod config;
 pub mod encoder;
+pub mod frame;
 pub mod http;
 pub mod journal;
 pub mod jpeg;

@@ -392,8 +392,7 @@ async fn slow_and_stalled_clients_do_not_disturb_a_normal_one() {
         .borrow()
         .as_ref()
         .unwrap()
-        .datagram
-        .len();
+        .payload_bytes();
     eprintln!("frame {frame_bytes} B");
     let rate_bytes = frame_bytes * 30;
     let rss_before = rss_bytes();

@@ -20,12 +20,13 @@
 //! ([`OnStall::Report`]) are only reported lost: their listening socket stays, and the
 //! camera's next frame brings them back. Watchers stay registered through an
 //! outage, and while the source is not delivering (before its first frame, or lost) they get a
-//! "no signal" frame once a second ([`crate::sources::no_signal`]), so viewers stay alive and show
-//! why. Publishing replaces the previous frame whatever the watchers are doing: capture never
+//! "no signal" frame once a second ([`no_signal`]), so viewers stay alive and show why.
+//! Publishing replaces the previous frame whatever the watchers are doing: capture never
 //! waits for a watcher.
 
 pub mod backoff;
 pub mod encode_times;
+pub mod no_signal;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -40,13 +41,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::encoder::{EncodedFrame, Encoder, EncoderConfig};
+use crate::encoder::{Encoder, EncoderConfig};
+use crate::frame::EncodedFrame;
 use crate::journal::Journal;
 use crate::sources::{OnStall, Source, SourceError};
 use backoff::Backoff;
 pub use sink::FrameSink;
 
-/// One encoded frame, shared by every watcher that sends it.
+/// One published frame, shared by every watcher that sends it.
 pub type SharedFrame = Arc<EncodedFrame>;
 
 /// The newest frame (`None` until the first one is captured).
@@ -247,7 +249,7 @@ impl Capture {
             tx,
             source.describe(),
         );
-        let idle_task = tokio::spawn(no_signal(sink.clone(), stop.clone()));
+        let idle_task = tokio::spawn(publish_while_idle(sink.clone(), stop.clone()));
         let task = tokio::spawn(supervise(source, sink, Backoff::default(), stop.clone()));
         Ok(Capture {
             frames,
@@ -389,7 +391,7 @@ async fn watch_run(
 
 /// While the source is not live (no frame yet, or lost), publishes the "no signal" frame every
 /// [`NO_SIGNAL_EVERY`], the first one that long after the source's newest frame.
-async fn no_signal(sink: FrameSink, stop: CancellationToken) {
+async fn publish_while_idle(sink: FrameSink, stop: CancellationToken) {
     let mut state = sink.state();
     let mut quiet_since = Instant::now();
     loop {

@@ -15,13 +15,12 @@ use bytes::Bytes;
 use surv_proto::FrameTag;
 use tokio::sync::watch;
 
-use super::{CaptureShared, SharedFrame, SourceState, StreamShape};
-use crate::encoder::{EncodedFrame, Encoder};
+use super::{no_signal, CaptureShared, SharedFrame, SourceState, StreamShape};
+use crate::encoder::Encoder;
+use crate::frame::{EncodedFrame, JpegFrame, Payload, PixelFormat, RawFrame, MAX_DECODED_PIXELS};
 use crate::journal::Journal;
 use crate::jpeg::{self, JpegReader, NotAPicture};
-use crate::sources::{
-    no_signal, unix_micros_now, JpegFrame, PixelFormat, RawFrame, MAX_DECODED_PIXELS,
-};
+use crate::sources::unix_micros_now;
 
 /// While a source keeps failing or sending bad frames, how often that is logged again.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -304,7 +303,7 @@ impl FrameSink {
         seq
     }
 
-    /// Publishes an encoded frame (or counts why there is none), and marks the source live.
+    /// Publishes a frame (or counts why there is none), and marks the source live.
     fn finish(&self, work: &mut Work, encoded: Result<EncodedFrame, String>) {
         let shared = &self.inner.shared;
         match encoded {
@@ -425,7 +424,7 @@ fn passthrough(
         height: header.height,
         quality: 0,
         attempts: 0,
-        datagram: Bytes::from(datagram),
+        payload: Payload::Jpeg(Bytes::from(datagram)),
     })
 }
 

@@ -13,10 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::frame::{JpegFrame, PixelFormat, RawFrame};
 use crate::journal::read_all;
-use crate::sources::{
-    FrameReader, JpegFrame, OnThread, PixelFormat, RawFrame, SourceError, SourceRun, TestPattern,
-};
+use crate::sources::{FrameReader, OnThread, SourceError, SourceRun, TestPattern};
 
 /// One run of the scripted source.
 #[derive(Debug, Clone)]
@@ -288,7 +287,7 @@ async fn until_a_source_shows_its_own_shape_watchers_get_no_signal_at_the_idle_s
     let newest = frames.borrow().clone().unwrap();
     assert_eq!(newest.seq, 3, "no-signal frames number on");
     // The picture says it: it decodes, and it is not the uniform grey of a blank frame.
-    let gray = turbojpeg::decompress(&newest.datagram, turbojpeg::PixelFormat::GRAY).unwrap();
+    let gray = turbojpeg::decompress(newest.jpeg().unwrap(), turbojpeg::PixelFormat::GRAY).unwrap();
     let (lo, hi) = gray
         .pixels
         .iter()
@@ -372,9 +371,12 @@ async fn jpegs_that_fit_pass_through_and_others_are_reencoded_or_rejected() {
         .clone()
         .unwrap();
     // Passed through: the source's bytes, untouched, after surv's tag.
-    assert_eq!(&first.datagram[..2], &[0xFF, 0xD8]);
-    assert_eq!(&first.datagram[2 + surv_proto::TAG_BYTES..], &small[2..]);
-    let tag = FrameTag::decode(&first.datagram).unwrap();
+    assert_eq!(&first.jpeg().unwrap()[..2], &[0xFF, 0xD8]);
+    assert_eq!(
+        &first.jpeg().unwrap()[2 + surv_proto::TAG_BYTES..],
+        &small[2..]
+    );
+    let tag = FrameTag::decode(first.jpeg().unwrap()).unwrap();
     assert_eq!((tag.seq, tag.capture_unix_us), (0, 1_000));
     assert_eq!((first.width, first.height), (64, 48));
 
@@ -388,12 +390,16 @@ async fn jpegs_that_fit_pass_through_and_others_are_reencoded_or_rejected() {
         "one passed through, one re-encoded"
     );
     let last = rig.capture.frames.borrow().clone().unwrap();
-    assert!(last.datagram.len() <= cap, "{} bytes", last.datagram.len());
+    assert!(
+        last.jpeg().unwrap().len() <= cap,
+        "{} bytes",
+        last.jpeg().unwrap().len()
+    );
     assert!(last.attempts >= 1, "re-encoded");
-    let decoded = turbojpeg::read_header(&last.datagram).unwrap();
+    let decoded = turbojpeg::read_header(last.jpeg().unwrap()).unwrap();
     assert!(decoded.width <= 320 && decoded.height <= 240);
     // Sequence numbers count the frames the source delivered, rejected ones included.
-    assert_eq!(FrameTag::decode(&last.datagram).unwrap().seq, 1);
+    assert_eq!(FrameTag::decode(last.jpeg().unwrap()).unwrap().seq, 1);
     rig.capture.stop().await;
 }
 

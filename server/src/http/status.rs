@@ -412,18 +412,21 @@ pub(crate) async fn camera_snapshot(
 
 fn snapshot_of(camera: &Camera) -> Response {
     let frame = camera.frames.borrow().clone();
-    match frame {
-        Some(frame) => (
+    match frame.as_ref().and_then(|f| f.jpeg()) {
+        Some(jpeg) => (
             [
                 (header::CONTENT_TYPE, "image/jpeg"),
                 (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
             ],
-            frame.datagram.clone(),
+            jpeg.clone(),
         )
             .into_response(),
         None => {
             let why = match camera.capture.state() {
                 SourceState::Lost(reason) => format!("no frame yet: the source is lost: {reason}"),
+                SourceState::Live if frame.is_some() => {
+                    "the newest frame is not a JPEG".to_string()
+                }
                 _ => "no frame yet: the source is starting".to_string(),
             };
             (

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{RawFrame, Source, SourceError, SourceRun};
+use super::{Source, SourceError, SourceRun};
 use crate::capture::{FrameSink, StreamShape};
+use crate::frame::RawFrame;
 
 /// A source that blocks until its next frame is due or available.
 pub trait FrameReader: Send + 'static {

@@ -31,10 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::pacer::Pacer;
 use super::test_pattern::MAX_FPS;
-use super::{
-    unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun, MAX_DECODED_PIXELS,
-};
+use super::{unix_micros_now, Source, SourceError, SourceOptions, SourceRun};
 use crate::capture::FrameSink;
+use crate::frame::{JpegFrame, MAX_DECODED_PIXELS};
 use jpeg_split::JpegSplitter;
 
 /// Of ffmpeg's stderr, the last this many bytes are kept for the error a user reads.

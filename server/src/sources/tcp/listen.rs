@@ -32,10 +32,9 @@ use super::conn::{Conn, ConnEnd, Deadlines};
 use super::is_whole_jpeg;
 use super::peers::{Cause, PeerStats};
 use crate::capture::{FrameSink, StreamShape};
+use crate::frame::JpegFrame;
 use crate::places::{Entry, Place, Places};
-use crate::sources::{
-    unix_micros_now, JpegFrame, OnStall, Source, SourceError, SourceOptions, SourceRun,
-};
+use crate::sources::{unix_micros_now, OnStall, Source, SourceError, SourceOptions, SourceRun};
 
 /// Connections that have not sent a whole frame yet, at most, besides the camera streaming.
 pub const MAX_WAITING_CONNECTIONS: usize = 4;
