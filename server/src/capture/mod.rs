@@ -59,11 +59,12 @@ pub type FrameRx = watch::Receiver<Option<SharedFrame>>;
 pub struct CaptureStats {
     /// Frames the source delivered.
     pub captured: AtomicU64,
-    /// Frames published (encoded or passed through; at most one per captured frame).
-    pub encoded: AtomicU64,
-    /// Of `encoded`, JPEGs from the source sent as they came (no decode, no encode).
+    /// Frames published (encoded, or passed through as the source sent them; at most one per
+    /// captured frame).
+    pub published: AtomicU64,
+    /// Of `published`, JPEGs from the source sent as they came (no decode, no encode).
     pub passed_through: AtomicU64,
-    /// turbojpeg compress calls; above the frames encoded only while quality adapts to the cap.
+    /// turbojpeg compress calls: one per frame encoded, more while quality adapts to the cap.
     pub encode_attempts: AtomicU64,
     /// Frames that could not be encoded under the cap.
     pub errors: AtomicU64,
@@ -73,7 +74,7 @@ pub struct CaptureStats {
     pub source_failures: AtomicU64,
     /// Outages: times the source went from delivering to lost.
     pub source_lost: AtomicU64,
-    /// "No signal" frames published while the source was not delivering (not in `encoded`).
+    /// "No signal" frames published while the source was not delivering (not in `published`).
     pub no_signal: AtomicU64,
     /// Total time spent encoding, µs.
     pub encode_us: AtomicU64,

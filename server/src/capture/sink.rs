@@ -205,7 +205,7 @@ impl FrameSink {
 
     /// While the source is not delivering: the "no signal" picture (saying `why`) at the
     /// stream's current size, encoded and published like a frame, with the next sequence number,
-    /// but not counted as captured or encoded and leaving the source's state alone.
+    /// but not counted as captured or published and leaving the source's state alone.
     pub fn publish_no_signal(&self, why: &str) {
         let shape = self.inner.shared.shape();
         let mut work = self.work();
@@ -313,7 +313,7 @@ impl FrameSink {
                     .stats
                     .quality
                     .store(u32::from(frame.quality), Relaxed);
-                shared.stats.encoded.fetch_add(1, Relaxed);
+                shared.stats.published.fetch_add(1, Relaxed);
                 self.inner.frames.send_replace(Some(Arc::new(frame)));
                 work.last_frame = Some(Instant::now());
                 if work.measure_fps {

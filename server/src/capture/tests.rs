@@ -210,7 +210,7 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
     assert_eq!(rig.run_times_ms(), [0, 200, 600, 1400, 1900, 2300]);
     let stats = &rig.capture.shared.stats;
     assert_eq!(stats.captured.load(Relaxed), 3);
-    assert_eq!(stats.encoded.load(Relaxed), 3);
+    assert_eq!(stats.published.load(Relaxed), 3);
     assert_eq!(stats.source_failures.load(Relaxed), 5);
     assert_eq!(stats.source_lost.load(Relaxed), 2, "two outages");
     let lines = rig.journal();
@@ -232,7 +232,7 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
     // While it was not delivering (0–1400 ms, and from 1700 ms), a "no signal" frame went out
     // a second after its newest frame and each second after: at 1000, then 2600, 3600, 4600 ms.
     // They take sequence numbers (0, then 4–6 around the source's 1–3) but are not captured or
-    // encoded frames; the last is at the source's size.
+    // published frames; the last is at the source's size.
     assert_eq!(stats.no_signal.load(Relaxed), 4);
     let newest = rig.capture.frames.borrow().clone().unwrap();
     assert_eq!((newest.seq, newest.width, newest.height), (6, 32, 32));
@@ -282,7 +282,7 @@ async fn until_a_source_shows_its_own_shape_watchers_get_no_signal_at_the_idle_s
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stats = &rig.capture.shared.stats;
     assert_eq!(stats.no_signal.load(Relaxed), 4, "one a second");
-    assert_eq!(stats.encoded.load(Relaxed), 0);
+    assert_eq!(stats.published.load(Relaxed), 0);
     assert_eq!(stats.captured.load(Relaxed), 0);
     let newest = frames.borrow().clone().unwrap();
     assert_eq!(newest.seq, 3, "no-signal frames number on");
@@ -385,7 +385,7 @@ async fn jpegs_that_fit_pass_through_and_others_are_reencoded_or_rejected() {
     assert_eq!(stats.passed_through.load(Relaxed), 1);
     assert_eq!(stats.rejected.load(Relaxed), 2, "not a JPEG, truncated");
     assert_eq!(
-        stats.encoded.load(Relaxed),
+        stats.published.load(Relaxed),
         2,
         "one passed through, one re-encoded"
     );

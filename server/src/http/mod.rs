@@ -113,7 +113,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
             .iter()
             .map(|c| {
                 status::RateMeter::new(
-                    c.capture.stats.encoded.load(Relaxed),
+                    c.capture.stats.published.load(Relaxed),
                     std::time::Instant::now(),
                 )
             })

@@ -122,7 +122,7 @@ pub(super) async fn run(
     let rates: Vec<RateMeter> = server
         .cameras
         .iter()
-        .map(|c| RateMeter::new(c.capture.stats.encoded.load(Relaxed), Instant::now()))
+        .map(|c| RateMeter::new(c.capture.stats.published.load(Relaxed), Instant::now()))
         .collect();
     let mut tick = tokio::time::interval(config.stats_every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
