@@ -142,7 +142,8 @@ impl FrameSink {
         self.inner.shared.set_shape(shape);
     }
 
-    /// A raw frame from the source: encoded once under the datagram cap, then published.
+    /// A raw frame from the source: encoded once under the datagram cap, then published. It
+    /// encodes on the calling thread: call it from a source's own thread, not from async code.
     pub fn publish_raw(&self, raw: &RawFrame) {
         let mut work = self.work();
         let seq = self.next_seq(&mut work);
@@ -173,6 +174,7 @@ impl FrameSink {
 
     /// A JPEG from the source: passed through untouched (only the tag added) when it fits the
     /// datagram cap, otherwise decoded and re-encoded under it. Not a whole JPEG: rejected.
+    /// The re-encode runs on the calling thread: async code calls [`FrameSink::publish`].
     pub fn publish_jpeg(&self, frame: &JpegFrame) {
         let checked = {
             let mut headers = self.inner.headers.lock().unwrap_or_else(|p| p.into_inner());

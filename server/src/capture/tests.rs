@@ -3,7 +3,7 @@
 //! flow again after it, and JPEGs pass through untouched when they fit.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -517,6 +517,103 @@ fn a_test_pattern_runs_on_its_thread_through_the_adapter() {
             "stopped within a frame or so"
         );
         assert!(read_all(log_dir.path()).unwrap().is_empty(), "no outage");
+    });
+}
+
+/// An async source that publishes one JPEG with [`FrameSink::publish`] and counts how often a
+/// probe task on the same runtime ran meanwhile.
+struct PublishesOnce {
+    jpeg: Bytes,
+    probe_polls: Arc<AtomicU64>,
+    polls_during_publish: Arc<Mutex<Option<u64>>>,
+}
+
+impl Source for PublishesOnce {
+    fn describe(&self) -> String {
+        "an async source".into()
+    }
+
+    fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
+        Box::pin(async move {
+            sink.opened("an async source", StreamShape::default());
+            let before = self.probe_polls.load(Relaxed);
+            sink.publish(JpegFrame {
+                jpeg: self.jpeg.clone(),
+                capture_unix_us: 1,
+            })
+            .await;
+            let during = self.probe_polls.load(Relaxed) - before;
+            *self.polls_during_publish.lock().unwrap() = Some(during);
+            stop.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+/// A JPEG over the cap from an async source (http, tcp, udp, file) is decoded and re-encoded
+/// off the runtime's threads: on a runtime of one thread, another task runs while it is.
+#[test]
+fn a_jpeg_over_the_cap_from_async_code_is_reencoded_off_the_runtime() {
+    let jpeg = Bytes::from(surv_tests::test_jpeg(
+        1920,
+        1080,
+        surv_tests::Picture::Gradient(3),
+        95,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    ));
+    let cap = 16_000;
+    assert!(jpeg.len() > cap);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let probe_polls = Arc::new(AtomicU64::new(0));
+        let polls_during_publish = Arc::new(Mutex::new(None));
+        let probe = tokio::spawn({
+            let polls = probe_polls.clone();
+            async move {
+                loop {
+                    polls.fetch_add(1, Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let source = PublishesOnce {
+            jpeg,
+            probe_polls,
+            polls_during_publish: polls_during_publish.clone(),
+        };
+        let encoder = EncoderConfig {
+            max_datagram_bytes: cap,
+            quality: 80,
+        };
+        let (capture, _log_dir, _shutdown) = capture_of(Box::new(source), encoder);
+        let mut frames = capture.frames.clone();
+        let frame = tokio::time::timeout(Duration::from_secs(20), frames.wait_for(Option::is_some))
+            .await
+            .expect("the frame is published")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(frame.attempts >= 1, "re-encoded: {frame:?}");
+        assert!(frame.jpeg().unwrap().len() <= cap, "{frame:?}");
+        let stats = &capture.shared.stats;
+        assert_eq!(stats.passed_through.load(Relaxed), 0);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while polls_during_publish.lock().unwrap().is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let during = polls_during_publish.lock().unwrap().unwrap();
+        assert!(
+            during > 0,
+            "the runtime's only thread ran nothing else while the frame was re-encoded"
+        );
+        probe.abort();
+        capture.stop().await;
     });
 }
 

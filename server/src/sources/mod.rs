@@ -19,8 +19,12 @@
 //!   connecting to surv (`tcp-listen://`) or surv to the camera (`tcp://`).
 //!
 //! Sources that are read by blocking calls (cameras, the test pattern) implement
-//! [`FrameReader`] and run on a thread of their own through [`OnThread`]; network sources
-//! (udp, tcp, http, rtsp, file) implement [`Source`] directly as async code.
+//! [`FrameReader`] and run on a thread of their own through [`OnThread`], where their frames
+//! are also encoded. The network and file sources (udp, tcp, http, rtsp, file) implement
+//! [`Source`] directly as async code, and no CPU work runs on the runtime's threads: udp, tcp,
+//! http and file hand each JPEG to [`FrameSink::publish`], which passes one that fits through on
+//! their task and re-encodes one that does not on the blocking pool; rtsp hands its frames to a
+//! worker thread of its own, which publishes MJPEG and decodes H.264 there.
 //!
 //! [`spec`] parses `--source` and builds the source it names.
 //!
