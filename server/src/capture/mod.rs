@@ -11,7 +11,7 @@
 //! ends, the supervisor reports it lost (once per outage), waits with capped exponential
 //! backoff ([`backoff`]) and runs it again, until shutdown.
 //!
-//! One watchdog for every kind of source ([`watch_run`]): a source that stops delivering
+//! One watchdog for every kind of source (`watch_run`): a source that stops delivering
 //! without failing (a camera that keeps its connection open and sends a byte now and then, a
 //! proxy that answers but forwards nothing) is an outage too. No frame for [`stall_after`]
 //! (5 s, or 10 frame intervals for slower sources) ends the run with the reason "no frame for

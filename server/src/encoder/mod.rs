@@ -1,4 +1,4 @@
-//! JPEG encoding under the datagram cap: one encode per captured frame, quality and scale adapt to fit.
+//! JPEG encoding under the datagram cap: one encode per raw frame, quality and scale adapt to fit.
 //!
 //! Every frame becomes one datagram: a whole JPEG with the surv [`FrameTag`] after SOI, never
 //! larger than [`EncoderConfig::max_datagram_bytes`]. The encoder keeps a setting (JPEG quality

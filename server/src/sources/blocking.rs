@@ -3,7 +3,7 @@
 //! [`FrameReader`] is what such a source implements: a blocking `next_frame` that fills a
 //! reused [`RawFrame`]. [`OnThread`] turns an opener of readers into a [`Source`]: each run opens
 //! a reader on a new thread (some camera handles cannot move between threads), hands every frame
-//! to the capture path on that thread (so capture and encode stay one thread, as before), and
+//! to the capture path on that thread (so that each frame is captured and encoded there), and
 //! returns the reader's error when it stops delivering. A frame that is unusable on its own
 //! ([`SourceError::BadFrame`]) is counted and skipped; any other error ends the run.
 

@@ -12,7 +12,7 @@
 //! * [`test_pattern`]: the built-in moving pattern (no camera needed).
 //! * [`camera`]: V4L2 cameras through nokhwa.
 //! * [`rtsp`]: RTSP cameras through retina (MJPEG passed through, H.264 decoded once).
-//! * [`file`]: video files (played by ffmpeg), still images, folders of JPEGs.
+//! * [`file`](mod@file): video files (played by ffmpeg), still images, folders of JPEGs.
 //! * [`http`]: MJPEG streams and still-image URLs (`http://`), hyper client.
 //! * [`udp`]: JPEG datagrams pushed by a camera (seed 001).
 //! * [`tcp`]: JPEGs over TCP, length-prefixed (seed 004) or OAK ABCDE (seed 000), the camera

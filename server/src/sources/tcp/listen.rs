@@ -14,7 +14,7 @@
 //! it is dropped at its deadline or first bad byte, and counted. At most
 //! [`MAX_WAITING_CONNECTIONS`] connections may wait for their first frame at once; a new one
 //! beyond that closes the oldest of them (the rule of the HTTP and registration ports,
-//! [`crate::places`]), so idle connections reopened as they close cannot keep a camera out:
+//! `crate::places`), so idle connections reopened as they close cannot keep a camera out:
 //! the camera's connection sends a frame within milliseconds and takes over.
 //!
 //! Only a JPEG picture ([`crate::jpeg::check`]) takes the source over: `FF D8 FF D9` does not.
