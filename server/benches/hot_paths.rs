@@ -89,7 +89,8 @@ fn fan_out(c: &mut Criterion) {
     let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let _ = sys::set_buffer(tx.as_raw_fd(), libc::SO_SNDBUF, 8 << 20);
     let mut enc = Encoder::new(EncoderConfig::default()).expect("encoder");
-    let datagram = enc.encode(&frame(160, 90), 1).expect("fits").datagram;
+    let encoded = enc.encode(&frame(160, 90), 1).expect("fits");
+    let datagram = encoded.jpeg().expect("a JPEG").clone();
     let mut inbox = BatchReceiver::default();
     for n in [10usize, 100, 1000] {
         let (rx, dests) = viewers(n);
@@ -195,7 +196,8 @@ fn motion(c: &mut Criterion) {
                 f.data[seq * 1000] ^= 0xFF;
                 enc.encode(&f, seq as u64)
                     .expect("encode")
-                    .datagram
+                    .jpeg()
+                    .expect("a JPEG")
                     .to_vec()
             })
             .collect();

@@ -58,7 +58,7 @@ impl Camera {
             data: DataPath::default(),
             motion: Arc::default(),
             rate: RateMeter::new(
-                capture.shared.stats.encoded.load(Relaxed),
+                capture.shared.stats.published.load(Relaxed),
                 std::time::Instant::now(),
             ),
             stop,

@@ -26,6 +26,7 @@ pub mod cameras;
 pub mod capture;
 pub mod config;
 pub mod encoder;
+pub mod frame;
 pub mod http;
 pub mod journal;
 pub mod jpeg;
@@ -325,7 +326,7 @@ impl Server {
                 tracing::info!(
                     camera = %camera.name,
                     captured = c.captured.load(Relaxed),
-                    encoded = c.encoded.load(Relaxed),
+                    published = c.published.load(Relaxed),
                     passed_through = c.passed_through.load(Relaxed),
                     rejected = c.rejected.load(Relaxed),
                     source_lost = c.source_lost.load(Relaxed),
@@ -336,7 +337,7 @@ impl Server {
         let s = &self.stats;
         tracing::info!(
             captured = sum(|c| &c.captured),
-            encoded = sum(|c| &c.encoded),
+            published = sum(|c| &c.published),
             passed_through = sum(|c| &c.passed_through),
             rejected = sum(|c| &c.rejected),
             source_lost = sum(|c| &c.source_lost),

@@ -235,7 +235,7 @@ async fn an_mjpeg_stream_of_non_pictures_publishes_nothing() {
     }
     let stats = &rig.shared().stats;
     assert_eq!(stats.captured.load(Relaxed), 0);
-    assert_eq!(stats.encoded.load(Relaxed), 0);
+    assert_eq!(stats.published.load(Relaxed), 0);
     assert_ne!(rig.shared().state(), SourceState::Live);
     rig.capture.stop().await;
 }

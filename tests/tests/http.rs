@@ -123,7 +123,7 @@ async fn snapshot_status_and_page() {
     );
     for counter in [
         "captured",
-        "encoded",
+        "published",
         "passed_through",
         "rejected",
         "frames_sent",
@@ -132,6 +132,11 @@ async fn snapshot_status_and_page() {
     ] {
         assert!(s["counters"][counter].is_u64(), "{counter}: {s:#}");
     }
+    // The old name of `published` stays one release more.
+    assert_eq!(
+        s["counters"]["encoded"], s["counters"]["published"],
+        "{s:#}"
+    );
     assert!(s["counters"]["frames_sent"].as_u64().unwrap() >= 6);
     assert_eq!(s["watchers"]["total"], 2);
     assert_eq!(s["watchers"]["by_kind"]["http"], 2);
@@ -225,8 +230,15 @@ async fn metrics_and_refusals() {
         1.0,
         "{text}"
     );
-    assert!(value(&cam("surv_frames_captured_total")) >= value(&cam("surv_frames_encoded_total")));
-    assert!(value(&cam("surv_frames_encoded_total")) > 0.0);
+    assert!(
+        value(&cam("surv_frames_captured_total")) >= value(&cam("surv_frames_published_total"))
+    );
+    assert!(value(&cam("surv_frames_published_total")) > 0.0);
+    // The old name stays one release more, the same series.
+    assert_eq!(
+        value(&cam("surv_frames_encoded_total")),
+        value(&cam("surv_frames_published_total"))
+    );
     assert!(value("surv_frames_sent_total") >= 1.0);
     assert!(value(&cam("surv_encode_seconds_count")) > 0.0);
     assert_eq!(
@@ -392,8 +404,7 @@ async fn slow_and_stalled_clients_do_not_disturb_a_normal_one() {
         .borrow()
         .as_ref()
         .unwrap()
-        .datagram
-        .len();
+        .payload_bytes();
     eprintln!("frame {frame_bytes} B");
     let rate_bytes = frame_bytes * 30;
     let rss_before = rss_bytes();

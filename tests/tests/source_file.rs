@@ -287,7 +287,7 @@ async fn a_still_jpeg_is_passed_through_byte_for_byte_at_fps() {
     let captured = c.captured.load(Relaxed);
     assert!(captured >= same.len() as u64, "{c:?}");
     assert_eq!(c.passed_through.load(Relaxed), captured, "{c:?}");
-    assert_eq!(c.encoded.load(Relaxed), captured, "{c:?}");
+    assert_eq!(c.published.load(Relaxed), captured, "{c:?}");
     srv.stop().await.unwrap();
 }
 

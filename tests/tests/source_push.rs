@@ -583,7 +583,7 @@ async fn udp_refuses_bad_datagrams_while_the_camera_streams() {
     assert!(second.0.sent() >= 3);
     drop(second);
 
-    let encoded_before = c.encoded.load(Relaxed);
+    let published_before = c.published.load(Relaxed);
     let big = largest_datagram_jpeg();
     cam_socket.send_to(&big, at).await.unwrap();
     until("the 65,507-byte JPEG re-encoded", || {
@@ -591,7 +591,7 @@ async fn udp_refuses_bad_datagrams_while_the_camera_streams() {
     })
     .await;
     assert_eq!(c.errors.load(Relaxed), errors0, "the big JPEG went out");
-    assert!(c.encoded.load(Relaxed) > encoded_before);
+    assert!(c.published.load(Relaxed) > published_before);
 
     let later = Instant::now();
     viewer.wait_camera(later, 10, |_| true).await;

@@ -11,7 +11,7 @@
 //! ends, the supervisor reports it lost (once per outage), waits with capped exponential
 //! backoff ([`backoff`]) and runs it again, until shutdown.
 //!
-//! One watchdog for every kind of source ([`watch_run`]): a source that stops delivering
+//! One watchdog for every kind of source (`watch_run`): a source that stops delivering
 //! without failing (a camera that keeps its connection open and sends a byte now and then, a
 //! proxy that answers but forwards nothing) is an outage too. No frame for [`stall_after`]
 //! (5 s, or 10 frame intervals for slower sources) ends the run with the reason "no frame for
@@ -20,12 +20,13 @@
 //! ([`OnStall::Report`]) are only reported lost: their listening socket stays, and the
 //! camera's next frame brings them back. Watchers stay registered through an
 //! outage, and while the source is not delivering (before its first frame, or lost) they get a
-//! "no signal" frame once a second ([`crate::sources::no_signal`]), so viewers stay alive and show
-//! why. Publishing replaces the previous frame whatever the watchers are doing: capture never
+//! "no signal" frame once a second ([`no_signal`]), so viewers stay alive and show why.
+//! Publishing replaces the previous frame whatever the watchers are doing: capture never
 //! waits for a watcher.
 
 pub mod backoff;
 pub mod encode_times;
+pub mod no_signal;
 mod sink;
 #[cfg(test)]
 mod tests;
@@ -40,13 +41,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::encoder::{EncodedFrame, Encoder, EncoderConfig};
+use crate::encoder::{Encoder, EncoderConfig};
+use crate::frame::EncodedFrame;
 use crate::journal::Journal;
 use crate::sources::{OnStall, Source, SourceError};
 use backoff::Backoff;
 pub use sink::FrameSink;
 
-/// One encoded frame, shared by every watcher that sends it.
+/// One published frame, shared by every watcher that sends it.
 pub type SharedFrame = Arc<EncodedFrame>;
 
 /// The newest frame (`None` until the first one is captured).
@@ -57,11 +59,12 @@ pub type FrameRx = watch::Receiver<Option<SharedFrame>>;
 pub struct CaptureStats {
     /// Frames the source delivered.
     pub captured: AtomicU64,
-    /// Frames published (encoded or passed through; at most one per captured frame).
-    pub encoded: AtomicU64,
-    /// Of `encoded`, JPEGs from the source sent as they came (no decode, no encode).
+    /// Frames published (encoded, or passed through as the source sent them; at most one per
+    /// captured frame).
+    pub published: AtomicU64,
+    /// Of `published`, JPEGs from the source sent as they came (no decode, no encode).
     pub passed_through: AtomicU64,
-    /// turbojpeg compress calls; above the frames encoded only while quality adapts to the cap.
+    /// turbojpeg compress calls: one per frame encoded, more while quality adapts to the cap.
     pub encode_attempts: AtomicU64,
     /// Frames that could not be encoded under the cap.
     pub errors: AtomicU64,
@@ -71,7 +74,7 @@ pub struct CaptureStats {
     pub source_failures: AtomicU64,
     /// Outages: times the source went from delivering to lost.
     pub source_lost: AtomicU64,
-    /// "No signal" frames published while the source was not delivering (not in `encoded`).
+    /// "No signal" frames published while the source was not delivering (not in `published`).
     pub no_signal: AtomicU64,
     /// Total time spent encoding, µs.
     pub encode_us: AtomicU64,
@@ -247,7 +250,7 @@ impl Capture {
             tx,
             source.describe(),
         );
-        let idle_task = tokio::spawn(no_signal(sink.clone(), stop.clone()));
+        let idle_task = tokio::spawn(publish_while_idle(sink.clone(), stop.clone()));
         let task = tokio::spawn(supervise(source, sink, Backoff::default(), stop.clone()));
         Ok(Capture {
             frames,
@@ -389,7 +392,7 @@ async fn watch_run(
 
 /// While the source is not live (no frame yet, or lost), publishes the "no signal" frame every
 /// [`NO_SIGNAL_EVERY`], the first one that long after the source's newest frame.
-async fn no_signal(sink: FrameSink, stop: CancellationToken) {
+async fn publish_while_idle(sink: FrameSink, stop: CancellationToken) {
     let mut state = sink.state();
     let mut quiet_since = Instant::now();
     loop {

@@ -15,13 +15,12 @@ use bytes::Bytes;
 use surv_proto::FrameTag;
 use tokio::sync::watch;
 
-use super::{CaptureShared, SharedFrame, SourceState, StreamShape};
-use crate::encoder::{EncodedFrame, Encoder};
+use super::{no_signal, CaptureShared, SharedFrame, SourceState, StreamShape};
+use crate::encoder::Encoder;
+use crate::frame::{EncodedFrame, JpegFrame, Payload, PixelFormat, RawFrame, MAX_DECODED_PIXELS};
 use crate::journal::Journal;
 use crate::jpeg::{self, JpegReader, NotAPicture};
-use crate::sources::{
-    no_signal, unix_micros_now, JpegFrame, PixelFormat, RawFrame, MAX_DECODED_PIXELS,
-};
+use crate::sources::unix_micros_now;
 
 /// While a source keeps failing or sending bad frames, how often that is logged again.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -143,7 +142,8 @@ impl FrameSink {
         self.inner.shared.set_shape(shape);
     }
 
-    /// A raw frame from the source: encoded once under the datagram cap, then published.
+    /// A raw frame from the source: encoded once under the datagram cap, then published. It
+    /// encodes on the calling thread: call it from a source's own thread, not from async code.
     pub fn publish_raw(&self, raw: &RawFrame) {
         let mut work = self.work();
         let seq = self.next_seq(&mut work);
@@ -174,6 +174,7 @@ impl FrameSink {
 
     /// A JPEG from the source: passed through untouched (only the tag added) when it fits the
     /// datagram cap, otherwise decoded and re-encoded under it. Not a whole JPEG: rejected.
+    /// The re-encode runs on the calling thread: async code calls [`FrameSink::publish`].
     pub fn publish_jpeg(&self, frame: &JpegFrame) {
         let checked = {
             let mut headers = self.inner.headers.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,7 +207,7 @@ impl FrameSink {
 
     /// While the source is not delivering: the "no signal" picture (saying `why`) at the
     /// stream's current size, encoded and published like a frame, with the next sequence number,
-    /// but not counted as captured or encoded and leaving the source's state alone.
+    /// but not counted as captured or published and leaving the source's state alone.
     pub fn publish_no_signal(&self, why: &str) {
         let shape = self.inner.shared.shape();
         let mut work = self.work();
@@ -304,7 +305,7 @@ impl FrameSink {
         seq
     }
 
-    /// Publishes an encoded frame (or counts why there is none), and marks the source live.
+    /// Publishes a frame (or counts why there is none), and marks the source live.
     fn finish(&self, work: &mut Work, encoded: Result<EncodedFrame, String>) {
         let shared = &self.inner.shared;
         match encoded {
@@ -314,7 +315,7 @@ impl FrameSink {
                     .stats
                     .quality
                     .store(u32::from(frame.quality), Relaxed);
-                shared.stats.encoded.fetch_add(1, Relaxed);
+                shared.stats.published.fetch_add(1, Relaxed);
                 self.inner.frames.send_replace(Some(Arc::new(frame)));
                 work.last_frame = Some(Instant::now());
                 if work.measure_fps {
@@ -425,7 +426,7 @@ fn passthrough(
         height: header.height,
         quality: 0,
         attempts: 0,
-        datagram: Bytes::from(datagram),
+        payload: Payload::Jpeg(Bytes::from(datagram)),
     })
 }
 

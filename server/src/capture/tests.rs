@@ -3,7 +3,7 @@
 //! flow again after it, and JPEGs pass through untouched when they fit.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::frame::{JpegFrame, PixelFormat, RawFrame};
 use crate::journal::read_all;
-use crate::sources::{
-    FrameReader, JpegFrame, OnThread, PixelFormat, RawFrame, SourceError, SourceRun, TestPattern,
-};
+use crate::sources::{FrameReader, OnThread, SourceError, SourceRun, TestPattern};
 
 /// One run of the scripted source.
 #[derive(Debug, Clone)]
@@ -211,7 +210,7 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
     assert_eq!(rig.run_times_ms(), [0, 200, 600, 1400, 1900, 2300]);
     let stats = &rig.capture.shared.stats;
     assert_eq!(stats.captured.load(Relaxed), 3);
-    assert_eq!(stats.encoded.load(Relaxed), 3);
+    assert_eq!(stats.published.load(Relaxed), 3);
     assert_eq!(stats.source_failures.load(Relaxed), 5);
     assert_eq!(stats.source_lost.load(Relaxed), 2, "two outages");
     let lines = rig.journal();
@@ -233,7 +232,7 @@ async fn a_failing_source_is_retried_with_backoff_and_one_outage_is_one_lost_and
     // While it was not delivering (0–1400 ms, and from 1700 ms), a "no signal" frame went out
     // a second after its newest frame and each second after: at 1000, then 2600, 3600, 4600 ms.
     // They take sequence numbers (0, then 4–6 around the source's 1–3) but are not captured or
-    // encoded frames; the last is at the source's size.
+    // published frames; the last is at the source's size.
     assert_eq!(stats.no_signal.load(Relaxed), 4);
     let newest = rig.capture.frames.borrow().clone().unwrap();
     assert_eq!((newest.seq, newest.width, newest.height), (6, 32, 32));
@@ -283,12 +282,12 @@ async fn until_a_source_shows_its_own_shape_watchers_get_no_signal_at_the_idle_s
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stats = &rig.capture.shared.stats;
     assert_eq!(stats.no_signal.load(Relaxed), 4, "one a second");
-    assert_eq!(stats.encoded.load(Relaxed), 0);
+    assert_eq!(stats.published.load(Relaxed), 0);
     assert_eq!(stats.captured.load(Relaxed), 0);
     let newest = frames.borrow().clone().unwrap();
     assert_eq!(newest.seq, 3, "no-signal frames number on");
     // The picture says it: it decodes, and it is not the uniform grey of a blank frame.
-    let gray = turbojpeg::decompress(&newest.datagram, turbojpeg::PixelFormat::GRAY).unwrap();
+    let gray = turbojpeg::decompress(newest.jpeg().unwrap(), turbojpeg::PixelFormat::GRAY).unwrap();
     let (lo, hi) = gray
         .pixels
         .iter()
@@ -372,9 +371,12 @@ async fn jpegs_that_fit_pass_through_and_others_are_reencoded_or_rejected() {
         .clone()
         .unwrap();
     // Passed through: the source's bytes, untouched, after surv's tag.
-    assert_eq!(&first.datagram[..2], &[0xFF, 0xD8]);
-    assert_eq!(&first.datagram[2 + surv_proto::TAG_BYTES..], &small[2..]);
-    let tag = FrameTag::decode(&first.datagram).unwrap();
+    assert_eq!(&first.jpeg().unwrap()[..2], &[0xFF, 0xD8]);
+    assert_eq!(
+        &first.jpeg().unwrap()[2 + surv_proto::TAG_BYTES..],
+        &small[2..]
+    );
+    let tag = FrameTag::decode(first.jpeg().unwrap()).unwrap();
     assert_eq!((tag.seq, tag.capture_unix_us), (0, 1_000));
     assert_eq!((first.width, first.height), (64, 48));
 
@@ -383,17 +385,21 @@ async fn jpegs_that_fit_pass_through_and_others_are_reencoded_or_rejected() {
     assert_eq!(stats.passed_through.load(Relaxed), 1);
     assert_eq!(stats.rejected.load(Relaxed), 2, "not a JPEG, truncated");
     assert_eq!(
-        stats.encoded.load(Relaxed),
+        stats.published.load(Relaxed),
         2,
         "one passed through, one re-encoded"
     );
     let last = rig.capture.frames.borrow().clone().unwrap();
-    assert!(last.datagram.len() <= cap, "{} bytes", last.datagram.len());
+    assert!(
+        last.jpeg().unwrap().len() <= cap,
+        "{} bytes",
+        last.jpeg().unwrap().len()
+    );
     assert!(last.attempts >= 1, "re-encoded");
-    let decoded = turbojpeg::read_header(&last.datagram).unwrap();
+    let decoded = turbojpeg::read_header(last.jpeg().unwrap()).unwrap();
     assert!(decoded.width <= 320 && decoded.height <= 240);
     // Sequence numbers count the frames the source delivered, rejected ones included.
-    assert_eq!(FrameTag::decode(&last.datagram).unwrap().seq, 1);
+    assert_eq!(FrameTag::decode(last.jpeg().unwrap()).unwrap().seq, 1);
     rig.capture.stop().await;
 }
 
@@ -511,6 +517,103 @@ fn a_test_pattern_runs_on_its_thread_through_the_adapter() {
             "stopped within a frame or so"
         );
         assert!(read_all(log_dir.path()).unwrap().is_empty(), "no outage");
+    });
+}
+
+/// An async source that publishes one JPEG with [`FrameSink::publish`] and counts how often a
+/// probe task on the same runtime ran meanwhile.
+struct PublishesOnce {
+    jpeg: Bytes,
+    probe_polls: Arc<AtomicU64>,
+    polls_during_publish: Arc<Mutex<Option<u64>>>,
+}
+
+impl Source for PublishesOnce {
+    fn describe(&self) -> String {
+        "an async source".into()
+    }
+
+    fn run<'a>(&'a mut self, sink: &'a FrameSink, stop: &'a CancellationToken) -> SourceRun<'a> {
+        Box::pin(async move {
+            sink.opened("an async source", StreamShape::default());
+            let before = self.probe_polls.load(Relaxed);
+            sink.publish(JpegFrame {
+                jpeg: self.jpeg.clone(),
+                capture_unix_us: 1,
+            })
+            .await;
+            let during = self.probe_polls.load(Relaxed) - before;
+            *self.polls_during_publish.lock().unwrap() = Some(during);
+            stop.cancelled().await;
+            Ok(())
+        })
+    }
+}
+
+/// A JPEG over the cap from an async source (http, tcp, udp, file) is decoded and re-encoded
+/// off the runtime's threads: on a runtime of one thread, another task runs while it is.
+#[test]
+fn a_jpeg_over_the_cap_from_async_code_is_reencoded_off_the_runtime() {
+    let jpeg = Bytes::from(surv_tests::test_jpeg(
+        1920,
+        1080,
+        surv_tests::Picture::Gradient(3),
+        95,
+        surv_tests::fixtures::Subsamp::Sub2x2,
+    ));
+    let cap = 16_000;
+    assert!(jpeg.len() > cap);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let probe_polls = Arc::new(AtomicU64::new(0));
+        let polls_during_publish = Arc::new(Mutex::new(None));
+        let probe = tokio::spawn({
+            let polls = probe_polls.clone();
+            async move {
+                loop {
+                    polls.fetch_add(1, Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        let source = PublishesOnce {
+            jpeg,
+            probe_polls,
+            polls_during_publish: polls_during_publish.clone(),
+        };
+        let encoder = EncoderConfig {
+            max_datagram_bytes: cap,
+            quality: 80,
+        };
+        let (capture, _log_dir, _shutdown) = capture_of(Box::new(source), encoder);
+        let mut frames = capture.frames.clone();
+        let frame = tokio::time::timeout(Duration::from_secs(20), frames.wait_for(Option::is_some))
+            .await
+            .expect("the frame is published")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(frame.attempts >= 1, "re-encoded: {frame:?}");
+        assert!(frame.jpeg().unwrap().len() <= cap, "{frame:?}");
+        let stats = &capture.shared.stats;
+        assert_eq!(stats.passed_through.load(Relaxed), 0);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while polls_during_publish.lock().unwrap().is_none() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        let during = polls_during_publish.lock().unwrap().unwrap();
+        assert!(
+            during > 0,
+            "the runtime's only thread ran nothing else while the frame was re-encoded"
+        );
+        probe.abort();
+        capture.stop().await;
     });
 }
 

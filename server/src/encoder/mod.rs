@@ -1,4 +1,4 @@
-//! JPEG encoding under the datagram cap: one encode per captured frame, quality and scale adapt to fit.
+//! JPEG encoding under the datagram cap: one encode per raw frame, quality and scale adapt to fit.
 //!
 //! Every frame becomes one datagram: a whole JPEG with the surv [`FrameTag`] after SOI, never
 //! larger than [`EncoderConfig::max_datagram_bytes`]. The encoder keeps a setting (JPEG quality
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use surv_proto::{FrameTag, TagError, MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES, TAG_BYTES};
 use turbojpeg::{Compressor, Image, Subsamp, YuvPlanesImage};
 
-use crate::sources::{PixelFormat, RawFrame};
+use crate::frame::{EncodedFrame, Payload, PixelFormat, RawFrame};
 
 mod rate;
 mod scale;
@@ -61,35 +61,6 @@ impl Default for EncoderConfig {
             max_datagram_bytes: surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
             quality: 80,
         }
-    }
-}
-
-/// One frame, ready to send: the datagram and what went into it.
-pub struct EncodedFrame {
-    pub seq: u64,
-    pub capture_unix_us: u64,
-    /// As encoded, after any downscale.
-    pub width: u32,
-    /// As encoded, after any downscale.
-    pub height: u32,
-    pub quality: u8,
-    /// turbojpeg compress calls for this frame; 1 in steady state.
-    pub attempts: u32,
-    /// The whole JPEG with the surv FrameTag COM segment inserted, at most `max_datagram_bytes`.
-    pub datagram: Bytes,
-}
-
-impl fmt::Debug for EncodedFrame {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EncodedFrame")
-            .field("seq", &self.seq)
-            .field("capture_unix_us", &self.capture_unix_us)
-            .field("width", &self.width)
-            .field("height", &self.height)
-            .field("quality", &self.quality)
-            .field("attempts", &self.attempts)
-            .field("datagram_bytes", &self.datagram.len())
-            .finish()
     }
 }
 
@@ -292,7 +263,7 @@ impl Encoder {
             height,
             quality,
             attempts,
-            datagram: Bytes::from(datagram),
+            payload: Payload::Jpeg(Bytes::from(datagram)),
         })
     }
 

@@ -4,7 +4,7 @@
 //! Halving is the encoder's last resort once the quality is at its floor; the halved copies
 //! are kept from frame to frame so that their buffers are reused.
 
-use crate::sources::{PixelFormat, RawFrame};
+use crate::frame::{PixelFormat, RawFrame};
 
 /// At most this many halvings: 1/16 of the width and height.
 pub const MAX_SCALE_SHIFT: u32 = 4;

@@ -4,6 +4,7 @@
 use super::rate::{quality_for_scale, quant_scale, SizeModel};
 use super::scale::{box_halve, halve_i420, scaled_sizes};
 use super::*;
+use crate::frame::RawFrame;
 use crate::sources::{FrameReader, TestPattern};
 use surv_proto::DEFAULT_MAX_DATAGRAM_BYTES;
 
@@ -35,12 +36,12 @@ fn run(width: u32, height: u32, cap: usize, frames: usize) -> Run {
         source.next_frame(&mut raw).unwrap();
         match encoder.encode(&raw, seq) {
             Ok(frame) => {
-                assert!(frame.datagram.len() <= cap, "{frame:?} over {cap}");
-                let tag = FrameTag::decode(&frame.datagram).unwrap();
+                assert!(frame.jpeg().unwrap().len() <= cap, "{frame:?} over {cap}");
+                let tag = FrameTag::decode(frame.jpeg().unwrap()).unwrap();
                 assert_eq!(tag.seq, seq);
                 assert_eq!(tag.capture_unix_us, raw.capture_unix_us);
                 assert_eq!(
-                    decode(&frame.datagram),
+                    decode(frame.jpeg().unwrap()),
                     (frame.width as usize, frame.height as usize)
                 );
                 out.frames.push(frame);
@@ -121,8 +122,8 @@ fn noise_never_exceeds_the_cap() {
             };
             match encoder.encode(&frame, seq) {
                 Ok(f) => {
-                    assert!(f.datagram.len() <= cap, "{f:?} over {cap}");
-                    let (dw, dh) = decode(&f.datagram);
+                    assert!(f.jpeg().unwrap().len() <= cap, "{f:?} over {cap}");
+                    let (dw, dh) = decode(f.jpeg().unwrap());
                     assert_eq!((dw as u32, dh as u32), (f.width, f.height));
                 }
                 Err(EncodeError::TooLarge { bytes, cap: c, .. }) => {
@@ -147,9 +148,9 @@ fn rgb_frames_are_encoded_too() {
     };
     let mut encoder = Encoder::new(EncoderConfig::default()).unwrap();
     let f = encoder.encode(&frame, 9).unwrap();
-    assert_eq!(decode(&f.datagram), (64, 48));
+    assert_eq!(decode(f.jpeg().unwrap()), (64, 48));
     assert_eq!(
-        FrameTag::decode(&f.datagram).unwrap(),
+        FrameTag::decode(f.jpeg().unwrap()).unwrap(),
         FrameTag {
             seq: 9,
             capture_unix_us: 5,
@@ -320,7 +321,7 @@ fn encode_speed() {
         let mut last = None;
         for (seq, frame) in frames[10..].iter().enumerate() {
             let f = encoder.encode(frame, seq as u64 + 10).unwrap();
-            bytes += f.datagram.len();
+            bytes += f.jpeg().unwrap().len();
             last = Some(f);
         }
         let per_frame = start.elapsed() / 50;

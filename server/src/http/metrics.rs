@@ -119,9 +119,16 @@ impl Collector for ServerCollector {
         })?;
         per_camera_counter(
             e,
-            "frames_encoded",
+            "frames_published",
             "Frames published to watchers (encoded, or passed through).",
-            |c| c.encoded.load(Relaxed),
+            |c| c.published.load(Relaxed),
+        )?;
+        // The same series under its old name, for dashboards built on it: one release more.
+        per_camera_counter(
+            e,
+            "frames_encoded",
+            "Deprecated: surv_frames_published_total under its old name.",
+            |c| c.published.load(Relaxed),
         )?;
         per_camera_counter(
             e,

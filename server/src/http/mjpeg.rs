@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::{HttpState, Peer, WriteStalled};
-use crate::encoder::EncodedFrame;
+use crate::frame::EncodedFrame;
 use crate::watchers::stream::{self, FrameWrite, FrameWriter};
 use crate::watchers::{LiveTally, RefusalCause, WatcherKind, Watchers};
 use crate::Camera;
@@ -308,10 +308,10 @@ impl FrameWriter for PartWriter {
         })
     }
 
-    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a> {
+    fn write_frame<'a>(&'a mut self, _: &'a EncodedFrame, jpeg: &'a Bytes) -> FrameWrite<'a> {
         Box::pin(async move {
             let taker = self.asked().await?;
-            let part = self.style.part(&frame.datagram);
+            let part = self.style.part(jpeg);
             taker.send(part).map_err(|_| self.gone())
         })
     }

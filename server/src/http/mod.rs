@@ -172,7 +172,7 @@ fn send_buffer_bytes(server: &Server) -> usize {
         .cameras
         .list()
         .iter()
-        .map(|c| c.frames.borrow().as_ref().map_or(0, |f| f.datagram.len()))
+        .map(|c| c.frames.borrow().as_ref().map_or(0, |f| f.payload_bytes()))
         .max()
         .unwrap_or(0);
     frame_bytes

@@ -59,6 +59,9 @@ pub struct CameraStatus {
     pub fps_measured: f64,
     pub motion: MotionStatus,
     pub captured: u64,
+    /// Frames published: encoded, or passed through as the source sent them.
+    pub published: u64,
+    /// Deprecated: `published` under its old name, kept for one release.
     pub encoded: u64,
     pub passed_through: u64,
     pub rejected: u64,
@@ -77,7 +80,7 @@ impl CameraStatus {
             SourceState::Lost(why) => ("lost", Some(why)),
         };
         let shape = camera.capture.shape();
-        let encoded = c.encoded.load(Relaxed);
+        let published = c.published.load(Relaxed);
         let m = &camera.motion;
         CameraStatus {
             name: camera.name.clone(),
@@ -89,7 +92,7 @@ impl CameraStatus {
             width: shape.width,
             height: shape.height,
             fps: shape.fps,
-            fps_measured: rate.rate(encoded, Instant::now()),
+            fps_measured: rate.rate(published, Instant::now()),
             motion: MotionStatus {
                 enabled: m.enabled.load(Relaxed),
                 active: m.active.load(Relaxed),
@@ -97,7 +100,8 @@ impl CameraStatus {
                 score_pct: f64::from(m.score_bp.load(Relaxed)) / 100.0,
             },
             captured: c.captured.load(Relaxed),
-            encoded,
+            published,
+            encoded: published,
             passed_through: c.passed_through.load(Relaxed),
             rejected: c.rejected.load(Relaxed),
             no_signal: c.no_signal.load(Relaxed),
@@ -156,6 +160,9 @@ pub struct EncoderStatus {
 #[derive(Debug, Serialize)]
 pub struct Counters {
     pub captured: u64,
+    /// Frames published: encoded, or passed through as the source sent them.
+    pub published: u64,
+    /// Deprecated: `published` under its old name, kept for one release.
     pub encoded: u64,
     pub passed_through: u64,
     pub rejected: u64,
@@ -263,7 +270,7 @@ impl Status {
             fps,
             fps_measured,
             motion,
-            encoded,
+            published,
             ..
         } = cameras[shown].clone();
         let now = chrono::Local::now();
@@ -313,7 +320,8 @@ impl Status {
             uptime_s: server.started.elapsed().as_secs_f64(),
             counters: Counters {
                 captured: c.captured.load(Relaxed),
-                encoded,
+                published,
+                encoded: published,
                 passed_through: c.passed_through.load(Relaxed),
                 rejected: c.rejected.load(Relaxed),
                 no_signal: c.no_signal.load(Relaxed),
@@ -403,18 +411,21 @@ pub(crate) async fn camera_snapshot(
 
 fn snapshot_of(camera: &Camera) -> Response {
     let frame = camera.frames.borrow().clone();
-    match frame {
-        Some(frame) => (
+    match frame.as_ref().and_then(|f| f.jpeg()) {
+        Some(jpeg) => (
             [
                 (header::CONTENT_TYPE, "image/jpeg"),
                 (header::CACHE_CONTROL, "no-cache, no-store, must-revalidate"),
             ],
-            frame.datagram.clone(),
+            jpeg.clone(),
         )
             .into_response(),
         None => {
             let why = match camera.capture.state() {
                 SourceState::Lost(reason) => format!("no frame yet: the source is lost: {reason}"),
+                SourceState::Live if frame.is_some() => {
+                    "the newest frame is not a JPEG".to_string()
+                }
                 _ => "no frame yet: the source is starting".to_string(),
             };
             (

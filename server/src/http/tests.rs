@@ -14,7 +14,7 @@ use super::io::DeadlineIo;
 use super::mjpeg::{channel, MjpegBody, PartStyle, BOUNDARY};
 use super::status::RateMeter;
 use super::WriteStalled;
-use crate::encoder::EncodedFrame;
+use crate::frame::{EncodedFrame, Payload};
 use crate::watchers::stream::FrameWriter;
 
 fn frame(seq: u64, bytes: &'static [u8]) -> EncodedFrame {
@@ -25,8 +25,19 @@ fn frame(seq: u64, bytes: &'static [u8]) -> EncodedFrame {
         height: 16,
         quality: 80,
         attempts: 1,
-        datagram: Bytes::from_static(bytes),
+        payload: Payload::Jpeg(Bytes::from_static(bytes)),
     }
+}
+
+/// Writes a frame of `jpeg`, as the stream driver hands it over.
+async fn write(
+    writer: &mut impl FrameWriter,
+    seq: u64,
+    jpeg: &'static [u8],
+) -> std::io::Result<()> {
+    let frame = frame(seq, jpeg);
+    let jpeg = Bytes::from_static(jpeg);
+    writer.write_frame(&frame, &jpeg).await
 }
 
 /// Polls the body once, without a runtime waker that matters.
@@ -60,10 +71,7 @@ async fn the_writer_is_ready_only_when_the_body_asks_and_parts_carry_their_lengt
     assert!(not_yet.is_err(), "ready before the body asked");
     assert_eq!(drain(&mut body), (Vec::new(), false));
     writer.ready().await.unwrap();
-    writer
-        .write_frame(&frame(1, b"\xFF\xD8abc\xFF\xD9"))
-        .await
-        .unwrap();
+    write(&mut writer, 1, b"\xFF\xD8abc\xFF\xD9").await.unwrap();
     let (bytes, ended) = drain(&mut body);
     assert!(!ended);
     let head = format!("--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: 7\r\n\r\n");
@@ -83,7 +91,7 @@ async fn advance_headers_put_the_next_parts_headers_right_after_each_jpeg() {
     let part_head = format!("--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n\r\n");
     assert_eq!(head, part_head.as_bytes());
     writer.ready().await.unwrap();
-    writer.write_frame(&frame(1, b"JPEG1")).await.unwrap();
+    write(&mut writer, 1, b"JPEG1").await.unwrap();
     let (bytes, _) = drain(&mut body);
     assert_eq!(
         bytes,
@@ -101,7 +109,7 @@ async fn a_body_that_is_gone_fails_the_writer() {
     let _ = drain(&mut body);
     writer.ready().await.unwrap();
     drop(body);
-    assert!(writer.write_frame(&frame(1, b"x")).await.is_err());
+    assert!(write(&mut writer, 1, b"x").await.is_err());
 }
 
 #[tokio::test(start_paused = true)]

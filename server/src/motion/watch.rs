@@ -145,7 +145,11 @@ pub async fn run(
         if frame.seq % every != 0 {
             continue;
         }
-        let (w, h) = match thumbnail(&mut decompressor, &frame.datagram, &mut thumb) {
+        // Analysed as a JPEG: a frame of another codec is skipped.
+        let Some(jpeg) = frame.jpeg() else {
+            continue;
+        };
+        let (w, h) = match thumbnail(&mut decompressor, jpeg, &mut thumb) {
             Ok(size) => size,
             Err(e) => {
                 if state.failed.fetch_add(1, Relaxed) == 0 {

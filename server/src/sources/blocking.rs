@@ -3,7 +3,7 @@
 //! [`FrameReader`] is what such a source implements: a blocking `next_frame` that fills a
 //! reused [`RawFrame`]. [`OnThread`] turns an opener of readers into a [`Source`]: each run opens
 //! a reader on a new thread (some camera handles cannot move between threads), hands every frame
-//! to the capture path on that thread (so capture and encode stay one thread, as before), and
+//! to the capture path on that thread (so that each frame is captured and encoded there), and
 //! returns the reader's error when it stops delivering. A frame that is unusable on its own
 //! ([`SourceError::BadFrame`]) is counted and skipped; any other error ends the run.
 
@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{RawFrame, Source, SourceError, SourceRun};
+use super::{Source, SourceError, SourceRun};
 use crate::capture::{FrameSink, StreamShape};
+use crate::frame::RawFrame;
 
 /// A source that blocks until its next frame is due or available.
 pub trait FrameReader: Send + 'static {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use super::stream::{serve, FrameWrite, FrameWriter};
 use super::{LiveTally, RefusalCause, WatcherKind, Watchers};
 use crate::auth::Presented;
-use crate::encoder::EncodedFrame;
+use crate::frame::EncodedFrame;
 use crate::journal::LeaveReason;
 use crate::{Camera, Server};
 
@@ -167,15 +168,11 @@ struct OakWriter {
 }
 
 impl FrameWriter for OakWriter {
-    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a> {
+    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame, jpeg: &'a Bytes) -> FrameWrite<'a> {
         Box::pin(async move {
-            header(
-                frame.capture_unix_us,
-                frame.datagram.len(),
-                &mut self.header,
-            );
+            header(frame.capture_unix_us, jpeg.len(), &mut self.header);
             self.write.write_all(self.header.as_bytes()).await?;
-            self.write.write_all(&frame.datagram).await?;
+            self.write.write_all(jpeg).await?;
             self.write.flush().await
         })
     }

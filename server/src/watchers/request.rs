@@ -309,15 +309,16 @@ impl RequestHub {
             last_heard: now,
             last_seq: None,
         };
-        // The frame current at join goes out at once, as for every other kind.
+        // The frame current at join goes out at once, as for every other kind (if it is a JPEG:
+        // an app decodes nothing else).
         let current = self.camera.frames.borrow().clone();
-        if let Some(frame) = current {
+        if let Some((frame, datagram)) = current.as_ref().and_then(|f| Some((f, f.jpeg()?))) {
             app.tally.seen(frame.seq);
-            if self.socket.try_send_to(&frame.datagram, from).is_ok() {
-                app.tally.sent(frame.datagram.len());
+            if self.socket.try_send_to(datagram, from).is_ok() {
+                app.tally.sent(datagram.len());
                 app.last_seq = Some(frame.seq);
                 server.stats.frames_sent.fetch_add(1, Relaxed);
-                let bytes = frame.datagram.len() as u64;
+                let bytes = datagram.len() as u64;
                 server.stats.bytes_sent.fetch_add(bytes, Relaxed);
             }
         }
@@ -424,8 +425,11 @@ impl RequestHub {
     }
 
     /// Sends `frame` to every app that does not have it yet; waits a little for room when the
-    /// socket buffer is full, then lets the rest skip it.
+    /// socket buffer is full, then lets the rest skip it. A frame without a JPEG is not sent.
     async fn fan_out(&self, frame: &SharedFrame, fanout: &mut Fanout) {
+        let Some(payload) = frame.jpeg() else {
+            return;
+        };
         fanout.dests.clear();
         {
             let mut apps = self.apps();
@@ -439,7 +443,6 @@ impl RequestHub {
         if fanout.dests.is_empty() {
             return;
         }
-        let payload: &[u8] = &frame.datagram;
         let fd = self.socket.as_raw_fd();
         let mut done = 0;
         let mut waits = 0;

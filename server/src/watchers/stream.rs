@@ -2,7 +2,8 @@
 //! at the pace that watcher can take.
 //!
 //! Each such watcher runs [`serve`] in its own task with its own [`FrameWriter`] (which frames
-//! one JPEG for its wire: a multipart part, an OAK header, …). It waits until the writer is
+//! one JPEG for its wire: a multipart part, an OAK header, …; a frame without a JPEG is not
+//! theirs, and skipped). It waits until the writer is
 //! ready for a frame, then for a new frame, writes it, and waits again: frames published while
 //! a write was under way are never queued, only the newest is taken next, and the ones in
 //! between are counted as skipped. Capture and the other watchers never wait for it. A writer
@@ -21,11 +22,12 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{LiveTally, Tally};
 use crate::capture::FrameRx;
-use crate::encoder::EncodedFrame;
+use crate::frame::EncodedFrame;
 use crate::journal::LeaveReason;
 use crate::Stats;
 
@@ -34,8 +36,8 @@ pub type FrameWrite<'a> = Pin<Box<dyn Future<Output = io::Result<()>> + Send + '
 
 /// How a stream-oriented watcher kind puts one frame on its wire.
 pub trait FrameWriter: Send {
-    /// Writes `frame` (its JPEG is `frame.datagram`) and flushes it.
-    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a>;
+    /// Writes `jpeg`, the JPEG of `frame`, and flushes it.
+    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame, jpeg: &'a Bytes) -> FrameWrite<'a>;
 
     /// Resolves when the peer can take the next frame now (an error: it is gone). The default,
     /// for writers that cannot tell, is at once: the write itself then waits.
@@ -83,20 +85,21 @@ pub async fn serve<W: FrameWriter>(
         let Some(frame) = frames.borrow_and_update().clone() else {
             continue;
         };
+        let Some(jpeg) = frame.jpeg() else {
+            continue;
+        };
         tally.seen(frame.seq);
         live.set(&tally);
         let written = tokio::select! {
             biased;
             () = shutdown.cancelled() => break LeaveReason::Shutdown,
-            res = tokio::time::timeout(write_deadline, writer.write_frame(&frame)) => res,
+            res = tokio::time::timeout(write_deadline, writer.write_frame(&frame, jpeg)) => res,
         };
         match written {
             Ok(Ok(())) => {
-                tally.sent(frame.datagram.len());
+                tally.sent(jpeg.len());
                 stats.frames_sent.fetch_add(1, Relaxed);
-                stats
-                    .bytes_sent
-                    .fetch_add(frame.datagram.len() as u64, Relaxed);
+                stats.bytes_sent.fetch_add(jpeg.len() as u64, Relaxed);
                 live.set(&tally);
             }
             Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => break LeaveReason::Timeout,

@@ -8,7 +8,7 @@ use turbojpeg::{Colorspace, Decompressor, Image, Subsamp, YuvImage};
 
 use crate::jpeg::JpegReader;
 
-use crate::sources::{PixelFormat, RawFrame};
+use crate::frame::{PixelFormat, RawFrame};
 
 /// Largest decoded frame accepted from a camera: 8K UHD.
 const MAX_PIXELS: usize = 7680 * 4320;

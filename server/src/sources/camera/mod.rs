@@ -21,7 +21,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::sources::{unix_micros_now, FrameReader, PixelFormat, RawFrame, SourceError};
+use crate::frame::{PixelFormat, RawFrame};
+use crate::sources::{unix_micros_now, FrameReader, SourceError};
 use nokhwa::utils::{CameraFormat, CameraIndex, RequestedFormat, RequestedFormatType, Resolution};
 
 mod convert;

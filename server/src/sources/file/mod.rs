@@ -1,11 +1,11 @@
 //! `file:PATH` (or a plain path): a video file, a still image or a folder of JPEGs, told apart
 //! by what the path is each time the source opens (seed 002's "image, video or webcam").
 //!
-//! * a folder ([`folder`]): its `*.jpg`/`*.jpeg` files in name order at `--fps`, a slideshow or
+//! * a folder (`folder.rs`): its `*.jpg`/`*.jpeg` files in name order at `--fps`, a slideshow or
 //!   time-lapse; re-listed at each pass (`--loop`), so a growing folder is picked up;
-//! * a JPEG ([`still`]): read once, repeated at `--fps`, passed through untouched; another
+//! * a JPEG (`still.rs`): read once, repeated at `--fps`, passed through untouched; another
 //!   image format (PNG, BMP, WebP, TIFF) is converted to JPEG once by ffmpeg;
-//! * anything else is a video ([`video`]): Debian's `ffmpeg` plays it at its own rate as a
+//! * anything else is a video (`video.rs`): Debian's `ffmpeg` plays it at its own rate as a
 //!   child process writing MJPEG to a pipe, split into JPEGs by [`jpeg_split`].
 //!
 //! A path that does not exist (yet), an empty folder, a file ffmpeg cannot read: an error, and
@@ -31,10 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::pacer::Pacer;
 use super::test_pattern::MAX_FPS;
-use super::{
-    unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun, MAX_DECODED_PIXELS,
-};
+use super::{unix_micros_now, Source, SourceError, SourceOptions, SourceRun};
 use crate::capture::FrameSink;
+use crate::frame::{JpegFrame, MAX_DECODED_PIXELS};
 use jpeg_split::JpegSplitter;
 
 /// Of ffmpeg's stderr, the last this many bytes are kept for the error a user reads.

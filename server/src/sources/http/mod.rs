@@ -26,8 +26,9 @@ use hyper::Response;
 use tokio::time::{Duration, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
+use super::{unix_micros_now, Source, SourceError, SourceOptions, SourceRun};
 use crate::capture::{FrameSink, StreamShape};
+use crate::frame::JpegFrame;
 use client::{next_chunk, status_problem, Connection};
 pub use client::{Deadlines, Target};
 use multipart::{boundary_param, is_jpeg_type, is_multipart, Event, MultipartReader};

@@ -5,7 +5,7 @@
 use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 
-use crate::sources::{PixelFormat, RawFrame, MAX_DECODED_PIXELS};
+use crate::frame::{PixelFormat, RawFrame, MAX_DECODED_PIXELS};
 
 /// What one access unit gave.
 #[derive(Debug, PartialEq, Eq)]

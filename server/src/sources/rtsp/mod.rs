@@ -11,7 +11,7 @@
 //!
 //! Each run opens afresh ([`session::open`]: connect + DESCRIBE, SETUP, PLAY, each under a
 //! deadline), takes the first video stream that is MJPEG or H.264, and hands each frame to the
-//! [`worker`] thread, which shows the newest frame and never builds a backlog. No frame for
+//! `worker` thread, which shows the newest frame and never builds a backlog. No frame for
 //! [`FRAME_TIMEOUT`] is a lost camera: the run returns why, and the capture path reconnects with
 //! backoff. Options used: `--rtsp-transport`, `--max-frame-bytes`.
 //!

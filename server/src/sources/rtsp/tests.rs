@@ -10,7 +10,7 @@ use super::h264::{copy_i420, Decoded, H264Decoder};
 use super::session::{
     choose_stream, explain, explain_text, parse_target, Codec, Offered, MAX_REASON_BYTES,
 };
-use crate::sources::{PixelFormat, RawFrame};
+use crate::frame::{PixelFormat, RawFrame};
 
 #[test]
 fn the_login_leaves_the_url_and_is_decoded() {

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::h264::{Decoded, H264Decoder};
 use super::session::Codec;
 use crate::capture::FrameSink;
-use crate::sources::{JpegFrame, RawFrame};
+use crate::frame::{JpegFrame, RawFrame};
 
 /// Frames that may wait for the worker. Small: a frame waiting is latency; enough to ride out a
 /// key frame that takes a little longer than one interval to decode.

@@ -14,7 +14,8 @@ use super::conn::{Conn, Deadlines};
 use super::is_whole_jpeg;
 use super::peers::{Cause, PeerStats};
 use crate::capture::{FrameSink, StreamShape};
-use crate::sources::{unix_micros_now, JpegFrame, Source, SourceError, SourceOptions, SourceRun};
+use crate::frame::JpegFrame;
+use crate::sources::{unix_micros_now, Source, SourceError, SourceOptions, SourceRun};
 
 /// How long a connection attempt (name lookup included) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

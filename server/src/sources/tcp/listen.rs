@@ -14,7 +14,7 @@
 //! it is dropped at its deadline or first bad byte, and counted. At most
 //! [`MAX_WAITING_CONNECTIONS`] connections may wait for their first frame at once; a new one
 //! beyond that closes the oldest of them (the rule of the HTTP and registration ports,
-//! [`crate::places`]), so idle connections reopened as they close cannot keep a camera out:
+//! `crate::places`), so idle connections reopened as they close cannot keep a camera out:
 //! the camera's connection sends a frame within milliseconds and takes over.
 //!
 //! Only a JPEG picture ([`crate::jpeg::check`]) takes the source over: `FF D8 FF D9` does not.
@@ -32,10 +32,9 @@ use super::conn::{Conn, ConnEnd, Deadlines};
 use super::is_whole_jpeg;
 use super::peers::{Cause, PeerStats};
 use crate::capture::{FrameSink, StreamShape};
+use crate::frame::JpegFrame;
 use crate::places::{Entry, Place, Places};
-use crate::sources::{
-    unix_micros_now, JpegFrame, OnStall, Source, SourceError, SourceOptions, SourceRun,
-};
+use crate::sources::{unix_micros_now, OnStall, Source, SourceError, SourceOptions, SourceRun};
 
 /// Connections that have not sent a whole frame yet, at most, besides the camera streaming.
 pub const MAX_WAITING_CONNECTIONS: usize = 4;

@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use super::pacer::Pacer;
-use super::{unix_micros_now, FrameReader, PixelFormat, RawFrame, SourceError};
+use super::{unix_micros_now, FrameReader, SourceError};
+use crate::frame::{PixelFormat, RawFrame};
 use draw::{clock_text, Canvas, BARS, BLACK, BOX_COLOUR, CLOCK_CHARS, COUNTER_CHARS};
 
 /// Smallest width and height a test pattern accepts: room for one 8×8 glyph and a margin.

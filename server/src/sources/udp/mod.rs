@@ -34,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::tcp::is_whole_jpeg;
 use super::tcp::peers::{Cause, PeerStats};
-use super::{unix_micros_now, JpegFrame, OnStall, Source, SourceError, SourceOptions, SourceRun};
+use super::{unix_micros_now, OnStall, Source, SourceError, SourceOptions, SourceRun};
 use crate::capture::{FrameSink, StreamShape};
+use crate::frame::JpegFrame;
 
 /// Receive buffer: larger than any UDP payload, so a full buffer means a cut datagram.
 pub const RECV_BUFFER_BYTES: usize = 65_536;

@@ -10,17 +10,18 @@ use tokio::time::{sleep, Instant};
 
 use super::*;
 use crate::capture::SharedFrame;
+use crate::frame::{H264AccessUnit, Payload};
 use crate::watchers::TallySource;
 
 /// Writes each frame as `[u32 BE seq][u32 BE length][bytes]`.
 struct Framed(DuplexStream);
 
 impl FrameWriter for Framed {
-    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a> {
+    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame, jpeg: &'a Bytes) -> FrameWrite<'a> {
         Box::pin(async move {
             self.0.write_u32(frame.seq as u32).await?;
-            self.0.write_u32(frame.datagram.len() as u32).await?;
-            self.0.write_all(&frame.datagram).await?;
+            self.0.write_u32(jpeg.len() as u32).await?;
+            self.0.write_all(jpeg).await?;
             self.0.flush().await
         })
     }
@@ -34,7 +35,7 @@ fn frame(seq: u64, bytes: usize) -> SharedFrame {
         height: 16,
         quality: 80,
         attempts: 1,
-        datagram: Bytes::from(vec![seq as u8; bytes]),
+        payload: Payload::Jpeg(Bytes::from(vec![seq as u8; bytes])),
     })
 }
 
@@ -92,6 +93,50 @@ async fn a_reader_that_keeps_up_gets_every_frame() {
     assert_eq!((tally.frames_sent, tally.skipped()), (30, 0));
     assert_eq!(stats.frames_sent.load(Relaxed), 30);
     assert_eq!(stats.bytes_sent.load(Relaxed), 30_000);
+}
+
+/// Stream kinds send JPEG: a frame of another codec is skipped, not written and not counted
+/// as sent, and the stream goes on.
+#[tokio::test(start_paused = true)]
+async fn a_frame_without_a_jpeg_is_skipped() {
+    let (tx, rx) = watch::channel(None);
+    let (w, r) = tokio::io::duplex(64 * 1024);
+    let stats = Stats::default();
+    let shutdown = CancellationToken::new();
+    let reader = tokio::spawn(read_frames(r, Duration::ZERO));
+    let publisher = tokio::spawn(async move {
+        for seq in 0..6 {
+            let next = if seq % 2 == 0 {
+                frame(seq, 1000)
+            } else {
+                Arc::new(EncodedFrame {
+                    payload: Payload::H264(H264AccessUnit {
+                        data: Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9A]),
+                        parameter_sets: None,
+                    }),
+                    ..Arc::into_inner(frame(seq, 0)).unwrap()
+                })
+            };
+            tx.send_replace(Some(next));
+            sleep(Duration::from_millis(33)).await;
+        }
+    });
+    let mut writer = Framed(w);
+    let (reason, tally) = serve(
+        &stats,
+        rx,
+        &mut writer,
+        Duration::from_secs(1),
+        &shutdown,
+        &LiveTally::default(),
+    )
+    .await;
+    drop(writer);
+    publisher.await.unwrap();
+    assert_eq!(reason, LeaveReason::Shutdown);
+    assert_eq!(reader.await.unwrap(), [0, 2, 4]);
+    assert_eq!(tally.frames_sent, 3);
+    assert_eq!(stats.bytes_sent.load(Relaxed), 3_000);
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,7 +281,7 @@ impl FrameWriter for Asked {
         })
     }
 
-    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame) -> FrameWrite<'a> {
+    fn write_frame<'a>(&'a mut self, frame: &'a EncodedFrame, _: &'a Bytes) -> FrameWrite<'a> {
         self.written.push(frame.seq);
         Box::pin(std::future::ready(Ok(())))
     }

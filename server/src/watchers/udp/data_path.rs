@@ -304,7 +304,7 @@ fn record(
 ) {
     match outcome {
         Outcome::Sent => {
-            let bytes = frame.datagram.len() as u64;
+            let bytes = frame.payload_bytes() as u64;
             st.window.on_send(frame.seq, now);
             st.tally.frames_sent += 1;
             st.tally.bytes_sent += bytes;
@@ -330,16 +330,19 @@ pub(crate) fn send_one(
     frame: &SharedFrame,
     fanout: &mut BatchSender,
 ) {
+    let Some(datagram) = frame.jpeg() else {
+        return;
+    };
     let mut outcome = Vec::with_capacity(1);
     link.socket
-        .send_all(fanout, &frame.datagram, &[link.viewer], &mut outcome);
+        .send_all(fanout, datagram, &[link.viewer], &mut outcome);
     let outcome = outcome.first().copied().unwrap_or(Outcome::Skipped);
     if outcome == Outcome::Sent {
         server.stats.frames_sent.fetch_add(1, Relaxed);
         server
             .stats
             .bytes_sent
-            .fetch_add(frame.datagram.len() as u64, Relaxed);
+            .fetch_add(datagram.len() as u64, Relaxed);
     }
     record(
         server,
@@ -352,8 +355,12 @@ pub(crate) fn send_one(
 }
 
 /// Offers `frame` to a session: taken now if its window is open (returned for sending),
-/// otherwise kept as the frame waiting there (replacing an older one, which is skipped).
+/// otherwise kept as the frame waiting there (replacing an older one, which is skipped). A frame
+/// without a JPEG is not offered: UDP viewers are sent JPEG datagrams only.
 fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> bool {
+    if frame.jpeg().is_none() {
+        return false;
+    }
     if !st.confirmed || st.offered.is_some_and(|seq| frame.seq <= seq) {
         // Before its `hello`, a viewer is sent nothing and misses nothing: its stream begins
         // with the frame current at the `hello`.
@@ -457,6 +464,9 @@ fn fan_out(
     fanout: &mut BatchSender,
     batch: &mut Batch,
 ) {
+    let Some(datagram) = frame.jpeg() else {
+        return;
+    };
     for socket in data.sockets() {
         let now = Instant::now();
         batch.links.clear();
@@ -471,7 +481,7 @@ fn fan_out(
         if batch.dests.is_empty() {
             continue;
         }
-        socket.send_all(fanout, &frame.datagram, &batch.dests, &mut batch.outcomes);
+        socket.send_all(fanout, datagram, &batch.dests, &mut batch.outcomes);
         let now = Instant::now();
         let mut sent = 0u64;
         for (link, &outcome) in batch.links.iter().zip(&batch.outcomes) {
@@ -482,7 +492,7 @@ fn fan_out(
         server
             .stats
             .bytes_sent
-            .fetch_add(sent * frame.datagram.len() as u64, Relaxed);
+            .fetch_add(sent * datagram.len() as u64, Relaxed);
         tracing::trace!(seq = frame.seq, viewers = sent, "fanned out");
     }
 }

@@ -111,7 +111,13 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let measured_secs = frames as f64 / f64::from(args.fps);
     let (srv_cpu, gen_cpu) = (window.server_cpu_us, window.gen_cpu_us);
     let captured = log_field(&log, "captured").unwrap_or(0.0);
-    let encoded = log_field(&log, "encoded").unwrap_or(0.0);
+    // `encoded` before it was named `published`: old and new servers are measured alike.
+    let published = log_field(&log, "published")
+        .or_else(|| log_field(&log, "encoded"))
+        .unwrap_or(0.0);
+    let passed_through = log_field(&log, "passed_through").unwrap_or(0.0);
+    // Frames published that the server encoded (not those it passed through as they came).
+    let encoded = published - passed_through;
     let attempts = log_field(&log, "encode_attempts").unwrap_or(0.0);
     let encode_us = log_field(&log, "encode_us").unwrap_or(0.0);
     let (w, h) = args.size;
@@ -168,11 +174,10 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         );
     }
     if let (Some(ingest_us), Some((sent, frame_bytes))) = (ingest, camera_sent) {
-        let passed = log_field(&log, "passed_through").unwrap_or(0.0);
         println!(
             "push={:?}: camera sent {sent} frames of {frame_bytes} B | server cpu/ingested frame with no viewer={ingest_us:.1}us | passed through {:.1}% of captured, rejected {}",
             args.push.unwrap_or(PushKind::Tcp),
-            100.0 * passed / captured.max(1.0),
+            100.0 * passed_through / captured.max(1.0),
             log_field(&log, "rejected").unwrap_or(0.0),
         );
     }

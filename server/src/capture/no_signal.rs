@@ -2,8 +2,8 @@
 //! delivering (a camera not yet connected, unplugged, rebooting, a file that ended), so that a
 //! viewer stays alive and a person sees why and since when.
 
-use super::test_pattern::draw::{clock_text, ycbcr, Canvas};
-use super::{PixelFormat, RawFrame};
+use crate::frame::{PixelFormat, RawFrame};
+use crate::sources::test_pattern::draw::{clock_text, ycbcr, Canvas};
 
 const BACKGROUND: [u8; 3] = ycbcr(40, 40, 48);
 const BAND: [u8; 3] = ycbcr(150, 20, 20);
