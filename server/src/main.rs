@@ -102,8 +102,13 @@ struct Args {
     #[arg(long, value_name = "Q", default_value_t = 80)]
     quality: u8,
     /// No frame datagram is larger than this (UDP payload bytes, 600-65507). Lower it, e.g. to
-    /// 1400, on networks where IP fragments get lost.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_DATAGRAM_BYTES)]
+    /// 1400, on networks where IP fragments get lost. (`--max-datagram` is its old spelling.)
+    #[arg(
+        long = "max-datagram-bytes",
+        visible_alias = "max-datagram",
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_DATAGRAM_BYTES
+    )]
     max_datagram: usize,
     /// TCP port viewers register on.
     #[arg(long, default_value_t = DEFAULT_TCP_PORT)]
@@ -207,8 +212,13 @@ struct Args {
     /// MQTT topic prefix. Default: surv/NAME (see --name).
     #[arg(long, value_name = "PREFIX")]
     mqtt_topic: Option<String>,
-    /// Publish PREFIX/stats every this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    /// Publish PREFIX/stats every this many seconds. (`--mqtt-stats-secs` is its old spelling.)
+    #[arg(
+        long = "mqtt-stats-every",
+        visible_alias = "mqtt-stats-secs",
+        value_name = "SECS",
+        default_value_t = 30.0
+    )]
     mqtt_stats_secs: f64,
     /// Folder for the join/leave log (surv-journal.YYYY-MM-DD.log).
     #[arg(long, value_name = "DIR", default_value = "logs")]
@@ -300,7 +310,11 @@ fn with_config(
 fn setting_args(command: &clap::Command, s: &config::Setting) -> Result<Vec<String>, String> {
     let Some(arg) = command
         .get_arguments()
-        .find(|a| a.get_long() == Some(s.flag.as_str()))
+        .find(|a| {
+            a.get_long() == Some(s.flag.as_str())
+                || a.get_all_aliases()
+                    .is_some_and(|names| names.contains(&s.flag.as_str()))
+        })
     else {
         return Err(format!(
             "unknown setting `{}` (not a flag of surv-server)",
@@ -417,7 +431,7 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
     let args = &parsed.args;
     if !(MIN_DATAGRAM_BYTES..=MAX_UDP_PAYLOAD_BYTES).contains(&args.max_datagram) {
         bail!(
-            "--max-datagram must be {MIN_DATAGRAM_BYTES}..={MAX_UDP_PAYLOAD_BYTES} bytes, not {}",
+            "--max-datagram-bytes must be {MIN_DATAGRAM_BYTES}..={MAX_UDP_PAYLOAD_BYTES} bytes, not {}",
             args.max_datagram
         );
     }
@@ -485,7 +499,7 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
                     .map_err(|e| anyhow::anyhow!("--mqtt-topic: {e}"))?;
                 c.prefix = prefix.clone();
             }
-            c.stats_every = secs(args.mqtt_stats_secs, "--mqtt-stats-secs")?;
+            c.stats_every = secs(args.mqtt_stats_secs, "--mqtt-stats-every")?;
             Some(c)
         }
         None => None,

@@ -305,7 +305,7 @@ async fn the_command_line_overrides_the_config() {
     std::fs::write(
         &config,
         format!(
-            "http-port = {in_file}\nport = 0\nbind = \"127.0.0.1\"\nsource = \"test\"\nsize = \"64x48\"\nlog-dir = \"{}\"\n",
+            "http-port = {in_file}\nmax-datagram = 60000\nport = 0\nbind = \"127.0.0.1\"\nsource = \"test\"\nsize = \"64x48\"\nlog-dir = \"{}\"\n",
             dir.path().join("logs").display()
         ),
     )

@@ -453,8 +453,9 @@ fn bad_mqtt_flags_are_refused_with_a_reason_and_no_password() {
             "--name",
         ),
         (
+            // The old spelling still works; the error names the flag by its name now.
             &["--mqtt", "mqtt://127.0.0.1", "--mqtt-stats-secs", "0"][..],
-            "--mqtt-stats-secs",
+            "--mqtt-stats-every",
         ),
         (
             &[
