@@ -308,14 +308,11 @@ fn with_config(
 /// A config file's setting as command-line words: `--flag value` (a list: the flag once per
 /// value; `true` for a switch: the flag alone, `false`: nothing).
 fn setting_args(command: &clap::Command, s: &config::Setting) -> Result<Vec<String>, String> {
-    let Some(arg) = command
-        .get_arguments()
-        .find(|a| {
-            a.get_long() == Some(s.flag.as_str())
-                || a.get_all_aliases()
-                    .is_some_and(|names| names.contains(&s.flag.as_str()))
-        })
-    else {
+    let Some(arg) = command.get_arguments().find(|a| {
+        a.get_long() == Some(s.flag.as_str())
+            || a.get_all_aliases()
+                .is_some_and(|names| names.contains(&s.flag.as_str()))
+    }) else {
         return Err(format!(
             "unknown setting `{}` (not a flag of surv-server)",
             s.flag
