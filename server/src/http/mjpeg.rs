@@ -41,7 +41,7 @@ use tracing::Instrument;
 use super::{HttpState, Peer, WriteStalled};
 use crate::frame::EncodedFrame;
 use crate::watchers::stream::{self, FrameWrite, FrameWriter};
-use crate::watchers::{LiveTally, RefusalCause, WatcherKind, Watchers};
+use crate::watchers::{LiveTally, WatcherKind, Watchers};
 use crate::Camera;
 
 /// The multipart boundary (not found in a JPEG's entropy-coded data in practice, and parts
@@ -133,18 +133,17 @@ fn stream_of(
     camera: Arc<Camera>,
 ) -> Response {
     let server = &http.server;
-    let Some(slot) = Watchers::reserve(server) else {
-        let reason = format!("server full ({} viewers)", server.watchers.max());
-        server.stats.refusals.count(RefusalCause::Full);
-        server
-            .journal
-            .refuse(peer, Some(WatcherKind::Http), &reason);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            reason + "\n",
-        )
-            .into_response();
+    let slot = match Watchers::admit(server) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            refused.record(server, peer, Some(WatcherKind::Http));
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                refused.reason + "\n",
+            )
+                .into_response();
+        }
     };
     let advance = query
         .advance_headers

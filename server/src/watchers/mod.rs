@@ -1,7 +1,8 @@
 //! Watchers: everyone who receives frames, of every kind, as sessions in one registry.
 //!
-//! Whatever its kind, a watcher is admitted the same way: a [`Slot`] is reserved against
-//! `--max-viewers` (or the watcher is refused with a reason), the slot becomes a [`Membership`]
+//! Whatever its kind, a watcher is admitted the same way ([`Watchers::admit`]): a [`Slot`] is
+//! reserved against `--max-viewers` (or the watcher is [`Refused`], counted and journalled by
+//! [`Refused::record`]), the slot becomes a [`Membership`]
 //! when the watcher joins (a JOIN line in the journal, an entry in [`Watchers`]), and the
 //! membership ends with one LEAVE line carrying its kind, reason and [`Tally`] — also when it is
 //! dropped without [`Membership::leave`] (reason `error`), so every JOIN has its LEAVE.
@@ -257,19 +258,55 @@ impl Watchers {
         counts
     }
 
-    /// Reserves a place for a watcher being admitted, or `None` when `max` are live.
-    pub fn reserve(server: &Arc<Server>) -> Option<Slot> {
-        server
-            .watchers
+    /// Reserves a place for a watcher being admitted, or refuses it when `--max-viewers` are
+    /// live: the one way in for every kind. The refusal is the caller's to
+    /// [`record`](Refused::record) (with the kind it knows) and to tell the watcher where its
+    /// form can carry words.
+    pub fn admit(server: &Arc<Server>) -> Result<Slot, Refused> {
+        let watchers = &server.watchers;
+        if watchers
             .slots
-            .fetch_update(Relaxed, Relaxed, |n| {
-                (n < server.watchers.max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot {
+            .fetch_update(Relaxed, Relaxed, |n| (n < watchers.max).then_some(n + 1))
+            .is_err()
+        {
+            return Err(Refused::new(
+                RefusalCause::Full,
+                format!("server full ({} viewers)", watchers.max),
+            ));
+        }
+        Ok(Slot {
             server: server.clone(),
-            id: server.watchers.next_id.fetch_add(1, Relaxed),
+            id: watchers.next_id.fetch_add(1, Relaxed),
         })
+    }
+}
+
+/// A watcher turned away: why, as a cause (counted, a `/metrics` label) and in words (its
+/// REFUSE line; the watcher's answer where its form has one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub cause: RefusalCause,
+    pub reason: String,
+}
+
+impl Refused {
+    pub fn new(cause: RefusalCause, reason: impl Into<String>) -> Refused {
+        Refused {
+            cause,
+            reason: reason.into(),
+        }
+    }
+
+    /// Counts it by cause.
+    pub fn count(&self, server: &Server) {
+        server.stats.refusals.count(self.cause);
+    }
+
+    /// Counts it and writes its REFUSE line: every refusal of every kind goes through here
+    /// (the Request hub, which rate-limits its lines, counts with [`Refused::count`]).
+    pub fn record(&self, server: &Server, peer: SocketAddr, kind: Option<WatcherKind>) {
+        self.count(server);
+        server.journal.refuse(peer, kind, &self.reason);
     }
 }
 

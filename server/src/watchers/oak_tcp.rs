@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stream::{serve, FrameWrite, FrameWriter};
-use super::{LiveTally, RefusalCause, WatcherKind, Watchers};
+use super::{LiveTally, RefusalCause, Refused, WatcherKind, Watchers};
 use crate::auth::Presented;
 use crate::frame::EncodedFrame;
 use crate::journal::LeaveReason;
@@ -97,16 +97,12 @@ async fn watch(
             .access
             .check(&server.stats, peer, kind.as_str(), Presented::SeedForm)
     {
-        return refuse(
-            &server,
-            peer,
-            RefusalCause::Unauthorized,
-            &denied.to_string(),
-        );
+        let refused = Refused::new(RefusalCause::Unauthorized, denied.to_string());
+        return refused.record(&server, peer, Some(kind));
     }
-    let Some(slot) = Watchers::reserve(&server) else {
-        let reason = format!("server full ({} viewers)", server.watchers.max());
-        return refuse(&server, peer, RefusalCause::Full, &reason);
+    let slot = match Watchers::admit(&server) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.record(&server, peer, Some(kind)),
     };
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
@@ -135,15 +131,6 @@ async fn watch(
     let _ = drain.await;
     let _ = writer.write.shutdown().await;
     membership.leave(reason, &tally);
-}
-
-/// Counts and journals a client turned away; dropping its stream closes it (its host program
-/// has no way to be told why).
-fn refuse(server: &Server, peer: SocketAddr, cause: RefusalCause, reason: &str) {
-    server.stats.refusals.count(cause);
-    server
-        .journal
-        .refuse(peer, Some(WatcherKind::OakTcp), reason);
 }
 
 /// Reads and discards what the client sends until it closes (then ends the watcher) or `stop`.

@@ -46,7 +46,7 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Membership, RefusalCause, Tally, WatcherKind, Watchers};
+use super::{Membership, RefusalCause, Refused, Tally, WatcherKind, Watchers};
 use crate::auth::{Presented, FAILURE_LOG_EVERY};
 use crate::capture::SharedFrame;
 use crate::journal::LeaveReason;
@@ -280,7 +280,10 @@ impl RequestHub {
             .check_datagram(&server.stats, from, kind, presented)
         {
             self.stats.refused_auth.fetch_add(1, Relaxed);
-            return self.refuse(from, RefusalCause::Unauthorized, &denied.to_string());
+            return self.refuse(
+                from,
+                Refused::new(RefusalCause::Unauthorized, denied.to_string()),
+            );
         }
         let mut apps = self.apps();
         if self.stopped.load(Relaxed) {
@@ -292,13 +295,15 @@ impl RequestHub {
             self.stats.refused_per_ip.fetch_add(1, Relaxed);
             let per_ip = self.config.per_ip;
             let reason = format!("{per_ip} apps already watch from this IP");
-            return self.refuse(from, RefusalCause::PerIp, &reason);
+            return self.refuse(from, Refused::new(RefusalCause::PerIp, reason));
         }
-        let Some(slot) = Watchers::reserve(server) else {
-            drop(apps);
-            self.stats.refused_full.fetch_add(1, Relaxed);
-            let reason = format!("server full ({} viewers)", server.watchers.max());
-            return self.refuse(from, RefusalCause::Full, &reason);
+        let slot = match Watchers::admit(server) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                drop(apps);
+                self.stats.refused_full.fetch_add(1, Relaxed);
+                return self.refuse(from, refused);
+            }
         };
         let membership = slot.join(WatcherKind::Request, from, &self.camera);
         self.stats.joined.fetch_add(1, Relaxed);
@@ -327,8 +332,9 @@ impl RequestHub {
 
     /// Counts a refused `Request`; journals and logs it at most every ten seconds (datagrams
     /// cost nothing to send: a flood must not flood the journal too).
-    fn refuse(&self, from: SocketAddr, cause: RefusalCause, reason: &str) {
-        self.server.stats.refusals.count(cause);
+    fn refuse(&self, from: SocketAddr, refused: Refused) {
+        refused.count(&self.server);
+        let reason = refused.reason.as_str();
         let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if log.0.is_some_and(|t| now - t < FAILURE_LOG_EVERY) {

@@ -19,7 +19,7 @@ use super::data_path::{AttachError, DataPath};
 use super::session::Session;
 use crate::auth::{Denied, Presented};
 use crate::places::{Entry, Places};
-use crate::watchers::{RefusalCause, WatcherKind, Watchers};
+use crate::watchers::{RefusalCause, Refused, WatcherKind, Watchers};
 use crate::Server;
 
 /// Writing a reply to a viewer that does not read it must not hold a task for long.
@@ -79,7 +79,7 @@ pub(crate) async fn accept_loop(
                     tracing::debug!(%peer, "connection closed without sending anything");
                 }
                 Err(Unregistered::Refused(form, cause, reason)) => {
-                    refuse(&server, tcp, peer, form, cause, &reason).await
+                    refuse(&server, tcp, peer, form, Refused::new(cause, reason)).await
                 }
             }
         });
@@ -202,14 +202,10 @@ async fn refuse(
     mut tcp: TcpStream,
     peer: SocketAddr,
     form: Option<Form>,
-    cause: RefusalCause,
-    reason: &str,
+    refused: Refused,
 ) {
-    server.stats.refusals.count(cause);
-    server
-        .journal
-        .refuse(peer, form.map(WatcherKind::from), reason);
-    let reply = Reply::Refused(reason.to_string()).encode();
+    refused.record(server, peer, form.map(WatcherKind::from));
+    let reply = Reply::Refused(refused.reason).encode();
     let _ = timeout(REPLY_TIMEOUT, async {
         tcp.write_all(&reply).await?;
         tcp.shutdown().await?;
@@ -252,35 +248,20 @@ async fn admit(
                 denied.to_string()
             }
         };
-        return refuse(
-            &server,
-            tcp,
-            peer,
-            Some(reg.form),
-            RefusalCause::Unauthorized,
-            &reason,
-        )
-        .await;
+        let refused = Refused::new(RefusalCause::Unauthorized, reason);
+        return refuse(&server, tcp, peer, Some(reg.form), refused).await;
     }
     // Seed-form viewers cannot name a camera: they get the first.
     let camera = match server.cameras.pick(line.camera.as_deref()) {
         Ok(camera) => camera,
         Err(reason) => {
-            let cause = RefusalCause::UnknownCamera;
-            return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
+            let refused = Refused::new(RefusalCause::UnknownCamera, reason);
+            return refuse(&server, tcp, peer, Some(reg.form), refused).await;
         }
     };
-    let Some(slot) = Watchers::reserve(&server) else {
-        let reason = format!("server full ({} viewers)", server.watchers.max());
-        return refuse(
-            &server,
-            tcp,
-            peer,
-            Some(reg.form),
-            RefusalCause::Full,
-            &reason,
-        )
-        .await;
+    let slot = match Watchers::admit(&server) {
+        Ok(slot) => slot,
+        Err(refused) => return refuse(&server, tcp, peer, Some(reg.form), refused).await,
     };
     // Frames go to the TCP peer's own address, never to one named in the payload.
     let viewer = SocketAddr::new(peer.ip(), reg.udp_port);
@@ -289,9 +270,8 @@ async fn admit(
         Ok(a) => a.ip(),
         Err(e) => {
             drop(slot);
-            let reason = format!("server error: {e}");
-            let cause = RefusalCause::ServerError;
-            return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
+            let refused = Refused::new(RefusalCause::ServerError, format!("server error: {e}"));
+            return refuse(&server, tcp, peer, Some(reg.form), refused).await;
         }
     };
     // SURV/1: a session key for its acks, and no frame before its `hello` (see surv_proto::ack).
@@ -301,8 +281,8 @@ async fn admit(
             Err(e) => {
                 drop(slot);
                 let reason = format!("server error: no random session key: {e}");
-                let cause = RefusalCause::ServerError;
-                return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
+                let refused = Refused::new(RefusalCause::ServerError, reason);
+                return refuse(&server, tcp, peer, Some(reg.form), refused).await;
             }
         },
         Form::Seed => None,
@@ -313,11 +293,13 @@ async fn admit(
         Ok(link) => link,
         Err(e) => {
             drop(slot);
-            let (cause, reason) = match e {
-                AttachError::PerIp(_) => (RefusalCause::PerIp, e.to_string()),
-                AttachError::Socket(_) => (RefusalCause::ServerError, format!("server error: {e}")),
+            let refused = match e {
+                AttachError::PerIp(_) => Refused::new(RefusalCause::PerIp, e.to_string()),
+                AttachError::Socket(_) => {
+                    Refused::new(RefusalCause::ServerError, format!("server error: {e}"))
+                }
             };
-            return refuse(&server, tcp, peer, Some(reg.form), cause, &reason).await;
+            return refuse(&server, tcp, peer, Some(reg.form), refused).await;
         }
     };
     if reg.form == Form::V1 {
