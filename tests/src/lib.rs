@@ -68,6 +68,10 @@ pub struct ServerOpts {
     pub quality: u8,
     pub max_datagram_bytes: usize,
     pub config: Config,
+    /// The first camera's port for OAK host programs (`--tcp-stream-port`); 0: none.
+    pub tcp_stream_port: u16,
+    /// The first camera's port for seed 001's apps (`--request-port`); 0: none.
+    pub request_port: u16,
 }
 
 impl Default for ServerOpts {
@@ -79,6 +83,8 @@ impl Default for ServerOpts {
             quality: 80,
             max_datagram_bytes: surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
             config: Config::default(),
+            tcp_stream_port: 0,
+            request_port: 0,
         }
     }
 }
@@ -206,11 +212,16 @@ pub async fn start_server_cameras(
             fps: opts.fps,
         },
     };
+    let mut cameras: Vec<CameraPlan> = sources
+        .into_iter()
+        .map(|(name, source)| CameraPlan::given(name, source, capture))
+        .collect();
+    if let Some(first) = cameras.first_mut() {
+        first.tcp_stream_port = opts.tcp_stream_port;
+        first.request_port = opts.request_port;
+    }
     let plan = Plan {
-        cameras: sources
-            .into_iter()
-            .map(|(name, source)| CameraPlan::given(name, source, capture))
-            .collect(),
+        cameras,
         ..Plan::new(opts.config, opts.max_datagram_bytes)
     };
     let app = App::start(plan, journal, shutdown.clone()).await?;

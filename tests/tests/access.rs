@@ -11,12 +11,12 @@ use surv_client::{ClientError, Config as ClientConfig};
 use surv_proto::Form;
 use surv_server::auth::throttle::FREE_FAILURES;
 use surv_server::auth::Token;
-use surv_server::watchers::request::{RequestConfig, RequestHub};
 use surv_server::{Config, RefusalCause};
 use surv_tests::standins::oak_host;
 use surv_tests::standins::seed001_app::SeedApp;
 use surv_tests::{
-    start_server, try_registration, AckStyle, RawViewer, ServerOpts, TestServer, IO_TIMEOUT,
+    free_tcp_port, free_udp_port, start_server, try_registration, AckStyle, RawViewer, ServerOpts,
+    TestServer, IO_TIMEOUT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -26,17 +26,17 @@ use tokio_util::sync::CancellationToken;
 const TOKEN: &str = "s3cr3t-t0ken";
 
 async fn server(allow_unauthenticated: bool) -> TestServer {
+    server_with(allow_unauthenticated, ServerOpts::sized(160, 90)).await
+}
+
+/// With the token, and `opts`' own ports for the camera (OAK, Request apps).
+async fn server_with(allow_unauthenticated: bool, opts: ServerOpts) -> TestServer {
     let config = Config {
         token: Some(Token::new(TOKEN).unwrap()),
         allow_unauthenticated,
         ..Config::default()
     };
-    start_server(ServerOpts {
-        config,
-        ..ServerOpts::sized(160, 90)
-    })
-    .await
-    .unwrap()
+    start_server(ServerOpts { config, ..opts }).await.unwrap()
 }
 
 fn failures(srv: &TestServer) -> u64 {
@@ -201,16 +201,14 @@ async fn seed_viewers_are_refused_unless_allow_unauthenticated() {
 #[tokio::test]
 async fn apps_need_request_with_the_token() {
     for allow_unauthenticated in [false, true] {
-        let srv = server(allow_unauthenticated).await;
-        let socket = RequestHub::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let port = socket.local_addr().unwrap();
-        let hub = RequestHub::new(
-            srv.server.clone(),
-            srv.server.first_camera().clone(),
-            socket,
-            RequestConfig::default(),
-        );
-        let task = tokio::spawn(hub.clone().run(srv.shutdown.clone()));
+        // The camera's own Request port, as `--request-port` starts it.
+        let request_port = free_udp_port();
+        let opts = ServerOpts {
+            request_port,
+            ..ServerOpts::sized(160, 90)
+        };
+        let srv = server_with(allow_unauthenticated, opts).await;
+        let port = std::net::SocketAddr::from(([127, 0, 0, 1], request_port));
         let ip = |n| IpAddr::V4(Ipv4Addr::new(127, 0, 1, n));
 
         let mut signed = SeedApp::start(ip(1), port, Some(TOKEN)).await.unwrap();
@@ -222,9 +220,10 @@ async fn apps_need_request_with_the_token() {
         assert!(!wrong.hears_anything(Duration::from_millis(100)).await);
         let refused = if allow_unauthenticated { 1 } else { 2 };
         assert_eq!(failures(&srv), refused);
-        assert_eq!(hub.stats.refused_auth.load(Relaxed), refused);
-        srv.shutdown.cancel();
-        timeout(IO_TIMEOUT, task).await.unwrap().unwrap();
+        assert_eq!(
+            srv.server.stats.refusals.get(RefusalCause::Unauthorized),
+            refused
+        );
         srv.stop().await.unwrap();
     }
 }
@@ -234,15 +233,14 @@ async fn apps_need_request_with_the_token() {
 #[tokio::test]
 async fn oak_host_programs_are_refused_unless_allow_unauthenticated() {
     for allow_unauthenticated in [false, true] {
-        let srv = server(allow_unauthenticated).await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let oak = tokio::spawn(surv_server::watchers::oak_tcp::run(
-            srv.server.clone(),
-            srv.server.first_camera().clone(),
-            listener,
-            srv.shutdown.clone(),
-        ));
+        // The camera's own OAK port, as `--tcp-stream-port` starts it.
+        let tcp_stream_port = free_tcp_port();
+        let opts = ServerOpts {
+            tcp_stream_port,
+            ..ServerOpts::sized(160, 90)
+        };
+        let srv = server_with(allow_unauthenticated, opts).await;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], tcp_stream_port));
         let mut host = tokio::net::TcpStream::connect(addr).await.unwrap();
         let read = oak_host::read_frame(&mut host).await;
         if allow_unauthenticated {
@@ -264,8 +262,6 @@ async fn oak_host_programs_are_refused_unless_allow_unauthenticated() {
                 .unwrap();
         }
         drop(host);
-        srv.shutdown.cancel();
-        timeout(IO_TIMEOUT, oak).await.unwrap().unwrap();
         srv.stop().await.unwrap();
     }
 }

@@ -5,20 +5,19 @@
 use std::time::Duration;
 
 use surv_tests::standins::oak_host;
-use surv_tests::{start_server, ServerOpts};
-use tokio::net::{TcpListener, TcpStream};
+use surv_tests::{free_tcp_port, start_server, ServerOpts};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn an_oak_host_program_reads_and_decodes_the_stream() -> anyhow::Result<()> {
-    let srv = start_server(ServerOpts::sized(160, 90)).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let oak = tokio::spawn(surv_server::watchers::oak_tcp::run(
-        srv.server.clone(),
-        srv.server.first_camera().clone(),
-        listener,
-        srv.shutdown.clone(),
-    ));
+    // The camera's own port, as `--tcp-stream-port` starts it.
+    let port = free_tcp_port();
+    let srv = start_server(ServerOpts {
+        tcp_stream_port: port,
+        ..ServerOpts::sized(160, 90)
+    })
+    .await?;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     let mut host = TcpStream::connect(addr).await?;
     let mut last_ts = 0.0;
@@ -54,7 +53,6 @@ async fn an_oak_host_program_reads_and_decodes_the_stream() -> anyhow::Result<()
     let mut host = TcpStream::connect(addr).await?;
     oak_host::read_frame(&mut host).await?;
     let journal = srv.stop().await?;
-    tokio::time::timeout(Duration::from_secs(5), oak).await??;
     let leaves: Vec<_> = journal
         .iter()
         .filter(|l| l.contains("LEAVE") && l.contains("form=oak-tcp"))
