@@ -72,6 +72,9 @@ pub struct ServerOpts {
     pub tcp_stream_port: u16,
     /// The first camera's port for seed 001's apps (`--request-port`); 0: none.
     pub request_port: u16,
+    /// Motion detection on the first camera, as `--motion on --motion-every N --motion-hold S`
+    /// runs it: `(N, S)`. `None`: off.
+    pub motion: Option<(u64, Duration)>,
 }
 
 impl Default for ServerOpts {
@@ -85,6 +88,7 @@ impl Default for ServerOpts {
             config: Config::default(),
             tcp_stream_port: 0,
             request_port: 0,
+            motion: None,
         }
     }
 }
@@ -219,11 +223,16 @@ pub async fn start_server_cameras(
     if let Some(first) = cameras.first_mut() {
         first.tcp_stream_port = opts.tcp_stream_port;
         first.request_port = opts.request_port;
+        first.motion = opts.motion.is_some();
     }
-    let plan = Plan {
+    let mut plan = Plan {
         cameras,
         ..Plan::new(opts.config, opts.max_datagram_bytes)
     };
+    if let Some((every, hold)) = opts.motion {
+        plan.motion_every = every;
+        plan.motion.hold = hold;
+    }
     let app = App::start(plan, journal, shutdown.clone()).await?;
     for camera in app.server().cameras.list().iter() {
         let mut frames = camera.frames.clone();

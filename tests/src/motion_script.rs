@@ -83,29 +83,3 @@ impl Source for Script {
         })
     }
 }
-
-/// Runs the server's motion detector on `srv`'s stream, as `surv-server --motion on` does:
-/// every `every`-th frame, events ending after `hold`, reporting into `state`, until the
-/// server shuts down.
-pub fn spawn_detector(
-    srv: &crate::TestServer,
-    every: u64,
-    hold: Duration,
-    state: Arc<surv_server::motion::watch::MotionState>,
-) -> tokio::task::JoinHandle<()> {
-    let cfg = surv_server::motion::MotionConfig {
-        hold,
-        ..surv_server::motion::MotionConfig::default()
-    };
-    let camera = srv.server.first_camera();
-    tokio::spawn(surv_server::motion::watch::run(
-        camera.frames.clone(),
-        every,
-        cfg,
-        camera.capture.clone(),
-        // As the server's: its lines and events name the camera.
-        Arc::new(srv.server.journal.for_camera(&camera.name)),
-        state,
-        srv.shutdown.clone(),
-    ))
-}

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use surv_server::motion::watch::MotionState;
-use surv_tests::motion_script::{spawn_detector, Script, END, FPS, H, MOVE, W};
+use surv_tests::motion_script::{Script, END, FPS, H, MOVE, W};
 use surv_tests::{start_server_with, ServerOpts};
 
 /// `key=<RFC 3339>` from a journal line, as µs since the epoch.
@@ -22,16 +21,15 @@ fn time_of(line: &str, key: &str) -> u64 {
 #[tokio::test]
 async fn one_event_for_the_object_none_for_the_lights() -> anyhow::Result<()> {
     let t0 = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let srv = start_server_with(
-        ServerOpts::sized(W as u32, H as u32),
-        Box::new(Script { t0_us: t0.clone() }),
-    )
-    .await?;
-    let state = Arc::new(MotionState::default());
-    let motion = spawn_detector(&srv, 2, Duration::from_secs(1), state.clone());
+    // The server's motion detector, as `--motion on --motion-every 2 --motion-hold 1` runs it.
+    let opts = ServerOpts {
+        motion: Some((2, Duration::from_secs(1))),
+        ..ServerOpts::sized(W as u32, H as u32)
+    };
+    let srv = start_server_with(opts, Box::new(Script { t0_us: t0.clone() })).await?;
+    let state = srv.server.first_camera().motion.clone();
     tokio::time::sleep(Duration::from_micros(END + 500_000)).await;
     let journal = srv.stop().await?;
-    motion.await?;
     let t0 = t0.load(Relaxed);
     let starts: Vec<_> = journal
         .iter()

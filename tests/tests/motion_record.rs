@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger};
 use surv_proto::FrameTag;
-use surv_server::motion::watch::MotionState;
-use surv_tests::motion_script::{spawn_detector, Script, FPS, H, LIGHTS, MOVE, W};
+use surv_tests::motion_script::{Script, FPS, H, LIGHTS, MOVE, W};
 use surv_tests::{ffmpeg_check, heavy, mjpeg_stream, probe, start_server_with, ServerOpts};
 use tokio_util::sync::CancellationToken;
 
@@ -58,14 +57,15 @@ fn tags(stream: &[u8]) -> Vec<FrameTag> {
 async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
     let _serial = heavy().await;
     let t0 = Arc::new(AtomicU64::new(0));
-    let srv = start_server_with(
-        ServerOpts::sized(W as u32, H as u32),
-        Box::new(Script { t0_us: t0.clone() }),
-    )
-    .await
-    .unwrap();
-    // The server's own motion state, which /status reads, and its HTTP server.
-    let state: Arc<MotionState> = srv.server.first_camera().motion.clone();
+    // The server's motion detector, as `--motion on --motion-every 1 --motion-hold 0.5` runs it.
+    let opts = ServerOpts {
+        motion: Some((1, HOLD)),
+        ..ServerOpts::sized(W as u32, H as u32)
+    };
+    let srv = start_server_with(opts, Box::new(Script { t0_us: t0.clone() }))
+        .await
+        .unwrap();
+    // The server's HTTP server, whose /status reads the motion state.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let web = tokio::spawn(surv_server::http::serve(
@@ -73,7 +73,6 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
         listener,
         srv.shutdown.clone(),
     ));
-    let motion = spawn_detector(&srv, 1, HOLD, state.clone());
     let dir = tempfile::tempdir().unwrap();
     let client = surv_client::Config {
         record: Some(RecorderConfig {
@@ -108,7 +107,6 @@ async fn record_on_motion_keeps_the_object_with_its_rolls_and_not_the_lights() {
     let polls = polls.await.unwrap();
     let after = status(http).await.unwrap();
     let journal = srv.stop().await.unwrap();
-    motion.await.unwrap();
     web.await.unwrap();
 
     // /status: an event under way at some point, none before the first, one after.

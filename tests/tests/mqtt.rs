@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use surv_proto::Form;
-use surv_server::motion::watch::MotionState;
 use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
-use surv_tests::motion_script::{spawn_detector, Script, END, H, MOVE, W};
+use surv_tests::motion_script::{Script, END, H, MOVE, W};
 use surv_tests::{
     client_config, output_within, start_server, start_server_with, AckStyle, RawViewer, ServerOpts,
     IO_TIMEOUT,
@@ -133,19 +132,13 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
     let prefix = "surv/b";
     let mut sub = Sub::start(broker.port, "surv/b/#", "sub-b").await?;
     let t0 = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let srv = start_server_with(
-        ServerOpts::sized(W as u32, H as u32),
-        Box::new(Script { t0_us: t0.clone() }),
-    )
-    .await?;
+    let opts = ServerOpts {
+        motion: Some((2, Duration::from_secs(1))),
+        ..ServerOpts::sized(W as u32, H as u32)
+    };
+    let srv = start_server_with(opts, Box::new(Script { t0_us: t0.clone() })).await?;
     let stop = CancellationToken::new();
     let task = mqtt::spawn(srv.server.clone(), config(&broker, prefix), stop.clone());
-    let motion = spawn_detector(
-        &srv,
-        2,
-        Duration::from_secs(1),
-        Arc::new(MotionState::default()),
-    );
     let start = sub.event(prefix, "motion_start", |_| true).await?;
     let end = sub.event(prefix, "motion_end", |_| true).await?;
     // Until the script is over: the lights must not start a second event.
@@ -158,7 +151,6 @@ async fn motion_start_and_end_reach_the_broker_with_the_motion_state() -> anyhow
     stop.cancel();
     timeout(IO_TIMEOUT, task).await??;
     srv.stop().await?;
-    motion.await?;
     while let Ok(m) = sub
         .next("the rest", Duration::from_millis(300), |_| false)
         .await
