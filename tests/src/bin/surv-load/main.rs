@@ -9,6 +9,10 @@
 //! With `--push tcp|udp`, the tool is also the camera (see `push.rs`), and the figures add the
 //! server's CPU per ingested frame and the share of frames passed through untouched.
 //!
+//! With `--cameras N` (and `--push`), the server runs N pushed cameras from a config file and
+//! the viewers are spread over them; per camera, the worst viewer's share of that camera's
+//! frames, and the frames that reached a viewer of another camera (see `cameras.rs`).
+//!
 //! With `--churn-secs`, viewers keep joining and leaving for that long and the server's RSS is
 //! printed periodically instead (the memory-growth run).
 //!
@@ -26,8 +30,9 @@
 //! from /proc), `churn.rs` (the memory run), `gst.rs` (the GStreamer yardstick), `push.rs` (the
 //! camera of a push run), `http.rs` (the HTTP runs, and their GStreamer yardstick),
 //! `http_clients.rs` (their clients), `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the
-//! apps run).
+//! apps run), `cameras.rs` (the many-cameras run).
 
+mod cameras;
 mod chaos;
 mod chaos_floods;
 mod chaos_http;
@@ -94,6 +99,12 @@ struct Args {
     /// no viewer) and the ingest → viewer latency.
     #[arg(long, value_enum)]
     push: Option<push::PushKind>,
+    /// Many-cameras run (with --push): the server runs N pushed cameras from a config file
+    /// (`[[camera]]` cam0, cam1, …, each its own port and pictures, marked with its number),
+    /// and --viewers are spread over them round robin, all SURV/1 with `cam=`. Prints per
+    /// camera the worst viewer's share of its frames and any frame of another camera.
+    #[arg(long)]
+    cameras: Option<usize>,
     /// Instead of surv-server, measure GStreamer's multiudpsink sending the same stream (JPEG,
     /// no acks) to --viewers addresses: the CPU-per-datagram yardstick.
     #[arg(long)]
@@ -186,6 +197,23 @@ fn main() -> anyhow::Result<()> {
             args.viewers.max(http_total)
         );
     }
+    if let Some(n) = args.cameras {
+        if n == 0 || n > cameras::MAX_CAMERAS {
+            bail!("--cameras must be 1..={}", cameras::MAX_CAMERAS);
+        }
+        if args.push.is_none() {
+            bail!("--cameras needs --push tcp or --push udp: the tool plays the cameras");
+        }
+        if args.http.is_some()
+            || args.request.is_some()
+            || args.chaos
+            || args.churn_secs.is_some()
+            || args.gst_baseline
+            || args.delay_ms > 0
+        {
+            bail!("--cameras goes with UDP viewers only: not with --http, --request, --chaos, --churn-secs, --gst-baseline or --delay-ms");
+        }
+    }
     if args.http.is_some() {
         return match args.gst_baseline {
             true => http::run_gst(&args),
@@ -212,6 +240,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.gst_baseline {
         return gst::run(&args, &udp, udp_port);
+    }
+    if args.cameras.is_some() {
+        return cameras::run(&args, &udp);
     }
     measure::run(&args, &udp)
 }

@@ -29,13 +29,12 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let rss_base_kib = rss_kib(&pid)?;
     // A push run: what ingesting costs (read, check, tag, publish) with no viewer to send to.
     let ingest = match &camera {
-        Some(cam) => {
-            // As long as the measured run: /proc counts CPU in 10 ms ticks.
-            let (cpu0, sent0) = (cpu_us(&pid)?, cam.sent.load(Relaxed));
-            std::thread::sleep(Duration::from_secs_f64(args.seconds.max(3.0)));
-            let (cpu1, sent1) = (cpu_us(&pid)?, cam.sent.load(Relaxed));
-            Some(cpu1.saturating_sub(cpu0) as f64 / sent1.saturating_sub(sent0).max(1) as f64)
-        }
+        // As long as the measured run: /proc counts CPU in 10 ms ticks.
+        Some(cam) => Some(ingest_cpu_us_per_frame(
+            &pid,
+            args.seconds.max(3.0),
+            || cam.sent.load(Relaxed),
+        )?),
         None => None,
     };
 
@@ -188,6 +187,18 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The server's (`pid`) CPU per frame its cameras sent (`sent`: frames so far) over `secs`, µs.
+pub(crate) fn ingest_cpu_us_per_frame(
+    pid: &str,
+    secs: f64,
+    sent: impl Fn() -> u64,
+) -> anyhow::Result<f64> {
+    let (cpu0, sent0) = (cpu_us(pid)?, sent());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (cpu1, sent1) = (cpu_us(pid)?, sent());
+    Ok(cpu1.saturating_sub(cpu0) as f64 / sent1.saturating_sub(sent0).max(1) as f64)
 }
 
 /// Waits (bounded by `WAIT_LIMIT`) until `cond` holds.

@@ -3,7 +3,8 @@
 //! `udp://` source (seed 001: one JPEG per datagram) at the run's frame rate, as a Pi would.
 //!
 //! The frames are made once, before the run (a few different gradient pictures, so that the
-//! server's passthrough handles realistic JPEGs of the run's size); the pusher's pacing is
+//! server's passthrough handles realistic JPEGs of the run's size; each camera of a
+//! many-cameras run its own, marked with its number); the pusher's pacing is
 //! absolute (frame n at start + n/fps), so a late frame does not shift the ones after it.
 
 use std::io::Write;
@@ -19,6 +20,9 @@ use surv_tests::fixtures::Subsamp;
 use surv_tests::{test_jpeg, Picture};
 
 use crate::WAIT_LIMIT;
+
+/// Different pictures a camera sends, over and over.
+const FRAMES: u64 = 8;
 
 /// How the camera pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,15 +61,41 @@ impl Pusher {
         (width, height): (u32, u32),
         fps: u32,
     ) -> anyhow::Result<Pusher> {
-        let frames: Vec<Vec<u8>> = (0..8)
+        Pusher::start_with(kind, to, (width, height), fps, None)
+    }
+
+    /// [`Pusher::start`] as camera `camera` of a many-cameras run: pictures of its own, each
+    /// marked with its number (see `cameras.rs`).
+    pub fn start_marked(
+        kind: PushKind,
+        to: SocketAddr,
+        size: (u32, u32),
+        fps: u32,
+        camera: usize,
+    ) -> anyhow::Result<Pusher> {
+        Pusher::start_with(kind, to, size, fps, Some(camera))
+    }
+
+    fn start_with(
+        kind: PushKind,
+        to: SocketAddr,
+        (width, height): (u32, u32),
+        fps: u32,
+        camera: Option<usize>,
+    ) -> anyhow::Result<Pusher> {
+        let frames: Vec<Vec<u8>> = (0..FRAMES)
             .map(|i| {
-                test_jpeg(
+                let jpeg = test_jpeg(
                     width as usize,
                     height as usize,
-                    Picture::Gradient(i),
+                    Picture::Gradient(camera.unwrap_or(0) as u64 * FRAMES + i),
                     80,
                     Subsamp::Sub2x2,
-                )
+                );
+                match camera {
+                    Some(c) => crate::cameras::marked(&jpeg, c),
+                    None => jpeg,
+                }
             })
             .collect();
         let frame_bytes = frames.iter().map(Vec::len).sum::<usize>() / frames.len();

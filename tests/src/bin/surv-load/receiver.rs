@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use surv_proto::{Ack, Form, FrameTag};
 use surv_server::sys;
 
+use crate::cameras::{camera_in, CameraBook};
 use crate::delay::{self, DelayLine, Jitter};
 use crate::mmsg;
 use crate::viewers::{form_of, viewer_index, viewer_ip, MAX_VIEWER_INDEX};
@@ -45,6 +46,8 @@ pub struct Shared {
     pub phases: Phases,
     /// The server UDP ports that frames came from, as found.
     pub server_ports: std::sync::Mutex<std::collections::BTreeSet<u16>>,
+    /// A many-cameras run: each viewer's camera, the frames it counts, those that strayed.
+    pub cameras: CameraBook,
 }
 
 /// Phases of a run cut by frame number: phase k holds frames `bounds[k]..bounds[k + 1]`. Each
@@ -218,6 +221,8 @@ struct Arrival {
     /// When the frame reached the viewer: the kernel's receive time, plus the delay it was held
     /// for (`--delay-ms`).
     rx_unix_ns: Option<u64>,
+    /// In a many-cameras run, the camera whose marker the frame carries.
+    mark: Option<usize>,
 }
 
 /// The viewers as the receiving thread plays them: what they counted, and where each one's
@@ -236,7 +241,15 @@ impl Viewers<'_> {
     fn receive(&mut self, f: &Arrival, now_ns: u64) -> &[u8] {
         let (shared, t) = (self.shared, &mut self.t);
         let index = f.index;
-        let (lo, hi) = (shared.lo.load(Relaxed), shared.hi.load(Relaxed));
+        // A many-cameras run counts each viewer's frames of its own camera, in that camera's
+        // window of frame numbers.
+        let (own, (lo, hi)) = match shared.cameras.of_viewer(index) {
+            Some(c) => (
+                shared.cameras.check(c, f.mark, f.seq),
+                shared.cameras.window(c),
+            ),
+            None => (true, (shared.lo.load(Relaxed), shared.hi.load(Relaxed))),
+        };
         if self.senders.insert(index, f.from) != Some(f.from) {
             if let Ok(mut ports) = shared.server_ports.lock() {
                 ports.insert(f.from.port());
@@ -247,7 +260,7 @@ impl Viewers<'_> {
         if f.seq > shared.max_seq.load(Relaxed) {
             shared.max_seq.store(f.seq, Relaxed);
         }
-        if hi != 0 && (lo..=hi).contains(&f.seq) {
+        if own && hi != 0 && (lo..=hi).contains(&f.seq) {
             t.per_viewer[index] += 1;
             shared.bytes.fetch_add(f.len as u64, Relaxed);
             let last = std::mem::replace(&mut t.last_rx_ns[index], now_ns);
@@ -392,6 +405,11 @@ pub fn receive_loop(
                     len: d.len,
                     from: d.from,
                     rx_unix_ns: d.rx_unix_ns,
+                    mark: if shared.cameras.active() {
+                        camera_in(d.prefix)
+                    } else {
+                        None
+                    },
                 };
                 match &mut line {
                     None => sb.push(v.receive(&f, now_ns), d.from, d.to),

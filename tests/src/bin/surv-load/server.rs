@@ -1,7 +1,9 @@
 //! The surv-server under test, as its own process: started on loopback with the test pattern
-//! (or, in a push run, a `tcp-listen://`/`udp://` source on a free port for the camera),
+//! (or, in a push run, a `tcp-listen://`/`udp://` source on a free port for the camera; with
+//! `--cameras N`, a config file of N such cameras),
 //! waited for until it listens, stopped with SIGTERM (then SIGKILL), and its log read back.
 
+use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -18,6 +20,8 @@ pub struct ServerProc {
     pub addr: SocketAddrV4,
     /// Where a push run's camera sends (the server's `tcp-listen://` or `udp://` source).
     pub camera_to: Option<SocketAddrV4>,
+    /// Where each camera of a many-cameras run sends, in the config's order.
+    pub cameras_to: Vec<SocketAddrV4>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -51,21 +55,37 @@ impl ServerProc {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("server.log");
         let (w, h) = args.size;
-        let camera_to = match args.push {
-            Some(PushKind::Tcp) => Some(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()),
-            Some(PushKind::Udp) => Some(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()),
-            None => None,
-        }
-        .map(|port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        // A many-cameras run: a config file with a pushed camera per port, instead of --source.
+        let (cameras_to, config) = match (args.cameras, args.push) {
+            (Some(n), Some(kind)) => {
+                let to = free_ports(kind, n)?;
+                let sources: Vec<String> = to.iter().map(|a| kind.source_arg(a.port())).collect();
+                let path = dir.path().join("cameras.toml");
+                std::fs::write(&path, crate::cameras::config_toml(&sources))
+                    .context("writing the cameras' config file")?;
+                (to, Some(path))
+            }
+            _ => (Vec::new(), None),
+        };
+        let camera_to = match (args.push, &config) {
+            (Some(kind), None) => free_ports(kind, 1)?.first().copied(),
+            _ => None,
+        };
         // `--server-arg=--source=…` (an RTSP stand-in, a file) replaces the test pattern.
         let source_given = args.server_args.iter().any(|a| a.starts_with("--source"));
         let source = match (args.push, camera_to) {
+            _ if config.is_some() => None,
             (Some(kind), Some(to)) => Some(kind.source_arg(to.port())),
             _ if source_given => None,
             _ => Some("test".to_string()),
         };
         let child = Command::new(&exe)
             .args(source.iter().flat_map(|s| ["--source", s.as_str()]))
+            .args(
+                config
+                    .iter()
+                    .flat_map(|p| [OsStr::new("--config"), p.as_os_str()]),
+            )
             .args(["--bind", "127.0.0.1"])
             .args(["--port", &port.to_string()])
             .args([
@@ -100,6 +120,7 @@ impl ServerProc {
             child,
             addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             camera_to,
+            cameras_to,
             log,
             _dir: dir,
         };
@@ -182,6 +203,33 @@ impl Drop for ServerProc {
             self.terminate();
         }
     }
+}
+
+/// `n` distinct loopback ports free for a `kind` camera source: all bound at once, so that
+/// none is handed out twice, then released for the server to bind.
+fn free_ports(kind: PushKind, n: usize) -> anyhow::Result<Vec<SocketAddrV4>> {
+    let ports = match kind {
+        PushKind::Tcp => {
+            let held = (0..n)
+                .map(|_| TcpListener::bind("127.0.0.1:0"))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            held.iter()
+                .map(|l| Ok(l.local_addr()?.port()))
+                .collect::<std::io::Result<Vec<u16>>>()?
+        }
+        PushKind::Udp => {
+            let held = (0..n)
+                .map(|_| UdpSocket::bind("127.0.0.1:0"))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            held.iter()
+                .map(|s| Ok(s.local_addr()?.port()))
+                .collect::<std::io::Result<Vec<u16>>>()?
+        }
+    };
+    Ok(ports
+        .into_iter()
+        .map(|port| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+        .collect())
 }
 
 /// A `key=value` number from the server's final stats line.

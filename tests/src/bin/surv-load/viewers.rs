@@ -52,6 +52,19 @@ pub fn register_all(
     seed_percent: usize,
     keys: &SessionKeys,
 ) -> (Vec<Viewer>, Vec<String>) {
+    register_all_for(server, indices, udp, seed_percent, keys, |_| None)
+}
+
+/// [`register_all`], each SURV/1 viewer asking for the camera `camera_of` names (`cam=`;
+/// `None`: the server's first).
+pub fn register_all_for(
+    server: SocketAddrV4,
+    indices: &[usize],
+    udp: &UdpSocket,
+    seed_percent: usize,
+    keys: &SessionKeys,
+    camera_of: impl Fn(usize) -> Option<String>,
+) -> (Vec<Viewer>, Vec<String>) {
     let udp_port = udp.local_addr().map_or(0, |a| a.port());
     let mut ok = Vec::with_capacity(indices.len());
     let mut failed = Vec::new();
@@ -60,7 +73,8 @@ pub fn register_all(
         let mut pending = Vec::with_capacity(batch.len());
         for &index in batch {
             let form = form_of(index, seed_percent);
-            match connect_and_send(server, index, udp_port, form) {
+            let camera = camera_of(index);
+            match connect_and_send_for(server, index, udp_port, form, camera.as_deref()) {
                 Ok(tcp) => pending.push((index, form, tcp)),
                 Err(e) => failed.push(format!("viewer {index}: {e:#}")),
             }
@@ -98,13 +112,28 @@ pub fn connect_and_send(
     udp_port: u16,
     form: Form,
 ) -> anyhow::Result<TcpStream> {
+    connect_and_send_for(server, index, udp_port, form, None)
+}
+
+/// [`connect_and_send`] asking for `camera` (SURV/1 only: the seed form cannot name one).
+fn connect_and_send_for(
+    server: SocketAddrV4,
+    index: usize,
+    udp_port: u16,
+    form: Form,
+    camera: Option<&str>,
+) -> anyhow::Result<TcpStream> {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     sock.bind(&SocketAddr::from(SocketAddrV4::new(viewer_ip(index), 0)).into())
         .context("binding the viewer's TCP socket")?;
     sock.connect_timeout(&SocketAddr::from(server).into(), Duration::from_secs(5))
         .context("connecting")?;
     let mut tcp: TcpStream = sock.into();
-    tcp.write_all(&Registration { form, udp_port }.encode())?;
+    let line = Registration { form, udp_port }
+        .with_token(None)
+        .with_camera(camera)
+        .encode();
+    tcp.write_all(&line)?;
     Ok(tcp)
 }
 
