@@ -319,8 +319,11 @@ async fn camera_streams_to_viewers(path: &str, transport: RtspTransport) {
         (0.8 * f64::from(CAM_FPS)..=1.2 * f64::from(CAM_FPS)).contains(&rate),
         "{captured} frames in {secs:.2} s"
     );
+    // Each snapshot reads `captured` a moment before `published`: a frame between the two is
+    // counted captured and not yet published, in either snapshot, so the differences may be
+    // one apart either way (and a frame still decoding at the end leaves `published` behind).
     assert!(
-        published + 2 >= captured && published <= captured,
+        published + 2 >= captured && published <= captured + 1,
         "{after:?} - {before:?}"
     );
     if path == "/mjpeg" {
