@@ -5,13 +5,13 @@
 //! axum routes the requests; each connection is served by hyper's HTTP/1 connection in a task
 //! of its own, with three bounds: a request's headers must arrive within
 //! [`HEADER_READ_TIMEOUT`] (idle keep-alive connections included), a write that makes no
-//! progress for `Config::http_write_deadline` ends the connection ([`io::DeadlineIo`]), and
+//! progress for `Config::http_write_deadline` ends the connection (`io::DeadlineIo`), and
 //! hyper buffers at most [`MAX_BUF_BYTES`] of a response beyond the socket, so that a slow
-//! MJPEG client is sent the newest frame, not a queue of old ones ([`mjpeg`]). At most
-//! `--max-viewers` + [`EXTRA_CONNECTIONS`] connections are open at once; beyond that a new one
-//! pushes out the oldest that has not sent a request yet, or is answered 503 ([`crate::places`]).
+//! MJPEG client is sent the newest frame, not a queue of old ones (`mjpeg.rs`). At most
+//! `--max-viewers` + `EXTRA_CONNECTIONS` connections are open at once; beyond that a new one
+//! pushes out the oldest that has not sent a request yet, or is answered 503 (`places.rs`).
 //!
-//! Every request passes [`admit`] first: the one place where a request is let in or turned
+//! Every request passes `admit` first: the one place where a request is let in or turned
 //! away (access control goes there).
 
 mod io;

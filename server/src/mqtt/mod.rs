@@ -11,7 +11,7 @@
 //! | `PREFIX/stats` | `/status` JSON less its session rows, every `stats_every` | 0 |
 //!
 //! QoS 1 for what a user acts on (events, states): the broker acknowledges each, and an event
-//! whose PUBACK did not come back before a disconnect is sent again ([`outbox`]). QoS 0 for
+//! whose PUBACK did not come back before a disconnect is sent again (`outbox.rs`). QoS 0 for
 //! stats: the next one replaces a lost one.
 //!
 //! The broker never slows the server: the journal's broadcast never waits for this task; while

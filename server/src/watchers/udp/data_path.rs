@@ -1,5 +1,5 @@
 //! The UDP data path: each frame to every session in batches over shared UDP sockets; the acks
-//! come back through [`super::acks`], matched to their session by the viewer's address.
+//! come back through `acks.rs`, matched to their session by the viewer's address.
 //!
 //! A session's control (its TCP connection, timeouts, probes, the journal) stays in its own task
 //! ([`super::session`]); what happens once per frame per viewer does not wake that task:

@@ -10,9 +10,9 @@
 //!
 //! * [`admission`]: TCP listener, registration under a deadline and a size cap, refusals.
 //! * [`session`]: one task per viewer: when its stream ends.
-//! * [`link`]: what the data path and the session share about one viewer.
+//! * `link`: what the data path and the session share about one viewer.
 //! * [`data_path`]: shared sockets and the fan-out thread.
-//! * [`acks`]: the ack path.
+//! * `acks`: the ack path.
 //! * [`window`]: the ack window that keeps a lost datagram or ack from stalling a viewer.
 
 mod acks;
