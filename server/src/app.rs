@@ -215,16 +215,9 @@ impl App {
         });
         let mut running = app.running.lock().await;
         for (plan, o) in opened {
-            match app.serve_camera(&plan, o.camera.clone(), o.shared) {
-                Ok(tasks) => running.push(Running {
-                    plan,
-                    camera: o.camera,
-                    capture: Some(o.capture),
-                    tasks,
-                }),
+            match app.serve_opened(plan, o).await {
+                Ok(r) => running.push(r),
                 Err(e) => {
-                    o.camera.stop.cancel();
-                    o.capture.stop().await;
                     for r in running.drain(..) {
                         app.end(r, false).await;
                     }
@@ -357,9 +350,15 @@ impl App {
     /// Opens `plan`'s camera and starts serving it.
     async fn start_camera(&self, plan: &CameraPlan) -> anyhow::Result<Running> {
         let o = open(plan, &self.journal, &self.shutdown).await?;
-        match self.serve_camera(plan, o.camera.clone(), o.shared) {
+        self.serve_opened(plan.clone(), o).await
+    }
+
+    /// Starts serving an opened camera; if it cannot be (a port of its own will not bind), its
+    /// capture is stopped and the error returned.
+    async fn serve_opened(&self, plan: CameraPlan, o: Opened) -> anyhow::Result<Running> {
+        match self.serve_camera(&plan, o.camera.clone(), o.shared) {
             Ok(tasks) => Ok(Running {
-                plan: plan.clone(),
+                plan,
                 camera: o.camera,
                 capture: Some(o.capture),
                 tasks,

@@ -68,6 +68,18 @@ async fn snapshot_is(http: u16, name: &str, want: (usize, usize)) {
     panic!("camera {name}: no {want:?} snapshot; last: {last}");
 }
 
+/// The camera names `/status` lists, in order.
+async fn camera_names(http: u16) -> Vec<String> {
+    let (_, status) = get(http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
+    status["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Starts the binary on `config` (its stderr to `dir/server.log`) and waits for its HTTP port.
 async fn start(config: &Path, dir: &Path, http: u16, extra: &[&str]) -> Reaper {
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
@@ -160,14 +172,7 @@ fps = 5
     assert_eq!(code, 404);
     let why = String::from_utf8_lossy(&body);
     assert!(why.contains("big, small, pushed, still"), "{why}");
-    let (_, status) = get(http, "/status").await.unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
-    let names: Vec<&str> = status["cameras"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = camera_names(http).await;
     assert_eq!(names, ["big", "small", "pushed", "still"]);
     let (_, small) = get(http, "/cam/small/status").await.unwrap();
     let small: serde_json::Value = serde_json::from_slice(&small).unwrap();
@@ -420,13 +425,6 @@ async fn sighup_reloads_the_cameras() {
             && log.contains("zoom"),
         "{log}"
     );
-    let (_, status) = get(http, "/status").await.unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
-    let names: Vec<&str> = status["cameras"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = camera_names(http).await;
     assert_eq!(names, ["stays", "changes", "new"]);
 }

@@ -118,11 +118,16 @@ pub struct TestServer {
 /// Starts a server with the test pattern on `127.0.0.1:0` and waits until its first frame is
 /// encoded.
 pub async fn start_server(opts: ServerOpts) -> anyhow::Result<TestServer> {
-    let (w, h, fps) = (opts.width, opts.height, opts.fps);
-    let pattern = OnThread::new(format!("test pattern {w}x{h}@{fps}"), move || {
-        Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn FrameReader>)
-    });
-    start_server_with(opts, Box::new(pattern)).await
+    let pattern = test_pattern(opts.width, opts.height, opts.fps);
+    start_server_with(opts, pattern).await
+}
+
+/// The built-in test pattern at `w`x`h`, `fps`, as a source for [`start_server_cameras`].
+pub fn test_pattern(w: u32, h: u32, fps: u32) -> Box<dyn Source> {
+    Box::new(OnThread::new(
+        format!("test pattern {w}x{h}@{fps}"),
+        move || Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn FrameReader>),
+    ))
 }
 
 /// A TCP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).

@@ -6,14 +6,12 @@ use std::time::Duration;
 use surv_proto::Form;
 use surv_server::capture::FrameSink;
 use surv_server::capture::SourceState;
-use surv_server::sources::{FrameReader, OnThread, Source, SourceError, SourceRun, TestPattern};
+use surv_server::sources::{FrameReader, Source, SourceError, SourceRun, TestPattern};
 use surv_tests::{heavy, share, start_server_cameras, AckStyle, RawViewer, ServerOpts};
 use tokio_util::sync::CancellationToken;
 
 fn pattern(w: u32, h: u32) -> Box<dyn Source> {
-    Box::new(OnThread::new(format!("test pattern {w}x{h}"), move || {
-        Ok(Box::new(TestPattern::new(w, h, 30)?) as Box<dyn FrameReader>)
-    }))
+    surv_tests::test_pattern(w, h, 30)
 }
 
 /// A camera that opens, sends a few frames, then fails, again and again (a camera on a bad

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde_json::{json, Value};
-use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
+use surv_server::sources::Source;
 use surv_tests::{
     heavy, start_server, start_server_cameras, Reaper, ServerOpts, TestServer, IO_TIMEOUT,
 };
@@ -303,9 +303,7 @@ const TILES: &str = r#"(() => [...document.querySelectorAll(".tile")].map((a) =>
 }))()"#;
 
 fn pattern(w: u32, h: u32) -> Box<dyn Source> {
-    Box::new(OnThread::new(format!("test pattern {w}x{h}"), move || {
-        Ok(Box::new(TestPattern::new(w, h, 15)?) as Box<dyn FrameReader>)
-    }))
+    surv_tests::test_pattern(w, h, 15)
 }
 
 /// The grid at `/` of a server with four cameras: four tiles, each showing its own camera's

@@ -8,15 +8,13 @@ use surv_proto::Form;
 use surv_server::app::CameraPlan;
 use surv_server::capture::CaptureConfig;
 use surv_server::encoder::EncoderConfig;
-use surv_server::sources::{FrameReader, OnThread, Source, TestPattern};
+use surv_server::sources::Source;
 use surv_server::StreamShape;
 use surv_tests::{heavy, start_server_cameras, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT};
 use tokio::time::{sleep, timeout};
 
 fn pattern(w: u32, h: u32) -> Box<dyn Source> {
-    Box::new(OnThread::new(format!("test pattern {w}x{h}"), move || {
-        Ok(Box::new(TestPattern::new(w, h, 30)?) as Box<dyn FrameReader>)
-    }))
+    surv_tests::test_pattern(w, h, 30)
 }
 
 fn capture(w: u32, h: u32) -> CaptureConfig {
