@@ -283,6 +283,29 @@ impl TestServer {
         )
     }
 
+    /// Waits (bounded) until at least `n` journal lines match; returns them.
+    pub async fn wait_journal_count(
+        &self,
+        n: usize,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let until = Instant::now() + IO_TIMEOUT;
+        loop {
+            let lines: Vec<String> = self.journal().into_iter().filter(|l| pred(l)).collect();
+            if lines.len() >= n {
+                return Ok(lines);
+            }
+            if Instant::now() > until {
+                bail!(
+                    "{} of {n} matching journal lines; journal:\n{}",
+                    lines.len(),
+                    self.journal().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (bounded) until `n` sessions are live.
     pub async fn wait_sessions(&self, n: usize) -> anyhow::Result<()> {
         let until = Instant::now() + IO_TIMEOUT;
