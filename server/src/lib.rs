@@ -32,6 +32,7 @@ pub mod journal;
 pub mod jpeg;
 pub mod motion;
 pub mod mqtt;
+pub mod rtp;
 pub(crate) mod places;
 pub mod sources;
 pub mod sys;
