@@ -99,6 +99,102 @@ impl Token {
     pub fn matches(&self, presented: &[u8]) -> bool {
         bool::from(self.0.as_ref().ct_eq(presented))
     }
+
+    /// Whether a Digest `answer` was made with the token as its password (any user name):
+    /// `response == MD5(MD5(user:realm:token):nonce:MD5(method:uri))`, compared in constant
+    /// time. The caller checks that the nonce and realm are the ones it gave.
+    pub fn answers(&self, answer: &DigestAnswer<'_>) -> bool {
+        let ha1 = md5_hex(&[
+            answer.username.as_bytes(),
+            answer.realm.as_bytes(),
+            &self.0,
+        ]);
+        let ha2 = md5_hex(&[answer.method.as_bytes(), answer.uri.as_bytes()]);
+        let expected = md5_hex(&[ha1.as_bytes(), answer.nonce.as_bytes(), ha2.as_bytes()]);
+        let response = answer.response.to_ascii_lowercase();
+        bool::from(expected.as_bytes().ct_eq(response.as_bytes()))
+    }
+}
+
+/// What an RTSP player answered to a Digest challenge (RFC 2617 without `qop`, as ffmpeg,
+/// GStreamer, VLC and retina send it): the fields [`Token::answers`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestAnswer<'a> {
+    pub username: &'a str,
+    pub realm: &'a str,
+    pub nonce: &'a str,
+    /// The URI the player put in the header (not necessarily the request's: VLC sends the
+    /// base URL for SETUP), as RFC 2617 says to hash it.
+    pub uri: &'a str,
+    /// 32 hex digits.
+    pub response: &'a str,
+    /// The request's method, as sent (`DESCRIBE`, …).
+    pub method: &'a str,
+}
+
+impl DigestAnswer<'_> {
+    /// The `Authorization: Digest k="v", …` header's fields for `method`; `None` if the header
+    /// is not a Digest answer or lacks a field.
+    pub fn parse<'a>(header: &'a str, method: &'a str) -> Option<DigestAnswer<'a>> {
+        let header = header.trim();
+        let (scheme, rest) = header.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("Digest") {
+            return None;
+        }
+        let (mut username, mut realm, mut nonce, mut uri, mut response) =
+            (None, None, None, None, None);
+        for (key, value) in digest_fields(rest) {
+            match key.to_ascii_lowercase().as_str() {
+                "username" => username = Some(value),
+                "realm" => realm = Some(value),
+                "nonce" => nonce = Some(value),
+                "uri" => uri = Some(value),
+                "response" => response = Some(value),
+                _ => {}
+            }
+        }
+        Some(DigestAnswer {
+            username: username?,
+            realm: realm?,
+            nonce: nonce?,
+            uri: uri?,
+            response: response?,
+            method,
+        })
+    }
+}
+
+/// `key=value` and `key="value"` pairs separated by commas (a quoted value holds no `"`: the
+/// Digest fields surv reads never do, and a value that would is simply wrong).
+fn digest_fields(mut rest: &str) -> impl Iterator<Item = (&str, &str)> {
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches([' ', ',', '\t']);
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"')?;
+            (&quoted[..end], &quoted[end + 1..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim(), &after[end..])
+        };
+        rest = next;
+        Some((key, value))
+    })
+}
+
+/// MD5 of `parts` joined by `:`, in lowercase hex (RFC 2617's `H(a:b:…)`).
+fn md5_hex(parts: &[&[u8]]) -> String {
+    use md5::{Digest as _, Md5};
+    let mut h = Md5::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            h.update(b":");
+        }
+        h.update(part);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why a watcher was not let in.
@@ -121,6 +217,8 @@ pub enum Denied {
 pub enum Presented<'a> {
     /// A token (right or wrong).
     Token(&'a [u8]),
+    /// An RTSP player's Digest answer (RFC 2617, no `qop`): its password must be the token.
+    Digest(&'a DigestAnswer<'a>),
     /// Nothing, in a form that could have carried a token (SURV/1, HTTP, …).
     Nothing,
     /// Nothing, in a form a seed program sends, which has no room for a token (seed 003's bare
@@ -218,12 +316,17 @@ impl Access {
             return Ok(());
         };
         let verdict = match presented {
-            Presented::Token(t) => {
+            Presented::Token(_) | Presented::Digest(_) => {
                 let throttle = match via {
                     Via::Connection => &self.connected,
                     Via::Datagram => &self.datagrams,
                 };
-                match throttle.attempt(Source::of(peer.ip()), now, || token.matches(t)) {
+                let right = || match presented {
+                    Presented::Token(t) => token.matches(t),
+                    Presented::Digest(answer) => token.answers(answer),
+                    _ => false,
+                };
+                match throttle.attempt(Source::of(peer.ip()), now, right) {
                     Verdict::Right => Ok(()),
                     Verdict::Wrong => Err(Denied::Wrong),
                     Verdict::Throttled(left) => Err(Denied::Throttled {

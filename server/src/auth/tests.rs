@@ -387,3 +387,49 @@ mod throttling {
         assert_eq!(rig.failures(), u64::from(FREE_FAILURES) + 7 + 100_000);
     }
 }
+
+/// The expected response is Python's `hashlib` on the same fields: an independent oracle.
+#[test]
+fn a_digest_answer_made_with_the_token_is_right_and_any_other_is_wrong() {
+    let header = r#"Digest username="Mufasa", realm="surv", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c0", uri="rtsp://127.0.0.1:8554/main", response="E124B9AB5E6CE2D223C40F8B717B5344""#;
+    let answer = DigestAnswer::parse(header, "DESCRIBE").unwrap();
+    assert_eq!(answer.username, "Mufasa");
+    assert_eq!(answer.uri, "rtsp://127.0.0.1:8554/main");
+    let token = Token::new("Circle-Of-Life").unwrap();
+    assert!(token.answers(&answer), "uppercase hex is accepted too");
+    assert!(!Token::new("Circle-Of-Lif").unwrap().answers(&answer));
+    let play = DigestAnswer::parse(header, "PLAY").unwrap();
+    assert!(!token.answers(&play), "the method is part of the hash");
+    // Through the access check: counted like a wrong token.
+    let access = Access::new(Some(token), false);
+    let stats = Stats::default();
+    assert_eq!(
+        access.check(&stats, peer(), "rtsp", Presented::Digest(&answer)),
+        Ok(())
+    );
+    assert_eq!(
+        access.check(&stats, peer(), "rtsp", Presented::Digest(&play)),
+        Err(Denied::Wrong)
+    );
+    assert_eq!(stats.auth_failures.load(Relaxed), 1);
+}
+
+#[test]
+fn digest_headers_that_are_not_answers_are_none() {
+    for bad in [
+        "",
+        "Digest",
+        "Basic dTpzM2NyM3Q=",
+        r#"Digest username="u", realm="surv", nonce="n", uri="x""#,
+        r#"Digest username="u, realm="surv", nonce="n", uri="x", response="r"#,
+        "Digest ===,,,\"",
+    ] {
+        assert_eq!(DigestAnswer::parse(bad, "DESCRIBE"), None, "{bad}");
+    }
+    let unquoted = DigestAnswer::parse(
+        "Digest username=u,realm=surv,nonce=n,uri=x,response=r,algorithm=MD5",
+        "PLAY",
+    )
+    .unwrap();
+    assert_eq!((unquoted.realm, unquoted.response), ("surv", "r"));
+}
