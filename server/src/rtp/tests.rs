@@ -1,0 +1,133 @@
+//! What every packetizer's tests check of a frame, and the replay of the fuzz corpora
+//! (fuzz/corpus/rtp_annexb, rtp_jpeg, rtcp) under plain `cargo test`: each replay makes the
+//! same calls and checks the same invariants as its target in fuzz/fuzz_targets/.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use super::h264::{split_annexb, H264Packetizer};
+use super::jpeg::{rtp_jpeg_info, JpegPacketizer};
+use super::rtcp::is_rtcp;
+use super::{RtpFrame, RtpHeader, MAX_PAYLOAD_BYTES};
+
+/// A packet surv wrote, read back: its header and payload.
+pub(crate) fn rtp(packet: &Bytes) -> (RtpHeader, &[u8]) {
+    RtpHeader::parse(packet).expect("a whole RTP packet")
+}
+
+/// The invariants of every frame surv sends: sequence numbers consecutive from `first_seq`
+/// (wrapping), one timestamp, one SSRC and payload type, the marker on the last packet only,
+/// no payload above [`MAX_PAYLOAD_BYTES`], and no CSRC, extension or padding.
+pub(crate) fn check_run(frame: &RtpFrame, ssrc: u32, payload_type: u8) {
+    for (i, packet) in frame.packets.iter().enumerate() {
+        let (header, payload) = rtp(packet);
+        assert_eq!(packet[0], 0x80, "packet {i}: V=2, no P/X/CC");
+        assert_eq!(
+            header.seq,
+            frame.first_seq.wrapping_add(i as u16),
+            "packet {i}"
+        );
+        assert_eq!(header.timestamp, frame.rtp_ts, "packet {i}");
+        assert_eq!((header.ssrc, header.payload_type), (ssrc, payload_type));
+        assert_eq!(
+            header.marker,
+            i + 1 == frame.packets.len(),
+            "packet {i}: marker"
+        );
+        assert!(
+            !payload.is_empty() && payload.len() <= MAX_PAYLOAD_BYTES,
+            "packet {i}: payload of {} bytes",
+            payload.len()
+        );
+    }
+}
+
+#[test]
+fn rtp_header_writes_and_parses_back() {
+    let header = RtpHeader {
+        payload_type: 96,
+        marker: true,
+        seq: 0xBEEF,
+        timestamp: 0x0102_0304,
+        ssrc: 0xA1B2_C3D4,
+    };
+    let mut buf = Vec::new();
+    header.write(&mut buf);
+    buf.extend_from_slice(b"payload");
+    assert_eq!(
+        &buf[..12],
+        &[0x80, 0xE0, 0xBE, 0xEF, 1, 2, 3, 4, 0xA1, 0xB2, 0xC3, 0xD4]
+    );
+    assert_eq!(RtpHeader::parse(&buf), Some((header, &b"payload"[..])));
+    // Not version 2, too short, padding longer than the packet: not a packet.
+    assert_eq!(RtpHeader::parse(&[0x40; 12]), None);
+    assert_eq!(RtpHeader::parse(&buf[..11]), None);
+    let mut padded = buf.clone();
+    padded[0] |= 0x20;
+    *padded.last_mut().expect("bytes") = 200;
+    assert_eq!(RtpHeader::parse(&padded), None);
+}
+
+/// Every file of `fuzz/corpus/<target>/`; at least one, or the corpus went missing.
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("corpus entry").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("corpus file");
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files
+}
+
+/// The calls of fuzz/fuzz_targets/rtp_annexb.rs; the number of packets made.
+pub(crate) fn annexb_case(data: &[u8]) -> usize {
+    let nals = split_annexb(data).count();
+    let mut packetizer = H264Packetizer::new(7, 96, 65530);
+    let frame = packetizer.packetize(data, 42, false);
+    check_run(&frame, 7, 96);
+    assert_eq!(nals == 0, frame.packets.is_empty());
+    assert_eq!(packetizer.next_seq(), frame.next_seq());
+    frame.packets.len()
+}
+
+#[test]
+fn rtp_annexb_corpus_packetizes_without_panicking() {
+    let packets: usize = corpus("rtp_annexb")
+        .iter()
+        .map(|(_, data)| annexb_case(data))
+        .sum();
+    assert!(packets >= 10, "only {packets} packets from the corpus");
+}
+
+#[test]
+fn rtp_jpeg_corpus_is_checked_without_panicking() {
+    let mut fits = 0;
+    for (path, data) in corpus("rtp_jpeg") {
+        let info = rtp_jpeg_info(&data);
+        let frame = JpegPacketizer::new(9, 0).packetize(&data, 1);
+        assert_eq!(info.is_ok(), frame.is_ok(), "{}", path.display());
+        if let Ok(frame) = frame {
+            fits += 1;
+            check_run(&frame, 9, 26);
+        }
+    }
+    assert!(fits >= 2, "only {fits} fitting JPEGs in the corpus");
+}
+
+#[test]
+fn rtcp_corpus_is_checked_without_panicking() {
+    let valid = corpus("rtcp")
+        .iter()
+        .filter(|(_, data)| is_rtcp(data))
+        .count();
+    assert!(valid >= 2, "only {valid} RTCP packets in the corpus");
+}
