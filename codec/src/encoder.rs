@@ -1,0 +1,375 @@
+//! JPEG to H.264: turbojpeg decodes each JPEG straight to planar YUV 4:2:0 (no colour
+//! conversion for the 4:2:0 JPEGs surv and most cameras make), OpenH264 codes it.
+//!
+//! Settings every caller gets:
+//! * **Constrained Baseline** (`Profile::Baseline`; the SPS starts `67 42 c0`): what every RTSP
+//!   player, browser and MP4 reader decodes.
+//! * **Never a skipped frame** (`skip_frames(false)`; OpenH264 skips by default to hold its bit
+//!   rate): every picture handed in comes back coded. Callers drop frames, and count them.
+//! * **Buffer-based rate control**, low complexity, one thread.
+//!
+//! An IDR picture comes every [`H264Settings::idr_period_frames`] frames, on request
+//! ([`JpegToH264::force_intra_frame`]), and first after the picture size changes: the encoder is
+//! made again for the new size (the SPS says the size). Nowhere else: OpenH264's scene change
+//! detection is off, so a GOP is as long as the caller says.
+
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    RateControlMode, UsageType,
+};
+use openh264::formats::{RgbSliceU8, YUVBuffer, YUVSlices};
+use openh264::{OpenH264API, Timestamp};
+use thiserror::Error;
+use turbojpeg::{Decompressor, PixelFormat, Subsamp, YuvImage};
+
+/// OpenH264's size limit (level 5.2): the longer side at most this...
+pub const MAX_LONG_SIDE: usize = 3840;
+/// ...and the shorter at most this.
+pub const MAX_SHORT_SIDE: usize = 2160;
+
+/// Bits per pixel per frame that look clean for a fixed camera's scene: about 0.9 Mbit/s at
+/// 640x480@30 and 2.8 Mbit/s at 1280x720@30.
+pub const DEFAULT_BITS_PER_PIXEL: f64 = 0.1;
+
+/// The highest bit rate asked of the encoder.
+pub const MAX_BITRATE_BPS: u32 = 50_000_000;
+
+/// Why a frame could not be coded.
+#[derive(Debug, Error)]
+pub enum H264Error {
+    #[error("cannot decode the JPEG: {0}")]
+    Jpeg(#[from] turbojpeg::Error),
+    #[error(
+        "frame size {0}x{1} cannot be coded (H.264 needs at least 2x2, OpenH264 at most 3840x2160)"
+    )]
+    Size(usize, usize),
+    #[error("the H.264 encoder failed: {0}")]
+    Encoder(#[from] openh264::Error),
+    #[error("the H.264 encoder returned no picture")]
+    Skipped,
+}
+
+/// The bit rate the encoder aims at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bitrate {
+    /// The same whatever the picture size.
+    Fixed { bps: u32 },
+    /// `bits_per_pixel` per pixel per frame at the settings' rate, at least `min_bps` (and at
+    /// most [`MAX_BITRATE_BPS`]); worked out again when the size changes.
+    PerPixel { bits_per_pixel: f64, min_bps: u32 },
+}
+
+impl Bitrate {
+    /// The bit rate for `width` x `height` pictures at `fps`.
+    pub fn bps(self, width: usize, height: usize, fps: f32) -> u32 {
+        match self {
+            Bitrate::Fixed { bps } => bps.clamp(1, MAX_BITRATE_BPS),
+            Bitrate::PerPixel {
+                bits_per_pixel,
+                min_bps,
+            } => {
+                let pixels = width as f64 * height as f64;
+                let bps = pixels * f64::from(fps.max(1.0)) * bits_per_pixel;
+                // In u32 range by the clamp.
+                bps.clamp(
+                    f64::from(min_bps.min(MAX_BITRATE_BPS)),
+                    f64::from(MAX_BITRATE_BPS),
+                ) as u32
+            }
+        }
+    }
+}
+
+/// How a stream is coded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct H264Settings {
+    /// The stream's frame rate (rate control works per frame).
+    pub fps: f32,
+    pub bitrate: Bitrate,
+    /// An IDR picture every this many frames (the GOP); 0: only when asked and when the size
+    /// changes.
+    pub idr_period_frames: u32,
+}
+
+/// One coded picture: an Annex B access unit, borrowed from the encoder until the next frame.
+#[derive(Debug)]
+pub struct Coded<'a> {
+    /// NAL units after 4-byte start codes; an IDR picture's begins with its SPS and PPS.
+    pub annexb: &'a [u8],
+    /// An IDR picture: a decoder can start here.
+    pub idr: bool,
+    /// Coded size: the JPEG's, rounded down to even numbers (4:2:0 chroma needs them).
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes JPEGs and codes them as one H.264 stream.
+pub struct JpegToH264 {
+    settings: H264Settings,
+    decompressor: Decompressor,
+    /// The encoder and the size it codes; made at the first frame and again when it changes.
+    encoder: Option<(Encoder, (usize, usize))>,
+    /// The next picture is to be an IDR (asked before there was an encoder to tell).
+    idr_wanted: bool,
+    yuv: Vec<u8>,
+    rgb: Vec<u8>,
+    full: Vec<u8>,
+    annexb: Vec<u8>,
+}
+
+impl JpegToH264 {
+    /// A stream coded with `settings`; the size comes from the JPEGs.
+    pub fn new(settings: H264Settings) -> Result<Self, H264Error> {
+        Ok(JpegToH264 {
+            settings,
+            decompressor: Decompressor::new()?,
+            encoder: None,
+            idr_wanted: false,
+            yuv: Vec::new(),
+            rgb: Vec::new(),
+            full: Vec::new(),
+            annexb: Vec::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &H264Settings {
+        &self.settings
+    }
+
+    /// The next picture coded is an IDR picture (with SPS and PPS).
+    pub fn force_intra_frame(&mut self) {
+        self.idr_wanted = true;
+    }
+
+    /// Codes one JPEG; `at_ms` is its capture time, which OpenH264's rate control uses.
+    pub fn encode(&mut self, jpeg: &[u8], at_ms: u64) -> Result<Coded<'_>, H264Error> {
+        let header = self.decompressor.read_header(jpeg)?;
+        let (w, h) = (header.width, header.height);
+        let (cw, ch) = (w & !1, h & !1);
+        if cw < 2 || ch < 2 || cw.max(ch) > MAX_LONG_SIDE || cw.min(ch) > MAX_SHORT_SIDE {
+            return Err(H264Error::Size(w, h));
+        }
+        let encoder = match &mut self.encoder {
+            Some((encoder, size)) if *size == (cw, ch) => encoder,
+            slot => {
+                // A new encoder, rather than OpenH264's own re-initialisation: the bit rate
+                // follows the size, and its first picture is an IDR with the new parameter sets.
+                *slot = None;
+                self.idr_wanted = false;
+                &mut slot
+                    .insert((new_encoder(&self.settings, cw, ch)?, (cw, ch)))
+                    .0
+            }
+        };
+        if std::mem::take(&mut self.idr_wanted) {
+            encoder.force_intra_frame();
+        }
+        let stamp = Timestamp::from_millis(at_ms);
+        let bitstream = if header.subsamp == Subsamp::Sub2x2 {
+            // Straight to planar 4:2:0, rows unpadded: no colour conversion at all.
+            let len = turbojpeg::yuv_pixels_len(w, 1, h, Subsamp::Sub2x2)?;
+            self.yuv.resize(len, 0);
+            self.decompressor.decompress_to_yuv(
+                jpeg,
+                YuvImage {
+                    pixels: &mut self.yuv[..],
+                    width: w,
+                    align: 1,
+                    height: h,
+                    subsamp: Subsamp::Sub2x2,
+                },
+            )?;
+            let cstride = w.div_ceil(2);
+            let (y, rest) = self.yuv.split_at(w * h);
+            let (u, v) = rest.split_at(cstride * h.div_ceil(2));
+            // An odd last row or column is cropped off by the size and strides.
+            let src = YUVSlices::new(
+                (
+                    &y[..w * ch],
+                    &u[..cstride * (ch / 2)],
+                    &v[..cstride * (ch / 2)],
+                ),
+                (cw, ch),
+                (w, cstride, cstride),
+            );
+            encoder.encode_at(&src, stamp)?
+        } else {
+            // Other subsamplings (4:2:2 from some cameras, 4:4:4, grey): via RGB.
+            self.full.resize(w * h * 3, 0);
+            self.decompressor.decompress(
+                jpeg,
+                turbojpeg::Image {
+                    pixels: &mut self.full[..],
+                    width: w,
+                    pitch: w * 3,
+                    height: h,
+                    format: PixelFormat::RGB,
+                },
+            )?;
+            self.rgb.resize(cw * ch * 3, 0);
+            for row in 0..ch {
+                self.rgb[row * cw * 3..(row + 1) * cw * 3]
+                    .copy_from_slice(&self.full[row * w * 3..row * w * 3 + cw * 3]);
+            }
+            let buffer = YUVBuffer::from_rgb8_source(RgbSliceU8::new(&self.rgb, (cw, ch)));
+            encoder.encode_at(&buffer, stamp)?
+        };
+        let idr = match bitstream.frame_type() {
+            FrameType::IDR => true,
+            FrameType::Skip | FrameType::Invalid => return Err(H264Error::Skipped),
+            _ => false,
+        };
+        self.annexb.clear();
+        bitstream.write_vec(&mut self.annexb);
+        if self.annexb.is_empty() {
+            return Err(H264Error::Skipped);
+        }
+        Ok(Coded {
+            annexb: &self.annexb,
+            idr,
+            // Bounded by MAX_LONG_SIDE above.
+            width: u32::try_from(cw).unwrap_or(u32::MAX),
+            height: u32::try_from(ch).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+fn new_encoder(settings: &H264Settings, width: usize, height: usize) -> Result<Encoder, H264Error> {
+    let fps = settings.fps.max(1.0);
+    let config = EncoderConfig::new()
+        .skip_frames(false)
+        // Buffer-based: adapts the quantiser to the bit rate without skipping frames (the other
+        // modes need skipping to hold their rate, and warn on stderr without it).
+        .rate_control_mode(RateControlMode::Bufferbased)
+        .bitrate(BitRate::from_bps(settings.bitrate.bps(width, height, fps)))
+        .max_frame_rate(FrameRate::from_hz(fps))
+        .usage_type(UsageType::CameraVideoRealTime)
+        .complexity(Complexity::Low)
+        .profile(Profile::Baseline)
+        // IDR pictures only where asked, every period and at a new size: OpenH264's scene
+        // change detection would add some where a picture changes a lot, unasked.
+        .scene_change_detect(false)
+        .intra_frame_period(IntraFramePeriod::from_num_frames(
+            settings.idr_period_frames,
+        ))
+        // One thread: callers run one encoder per stream beside other work.
+        .num_threads(1);
+    Ok(Encoder::with_api_config(
+        OpenH264API::from_source(),
+        config,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annexb;
+
+    /// A `width` x `height` gradient JPEG that moves with `seq`.
+    fn jpeg(width: usize, height: usize, seq: usize, subsamp: Subsamp) -> Vec<u8> {
+        let mut rgb = vec![0u8; width * height * 3];
+        for (i, px) in rgb.chunks_exact_mut(3).enumerate() {
+            let (x, y) = (i % width, i / width);
+            px.copy_from_slice(&[(x + seq * 4) as u8, (y * 2) as u8, (x + y + seq) as u8]);
+        }
+        let image = turbojpeg::Image {
+            pixels: &rgb[..],
+            width,
+            pitch: width * 3,
+            height,
+            format: PixelFormat::RGB,
+        };
+        turbojpeg::compress(image, 85, subsamp).unwrap().to_vec()
+    }
+
+    fn settings(idr_period_frames: u32) -> H264Settings {
+        H264Settings {
+            fps: 30.0,
+            bitrate: Bitrate::PerPixel {
+                bits_per_pixel: DEFAULT_BITS_PER_PIXEL,
+                min_bps: 200_000,
+            },
+            idr_period_frames,
+        }
+    }
+
+    #[test]
+    fn constrained_baseline_with_parameter_sets_on_each_idr() {
+        let mut enc = JpegToH264::new(settings(0)).unwrap();
+        let c = enc.encode(&jpeg(320, 240, 0, Subsamp::Sub2x2), 0).unwrap();
+        assert!(c.idr, "the first picture is an IDR");
+        let (sps, pps) = annexb::parameter_sets(c.annexb).expect("SPS and PPS in band");
+        assert_eq!(&sps[..3], [0x67, 0x42, 0xC0], "Constrained Baseline");
+        assert_eq!(annexb::nal_type(pps), Some(annexb::nal_type::PPS));
+        assert!(annexb::has_idr_slice(c.annexb));
+        let c = enc.encode(&jpeg(320, 240, 1, Subsamp::Sub2x2), 33).unwrap();
+        assert!(!c.idr);
+        assert_eq!(annexb::parameter_sets(c.annexb), None);
+    }
+
+    #[test]
+    fn idr_every_period_on_request_and_after_a_resize() {
+        let mut enc = JpegToH264::new(settings(5)).unwrap();
+        let mut idrs = Vec::new();
+        for seq in 0..12 {
+            if seq == 7 {
+                enc.force_intra_frame();
+            }
+            let c = enc
+                .encode(&jpeg(160, 90, seq, Subsamp::Sub2x2), seq as u64 * 33)
+                .unwrap();
+            if c.idr {
+                idrs.push(seq);
+            }
+        }
+        // The forced IDR restarts the period.
+        assert_eq!(idrs, [0, 5, 7]);
+        let c = enc.encode(&jpeg(64, 48, 12, Subsamp::Sub2x2), 400).unwrap();
+        assert!(c.idr, "a new size starts with an IDR");
+        assert_eq!((c.width, c.height), (64, 48));
+        let (sps, _) = annexb::parameter_sets(c.annexb).unwrap();
+        assert_eq!(&sps[..3], [0x67, 0x42, 0xC0]);
+    }
+
+    #[test]
+    fn odd_sizes_and_other_subsamplings_are_coded() {
+        for (w, h, subsamp) in [
+            (161, 91, Subsamp::Sub2x2),
+            (160, 90, Subsamp::Sub2x1),
+            (64, 48, Subsamp::None),
+        ] {
+            let mut enc = JpegToH264::new(settings(0)).unwrap();
+            for seq in 0..4 {
+                let c = enc
+                    .encode(&jpeg(w, h, seq, subsamp), seq as u64 * 33)
+                    .unwrap();
+                assert_eq!((c.width, c.height), ((w & !1) as u32, (h & !1) as u32));
+                assert_eq!(c.idr, seq == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let mut enc = JpegToH264::new(settings(0)).unwrap();
+        assert!(matches!(
+            enc.encode(b"\xFF\xD8 not a jpeg", 0),
+            Err(H264Error::Jpeg(_))
+        ));
+        assert!(matches!(
+            enc.encode(&jpeg(1, 1, 0, Subsamp::Sub2x2), 0),
+            Err(H264Error::Size(1, 1))
+        ));
+    }
+
+    #[test]
+    fn bitrate_per_pixel_has_a_floor() {
+        let b = Bitrate::PerPixel {
+            bits_per_pixel: 0.1,
+            min_bps: 200_000,
+        };
+        assert_eq!(b.bps(1280, 720, 30.0), 2_764_800);
+        assert_eq!(b.bps(160, 90, 10.0), 200_000);
+        assert_eq!(Bitrate::Fixed { bps: 5 }.bps(1, 1, 1.0), 5);
+    }
+}
