@@ -23,7 +23,8 @@ pub struct Camera {
     pub name: String,
     /// The newest frame.
     pub frames: FrameRx,
-    /// The capture path's counters, the stream's shape and the source's state.
+    /// The capture path's counters, the stream's shape, the source's state, and the H.264
+    /// feed (`capture.h264`).
     pub capture: Arc<CaptureShared>,
     /// The UDP viewers' shared sockets and the sessions each serves.
     pub data: DataPath,
@@ -51,6 +52,7 @@ impl Camera {
 
     /// The camera `name` watching `capture`'s frames, ending when `stop` is cancelled.
     pub fn ending_with(name: &str, capture: &Capture, stop: CancellationToken) -> Camera {
+        capture.shared.h264.set_label(name);
         Camera {
             name: name.to_string(),
             frames: capture.frames.clone(),

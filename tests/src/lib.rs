@@ -220,6 +220,7 @@ pub async fn start_server_cameras(
             height: opts.height,
             fps: opts.fps,
         },
+        ..CaptureConfig::default()
     };
     let mut cameras: Vec<CameraPlan> = sources
         .into_iter()

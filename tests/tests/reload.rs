@@ -28,6 +28,7 @@ fn capture(w: u32, h: u32) -> CaptureConfig {
             height: h,
             fps: 30,
         },
+        ..CaptureConfig::default()
     }
 }
 

@@ -26,6 +26,9 @@
 
 pub mod backoff;
 pub mod encode_times;
+pub mod h264;
+#[cfg(test)]
+mod h264_tests;
 pub mod no_signal;
 mod sink;
 #[cfg(test)]
@@ -82,6 +85,19 @@ pub struct CaptureStats {
     pub quality: AtomicU32,
     /// How long each encode took.
     pub encode_times: encode_times::EncodeTimes,
+    /// Frames coded as H.264 by the camera's encoder thread (once per frame, whatever the
+    /// number of H.264 watchers; only while one is wanted).
+    pub h264_encodes: AtomicU64,
+    /// Total time spent decoding JPEG and coding H.264, µs.
+    pub h264_encode_us: AtomicU64,
+    /// Frames the H.264 encoder never saw: a newer one replaced them while it was busy.
+    pub h264_skipped: AtomicU64,
+    /// Frames the H.264 encoder could not code (counted, logged every 10 s).
+    pub h264_errors: AtomicU64,
+    /// H.264 access units from the source published as they came (no encoder).
+    pub h264_passed_through: AtomicU64,
+    /// IDR pictures forced for watchers that joined or fell behind (at most one a second).
+    pub keyframes_forced: AtomicU64,
 }
 
 /// How the capture path runs.
@@ -91,6 +107,8 @@ pub struct CaptureConfig {
     /// The stream's shape until the source says or shows its own (`--size`, `--fps`): what
     /// SURV/1 viewers are told, and the size of the "no signal" frame.
     pub idle: StreamShape,
+    /// The H.264 encoder's IDR period, seconds (`--gop-secs`).
+    pub gop_secs: u32,
 }
 
 impl Default for CaptureConfig {
@@ -102,9 +120,13 @@ impl Default for CaptureConfig {
                 height: 480,
                 fps: 30,
             },
+            gop_secs: DEFAULT_GOP_SECS,
         }
     }
 }
+
+/// The H.264 encoder's IDR period when none is configured.
+pub const DEFAULT_GOP_SECS: u32 = 2;
 
 /// While the source is not delivering, how often the "no signal" frame goes out.
 pub const NO_SIGNAL_EVERY: Duration = Duration::from_secs(1);
@@ -153,6 +175,9 @@ pub struct CaptureShared {
     state: watch::Sender<SourceState>,
     /// Frames published now are inside a motion event (set by the motion detector).
     motion: AtomicBool,
+    /// The camera's H.264: access units once for every H.264 watcher, and the encoder that
+    /// makes them on demand when the source gives pixels or JPEG.
+    pub h264: Arc<h264::H264Feed>,
 }
 
 impl CaptureShared {
@@ -163,6 +188,7 @@ impl CaptureShared {
             shape: Mutex::new(idle),
             state: watch::Sender::new(SourceState::Starting),
             motion: AtomicBool::new(false),
+            h264: Arc::new(h264::H264Feed::new()),
         }
     }
 
@@ -242,6 +268,12 @@ impl Capture {
         let (tx, frames) = watch::channel(None);
         let shared = Arc::new(CaptureShared::new(source.describe(), config.idle));
         let stop = shutdown.child_token();
+        shared.h264.attach(
+            Arc::downgrade(&shared),
+            frames.clone(),
+            stop.clone(),
+            config.gop_secs,
+        );
         let sink = FrameSink::new(
             shared.clone(),
             journal,
@@ -283,6 +315,10 @@ impl Capture {
             .flatten()
         {
             let _ = task.await;
+        }
+        // The encoder thread ends after the frame it is coding, if any.
+        if let Some(thread) = self.shared.h264.take_encoder_thread() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
     }
 }
