@@ -32,8 +32,8 @@ pub mod journal;
 pub mod jpeg;
 pub mod motion;
 pub mod mqtt;
-pub mod rtp;
 pub(crate) mod places;
+pub mod rtp;
 pub mod sources;
 pub mod sys;
 pub mod watchers;
@@ -141,6 +141,8 @@ pub struct Stats {
     /// (see [`auth::throttle`]). `refusals` of cause `unauthorized` counts these and
     /// `auth_failures`.
     pub auth_throttled: AtomicU64,
+    /// The RTSP server's own counters.
+    pub rtsp: watchers::rtsp::RtspStats,
 }
 
 /// Everything the listeners and the sessions share.
@@ -210,6 +212,8 @@ pub struct Listeners {
     pub viewers: TcpListener,
     /// Browsers and MJPEG players ([`http`]); `None`: no HTTP server.
     pub http: Option<TcpListener>,
+    /// Players and NVRs over RTSP ([`watchers::rtsp`]); `None`: no RTSP server.
+    pub rtsp: Option<watchers::rtsp::RtspSockets>,
 }
 
 /// Serves viewers on `listener` until `shutdown` is cancelled, then ends every session (each logs
@@ -218,6 +222,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
     let listeners = Listeners {
         viewers: listener,
         http: None,
+        rtsp: None,
     };
     run_with(server, listeners, shutdown).await
 }
@@ -228,10 +233,14 @@ pub async fn run_with(server: Arc<Server>, listeners: Listeners, shutdown: Cance
     let Listeners {
         viewers: listener,
         http,
+        rtsp,
     } = listeners;
     let tracker = TaskTracker::new();
     if let Some(http) = http {
         tracker.spawn(http::serve(server.clone(), http, shutdown.clone()));
+    }
+    if let Some(rtsp) = rtsp {
+        tracker.spawn(watchers::rtsp::run(server.clone(), rtsp, shutdown.clone()));
     }
     // Each camera ends with the server (a camera a reload adds ends with the server too: its
     // token is a child of `shutdown`, see `app`).

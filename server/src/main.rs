@@ -20,6 +20,7 @@ use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
 use surv_server::sources::{SourceOptions, SourceSpec};
 use surv_server::watchers::request::{self, RequestConfig};
+use surv_server::watchers::rtsp::RtspSockets;
 use surv_server::{Config, Journal, Listeners, StreamShape};
 use tokio_util::sync::CancellationToken;
 
@@ -118,6 +119,19 @@ struct Args {
     /// (Prometheus). 0 turns it off.
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     http_port: u16,
+    /// RTSP port for players and NVRs, on the same --bind: rtsp://HOST:PORT/CAMERA (H.264) and
+    /// rtsp://HOST:PORT/CAMERA/mjpeg (RTP/JPEG), over TCP or UDP. 0 turns it off.
+    #[arg(long, value_name = "PORT", default_value_t = surv_server::watchers::rtsp::DEFAULT_RTSP_PORT)]
+    rtsp_port: u16,
+    /// The UDP port RTSP sessions over UDP get their RTP from (even; RTCP comes from the next
+    /// port). 0 picks a free pair.
+    #[arg(long, value_name = "PORT", default_value_t = surv_server::watchers::rtsp::DEFAULT_RTSP_UDP_PORT)]
+    rtsp_udp_port: u16,
+    /// H.264 made by surv (for RTSP watchers of cameras that do not send H.264 themselves):
+    /// a keyframe every this many seconds, and one at once for a joining watcher (at most one
+    /// a second).
+    #[arg(long, value_name = "SECS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=60))]
+    gop_secs: u32,
     /// Drop an HTTP client that takes none of what it is sent for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     http_write_timeout: f64,
@@ -402,6 +416,25 @@ fn run() -> anyhow::Result<()> {
                 Some(listener)
             }
         };
+        let rtsp = match args.rtsp_port {
+            0 => None,
+            port => {
+                let addr = SocketAddr::new(args.bind, port);
+                let sockets = RtspSockets::bind(addr, args.rtsp_udp_port)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "listening for RTSP on {addr} and UDP {}-{} (is another server on \
+                             those ports? try --rtsp-port and --rtsp-udp-port with others, or \
+                             --rtsp-port 0 to turn RTSP off)",
+                            args.rtsp_udp_port,
+                            args.rtsp_udp_port.saturating_add(1)
+                        )
+                    })?;
+                tracing::info!(%addr, "RTSP: cameras are at rtsp://{addr}/CAMERA");
+                Some(sockets)
+            }
+        };
         let shutdown = CancellationToken::new();
         let cameras = plan.cameras.len();
         let app = App::start(plan, journal, shutdown.clone()).await?;
@@ -417,7 +450,12 @@ fn run() -> anyhow::Result<()> {
         if args.config.is_some() {
             tokio::spawn(reload_on_hangup(app.clone(), parsed.settings.clone()));
         }
-        app.serve(Listeners { viewers, http }).await;
+        app.serve(Listeners {
+            viewers,
+            http,
+            rtsp,
+        })
+        .await;
         tracing::info!("stopped");
         Ok(())
     })
@@ -607,6 +645,7 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
                 height: size.1,
                 fps,
             },
+            gop_secs: args.gop_secs,
         };
         (options, capture)
     };

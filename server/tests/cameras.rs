@@ -86,6 +86,7 @@ async fn start(config: &Path, dir: &Path, http: u16, extra: &[&str]) -> Reaper {
     let child = Command::new(env!("CARGO_BIN_EXE_surv-server"))
         .arg("--config")
         .arg(config)
+        .args(["--rtsp-port", "0"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
@@ -289,7 +290,7 @@ fn a_bad_config_is_refused_with_its_line_and_reason() {
         let out = Command::new(env!("CARGO_BIN_EXE_surv-server"))
             .arg("--config")
             .arg(&config)
-            .args(["--port", "0", "--http-port", "0"])
+            .args(["--port", "0", "--http-port", "0", "--rtsp-port", "0"])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

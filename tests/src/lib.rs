@@ -75,6 +75,8 @@ pub struct ServerOpts {
     /// Motion detection on the first camera, as `--motion on --motion-every N --motion-hold S`
     /// runs it: `(N, S)`. `None`: off.
     pub motion: Option<(u64, Duration)>,
+    /// Serve RTSP on a free port (and a free UDP pair): [`TestServer::rtsp_addr`].
+    pub rtsp: bool,
 }
 
 impl Default for ServerOpts {
@@ -89,6 +91,7 @@ impl Default for ServerOpts {
             tcp_stream_port: 0,
             request_port: 0,
             motion: None,
+            rtsp: false,
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct TestServer {
     pub log_dir: tempfile::TempDir,
     /// The server as the binary runs it.
     pub app: Arc<App>,
+    /// The RTSP server's address, with [`ServerOpts::rtsp`].
+    pub rtsp_addr: Option<SocketAddr>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -248,14 +253,22 @@ pub async fn start_server_cameras(
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let rtsp = if opts.rtsp {
+        Some(surv_server::watchers::rtsp::RtspSockets::bind("127.0.0.1:0".parse()?, 0).await?)
+    } else {
+        None
+    };
+    let rtsp_addr = rtsp.as_ref().map(|s| s.tcp.local_addr()).transpose()?;
     let listeners = surv_server::Listeners {
         viewers: listener,
         http: None,
+        rtsp,
     };
     let task = tokio::spawn(app.clone().serve(listeners));
     Ok(TestServer {
         server: app.server().clone(),
         app,
+        rtsp_addr,
         addr,
         shutdown,
         log_dir,

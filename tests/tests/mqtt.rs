@@ -471,6 +471,7 @@ fn bad_mqtt_flags_are_refused_with_a_reason_and_no_password() {
         let out = output_within(
             Command::new(&exe)
                 .args(["--source", "test", "--port", "0", "--http-port", "0"])
+                .args(["--rtsp-port", "0"])
                 .args([
                     "--bind",
                     "127.0.0.1",

@@ -328,6 +328,39 @@ impl Collector for ServerCollector {
             "Datagrams that could not be sent.",
             s.send_errors.load(Relaxed),
         )?;
+        let rtsp = &s.rtsp;
+        for (name, help, v) in [
+            ("rtsp_connections", "RTSP connections accepted.", &rtsp.connections),
+            ("rtsp_requests", "RTSP requests answered.", &rtsp.requests),
+            (
+                "rtsp_error_replies",
+                "RTSP requests answered with an error status (401 challenges included).",
+                &rtsp.errors,
+            ),
+            (
+                "rtsp_bad_requests",
+                "RTSP connections closed for bytes that are no RTSP request, or too long a one.",
+                &rtsp.bad_requests,
+            ),
+            ("rtp_packets_sent", "RTP packets sent to RTSP sessions.", &rtsp.rtp_packets),
+            (
+                "rtsp_udp_heard",
+                "RTCP and punch datagrams from RTSP players over UDP.",
+                &rtsp.udp_heard,
+            ),
+            (
+                "rtsp_udp_foreign",
+                "Datagrams at the RTSP UDP ports from no playing session: dropped.",
+                &rtsp.udp_foreign,
+            ),
+            (
+                "rtp_jpeg_unfit",
+                "JPEG frames an RTSP /mjpeg session skipped: RTP/JPEG (RFC 2435) cannot carry them.",
+                &rtsp.jpeg_unfit,
+            ),
+        ] {
+            counter(e, name, help, v.load(Relaxed))?;
+        }
         let mqtt = &server.mqtt;
         if mqtt.enabled.load(Relaxed) {
             gauge(

@@ -25,6 +25,7 @@
 
 pub mod oak_tcp;
 pub mod request;
+pub mod rtsp;
 pub mod stream;
 pub mod udp;
 
@@ -54,11 +55,18 @@ pub enum WatcherKind {
     Request,
     /// A browser or player reading `/stream.mjpg` (multipart/x-mixed-replace).
     Http,
+    /// A player or NVR reading `rtsp://…` ([`rtsp`]).
+    Rtsp,
 }
 
 impl WatcherKind {
     /// Every kind, for counts by kind that show the kinds nobody uses too.
-    pub const ALL: [WatcherKind; 3] = [WatcherKind::Seed, WatcherKind::Surv1, WatcherKind::Http];
+    pub const ALL: [WatcherKind; 4] = [
+        WatcherKind::Seed,
+        WatcherKind::Surv1,
+        WatcherKind::Http,
+        WatcherKind::Rtsp,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +75,7 @@ impl WatcherKind {
             WatcherKind::OakTcp => "oak-tcp",
             WatcherKind::Request => "request",
             WatcherKind::Http => "http",
+            WatcherKind::Rtsp => "rtsp",
         }
     }
 }

@@ -76,6 +76,8 @@ impl ServerProc {
                 &port.to_string(),
                 "--http-port",
                 "0",
+                "--rtsp-port",
+                "0",
                 "--motion",
                 "off",
             ])

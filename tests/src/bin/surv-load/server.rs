@@ -106,6 +106,17 @@ impl ServerProc {
                 .into_iter()
                 .flatten(),
             )
+            // Nor RTSP (8554 and UDP 8000-8001), unless asked for.
+            .args(
+                (!args
+                    .server_args
+                    .iter()
+                    .chain(extra)
+                    .any(|a| a.starts_with("--rtsp-port")))
+                .then_some(["--rtsp-port", "0"])
+                .into_iter()
+                .flatten(),
+            )
             .arg("--log-dir")
             .arg(dir.path())
             .args(extra)

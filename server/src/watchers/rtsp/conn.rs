@@ -1,0 +1,880 @@
+//! One RTSP connection: its requests answered in order and, once it PLAYs, its session's RTP
+//! (interleaved on this connection, or over UDP from the shared pair) and RTCP sender reports.
+//!
+//! One task owns the connection, so a response is never written into the middle of an
+//! interleaved packet. A connection carries at most one session (one video stream): what
+//! every player asks of a server with one stream per URL.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use rtsp_types::headers::{Transports, AUTHORIZATION, CSEQ, SESSION};
+use rtsp_types::{Message, Method, ParseError, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::request::{self, mount, pick_transport, transport_reply, Delivery, Reply, Stream};
+use super::Shared;
+use crate::auth::{http_presented, DigestAnswer, Presented};
+use crate::cameras::Camera;
+use crate::capture::h264::{H264Demand, H264Feed, H264Unit};
+use crate::capture::{FrameRx, SharedFrame};
+use crate::journal::LeaveReason;
+use crate::rtp::h264::H264Packetizer;
+use crate::rtp::jpeg::JpegPacketizer;
+use crate::rtp::{rtcp, RtpFrame};
+use crate::watchers::{LiveTally, Membership, RefusalCause, Refused, Tally, WatcherKind, Watchers};
+
+/// A request longer than this (headers and body) closes the connection: no RTSP request a
+/// player sends comes near it.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// A connection that has sent no request this long after it opened is closed.
+const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(10);
+/// A connection that is not playing and sends nothing for this long is closed.
+const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// The session timeout players are told (they send a keep-alive every half of it).
+pub const SESSION_TIMEOUT_S: u64 = 60;
+/// A UDP session with no request and no RTCP for this long ends (`timeout`): 5 s more than
+/// it is told, as gortsplib does.
+const UDP_SILENCE_LIMIT: Duration = Duration::from_secs(SESSION_TIMEOUT_S + 5);
+/// A player that takes none of what it is sent for this long is dropped (`timeout`).
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a playing session gets an RTCP sender report.
+const SENDER_REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How long a DESCRIBE waits for an encoded camera's first parameter sets.
+const PARAMETER_SETS_WITHIN: Duration = Duration::from_secs(1);
+/// How long a PLAY waits for the first keyframe when the camera has none cached.
+const KEYFRAME_WITHIN: Duration = Duration::from_secs(2);
+/// The Digest realm (stable: players cache it).
+const REALM: &str = "surv";
+
+/// Serves one connection until it closes, tears down, times out or the server stops; its
+/// session's LEAVE says which.
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let local_ip = stream
+        .local_addr()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
+    let _ = stream.set_nodelay(true);
+    let (mut read, mut write) = stream.into_split();
+    let mut conn = Conn {
+        shared,
+        peer,
+        local_ip,
+        nonce: random_hex(16),
+        authed: false,
+        demand: None,
+        session: None,
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    let reason = conn.run(&mut read, &mut write, &mut buf, &shutdown).await;
+    tracing::debug!(%peer, reason = reason.as_str(), "RTSP connection ends");
+    let _ = timeout(Duration::from_secs(1), write.shutdown()).await;
+    conn.end(reason);
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// Our address as the player reached it (the SDP's origin).
+    local_ip: IpAddr,
+    /// This connection's Digest nonce.
+    nonce: String,
+    /// It presented the token once: later requests need not again.
+    authed: bool,
+    /// Holds the camera's H.264 encoder running from DESCRIBE on.
+    demand: Option<H264Demand>,
+    session: Option<Session>,
+}
+
+/// A SETUP's session, and its PLAY.
+struct Session {
+    id: String,
+    camera: Arc<Camera>,
+    stream: Stream,
+    delivery: Delivery,
+    ssrc: u32,
+    /// Added to the media clock: RTP timestamps start at a random point (RFC 3550).
+    ts_base: u32,
+    packer: Packer,
+    play: Option<Play>,
+}
+
+/// The session's packetizer: one sequence-number run across PAUSE and PLAY.
+enum Packer {
+    H264(H264Packetizer),
+    Jpeg(JpegPacketizer),
+}
+
+/// A PLAYing session: a watcher.
+struct Play {
+    membership: Membership,
+    tally: Tally,
+    live: Arc<LiveTally>,
+    media: Media,
+    paused: bool,
+    /// For sender reports: what was sent, and the newest frame's RTP and wall-clock times.
+    packets: u32,
+    octets: u32,
+    last: Option<(u32, u64)>,
+    last_report: Instant,
+}
+
+enum Media {
+    H264 {
+        feed: Arc<H264Feed>,
+        rx: Receiver<Arc<H264Unit>>,
+        /// The cached GOP, sent first.
+        backlog: VecDeque<Arc<H264Unit>>,
+        /// Frames are skipped until a keyframe (after falling behind).
+        wait_key: bool,
+        /// More frames queued than this: the session is behind, and skips to a keyframe.
+        lag_limit: usize,
+    },
+    Jpeg {
+        rx: FrameRx,
+    },
+}
+
+/// What the media side has next.
+enum Next {
+    Unit(Arc<H264Unit>),
+    Lagged,
+    Picture(Option<SharedFrame>),
+    Ended,
+}
+
+impl Media {
+    async fn next(&mut self) -> Next {
+        match self {
+            Media::H264 { rx, backlog, .. } => {
+                if let Some(unit) = backlog.pop_front() {
+                    return Next::Unit(unit);
+                }
+                match rx.recv().await {
+                    Ok(unit) => Next::Unit(unit),
+                    Err(RecvError::Lagged(_)) => Next::Lagged,
+                    Err(RecvError::Closed) => Next::Ended,
+                }
+            }
+            Media::Jpeg { rx } => match rx.changed().await {
+                Ok(()) => Next::Picture(rx.borrow_and_update().clone()),
+                Err(_) => Next::Ended,
+            },
+        }
+    }
+}
+
+/// What a request leaves the connection to do after its reply.
+#[derive(Debug, PartialEq, Eq)]
+enum After {
+    Continue,
+    /// TEARDOWN: the session ends (`end`), and the connection.
+    Teardown,
+}
+
+impl Conn {
+    async fn run(
+        &mut self,
+        read: &mut tokio::net::tcp::OwnedReadHalf,
+        write: &mut OwnedWriteHalf,
+        buf: &mut BytesMut,
+        shutdown: &CancellationToken,
+    ) -> LeaveReason {
+        let opened = Instant::now();
+        let mut last_request: Option<Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out = Vec::with_capacity(64 * 1024);
+        loop {
+            let camera_stop = self
+                .session
+                .as_ref()
+                .map_or_else(CancellationToken::new, |s| s.camera.stop.clone());
+            let play = self
+                .session
+                .as_mut()
+                .and_then(|s| s.play.as_mut())
+                .filter(|p| !p.paused);
+            let playing = play.is_some();
+            let media = async {
+                match play {
+                    Some(p) => p.media.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return LeaveReason::Shutdown,
+                () = camera_stop.cancelled() => return LeaveReason::Shutdown,
+                n = read.read_buf(buf) => {
+                    match n {
+                        Ok(0) => return LeaveReason::Closed,
+                        Err(_) => return LeaveReason::Error,
+                        Ok(_) => {}
+                    }
+                    loop {
+                        let parsed = Message::<Vec<u8>>::parse(&buf[..]);
+                        match parsed {
+                            Ok((message, used)) => {
+                                buf.advance(used);
+                                last_request = Some(Instant::now());
+                                let Message::Request(req) = message else {
+                                    // RTCP from the player on its interleaved channel, or a
+                                    // stray response: a sign of life, nothing to answer.
+                                    continue;
+                                };
+                                out.clear();
+                                let after = self.answer(&req, &mut out).await;
+                                if let Err(reason) = write_all(write, &out).await {
+                                    return reason;
+                                }
+                                if after == After::Teardown {
+                                    return LeaveReason::End;
+                                }
+                            }
+                            Err(ParseError::Incomplete(needed)) => {
+                                let wanted = buf
+                                    .len()
+                                    .saturating_add(needed.map_or(1, |n| n.get()));
+                                if wanted > MAX_REQUEST_BYTES {
+                                    return self.bad_request(write, "request too long").await;
+                                }
+                                break;
+                            }
+                            Err(ParseError::Error) => {
+                                return self.bad_request(write, "not an RTSP request").await;
+                            }
+                        }
+                    }
+                }
+                next = media, if playing => {
+                    if let Err(reason) = self.send(next, write, &mut out).await {
+                        return reason;
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let quiet = now.duration_since(last_request.unwrap_or(opened));
+                    match self.session.as_ref().and_then(|s| s.play.as_ref().map(|p| (s, p))) {
+                        None if last_request.is_none() && quiet > FIRST_REQUEST_WITHIN => {
+                            return LeaveReason::Timeout;
+                        }
+                        None if quiet > IDLE_LIMIT => return LeaveReason::Timeout,
+                        None => {}
+                        Some((s, _)) => {
+                            if let Delivery::Udp { rtp, rtcp } = s.delivery {
+                                let heard = [rtp, rtcp]
+                                    .iter()
+                                    .filter_map(|a| self.shared.heard.get(a).map(|t| *t))
+                                    .max();
+                                let silent = heard.map_or(quiet, |h| quiet.min(now.duration_since(h)));
+                                if silent > UDP_SILENCE_LIMIT {
+                                    return LeaveReason::Timeout;
+                                }
+                            }
+                        }
+                    }
+                    if let Err(reason) = self.report(write, &mut out).await {
+                        return reason;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a request that is no RTSP (or too long): 400, and the connection closes.
+    async fn bad_request(&self, write: &mut OwnedWriteHalf, why: &str) -> LeaveReason {
+        self.shared
+            .server
+            .stats
+            .rtsp
+            .bad_requests
+            .fetch_add(1, Relaxed);
+        tracing::info!(peer = %self.peer, why, "RTSP: closing a connection");
+        let mut out = Vec::new();
+        Reply::new(400).write(None, &mut out);
+        let _ = write_all(write, &out).await;
+        LeaveReason::Error
+    }
+
+    /// Answers one request into `out`.
+    async fn answer(&mut self, req: &Request<Vec<u8>>, out: &mut Vec<u8>) -> After {
+        let shared = self.shared.clone();
+        let stats = &shared.server.stats.rtsp;
+        stats.requests.fetch_add(1, Relaxed);
+        let cseq = req.header(&CSEQ).map(|v| v.as_str().to_string());
+        let (reply, after) = match self.handle(req).await {
+            Ok(done) => done,
+            Err(reply) => (reply, After::Continue),
+        };
+        if reply.status >= 400 {
+            stats.errors.fetch_add(1, Relaxed);
+        }
+        reply.write(cseq.as_deref(), out);
+        after
+    }
+
+    /// The reply to `req`; `Err` is an error reply.
+    async fn handle(&mut self, req: &Request<Vec<u8>>) -> Result<(Reply, After), Reply> {
+        let method = req.method();
+        let ok = |reply: Reply| Ok((reply, After::Continue));
+        match method {
+            Method::Options => {
+                ok(self.with_session(Reply::new(200).header("Public", request::PUBLIC)))
+            }
+            Method::Describe => {
+                self.authorize(req, "DESCRIBE")?;
+                ok(self.describe(req).await?)
+            }
+            Method::Setup => {
+                self.authorize(req, "SETUP")?;
+                ok(self.setup(req)?)
+            }
+            Method::Play => {
+                self.authorize(req, "PLAY")?;
+                self.check_session(req)?;
+                ok(self.play(req).await?)
+            }
+            Method::Pause => {
+                self.check_session(req)?;
+                if let Some(play) = self.session.as_mut().and_then(|s| s.play.as_mut()) {
+                    play.paused = true;
+                }
+                ok(self.with_session(Reply::new(200)))
+            }
+            Method::Teardown => {
+                self.check_session(req)?;
+                Ok((Reply::new(200), After::Teardown))
+            }
+            Method::GetParameter | Method::SetParameter => {
+                self.check_session(req)?;
+                ok(self.with_session(Reply::new(200)))
+            }
+            _ => Err(Reply::new(501).header("Public", request::PUBLIC)),
+        }
+    }
+
+    /// `reply` with the session's header, when there is a session.
+    fn with_session(&self, reply: Reply) -> Reply {
+        match &self.session {
+            Some(s) => reply.header("Session", format!("{};timeout={SESSION_TIMEOUT_S}", s.id)),
+            None => reply,
+        }
+    }
+
+    /// A Session header that is not this connection's session: 454.
+    fn check_session(&self, req: &Request<Vec<u8>>) -> Result<(), Reply> {
+        let Some(given) = req.header(&SESSION) else {
+            return Ok(());
+        };
+        let id = given.as_str().split(';').next().unwrap_or("").trim();
+        match &self.session {
+            Some(s) if s.id == id => Ok(()),
+            _ => Err(Reply::new(454)),
+        }
+    }
+
+    /// With `--token`: the token as the password of Basic or Digest authentication, once per
+    /// connection. No credentials at all is every player's first try: answered with the two
+    /// challenges, not counted; a wrong answer is counted, journalled and throttled like any.
+    fn authorize(&mut self, req: &Request<Vec<u8>>, method: &str) -> Result<(), Reply> {
+        let server = &self.shared.server;
+        if self.authed || !server.access.requires_token() {
+            return Ok(());
+        }
+        let challenge = || {
+            Reply::new(401)
+                .header(
+                    "WWW-Authenticate",
+                    format!(
+                        "Digest realm=\"{REALM}\", nonce=\"{}\", algorithm=MD5",
+                        self.nonce
+                    ),
+                )
+                .header("WWW-Authenticate", format!("Basic realm=\"{REALM}\""))
+        };
+        let Some(header) = req.header(&AUTHORIZATION).map(|v| v.as_str()) else {
+            return Err(challenge());
+        };
+        let kind = WatcherKind::Rtsp.as_str();
+        let verdict = if header.trim_start().starts_with("Digest ") {
+            match DigestAnswer::parse(header, method) {
+                // An answer to another connection's challenge: challenge again.
+                Some(a) if a.nonce != self.nonce || a.realm != REALM => return Err(challenge()),
+                Some(a) => {
+                    server
+                        .access
+                        .check(&server.stats, self.peer, kind, Presented::Digest(&a))
+                }
+                None => server
+                    .access
+                    .check(&server.stats, self.peer, kind, Presented::Nothing),
+            }
+        } else {
+            match http_presented(Some(header.as_bytes()), None) {
+                Some(token) => {
+                    server
+                        .access
+                        .check(&server.stats, self.peer, kind, Presented::Token(&token))
+                }
+                None => server
+                    .access
+                    .check(&server.stats, self.peer, kind, Presented::Nothing),
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                self.authed = true;
+                Ok(())
+            }
+            Err(denied) => {
+                Refused::new(RefusalCause::Unauthorized, denied.to_string()).record(
+                    server,
+                    self.peer,
+                    Some(WatcherKind::Rtsp),
+                );
+                Err(challenge())
+            }
+        }
+    }
+
+    /// The camera and stream `req`'s URI names, or 404 (counted and journalled as a refusal).
+    fn camera(&self, req: &Request<Vec<u8>>) -> Result<(Arc<Camera>, Stream), Reply> {
+        let server = &self.shared.server;
+        let path = req.request_uri().map_or("", |u| u.path());
+        let Some((name, stream)) = mount(path) else {
+            return Err(Reply::new(404));
+        };
+        server
+            .cameras
+            .pick(name)
+            .map(|camera| (camera, stream))
+            .map_err(|reason| {
+                Refused::new(RefusalCause::UnknownCamera, reason).record(
+                    server,
+                    self.peer,
+                    Some(WatcherKind::Rtsp),
+                );
+                Reply::new(404)
+            })
+    }
+
+    async fn describe(&mut self, req: &Request<Vec<u8>>) -> Result<Reply, Reply> {
+        let (camera, stream) = self.camera(req)?;
+        let feed = camera.capture.h264.clone();
+        let parameter_sets = match stream {
+            Stream::H264 => {
+                // An encoded camera starts its encoder now, so that the SDP can carry the
+                // parameter sets and PLAY finds a keyframe waiting.
+                self.demand = Some(feed.demand());
+                let mut params = feed.params();
+                if params.borrow().is_none() {
+                    let _ = timeout(PARAMETER_SETS_WITHIN, params.wait_for(Option::is_some)).await;
+                }
+                let ps = params.borrow().clone();
+                ps
+            }
+            Stream::Jpeg => None,
+        };
+        let sdp = request::sdp(&request::Describe {
+            camera: &camera.name,
+            stream,
+            origin: self.local_ip,
+            fps: camera.capture.shape().fps,
+            parameter_sets: parameter_sets.as_ref(),
+        });
+        Ok(Reply::new(200)
+            .header("Content-Base", content_base(req))
+            .body("application/sdp", sdp))
+    }
+
+    fn setup(&mut self, req: &Request<Vec<u8>>) -> Result<Reply, Reply> {
+        let (camera, stream) = self.camera(req)?;
+        let offered = match req.typed_header::<Transports>() {
+            Ok(Some(t)) => t,
+            _ => return Err(Reply::new(461)),
+        };
+        let delivery = pick_transport(&offered, self.peer.ip())
+            .map_err(|why| Reply::new(461).header("X-Reason", why.to_string()))?;
+        self.check_session(req)?;
+        if let Some(s) = &self.session {
+            if s.play.is_some() || !Arc::ptr_eq(&s.camera, &camera) || s.stream != stream {
+                // One stream a session, set up once.
+                return Err(Reply::new(459));
+            }
+        }
+        if stream == Stream::H264 && self.demand.is_none() {
+            self.demand = Some(camera.capture.h264.demand());
+        }
+        let ssrc = random_u32();
+        let first_seq = random_u32() as u16;
+        let packer = match stream {
+            Stream::H264 => {
+                Packer::H264(H264Packetizer::new(ssrc, stream.payload_type(), first_seq))
+            }
+            Stream::Jpeg => Packer::Jpeg(JpegPacketizer::new(ssrc, first_seq)),
+        };
+        let id = match self.session.take() {
+            Some(s) => {
+                self.forget_udp(&s);
+                s.id
+            }
+            None => random_hex(16),
+        };
+        if let Delivery::Udp { rtp, rtcp } = delivery {
+            let now = Instant::now();
+            self.shared.heard.insert(rtp, now);
+            self.shared.heard.insert(rtcp, now);
+        }
+        self.session = Some(Session {
+            id,
+            camera,
+            stream,
+            delivery,
+            ssrc,
+            ts_base: random_u32(),
+            packer,
+            play: None,
+        });
+        Ok(self.with_session(Reply::new(200).header(
+            "Transport",
+            transport_reply(delivery, self.shared.server_ports, ssrc),
+        )))
+    }
+
+    async fn play(&mut self, req: &Request<Vec<u8>>) -> Result<Reply, Reply> {
+        let server = self.shared.server.clone();
+        let peer = self.peer;
+        let Some(session) = self.session.as_mut() else {
+            return Err(Reply::new(455));
+        };
+        if let Some(play) = session.play.as_mut() {
+            // PLAY after PAUSE: H.264 goes on from a keyframe.
+            play.paused = false;
+            if let Media::H264 { wait_key, feed, .. } = &mut play.media {
+                *wait_key = true;
+                feed.want_keyframe();
+            }
+        } else {
+            let slot = Watchers::admit(&server).map_err(|refused| {
+                refused.record(&server, peer, Some(WatcherKind::Rtsp));
+                Reply::new(453).header("X-Reason", refused.reason)
+            })?;
+            let media = match session.stream {
+                Stream::H264 => {
+                    let feed = session.camera.capture.h264.clone();
+                    let (gop, mut rx) = feed.join();
+                    let mut backlog: VecDeque<_> = gop.into();
+                    if backlog.is_empty() {
+                        let first = timeout(KEYFRAME_WITHIN, async {
+                            loop {
+                                match rx.recv().await {
+                                    Ok(u) if u.au.is_keyframe() => return Some(u),
+                                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                                    Err(RecvError::Closed) => return None,
+                                }
+                            }
+                        })
+                        .await;
+                        backlog.extend(first.ok().flatten());
+                    }
+                    let fps = session.camera.capture.shape().fps.max(1) as usize;
+                    Media::H264 {
+                        feed,
+                        rx,
+                        wait_key: backlog.is_empty(),
+                        backlog,
+                        lag_limit: fps.div_ceil(2).max(2),
+                    }
+                }
+                Stream::Jpeg => {
+                    let mut rx = session.camera.frames.clone();
+                    // The newest frame goes out at once.
+                    rx.mark_changed();
+                    Media::Jpeg { rx }
+                }
+            };
+            let live = Arc::new(LiveTally::default());
+            let membership =
+                slot.join_reporting(WatcherKind::Rtsp, peer, &session.camera, live.clone());
+            session.play = Some(Play {
+                membership,
+                tally: Tally::default(),
+                live,
+                media,
+                paused: false,
+                packets: 0,
+                octets: 0,
+                last: None,
+                last_report: Instant::now(),
+            });
+        }
+        let next_seq = match &session.packer {
+            Packer::H264(p) => p.next_seq(),
+            Packer::Jpeg(p) => p.next_seq(),
+        };
+        let mut info = format!(
+            "url={};seq={next_seq}",
+            content_base(req).trim_end_matches('/')
+        );
+        if let Some(ts) = session
+            .play
+            .as_ref()
+            .and_then(|p| first_ts(session.ts_base, p))
+        {
+            info.push_str(&format!(";rtptime={ts}"));
+        }
+        let id = session.id.clone();
+        Ok(Reply::new(200)
+            .header("Session", format!("{id};timeout={SESSION_TIMEOUT_S}"))
+            .header("Range", "npt=now-")
+            .header("RTP-Info", info))
+    }
+
+    /// Sends what the media side had next.
+    async fn send(
+        &mut self,
+        next: Next,
+        write: &mut OwnedWriteHalf,
+        out: &mut Vec<u8>,
+    ) -> Result<(), LeaveReason> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let Some(play) = session.play.as_mut() else {
+            return Ok(());
+        };
+        let frame = match (next, &mut play.media, &mut session.packer) {
+            (Next::Ended, ..) => return Err(LeaveReason::Shutdown),
+            (Next::Lagged, Media::H264 { wait_key, feed, .. }, _) => {
+                *wait_key = true;
+                feed.want_keyframe();
+                return Ok(());
+            }
+            (Next::Unit(unit), Media::H264 { wait_key, .. }, Packer::H264(packer)) => {
+                play.tally.seen(unit.seq);
+                let keyframe = unit.au.is_keyframe();
+                if *wait_key && !keyframe {
+                    return Ok(());
+                }
+                *wait_key = false;
+                let ts = session.ts_base.wrapping_add(unit.media_time_90k as u32);
+                play.last = Some((ts, unit.capture_unix_us));
+                packer.packetize(&unit.au.data, ts, keyframe)
+            }
+            (Next::Picture(Some(picture)), Media::Jpeg { .. }, Packer::Jpeg(packer)) => {
+                play.tally.seen(picture.seq);
+                let Some(jpeg) = picture.jpeg() else {
+                    return Ok(());
+                };
+                let ts = session
+                    .ts_base
+                    .wrapping_add((picture.capture_unix_us.wrapping_mul(9) / 100) as u32);
+                match packer.packetize(jpeg, ts) {
+                    Ok(frame) => {
+                        play.last = Some((ts, picture.capture_unix_us));
+                        frame
+                    }
+                    Err(unfit) => {
+                        let stats = &self.shared.server.stats.rtsp;
+                        if stats.jpeg_unfit.fetch_add(1, Relaxed) == 0 {
+                            tracing::warn!(camera = %session.camera.name, reason = %unfit,
+                                "RTP/JPEG: a frame cannot be sent as RTP/JPEG; skipped (counted)");
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            _ => return Ok(()),
+        };
+        let bytes = deliver(&self.shared, session.delivery, &frame, write, out).await?;
+        play.packets = play.packets.wrapping_add(frame.packets.len() as u32);
+        play.octets = play.octets.wrapping_add(bytes as u32);
+        play.tally.sent(bytes);
+        play.live.set(&play.tally);
+        // Behind: the queued frames are skipped, and H.264 resumes at a keyframe.
+        if let Media::H264 {
+            rx,
+            wait_key,
+            feed,
+            lag_limit,
+            ..
+        } = &mut play.media
+        {
+            if rx.len() > *lag_limit {
+                *rx = rx.resubscribe();
+                *wait_key = true;
+                feed.want_keyframe();
+            }
+        }
+        Ok(())
+    }
+
+    /// An RTCP sender report, every [`SENDER_REPORT_EVERY`] while playing.
+    async fn report(
+        &mut self,
+        write: &mut OwnedWriteHalf,
+        out: &mut Vec<u8>,
+    ) -> Result<(), LeaveReason> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let Some(play) = session.play.as_mut() else {
+            return Ok(());
+        };
+        let Some((ts, unix_us)) = play.last else {
+            return Ok(());
+        };
+        if play.paused || play.last_report.elapsed() < SENDER_REPORT_EVERY {
+            return Ok(());
+        }
+        play.last_report = Instant::now();
+        let report = rtcp::sender_report(
+            session.ssrc,
+            unix_us,
+            ts,
+            play.packets,
+            play.octets,
+            &session.camera.name,
+        );
+        match session.delivery {
+            Delivery::Tcp { channel } => {
+                out.clear();
+                interleave(channel + 1, &report, out);
+                write_all(write, out).await
+            }
+            Delivery::Udp { rtcp, .. } => {
+                let _ = self.shared.rtcp.send_to(&report, rtcp).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Forgets a UDP session's addresses in the shared pair's table.
+    fn forget_udp(&self, session: &Session) {
+        if let Delivery::Udp { rtp, rtcp } = session.delivery {
+            self.shared.heard.remove(&rtp);
+            self.shared.heard.remove(&rtcp);
+        }
+    }
+
+    /// The connection ended: its session leaves (if it played) with `reason`.
+    fn end(mut self, reason: LeaveReason) {
+        if let Some(session) = self.session.take() {
+            self.forget_udp(&session);
+            if let Some(play) = session.play {
+                play.membership.leave(reason, &play.tally);
+            }
+        }
+    }
+}
+
+/// The RTP timestamp PLAY's RTP-Info announces: the first frame the session will send.
+fn first_ts(ts_base: u32, play: &Play) -> Option<u32> {
+    match &play.media {
+        Media::H264 { backlog, .. } => backlog
+            .front()
+            .map(|u| ts_base.wrapping_add(u.media_time_90k as u32)),
+        Media::Jpeg { rx } => rx
+            .borrow()
+            .as_ref()
+            .map(|f| ts_base.wrapping_add((f.capture_unix_us.wrapping_mul(9) / 100) as u32)),
+    }
+}
+
+/// Sends a frame's packets to the session; the bytes sent.
+async fn deliver(
+    shared: &Shared,
+    delivery: Delivery,
+    frame: &RtpFrame,
+    write: &mut OwnedWriteHalf,
+    out: &mut Vec<u8>,
+) -> Result<usize, LeaveReason> {
+    let stats = &shared.server.stats;
+    let bytes: usize = frame.packets.iter().map(Bytes::len).sum();
+    match delivery {
+        Delivery::Tcp { channel } => {
+            out.clear();
+            for packet in &frame.packets {
+                interleave(channel, packet, out);
+            }
+            write_all(write, out).await?;
+        }
+        Delivery::Udp { rtp, .. } => {
+            for packet in &frame.packets {
+                if shared.rtp.send_to(packet, rtp).await.is_err() {
+                    stats.send_errors.fetch_add(1, Relaxed);
+                }
+            }
+        }
+    }
+    stats
+        .rtsp
+        .rtp_packets
+        .fetch_add(frame.packets.len() as u64, Relaxed);
+    stats.frames_sent.fetch_add(1, Relaxed);
+    stats.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    Ok(bytes)
+}
+
+/// `$`, the channel, the length, the packet: RFC 2326 §10.12. Packets are at most
+/// `MAX_PAYLOAD_BYTES` plus headers, far under the 16-bit length.
+fn interleave(channel: u8, packet: &[u8], out: &mut Vec<u8>) {
+    let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+    out.push(b'$');
+    out.push(channel);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&packet[..usize::from(len)]);
+}
+
+/// Writes all of `bytes` within the write deadline.
+async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), LeaveReason> {
+    match timeout(WRITE_DEADLINE, write.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(LeaveReason::Closed),
+        Err(_) => Err(LeaveReason::Timeout),
+    }
+}
+
+/// The request's URI with a trailing `/` and no credentials: players resolve `stream=0`
+/// against it.
+fn content_base(req: &Request<Vec<u8>>) -> String {
+    let Some(uri) = req.request_uri() else {
+        return String::new();
+    };
+    let mut uri = uri.clone();
+    let _ = uri.set_username("");
+    let _ = uri.set_password(None);
+    uri.set_query(None);
+    let mut base = uri.to_string();
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    base
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // The OS's generator does not fail on Linux once booted; a fixed value would still work.
+    let _ = getrandom::getrandom(&mut b);
+    u32::from_be_bytes(b)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    let _ = getrandom::getrandom(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

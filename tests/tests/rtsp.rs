@@ -1,0 +1,286 @@
+//! The RTSP server against the real players: ffprobe/ffmpeg (libavformat's RTSP client, which
+//! VLC also uses here), GStreamer's `rtspsrc`, over TCP and UDP, H.264 and RTP/JPEG, with and
+//! without `--token`. Each player runs under a time limit; the server counts what it made.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use surv_server::auth::Token;
+use surv_server::Config;
+use surv_tests::child::output_within;
+use surv_tests::{heavy, start_server, ServerOpts, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// A player gets this long to do its job.
+const PLAYER_LIMIT: Duration = Duration::from_secs(40);
+
+async fn rtsp_server(width: u32, height: u32, token: Option<&str>) -> TestServer {
+    let config = Config {
+        token: token.map(|t| Token::new(t).unwrap()),
+        ..Config::default()
+    };
+    start_server(ServerOpts {
+        rtsp: true,
+        config,
+        ..ServerOpts::sized(width, height)
+    })
+    .await
+    .unwrap()
+}
+
+fn url(srv: &TestServer, path: &str) -> String {
+    format!("rtsp://{}/{path}", srv.rtsp_addr.unwrap())
+}
+
+/// Runs a player (blocking) off the runtime; its output.
+async fn run(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || output_within(&mut cmd, PLAYER_LIMIT))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn ffprobe(transport: &str, url: &str) -> Command {
+    let mut cmd = Command::new("ffprobe");
+    cmd.args(["-v", "error", "-rtsp_transport", transport])
+        .args(["-show_entries", "stream=codec_name,profile,width,height"])
+        .args(["-of", "compact", url]);
+    cmd
+}
+
+/// ffmpeg decodes `frames` frames and prints each one's timestamp and checksum.
+fn ffmpeg_frames(transport: &str, url: &str, frames: u32) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error", "-rtsp_transport", transport, "-i", url])
+        .args(["-frames:v", &frames.to_string(), "-f", "framecrc", "-"]);
+    cmd
+}
+
+/// The frames in ffmpeg's framecrc output, and how many the stream's timestamps say there
+/// were from the first to the last (so a frame lost on the way shows as a gap).
+fn framecrc_counts(stdout: &[u8]) -> (usize, usize) {
+    let pts: Vec<i64> = String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(',').nth(1)?.trim().parse().ok())
+        .collect();
+    if pts.len() < 2 {
+        return (pts.len(), pts.len());
+    }
+    let mut steps: Vec<i64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    steps.sort_unstable();
+    let step = steps[steps.len() / 2].max(1);
+    let span = pts[pts.len() - 1] - pts[0];
+    (pts.len(), (span as f64 / step as f64).round() as usize + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffprobe_reads_the_h264_stream_over_tcp_and_udp() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(640, 480, None).await;
+    for transport in ["tcp", "udp"] {
+        let out = run(ffprobe(transport, &url(&srv, "main"))).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{transport}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("codec_name=h264")
+                && text.contains("profile=Constrained Baseline")
+                && text.contains("width=640")
+                && text.contains("height=480"),
+            "{transport}: {text}"
+        );
+    }
+    let journal = srv.stop().await.unwrap();
+    let joins = journal
+        .iter()
+        .filter(|l| l.contains(" JOIN ") && l.contains("form=rtsp") && l.contains("cam=main"))
+        .count();
+    let leaves = journal
+        .iter()
+        .filter(|l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
+        .count();
+    assert!(joins >= 2 && joins == leaves, "{journal:#?}");
+}
+
+/// ffmpeg decodes 150 frames (5 s) over each transport with no decoder error and no frame
+/// missing from the timeline; three at once cost one H.264 encode per captured frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_decodes_every_frame_and_the_camera_is_encoded_once() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(320, 240, None).await;
+    let u = url(&srv, "main");
+    let (a, b, c) = tokio::join!(
+        run(ffmpeg_frames("tcp", &u, 150)),
+        run(ffmpeg_frames("udp", &u, 150)),
+        run(ffmpeg_frames("tcp", &u, 150)),
+    );
+    for (name, out) in [("tcp", &a), ("udp", &b), ("tcp 2", &c)] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert!(err.trim().is_empty(), "{name}: decoder said: {err}");
+        let (got, expected) = framecrc_counts(&out.stdout);
+        assert_eq!(got, 150, "{name}");
+        assert!(
+            got as f64 >= 0.99 * expected as f64,
+            "{name}: {got} frames of {expected} in the timeline"
+        );
+    }
+    let mut srv = srv;
+    srv.stop_capture().await;
+    let stats = &srv.server.first_camera().capture.stats;
+    let (captured, encodes) = (
+        stats.captured.load(Relaxed),
+        stats.h264_encodes.load(Relaxed),
+    );
+    // Encoding starts at the first DESCRIBE; after it, every captured frame is encoded once,
+    // whatever the number of players (three here).
+    assert!(encodes >= 150, "{encodes} encodes");
+    assert!(
+        encodes <= captured,
+        "{encodes} encodes of {captured} frames"
+    );
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_plays_both_mounts_over_tcp_and_udp() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(320, 240, None).await;
+    for (path, depay) in [
+        ("main", "rtph264depay ! avdec_h264"),
+        ("main/mjpeg", "rtpjpegdepay ! jpegdec"),
+    ] {
+        for protocols in ["tcp", "udp"] {
+            let pipeline = format!(
+                "rtspsrc location={} protocols={protocols} latency=0 ! {depay} ! fakesink num-buffers=60",
+                url(&srv, path)
+            );
+            let mut cmd = Command::new("gst-launch-1.0");
+            cmd.arg("-q").args(pipeline.split(' '));
+            let out = run(cmd).await;
+            assert!(
+                out.status.success(),
+                "{pipeline}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    srv.stop().await.unwrap();
+}
+
+/// One request on a fresh connection; the response's head and body.
+async fn request(addr: SocketAddr, text: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the head (and the body Content-Length announces, roughly: these are small).
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = timeout(Duration::from_secs(5), tcp.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_the_password_of_basic_and_digest() {
+    let _serial = heavy().await;
+    let token = "s3cr3t-t0k3n";
+    let srv = rtsp_server(320, 240, Some(token)).await;
+    let addr = srv.rtsp_addr.unwrap();
+    let describe = |auth: &str| {
+        format!(
+            "DESCRIBE rtsp://{addr}/main RTSP/1.0\r\nCSeq: 2\r\nAccept: application/sdp\r\n{auth}\r\n"
+        )
+    };
+    // No credentials: both challenges.
+    let reply = request(addr, &describe("")).await;
+    assert!(reply.starts_with("RTSP/1.0 401"), "{reply}");
+    assert!(
+        reply.contains("WWW-Authenticate: Digest realm=\"surv\""),
+        "{reply}"
+    );
+    assert!(
+        reply.contains("WWW-Authenticate: Basic realm=\"surv\""),
+        "{reply}"
+    );
+    // Basic with the token as the password (any user): the SDP.
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("viewer:{token}"));
+    let reply = request(
+        addr,
+        &describe(&format!("Authorization: Basic {basic}\r\n")),
+    )
+    .await;
+    assert!(reply.starts_with("RTSP/1.0 200"), "{reply}");
+    let wrong = base64::engine::general_purpose::STANDARD.encode("viewer:nope");
+    let reply = request(
+        addr,
+        &describe(&format!("Authorization: Basic {wrong}\r\n")),
+    )
+    .await;
+    assert!(reply.starts_with("RTSP/1.0 401"), "{reply}");
+    assert_eq!(srv.server.stats.auth_failures.load(Relaxed), 1);
+    // ffprobe without credentials is refused; with them it answers Digest and plays.
+    let u = url(&srv, "main");
+    let out = run(ffprobe("tcp", &u)).await;
+    assert!(!out.status.success());
+    let with = u.replace("rtsp://", &format!("rtsp://viewer:{token}@"));
+    let out = run(ffprobe("tcp", &with)).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("codec_name=h264"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_cameras_and_garbage_get_answers_not_hangs() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(320, 240, None).await;
+    let addr = srv.rtsp_addr.unwrap();
+    let reply = request(
+        addr,
+        &format!("DESCRIBE rtsp://{addr}/nosuch RTSP/1.0\r\nCSeq: 7\r\n\r\n"),
+    )
+    .await;
+    assert!(reply.starts_with("RTSP/1.0 404"), "{reply}");
+    assert!(reply.contains("CSeq: 7"), "{reply}");
+    let reply = request(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(reply.starts_with("RTSP/1.0 400"), "{reply}");
+    // A request that never ends is cut at the cap.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("OPTIONS rtsp://{addr}/main RTSP/1.0\r\nCSeq: 1\r\n").as_bytes())
+        .await
+        .unwrap();
+    let long = format!("X-Pad: {}\r\n", "a".repeat(1000));
+    let mut closed = false;
+    for _ in 0..40 {
+        if tcp.write_all(long.as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    let read = timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest)).await;
+    assert!(closed || read.is_ok(), "the connection stays open");
+    assert!(srv.server.stats.rtsp.bad_requests.load(Relaxed) >= 2);
+    srv.stop().await.unwrap();
+}
