@@ -284,3 +284,169 @@ async fn unknown_cameras_and_garbage_get_answers_not_hangs() {
     assert!(srv.server.stats.rtsp.bad_requests.load(Relaxed) >= 2);
     srv.stop().await.unwrap();
 }
+
+/// A scripted RTSP client over TCP: what the tests need of a player, and no more.
+struct RawPlayer {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+    cseq: u32,
+}
+
+impl RawPlayer {
+    /// Connects with a small receive buffer, so that a player that stops reading stops the
+    /// server's writes soon.
+    async fn connect(addr: SocketAddr) -> RawPlayer {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        RawPlayer {
+            tcp: socket.connect(addr).await.unwrap(),
+            buf: Vec::new(),
+            cseq: 0,
+        }
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 64 * 1024];
+        let n = timeout(Duration::from_secs(10), self.tcp.read(&mut chunk))
+            .await
+            .expect("the server stopped sending")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Sends a request; its response's head (the body skipped).
+    async fn request(&mut self, method: &str, url: &str, headers: &str) -> String {
+        self.cseq += 1;
+        let text = format!(
+            "{method} {url} RTSP/1.0\r\nCSeq: {}\r\n{headers}\r\n",
+            self.cseq
+        );
+        self.tcp.write_all(text.as_bytes()).await.unwrap();
+        loop {
+            // Interleaved packets before the response are skipped.
+            while self.buf.first() == Some(&b'$') && self.buf.len() >= 4 {
+                let len = 4 + usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
+                if self.buf.len() < len {
+                    break;
+                }
+                self.buf.drain(..len);
+            }
+            let text = String::from_utf8_lossy(&self.buf).into_owned();
+            if self.buf.first() != Some(&b'$') {
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let head = text[..end].to_string();
+                    let body = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                    if self.buf.len() >= end + 4 + body {
+                        self.buf.drain(..end + 4 + body);
+                        return head;
+                    }
+                }
+            }
+            self.fill().await;
+        }
+    }
+
+    /// The next interleaved packet: channel and RTP packet.
+    async fn packet(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 4 {
+                assert_eq!(self.buf[0], b'$', "not an interleaved packet");
+                let len = 4 + usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]]));
+                if self.buf.len() >= len {
+                    let packet = self.buf[4..len].to_vec();
+                    let channel = self.buf[1];
+                    self.buf.drain(..len);
+                    return (channel, packet);
+                }
+            }
+            self.fill().await;
+        }
+    }
+}
+
+/// The H.264 NAL type an RTP packet starts (FU-A: the fragmented NAL's type).
+fn nal_type(rtp: &[u8]) -> u8 {
+    let payload = &rtp[12..];
+    match payload[0] & 0x1f {
+        28 => payload[1] & 0x1f,
+        t => t,
+    }
+}
+
+/// A player that stops reading for a while is not sent a backlog when it reads again: the
+/// session skips what queued up meanwhile (counted in its LEAVE) and goes on at a keyframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_that_stops_reading_skips_to_a_keyframe() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(1280, 720, None).await;
+    let addr = srv.rtsp_addr.unwrap();
+    let base = format!("rtsp://{addr}/main");
+    let mut p = RawPlayer::connect(addr).await;
+    let head = p.request("DESCRIBE", &base, "").await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    let head = p
+        .request(
+            "SETUP",
+            &format!("{base}/stream=0"),
+            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+        )
+        .await;
+    assert!(head.contains("interleaved=0-1"), "{head}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let head = p
+        .request("PLAY", &base, &format!("Session: {session}\r\n"))
+        .await;
+    assert!(head.contains("RTP-Info: url="), "{head}");
+    // The first packet starts a keyframe: the SPS (the GOP cache starts at a keyframe).
+    let (channel, first) = p.packet().await;
+    assert_eq!((channel, nal_type(&first)), (0, 7));
+    // Stop reading: the server's writes stop once the buffers are full.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Read on: somewhere the sequence numbers jump (the skipped frames), and what follows
+    // the jump starts with a keyframe.
+    let mut last_seq = u16::from_be_bytes([first[2], first[3]]);
+    let mut jump_then = None;
+    for _ in 0..20_000 {
+        let (channel, packet) = p.packet().await;
+        if channel != 0 {
+            continue; // RTCP
+        }
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        assert_ne!(seq, last_seq);
+        if seq != last_seq.wrapping_add(1) {
+            panic!("a gap in the sequence numbers: {last_seq} then {seq}");
+        }
+        last_seq = seq;
+        // A skip leaves no gap in sequence numbers (they are per session); it shows as a
+        // keyframe arriving with far fewer frames between it and the last than were queued.
+        if nal_type(&packet) == 7 {
+            jump_then = Some(seq);
+            break;
+        }
+    }
+    assert!(jump_then.is_some(), "no keyframe after the pause");
+    drop(p);
+    let leave = srv
+        .wait_journal(|l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
+        .await
+        .unwrap();
+    let skipped: u64 = leave
+        .split(' ')
+        .find_map(|f| f.strip_prefix("frames_skipped="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(skipped >= 30, "{leave}");
+    srv.stop().await.unwrap();
+}

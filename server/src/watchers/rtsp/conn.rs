@@ -56,6 +56,10 @@ const PARAMETER_SETS_WITHIN: Duration = Duration::from_secs(1);
 const KEYFRAME_WITHIN: Duration = Duration::from_secs(2);
 /// The Digest realm (stable: players cache it).
 const REALM: &str = "surv";
+/// The kernel's send buffer for an RTSP connection: what a player that stops reading can have
+/// queued (the kernel doubles it) before the session notices it is behind and skips to a
+/// keyframe, instead of the default's several megabytes (seconds of delay at 720p).
+const SEND_BUFFER_BYTES: usize = 256 * 1024;
 
 /// Serves one connection until it closes, tears down, times out or the server stops; its
 /// session's LEAVE says which.
@@ -69,6 +73,14 @@ pub(super) async fn serve(
         .local_addr()
         .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip());
     let _ = stream.set_nodelay(true);
+    {
+        use std::os::fd::AsRawFd as _;
+        if let Err(e) =
+            crate::sys::set_buffer(stream.as_raw_fd(), libc::SO_SNDBUF, SEND_BUFFER_BYTES)
+        {
+            tracing::debug!(%peer, error = %e, "RTSP: cannot size the send buffer");
+        }
+    }
     let (mut read, mut write) = stream.into_split();
     let mut conn = Conn {
         shared,
