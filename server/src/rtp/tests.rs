@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use super::h264::{split_annexb, H264Packetizer};
+use super::h264::{parameter_sets, profile_level_id, split_annexb, H264Packetizer};
 use super::jpeg::{rtp_jpeg_info, JpegPacketizer};
 use super::rtcp::is_rtcp;
 use super::{RtpFrame, RtpHeader, MAX_PAYLOAD_BYTES};
@@ -88,13 +88,19 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     files
 }
 
-/// The calls of fuzz/fuzz_targets/rtp_annexb.rs; the number of packets made.
-pub(crate) fn annexb_case(data: &[u8]) -> usize {
-    let nals = split_annexb(data).count();
+/// The calls and checks of fuzz/fuzz_targets/rtp_annexb.rs; the number of packets made.
+fn annexb_case(data: &[u8]) -> usize {
+    let nals: Vec<&[u8]> = split_annexb(data).collect();
+    for nal in &nals {
+        assert!(!nal.is_empty() && nal.last() != Some(&0));
+    }
+    if let Some(ps) = parameter_sets(data) {
+        let _ = profile_level_id(&ps.sps);
+    }
     let mut packetizer = H264Packetizer::new(7, 96, 65530);
     let frame = packetizer.packetize(data, 42, false);
     check_run(&frame, 7, 96);
-    assert_eq!(nals == 0, frame.packets.is_empty());
+    assert_eq!(nals.is_empty(), frame.packets.is_empty());
     assert_eq!(packetizer.next_seq(), frame.next_seq());
     frame.packets.len()
 }
@@ -108,26 +114,62 @@ fn rtp_annexb_corpus_packetizes_without_panicking() {
     assert!(packets >= 10, "only {packets} packets from the corpus");
 }
 
+/// The calls and checks of fuzz/fuzz_targets/rtp_jpeg.rs; whether the input fits.
+fn jpeg_case(data: &[u8]) -> bool {
+    let info = rtp_jpeg_info(data);
+    let mut packetizer = JpegPacketizer::new(9, 0);
+    let frame = packetizer.packetize(data, 1);
+    assert_eq!(info.is_ok(), frame.is_ok());
+    let (Ok(info), Ok(frame)) = (info, frame) else {
+        assert_eq!(packetizer.next_seq(), 0);
+        return false;
+    };
+    assert!(info.width % 8 == 0 && info.width > 0 && info.width <= 2040);
+    assert!(info.height % 8 == 0 && info.height > 0 && info.height <= 2040);
+    check_run(&frame, 9, 26);
+    let mut scan = Vec::new();
+    for (i, packet) in frame.packets.iter().enumerate() {
+        let skip = if i == 0 { 8 + 132 } else { 8 };
+        scan.extend_from_slice(&rtp(packet).1[skip..]);
+    }
+    assert_eq!(&scan[..], &data[info.scan]);
+    true
+}
+
 #[test]
 fn rtp_jpeg_corpus_is_checked_without_panicking() {
     let mut fits = 0;
     for (path, data) in corpus("rtp_jpeg") {
-        let info = rtp_jpeg_info(&data);
-        let frame = JpegPacketizer::new(9, 0).packetize(&data, 1);
-        assert_eq!(info.is_ok(), frame.is_ok(), "{}", path.display());
-        if let Ok(frame) = frame {
-            fits += 1;
-            check_run(&frame, 9, 26);
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let fit = jpeg_case(&data);
+        fits += usize::from(fit);
+        // The seeds say in their names what they are; files the fuzzer added need only not
+        // panic.
+        if name.starts_with("fits-") || name.starts_with("unfit-") {
+            assert_eq!(fit, name.starts_with("fits-"), "{name}");
         }
     }
-    assert!(fits >= 2, "only {fits} fitting JPEGs in the corpus");
+    assert!(fits >= 3, "only {fits} fitting JPEGs in the corpus");
 }
 
 #[test]
 fn rtcp_corpus_is_checked_without_panicking() {
-    let valid = corpus("rtcp")
-        .iter()
-        .filter(|(_, data)| is_rtcp(data))
-        .count();
-    assert!(valid >= 2, "only {valid} RTCP packets in the corpus");
+    let mut valid = 0;
+    for (path, data) in corpus("rtcp") {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // The calls and checks of fuzz/fuzz_targets/rtcp.rs.
+        let rtcp = is_rtcp(&data);
+        if rtcp {
+            valid += 1;
+            assert!(data.len() >= 4 && data.len() % 4 == 0, "{name}");
+            assert!((200..=206).contains(&data[1]), "{name}");
+        }
+        // Seeds named for what they are: reports are RTCP, the rest is not.
+        if name.starts_with("sr-") || name.starts_with("rr-") {
+            assert!(rtcp, "{name}");
+        } else if name.starts_with("truncated-") || name.starts_with("rtp-") {
+            assert!(!rtcp, "{name}");
+        }
+    }
+    assert!(valid >= 3, "only {valid} RTCP packets in the corpus");
 }
