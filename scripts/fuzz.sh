@@ -22,5 +22,5 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks -Zsanitizer=address"
 cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" --bin "$target"
 mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
-exec "fuzz/target/$triple/release/$target" -max_total_time="$secs" -runs="$runs" -rss_limit_mb=2048 \
+exec "${CARGO_TARGET_DIR:-fuzz/target}/$triple/release/$target" -max_total_time="$secs" -runs="$runs" -rss_limit_mb=2048 \
     -artifact_prefix="fuzz/artifacts/$target/" "fuzz/corpus/$target"

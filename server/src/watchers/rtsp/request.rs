@@ -257,6 +257,34 @@ fn reason(status: u16) -> &'static str {
 pub const PUBLIC: &str =
     "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 
+/// Takes apart what a player sent as the server does, ignoring the outcome: every message in
+/// `bytes` parsed, and of each request its mount, Transport offers and Digest answer read.
+/// For the fuzz target `rtsp_request` and its corpus replay; no input may panic.
+pub fn examine(mut bytes: &[u8]) {
+    use rtsp_types::headers::AUTHORIZATION;
+    use rtsp_types::Message;
+    // At most as many messages as a connection's buffer could hold.
+    for _ in 0..64 {
+        let Ok((message, used)) = Message::<Vec<u8>>::parse(bytes) else {
+            return;
+        };
+        if let Message::Request(req) = &message {
+            let _ = mount(req.request_uri().map_or("", |u| u.path()));
+            if let Ok(Some(offered)) = req.typed_header::<Transports>() {
+                let _ = pick_transport(&offered, IpAddr::from([127, 0, 0, 1]));
+            }
+            if let Some(auth) = req.header(&AUTHORIZATION) {
+                let _ = crate::auth::DigestAnswer::parse(auth.as_str(), "DESCRIBE");
+                let _ = crate::auth::http_presented(Some(auth.as_str().as_bytes()), None);
+            }
+        }
+        if used == 0 || used > bytes.len() {
+            return;
+        }
+        bytes = &bytes[used..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,5 +410,28 @@ mod tests {
         let parsed = sdp_types::Session::parse(jpeg.as_bytes()).unwrap();
         assert_eq!(parsed.medias[0].fmt, "26");
         assert!(jpeg.contains("c=IN IP6 ::\r\n"), "{jpeg}");
+    }
+
+    /// The fuzz corpus (fuzz/corpus/rtsp_request), replayed: what libFuzzer found stays fixed.
+    #[test]
+    fn the_fuzz_corpus_replays() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/rtsp_request");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            examine(&std::fs::read(entry.unwrap().path()).unwrap());
+            n += 1;
+        }
+        assert!(n >= 6, "the corpus went missing: {n} files");
+        // And the seeds parse as what they are.
+        let seed = std::fs::read(dir.join("gst-setup-udp")).unwrap();
+        let req = match Message::<Vec<u8>>::parse(&seed).unwrap().0 {
+            Message::Request(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            mount(req.request_uri().unwrap().path()),
+            Some((Some("main"), Stream::Jpeg))
+        );
     }
 }
