@@ -452,3 +452,71 @@ async fn a_player_that_stops_reading_skips_to_a_keyframe() {
     assert!(skipped >= 30, "{leave}");
     srv.stop().await.unwrap();
 }
+
+/// Each camera by its name, at its own size; past `--max-viewers`, PLAY is refused (453) with
+/// the reason, counted and journalled, and the first player is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cameras_by_name_and_the_viewer_limit() {
+    let _serial = heavy().await;
+    let srv = surv_tests::start_server_cameras(
+        ServerOpts {
+            rtsp: true,
+            config: Config {
+                max_viewers: 1,
+                ..Config::default()
+            },
+            ..ServerOpts::sized(320, 240)
+        },
+        vec![
+            ("door", surv_tests::test_pattern(320, 240, 30)),
+            ("yard", surv_tests::test_pattern(160, 96, 30)),
+        ],
+    )
+    .await
+    .unwrap();
+    let out = run(ffprobe("tcp", &url(&srv, "yard"))).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("width=160") && text.contains("height=96"),
+        "{text}"
+    );
+    let addr = srv.rtsp_addr.unwrap();
+    let mut players = Vec::new();
+    for _ in 0..2 {
+        let base = format!("rtsp://{addr}/door");
+        let mut p = RawPlayer::connect(addr).await;
+        let head = p
+            .request(
+                "SETUP",
+                &format!("{base}/stream=0"),
+                "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
+            )
+            .await;
+        let session = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Session: "))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let head = p
+            .request("PLAY", &base, &format!("Session: {session}\r\n"))
+            .await;
+        players.push((p, head));
+    }
+    assert!(players[0].1.starts_with("RTSP/1.0 200"), "{}", players[0].1);
+    assert!(players[1].1.starts_with("RTSP/1.0 453"), "{}", players[1].1);
+    assert!(players[1].1.contains("server full"), "{}", players[1].1);
+    // The first goes on.
+    for _ in 0..50 {
+        players[0].0.packet().await;
+    }
+    let refuse = srv
+        .wait_journal(|l| l.contains(" REFUSE ") && l.contains("form=rtsp"))
+        .await
+        .unwrap();
+    assert!(refuse.contains("server full"), "{refuse}");
+    drop(players);
+    srv.stop().await.unwrap();
+}
