@@ -104,11 +104,7 @@ impl Token {
     /// `response == MD5(MD5(user:realm:token):nonce:MD5(method:uri))`, compared in constant
     /// time. The caller checks that the nonce and realm are the ones it gave.
     pub fn answers(&self, answer: &DigestAnswer<'_>) -> bool {
-        let ha1 = md5_hex(&[
-            answer.username.as_bytes(),
-            answer.realm.as_bytes(),
-            &self.0,
-        ]);
+        let ha1 = md5_hex(&[answer.username.as_bytes(), answer.realm.as_bytes(), &self.0]);
         let ha2 = md5_hex(&[answer.method.as_bytes(), answer.uri.as_bytes()]);
         let expected = md5_hex(&[ha1.as_bytes(), answer.nonce.as_bytes(), ha2.as_bytes()]);
         let response = answer.response.to_ascii_lowercase();
