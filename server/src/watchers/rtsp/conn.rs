@@ -212,10 +212,13 @@ impl Conn {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::with_capacity(64 * 1024);
         loop {
-            let camera_stop = self
-                .session
-                .as_ref()
-                .map_or_else(CancellationToken::new, |s| s.camera.stop.clone());
+            let camera_stop = self.session.as_ref().map(|s| s.camera.stop.clone());
+            let camera_ends = async {
+                match camera_stop {
+                    Some(stop) => stop.cancelled_owned().await,
+                    None => std::future::pending().await,
+                }
+            };
             let play = self
                 .session
                 .as_mut()
@@ -230,7 +233,7 @@ impl Conn {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return LeaveReason::Shutdown,
-                () = camera_stop.cancelled() => return LeaveReason::Shutdown,
+                () = camera_ends => return LeaveReason::Shutdown,
                 n = read.read_buf(buf) => {
                     match n {
                         Ok(0) => return LeaveReason::Closed,
