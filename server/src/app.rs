@@ -27,6 +27,7 @@ use crate::mqtt::MqttConfig;
 use crate::sources::spec::{SourceOptions, SourceSpec};
 use crate::sources::udp::{PortSharer, SharedPort, UdpSource};
 use crate::sources::Source;
+use crate::watchers::forward::Forwarding;
 use crate::watchers::request::{RequestConfig, RequestHub};
 use crate::{Camera, Cameras, Config, Journal, Listeners, Server};
 
@@ -84,6 +85,9 @@ pub struct CameraPlan {
     pub motion: bool,
     pub request_port: u16,
     pub tcp_stream_port: u16,
+    /// Where `--forward` (its `forward` key) sends its H.264 as RTP (RTCP to the next port);
+    /// `None`: nowhere.
+    pub forward: Option<SocketAddr>,
 }
 
 /// A source built by the caller, taken by the first start of its camera (a reload cannot start
@@ -132,6 +136,7 @@ impl CameraPlan {
             motion: false,
             request_port: 0,
             tcp_stream_port: 0,
+            forward: None,
         }
     }
 }
@@ -155,7 +160,7 @@ struct Running {
     camera: Arc<Camera>,
     /// `None` once stopped by [`App::stop_captures`].
     capture: Option<Capture>,
-    /// Its motion detector, OAK listener and Request hub.
+    /// Its motion detector, OAK listener, Request hub and forward.
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -372,7 +377,8 @@ impl App {
     }
 
     /// Starts what serves `camera` besides the shared listeners: its fan-out to UDP viewers,
-    /// its motion detector, and its own ports for OAK host programs and seed 001's apps.
+    /// its motion detector, its own ports for OAK host programs and seed 001's apps, and its
+    /// forward.
     fn serve_camera(
         &self,
         plan: &CameraPlan,
@@ -423,6 +429,25 @@ impl App {
                 tracing::info!(%addr, camera = %plan.name, "serving apps that send \"Request\" (seed 001)");
                 let hub = RequestHub::new(server.clone(), camera.clone(), socket, request.clone());
                 tasks.push(tokio::spawn(hub.run(stop.clone())));
+            }
+            if let Some(dest) = plan.forward {
+                let socket = crate::watchers::forward::bind(dest).with_context(|| {
+                    format!(
+                        "camera {}: forward: binding a UDP socket to send to {dest}",
+                        plan.name
+                    )
+                })?;
+                let forwarding = Arc::new(Forwarding::new(dest));
+                // A new camera each start: the cell is empty.
+                let _ = camera.forward.set(forwarding.clone());
+                tasks.push(tokio::spawn(crate::watchers::forward::run(
+                    plan.name.clone(),
+                    camera.capture.h264.clone(),
+                    camera.capture.shape().fps,
+                    socket,
+                    forwarding,
+                    stop.clone(),
+                )));
             }
             Ok(())
         };

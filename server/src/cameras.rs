@@ -2,13 +2,14 @@
 //! and motion state; every kind of watcher picks one (the first when it cannot say which).
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::{Capture, CaptureShared, FrameRx};
 use crate::http::status::RateMeter;
 use crate::motion::watch::MotionState;
+use crate::watchers::forward::Forwarding;
 use crate::watchers::udp::DataPath;
 
 pub use surv_proto::MAX_CAMERA_NAME_BYTES;
@@ -41,6 +42,9 @@ pub struct Camera {
     pub(crate) rate: RateMeter,
     /// The fan-out thread sending its frames to its UDP viewers, while it runs.
     pub(crate) fanout: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Its `--forward` (set once, when the forward starts): where its RTP goes, the counters,
+    /// the SDP.
+    pub forward: OnceLock<Arc<Forwarding>>,
 }
 
 impl Camera {
@@ -66,6 +70,7 @@ impl Camera {
             stop,
             retired: AtomicBool::new(false),
             fanout: Mutex::new(None),
+            forward: OnceLock::new(),
         }
     }
 

@@ -18,6 +18,7 @@
 //! size = "320x240"
 //! fps = 15
 //! motion = false
+//! forward = "rtp://192.0.2.20:5004"   # its H.264 as RTP, to Janus, GStreamer, ffmpeg
 //! ```
 //!
 //! Every error names the file's line and what is wrong with it; nothing is half-applied.
@@ -27,6 +28,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use crate::cameras::check_name;
+use crate::watchers::forward::ForwardUrl;
 
 /// What is wrong with a config file, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,6 +58,9 @@ pub struct CameraEntry {
     pub request_port: Option<u16>,
     /// This camera's port for OAK host programs (`--tcp-stream-port` is the first camera's).
     pub tcp_stream_port: Option<u16>,
+    /// Where this camera's H.264 is pushed as RTP, `rtp://HOST:PORT` (`--forward` is the
+    /// first camera's).
+    pub forward: Option<String>,
 }
 
 /// A server-wide setting: a flag's long name (as written, `_` turned into `-`) and its value.
@@ -114,6 +119,13 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
                 }
             })?;
             check_name(&entry.name).map_err(|reason| ConfigError { line, reason })?;
+            if let Some(url) = &entry.forward {
+                // The form is checked here, for the line; the host is resolved at start.
+                ForwardUrl::parse(url).map_err(|reason| ConfigError {
+                    line: key_line(text, "forward", line.saturating_sub(1)).max(line),
+                    reason: format!("forward: {reason}"),
+                })?;
+            }
             if !names.insert(entry.name.clone()) {
                 return Err(ConfigError {
                     line,
@@ -216,6 +228,34 @@ source-allow = ["192.0.2.0/24"]
                 ("http-port", 4, toml::Value::Integer(8080))
             ]
         );
+    }
+
+    #[test]
+    fn forward_is_an_rtp_url() {
+        let c = parse(
+            "[[camera]]\nname = \"a\"\nsource = \"test\"\nforward = \"rtp://127.0.0.1:5004\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cameras[0].0.forward.as_deref(),
+            Some("rtp://127.0.0.1:5004")
+        );
+        for (text, line, says) in [
+            (
+                "[[camera]]\nname = \"a\"\nsource = \"test\"\n\nforward = \"http://x\"\n",
+                5,
+                "forward: \"http://x\" is not rtp://HOST:PORT",
+            ),
+            (
+                "[[camera]]\nname = \"a\"\nsource = \"test\"\n[[camera]]\nname = \"b\"\nsource = \"test\"\nforward = \"rtp://h:0\"\n",
+                7,
+                "forward: \"rtp://h:0\": port 0 cannot be used",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.reason.contains(says), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use surv_server::encoder::EncoderConfig;
 use surv_server::mqtt::{self, BrokerUrl, MqttConfig};
 use surv_server::sources::spec::{self, IpNet, RtspTransport, DEFAULT_MAX_FRAME_BYTES};
 use surv_server::sources::{SourceOptions, SourceSpec};
+use surv_server::watchers::forward::ForwardUrl;
 use surv_server::watchers::request::{self, RequestConfig};
 use surv_server::watchers::rtsp::RtspSockets;
 use surv_server::{Config, Journal, Listeners, StreamShape};
@@ -58,7 +59,7 @@ enum Transport {
 struct Args {
     /// Cameras and settings from a TOML file: [[camera]] tables (name, source, and size, fps,
     /// quality, motion, loop, max-frame-bytes, source-allow, rtsp-transport, request-port,
-    /// tcp-stream-port for that camera), and any flag of this command by its long name
+    /// tcp-stream-port, forward for that camera), and any flag of this command by its long name
     /// (http-port = 8080). A flag given on the command line overrides the file. Watchers pick a
     /// camera by name (SURV/1 "cam=NAME", surv-client --camera, /cam/NAME/ over HTTP); those
     /// that cannot get the first. See docs/CONFIG.md.
@@ -132,6 +133,12 @@ struct Args {
     /// a second).
     #[arg(long, value_name = "SECS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=60))]
     gop_secs: u32,
+    /// Push the camera's H.264 as RTP (RFC 6184, payload type 96) to rtp://HOST:PORT, with an
+    /// RTCP sender report every 5 s to PORT+1, for Janus, GStreamer or ffmpeg; its SDP is at
+    /// http://…/cam/CAMERA/stream.sdp. HOST: an IP address (unicast or multicast) or a name,
+    /// resolved at start. With --config, the first camera's (each camera's `forward` key).
+    #[arg(long, value_name = "URL", value_parser = ForwardUrl::parse)]
+    forward: Option<ForwardUrl>,
     /// Drop an HTTP client that takes none of what it is sent for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     http_write_timeout: f64,
@@ -653,6 +660,14 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
     if entries.is_empty() {
         check_name(&args.camera_name).map_err(|e| anyhow::anyhow!("--camera-name: {e}"))?;
         let (options, capture) = base(args.size, args.fps, args.quality);
+        let forward = args
+            .forward
+            .as_ref()
+            .map(|url| {
+                url.resolve()
+                    .map_err(|e| anyhow::anyhow!("--forward {url}: {e}"))
+            })
+            .transpose()?;
         return Ok(vec![CameraPlan {
             name: args.camera_name.clone(),
             source,
@@ -662,6 +677,7 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
             motion,
             request_port: args.request_port,
             tcp_stream_port: args.tcp_stream_port,
+            forward,
         }]);
     }
     if given("source") || given("cam") {
@@ -734,6 +750,32 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
                 bail!("{at}: {key} {port} is another camera's already");
             }
         }
+        // The server-wide --forward is the first camera's too. The file's URL was checked
+        // when it was parsed.
+        let forward = match (&entry.forward, i) {
+            (Some(text), _) => Some(
+                ForwardUrl::parse(text)
+                    .and_then(|url| url.resolve())
+                    .map_err(|e| anyhow::anyhow!("{at}: forward: {e}"))?,
+            ),
+            (None, 0) => args
+                .forward
+                .as_ref()
+                .map(|url| {
+                    url.resolve()
+                        .map_err(|e| anyhow::anyhow!("--forward {url}: {e}"))
+                })
+                .transpose()?,
+            (None, _) => None,
+        };
+        if let Some(dest) = forward {
+            if let Some(other) = plans.iter().find(|p| p.forward == Some(dest)) {
+                bail!(
+                    "{at}: forward {dest} is camera {}'s already (two streams to one port mix)",
+                    other.name
+                );
+            }
+        }
         plans.push(CameraPlan {
             name: entry.name.clone(),
             source,
@@ -743,6 +785,7 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
             motion: entry.motion.unwrap_or(motion),
             request_port,
             tcp_stream_port,
+            forward,
         });
     }
     Ok(plans)

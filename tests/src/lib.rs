@@ -77,6 +77,8 @@ pub struct ServerOpts {
     pub motion: Option<(u64, Duration)>,
     /// Serve RTSP on a free port (and a free UDP pair): [`TestServer::rtsp_addr`].
     pub rtsp: bool,
+    /// Where the first camera pushes its H.264 as RTP (`--forward`); `None`: nowhere.
+    pub forward: Option<SocketAddr>,
 }
 
 impl Default for ServerOpts {
@@ -92,6 +94,7 @@ impl Default for ServerOpts {
             request_port: 0,
             motion: None,
             rtsp: false,
+            forward: None,
         }
     }
 }
@@ -235,6 +238,7 @@ pub async fn start_server_cameras(
         first.tcp_stream_port = opts.tcp_stream_port;
         first.request_port = opts.request_port;
         first.motion = opts.motion.is_some();
+        first.forward = opts.forward;
     }
     let mut plan = Plan {
         cameras,

@@ -1,6 +1,7 @@
 //! The HTTP server for browsers and players: the live page (`/`), the MJPEG stream
 //! (`/stream.mjpg`, one watcher of kind `http` per client), the newest frame (`/snapshot.jpg`),
-//! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`).
+//! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`), and the SDP of a
+//! camera's `--forward` (`/cam/<name>/stream.sdp`).
 //!
 //! axum routes the requests; each connection is served by hyper's HTTP/1 connection in a task
 //! of its own, with three bounds: a request's headers must arrive within
@@ -29,7 +30,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -191,6 +192,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/cam/{name}/stream.mjpg", get(mjpeg::camera_stream))
         .route("/cam/{name}/snapshot.jpg", get(status::camera_snapshot))
         .route("/cam/{name}/status", get(status::camera_status))
+        .route("/cam/{name}/stream.sdp", get(forward_sdp))
         .route("/status", get(status::status))
         .route("/metrics", get(metrics::metrics))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
@@ -271,6 +273,35 @@ async fn home(State(http): State<Arc<HttpState>>) -> Response {
             .into_response();
     }
     page().await.into_response()
+}
+
+/// `GET /cam/<name>/stream.sdp`: the SDP of the camera's `--forward`, for a receiver to read
+/// its RTP with (`ffmpeg -i`, GStreamer's `sdpdemux`); 404 for a camera without a forward.
+async fn forward_sdp(State(http): State<Arc<HttpState>>, Path(name): Path<String>) -> Response {
+    let camera = match http.server.cameras.pick(Some(&name)) {
+        Ok(camera) => camera,
+        Err(why) => return no_such_camera(why),
+    };
+    let Some(forward) = camera.forward.get() else {
+        return no_such_camera(format!(
+            "camera {name:?} has no forward (set --forward or its `forward` key)"
+        ));
+    };
+    let sdp = forward
+        .sdp(
+            &camera.name,
+            &camera.capture.h264,
+            camera.capture.shape().fps,
+        )
+        .await;
+    (
+        [
+            (header::CONTENT_TYPE, "application/sdp"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        sdp,
+    )
+        .into_response()
 }
 
 async fn page() -> impl IntoResponse {

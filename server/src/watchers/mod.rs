@@ -16,6 +16,8 @@
 //! * [`request`]: seed 001's apps behind NAT: a `Request` datagram, then every frame as one
 //!   JPEG datagram from the same port, no acks, a TTL (`--request-port`).
 //! * HTTP MJPEG clients (`crate::http`, kind [`WatcherKind::Http`]) are driven by [`stream`].
+//! * [`forward`]: not a watcher but a push: a camera's H.264 as RTP to one fixed address
+//!   (`--forward`), from the camera's start to its end, never admitted or journalled.
 //!
 //! The registry also keeps, per live watcher, where its tally can be read while it is live
 //! ([`TallySource`]), for `/status`; and the server counts refusals by [`RefusalCause`].
@@ -23,6 +25,7 @@
 //! To add a kind: see docs/ARCHITECTURE.md (a [`WatcherKind`] variant, a file that accepts the
 //! watcher, reserves a slot, joins, serves, leaves).
 
+pub mod forward;
 pub mod oak_tcp;
 pub mod request;
 pub mod rtsp;
