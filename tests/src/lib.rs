@@ -11,6 +11,7 @@ pub mod motion_script;
 pub mod standins;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,10 +251,19 @@ pub async fn start_server_cameras(
     }
     let app = App::start(plan, journal, shutdown.clone()).await?;
     for camera in app.server().cameras.list().iter() {
-        let mut frames = camera.frames.clone();
-        timeout(IO_TIMEOUT, frames.wait_for(Option::is_some))
+        // A JPEG frame (the camera's or "no signal"), or a unit of H.264 passed through: a
+        // camera passed through makes pictures only while they are wanted, and its source is
+        // live from its first unit (so there is no "no signal" frame either).
+        let first = async {
+            while camera.frames.borrow().is_none()
+                && camera.capture.stats.captured.load(Ordering::Relaxed) == 0
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        timeout(IO_TIMEOUT, first)
             .await
-            .with_context(|| format!("no first frame from camera {}", camera.name))??;
+            .with_context(|| format!("no first frame from camera {}", camera.name))?;
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -3,7 +3,9 @@
 //! bridges run) showing SMPTE colour bars at 320x240 while the server's `--size` is 640x480, so
 //! the camera's frames are told from the "no signal" frame by their size, and from garbage by
 //! their colours. Real surv-client viewers and seed-form viewers watch; the counters say whether
-//! frames were passed through (MJPEG) or decoded and encoded once (H.264).
+//! frames were passed through (MJPEG), or H.264 passed through to the H.264 feed and decoded
+//! and encoded once only while a JPEG viewer watches. "surv reads surv": a second server whose
+//! camera is the first one's RTSP H.264, read by ffmpeg from the second with no decode there.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -17,7 +19,9 @@ use surv_proto::{Ack, Form, MAX_UDP_PAYLOAD_BYTES};
 use surv_server::sources::rtsp::RtspSource;
 use surv_server::sources::spec::RtspTransport;
 use surv_tests::client_config;
-use surv_tests::{heavy, start_server_with, RawViewer, Reaper, ServerOpts, TestServer, IO_TIMEOUT};
+use surv_tests::{
+    heavy, start_server, start_server_with, RawViewer, Reaper, ServerOpts, TestServer, IO_TIMEOUT,
+};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -241,6 +245,33 @@ fn counters(srv: &TestServer) -> (u64, u64, u64) {
     )
 }
 
+/// H.264 counter snapshot: (captured, H.264 units passed through, units decoded).
+fn h264_counters(srv: &TestServer) -> (u64, u64, u64) {
+    let c = &srv.server.first_camera().capture.stats;
+    (
+        c.captured.load(Relaxed),
+        c.h264_passed_through.load(Relaxed),
+        c.decodes.load(Relaxed),
+    )
+}
+
+/// The H.264 counters over `secs`: their growth.
+async fn h264_growth(srv: &TestServer, secs: Duration) -> (u64, u64, u64) {
+    let before = h264_counters(srv);
+    tokio::time::sleep(secs).await;
+    let after = h264_counters(srv);
+    (after.0 - before.0, after.1 - before.1, after.2 - before.2)
+}
+
+/// Waits (bounded) until the server has captured `n` frames from its camera.
+async fn wait_captured(srv: &TestServer, n: u64) {
+    let t0 = Instant::now();
+    while h264_counters(srv).0 < n {
+        assert!(t0.elapsed() < IO_TIMEOUT, "fewer than {n} frames captured");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One camera, one codec, one transport: a surv-client viewer and a seed viewer both get the
 /// camera's 320x240 colour bars at about its rate, and the counters say how they were made.
 async fn camera_streams_to_viewers(path: &str, transport: RtspTransport) {
@@ -314,6 +345,13 @@ async fn camera_streams_to_viewers(path: &str, transport: RtspTransport) {
     // One frame out per camera frame, made the way the codec calls for.
     let (captured, published, passed) =
         (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    let decodes = srv
+        .server
+        .first_camera()
+        .capture
+        .stats
+        .decodes
+        .load(Relaxed);
     let rate = captured as f64 / secs;
     assert!(
         (0.8 * f64::from(CAM_FPS)..=1.2 * f64::from(CAM_FPS)).contains(&rate),
@@ -331,10 +369,17 @@ async fn camera_streams_to_viewers(path: &str, transport: RtspTransport) {
             passed, published,
             "every MJPEG frame passed through untouched"
         );
+        assert_eq!(decodes, 0, "MJPEG is never decoded");
     } else {
         assert_eq!(
             passed, 0,
             "H.264 pictures are encoded, never passed through"
+        );
+        let c = &srv.server.first_camera().capture.stats;
+        assert_eq!(
+            c.h264_passed_through.load(Relaxed),
+            c.captured.load(Relaxed),
+            "every H.264 unit is passed through to the H.264 feed"
         );
     }
     assert_eq!(
@@ -523,4 +568,161 @@ async fn a_camera_that_dies_and_comes_back_is_followed() {
         })
         .collect();
     assert_eq!(order, ["lost", "back"], "{journal:#?}");
+}
+
+/// An H.264 camera with no JPEG viewer is passed through and never decoded; one seed viewer
+/// makes it decode every unit (after a catch-up from the GOP: its first picture comes at once,
+/// not at the camera's next keyframe); after the viewer leaves, decoding stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_is_decoded_only_while_a_viewer_wants_pictures() {
+    if !standin_available() {
+        return;
+    }
+    let _serial = heavy().await;
+    let cam = Camera::start(&[]);
+    let srv = start(&cam.url("/h264", None), RtspTransport::Tcp).await;
+    let feed = srv.server.first_camera().capture.h264.clone();
+    wait_captured(&srv, 15).await;
+
+    // Nobody wants pictures: every unit passed through, none decoded.
+    let (captured, passed, decodes) = h264_growth(&srv, Duration::from_secs(2)).await;
+    eprintln!("no viewer: captured {captured} passed through {passed} decodes {decodes}");
+    assert!(captured >= 45, "{captured} frames in 2 s");
+    assert_eq!(passed, captured);
+    assert_eq!(h264_counters(&srv).2, 0, "no decode without a viewer");
+    assert!(feed.is_passthrough());
+    assert!(!feed.encoder_running());
+
+    // A seed viewer: the camera's pictures at once, then one decode per unit.
+    let mut seed = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
+    let first = watch_seed(&mut seed, Duration::from_millis(500)).await;
+    assert!(
+        first.camera_frames() > 0,
+        "a camera picture within 0.5 s of joining: {first:?}"
+    );
+    let before = h264_counters(&srv);
+    let seen = watch_seed(&mut seed, Duration::from_secs(3)).await;
+    let after = h264_counters(&srv);
+    let (captured, decodes) = (after.0 - before.0, after.2 - before.2);
+    eprintln!(
+        "one viewer: captured {captured} decodes {decodes} in 3 s ({} since joining, with \
+         the catch-up); seen {seen:?}",
+        after.2
+    );
+    assert!(captured >= 70, "{captured}");
+    assert!(
+        decodes.abs_diff(captured) <= 2,
+        "one decode per unit: {decodes} for {captured}"
+    );
+    assert!(
+        seen.camera_frames() as f64 >= 0.8 * captured as f64,
+        "{seen:?} of {captured}"
+    );
+
+    // The viewer leaves (`end`, as seed 003 on Esc): decoding stops (a unit in flight may
+    // still finish, hence the pause before measuring).
+    let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+    let (_, from) = timeout(IO_TIMEOUT, seed.udp.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    seed.end(from).await.unwrap();
+    srv.wait_journal(|l| l.contains(" LEAVE ")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (captured, passed, decodes) = h264_growth(&srv, Duration::from_secs(2)).await;
+    eprintln!("after leaving: captured {captured} passed through {passed} decodes {decodes}");
+    assert!(captured >= 45, "{captured}");
+    assert_eq!(passed, captured);
+    assert_eq!(decodes, 0, "decoding stopped with the last viewer");
+    srv.stop().await.unwrap();
+}
+
+/// surv reads surv: server A serves its test pattern as RTSP H.264; server B's camera is
+/// `rtsp://A/main`. B passes A's units through without decoding while B has no JPEG viewer,
+/// and an RTSP player on B (ffmpeg) decodes 60 frames of it; a JPEG viewer on B then makes B
+/// decode each unit once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surv_reads_surv_and_passes_h264_through() {
+    let _serial = heavy().await;
+    let a = start_server(ServerOpts {
+        rtsp: true,
+        ..ServerOpts::sized(320, 240)
+    })
+    .await
+    .unwrap();
+    let a_url = format!("rtsp://{}/main", a.rtsp_addr.unwrap());
+    let b = start_server_with(
+        ServerOpts {
+            rtsp: true,
+            ..ServerOpts::sized(640, 480)
+        },
+        source(&a_url, RtspTransport::Tcp),
+    )
+    .await
+    .unwrap();
+    wait_captured(&b, 15).await;
+    let (captured, passed, _) = h264_growth(&b, Duration::from_secs(2)).await;
+    eprintln!("B, no watcher: captured {captured} passed through {passed}");
+    assert!(captured >= 45, "{captured}");
+    assert_eq!(passed, captured);
+    assert_eq!(h264_counters(&b).2, 0, "B never decoded");
+    let b_feed = b.server.first_camera().capture.h264.clone();
+    assert!(b_feed.is_passthrough());
+
+    // ffmpeg reads B's RTSP: A's H.264, decoded by ffmpeg, not by B.
+    let b_url = format!("rtsp://{}/main", b.rtsp_addr.unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(["-v", "error", "-rtsp_transport", "tcp", "-i", &b_url])
+            .args(["-frames:v", "60", "-f", "framecrc", "-"]);
+        surv_tests::child::output_within(&mut cmd, Duration::from_secs(40))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let frames = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(
+        out.status.success() && frames == 60,
+        "{frames} frames: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b_stats = &b.server.first_camera().capture.stats;
+    assert_eq!(
+        b_stats.decodes.load(Relaxed),
+        0,
+        "B passed through for ffmpeg"
+    );
+    assert_eq!(
+        b_stats.h264_encodes.load(Relaxed),
+        0,
+        "B never encoded H.264"
+    );
+    assert!(!b_feed.encoder_running());
+
+    // A JPEG viewer on B: one decode per unit.
+    let seed = RawViewer::register(b.addr, Form::Seed).await.unwrap();
+    let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
+    let first = timeout(Duration::from_secs(1), seed.udp.recv_from(&mut buf)).await;
+    assert!(first.is_ok(), "a picture within 1 s of joining");
+    let before = h264_counters(&b);
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut pictures = 0u64;
+    while let Ok(got) = tokio::time::timeout_at(until, seed.udp.recv_from(&mut buf)).await {
+        let (_, from) = got.unwrap();
+        pictures += 1;
+        seed.udp
+            .send_to(&Ack::Continue(None).encode(), from)
+            .await
+            .unwrap();
+    }
+    let after = h264_counters(&b);
+    let (captured, decodes) = (after.0 - before.0, after.2 - before.2);
+    eprintln!("B, one viewer: captured {captured} decodes {decodes} pictures {pictures}");
+    assert!(captured >= 70, "{captured}");
+    assert!(decodes.abs_diff(captured) <= 2, "{decodes} for {captured}");
+    assert!(pictures as f64 >= 0.8 * captured as f64, "{pictures}");
+    drop(seed);
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
 }

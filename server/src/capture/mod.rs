@@ -98,6 +98,9 @@ pub struct CaptureStats {
     pub h264_passed_through: AtomicU64,
     /// IDR pictures forced for watchers that joined or fell behind (at most one a second).
     pub keyframes_forced: AtomicU64,
+    /// H.264 access units from the source decoded to pictures: only while pictures are wanted
+    /// ([`CaptureShared::want_pictures`]), one per decoded unit (a catch-up decodes the GOP).
+    pub decodes: AtomicU64,
 }
 
 /// How the capture path runs.
@@ -178,6 +181,10 @@ pub struct CaptureShared {
     /// The camera's H.264: access units once for every H.264 watcher, and the encoder that
     /// makes them on demand when the source gives pixels or JPEG.
     pub h264: Arc<h264::H264Feed>,
+    /// How many [`PictureDemand`] guards live: JPEG watchers, the motion detector, a snapshot
+    /// waiting. A source that must decode to make pictures (an H.264 camera) decodes only
+    /// while it is above 0, and wakes on its changes.
+    pictures: watch::Sender<usize>,
 }
 
 impl CaptureShared {
@@ -189,7 +196,27 @@ impl CaptureShared {
             state: watch::Sender::new(SourceState::Starting),
             motion: AtomicBool::new(false),
             h264: Arc::new(h264::H264Feed::new()),
+            pictures: watch::Sender::new(0),
         }
+    }
+
+    /// While the guard lives, the camera's JPEG pictures are wanted: a source that would have
+    /// to decode to make them (an H.264 camera passed through) does.
+    pub fn want_pictures(self: &Arc<Self>) -> PictureDemand {
+        self.pictures.send_modify(|n| *n += 1);
+        PictureDemand {
+            shared: self.clone(),
+        }
+    }
+
+    /// How many [`PictureDemand`] guards live.
+    pub fn pictures_wanted(&self) -> usize {
+        *self.pictures.borrow()
+    }
+
+    /// The picture demand, to wait for its changes.
+    pub fn picture_demand(&self) -> watch::Receiver<usize> {
+        self.pictures.subscribe()
     }
 
     /// Whether frames published from now on carry the motion flag in their tag.
@@ -232,6 +259,25 @@ impl CaptureShared {
 
     pub fn state(&self) -> SourceState {
         self.state.borrow().clone()
+    }
+}
+
+/// Keeps a camera's JPEG pictures coming (see [`CaptureShared::want_pictures`]).
+pub struct PictureDemand {
+    shared: Arc<CaptureShared>,
+}
+
+impl std::fmt::Debug for PictureDemand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PictureDemand")
+    }
+}
+
+impl Drop for PictureDemand {
+    fn drop(&mut self) {
+        self.shared
+            .pictures
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

@@ -2,6 +2,13 @@
 //! raw frames once, passes JPEGs through when they fit, tags each with its sequence number and
 //! capture time, and publishes the newest frame to every watcher through a `watch` channel.
 //!
+//! A source that delivers H.264 (an RTSP camera) hands each access unit to
+//! [`FrameSink::publish_h264`]: it goes to the camera's H.264 feed as it came (no decode, no
+//! encode), counts as captured and keeps the source live, whether or not anyone wants JPEG
+//! pictures. The source decodes only while [`CaptureShared::want_pictures`] has guards, and
+//! publishes those pictures with [`FrameSink::publish_decoded`] under their unit's sequence
+//! number.
+//!
 //! The sink also keeps the source's health (starting, live, lost): the journal's `SOURCE-LOST`
 //! and `SOURCE-BACK` lines come from here, once per outage, so no source writes them itself.
 
@@ -15,9 +22,12 @@ use bytes::Bytes;
 use surv_proto::FrameTag;
 use tokio::sync::watch;
 
+use super::h264::H264Unit;
 use super::{no_signal, CaptureShared, SharedFrame, SourceState, StreamShape};
 use crate::encoder::Encoder;
-use crate::frame::{EncodedFrame, JpegFrame, Payload, PixelFormat, RawFrame, MAX_DECODED_PIXELS};
+use crate::frame::{
+    EncodedFrame, H264AccessUnit, JpegFrame, Payload, PixelFormat, RawFrame, MAX_DECODED_PIXELS,
+};
 use crate::journal::Journal;
 use crate::jpeg::{self, JpegReader, NotAPicture};
 use crate::sources::unix_micros_now;
@@ -112,6 +122,11 @@ impl FrameSink {
         self.inner.shared.stats.captured.load(Relaxed)
     }
 
+    /// The capture path this sink feeds: its counters, picture demand and H.264 feed.
+    pub fn capture(&self) -> &Arc<CaptureShared> {
+        &self.inner.shared
+    }
+
     /// The stream's frame rate, declared or measured.
     pub(super) fn fps(&self) -> u32 {
         self.inner.shared.shape().fps
@@ -149,6 +164,48 @@ impl FrameSink {
         let seq = self.next_seq(&mut work);
         let encoded = encode(&self.inner.shared, &mut work.encoder, raw, seq);
         self.finish(&mut work, encoded);
+    }
+
+    /// An H.264 access unit from the source, passed through to the camera's H.264 feed as it
+    /// came: no decode, no encode. It counts as captured and keeps the source live (SOURCE-BACK,
+    /// the watchdog) exactly as a published JPEG frame does, so a camera that only delivers
+    /// H.264 while nobody wants pictures is live, not stalled. The feed is marked passthrough:
+    /// its encoder never starts. Returns the frame's sequence number, for the picture
+    /// decoded from it, if one is ([`FrameSink::publish_decoded`]). Cheap (a lock and a
+    /// channel send): fine on async code.
+    pub fn publish_h264(
+        &self,
+        au: H264AccessUnit,
+        media_time_90k: u64,
+        capture_unix_us: u64,
+    ) -> u64 {
+        let shared = &self.inner.shared;
+        if !shared.h264.is_passthrough() {
+            shared.h264.set_passthrough(true);
+        }
+        let seq = {
+            let mut work = self.work();
+            let seq = self.next_seq(&mut work);
+            shared.stats.h264_passed_through.fetch_add(1, Relaxed);
+            self.mark_live(&mut work);
+            seq
+        };
+        shared.h264.publish(H264Unit {
+            seq: 0,
+            au,
+            media_time_90k,
+            capture_unix_us,
+        });
+        seq
+    }
+
+    /// A picture the source decoded from the frame [`FrameSink::publish_h264`] numbered `seq`:
+    /// encoded once and published under that number. It is not another captured frame: the
+    /// source's liveness and rate were counted when its unit arrived.
+    pub fn publish_decoded(&self, raw: &RawFrame, seq: u64) {
+        let mut work = self.work();
+        let encoded = encode(&self.inner.shared, &mut work.encoder, raw, seq);
+        self.send(encoded);
     }
 
     /// [`FrameSink::publish_jpeg`] from async code, and waits for it: frames stay in order,
@@ -307,6 +364,15 @@ impl FrameSink {
 
     /// Publishes a frame (or counts why there is none), and marks the source live.
     fn finish(&self, work: &mut Work, encoded: Result<EncodedFrame, String>) {
+        if self.send(encoded) {
+            self.mark_live(work);
+        } else {
+            self.mark_back(work);
+        }
+    }
+
+    /// Publishes a frame to the watchers, or counts why there is none: whether it went out.
+    fn send(&self, encoded: Result<EncodedFrame, String>) -> bool {
         let shared = &self.inner.shared;
         match encoded {
             Ok(frame) => {
@@ -317,10 +383,7 @@ impl FrameSink {
                     .store(u32::from(frame.quality), Relaxed);
                 shared.stats.published.fetch_add(1, Relaxed);
                 self.inner.frames.send_replace(Some(Arc::new(frame)));
-                work.last_frame = Some(Instant::now());
-                if work.measure_fps {
-                    measure_rate(shared, &mut work.rate_window);
-                }
+                true
             }
             Err(reason) => {
                 shared.stats.errors.fetch_add(1, Relaxed);
@@ -328,8 +391,24 @@ impl FrameSink {
                     reason,
                     "frame dropped: it could not be encoded under the cap"
                 );
+                false
             }
         }
+    }
+
+    /// A frame arrived and went out: the watchdog's clock, the measured rate, and the source
+    /// is live.
+    fn mark_live(&self, work: &mut Work) {
+        work.last_frame = Some(Instant::now());
+        if work.measure_fps {
+            measure_rate(&self.inner.shared, &mut work.rate_window);
+        }
+        self.mark_back(work);
+    }
+
+    /// The source delivers: SOURCE-BACK after an outage, and the state is live.
+    fn mark_back(&self, work: &mut Work) {
+        let shared = &self.inner.shared;
         if let Some(since) = work.lost_at.take() {
             let down = since.elapsed();
             tracing::info!(source = %self.inner.what, down_s = down.as_secs_f64(), "source back");

@@ -32,6 +32,9 @@ enum Step {
     /// Opens, delivers this many raw frames 100 ms apart, then goes silent without failing
     /// (a camera that keeps its connection open and sends nothing), until stop.
     Stall(u32),
+    /// Opens, passes this many H.264 units through 100 ms apart (a keyframe, then P pictures),
+    /// then goes silent without failing, until stop.
+    H264(u32),
 }
 
 /// A source that follows a script, one step per run; after the script, it waits for stop.
@@ -81,6 +84,20 @@ impl Source for Scripted {
                     stop.cancelled().await;
                     Ok(())
                 }
+                Some(Step::H264(n)) => {
+                    sink.opened("scripted h264", shape);
+                    for i in 0..n {
+                        let seq = sink.publish_h264(
+                            h264_unit(i == 0),
+                            u64::from(i) * 9_000,
+                            1_000 + u64::from(i),
+                        );
+                        assert_eq!(seq, u64::from(i), "a frame number per unit");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    stop.cancelled().await;
+                    Ok(())
+                }
                 Some(Step::Jpegs(jpegs)) => {
                     sink.opened("scripted jpeg", shape);
                     for (i, jpeg) in jpegs.into_iter().enumerate() {
@@ -107,6 +124,17 @@ impl Source for Scripted {
                 }
             }
         })
+    }
+}
+
+/// A stand-in access unit: a keyframe carries parameter sets (what makes it one to the feed).
+fn h264_unit(keyframe: bool) -> crate::frame::H264AccessUnit {
+    crate::frame::H264AccessUnit {
+        data: Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9a, 0x02]),
+        parameter_sets: keyframe.then(|| crate::frame::ParameterSets {
+            sps: Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E]),
+            pps: Bytes::from_static(&[0x68, 0xCE, 0x3C, 0x80]),
+        }),
     }
 }
 
@@ -813,4 +841,73 @@ async fn a_broken_jpeg_costs_one_frame_and_non_pictures_are_rejected() {
     let newest = rig.capture.frames.borrow().clone().unwrap();
     assert_eq!((newest.width, newest.height), (64, 48));
     rig.capture.stop().await;
+}
+
+/// A source that passes H.264 through is live on its units alone, with no picture published
+/// (nobody asked for one): counted as captured, no "no signal" frame while it delivers, the
+/// watchdog fed, the feed marked passthrough so that H.264 demand starts no encoder; and a
+/// picture decoded from one of its units goes out under that unit's number, not as another
+/// captured frame.
+#[tokio::test(start_paused = true)]
+async fn an_h264_source_is_live_on_passed_through_units_without_pictures() {
+    let rig = start(vec![Step::H264(20)], surv_proto::DEFAULT_MAX_DATAGRAM_BYTES);
+    rig.capture.first_outcome().await.unwrap();
+    // 2 s of units, 100 ms apart: well past the 1 s after which an idle source shows
+    // "no signal".
+    tokio::time::sleep(Duration::from_millis(1950)).await;
+    let shared = &rig.capture.shared;
+    let stats = &shared.stats;
+    assert_eq!(shared.state(), SourceState::Live);
+    assert_eq!(stats.captured.load(Relaxed), 20);
+    assert_eq!(stats.h264_passed_through.load(Relaxed), 20);
+    assert_eq!(stats.published.load(Relaxed), 0);
+    assert_eq!(stats.no_signal.load(Relaxed), 0);
+    assert!(shared.h264.is_passthrough());
+    assert_eq!(
+        shared.h264.gop_len(),
+        20,
+        "the keyframe and every unit since"
+    );
+    let demand = shared.h264.demand();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!shared.h264.encoder_running(), "passthrough: no encoder");
+    drop(demand);
+
+    // A picture decoded from unit 7.
+    let sink = FrameSink::new(
+        shared.clone(),
+        Arc::new(Journal::open(rig.log_dir.path()).unwrap()),
+        crate::encoder::Encoder::new(EncoderConfig::default()).unwrap(),
+        surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+        watch::Sender::new(None),
+        "again".into(),
+    );
+    let mut picture = RawFrame::new();
+    (picture.width, picture.height) = (32, 32);
+    picture.data = vec![100; 32 * 32 * 3 / 2];
+    sink.publish_decoded(&picture, 7);
+    assert_eq!(stats.captured.load(Relaxed), 20);
+    assert_eq!(stats.published.load(Relaxed), 1);
+
+    // Silent from 2 s: lost a stall bound (5 s) after the newest unit, as any source.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(matches!(shared.state(), SourceState::Lost(r) if r.contains("no frame for 5 s")));
+    let lines = rig.journal();
+    assert_eq!(count(&lines, "SOURCE-LOST"), 1, "{lines:#?}");
+    rig.shutdown.cancel();
+}
+
+#[test]
+fn picture_demand_counts_its_guards() {
+    let shared = Arc::new(CaptureShared::new("x".into(), StreamShape::default()));
+    let mut changes = shared.picture_demand();
+    assert_eq!(shared.pictures_wanted(), 0);
+    let a = shared.want_pictures();
+    let b = shared.want_pictures();
+    assert_eq!(shared.pictures_wanted(), 2);
+    assert!(changes.has_changed().unwrap());
+    drop(a);
+    assert_eq!(shared.pictures_wanted(), 1);
+    drop(b);
+    assert_eq!(*changes.borrow_and_update(), 0);
 }

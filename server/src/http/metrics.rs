@@ -154,6 +154,48 @@ impl Collector for ServerCollector {
             "Frames that could not be encoded under the datagram cap.",
             |c| c.errors.load(Relaxed),
         )?;
+        per_camera_counter(
+            e,
+            "h264_passed_through",
+            "H.264 access units from the source published as they came (no decode, no encode).",
+            |c| c.h264_passed_through.load(Relaxed),
+        )?;
+        per_camera_counter(
+            e,
+            "decodes",
+            "H.264 access units from the source decoded to pictures (only while pictures are wanted).",
+            |c| c.decodes.load(Relaxed),
+        )?;
+        per_camera_counter(
+            e,
+            "h264_encodes",
+            "Frames coded as H.264 by the camera's encoder (only while H.264 is watched).",
+            |c| c.h264_encodes.load(Relaxed),
+        )?;
+        per_camera_counter(
+            e,
+            "h264_encode_microseconds",
+            "Time the H.264 encoder spent decoding JPEG and coding H.264, microseconds.",
+            |c| c.h264_encode_us.load(Relaxed),
+        )?;
+        per_camera_counter(
+            e,
+            "h264_skipped",
+            "Frames the H.264 encoder never saw: a newer one replaced them while it was busy.",
+            |c| c.h264_skipped.load(Relaxed),
+        )?;
+        per_camera_counter(
+            e,
+            "h264_errors",
+            "Frames the H.264 encoder could not code.",
+            |c| c.h264_errors.load(Relaxed),
+        )?;
+        per_camera_counter(
+            e,
+            "keyframes_forced",
+            "IDR pictures forced for H.264 watchers that joined or fell behind.",
+            |c| c.keyframes_forced.load(Relaxed),
+        )?;
         let unit = Unit::Seconds;
         let mut histogram = e.encode_descriptor(
             "encode",

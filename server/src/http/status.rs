@@ -69,6 +69,30 @@ pub struct CameraStatus {
     pub source_lost: u64,
     /// UDP viewers (seed form and SURV/1) watching it now.
     pub udp_viewers: usize,
+    /// Its H.264 feed, and the JPEG pictures an H.264 camera decodes only on demand.
+    pub h264: H264Status,
+}
+
+/// A camera's H.264: passed through from the source, or coded by its encoder on demand; and
+/// the pictures decoded from a passed-through source while JPEG pictures are wanted.
+#[derive(Debug, Clone, Serialize)]
+pub struct H264Status {
+    /// The source delivers H.264 (passed through; no encoder runs).
+    pub passthrough: bool,
+    /// Access units from the source published as they came.
+    pub passed_through: u64,
+    /// Access units from the source decoded to pictures (only while pictures are wanted).
+    pub decodes: u64,
+    /// What wants pictures now: JPEG watchers, the motion detector, a snapshot waiting.
+    pub pictures_wanted: usize,
+    /// Frames coded by the encoder (cameras that give pixels or JPEG, while H.264 is watched).
+    pub encodes: u64,
+    pub encode_us: u64,
+    /// Frames the encoder never saw (a newer one replaced them while it was busy).
+    pub skipped: u64,
+    pub errors: u64,
+    /// IDR pictures forced for watchers that joined or fell behind.
+    pub keyframes_forced: u64,
 }
 
 impl CameraStatus {
@@ -107,6 +131,17 @@ impl CameraStatus {
             no_signal: c.no_signal.load(Relaxed),
             source_lost: c.source_lost.load(Relaxed),
             udp_viewers: camera.data.attached(),
+            h264: H264Status {
+                passthrough: camera.capture.h264.is_passthrough(),
+                passed_through: c.h264_passed_through.load(Relaxed),
+                decodes: c.decodes.load(Relaxed),
+                pictures_wanted: camera.capture.pictures_wanted(),
+                encodes: c.h264_encodes.load(Relaxed),
+                encode_us: c.h264_encode_us.load(Relaxed),
+                skipped: c.h264_skipped.load(Relaxed),
+                errors: c.h264_errors.load(Relaxed),
+                keyframes_forced: c.keyframes_forced.load(Relaxed),
+            },
         }
     }
 }
@@ -395,7 +430,7 @@ pub(crate) async fn camera_status(
 
 /// `GET /snapshot.jpg`: the first camera's newest frame; 503 with why before the first one.
 pub(crate) async fn snapshot(State(http): State<Arc<HttpState>>) -> Response {
-    snapshot_of(&http.server.first_camera())
+    snapshot_of(&http.server.first_camera()).await
 }
 
 /// `GET /cam/<name>/snapshot.jpg`: that camera's newest frame.
@@ -404,12 +439,29 @@ pub(crate) async fn camera_snapshot(
     Path(name): Path<String>,
 ) -> Response {
     match http.server.cameras.pick(Some(&name)) {
-        Ok(camera) => snapshot_of(&camera),
+        Ok(camera) => snapshot_of(&camera).await,
         Err(why) => super::no_such_camera(why),
     }
 }
 
-fn snapshot_of(camera: &Camera) -> Response {
+/// How long a snapshot waits for a fresh picture from a camera that makes pictures only while
+/// they are wanted (H.264 passed through): its catch-up decode of the GOP, with room to spare.
+pub const SNAPSHOT_FRESH_WITHIN: Duration = Duration::from_secs(2);
+
+/// The camera's newest frame. A live camera that decodes only on demand, with no demand now,
+/// may hold a picture from long ago: the snapshot asks for pictures and waits (at most
+/// [`SNAPSHOT_FRESH_WITHIN`]) for a fresh one, then serves the newest it has.
+async fn snapshot_of(camera: &Camera) -> Response {
+    let capture = &camera.capture;
+    if capture.h264.is_passthrough()
+        && capture.pictures_wanted() == 0
+        && capture.state() == SourceState::Live
+    {
+        let mut frames = camera.frames.clone();
+        frames.borrow_and_update();
+        let _pictures = capture.want_pictures();
+        let _ = tokio::time::timeout(SNAPSHOT_FRESH_WITHIN, frames.changed()).await;
+    }
     let frame = camera.frames.borrow().clone();
     match frame.as_ref().and_then(|f| f.jpeg()) {
         Some(jpeg) => (

@@ -112,6 +112,9 @@ pub async fn run(
         return;
     }
     state.enabled.store(true, Relaxed);
+    // The detector looks at pictures: a camera that must decode to make them (H.264 passed
+    // through) does, while it runs.
+    let _pictures = capture.want_pictures();
     let mut report = Report {
         capture: capture.clone(),
         journal,

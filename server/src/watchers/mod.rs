@@ -42,6 +42,7 @@ use surv_proto::Form;
 use tokio::time::Instant;
 
 use crate::cameras::Camera;
+use crate::capture::PictureDemand;
 use crate::journal::{Leave, LeaveReason};
 use crate::Server;
 
@@ -79,6 +80,22 @@ impl WatcherKind {
             WatcherKind::Request => "request",
             WatcherKind::Http => "http",
             WatcherKind::Rtsp => "rtsp",
+        }
+    }
+}
+
+impl WatcherKind {
+    /// Whether a watcher of this kind is sent the camera's JPEG pictures, so that its
+    /// membership keeps them coming ([`crate::capture::CaptureShared::want_pictures`]). An RTSP
+    /// session may take H.264 (none needed) or `/mjpeg` (its session holds its own demand).
+    pub fn wants_pictures(self) -> bool {
+        match self {
+            WatcherKind::Seed
+            | WatcherKind::Surv1
+            | WatcherKind::OakTcp
+            | WatcherKind::Request
+            | WatcherKind::Http => true,
+            WatcherKind::Rtsp => false,
         }
     }
 }
@@ -372,6 +389,7 @@ impl Slot {
         server.stats.joins.fetch_add(1, Relaxed);
         server.journal.join(id, peer, kind, &camera.name);
         Membership {
+            pictures: kind.wants_pictures().then(|| camera.capture.want_pictures()),
             slot: Some(self),
             id,
             kind,
@@ -398,6 +416,8 @@ pub struct Membership {
     /// The camera it watches.
     pub camera: Arc<Camera>,
     started: Instant,
+    /// Keeps the camera's JPEG pictures coming while it is a member, for kinds that watch them.
+    pictures: Option<PictureDemand>,
 }
 
 impl Membership {
@@ -410,6 +430,7 @@ impl Membership {
         let Some(slot) = self.slot.take() else {
             return;
         };
+        self.pictures = None;
         // Its camera ended under it: a reload removed or changed the camera.
         let reason = match reason {
             LeaveReason::Shutdown if self.camera.is_retired() => LeaveReason::Removed,

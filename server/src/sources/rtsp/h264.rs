@@ -35,6 +35,11 @@ impl H264Decoder {
         })
     }
 
+    /// Starts again at the next key frame (a catch-up from a GOP).
+    pub fn restart(&mut self) {
+        self.need_key = true;
+    }
+
     /// Decodes one Annex B access unit (SPS/PPS before key frames, as retina's
     /// `FrameFormat::SIMPLE` gives them). With `out`, the picture (if any) is copied into it.
     /// A decode error is returned once, and the decoder then waits for the next key frame.

@@ -1,13 +1,23 @@
 //! `rtsp://[user:pass@]host[:port]/path`: an RTSP camera, through retina (Moonfire NVR's RTSP
-//! client). MJPEG (RFC 2435) frames are passed through as the camera made them; H.264 is decoded
-//! once (openh264) and the picture JPEG-encoded once by the capture path.
+//! client). MJPEG (RFC 2435) frames are passed through as the camera made them. H.264 access
+//! units are passed through to the camera's H.264 feed as they came (RTSP watchers get the
+//! camera's own stream: no decode, no encode); they are decoded (openh264) and the picture
+//! JPEG-encoded once only while someone wants pictures (JPEG watchers, motion, a snapshot:
+//! [`CaptureShared::want_pictures`](crate::capture::CaptureShared::want_pictures)).
 //!
 //! ```text
-//!  camera ──RTSP/RTP (TCP interleaved, or UDP)──▶ retina: depacketize ──▶ worker thread
-//!                                                  (this task: deadlines)   MJPEG: publish_jpeg
-//!                                                                            H.264: decode → I420
-//!                                                                                   → publish_raw
+//!  camera ──RTSP/RTP──▶ retina: depacketize ──▶ this task ──H.264──▶ publish_h264 (feed, always)
+//!                                                 │ (deadlines)        └─ pictures wanted ─┐
+//!                                                 └──MJPEG──────────────────────────────┐  │
+//!                                                                                       ▼  ▼
+//!                                                              worker thread: publish_jpeg,
+//!                                                              decode → I420 → publish_decoded
 //! ```
+//!
+//! When pictures become wanted (0 → 1), the worker is handed the feed's GOP (the units since
+//! the newest keyframe) to decode at once, and shows only its newest picture: the first
+//! picture needs no wait for the camera's next keyframe. From then on it decodes each unit;
+//! when nothing wants pictures any more, units are no longer handed to it.
 //!
 //! Each run opens afresh ([`session::open`]: connect + DESCRIBE, SETUP, PLAY, each under a
 //! deadline), takes the first video stream that is MJPEG or H.264, and hands each frame to the
@@ -32,14 +42,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use retina::codec::CodecItem;
+use surv_codec::annexb;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::spec::{redact, RtspTransport};
 use super::{unix_micros_now, Source, SourceError, SourceRun};
 use crate::capture::FrameSink;
+use crate::frame::{H264AccessUnit, ParameterSets};
 use session::{Codec, Opened, Target};
-use worker::{Unit, Worker};
+use worker::{Unit, Worker, WAITING_FOR_KEY};
 
 /// No frame from the camera for this long: it is lost (reconnect).
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +63,8 @@ pub struct RtspSource {
     target: Target,
     transport: RtspTransport,
     max_frame_bytes: usize,
+    /// The H.264 feed's media time, continued from run to run.
+    timeline: MediaTimeline,
 }
 
 impl RtspSource {
@@ -69,6 +83,7 @@ impl RtspSource {
             target,
             transport,
             max_frame_bytes,
+            timeline: MediaTimeline::default(),
         })
     }
 
@@ -80,7 +95,7 @@ impl RtspSource {
     }
 
     async fn run_session(
-        &self,
+        &mut self,
         sink: &FrameSink,
         stop: &CancellationToken,
     ) -> Result<(), SourceError> {
@@ -107,9 +122,20 @@ impl RtspSource {
         );
         let mut worker = Worker::start(sink, codec).map_err(|reason| self.lost(reason))?;
         let mut deadline = Instant::now() + FRAME_TIMEOUT;
+        let mut pictures = sink.capture().picture_demand();
+        let mut h264 = H264Run::default();
+        self.timeline.new_run();
         let outcome = loop {
             let item = tokio::select! {
                 () = stop.cancelled() => break Ok(()),
+                changed = pictures.changed(), if codec == Codec::H264 && h264.demand_open => {
+                    h264.demand_open = changed.is_ok();
+                    let wanted = *pictures.borrow_and_update() > 0;
+                    if let Err(reason) = h264.follow_demand(wanted, &mut worker, sink) {
+                        break Err(self.lost(reason));
+                    }
+                    continue;
+                }
                 item = tokio::time::timeout_at(deadline, demuxed.next()) => item,
             };
             let frame = match item {
@@ -139,24 +165,182 @@ impl RtspSource {
                 continue;
             }
             let is_key = frame.is_random_access_point();
-            let data = frame.into_data();
-            let unit = match codec {
-                Codec::Mjpeg => Unit::Jpeg {
-                    jpeg: Bytes::from(data),
-                    capture_unix_us,
-                },
-                Codec::H264 => Unit::H264 {
-                    access_unit: data,
-                    is_key,
-                    capture_unix_us,
-                },
+            let elapsed_90k = frame.timestamp().elapsed();
+            let data = Bytes::from(frame.into_data());
+            let offered = match codec {
+                Codec::Mjpeg => worker
+                    .offer(
+                        Unit::Jpeg {
+                            jpeg: data,
+                            capture_unix_us,
+                        },
+                        sink,
+                    )
+                    .map(|_| ()),
+                Codec::H264 => {
+                    let media_time_90k = self.timeline.at(
+                        elapsed_90k,
+                        std::time::Instant::now(),
+                        sink.capture().shape().fps,
+                    );
+                    let wanted = *pictures.borrow_and_update() > 0;
+                    h264.unit(
+                        data,
+                        is_key,
+                        media_time_90k,
+                        capture_unix_us,
+                        wanted,
+                        &mut worker,
+                        sink,
+                    )
+                }
             };
-            if let Err(reason) = worker.offer(unit, sink) {
+            if let Err(reason) = offered {
                 break Err(self.lost(reason));
             }
         };
         worker.finish().await;
         outcome
+    }
+}
+
+/// One run's H.264: whether it has started (its first keyframe), and whether the worker's
+/// decoder is following the feed.
+struct H264Run {
+    /// The newest unit passed through this run: its frame number (`None` before the run's
+    /// first keyframe: nothing of this run is in the feed yet).
+    newest_seq: Option<u64>,
+    /// The worker has been handed the GOP and every unit since: its pictures are live.
+    decoding: bool,
+    /// The picture demand can still change (its sender lives).
+    demand_open: bool,
+}
+
+impl Default for H264Run {
+    fn default() -> H264Run {
+        H264Run {
+            newest_seq: None,
+            decoding: false,
+            demand_open: true,
+        }
+    }
+}
+
+impl H264Run {
+    /// One access unit from the camera: into the feed as it came (from the run's first
+    /// keyframe that carries its parameter sets on), and to the worker while pictures are
+    /// wanted. `Err` only when the worker is gone.
+    #[allow(clippy::too_many_arguments)]
+    fn unit(
+        &mut self,
+        data: Bytes,
+        is_key: bool,
+        media_time_90k: u64,
+        capture_unix_us: u64,
+        wanted: bool,
+        worker: &mut Worker,
+        sink: &FrameSink,
+    ) -> Result<(), String> {
+        let parameter_sets = if is_key {
+            annexb::parameter_sets(&data).map(|(sps, pps)| ParameterSets {
+                sps: data.slice_ref(sps),
+                pps: data.slice_ref(pps),
+            })
+        } else {
+            None
+        };
+        // A run starts at a keyframe a decoder can start at: the pictures before it refer to
+        // pictures this run never had, and would land in the feed's previous GOP.
+        if self.newest_seq.is_none() && parameter_sets.is_none() {
+            sink.reject(WAITING_FOR_KEY);
+            return Ok(());
+        }
+        let seq = sink.publish_h264(
+            H264AccessUnit {
+                data: data.clone(),
+                parameter_sets,
+            },
+            media_time_90k,
+            capture_unix_us,
+        );
+        self.newest_seq = Some(seq);
+        if self.decoding && wanted {
+            let unit = Unit::H264 {
+                access_unit: data,
+                is_key,
+                capture_unix_us,
+                seq,
+            };
+            worker.offer(unit, sink).map(|_| ())
+        } else {
+            self.follow_demand(wanted, worker, sink)
+        }
+    }
+
+    /// Pictures are wanted or not: start decoding from the feed's GOP (0 → 1), or stop.
+    fn follow_demand(
+        &mut self,
+        wanted: bool,
+        worker: &mut Worker,
+        sink: &FrameSink,
+    ) -> Result<(), String> {
+        if !wanted {
+            self.decoding = false;
+            return Ok(());
+        }
+        let Some(seq) = self.newest_seq else {
+            return Ok(());
+        };
+        if self.decoding {
+            return Ok(());
+        }
+        // Under the run's own publishing (this task), the GOP ends at the newest unit.
+        let (gop, _) = sink.capture().h264.join();
+        // Not queued (the worker is behind): tried again with the next unit.
+        self.decoding = worker.offer(Unit::Catchup { units: gop, seq }, sink)?;
+        Ok(())
+    }
+}
+
+/// 90 kHz media time for the H.264 feed: the camera's own RTP spacing within a run (retina's
+/// `elapsed()`, not arrival times, which come in bursts over TCP), continued across
+/// reconnects from where the previous run ended plus the wall time between, and never going
+/// back (a camera whose clock jumps back continues one frame interval on).
+#[derive(Debug, Default)]
+struct MediaTimeline {
+    /// The newest media time given, and when.
+    last: Option<(u64, std::time::Instant)>,
+    /// This run's media time at `elapsed` 0; `None` until its first unit.
+    offset: Option<i128>,
+}
+
+impl MediaTimeline {
+    /// A new run: its first unit sets where its timestamps land.
+    fn new_run(&mut self) {
+        self.offset = None;
+    }
+
+    fn at(&mut self, elapsed_90k: i64, now: std::time::Instant, fps: u32) -> u64 {
+        let step = i128::from(90_000 / fps.max(1)).max(1);
+        let elapsed = i128::from(elapsed_90k);
+        let offset = *self.offset.get_or_insert_with(|| match self.last {
+            None => -elapsed,
+            Some((media, at)) => {
+                let gap = i128::try_from(now.saturating_duration_since(at).as_micros() * 9 / 100)
+                    .unwrap_or(i128::MAX / 4);
+                i128::from(media) + gap.max(step) - elapsed
+            }
+        });
+        let mut media = offset + elapsed;
+        if let Some((last, _)) = self.last {
+            if media <= i128::from(last) {
+                media = i128::from(last) + step;
+                self.offset = Some(media - elapsed);
+            }
+        }
+        let media = u64::try_from(media.max(0)).unwrap_or(u64::MAX);
+        self.last = Some((media, now));
+        media
     }
 }
 

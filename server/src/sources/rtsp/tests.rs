@@ -416,3 +416,27 @@ fn short_planes_are_an_error_and_strides_are_honoured() {
     copy_i420(&src, &mut frame).unwrap();
     assert_eq!(frame.data, [1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 20, 21]);
 }
+
+#[test]
+fn media_time_follows_the_camera_and_continues_across_runs() {
+    use super::MediaTimeline;
+    use std::time::{Duration, Instant};
+    let t0 = Instant::now();
+    let mut tl = MediaTimeline::default();
+    tl.new_run();
+    // The camera's RTP spacing, not arrival times: a burst arriving at once keeps its spacing.
+    assert_eq!(tl.at(1_000_000, t0, 30), 0);
+    assert_eq!(tl.at(1_003_000, t0, 30), 3_000);
+    assert_eq!(tl.at(1_006_000, t0, 30), 6_000);
+    // The camera's clock goes back: one frame on, and its spacing from there.
+    assert_eq!(tl.at(500_000, t0, 30), 9_000);
+    assert_eq!(tl.at(503_000, t0, 30), 12_000);
+    // A reconnect 2 s later, whose timestamps start anywhere: the wall time between is kept.
+    tl.new_run();
+    let t1 = t0 + Duration::from_secs(2);
+    assert_eq!(tl.at(-77, t1, 30), 12_000 + 180_000);
+    assert_eq!(tl.at(2_923, t1, 30), 12_000 + 183_000);
+    // A reconnect at once still moves on by a frame.
+    tl.new_run();
+    assert_eq!(tl.at(42, t1, 30), 12_000 + 186_000);
+}
