@@ -64,7 +64,7 @@ fn spawn_clients(
 }
 
 /// The newest frame's size, from `/snapshot.jpg` (what a slow client's byte rate is set from).
-fn snapshot_bytes(port: u16) -> anyhow::Result<usize> {
+pub(crate) fn snapshot_bytes(port: u16) -> anyhow::Result<usize> {
     let mut tcp = TcpStream::connect_timeout(
         &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
         Duration::from_secs(5),

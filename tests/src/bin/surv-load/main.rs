@@ -13,6 +13,11 @@
 //! the viewers are spread over them; per camera, the worst viewer's share of that camera's
 //! frames, and the frames that reached a viewer of another camera (see `cameras.rs`).
 //!
+//! With `--rtsp N`, the watchers are N RTSP players of the server's RTSP server instead
+//! (`--rtsp-path main` for H.264, `main/mjpeg` for RTP/JPEG; `--rtsp-transport tcp|udp`): frames
+//! per watcher against those published, server CPU per delivered frame, H.264 encodes per
+//! captured frame and their cost, bits per second, PLAY → first keyframe (see `rtsp.rs`).
+//!
 //! With `--churn-secs`, viewers keep joining and leaving for that long and the server's RSS is
 //! printed periodically instead (the memory-growth run).
 //!
@@ -30,7 +35,8 @@
 //! from /proc), `churn.rs` (the memory run), `gst.rs` (the GStreamer yardstick), `push.rs` (the
 //! camera of a push run), `http.rs` (the HTTP runs, and their GStreamer yardstick),
 //! `http_clients.rs` (their clients), `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the
-//! apps run), `cameras.rs` (the many-cameras run).
+//! apps run), `cameras.rs` (the many-cameras run), `rtsp.rs` (the RTSP runs, and their GStreamer
+//! yardstick), `rtsp_watchers.rs` (their players).
 
 mod cameras;
 mod chaos;
@@ -48,6 +54,8 @@ mod procfs;
 mod push;
 mod receiver;
 mod request;
+mod rtsp;
+mod rtsp_watchers;
 mod server;
 mod viewers;
 
@@ -126,6 +134,21 @@ struct Args {
     /// what comes back (no acks), instead of UDP viewers.
     #[arg(long)]
     request: Option<usize>,
+    /// RTSP run: N players of the server's RTSP server (DESCRIBE, SETUP, PLAY) instead of UDP
+    /// viewers, each counting the complete frames it receives (with --gst-baseline and
+    /// --rtsp-transport udp: GStreamer's `jpegenc ! rtpjpegpay ! multiudpsink` to N receivers).
+    #[arg(long)]
+    rtsp: Option<usize>,
+    /// In an RTSP run, how the media travel: interleaved on the RTSP connection, or UDP to each
+    /// player's own port pair.
+    #[arg(long, value_enum, default_value_t = rtsp_watchers::Transport::Tcp)]
+    rtsp_transport: rtsp_watchers::Transport,
+    /// In an RTSP run, the mount: `main` (H.264) or `main/mjpeg` (RTP/JPEG).
+    #[arg(long, default_value = "main")]
+    rtsp_path: String,
+    /// In an RTSP run, ms between two players' starts.
+    #[arg(long, default_value_t = 10)]
+    rtsp_stagger_ms: u64,
     /// Memory run: viewers join and leave for this many seconds; RSS is printed periodically.
     #[arg(long)]
     churn_secs: Option<f64>,
@@ -213,6 +236,18 @@ fn main() -> anyhow::Result<()> {
         {
             bail!("--cameras goes with UDP viewers only: not with --http, --request, --chaos, --churn-secs, --gst-baseline or --delay-ms");
         }
+    }
+    if let Some(n) = args.rtsp {
+        if n == 0 || n > MAX_VIEWER_INDEX {
+            bail!("--rtsp must be 1..={MAX_VIEWER_INDEX}");
+        }
+        if (fd_limit as usize) < 3 * n + 64 {
+            eprintln!("surv-load: warning: open-file limit {fd_limit} is below {n} RTSP players (3 descriptors each)");
+        }
+        return match args.gst_baseline {
+            true => rtsp::run_gst(&args),
+            false => rtsp::run_surv(&args),
+        };
     }
     if args.http.is_some() {
         return match args.gst_baseline {

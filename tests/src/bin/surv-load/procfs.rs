@@ -82,3 +82,26 @@ pub fn udp_drops(pid: &str) -> u64 {
     }
     drops
 }
+
+/// The threads of a process whose name starts with `prefix`: each one's name and CPU time
+/// (user + system), µs, from /proc/<pid>/task/<tid>/stat.
+pub fn threads_cpu_us(pid: &str, prefix: &str) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let name = name.trim_end();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let tid = task.file_name().to_string_lossy().into_owned();
+        if let Ok(us) = cpu_us(&format!("{pid}/task/{tid}")) {
+            found.push((name.to_string(), us));
+        }
+    }
+    found
+}
