@@ -723,6 +723,29 @@ async fn surv_reads_surv_and_passes_h264_through() {
     assert!(decodes.abs_diff(captured) <= 2, "{decodes} for {captured}");
     assert!(pictures as f64 >= 0.8 * captured as f64, "{pictures}");
     drop(seed);
+
+    // GStreamer reads B's RTP/JPEG mount: the session wants pictures, so B decodes for it.
+    let decodes_before = h264_counters(&b).2;
+    let mjpeg = format!("rtsp://{}/main/mjpeg", b.rtsp_addr.unwrap());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("gst-launch-1.0");
+        cmd.arg("-q").args(
+            format!(
+                "rtspsrc location={mjpeg} protocols=tcp latency=0 ! rtpjpegdepay ! jpegdec ! fakesink num-buffers=30"
+            )
+            .split(' '),
+        );
+        surv_tests::child::output_within(&mut cmd, Duration::from_secs(40))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(h264_counters(&b).2 > decodes_before, "B decoded for /mjpeg");
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }

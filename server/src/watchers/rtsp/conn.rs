@@ -27,7 +27,7 @@ use super::Shared;
 use crate::auth::{http_presented, DigestAnswer, Presented};
 use crate::cameras::Camera;
 use crate::capture::h264::{H264Demand, H264Feed, H264Unit};
-use crate::capture::{FrameRx, SharedFrame};
+use crate::capture::{FrameRx, PictureDemand, SharedFrame};
 use crate::journal::LeaveReason;
 use crate::rtp::h264::H264Packetizer;
 use crate::rtp::jpeg::JpegPacketizer;
@@ -137,6 +137,9 @@ struct Play {
     tally: Tally,
     live: Arc<LiveTally>,
     media: Media,
+    /// An `/mjpeg` session keeps the camera's pictures coming (an H.264 camera passed through
+    /// is decoded only while someone needs pictures).
+    _pictures: Option<PictureDemand>,
     paused: bool,
     /// For sender reports: what was sent, and the newest frame's RTP and wall-clock times.
     packets: u32,
@@ -622,6 +625,8 @@ impl Conn {
                     Media::Jpeg { rx }
                 }
             };
+            let pictures =
+                (session.stream == Stream::Jpeg).then(|| session.camera.capture.want_pictures());
             let live = Arc::new(LiveTally::default());
             let membership =
                 slot.join_reporting(WatcherKind::Rtsp, peer, &session.camera, live.clone());
@@ -630,6 +635,7 @@ impl Conn {
                 tally: Tally::default(),
                 live,
                 media,
+                _pictures: pictures,
                 paused: false,
                 packets: 0,
                 octets: 0,
