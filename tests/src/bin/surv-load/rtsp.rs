@@ -299,7 +299,11 @@ pub fn run_gst(args: &Args) -> anyhow::Result<()> {
     let mut child = Command::new("gst-launch-1.0")
         .arg("-q")
         .args(["videotestsrc", "is-live=true", "!"])
-        .arg(format!("video/x-raw,width={w},height={h},framerate={fps}/1"))
+        // 4:2:0, which RTP/JPEG carries: left to itself, videotestsrc ! jpegenc settles on
+        // 4:4:4, which rtpjpegpay refuses ("Invalid component").
+        .arg(format!(
+            "video/x-raw,format=I420,width={w},height={h},framerate={fps}/1"
+        ))
         .args(["!", "jpegenc", "!", "rtpjpegpay", "mtu=1200", "!", "multiudpsink"])
         .arg(format!("clients={}", clients.join(",")))
         .stdin(Stdio::null())
