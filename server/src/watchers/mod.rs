@@ -389,7 +389,9 @@ impl Slot {
         server.stats.joins.fetch_add(1, Relaxed);
         server.journal.join(id, peer, kind, &camera.name);
         Membership {
-            pictures: kind.wants_pictures().then(|| camera.capture.want_pictures()),
+            pictures: kind
+                .wants_pictures()
+                .then(|| camera.capture.want_pictures()),
             slot: Some(self),
             id,
             kind,
