@@ -749,3 +749,61 @@ async fn surv_reads_surv_and_passes_h264_through() {
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }
+
+/// A camera with a keyframe only every 10 s: a player joining surv's RTSP between two of them
+/// starts at once, from the cached GOP (the frames since the last keyframe), instead of waiting
+/// up to 10 s for the camera's next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_joining_a_passed_through_camera_starts_before_its_next_keyframe() {
+    if !standin_available() {
+        return;
+    }
+    let _serial = heavy().await;
+    let cam = Camera::start(&["--key-int", "300"]);
+    let srv = start_server_with(
+        ServerOpts {
+            rtsp: true,
+            ..ServerOpts::sized(640, 480)
+        },
+        source(&cam.url("/h264", None), RtspTransport::Tcp),
+    )
+    .await
+    .expect("server starts");
+    // Two seconds into the camera's 10 s GOP.
+    wait_captured(&srv, 60).await;
+    let url = format!("rtsp://{}/main", srv.rtsp_addr.unwrap());
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(["-v", "error", "-rtsp_transport", "tcp", "-i", &url])
+            .args(["-frames:v", "10", "-f", "framecrc", "-"]);
+        surv_tests::child::output_within(&mut cmd, Duration::from_secs(40))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let took = started.elapsed();
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    assert!(
+        out.status.success() && frames == 10,
+        "{frames} frames: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let captured = srv
+        .server
+        .first_camera()
+        .capture
+        .stats
+        .captured
+        .load(Relaxed);
+    eprintln!("10 frames decoded {took:?} after joining, camera at frame {captured}");
+    // The camera's next keyframe comes at its frame 300; ffmpeg needs a keyframe to decode.
+    assert!(
+        captured < 300,
+        "ffmpeg waited for the camera's next keyframe: {captured}"
+    );
+    srv.stop().await.unwrap();
+}
