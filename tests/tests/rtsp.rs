@@ -368,6 +368,15 @@ impl RawPlayer {
     }
 }
 
+/// The session id of a SETUP response's head (its `Session:` header, without `;timeout=`).
+fn session_id(head: &str) -> String {
+    let value = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Session: "))
+        .unwrap_or_else(|| panic!("no Session header: {head}"));
+    value.split(';').next().unwrap_or(value).to_string()
+}
+
 /// The H.264 NAL type an RTP packet starts (FU-A: the fragmented NAL's type).
 fn nal_type(rtp: &[u8]) -> u8 {
     let payload = &rtp[12..];
@@ -396,14 +405,7 @@ async fn a_player_that_stops_reading_skips_to_a_keyframe() {
         )
         .await;
     assert!(head.contains("interleaved=0-1"), "{head}");
-    let session = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Session: "))
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let session = session_id(&head);
     let head = p
         .request("PLAY", &base, &format!("Session: {session}\r\n"))
         .await;
@@ -492,14 +494,7 @@ async fn cameras_by_name_and_the_viewer_limit() {
                 "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
             )
             .await;
-        let session = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Session: "))
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_string();
+        let session = session_id(&head);
         let head = p
             .request("PLAY", &base, &format!("Session: {session}\r\n"))
             .await;
