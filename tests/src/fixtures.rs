@@ -125,6 +125,26 @@ pub fn broken_jpegs(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Every file of `fuzz/corpus/<target>/`, sorted; at least one, or the corpus went missing.
+/// For the tests that replay a fuzz target's corpus under plain `cargo test`.
+pub fn fuzz_corpus(target: &str) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("corpus entry").path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("corpus file");
+            (p, bytes)
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "empty corpus {}", dir.display());
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
