@@ -32,6 +32,15 @@ enum Switch {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MotionH264 {
+    /// Decode the camera's keyframes alone for the detector (each stands alone): cheap, and
+    /// motion is seen once per keyframe interval of the camera.
+    Keyframes,
+    /// Decode every frame for the detector (which analyses every --motion-every'th).
+    Every,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     /// RTP interleaved in the RTSP TCP connection (works through NAT and firewalls).
     Tcp,
@@ -177,6 +186,11 @@ struct Args {
     /// A motion event ends after this many seconds without motion.
     #[arg(long, value_name = "SECS", default_value_t = 3.0)]
     motion_hold: f64,
+    /// For an H.264 camera passed through (rtsp://), while no JPEG watcher or snapshot wants
+    /// its pictures, what is decoded for the motion detector. With a JPEG watcher, every frame
+    /// is decoded anyway and the detector takes every --motion-every'th.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = MotionH264::Keyframes)]
+    motion_h264: MotionH264,
     /// Also serve seed 001's apps behind NAT on this UDP port: an app sends "Request" (or
     /// "Request TOKEN") once, and every frame is sent back to its address from this port as one
     /// JPEG datagram. 0 = off. The same port as a udp:// source shares its socket: JPEG
@@ -523,6 +537,7 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
     let motion = surv_server::motion::MotionConfig {
         threshold_pct: args.motion_threshold,
         hold: secs(args.motion_hold, "--motion-hold")?,
+        h264_keyframes_only: args.motion_h264 == MotionH264::Keyframes,
         ..Default::default()
     };
     let name = args.name.clone().unwrap_or_else(mqtt::default_name);

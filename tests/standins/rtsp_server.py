@@ -42,9 +42,11 @@ def picture(args):
 def pipelines(args):
     src = picture(args)
     mounts = {
-        # Main profile (CABAC), as cameras send, not the Baseline of x264's fastest preset.
+        # Main profile (CABAC), as cameras send, not the Baseline of x264's fastest preset;
+        # a fixed GOP, as cameras send (x264's scene-cut detection makes about two frames in
+        # three keyframes of the 1920x1080 colour bars).
         "/h264": f"( {src} ! x264enc tune=zerolatency speed-preset=veryfast "
-        f"key-int-max={args.key_int} ! video/x-h264,profile=main "
+        f"key-int-max={args.key_int} option-string=scenecut=0 ! video/x-h264,profile=main "
         f"! rtph264pay name=pay0 pt=96 config-interval=-1 )",
         "/mjpeg": f"( {src} ! jpegenc quality=80 ! rtpjpegpay name=pay0 pt=26 )",
     }

@@ -637,6 +637,72 @@ async fn h264_is_decoded_only_while_a_viewer_wants_pictures() {
     srv.stop().await.unwrap();
 }
 
+/// Motion detection alone (no JPEG viewer) on a passed-through H.264 camera decodes its
+/// keyframes and nothing else (`--motion-h264 keyframes`, the default), and the detector
+/// analyses each; a seed viewer then makes it decode every unit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn motion_alone_decodes_a_passed_through_camera_s_keyframes() {
+    if !standin_available() {
+        return;
+    }
+    let _serial = heavy().await;
+    let cam = Camera::start(&["--key-int", "10"]);
+    let opts = ServerOpts {
+        motion: Some((2, Duration::from_secs(3))),
+        ..ServerOpts::sized(640, 480)
+    };
+    let srv = start_server_with(opts, source(&cam.url("/h264", None), RtspTransport::Tcp))
+        .await
+        .expect("server starts");
+    let camera = srv.server.first_camera();
+    wait_captured(&srv, 15).await;
+    // The camera's keyframes, counted from its feed over the window.
+    let (_, mut units) = camera.capture.h264.join();
+    let analysed = || camera.motion.analysed.load(Relaxed);
+    // A keyframe decoded when the window opens may still be on its way to the detector.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while units.try_recv().is_ok() {}
+    let (before, analysed_before) = (h264_counters(&srv), analysed());
+    let mut keyframes = 0u64;
+    let window = Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(unit)) = tokio::time::timeout_at(window, units.recv()).await {
+        keyframes += u64::from(unit.au.is_keyframe());
+    }
+    let after = h264_counters(&srv);
+    let (captured, passed, decodes) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    let analysed = analysed() - analysed_before;
+    eprintln!(
+        "motion alone: captured {captured} passed through {passed} keyframes {keyframes} \
+         decodes {decodes} analysed {analysed}"
+    );
+    assert!(captured >= 70, "{captured} frames in 3 s");
+    assert_eq!(passed, captured);
+    assert!(
+        keyframes >= 6 && keyframes * 3 <= captured,
+        "{keyframes} keyframes in {captured} frames"
+    );
+    assert!(
+        decodes.abs_diff(keyframes) <= 1,
+        "{decodes} decodes for {keyframes} keyframes ({captured} frames)"
+    );
+    assert!(
+        analysed.abs_diff(keyframes) <= 1,
+        "{analysed} analysed for {keyframes} keyframes"
+    );
+
+    // A JPEG viewer wants every picture: every unit is decoded again.
+    let mut seed = RawViewer::register(srv.addr, Form::Seed).await.unwrap();
+    watch_seed(&mut seed, Duration::from_millis(500)).await;
+    let before = h264_counters(&srv);
+    let seen = watch_seed(&mut seed, Duration::from_secs(2)).await;
+    let after = h264_counters(&srv);
+    let (captured, decodes) = (after.0 - before.0, after.2 - before.2);
+    eprintln!("with a viewer: captured {captured} decodes {decodes} seen {seen:?}");
+    assert!(captured >= 45, "{captured}");
+    assert!(decodes.abs_diff(captured) <= 2, "{decodes} for {captured}");
+    srv.stop().await.unwrap();
+}
+
 /// surv reads surv: server A serves its test pattern as RTSP H.264; server B's camera is
 /// `rtsp://A/main`. B passes A's units through without decoding while B has no JPEG viewer,
 /// and an RTSP player on B (ffmpeg) decodes 60 frames of it; a JPEG viewer on B then makes B

@@ -181,10 +181,11 @@ pub struct CaptureShared {
     /// The camera's H.264: access units once for every H.264 watcher, and the encoder that
     /// makes them on demand when the source gives pixels or JPEG.
     pub h264: Arc<h264::H264Feed>,
-    /// How many [`PictureDemand`] guards live: JPEG watchers, the motion detector, a snapshot
-    /// waiting. A source that must decode to make pictures (an H.264 camera) decodes only
-    /// while it is above 0, and wakes on its changes.
-    pictures: watch::Sender<usize>,
+    /// How many [`PictureDemand`] guards live, by what they need: JPEG watchers and a snapshot
+    /// waiting want every picture, the motion detector the camera's keyframes at least. A
+    /// source that must decode to make pictures (an H.264 camera) decodes what the strongest
+    /// of them needs, and wakes on its changes.
+    pictures: watch::Sender<PictureWants>,
 }
 
 impl CaptureShared {
@@ -196,26 +197,46 @@ impl CaptureShared {
             state: watch::Sender::new(SourceState::Starting),
             motion: AtomicBool::new(false),
             h264: Arc::new(h264::H264Feed::new()),
-            pictures: watch::Sender::new(0),
+            pictures: watch::Sender::new(PictureWants::default()),
         }
     }
 
-    /// While the guard lives, the camera's JPEG pictures are wanted: a source that would have
-    /// to decode to make them (an H.264 camera passed through) does.
+    /// While the guard lives, every one of the camera's JPEG pictures is wanted: a source that
+    /// would have to decode to make them (an H.264 camera passed through) does.
     pub fn want_pictures(self: &Arc<Self>) -> PictureDemand {
-        self.pictures.send_modify(|n| *n += 1);
+        self.demand(false)
+    }
+
+    /// While the guard lives, pictures of the camera's keyframes at least are wanted (the
+    /// motion detector's sampling): an H.264 camera passed through decodes its keyframes alone
+    /// (each one stands alone) unless something wants every picture.
+    pub fn want_keyframe_pictures(self: &Arc<Self>) -> PictureDemand {
+        self.demand(true)
+    }
+
+    fn demand(self: &Arc<Self>, keyframes_only: bool) -> PictureDemand {
+        self.pictures.send_modify(|w| match keyframes_only {
+            true => w.keyframes += 1,
+            false => w.every += 1,
+        });
         PictureDemand {
             shared: self.clone(),
+            keyframes_only,
         }
     }
 
-    /// How many [`PictureDemand`] guards live.
+    /// How many [`PictureDemand`] guards want every picture.
     pub fn pictures_wanted(&self) -> usize {
+        self.pictures.borrow().every
+    }
+
+    /// The picture demand now.
+    pub fn picture_wants(&self) -> PictureWants {
         *self.pictures.borrow()
     }
 
     /// The picture demand, to wait for its changes.
-    pub fn picture_demand(&self) -> watch::Receiver<usize> {
+    pub fn picture_demand(&self) -> watch::Receiver<PictureWants> {
         self.pictures.subscribe()
     }
 
@@ -262,9 +283,39 @@ impl CaptureShared {
     }
 }
 
+/// The live [`PictureDemand`] guards of a camera, by what they need.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PictureWants {
+    /// Guards that want every picture.
+    pub every: usize,
+    /// Guards that want the keyframes' pictures at least.
+    pub keyframes: usize,
+}
+
+/// What a source that must decode to make pictures decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    Nothing,
+    Keyframes,
+    Every,
+}
+
+impl PictureWants {
+    pub fn decode(self) -> Decode {
+        if self.every > 0 {
+            Decode::Every
+        } else if self.keyframes > 0 {
+            Decode::Keyframes
+        } else {
+            Decode::Nothing
+        }
+    }
+}
+
 /// Keeps a camera's JPEG pictures coming (see [`CaptureShared::want_pictures`]).
 pub struct PictureDemand {
     shared: Arc<CaptureShared>,
+    keyframes_only: bool,
 }
 
 impl std::fmt::Debug for PictureDemand {
@@ -275,9 +326,11 @@ impl std::fmt::Debug for PictureDemand {
 
 impl Drop for PictureDemand {
     fn drop(&mut self) {
-        self.shared
-            .pictures
-            .send_modify(|n| *n = n.saturating_sub(1));
+        let keyframes_only = self.keyframes_only;
+        self.shared.pictures.send_modify(|w| match keyframes_only {
+            true => w.keyframes = w.keyframes.saturating_sub(1),
+            false => w.every = w.every.saturating_sub(1),
+        });
     }
 }
 

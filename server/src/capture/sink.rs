@@ -5,8 +5,8 @@
 //! A source that delivers H.264 (an RTSP camera) hands each access unit to
 //! [`FrameSink::publish_h264`]: it goes to the camera's H.264 feed as it came (no decode, no
 //! encode), counts as captured and keeps the source live, whether or not anyone wants JPEG
-//! pictures. The source decodes only while [`CaptureShared::want_pictures`] has guards, and
-//! publishes those pictures with [`FrameSink::publish_decoded`] under their unit's sequence
+//! pictures. The source decodes only while [`CaptureShared::picture_wants`] says something
+//! wants pictures (every unit, or its keyframes alone), and publishes those pictures with [`FrameSink::publish_decoded`] under their unit's sequence
 //! number.
 //!
 //! The sink also keeps the source's health (starting, live, lost): the journal's `SOURCE-LOST`

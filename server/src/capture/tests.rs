@@ -908,6 +908,12 @@ fn picture_demand_counts_its_guards() {
     assert!(changes.has_changed().unwrap());
     drop(a);
     assert_eq!(shared.pictures_wanted(), 1);
+    let k = shared.want_keyframe_pictures();
+    assert_eq!(changes.borrow_and_update().decode(), Decode::Every);
     drop(b);
-    assert_eq!(*changes.borrow_and_update(), 0);
+    assert_eq!(shared.pictures_wanted(), 0);
+    assert_eq!(changes.borrow_and_update().decode(), Decode::Keyframes);
+    drop(k);
+    assert_eq!(*changes.borrow_and_update(), PictureWants::default());
+    assert_eq!(changes.borrow().decode(), Decode::Nothing);
 }

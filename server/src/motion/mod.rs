@@ -35,6 +35,9 @@ pub struct MotionConfig {
     pub lightswitch_pct: f32,
     /// How long without motion ends an event.
     pub hold: Duration,
+    /// An H.264 camera passed through decodes its keyframes alone for the detector while
+    /// nothing else wants its pictures (else every frame).
+    pub h264_keyframes_only: bool,
 }
 
 impl Default for MotionConfig {
@@ -44,6 +47,7 @@ impl Default for MotionConfig {
             threshold_pct: 0.5,
             lightswitch_pct: 60.0,
             hold: Duration::from_secs(3),
+            h264_keyframes_only: true,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The motion detector on the live stream: takes every Nth published frame (by sequence
-//! number), analyses it off the capture path, and reports events to the journal (and through
+//! number; every frame that comes when they come further apart), analyses it off the capture path, and reports events to the journal (and through
 //! it to MQTT: start, an update at most every [`UPDATE_EVERY_US`] while motion goes on, end), to
 //! the capture (frames published during an event carry the motion flag in their tag) and to
 //! whoever reads [`MotionState`] (`/status`, metrics).
@@ -113,8 +113,12 @@ pub async fn run(
     }
     state.enabled.store(true, Relaxed);
     // The detector looks at pictures: a camera that must decode to make them (H.264 passed
-    // through) does, while it runs.
-    let _pictures = capture.want_pictures();
+    // through) does, while it runs: its keyframes alone (one picture a keyframe interval), or
+    // every frame.
+    let _pictures = match cfg.h264_keyframes_only {
+        true => capture.want_keyframe_pictures(),
+        false => capture.want_pictures(),
+    };
     let mut report = Report {
         capture: capture.clone(),
         journal,
@@ -123,6 +127,7 @@ pub async fn run(
     };
     let mut thumb = Vec::new();
     let mut was_live = false;
+    let mut last_seq: Option<u64> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -145,9 +150,15 @@ pub async fn run(
             continue;
         }
         was_live = true;
-        if frame.seq % every != 0 {
-            continue;
+        // Every `every`-th frame: by distance from the last one analysed, as frames may come
+        // with gaps (a passed-through camera's keyframes alone are far apart). A sequence that
+        // went back (a new capture) starts afresh.
+        if let Some(last) = last_seq {
+            if frame.seq > last && frame.seq - last < every {
+                continue;
+            }
         }
+        last_seq = Some(frame.seq);
         // Analysed as a JPEG: a frame of another codec is skipped.
         let Some(jpeg) = frame.jpeg() else {
             continue;

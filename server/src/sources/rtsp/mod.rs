@@ -2,8 +2,10 @@
 //! client). MJPEG (RFC 2435) frames are passed through as the camera made them. H.264 access
 //! units are passed through to the camera's H.264 feed as they came (RTSP watchers get the
 //! camera's own stream: no decode, no encode); they are decoded (openh264) and the picture
-//! JPEG-encoded once only while someone wants pictures (JPEG watchers, motion, a snapshot:
-//! [`CaptureShared::want_pictures`](crate::capture::CaptureShared::want_pictures)).
+//! JPEG-encoded once only while someone wants pictures: every unit for JPEG watchers or a
+//! snapshot ([`CaptureShared::want_pictures`](crate::capture::CaptureShared::want_pictures)),
+//! the keyframes alone when only the motion detector looks
+//! ([`CaptureShared::want_keyframe_pictures`](crate::capture::CaptureShared::want_keyframe_pictures)).
 //!
 //! ```text
 //!  camera ──RTSP/RTP──▶ retina: depacketize ──▶ this task ──H.264──▶ publish_h264 (feed, always)
@@ -48,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::spec::{redact, RtspTransport};
 use super::{unix_micros_now, Source, SourceError, SourceRun};
-use crate::capture::FrameSink;
+use crate::capture::{Decode, FrameSink};
 use crate::frame::{H264AccessUnit, ParameterSets};
 use session::{Codec, Opened, Target};
 use worker::{Unit, Worker, WAITING_FOR_KEY};
@@ -130,7 +132,7 @@ impl RtspSource {
                 () = stop.cancelled() => break Ok(()),
                 changed = pictures.changed(), if codec == Codec::H264 && h264.demand_open => {
                     h264.demand_open = changed.is_ok();
-                    let wanted = *pictures.borrow_and_update() > 0;
+                    let wanted = pictures.borrow_and_update().decode();
                     if let Err(reason) = h264.follow_demand(wanted, &mut worker, sink) {
                         break Err(self.lost(reason));
                     }
@@ -183,7 +185,7 @@ impl RtspSource {
                         std::time::Instant::now(),
                         sink.capture().shape().fps,
                     );
-                    let wanted = *pictures.borrow_and_update() > 0;
+                    let wanted = pictures.borrow_and_update().decode();
                     h264.unit(
                         data,
                         is_key,
@@ -229,7 +231,9 @@ impl Default for H264Run {
 impl H264Run {
     /// One access unit from the camera: into the feed as it came (from the run's first
     /// keyframe that carries its parameter sets on), and to the worker while pictures are
-    /// wanted. `Err` only when the worker is gone.
+    /// wanted: every unit, or the keyframes alone while nothing wants more (the motion
+    /// detector's sampling; a keyframe decodes without the units before it). `Err` only when
+    /// the worker is gone.
     #[allow(clippy::too_many_arguments)]
     fn unit(
         &mut self,
@@ -237,7 +241,7 @@ impl H264Run {
         is_key: bool,
         media_time_90k: u64,
         capture_unix_us: u64,
-        wanted: bool,
+        wanted: Decode,
         worker: &mut Worker,
         sink: &FrameSink,
     ) -> Result<(), String> {
@@ -264,7 +268,12 @@ impl H264Run {
             capture_unix_us,
         );
         self.newest_seq = Some(seq);
-        if self.decoding && wanted {
+        let decode = match wanted {
+            Decode::Every => self.decoding,
+            Decode::Keyframes => is_key,
+            Decode::Nothing => false,
+        };
+        if decode {
             let unit = Unit::H264 {
                 access_unit: data,
                 is_key,
@@ -277,14 +286,15 @@ impl H264Run {
         }
     }
 
-    /// Pictures are wanted or not: start decoding from the feed's GOP (0 → 1), or stop.
+    /// Every picture is wanted or not: start decoding every unit from the feed's GOP, or stop
+    /// (keyframes alone need no catch-up: each is decoded as it comes).
     fn follow_demand(
         &mut self,
-        wanted: bool,
+        wanted: Decode,
         worker: &mut Worker,
         sink: &FrameSink,
     ) -> Result<(), String> {
-        if !wanted {
+        if wanted != Decode::Every {
             self.decoding = false;
             return Ok(());
         }

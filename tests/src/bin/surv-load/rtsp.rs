@@ -39,6 +39,9 @@ struct Counters {
 #[derive(Debug, Clone, Copy, Default)]
 struct H264Counters {
     encodes: u64,
+    /// Units decoded for pictures, and units passed through from an H.264 camera.
+    decodes: u64,
+    passed_through: u64,
     encode_us: u64,
     skipped: u64,
     keyframes_forced: u64,
@@ -69,6 +72,8 @@ fn status(port: u16) -> anyhow::Result<Counters> {
             (Some(encodes), Some(encode_us)) => Some(H264Counters {
                 encodes,
                 encode_us,
+                decodes: n(&h264["decodes"]).unwrap_or(0),
+                passed_through: n(&h264["passed_through"]).unwrap_or(0),
                 skipped: n(&h264["skipped"]).unwrap_or(0),
                 keyframes_forced: n(&h264["keyframes_forced"]).unwrap_or(0),
             }),
@@ -198,8 +203,15 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     rt.shutdown_timeout(Duration::from_secs(5));
     let (_log, journal) = server.stop_with_journal();
 
-    let published = s1.published.saturating_sub(s0.published);
     let captured = s1.captured.saturating_sub(s0.captured);
+    // The frames the watchers could get: the JPEGs published (RTP/JPEG), or the H.264 units
+    // made (encoded) or passed through (an H.264 camera, whose JPEGs are made only on demand).
+    let published = match (target.path.ends_with("mjpeg"), s0.h264, s1.h264) {
+        (false, Some(a), Some(b)) => {
+            b.encodes.saturating_sub(a.encodes) + b.passed_through.saturating_sub(a.passed_through)
+        }
+        _ => s1.published.saturating_sub(s0.published),
+    };
     let s = shares(&tally, n, secs);
     let srv_cpu = srv1.saturating_sub(srv0) as f64;
     let skipped: u64 = journal
@@ -211,7 +223,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     let (w, h) = args.size;
     let fps = args.fps;
     println!(
-        "rtsp watchers={n} transport={:?} path=/{} size={w}x{h}@{fps} measured={secs:.1}s, published {published} frames (captured {captured}) | frames per watcher min={} ({:.2}%) median={} ({:.2}%) | {} incomplete frames, {} packets missing | {}",
+        "rtsp watchers={n} transport={:?} path=/{} size={w}x{h}@{fps} measured={secs:.1}s, {published} frames for the watchers (captured {captured}) | frames per watcher min={} ({:.2}%) median={} ({:.2}%) | {} incomplete frames, {} packets missing | {}",
         args.rtsp_transport,
         target.path,
         s.min_frames,
@@ -238,8 +250,12 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         _ if jpeg_mount => {}
         (Some(a), Some(b)) => {
             let encodes = b.encodes.saturating_sub(a.encodes);
+            let decodes = b.decodes.saturating_sub(a.decodes);
+            let passed = b.passed_through.saturating_sub(a.passed_through);
             println!(
-                "h264 encodes/captured={:.3} ({encodes} of {captured}) | encode={:.0}us per frame (JPEG decode + H.264 code; encoder threads' CPU {:.0}us per frame, {encoder_threads} thread) | skipped by the encoder {} | keyframes forced {} in the window, {} in the run",
+                "h264 passed through/captured={:.3} ({passed}) decodes/captured={:.3} ({decodes}) encodes/captured={:.3} ({encodes} of {captured}) | encode={:.0}us per frame (JPEG decode + H.264 code; encoder threads' CPU {:.0}us per frame, {encoder_threads} thread) | skipped by the encoder {} | keyframes forced {} in the window, {} in the run",
+                passed as f64 / captured.max(1) as f64,
+                decodes as f64 / captured.max(1) as f64,
                 encodes as f64 / captured.max(1) as f64,
                 b.encode_us.saturating_sub(a.encode_us) as f64 / encodes.max(1) as f64,
                 encoder_us / published.max(1) as f64,
