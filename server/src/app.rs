@@ -446,6 +446,7 @@ impl App {
                     camera.capture.shape().fps,
                     socket,
                     forwarding,
+                    camera.rtp.clone(),
                     stop.clone(),
                 )));
             }

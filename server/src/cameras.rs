@@ -45,6 +45,8 @@ pub struct Camera {
     /// Its `--forward` (set once, when the forward starts): where its RTP goes, the counters,
     /// the SDP.
     pub forward: OnceLock<Arc<Forwarding>>,
+    /// Its RTP packets, made once per frame for every RTSP session and the forward.
+    pub rtp: Arc<crate::rtp::CameraPackets>,
 }
 
 impl Camera {
@@ -71,6 +73,7 @@ impl Camera {
             retired: AtomicBool::new(false),
             fanout: Mutex::new(None),
             forward: OnceLock::new(),
+            rtp: Arc::default(),
         }
     }
 

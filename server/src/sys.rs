@@ -1,7 +1,8 @@
 //! Every system call the server makes through `libc`, and so all of its `unsafe` (and of the
 //! load tool, which uses these too): batched UDP (`sendmmsg` of one frame to many viewers,
 //! `recvmmsg` of many datagrams with their senders, full lengths and, when asked, their
-//! destination and kernel receive time), the sockaddr conversions, socket options, a bounded
+//! destination and kernel receive time), one segmented UDP send (GSO: a frame's RTP packets in
+//! one call), the sockaddr conversions, socket options, a bounded
 //! wait on one socket, and the open-file limit.
 //!
 //! Sending shares the frame: every message's iovec points at the same bytes, so a frame is
@@ -223,6 +224,58 @@ impl BatchSender {
         }
         Ok(rc as usize)
     }
+}
+
+/// The most segments one `UDP_SEGMENT` send may carry (the kernel's `UDP_MAX_SEGMENTS`, 64
+/// before Linux 6.x raised it), and the most bytes (a datagram's 16-bit length).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+pub const GSO_MAX_BYTES: usize = 65_000;
+
+/// Control bytes for one `UDP_SEGMENT` message (a u16), `u64` words for alignment.
+type GsoControl = [u64; 4];
+
+/// One `sendmsg` of the bytes of `iovs` to `dest`, without blocking. With `segment`, as UDP
+/// generic segmentation offload (`UDP_SEGMENT`): the kernel cuts the bytes into datagrams of
+/// `segment` bytes (the last may be shorter), one system call and one trip down the stack for
+/// them all; the caller keeps within [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`]. Without, the
+/// bytes are one datagram. The bytes sent, or the error (`WouldBlock` when the socket buffer is
+/// full; `EIO`/`EINVAL` where the route or kernel cannot segment).
+pub fn send_segments(
+    fd: RawFd,
+    dest: &SocketAddr,
+    iovs: &[io::IoSlice<'_>],
+    segment: Option<u16>,
+) -> io::Result<usize> {
+    let (mut ss, len) = to_sockaddr(dest);
+    let mut control: GsoControl = [0; 4];
+    // SAFETY: plain old data; the pointers are set right below.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut ss as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    // IoSlice is ABI-compatible with iovec (std guarantees it on Unix); the kernel only reads.
+    msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = iovs.len() as _;
+    if let Some(size) = segment {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the header is written into `control`,
+        // which has room for one u16 message (CMSG_SPACE(2) = 24 bytes on 64-bit Linux).
+        unsafe {
+            let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+        }
+    }
+    // SAFETY: `msg` points at `ss`, `control` and the caller's iovecs, all alive and unmoved
+    // during the call.
+    let rc = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
 }
 
 /// Small datagrams queued for one `sendmmsg`, each to its own address and each from its own

@@ -147,6 +147,14 @@ async fn ffmpeg_decodes_every_frame_and_the_camera_is_encoded_once() {
         encodes <= captured,
         "{encodes} encodes of {captured} frames"
     );
+    // And each access unit packetized once for the three (a player joining packetizes the
+    // older units of its GOP for itself alone: at most a GOP each, 2 s at 30 fps).
+    let packetized = srv.server.first_camera().rtp.h264.made();
+    eprintln!("{packetized} access units packetized for {encodes} encoded");
+    assert!(
+        packetized <= encodes + 3 * 60,
+        "{packetized} packetized for {encodes} access units"
+    );
     srv.stop().await.unwrap();
 }
 

@@ -19,6 +19,9 @@ use bytes::BytesMut;
 use super::{split_packets, RtpFrame, RtpHeader, MAX_PAYLOAD_BYTES, RTP_HEADER_BYTES};
 use crate::frame::ParameterSets;
 
+/// The dynamic payload type surv's H.264 streams use (RTSP and `--forward` SDPs say so).
+pub const PAYLOAD_TYPE: u8 = 96;
+
 /// NAL unit types this module looks at.
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;

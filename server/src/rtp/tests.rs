@@ -158,3 +158,51 @@ fn rtcp_corpus_is_checked_without_panicking() {
     }
     assert!(valid >= 3, "only {valid} RTCP packets in the corpus");
 }
+
+/// A frame is packetized once however many sessions ask, the newest `cap` frames are held, and
+/// a frame older than the newest held is made for its asker alone (not held: the held frames
+/// stay in order).
+#[test]
+fn packets_are_made_once_per_frame_and_held_for_the_newest() {
+    use std::sync::Arc;
+    let packets: super::Packets<Arc<u64>> = super::Packets::new(2);
+    let a = packets.get_or_make(10, || Arc::new(10));
+    let b = packets.get_or_make(10, || unreachable!("frame 10 is held"));
+    assert!(Arc::ptr_eq(&a, &b));
+    packets.get_or_make(11, || Arc::new(11));
+    assert_eq!(packets.made(), 2);
+    // Older than the newest held: made, not held.
+    let old = packets.get_or_make(5, || Arc::new(5));
+    assert_eq!(*old, 5);
+    assert_eq!(packets.made(), 3);
+    assert_eq!(packets.len(), 2);
+    packets.get_or_make(5, || Arc::new(5));
+    assert_eq!(packets.made(), 4, "frame 5 was not held");
+    // A third newer frame pushes out the oldest.
+    packets.get_or_make(12, || Arc::new(12));
+    assert_eq!(packets.len(), 2);
+    packets.get_or_make(10, || Arc::new(10));
+    assert_eq!(packets.made(), 6, "frame 10 was let go");
+    packets.get_or_make(11, || unreachable!("frame 11 is held"));
+}
+
+/// The shared packets under a session's stamp: its SSRC, its sequence run across frames, its
+/// timestamp base; version, marker and payload type as made.
+#[test]
+fn a_stamp_gives_each_session_its_own_headers() {
+    let frame = H264Packetizer::new(0, 96, 0).packetize(&[0, 0, 0, 1, 0x65, 1, 2, 3], 3000, true);
+    let mut stamp = super::Stamp::new(0xABCD, 100, u16::MAX);
+    let mut headers = Vec::new();
+    stamp.headers(&frame, &mut headers);
+    stamp.headers(&frame, &mut headers);
+    assert_eq!(headers.len(), 2 * frame.packets.len());
+    for (i, h) in headers.iter().enumerate() {
+        let mut packet = h.to_vec();
+        packet.push(0x65);
+        let (header, _) = RtpHeader::parse(&packet).unwrap();
+        assert_eq!(header.seq, u16::MAX.wrapping_add(i as u16));
+        assert_eq!((header.ssrc, header.timestamp), (0xABCD, 3100));
+        assert_eq!((header.payload_type, header.marker), (96, true));
+    }
+    assert_eq!(stamp.next_seq(), u16::MAX.wrapping_add(2));
+}

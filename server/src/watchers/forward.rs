@@ -28,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::capture::h264::{H264Feed, H264Unit};
 use crate::frame::ParameterSets;
-use crate::rtp::h264::H264Packetizer;
-use crate::rtp::{rtcp, RtpFrame, RTP_HEADER_BYTES};
+use crate::rtp::{rtcp, CameraPackets, RtpFrame, Stamp, RTP_HEADER_BYTES};
+use crate::watchers::rtp_out::RtpOut;
 use crate::watchers::rtsp::request::{self, Describe, Stream};
 
 /// The RTP payload type of the forwarded H.264 (dynamic; the SDP maps it).
-pub const PAYLOAD_TYPE: u8 = 96;
+pub const PAYLOAD_TYPE: u8 = crate::rtp::h264::PAYLOAD_TYPE;
 /// How often the receiver gets an RTCP sender report (at PORT+1).
 pub const SENDER_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long the SDP waits for a just-started encoder's first parameter sets: without them
@@ -238,11 +238,12 @@ pub async fn run(
     fps: u32,
     socket: UdpSocket,
     forwarding: Arc<Forwarding>,
+    packets: Arc<CameraPackets>,
     stop: CancellationToken,
 ) {
     let dest = forwarding.dest;
     tracing::info!(camera = %camera, %dest, "forwarding H.264 as RTP");
-    let mut forward = Forward::new(camera, feed, fps, socket, forwarding);
+    let mut forward = Forward::new(camera, feed, fps, socket, forwarding, packets);
     tokio::select! {
         () = stop.cancelled() => {}
         () = forward.run() => {}
@@ -267,10 +268,11 @@ struct Forward {
     socket: UdpSocket,
     forwarding: Arc<Forwarding>,
     rtcp_dest: SocketAddr,
-    ssrc: u32,
-    /// Added to the feed's media clock: RTP timestamps start at a random point (RFC 3550).
-    ts_base: u32,
-    packer: H264Packetizer,
+    /// Its SSRC, timestamp base (random: RFC 3550) and sequence numbers, over the camera's
+    /// shared packets.
+    stamp: Stamp,
+    packets_made: Arc<CameraPackets>,
+    rtp_out: RtpOut,
     /// More frames queued than this: the forward is behind and skips to a keyframe.
     lag_limit: usize,
     /// For sender reports: what was sent (both wrap at 2^32, as the SR's fields do), and the
@@ -290,8 +292,8 @@ impl Forward {
         fps: u32,
         socket: UdpSocket,
         forwarding: Arc<Forwarding>,
+        packets_made: Arc<CameraPackets>,
     ) -> Forward {
-        let ssrc = random_u32();
         let dest = forwarding.dest;
         Forward {
             camera,
@@ -299,10 +301,10 @@ impl Forward {
             socket,
             rtcp_dest: SocketAddr::new(dest.ip(), dest.port().wrapping_add(1)),
             forwarding,
-            ssrc,
-            ts_base: random_u32(),
             // The low half of a random word: a random first sequence number.
-            packer: H264Packetizer::new(ssrc, PAYLOAD_TYPE, random_u32() as u16),
+            stamp: Stamp::new(random_u32(), random_u32(), random_u32() as u16),
+            packets_made,
+            rtp_out: RtpOut::default(),
             lag_limit: (fps.max(1) as usize).div_ceil(2).max(2),
             packets: 0,
             payload_octets: 0,
@@ -355,20 +357,29 @@ impl Forward {
             .fetch_add(frames, Relaxed);
     }
 
-    /// Packetizes and sends one AU, then a sender report when one is due.
+    /// Sends one AU (its packets as every session shares them), then a sender report when one
+    /// is due.
     async fn send(&mut self, unit: &H264Unit, keyframe: bool) {
-        // The media clock's low 32 bits: RTP timestamps wrap.
-        let ts = self.ts_base.wrapping_add(unit.media_time_90k as u32);
-        let frame = self.packer.packetize(&unit.au.data, ts, keyframe);
+        let frame = self.packets_made.h264(unit);
         if frame.packets.is_empty() {
             return;
         }
+        let ts = self.stamp.timestamp(frame.rtp_ts);
         self.last = Some((ts, unit.capture_unix_us));
         let dest = self.forwarding.dest;
-        for packet in &frame.packets {
-            self.send_to(packet, dest).await;
-        }
+        let sent = self
+            .rtp_out
+            .send_udp(&self.socket, dest, &mut self.stamp, &frame)
+            .await;
         let stats = &self.forwarding.stats;
+        if sent.failed > 0 {
+            stats.send_errors.fetch_add(1, Relaxed);
+            if !self.logged_send_error {
+                self.logged_send_error = true;
+                tracing::warn!(camera = %self.camera, %dest,
+                    "forward: RTP packets could not be sent (further errors are only counted)");
+            }
+        }
         let wire = frame.wire_bytes();
         stats.packets.fetch_add(frame.packets.len() as u64, Relaxed);
         stats.frames.fetch_add(1, Relaxed);
@@ -378,7 +389,7 @@ impl Forward {
         self.payload_octets = self
             .payload_octets
             .wrapping_add(payload_bytes(&frame) as u32);
-        tracing::trace!(camera = %self.camera, seq = frame.first_seq, packets = frame.packets.len(), keyframe, "forwarded");
+        tracing::trace!(camera = %self.camera, packets = frame.packets.len(), keyframe, "forwarded");
         if self
             .last_report
             .is_none_or(|at| at.elapsed() >= SENDER_REPORT_EVERY)
@@ -394,7 +405,7 @@ impl Forward {
         };
         self.last_report = Some(Instant::now());
         let report = rtcp::sender_report(
-            self.ssrc,
+            self.stamp.ssrc,
             unix_us,
             ts,
             self.packets,
@@ -607,6 +618,7 @@ mod tests {
             30,
             bind(dest).unwrap(),
             forwarding.clone(),
+            Arc::default(),
             stop.clone(),
         ));
         // The keyframe: SPS, PPS, then the 3000-byte IDR slice in 3 FU-As.
@@ -661,7 +673,14 @@ mod tests {
         let dest = rtp.local_addr().unwrap();
         let forwarding = Arc::new(Forwarding::new(dest));
         let socket = bind(dest).unwrap();
-        let mut forward = Forward::new("main".into(), feed.clone(), 30, socket, forwarding.clone());
+        let mut forward = Forward::new(
+            "main".into(),
+            feed.clone(),
+            30,
+            socket,
+            forwarding.clone(),
+            Arc::default(),
+        );
         feed.publish(unit(true, 0, 10));
         let sending = async {
             forward.run().await;

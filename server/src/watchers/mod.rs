@@ -28,6 +28,7 @@
 pub mod forward;
 pub mod oak_tcp;
 pub mod request;
+pub mod rtp_out;
 pub mod rtsp;
 pub mod stream;
 pub mod udp;

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use rtsp_types::headers::{Transports, AUTHORIZATION, CSEQ, SESSION};
 use rtsp_types::{Message, Method, ParseError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,9 +29,8 @@ use crate::cameras::Camera;
 use crate::capture::h264::{H264Demand, H264Feed, H264Unit};
 use crate::capture::{FrameRx, PictureDemand, SharedFrame};
 use crate::journal::LeaveReason;
-use crate::rtp::h264::H264Packetizer;
-use crate::rtp::jpeg::JpegPacketizer;
-use crate::rtp::{rtcp, RtpFrame};
+use crate::rtp::{jpeg_timestamp, rtcp, RtpFrame, Stamp};
+use crate::watchers::rtp_out::RtpOut;
 use crate::watchers::{LiveTally, Membership, RefusalCause, Refused, Tally, WatcherKind, Watchers};
 
 /// A request longer than this (headers and body) closes the connection: no RTSP request a
@@ -90,6 +89,7 @@ pub(super) async fn serve(
         authed: false,
         demand: None,
         session: None,
+        rtp_out: RtpOut::default(),
     };
     let mut buf = BytesMut::with_capacity(4096);
     let reason = conn.run(&mut read, &mut write, &mut buf, &shutdown).await;
@@ -110,6 +110,8 @@ struct Conn {
     /// Holds the camera's H.264 encoder running from DESCRIBE on.
     demand: Option<H264Demand>,
     session: Option<Session>,
+    /// Its session's RTP headers, reused frame after frame.
+    rtp_out: RtpOut,
 }
 
 /// A SETUP's session, and its PLAY.
@@ -118,17 +120,10 @@ struct Session {
     camera: Arc<Camera>,
     stream: Stream,
     delivery: Delivery,
-    ssrc: u32,
-    /// Added to the media clock: RTP timestamps start at a random point (RFC 3550).
-    ts_base: u32,
-    packer: Packer,
+    /// Its SSRC, timestamp base (random: RFC 3550) and one sequence-number run across PAUSE
+    /// and PLAY, over the camera's shared packets.
+    stamp: Stamp,
     play: Option<Play>,
-}
-
-/// The session's packetizer: one sequence-number run across PAUSE and PLAY.
-enum Packer {
-    H264(H264Packetizer),
-    Jpeg(JpegPacketizer),
 }
 
 /// A PLAYing session: a watcher.
@@ -279,7 +274,7 @@ impl Conn {
                     }
                 }
                 next = media, if playing => {
-                    if let Err(reason) = self.send(next, write, &mut out).await {
+                    if let Err(reason) = self.send(next, write).await {
                         return reason;
                     }
                 }
@@ -538,13 +533,7 @@ impl Conn {
             self.demand = Some(camera.capture.h264.demand());
         }
         let ssrc = random_u32();
-        let first_seq = random_u32() as u16;
-        let packer = match stream {
-            Stream::H264 => {
-                Packer::H264(H264Packetizer::new(ssrc, stream.payload_type(), first_seq))
-            }
-            Stream::Jpeg => Packer::Jpeg(JpegPacketizer::new(ssrc, first_seq)),
-        };
+        let stamp = Stamp::new(ssrc, random_u32(), random_u32() as u16);
         let id = match self.session.take() {
             Some(s) => {
                 self.forget_udp(&s);
@@ -562,9 +551,7 @@ impl Conn {
             camera,
             stream,
             delivery,
-            ssrc,
-            ts_base: random_u32(),
-            packer,
+            stamp,
             play: None,
         });
         Ok(self.with_session(Reply::new(200).header(
@@ -643,10 +630,7 @@ impl Conn {
                 last_report: Instant::now(),
             });
         }
-        let next_seq = match &session.packer {
-            Packer::H264(p) => p.next_seq(),
-            Packer::Jpeg(p) => p.next_seq(),
-        };
+        let next_seq = session.stamp.next_seq();
         let mut info = format!(
             "url={};seq={next_seq}",
             content_base(req).trim_end_matches('/')
@@ -654,7 +638,7 @@ impl Conn {
         if let Some(ts) = session
             .play
             .as_ref()
-            .and_then(|p| first_ts(session.ts_base, p))
+            .and_then(|p| first_ts(&session.stamp, p))
         {
             info.push_str(&format!(";rtptime={ts}"));
         }
@@ -666,46 +650,41 @@ impl Conn {
     }
 
     /// Sends what the media side had next.
-    async fn send(
-        &mut self,
-        next: Next,
-        write: &mut OwnedWriteHalf,
-        out: &mut Vec<u8>,
-    ) -> Result<(), LeaveReason> {
+    async fn send(&mut self, next: Next, write: &mut OwnedWriteHalf) -> Result<(), LeaveReason> {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
         let Some(play) = session.play.as_mut() else {
             return Ok(());
         };
-        let frame = match (next, &mut play.media, &mut session.packer) {
-            (Next::Ended, ..) => return Err(LeaveReason::Shutdown),
-            (Next::Lagged, Media::H264 { wait_key, feed, .. }, _) => {
+        let packets = &session.camera.rtp;
+        let frame = match (next, &mut play.media) {
+            (Next::Ended, _) => return Err(LeaveReason::Shutdown),
+            (Next::Lagged, Media::H264 { wait_key, feed, .. }) => {
                 *wait_key = true;
                 feed.want_keyframe();
                 return Ok(());
             }
-            (Next::Unit(unit), Media::H264 { wait_key, .. }, Packer::H264(packer)) => {
+            (Next::Unit(unit), Media::H264 { wait_key, .. }) => {
                 play.tally.seen(unit.seq);
                 let keyframe = unit.au.is_keyframe();
                 if *wait_key && !keyframe {
                     return Ok(());
                 }
                 *wait_key = false;
-                let ts = session.ts_base.wrapping_add(unit.media_time_90k as u32);
-                play.last = Some((ts, unit.capture_unix_us));
-                packer.packetize(&unit.au.data, ts, keyframe)
+                let frame = packets.h264(&unit);
+                play.last = Some((session.stamp.timestamp(frame.rtp_ts), unit.capture_unix_us));
+                frame
             }
-            (Next::Picture(Some(picture)), Media::Jpeg { .. }, Packer::Jpeg(packer)) => {
+            (Next::Picture(Some(picture)), Media::Jpeg { .. }) => {
                 play.tally.seen(picture.seq);
                 let Some(jpeg) = picture.jpeg() else {
                     return Ok(());
                 };
-                let ts = session
-                    .ts_base
-                    .wrapping_add((picture.capture_unix_us.wrapping_mul(9) / 100) as u32);
-                match packer.packetize(jpeg, ts) {
+                let made = packets.jpeg(picture.seq, jpeg, picture.capture_unix_us);
+                match made {
                     Ok(frame) => {
+                        let ts = session.stamp.timestamp(frame.rtp_ts);
                         play.last = Some((ts, picture.capture_unix_us));
                         frame
                     }
@@ -721,7 +700,15 @@ impl Conn {
             }
             _ => return Ok(()),
         };
-        let bytes = deliver(&self.shared, session.delivery, &frame, write, out).await?;
+        let bytes = deliver(
+            &self.shared,
+            session.delivery,
+            &mut session.stamp,
+            &frame,
+            write,
+            &mut self.rtp_out,
+        )
+        .await?;
         play.packets = play.packets.wrapping_add(frame.packets.len() as u32);
         play.octets = play.octets.wrapping_add(bytes as u32);
         play.tally.sent(bytes);
@@ -764,7 +751,7 @@ impl Conn {
         }
         play.last_report = Instant::now();
         let report = rtcp::sender_report(
-            session.ssrc,
+            session.stamp.ssrc,
             unix_us,
             ts,
             play.packets,
@@ -804,44 +791,45 @@ impl Conn {
 }
 
 /// The RTP timestamp PLAY's RTP-Info announces: the first frame the session will send.
-fn first_ts(ts_base: u32, play: &Play) -> Option<u32> {
+fn first_ts(stamp: &Stamp, play: &Play) -> Option<u32> {
     match &play.media {
         Media::H264 { backlog, .. } => backlog
             .front()
-            .map(|u| ts_base.wrapping_add(u.media_time_90k as u32)),
+            .map(|u| stamp.timestamp(u.media_time_90k as u32)),
         Media::Jpeg { rx } => rx
             .borrow()
             .as_ref()
-            .map(|f| ts_base.wrapping_add((f.capture_unix_us.wrapping_mul(9) / 100) as u32)),
+            .map(|f| stamp.timestamp(jpeg_timestamp(f.capture_unix_us))),
     }
 }
 
-/// Sends a frame's packets to the session; the bytes sent.
+/// Sends a frame's shared packets to the session under its headers; the bytes sent.
 async fn deliver(
     shared: &Shared,
     delivery: Delivery,
+    stamp: &mut Stamp,
     frame: &RtpFrame,
     write: &mut OwnedWriteHalf,
-    out: &mut Vec<u8>,
+    rtp_out: &mut RtpOut,
 ) -> Result<usize, LeaveReason> {
     let stats = &shared.server.stats;
-    let bytes: usize = frame.packets.iter().map(Bytes::len).sum();
-    match delivery {
+    let bytes = match delivery {
         Delivery::Tcp { channel } => {
-            out.clear();
-            for packet in &frame.packets {
-                interleave(channel, packet, out);
+            let written = rtp_out.write_interleaved(write, channel, stamp, frame);
+            match timeout(WRITE_DEADLINE, written).await {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(_)) => return Err(LeaveReason::Closed),
+                Err(_) => return Err(LeaveReason::Timeout),
             }
-            write_all(write, out).await?;
         }
         Delivery::Udp { rtp, .. } => {
-            for packet in &frame.packets {
-                if shared.rtp.send_to(packet, rtp).await.is_err() {
-                    stats.send_errors.fetch_add(1, Relaxed);
-                }
+            let sent = rtp_out.send_udp(&shared.rtp, rtp, stamp, frame).await;
+            if sent.failed > 0 {
+                stats.send_errors.fetch_add(1, Relaxed);
             }
+            sent.bytes
         }
-    }
+    };
     stats
         .rtsp
         .rtp_packets
@@ -851,8 +839,8 @@ async fn deliver(
     Ok(bytes)
 }
 
-/// `$`, the channel, the length, the packet: RFC 2326 §10.12. Packets are at most
-/// `MAX_PAYLOAD_BYTES` plus headers, far under the 16-bit length.
+/// `$`, the channel, the length, the packet: RFC 2326 §10.12 (an RTCP report: RTP goes out
+/// through [`RtpOut`]). Packets are far under the 16-bit length.
 fn interleave(channel: u8, packet: &[u8], out: &mut Vec<u8>) {
     let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
     out.push(b'$');

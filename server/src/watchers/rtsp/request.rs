@@ -25,8 +25,8 @@ pub enum Stream {
 impl Stream {
     pub fn payload_type(self) -> u8 {
         match self {
-            Stream::H264 => 96,
-            Stream::Jpeg => 26,
+            Stream::H264 => crate::rtp::h264::PAYLOAD_TYPE,
+            Stream::Jpeg => crate::rtp::jpeg::PAYLOAD_TYPE,
         }
     }
 }

@@ -1,0 +1,350 @@
+//! Sending a frame's shared RTP packets ([`crate::rtp`]) under one session's headers
+//! ([`Stamp`]), without copying the payloads: interleaved on an RTSP connection (one `writev`
+//! per frame: `$`, channel, length and the session's header, then the shared payload, for each
+//! packet), or as UDP datagrams (one `sendmsg` with UDP generic segmentation offload per run
+//! of equal-sized packets, so a 40-packet JPEG is one system call, not 40).
+//!
+//! ```text
+//!  shared RtpFrame:   [hdr₀|payload₀] [hdr₁|payload₁] … (made once per camera)
+//!  one session:       iovecs  [$ ch len | its hdr₀] [payload₀] [$ ch len | its hdr₁] [payload₁] …
+//!                     (UDP: [its hdr₀][payload₀][its hdr₁][payload₁] … cut every 12 + 1400 bytes)
+//! ```
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::UdpSocket;
+
+use crate::rtp::{RtpFrame, Stamp, RTP_HEADER_BYTES};
+use crate::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+
+/// Cleared the first time the kernel or a route refuses a segmented send: from then on every
+/// packet is its own `sendmsg`.
+static GSO_WORKS: AtomicBool = AtomicBool::new(true);
+
+/// `$`, channel, 16-bit length (RFC 2326 §10.12), then the RTP header.
+const PREFIX_BYTES: usize = 4 + RTP_HEADER_BYTES;
+
+/// One session's buffers for its headers, reused frame after frame.
+#[derive(Debug, Default)]
+pub struct RtpOut {
+    headers: Vec<[u8; RTP_HEADER_BYTES]>,
+    prefixes: Vec<[u8; PREFIX_BYTES]>,
+}
+
+/// What a UDP send did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSent {
+    pub packets: usize,
+    pub bytes: usize,
+    /// Packets the socket did not take (its buffer full, or an error): lost to this session.
+    pub failed: usize,
+}
+
+impl RtpOut {
+    /// Writes `frame`'s packets under `stamp`'s headers, interleaved on `channel`; the bytes of
+    /// RTP sent (headers included, `$` prefixes not). An error when the connection fails.
+    pub async fn write_interleaved<W: AsyncWrite + Unpin>(
+        &mut self,
+        write: &mut W,
+        channel: u8,
+        stamp: &mut Stamp,
+        frame: &RtpFrame,
+    ) -> io::Result<usize> {
+        self.headers.clear();
+        stamp.headers(frame, &mut self.headers);
+        self.prefixes.clear();
+        let mut rtp_bytes = 0;
+        for (header, packet) in self.headers.iter().zip(&frame.packets) {
+            // Packets are at most MAX_PAYLOAD_BYTES plus headers, far under the 16-bit length.
+            let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
+            let mut prefix = [0u8; PREFIX_BYTES];
+            prefix[0] = b'$';
+            prefix[1] = channel;
+            prefix[2..4].copy_from_slice(&len.to_be_bytes());
+            prefix[4..].copy_from_slice(header);
+            self.prefixes.push(prefix);
+            rtp_bytes += packet.len();
+        }
+        let mut iovs: Vec<IoSlice<'_>> = Vec::with_capacity(2 * self.prefixes.len());
+        for (prefix, packet) in self.prefixes.iter().zip(&frame.packets) {
+            iovs.push(IoSlice::new(prefix));
+            iovs.push(IoSlice::new(payload(packet)));
+        }
+        let mut rest: &mut [IoSlice<'_>] = &mut iovs;
+        while !rest.is_empty() {
+            let n = write.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        Ok(rtp_bytes)
+    }
+
+    /// Sends `frame`'s packets under `stamp`'s headers to `dest` from `socket` (waiting for
+    /// room in its buffer as `send_to` does; a packet the socket refuses is lost, counted in
+    /// `failed`, as any UDP loss).
+    pub async fn send_udp(
+        &mut self,
+        socket: &UdpSocket,
+        dest: SocketAddr,
+        stamp: &mut Stamp,
+        frame: &RtpFrame,
+    ) -> UdpSent {
+        self.headers.clear();
+        stamp.headers(frame, &mut self.headers);
+        let mut sent = UdpSent::default();
+        for run in gso_runs(&frame.sizes()) {
+            let packets = &frame.packets[run.clone()];
+            let headers = &self.headers[run];
+            let bytes: usize = packets.iter().map(Bytes::len).sum();
+            match send_run(socket, dest, headers, packets).await {
+                Ok(()) => {
+                    sent.packets += packets.len();
+                    sent.bytes += bytes;
+                }
+                Err(_) => sent.failed += packets.len(),
+            }
+        }
+        sent
+    }
+}
+
+/// The payload after a shared packet's own header.
+fn payload(packet: &Bytes) -> &[u8] {
+    packet.get(RTP_HEADER_BYTES..).unwrap_or_default()
+}
+
+/// One run of packets in one segmented send (or one by one where segmenting does not work).
+async fn send_run(
+    socket: &UdpSocket,
+    dest: SocketAddr,
+    headers: &[[u8; RTP_HEADER_BYTES]],
+    packets: &[Bytes],
+) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let mut iovs: Vec<IoSlice<'_>> = Vec::with_capacity(2 * packets.len());
+    for (header, packet) in headers.iter().zip(packets) {
+        iovs.push(IoSlice::new(header));
+        iovs.push(IoSlice::new(payload(packet)));
+    }
+    if packets.len() > 1 && GSO_WORKS.load(Relaxed) {
+        let segment = u16::try_from(packets[0].len()).unwrap_or(u16::MAX);
+        let segmented = socket
+            .async_io(Interest::WRITABLE, || {
+                sys::send_segments(fd, &dest, &iovs, Some(segment))
+            })
+            .await;
+        match segmented {
+            Ok(_) => return Ok(()),
+            Err(e) if !cannot_segment(&e) => return Err(e),
+            Err(e) => {
+                if GSO_WORKS.swap(false, Relaxed) {
+                    tracing::info!(error = %e,
+                        "UDP segmentation offload refused: RTP packets go one by one");
+                }
+            }
+        }
+    }
+    let mut result = Ok(());
+    for pair in iovs.chunks(2) {
+        let one = socket
+            .async_io(Interest::WRITABLE, || {
+                sys::send_segments(fd, &dest, pair, None)
+            })
+            .await;
+        if let Err(e) = one {
+            result = Err(e);
+        }
+    }
+    result
+}
+
+/// The errors of a kernel or route that cannot segment (an old kernel, a device without
+/// checksum offload), as opposed to a failed send.
+fn cannot_segment(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
+}
+
+/// Cuts a frame's packets (their sizes, in order) into runs one segmented send can carry:
+/// packets of one size, the last of a run possibly shorter, at most [`GSO_MAX_SEGMENTS`]
+/// packets and [`GSO_MAX_BYTES`] bytes. A packet alone is a run of one.
+pub fn gso_runs(sizes: &[usize]) -> Vec<Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let size = sizes[start];
+        let mut end = start + 1;
+        let mut bytes = size;
+        while end < sizes.len()
+            && end - start < GSO_MAX_SEGMENTS
+            && bytes + sizes[end] <= GSO_MAX_BYTES
+            && sizes[end] <= size
+            && size > 0
+        {
+            bytes += sizes[end];
+            end += 1;
+            if sizes[end - 1] < size {
+                // A shorter packet ends the run.
+                break;
+            }
+        }
+        runs.push(start..end);
+        start = end;
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::RtpHeader;
+    use bytes::BytesMut;
+
+    /// A shared frame as the packetizers make it (SSRC 0, sequence from 0, timestamp 1000):
+    /// packets of `sizes` bytes, payload bytes numbered by packet, the marker on the last.
+    fn frame(sizes: &[usize]) -> RtpFrame {
+        let packets = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let mut p = BytesMut::new();
+                RtpHeader {
+                    payload_type: 26,
+                    marker: i + 1 == sizes.len(),
+                    seq: i as u16,
+                    timestamp: 1000,
+                    ssrc: 0,
+                }
+                .write(&mut p);
+                p.resize(size, i as u8);
+                p.freeze()
+            })
+            .collect();
+        RtpFrame {
+            first_seq: 0,
+            rtp_ts: 1000,
+            keyframe: true,
+            packets,
+        }
+    }
+
+    /// What a session must send: each packet under its own header (SSRC, its sequence from
+    /// `first_seq`, timestamp base + 1000), the payload as shared.
+    fn check(datagrams: &[Vec<u8>], sizes: &[usize], first_seq: u16) {
+        assert_eq!(datagrams.len(), sizes.len());
+        for (i, (d, &size)) in datagrams.iter().zip(sizes).enumerate() {
+            let (h, payload) = RtpHeader::parse(d).expect("an RTP packet");
+            assert_eq!(d.len(), size, "packet {i}");
+            assert_eq!(h.seq, first_seq.wrapping_add(i as u16), "packet {i}");
+            assert_eq!((h.ssrc, h.timestamp, h.payload_type), (7, 1000 + 50, 26));
+            assert_eq!(h.marker, i + 1 == sizes.len(), "packet {i}");
+            assert!(
+                payload.iter().all(|&b| b == i as u8),
+                "packet {i}'s payload"
+            );
+        }
+    }
+
+    /// Segmented (or, where the kernel cannot, one by one): every packet arrives as its own
+    /// datagram under the session's header, and the sequence goes on across frames.
+    #[tokio::test]
+    async fn udp_packets_arrive_one_datagram_each_under_the_session_s_headers() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let dest = rx.local_addr().unwrap();
+        let sizes = [30, 16, 1412, 1412, 1412, 1412, 700];
+        let shared = frame(&sizes);
+        let mut stamp = Stamp::new(7, 50, 65_533);
+        let mut out = RtpOut::default();
+        for round in 0..2u16 {
+            let sent = out.send_udp(&tx, dest, &mut stamp, &shared).await;
+            assert_eq!(sent.packets, sizes.len());
+            assert_eq!(sent.bytes, sizes.iter().sum::<usize>());
+            assert_eq!(sent.failed, 0);
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 70_000];
+            for _ in 0..sizes.len() {
+                let n = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv(&mut buf))
+                    .await
+                    .expect("a datagram within 5 s")
+                    .unwrap();
+                got.push(buf[..n].to_vec());
+            }
+            check(
+                &got,
+                &sizes,
+                65_533u16.wrapping_add(round * sizes.len() as u16),
+            );
+        }
+        // The shared packets are untouched.
+        assert_eq!(RtpHeader::parse(&shared.packets[0]).unwrap().0.ssrc, 0);
+        eprintln!(
+            "UDP segmentation offload works here: {}",
+            GSO_WORKS.load(Relaxed)
+        );
+    }
+
+    #[tokio::test]
+    async fn interleaved_packets_carry_the_channel_length_and_session_header() {
+        let sizes = [1412, 1412, 40];
+        let shared = frame(&sizes);
+        let mut stamp = Stamp::new(7, 50, 10);
+        let mut wire: Vec<u8> = Vec::new();
+        let bytes = RtpOut::default()
+            .write_interleaved(&mut wire, 2, &mut stamp, &shared)
+            .await
+            .unwrap();
+        assert_eq!(bytes, sizes.iter().sum::<usize>());
+        let mut got = Vec::new();
+        let mut rest = &wire[..];
+        while let [b'$', channel, hi, lo, tail @ ..] = rest {
+            assert_eq!(*channel, 2);
+            let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+            got.push(tail[..len].to_vec());
+            rest = &tail[len..];
+        }
+        assert!(rest.is_empty(), "{} bytes left over", rest.len());
+        check(&got, &sizes, 10);
+    }
+
+    #[test]
+    fn runs_are_equal_sizes_ending_in_a_shorter_one() {
+        assert_eq!(gso_runs(&[]), Vec::<Range<usize>>::new());
+        assert_eq!(gso_runs(&[100]), vec![0..1]);
+        // SPS and the shorter PPS (one send), then an IDR in FU-As of 1412 bytes and a last
+        // shorter one.
+        assert_eq!(gso_runs(&[30, 10, 1412, 1412, 1412, 500]), vec![0..2, 2..6]);
+        // A larger packet after a shorter one starts a new run.
+        assert_eq!(gso_runs(&[500, 1412, 1412]), vec![0..1, 1..3]);
+        // Equal small ones go together.
+        assert_eq!(gso_runs(&[20, 20, 20]), vec![0..3]);
+        // A shorter packet ends its run even when an equal one follows.
+        assert_eq!(gso_runs(&[1412, 700, 700]), vec![0..2, 2..3]);
+    }
+
+    #[test]
+    fn runs_stay_within_the_kernel_limits() {
+        let sizes = vec![1412; 200];
+        let runs = gso_runs(&sizes);
+        assert!(runs.iter().all(|r| r.len() <= GSO_MAX_SEGMENTS));
+        assert!(runs
+            .iter()
+            .all(|r| sizes[r.clone()].iter().sum::<usize>() <= GSO_MAX_BYTES));
+        assert_eq!(runs.iter().map(Range::len).sum::<usize>(), 200);
+        assert_eq!(runs[0], 0..46, "46 × 1412 = 64,952 bytes ≤ 65,000");
+        // Contiguous, in order.
+        for pair in runs.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+    }
+}
