@@ -137,6 +137,10 @@ struct Args {
     /// port). 0 picks a free pair.
     #[arg(long, value_name = "PORT", default_value_t = surv_server::watchers::rtsp::DEFAULT_RTSP_UDP_PORT)]
     rtsp_udp_port: u16,
+    /// The RTSP session timeout players are told: they keep a session alive within it (a
+    /// request, or RTCP over UDP). A UDP session heard from neither for 5 s longer ends.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    rtsp_session_timeout: u64,
     /// H.264 made by surv (for RTSP watchers of cameras that do not send H.264 themselves):
     /// a keyframe every this many seconds, and one at once for a joining watcher (at most one
     /// a second).
@@ -441,7 +445,7 @@ fn run() -> anyhow::Result<()> {
             0 => None,
             port => {
                 let addr = SocketAddr::new(args.bind, port);
-                let sockets = RtspSockets::bind(addr, args.rtsp_udp_port)
+                let mut sockets = RtspSockets::bind(addr, args.rtsp_udp_port)
                     .await
                     .with_context(|| {
                         format!(
@@ -452,6 +456,7 @@ fn run() -> anyhow::Result<()> {
                             args.rtsp_udp_port.saturating_add(1)
                         )
                     })?;
+                sockets.session_timeout = Duration::from_secs(args.rtsp_session_timeout.max(1));
                 tracing::info!(%addr, "RTSP: cameras are at rtsp://{addr}/CAMERA");
                 Some(sockets)
             }

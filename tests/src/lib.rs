@@ -78,6 +78,8 @@ pub struct ServerOpts {
     pub motion: Option<(u64, Duration)>,
     /// Serve RTSP on a free port (and a free UDP pair): [`TestServer::rtsp_addr`].
     pub rtsp: bool,
+    /// The RTSP session timeout (`--rtsp-session-timeout`); `None`: the default.
+    pub rtsp_session_timeout: Option<Duration>,
     /// Where the first camera pushes its H.264 as RTP (`--forward`); `None`: nowhere.
     pub forward: Option<SocketAddr>,
 }
@@ -95,6 +97,7 @@ impl Default for ServerOpts {
             request_port: 0,
             motion: None,
             rtsp: false,
+            rtsp_session_timeout: None,
             forward: None,
         }
     }
@@ -268,7 +271,12 @@ pub async fn start_server_cameras(
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let rtsp = if opts.rtsp {
-        Some(surv_server::watchers::rtsp::RtspSockets::bind("127.0.0.1:0".parse()?, 0).await?)
+        let mut sockets =
+            surv_server::watchers::rtsp::RtspSockets::bind("127.0.0.1:0".parse()?, 0).await?;
+        if let Some(timeout) = opts.rtsp_session_timeout {
+            sockets.session_timeout = timeout;
+        }
+        Some(sockets)
     } else {
         None
     };

@@ -196,6 +196,24 @@ async fn gstreamer_and_ffmpeg_play_the_forward_from_its_sdp() {
     assert!(s.sender_reports.load(Relaxed) >= 1, "{s:?}");
     assert_eq!(s.send_errors.load(Relaxed), 0, "{s:?}");
     assert_eq!(camera.capture.h264.demanded(), 1);
+    // The same counters in /status and /metrics, for the camera that forwards.
+    let (status, _, body) = get(http, &with_token("/status")).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let main = &json["cameras"][0];
+    assert_eq!(main["name"], "main");
+    assert_eq!(main["forward"]["destination"], dest.to_string());
+    assert!(main["forward"]["frames"].as_u64().unwrap() >= 120, "{main}");
+    assert!(json["cameras"][1].get("forward").is_none(), "{body}");
+    let (_, _, metrics) = get(http, &with_token("/metrics")).await;
+    let frames: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("surv_forward_frames_total{camera=\"main\"} "))
+        .unwrap_or_else(|| panic!("no forward frames in /metrics:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(frames >= 120, "{frames}");
+    assert!(!metrics.contains("surv_forward_frames_total{camera=\"door\"}"));
 
     srv.shutdown.cancel();
     timeout(IO_TIMEOUT, web).await.unwrap().unwrap();

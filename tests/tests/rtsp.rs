@@ -523,3 +523,105 @@ async fn cameras_by_name_and_the_viewer_limit() {
     drop(players);
     srv.stop().await.unwrap();
 }
+
+/// A UDP session is kept alive by what its player sends (RTCP receiver reports, or requests);
+/// one whose player goes silent ends `reason=timeout` 5 s after the session timeout it was
+/// told (1 s here, `--rtsp-session-timeout`), while the one that keeps talking plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_udp_session_times_out_and_a_talking_one_stays() {
+    let _serial = heavy().await;
+    let srv = start_server(ServerOpts {
+        rtsp: true,
+        rtsp_session_timeout: Some(Duration::from_secs(1)),
+        ..ServerOpts::sized(320, 240)
+    })
+    .await
+    .unwrap();
+    let addr = srv.rtsp_addr.unwrap();
+    let base = format!("rtsp://{addr}/main");
+    // Two players over UDP: each its own RTP/RTCP pair, the RTSP connection kept open.
+    let mut players = Vec::new();
+    for _ in 0..2 {
+        let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rtcp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ports = (
+            rtp.local_addr().unwrap().port(),
+            rtcp.local_addr().unwrap().port(),
+        );
+        let mut p = RawPlayer::connect(addr).await;
+        let head = p.request("DESCRIBE", &base, "").await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        let head = p
+            .request(
+                "SETUP",
+                &format!("{base}/stream=0"),
+                &format!(
+                    "Transport: RTP/AVP;unicast;client_port={}-{}\r\n",
+                    ports.0, ports.1
+                ),
+            )
+            .await;
+        assert!(
+            head.contains("Session: ") && head.contains(";timeout=1"),
+            "{head}"
+        );
+        let server_rtcp = head
+            .split("server_port=")
+            .nth(1)
+            .and_then(|v| v.split(['-', ';', '\r']).nth(1))
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no server_port pair: {head}"));
+        let session = session_id(&head);
+        let head = p
+            .request("PLAY", &base, &format!("Session: {session}\r\n"))
+            .await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        let mut buf = vec![0u8; 2048];
+        timeout(Duration::from_secs(5), rtp.recv(&mut buf))
+            .await
+            .expect("RTP within 5 s")
+            .unwrap();
+        players.push((p, rtp, rtcp, server_rtcp));
+    }
+    // The second player sends an (empty) receiver report every half second; the first, nothing.
+    let started = tokio::time::Instant::now();
+    let (_, _, talker_rtcp, server_rtcp) = &players[1];
+    let to = SocketAddr::new(addr.ip(), *server_rtcp);
+    // RR: V=2, RC=0, PT=201, length 1 (8 bytes), SSRC.
+    let rr = [0x80, 201, 0, 1, 0, 0, 0, 42];
+    let leave = loop {
+        talker_rtcp.send_to(&rr, to).await.unwrap();
+        let lines = srv.journal();
+        if let Some(l) = lines.iter().find(|l| l.contains(" LEAVE ")) {
+            break l.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no LEAVE within 15 s: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let took = started.elapsed();
+    eprintln!("the silent session left after {took:?}: {leave}");
+    assert!(
+        leave.contains("form=rtsp") && leave.contains("reason=timeout"),
+        "{leave}"
+    );
+    // 1 s told + 5 s grace, checked once a second.
+    assert!(took >= Duration::from_secs(5), "left after {took:?}");
+    // The talker still gets RTP, and no second LEAVE.
+    let mut buf = vec![0u8; 2048];
+    let (_, talker_rtp, _, _) = &players[1];
+    while talker_rtp.try_recv(&mut buf).is_ok() {}
+    timeout(Duration::from_secs(5), talker_rtp.recv(&mut buf))
+        .await
+        .expect("the talking session still gets RTP")
+        .unwrap();
+    let leaves = srv
+        .journal()
+        .iter()
+        .filter(|l| l.contains(" LEAVE "))
+        .count();
+    assert_eq!(leaves, 1);
+    srv.stop().await.unwrap();
+}

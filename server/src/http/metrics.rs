@@ -17,6 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::HttpState;
 use crate::capture::{CaptureStats, SourceState};
+use crate::watchers::forward::ForwardStats;
 use crate::watchers::RefusalCause;
 use crate::{Camera, Server};
 
@@ -195,6 +196,66 @@ impl Collector for ServerCollector {
             "keyframes_forced",
             "IDR pictures forced for H.264 watchers that joined or fell behind.",
             |c| c.keyframes_forced.load(Relaxed),
+        )?;
+        // The `--forward` of each camera that has one.
+        let forwarding: Vec<_> = cams
+            .iter()
+            .filter_map(|c| c.forward.get().map(|f| (c.name.as_str(), f.clone())))
+            .collect();
+        let forward_counter =
+            |e: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&ForwardStats) -> u64| {
+                family(
+                    e,
+                    name,
+                    help,
+                    "camera",
+                    forwarding
+                        .iter()
+                        .map(|(name, fw)| (*name, ConstCounter::new(f(&fw.stats)))),
+                    MetricType::Counter,
+                )
+            };
+        forward_counter(
+            e,
+            "forward_frames",
+            "Access units sent by --forward.",
+            |s| s.frames.load(Relaxed),
+        )?;
+        forward_counter(
+            e,
+            "forward_packets",
+            "RTP packets sent by --forward.",
+            |s| s.packets.load(Relaxed),
+        )?;
+        forward_counter(
+            e,
+            "forward_bytes",
+            "Bytes sent by --forward, RTP headers included.",
+            |s| s.bytes.load(Relaxed),
+        )?;
+        forward_counter(
+            e,
+            "forward_frames_skipped",
+            "Access units --forward skipped for falling behind (it resumes at a keyframe).",
+            |s| s.frames_skipped.load(Relaxed),
+        )?;
+        forward_counter(
+            e,
+            "forward_send_errors",
+            "Sends by --forward the socket refused (lost).",
+            |s| s.send_errors.load(Relaxed),
+        )?;
+        family(
+            e,
+            "rtp_frames_packetized",
+            "Frames made into RTP packets for RTSP sessions and --forward: once per frame, \
+             whatever the number of sessions.",
+            "camera",
+            cams.iter().map(|c| {
+                let made = c.rtp.h264.made() + c.rtp.jpeg.made();
+                (c.name.as_str(), ConstCounter::new(made))
+            }),
+            MetricType::Counter,
         )?;
         let unit = Unit::Seconds;
         let mut histogram = e.encode_descriptor(

@@ -71,6 +71,23 @@ pub struct CameraStatus {
     pub udp_viewers: usize,
     /// Its H.264 feed, and the JPEG pictures an H.264 camera decodes only on demand.
     pub h264: H264Status,
+    /// Frames made into RTP packets (once per frame, for every RTSP session and the forward).
+    pub rtp_frames_packetized: u64,
+    /// Its `--forward`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardStatus>,
+}
+
+/// A camera's `--forward`: where its RTP goes, and what went.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardStatus {
+    pub destination: String,
+    pub frames: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub frames_skipped: u64,
+    pub sender_reports: u64,
+    pub send_errors: u64,
 }
 
 /// A camera's H.264: passed through from the source, or coded by its encoder on demand; and
@@ -142,6 +159,19 @@ impl CameraStatus {
                 errors: c.h264_errors.load(Relaxed),
                 keyframes_forced: c.keyframes_forced.load(Relaxed),
             },
+            rtp_frames_packetized: camera.rtp.h264.made() + camera.rtp.jpeg.made(),
+            forward: camera.forward.get().map(|f| {
+                let s = &f.stats;
+                ForwardStatus {
+                    destination: f.dest.to_string(),
+                    frames: s.frames.load(Relaxed),
+                    packets: s.packets.load(Relaxed),
+                    bytes: s.bytes.load(Relaxed),
+                    frames_skipped: s.frames_skipped.load(Relaxed),
+                    sender_reports: s.sender_reports.load(Relaxed),
+                    send_errors: s.send_errors.load(Relaxed),
+                }
+            }),
         }
     }
 }

@@ -40,11 +40,9 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(10);
 /// A connection that is not playing and sends nothing for this long is closed.
 const IDLE_LIMIT: Duration = Duration::from_secs(60);
-/// The session timeout players are told (they send a keep-alive every half of it).
-pub const SESSION_TIMEOUT_S: u64 = 60;
-/// A UDP session with no request and no RTCP for this long ends (`timeout`): 5 s more than
-/// it is told, as gortsplib does.
-const UDP_SILENCE_LIMIT: Duration = Duration::from_secs(SESSION_TIMEOUT_S + 5);
+/// A UDP session with no request and no RTCP for this much longer than the session timeout
+/// it is told ends (`timeout`), as gortsplib does.
+const UDP_SILENCE_GRACE: Duration = Duration::from_secs(5);
 /// A player that takes none of what it is sent for this long is dropped (`timeout`).
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a playing session gets an RTCP sender report.
@@ -294,7 +292,7 @@ impl Conn {
                                     .filter_map(|a| self.shared.heard.get(a).map(|t| *t))
                                     .max();
                                 let silent = heard.map_or(quiet, |h| quiet.min(now.duration_since(h)));
-                                if silent > UDP_SILENCE_LIMIT {
+                                if silent > self.shared.session_timeout + UDP_SILENCE_GRACE {
                                     return LeaveReason::Timeout;
                                 }
                             }
@@ -383,7 +381,10 @@ impl Conn {
     /// `reply` with the session's header, when there is a session.
     fn with_session(&self, reply: Reply) -> Reply {
         match &self.session {
-            Some(s) => reply.header("Session", format!("{};timeout={SESSION_TIMEOUT_S}", s.id)),
+            Some(s) => reply.header(
+                "Session",
+                format!("{};timeout={}", s.id, self.shared.session_timeout.as_secs()),
+            ),
             None => reply,
         }
     }
@@ -644,7 +645,10 @@ impl Conn {
         }
         let id = session.id.clone();
         Ok(Reply::new(200)
-            .header("Session", format!("{id};timeout={SESSION_TIMEOUT_S}"))
+            .header(
+                "Session",
+                format!("{id};timeout={}", self.shared.session_timeout.as_secs()),
+            )
             .header("Range", "npt=now-")
             .header("RTP-Info", info))
     }

@@ -47,7 +47,14 @@ pub struct RtspSockets {
     /// … and RTCP from the next one: players (retina) take media only from the pair the SETUP
     /// answer named.
     pub rtcp: UdpSocket,
+    /// The session timeout players are told ([`DEFAULT_SESSION_TIMEOUT`]): they send a
+    /// keep-alive within it; a UDP session heard from neither by request nor by RTCP for 5 s
+    /// longer ends (`timeout`).
+    pub session_timeout: Duration,
 }
+
+/// `--rtsp-session-timeout`'s default (RFC 2326's own).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl RtspSockets {
     /// Binds RTSP on `tcp` and the UDP pair at `udp_port` and `udp_port + 1` on the same
@@ -68,7 +75,12 @@ impl RtspSockets {
         } else {
             free_pair(ip).await?
         };
-        Ok(RtspSockets { tcp, rtp, rtcp })
+        Ok(RtspSockets {
+            tcp,
+            rtp,
+            rtcp,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
+        })
     }
 }
 
@@ -122,6 +134,8 @@ pub(crate) struct Shared {
     /// UDP sessions' player addresses (RTP and RTCP ports), and when a datagram last came
     /// from each: a UDP session's sign of life besides its RTSP requests.
     pub heard: DashMap<SocketAddr, Instant>,
+    /// [`RtspSockets::session_timeout`].
+    pub session_timeout: Duration,
 }
 
 /// How many RTSP connections may be open at once besides `--max-viewers` playing ones.
@@ -141,6 +155,7 @@ pub async fn run(server: Arc<Server>, sockets: RtspSockets, shutdown: Cancellati
         rtcp: sockets.rtcp,
         server_ports,
         heard: DashMap::new(),
+        session_timeout: sockets.session_timeout.max(Duration::from_secs(1)),
     });
     let tracker = TaskTracker::new();
     tracker.spawn(listen_udp(shared.clone(), false, shutdown.clone()));
