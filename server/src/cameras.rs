@@ -66,7 +66,7 @@ impl Camera {
             data: DataPath::default(),
             motion: Arc::default(),
             rate: RateMeter::new(
-                capture.shared.stats.published.load(Relaxed),
+                capture.shared.stats.captured.load(Relaxed),
                 std::time::Instant::now(),
             ),
             stop,

@@ -358,6 +358,18 @@ impl RawPlayer {
         }
     }
 
+    /// DESCRIBE `base` (200) and SETUP its stream with `transport`: the SETUP response's head.
+    async fn describe_and_setup(&mut self, base: &str, transport: &str) -> String {
+        let head = self.request("DESCRIBE", base, "").await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        self.request(
+            "SETUP",
+            &format!("{base}/stream=0"),
+            &format!("Transport: {transport}\r\n"),
+        )
+        .await
+    }
+
     /// The next interleaved packet: channel and RTP packet.
     async fn packet(&mut self) -> (u8, Vec<u8>) {
         loop {
@@ -403,14 +415,8 @@ async fn a_player_that_stops_reading_skips_to_a_keyframe() {
     let addr = srv.rtsp_addr.unwrap();
     let base = format!("rtsp://{addr}/main");
     let mut p = RawPlayer::connect(addr).await;
-    let head = p.request("DESCRIBE", &base, "").await;
-    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
     let head = p
-        .request(
-            "SETUP",
-            &format!("{base}/stream=0"),
-            "Transport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n",
-        )
+        .describe_and_setup(&base, "RTP/AVP/TCP;unicast;interleaved=0-1")
         .await;
     assert!(head.contains("interleaved=0-1"), "{head}");
     let session = session_id(&head);
@@ -549,18 +555,8 @@ async fn a_silent_udp_session_times_out_and_a_talking_one_stays() {
             rtcp.local_addr().unwrap().port(),
         );
         let mut p = RawPlayer::connect(addr).await;
-        let head = p.request("DESCRIBE", &base, "").await;
-        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
-        let head = p
-            .request(
-                "SETUP",
-                &format!("{base}/stream=0"),
-                &format!(
-                    "Transport: RTP/AVP;unicast;client_port={}-{}\r\n",
-                    ports.0, ports.1
-                ),
-            )
-            .await;
+        let transport = format!("RTP/AVP;unicast;client_port={}-{}", ports.0, ports.1);
+        let head = p.describe_and_setup(&base, &transport).await;
         assert!(
             head.contains("Session: ") && head.contains(";timeout=1"),
             "{head}"

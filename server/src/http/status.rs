@@ -33,7 +33,8 @@ pub struct Status {
     pub height: u32,
     /// The rate the source announced (0: it did not say).
     pub fps: u32,
-    /// Frames published per second, measured between status requests.
+    /// Frames the source delivered per second (JPEGs, or H.264 access units passed through),
+    /// measured between status requests.
     pub fps_measured: f64,
     pub encoder: EncoderStatus,
     pub motion: MotionStatus,
@@ -133,7 +134,7 @@ impl CameraStatus {
             width: shape.width,
             height: shape.height,
             fps: shape.fps,
-            fps_measured: rate.rate(published, Instant::now()),
+            fps_measured: rate.rate(c.captured.load(Relaxed), Instant::now()),
             motion: MotionStatus {
                 enabled: m.enabled.load(Relaxed),
                 active: m.active.load(Relaxed),
