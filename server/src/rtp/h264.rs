@@ -124,39 +124,9 @@ fn wire_bytes(nal_bytes: usize) -> usize {
     }
 }
 
-/// The NAL units of an Annex B byte stream, without their start codes: split at every
-/// `00 00 01`; a zero byte before it (the first byte of a 4-byte start code) and any other
-/// trailing zeros (`trailing_zero_8bits`; a NAL unit never ends in `00`) are dropped, and so
-/// are empty units and whatever precedes the first start code.
-pub fn split_annexb(data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut next = find_start_code(data, 0);
-    std::iter::from_fn(move || loop {
-        let begin = next?;
-        next = find_start_code(data, begin);
-        let end = match next {
-            Some(after) => after - START_CODE.len(),
-            None => data.len(),
-        };
-        let nal = trim_trailing_zeros(data.get(begin..end)?);
-        if !nal.is_empty() {
-            return Some(nal);
-        }
-    })
-}
-
-/// The three bytes every start code ends in.
-const START_CODE: [u8; 3] = [0, 0, 1];
-
-/// The index just after the first start code at or after `from`.
-fn find_start_code(data: &[u8], from: usize) -> Option<usize> {
-    let at = memchr::memmem::find(data.get(from..)?, &START_CODE)?;
-    Some(from + at + START_CODE.len())
-}
-
-fn trim_trailing_zeros(nal: &[u8]) -> &[u8] {
-    let len = nal.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    &nal[..len]
-}
+/// The NAL units of an Annex B byte stream, without their start codes (the project's one
+/// splitter, [`surv_codec::annexb::nal_units`]; fuzzed through the packetizer here).
+pub use surv_codec::annexb::nal_units as split_annexb;
 
 /// The first SPS and the first PPS of an access unit, if it carries both (an IDR access unit
 /// from openh264, or from a camera that sends them in band).
