@@ -19,6 +19,7 @@
 //! behind is counted in `h264_skipped`), decodes it to I420 and codes it once for every watcher.
 //! It ends at the capture's stop, or after the linger.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::AtomicBool;
@@ -330,6 +331,119 @@ fn thread_name(label: &str) -> String {
         name.pop();
     }
     name
+}
+
+/// One watcher's way through a camera's H.264 feed, the same for every kind that sends it
+/// (RTSP sessions, `--forward`): the cached GOP first, then live units, each in order; a
+/// reader that falls behind (more than `lag_limit` units queued for it, or the broadcast
+/// overtook it) skips what queued and resumes at the next keyframe, which it asks for. The
+/// units it skips are counted ([`FeedReader::skipped`]) and show as a gap in their `seq`.
+pub struct FeedReader {
+    feed: Arc<H264Feed>,
+    rx: broadcast::Receiver<Arc<H264Unit>>,
+    backlog: VecDeque<Arc<H264Unit>>,
+    /// Units are skipped until a keyframe (after falling behind, or before the first).
+    wait_key: bool,
+    lag_limit: usize,
+    skipped: u64,
+}
+
+impl FeedReader {
+    /// Joins `feed` (its GOP, and a keyframe asked of an encoded camera); a camera at `fps`
+    /// may have half a second of units queued for the reader before it counts as behind.
+    pub fn join(feed: Arc<H264Feed>, fps: u32) -> FeedReader {
+        let (gop, rx) = feed.join();
+        let backlog: VecDeque<_> = gop.into();
+        FeedReader {
+            feed,
+            rx,
+            wait_key: backlog.is_empty(),
+            backlog,
+            lag_limit: (fps.max(1) as usize).div_ceil(2).max(2),
+            skipped: 0,
+        }
+    }
+
+    /// With no GOP cached (no keyframe yet, or the cache overflowed), waits up to `within` for
+    /// the next keyframe, so that the first unit is known before the reader starts (RTSP's
+    /// PLAY answers with its timestamp).
+    pub async fn wait_for_keyframe(&mut self, within: Duration) {
+        if !self.backlog.is_empty() {
+            return;
+        }
+        let rx = &mut self.rx;
+        let first = tokio::time::timeout(within, async {
+            loop {
+                match rx.recv().await {
+                    Ok(u) if u.au.is_keyframe() => return Some(u),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .await;
+        if let Ok(Some(unit)) = first {
+            self.backlog.push_back(unit);
+            self.wait_key = false;
+        }
+    }
+
+    /// The unit the reader will give first, when it is known (the GOP's keyframe).
+    pub fn first(&self) -> Option<&Arc<H264Unit>> {
+        self.backlog.front()
+    }
+
+    /// The next unit to send; `None` once the feed has ended. Cancel-safe: a `select!` may
+    /// drop it between units without losing one.
+    pub async fn next(&mut self) -> Option<Arc<H264Unit>> {
+        loop {
+            let unit = match self.backlog.pop_front() {
+                Some(unit) => unit,
+                None => match self.rx.recv().await {
+                    Ok(unit) => unit,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.skipped += n;
+                        self.restart_at_keyframe();
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            if self.wait_key && !unit.au.is_keyframe() {
+                self.skipped += 1;
+                continue;
+            }
+            self.wait_key = false;
+            return Some(unit);
+        }
+    }
+
+    /// After a unit went out: if more than the lag limit queued meanwhile, the reader skips
+    /// them and resumes at the next keyframe.
+    pub fn check_lag(&mut self) {
+        let queued = self.rx.len();
+        if queued > self.lag_limit {
+            self.skipped += queued as u64;
+            self.rx = self.rx.resubscribe();
+            self.restart_at_keyframe();
+        }
+    }
+
+    /// Resumes at the next keyframe (after a pause, or falling behind), asking for one.
+    pub fn restart_at_keyframe(&mut self) {
+        self.backlog.clear();
+        self.wait_key = true;
+        self.feed.want_keyframe();
+    }
+
+    /// Units skipped so far (never sent to this reader's watcher).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    pub fn feed(&self) -> &Arc<H264Feed> {
+        &self.feed
+    }
 }
 
 /// Keeps a camera's H.264 encoder running (see [`H264Feed::demand`]).

@@ -502,3 +502,40 @@ fn the_gop_cache_is_bounded_and_starts_at_a_keyframe() {
     }
     assert_eq!(kept, 256);
 }
+
+/// A reader joined before the first keyframe skips to it; one that falls more than half a
+/// second of units behind skips what queued, asks for a keyframe, and resumes at the next one;
+/// every unit skipped is counted and shows as a gap in `seq`.
+#[tokio::test]
+async fn a_feed_reader_starts_and_resumes_at_keyframes() {
+    use super::h264::FeedReader;
+    let feed = Arc::new(H264Feed::new());
+    // fps 4: at most 2 units may queue.
+    let mut reader = FeedReader::join(feed.clone(), 4);
+    feed.publish(unit(false, 10, 0));
+    feed.publish(unit(true, 10, 3000));
+    feed.publish(unit(false, 10, 6000));
+    let first = reader.next().await.unwrap();
+    assert!(first.au.is_keyframe());
+    assert_eq!(first.seq, 1);
+    assert_eq!(reader.next().await.unwrap().seq, 2);
+    assert_eq!(reader.skipped(), 1, "the unit before the first keyframe");
+
+    // Four units queue while the watcher sends one: behind.
+    for t in 3..7 {
+        feed.publish(unit(false, 10, t * 3000));
+    }
+    assert_eq!(reader.next().await.unwrap().seq, 3);
+    reader.check_lag();
+    assert_eq!(reader.skipped(), 1 + 3);
+    feed.publish(unit(false, 10, 21_000));
+    feed.publish(unit(true, 10, 24_000));
+    let resumed = reader.next().await.unwrap();
+    assert!(resumed.au.is_keyframe());
+    assert_eq!(resumed.seq, 8);
+    assert_eq!(reader.skipped(), 1 + 3 + 1);
+
+    // A reader joining now starts from the cached GOP.
+    let late = FeedReader::join(feed.clone(), 30);
+    assert_eq!(late.first().map(|u| u.seq), Some(8));
+}

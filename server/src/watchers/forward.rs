@@ -14,7 +14,6 @@
 //! skips to the next keyframe, and counts the frames skipped. Packets go out from one socket,
 //! whose port is the OS's pick; what comes back to it (receiver reports) is not read.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -22,11 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::h264::{H264Feed, H264Unit};
+use crate::capture::h264::{FeedReader, H264Feed, H264Unit};
 use crate::frame::ParameterSets;
 use crate::rtp::{rtcp, CameraPackets, RtpFrame, Stamp, RTP_HEADER_BYTES};
 use crate::watchers::rtp_out::RtpOut;
@@ -273,8 +271,8 @@ struct Forward {
     stamp: Stamp,
     packets_made: Arc<CameraPackets>,
     rtp_out: RtpOut,
-    /// More frames queued than this: the forward is behind and skips to a keyframe.
-    lag_limit: usize,
+    /// The camera's rate: how far behind the forward may fall before it skips.
+    fps: u32,
     /// For sender reports: what was sent (both wrap at 2^32, as the SR's fields do), and the
     /// newest frame's RTP timestamp and capture time.
     packets: u32,
@@ -305,7 +303,7 @@ impl Forward {
             stamp: Stamp::new(random_u32(), random_u32(), random_u32() as u16),
             packets_made,
             rtp_out: RtpOut::default(),
-            lag_limit: (fps.max(1) as usize).div_ceil(2).max(2),
+            fps,
             packets: 0,
             payload_octets: 0,
             last: None,
@@ -317,44 +315,15 @@ impl Forward {
     /// Sends until the feed ends (it does not while the camera lives: `run`'s caller stops it).
     async fn run(&mut self) {
         let _demand = self.feed.demand();
-        let (gop, mut rx) = self.feed.join();
-        let mut backlog: VecDeque<Arc<H264Unit>> = gop.into();
-        let mut wait_key = backlog.is_empty();
-        loop {
-            let unit = match backlog.pop_front() {
-                Some(unit) => unit,
-                None => match rx.recv().await {
-                    Ok(unit) => unit,
-                    Err(RecvError::Lagged(n)) => {
-                        self.skipped(n);
-                        wait_key = true;
-                        self.feed.want_keyframe();
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-            };
-            let keyframe = unit.au.is_keyframe();
-            if wait_key && !keyframe {
-                self.skipped(1);
-                continue;
-            }
-            wait_key = false;
-            self.send(&unit, keyframe).await;
-            if rx.len() > self.lag_limit {
-                self.skipped(rx.len() as u64);
-                rx = rx.resubscribe();
-                wait_key = true;
-                self.feed.want_keyframe();
-            }
+        let mut reader = FeedReader::join(self.feed.clone(), self.fps);
+        while let Some(unit) = reader.next().await {
+            self.send(&unit, unit.au.is_keyframe()).await;
+            reader.check_lag();
+            self.forwarding
+                .stats
+                .frames_skipped
+                .store(reader.skipped(), Relaxed);
         }
-    }
-
-    fn skipped(&self, frames: u64) {
-        self.forwarding
-            .stats
-            .frames_skipped
-            .fetch_add(frames, Relaxed);
     }
 
     /// Sends one AU (its packets as every session shares them), then a sender report when one

@@ -5,7 +5,6 @@
 //! interleaved packet. A connection carries at most one session (one video stream): what
 //! every player asks of a server with one stream per URL.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -17,8 +16,6 @@ use rtsp_types::{Message, Method, ParseError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::broadcast::Receiver;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +23,7 @@ use super::request::{self, mount, pick_transport, transport_reply, Delivery, Rep
 use super::Shared;
 use crate::auth::{http_presented, DigestAnswer, Presented};
 use crate::cameras::Camera;
-use crate::capture::h264::{H264Demand, H264Feed, H264Unit};
+use crate::capture::h264::{FeedReader, H264Demand, H264Unit};
 use crate::capture::{FrameRx, PictureDemand, SharedFrame};
 use crate::journal::LeaveReason;
 use crate::rtp::{jpeg_timestamp, rtcp, RtpFrame, Stamp};
@@ -142,16 +139,8 @@ struct Play {
 }
 
 enum Media {
-    H264 {
-        feed: Arc<H264Feed>,
-        rx: Receiver<Arc<H264Unit>>,
-        /// The cached GOP, sent first.
-        backlog: VecDeque<Arc<H264Unit>>,
-        /// Frames are skipped until a keyframe (after falling behind).
-        wait_key: bool,
-        /// More frames queued than this: the session is behind, and skips to a keyframe.
-        lag_limit: usize,
-    },
+    /// The cached GOP, then live; behind → skip to a keyframe.
+    H264(FeedReader),
     Jpeg {
         rx: FrameRx,
     },
@@ -160,7 +149,6 @@ enum Media {
 /// What the media side has next.
 enum Next {
     Unit(Arc<H264Unit>),
-    Lagged,
     Picture(Option<SharedFrame>),
     Ended,
 }
@@ -168,16 +156,10 @@ enum Next {
 impl Media {
     async fn next(&mut self) -> Next {
         match self {
-            Media::H264 { rx, backlog, .. } => {
-                if let Some(unit) = backlog.pop_front() {
-                    return Next::Unit(unit);
-                }
-                match rx.recv().await {
-                    Ok(unit) => Next::Unit(unit),
-                    Err(RecvError::Lagged(_)) => Next::Lagged,
-                    Err(RecvError::Closed) => Next::Ended,
-                }
-            }
+            Media::H264(reader) => match reader.next().await {
+                Some(unit) => Next::Unit(unit),
+                None => Next::Ended,
+            },
             Media::Jpeg { rx } => match rx.changed().await {
                 Ok(()) => Next::Picture(rx.borrow_and_update().clone()),
                 Err(_) => Next::Ended,
@@ -570,9 +552,8 @@ impl Conn {
         if let Some(play) = session.play.as_mut() {
             // PLAY after PAUSE: H.264 goes on from a keyframe.
             play.paused = false;
-            if let Media::H264 { wait_key, feed, .. } = &mut play.media {
-                *wait_key = true;
-                feed.want_keyframe();
+            if let Media::H264(reader) = &mut play.media {
+                reader.restart_at_keyframe();
             }
         } else {
             let slot = Watchers::admit(&server).map_err(|refused| {
@@ -581,30 +562,10 @@ impl Conn {
             })?;
             let media = match session.stream {
                 Stream::H264 => {
-                    let feed = session.camera.capture.h264.clone();
-                    let (gop, mut rx) = feed.join();
-                    let mut backlog: VecDeque<_> = gop.into();
-                    if backlog.is_empty() {
-                        let first = timeout(KEYFRAME_WITHIN, async {
-                            loop {
-                                match rx.recv().await {
-                                    Ok(u) if u.au.is_keyframe() => return Some(u),
-                                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                                    Err(RecvError::Closed) => return None,
-                                }
-                            }
-                        })
-                        .await;
-                        backlog.extend(first.ok().flatten());
-                    }
-                    let fps = session.camera.capture.shape().fps.max(1) as usize;
-                    Media::H264 {
-                        feed,
-                        rx,
-                        wait_key: backlog.is_empty(),
-                        backlog,
-                        lag_limit: fps.div_ceil(2).max(2),
-                    }
+                    let fps = session.camera.capture.shape().fps;
+                    let mut reader = FeedReader::join(session.camera.capture.h264.clone(), fps);
+                    reader.wait_for_keyframe(KEYFRAME_WITHIN).await;
+                    Media::H264(reader)
                 }
                 Stream::Jpeg => {
                     let mut rx = session.camera.frames.clone();
@@ -664,18 +625,8 @@ impl Conn {
         let packets = &session.camera.rtp;
         let frame = match (next, &mut play.media) {
             (Next::Ended, _) => return Err(LeaveReason::Shutdown),
-            (Next::Lagged, Media::H264 { wait_key, feed, .. }) => {
-                *wait_key = true;
-                feed.want_keyframe();
-                return Ok(());
-            }
-            (Next::Unit(unit), Media::H264 { wait_key, .. }) => {
+            (Next::Unit(unit), Media::H264(_)) => {
                 play.tally.seen(unit.seq);
-                let keyframe = unit.au.is_keyframe();
-                if *wait_key && !keyframe {
-                    return Ok(());
-                }
-                *wait_key = false;
                 let frame = packets.h264(&unit);
                 play.last = Some((session.stamp.timestamp(frame.rtp_ts), unit.capture_unix_us));
                 frame
@@ -718,19 +669,8 @@ impl Conn {
         play.tally.sent(bytes);
         play.live.set(&play.tally);
         // Behind: the queued frames are skipped, and H.264 resumes at a keyframe.
-        if let Media::H264 {
-            rx,
-            wait_key,
-            feed,
-            lag_limit,
-            ..
-        } = &mut play.media
-        {
-            if rx.len() > *lag_limit {
-                *rx = rx.resubscribe();
-                *wait_key = true;
-                feed.want_keyframe();
-            }
+        if let Media::H264(reader) = &mut play.media {
+            reader.check_lag();
         }
         Ok(())
     }
@@ -797,8 +737,8 @@ impl Conn {
 /// The RTP timestamp PLAY's RTP-Info announces: the first frame the session will send.
 fn first_ts(stamp: &Stamp, play: &Play) -> Option<u32> {
     match &play.media {
-        Media::H264 { backlog, .. } => backlog
-            .front()
+        Media::H264(reader) => reader
+            .first()
             .map(|u| stamp.timestamp(u.media_time_90k as u32)),
         Media::Jpeg { rx } => rx
             .borrow()
