@@ -103,13 +103,13 @@ struct Args {
     /// (ADDR/BITS or ADDR, comma-separated or repeated). Default: from anyone.
     #[arg(long, value_name = "CIDR", value_delimiter = ',', value_parser = spec::parse_net)]
     source_allow: Vec<IpNet>,
-    /// Play a video file source again from the start when it ends.
+    /// Play a video file or folder source again from the start when it ends.
     #[arg(long = "loop")]
     looped: bool,
     /// How RTSP sources carry their media.
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     rtsp_transport: Transport,
-    /// JPEG quality ceiling, 1-100; lowered per frame when a frame would not fit --max-datagram.
+    /// JPEG quality ceiling, 1-100; lowered per frame when a frame would not fit --max-datagram-bytes.
     #[arg(long, value_name = "Q", default_value_t = 80)]
     quality: u8,
     /// No frame datagram is larger than this (UDP payload bytes, 600-65507). Lower it, e.g. to
