@@ -14,12 +14,12 @@ set -euo pipefail
 # comparison in surv-load), a real MQTT broker (mosquitto, mosquitto-clients), and nftables
 # for the loss harness (scripts/loss-netns.sh). RTSP players that read surv's RTSP server in the
 # tests: GStreamer's libav decoders (avdec_h264) and bad plugins (h264parse, sdpdemux), and VLC
-# (vlc-bin + vlc-plugin-base, played headless with cvlc).
+# (vlc-bin + vlc-plugin-base, played headless with cvlc). python3-venv: the venv below.
 PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium
   xvfb openbox xdotool wmctrl imagemagick
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
   gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients nftables
-  gstreamer1.0-libav gstreamer1.0-plugins-bad vlc-bin vlc-plugin-base)
+  gstreamer1.0-libav gstreamer1.0-plugins-bad vlc-bin vlc-plugin-base python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -31,6 +31,19 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The WebRTC tests' independent peer: aiortc (with PyAV's FFmpeg H.264 decoder) from PyPI, in
+# a venv of the system Python at .venv (git ignores it); binary wheels only, so nothing is
+# compiled. tests/peers/whep_client.py runs on it.
+AIORTC_VERSION=1.16.0
+VENV="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if ! "$VENV/bin/python" -c "import aiortc, sys; sys.exit(aiortc.__version__ != '$AIORTC_VERSION')" \
+    >/dev/null 2>&1; then
+  echo "surv setup: installing aiortc $AIORTC_VERSION into $VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --only-binary=:all: \
+    "aiortc==$AIORTC_VERSION"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

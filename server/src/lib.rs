@@ -143,6 +143,8 @@ pub struct Stats {
     pub auth_throttled: AtomicU64,
     /// The RTSP server's own counters.
     pub rtsp: watchers::rtsp::RtspStats,
+    /// The WebRTC server's counters and its live peers.
+    pub webrtc: watchers::webrtc::WebrtcStats,
 }
 
 /// Everything the listeners and the sessions share.
@@ -214,6 +216,9 @@ pub struct Listeners {
     pub http: Option<TcpListener>,
     /// Players and NVRs over RTSP ([`watchers::rtsp`]); `None`: no RTSP server.
     pub rtsp: Option<watchers::rtsp::RtspSockets>,
+    /// WebRTC peers' media ([`watchers::webrtc`]; their offers come over `http`); `None`: no
+    /// WebRTC.
+    pub webrtc: Option<watchers::webrtc::WebrtcSocket>,
 }
 
 /// Serves viewers on `listener` until `shutdown` is cancelled, then ends every session (each logs
@@ -223,6 +228,7 @@ pub async fn run(server: Arc<Server>, listener: TcpListener, shutdown: Cancellat
         viewers: listener,
         http: None,
         rtsp: None,
+        webrtc: None,
     };
     run_with(server, listeners, shutdown).await
 }
@@ -234,10 +240,28 @@ pub async fn run_with(server: Arc<Server>, listeners: Listeners, shutdown: Cance
         viewers: listener,
         http,
         rtsp,
+        webrtc,
     } = listeners;
     let tracker = TaskTracker::new();
+    let webrtc = webrtc.and_then(|socket| {
+        match watchers::webrtc::start(server.clone(), socket, shutdown.clone()) {
+            Ok((handle, ended)) => {
+                tracker.spawn(ended);
+                Some(handle)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WebRTC is off");
+                None
+            }
+        }
+    });
     if let Some(http) = http {
-        tracker.spawn(http::serve(server.clone(), http, shutdown.clone()));
+        tracker.spawn(http::serve_with(
+            server.clone(),
+            http,
+            webrtc,
+            shutdown.clone(),
+        ));
     }
     if let Some(rtsp) = rtsp {
         tracker.spawn(watchers::rtsp::run(server.clone(), rtsp, shutdown.clone()));

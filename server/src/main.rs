@@ -22,6 +22,7 @@ use surv_server::sources::{SourceOptions, SourceSpec};
 use surv_server::watchers::forward::ForwardUrl;
 use surv_server::watchers::request::{self, RequestConfig};
 use surv_server::watchers::rtsp::RtspSockets;
+use surv_server::watchers::webrtc::WebrtcSocket;
 use surv_server::{Config, Journal, Listeners, StreamShape};
 use tokio_util::sync::CancellationToken;
 
@@ -141,6 +142,16 @@ struct Args {
     /// request, or RTCP over UDP). A UDP session heard from neither for 5 s longer ends.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     rtsp_session_timeout: u64,
+    /// UDP port for WebRTC players (browsers), on the same --bind: every peer's media on this
+    /// one port, their offers by WHEP over HTTP (POST /cam/CAMERA/whep). Players must reach this
+    /// port: open it in the firewall. 0 turns WebRTC off.
+    #[arg(long, value_name = "PORT", default_value_t = surv_server::watchers::webrtc::DEFAULT_WEBRTC_PORT)]
+    webrtc_port: u16,
+    /// An address WebRTC players reach this server at (its ICE host candidate; repeat for
+    /// several): the public or LAN address when --bind is 0.0.0.0 behind port forwarding.
+    /// Default: the --bind address, or every interface's address when bound to all.
+    #[arg(long, value_name = "IP")]
+    webrtc_host: Vec<IpAddr>,
     /// H.264 made by surv (for RTSP watchers of cameras that do not send H.264 themselves):
     /// a keyframe every this many seconds, and one at once for a joining watcher (at most one
     /// a second).
@@ -461,6 +472,23 @@ fn run() -> anyhow::Result<()> {
                 Some(sockets)
             }
         };
+        let webrtc = match (args.webrtc_port, args.http_port) {
+            (0, _) => None,
+            (_, 0) => {
+                tracing::warn!("WebRTC needs HTTP for its offers: off with --http-port 0");
+                None
+            }
+            (port, _) => {
+                let addr = SocketAddr::new(args.bind, port);
+                let socket = WebrtcSocket::bind(addr).with_context(|| {
+                    format!(
+                        "binding UDP {addr} for WebRTC (is another server on that port? try \
+                         --webrtc-port with another port, or --webrtc-port 0 to turn WebRTC off)"
+                    )
+                })?;
+                Some(socket.with_hosts(args.webrtc_host.clone()))
+            }
+        };
         let shutdown = CancellationToken::new();
         let cameras = plan.cameras.len();
         let app = App::start(plan, journal, shutdown.clone()).await?;
@@ -480,6 +508,7 @@ fn run() -> anyhow::Result<()> {
             viewers,
             http,
             rtsp,
+            webrtc,
         })
         .await;
         tracing::info!("stopped");

@@ -603,6 +603,52 @@ fn poll_one(fd: RawFd, events: libc::c_short, wait: Duration) {
     unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
+/// The IP addresses of this host's interfaces that are up (`getifaddrs`): WebRTC's ICE host
+/// candidates when the server listens on every address. Loopback and link-local addresses are
+/// left out (a remote player cannot reach them); so are IPv6 addresses when `v6` is false and
+/// IPv4 ones when it is true.
+pub fn interface_addresses(v6: bool) -> io::Result<Vec<std::net::IpAddr>> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list the C library owns until freeifaddrs;
+    // each entry is read only while the list lives, and its address as the type its family
+    // says.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let entry = &*at;
+            at = entry.ifa_next;
+            let up = entry.ifa_flags & (libc::IFF_UP as libc::c_uint) != 0;
+            if !up || entry.ifa_addr.is_null() {
+                continue;
+            }
+            let ip: std::net::IpAddr = match i32::from((*entry.ifa_addr).sa_family) {
+                libc::AF_INET if !v6 => {
+                    let sin: libc::sockaddr_in = std::ptr::read_unaligned(entry.ifa_addr.cast());
+                    Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into()
+                }
+                libc::AF_INET6 if v6 => {
+                    let sin6: libc::sockaddr_in6 = std::ptr::read_unaligned(entry.ifa_addr.cast());
+                    Ipv6Addr::from(sin6.sin6_addr.s6_addr).into()
+                }
+                _ => continue,
+            };
+            let link_local = match ip {
+                std::net::IpAddr::V4(v4) => v4.is_link_local(),
+                std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+            };
+            if !ip.is_loopback() && !link_local && !found.contains(&ip) {
+                found.push(ip);
+            }
+        }
+        libc::freeifaddrs(list);
+    }
+    Ok(found)
+}
+
 /// Raises this process's open-file limit to its hard limit (each viewer holds a TCP connection)
 /// and returns the limit now in force.
 pub fn raise_fd_limit() -> io::Result<u64> {

@@ -86,7 +86,7 @@ async fn start(config: &Path, dir: &Path, http: u16, extra: &[&str]) -> Reaper {
     let child = Command::new(env!("CARGO_BIN_EXE_surv-server"))
         .arg("--config")
         .arg(config)
-        .args(["--rtsp-port", "0"])
+        .args(["--rtsp-port", "0", "--webrtc-port", "0"])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)

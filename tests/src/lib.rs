@@ -82,6 +82,11 @@ pub struct ServerOpts {
     pub rtsp_session_timeout: Option<Duration>,
     /// Where the first camera pushes its H.264 as RTP (`--forward`); `None`: nowhere.
     pub forward: Option<SocketAddr>,
+    /// Serve HTTP on a free port: [`TestServer::http_addr`].
+    pub http: bool,
+    /// Serve WebRTC on a free UDP port of 127.0.0.1 (offers by WHEP over HTTP, which this turns
+    /// on too): [`TestServer::webrtc_addr`].
+    pub webrtc: bool,
 }
 
 impl Default for ServerOpts {
@@ -99,6 +104,8 @@ impl Default for ServerOpts {
             rtsp: false,
             rtsp_session_timeout: None,
             forward: None,
+            http: false,
+            webrtc: false,
         }
     }
 }
@@ -124,6 +131,10 @@ pub struct TestServer {
     pub app: Arc<App>,
     /// The RTSP server's address, with [`ServerOpts::rtsp`].
     pub rtsp_addr: Option<SocketAddr>,
+    /// The HTTP server's address, with [`ServerOpts::http`] or [`ServerOpts::webrtc`].
+    pub http_addr: Option<SocketAddr>,
+    /// The WebRTC UDP port's address, with [`ServerOpts::webrtc`].
+    pub webrtc_addr: Option<SocketAddr>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -281,16 +292,33 @@ pub async fn start_server_cameras(
         None
     };
     let rtsp_addr = rtsp.as_ref().map(|s| s.tcp.local_addr()).transpose()?;
+    let http = if opts.http || opts.webrtc {
+        Some(TcpListener::bind("127.0.0.1:0").await?)
+    } else {
+        None
+    };
+    let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+    let webrtc = if opts.webrtc {
+        Some(surv_server::watchers::webrtc::WebrtcSocket::bind(
+            "127.0.0.1:0".parse()?,
+        )?)
+    } else {
+        None
+    };
+    let webrtc_addr = webrtc.as_ref().map(|s| s.local_addr()).transpose()?;
     let listeners = surv_server::Listeners {
         viewers: listener,
-        http: None,
+        http,
         rtsp,
+        webrtc,
     };
     let task = tokio::spawn(app.clone().serve(listeners));
     Ok(TestServer {
         server: app.server().clone(),
         app,
         rtsp_addr,
+        http_addr,
+        webrtc_addr,
         addr,
         shutdown,
         log_dir,

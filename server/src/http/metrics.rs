@@ -464,6 +464,67 @@ impl Collector for ServerCollector {
         ] {
             counter(e, name, help, v.load(Relaxed))?;
         }
+        let webrtc = &s.webrtc;
+        for (name, help, v) in [
+            ("webrtc_offers", "WHEP offers POSTed.", &webrtc.offers),
+            (
+                "webrtc_offers_refused",
+                "WHEP offers refused (not SDP, no H.264 video, unknown camera, full, WebRTC off).",
+                &webrtc.offers_refused,
+            ),
+            (
+                "webrtc_sessions",
+                "WHEP offers answered (201).",
+                &webrtc.sessions,
+            ),
+            (
+                "webrtc_connected",
+                "WebRTC peers whose ICE and DTLS went through (they joined).",
+                &webrtc.connected,
+            ),
+            (
+                "webrtc_connect_timeouts",
+                "WebRTC peers dropped for not connecting in time.",
+                &webrtc.connect_timeouts,
+            ),
+            (
+                "webrtc_packets_sent",
+                "Datagrams sent to WebRTC peers (STUN, DTLS, SRTP, SRTCP).",
+                &webrtc.packets_sent,
+            ),
+            (
+                "webrtc_bytes_sent",
+                "Bytes of those datagrams.",
+                &webrtc.bytes_sent,
+            ),
+            (
+                "webrtc_send_errors",
+                "Datagrams to WebRTC peers the socket did not take: dropped.",
+                &webrtc.send_errors,
+            ),
+            (
+                "webrtc_datagrams_received",
+                "Datagrams received on the WebRTC port.",
+                &webrtc.datagrams_received,
+            ),
+            (
+                "webrtc_datagrams_foreign",
+                "Datagrams on the WebRTC port no peer accepted: dropped.",
+                &webrtc.datagrams_foreign,
+            ),
+            (
+                "webrtc_keyframe_requests",
+                "PLI and FIR from WebRTC peers (each a keyframe wish to the camera).",
+                &webrtc.keyframe_requests,
+            ),
+            (
+                "webrtc_nacks",
+                "NACKs from WebRTC peers (answered from the peer's packet history).",
+                &webrtc.nacks,
+            ),
+        ] {
+            counter(e, name, help, v.load(Relaxed))?;
+        }
         let mqtt = &server.mqtt;
         if mqtt.enabled.load(Relaxed) {
             gauge(

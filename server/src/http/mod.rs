@@ -1,7 +1,8 @@
 //! The HTTP server for browsers and players: the live page (`/`), the MJPEG stream
 //! (`/stream.mjpg`, one watcher of kind `http` per client), the newest frame (`/snapshot.jpg`),
-//! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`), and the SDP of a
-//! camera's `--forward` (`/cam/<name>/stream.sdp`).
+//! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`), the SDP of a
+//! camera's `--forward` (`/cam/<name>/stream.sdp`), and WebRTC offers by WHEP
+//! (`/cam/<name>/whep`, `whep.rs`).
 //!
 //! axum routes the requests; each connection is served by hyper's HTTP/1 connection in a task
 //! of its own, with three bounds: a request's headers must arrive within
@@ -22,6 +23,7 @@ mod mjpeg;
 pub(crate) mod status;
 #[cfg(test)]
 mod tests;
+mod whep;
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -34,7 +36,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -45,6 +47,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Denied, Presented};
 use crate::places::{Entry, Place, Places};
+use crate::watchers::webrtc::Webrtc;
 use crate::watchers::RefusalCause;
 use crate::{sys, Server, SHUTDOWN_GRACE};
 
@@ -96,11 +99,23 @@ pub(crate) struct HttpState {
     /// MJPEG watchers' tasks run here, so that shutdown waits for their LEAVE.
     pub tracker: TaskTracker,
     pub metrics: metrics::Metrics,
+    /// Where WHEP offers go; `None`: WebRTC is off.
+    pub webrtc: Option<Webrtc>,
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then gives its connections [`SHUTDOWN_GRACE`]
 /// to end (MJPEG watchers end with reason `shutdown`).
 pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: CancellationToken) {
+    serve_with(server, listener, None, shutdown).await
+}
+
+/// [`serve`], with WHEP offers answered by `webrtc`.
+pub async fn serve_with(
+    server: Arc<Server>,
+    listener: TcpListener,
+    webrtc: Option<Webrtc>,
+    shutdown: CancellationToken,
+) {
     let tracker = TaskTracker::new();
     let connections = Arc::new(Places::default());
     let max_connections = server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS);
@@ -108,6 +123,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, shutdown: Cancell
         metrics: metrics::Metrics::new(server.clone()),
         server,
         tracker: tracker.clone(),
+        webrtc,
     });
     tracker.spawn(crate::end_cameras_with(
         state.server.clone(),
@@ -193,9 +209,22 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/cam/{name}/snapshot.jpg", get(status::camera_snapshot))
         .route("/cam/{name}/status", get(status::camera_status))
         .route("/cam/{name}/stream.sdp", get(forward_sdp))
+        .route(
+            "/cam/{name}/whep",
+            post(whep::post)
+                .options(whep::preflight)
+                .fallback(whep::not_allowed),
+        )
+        .route(
+            "/cam/{name}/whep/{session}",
+            axum::routing::delete(whep::delete)
+                .options(whep::preflight)
+                .fallback(whep::not_allowed),
+        )
         .route("/status", get(status::status))
         .route("/metrics", get(metrics::metrics))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(middleware::from_fn(whep::cors))
         .with_state(state)
 }
 
@@ -205,10 +234,14 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
 /// that does not is answered 401 with a Basic challenge (browsers then ask for it), counted as
 /// a refusal of cause `unauthorized`, and logged at most every ten seconds. From an address
 /// slowed down after too many wrong tokens ([`auth::throttle`]), a request presenting one is
-/// answered 429 with `Retry-After` (its token unchecked), counted the same way.
+/// answered 429 with `Retry-After` (its token unchecked), counted the same way. A browser's
+/// CORS preflight (`OPTIONS`) of a WHEP resource carries no credentials and reveals nothing:
+/// it is let in.
 async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     let server = &http.server;
-    let public = server.config.metrics_public && request.uri().path() == "/metrics";
+    let path = request.uri().path();
+    let public = (server.config.metrics_public && path == "/metrics")
+        || (request.method() == axum::http::Method::OPTIONS && whep::is_whep_path(path));
     if !server.access.requires_token() || public {
         return next.run(request).await;
     }

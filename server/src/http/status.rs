@@ -47,6 +47,42 @@ pub struct Status {
     pub sessions: Vec<SessionRow>,
     /// Every camera, in the configured order.
     pub cameras: Vec<CameraStatus>,
+    /// The WebRTC server: its counters and each live peer.
+    pub webrtc: WebrtcStatus,
+}
+
+/// The WebRTC server's counters, and per peer its round-trip time, bit rate and loss.
+#[derive(Debug, Serialize)]
+pub struct WebrtcStatus {
+    pub offers: u64,
+    pub offers_refused: u64,
+    pub sessions: u64,
+    pub connected: u64,
+    pub connect_timeouts: u64,
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub send_errors: u64,
+    pub keyframe_requests: u64,
+    pub nacks: u64,
+    pub peers: Vec<crate::watchers::webrtc::PeerReport>,
+}
+
+impl WebrtcStatus {
+    fn of(w: &crate::watchers::webrtc::WebrtcStats) -> WebrtcStatus {
+        WebrtcStatus {
+            offers: w.offers.load(Relaxed),
+            offers_refused: w.offers_refused.load(Relaxed),
+            sessions: w.sessions.load(Relaxed),
+            connected: w.connected.load(Relaxed),
+            connect_timeouts: w.connect_timeouts.load(Relaxed),
+            packets_sent: w.packets_sent.load(Relaxed),
+            bytes_sent: w.bytes_sent.load(Relaxed),
+            send_errors: w.send_errors.load(Relaxed),
+            keyframe_requests: w.keyframe_requests.load(Relaxed),
+            nacks: w.nacks.load(Relaxed),
+            peers: w.peer_reports(),
+        }
+    }
 }
 
 /// One camera: its source, picture, rate and capture counters.
@@ -420,6 +456,7 @@ impl Status {
             },
             sessions,
             cameras,
+            webrtc: WebrtcStatus::of(&server.stats.webrtc),
         }
     }
 }

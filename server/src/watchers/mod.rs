@@ -16,6 +16,8 @@
 //! * [`request`]: seed 001's apps behind NAT: a `Request` datagram, then every frame as one
 //!   JPEG datagram from the same port, no acks, a TTL (`--request-port`).
 //! * HTTP MJPEG clients (`crate::http`, kind [`WatcherKind::Http`]) are driven by [`stream`].
+//! * [`webrtc`]: browsers and WebRTC players by WHEP (`POST /cam/<name>/whep`), all on one UDP
+//!   port (`--webrtc-port`), the camera's one H.264 stream to each.
 //! * [`forward`]: not a watcher but a push: a camera's H.264 as RTP to one fixed address
 //!   (`--forward`), from the camera's start to its end, never admitted or journalled.
 //!
@@ -32,6 +34,7 @@ pub mod rtp_out;
 pub mod rtsp;
 pub mod stream;
 pub mod udp;
+pub mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -62,15 +65,18 @@ pub enum WatcherKind {
     Http,
     /// A player or NVR reading `rtsp://…` ([`rtsp`]).
     Rtsp,
+    /// A browser or WebRTC player that came by WHEP ([`webrtc`]).
+    Webrtc,
 }
 
 impl WatcherKind {
     /// Every kind, for counts by kind that show the kinds nobody uses too.
-    pub const ALL: [WatcherKind; 4] = [
+    pub const ALL: [WatcherKind; 5] = [
         WatcherKind::Seed,
         WatcherKind::Surv1,
         WatcherKind::Http,
         WatcherKind::Rtsp,
+        WatcherKind::Webrtc,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +87,7 @@ impl WatcherKind {
             WatcherKind::Request => "request",
             WatcherKind::Http => "http",
             WatcherKind::Rtsp => "rtsp",
+            WatcherKind::Webrtc => "webrtc",
         }
     }
 }
@@ -88,7 +95,8 @@ impl WatcherKind {
 impl WatcherKind {
     /// Whether a watcher of this kind is sent the camera's JPEG pictures, so that its
     /// membership keeps them coming ([`crate::capture::CaptureShared::want_pictures`]). An RTSP
-    /// session may take H.264 (none needed) or `/mjpeg` (its session holds its own demand).
+    /// session may take H.264 (none needed) or `/mjpeg` (its session holds its own demand); a
+    /// WebRTC peer takes H.264 only.
     pub fn wants_pictures(self) -> bool {
         match self {
             WatcherKind::Seed
@@ -96,7 +104,7 @@ impl WatcherKind {
             | WatcherKind::OakTcp
             | WatcherKind::Request
             | WatcherKind::Http => true,
-            WatcherKind::Rtsp => false,
+            WatcherKind::Rtsp | WatcherKind::Webrtc => false,
         }
     }
 }
@@ -521,6 +529,7 @@ mod tests {
         assert_eq!(WatcherKind::from(Form::Seed).as_str(), "seed");
         assert_eq!(WatcherKind::from(Form::V1).as_str(), "surv1");
         assert_eq!(WatcherKind::Http.as_str(), "http");
+        assert_eq!(WatcherKind::Webrtc.as_str(), "webrtc");
     }
 
     #[test]

@@ -117,6 +117,17 @@ impl ServerProc {
                 .into_iter()
                 .flatten(),
             )
+            // Nor WebRTC (UDP 8555), unless asked for.
+            .args(
+                (!args
+                    .server_args
+                    .iter()
+                    .chain(extra)
+                    .any(|a| a.starts_with("--webrtc-port")))
+                .then_some(["--webrtc-port", "0"])
+                .into_iter()
+                .flatten(),
+            )
             .arg("--log-dir")
             .arg(dir.path())
             .args(extra)

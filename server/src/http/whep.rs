@@ -1,0 +1,211 @@
+//! WHEP (the WebRTC-HTTP Egress Protocol): `POST /cam/<name>/whep` with an SDP offer answers
+//! `201 Created` with the SDP answer and the session's `Location`; `DELETE` on that location
+//! ends the session. CORS lets a page from another origin play (the token still needed, as a
+//! Bearer header); the preflight `OPTIONS` needs none. The WebRTC side is
+//! [`crate::watchers::webrtc`].
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use super::{HttpState, Peer};
+use crate::watchers::webrtc::offer::{self, OfferError, MAX_OFFER_BYTES};
+use crate::watchers::webrtc::{refuse_offer, OfferRefused};
+use crate::watchers::RefusalCause;
+
+/// An offer's body must arrive within this once its headers have.
+pub const OFFER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `path` is a WHEP resource (`/cam/<name>/whep` or a session under it): the paths
+/// with CORS, whose preflight needs no token.
+pub(crate) fn is_whep_path(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').split('/');
+    matches!(
+        (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next()
+        ),
+        (Some("cam"), Some(_), Some("whep"), None | Some(_), None)
+    )
+}
+
+/// CORS on every WHEP response (a refusal too, so that a page can read why): any origin may
+/// read it and its `Location`; a preflight learns what it may send.
+pub(crate) async fn cors(request: Request, next: Next) -> Response {
+    if !is_whep_path(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location"),
+    );
+    response
+}
+
+/// `OPTIONS /cam/<name>/whep[/<session>]`: the CORS preflight.
+pub(crate) async fn preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "POST, DELETE, OPTIONS",
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Authorization, Content-Type",
+            ),
+            (header::ACCESS_CONTROL_MAX_AGE, "86400"),
+            (header::ALLOW, "POST, DELETE, OPTIONS"),
+        ],
+    )
+        .into_response()
+}
+
+/// `POST /cam/<name>/whep`: an SDP offer in, the answer out.
+pub(crate) async fn post(
+    State(http): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+    Extension(Peer(peer)): Extension<Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let server = &http.server;
+    let stats = &server.stats.webrtc;
+    stats.offers.fetch_add(1, Relaxed);
+    let answered = async {
+        let Some(webrtc) = &http.webrtc else {
+            return Err(OfferRefused {
+                status: 503,
+                reason: "WebRTC is off on this server (--webrtc-port 0)".into(),
+                retry_after_s: None,
+            });
+        };
+        let camera = server.cameras.pick(Some(&name)).map_err(|why| {
+            crate::watchers::Refused::new(RefusalCause::UnknownCamera, why.clone()).record(
+                server,
+                peer,
+                Some(crate::watchers::WatcherKind::Webrtc),
+            );
+            OfferRefused {
+                status: 404,
+                reason: why,
+                retry_after_s: None,
+            }
+        })?;
+        let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes());
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let bytes = match declared {
+            Some(n) if n > MAX_OFFER_BYTES as u64 => Err(OfferError::TooLarge),
+            _ => match tokio::time::timeout(
+                OFFER_READ_TIMEOUT,
+                axum::body::to_bytes(body, MAX_OFFER_BYTES),
+            )
+            .await
+            {
+                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Err(_)) => Err(OfferError::TooLarge),
+                Err(_) => Err(OfferError::NotSdp("its body did not arrive in time".into())),
+            },
+        };
+        let parsed = bytes.and_then(|b| offer::parse(content_type, &b));
+        let offer = parsed.map_err(|e| {
+            tracing::info!(%peer, camera = %name, error = %e, "WHEP: offer refused");
+            refuse_offer(server, peer, RefusalCause::Invalid, &e)
+        })?;
+        webrtc.open(camera, offer, peer).await
+    }
+    .await;
+    match answered {
+        Ok(session) => {
+            stats.sessions.fetch_add(1, Relaxed);
+            let location = format!("/cam/{name}/whep/{}", session.token);
+            (
+                StatusCode::CREATED,
+                [
+                    (header::CONTENT_TYPE, "application/sdp".to_string()),
+                    (header::LOCATION, location),
+                    (header::CACHE_CONTROL, "no-store".to_string()),
+                ],
+                session.answer,
+            )
+                .into_response()
+        }
+        Err(refused) => {
+            stats.offers_refused.fetch_add(1, Relaxed);
+            refusal(refused)
+        }
+    }
+}
+
+/// `DELETE /cam/<name>/whep/<session>`: the session ends (its peer leaves with `end`).
+pub(crate) async fn delete(
+    State(http): State<Arc<HttpState>>,
+    Path((name, token)): Path<(String, String)>,
+) -> Response {
+    let ended = match &http.webrtc {
+        Some(webrtc) => webrtc.delete(&name, &token).await,
+        None => false,
+    };
+    if ended {
+        (StatusCode::OK, "session ended\n").into_response()
+    } else {
+        (StatusCode::NOT_FOUND, "no such WHEP session\n").into_response()
+    }
+}
+
+/// Any other method on a WHEP resource (trickle ICE's PATCH among them): 405, as WHEP allows.
+pub(crate) async fn not_allowed(method: Method) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST, DELETE, OPTIONS")],
+        format!(
+            "{method} is not supported here (no trickle ICE: send the offer with its candidates)\n"
+        ),
+    )
+        .into_response()
+}
+
+fn refusal(refused: OfferRefused) -> Response {
+    let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = (status, refused.reason + "\n").into_response();
+    if let Some(s) = refused.retry_after_s {
+        if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whep_paths_are_the_resource_and_its_sessions() {
+        assert!(is_whep_path("/cam/main/whep"));
+        assert!(is_whep_path("/cam/main/whep/0123abcd"));
+        assert!(!is_whep_path("/cam/main/whep/a/b"));
+        assert!(!is_whep_path("/cam/main/stream.mjpg"));
+        assert!(!is_whep_path("/whep"));
+        assert!(!is_whep_path("/status"));
+    }
+}

@@ -1,0 +1,866 @@
+//! The one thread that drives every WebRTC peer: datagrams from the shared socket to the peer
+//! that accepts them, each peer's timeouts, each camera's H.264 units to its peers, and every
+//! peer's output to the socket. str0m is sans-IO: each peer is an [`Rtc`] this loop feeds and
+//! drains; nothing here waits on one peer.
+//!
+//! The thread runs a current-thread tokio runtime of its own, so that its CPU work (SRTP for
+//! every peer, every frame) never runs on the server's reactor. A camera with peers has a relay
+//! task on it reading the camera's broadcast once for all of its peers; sends never wait (a
+//! datagram the socket's buffer cannot take is dropped and counted, as the network would).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use str0m::media::{KeyframeRequestKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Command, NewPeer, PeerReport, WebrtcStats, CONNECT_WITHIN, SILENCE_LIMIT};
+use crate::cameras::Camera;
+use crate::capture::h264::{H264Demand, H264Unit};
+use crate::journal::LeaveReason;
+use crate::sys::MmsgReceiver;
+use crate::watchers::{LiveTally, Membership, RefusalCause, Refused, Slot, Tally, WatcherKind};
+use crate::Server;
+
+/// Units relayed from the cameras and not yet taken by the engine, at most.
+const UNIT_QUEUE: usize = 256;
+/// Datagrams per `recvmmsg`, and the most bytes one may have (str0m's MTU is 1150-1500;
+/// anything longer is not WebRTC).
+const RECV_BATCH: usize = 32;
+const MAX_DATAGRAM_BYTES: usize = 2048;
+/// The loop wakes at least this often to look for peers that went quiet.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+/// Outputs drained from a closing peer at most (its DTLS close_notify and RTCP BYE).
+const CLOSE_OUTPUTS: usize = 64;
+
+/// A unit from a camera's relay, with its bytes as str0m takes them (made once for all peers).
+enum Relayed {
+    Unit(usize, Arc<H264Unit>, Arc<[u8]>),
+    /// The relay fell behind the camera: its peers skip to the next keyframe.
+    Lagged(usize),
+    /// The camera ended (shutdown, or a reload removed it).
+    Ended(usize),
+}
+
+/// A camera with peers: keeps its encoder running and its relay reading.
+struct Feed {
+    _demand: H264Demand,
+    relay: CancellationToken,
+    peers: usize,
+}
+
+pub(super) struct Engine {
+    server: Arc<Server>,
+    local: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    connecting: Arc<AtomicUsize>,
+    peers: Vec<Peer>,
+    /// Which peer a source address last belonged to: tried first.
+    by_source: HashMap<SocketAddr, u64>,
+    /// Cameras with peers, by the camera's address (a reloaded camera is a new one).
+    feeds: HashMap<usize, Feed>,
+}
+
+/// Where a peer is in its life.
+enum Stage {
+    /// Answered; ICE and DTLS under way. Holds its place against `--max-viewers`.
+    Connecting(Slot),
+    /// A watcher.
+    Joined(Membership),
+    /// Left; removed at the next sweep.
+    Gone,
+}
+
+struct Peer {
+    id: u64,
+    token: String,
+    rtc: Rtc,
+    mid: Mid,
+    pt: Pt,
+    camera: Arc<Camera>,
+    feed: usize,
+    stage: Stage,
+    http_peer: SocketAddr,
+    created: Instant,
+    timeout: Instant,
+    last_heard: Instant,
+    /// The newest address it sent from.
+    remote: Option<SocketAddr>,
+    /// The next unit it should get; `None` until it connected.
+    next_seq: Option<u64>,
+    /// It lost units: nothing until a keyframe.
+    wait_key: bool,
+    /// The camera's cached GOP at connect, still to write.
+    backlog: VecDeque<Arc<H264Unit>>,
+    tally: Tally,
+    live: Arc<LiveTally>,
+    report: PeerReport,
+    /// For the bit rate: the last peer statistics' bytes sent and time.
+    last_tx: Option<(u64, Instant)>,
+    /// Why it ends, once it does.
+    ending: Option<LeaveReason>,
+    /// The count of connecting peers it is in until it connects.
+    connecting: Arc<AtomicUsize>,
+}
+
+impl Engine {
+    pub(super) fn new(
+        server: Arc<Server>,
+        local: SocketAddr,
+        candidates: Vec<SocketAddr>,
+        connecting: Arc<AtomicUsize>,
+    ) -> Engine {
+        Engine {
+            server,
+            local,
+            candidates,
+            connecting,
+            peers: Vec::new(),
+            by_source: HashMap::new(),
+            feeds: HashMap::new(),
+        }
+    }
+
+    /// Runs the engine on this thread until `shutdown`; every peer has left when it returns.
+    pub(super) fn run_on_thread(
+        self,
+        socket: std::net::UdpSocket,
+        commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "WebRTC: cannot start the engine's runtime; WebRTC is off");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match UdpSocket::from_std(socket) {
+                Ok(socket) => self.run(socket, commands, shutdown).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "WebRTC: cannot use the socket; WebRTC is off")
+                }
+            }
+        });
+    }
+
+    async fn run(
+        mut self,
+        socket: UdpSocket,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) {
+        let (units_tx, mut units) = mpsc::channel(UNIT_QUEUE);
+        let mut receiver = MmsgReceiver::new(RECV_BATCH, MAX_DATAGRAM_BYTES);
+        if self.local.is_ipv4() {
+            receiver = receiver.with_control();
+        }
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .peers
+                .iter()
+                .map(|p| p.timeout)
+                .min()
+                .unwrap_or(now + HOUSEKEEPING_EVERY)
+                .min(now + HOUSEKEEPING_EVERY);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => self.command(command, &socket, &units_tx),
+                Some(relayed) = units.recv() => self.relayed(relayed, &socket),
+                ready = socket.readable() => {
+                    if ready.is_ok() {
+                        self.receive(&socket, &mut receiver);
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+            }
+            self.drive(&socket, Instant::now());
+            self.sweep(&socket);
+        }
+        for peer in &mut self.peers {
+            peer.end(LeaveReason::Shutdown);
+        }
+        self.sweep(&socket);
+        for feed in self.feeds.values() {
+            feed.relay.cancel();
+        }
+    }
+
+    fn stats(&self) -> &WebrtcStats {
+        &self.server.stats.webrtc
+    }
+
+    fn command(&mut self, command: Command, socket: &UdpSocket, units: &mpsc::Sender<Relayed>) {
+        match command {
+            Command::Add(new) => self.add(*new, socket, units),
+            Command::Delete {
+                camera,
+                token,
+                done,
+            } => {
+                let found = self
+                    .peers
+                    .iter_mut()
+                    .find(|p| p.token == token && p.camera.name == camera && p.ending.is_none());
+                let found = match found {
+                    Some(peer) => {
+                        peer.end(LeaveReason::End);
+                        true
+                    }
+                    None => false,
+                };
+                let _ = done.send(found);
+                self.sweep(socket);
+            }
+        }
+    }
+
+    fn add(&mut self, new: NewPeer, socket: &UdpSocket, units: &mpsc::Sender<Relayed>) {
+        let NewPeer {
+            slot,
+            token,
+            camera,
+            http_peer,
+            answered,
+        } = new;
+        let key = Arc::as_ptr(&camera) as usize;
+        let feed = self.feeds.entry(key).or_insert_with(|| {
+            let feed = camera.capture.h264.clone();
+            // The encoder starts now, while ICE and DTLS are under way: the first picture is
+            // ready by the time the peer is.
+            let demand = feed.demand();
+            let (_, rx) = feed.join();
+            let relay = CancellationToken::new();
+            tokio::spawn(relay_units(
+                key,
+                camera.clone(),
+                rx,
+                units.clone(),
+                relay.clone(),
+            ));
+            Feed {
+                _demand: demand,
+                relay,
+                peers: 0,
+            }
+        });
+        feed.peers += 1;
+        let id = slot.id();
+        let now = Instant::now();
+        let report = PeerReport {
+            id,
+            camera: camera.name.clone(),
+            address: http_peer.to_string(),
+            state: "connecting",
+            ..PeerReport::default()
+        };
+        self.stats()
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, report.clone());
+        tracing::debug!(id, camera = %camera.name, %http_peer, "WebRTC: peer answered");
+        let mut peer = Peer {
+            id,
+            token,
+            rtc: answered.rtc,
+            mid: answered.mid,
+            pt: answered.pt,
+            camera,
+            feed: key,
+            stage: Stage::Connecting(slot),
+            http_peer,
+            created: now,
+            timeout: answered.timeout,
+            last_heard: now,
+            remote: None,
+            next_seq: None,
+            wait_key: false,
+            backlog: VecDeque::new(),
+            tally: Tally::default(),
+            live: Arc::new(LiveTally::default()),
+            report,
+            last_tx: None,
+            ending: None,
+            connecting: self.connecting.clone(),
+        };
+        for t in &answered.transmits {
+            send(socket, self.stats(), &t.contents, t.destination);
+        }
+        peer.drain(socket, &self.server);
+        self.peers.push(peer);
+    }
+
+    fn relayed(&mut self, relayed: Relayed, socket: &UdpSocket) {
+        match relayed {
+            Relayed::Unit(key, unit, data) => {
+                for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
+                    peer.send_unit(&unit, &data, &self.server);
+                    peer.drain(socket, &self.server);
+                }
+            }
+            Relayed::Lagged(key) => {
+                for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
+                    peer.lost_units();
+                }
+            }
+            Relayed::Ended(key) => {
+                for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
+                    peer.end(LeaveReason::Shutdown);
+                }
+                self.sweep(socket);
+            }
+        }
+    }
+
+    /// Takes in what is queued on the socket (a few batches; the loop comes back for more).
+    fn receive(&mut self, socket: &UdpSocket, receiver: &mut MmsgReceiver) {
+        let fd = socket.as_raw_fd();
+        let mut inbox: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> = Vec::new();
+        for _ in 0..4 {
+            let got = socket.try_io(Interest::READABLE, || {
+                receiver.recv(fd, |d| {
+                    if d.len <= d.bytes.len() {
+                        inbox.push((d.from, d.to.map(IpAddr::V4), d.bytes.to_vec()));
+                    } else {
+                        inbox.push((d.from, None, Vec::new()));
+                    }
+                })
+            });
+            match got {
+                Ok(n) if n == receiver.capacity() => continue,
+                _ => break,
+            }
+        }
+        let now = Instant::now();
+        for (from, to, bytes) in inbox {
+            self.stats().datagrams_received.fetch_add(1, Relaxed);
+            self.datagram(socket, now, from, to, &bytes);
+        }
+    }
+
+    /// One datagram, to the peer that accepts it.
+    fn datagram(
+        &mut self,
+        socket: &UdpSocket,
+        now: Instant,
+        from: SocketAddr,
+        to: Option<IpAddr>,
+        bytes: &[u8],
+    ) {
+        let stats = &self.server.stats.webrtc;
+        let Ok(contents) = bytes.try_into() else {
+            stats.datagrams_foreign.fetch_add(1, Relaxed);
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.destination(from, to),
+                contents,
+            },
+        );
+        let cached = self
+            .by_source
+            .get(&from)
+            .and_then(|id| self.peers.iter().position(|p| p.id == *id))
+            .filter(|&i| self.peers[i].accepts(&input));
+        let Some(i) = cached.or_else(|| self.peers.iter().position(|p| p.accepts(&input))) else {
+            stats.datagrams_foreign.fetch_add(1, Relaxed);
+            return;
+        };
+        let peer = &mut self.peers[i];
+        self.by_source.insert(from, peer.id);
+        peer.last_heard = now;
+        peer.remote = Some(from);
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(id = peer.id, error = %e, "WebRTC: peer input failed");
+            peer.end(LeaveReason::Error);
+            return;
+        }
+        peer.drain(socket, &self.server);
+    }
+
+    /// The local candidate a datagram came in on: its destination address when the kernel
+    /// said it (IPv4), else the bound address, else (bound to every address, IPv6) our first
+    /// candidate of its family. Only ICE's bookkeeping uses it: replies leave from the one
+    /// socket whatever it says.
+    fn destination(&self, from: SocketAddr, to: Option<IpAddr>) -> SocketAddr {
+        let port = self.local.port();
+        if let Some(ip) = to {
+            return SocketAddr::new(ip, port);
+        }
+        if !self.local.ip().is_unspecified() {
+            return self.local;
+        }
+        self.candidates
+            .iter()
+            .find(|c| c.is_ipv4() == from.is_ipv4())
+            .copied()
+            .unwrap_or(self.local)
+    }
+
+    /// Gives every peer whose timeout has come its time.
+    fn drive(&mut self, socket: &UdpSocket, now: Instant) {
+        for peer in self.peers.iter_mut().filter(|p| p.timeout <= now) {
+            if peer.ending.is_some() {
+                continue;
+            }
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(id = peer.id, error = %e, "WebRTC: peer timeout failed");
+                peer.end(LeaveReason::Error);
+                continue;
+            }
+            peer.drain(socket, &self.server);
+        }
+    }
+
+    /// Ends peers that did not connect in time, went quiet or were closed, and removes the ones
+    /// that ended: each connected one leaves (its LEAVE line), each other one is journalled as
+    /// refused if it timed out.
+    fn sweep(&mut self, socket: &UdpSocket) {
+        let now = Instant::now();
+        for peer in &mut self.peers {
+            if peer.ending.is_some() {
+                continue;
+            }
+            match peer.stage {
+                Stage::Connecting(_) if now.duration_since(peer.created) > CONNECT_WITHIN => {
+                    peer.end(LeaveReason::Timeout);
+                }
+                Stage::Joined(_) if now.duration_since(peer.last_heard) > SILENCE_LIMIT => {
+                    peer.end(LeaveReason::Timeout);
+                }
+                _ if !peer.rtc.is_alive() => peer.end(LeaveReason::Closed),
+                _ => {}
+            }
+        }
+        if self.peers.iter().all(|p| p.ending.is_none()) {
+            return;
+        }
+        let (gone, live): (Vec<Peer>, Vec<Peer>) = std::mem::take(&mut self.peers)
+            .into_iter()
+            .partition(|p| p.ending.is_some());
+        self.peers = live;
+        for mut peer in gone {
+            let reason = peer.ending.unwrap_or(LeaveReason::Error);
+            peer.close(socket, &self.server);
+            self.by_source.retain(|_, id| *id != peer.id);
+            self.stats()
+                .peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&peer.id);
+            match std::mem::replace(&mut peer.stage, Stage::Gone) {
+                Stage::Connecting(slot) => {
+                    self.connecting.fetch_sub(1, Relaxed);
+                    if reason == LeaveReason::Timeout {
+                        self.stats().connect_timeouts.fetch_add(1, Relaxed);
+                        Refused::new(
+                            RefusalCause::Timeout,
+                            format!(
+                                "WebRTC: no ICE and DTLS within {} s",
+                                CONNECT_WITHIN.as_secs()
+                            ),
+                        )
+                        .record(
+                            &self.server,
+                            peer.http_peer,
+                            Some(WatcherKind::Webrtc),
+                        );
+                    }
+                    drop(slot);
+                }
+                Stage::Joined(membership) => membership.leave(reason, &peer.tally),
+                Stage::Gone => {}
+            }
+            tracing::debug!(id = peer.id, reason = reason.as_str(), "WebRTC: peer ends");
+            if let Some(feed) = self.feeds.get_mut(&peer.feed) {
+                feed.peers = feed.peers.saturating_sub(1);
+                if feed.peers == 0 {
+                    feed.relay.cancel();
+                    self.feeds.remove(&peer.feed);
+                }
+            }
+        }
+    }
+}
+
+impl Peer {
+    fn accepts(&self, input: &Input) -> bool {
+        self.ending.is_none() && self.rtc.accepts(input)
+    }
+
+    /// The peer ends (at the next sweep) with `reason`; the first reason given stands.
+    fn end(&mut self, reason: LeaveReason) {
+        self.ending.get_or_insert(reason);
+    }
+
+    /// Polls the peer until it wants a timeout: its datagrams go out, its events are handled.
+    /// Media written while handling an event (the GOP, at connect) are sent by the same loop.
+    fn drain(&mut self, socket: &UdpSocket, server: &Arc<Server>) {
+        let stats = &server.stats.webrtc;
+        loop {
+            if self.ending.is_some() {
+                return;
+            }
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    if let Some(unit) = self.backlog.pop_front() {
+                        let data = access_unit_bytes(&unit);
+                        self.send_unit(&unit, &data, server);
+                        continue;
+                    }
+                    self.timeout = t;
+                    return;
+                }
+                Ok(Output::Transmit(t)) => send(socket, stats, &t.contents, t.destination),
+                Ok(Output::Event(e)) => self.event(e, server),
+                Err(e) => {
+                    tracing::debug!(id = self.id, error = %e, "WebRTC: peer failed");
+                    self.end(LeaveReason::Error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, event: Event, server: &Arc<Server>) {
+        let stats = &server.stats.webrtc;
+        match event {
+            Event::Connected => self.connected(server),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.end(LeaveReason::Timeout);
+            }
+            Event::KeyframeRequest(req) if req.mid == self.mid => {
+                stats.keyframe_requests.fetch_add(1, Relaxed);
+                self.report.keyframe_requests += 1;
+                tracing::trace!(id = self.id, kind = ?req.kind, "WebRTC: keyframe request");
+                if matches!(
+                    req.kind,
+                    KeyframeRequestKind::Pli | KeyframeRequestKind::Fir
+                ) {
+                    self.camera.capture.h264.want_keyframe();
+                }
+                self.publish_report(server);
+            }
+            Event::MediaEgressStats(s) if s.mid == self.mid => {
+                let new_nacks = s.nacks.saturating_sub(self.report.nacks);
+                stats.nacks.fetch_add(new_nacks, Relaxed);
+                self.report.nacks = s.nacks;
+                if let Some(rtt) = s.rtt {
+                    self.report.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                }
+                if s.loss.is_some() {
+                    self.report.loss = s.loss;
+                }
+                self.publish_report(server);
+            }
+            Event::PeerStats(s) => {
+                if let Some((bytes, at)) = self.last_tx {
+                    let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
+                    if secs > 0.0 {
+                        let bits = s.peer_bytes_tx.saturating_sub(bytes) as f64 * 8.0;
+                        self.report.bitrate_bps = Some((bits / secs) as u64);
+                    }
+                }
+                self.last_tx = Some((s.peer_bytes_tx, s.timestamp));
+                let ice_rtt = s
+                    .selected_candidate_pair
+                    .as_ref()
+                    .and_then(|p| p.current_round_trip_time);
+                if let Some(rtt) = s.rtt.or(ice_rtt) {
+                    self.report.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                }
+                if s.egress_loss_fraction.is_some() {
+                    self.report.loss = s.egress_loss_fraction;
+                }
+                self.publish_report(server);
+            }
+            Event::Closed => self.end(LeaveReason::Closed),
+            _ => {}
+        }
+    }
+
+    /// ICE and DTLS are through: the peer joins, and gets the camera's cached GOP at once (or
+    /// waits for the keyframe its joining asked for).
+    fn connected(&mut self, server: &Arc<Server>) {
+        let Stage::Connecting(_) = self.stage else {
+            return;
+        };
+        let Stage::Connecting(slot) = std::mem::replace(&mut self.stage, Stage::Gone) else {
+            return;
+        };
+        let stats = &server.stats.webrtc;
+        stats.connected.fetch_add(1, Relaxed);
+        let address = self.remote.unwrap_or(self.http_peer);
+        let membership = slot.join_reporting(
+            WatcherKind::Webrtc,
+            address,
+            &self.camera,
+            self.live.clone(),
+        );
+        self.stage = Stage::Joined(membership);
+        // Its place among the connecting peers is free again.
+        self.connecting.fetch_sub(1, Relaxed);
+        self.report.state = "connected";
+        self.report.address = address.to_string();
+        self.publish_report(server);
+        tracing::debug!(id = self.id, %address, "WebRTC: peer connected");
+        let feed = self.camera.capture.h264.clone();
+        let (gop, _) = feed.join();
+        match gop.first() {
+            Some(first) => {
+                // Written one by one as the peer drains (see `drain`), so that str0m's send
+                // buffer holds one picture's packets at a time, not the whole GOP's.
+                self.next_seq = Some(first.seq);
+                self.backlog = gop.into();
+            }
+            None => {
+                // No keyframe cached: the next one (join asked for it) starts the peer.
+                self.next_seq = Some(0);
+                self.wait_key = true;
+            }
+        }
+    }
+
+    /// The relay fell behind: the peer waits for the next keyframe, and asks for one.
+    fn lost_units(&mut self) {
+        if self.next_seq.is_some() && !self.wait_key {
+            self.wait_key = true;
+            self.camera.capture.h264.want_keyframe();
+        }
+    }
+
+    /// Writes one access unit to the peer, unless it has it already or waits for a keyframe.
+    fn send_unit(&mut self, unit: &H264Unit, data: &Arc<[u8]>, server: &Arc<Server>) {
+        let Some(next) = self.next_seq else {
+            // Not connected: str0m would drop it.
+            return;
+        };
+        if unit.seq < next || self.ending.is_some() {
+            return;
+        }
+        self.tally.seen(unit.seq);
+        let keyframe = unit.au.is_keyframe();
+        if unit.seq > next && !keyframe && next != 0 {
+            // Units were lost on the way: a P picture now would show garbage.
+            self.lost_units();
+        }
+        self.next_seq = Some(unit.seq + 1);
+        if self.wait_key && !keyframe {
+            return;
+        }
+        self.wait_key = false;
+        let Some(writer) = self.rtc.writer(self.mid) else {
+            self.end(LeaveReason::Error);
+            return;
+        };
+        let written = writer.write(
+            self.pt,
+            wallclock(unit.capture_unix_us),
+            MediaTime::from_90khz(unit.media_time_90k),
+            data.clone(),
+        );
+        match written {
+            Ok(()) => {
+                self.tally.sent(data.len());
+                self.live.set(&self.tally);
+                server.stats.frames_sent.fetch_add(1, Relaxed);
+                server
+                    .stats
+                    .bytes_sent
+                    .fetch_add(data.len() as u64, Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(id = self.id, error = %e, "WebRTC: cannot write a frame");
+                self.end(LeaveReason::Error);
+            }
+        }
+    }
+
+    /// Sends what str0m has to say on the way out (DTLS close_notify) for peers that end
+    /// politely; every peer's engine is dropped after.
+    fn close(&mut self, socket: &UdpSocket, server: &Server) {
+        let polite = matches!(
+            self.ending,
+            Some(LeaveReason::End | LeaveReason::Shutdown | LeaveReason::Removed)
+        );
+        if !polite || self.rtc.close().is_err() {
+            self.rtc.disconnect();
+            return;
+        }
+        for _ in 0..CLOSE_OUTPUTS {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    send(socket, &server.stats.webrtc, &t.contents, t.destination)
+                }
+                Ok(Output::Event(_)) => {}
+                Ok(Output::Timeout(_)) | Err(_) => break,
+            }
+        }
+        self.rtc.disconnect();
+    }
+
+    fn publish_report(&self, server: &Server) {
+        if let Some(r) = server
+            .stats
+            .webrtc
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.id)
+        {
+            r.clone_from(&self.report);
+        }
+    }
+}
+
+/// Sends one datagram without waiting: a full socket buffer drops it (counted).
+fn send(socket: &UdpSocket, stats: &WebrtcStats, bytes: &[u8], to: SocketAddr) {
+    match socket.try_send_to(bytes, to) {
+        Ok(_) => {
+            stats.packets_sent.fetch_add(1, Relaxed);
+            stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
+        }
+        Err(_) => {
+            stats.send_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// The instant a capture time (µs since the Unix epoch) was, on this process's clock.
+fn wallclock(capture_unix_us: u64) -> Instant {
+    let now = Instant::now();
+    let now_unix_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let age = Duration::from_micros(now_unix_us.saturating_sub(capture_unix_us));
+    now.checked_sub(age).unwrap_or(now)
+}
+
+/// A unit's bytes as str0m's packetizer takes them: Annex B, with a keyframe's SPS and PPS in
+/// band (a camera passed through may send them only out of band; the player needs them).
+fn access_unit_bytes(unit: &H264Unit) -> Arc<[u8]> {
+    let au = &unit.au;
+    match &au.parameter_sets {
+        Some(ps) if surv_codec::annexb::parameter_sets(&au.data).is_none() => {
+            const START: [u8; 4] = [0, 0, 0, 1];
+            let mut v = Vec::with_capacity(au.data.len() + ps.sps.len() + ps.pps.len() + 8);
+            for nal in [&ps.sps[..], &ps.pps[..]] {
+                v.extend_from_slice(&START);
+                v.extend_from_slice(nal);
+            }
+            v.extend_from_slice(&au.data);
+            v.into()
+        }
+        _ => Arc::from(&au.data[..]),
+    }
+}
+
+/// Reads a camera's units once for all its peers and hands them to the engine, until `stop`
+/// (its last peer left) or the camera ends.
+async fn relay_units(
+    key: usize,
+    camera: Arc<Camera>,
+    mut rx: tokio::sync::broadcast::Receiver<Arc<H264Unit>>,
+    to: mpsc::Sender<Relayed>,
+    stop: CancellationToken,
+) {
+    loop {
+        let got = tokio::select! {
+            () = stop.cancelled() => return,
+            () = camera.stop.cancelled() => {
+                let _ = to.send(Relayed::Ended(key)).await;
+                return;
+            }
+            got = rx.recv() => got,
+        };
+        let relayed = match got {
+            Ok(unit) => {
+                let data = access_unit_bytes(&unit);
+                Relayed::Unit(key, unit, data)
+            }
+            Err(RecvError::Lagged(_)) => Relayed::Lagged(key),
+            Err(RecvError::Closed) => {
+                let _ = to.send(Relayed::Ended(key)).await;
+                return;
+            }
+        };
+        if to.send(relayed).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{H264AccessUnit, ParameterSets};
+    use bytes::Bytes;
+
+    fn unit(data: &'static [u8], keyframe: bool) -> H264Unit {
+        H264Unit {
+            seq: 0,
+            au: H264AccessUnit {
+                data: Bytes::from_static(data),
+                parameter_sets: keyframe.then(|| ParameterSets {
+                    sps: Bytes::from_static(&[0x67, 0x42, 0xe0, 0x1f]),
+                    pps: Bytes::from_static(&[0x68, 0xce]),
+                }),
+            },
+            media_time_90k: 0,
+            capture_unix_us: 0,
+        }
+    }
+
+    #[test]
+    fn a_keyframe_carries_its_parameter_sets_in_band() {
+        let idr = access_unit_bytes(&unit(&[0, 0, 0, 1, 0x65, 0x88], true));
+        assert_eq!(
+            &idr[..],
+            &[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88]
+        );
+        // Already in band: as it is.
+        let inband: &'static [u8] = &[
+            0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88,
+        ];
+        assert_eq!(&access_unit_bytes(&unit(inband, true))[..], inband);
+        let p = access_unit_bytes(&unit(&[0, 0, 0, 1, 0x41, 0x9a], false));
+        assert_eq!(&p[..], &[0, 0, 0, 1, 0x41, 0x9a]);
+    }
+
+    #[test]
+    fn wallclock_is_the_capture_time_on_the_monotonic_clock() {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        let t = wallclock(now_us - 500_000);
+        let age = Instant::now().duration_since(t);
+        assert!(
+            age >= Duration::from_millis(499) && age < Duration::from_secs(2),
+            "{age:?}"
+        );
+        // A capture time in the future (clock set back) is now.
+        assert!(Instant::now().duration_since(wallclock(u64::MAX)) < Duration::from_secs(1));
+    }
+}

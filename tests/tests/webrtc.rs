@@ -1,0 +1,386 @@
+//! WebRTC by WHEP against an independent peer: aiortc (its own ICE, DTLS, SRTP, RTP depacketizer
+//! and FFmpeg's H.264 decoder) plays the test pattern from `POST /cam/main/whep`; the journal,
+//! `/status`, the token, DELETE and the refusals are checked as a user would see them.
+//!
+//! The peer is `tests/peers/whep_client.py` on the venv `scripts/setup.sh` makes (`.venv`); its
+//! ICE is kept to 127.0.0.1, as is the server's. Every run of it is bounded in time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use surv_server::auth::Token;
+use surv_server::Config;
+use surv_tests::{output_within, start_server, Reaper, ServerOpts, TestServer, IO_TIMEOUT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const TOKEN: &str = "webrtc-test-token";
+/// Frames each peer must decode.
+const FRAMES: u64 = 30;
+/// The whole of one peer's run (offer, ICE, DTLS, FRAMES frames, DELETE), with room for a
+/// loaded machine.
+const PEER_LIMIT: Duration = Duration::from_secs(60);
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+/// The venv's Python, with aiortc; a clear failure when scripts/setup.sh has not made it.
+fn python() -> PathBuf {
+    let python = workspace().join(".venv/bin/python");
+    let ok = Command::new(&python)
+        .args(["-c", "import aiortc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import aiortc: run scripts/setup.sh (it makes the venv)",
+        python.display()
+    );
+    python
+}
+
+fn client() -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(workspace().join("tests/peers/whep_client.py"));
+    cmd
+}
+
+/// What the peer printed.
+#[derive(Debug)]
+struct Played {
+    status: Option<u64>,
+    location: Option<String>,
+    frames: u64,
+    width: Option<u64>,
+    height: Option<u64>,
+    first_frame_ms: Option<f64>,
+    elapsed_ms: Option<f64>,
+    delete_status: Option<u64>,
+    error: Option<String>,
+}
+
+impl Played {
+    fn from_json(v: &serde_json::Value) -> Played {
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        Played {
+            status: v["status"].as_u64(),
+            location: text("location"),
+            frames: v["frames"].as_u64().unwrap_or(0),
+            width: v["width"].as_u64(),
+            height: v["height"].as_u64(),
+            first_frame_ms: v["first_frame_ms"].as_f64(),
+            elapsed_ms: v["elapsed_ms"].as_f64(),
+            delete_status: v["delete_status"].as_u64(),
+            error: text("error"),
+        }
+    }
+}
+
+/// Runs the peer against `url` (bounded) and reads its JSON line.
+async fn play(url: String, token: Option<&str>, frames: u64) -> anyhow::Result<Played> {
+    let token = token.map(str::to_string);
+    let out = tokio::task::spawn_blocking(move || {
+        let mut cmd = client();
+        cmd.arg(&url)
+            .args(["--frames", &frames.to_string()])
+            .args(["--timeout", "40"]);
+        if let Some(t) = &token {
+            cmd.args(["--token", t]);
+        }
+        output_within(&mut cmd, PEER_LIMIT)
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(line).with_context(|| {
+        format!(
+            "the peer printed no JSON line: stdout {stdout:?}, stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok(Played::from_json(&json))
+}
+
+/// A response, read whole (the request asks the server to close).
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`, bounded.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<Reply> {
+    let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(addr)).await??;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    timeout(IO_TIMEOUT, tcp.write_all(&bytes)).await??;
+    let mut out = Vec::new();
+    // A refusal that left the body unread may end in a reset after the response: what was
+    // read before it is the reply.
+    let read = timeout(IO_TIMEOUT, tcp.read_to_end(&mut out)).await?;
+    if out.is_empty() {
+        read?;
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("no response head: {text:?}");
+    };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok(Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+async fn start(token: Option<&str>) -> TestServer {
+    let config = Config {
+        token: token.map(|t| Token::new(t).unwrap()),
+        ..Config::default()
+    };
+    start_server(ServerOpts {
+        webrtc: true,
+        config,
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn whep_url(srv: &TestServer, camera: &str) -> String {
+    format!("http://{}/cam/{camera}/whep", srv.http_addr.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aiortc_peer_decodes_the_camera_and_delete_ends_it() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start(Some(TOKEN)).await;
+    let played = play(whep_url(&srv, "main"), Some(TOKEN), FRAMES)
+        .await
+        .unwrap();
+    println!(
+        "aiortc: {} frames of {:?}x{:?}, first {:?} ms after the POST, all in {:?} ms; error: {:?}",
+        played.frames,
+        played.width,
+        played.height,
+        played.first_frame_ms,
+        played.elapsed_ms,
+        played.error
+    );
+    assert_eq!(played.status, Some(201), "{played:?}");
+    assert!(played.frames >= FRAMES, "{played:?}");
+    assert_eq!((played.width, played.height), (Some(640), Some(480)));
+    let location = played.location.clone().unwrap_or_default();
+    assert!(location.starts_with("/cam/main/whep/"), "{played:?}");
+    assert_eq!(played.delete_status, Some(200), "{played:?}");
+
+    let join = srv
+        .wait_journal(|l| l.contains(" JOIN ") && l.contains("form=webrtc"))
+        .await
+        .unwrap();
+    assert!(join.contains("cam=main"), "{join}");
+    let leave = srv
+        .wait_journal(|l| l.contains(" LEAVE ") && l.contains("form=webrtc"))
+        .await
+        .unwrap();
+    assert!(leave.contains("reason=end"), "{leave}");
+    let sent: u64 = leave
+        .split(' ')
+        .find_map(|f| f.strip_prefix("frames_sent="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(sent >= FRAMES, "{leave}");
+
+    // The session is gone: DELETE again finds nothing; the counters saw it all.
+    let again = request(
+        srv.http_addr.unwrap(),
+        "DELETE",
+        &location,
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, 404, "{}", again.body);
+    let w = &srv.server.stats.webrtc;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(w.sessions.load(Relaxed), 1);
+    assert_eq!(w.connected.load(Relaxed), 1);
+    assert!(w.packets_sent.load(Relaxed) > FRAMES);
+    srv.wait_sessions(0).await.unwrap();
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_refuses_what_it_cannot_answer_and_counts_it() {
+    let srv = start(Some(TOKEN)).await;
+    let http = srv.http_addr.unwrap();
+    let bearer = format!("Bearer {TOKEN}");
+    let sdp = [("Content-Type", "application/sdp")];
+    let authed = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", &bearer),
+    ];
+
+    // No token: 401, with CORS so that a page can read it.
+    let r = request(http, "POST", "/cam/main/whep", &sdp, b"v=0\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"));
+    // The preflight needs no token.
+    let r = request(http, "OPTIONS", "/cam/main/whep", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(r.header("Access-Control-Allow-Origin"), Some("*"));
+    assert!(r
+        .header("Access-Control-Allow-Headers")
+        .is_some_and(|h| h.contains("Authorization")));
+    // An unknown camera: 404 naming it.
+    let r = request(http, "POST", "/cam/nope/whep", &authed, b"v=0\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("nope"), "{}", r.body);
+    // Garbage: 400 saying so.
+    let r = request(
+        http,
+        "POST",
+        "/cam/main/whep",
+        &authed,
+        b"\x00\x01 not an offer",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("not SDP"), "{}", r.body);
+    // Not SDP by its type: 415.
+    let json = [
+        ("Content-Type", "application/json"),
+        ("Authorization", &bearer),
+    ];
+    let r = request(http, "POST", "/cam/main/whep", &json, b"{}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 415, "{}", r.body);
+    // Too large: 413, unread.
+    let big = vec![b'a'; 70_000];
+    let r = request(http, "POST", "/cam/main/whep", &authed, &big)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.body);
+    // No trickle ICE: 405.
+    let r = request(http, "PATCH", "/cam/main/whep/abc", &authed, b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405, "{}", r.body);
+    // No such session.
+    let r = request(http, "DELETE", "/cam/main/whep/abc", &authed, b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = &srv.server.stats.webrtc;
+    assert_eq!(w.offers.load(Relaxed), 4, "401s never reach the handler");
+    assert_eq!(w.offers_refused.load(Relaxed), 4);
+    assert_eq!(w.sessions.load(Relaxed), 0);
+    let refusals = srv
+        .wait_journal_count(4, |l| l.contains(" REFUSE ") && l.contains("form=webrtc"))
+        .await
+        .unwrap();
+    assert!(
+        refusals.iter().any(|l| l.contains("not SDP")),
+        "{refusals:?}"
+    );
+    // And in /metrics, as a scraper reads them.
+    let r = request(http, "GET", "/metrics", &[("Authorization", &bearer)], b"")
+        .await
+        .unwrap();
+    assert!(
+        r.body.contains("surv_webrtc_offers_refused_total 4"),
+        "{}",
+        r.body
+    );
+    srv.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdown() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start(Some(TOKEN)).await;
+    let refused = play(whep_url(&srv, "main"), None, 1).await.unwrap();
+    assert_eq!(refused.status, Some(401), "{refused:?}");
+    assert_eq!(refused.frames, 0);
+
+    // A peer that keeps playing; the server stops under it.
+    let mut cmd = client();
+    cmd.arg(whep_url(&srv, "main"))
+        .args(["--token", TOKEN, "--frames", "5", "--timeout", "40"])
+        .args(["--keep", "--hold", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let peer = Reaper(cmd.spawn().unwrap());
+    srv.wait_journal(|l| l.contains(" JOIN ") && l.contains("form=webrtc"))
+        .await
+        .unwrap();
+    let status = request(
+        srv.http_addr.unwrap(),
+        "GET",
+        "/status",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let peers = status["webrtc"]["peers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(peers.len(), 1, "{status}");
+    assert_eq!(peers[0]["state"], "connected", "{status}");
+    assert_eq!(status["watchers"]["by_kind"]["webrtc"], 1, "{status}");
+    let journal = srv.stop().await.unwrap();
+    let leave = journal
+        .iter()
+        .find(|l| l.contains(" LEAVE ") && l.contains("form=webrtc"))
+        .unwrap_or_else(|| panic!("no LEAVE: {journal:?}"));
+    assert!(leave.contains("reason=shutdown"), "{leave}");
+    drop(peer);
+}
