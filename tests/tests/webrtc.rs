@@ -376,6 +376,31 @@ async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdow
     assert_eq!(peers.len(), 1, "{status}");
     assert_eq!(peers[0]["state"], "connected", "{status}");
     assert_eq!(status["watchers"]["by_kind"]["webrtc"], 1, "{status}");
+    // str0m's statistics reach /status: what is sent to it (each second), its round trip.
+    let until = tokio::time::Instant::now() + IO_TIMEOUT;
+    let report = loop {
+        let status = request(
+            srv.http_addr.unwrap(),
+            "GET",
+            "/status",
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        )
+        .await
+        .unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        let peer = status["webrtc"]["peers"][0].clone();
+        let bps = peer["bitrate_bps"].as_u64().unwrap_or(0);
+        if bps > 0 && peer["rtt_ms"].is_number() {
+            break peer;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no bit rate or RTT: {peer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("peer in /status: {report}");
     let journal = srv.stop().await.unwrap();
     let leave = journal
         .iter()
@@ -383,4 +408,66 @@ async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdow
         .unwrap_or_else(|| panic!("no LEAVE: {journal:?}"));
     assert!(leave.contains("reason=shutdown"), "{leave}");
     drop(peer);
+}
+
+/// A real player's offer (aiortc's, from the fuzz corpus), POSTed with nobody behind it: it is
+/// answered, and then never connects.
+fn silent_offer() -> Vec<u8> {
+    surv_tests::fixtures::fuzz_corpus("whep_offer")
+        .into_iter()
+        .find(|(p, _)| p.ends_with("aiortc-recvonly-h264"))
+        .expect("aiortc's offer in fuzz/corpus/whep_offer")
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_that_never_connect_are_bounded_and_dropped() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use surv_server::watchers::webrtc::{CONNECT_WITHIN, MAX_CONNECTING};
+    let srv = start(None).await;
+    let http = srv.http_addr.unwrap();
+    let offer = silent_offer();
+    let sdp = [("Content-Type", "application/sdp")];
+    for i in 0..MAX_CONNECTING {
+        let r = request(http, "POST", "/cam/main/whep", &sdp, &offer)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "offer {i}: {}", r.body);
+        assert!(r.body.contains("a=sendonly"), "{}", r.body);
+    }
+    // One more while all of those are connecting: refused, to come back.
+    let r = request(http, "POST", "/cam/main/whep", &sdp, &offer)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    // None joined: no JOIN, nobody live.
+    assert_eq!(srv.server.watchers.len(), 0);
+    // After CONNECT_WITHIN each is dropped and journalled as refused for its timeout.
+    let started = tokio::time::Instant::now();
+    let until = started + CONNECT_WITHIN + IO_TIMEOUT;
+    let w = &srv.server.stats.webrtc;
+    while w.connect_timeouts.load(Relaxed) < MAX_CONNECTING as u64 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{} of {MAX_CONNECTING} dropped",
+            w.connect_timeouts.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= CONNECT_WITHIN - Duration::from_secs(2));
+    let dropped = srv
+        .wait_journal_count(MAX_CONNECTING, |l| {
+            l.contains(" REFUSE ") && l.contains("form=webrtc") && l.contains("no ICE and DTLS")
+        })
+        .await
+        .unwrap();
+    assert_eq!(dropped.len(), MAX_CONNECTING);
+    assert!(srv.journal().iter().all(|l| !l.contains(" JOIN ")));
+    // Their places are free again.
+    let r = request(http, "POST", "/cam/main/whep", &sdp, &offer)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", r.body);
+    srv.stop().await.unwrap();
 }
