@@ -40,6 +40,8 @@ const RECV_BATCH: usize = 32;
 const MAX_DATAGRAM_BYTES: usize = 2048;
 /// The loop wakes at least this often to look for peers that went quiet.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
+/// The shortest sleep between two rounds of timeouts.
+const MIN_WAIT: Duration = Duration::from_millis(1);
 /// Outputs drained from a closing peer at most (its DTLS close_notify and RTCP BYE).
 const CLOSE_OUTPUTS: usize = 64;
 
@@ -177,7 +179,9 @@ impl Engine {
                 .map(|p| p.timeout)
                 .min()
                 .unwrap_or(now + HOUSEKEEPING_EVERY)
-                .min(now + HOUSEKEEPING_EVERY);
+                .min(now + HOUSEKEEPING_EVERY)
+                // A timeout that str0m keeps at "now" must not spin the thread.
+                .max(now + MIN_WAIT);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
