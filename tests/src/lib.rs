@@ -2,9 +2,10 @@
 //! pattern, a viewer that does exactly what seed 003's viewer does, and a raw viewer whose
 //! misbehaviour (loss, silence, spoofing) a test controls. Beside them: `fixtures` (test JPEGs,
 //! the child reaper), `child` (programs run under a time limit), `media` (ffmpeg and ffprobe
-//! judging recorded files).
+//! judging recorded files), `chromium` (a headless browser driven over its DevTools pipe).
 
 pub mod child;
+pub mod chromium;
 pub mod fixtures;
 pub mod media;
 pub mod motion_script;

@@ -2,158 +2,24 @@
 //! of the one page, more than a second apart, differ in the picture) and the facts beside it
 //! are live (they come from /status and change as it does).
 //!
-//! Chromium is driven through its DevTools protocol over `--remote-debugging-pipe` (messages
-//! on its fds 3 and 4, given here as the pipes to its stdin and stdout by the shell that starts
-//! it), so no websocket client is needed. Needs `chromium` (scripts/setup.sh); a missing
-//! browser fails the test rather than skipping it. Every wait retries a condition until a
-//! deadline, for a cold 2-core machine.
+//! Chromium is driven over its DevTools pipe (`surv_tests::chromium`). Every wait retries a
+//! condition until a deadline, for a cold 2-core machine.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use surv_server::sources::Source;
-use surv_tests::{
-    heavy, start_server, start_server_cameras, Reaper, ServerOpts, TestServer, IO_TIMEOUT,
-};
+use surv_tests::chromium::Browser;
+use surv_tests::{heavy, start_server, start_server_cameras, ServerOpts, TestServer, IO_TIMEOUT};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 
 /// How long a cold machine may take for the browser to start and the page to show a frame.
 const PAGE_READY_WITHIN: Duration = Duration::from_secs(30);
-
-/// A headless Chromium on a DevTools pipe, with one page attached. Blocking: run it off the
-/// async runtime.
-struct Browser {
-    to: ChildStdin,
-    /// Messages from chromium, read by a thread of their own (so every wait has a deadline).
-    from: mpsc::Receiver<Vec<u8>>,
-    next_id: u64,
-    session: Option<String>,
-    // Dropped last: the browser is killed, then its profile removed.
-    child: Reaper,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    fn launch() -> anyhow::Result<Browser> {
-        let profile = tempfile::tempdir()?;
-        let script = format!(
-            "exec chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
-             --no-first-run --remote-debugging-pipe --user-data-dir={} --window-size=1000,700 \
-             about:blank 3<&0 4>&1 0</dev/null 1>/dev/null 2>/dev/null",
-            profile.path().display()
-        );
-        let mut child: Child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting chromium (install it: scripts/setup.sh)")?;
-        let to = child.stdin.take().context("no pipe to chromium")?;
-        let mut pipe = BufReader::new(child.stdout.take().context("no pipe from chromium")?);
-        let (tx, from) = mpsc::channel();
-        std::thread::spawn(move || loop {
-            let mut msg = Vec::new();
-            match pipe.read_until(0, &mut msg) {
-                Ok(n) if n > 0 && msg.last() == Some(&0) => {
-                    msg.pop();
-                    if tx.send(msg).is_err() {
-                        return;
-                    }
-                }
-                _ => return,
-            }
-        });
-        Ok(Browser {
-            to,
-            from,
-            next_id: 1,
-            session: None,
-            child: Reaper(child),
-            _profile: profile,
-        })
-    }
-
-    /// Sends a command (to the attached page, once there is one) and waits for its result.
-    fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let mut msg = json!({ "id": id, "method": method, "params": params });
-        if let Some(s) = &self.session {
-            msg["sessionId"] = json!(s);
-        }
-        let mut bytes = serde_json::to_vec(&msg)?;
-        bytes.push(0);
-        self.to.write_all(&bytes).context("chromium's pipe")?;
-        let until = Instant::now() + IO_TIMEOUT;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            let buf = self
-                .from
-                .recv_timeout(left)
-                .with_context(|| format!("no answer to {method}"))?;
-            let reply: Value = serde_json::from_slice(&buf)?;
-            if reply["id"] != json!(id) {
-                continue; // an event
-            }
-            if let Some(e) = reply.get("error") {
-                bail!("{method}: {e}");
-            }
-            return Ok(reply["result"].clone());
-        }
-    }
-
-    /// Opens `url` in a new page and attaches to it.
-    fn open(&mut self, url: &str) -> anyhow::Result<()> {
-        let target = self.call("Target.createTarget", json!({ "url": url }))?;
-        let attached = self.call(
-            "Target.attachToTarget",
-            json!({ "targetId": target["targetId"], "flatten": true }),
-        )?;
-        let session = attached["sessionId"].as_str().context("no session")?;
-        self.session = Some(session.to_string());
-        Ok(())
-    }
-
-    /// Evaluates a JS expression in the page and returns its value.
-    fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
-        let r = self.call(
-            "Runtime.evaluate",
-            json!({ "expression": expression, "returnByValue": true }),
-        )?;
-        Ok(r["result"]["value"].clone())
-    }
-
-    /// A screenshot of the page's `rect`, decoded to RGB.
-    fn shot(&mut self, rect: &Rect) -> anyhow::Result<Vec<u8>> {
-        let r = self.call(
-            "Page.captureScreenshot",
-            json!({ "format": "png", "clip": {
-                "x": rect.x, "y": rect.y, "width": rect.width, "height": rect.height,
-                "scale": 1 } }),
-        )?;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(r["data"].as_str().context("no screenshot data")?)?;
-        png_to_rgb(&png)
-    }
-
-    fn close(mut self) {
-        let _ = self.call("Browser.close", json!({}));
-        let until = Instant::now() + IO_TIMEOUT;
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// A PNG decoded to RGB by ffmpeg (an independent decoder, and one less crate).
 fn png_to_rgb(png: &[u8]) -> anyhow::Result<Vec<u8>> {
@@ -169,6 +35,19 @@ fn png_to_rgb(png: &[u8]) -> anyhow::Result<Vec<u8>> {
         bail!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(out.stdout)
+}
+
+/// A screenshot of the page's `rect`, decoded to RGB.
+fn shot(browser: &mut Browser, rect: &Rect) -> anyhow::Result<Vec<u8>> {
+    let r = browser.call(
+        "Page.captureScreenshot",
+        json!({ "format": "png", "clip": {
+            "x": rect.x, "y": rect.y, "width": rect.width, "height": rect.height,
+            "scale": 1 } }),
+    )?;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(r["data"].as_str().context("no screenshot data")?)?;
+    png_to_rgb(&png)
 }
 
 /// The picture's place on the page.
@@ -252,7 +131,7 @@ fn look_at_the_page(url: &str) {
 
     // Two screenshots of the picture more than a second apart differ (the pattern's counter
     // and clock move); retried, for a machine too loaded to draw in time.
-    let before = browser.shot(&rect).unwrap();
+    let before = shot(&mut browser, &rect).unwrap();
     let mut changed = 0;
     let until = Instant::now() + PAGE_READY_WITHIN;
     while changed < 100 {
@@ -261,7 +140,7 @@ fn look_at_the_page(url: &str) {
             "the picture did not move ({changed} pixels changed)"
         );
         std::thread::sleep(Duration::from_millis(1100));
-        let after = browser.shot(&rect).unwrap();
+        let after = shot(&mut browser, &rect).unwrap();
         assert_eq!(after.len(), before.len());
         changed = pixels_changed(&before, &after);
     }
@@ -356,7 +235,7 @@ fn look_at_the_grid(url: &str, cameras: &[(&str, u32, u32)]) {
             width: tile["width"].as_f64().unwrap(),
             height: tile["height"].as_f64().unwrap(),
         };
-        let before = browser.shot(&rect).unwrap();
+        let before = shot(&mut browser, &rect).unwrap();
         let mut changed = 0;
         let until = Instant::now() + PAGE_READY_WITHIN;
         while changed < 100 {
@@ -366,7 +245,7 @@ fn look_at_the_grid(url: &str, cameras: &[(&str, u32, u32)]) {
                 tile["name"]
             );
             std::thread::sleep(Duration::from_millis(1100));
-            let after = browser.shot(&rect).unwrap();
+            let after = shot(&mut browser, &rect).unwrap();
             changed = pixels_changed(&before, &after);
         }
     }

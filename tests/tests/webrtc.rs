@@ -471,3 +471,122 @@ async fn peers_that_never_connect_are_bounded_and_dropped() {
     assert_eq!(r.status, 201, "{}", r.body);
     srv.stop().await.unwrap();
 }
+
+/// Starts playing `url` in the page, by WHEP, and keeps `window.whep` up to date from the
+/// peer connection's statistics (`framesDecoded`, the codec, the size), so that the test can
+/// read it with plain evaluations. `window.whepEnd()` DELETEs the session.
+const PLAY_IN_PAGE: &str = r#"(() => {
+  const url = URL_HERE, token = TOKEN_HERE;
+  const whep = window.whep = { status: null, error: null, location: null, ice: null,
+                               framesDecoded: 0, codec: null, width: 0, height: 0, deleted: null };
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver("video", { direction: "recvonly" });
+  pc.oniceconnectionstatechange = () => { whep.ice = pc.iceConnectionState; };
+  const auth = { "Authorization": "Bearer " + token };
+  window.whepEnd = () => fetch(new URL(whep.location, url), { method: "DELETE", headers: auth })
+    .then((r) => { whep.deleted = r.status; }, (e) => { whep.error = String(e); });
+  (async () => {
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await new Promise((done) => {
+        if (pc.iceGatheringState === "complete") return done();
+        pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+        setTimeout(done, 3000);
+      });
+      const r = await fetch(url, { method: "POST", body: pc.localDescription.sdp,
+                                   headers: { "Content-Type": "application/sdp", ...auth } });
+      whep.status = r.status;
+      whep.location = r.headers.get("Location");
+      const sdp = await r.text();
+      if (r.status !== 201) { whep.error = sdp; return; }
+      await pc.setRemoteDescription({ type: "answer", sdp });
+      setInterval(async () => {
+        const stats = await pc.getStats();
+        stats.forEach((s) => {
+          if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+          whep.framesDecoded = s.framesDecoded || 0;
+          whep.width = s.frameWidth || 0;
+          whep.height = s.frameHeight || 0;
+          const codec = stats.get(s.codecId);
+          if (codec) whep.codec = codec.mimeType;
+        });
+      }, 200);
+    } catch (e) { whep.error = String(e); }
+  })();
+  return true;
+})()"#;
+
+/// What the page's peer connection says, once it decoded `frames` (or the deadline passed).
+fn play_in_chromium(url: &str, frames: u64) -> serde_json::Value {
+    use surv_tests::chromium::Browser;
+    // Loopback candidates (Chromium leaves them out by default) without mDNS names, which the
+    // server could not resolve; the page plays without a gesture.
+    let mut browser = Browser::launch_with(&[
+        "--allow-loopback-in-peer-connection",
+        "--disable-features=WebRtcHideLocalIpsWithMdns",
+        "--autoplay-policy=no-user-gesture-required",
+    ])
+    .unwrap();
+    browser.open("about:blank").unwrap();
+    let script = PLAY_IN_PAGE
+        .replace("URL_HERE", &serde_json::to_string(url).unwrap())
+        .replace("TOKEN_HERE", &serde_json::to_string(TOKEN).unwrap());
+    assert_eq!(browser.eval(&script).unwrap(), true);
+    let until = std::time::Instant::now() + Duration::from_secs(40);
+    let seen = loop {
+        let seen = browser.eval("window.whep").unwrap_or_default();
+        let done = seen["framesDecoded"].as_u64().unwrap_or(0) >= frames;
+        if done || !seen["error"].is_null() || std::time::Instant::now() > until {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    browser.eval("window.whepEnd()").unwrap();
+    let until = std::time::Instant::now() + IO_TIMEOUT;
+    let ended = loop {
+        let ended = browser.eval("window.whep").unwrap_or_default();
+        if !ended["deleted"].is_null() || std::time::Instant::now() > until {
+            break ended;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    browser.close();
+    serde_json::json!({ "playing": seen, "ended": ended })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headless_chromium_plays_the_camera_from_another_origin() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start(Some(TOKEN)).await;
+    let url = whep_url(&srv, "main");
+    // The page is about:blank, an opaque origin: every request is cross-origin (CORS), the
+    // DELETE after a preflight.
+    let seen = tokio::task::spawn_blocking(move || play_in_chromium(&url, FRAMES))
+        .await
+        .unwrap();
+    println!("chromium: {seen}");
+    let playing = &seen["playing"];
+    assert_eq!(playing["status"], 201, "{seen}");
+    assert!(
+        playing["framesDecoded"].as_u64().unwrap_or(0) >= FRAMES,
+        "{seen}"
+    );
+    assert_eq!(playing["codec"], "video/H264", "{seen}");
+    assert_eq!(
+        (playing["width"].as_u64(), playing["height"].as_u64()),
+        (Some(640), Some(480))
+    );
+    assert!(
+        playing["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("/cam/main/whep/")),
+        "the page reads Location (exposed by CORS): {seen}"
+    );
+    assert_eq!(seen["ended"]["deleted"], 200, "{seen}");
+    let leave = srv
+        .wait_journal(|l| l.contains(" LEAVE ") && l.contains("form=webrtc"))
+        .await
+        .unwrap();
+    assert!(leave.contains("reason=end"), "{leave}");
+    srv.stop().await.unwrap();
+}
