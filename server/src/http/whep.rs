@@ -198,6 +198,130 @@ fn refusal(refused: OfferRefused) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{Capture, CaptureConfig};
+    use crate::sources::blocking::{FrameReader, OnThread};
+    use crate::sources::test_pattern::TestPattern;
+    use crate::{Config, Journal, Server};
+    use hyper_util::rt::TokioIo;
+    use tokio_util::sync::CancellationToken;
+
+    /// A server with the test pattern, WebRTC on a free loopback port, and its HTTP routes.
+    async fn routes() -> (axum::Router, Arc<Server>, Capture, CancellationToken) {
+        let log_dir = tempfile::tempdir().unwrap();
+        let journal = Arc::new(Journal::open(log_dir.path()).unwrap());
+        let shutdown = CancellationToken::new();
+        let source = OnThread::new("test pattern 64x48@5".to_string(), || {
+            Ok(Box::new(TestPattern::new(64, 48, 5)?) as Box<dyn FrameReader>)
+        });
+        let capture = Capture::start(
+            Box::new(source),
+            CaptureConfig::default(),
+            journal.clone(),
+            &shutdown,
+        )
+        .unwrap();
+        let server = Arc::new(Server::new(Config::default(), &capture, 65_000, journal));
+        let socket =
+            crate::watchers::webrtc::WebrtcSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (webrtc, _ended) =
+            crate::watchers::webrtc::start(server.clone(), socket, shutdown.clone()).unwrap();
+        let state = Arc::new(HttpState {
+            metrics: super::super::metrics::Metrics::new(server.clone()),
+            server: server.clone(),
+            tracker: tokio_util::task::TaskTracker::new(),
+            webrtc: Some(webrtc),
+        });
+        std::mem::forget(log_dir);
+        (super::super::router(state), server, capture, shutdown)
+    }
+
+    /// Serves one scripted connection: `request` read in two pieces split at `at`, and the
+    /// response written must be `expected`, byte for byte.
+    async fn scripted(routes: &axum::Router, request: &[u8], at: usize, expected: &[u8]) {
+        let io = tokio_test::io::Builder::new()
+            .read(&request[..at])
+            .read(&request[at..])
+            .write(expected)
+            .build();
+        let routes = tower_service(routes.clone());
+        let served = hyper::server::conn::http1::Builder::new()
+            .auto_date_header(false)
+            .serve_connection(TokioIo::new(io), routes);
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("the connection did not end")
+            .expect("the connection failed");
+    }
+
+    /// The routes as hyper serves them, with the peer's address set as `connection` sets it.
+    fn tower_service(
+        routes: axum::Router,
+    ) -> impl hyper::service::Service<
+        axum::http::Request<hyper::body::Incoming>,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        let routes = hyper_util::service::TowerToHyperService::new(routes);
+        hyper::service::service_fn(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(Peer(std::net::SocketAddr::from(([127, 0, 0, 1], 40000))));
+                hyper::service::Service::call(&routes, request)
+            },
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_garbage_offer_is_answered_400_however_its_bytes_arrive() {
+        let (routes, server, capture, shutdown) = routes().await;
+        let body = b"hello, I am not SDP";
+        let mut request = format!(
+            "POST /cam/main/whep HTTP/1.1\r\nHost: surv\r\nContent-Type: application/sdp\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        let why = offer::parse(Some(b"application/sdp"), body)
+            .unwrap_err()
+            .to_string();
+        let text = format!("{why}\n");
+        let expected = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             access-control-allow-origin: *\r\naccess-control-expose-headers: Location\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        for at in 1..request.len() {
+            scripted(&routes, &request, at, expected.as_bytes()).await;
+        }
+        let counted = &server.stats.webrtc;
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = (request.len() - 1) as u64;
+        assert_eq!(counted.offers.load(Relaxed), n);
+        assert_eq!(counted.offers_refused.load(Relaxed), n);
+        assert_eq!(server.stats.refusals.get(RefusalCause::Invalid), n);
+        shutdown.cancel();
+        capture.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_preflight_is_answered_without_a_body() {
+        let (routes, _server, capture, shutdown) = routes().await;
+        let request = b"OPTIONS /cam/main/whep HTTP/1.1\r\nHost: surv\r\nOrigin: null\r\n\
+            Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n";
+        let expected = "HTTP/1.1 204 No Content\r\naccess-control-allow-methods: POST, DELETE, OPTIONS\r\n\
+            access-control-allow-headers: Authorization, Content-Type\r\naccess-control-max-age: 86400\r\n\
+            allow: POST, DELETE, OPTIONS\r\naccess-control-allow-origin: *\r\n\
+            access-control-expose-headers: Location\r\nconnection: close\r\n\r\n";
+        for at in [1, 20, request.len() - 1] {
+            scripted(&routes, request, at, expected.as_bytes()).await;
+        }
+        shutdown.cancel();
+        capture.stop().await;
+    }
 
     #[test]
     fn whep_paths_are_the_resource_and_its_sessions() {

@@ -79,7 +79,23 @@ pub fn parse(content_type: Option<&[u8]>, body: &[u8]) -> Result<SdpOffer, Offer
     if text.trim().is_empty() {
         return Err(OfferError::Empty);
     }
-    SdpOffer::from_sdp_string(text).map_err(|e| OfferError::NotSdp(e.to_string()))
+    SdpOffer::from_sdp_string(text).map_err(|e| OfferError::NotSdp(sdp_reason(&e.to_string())))
+}
+
+/// str0m's SDP error as the player may read it: its parser's lines (what it expected, where),
+/// without the line naming a memory address (`Parse error at PointerOffset(0x7f…)`), which
+/// says nothing to the player and would show it where our heap is.
+fn sdp_reason(error: &str) -> String {
+    let kept: Vec<&str> = error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains("PointerOffset"))
+        .collect();
+    if kept.is_empty() {
+        "unreadable".to_string()
+    } else {
+        kept.join("; ")
+    }
 }
 
 /// What every peer's [`Rtc`] is built with: one crypto provider and one DTLS certificate for
@@ -309,5 +325,8 @@ mod tests {
         assert!(matches!(e, OfferError::NotSdp(_)), "{e:?}");
         assert_eq!(e.status(), 400);
         assert!(e.to_string().starts_with("the offer is not SDP"), "{e}");
+        // The parser's words, not the address of our buffer.
+        assert!(!e.to_string().contains("0x"), "{e}");
+        assert!(e.to_string().contains("Expected `v`"), "{e}");
     }
 }
