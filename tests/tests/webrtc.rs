@@ -289,6 +289,18 @@ async fn whep_refuses_what_it_cannot_answer_and_counts_it() {
     .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("not SDP"), "{}", r.body);
+    // An offer str0m panics on while negotiating it (found by fuzzing): 400, and the server
+    // goes on.
+    let crasher = surv_tests::fixtures::fuzz_corpus("whep_offer")
+        .into_iter()
+        .find(|(p, _)| p.ends_with("crash-str0m-pt-claimed-twice"))
+        .expect("the crasher in fuzz/corpus/whep_offer")
+        .1;
+    let r = request(http, "POST", "/cam/main/whep", &authed, &crasher)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("cannot be answered"), "{}", r.body);
     // Not SDP by its type: 415.
     let json = [
         ("Content-Type", "application/json"),
@@ -317,11 +329,11 @@ async fn whep_refuses_what_it_cannot_answer_and_counts_it() {
 
     use std::sync::atomic::Ordering::Relaxed;
     let w = &srv.server.stats.webrtc;
-    assert_eq!(w.offers.load(Relaxed), 4, "401s never reach the handler");
-    assert_eq!(w.offers_refused.load(Relaxed), 4);
+    assert_eq!(w.offers.load(Relaxed), 5, "401s never reach the handler");
+    assert_eq!(w.offers_refused.load(Relaxed), 5);
     assert_eq!(w.sessions.load(Relaxed), 0);
     let refusals = srv
-        .wait_journal_count(4, |l| l.contains(" REFUSE ") && l.contains("form=webrtc"))
+        .wait_journal_count(5, |l| l.contains(" REFUSE ") && l.contains("form=webrtc"))
         .await
         .unwrap();
     assert!(
@@ -333,7 +345,7 @@ async fn whep_refuses_what_it_cannot_answer_and_counts_it() {
         .await
         .unwrap();
     assert!(
-        r.body.contains("surv_webrtc_offers_refused_total 4"),
+        r.body.contains("surv_webrtc_offers_refused_total 5"),
         "{}",
         r.body
     );

@@ -266,6 +266,10 @@ mod tests {
             match name.as_str() {
                 "not-sdp" => assert!(matches!(got, Err(OfferError::NotSdp(_))), "{got:?}"),
                 "aiortc-vp8-only" => assert_eq!(got, Err(OfferError::NoH264Video)),
+                // str0m panics negotiating it ("Pt locked multiple times"): caught, refused.
+                "crash-str0m-pt-claimed-twice" => {
+                    assert!(matches!(got, Err(OfferError::Rejected(_))), "{got:?}")
+                }
                 _ => {}
             }
             if got.is_ok() {
