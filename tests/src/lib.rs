@@ -146,6 +146,23 @@ pub async fn start_server(opts: ServerOpts) -> anyhow::Result<TestServer> {
     start_server_with(opts, pattern).await
 }
 
+/// A camera's capture settings for a test: the default datagram cap, quality 80, `w`x`h` at
+/// 30 fps while the source has not said its own.
+pub fn capture_config(w: u32, h: u32) -> CaptureConfig {
+    CaptureConfig {
+        encoder: EncoderConfig {
+            max_datagram_bytes: surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
+            quality: 80,
+        },
+        idle: StreamShape {
+            width: w,
+            height: h,
+            fps: 30,
+        },
+        ..CaptureConfig::default()
+    }
+}
+
 /// The built-in test pattern at `w`x`h`, `fps`, as a source for [`start_server_cameras`].
 pub fn test_pattern(w: u32, h: u32, fps: u32) -> Box<dyn Source> {
     Box::new(OnThread::new(

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use surv_server::app::CameraPlan;
 use surv_server::auth::Token;
-use surv_server::capture::CaptureConfig;
-use surv_server::encoder::EncoderConfig;
-use surv_server::{Config, StreamShape};
+use surv_server::Config;
 use surv_tests::child::output_within;
-use surv_tests::{heavy, start_server_cameras, test_pattern, ServerOpts, TestServer, IO_TIMEOUT};
+use surv_tests::{
+    capture_config, heavy, start_server_cameras, test_pattern, ServerOpts, TestServer, IO_TIMEOUT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -228,21 +228,6 @@ async fn gstreamer_and_ffmpeg_play_the_forward_from_its_sdp() {
     );
 }
 
-fn capture(w: u32, h: u32) -> CaptureConfig {
-    CaptureConfig {
-        encoder: EncoderConfig {
-            max_datagram_bytes: surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
-            quality: 80,
-        },
-        idle: StreamShape {
-            width: w,
-            height: h,
-            fps: 30,
-        },
-        ..CaptureConfig::default()
-    }
-}
-
 /// The first RTP packet's SSRC on `socket`, within the timeout.
 async fn first_ssrc(socket: &UdpSocket) -> u32 {
     let mut buf = vec![0u8; 2048];
@@ -279,7 +264,7 @@ async fn a_reload_moves_the_forward() {
 
     let moved = CameraPlan {
         forward: Some(dest_b),
-        ..CameraPlan::given("main", test_pattern(160, 96, 30), capture(160, 96))
+        ..CameraPlan::given("main", test_pattern(160, 96, 30), capture_config(160, 96))
     };
     let done = srv.app.reload(vec![moved]).await;
     assert_eq!(done.restarted, ["main"], "{done:?}");

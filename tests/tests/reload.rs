@@ -6,30 +6,14 @@ use std::time::Duration;
 
 use surv_proto::Form;
 use surv_server::app::CameraPlan;
-use surv_server::capture::CaptureConfig;
-use surv_server::encoder::EncoderConfig;
 use surv_server::sources::Source;
-use surv_server::StreamShape;
-use surv_tests::{heavy, start_server_cameras, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT};
+use surv_tests::{
+    capture_config, heavy, start_server_cameras, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT,
+};
 use tokio::time::{sleep, timeout};
 
 fn pattern(w: u32, h: u32) -> Box<dyn Source> {
     surv_tests::test_pattern(w, h, 30)
-}
-
-fn capture(w: u32, h: u32) -> CaptureConfig {
-    CaptureConfig {
-        encoder: EncoderConfig {
-            max_datagram_bytes: surv_proto::DEFAULT_MAX_DATAGRAM_BYTES,
-            quality: 80,
-        },
-        idle: StreamShape {
-            width: w,
-            height: h,
-            fps: 30,
-        },
-        ..CaptureConfig::default()
-    }
 }
 
 /// The longest run of frames a viewer missed: 0 when every frame published while it watched
@@ -62,7 +46,7 @@ async fn a_reload_adds_and_removes_cameras_and_the_others_lose_no_frame() {
     let plans = srv.app.plans().await;
     let new = vec![
         plans[0].clone(),
-        CameraPlan::given("added", pattern(192, 96), capture(192, 96)),
+        CameraPlan::given("added", pattern(192, 96), capture_config(192, 96)),
     ];
     let window = Duration::from_secs(3);
     let reload = async {
@@ -140,11 +124,11 @@ async fn a_camera_that_cannot_start_is_left_out_and_the_others_run_on() {
     let mut plans = srv.app.plans().await;
     // The built-in test pattern (`source = "test"`) at an odd size cannot start; a request port
     // taken cannot be bound.
-    let mut odd = CameraPlan::given("odd", pattern(64, 48), capture(161, 97));
+    let mut odd = CameraPlan::given("odd", pattern(64, 48), capture_config(161, 97));
     odd.given = None;
     (odd.options.width, odd.options.height) = (161, 97);
     let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut taken = CameraPlan::given("taken", pattern(64, 48), capture(64, 48));
+    let mut taken = CameraPlan::given("taken", pattern(64, 48), capture_config(64, 48));
     taken.request_port = busy.local_addr().unwrap().port();
     plans.push(odd);
     plans.push(taken);
