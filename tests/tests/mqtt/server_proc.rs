@@ -12,7 +12,13 @@ use tokio::time::{sleep, Instant};
 
 use crate::broker::{free_port, WAIT};
 
-/// The surv-server binary, built (if it is not up to date) beside this test's own binary.
+/// The surv-server binary that `cargo test --workspace` builds (the server has integration
+/// tests, so cargo builds its binary), brought up to date by the same command here.
+///
+/// Not `cargo build -p surv-server`: that resolves features without the workspace's
+/// dev-dependencies, so it compiled a second copy of tokio, str0m, openh264 and the rest, which
+/// cost a cold CI run about three minutes inside this test file. Under `cargo test --workspace`
+/// the nested command finds everything fresh.
 pub fn server_exe() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -24,14 +30,7 @@ pub fn server_exe() -> anyhow::Result<PathBuf> {
                 .and_then(|d| d.parent())
                 .ok_or("no folder for this test binary")?;
             let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cargo.args([
-                "build",
-                "--quiet",
-                "-p",
-                "surv-server",
-                "--bin",
-                "surv-server",
-            ]);
+            cargo.args(["test", "--workspace", "--no-run", "--quiet"]);
             if dir.ends_with("release") {
                 cargo.arg("--release");
             }
