@@ -60,14 +60,15 @@ struct Rect {
 }
 
 /// What the page shows besides the picture, and whether the picture has a frame.
-const FACTS: &str = r#"(() => {
-  const img = document.getElementById("stream");
+const FACTS: &str = r##"(() => {
+  const img = document.querySelector("#picture img");
   const r = img.getBoundingClientRect();
   const text = (id) => document.getElementById(id).textContent;
   return { drawn: img.naturalWidth, x: r.x, y: r.y, width: r.width, height: r.height,
            state: text("state"), size: text("size"), watchers: text("watchers"),
-           uptime: text("uptime"), source: text("source") };
-})()"#;
+           uptime: text("uptime"), source: text("source"), playing: text("mode"),
+           bitrate: text("bitrate") };
+})()"##;
 
 /// Pixels whose colour differs clearly between two screenshots of the same size.
 fn pixels_changed(a: &[u8], b: &[u8]) -> usize {
@@ -121,6 +122,12 @@ fn look_at_the_page(url: &str) {
         first["watchers"].as_str().unwrap().contains("http 1"),
         "the page's own stream is counted: {first}"
     );
+    // This server has WebRTC off: the page says so and plays MJPEG.
+    let playing = first["playing"].as_str().unwrap();
+    assert!(
+        playing.starts_with("MJPEG") && playing.contains("WebRTC is off"),
+        "{first}"
+    );
     let rect = Rect {
         x: first["x"].as_f64().unwrap(),
         y: first["y"].as_f64().unwrap(),
@@ -148,6 +155,10 @@ fn look_at_the_page(url: &str) {
     // The facts are live: the uptime shown moves on.
     let later = browser.eval(FACTS).unwrap();
     assert_ne!(later["uptime"], first["uptime"], "{first} then {later}");
+    assert!(
+        later["bitrate"].as_str().unwrap().ends_with("bit/s"),
+        "the page counts the MJPEG bytes it gets: {later}"
+    );
     assert_eq!(later["state"], "live");
     browser.close();
 }

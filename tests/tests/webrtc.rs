@@ -602,3 +602,149 @@ async fn headless_chromium_plays_the_camera_from_another_origin() {
     assert!(leave.contains("reason=end"), "{leave}");
     srv.stop().await.unwrap();
 }
+
+/// The live page's player (`window.surv`) and the facts the page shows about it.
+const PAGE_PLAYER: &str = r##"(() => {
+  const s = window.surv || {};
+  const text = (id) => document.getElementById(id).textContent;
+  const img = document.querySelector("#picture img");
+  return { mode: s.mode || null, reason: s.reason || null, codec: s.codec || null,
+           frames: s.frames || 0, statsAt: s.statsAt || null, kbps: s.kbps ?? null,
+           latencyMs: s.latencyMs ?? null, width: s.width || 0, height: s.height || 0,
+           imgDrawn: img ? img.naturalWidth : 0,
+           playing: text("mode"), latency: text("latency"), bitrate: text("bitrate") };
+})()"##;
+
+/// Opens the camera page in a Chromium with `switches`, waits until `ready` holds of the
+/// player's state (or 30 s passed), then for `more` longer; returns the state at both times.
+fn watch_the_page(
+    url: &str,
+    switches: &[&str],
+    ready: impl Fn(&serde_json::Value) -> bool,
+    more: Duration,
+) -> (serde_json::Value, serde_json::Value) {
+    use surv_tests::chromium::Browser;
+    let mut browser = Browser::launch_with(switches).unwrap();
+    browser.open(url).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let seen = browser.eval(PAGE_PLAYER).unwrap_or_default();
+        if ready(&seen) || std::time::Instant::now() > until {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(more);
+    let later = browser.eval(PAGE_PLAYER).unwrap_or_default();
+    browser.close();
+    (first, later)
+}
+
+/// Loopback candidates and no mDNS names, as in [`play_in_chromium`].
+const LOOPBACK_WEBRTC: [&str; 3] = [
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start(Some(TOKEN)).await;
+    let url = format!("http://{}/cam/main/?token={TOKEN}", srv.http_addr.unwrap());
+    let (first, later) = tokio::task::spawn_blocking(move || {
+        watch_the_page(
+            &url,
+            &LOOPBACK_WEBRTC,
+            |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
+            Duration::from_secs(5),
+        )
+    })
+    .await
+    .unwrap();
+    println!("page: {first}\nthen: {later}");
+    assert_eq!(first["mode"], "webrtc", "{first}");
+    assert_eq!(later["mode"], "webrtc", "{later}");
+    assert_eq!(later["codec"], "video/H264", "{later}");
+    assert_eq!(
+        (later["width"].as_u64(), later["height"].as_u64()),
+        (Some(640), Some(480))
+    );
+    // framesDecoded per second of getStats time, over the 5 s.
+    let frames = later["frames"].as_u64().unwrap() - first["frames"].as_u64().unwrap();
+    let secs = (later["statsAt"].as_f64().unwrap() - first["statsAt"].as_f64().unwrap()) / 1000.0;
+    assert!(secs >= 3.0, "{first} then {later}");
+    let rate = frames as f64 / secs;
+    assert!(
+        rate >= 29.0,
+        "{frames} frames decoded in {secs:.2} s: {rate:.1}/s"
+    );
+    // The page says what it plays, and how well.
+    let playing = later["playing"].as_str().unwrap();
+    assert!(playing.starts_with("WebRTC (video/H264)"), "{later}");
+    assert!(later["kbps"].as_f64().unwrap() > 0.0, "{later}");
+    assert!(
+        later["bitrate"].as_str().unwrap().ends_with("bit/s"),
+        "{later}"
+    );
+    assert!(
+        later["latency"].as_str().unwrap().ends_with("network)"),
+        "{later}"
+    );
+    // Only WebRTC: the page opened no MJPEG stream beside it.
+    let journal = srv.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains(" JOIN ") && l.contains("form=webrtc")),
+        "{journal:#?}"
+    );
+    assert!(
+        !journal.iter().any(|l| l.contains("form=http")),
+        "{journal:#?}"
+    );
+    srv.stop().await.unwrap();
+}
+
+/// UDP blocked on the viewer's side (Chromium told to send no UDP that no proxy carries: no
+/// ICE candidate can reach the server): the page gives WebRTC up and plays MJPEG, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_falls_back_to_mjpeg_where_udp_is_blocked() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start(Some(TOKEN)).await;
+    let url = format!("http://{}/cam/main/?token={TOKEN}", srv.http_addr.unwrap());
+    let (first, later) = tokio::task::spawn_blocking(move || {
+        let mut switches = LOOPBACK_WEBRTC.to_vec();
+        switches.push("--webrtc-ip-handling-policy=disable_non_proxied_udp");
+        watch_the_page(
+            &url,
+            &switches,
+            |s| s["mode"] == "mjpeg" && s["imgDrawn"].as_u64().unwrap_or(0) > 0,
+            Duration::from_secs(2),
+        )
+    })
+    .await
+    .unwrap();
+    println!("page: {first}\nthen: {later}");
+    assert_eq!(first["mode"], "mjpeg", "{first}");
+    assert_eq!(first["imgDrawn"], 640, "{first}");
+    assert!(
+        first["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("WebRTC: ")),
+        "{first}"
+    );
+    assert!(later["frames"].as_u64().unwrap() > first["frames"].as_u64().unwrap());
+    assert!(
+        later["playing"].as_str().unwrap().starts_with("MJPEG"),
+        "{later}"
+    );
+    assert!(
+        later["bitrate"].as_str().unwrap().ends_with("bit/s"),
+        "{later}"
+    );
+    srv.wait_journal(|l| l.contains(" JOIN ") && l.contains("form=http"))
+        .await
+        .unwrap();
+    srv.stop().await.unwrap();
+}

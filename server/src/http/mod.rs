@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
@@ -73,10 +73,17 @@ const FULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// After an accept error (out of file descriptors, say), wait before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The live page: plain HTML and a few lines of JS.
-const PAGE: &str = include_str!("page.html");
-/// The grid of every camera, at `/` when there are several.
-const GRID: &str = include_str!("grid.html");
+/// The live page: plain HTML and a few lines of JS, with [`PLAYER`] in it.
+static PAGE: LazyLock<String> = LazyLock::new(|| with_player(include_str!("page.html")));
+/// The grid of every camera, at `/` when there are several, with [`PLAYER`] in it.
+static GRID: LazyLock<String> = LazyLock::new(|| with_player(include_str!("grid.html")));
+/// The player both pages share (WebRTC by WHEP, MJPEG when that cannot play), written into
+/// each page rather than served apart, so relative addresses stay the page's own.
+const PLAYER: &str = include_str!("player.js");
+
+fn with_player(page: &str) -> String {
+    page.replacen("/*PLAYER*/", PLAYER, 1)
+}
 
 /// The address a request came from (set per connection).
 #[derive(Debug, Clone, Copy)]
@@ -301,7 +308,7 @@ async fn home(State(http): State<Arc<HttpState>>) -> Response {
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
-            GRID,
+            GRID.as_str(),
         )
             .into_response();
     }
@@ -343,7 +350,7 @@ async fn page() -> impl IntoResponse {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        PAGE,
+        PAGE.as_str(),
     )
 }
 

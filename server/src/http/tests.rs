@@ -1,6 +1,6 @@
 //! The HTTP pieces on their own: the MJPEG body asks for a part only when polled and carries
 //! parts unchanged; the writer is ready only once asked; a stalled write times out; the rate
-//! meter.
+//! meter; the pages carry the player.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -154,4 +154,15 @@ fn the_rate_is_measured_over_a_window_of_at_least_a_second() {
     assert_eq!(meter.rate(170, t0 + Duration::from_millis(2100)), r);
     let r = meter.rate(170, t0 + Duration::from_secs(4));
     assert!((r - 5.0).abs() < 1e-9, "{r}");
+}
+
+#[test]
+fn both_pages_carry_the_player_and_the_boundary_it_cuts_at() {
+    for page in [super::PAGE.as_str(), super::GRID.as_str()] {
+        assert!(!page.contains("/*PLAYER*/"));
+        assert_eq!(page.matches("function survPlay(").count(), 1);
+        assert!(page.contains("survPlay("));
+    }
+    // The player finds the end of an MJPEG part by the head the server writes after it.
+    assert!(super::PLAYER.contains(&format!("\\r\\n--{BOUNDARY}\\r\\n")));
 }
