@@ -15,14 +15,15 @@ function survAuth(token) {
 
 // Plays the camera whose routes start at `base` (e.g. "/cam/main/") into the element `box`.
 // `fallback` is "mjpeg" (a stream) or "snapshot" (a picture a second: the grid's tiles, since a
-// browser opens at most six connections to one server). Returns the live state:
+// browser opens at most six connections to one server); with `webrtcToo` false it plays that
+// without trying WebRTC. Returns the live state:
 // { mode: "starting" | "webrtc" | "mjpeg" | "snapshot", reason (why not WebRTC), codec,
 //   frames (drawn; WebRTC: framesDecoded, as of statsAt, its getStats time in ms), kbps,
 //   latencyMs (WebRTC: jitter buffer + decode + half the round trip; null when unknown),
-//   width, height }.
-function survPlay(box, base, token, fallback) {
+//   freezes (WebRTC: the receiver's freezeCount), width, height }.
+function survPlay(box, base, token, fallback, webrtcToo = true) {
   const state = { mode: "starting", reason: null, codec: null, frames: 0, statsAt: null,
-                  kbps: null, latencyMs: null, width: 0, height: 0 };
+                  kbps: null, latencyMs: null, freezes: 0, width: 0, height: 0 };
   const video = document.createElement("video");
   video.muted = true;
   video.autoplay = true;
@@ -184,6 +185,7 @@ function survPlay(box, base, token, fallback) {
                       decode: s.totalDecodeTime || 0 };
         state.frames = now.frames;
         state.statsAt = now.t;
+        state.freezes = s.freezeCount || 0;
         state.width = s.frameWidth || 0;
         state.height = s.frameHeight || 0;
         const codec = stats.get(s.codecId);
@@ -210,6 +212,7 @@ function survPlay(box, base, token, fallback) {
   }
 
   async function start() {
+    if (!webrtcToo) return showMjpeg("MJPEG asked for");
     state.mode = "starting";
     try {
       await webrtc();

@@ -37,6 +37,7 @@ pub(super) const BARS: [[u8; 3]; 8] = [
 pub(super) const BOX_COLOUR: [u8; 3] = ycbcr(255, 140, 0);
 pub(super) const BLACK: [u8; 3] = ycbcr(0, 0, 0);
 pub(super) const WHITE_Y: u8 = 255;
+pub(super) const WHITE: [u8; 3] = ycbcr(255, 255, 255);
 /// Characters in the longest counter line at 30 fps for 9 hours ("F 999999").
 pub(super) const COUNTER_CHARS: u32 = 8;
 /// "HH:MM:SS.mmm".
@@ -51,6 +52,75 @@ pub(crate) fn clock_text(unix_us: u64) -> String {
     match local {
         Some(t) => t.format("%H:%M:%S%.3f").to_string(),
         None => "--:--:--.---".to_string(),
+    }
+}
+
+/// The capture time in the picture, for measuring glass to glass: the wall clock's milliseconds
+/// (modulo 2³²: about 49 days) as 32 cells along the bottom of the frame, most significant bit
+/// first, white for 1 and black for 0, so that a player that draws the frame can read it back
+/// and compare it with the same clock (`surv-load --glass` does, in Chromium).
+///
+/// ```text
+///  |<- x0 ->|<-cell->|<-cell->| ... 32 cells ... |
+///  +--------+--------+--------+------------------+  y0 = height - strip
+///  |        | bit 31 | bit 30 |      ...  bit 0  |  strip = max(8, height / 24), even
+///  +--------+--------+--------+------------------+  height
+///  cell = (width / 32) rounded down to even; x0 = (width - 32 cell) / 2 rounded down to even
+/// ```
+///
+/// Frames narrower than 64 pixels carry no code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeCode {
+    pub x0: usize,
+    pub cell: usize,
+    pub y0: usize,
+    pub strip: usize,
+}
+
+/// Cells in a [`TimeCode`].
+pub const TIME_CODE_BITS: usize = 32;
+
+impl TimeCode {
+    pub fn layout(width: usize, height: usize) -> Option<TimeCode> {
+        let cell = (width / TIME_CODE_BITS) & !1;
+        let strip = (height / 24).max(8) & !1;
+        if cell < 2 || strip * 4 > height {
+            return None;
+        }
+        Some(TimeCode {
+            x0: ((width - TIME_CODE_BITS * cell) / 2) & !1,
+            cell,
+            y0: height - strip,
+            strip,
+        })
+    }
+
+    /// Draws `unix_ms` (modulo 2³²).
+    pub(crate) fn draw(&self, canvas: &mut Canvas<'_>, unix_ms: u64) {
+        for i in 0..TIME_CODE_BITS {
+            let one = (unix_ms >> (TIME_CODE_BITS - 1 - i)) & 1 == 1;
+            let colour = if one { WHITE } else { BLACK };
+            canvas.fill(
+                self.x0 + i * self.cell,
+                self.y0,
+                self.cell,
+                self.strip,
+                colour,
+            );
+        }
+    }
+
+    /// Reads the code back from a luma plane (`width` bytes a row): the middle of each cell,
+    /// white above half.
+    pub fn read(&self, y_plane: &[u8], width: usize) -> Option<u32> {
+        let row = self.y0 + self.strip / 2;
+        let mut value = 0u32;
+        for i in 0..TIME_CODE_BITS {
+            let x = self.x0 + i * self.cell + self.cell / 2;
+            let luma = *y_plane.get(row * width + x)?;
+            value = (value << 1) | u32::from(luma >= 128);
+        }
+        Some(value)
     }
 }
 

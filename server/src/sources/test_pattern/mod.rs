@@ -1,6 +1,7 @@
 //! The built-in source: moving colour bars, a bouncing box, and a frame counter and wall clock
-//! burnt in, so that a viewer can see at a glance that frames arrive, in order, and how late.
-//! Needs no camera.
+//! burnt in, so that a viewer can see at a glance that frames arrive, in order, and how late;
+//! along the bottom, the capture time as a code a program reads ([`TimeCode`]). Needs no
+//! camera.
 
 pub(crate) mod draw;
 #[cfg(test)]
@@ -13,6 +14,7 @@ use super::pacer::Pacer;
 use super::{unix_micros_now, FrameReader, SourceError};
 use crate::frame::{PixelFormat, RawFrame};
 use draw::{clock_text, Canvas, BARS, BLACK, BOX_COLOUR, CLOCK_CHARS, COUNTER_CHARS};
+pub use draw::{TimeCode, TIME_CODE_BITS};
 
 /// Smallest width and height a test pattern accepts: room for one 8×8 glyph and a margin.
 pub const MIN_SIDE_PX: u32 = 16;
@@ -130,6 +132,11 @@ impl TestPattern {
         canvas.fill(margin, margin, block_w, block_h, BLACK);
         canvas.text(margin + pad, margin + pad, big, &self.text);
         canvas.text(margin + pad, margin + pad + 8 * big + pad, small, &clock);
+
+        // Last, over whatever bounced there: the capture time for programs.
+        if let Some(code) = TimeCode::layout(w, h) {
+            code.draw(&mut canvas, unix_us / 1000);
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Unit tests of the test pattern: sizes, motion, legibility, pacing.
+//! Unit tests of the test pattern: sizes, motion, legibility, pacing, the time code.
 
 use std::time::{Duration, Instant};
 
@@ -156,4 +156,44 @@ fn pattern_speed() {
         }
         println!("{w}x{h}: {:?}/frame", start.elapsed() / 100);
     }
+}
+
+#[test]
+fn the_capture_time_is_in_the_picture_and_reads_back() {
+    for (w, h) in [(64, 48), (160, 90), (640, 480), (1280, 720), (1922, 1080)] {
+        let mut p = TestPattern::new(w, h, 240).unwrap();
+        let f = frame_of(&mut p);
+        let code = TimeCode::layout(w as usize, h as usize).unwrap();
+        assert!(code.x0 + TIME_CODE_BITS * code.cell <= w as usize);
+        let read = code.read(&f.data, w as usize).unwrap();
+        assert_eq!(read, (f.capture_unix_us / 1000) as u32, "{w}x{h}");
+    }
+    // Too narrow for 32 cells of 2 pixels: no code (and nothing drawn out of the frame).
+    assert_eq!(TimeCode::layout(62, 48), None);
+    let mut p = TestPattern::new(62, 48, 240).unwrap();
+    frame_of(&mut p);
+}
+
+#[test]
+fn the_time_code_survives_jpeg() {
+    let (w, h) = (640usize, 480usize);
+    let mut p = TestPattern::new(w as u32, h as u32, 240).unwrap();
+    let f = frame_of(&mut p);
+    let mut compressor = turbojpeg::Compressor::new().unwrap();
+    compressor.set_quality(30).unwrap();
+    let image = turbojpeg::YuvImage {
+        pixels: &f.data[..],
+        width: w,
+        align: 1,
+        height: h,
+        subsamp: turbojpeg::Subsamp::Sub2x2,
+    };
+    let jpeg = compressor.compress_yuv_to_vec(image).unwrap();
+    let gray = turbojpeg::decompress(&jpeg, turbojpeg::PixelFormat::GRAY).unwrap();
+    assert_eq!(gray.pitch, w);
+    let code = TimeCode::layout(w, h).unwrap();
+    assert_eq!(
+        code.read(&gray.pixels, w),
+        Some((f.capture_unix_us / 1000) as u32)
+    );
 }

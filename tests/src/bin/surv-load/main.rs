@@ -18,6 +18,13 @@
 //! per watcher against those published, server CPU per delivered frame, H.264 encodes per
 //! captured frame and their cost, bits per second, PLAY → first keyframe (see `rtsp.rs`).
 //!
+//! With `--glass SECS`, headless Chromium plays the camera page (WebRTC, then MJPEG) and reads
+//! the capture time the test pattern draws into each frame: first frame after a page load and
+//! glass-to-glass latency (see `glass.rs`).
+//!
+//! With `--webrtc N`, the watchers are N WebRTC viewers by WHEP, each a str0m peer (see
+//! `webrtc.rs`).
+//!
 //! With `--churn-secs`, viewers keep joining and leaving for that long and the server's RSS is
 //! printed periodically instead (the memory-growth run).
 //!
@@ -36,7 +43,8 @@
 //! camera of a push run), `http.rs` (the HTTP runs, and their GStreamer yardstick),
 //! `http_clients.rs` (their clients), `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the
 //! apps run), `cameras.rs` (the many-cameras run), `rtsp.rs` (the RTSP runs, and their GStreamer
-//! yardstick), `rtsp_watchers.rs` (their players).
+//! yardstick), `rtsp_watchers.rs` (their players), `glass.rs` (the browser's latency),
+//! `webrtc.rs` (the WebRTC viewers).
 
 mod cameras;
 mod chaos;
@@ -44,6 +52,7 @@ mod chaos_floods;
 mod chaos_http;
 mod churn;
 mod delay;
+mod glass;
 mod gst;
 mod http;
 mod http_clients;
@@ -58,6 +67,7 @@ mod rtsp;
 mod rtsp_watchers;
 mod server;
 mod viewers;
+mod webrtc;
 
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -194,10 +204,25 @@ struct Args {
     /// Jitter of that delay, ms (at most --delay-ms).
     #[arg(long, default_value_t = 0)]
     jitter_ms: u32,
+    /// Glass to glass in headless Chromium, for this many seconds per mode: the camera page by
+    /// WebRTC, then by MJPEG; first frame over 10 page loads, then every frame's latency read
+    /// from the capture time the test pattern draws into it (see `glass.rs`).
+    #[arg(long, value_name = "SECS")]
+    glass: Option<u64>,
+    /// N WebRTC viewers (a str0m WHEP peer each, on a thread of its own) instead: frames per
+    /// viewer, server CPU per viewer, encodes per captured frame (see `webrtc.rs`).
+    #[arg(long, value_name = "N")]
+    webrtc: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(secs) = args.glass {
+        return glass::run(&args, secs);
+    }
+    if let Some(n) = args.webrtc {
+        return webrtc::run(&args, n);
+    }
     if args.viewers == 0 || args.viewers > MAX_VIEWER_INDEX / 2 {
         bail!("--viewers must be 1..={}", MAX_VIEWER_INDEX / 2);
     }

@@ -29,26 +29,26 @@ const IDLE_SECS: f64 = 2.0;
 
 /// A camera's counters from `/status`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Counters {
-    captured: u64,
-    published: u64,
+pub(crate) struct Counters {
+    pub captured: u64,
+    pub published: u64,
     /// `cameras[0].h264`, when the server reports it.
-    h264: Option<H264Counters>,
+    pub h264: Option<H264Counters>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct H264Counters {
-    encodes: u64,
+pub(crate) struct H264Counters {
+    pub encodes: u64,
     /// Units decoded for pictures, and units passed through from an H.264 camera.
-    decodes: u64,
-    passed_through: u64,
-    encode_us: u64,
-    skipped: u64,
-    keyframes_forced: u64,
+    pub decodes: u64,
+    pub passed_through: u64,
+    pub encode_us: u64,
+    pub skipped: u64,
+    pub keyframes_forced: u64,
 }
 
 /// `GET /status` on the server's HTTP port: the first camera's counters.
-fn status(port: u16) -> anyhow::Result<Counters> {
+pub(crate) fn status(port: u16) -> anyhow::Result<Counters> {
     let mut tcp = TcpStream::connect_timeout(
         &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
         Duration::from_secs(5),

@@ -1,0 +1,303 @@
+//! `--webrtc N`: N WebRTC viewers of the camera by WHEP, each a str0m peer of its own (its own
+//! UDP socket, ICE, DTLS, SRTP and H.264 depacketizer) on a thread of its own: the frames each
+//! gets against the H.264 frames the server made, the server's CPU per viewer, encodes per
+//! captured frame, bits per viewer and POST → first frame.
+//!
+//! The server allows a bounded number of peers connecting at once (503 with `Retry-After`
+//! past it); a viewer answered so tries again, up to `POST_TRIES` times.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use str0m::change::SdpAnswer;
+use str0m::media::{Direction, MediaKind};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use crate::http::free_port;
+use crate::measure::wait_longer_until;
+use crate::procfs::{cpu_us, rss_kib};
+use crate::rtsp::{status, Counters};
+use crate::server::ServerProc;
+use crate::Args;
+
+/// A viewer answered 503 (too many peers connecting) tries again this many times at most.
+const POST_TRIES: u32 = 40;
+/// Between two viewers' starts.
+const STAGGER: Duration = Duration::from_millis(15);
+/// The server alone, before any viewer.
+const IDLE_SECS: f64 = 3.0;
+
+/// What the viewers saw, shared with their threads.
+struct Tally {
+    frames: Vec<AtomicU64>,
+    bytes: Vec<AtomicU64>,
+    /// POST → first frame, µs (u64::MAX: none yet).
+    first_us: Vec<AtomicU64>,
+    playing: AtomicUsize,
+    failed: AtomicUsize,
+    errors: Mutex<Vec<String>>,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+}
+
+pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
+    if n == 0 || n > 2000 {
+        bail!("--webrtc takes 1..=2000 viewers");
+    }
+    let http = free_port()?;
+    let webrtc = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let extra = [
+        "--http-port".to_string(),
+        http.to_string(),
+        "--webrtc-port".to_string(),
+        webrtc.to_string(),
+    ];
+    let server = ServerProc::start_with(args, n, &extra)?;
+    let pid = server.pid();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (c0, t0) = (cpu_us(&pid)?, Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(IDLE_SECS));
+    let idle_pct =
+        100.0 * cpu_us(&pid)?.saturating_sub(c0) as f64 / 1e6 / t0.elapsed().as_secs_f64();
+
+    let tally = Arc::new(Tally {
+        frames: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        first_us: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        playing: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        errors: Mutex::new(Vec::new()),
+        measuring: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+    });
+    let whep = SocketAddrV4::new(Ipv4Addr::LOCALHOST, http);
+    let t_conn = Instant::now();
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let tally = tally.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("whep-{i}"))
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    if let Err(e) = viewer(i, whep, &tally) {
+                        tally.failed.fetch_add(1, Relaxed);
+                        let mut errors = tally.errors.lock().unwrap();
+                        if errors.len() < 5 {
+                            errors.push(format!("viewer {i}: {e:#}"));
+                        }
+                    }
+                })?,
+        );
+        std::thread::sleep(STAGGER);
+    }
+    let result = (|| {
+        wait_longer_until("every viewer playing", STAGGER * n as u32, || {
+            tally.playing.load(Relaxed) + tally.failed.load(Relaxed) >= n
+        })?;
+        let conn_secs = t_conn.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
+        let s0 = status(http)?;
+        let (srv0, w0) = (cpu_us(&pid)?, Instant::now());
+        tally.measuring.store(true, Relaxed);
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        tally.measuring.store(false, Relaxed);
+        let (srv1, secs) = (cpu_us(&pid)?, w0.elapsed().as_secs_f64());
+        let s1 = status(http)?;
+        let rss = rss_kib(&pid)?;
+        report(
+            args,
+            n,
+            &tally,
+            &s0,
+            &s1,
+            secs,
+            srv1.saturating_sub(srv0),
+            idle_pct,
+            rss,
+            conn_secs,
+        );
+        Ok(())
+    })();
+    tally.stop.store(true, Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    server.stop();
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    args: &Args,
+    n: usize,
+    tally: &Tally,
+    s0: &Counters,
+    s1: &Counters,
+    secs: f64,
+    srv_cpu_us: u64,
+    idle_pct: f64,
+    rss_kib: u64,
+    conn_secs: f64,
+) {
+    let (a, b) = (s0.h264.unwrap_or_default(), s1.h264.unwrap_or_default());
+    let captured = s1.captured.saturating_sub(s0.captured);
+    let encodes = b.encodes.saturating_sub(a.encodes);
+    let made = encodes + b.passed_through.saturating_sub(a.passed_through);
+    let mut frames: Vec<u64> = tally.frames.iter().map(|c| c.load(Relaxed)).collect();
+    frames.sort_unstable();
+    let mut bits: Vec<f64> = tally
+        .bytes
+        .iter()
+        .map(|c| 8.0 * c.load(Relaxed) as f64 / secs)
+        .collect();
+    bits.sort_by(f64::total_cmp);
+    let mut first: Vec<u64> = tally
+        .first_us
+        .iter()
+        .map(|c| c.load(Relaxed))
+        .filter(|&us| us != u64::MAX)
+        .collect();
+    first.sort_unstable();
+    let share = |f: u64| 100.0 * f as f64 / made.max(1) as f64;
+    let (w, h) = args.size;
+    let cpu_pct = 100.0 * srv_cpu_us as f64 / 1e6 / secs;
+    println!(
+        "webrtc viewers={n} ({} playing, {} failed) size={w}x{h}@{} measured={secs:.1}s, {made} H.264 frames made (captured {captured}) | frames per viewer min={} ({:.2}%) median={} ({:.2}%)",
+        tally.playing.load(Relaxed),
+        tally.failed.load(Relaxed),
+        args.fps,
+        frames.first().copied().unwrap_or(0),
+        share(frames.first().copied().unwrap_or(0)),
+        frames[frames.len() / 2],
+        share(frames[frames.len() / 2]),
+    );
+    println!(
+        "server cpu={cpu_pct:.1}% of a core ({idle_pct:.1}% idle, no viewer) = {:.3}% per viewer, {:.2}us per delivered frame | encodes/captured={:.3} ({encodes} of {captured}) | rss={:.1}MiB | connected in {conn_secs:.1}s",
+        (cpu_pct - idle_pct).max(0.0) / n as f64,
+        srv_cpu_us as f64 / frames.iter().sum::<u64>().max(1) as f64,
+        encodes as f64 / captured.max(1) as f64,
+        rss_kib as f64 / 1024.0,
+    );
+    println!(
+        "bit rate per viewer median={:.2} Mbit/s (min {:.2}, max {:.2}) | POST -> first frame median={:.1}ms max={:.1}ms ({} of {n} got none) | {}",
+        bits[bits.len() / 2] / 1e6,
+        bits.first().copied().unwrap_or(0.0) / 1e6,
+        bits.last().copied().unwrap_or(0.0) / 1e6,
+        first.get(first.len() / 2).copied().unwrap_or(0) as f64 / 1000.0,
+        first.last().copied().unwrap_or(0) as f64 / 1000.0,
+        n - first.len(),
+        tally.errors.lock().unwrap().join("; "),
+    );
+}
+
+/// One viewer: offer, POST, answer, then frames until told to stop.
+fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0")?;
+    let local = socket.local_addr()?;
+    let mut rtc = Rtc::builder()
+        .clear_codecs()
+        .enable_h264(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = change.apply().context("no offer")?;
+    let offer = offer.to_sdp_string();
+    let posted = Instant::now();
+    let mut tries = 0;
+    let answer = loop {
+        tries += 1;
+        match post(whep, &offer)? {
+            (201, body) => break body,
+            (503, _) if tries < POST_TRIES => {
+                std::thread::sleep(Duration::from_millis(250 + 10 * (i as u64 % 50)));
+            }
+            (status, body) => bail!("WHEP answered {status}: {}", body.trim()),
+        }
+    };
+    let answer = SdpAnswer::from_sdp_string(&answer).context("the answer")?;
+    rtc.sdp_api().accept_answer(pending, answer)?;
+
+    let mut buf = vec![0u8; 2048];
+    let mut playing = false;
+    while !tally.stop.load(Relaxed) {
+        let deadline = loop {
+            match rtc.poll_output()? {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination);
+                }
+                Output::Event(Event::MediaData(d)) => {
+                    if !playing {
+                        playing = true;
+                        tally.playing.fetch_add(1, Relaxed);
+                        tally.first_us[i].store(posted.elapsed().as_micros() as u64, Relaxed);
+                    }
+                    if tally.measuring.load(Relaxed) {
+                        tally.frames[i].fetch_add(1, Relaxed);
+                        tally.bytes[i].fetch_add(d.data.len() as u64, Relaxed);
+                    }
+                }
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Disconnected,
+                )) => bail!("ICE disconnected"),
+                Output::Event(_) => {}
+            }
+        };
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(100));
+        socket.set_read_timeout(Some(wait))?;
+        let input = match socket.recv_from(&mut buf) {
+            Ok((len, source)) => Input::Receive(
+                Instant::now(),
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination: local,
+                    contents: buf[..len].try_into()?,
+                },
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Input::Timeout(Instant::now())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        rtc.handle_input(input)?;
+    }
+    if !playing {
+        bail!("no frame before the end");
+    }
+    Ok(())
+}
+
+/// POSTs the offer; the status and the body.
+fn post(whep: SocketAddrV4, offer: &str) -> anyhow::Result<(u16, String)> {
+    let mut tcp = TcpStream::connect_timeout(&SocketAddr::V4(whep), Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        tcp,
+        "POST /cam/main/whep HTTP/1.1\r\nHost: load\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+        offer.len()
+    )?;
+    let mut reply = String::new();
+    tcp.take(1 << 20).read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").context("no end of head")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((status, body.to_string()))
+}
