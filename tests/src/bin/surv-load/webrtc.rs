@@ -18,7 +18,7 @@ use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::http::free_port;
+use crate::http::{free_port, snapshot_bytes};
 use crate::measure::wait_longer_until;
 use crate::procfs::{cpu_us, rss_kib};
 use crate::rtsp::{status, Counters};
@@ -144,6 +144,7 @@ fn report(
     idle_pct: f64,
     rss_kib: u64,
     conn_secs: f64,
+    jpeg_bytes: usize,
 ) {
     let (a, b) = (s0.h264.unwrap_or_default(), s1.h264.unwrap_or_default());
     let captured = s1.captured.saturating_sub(s0.captured);
@@ -185,10 +186,12 @@ fn report(
         rss_kib as f64 / 1024.0,
     );
     println!(
-        "bit rate per viewer median={:.2} Mbit/s (min {:.2}, max {:.2}) | POST -> first frame median={:.1}ms max={:.1}ms ({} of {n} got none) | {}",
+        "bit rate per viewer median={:.2} Mbit/s (min {:.2}, max {:.2}) | MJPEG of the same picture: {jpeg_bytes} B/frame x {} fps = {:.2} Mbit/s | POST -> first frame median={:.1}ms max={:.1}ms ({} of {n} got none) | {}",
         bits[bits.len() / 2] / 1e6,
         bits.first().copied().unwrap_or(0.0) / 1e6,
         bits.last().copied().unwrap_or(0.0) / 1e6,
+        args.fps,
+        8.0 * jpeg_bytes as f64 * f64::from(args.fps) / 1e6,
         first.get(first.len() / 2).copied().unwrap_or(0) as f64 / 1000.0,
         first.last().copied().unwrap_or(0) as f64 / 1000.0,
         n - first.len(),
