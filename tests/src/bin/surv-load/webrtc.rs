@@ -110,17 +110,10 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
         let (srv1, secs) = (cpu_us(&pid)?, w0.elapsed().as_secs_f64());
         let s1 = status(http)?;
         let rss = rss_kib(&pid)?;
+        let jpeg_bytes = snapshot_bytes(http)?;
+        let cpu_us = srv1.saturating_sub(srv0);
         report(
-            args,
-            n,
-            &tally,
-            &s0,
-            &s1,
-            secs,
-            srv1.saturating_sub(srv0),
-            idle_pct,
-            rss,
-            conn_secs,
+            args, n, &tally, &s0, &s1, secs, cpu_us, idle_pct, rss, conn_secs, jpeg_bytes,
         );
         Ok(())
     })();
