@@ -169,7 +169,7 @@ async fn snapshot_status_and_page() {
     );
     let html = String::from_utf8(page.body).unwrap();
     assert!(
-        html.contains("<img id=\"stream\"") && html.contains("\"stream.mjpg\""),
+        html.contains("function survPlay(") && html.contains("\"stream.mjpg\""),
         "{html}"
     );
     assert!(html.contains("name=\"viewport\""));

@@ -35,6 +35,8 @@ const IDLE_SECS: f64 = 3.0;
 /// What the viewers saw, shared with their threads.
 struct Tally {
     frames: Vec<AtomicU64>,
+    /// Frames str0m said were not contiguous with the one before (packets lost between).
+    broken: AtomicU64,
     bytes: Vec<AtomicU64>,
     /// POST → first frame, µs (u64::MAX: none yet).
     first_us: Vec<AtomicU64>,
@@ -67,6 +69,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
 
     let tally = Arc::new(Tally {
         frames: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        broken: AtomicU64::new(0),
         bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
         first_us: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
         playing: AtomicUsize::new(0),
@@ -162,7 +165,7 @@ fn report(
     let (w, h) = args.size;
     let cpu_pct = 100.0 * srv_cpu_us as f64 / 1e6 / secs;
     println!(
-        "webrtc viewers={n} ({} playing, {} failed) size={w}x{h}@{} measured={secs:.1}s, {made} H.264 frames made (captured {captured}) | frames per viewer min={} ({:.2}%) median={} ({:.2}%)",
+        "webrtc viewers={n} ({} playing, {} failed) size={w}x{h}@{} measured={secs:.1}s, {made} H.264 frames made (captured {captured}) | frames per viewer min={} ({:.2}%) median={} ({:.2}%) | {} frames not contiguous with the one before",
         tally.playing.load(Relaxed),
         tally.failed.load(Relaxed),
         args.fps,
@@ -170,6 +173,7 @@ fn report(
         share(frames.first().copied().unwrap_or(0)),
         frames[frames.len() / 2],
         share(frames[frames.len() / 2]),
+        tally.broken.load(Relaxed),
     );
     println!(
         "server cpu={cpu_pct:.1}% of a core ({idle_pct:.1}% idle, no viewer) = {:.3}% per viewer, {:.2}us per delivered frame | encodes/captured={:.3} ({encodes} of {captured}) | rss={:.1}MiB | connected in {conn_secs:.1}s",
@@ -236,6 +240,9 @@ fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
                         tally.first_us[i].store(posted.elapsed().as_micros() as u64, Relaxed);
                     }
                     if tally.measuring.load(Relaxed) {
+                        if !d.contiguous {
+                            tally.broken.fetch_add(1, Relaxed);
+                        }
                         tally.frames[i].fetch_add(1, Relaxed);
                         tally.bytes[i].fetch_add(d.data.len() as u64, Relaxed);
                     }
