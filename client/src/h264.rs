@@ -6,7 +6,7 @@
 //! where a fragment starts, so that each fragment of the file can be decoded on its own.
 //!
 //! Each picture is handed out as an [`AvcAccessUnit`]: length-prefixed NAL units with the SPS
-//! and PPS apart, the form MP4 stores ([`mp4`](crate::mp4) takes it from here; this codec knows
+//! and PPS apart, the form MP4 stores (`surv_codec::fmp4` takes it from here; this codec knows
 //! nothing of the container).
 
 use surv_codec::encoder::DEFAULT_BITS_PER_PIXEL;

@@ -5,7 +5,7 @@
 //! * [`decoder`]: the decoding thread (every frame received is decoded, off the network path).
 //! * [`display`]: the window.
 //! * [`recorder`]: rolling segments, crash-safe, with [`retention`]; [`avi`] (MJPEG as received)
-//!   or [`mp4`] (fragmented MP4 of H.264 from [`h264`]).
+//!   or fragmented MP4 of H.264 from [`h264`] (`surv_codec::fmp4`, shared with the server).
 //! * [`pipe`]: `--pipe`, the received JPEGs on standard output as an MJPEG stream.
 //! * [`stats`]: loss, latency and the exit summary.
 
@@ -13,7 +13,6 @@ pub mod avi;
 pub mod decoder;
 pub mod display;
 pub mod h264;
-pub mod mp4;
 pub mod pipe;
 pub mod receiver;
 pub mod recorder;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::track::{FrameError, Track};
 use super::CHECKPOINT;
 use crate::h264::JpegToH264;
-use crate::mp4::{Fmp4Writer, Sample, TIMESCALE};
+use surv_codec::fmp4::{Fmp4Writer, Sample, TIMESCALE};
 
 /// A fragmented MP4 segment being written.
 pub(super) struct Mp4Track<F: Write> {

@@ -1,4 +1,6 @@
-//! Fragmented MP4 (ISO BMFF) container writer for one H.264 video track.
+//! Fragmented MP4 (ISO BMFF) for one H.264 video track: the viewer's MP4 recordings
+//! ([`Fmp4Writer`]) and the server's LL-HLS (an [`init_segment`] alone, then a [`fragment`] per
+//! part).
 //!
 //! The boxes are built and serialised by the `mp4-atom` crate; this file only decides what goes
 //! in them. The layout is what a browser's `<video>` and ffmpeg play, and what survives a crash:
@@ -17,7 +19,8 @@
 //!
 //! Every fragment is complete on its own, and its `tfdt` states where it sits on the timeline, so
 //! a file cut after any fragment (a killed process) plays up to there, and a gap in capture time
-//! between fragments stays a gap instead of pulling later frames early.
+//! between fragments stays a gap instead of pulling later frames early. The same property makes
+//! an HLS segment the concatenation of its parts, each part one fragment.
 
 use std::io::{self, Write};
 
@@ -105,68 +108,13 @@ impl<W: Write> Fmp4Writer<W> {
     /// Appends one fragment holding `samples` (in decode order, the first at its own `dts`)
     /// and flushes it, so that it is in the file once this returns.
     pub fn write_fragment(&mut self, samples: &[Sample]) -> io::Result<()> {
-        let Some(first) = samples.first() else {
+        let Some(made) = fragment(self.sequence, samples)? else {
             return Ok(());
         };
-        let payload_bytes: usize = samples.iter().map(|s| s.data.len()).sum();
-        let entries = samples
-            .iter()
-            .map(|s| {
-                Ok(TrunEntry {
-                    duration: Some(s.duration),
-                    size: Some(u32::try_from(s.data.len()).map_err(io::Error::other)?),
-                    flags: Some(if s.sync {
-                        SYNC_SAMPLE_FLAGS
-                    } else {
-                        NON_SYNC_SAMPLE_FLAGS
-                    }),
-                    cts: None,
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        let mut moof = Moof {
-            mfhd: Mfhd {
-                sequence_number: self.sequence,
-            },
-            traf: vec![Traf {
-                tfhd: Tfhd {
-                    track_id: 1,
-                    default_base_is_moof: true,
-                    ..Default::default()
-                },
-                tfdt: Some(Tfdt {
-                    base_media_decode_time: first.dts,
-                }),
-                trun: vec![Trun {
-                    data_offset: Some(0),
-                    samples: TrunSamples::Explicit(entries),
-                }],
-                ..Default::default()
-            }],
-        };
-        // The data offset counts from the start of the moof to the first sample byte, past the
-        // mdat header; the offset field has a fixed width, so one trial encoding gives the size.
-        let moof_bytes = encode(&moof)?.len();
-        let data_offset = i32::try_from(moof_bytes + 8).map_err(io::Error::other)?;
-        moof.traf[0].trun[0].data_offset = Some(data_offset);
-        let mut buf = encode(&moof)?;
-        debug_assert_eq!(buf.len(), moof_bytes);
-        let mdat_bytes = u32::try_from(payload_bytes + 8).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "fragment over 4 GiB; write shorter fragments",
-            )
-        })?;
-        buf.reserve(8 + payload_bytes);
-        buf.extend_from_slice(&mdat_bytes.to_be_bytes());
-        buf.extend_from_slice(b"mdat");
-        for s in samples {
-            buf.extend_from_slice(&s.data);
-        }
-        self.out.write_all(&buf)?;
+        self.out.write_all(&made.bytes)?;
         self.out.flush()?;
         self.sequence = self.sequence.wrapping_add(1);
-        self.len += buf.len() as u64;
+        self.len += made.bytes.len() as u64;
         self.samples += samples.len() as u64;
         Ok(())
     }
@@ -178,6 +126,94 @@ impl<W: Write> Fmp4Writer<W> {
     }
 }
 
+/// One `moof` + `mdat`, as [`fragment`] makes it.
+pub struct Fragment {
+    pub bytes: Vec<u8>,
+    /// Its first sample is a sync sample (an IDR picture): a player can start decoding here
+    /// (an LL-HLS part's `INDEPENDENT=YES`).
+    pub independent: bool,
+    /// The sum of its samples' durations, in [`TIMESCALE`] units.
+    pub duration: u64,
+}
+
+impl std::fmt::Debug for Fragment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fragment")
+            .field("bytes", &self.bytes.len())
+            .field("independent", &self.independent)
+            .field("duration", &self.duration)
+            .finish()
+    }
+}
+
+/// One fragment (`moof` with `mfhd` number `sequence`, then `mdat`) holding `samples`, in
+/// decode order, the first at its own `dts`; `None` for no samples.
+pub fn fragment(sequence: u32, samples: &[Sample]) -> io::Result<Option<Fragment>> {
+    let Some(first) = samples.first() else {
+        return Ok(None);
+    };
+    let payload_bytes: usize = samples.iter().map(|s| s.data.len()).sum();
+    let entries = samples
+        .iter()
+        .map(|s| {
+            Ok(TrunEntry {
+                duration: Some(s.duration),
+                size: Some(u32::try_from(s.data.len()).map_err(io::Error::other)?),
+                flags: Some(if s.sync {
+                    SYNC_SAMPLE_FLAGS
+                } else {
+                    NON_SYNC_SAMPLE_FLAGS
+                }),
+                cts: None,
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut moof = Moof {
+        mfhd: Mfhd {
+            sequence_number: sequence,
+        },
+        traf: vec![Traf {
+            tfhd: Tfhd {
+                track_id: 1,
+                default_base_is_moof: true,
+                ..Default::default()
+            },
+            tfdt: Some(Tfdt {
+                base_media_decode_time: first.dts,
+            }),
+            trun: vec![Trun {
+                data_offset: Some(0),
+                samples: TrunSamples::Explicit(entries),
+            }],
+            ..Default::default()
+        }],
+    };
+    // The data offset counts from the start of the moof to the first sample byte, past the
+    // mdat header; the offset field has a fixed width, so one trial encoding gives the size.
+    let moof_bytes = encode(&moof)?.len();
+    let data_offset = i32::try_from(moof_bytes + 8).map_err(io::Error::other)?;
+    moof.traf[0].trun[0].data_offset = Some(data_offset);
+    let mut buf = encode(&moof)?;
+    debug_assert_eq!(buf.len(), moof_bytes);
+    let mdat_bytes = u32::try_from(payload_bytes + 8).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "fragment over 4 GiB; write shorter fragments",
+        )
+    })?;
+    buf.reserve(8 + payload_bytes);
+    buf.extend_from_slice(&mdat_bytes.to_be_bytes());
+    buf.extend_from_slice(b"mdat");
+    for s in samples {
+        buf.extend_from_slice(&s.data);
+    }
+    Ok(Some(Fragment {
+        bytes: buf,
+        independent: first.sync,
+        duration: samples.iter().map(|s| u64::from(s.duration)).sum(),
+    }))
+}
+
 fn encode<T: Encode>(atom: &T) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     atom.encode(&mut buf)
@@ -185,8 +221,10 @@ fn encode<T: Encode>(atom: &T) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// `ftyp` + `moov` of a fragmented file with one H.264 track.
-fn init_segment(width: u16, height: u16, sps: &[u8], pps: &[u8]) -> io::Result<Vec<u8>> {
+/// `ftyp` + `moov` of a fragmented file with one `width` x `height` H.264 track described by
+/// `sps` and `pps` (NAL units without start code or length prefix): a file's start, or an
+/// HLS init segment (`EXT-X-MAP`).
+pub fn init_segment(width: u16, height: u16, sps: &[u8], pps: &[u8]) -> io::Result<Vec<u8>> {
     // avcC copies profile, compatibility and level from the SPS (bytes 1..4 after the NAL header).
     let &[_, profile, compat, level, ..] = sps else {
         return Err(io::Error::new(
@@ -363,6 +401,33 @@ mod tests {
                 (2, 90_000, 1, 6, Some(SYNC_SAMPLE_FLAGS))
             ]
         );
+    }
+
+    #[test]
+    fn a_fragment_says_whether_it_starts_with_a_sync_sample() {
+        let sample = |sync: bool| Sample {
+            data: vec![0, 0, 0, 1, 0x41],
+            dts: 6000,
+            duration: 3000,
+            sync,
+        };
+        assert!(fragment(7, &[]).unwrap().is_none());
+        let key = fragment(7, &[sample(true), sample(false)]).unwrap().unwrap();
+        assert!(key.independent);
+        assert_eq!(key.duration, 6000);
+        let not = fragment(8, &[sample(false), sample(true)]).unwrap().unwrap();
+        assert!(!not.independent);
+        // A fragment alone parses, with its sequence number.
+        let mut c = Cursor::new(&key.bytes[..]);
+        let Any::Moof(moof) = Any::decode(&mut c).unwrap() else {
+            panic!("not a moof")
+        };
+        assert_eq!(moof.mfhd.sequence_number, 7);
+        let Any::Mdat(mdat) = Any::decode(&mut c).unwrap() else {
+            panic!("no mdat")
+        };
+        assert_eq!(mdat.data.len(), 10);
+        assert_eq!(c.position() as usize, key.bytes.len());
     }
 
     #[test]
