@@ -27,6 +27,7 @@ pub mod capture;
 pub mod config;
 pub mod encoder;
 pub mod frame;
+pub mod hls;
 pub mod http;
 pub mod journal;
 pub mod jpeg;
@@ -145,6 +146,8 @@ pub struct Stats {
     pub rtsp: watchers::rtsp::RtspStats,
     /// The WebRTC server's counters and its live peers.
     pub webrtc: watchers::webrtc::WebrtcStats,
+    /// LL-HLS: muxers, playlists, parts and segments, waits, refusals.
+    pub hls: hls::HlsStats,
 }
 
 /// Everything the listeners and the sessions share.

@@ -525,6 +525,86 @@ impl Collector for ServerCollector {
         ] {
             counter(e, name, help, v.load(Relaxed))?;
         }
+        let hls = &s.hls;
+        for (name, help, v) in [
+            (
+                "hls_muxers_started",
+                "LL-HLS muxers started (one per camera at a time).",
+                &hls.muxers_started,
+            ),
+            (
+                "hls_playlists_served",
+                "LL-HLS playlists answered 200 or 304.",
+                &hls.playlists_served,
+            ),
+            (
+                "hls_blocked_reloads",
+                "LL-HLS requests that waited: blocking playlist reloads and hinted parts.",
+                &hls.blocked_reloads,
+            ),
+            (
+                "hls_wait_timeouts",
+                "LL-HLS waits that ran out (three target durations): answered 503.",
+                &hls.wait_timeouts,
+            ),
+            ("hls_parts_made", "LL-HLS parts cut.", &hls.parts_made),
+            (
+                "hls_segments_made",
+                "LL-HLS segments completed.",
+                &hls.segments_made,
+            ),
+            (
+                "hls_parts_served",
+                "LL-HLS parts answered 200.",
+                &hls.parts_served,
+            ),
+            (
+                "hls_segments_served",
+                "LL-HLS segments answered 200.",
+                &hls.segments_served,
+            ),
+            (
+                "hls_inits_served",
+                "LL-HLS init segments answered 200.",
+                &hls.inits_served,
+            ),
+            (
+                "hls_not_modified",
+                "LL-HLS requests answered 304 (If-None-Match).",
+                &hls.not_modified,
+            ),
+            (
+                "hls_refused_bad_request",
+                "LL-HLS requests answered 400: a bad query, or one too far past the live edge.",
+                &hls.refused_bad_request,
+            ),
+            (
+                "hls_refused_busy",
+                "LL-HLS requests answered 503 at once: too many waiting already.",
+                &hls.refused_busy,
+            ),
+            (
+                "hls_refused_not_found",
+                "LL-HLS requests answered 404: an ended stream, a part gone, a bad name.",
+                &hls.refused_not_found,
+            ),
+        ] {
+            counter(e, name, help, v.load(Relaxed))?;
+        }
+        gauge(
+            e,
+            "hls_muxers",
+            "LL-HLS muxers running now.",
+            None,
+            hls.muxers.load(Relaxed) as f64,
+        )?;
+        gauge(
+            e,
+            "hls_waiting",
+            "LL-HLS requests waiting now.",
+            None,
+            hls.waiting.load(Relaxed) as f64,
+        )?;
         let mqtt = &server.mqtt;
         if mqtt.enabled.load(Relaxed) {
             gauge(

@@ -1,8 +1,8 @@
 //! The HTTP server for browsers and players: the live page (`/`), the MJPEG stream
 //! (`/stream.mjpg`, one watcher of kind `http` per client), the newest frame (`/snapshot.jpg`),
 //! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`), the SDP of a
-//! camera's `--forward` (`/cam/<name>/stream.sdp`), and WebRTC offers by WHEP
-//! (`/cam/<name>/whep`, `whep.rs`).
+//! camera's `--forward` (`/cam/<name>/stream.sdp`), WebRTC offers by WHEP
+//! (`/cam/<name>/whep`, `whep.rs`) and LL-HLS (`/cam/<name>/index.m3u8`, `hls.rs`).
 //!
 //! axum routes the requests; each connection is served by hyper's HTTP/1 connection in a task
 //! of its own, with three bounds: a request's headers must arrive within
@@ -16,6 +16,7 @@
 //! Every request passes `admit` first: the one place where a request is let in or turned
 //! away (access control goes there).
 
+mod hls;
 mod io;
 mod metrics;
 mod mjpeg;
@@ -108,6 +109,8 @@ pub(crate) struct HttpState {
     pub metrics: metrics::Metrics,
     /// Where WHEP offers go; `None`: WebRTC is off.
     pub webrtc: Option<Webrtc>,
+    /// The cameras' LL-HLS muxers.
+    pub hls: crate::hls::Hls,
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then gives its connections [`SHUTDOWN_GRACE`]
@@ -128,6 +131,7 @@ pub async fn serve_with(
     let max_connections = server.config.max_viewers.saturating_add(EXTRA_CONNECTIONS);
     let state = Arc::new(HttpState {
         metrics: metrics::Metrics::new(server.clone()),
+        hls: crate::hls::Hls::new(server.clone(), tracker.clone()),
         server,
         tracker: tracker.clone(),
         webrtc,
@@ -210,6 +214,9 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/", get(home))
         .route("/index.html", get(home))
         .route("/stream.mjpg", get(mjpeg::stream))
+        .route("/index.m3u8", get(hls::first_playlist))
+        .route("/cam/{name}/index.m3u8", get(hls::camera_playlist))
+        .route("/cam/{name}/hls/{id}/{file}", get(hls::media))
         .route("/snapshot.jpg", get(status::snapshot))
         .route("/cam/{name}/", get(page))
         .route("/cam/{name}/stream.mjpg", get(mjpeg::camera_stream))
@@ -243,12 +250,14 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
 /// slowed down after too many wrong tokens ([`auth::throttle`]), a request presenting one is
 /// answered 429 with `Retry-After` (its token unchecked), counted the same way. A browser's
 /// CORS preflight (`OPTIONS`) of a WHEP resource carries no credentials and reveals nothing:
-/// it is let in.
+/// it is let in. So is LL-HLS media: its unguessable stream id, told only by the playlist
+/// (which needs the token), stands in for the token, so that caches share it (`hls.rs`).
 async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     let server = &http.server;
     let path = request.uri().path();
     let public = (server.config.metrics_public && path == "/metrics")
-        || (request.method() == axum::http::Method::OPTIONS && whep::is_whep_path(path));
+        || (request.method() == axum::http::Method::OPTIONS && whep::is_whep_path(path))
+        || hls::is_media_path(path);
     if !server.access.requires_token() || public {
         return next.run(request).await;
     }

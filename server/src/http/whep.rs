@@ -225,10 +225,12 @@ mod tests {
             crate::watchers::webrtc::WebrtcSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let (webrtc, _ended) =
             crate::watchers::webrtc::start(server.clone(), socket, shutdown.clone()).unwrap();
+        let tracker = tokio_util::task::TaskTracker::new();
         let state = Arc::new(HttpState {
             metrics: super::super::metrics::Metrics::new(server.clone()),
+            hls: crate::hls::Hls::new(server.clone(), tracker.clone()),
             server: server.clone(),
-            tracker: tokio_util::task::TaskTracker::new(),
+            tracker,
             webrtc: Some(webrtc),
         });
         std::mem::forget(log_dir);

@@ -1,0 +1,376 @@
+//! LL-HLS end to end: ffmpeg (libavformat's HLS demuxer, a real player) reads
+//! `/cam/main/index.m3u8` and decodes the frames; a scripted LL-HLS client checks that a
+//! blocking reload waits for its part and no longer, measures how far behind capture each part
+//! is when a client gets it, and checks the cache headers, the token rules and the 400s.
+
+#[path = "http/client.rs"]
+#[allow(dead_code)]
+mod client;
+
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use surv_server::auth::Token;
+use surv_server::Config;
+use surv_tests::{output_within, ServerOpts};
+use tokio::time::Instant;
+
+use client::{get, get_with, start_web};
+
+/// ffmpeg gets this long.
+const PLAYER_LIMIT: Duration = Duration::from_secs(30);
+const WIDTH: u32 = 320;
+const HEIGHT: u32 = 240;
+
+/// Runs a player (blocking) off the runtime; its output.
+async fn run(mut cmd: Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || output_within(&mut cmd, PLAYER_LIMIT))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// The frames in ffmpeg's framecrc output, how many the timestamps say there were from the
+/// first to the last (a frame lost shows as a gap), and the decoded frames' sizes in bytes.
+fn framecrc(stdout: &[u8]) -> (usize, usize, Vec<u64>) {
+    let rows: Vec<(i64, u64)> = String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').map(str::trim).collect();
+            Some((f.get(1)?.parse().ok()?, f.get(4)?.parse().ok()?))
+        })
+        .collect();
+    let pts: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let sizes = rows.iter().map(|r| r.1).collect();
+    if pts.len() < 2 {
+        return (pts.len(), pts.len(), sizes);
+    }
+    let mut steps: Vec<i64> = pts.windows(2).map(|w| w[1] - w[0]).collect();
+    steps.sort_unstable();
+    let step = steps[steps.len() / 2].max(1);
+    let span = pts[pts.len() - 1] - pts[0];
+    (
+        pts.len(),
+        (span as f64 / step as f64).round() as usize + 1,
+        sizes,
+    )
+}
+
+/// ffmpeg reads the playlist as any HLS player does (whole segments, reloading the playlist)
+/// and decodes 150 frames (5 s): H.264 at the camera's size, ≥ 99 % of the frames the
+/// timeline says were there; ffprobe names the codec and size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
+    let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
+    let url = format!("http://{}/cam/main/index.m3u8", web.http);
+    let mut ffmpeg = Command::new("ffmpeg");
+    ffmpeg
+        .args(["-v", "error", "-i", &url])
+        .args(["-frames:v", "150", "-f", "framecrc", "-"]);
+    let mut ffprobe = Command::new("ffprobe");
+    ffprobe
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name,width,height",
+        ])
+        .args(["-of", "compact", &url]);
+    let started = Instant::now();
+    let (played, probed) = tokio::join!(run(ffmpeg), run(ffprobe));
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&played.stderr);
+    assert!(played.status.success(), "ffmpeg: {err}");
+    assert!(err.trim().is_empty(), "ffmpeg complained: {err}");
+    let (got, expected, sizes) = framecrc(&played.stdout);
+    assert_eq!(got, 150, "ffmpeg decoded {got} frames");
+    assert!(
+        got as f64 >= 0.99 * expected as f64,
+        "{got} frames of {expected} in the timeline"
+    );
+    // Decoded I420 frames of the camera's size.
+    let frame_bytes = u64::from(WIDTH * HEIGHT * 3 / 2);
+    assert!(sizes.iter().all(|&s| s == frame_bytes), "{sizes:?}");
+    let probe = String::from_utf8_lossy(&probed.stdout);
+    assert!(
+        probe.contains(&format!("codec_name=h264|width={WIDTH}|height={HEIGHT}")),
+        "ffprobe: {probe} {}",
+        String::from_utf8_lossy(&probed.stderr)
+    );
+    let hls = &web.srv.server.stats.hls;
+    assert_eq!(hls.muxers_started.load(Relaxed), 1, "one muxer for both");
+    assert!(hls.segments_served.load(Relaxed) >= 3);
+    assert!(hls.playlists_served.load(Relaxed) >= 2);
+    eprintln!(
+        "ffmpeg: {got} frames of {expected} in {:.1} s (with ffprobe), {} segments served",
+        took.as_secs_f64(),
+        hls.segments_served.load(Relaxed)
+    );
+    web.stop().await;
+}
+
+/// A playlist's facts the tests need.
+struct Playlist {
+    text: String,
+}
+
+impl Playlist {
+    fn hint(&self) -> (u64, usize, String) {
+        let line = self
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))
+            .expect("a preload hint");
+        let uri = line.trim_end_matches('"').to_string();
+        let (msn, part) = part_numbers(&uri);
+        (msn, part, uri)
+    }
+
+    /// Each part's URI, the capture time of its first picture (µs since the epoch: its
+    /// segment's `EXT-X-PROGRAM-DATE-TIME` plus the parts before it), and `INDEPENDENT`.
+    fn parts(&self) -> Vec<(String, u64, bool)> {
+        let mut at_us = 0u64;
+        let mut parts = Vec::new();
+        for line in self.text.lines() {
+            if let Some(date) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+                let t = chrono::DateTime::parse_from_rfc3339(date).unwrap();
+                at_us = t.timestamp_micros() as u64;
+            } else if let Some(attrs) = line.strip_prefix("#EXT-X-PART:") {
+                let duration: f64 = attr(attrs, "DURATION").parse().unwrap();
+                let uri = attr(attrs, "URI").trim_matches('"').to_string();
+                parts.push((uri, at_us, attrs.contains("INDEPENDENT=YES")));
+                at_us += (duration * 1e6) as u64;
+            }
+        }
+        parts
+    }
+}
+
+fn attr<'a>(attrs: &'a str, name: &str) -> &'a str {
+    attrs
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_default()
+}
+
+/// `…/<msn>.<part>.m4s` → (msn, part).
+fn part_numbers(uri: &str) -> (u64, usize) {
+    let name = uri.rsplit('/').next().unwrap().trim_end_matches(".m4s");
+    let (msn, part) = name.split_once('.').unwrap();
+    (msn.parse().unwrap(), part.parse().unwrap())
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A blocking reload waits for its part, and answers as soon as it exists; the part after a
+/// hint is waited for too; parts are immutable (`Cache-Control`, `ETag`, 304). Each part,
+/// asked for the moment it can be, arrives within 1.5 s of its first picture's capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reloads_wait_for_the_part_and_parts_are_immutable() {
+    let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
+    let http = web.http;
+    let first = get(http, "/cam/main/index.m3u8").await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("content-type"),
+        Some("application/vnd.apple.mpegurl")
+    );
+    let list = Playlist {
+        text: String::from_utf8(first.body).unwrap(),
+    };
+    for tag in [
+        "#EXT-X-VERSION:",
+        "#EXT-X-TARGETDURATION:1\n",
+        "#EXT-X-PART-INF:PART-TARGET=0.200\n",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.600\n",
+        "#EXT-X-MAP:URI=\"hls/",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        "#EXTINF:",
+    ] {
+        assert!(list.text.contains(tag), "no {tag} in\n{}", list.text);
+    }
+    let parts = list.parts();
+    assert!(parts.first().is_some_and(|p| p.2), "{}", list.text);
+
+    // Two parts past the newest: the answer waits for them (≥ 1 part of 200 ms), no longer.
+    let (msn, part, _) = list.hint();
+    let asked = Instant::now();
+    let q = format!("/cam/main/index.m3u8?_HLS_msn={msn}&_HLS_part={}", part + 1);
+    let blocked = get(http, &q).await.unwrap();
+    let waited = asked.elapsed();
+    assert_eq!(blocked.status, 200);
+    let text = String::from_utf8(blocked.body).unwrap();
+    let listed = |m: u64, p: usize| {
+        text.contains(&format!("/{m}.{p}.m4s\""))
+            || (p > 0 && text.contains(&format!("/{m}.m4s\n")))
+            || text.contains(&format!("/{}.0.m4s\"", m + 1))
+    };
+    assert!(
+        listed(msn, part + 1),
+        "part {msn}.{} not in\n{text}",
+        part + 1
+    );
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_millis(1500),
+        "waited {waited:?}"
+    );
+
+    // Follow the live edge: ask for the hinted part by blocking reload, then fetch it.
+    let mut latencies_ms = Vec::new();
+    let mut text = text;
+    for _ in 0..15 {
+        let (msn, part, uri) = Playlist { text: text.clone() }.hint();
+        let q = format!("/cam/main/index.m3u8?_HLS_msn={msn}&_HLS_part={part}");
+        let reply = get(http, &q).await.unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("cache-control"), Some("public, max-age=6"));
+        text = String::from_utf8(reply.body).unwrap();
+        let parts = Playlist { text: text.clone() }.parts();
+        let Some((_, capture_us, _)) = parts.iter().find(|p| p.0 == uri) else {
+            // The segment ended before that part: the next segment's first one came instead.
+            continue;
+        };
+        let got = get(http, &format!("/cam/main/{uri}")).await.unwrap();
+        assert_eq!(got.status, 200);
+        latencies_ms.push(now_us().saturating_sub(*capture_us) as f64 / 1000.0);
+    }
+    latencies_ms.sort_by(f64::total_cmp);
+    eprintln!("part latency to capture, ms (sorted): {latencies_ms:?}");
+    assert!(latencies_ms.len() >= 10, "{latencies_ms:?}");
+    assert!(
+        *latencies_ms.last().unwrap() <= 1500.0,
+        "a part came {latencies_ms:?} ms after its capture"
+    );
+
+    // The part after the newest, asked for before it exists (the preload hint): it waits.
+    let (_, _, hinted) = Playlist { text: text.clone() }.hint();
+    let asked = Instant::now();
+    let part = get(http, &format!("/cam/main/{hinted}")).await.unwrap();
+    assert_eq!(part.status, 200);
+    assert!(!part.body.is_empty());
+    assert!(asked.elapsed() < Duration::from_millis(1500));
+    assert_eq!(
+        part.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+    let etag = part.header("etag").expect("an ETag").to_string();
+    let again = get_with(
+        http,
+        &format!("/cam/main/{hinted}"),
+        &[("If-None-Match", &etag)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    let init_uri = text
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
+        .unwrap()
+        .trim_end_matches('"');
+    let init = get(http, &format!("/cam/main/{init_uri}")).await.unwrap();
+    assert_eq!(init.status, 200);
+    assert_eq!(&init.body[4..8], b"ftyp");
+    // A plain playlist is short-lived.
+    let plain = get(http, "/cam/main/index.m3u8").await.unwrap();
+    assert_eq!(plain.header("cache-control"), Some("public, max-age=1"));
+    let hls = &web.srv.server.stats.hls;
+    assert!(hls.blocked_reloads.load(Relaxed) >= 2);
+    web.stop().await;
+}
+
+/// With `--token`: the playlist needs it, the media does not (its stream id stands in);
+/// a wrong stream id is 404, bad or too-far queries 400, each counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_guards_the_playlist_and_bad_queries_are_400() {
+    let config = Config {
+        token: Some(Token::new("s3cret").unwrap()),
+        ..Config::default()
+    };
+    let web = start_web(ServerOpts {
+        config,
+        ..ServerOpts::sized(WIDTH, HEIGHT)
+    })
+    .await;
+    let http = web.http;
+    assert_eq!(get(http, "/cam/main/index.m3u8").await.unwrap().status, 401);
+    let ok = get(http, "/cam/main/index.m3u8?token=s3cret")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("cache-control"), Some("public, max-age=1"));
+    let text = String::from_utf8(ok.body).unwrap();
+    let bearer = get_with(http, "/index.m3u8", &[("Authorization", "Bearer s3cret")])
+        .await
+        .unwrap();
+    assert_eq!(bearer.status, 200);
+    // Asked with a header, not by URL: no shared cache may keep it.
+    assert_eq!(bearer.header("cache-control"), Some("private, max-age=1"));
+    assert!(String::from_utf8(bearer.body)
+        .unwrap()
+        .contains("#EXT-X-MAP:URI=\"cam/main/hls/"));
+
+    let segment = text
+        .lines()
+        .find(|l| l.starts_with("hls/") && l.ends_with(".m4s"))
+        .expect("a segment");
+    let media = get(http, &format!("/cam/main/{segment}")).await.unwrap();
+    assert_eq!(media.status, 200, "media without the token");
+    assert_eq!(&media.body[4..8], b"moof");
+    let id = segment.split('/').nth(1).unwrap();
+    let forged = segment.replace(id, &"0".repeat(32));
+    assert_eq!(
+        get(http, &format!("/cam/main/{forged}"))
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    for bad in [
+        "init.mp4x",
+        "1.2.3.m4s",
+        "-1.m4s",
+        "99999999999999999999999.m4s",
+        "..%2F.m4s",
+    ] {
+        let path = format!("/cam/main/hls/{id}/{bad}");
+        assert_eq!(get(http, &path).await.unwrap().status, 404, "{path}");
+    }
+    let (msn, _, _) = Playlist { text }.hint();
+    for query in [
+        "_HLS_part=1".to_string(),
+        "_HLS_msn=abc".to_string(),
+        "_HLS_msn=1&_HLS_msn=2".to_string(),
+        format!("_HLS_msn={}", msn + 5),
+        format!("_HLS_msn={msn}&_HLS_part=40"),
+        format!("_HLS_msn={}", u64::MAX),
+    ] {
+        let path = format!("/cam/main/index.m3u8?token=s3cret&{query}");
+        let reply = get(http, &path).await.unwrap();
+        assert_eq!(reply.status, 400, "{query}");
+    }
+    assert_eq!(
+        get(http, "/cam/nope/index.m3u8?token=s3cret")
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    let hls = &web.srv.server.stats.hls;
+    assert_eq!(hls.refused_bad_request.load(Relaxed), 6);
+    assert!(hls.refused_not_found.load(Relaxed) >= 7);
+    let metrics = get(http, "/metrics?token=s3cret").await.unwrap();
+    let metrics = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        metrics.contains("surv_hls_refused_bad_request_total 6"),
+        "{metrics}"
+    );
+    web.stop().await;
+}
