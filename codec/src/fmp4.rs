@@ -412,10 +412,14 @@ mod tests {
             sync,
         };
         assert!(fragment(7, &[]).unwrap().is_none());
-        let key = fragment(7, &[sample(true), sample(false)]).unwrap().unwrap();
+        let key = fragment(7, &[sample(true), sample(false)])
+            .unwrap()
+            .unwrap();
         assert!(key.independent);
         assert_eq!(key.duration, 6000);
-        let not = fragment(8, &[sample(false), sample(true)]).unwrap().unwrap();
+        let not = fragment(8, &[sample(false), sample(true)])
+            .unwrap()
+            .unwrap();
         assert!(!not.independent);
         // A fragment alone parses, with its sequence number.
         let mut c = Cursor::new(&key.bytes[..]);

@@ -68,7 +68,8 @@ async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
     let mut ffmpeg = Command::new("ffmpeg");
     ffmpeg
         .args(["-v", "error", "-i", &url])
-        .args(["-frames:v", "150", "-f", "framecrc", "-"]);
+        // The stream's own timestamps (capture time): how far behind capture it played.
+        .args(["-copyts", "-frames:v", "150", "-f", "framecrc", "-"]);
     let mut ffprobe = Command::new("ffprobe");
     ffprobe
         .args([
@@ -81,6 +82,7 @@ async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
     let started = Instant::now();
     let (played, probed) = tokio::join!(run(ffmpeg), run(ffprobe));
     let took = started.elapsed();
+    let ended_us = now_us();
     let err = String::from_utf8_lossy(&played.stderr);
     assert!(played.status.success(), "ffmpeg: {err}");
     assert!(err.trim().is_empty(), "ffmpeg complained: {err}");
@@ -103,12 +105,33 @@ async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
     assert_eq!(hls.muxers_started.load(Relaxed), 1, "one muxer for both");
     assert!(hls.segments_served.load(Relaxed) >= 3);
     assert!(hls.playlists_served.load(Relaxed) >= 2);
+    // The media clock is the capture clock (90 kHz from µs since the epoch): how far the
+    // last frame ffmpeg decoded was behind capture when ffmpeg ended.
+    let behind_s = last_pts_s(&played.stdout).map(|pts| ended_us as f64 / 1e6 - pts);
     eprintln!(
-        "ffmpeg: {got} frames of {expected} in {:.1} s (with ffprobe), {} segments served",
+        "ffmpeg: {got} frames of {expected} in {:.1} s (with ffprobe), {} segments served, \
+         its last frame {behind_s:.2?} s behind capture at its end",
         took.as_secs_f64(),
         hls.segments_served.load(Relaxed)
     );
     web.stop().await;
+}
+
+/// The last frame's time in seconds, from framecrc's time base (`#tb 0: 1/90000`).
+fn last_pts_s(stdout: &[u8]) -> Option<f64> {
+    let text = String::from_utf8_lossy(stdout);
+    let tb = text.lines().find_map(|l| l.strip_prefix("#tb 0: "))?;
+    let (num, den) = tb.trim().split_once('/')?;
+    let (num, den): (f64, f64) = (num.parse().ok()?, den.parse().ok()?);
+    let pts: f64 = text
+        .lines()
+        .rfind(|l| !l.starts_with('#'))?
+        .split(',')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(pts * num / den)
 }
 
 /// A playlist's facts the tests need.

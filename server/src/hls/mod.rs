@@ -157,12 +157,6 @@ impl Hls {
         }
     }
 
-    /// A muxer that ends `linger` after its last request (tests).
-    pub fn with_linger(mut self, linger: Duration) -> Hls {
-        self.linger = linger;
-        self
-    }
-
     /// The camera's running muxer, or a new one; `None` if no random id could be drawn.
     pub fn stream(&self, camera: &Arc<Camera>) -> Option<Arc<HlsStream>> {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());

@@ -255,7 +255,7 @@ impl Frame {
         }
         let width = u16::from_be_bytes([*w0, *w1]);
         let height = u16::from_be_bytes([*h0, *h1]);
-        let fits = |d: u16| d > 0 && d % 8 == 0 && d <= MAX_DIMENSION;
+        let fits = |d: u16| d > 0 && d.is_multiple_of(8) && d <= MAX_DIMENSION;
         if !fits(width) || !fits(height) {
             return Err(Unfit::Size { width, height });
         }

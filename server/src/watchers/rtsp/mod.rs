@@ -63,7 +63,7 @@ impl RtspSockets {
         let tcp = TcpListener::bind(tcp).await?;
         let ip = tcp.local_addr()?.ip();
         let (rtp, rtcp) = if udp_port != 0 {
-            if udp_port % 2 != 0 || udp_port == u16::MAX {
+            if !udp_port.is_multiple_of(2) || udp_port == u16::MAX {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "the RTP port must be even, with RTCP on the next one",
