@@ -356,3 +356,52 @@ async fn part(
     // A segment that ended with fewer parts: this one never comes.
     Ok(get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_names_parse_strictly() {
+        assert_eq!(MediaFile::parse("init.mp4"), Some(MediaFile::Init));
+        assert_eq!(MediaFile::parse("17.m4s"), Some(MediaFile::Segment(17)));
+        assert_eq!(MediaFile::parse("17.4.m4s"), Some(MediaFile::Part(17, 4)));
+        for bad in [
+            "",
+            ".m4s",
+            "1..m4s",
+            "1.2.3.m4s",
+            "-1.m4s",
+            "+1.m4s",
+            "1 .m4s",
+            "１.m4s",
+            "99999999999999999999.m4s",
+            "123456789012345678901.m4s",
+            "init.mp4 ",
+            "1.m4",
+            "../1.m4s",
+        ] {
+            assert_eq!(MediaFile::parse(bad), None, "{bad:?}");
+        }
+        assert!(is_media_path("/cam/main/hls/abc/1.m4s"));
+        assert!(!is_media_path("/cam/main/index.m3u8"));
+        assert!(!is_media_path("/cam/main/hls/abc"));
+        assert!(!is_media_path("/cam/main/hls/abc/1.m4s/x"));
+        assert!(!is_media_path("/cam/main/whep/abc/1.m4s"));
+    }
+
+    #[test]
+    fn waiting_requests_are_bounded_and_counted() {
+        let stats = HlsStats::default();
+        let held: Vec<_> = (0..MAX_WAITING)
+            .map(|_| Waiting::enter(&stats).expect("room"))
+            .collect();
+        assert_eq!(stats.waiting.load(Relaxed), MAX_WAITING);
+        assert!(Waiting::enter(&stats).is_none(), "one past the bound");
+        assert_eq!(stats.waiting.load(Relaxed), MAX_WAITING);
+        assert_eq!(stats.blocked_reloads.load(Relaxed), MAX_WAITING as u64);
+        drop(held);
+        assert_eq!(stats.waiting.load(Relaxed), 0);
+        assert!(Waiting::enter(&stats).is_some());
+    }
+}
