@@ -220,6 +220,13 @@ async fn mux(stream: &HlsStream, stats: &HlsStats, linger: Duration) {
     let _demand = feed.demand();
     let fps = camera.capture.shape().fps;
     let mut reader = FeedReader::join(feed.clone(), fps);
+    // An encoded camera's cached GOP can be up to `--gop-secs` long: a first segment that long
+    // would set EXT-X-TARGETDURATION (which may not change) above 1 s for the muxer's life. Its
+    // next keyframe is at most a second away (the join asked for one), so start there. A
+    // camera sending H.264 itself keeps its cached GOP: its segments follow its GOP anyway.
+    let skip_cached = (!feed.is_passthrough())
+        .then(|| reader.first().map(|u| u.seq))
+        .flatten();
     let mut params: Option<ParameterSets> = None;
     // Media sequence numbers from the wall clock's seconds: a restarted muxer's numbers are
     // past the old one's, so a player still asking for the old numbers is answered at once.
@@ -242,6 +249,10 @@ async fn mux(stream: &HlsStream, stats: &HlsStats, linger: Duration) {
             },
         };
         reader.check_lag();
+        if skip_cached == Some(unit.seq) {
+            // The pictures after it are dropped too: nothing starts before a keyframe.
+            continue;
+        }
         if let Some(sets) = &unit.au.parameter_sets {
             match &params {
                 Some(had) if had != sets => break "new parameter sets",
