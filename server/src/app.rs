@@ -85,9 +85,9 @@ pub struct CameraPlan {
     pub motion: bool,
     pub request_port: u16,
     pub tcp_stream_port: u16,
-    /// Where `--forward` (its `forward` key) sends its H.264 as RTP (RTCP to the next port);
-    /// `None`: nowhere.
-    pub forward: Option<SocketAddr>,
+    /// Where `--forward` (its `forward` key) sends its H.264 as RTP (RTCP to the next port),
+    /// each destination its own stream; empty: nowhere.
+    pub forward: Vec<SocketAddr>,
 }
 
 /// A source built by the caller, taken by the first start of its camera (a reload cannot start
@@ -136,7 +136,7 @@ impl CameraPlan {
             motion: false,
             request_port: 0,
             tcp_stream_port: 0,
-            forward: None,
+            forward: Vec::new(),
         }
     }
 }
@@ -430,16 +430,25 @@ impl App {
                 let hub = RequestHub::new(server.clone(), camera.clone(), socket, request.clone());
                 tasks.push(tokio::spawn(hub.run(stop.clone())));
             }
-            if let Some(dest) = plan.forward {
+            // Every destination: its own socket and task reading the one feed (no second
+            // encode: the feed and the packets are the camera's, shared).
+            let mut forwards = Vec::with_capacity(plan.forward.len());
+            for &dest in &plan.forward {
                 let socket = crate::watchers::forward::bind(dest).with_context(|| {
                     format!(
                         "camera {}: forward: binding a UDP socket to send to {dest}",
                         plan.name
                     )
                 })?;
-                let forwarding = Arc::new(Forwarding::new(dest));
+                forwards.push((Arc::new(Forwarding::new(dest)), socket));
+            }
+            if !forwards.is_empty() {
                 // A new camera each start: the cell is empty.
-                let _ = camera.forward.set(forwarding.clone());
+                let _ = camera
+                    .forwards
+                    .set(forwards.iter().map(|(f, _)| f.clone()).collect());
+            }
+            for (forwarding, socket) in forwards {
                 tasks.push(tokio::spawn(crate::watchers::forward::run(
                     plan.name.clone(),
                     camera.capture.h264.clone(),

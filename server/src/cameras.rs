@@ -42,9 +42,10 @@ pub struct Camera {
     pub(crate) rate: RateMeter,
     /// The fan-out thread sending its frames to its UDP viewers, while it runs.
     pub(crate) fanout: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Its `--forward` (set once, when the forward starts): where its RTP goes, the counters,
-    /// the SDP.
-    pub forward: OnceLock<Arc<Forwarding>>,
+    /// Its `--forward`s (set once, when they start), in the order given: where each sends
+    /// its RTP, its counters, its SDP. Each destination is its own RTP stream (SSRC,
+    /// sequence numbers) over the camera's one H.264 feed and its packets made once.
+    pub forwards: OnceLock<Vec<Arc<Forwarding>>>,
     /// Its RTP packets, made once per frame for every RTSP session and the forward.
     pub rtp: Arc<crate::rtp::CameraPackets>,
 }
@@ -72,7 +73,7 @@ impl Camera {
             stop,
             retired: AtomicBool::new(false),
             fanout: Mutex::new(None),
-            forward: OnceLock::new(),
+            forwards: OnceLock::new(),
             rtp: Arc::default(),
         }
     }

@@ -19,6 +19,11 @@
 //! fps = 15
 //! motion = false
 //! forward = "rtp://192.0.2.20:5004"   # its H.264 as RTP, to Janus, GStreamer, ffmpeg
+//!
+//! [[camera]]
+//! name = "gate"
+//! source = "test"
+//! forward = ["rtp://192.0.2.20:5006", "rtp://192.0.2.21:5006"]   # two Janus edges
 //! ```
 //!
 //! Every error names the file's line and what is wrong with it; nothing is half-applied.
@@ -58,9 +63,26 @@ pub struct CameraEntry {
     pub request_port: Option<u16>,
     /// This camera's port for OAK host programs (`--tcp-stream-port` is the first camera's).
     pub tcp_stream_port: Option<u16>,
-    /// Where this camera's H.264 is pushed as RTP, `rtp://HOST:PORT` (`--forward` is the
-    /// first camera's).
-    pub forward: Option<String>,
+    /// Where this camera's H.264 is pushed as RTP, `rtp://HOST:PORT` or a list of them
+    /// (`--forward` is the first camera's).
+    pub forward: Option<Forwards>,
+}
+
+/// A camera's `forward`: one URL, or a list (each destination its own RTP stream).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Forwards {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Forwards {
+    pub fn urls(&self) -> &[String] {
+        match self {
+            Forwards::One(url) => std::slice::from_ref(url),
+            Forwards::Many(urls) => urls,
+        }
+    }
 }
 
 /// A server-wide setting: a flag's long name (as written, `_` turned into `-`) and its value.
@@ -119,12 +141,21 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
                 }
             })?;
             check_name(&entry.name).map_err(|reason| ConfigError { line, reason })?;
-            if let Some(url) = &entry.forward {
+            if let Some(forwards) = &entry.forward {
                 // The form is checked here, for the line; the host is resolved at start.
-                ForwardUrl::parse(url).map_err(|reason| ConfigError {
-                    line: key_line(text, "forward", line.saturating_sub(1)).max(line),
-                    reason: format!("forward: {reason}"),
-                })?;
+                let line = key_line(text, "forward", line.saturating_sub(1)).max(line);
+                if forwards.urls().is_empty() {
+                    return Err(ConfigError {
+                        line,
+                        reason: "forward: an empty list (leave the key out for no forward)".into(),
+                    });
+                }
+                for url in forwards.urls() {
+                    ForwardUrl::parse(url).map_err(|reason| ConfigError {
+                        line,
+                        reason: format!("forward: {reason}"),
+                    })?;
+                }
             }
             if !names.insert(entry.name.clone()) {
                 return Err(ConfigError {
@@ -237,10 +268,34 @@ source-allow = ["192.0.2.0/24"]
         )
         .unwrap();
         assert_eq!(
-            c.cameras[0].0.forward.as_deref(),
-            Some("rtp://127.0.0.1:5004")
+            c.cameras[0].0.forward.as_ref().map(Forwards::urls),
+            Some(&["rtp://127.0.0.1:5004".to_string()][..])
+        );
+        // A list: each destination its own stream.
+        let c = parse(
+            "[[camera]]\nname = \"a\"\nsource = \"test\"\nforward = [\"rtp://127.0.0.1:5004\", \"rtp://[::1]:6000\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.cameras[0].0.forward.as_ref().map(Forwards::urls),
+            Some(
+                &[
+                    "rtp://127.0.0.1:5004".to_string(),
+                    "rtp://[::1]:6000".to_string()
+                ][..]
+            )
         );
         for (text, line, says) in [
+            (
+                "[[camera]]\nname = \"a\"\nsource = \"test\"\nforward = [\"rtp://h:5004\", \"rtp://h\"]\n",
+                4,
+                "forward: \"rtp://h\" has no port",
+            ),
+            (
+                "[[camera]]\nname = \"a\"\nsource = \"test\"\nforward = []\n",
+                4,
+                "forward: an empty list",
+            ),
             (
                 "[[camera]]\nname = \"a\"\nsource = \"test\"\n\nforward = \"http://x\"\n",
                 5,

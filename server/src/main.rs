@@ -160,9 +160,11 @@ struct Args {
     /// Push the camera's H.264 as RTP (RFC 6184, payload type 96) to rtp://HOST:PORT, with an
     /// RTCP sender report every 5 s to PORT+1, for Janus, GStreamer or ffmpeg; its SDP is at
     /// http://…/cam/CAMERA/stream.sdp. HOST: an IP address (unicast or multicast) or a name,
-    /// resolved at start. With --config, the first camera's (each camera's `forward` key).
+    /// resolved at start. Repeat for several destinations (two Janus edges): each gets its
+    /// own RTP stream of the one H.264 encode, and its own counters; the SDP of the Nth is at
+    /// …/stream.sdp?n=N. With --config, the first camera's (each camera's `forward` key).
     #[arg(long, value_name = "URL", value_parser = ForwardUrl::parse)]
-    forward: Option<ForwardUrl>,
+    forward: Vec<ForwardUrl>,
     /// Drop an HTTP client that takes none of what it is sent for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     http_write_timeout: f64,
@@ -709,14 +711,7 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
     if entries.is_empty() {
         check_name(&args.camera_name).map_err(|e| anyhow::anyhow!("--camera-name: {e}"))?;
         let (options, capture) = base(args.size, args.fps, args.quality);
-        let forward = args
-            .forward
-            .as_ref()
-            .map(|url| {
-                url.resolve()
-                    .map_err(|e| anyhow::anyhow!("--forward {url}: {e}"))
-            })
-            .transpose()?;
+        let forward = resolve_forwards(&args.forward, "--forward", &[])?;
         return Ok(vec![CameraPlan {
             name: args.camera_name.clone(),
             source,
@@ -799,32 +794,21 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
                 bail!("{at}: {key} {port} is another camera's already");
             }
         }
-        // The server-wide --forward is the first camera's too. The file's URL was checked
+        // The server-wide --forward is the first camera's too. The file's URLs were checked
         // when it was parsed.
         let forward = match (&entry.forward, i) {
-            (Some(text), _) => Some(
-                ForwardUrl::parse(text)
-                    .and_then(|url| url.resolve())
-                    .map_err(|e| anyhow::anyhow!("{at}: forward: {e}"))?,
-            ),
-            (None, 0) => args
-                .forward
-                .as_ref()
-                .map(|url| {
-                    url.resolve()
-                        .map_err(|e| anyhow::anyhow!("--forward {url}: {e}"))
-                })
-                .transpose()?,
-            (None, _) => None,
-        };
-        if let Some(dest) = forward {
-            if let Some(other) = plans.iter().find(|p| p.forward == Some(dest)) {
-                bail!(
-                    "{at}: forward {dest} is camera {}'s already (two streams to one port mix)",
-                    other.name
-                );
+            (Some(list), _) => {
+                let urls = list
+                    .urls()
+                    .iter()
+                    .map(|text| ForwardUrl::parse(text))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("{at}: forward: {e}"))?;
+                resolve_forwards(&urls, &format!("{at}: forward"), &plans)?
             }
-        }
+            (None, 0) => resolve_forwards(&args.forward, "--forward", &plans)?,
+            (None, _) => Vec::new(),
+        };
         plans.push(CameraPlan {
             name: entry.name.clone(),
             source,
@@ -838,6 +822,33 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
         });
     }
     Ok(plans)
+}
+
+/// Resolves a camera's forward destinations (`what` names them in errors): each must be
+/// another camera's in `plans` no more than a second time this camera's, since two streams
+/// sent to one port mix.
+fn resolve_forwards(
+    urls: &[ForwardUrl],
+    what: &str,
+    plans: &[CameraPlan],
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut dests: Vec<SocketAddr> = Vec::with_capacity(urls.len());
+    for url in urls {
+        let dest = url
+            .resolve()
+            .map_err(|e| anyhow::anyhow!("{what} {url}: {e}"))?;
+        if dests.contains(&dest) {
+            bail!("{what} {url}: {dest} is given twice (two streams to one port mix)");
+        }
+        if let Some(other) = plans.iter().find(|p| p.forward.contains(&dest)) {
+            bail!(
+                "{what} {url}: {dest} is camera {}'s already (two streams to one port mix)",
+                other.name
+            );
+        }
+        dests.push(dest);
+    }
+    Ok(dests)
 }
 
 /// How often free memory goes back to the system (see [`release_memory_every`]).

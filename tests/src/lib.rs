@@ -81,8 +81,9 @@ pub struct ServerOpts {
     pub rtsp: bool,
     /// The RTSP session timeout (`--rtsp-session-timeout`); `None`: the default.
     pub rtsp_session_timeout: Option<Duration>,
-    /// Where the first camera pushes its H.264 as RTP (`--forward`); `None`: nowhere.
-    pub forward: Option<SocketAddr>,
+    /// Where the first camera pushes its H.264 as RTP (`--forward`, each destination its own
+    /// stream); empty: nowhere.
+    pub forward: Vec<SocketAddr>,
     /// Serve HTTP on a free port: [`TestServer::http_addr`].
     pub http: bool,
     /// Serve WebRTC on a free UDP port of 127.0.0.1 (offers by WHEP over HTTP, which this turns
@@ -104,7 +105,7 @@ impl Default for ServerOpts {
             motion: None,
             rtsp: false,
             rtsp_session_timeout: None,
-            forward: None,
+            forward: Vec::new(),
             http: false,
             webrtc: false,
         }
@@ -271,7 +272,7 @@ pub async fn start_server_cameras(
         first.tcp_stream_port = opts.tcp_stream_port;
         first.request_port = opts.request_port;
         first.motion = opts.motion.is_some();
-        first.forward = opts.forward;
+        first.forward = opts.forward.clone();
     }
     let mut plan = Plan {
         cameras,

@@ -42,7 +42,7 @@ fn free_even_port() -> u16 {
 /// without a forward, `--token`, and HTTP on a free port.
 async fn forwarding_server(dest: SocketAddr) -> (TestServer, SocketAddr, JoinHandle<()>) {
     let opts = ServerOpts {
-        forward: Some(dest),
+        forward: vec![dest],
         config: Config {
             token: Some(Token::new(TOKEN).unwrap()),
             ..Config::default()
@@ -179,14 +179,14 @@ async fn gstreamer_and_ffmpeg_play_the_forward_from_its_sdp() {
     );
 
     let camera = srv.server.cameras.get("main").unwrap();
-    let forward = camera.forward.get().unwrap().clone();
+    let forward = camera.forwards.get().unwrap()[0].clone();
     assert_eq!(forward.dest, dest);
     assert!(srv
         .server
         .cameras
         .get("door")
         .unwrap()
-        .forward
+        .forwards
         .get()
         .is_none());
     let s = &forward.stats;
@@ -204,16 +204,21 @@ async fn gstreamer_and_ffmpeg_play_the_forward_from_its_sdp() {
     assert_eq!(main["name"], "main");
     assert_eq!(main["forward"]["destination"], dest.to_string());
     assert!(main["forward"]["frames"].as_u64().unwrap() >= 120, "{main}");
+    assert_eq!(main["forwards"][0], main["forward"], "{main}");
     assert!(json["cameras"][1].get("forward").is_none(), "{body}");
     let (_, _, metrics) = get(http, &with_token("/metrics")).await;
     let frames: u64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("surv_forward_frames_total{camera=\"main\"} "))
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "surv_forward_frames_total{{camera=\"main\",destination=\"{dest}\"}} "
+            ))
+        })
         .unwrap_or_else(|| panic!("no forward frames in /metrics:\n{metrics}"))
         .parse()
         .unwrap();
     assert!(frames >= 120, "{frames}");
-    assert!(!metrics.contains("surv_forward_frames_total{camera=\"door\"}"));
+    assert!(!metrics.contains("surv_forward_frames_total{camera=\"door\""));
 
     srv.shutdown.cancel();
     timeout(IO_TIMEOUT, web).await.unwrap().unwrap();
@@ -253,7 +258,7 @@ async fn a_reload_moves_the_forward() {
     let (dest_a, dest_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
     let srv = start_server_cameras(
         ServerOpts {
-            forward: Some(dest_a),
+            forward: vec![dest_a],
             ..ServerOpts::sized(160, 96)
         },
         vec![("main", test_pattern(160, 96, 30))],
@@ -263,7 +268,7 @@ async fn a_reload_moves_the_forward() {
     let ssrc_a = first_ssrc(&a).await;
 
     let moved = CameraPlan {
-        forward: Some(dest_b),
+        forward: vec![dest_b],
         ..CameraPlan::given("main", test_pattern(160, 96, 30), capture_config(160, 96))
     };
     let done = srv.app.reload(vec![moved]).await;
@@ -279,16 +284,90 @@ async fn a_reload_moves_the_forward() {
         "the old destination still gets RTP"
     );
     let camera = srv.server.cameras.get("main").unwrap();
-    assert_eq!(camera.forward.get().unwrap().dest, dest_b);
-    let sdp = camera
-        .forward
-        .get()
-        .unwrap()
+    assert_eq!(camera.forwards.get().unwrap()[0].dest, dest_b);
+    let sdp = camera.forwards.get().unwrap()[0]
         .sdp("main", &camera.capture.h264, 30)
         .await;
     assert!(
         sdp.contains(&format!("m=video {} RTP/AVP 96", dest_b.port())),
         "{sdp}"
     );
+    srv.stop().await.unwrap();
+}
+
+/// Two destinations (two Janus edges): each gets its own RTP stream (its own SSRC and
+/// counters) of the camera's one H.264 encode, `/status` and `/metrics` count each, and the
+/// SDP of the second is at `stream.sdp?n=2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_destinations_get_their_own_streams_of_one_encode() {
+    let _serial = heavy().await;
+    let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (dest_a, dest_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let srv = start_server_cameras(
+        ServerOpts {
+            forward: vec![dest_a, dest_b],
+            ..ServerOpts::sized(160, 96)
+        },
+        vec![("main", test_pattern(160, 96, 30))],
+    )
+    .await
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    let web = tokio::spawn(surv_server::http::serve(
+        srv.server.clone(),
+        listener,
+        srv.shutdown.clone(),
+    ));
+    let (ssrc_a, ssrc_b) = (first_ssrc(&a).await, first_ssrc(&b).await);
+    assert_ne!(ssrc_a, ssrc_b, "one stream per destination");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let camera = srv.server.cameras.get("main").unwrap();
+    let forwards = camera.forwards.get().unwrap().clone();
+    assert_eq!(
+        forwards.iter().map(|f| f.dest).collect::<Vec<_>>(),
+        [dest_a, dest_b]
+    );
+    let frames: Vec<u64> = forwards
+        .iter()
+        .map(|f| f.stats.frames.load(Relaxed))
+        .collect();
+    assert!(frames.iter().all(|&n| n >= 20), "{frames:?}");
+    // One encode for both: the encoder made about as many pictures as one forward sent.
+    let encodes = camera.capture.stats.h264_encodes.load(Relaxed);
+    let most = frames.iter().copied().max().unwrap();
+    assert!(
+        encodes <= most + 10,
+        "{encodes} encodes for {frames:?} frames forwarded"
+    );
+    assert!(forwards
+        .iter()
+        .all(|f| f.stats.send_errors.load(Relaxed) == 0));
+
+    let (status, _, body) = get(http, "/status").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = json["cameras"][0]["forwards"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "{body}");
+    assert_eq!(listed[1]["destination"], dest_b.to_string());
+    let (_, _, metrics) = get(http, "/metrics").await;
+    for dest in [dest_a, dest_b] {
+        let line = format!("surv_forward_frames_total{{camera=\"main\",destination=\"{dest}\"}} ");
+        assert!(metrics.contains(&line), "{line:?} missing from:\n{metrics}");
+    }
+    let (status, _, sdp) = get(http, "/cam/main/stream.sdp?n=2").await;
+    assert_eq!(status, 200, "{sdp}");
+    assert!(
+        sdp.contains(&format!("m=video {} RTP/AVP 96", dest_b.port())),
+        "{sdp}"
+    );
+    for n in ["0", "3", "x"] {
+        let (status, _, body) = get(http, &format!("/cam/main/stream.sdp?n={n}")).await;
+        assert!(status == 404 || status == 400, "n={n}: {status} {body}");
+    }
+    srv.shutdown.cancel();
+    timeout(IO_TIMEOUT, web).await.unwrap().unwrap();
     srv.stop().await.unwrap();
 }

@@ -17,7 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::HttpState;
 use crate::capture::{CaptureStats, SourceState};
-use crate::watchers::forward::ForwardStats;
+use crate::watchers::forward::{ForwardStats, Forwarding};
 use crate::watchers::RefusalCause;
 use crate::{Camera, Server};
 
@@ -197,24 +197,30 @@ impl Collector for ServerCollector {
             "IDR pictures forced for H.264 watchers that joined or fell behind.",
             |c| c.keyframes_forced.load(Relaxed),
         )?;
-        // The `--forward` of each camera that has one.
-        let forwarding: Vec<_> = cams
+        // Every `--forward` destination of each camera, labelled with both.
+        let forwarding: Vec<(&str, String, Arc<Forwarding>)> = cams
             .iter()
-            .filter_map(|c| c.forward.get().map(|f| (c.name.as_str(), f.clone())))
+            .flat_map(|c| {
+                c.forwards
+                    .get()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| (c.name.as_str(), f.dest.to_string(), f.clone()))
+            })
             .collect();
-        let forward_counter =
-            |e: &mut DescriptorEncoder, name: &str, help: &str, f: fn(&ForwardStats) -> u64| {
-                family(
-                    e,
-                    name,
-                    help,
-                    "camera",
-                    forwarding
-                        .iter()
-                        .map(|(name, fw)| (*name, ConstCounter::new(f(&fw.stats)))),
-                    MetricType::Counter,
-                )
-            };
+        let forward_counter = |e: &mut DescriptorEncoder,
+                               name: &str,
+                               help: &str,
+                               f: fn(&ForwardStats) -> u64|
+         -> std::fmt::Result {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (camera, dest, fw) in &forwarding {
+                ConstCounter::new(f(&fw.stats)).encode(
+                    m.encode_family(&[("camera", *camera), ("destination", dest.as_str())])?,
+                )?;
+            }
+            Ok(())
+        };
         forward_counter(
             e,
             "forward_frames",

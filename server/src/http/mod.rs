@@ -2,7 +2,8 @@
 //! (`/stream.mjpg`, one watcher of kind `http` per client), the newest frame (`/snapshot.jpg`),
 //! the server's state as JSON (`/status`) and as Prometheus text (`/metrics`), the SDP of a
 //! camera's `--forward` (`/cam/<name>/stream.sdp`), WebRTC offers by WHEP
-//! (`/cam/<name>/whep`, `whep.rs`) and LL-HLS (`/cam/<name>/index.m3u8`, `hls.rs`).
+//! (`/cam/<name>/whep`, `whep.rs`), LL-HLS (`/cam/<name>/index.m3u8`, `hls.rs`), and readiness
+//! and liveness for load balancers (`/healthz`, `/livez`, `health.rs`).
 //!
 //! axum routes the requests; each connection is served by hyper's HTTP/1 connection in a task
 //! of its own, with three bounds: a request's headers must arrive within
@@ -16,6 +17,7 @@
 //! Every request passes `admit` first: the one place where a request is let in or turned
 //! away (access control goes there).
 
+mod health;
 mod hls;
 mod io;
 mod metrics;
@@ -33,7 +35,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -41,6 +43,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -111,6 +114,8 @@ pub(crate) struct HttpState {
     pub webrtc: Option<Webrtc>,
     /// The cameras' LL-HLS muxers.
     pub hls: crate::hls::Hls,
+    /// The server's: `/healthz` answers 503 once it is cancelled.
+    pub shutdown: CancellationToken,
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then gives its connections [`SHUTDOWN_GRACE`]
@@ -135,6 +140,7 @@ pub async fn serve_with(
         server,
         tracker: tracker.clone(),
         webrtc,
+        shutdown: shutdown.clone(),
     });
     tracker.spawn(crate::end_cameras_with(
         state.server.clone(),
@@ -237,6 +243,8 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         )
         .route("/status", get(status::status))
         .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::ready))
+        .route("/livez", get(health::live))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(middleware::from_fn(whep::cors))
         .with_state(state)
@@ -251,13 +259,16 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
 /// answered 429 with `Retry-After` (its token unchecked), counted the same way. A browser's
 /// CORS preflight (`OPTIONS`) of a WHEP resource carries no credentials and reveals nothing:
 /// it is let in. So is LL-HLS media: its unguessable stream id, told only by the playlist
-/// (which needs the token), stands in for the token, so that caches share it (`hls.rs`).
+/// (which needs the token), stands in for the token, so that caches share it (`hls.rs`). So
+/// are `/healthz` and `/livez` (a load balancer's probe has no token; they reveal only how
+/// many cameras deliver, see `health.rs`).
 async fn admit(State(http): State<Arc<HttpState>>, request: Request, next: Next) -> Response {
     let server = &http.server;
     let path = request.uri().path();
     let public = (server.config.metrics_public && path == "/metrics")
         || (request.method() == axum::http::Method::OPTIONS && whep::is_whep_path(path))
-        || hls::is_media_path(path);
+        || hls::is_media_path(path)
+        || health::is_health_path(path);
     if !server.access.requires_token() || public {
         return next.run(request).await;
     }
@@ -324,16 +335,35 @@ async fn home(State(http): State<Arc<HttpState>>) -> Response {
     page().await.into_response()
 }
 
-/// `GET /cam/<name>/stream.sdp`: the SDP of the camera's `--forward`, for a receiver to read
-/// its RTP with (`ffmpeg -i`, GStreamer's `sdpdemux`); 404 for a camera without a forward.
-async fn forward_sdp(State(http): State<Arc<HttpState>>, Path(name): Path<String>) -> Response {
+/// `?n=N` on `/cam/<name>/stream.sdp`: which of the camera's forwards, from 1.
+#[derive(Debug, Deserialize)]
+struct SdpQuery {
+    n: Option<usize>,
+}
+
+/// `GET /cam/<name>/stream.sdp[?n=N]`: the SDP of the camera's `--forward` (its Nth
+/// destination's; the first by default), for a receiver to read its RTP with (`ffmpeg -i`,
+/// GStreamer's `sdpdemux`); 404 for a camera without a forward, or without an Nth.
+async fn forward_sdp(
+    State(http): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+    Query(query): Query<SdpQuery>,
+) -> Response {
     let camera = match http.server.cameras.pick(Some(&name)) {
         Ok(camera) => camera,
         Err(why) => return no_such_camera(why),
     };
-    let Some(forward) = camera.forward.get() else {
+    let forwards = camera.forwards.get().map_or(&[][..], Vec::as_slice);
+    if forwards.is_empty() {
         return no_such_camera(format!(
             "camera {name:?} has no forward (set --forward or its `forward` key)"
+        ));
+    }
+    let n = query.n.unwrap_or(1);
+    let Some(forward) = n.checked_sub(1).and_then(|i| forwards.get(i)) else {
+        return no_such_camera(format!(
+            "camera {name:?} has {} forward destination(s), numbered from 1; no {n}",
+            forwards.len()
         ));
     };
     let sdp = forward

@@ -110,9 +110,13 @@ pub struct CameraStatus {
     pub h264: H264Status,
     /// Frames made into RTP packets (once per frame, for every RTSP session and the forward).
     pub rtp_frames_packetized: u64,
-    /// Its `--forward`, when it has one.
+    /// Its first `--forward`, when it has one (what `forwards` begins with; kept for the
+    /// readers of one forward).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward: Option<ForwardStatus>,
+    /// Every `--forward` destination, in the order given, each with its own counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<ForwardStatus>,
 }
 
 /// A camera's `--forward`: where its RTP goes, and what went.
@@ -160,6 +164,26 @@ impl CameraStatus {
         let shape = camera.capture.shape();
         let published = c.published.load(Relaxed);
         let m = &camera.motion;
+        let forwards: Vec<ForwardStatus> = camera
+            .forwards
+            .get()
+            .map(|list| {
+                list.iter()
+                    .map(|f| {
+                        let s = &f.stats;
+                        ForwardStatus {
+                            destination: f.dest.to_string(),
+                            frames: s.frames.load(Relaxed),
+                            packets: s.packets.load(Relaxed),
+                            bytes: s.bytes.load(Relaxed),
+                            frames_skipped: s.frames_skipped.load(Relaxed),
+                            sender_reports: s.sender_reports.load(Relaxed),
+                            send_errors: s.send_errors.load(Relaxed),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         CameraStatus {
             name: camera.name.clone(),
             source: SourceStatus {
@@ -197,18 +221,8 @@ impl CameraStatus {
                 keyframes_forced: c.keyframes_forced.load(Relaxed),
             },
             rtp_frames_packetized: camera.rtp.h264.made() + camera.rtp.jpeg.made(),
-            forward: camera.forward.get().map(|f| {
-                let s = &f.stats;
-                ForwardStatus {
-                    destination: f.dest.to_string(),
-                    frames: s.frames.load(Relaxed),
-                    packets: s.packets.load(Relaxed),
-                    bytes: s.bytes.load(Relaxed),
-                    frames_skipped: s.frames_skipped.load(Relaxed),
-                    sender_reports: s.sender_reports.load(Relaxed),
-                    send_errors: s.send_errors.load(Relaxed),
-                }
-            }),
+            forward: forwards.first().cloned(),
+            forwards,
         }
     }
 }

@@ -232,6 +232,7 @@ mod tests {
             server: server.clone(),
             tracker,
             webrtc: Some(webrtc),
+            shutdown: shutdown.clone(),
         });
         std::mem::forget(log_dir);
         (super::super::router(state), server, capture, shutdown)
