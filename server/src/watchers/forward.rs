@@ -1,7 +1,10 @@
 //! `--forward rtp://HOST:PORT` (a camera's `forward` key): the camera's H.264 pushed as RTP
-//! (RFC 6184, payload type 96) to one fixed address, for a media server or a player that reads
+//! (RFC 6184, payload type 96) to a fixed address, for a media server or a player that reads
 //! an SDP file (Janus, GStreamer's `sdpdemux`, `ffmpeg -i s.sdp`). Nobody asks for it: it runs
-//! from the camera's start to its end, and its SDP is at `GET /cam/<name>/stream.sdp`.
+//! from the camera's start to its end, and its SDP is at `GET /cam/<name>/stream.sdp`. A camera
+//! may forward to several addresses (two Janus edges): each is one `run` here, with its own
+//! socket, SSRC and counters, reading the same feed and the camera's packets made once, so a
+//! second destination adds sends, not an encode (`?n=N` on the SDP's URL picks the Nth).
 //!
 //! ```text
 //!  H264Feed ──join(): GOP, then live──▶ packetize (one SSRC, one seq run) ──UDP──▶ HOST:PORT

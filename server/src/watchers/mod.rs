@@ -18,8 +18,9 @@
 //! * HTTP MJPEG clients (`crate::http`, kind [`WatcherKind::Http`]) are driven by [`stream`].
 //! * [`webrtc`]: browsers and WebRTC players by WHEP (`POST /cam/<name>/whep`), all on one UDP
 //!   port (`--webrtc-port`), the camera's one H.264 stream to each.
-//! * [`forward`]: not a watcher but a push: a camera's H.264 as RTP to one fixed address
-//!   (`--forward`), from the camera's start to its end, never admitted or journalled.
+//! * [`forward`]: not a watcher but a push: a camera's H.264 as RTP to fixed addresses
+//!   (`--forward`, each its own stream), from the camera's start to its end, never admitted
+//!   or journalled.
 //!
 //! The registry also keeps, per live watcher, where its tally can be read while it is live
 //! ([`TallySource`]), for `/status`; and the server counts refusals by [`RefusalCause`].
