@@ -824,9 +824,8 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
     Ok(plans)
 }
 
-/// Resolves a camera's forward destinations (`what` names them in errors): each must be
-/// another camera's in `plans` no more than a second time this camera's, since two streams
-/// sent to one port mix.
+/// Resolves a camera's forward destinations (`what` names them in errors). None may be given
+/// twice, nor be another camera's (in `plans`): two streams sent to one port mix.
 fn resolve_forwards(
     urls: &[ForwardUrl],
     what: &str,
