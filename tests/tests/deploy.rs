@@ -62,7 +62,7 @@ fn free_even_udp_port() -> u16 {
     loop {
         let rtp = std::net::UdpSocket::bind("127.0.0.1:0").expect("binding a UDP port");
         let port = rtp.local_addr().expect("its address").port();
-        if port % 2 == 0
+        if port.is_multiple_of(2)
             && port < u16::MAX
             && std::net::UdpSocket::bind(("0.0.0.0", port + 1)).is_ok()
         {
