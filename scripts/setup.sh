@@ -17,12 +17,13 @@ set -euo pipefail
 # (vlc-bin + vlc-plugin-base, played headless with cvlc). python3-venv: the venv below. janus:
 # the WebRTC gateway the Janus test starts (streaming plugin, HTTP transport) on surv's
 # --forward (deploy/janus/); the package's own service is not used. systemd: systemd-analyze,
-# which checks deploy/surv-server.service in the tests.
+# which checks deploy/surv-server.service in the tests. nginx-light: the HLS edge cache the tests
+# run from deploy/nginx-edge.conf (its own processes; the package's service is not used).
 PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium
   xvfb openbox xdotool wmctrl imagemagick
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
   gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients nftables
-  gstreamer1.0-libav gstreamer1.0-plugins-bad vlc-bin vlc-plugin-base python3-venv janus systemd)
+  gstreamer1.0-libav gstreamer1.0-plugins-bad vlc-bin vlc-plugin-base python3-venv janus systemd nginx-light)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

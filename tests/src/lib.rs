@@ -2,13 +2,15 @@
 //! pattern, a viewer that does exactly what seed 003's viewer does, and a raw viewer whose
 //! misbehaviour (loss, silence, spoofing) a test controls. Beside them: `fixtures` (test JPEGs,
 //! the child reaper), `child` (programs run under a time limit), `media` (ffmpeg and ffprobe
-//! judging recorded files), `chromium` (a headless browser driven over its DevTools pipe).
+//! judging recorded files), `chromium` (a headless browser driven over its DevTools pipe),
+//! `nginx` (an HLS edge cache from deploy/nginx-edge.conf).
 
 pub mod child;
 pub mod chromium;
 pub mod fixtures;
 pub mod media;
 pub mod motion_script;
+pub mod nginx;
 pub mod standins;
 
 use std::net::SocketAddr;

@@ -306,6 +306,21 @@ async fn blocking_reloads_wait_for_the_part_and_parts_are_immutable() {
     assert_eq!(plain.header("cache-control"), Some("public, max-age=1"));
     let hls = &web.srv.server.stats.hls;
     assert!(hls.blocked_reloads.load(Relaxed) >= 2);
+    // /status tells the same counters (nothing else asks for parts or playlists now).
+    let status: serde_json::Value =
+        serde_json::from_slice(&get(http, "/status").await.unwrap().body).unwrap();
+    let of = |name: &str| status["hls"][name].as_u64();
+    assert_eq!(of("muxers"), Some(1), "{status}");
+    assert_eq!(of("waiting"), Some(0), "{status}");
+    for (name, counter) in [
+        ("blocked_reloads", &hls.blocked_reloads),
+        ("parts_served", &hls.parts_served),
+        ("playlists_served", &hls.playlists_served),
+        ("inits_served", &hls.inits_served),
+        ("not_modified", &hls.not_modified),
+    ] {
+        assert_eq!(of(name), Some(counter.load(Relaxed)), "{name} in {status}");
+    }
     web.stop().await;
 }
 
@@ -395,5 +410,100 @@ async fn the_token_guards_the_playlist_and_bad_queries_are_400() {
         metrics.contains("surv_hls_refused_bad_request_total 6"),
         "{metrics}"
     );
+    web.stop().await;
+}
+
+/// Two nginx edges from `deploy/nginx-edge.conf`, each its own process on loopback with its own
+/// cache, in front of the origin; three LL-HLS players on each follow the live edge (blocking
+/// reload for the hinted part, then the part). Every player gets every part it asks for,
+/// within 1.5 s of its capture, while the origin serves each part at most once per edge and
+/// far fewer playlists than the players ask for: the players cost the origin nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nginx_edges_cache_the_origin_for_their_players() {
+    const PLAYERS_PER_EDGE: usize = 3;
+    const PARTS: usize = 10;
+    let _heavy = surv_tests::heavy().await;
+    let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
+    let edges = [
+        surv_tests::nginx::Edge::start(web.http).unwrap(),
+        surv_tests::nginx::Edge::start(web.http).unwrap(),
+    ];
+    let hls = &web.srv.server.stats.hls;
+    // The muxer starts with the first request; its parts then come every 200 ms.
+    let first = get(edges[0].addr, "/cam/main/index.m3u8").await.unwrap();
+    assert_eq!(first.status, 200, "{}", edges[0].log());
+    let (parts0, playlists0) = (
+        hls.parts_served.load(Relaxed),
+        hls.playlists_served.load(Relaxed),
+    );
+
+    let mut players = Vec::new();
+    for edge in &edges {
+        for _ in 0..PLAYERS_PER_EDGE {
+            let addr = edge.addr;
+            players.push(tokio::spawn(async move {
+                let mut text =
+                    String::from_utf8(get(addr, "/cam/main/index.m3u8").await.unwrap().body)
+                        .unwrap();
+                let (mut got, mut asked, mut hits, mut worst_ms) = (Vec::new(), 0, 0, 0.0f64);
+                while got.len() < PARTS && asked < 3 * PARTS {
+                    asked += 1;
+                    let (msn, part, uri) = Playlist { text: text.clone() }.hint();
+                    let q = format!("/cam/main/index.m3u8?_HLS_msn={msn}&_HLS_part={part}");
+                    let reply = get(addr, &q).await.unwrap();
+                    assert_eq!(reply.status, 200);
+                    text = String::from_utf8(reply.body).unwrap();
+                    let parts = Playlist { text: text.clone() }.parts();
+                    let Some((_, capture_us, _)) = parts.iter().find(|p| p.0 == uri) else {
+                        continue; // the segment ended first: follow the new hint
+                    };
+                    let part = get(addr, &format!("/cam/main/{uri}")).await.unwrap();
+                    assert_eq!(part.status, 200);
+                    assert!(!part.body.is_empty());
+                    if part.header("x-cache") == Some("HIT") {
+                        hits += 1;
+                    }
+                    worst_ms = worst_ms.max(now_us().saturating_sub(*capture_us) as f64 / 1e3);
+                    got.push(uri);
+                }
+                (got, hits, worst_ms)
+            }));
+        }
+    }
+    let mut distinct = std::collections::BTreeSet::new();
+    let (mut fetched, mut hits) = (0, 0);
+    for player in players {
+        let (got, h, worst_ms) = player.await.unwrap();
+        assert_eq!(got.len(), PARTS, "a player got {got:?}");
+        assert!(
+            worst_ms <= 1500.0,
+            "a part came {worst_ms} ms after capture"
+        );
+        fetched += got.len();
+        hits += h;
+        distinct.extend(got);
+    }
+    let origin_parts = hls.parts_served.load(Relaxed) - parts0;
+    let origin_playlists = hls.playlists_served.load(Relaxed) - playlists0;
+    eprintln!(
+        "{} players fetched {fetched} parts ({} distinct, {hits} cache hits at the edges); \
+         the origin served {origin_parts} parts and {origin_playlists} playlists",
+        edges.len() * PLAYERS_PER_EDGE,
+        distinct.len()
+    );
+    assert!(hits > 0, "no cache hit at an edge");
+    assert!(
+        origin_parts <= (edges.len() * distinct.len()) as u64,
+        "{origin_parts} parts from the origin for {} distinct ones through {} edges",
+        distinct.len(),
+        edges.len()
+    );
+    // Each player asked for at least PARTS + 1 playlists; the edges' locks share them.
+    let asked = (edges.len() * PLAYERS_PER_EDGE * (PARTS + 1)) as u64;
+    assert!(
+        origin_playlists * 2 <= asked,
+        "{origin_playlists} playlists from the origin for {asked} asked"
+    );
+    drop(edges);
     web.stop().await;
 }

@@ -49,6 +49,53 @@ pub struct Status {
     pub cameras: Vec<CameraStatus>,
     /// The WebRTC server: its counters and each live peer.
     pub webrtc: WebrtcStatus,
+    /// LL-HLS: its muxers and what it served, every camera together.
+    pub hls: HlsStatus,
+}
+
+/// LL-HLS's counters (the same as `/metrics`' `surv_hls_*`): what an origin behind HTTP caches
+/// served, against what it made.
+#[derive(Debug, Serialize)]
+pub struct HlsStatus {
+    /// Muxers running now (one per camera that a player asked for in the last 30 s).
+    pub muxers: usize,
+    pub muxers_started: u64,
+    pub parts_made: u64,
+    pub segments_made: u64,
+    pub playlists_served: u64,
+    pub blocked_reloads: u64,
+    /// Requests waiting now for a part to exist.
+    pub waiting: usize,
+    pub wait_timeouts: u64,
+    pub parts_served: u64,
+    pub segments_served: u64,
+    pub inits_served: u64,
+    pub not_modified: u64,
+    pub refused_bad_request: u64,
+    pub refused_busy: u64,
+    pub refused_not_found: u64,
+}
+
+impl HlsStatus {
+    fn of(h: &crate::hls::HlsStats) -> HlsStatus {
+        HlsStatus {
+            muxers: h.muxers.load(Relaxed),
+            muxers_started: h.muxers_started.load(Relaxed),
+            parts_made: h.parts_made.load(Relaxed),
+            segments_made: h.segments_made.load(Relaxed),
+            playlists_served: h.playlists_served.load(Relaxed),
+            blocked_reloads: h.blocked_reloads.load(Relaxed),
+            waiting: h.waiting.load(Relaxed),
+            wait_timeouts: h.wait_timeouts.load(Relaxed),
+            parts_served: h.parts_served.load(Relaxed),
+            segments_served: h.segments_served.load(Relaxed),
+            inits_served: h.inits_served.load(Relaxed),
+            not_modified: h.not_modified.load(Relaxed),
+            refused_bad_request: h.refused_bad_request.load(Relaxed),
+            refused_busy: h.refused_busy.load(Relaxed),
+            refused_not_found: h.refused_not_found.load(Relaxed),
+        }
+    }
 }
 
 /// The WebRTC server's counters, and per peer its round-trip time, bit rate and loss.
@@ -471,6 +518,7 @@ impl Status {
             sessions,
             cameras,
             webrtc: WebrtcStatus::of(&server.stats.webrtc),
+            hls: HlsStatus::of(&server.stats.hls),
         }
     }
 }
