@@ -25,6 +25,10 @@
 //! With `--webrtc N`, the watchers are N WebRTC viewers by WHEP, each a str0m peer (see
 //! `webrtc.rs`).
 //!
+//! With `--hls N`, the watchers are N LL-HLS players, straight to the origin or through
+//! `--edges K` nginx edges (or `--via URL` caches): parts per player in time, and what the
+//! origin served per part it made (see `hls.rs`).
+//!
 //! With `--churn-secs`, viewers keep joining and leaving for that long and the server's RSS is
 //! printed periodically instead (the memory-growth run).
 //!
@@ -44,7 +48,7 @@
 //! `http_clients.rs` (their clients), `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the
 //! apps run), `cameras.rs` (the many-cameras run), `rtsp.rs` (the RTSP runs, and their GStreamer
 //! yardstick), `rtsp_watchers.rs` (their players), `glass.rs` (the browser's latency),
-//! `webrtc.rs` (the WebRTC viewers).
+//! `webrtc.rs` (the WebRTC viewers), `hls.rs` (the LL-HLS players).
 
 mod cameras;
 mod chaos;
@@ -54,6 +58,7 @@ mod churn;
 mod delay;
 mod glass;
 mod gst;
+mod hls;
 mod http;
 mod http_clients;
 mod measure;
@@ -213,6 +218,22 @@ struct Args {
     /// viewer, server CPU per viewer, encodes per captured frame (see `webrtc.rs`).
     #[arg(long, value_name = "N")]
     webrtc: Option<usize>,
+    /// N LL-HLS players instead, each following the live edge by blocking reloads: parts per
+    /// player in time, part arrival after capture, what the origin served per part it made, its
+    /// CPU (see `hls.rs`). Straight to the origin unless --edges or --via.
+    #[arg(long, value_name = "N")]
+    hls: Option<usize>,
+    /// In an HLS run, start this many nginx edges from deploy/nginx-edge.conf in front of the
+    /// origin (their own processes on loopback) and spread the players over them.
+    #[arg(long, default_value_t = 0)]
+    edges: usize,
+    /// In an HLS run, play through this HTTP cache (http://HOST:PORT) instead; repeat for
+    /// several. They must reach the origin this tool starts, on --http-port.
+    #[arg(long, value_name = "URL")]
+    via: Vec<String>,
+    /// In an HLS run, the origin's HTTP port (default: a free one; needed with --via).
+    #[arg(long)]
+    http_port: Option<u16>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -222,6 +243,10 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(n) = args.webrtc {
         return webrtc::run(&args, n);
+    }
+    if let Some(n) = args.hls {
+        surv_server::sys::raise_fd_limit().ok();
+        return hls::run(&args, n);
     }
     if args.viewers == 0 || args.viewers > MAX_VIEWER_INDEX / 2 {
         bail!("--viewers must be 1..={}", MAX_VIEWER_INDEX / 2);

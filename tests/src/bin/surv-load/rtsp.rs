@@ -49,19 +49,7 @@ pub(crate) struct H264Counters {
 
 /// `GET /status` on the server's HTTP port: the first camera's counters.
 pub(crate) fn status(port: u16) -> anyhow::Result<Counters> {
-    let mut tcp = TcpStream::connect_timeout(
-        &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
-        Duration::from_secs(5),
-    )?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    tcp.write_all(b"GET /status HTTP/1.0\r\nHost: load\r\n\r\n")?;
-    let mut text = String::new();
-    tcp.take(16 << 20).read_to_string(&mut text)?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .context("no /status response")?
-        .1;
-    let json: serde_json::Value = serde_json::from_str(body).context("/status is no JSON")?;
+    let json = status_json(port)?;
     let camera = &json["cameras"][0];
     let n = |v: &serde_json::Value| v.as_u64();
     let h264 = &camera["h264"];
@@ -364,4 +352,22 @@ pub fn run_gst(args: &Args) -> anyhow::Result<()> {
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(held);
     result
+}
+
+/// The server's `/status`, parsed.
+pub(crate) fn status_json(port: u16) -> anyhow::Result<serde_json::Value> {
+    let mut tcp = TcpStream::connect_timeout(
+        &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
+        Duration::from_secs(5),
+    )?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    tcp.write_all(b"GET /status HTTP/1.0\r\nHost: load\r\n\r\n")?;
+    let mut text = String::new();
+    tcp.take(16 << 20).read_to_string(&mut text)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .context("no /status response")?
+        .1;
+    let json: serde_json::Value = serde_json::from_str(body).context("/status is no JSON")?;
+    Ok(json)
 }
