@@ -244,10 +244,10 @@ pub async fn run(
 ) {
     let dest = forwarding.dest;
     tracing::info!(camera = %camera, %dest, "forwarding H.264 as RTP");
-    let mut forward = Forward::new(camera, feed, fps, socket, forwarding, packets);
+    let mut forward = Forward::new(camera, feed, socket, forwarding, packets);
     tokio::select! {
         () = stop.cancelled() => {}
-        () = forward.run() => {}
+        () = forward.run(fps) => {}
     }
     let s = &forward.forwarding.stats;
     tracing::info!(
@@ -274,8 +274,6 @@ struct Forward {
     stamp: Stamp,
     packets_made: Arc<CameraPackets>,
     rtp_out: RtpOut,
-    /// The camera's rate: how far behind the forward may fall before it skips.
-    fps: u32,
     /// For sender reports: what was sent (both wrap at 2^32, as the SR's fields do), and the
     /// newest frame's RTP timestamp and capture time.
     packets: u32,
@@ -290,7 +288,6 @@ impl Forward {
     fn new(
         camera: String,
         feed: Arc<H264Feed>,
-        fps: u32,
         socket: UdpSocket,
         forwarding: Arc<Forwarding>,
         packets_made: Arc<CameraPackets>,
@@ -306,7 +303,6 @@ impl Forward {
             stamp: Stamp::new(random_u32(), random_u32(), random_u32() as u16),
             packets_made,
             rtp_out: RtpOut::default(),
-            fps,
             packets: 0,
             payload_octets: 0,
             last: None,
@@ -316,9 +312,10 @@ impl Forward {
     }
 
     /// Sends until the feed ends (it does not while the camera lives: `run`'s caller stops it).
-    async fn run(&mut self) {
+    /// `fps`, the camera's rate, sets how far behind it may fall before it skips.
+    async fn run(&mut self, fps: u32) {
         let _demand = self.feed.demand();
-        let mut reader = FeedReader::join(self.feed.clone(), self.fps);
+        let mut reader = FeedReader::join(self.feed.clone(), fps);
         while let Some(unit) = reader.next().await {
             self.send(&unit, unit.au.is_keyframe()).await;
             reader.check_lag();
@@ -648,14 +645,13 @@ mod tests {
         let mut forward = Forward::new(
             "main".into(),
             feed.clone(),
-            30,
             socket,
             forwarding.clone(),
             Arc::default(),
         );
         feed.publish(unit(true, 0, 10));
         let sending = async {
-            forward.run().await;
+            forward.run(30).await;
         };
         tokio::pin!(sending);
         // The keyframe goes out (SPS, PPS, slice); then, with the forward not polled, the feed
