@@ -46,6 +46,13 @@ pub struct UdpSent {
     pub failed: usize,
 }
 
+/// The 4 bytes before each packet interleaved on an RTSP connection (RFC 2326 §10.12): `$`,
+/// the channel, the packet's length (16 bits, big-endian; a longer one is cut to 65,535).
+pub fn interleave_prefix(channel: u8, len: usize) -> [u8; 4] {
+    let [hi, lo] = u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes();
+    [b'$', channel, hi, lo]
+}
+
 impl RtpOut {
     /// Writes `frame`'s packets under `stamp`'s headers, interleaved on `channel`; the bytes of
     /// RTP sent (headers included, `$` prefixes not). An error when the connection fails.
@@ -62,11 +69,8 @@ impl RtpOut {
         let mut rtp_bytes = 0;
         for (header, packet) in self.headers.iter().zip(&frame.packets) {
             // Packets are at most MAX_PAYLOAD_BYTES plus headers, far under the 16-bit length.
-            let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
             let mut prefix = [0u8; PREFIX_BYTES];
-            prefix[0] = b'$';
-            prefix[1] = channel;
-            prefix[2..4].copy_from_slice(&len.to_be_bytes());
+            prefix[..4].copy_from_slice(&interleave_prefix(channel, packet.len()));
             prefix[4..].copy_from_slice(header);
             self.prefixes.push(prefix);
             rtp_bytes += packet.len();

@@ -27,7 +27,7 @@ use crate::capture::h264::{FeedReader, H264Demand, H264Unit};
 use crate::capture::{FrameRx, PictureDemand, SharedFrame};
 use crate::journal::LeaveReason;
 use crate::rtp::{jpeg_timestamp, rtcp, RtpFrame, Stamp};
-use crate::watchers::rtp_out::RtpOut;
+use crate::watchers::rtp_out::{interleave_prefix, RtpOut};
 use crate::watchers::{LiveTally, Membership, RefusalCause, Refused, Tally, WatcherKind, Watchers};
 
 /// A request longer than this (headers and body) closes the connection: no RTSP request a
@@ -786,11 +786,9 @@ async fn deliver(
 /// `$`, the channel, the length, the packet: RFC 2326 §10.12 (an RTCP report: RTP goes out
 /// through [`RtpOut`]). Packets are far under the 16-bit length.
 fn interleave(channel: u8, packet: &[u8], out: &mut Vec<u8>) {
-    let len = u16::try_from(packet.len()).unwrap_or(u16::MAX);
-    out.push(b'$');
-    out.push(channel);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&packet[..usize::from(len)]);
+    let len = packet.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&interleave_prefix(channel, len));
+    out.extend_from_slice(&packet[..len]);
 }
 
 /// Writes all of `bytes` within the write deadline.
