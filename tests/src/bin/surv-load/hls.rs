@@ -1,8 +1,8 @@
 //! `--hls N`: N LL-HLS players of the first camera, straight to the origin, through `--edges K`
 //! nginx edges this tool starts from `deploy/nginx-edge.conf`, or through `--via URL` caches of
 //! the user's. Each player is a task that follows the live edge as a low-latency player does: a
-//! blocking playlist reload for the part the last playlist hinted, then that part, on one
-//! keep-alive connection. Printed: each player's share of the parts captured in the window that
+//! blocking playlist reload for the part the last playlist hinted, then every listed part newer
+//! than the last it has, on one keep-alive connection. Printed: each player's share of the parts captured in the window that
 //! it got within `IN_TIME` of their capture, how long after capture the parts arrived, what the
 //! origin served per part it made (its `/status` `hls` counters) and its CPU, each edge's CPU.
 
@@ -63,7 +63,10 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
         None => bail!("with --via, say with --http-port which port your edges reach the origin on"),
     };
     let extra = ["--http-port".to_string(), port.to_string()];
-    let server = ServerProc::start_with(args, 0, &extra)?;
+    // Straight to the origin, every player holds one of its HTTP connections (bounded by
+    // --max-viewers); through edges, the edges hold a few.
+    let direct = args.edges == 0 && args.via.is_empty();
+    let server = ServerProc::start_with(args, if direct { n } else { 0 }, &extra)?;
     let pid = server.pid();
     let origin = SocketAddr::from(([127, 0, 0, 1], port));
     let per_edge = n.div_ceil(args.edges.max(1));
@@ -313,64 +316,77 @@ fn edges_cpu_us(edges: &[surv_tests::nginx::Edge]) -> Vec<u64> {
 
 /// One player: follows the live edge until told to stop; the parts it got while measuring.
 async fn player(to: SocketAddr, shared: &Shared) -> Vec<Got> {
-    let mut got = Vec::new();
-    let mut conn: Option<Conn> = None;
-    let mut playlist = String::new();
+    let mut at = Player::default();
     while !shared.stop.load(Relaxed) {
-        if let Err(e) = step(to, &mut conn, &mut playlist, &mut got, shared).await {
+        if let Err(e) = at.step(to, shared).await {
             shared.errors.fetch_add(1, Relaxed);
             shared
                 .first_error
                 .lock()
                 .unwrap()
                 .get_or_insert_with(|| format!("{e:#}"));
-            conn = None;
-            playlist.clear();
+            at.conn = None;
+            at.playlist.clear();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    got
+    at.got
 }
 
-/// One round: the playlist (blocking for the hinted part, or plain at the start), then the part.
-async fn step(
-    to: SocketAddr,
-    conn: &mut Option<Conn>,
-    playlist: &mut String,
-    got: &mut Vec<Got>,
-    shared: &Shared,
-) -> anyhow::Result<()> {
-    let c = match conn {
-        Some(c) => c,
-        None => conn.insert(Conn::open(to).await?),
-    };
-    let hint = hinted_part(playlist);
-    let path = match &hint {
-        Some((msn, part, _)) => format!("{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"),
-        None => PLAYLIST.to_string(),
-    };
-    let (status, body) = c.get(&path).await?;
-    ensure!(status == 200, "{status} for {path}");
-    *playlist = String::from_utf8(body).context("a playlist that is not UTF-8")?;
-    let Some((_, _, uri)) = hint else {
-        return Ok(());
-    };
-    // The segment may have ended before the hinted part: then it is not listed, and the new
-    // hint is followed instead.
-    let Some(capture_us) = part_capture_us(playlist, &uri) else {
-        return Ok(());
-    };
-    let (status, body) = c.get(&format!("/cam/main/{uri}")).await?;
-    ensure!(status == 200 && !body.is_empty(), "{status} for part {uri}");
-    if shared.from_us.load(Relaxed) <= capture_us {
-        let name = uri.rsplit('/').next().unwrap_or(&uri);
-        got.push(Got {
-            name: name.trim_end_matches(".m4s").to_string(),
-            capture_us,
-            after_us: now_us().saturating_sub(capture_us),
-        });
+/// A player's state between two rounds.
+#[derive(Default)]
+struct Player {
+    conn: Option<Conn>,
+    playlist: String,
+    /// The newest part it has, as (msn, part).
+    last: Option<(u64, u64)>,
+    got: Vec<Got>,
+}
+
+impl Player {
+    /// One round, as an LL-HLS player does it: the playlist (blocking for the hinted part, or
+    /// plain at the start), then every listed part newer than the last it has, in order (one
+    /// at the start: the newest).
+    async fn step(&mut self, to: SocketAddr, shared: &Shared) -> anyhow::Result<()> {
+        let c = match &mut self.conn {
+            Some(c) => c,
+            None => self.conn.insert(Conn::open(to).await?),
+        };
+        let path = match hinted_part(&self.playlist) {
+            Some((msn, part, _)) => format!("{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"),
+            None => PLAYLIST.to_string(),
+        };
+        let (status, body) = c.get(&path).await?;
+        ensure!(status == 200, "{status} for {path}");
+        self.playlist = String::from_utf8(body).context("a playlist that is not UTF-8")?;
+        let mut parts = listed_parts(&self.playlist);
+        if self.last.is_none() {
+            parts.drain(..parts.len().saturating_sub(1));
+        }
+        for (uri, number, capture_us) in parts {
+            if self.last.is_some_and(|last| number <= last) {
+                continue;
+            }
+            let (status, body) = c.get(&format!("/cam/main/{uri}")).await?;
+            ensure!(status == 200 && !body.is_empty(), "{status} for part {uri}");
+            self.last = Some(number);
+            if shared.from_us.load(Relaxed) <= capture_us {
+                self.got.push(Got {
+                    name: format!("{}.{}", number.0, number.1),
+                    capture_us,
+                    after_us: now_us().saturating_sub(capture_us),
+                });
+            }
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// `…/<msn>.<part>.m4s` → (msn, part).
+fn part_number(uri: &str) -> Option<(u64, u64)> {
+    let name = uri.rsplit('/').next()?.strip_suffix(".m4s")?;
+    let (msn, part) = name.split_once('.')?;
+    Some((msn.parse().ok()?, part.parse().ok()?))
 }
 
 /// The playlist's preload hint: (msn, part, uri).
@@ -379,36 +395,36 @@ fn hinted_part(playlist: &str) -> Option<(u64, u64, String)> {
         .lines()
         .find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\""))?
         .trim_end_matches('"');
-    let name = uri.rsplit('/').next()?.strip_suffix(".m4s")?;
-    let (msn, part) = name.split_once('.')?;
-    Some((msn.parse().ok()?, part.parse().ok()?, uri.to_string()))
+    let (msn, part) = part_number(uri)?;
+    Some((msn, part, uri.to_string()))
 }
 
-/// The capture time of the part `uri`'s first picture, µs since the epoch: its segment's
-/// `EXT-X-PROGRAM-DATE-TIME` plus the durations of the parts before it.
-fn part_capture_us(playlist: &str, uri: &str) -> Option<u64> {
+/// Every part the playlist lists, oldest first: its URI, (msn, part), and the capture time of
+/// its first picture (µs since the epoch: its segment's `EXT-X-PROGRAM-DATE-TIME` plus the
+/// durations of the parts before it).
+fn listed_parts(playlist: &str) -> Vec<(String, (u64, u64), u64)> {
     let mut at_us = None::<u64>;
+    let mut parts = Vec::new();
     for line in playlist.lines() {
         if let Some(date) = line.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
-            at_us = Some(
-                chrono::DateTime::parse_from_rfc3339(date)
-                    .ok()?
-                    .timestamp_micros() as u64,
-            );
+            at_us = chrono::DateTime::parse_from_rfc3339(date)
+                .ok()
+                .map(|t| t.timestamp_micros() as u64);
         } else if let Some(attrs) = line.strip_prefix("#EXT-X-PART:") {
             let attr = |name: &str| {
                 attrs
                     .split(',')
                     .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             };
-            if attr("URI").map(|u| u.trim_matches('"')) == Some(uri) {
-                return at_us;
+            let uri = attr("URI").unwrap_or_default().trim_matches('"');
+            let secs: Option<f64> = attr("DURATION").and_then(|d| d.parse().ok());
+            if let (Some(t), Some(number)) = (at_us, part_number(uri)) {
+                parts.push((uri.to_string(), number, t));
             }
-            let secs: f64 = attr("DURATION")?.parse().ok()?;
-            at_us = at_us.map(|t| t + (secs * 1e6) as u64);
+            at_us = at_us.zip(secs).map(|(t, s)| t + (s * 1e6) as u64);
         }
     }
-    None
+    parts
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -542,18 +558,23 @@ mod tests {
         #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"hls/ab/7.2.m4s\"\n";
 
     #[test]
-    fn a_part_s_capture_time_adds_the_parts_before_it() {
+    fn parts_are_listed_with_their_capture_times() {
         let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:00.000Z")
             .unwrap()
             .timestamp_micros() as u64;
-        assert_eq!(part_capture_us(LIST, "hls/ab/7.0.m4s"), Some(t0));
-        assert_eq!(part_capture_us(LIST, "hls/ab/7.1.m4s"), Some(t0 + 200_000));
-        assert_eq!(part_capture_us(LIST, "hls/ab/7.2.m4s"), None);
+        assert_eq!(
+            listed_parts(LIST),
+            vec![
+                ("hls/ab/7.0.m4s".to_string(), (7, 0), t0),
+                ("hls/ab/7.1.m4s".to_string(), (7, 1), t0 + 200_000),
+            ]
+        );
         assert_eq!(
             hinted_part(LIST),
             Some((7, 2, "hls/ab/7.2.m4s".to_string()))
         );
         assert_eq!(hinted_part("#EXTM3U\n"), None);
+        assert_eq!(part_number("hls/ab/x.1.m4s"), None);
     }
 
     #[test]

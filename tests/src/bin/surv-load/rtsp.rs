@@ -364,10 +364,12 @@ pub(crate) fn status_json(port: u16) -> anyhow::Result<serde_json::Value> {
     tcp.write_all(b"GET /status HTTP/1.0\r\nHost: load\r\n\r\n")?;
     let mut text = String::new();
     tcp.take(16 << 20).read_to_string(&mut text)?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .context("no /status response")?
-        .1;
-    let json: serde_json::Value = serde_json::from_str(body).context("/status is no JSON")?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no /status response")?;
+    let json: serde_json::Value = serde_json::from_str(body).with_context(|| {
+        format!(
+            "/status is no JSON: {:?}",
+            head.lines().next().unwrap_or_default()
+        )
+    })?;
     Ok(json)
 }
