@@ -211,18 +211,47 @@ impl BatchSender {
         }
         // SAFETY: every header points at `iov` (alive, pointing at `payload`) and at an address
         // in `self.names`, neither moved nor freed during the call.
-        let rc = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.hdrs.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(rc as usize)
+        unsafe { send_messages(fd, &mut self.hdrs) }
+    }
+}
+
+/// One non-blocking `sendmmsg` of `hdrs`: how many went.
+///
+/// # Safety
+/// Every pointer in every header (name, iovecs and the memory they point at, control) must be
+/// valid for reads for the whole call.
+unsafe fn send_messages(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: the caller vouches for the headers' pointers; the count is the slice's length.
+    let rc = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
+/// Writes one `UDP_SEGMENT` control message of `size` into `control` and points `msg` at it.
+///
+/// # Safety
+/// `msg` must not be sent after `control` moves or is freed.
+unsafe fn set_segment(msg: &mut libc::msghdr, control: &mut GsoControl, size: u16) {
+    // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the header is written into `control`, which has
+    // room for one u16 message (CMSG_SPACE(2) = 24 bytes of its 32 on 64-bit Linux).
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
     }
 }
 
@@ -256,18 +285,8 @@ pub fn send_segments(
     msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iovs.len() as _;
     if let Some(size) = segment {
-        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the header is written into `control`,
-        // which has room for one u16 message (CMSG_SPACE(2) = 24 bytes on 64-bit Linux).
-        unsafe {
-            let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
-        }
+        // SAFETY: `msg` is sent below, while `control` lives.
+        unsafe { set_segment(&mut msg, &mut control, size) };
     }
     // SAFETY: `msg` points at `ss`, `control` and the caller's iovecs, all alive and unmoved
     // during the call.
@@ -366,35 +385,14 @@ impl GsoBatch {
             h.msg_hdr.msg_iov = slices.as_ptr() as *mut libc::iovec;
             h.msg_hdr.msg_iovlen = slices.len() as _;
             if let Some(size) = m.segment {
-                // SAFETY: as in `send_segments`: the control buffer has room for one u16
-                // message (CMSG_SPACE(2) = 24 bytes of its 32 on 64-bit Linux).
-                unsafe {
-                    let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-                    h.msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
-                    h.msg_hdr.msg_controllen = space as _;
-                    let cmsg = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-                    (*cmsg).cmsg_level = libc::SOL_UDP;
-                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
-                }
+                // SAFETY: sent below, while `self.control` is neither moved nor freed.
+                unsafe { set_segment(&mut h.msg_hdr, &mut self.control[i], size) };
             }
             self.hdrs.push(h);
         }
         // SAFETY: every header points at an address in `self.names`, a control buffer in
         // `self.control` and the caller's iovecs, none moved or freed during the call.
-        let rc = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.hdrs.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(rc as usize)
+        unsafe { send_messages(fd, &mut self.hdrs) }
     }
 }
 

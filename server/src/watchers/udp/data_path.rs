@@ -369,31 +369,16 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let mut outcome = Vec::with_capacity(1);
-    let job = {
-        let st = link.state();
-        st.chunk_bytes.map(|chunk_bytes| ChunkJob {
-            dest: link.viewer,
-            key: st.key.unwrap_or_default(),
-            chunk_bytes,
-            chunks: Chunks::All,
-        })
+    let job = chunk_job(link, &link.state(), Chunks::All);
+    let outcome = match job {
+        Some(job) => send_chunks(senders, link, frame.seq, datagram, job),
+        None => {
+            let mut outcome = Vec::with_capacity(1);
+            link.socket
+                .send_all(&mut senders.whole, datagram, &[link.viewer], &mut outcome);
+            outcome.first().copied().unwrap_or(Outcome::Skipped)
+        }
     };
-    match job {
-        Some(job) => senders.chunks.send(
-            link.socket.udp.as_raw_fd(),
-            frame.seq,
-            datagram,
-            &[job],
-            &mut outcome,
-            SEND_WAITS,
-            SEND_WAIT,
-        ),
-        None => link
-            .socket
-            .send_all(&mut senders.whole, datagram, &[link.viewer], &mut outcome),
-    }
-    let outcome = outcome.first().copied().unwrap_or(Outcome::Skipped);
     if outcome == Outcome::Sent {
         server.stats.frames_sent.fetch_add(1, Relaxed);
         server
@@ -411,6 +396,37 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
     );
 }
 
+/// What a chunked session is sent of a frame; `None` for a whole-datagram session.
+fn chunk_job(link: &Link, st: &LinkState, chunks: Chunks) -> Option<ChunkJob> {
+    Some(ChunkJob {
+        dest: link.viewer,
+        key: st.key.unwrap_or_default(),
+        chunk_bytes: st.chunk_bytes?,
+        chunks,
+    })
+}
+
+/// Sends one viewer its chunks of frame `seq` now (the rare path).
+fn send_chunks(
+    senders: &mut Senders,
+    link: &Link,
+    seq: u64,
+    datagram: &[u8],
+    job: ChunkJob,
+) -> Outcome {
+    let mut outcome = Vec::with_capacity(1);
+    senders.chunks.send(
+        link.socket.udp.as_raw_fd(),
+        seq,
+        datagram,
+        &[job],
+        &mut outcome,
+        SEND_WAITS,
+        SEND_WAIT,
+    );
+    outcome.first().copied().unwrap_or(Outcome::Skipped)
+}
+
 /// Sends a chunked viewer the chunks of `frame` that its `nack` named (`missing`), flagged as
 /// resent: the rare path, from the ack task. The caller checked the frame and the bitmap.
 pub(crate) fn repair(
@@ -423,29 +439,10 @@ pub(crate) fn repair(
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let job = {
-        let st = link.state();
-        let Some(chunk_bytes) = st.chunk_bytes else {
-            return;
-        };
-        ChunkJob {
-            dest: link.viewer,
-            key: st.key.unwrap_or_default(),
-            chunk_bytes,
-            chunks: Chunks::Missing(missing),
-        }
+    let Some(job) = chunk_job(link, &link.state(), Chunks::Missing(missing)) else {
+        return;
     };
-    let mut outcome = Vec::with_capacity(1);
-    senders.chunks.send(
-        link.socket.udp.as_raw_fd(),
-        frame.seq,
-        datagram,
-        &[job],
-        &mut outcome,
-        SEND_WAITS,
-        SEND_WAIT,
-    );
-    if outcome.first() == Some(&Outcome::Sent) {
+    if send_chunks(senders, link, frame.seq, datagram, job) == Outcome::Sent {
         server
             .stats
             .chunks_resent
@@ -586,14 +583,9 @@ fn fan_out(
             let link = entry.value();
             let mut st = link.state();
             if offer(link, &mut st, frame, now) {
-                match st.chunk_bytes {
-                    Some(chunk_bytes) => {
-                        batch.jobs.push(ChunkJob {
-                            dest: link.viewer,
-                            key: st.key.unwrap_or_default(),
-                            chunk_bytes,
-                            chunks: Chunks::All,
-                        });
+                match chunk_job(link, &st, Chunks::All) {
+                    Some(job) => {
+                        batch.jobs.push(job);
                         batch.chunked.push(link.clone());
                     }
                     None => {
