@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use surv_proto::{
-    chunk_bytes_for_mtu, unix_micros_now, Ack, Form, FrameTag, Push, Reassembler, Registration,
-    Rejected, Reply, ReplyError, StreamParams, CHUNK_HEADER_BYTES, MAX_UDP_PAYLOAD_BYTES,
+    chunk_bytes_for_mtu, unix_micros_now, Ack, ChunkHeader, Form, FrameTag, Push, Reassembler,
+    Registration, Rejected, Reply, ReplyError, StreamParams, CHUNK_HEADER_BYTES,
+    MAX_UDP_PAYLOAD_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -241,7 +242,14 @@ pub async fn run(
                 // A chunk starts "SC", a whole frame FF D8.
                 let whole = match &mut chunks {
                     Some(r) if n >= CHUNK_HEADER_BYTES && datagram[0] == b'S' => {
-                        match r.push(datagram, std::time::Instant::now()) {
+                        let now = std::time::Instant::now();
+                        // A resent chunk times the repair's round trip.
+                        if let Ok((h, _)) = ChunkHeader::decode(datagram) {
+                            if h.resent && h.key == key.unwrap_or_default() {
+                                nacks.on_resent(h.seq, now);
+                            }
+                        }
+                        match r.push(datagram, now) {
                             Push::Complete { frame, .. } => Bytes::copy_from_slice(frame),
                             Push::Pending { seq } => {
                                 server_udp = Some(from);
