@@ -175,20 +175,7 @@ impl BatchSender {
     /// (a prefix of `dests`): fewer when the socket buffer filled (the rest would block) or on
     /// an error after some were sent; an error only when the first one failed.
     pub fn send(&mut self, fd: RawFd, payload: &[u8], dests: &[SocketAddr]) -> io::Result<usize> {
-        let mut sent = 0;
-        while sent < dests.len() {
-            let chunk = &dests[sent..dests.len().min(sent + SEND_BATCH)];
-            let n = match self.send_chunk(fd, payload, chunk) {
-                Ok(n) => n,
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => return Ok(sent),
-            };
-            sent += n;
-            if n < chunk.len() {
-                break;
-            }
-        }
-        Ok(sent)
+        in_batches(dests, |chunk| self.send_chunk(fd, payload, chunk))
     }
 
     fn send_chunk(&mut self, fd: RawFd, payload: &[u8], dests: &[SocketAddr]) -> io::Result<usize> {
@@ -213,6 +200,29 @@ impl BatchSender {
         // in `self.names`, neither moved nor freed during the call.
         unsafe { send_messages(fd, &mut self.hdrs) }
     }
+}
+
+/// Sends `items` [`SEND_BATCH`] at a time with `send` (one `sendmmsg` each), in order, until
+/// one call sends fewer than it was given. How many went (a prefix); an error only when the
+/// first call failed.
+fn in_batches<T>(
+    items: &[T],
+    mut send: impl FnMut(&[T]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < items.len() {
+        let chunk = &items[sent..items.len().min(sent + SEND_BATCH)];
+        let n = match send(chunk) {
+            Ok(n) => n,
+            Err(e) if sent == 0 => return Err(e),
+            Err(_) => return Ok(sent),
+        };
+        sent += n;
+        if n < chunk.len() {
+            break;
+        }
+    }
+    Ok(sent)
 }
 
 /// One non-blocking `sendmmsg` of `hdrs`: how many went.
@@ -344,20 +354,7 @@ impl GsoBatch {
         iovs: &[io::IoSlice<'_>],
         messages: &[GsoMessage],
     ) -> io::Result<usize> {
-        let mut sent = 0;
-        while sent < messages.len() {
-            let chunk = &messages[sent..messages.len().min(sent + SEND_BATCH)];
-            let n = match self.send_chunk(fd, iovs, chunk) {
-                Ok(n) => n,
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => return Ok(sent),
-            };
-            sent += n;
-            if n < chunk.len() {
-                break;
-            }
-        }
-        Ok(sent)
+        in_batches(messages, |chunk| self.send_chunk(fd, iovs, chunk))
     }
 
     fn send_chunk(
