@@ -10,8 +10,93 @@
 # Prints surv-load's figures per run: worst share of frames per form, longest wait for a frame
 # at any viewer (edges of the measured window included), server CPU. Nothing leaves the namespace.
 #   sudo scripts/loss-netns.sh [VIEWERS] [SECONDS] [SIZE]      e.g. scripts/loss-netns.sh 20 30 640x480
+#
+# Link mode (issue 20): `sudo scripts/loss-netns.sh link [SECONDS] [SIZES] [LOSSES] [EACH_WAY]`
+# measures a real link instead of loopback: the server in one namespace, surv-client in another,
+# a veth pair with MTU 1500 between them (so a whole frame datagram crosses as IP fragments), and
+# nftables dropping LOSS % of IP packets at prerouting priority -500 (before reassembly, which is
+# at -400: a whole-datagram frame is lost with any of its fragments, as on a real link) on the
+# viewer's side (EACH_WAY=1: on the server's side too, so acks and nacks are lost as well).
+# Each condition runs surv-client twice, whole datagrams (--mtu 0) and chunks (--mtu 1200), for
+# SECONDS, and prints one table row: the share of the frames the server captured (fps × seconds)
+# that the viewer received whole, and the viewer's p50/p99 latency. No added delay: the round
+# trip is the veth's (well under 1 ms).
+# SURV_PROFILE=dev uses the dev build (dependencies optimised; enough for loss figures, not CPU).
+#   e.g. sudo scripts/loss-netns.sh link 10 "640x480 1280x720" "0 1 3 10"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "link" ]]; then
+    seconds=${2:-10}
+    sizes=${3:-640x480 1280x720}
+    losses=${4:-0 1 3 10}
+    each_way=${5:-0}
+    fps=30
+    command -v nft >/dev/null || { echo "loss-netns: needs nft (apt-get install nftables)" >&2; exit 1; }
+    profile=${SURV_PROFILE:-release}
+    bin=${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
+    cargo build --profile "$profile" -q -p surv-server -p surv-client
+    s="surv-s-$$" v="surv-v-$$"
+    logs=$(mktemp -d)
+    server_pid=
+    cleanup() {
+        [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+        ip netns del "$s" 2>/dev/null
+        ip netns del "$v" 2>/dev/null
+        rm -rf "$logs"
+    }
+    trap cleanup EXIT
+    ip netns add "$s"
+    ip netns add "$v"
+    ip link add veth-s netns "$s" type veth peer name veth-v netns "$v"
+    ip -n "$s" addr add 10.77.0.1/24 dev veth-s
+    ip -n "$v" addr add 10.77.0.2/24 dev veth-v
+    for n in "$s" "$v"; do ip -n "$n" link set lo up; done
+    ip -n "$s" link set veth-s mtu 1500 up
+    ip -n "$v" link set veth-v mtu 1500 up
+    # A veth passes a UDP GSO send to its peer whole (one packet of up to 54 chunks), where a
+    # real NIC cuts it into wire packets: without this, nft would drop whole frames' chunks at
+    # once. With segmentation offload off, the stack cuts it before the veth, as a NIC would.
+    ip netns exec "$s" ethtool -K veth-s tx-udp-segmentation off gso off >/dev/null
+    ip netns exec "$v" ethtool -K veth-v gro off >/dev/null
+    drop() { # namespace, per mille
+        ip netns exec "$1" nft flush ruleset
+        [ "$2" -gt 0 ] || return 0
+        ip netns exec "$1" nft add table inet surv
+        ip netns exec "$1" nft add chain inet surv pre '{ type filter hook prerouting priority -500; }'
+        ip netns exec "$1" nft add rule inet surv pre ip protocol udp numgen random mod 1000 '<' "$2" drop
+    }
+    echo "| picture | packet loss ($([ "$each_way" = 1 ] && echo each way || echo viewer side)) | mode | frames received | latency p50 / p99 ms | client summary |"
+    echo "|---|---|---|---|---|---|"
+    for size in $sizes; do
+        ip netns exec "$s" "$bin/surv-server" --source test --bind 10.77.0.1 --size "$size" --fps "$fps" \
+            --http-port 0 --motion off --log-dir "$logs" >"$logs/server.log" 2>&1 &
+        server_pid=$!
+        for _ in $(seq 50); do
+            ip netns exec "$v" bash -c 'exec 3<>/dev/tcp/10.77.0.1/9999' 2>/dev/null && break
+            sleep 0.1
+        done
+        for loss in $losses; do
+            permille=$(awk -v l="$loss" 'BEGIN { printf "%d", l * 10 }')
+            drop "$v" "$permille"
+            [ "$each_way" = 1 ] && drop "$s" "$permille"
+            for mode in whole chunks; do
+                mtu=$([ "$mode" = whole ] && echo 0 || echo 1200)
+                out=$(ip netns exec "$v" timeout $((seconds + 20)) "$bin/surv-client" 10.77.0.1 9999 0 \
+                    --headless --no-record --seconds "$seconds" --mtu "$mtu" 2>&1 | grep 'frames received=' || true)
+                got=$(sed -n 's/.*frames received=\([0-9]*\).*/\1/p' <<<"$out")
+                lat=$(sed -n 's/.*latency_ms p50=\([^ ]*\) p99=\([^ ]*\).*/\1 \/ \2/p' <<<"$out")
+                pct=$(awk -v g="${got:-0}" -v n=$((fps * seconds)) 'BEGIN { printf "%.1f %%", 100 * g / n }')
+                echo "| ${size}@${fps} | ${loss} % | ${mode} | ${pct} (${got:-0} of $((fps * seconds))) | ${lat:-n/a} | ${out#*s, } |"
+            done
+        done
+        drop "$v" 0
+        drop "$s" 0
+        kill "$server_pid"
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    done
+    exit 0
+fi
 viewers=${1:-20}
 seconds=${2:-10}
 size=${3:-640x480}

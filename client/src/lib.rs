@@ -2,6 +2,7 @@
 //! decode them for the display, record rolling segments, and report what arrived.
 //!
 //! * [`receiver`]: registration and the receive/ack loop ([`run`] is its entry point).
+//! * [`repair`]: a chunked session's `nack`s: when to ask for missing chunks, when to give up.
 //! * [`decoder`]: the decoding thread (every frame received is decoded, off the network path).
 //! * [`display`]: the window.
 //! * [`recorder`]: rolling segments, crash-safe, with [`retention`]; [`avi`] (MJPEG as received)
@@ -16,6 +17,7 @@ pub mod h264;
 pub mod pipe;
 pub mod receiver;
 pub mod recorder;
+pub mod repair;
 pub mod retention;
 pub mod stats;
 

@@ -1,5 +1,8 @@
 //! Registration and the receive loop: one datagram in, one ack out, the frame handed to the
-//! decoder and the recorder without waiting for either.
+//! decoder and the recorder without waiting for either. A chunked session (the server offered
+//! `mtu=`, and `--mtu` is not 0) gets each frame as chunks: they are reassembled
+//! ([`surv_proto::reassembly`]), missing ones asked for again ([`crate::repair`]), and the
+//! whole frame goes the same way as a whole datagram.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -7,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use surv_proto::{
-    unix_micros_now, Ack, Form, FrameTag, Registration, Reply, ReplyError, StreamParams,
+    chunk_bytes_for_mtu, unix_micros_now, Ack, ChunkHeader, Form, FrameTag, Push, Reassembler,
+    Registration, Rejected, Reply, ReplyError, StreamParams, CHUNK_HEADER_BYTES,
     MAX_UDP_PAYLOAD_BYTES,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +23,8 @@ use crate::decoder::Decoder;
 use crate::display::Latest;
 use crate::pipe::Pipe;
 use crate::recorder::{self, RecFrame, RecorderConfig};
-use crate::stats::{StreamStats, Summary};
+use crate::repair::{NackTimer, Step, CHECK_EVERY};
+use crate::stats::{ChunkCounts, StreamStats, Summary};
 
 /// How often the window's status line is refreshed.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
@@ -52,6 +57,9 @@ pub struct Config {
     /// Write every received JPEG to standard output (`--pipe`); the stream ends when the
     /// reader closes it.
     pub pipe: bool,
+    /// Ask for each frame in chunks of at most this many bytes (`--mtu`), when the server
+    /// offers them; `None`: whole frame datagrams.
+    pub mtu: Option<u16>,
 }
 
 /// Why the viewer could not stream at all.
@@ -149,8 +157,26 @@ pub async fn run(
         .udp_port
         .filter(|_| key.is_some())
         .map(|port| SocketAddr::new(cfg.server.ip(), port));
-    let hello = Ack::Hello.encode_keyed(key);
+    // Chunks when the server offers them and we want them, at the smaller mtu of the two.
+    let chunk_mtu = cfg
+        .mtu
+        .zip(params.mtu)
+        .filter(|_| key.is_some())
+        .map(|(ours, theirs)| ours.min(theirs));
+    let hello = match chunk_mtu {
+        Some(mtu) => Ack::HelloChunks { mtu },
+        None => Ack::Hello,
+    }
+    .encode_keyed(key);
     let mut next_hello = Instant::now();
+    let mut chunks = chunk_mtu.map(|mtu| {
+        tracing::info!(mtu, "frames come in chunks");
+        Reassembler::new(key.unwrap_or_default(), chunk_bytes_for_mtu(mtu))
+    });
+    let mut nacks = NackTimer::default();
+    let mut steps = Vec::new();
+    let mut newest_chunk_seq: Option<u64> = None;
+    let mut next_check = Instant::now();
 
     let mut stats = StreamStats::new();
     let mut motion_frames = 0u64;
@@ -169,6 +195,9 @@ pub async fn run(
             break "frame limit".to_string();
         }
         let hello_due = hello_to.filter(|_| server_udp.is_none());
+        let check_due = chunks
+            .as_ref()
+            .is_some_and(|r| r.incomplete().next().is_some());
         tokio::select! {
             biased;
             () = stop.cancelled() => break "stopped".to_string(),
@@ -179,6 +208,13 @@ pub async fn run(
                     }
                 }
                 next_hello = Instant::now() + HELLO_EVERY;
+                continue;
+            }
+            () = sleep_until(next_check), if check_due => {
+                next_check = Instant::now() + CHECK_EVERY;
+                if let (Some(r), Some(to)) = (&mut chunks, server_udp) {
+                    repair_steps(&udp, to, key, r, &mut nacks, &mut steps, newest_chunk_seq);
+                }
                 continue;
             }
             () = pipe_closed.cancelled() => break "pipe closed".to_string(),
@@ -203,12 +239,47 @@ pub async fn run(
                     continue;
                 }
                 let datagram = &buf[..n];
-                let Ok(tag) = FrameTag::decode(datagram) else {
+                // A chunk starts "SC", a whole frame FF D8.
+                let whole = match &mut chunks {
+                    Some(r) if n >= CHUNK_HEADER_BYTES && datagram[0] == b'S' => {
+                        let now = std::time::Instant::now();
+                        // A resent chunk times the repair's round trip.
+                        if let Ok((h, _)) = ChunkHeader::decode(datagram) {
+                            if h.resent && h.key == key.unwrap_or_default() {
+                                nacks.on_resent(h.seq, now);
+                            }
+                        }
+                        match r.push(datagram, now) {
+                            Push::Complete { frame, .. } => Bytes::copy_from_slice(frame),
+                            Push::Pending { seq } => {
+                                server_udp = Some(from);
+                                newest_chunk_seq = Some(newest_chunk_seq.map_or(seq, |s| s.max(seq)));
+                                repair_steps(&udp, from, key, r, &mut nacks, &mut steps, newest_chunk_seq);
+                                continue;
+                            }
+                            Push::Rejected(Rejected::Late | Rejected::Duplicate) => continue,
+                            Push::Rejected(why) => {
+                                tracing::trace!(?why, "chunk refused");
+                                stats.ignored += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    _ => Bytes::copy_from_slice(datagram),
+                };
+                let Ok(tag) = FrameTag::decode(&whole) else {
                     stats.ignored += 1;
                     continue;
                 };
                 server_udp = Some(from);
-                if udp.try_send_to(&Ack::Continue(Some(tag.seq)).encode_keyed(key), from).is_err() {
+                let ack = match &chunks {
+                    Some(r) => Ack::Received {
+                        seq: r.newest_done().unwrap_or(tag.seq),
+                        rx_bytes: r.stats().chunk_bytes as u32,
+                    },
+                    None => Ack::Continue(Some(tag.seq)),
+                };
+                if udp.try_send_to(&ack.encode_keyed(key), from).is_err() {
                     tracing::debug!("ack not sent (socket busy); the next one covers it");
                 }
                 stats.on_frame(tag.seq, tag.capture_unix_us, unix_micros_now());
@@ -221,7 +292,7 @@ pub async fn run(
                         latest.set_status(status_line(&stats, in_motion));
                     }
                 }
-                let frame = Bytes::copy_from_slice(datagram);
+                let frame = whole;
                 if let Some(r) = &recorder {
                     r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us, motion: tag.motion });
                 }
@@ -292,7 +363,53 @@ pub async fn run(
         segments: report.map(|r| r.segments).unwrap_or_default(),
         seconds: stats.elapsed().as_secs_f64(),
         ended_by,
+        chunks: chunks.map(|r| {
+            let c = r.stats();
+            ChunkCounts {
+                stored: c.chunks,
+                completed: c.complete,
+                given_up: c.given_up,
+                duplicate: c.duplicate,
+                late: c.late,
+                refused: c.refused,
+                nacks: nacks.sent,
+            }
+        }),
     })
+}
+
+/// Sends the `nack`s due for the frames in assembly and gives up the frames past saving, with
+/// a `continue` past them so the server's window moves on.
+fn repair_steps(
+    udp: &UdpSocket,
+    to: SocketAddr,
+    key: Option<u64>,
+    r: &mut Reassembler,
+    nacks: &mut NackTimer,
+    steps: &mut Vec<Step>,
+    newest_seen: Option<u64>,
+) {
+    nacks.due(
+        r.incomplete(),
+        newest_seen,
+        std::time::Instant::now(),
+        steps,
+    );
+    for step in steps.iter() {
+        let ack = match *step {
+            Step::Nack(nack) => Ack::Nack(nack),
+            Step::GiveUp(seq) => {
+                r.give_up(seq);
+                Ack::Received {
+                    seq: r.newest_done().unwrap_or(seq),
+                    rx_bytes: r.stats().chunk_bytes as u32,
+                }
+            }
+        };
+        if udp.try_send_to(&ack.encode_keyed(key), to).is_err() {
+            tracing::debug!("nack not sent (socket busy)");
+        }
+    }
 }
 
 /// Connects, sends `SURV/1 <udp_port>` and reads the server's one-line answer.
@@ -390,6 +507,7 @@ mod tests {
             token: None,
             pipe: false,
             camera: None,
+            mtu: None,
         }
     }
 

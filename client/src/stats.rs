@@ -168,6 +168,20 @@ pub struct Summary {
     pub seconds: f64,
     /// Why the stream ended.
     pub ended_by: String,
+    /// A chunked session's reassembly and repair counts; `None` for whole datagrams.
+    pub chunks: Option<ChunkCounts>,
+}
+
+/// What a chunked session's reassembly saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChunkCounts {
+    pub stored: u64,
+    pub completed: u64,
+    pub given_up: u64,
+    pub duplicate: u64,
+    pub late: u64,
+    pub refused: u64,
+    pub nacks: u64,
 }
 
 impl fmt::Display for Summary {
@@ -201,6 +215,13 @@ impl fmt::Display for Summary {
         }
         if let Some(p) = self.piped {
             write!(f, " piped={} pipe_dropped={}", p.written, p.dropped)?;
+        }
+        if let Some(c) = self.chunks {
+            write!(
+                f,
+                " chunks: stored={} frames_completed={} frames_given_up={} nacks={} duplicate={} late={} refused={}",
+                c.stored, c.completed, c.given_up, c.nacks, c.duplicate, c.late, c.refused
+            )?;
         }
         Ok(())
     }

@@ -168,6 +168,7 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
             // A server without session keys: frames without waiting for a `hello`.
             key: None,
             udp_port: None,
+            mtu: None,
         };
         tcp.write_all(&Reply::Accepted(params).encode()).unwrap();
 

@@ -77,6 +77,9 @@ pub struct Config {
     pub max_pending_registrations: usize,
     /// Frames a session may send without an ack (see [`watchers::udp::window`]).
     pub max_in_flight: usize,
+    /// The largest chunk datagram sent to a SURV/1 viewer that asks for frames in chunks
+    /// (`--mtu`, told in the `OK` line); `None`: whole frame datagrams to everyone.
+    pub mtu: Option<u16>,
     /// The access token (`--token`); `None`: everyone may watch.
     pub token: Option<auth::Token>,
     /// With a token set, still let in the seed forms, which cannot carry one.
@@ -103,6 +106,7 @@ impl Default for Config {
             // they were read).
             max_pending_registrations: 4096,
             max_in_flight: 4,
+            mtu: Some(surv_proto::DEFAULT_MTU_BYTES),
             token: None,
             allow_unauthenticated: false,
             http_write_deadline: Duration::from_secs(10),
@@ -136,6 +140,11 @@ pub struct Stats {
     /// viewer's (a forged `end`, say); ignored.
     pub keyless_acks: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Chunks sent again to chunked SURV/1 viewers that named them in a `nack`.
+    pub chunks_resent: AtomicU64,
+    /// `nack`s not answered: for a frame no longer held or already repaired twice, past the
+    /// repair time, or naming chunks the frame does not have.
+    pub nacks_refused: AtomicU64,
     /// Watchers refused for a missing or wrong access token (see [`auth`]).
     pub auth_failures: AtomicU64,
     /// Watchers refused unchecked because their address presented too many wrong tokens lately

@@ -187,6 +187,12 @@ struct Args {
     /// Frames sent to a viewer without an ack before it skips to newer ones.
     #[arg(long, value_name = "N", default_value_t = 4)]
     max_in_flight: usize,
+    /// The largest UDP datagram sent to a SURV/1 viewer that asks for each frame in chunks
+    /// (surv-client does, with its own --mtu): 800 to 8972 bytes; 1200 fits almost every path,
+    /// 1472 a plain Ethernet LAN (see docs/PROTOCOL.md). 0 = whole frame datagrams to everyone.
+    #[arg(long, value_name = "BYTES", default_value_t = surv_proto::DEFAULT_MTU_BYTES,
+          value_parser = parse_mtu)]
+    mtu: u16,
     /// Also serve OAK host programs on this TCP port: each frame as the OAK PoE
     /// tcp_streaming_server writes it (32-byte "ABCDE" header, then the JPEG). 0 = off.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
@@ -563,6 +569,7 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
         viewer_timeout: secs(args.viewer_timeout, "--viewer-timeout")?,
         register_timeout: secs(args.register_timeout, "--register-timeout")?,
         max_in_flight: args.max_in_flight,
+        mtu: (args.mtu != 0).then_some(args.mtu),
         http_write_deadline: secs(args.http_write_timeout, "--http-write-timeout")?,
         metrics_public: args.metrics_public,
         ..Config::default()
@@ -876,4 +883,13 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("shutting down: ending every session");
     shutdown.cancel();
+}
+
+/// `--mtu`: 0 (off) or a chunk datagram size in `MIN_MTU_BYTES..=MAX_MTU_BYTES`.
+fn parse_mtu(s: &str) -> Result<u16, String> {
+    let (min, max) = (surv_proto::MIN_MTU_BYTES, surv_proto::MAX_MTU_BYTES);
+    match s.parse::<u16>() {
+        Ok(v) if v == 0 || (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("expected 0 (off) or {min} to {max} bytes")),
+    }
 }

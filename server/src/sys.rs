@@ -2,7 +2,7 @@
 //! load tool, which uses these too): batched UDP (`sendmmsg` of one frame to many viewers,
 //! `recvmmsg` of many datagrams with their senders, full lengths and, when asked, their
 //! destination and kernel receive time), one segmented UDP send (GSO: a frame's RTP packets in
-//! one call), the sockaddr conversions, socket options, a bounded
+//! one call), a `sendmmsg` of segmented sends (a frame's chunks to many viewers), the sockaddr conversions, socket options, a bounded
 //! wait on one socket, and the open-file limit.
 //!
 //! Sending shares the frame: every message's iovec points at the same bytes, so a frame is
@@ -175,20 +175,7 @@ impl BatchSender {
     /// (a prefix of `dests`): fewer when the socket buffer filled (the rest would block) or on
     /// an error after some were sent; an error only when the first one failed.
     pub fn send(&mut self, fd: RawFd, payload: &[u8], dests: &[SocketAddr]) -> io::Result<usize> {
-        let mut sent = 0;
-        while sent < dests.len() {
-            let chunk = &dests[sent..dests.len().min(sent + SEND_BATCH)];
-            let n = match self.send_chunk(fd, payload, chunk) {
-                Ok(n) => n,
-                Err(e) if sent == 0 => return Err(e),
-                Err(_) => return Ok(sent),
-            };
-            sent += n;
-            if n < chunk.len() {
-                break;
-            }
-        }
-        Ok(sent)
+        in_batches(dests, |chunk| self.send_chunk(fd, payload, chunk))
     }
 
     fn send_chunk(&mut self, fd: RawFd, payload: &[u8], dests: &[SocketAddr]) -> io::Result<usize> {
@@ -211,18 +198,70 @@ impl BatchSender {
         }
         // SAFETY: every header points at `iov` (alive, pointing at `payload`) and at an address
         // in `self.names`, neither moved nor freed during the call.
-        let rc = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.hdrs.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
+        unsafe { send_messages(fd, &mut self.hdrs) }
+    }
+}
+
+/// Sends `items` [`SEND_BATCH`] at a time with `send` (one `sendmmsg` each), in order, until
+/// one call sends fewer than it was given. How many went (a prefix); an error only when the
+/// first call failed.
+fn in_batches<T>(
+    items: &[T],
+    mut send: impl FnMut(&[T]) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < items.len() {
+        let chunk = &items[sent..items.len().min(sent + SEND_BATCH)];
+        let n = match send(chunk) {
+            Ok(n) => n,
+            Err(e) if sent == 0 => return Err(e),
+            Err(_) => return Ok(sent),
         };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        sent += n;
+        if n < chunk.len() {
+            break;
         }
-        Ok(rc as usize)
+    }
+    Ok(sent)
+}
+
+/// One non-blocking `sendmmsg` of `hdrs`: how many went.
+///
+/// # Safety
+/// Every pointer in every header (name, iovecs and the memory they point at, control) must be
+/// valid for reads for the whole call.
+unsafe fn send_messages(fd: RawFd, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: the caller vouches for the headers' pointers; the count is the slice's length.
+    let rc = unsafe {
+        libc::sendmmsg(
+            fd,
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
+/// Writes one `UDP_SEGMENT` control message of `size` into `control` and points `msg` at it.
+///
+/// # Safety
+/// `msg` must not be sent after `control` moves or is freed.
+unsafe fn set_segment(msg: &mut libc::msghdr, control: &mut GsoControl, size: u16) {
+    // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the header is written into `control`, which has
+    // room for one u16 message (CMSG_SPACE(2) = 24 bytes of its 32 on 64-bit Linux).
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
     }
 }
 
@@ -256,18 +295,8 @@ pub fn send_segments(
     msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = iovs.len() as _;
     if let Some(size) = segment {
-        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the header is written into `control`,
-        // which has room for one u16 message (CMSG_SPACE(2) = 24 bytes on 64-bit Linux).
-        unsafe {
-            let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
-        }
+        // SAFETY: `msg` is sent below, while `control` lives.
+        unsafe { set_segment(&mut msg, &mut control, size) };
     }
     // SAFETY: `msg` points at `ss`, `control` and the caller's iovecs, all alive and unmoved
     // during the call.
@@ -276,6 +305,92 @@ pub fn send_segments(
         return Err(io::Error::last_os_error());
     }
     Ok(rc as usize)
+}
+
+/// Cleared the first time the kernel or a route refuses a segmented send: from then on the
+/// senders that use UDP GSO (RTP over UDP, chunked SURV/1) send one datagram per packet.
+pub static GSO_WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// The errors of a kernel or route that cannot segment (an old kernel, a device without
+/// checksum offload), as opposed to a failed send.
+pub fn cannot_segment(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
+}
+
+/// One message of a [`GsoBatch`]: the bytes of `iovs` (a range of the batch's iovecs) to
+/// `dest`, cut by the kernel into datagrams of `segment` bytes (the last may be shorter), or
+/// one datagram without.
+#[derive(Debug, Clone)]
+pub struct GsoMessage {
+    pub dest: SocketAddr,
+    pub iovs: std::ops::Range<usize>,
+    pub segment: Option<u16>,
+}
+
+/// Reusable buffers for one `sendmmsg` of many segmented messages, each to its own address
+/// with its own `UDP_SEGMENT` size: one viewer's chunks of a frame are one message, and every
+/// viewer's messages one call.
+#[derive(Default)]
+pub struct GsoBatch {
+    names: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    control: Vec<GsoControl>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: as for `BatchSender`: pointers are rebuilt before every call.
+unsafe impl Send for GsoBatch {}
+
+impl GsoBatch {
+    /// Sends `messages` (their bytes in `iovs`) in order, without blocking, [`SEND_BATCH`] a
+    /// call. Returns how many went (a prefix of `messages`): fewer when the socket buffer filled
+    /// or on an error after some were sent; an error only when the first one failed. The caller
+    /// keeps each message within [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`].
+    pub fn send(
+        &mut self,
+        fd: RawFd,
+        iovs: &[io::IoSlice<'_>],
+        messages: &[GsoMessage],
+    ) -> io::Result<usize> {
+        in_batches(messages, |chunk| self.send_chunk(fd, iovs, chunk))
+    }
+
+    fn send_chunk(
+        &mut self,
+        fd: RawFd,
+        iovs: &[io::IoSlice<'_>],
+        messages: &[GsoMessage],
+    ) -> io::Result<usize> {
+        self.names.clear();
+        self.names
+            .extend(messages.iter().map(|m| to_sockaddr(&m.dest)));
+        self.control.clear();
+        self.control.resize(messages.len(), [0; 4]);
+        self.hdrs.clear();
+        for (i, m) in messages.iter().enumerate() {
+            let Some(slices) = iovs.get(m.iovs.clone()) else {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            };
+            // SAFETY: plain old data; the pointers are set right below.
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = (&mut self.names[i].0 as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.names[i].1;
+            // IoSlice is ABI-compatible with iovec (std guarantees it on Unix); the kernel
+            // only reads.
+            h.msg_hdr.msg_iov = slices.as_ptr() as *mut libc::iovec;
+            h.msg_hdr.msg_iovlen = slices.len() as _;
+            if let Some(size) = m.segment {
+                // SAFETY: sent below, while `self.control` is neither moved nor freed.
+                unsafe { set_segment(&mut h.msg_hdr, &mut self.control[i], size) };
+            }
+            self.hdrs.push(h);
+        }
+        // SAFETY: every header points at an address in `self.names`, a control buffer in
+        // `self.control` and the caller's iovecs, none moved or freed during the call.
+        unsafe { send_messages(fd, &mut self.hdrs) }
+    }
 }
 
 /// Small datagrams queued for one `sendmmsg`, each to its own address and each from its own

@@ -9,7 +9,22 @@
 //!                 "hello k=<key>"            sent from the announced port right after the OK
 //!                                            line, until the first frame arrives: no frame
 //!                                            goes to a SURV/1 viewer before it
+//! chunked SURV/1: "hello mtu=<bytes> k=<key>" instead of the plain hello: send me each frame
+//!                                            as chunks ([`crate::chunk`]) of at most <bytes>
+//!                                            (MIN_MTU_BYTES..=MAX_MTU_BYTES)
+//!                 "continue <seq> r=<rx> k=<key>"  frames up to <seq> are accounted for
+//!                                            (complete, or given up); <rx>: payload bytes
+//!                                            received this session, mod 2^32, decimal
+//!                 "nack <seq> n=<need> m=<hex> k=<key>"  frame <seq> is incomplete: it needs
+//!                                            <need> (1..=128) more chunks; <hex>: which data
+//!                                            chunks are missing, a bitmap (bit i = chunk i)
+//!                                            written as one lowercase hex number, most
+//!                                            significant digit first, no leading zeros, at
+//!                                            most 32 digits
 //! ```
+//!
+//! Only a server that advertised `mtu=` in its `OK` line is sent the chunked forms; a plain
+//! `hello` (an older surv-client) keeps whole frame datagrams.
 //!
 //! `<key>` is the session key the server's `OK` line handed out (`key=`, 16 lowercase hex
 //! digits). A SURV/1 session's datagram without its key is not the viewer's and is ignored
@@ -23,8 +38,17 @@
 
 use thiserror::Error;
 
-/// No ack is longer than this; a longer datagram is rejected unread.
+use crate::chunk::{MAX_MTU_BYTES, MIN_MTU_BYTES};
+
+/// No ack of the seed and whole-datagram forms is longer than this.
 pub const MAX_ACK_BYTES: usize = 64;
+
+/// No ack at all is longer than this (a `nack` with a full bitmap is 85 bytes); a longer
+/// datagram is rejected unread.
+pub const MAX_CHUNK_ACK_BYTES: usize = 96;
+
+/// The most data chunks a `nack` can name (its bitmap's width): [`crate::chunk::MAX_CHUNKS_PER_FRAME`].
+const NACK_BITS: usize = crate::chunk::MAX_CHUNKS_PER_FRAME;
 
 /// One decoded ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,14 +60,31 @@ pub enum Ack {
     End,
     /// A SURV/1 viewer's first word from its announced port: frames may start.
     Hello,
+    /// As [`Ack::Hello`], asking for each frame in chunks of at most `mtu` bytes.
+    HelloChunks { mtu: u16 },
+    /// A chunked session's `continue`: frames up to `seq` are accounted for; `rx_bytes` is the
+    /// payload it received this session, mod 2^32.
+    Received { seq: u64, rx_bytes: u32 },
+    /// A chunked session's frame is incomplete.
+    Nack(Nack),
+}
+
+/// What a `nack` says: frame `seq` needs `need` more chunks, and which data chunks it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nack {
+    pub seq: u64,
+    /// 1..=[`crate::chunk::MAX_CHUNKS_PER_FRAME`].
+    pub need: u8,
+    /// Bit i set: data chunk i is missing.
+    pub missing: u128,
 }
 
 /// Why a datagram is not an ack.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AckError {
-    #[error("ack of {0} bytes is over the {MAX_ACK_BYTES}-byte cap")]
+    #[error("ack of {0} bytes is over its form's cap ({MAX_ACK_BYTES} bytes, {MAX_CHUNK_ACK_BYTES} for the chunked forms)")]
     TooLong(usize),
-    #[error("not an ack (expected \"continue\", \"continue <seq>\", \"end\" or \"hello\", the last three with \" k=<key>\" for SURV/1)")]
+    #[error("not an ack (expected \"continue\", \"continue <seq>\", \"end\", \"hello\" or a chunked session's \"nack\", the SURV/1 ones with \" k=<key>\")")]
     Unknown,
 }
 
@@ -56,7 +97,7 @@ impl Ack {
 
     /// Parses one datagram: the ack, and the session key it carries, if any. `hello` needs a key.
     pub fn decode_keyed(datagram: &[u8]) -> Result<(Ack, Option<u64>), AckError> {
-        if datagram.len() > MAX_ACK_BYTES {
+        if datagram.len() > MAX_CHUNK_ACK_BYTES {
             return Err(AckError::TooLong(datagram.len()));
         }
         let end = datagram
@@ -66,21 +107,31 @@ impl Ack {
         let mut text = &datagram[..end];
         let mut key = None;
         if let Some(at) = text.windows(3).rposition(|w| w == b" k=") {
-            key = Some(parse_key(&text[at + 3..]).ok_or(AckError::Unknown)?);
+            key = parse_key(&text[at + 3..]);
+            if key.is_none() {
+                return Err(if datagram.len() > MAX_ACK_BYTES {
+                    AckError::TooLong(datagram.len())
+                } else {
+                    AckError::Unknown
+                });
+            }
             text = &text[..at];
         }
         let ack = match text {
-            b"continue" => Ack::Continue(None),
-            b"end" => Ack::End,
-            b"hello" if key.is_some() => Ack::Hello,
-            _ => {
-                let seq = text.strip_prefix(b"continue ").ok_or(AckError::Unknown)?;
-                parse_u64(seq)
-                    .map(|s| Ack::Continue(Some(s)))
-                    .ok_or(AckError::Unknown)?
-            }
+            b"continue" => Some(Ack::Continue(None)),
+            b"end" => Some(Ack::End),
+            b"hello" if key.is_some() => Some(Ack::Hello),
+            _ => decode_numbered(text, key.is_some()),
         };
-        Ok((ack, key))
+        // Only the chunked forms may pass the old forms' 64 bytes.
+        let chunked = matches!(
+            ack,
+            Some(Ack::HelloChunks { .. } | Ack::Received { .. } | Ack::Nack(_))
+        );
+        if !chunked && datagram.len() > MAX_ACK_BYTES {
+            return Err(AckError::TooLong(datagram.len()));
+        }
+        Ok((ack.ok_or(AckError::Unknown)?, key))
     }
 
     /// Writes the ack as it goes on the wire, without a key (the seed form, or a server that
@@ -97,12 +148,73 @@ impl Ack {
             Ack::Continue(Some(seq)) => format!("continue {seq}").into_bytes(),
             Ack::End => b"end".to_vec(),
             Ack::Hello => b"hello".to_vec(),
+            Ack::HelloChunks { mtu } => format!("hello mtu={mtu}").into_bytes(),
+            Ack::Received { seq, rx_bytes } => format!("continue {seq} r={rx_bytes}").into_bytes(),
+            Ack::Nack(n) => format!("nack {} n={} m={:x}", n.seq, n.need, n.missing).into_bytes(),
         };
         if let Some(key) = key {
             out.extend_from_slice(format!(" k={}", format_key(key)).as_bytes());
         }
         out
     }
+}
+
+/// The forms with numbers, the key already taken off: `continue <seq>`, `continue <seq> r=<rx>`,
+/// `nack <seq> n=<need> m=<hex>`, `hello mtu=<bytes>` (only with a key).
+fn decode_numbered(text: &[u8], keyed: bool) -> Option<Ack> {
+    if let Some(rest) = text.strip_prefix(b"continue ") {
+        let mut words = rest.split(|&b| b == b' ');
+        let seq = parse_u64(words.next()?)?;
+        let ack = match words.next() {
+            None => Ack::Continue(Some(seq)),
+            Some(word) => {
+                let rx = parse_u64(word.strip_prefix(b"r=")?)?;
+                Ack::Received {
+                    seq,
+                    rx_bytes: u32::try_from(rx).ok()?,
+                }
+            }
+        };
+        return words.next().is_none().then_some(ack);
+    }
+    if let Some(rest) = text.strip_prefix(b"nack ") {
+        let mut words = rest.split(|&b| b == b' ');
+        let seq = parse_u64(words.next()?)?;
+        let need = parse_u64(words.next()?.strip_prefix(b"n=")?)?;
+        let missing = parse_bitmap(words.next()?.strip_prefix(b"m=")?)?;
+        if words.next().is_some() || need == 0 || need > NACK_BITS as u64 {
+            return None;
+        }
+        return Some(Ack::Nack(Nack {
+            seq,
+            need: u8::try_from(need).ok()?,
+            missing,
+        }));
+    }
+    let mtu = parse_u64(text.strip_prefix(b"hello mtu=")?)?;
+    let range = u64::from(MIN_MTU_BYTES)..=u64::from(MAX_MTU_BYTES);
+    if !keyed || !range.contains(&mtu) {
+        return None;
+    }
+    Some(Ack::HelloChunks {
+        mtu: u16::try_from(mtu).ok()?,
+    })
+}
+
+/// A `nack` bitmap: 1 to 32 lowercase hex digits, no leading zeros ("0" alone is zero).
+fn parse_bitmap(hex: &[u8]) -> Option<u128> {
+    let digits_ok = hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if hex.is_empty()
+        || hex.len() > NACK_BITS / 4
+        || !digits_ok
+        || (hex.len() > 1 && hex[0] == b'0')
+    {
+        return None;
+    }
+    hex.iter().try_fold(0u128, |acc, &d| {
+        let v = (d as char).to_digit(16)?;
+        Some(acc << 4 | u128::from(v))
+    })
 }
 
 /// A session key as it is written: 16 lowercase hex digits.
@@ -203,5 +315,119 @@ mod tests {
             assert_eq!(Ack::decode(bad), Err(AckError::Unknown), "{bad:?}");
         }
         assert_eq!(Ack::decode(&[b'a'; 65]), Err(AckError::TooLong(65)));
+    }
+
+    #[test]
+    fn chunked_forms_round_trip_within_their_cap() {
+        let full = Nack {
+            seq: u64::MAX,
+            need: 128,
+            missing: u128::MAX,
+        };
+        for ack in [
+            Ack::HelloChunks { mtu: MIN_MTU_BYTES },
+            Ack::HelloChunks { mtu: 1200 },
+            Ack::HelloChunks { mtu: MAX_MTU_BYTES },
+            Ack::Received {
+                seq: 0,
+                rx_bytes: 0,
+            },
+            Ack::Received {
+                seq: u64::MAX,
+                rx_bytes: u32::MAX,
+            },
+            Ack::Nack(Nack {
+                seq: 3,
+                need: 1,
+                missing: 0b100,
+            }),
+            Ack::Nack(Nack {
+                seq: 3,
+                need: 2,
+                missing: 0,
+            }),
+            Ack::Nack(full),
+        ] {
+            let wire = ack.encode_keyed(Some(u64::MAX));
+            assert!(wire.len() <= MAX_CHUNK_ACK_BYTES, "{wire:?}");
+            assert_eq!(Ack::decode_keyed(&wire), Ok((ack, Some(u64::MAX))));
+        }
+        assert_eq!(
+            Ack::Nack(full).encode_keyed(Some(1)).len(),
+            85,
+            "the longest ack"
+        );
+        assert_eq!(
+            Ack::decode_keyed(b"nack 17 n=2 m=24 k=00000000000000ff"),
+            Ok((
+                Ack::Nack(Nack {
+                    seq: 17,
+                    need: 2,
+                    missing: (1 << 2) | (1 << 5),
+                }),
+                Some(255)
+            ))
+        );
+        assert_eq!(
+            Ack::decode_keyed(b"continue 9 r=4096 k=00000000000000ff\n"),
+            Ok((
+                Ack::Received {
+                    seq: 9,
+                    rx_bytes: 4096
+                },
+                Some(255)
+            ))
+        );
+    }
+
+    #[test]
+    fn hostile_chunked_acks_are_rejected() {
+        for bad in [
+            &b"hello mtu=1200"[..],               // no key
+            b"hello mtu=799 k=0123456789abcdef",  // under the floor
+            b"hello mtu=8973 k=0123456789abcdef", // over the ceiling
+            b"hello mtu= k=0123456789abcdef",
+            b"hello mtu=+1200 k=0123456789abcdef",
+            b"hello mtu=1200 x k=0123456789abcdef",
+            b"continue 1 r=4294967296 k=0123456789abcdef", // over u32
+            b"continue 1 r= k=0123456789abcdef",
+            b"continue 1 r=5 r=5 k=0123456789abcdef",
+            b"continue 1 x=5 k=0123456789abcdef",
+            b"continue 1  r=5 k=0123456789abcdef",
+            b"nack 1 n=0 m=1 k=0123456789abcdef", // needs nothing
+            b"nack 1 n=129 m=1 k=0123456789abcdef", // more than a frame holds
+            b"nack 1 n=99999999999999999999999 m=1 k=0123456789abcdef",
+            b"nack 1 n=1 m= k=0123456789abcdef",
+            b"nack 1 n=1 m=01 k=0123456789abcdef", // leading zero
+            b"nack 1 n=1 m=1F k=0123456789abcdef", // upper case
+            b"nack 1 n=1 m=g k=0123456789abcdef",
+            b"nack 1 n=1 m=100000000000000000000000000000000 k=0123456789abcdef", // 33 digits
+            b"nack 1 m=1 n=1 k=0123456789abcdef",
+            b"nack 1 n=1 k=0123456789abcdef",
+            b"nack 1 n=1 m=1 extra k=0123456789abcdef",
+            b"nack n=1 m=1 k=0123456789abcdef",
+        ] {
+            // Garbage past the old forms' cap is refused as too long.
+            let want = if bad.len() > MAX_ACK_BYTES {
+                AckError::TooLong(bad.len())
+            } else {
+                AckError::Unknown
+            };
+            assert_eq!(Ack::decode_keyed(bad), Err(want), "{bad:?}");
+        }
+        // The old forms keep their 64-byte cap; nothing passes 96.
+        let mut long_end = b"end k=0123456789abcdef".to_vec();
+        long_end.resize(65, b'\n');
+        assert_eq!(Ack::decode_keyed(&long_end), Err(AckError::TooLong(65)));
+        let mut padded = Ack::Nack(Nack {
+            seq: 1,
+            need: 1,
+            missing: 1,
+        })
+        .encode_keyed(Some(1));
+        padded.resize(96, 0);
+        assert!(Ack::decode_keyed(&padded).is_ok());
+        padded.push(0);
+        assert_eq!(Ack::decode_keyed(&padded), Err(AckError::TooLong(97)));
     }
 }

@@ -5,7 +5,10 @@
 //! * [`register`]: the viewer's TCP registration (the seed-003 form and the versioned `SURV/1`
 //!   form, with the access token it may carry), and seed 001's `Request` datagram.
 //! * [`reply`]: the server's one-line answer to the versioned form.
-//! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end`.
+//! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end` (and a chunked
+//!   session's `nack`).
+//! * [`chunk`]: the header of each chunk of a frame sent in MTU-sized pieces to a viewer that
+//!   asked for them; [`reassembly`] puts the frame back together, sans-IO.
 //! * [`tag`]: the sequence number, capture time and motion flag carried inside every frame datagram as a JPEG
 //!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it.
 //!
@@ -14,12 +17,19 @@
 //! docs/PROTOCOL.md describes the whole exchange for people; this crate is the reference.
 
 pub mod ack;
+pub mod chunk;
+pub mod reassembly;
 pub mod register;
 pub mod reply;
 pub mod size;
 pub mod tag;
 
-pub use ack::{Ack, AckError, MAX_ACK_BYTES};
+pub use ack::{Ack, AckError, Nack, MAX_ACK_BYTES, MAX_CHUNK_ACK_BYTES};
+pub use chunk::{
+    chunk_bytes_for_mtu, ChunkError, ChunkHeader, CHUNK_HEADER_BYTES, DEFAULT_MTU_BYTES,
+    MAX_CHUNKS_PER_FRAME, MAX_MTU_BYTES, MIN_MTU_BYTES,
+};
+pub use reassembly::{Incomplete, Push, Reassembler, ReassemblyStats, Rejected};
 pub use register::{
     is_valid_camera_name, is_valid_token, AppRequest, Form, RegError, Registration,
     RegistrationLine, RequestError, MAX_CAMERA_NAME_BYTES, MAX_REGISTRATION_BYTES,

@@ -15,6 +15,9 @@
 //!                               (see [`crate::ack`]); absent from servers before it
 //!                 udp           optional, with key: the server's UDP port that frames come
 //!                               from and where `hello` goes, 1..=65535
+//!                 mtu           optional: the server sends frames in chunks of at most this
+//!                               many bytes to a viewer whose `hello` asks for them (see
+//!                               [`crate::chunk`]), 800..=8972; absent from servers before it
 //!     ERR SURV/1  the rest of the line is a reason for the person running the viewer
 //! ```
 //!
@@ -31,6 +34,7 @@ use std::fmt::Write as _;
 use thiserror::Error;
 
 use crate::ack::{format_key, parse_key, parse_u64};
+use crate::chunk::{MAX_MTU_BYTES, MIN_MTU_BYTES};
 use crate::register::PROTOCOL_VERSION;
 use crate::{MAX_UDP_PAYLOAD_BYTES, MIN_DATAGRAM_BYTES};
 
@@ -62,6 +66,9 @@ pub struct StreamParams {
     /// The server's UDP port for this session (frames come from it; `hello` goes to it), on
     /// the address the viewer registered with.
     pub udp_port: Option<u16>,
+    /// The largest chunk datagram the server sends a viewer that asks for chunks; `None`: the
+    /// server sends whole frames only.
+    pub mtu: Option<u16>,
 }
 
 /// The server's answer to a `SURV/1` registration.
@@ -130,6 +137,9 @@ impl Reply {
                 if let Some(port) = p.udp_port {
                     let _ = write!(line, " udp={port}");
                 }
+                if let Some(mtu) = p.mtu {
+                    let _ = write!(line, " mtu={mtu}");
+                }
                 line.push('\n');
                 line.into_bytes()
             }
@@ -195,6 +205,7 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
     let mut values = [None::<u64>; FIELDS.len()];
     let mut session_key = None;
     let mut udp_port = None;
+    let mut mtu = None;
     for word in params.split_ascii_whitespace() {
         let (key, value) = word
             .split_once('=')
@@ -222,6 +233,23 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
                     max: u64::from(u16::MAX),
                 })?;
             udp_port = Some(port);
+            continue;
+        }
+        if key == "mtu" {
+            if mtu.is_some() {
+                return Err(ReplyError::Repeated("mtu"));
+            }
+            let (min, max) = (u64::from(MIN_MTU_BYTES), u64::from(MAX_MTU_BYTES));
+            let bytes = parse_u64(value.as_bytes())
+                .filter(|v| (min..=max).contains(v))
+                .and_then(|v| u16::try_from(v).ok())
+                .ok_or_else(|| ReplyError::OutOfRange {
+                    key: "mtu",
+                    value: excerpt(value),
+                    min,
+                    max,
+                })?;
+            mtu = Some(bytes);
             continue;
         }
         let Some(i) = FIELDS.iter().position(|f| f.0 == key) else {
@@ -252,6 +280,7 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
         max_datagram_bytes: usize::try_from(field(4)?).unwrap_or(usize::MAX),
         key: session_key,
         udp_port,
+        mtu,
     }))
 }
 

@@ -48,7 +48,8 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 /// How the tests run surv-client: any UDP port, for `seconds`, no recording, a 5 s connect
-/// timeout, no token, no pipe. Tests change a field with `..client_config(…)`.
+/// timeout, no token, no pipe, frames in chunks as its `--mtu` default asks. Tests change a
+/// field with `..client_config(…)`.
 pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
     surv_client::Config {
         server,
@@ -60,6 +61,7 @@ pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
         token: None,
         pipe: false,
         camera: None,
+        mtu: Some(surv_proto::DEFAULT_MTU_BYTES),
     }
 }
 

@@ -257,3 +257,49 @@ fn jpeg_check_corpus_is_read_as_the_capture_path_reads_it() {
     // The seed inputs include real pictures: the replay reaches the accepting path.
     assert!(pictures >= 3, "only {pictures} pictures in the corpus");
 }
+
+#[test]
+fn chunk_corpus_reassembles_without_panicking() {
+    use surv_proto::{ChunkHeader, Push, Reassembler};
+    let mut completed = 0;
+    for (path, data) in corpus("chunk") {
+        // As fuzz/fuzz_targets/chunk.rs: datagrams after a length byte, key 0, chunks of 8.
+        let mut r = Reassembler::new(0, 8);
+        let now = std::time::Instant::now();
+        let mut rest = &data[..];
+        while let Some((&len, tail)) = rest.split_first() {
+            let (datagram, next) = tail.split_at(usize::from(len).min(tail.len()));
+            rest = next;
+            if let Push::Complete { frame, .. } = r.push(datagram, now) {
+                completed += 1;
+                let (h, payload) = ChunkHeader::decode(datagram).expect("it was stored");
+                assert_eq!(frame.len(), h.frame_bytes as usize, "{}", path.display());
+                let range = h.data_range().expect("a data chunk");
+                assert_eq!(&frame[range], payload, "{}", path.display());
+            }
+            assert!(r.incomplete().count() <= 2, "{}", path.display());
+        }
+    }
+    // The seed inputs hold whole frames: the replay reaches completion.
+    assert!(completed >= 5, "only {completed} frames completed");
+}
+
+#[test]
+fn chunk_ack_corpus_round_trips() {
+    let mut understood = 0;
+    for (path, data) in corpus("chunk_ack") {
+        // As fuzz/fuzz_targets/chunk_ack.rs.
+        if let Ok((ack, key)) = surv_proto::Ack::decode_keyed(&data) {
+            understood += 1;
+            let wire = ack.encode_keyed(key);
+            assert!(wire.len() <= surv_proto::MAX_CHUNK_ACK_BYTES);
+            assert_eq!(
+                surv_proto::Ack::decode_keyed(&wire),
+                Ok((ack, key)),
+                "{}",
+                path.display()
+            );
+        }
+    }
+    assert!(understood >= 5, "only {understood} corpus inputs parsed");
+}

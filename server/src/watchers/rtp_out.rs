@@ -14,18 +14,14 @@ use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::UdpSocket;
 
 use crate::rtp::{RtpFrame, Stamp, RTP_HEADER_BYTES};
-use crate::sys::{self, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
-
-/// Cleared the first time the kernel or a route refuses a segmented send: from then on every
-/// packet is its own `sendmsg`.
-static GSO_WORKS: AtomicBool = AtomicBool::new(true);
+use crate::sys::{self, cannot_segment, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GSO_WORKS};
 
 /// `$`, channel, 16-bit length (RFC 2326 §10.12), then the RTP header.
 const PREFIX_BYTES: usize = 4 + RTP_HEADER_BYTES;
@@ -168,15 +164,6 @@ async fn send_run(
         }
     }
     result
-}
-
-/// The errors of a kernel or route that cannot segment (an old kernel, a device without
-/// checksum offload), as opposed to a failed send.
-fn cannot_segment(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
-    )
 }
 
 /// Cuts a frame's packets (their sizes, in order) into runs one segmented send can carry:

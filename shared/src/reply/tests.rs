@@ -14,6 +14,7 @@ fn params() -> StreamParams {
         max_datagram_bytes: 65_000,
         key: None,
         udp_port: None,
+        mtu: None,
     }
 }
 
@@ -31,6 +32,7 @@ fn round_trips() {
         max_datagram_bytes: 1400,
         key: None,
         udp_port: None,
+        mtu: None,
     };
     for reply in [
         Reply::Accepted(small),
@@ -259,6 +261,7 @@ fn ok_fields_at_the_ends_of_their_ranges_are_accepted() {
                 max_datagram_bytes: max,
                 key: None,
                 udp_port: None,
+                mtu: None,
             }))
         );
     }
@@ -373,4 +376,41 @@ fn the_session_key_is_optional_hex_and_given_once() {
     assert_eq!(Reply::decode(&wire), Ok((keyed, wire.len())));
     let twice = b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 key=00000000000000ff key=00000000000000ff\n";
     assert_eq!(Reply::decode(twice), Err(ReplyError::Repeated("key")));
+}
+
+#[test]
+fn the_mtu_word_round_trips_and_old_lines_still_read() {
+    let chunked = Reply::Accepted(StreamParams {
+        key: Some(0x9f86_d081_884c_7d65),
+        udp_port: Some(40123),
+        mtu: Some(1200),
+        ..params()
+    });
+    let wire = chunked.encode();
+    assert!(wire.ends_with(b" udp=40123 mtu=1200\n"), "{wire:?}");
+    assert_eq!(Reply::decode(&wire), Ok((chunked, wire.len())));
+    // A line from a server before chunks: no mtu, whole datagrams.
+    let old = b"OK SURV/1 session=12 width=640 height=480 fps=30 max_datagram=65000 key=9f86d081884c7d65 udp=40123\n";
+    match Reply::decode(old) {
+        Ok((Reply::Accepted(p), _)) => assert_eq!(p.mtu, None),
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "mtu=799",
+        "mtu=8973",
+        "mtu=",
+        "mtu=1200x",
+        "mtu=99999999999999999999999",
+    ] {
+        let line = format!("OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 {bad}\n");
+        assert!(
+            matches!(
+                Reply::decode(line.as_bytes()),
+                Err(ReplyError::OutOfRange { key: "mtu", .. })
+            ),
+            "{bad}"
+        );
+    }
+    let twice = b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 mtu=1200 mtu=1200\n";
+    assert_eq!(Reply::decode(twice), Err(ReplyError::Repeated("mtu")));
 }

@@ -1,6 +1,7 @@
 //! The ack path: one task per shared socket takes acks in with `recvmmsg` and settles each in
 //! its session's window, found by the sender's address; an ack that opens a full window sends
-//! the frame waiting there at once.
+//! the frame waiting there at once, and a chunked viewer's `nack` gets the chunks it names
+//! again at once, within the repair limits ([`super::data_path::REPAIR_FOR`] and others).
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,10 +14,10 @@ use tokio::io::Interest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::data_path::{confirm, send_one, SharedSocket};
-use super::link::Link;
+use super::data_path::{confirm, repair, send_one, Senders, SharedSocket, MAX_REPAIRS, REPAIR_FOR};
+use super::link::{Link, LinkState};
 use crate::capture::SharedFrame;
-use crate::sys::{self, BatchReceiver, BatchSender};
+use crate::sys::{self, BatchReceiver};
 use crate::Server;
 
 /// Batches an ack task takes per wake-up before letting other tasks run.
@@ -29,8 +30,8 @@ pub(super) async fn ack_loop(
     shutdown: CancellationToken,
 ) {
     let mut inbox = BatchReceiver::default();
-    let mut fanout = BatchSender::default();
-    let mut released: Vec<(Arc<Link>, SharedFrame)> = Vec::new();
+    let mut senders = Senders::default();
+    let mut released: Vec<Released> = Vec::new();
     let fd = socket.udp.as_raw_fd();
     loop {
         tokio::select! {
@@ -56,8 +57,11 @@ pub(super) async fn ack_loop(
                 })
             });
             server.stats.acks.fetch_add(acks, Relaxed);
-            for (link, frame) in released.drain(..) {
-                send_one(&server, &link, &frame, &mut fanout);
+            for (link, frame, what) in released.drain(..) {
+                match what {
+                    Send::Frame => send_one(&server, &link, &frame, &mut senders),
+                    Send::Repair(missing) => repair(&server, &link, &frame, missing, &mut senders),
+                }
             }
             match res {
                 Ok(n) if n == sys::RECV_BATCH => continue,
@@ -72,15 +76,23 @@ pub(super) async fn ack_loop(
     }
 }
 
+/// What an ack has the ack task send, after the batch: a frame, or a frame's chunks again.
+enum Send {
+    Frame,
+    Repair(u128),
+}
+
+type Released = (Arc<Link>, SharedFrame, Send);
+
 /// One datagram from a viewer (or anyone): returns whether it was an ack. A frame waiting on a
-/// window that the ack opens goes to `released`.
+/// window that the ack opens, or chunks a `nack` asks for, go to `released`.
 fn on_datagram(
     server: &Server,
     socket: &SharedSocket,
     bytes: &[u8],
     len: usize,
     from: SocketAddr,
-    released: &mut Vec<(Arc<Link>, SharedFrame)>,
+    released: &mut Vec<Released>,
 ) -> bool {
     let Some(link) = socket.links.get(&from).map(|l| l.value().clone()) else {
         server.stats.foreign_datagrams.fetch_add(1, Relaxed);
@@ -106,12 +118,35 @@ fn on_datagram(
         Err(e) => Err(e),
     };
     match ack {
-        Ok(Ack::Hello) => {
+        Ok(hello @ (Ack::Hello | Ack::HelloChunks { .. })) => {
             st.last_heard = now;
             st.window.on_alive(now);
-            if let Some(frame) = confirm(&link, &mut st) {
+            // Chunks when asked for and this server sends them, at the smaller mtu of the two.
+            let chunk_bytes = match (hello, server.config.mtu) {
+                (Ack::HelloChunks { mtu }, Some(ours)) => {
+                    Some(surv_proto::chunk_bytes_for_mtu(mtu.min(ours)))
+                }
+                _ => None,
+            };
+            if let Some(frame) = confirm(&link, &mut st, chunk_bytes) {
                 drop(st);
-                released.push((link, frame));
+                released.push((link, frame, Send::Frame));
+            }
+            true
+        }
+        Ok(Ack::Nack(nack)) => {
+            st.last_heard = now;
+            st.window.on_alive(now);
+            match repairable(&mut st, &nack, now) {
+                Some(frame) => {
+                    drop(st);
+                    released.push((link, frame, Send::Repair(nack.missing)));
+                }
+                None => {
+                    drop(st);
+                    server.stats.nacks_refused.fetch_add(1, Relaxed);
+                    tracing::trace!(viewer = %from, seq = nack.seq, "nack not answered");
+                }
             }
             true
         }
@@ -120,14 +155,21 @@ fn on_datagram(
             link.wake.notify_one();
             false
         }
-        Ok(Ack::Continue(seq)) => {
+        Ok(ack @ (Ack::Continue(_) | Ack::Received { .. })) => {
+            // A chunked session's `continue` also says how much it received (a rate signal
+            // not used yet); it settles the window as any `continue <seq>` does.
+            let seq = match ack {
+                Ack::Received { seq, .. } => Some(seq),
+                Ack::Continue(seq) => seq,
+                _ => None,
+            };
             st.window.on_ack(seq, now);
             st.last_heard = now;
             st.send_errors = 0;
             if st.pending.is_some() && st.window.can_send(now) {
                 if let Some(frame) = st.pending.take() {
                     drop(st);
-                    released.push((link, frame));
+                    released.push((link, frame, Send::Frame));
                 }
             }
             true
@@ -138,4 +180,26 @@ fn on_datagram(
             false
         }
     }
+}
+
+/// The frame a `nack` may be answered with: one of the frames last sent to this chunked
+/// session, sent within [`REPAIR_FOR`], repaired fewer than [`MAX_REPAIRS`] times, and the
+/// bitmap naming only chunks it has. Counts the repair.
+fn repairable(st: &mut LinkState, nack: &surv_proto::Nack, now: Instant) -> Option<SharedFrame> {
+    let chunk_bytes = st.chunk_bytes?;
+    let sent = st
+        .sent_chunked
+        .iter_mut()
+        .find(|s| s.frame.seq == nack.seq)?;
+    let k = sent.frame.jpeg()?.len().div_ceil(chunk_bytes);
+    let beyond = if k >= 128 { 0 } else { u128::MAX << k };
+    if nack.missing == 0
+        || nack.missing & beyond != 0
+        || sent.repairs >= MAX_REPAIRS
+        || now.saturating_duration_since(sent.at) > REPAIR_FOR
+    {
+        return None;
+    }
+    sent.repairs += 1;
+    Some(sent.frame.clone())
 }

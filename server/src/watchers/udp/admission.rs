@@ -312,6 +312,8 @@ async fn admit(
             max_datagram_bytes: server.max_datagram_bytes,
             key,
             udp_port: link.socket.udp.local_addr().ok().map(|a| a.port()),
+            // Chunks carry the session key and are asked for in the keyed hello.
+            mtu: server.config.mtu.filter(|_| key.is_some()),
         });
         if !matches!(
             timeout(REPLY_TIMEOUT, tcp.write_all(&reply.encode())).await,

@@ -6,10 +6,13 @@
 //!
 //! * One fan-out thread waits for each new frame and, for every session whose ack window is
 //!   open, queues the viewer's address; one `sendmmsg` per [`sys::SEND_BATCH`] viewers
-//!   then sends the same shared bytes to all of them (no copy in user space).
+//!   then sends the same shared bytes to all of them (no copy in user space). Viewers that
+//!   asked for chunks (a SURV/1 `hello mtu=`) get the same bytes as chunks, one GSO message
+//!   each in one more `sendmmsg` ([`super::chunks`]).
 //! * One ack task per shared socket takes acks in with `recvmmsg` and settles them in the
 //!   session's window, found by the sender's address; an ack that opens a full window sends the
-//!   frame waiting there at once.
+//!   frame waiting there at once, and a chunked viewer's `nack` has the chunks it names sent
+//!   again at once ([`repair`]).
 //! * A session's task is woken only for what is rare: an `end`, a frame waiting on a full window
 //!   (it probes or expires on the window's schedule), its timeout.
 //!
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::acks::ack_loop;
+use super::chunks::{ChunkJob, ChunkSender, Chunks};
 use super::link::{Attached, Link, LinkState};
 use super::window::Window;
 use crate::cameras::Camera;
@@ -52,6 +56,31 @@ const RECV_BUFFER_BYTES: usize = 8 << 20;
 /// of that frame's viewers skip it.
 const SEND_WAIT: Duration = Duration::from_millis(5);
 const SEND_WAITS: u32 = 4;
+
+/// A chunked viewer's `nack` is answered for each of the frames last sent to it, this many.
+pub(super) const REPAIR_FRAMES: usize = 4;
+
+/// ... at most this many times per frame ...
+pub(super) const MAX_REPAIRS: u8 = 2;
+
+/// ... and only this long after the frame was sent: a frame repaired later than this would
+/// arrive after newer ones have been shown (one repair round at a 40 ms round trip and 30 fps
+/// takes about 90 ms; the window writes frames off after at most 250 ms).
+pub(super) const REPAIR_FOR: Duration = Duration::from_millis(200);
+
+/// A frame sent to a chunked viewer, kept for repairs.
+pub(crate) struct SentFrame {
+    pub frame: SharedFrame,
+    pub at: Instant,
+    pub repairs: u8,
+}
+
+/// The senders a path that sends one viewer its frame keeps: whole datagrams, and chunks.
+#[derive(Default)]
+pub(crate) struct Senders {
+    pub whole: BatchSender,
+    pub chunks: ChunkSender,
+}
 
 /// A UDP socket that sessions share, with the sessions it serves by viewer address.
 pub(crate) struct SharedSocket {
@@ -84,9 +113,9 @@ pub struct DataPath {
     joined: tokio::sync::Notify,
 }
 
-/// What became of one datagram.
+/// What became of one datagram (or one viewer's chunks of a frame).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     Sent,
     /// The socket buffer stayed full: skipped, like a frame that came while the window was full.
     Skipped,
@@ -144,6 +173,8 @@ impl DataPath {
                     send_errors: 0,
                     key,
                     confirmed: key.is_none(),
+                    chunk_bytes: None,
+                    sent_chunked: std::collections::VecDeque::with_capacity(REPAIR_FRAMES),
                 }),
                 wake: Notify::new(),
             })
@@ -309,6 +340,16 @@ fn record(
             st.tally.frames_sent += 1;
             st.tally.bytes_sent += bytes;
             st.send_errors = 0;
+            if st.chunk_bytes.is_some() {
+                if st.sent_chunked.len() == REPAIR_FRAMES {
+                    st.sent_chunked.pop_front();
+                }
+                st.sent_chunked.push_back(SentFrame {
+                    frame: frame.clone(),
+                    at: now,
+                    repairs: 0,
+                });
+            }
             tracing::trace!(viewer = %link.viewer, seq = frame.seq, bytes, "sent");
         }
         Outcome::Skipped => {}
@@ -324,19 +365,20 @@ fn record(
 
 /// Sends one frame to one session now (the rare path: a join, an ack or a timer opened its
 /// window). The caller has taken the frame out of `pending` and checked the window.
-pub(crate) fn send_one(
-    server: &Server,
-    link: &Link,
-    frame: &SharedFrame,
-    fanout: &mut BatchSender,
-) {
+pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, senders: &mut Senders) {
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let mut outcome = Vec::with_capacity(1);
-    link.socket
-        .send_all(fanout, datagram, &[link.viewer], &mut outcome);
-    let outcome = outcome.first().copied().unwrap_or(Outcome::Skipped);
+    let job = chunk_job(link, &link.state(), Chunks::All);
+    let outcome = match job {
+        Some(job) => send_chunks(senders, link, frame.seq, datagram, job),
+        None => {
+            let mut outcome = Vec::with_capacity(1);
+            link.socket
+                .send_all(&mut senders.whole, datagram, &[link.viewer], &mut outcome);
+            outcome.first().copied().unwrap_or(Outcome::Skipped)
+        }
+    };
     if outcome == Outcome::Sent {
         server.stats.frames_sent.fetch_add(1, Relaxed);
         server
@@ -352,6 +394,61 @@ pub(crate) fn send_one(
         outcome,
         Instant::now(),
     );
+}
+
+/// What a chunked session is sent of a frame; `None` for a whole-datagram session.
+fn chunk_job(link: &Link, st: &LinkState, chunks: Chunks) -> Option<ChunkJob> {
+    Some(ChunkJob {
+        dest: link.viewer,
+        key: st.key.unwrap_or_default(),
+        chunk_bytes: st.chunk_bytes?,
+        chunks,
+    })
+}
+
+/// Sends one viewer its chunks of frame `seq` now (the rare path).
+fn send_chunks(
+    senders: &mut Senders,
+    link: &Link,
+    seq: u64,
+    datagram: &[u8],
+    job: ChunkJob,
+) -> Outcome {
+    let mut outcome = Vec::with_capacity(1);
+    senders.chunks.send(
+        link.socket.udp.as_raw_fd(),
+        seq,
+        datagram,
+        &[job],
+        &mut outcome,
+        SEND_WAITS,
+        SEND_WAIT,
+    );
+    outcome.first().copied().unwrap_or(Outcome::Skipped)
+}
+
+/// Sends a chunked viewer the chunks of `frame` that its `nack` named (`missing`), flagged as
+/// resent: the rare path, from the ack task. The caller checked the frame and the bitmap.
+pub(crate) fn repair(
+    server: &Server,
+    link: &Link,
+    frame: &SharedFrame,
+    missing: u128,
+    senders: &mut Senders,
+) {
+    let Some(datagram) = frame.jpeg() else {
+        return;
+    };
+    let Some(job) = chunk_job(link, &link.state(), Chunks::Missing(missing)) else {
+        return;
+    };
+    if send_chunks(senders, link, frame.seq, datagram, job) == Outcome::Sent {
+        server
+            .stats
+            .chunks_resent
+            .fetch_add(u64::from(missing.count_ones()), Relaxed);
+        tracing::trace!(viewer = %link.viewer, seq = frame.seq, chunks = missing.count_ones(), "repaired");
+    }
 }
 
 /// Offers `frame` to a session: taken now if its window is open (returned for sending),
@@ -381,12 +478,18 @@ fn offer(link: &Link, st: &mut LinkState, frame: &SharedFrame, now: Instant) -> 
 }
 
 /// The viewer said `hello` with its key: frames may go, starting with the current one,
-/// returned for sending (or left waiting on the window).
-pub(super) fn confirm(link: &Link, st: &mut LinkState) -> Option<SharedFrame> {
+/// returned for sending (or left waiting on the window). `chunk_bytes`: it asked for chunks
+/// (and this server sends them), of this size. The first hello fixes the session's form.
+pub(super) fn confirm(
+    link: &Link,
+    st: &mut LinkState,
+    chunk_bytes: Option<usize>,
+) -> Option<SharedFrame> {
     if st.confirmed {
         return None;
     }
     st.confirmed = true;
+    st.chunk_bytes = chunk_bytes;
     let frame = link.socket.frames.borrow().clone()?;
     offer(link, st, &frame, Instant::now()).then_some(frame)
 }
@@ -398,7 +501,7 @@ pub(crate) fn on_join(server: &Server, link: &Link) {
     };
     let take = offer(link, &mut link.state(), &frame, Instant::now());
     if take {
-        send_one(server, link, &frame, &mut BatchSender::default());
+        send_one(server, link, &frame, &mut Senders::default());
     }
 }
 
@@ -409,7 +512,7 @@ pub(crate) async fn fan_out_loop(
     shutdown: CancellationToken,
 ) {
     let mut frames = camera.frames.clone();
-    let mut sender = BatchSender::default();
+    let mut sender = Senders::default();
     let mut batch = Batch::default();
     loop {
         if camera.data.attached() == 0 {
@@ -454,6 +557,9 @@ struct Batch {
     links: Vec<Arc<Link>>,
     dests: Vec<SocketAddr>,
     outcomes: Vec<Outcome>,
+    /// The viewers that get chunks, and theirs.
+    chunked: Vec<Arc<Link>>,
+    jobs: Vec<ChunkJob>,
 }
 
 /// Sends `frame` to every session whose window is open, one `sendmmsg` per batch of viewers.
@@ -461,7 +567,7 @@ fn fan_out(
     server: &Server,
     data: &DataPath,
     frame: &SharedFrame,
-    fanout: &mut BatchSender,
+    senders: &mut Senders,
     batch: &mut Batch,
 ) {
     let Some(datagram) = frame.jpeg() else {
@@ -471,28 +577,73 @@ fn fan_out(
         let now = Instant::now();
         batch.links.clear();
         batch.dests.clear();
+        batch.chunked.clear();
+        batch.jobs.clear();
         for entry in socket.links.iter() {
             let link = entry.value();
-            if offer(link, &mut link.state(), frame, now) {
-                batch.links.push(link.clone());
-                batch.dests.push(link.viewer);
+            let mut st = link.state();
+            if offer(link, &mut st, frame, now) {
+                match chunk_job(link, &st, Chunks::All) {
+                    Some(job) => {
+                        batch.jobs.push(job);
+                        batch.chunked.push(link.clone());
+                    }
+                    None => {
+                        batch.links.push(link.clone());
+                        batch.dests.push(link.viewer);
+                    }
+                }
             }
+        }
+        if !batch.jobs.is_empty() {
+            senders.chunks.send(
+                socket.udp.as_raw_fd(),
+                frame.seq,
+                datagram,
+                &batch.jobs,
+                &mut batch.outcomes,
+                SEND_WAITS,
+                SEND_WAIT,
+            );
+            book(
+                server,
+                &batch.chunked,
+                &batch.outcomes,
+                frame,
+                datagram.len(),
+            );
         }
         if batch.dests.is_empty() {
             continue;
         }
-        socket.send_all(fanout, datagram, &batch.dests, &mut batch.outcomes);
-        let now = Instant::now();
-        let mut sent = 0u64;
-        for (link, &outcome) in batch.links.iter().zip(&batch.outcomes) {
-            sent += u64::from(outcome == Outcome::Sent);
-            record(server, link, &mut link.state(), frame, outcome, now);
-        }
-        server.stats.frames_sent.fetch_add(sent, Relaxed);
-        server
-            .stats
-            .bytes_sent
-            .fetch_add(sent * datagram.len() as u64, Relaxed);
-        tracing::trace!(seq = frame.seq, viewers = sent, "fanned out");
+        socket.send_all(
+            &mut senders.whole,
+            datagram,
+            &batch.dests,
+            &mut batch.outcomes,
+        );
+        book(server, &batch.links, &batch.outcomes, frame, datagram.len());
     }
+}
+
+/// Records each viewer's outcome of one frame's send, and the server's totals.
+fn book(
+    server: &Server,
+    links: &[Arc<Link>],
+    outcomes: &[Outcome],
+    frame: &SharedFrame,
+    bytes: usize,
+) {
+    let now = Instant::now();
+    let mut sent = 0u64;
+    for (link, &outcome) in links.iter().zip(outcomes) {
+        sent += u64::from(outcome == Outcome::Sent);
+        record(server, link, &mut link.state(), frame, outcome, now);
+    }
+    server.stats.frames_sent.fetch_add(sent, Relaxed);
+    server
+        .stats
+        .bytes_sent
+        .fetch_add(sent * bytes as u64, Relaxed);
+    tracing::trace!(seq = frame.seq, viewers = sent, "fanned out");
 }

@@ -2,13 +2,14 @@
 //! shared by the data path (which sends and settles acks) and the session task (which decides
 //! when the session ends).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::data_path::{DataPath, SharedSocket};
+use super::data_path::{DataPath, SentFrame, SharedSocket};
 use super::window::Window;
 use crate::capture::SharedFrame;
 use crate::watchers::Tally;
@@ -31,6 +32,12 @@ pub(crate) struct LinkState {
     /// Frames may go: the viewer said `hello` with its key from the announced port (SURV/1), or
     /// from the start (the seed form).
     pub confirmed: bool,
+    /// A chunked session (its `hello` asked for chunks): the payload bytes of each chunk;
+    /// `None`: whole frame datagrams.
+    pub chunk_bytes: Option<usize>,
+    /// A chunked session's frames last sent, oldest first, for its `nack`s
+    /// (at most [`super::data_path::REPAIR_FRAMES`]).
+    pub sent_chunked: VecDeque<SentFrame>,
 }
 
 /// One session's end of the data path.

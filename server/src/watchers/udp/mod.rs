@@ -12,11 +12,13 @@
 //! * [`session`]: one task per viewer: when its stream ends.
 //! * `link`: what the data path and the session share about one viewer.
 //! * [`data_path`]: shared sockets and the fan-out thread.
+//! * `chunks`: a frame as MTU-sized chunks to the viewers that asked for them (UDP GSO).
 //! * `acks`: the ack path.
 //! * [`window`]: the ack window that keeps a lost datagram or ack from stalling a viewer.
 
 mod acks;
 pub mod admission;
+mod chunks;
 pub mod data_path;
 pub(crate) mod link;
 pub mod session;

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use super::data_path::{self, DataPath, MAX_SEND_ERRORS};
 use super::link::Attached;
 use crate::journal::LeaveReason;
-use crate::sys::BatchSender;
 use crate::watchers::Tally;
 use crate::Server;
 
@@ -41,7 +40,7 @@ impl Session {
     ) -> (LeaveReason, Tally) {
         let timeout = server.config.viewer_timeout;
         let mut tcp_buf = [0u8; 256];
-        let mut sender = BatchSender::default();
+        let mut sender = data_path::Senders::default();
         data_path::on_join(server, &self.link);
 
         let reason = loop {

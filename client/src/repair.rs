@@ -1,0 +1,232 @@
+//! A chunked session's loss repair, viewer side and sans-IO: when to ask the server for a
+//! frame's missing chunks again (`nack`) and when to give the frame up for the newest.
+//!
+//! A frame in assembly is asked for once its missing chunks are lost rather than late: its last
+//! chunk came (chunks leave in order), a chunk of a newer frame came, or [`GAP`] passed without
+//! one of its chunks. If it is still incomplete a repair's round trip later (1.5 × the measured
+//! one, from a `nack` to the first chunk resent for it, plus [`RENACK_MARGIN`], at least
+//! [`MIN_RENACK`]; [`RENACK_AFTER`] before any measurement) it is asked for again, at most
+//! [`MAX_NACKS`] times in all (the server answers as often). [`GIVE_UP_AFTER`] after its
+//! first chunk it is given up: by then newer frames are due, and showing it would go back in
+//! time. The server repairs a frame within 200 ms of sending it; one round costs a round trip
+//! and at most [`CHECK_EVERY`] of timer.
+
+use std::time::{Duration, Instant};
+
+use surv_proto::{Incomplete, Nack};
+
+/// How often the receiver checks its incomplete frames while it has any.
+pub const CHECK_EVERY: Duration = Duration::from_millis(5);
+
+/// No chunk of an incomplete frame for this long: its missing chunks are lost.
+pub const GAP: Duration = Duration::from_millis(5);
+
+/// A frame still incomplete this long after its `nack` is asked for again, before a repair's
+/// round trip has been measured.
+pub const RENACK_AFTER: Duration = Duration::from_millis(60);
+
+/// Added to 1.5 × the measured repair round trip before asking again.
+pub const RENACK_MARGIN: Duration = Duration::from_millis(5);
+
+/// However short the round trip, a frame is asked for again no sooner than this.
+pub const MIN_RENACK: Duration = Duration::from_millis(10);
+
+/// `nack`s per frame at most.
+pub const MAX_NACKS: u8 = 2;
+
+/// A frame not complete this long after its first chunk is given up.
+pub const GIVE_UP_AFTER: Duration = Duration::from_millis(250);
+
+/// What to do about the frames in assembly now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send this `nack`.
+    Nack(Nack),
+    /// Give the frame up (then `continue` past it).
+    GiveUp(u64),
+}
+
+/// The `nack`s sent for the frames in assembly.
+#[derive(Debug, Default)]
+pub struct NackTimer {
+    /// seq, nacks sent, when the last went, whether its answer was timed. At most as many as
+    /// frames in assembly (two).
+    asked: Vec<(u64, u8, Instant, bool)>,
+    /// `nack`s sent in all.
+    pub sent: u64,
+    /// The smoothed repair round trip (1/4 gain); `None` before the first resent chunk.
+    rtt: Option<Duration>,
+}
+
+impl NackTimer {
+    /// A chunk flagged as resent arrived for frame `seq` at `now`: the first after each `nack`
+    /// times the repair's round trip.
+    pub fn on_resent(&mut self, seq: u64, now: Instant) {
+        if let Some(a) = self.asked.iter_mut().find(|a| a.0 == seq && !a.3) {
+            a.3 = true;
+            let sample = now.saturating_duration_since(a.2);
+            self.rtt = Some(self.rtt.map_or(sample, |rtt| (rtt * 3 + sample) / 4));
+        }
+    }
+
+    /// How long after a `nack` a frame still incomplete is asked for again.
+    pub fn renack_after(&self) -> Duration {
+        self.rtt.map_or(RENACK_AFTER, |rtt| {
+            (rtt * 3 / 2 + RENACK_MARGIN).max(MIN_RENACK)
+        })
+    }
+
+    /// The steps due at `now` for `frames` (the reassembler's incomplete frames, oldest first);
+    /// `newest_seen`: the newest frame any chunk has come for.
+    pub fn due(
+        &mut self,
+        frames: impl Iterator<Item = Incomplete>,
+        newest_seen: Option<u64>,
+        now: Instant,
+        out: &mut Vec<Step>,
+    ) {
+        out.clear();
+        let mut live = [None::<u64>; 2];
+        for (i, f) in frames.enumerate() {
+            if let Some(slot) = live.get_mut(i) {
+                *slot = Some(f.seq);
+            }
+            if now.saturating_duration_since(f.first_at) >= GIVE_UP_AFTER {
+                out.push(Step::GiveUp(f.seq));
+                continue;
+            }
+            let renack_after = self.renack_after();
+            let asked = self.asked.iter_mut().find(|a| a.0 == f.seq);
+            let ask = match asked.as_deref() {
+                None => {
+                    f.highest_index.saturating_add(1) >= f.data_chunks
+                        || newest_seen.is_some_and(|n| n > f.seq)
+                        || now.saturating_duration_since(f.last_at) >= GAP
+                }
+                Some(&(_, count, at, _)) => {
+                    count < MAX_NACKS && now.saturating_duration_since(at) >= renack_after
+                }
+            };
+            if !ask || f.need == 0 {
+                continue;
+            }
+            match asked {
+                Some(a) => {
+                    a.1 += 1;
+                    a.2 = now;
+                    a.3 = false;
+                }
+                None => self.asked.push((f.seq, 1, now, false)),
+            }
+            self.sent += 1;
+            out.push(Step::Nack(Nack {
+                seq: f.seq,
+                need: f.need,
+                missing: f.missing,
+            }));
+        }
+        // Forget frames no longer in assembly (completed, given up, pushed out).
+        self.asked.retain(|a| live.contains(&Some(a.0)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(seq: u64, first_at: Instant, last_at: Instant, highest_index: u8) -> Incomplete {
+        Incomplete {
+            seq,
+            first_at,
+            last_at,
+            highest_index,
+            data_chunks: 10,
+            need: 2,
+            missing: 0b1001,
+        }
+    }
+
+    fn steps(t: &mut NackTimer, frames: &[Incomplete], newest: u64, now: Instant) -> Vec<Step> {
+        let mut out = Vec::new();
+        t.due(frames.iter().copied(), Some(newest), now, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_frame_is_asked_for_when_its_losses_show_then_again_then_given_up() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = NackTimer::default();
+        let nack = Step::Nack(Nack {
+            seq: 5,
+            need: 2,
+            missing: 0b1001,
+        });
+        // Chunks still coming (index 6 of 10, 1 ms ago): nothing yet.
+        assert_eq!(steps(&mut t, &[frame(5, t0, ms(2), 6)], 5, ms(3)), []);
+        // Its last chunk came: ask at once.
+        assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(4)), [nack]);
+        // Not again before RENACK_AFTER …
+        assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(40)), []);
+        // … then once more, and never a third time.
+        assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(64)), [nack]);
+        assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(200)), []);
+        assert_eq!(t.sent, 2);
+        // Given up GIVE_UP_AFTER after its first chunk.
+        assert_eq!(
+            steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(250)),
+            [Step::GiveUp(5)]
+        );
+    }
+
+    /// Once a repair's round trip is measured (2 ms here), a frame still incomplete is asked
+    /// for again after 1.5 × it + 5 ms, at least 10 ms, not after the 60 ms default.
+    #[test]
+    fn asking_again_follows_the_measured_repair_round_trip() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = NackTimer::default();
+        assert_eq!(t.renack_after(), RENACK_AFTER);
+        let f = frame(5, t0, ms(1), 9);
+        assert_eq!(steps(&mut t, &[f], 5, ms(1)).len(), 1);
+        t.on_resent(5, ms(3));
+        t.on_resent(5, ms(4)); // later chunks of the same repair are not samples
+        assert_eq!(t.renack_after(), MIN_RENACK);
+        assert_eq!(steps(&mut t, &[f], 5, ms(10)), []);
+        assert_eq!(steps(&mut t, &[f], 5, ms(11)).len(), 1, "asked again");
+        // A slow repair (40 ms) stretches the wait: 0.75 × 2 + 0.25 × 40 = 11.5 ms smoothed.
+        t.on_resent(5, ms(51));
+        assert_eq!(
+            t.renack_after(),
+            Duration::from_micros(11_500 * 3 / 2 + 5_000)
+        );
+    }
+
+    #[test]
+    fn a_newer_frame_or_a_silence_shows_the_losses() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = NackTimer::default();
+        // A chunk of frame 6 came: frame 5's missing chunks are lost.
+        let out = steps(
+            &mut t,
+            &[frame(5, t0, ms(1), 3), frame(6, ms(1), ms(1), 0)],
+            6,
+            ms(1),
+        );
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Step::Nack(Nack { seq: 5, .. })));
+        // Frame 6 goes quiet for GAP.
+        let out = steps(
+            &mut t,
+            &[frame(5, t0, ms(1), 3), frame(6, ms(1), ms(1), 0)],
+            6,
+            ms(6),
+        );
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Step::Nack(Nack { seq: 6, .. })));
+        // Frame 5 completes: forgotten; a later frame 5 would be new (never happens: late).
+        steps(&mut t, &[frame(6, ms(1), ms(1), 0)], 6, ms(7));
+        assert_eq!(t.asked.len(), 1);
+    }
+}

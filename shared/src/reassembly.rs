@@ -1,0 +1,328 @@
+//! A chunked session's frames put back together from their chunks ([`crate::chunk`]), sans-IO:
+//! the viewer pushes each datagram with the time it arrived and gets a whole frame back when its
+//! last missing chunk comes; it asks which frames are incomplete (what to `nack`) and gives
+//! frames up when they are no longer worth showing.
+//!
+//! ```text
+//!  datagram ─▶ ChunkHeader::decode ─▶ key, chunk size ─▶ slot of its seq ─▶ all k data chunks?
+//!               (refused: Invalid)     (Foreign, ChunkSize)  (Late, Duplicate,   └▶ Complete(&frame)
+//!                                                             Mismatch, Parity)
+//! ```
+//!
+//! * At most two frames are in assembly (two slots, each the largest frame, allocated once by
+//!   [`Reassembler::new`]); nothing is allocated per chunk, so a hostile stream of headers costs
+//!   no memory.
+//! * A chunk of a frame older than or equal to the newest one completed or given up is `Late`:
+//!   frames are shown newest first, never out of order.
+//! * A chunk of a new frame takes a free slot, or the slot of the older frame in assembly, which
+//!   is given up (and counted). A chunk older than both frames in assembly is `Late`.
+//! * When a frame completes, older frames still in assembly are given up: the newest complete
+//!   frame wins, as the decoder does.
+//! * Every chunk of a frame must agree with the first one seen on the frame's shape (`k`, `m`,
+//!   `frame_bytes`), else it is a `Mismatch`. The payload is copied where its index says; a
+//!   repeated index is a `Duplicate` and is not copied again.
+//! * Parity chunks are dropped (`Parity`): this version sends none and decodes none.
+
+use std::time::Instant;
+
+use crate::chunk::{ChunkError, ChunkHeader, MAX_CHUNKS_PER_FRAME};
+use crate::MAX_UDP_PAYLOAD_BYTES;
+
+/// Frames in assembly at once.
+const SLOTS: usize = 2;
+
+/// What became of one pushed datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push<'a> {
+    /// Its frame is whole: the frame's bytes (a tagged JPEG), borrowed until the next push.
+    Complete { seq: u64, frame: &'a [u8] },
+    /// Stored; its frame still lacks chunks.
+    Pending { seq: u64 },
+    /// Not stored, and why.
+    Rejected(Rejected),
+}
+
+/// Why a datagram was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a valid chunk.
+    Invalid(ChunkError),
+    /// Another session's key.
+    Foreign,
+    /// A chunk size other than the session's.
+    ChunkSize,
+    /// Its frame is older than (or is) the newest one completed or given up, or older than
+    /// both frames in assembly.
+    Late,
+    /// Its index is stored already.
+    Duplicate,
+    /// Its frame's shape differs from the first chunk's of that frame.
+    Mismatch,
+    /// A parity chunk: not decoded by this version.
+    Parity,
+}
+
+/// Counts since the reassembler was made, for the viewer's summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    /// Datagrams stored.
+    pub chunks: u64,
+    /// Payload bytes of the chunks stored.
+    pub chunk_bytes: u64,
+    /// Frames completed.
+    pub complete: u64,
+    /// Frames given up incomplete (by [`Reassembler::give_up`], by a newer frame completing, or
+    /// by a third frame needing a slot).
+    pub given_up: u64,
+    pub duplicate: u64,
+    pub late: u64,
+    /// Invalid, foreign, wrong size, mismatched or parity: not this session's or not usable.
+    pub refused: u64,
+}
+
+/// An incomplete frame, for deciding when to `nack` it and what to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Incomplete {
+    pub seq: u64,
+    /// When its first chunk arrived.
+    pub first_at: Instant,
+    /// When its latest chunk arrived.
+    pub last_at: Instant,
+    /// The highest index received: once the frame's last index has come, the rest are lost, not
+    /// late.
+    pub highest_index: u8,
+    /// The frame's data chunk count, `k`.
+    pub data_chunks: u8,
+    /// Data chunks still missing (`k` − received).
+    pub need: u8,
+    /// Bit i set: data chunk i is missing.
+    pub missing: u128,
+}
+
+/// One frame in assembly.
+struct Slot {
+    /// `None`: free.
+    seq: Option<u64>,
+    data_chunks: u8,
+    parity_chunks: u8,
+    frame_bytes: u32,
+    /// Bit i set: data chunk i is stored.
+    have: u128,
+    received: u8,
+    highest_index: u8,
+    first_at: Instant,
+    last_at: Instant,
+    /// The frame's bytes, [`MAX_UDP_PAYLOAD_BYTES`] long.
+    buf: Box<[u8]>,
+}
+
+/// A chunked session's reassembly: see the module doc.
+pub struct Reassembler {
+    key: u64,
+    chunk_bytes: usize,
+    slots: [Slot; SLOTS],
+    /// The newest frame completed or given up.
+    newest_done: Option<u64>,
+    stats: ReassemblyStats,
+}
+
+impl std::fmt::Debug for Reassembler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reassembler")
+            .field("chunk_bytes", &self.chunk_bytes)
+            .field(
+                "in_assembly",
+                &self.slots.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            )
+            .field("newest_done", &self.newest_done)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Reassembler {
+    /// For the session with `key`, whose chunks are `chunk_bytes` long (from the mtu it was
+    /// granted: [`crate::chunk::chunk_bytes_for_mtu`]). Allocates its two frame buffers, about
+    /// 128 KB, once.
+    pub fn new(key: u64, chunk_bytes: usize) -> Reassembler {
+        let slot = |now| Slot {
+            seq: None,
+            data_chunks: 0,
+            parity_chunks: 0,
+            frame_bytes: 0,
+            have: 0,
+            received: 0,
+            highest_index: 0,
+            first_at: now,
+            last_at: now,
+            buf: vec![0u8; MAX_UDP_PAYLOAD_BYTES].into_boxed_slice(),
+        };
+        let now = Instant::now();
+        Reassembler {
+            key,
+            chunk_bytes,
+            slots: [slot(now), slot(now)],
+            newest_done: None,
+            stats: ReassemblyStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReassemblyStats {
+        self.stats
+    }
+
+    /// The newest frame completed or given up: what a `continue` acknowledges.
+    pub fn newest_done(&self) -> Option<u64> {
+        self.newest_done
+    }
+
+    /// Takes one datagram that arrived at `now`.
+    pub fn push(&mut self, datagram: &[u8], now: Instant) -> Push<'_> {
+        match self.store(datagram, now) {
+            Ok((seq, Some(i))) => {
+                self.finish(seq);
+                self.stats.complete += 1;
+                let slot = &self.slots[i];
+                let len = usize::try_from(slot.frame_bytes).unwrap_or(0);
+                Push::Complete {
+                    seq,
+                    frame: slot.buf.get(..len).unwrap_or_default(),
+                }
+            }
+            Ok((seq, None)) => Push::Pending { seq },
+            Err(why) => {
+                match why {
+                    Rejected::Duplicate => self.stats.duplicate += 1,
+                    Rejected::Late => self.stats.late += 1,
+                    _ => self.stats.refused += 1,
+                }
+                Push::Rejected(why)
+            }
+        }
+    }
+
+    /// Stores the chunk: its frame, and `Some(slot)` when that completed it.
+    fn store(&mut self, datagram: &[u8], now: Instant) -> Result<(u64, Option<usize>), Rejected> {
+        let (h, payload) = ChunkHeader::decode(datagram).map_err(Rejected::Invalid)?;
+        if h.key != self.key {
+            return Err(Rejected::Foreign);
+        }
+        if usize::from(h.chunk_bytes) != self.chunk_bytes {
+            return Err(Rejected::ChunkSize);
+        }
+        let range = h.data_range().ok_or(Rejected::Parity)?;
+        if self.newest_done.is_some_and(|done| h.seq <= done) {
+            return Err(Rejected::Late);
+        }
+        let i = self.slot_for(&h, now)?;
+        let slot = &mut self.slots[i];
+        let same_shape = (slot.data_chunks, slot.parity_chunks, slot.frame_bytes)
+            == (h.data_chunks, h.parity_chunks, h.frame_bytes);
+        if !same_shape {
+            return Err(Rejected::Mismatch);
+        }
+        let bit = 1u128 << h.index; // index < k ≤ 128, checked by decode
+        if slot.have & bit != 0 {
+            return Err(Rejected::Duplicate);
+        }
+        slot.buf
+            .get_mut(range)
+            .ok_or(Rejected::Mismatch)?
+            .copy_from_slice(payload);
+        slot.have |= bit;
+        slot.received += 1;
+        slot.highest_index = slot.highest_index.max(h.index);
+        slot.last_at = now;
+        self.stats.chunks += 1;
+        self.stats.chunk_bytes += payload.len() as u64;
+        Ok((h.seq, (slot.received == slot.data_chunks).then_some(i)))
+    }
+
+    /// The slot of `h`'s frame: its own, a free one, or the older frame's (given up).
+    fn slot_for(&mut self, h: &ChunkHeader, now: Instant) -> Result<usize, Rejected> {
+        if let Some(i) = self.slots.iter().position(|s| s.seq == Some(h.seq)) {
+            return Ok(i);
+        }
+        let i = match self.slots.iter().position(|s| s.seq.is_none()) {
+            Some(free) => free,
+            None => {
+                let oldest = (0..SLOTS)
+                    .min_by_key(|&i| self.slots[i].seq)
+                    .unwrap_or_default();
+                if self.slots[oldest].seq.is_some_and(|s| h.seq < s) {
+                    return Err(Rejected::Late);
+                }
+                self.stats.given_up += 1;
+                oldest
+            }
+        };
+        let slot = &mut self.slots[i];
+        slot.seq = Some(h.seq);
+        slot.data_chunks = h.data_chunks;
+        slot.parity_chunks = h.parity_chunks;
+        slot.frame_bytes = h.frame_bytes;
+        slot.have = 0;
+        slot.received = 0;
+        slot.highest_index = 0;
+        slot.first_at = now;
+        slot.last_at = now;
+        Ok(i)
+    }
+
+    /// `seq` completed: it and every older frame in assembly leave (the older ones given up).
+    fn finish(&mut self, seq: u64) {
+        for slot in &mut self.slots {
+            match slot.seq {
+                Some(s) if s < seq => {
+                    slot.seq = None;
+                    self.stats.given_up += 1;
+                }
+                Some(s) if s == seq => slot.seq = None,
+                _ => {}
+            }
+        }
+        self.newest_done = Some(self.newest_done.map_or(seq, |d| d.max(seq)));
+    }
+
+    /// Gives up every frame up to `seq` (it cannot be completed in time): their chunks are
+    /// `Late` from now on. Returns how many frames in assembly that dropped.
+    pub fn give_up(&mut self, seq: u64) -> usize {
+        let mut dropped = 0;
+        for slot in &mut self.slots {
+            if slot.seq.is_some_and(|s| s <= seq) {
+                slot.seq = None;
+                dropped += 1;
+            }
+        }
+        self.stats.given_up += dropped as u64;
+        self.newest_done = Some(self.newest_done.map_or(seq, |d| d.max(seq)));
+        dropped
+    }
+
+    /// The frames in assembly, oldest first, with what each lacks.
+    pub fn incomplete(&self) -> impl Iterator<Item = Incomplete> + '_ {
+        let mut order: [usize; SLOTS] = [0, 1];
+        order.sort_by_key(|&i| self.slots[i].seq);
+        order.into_iter().filter_map(|i| {
+            let s = &self.slots[i];
+            let k = usize::from(s.data_chunks);
+            let all = if k >= MAX_CHUNKS_PER_FRAME {
+                u128::MAX
+            } else {
+                (1u128 << k) - 1
+            };
+            Some(Incomplete {
+                seq: s.seq?,
+                first_at: s.first_at,
+                last_at: s.last_at,
+                highest_index: s.highest_index,
+                data_chunks: s.data_chunks,
+                need: s.data_chunks.saturating_sub(s.received),
+                missing: all & !s.have,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

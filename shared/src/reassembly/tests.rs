@@ -1,0 +1,316 @@
+//! Unit tests of reassembly: every loss pattern of a small frame in every order, with and
+//! without duplicates; older frames after newer ones; the third frame; hostile and foreign
+//! chunks; giving up.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::chunk::ChunkHeader;
+
+const KEY: u64 = 0x5eed;
+const CHUNK: usize = 4;
+
+/// A frame of `len` bytes numbered from `seed`.
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
+}
+
+/// The frame's chunk datagrams: its data chunks, then `parity` parity chunks (payload zeros),
+/// every header saying the frame was encoded with `parity` parity chunks.
+fn chunks(seq: u64, frame: &[u8], parity: u8) -> Vec<Vec<u8>> {
+    let data: Vec<ChunkHeader> = ChunkHeader::for_frame(seq, KEY, frame.len(), CHUNK)
+        .unwrap()
+        .map(|h| ChunkHeader {
+            parity_chunks: parity,
+            ..h
+        })
+        .collect();
+    let k = data[0].data_chunks;
+    let mut out: Vec<Vec<u8>> = data
+        .iter()
+        .map(|h| {
+            let mut d = h.encode().to_vec();
+            d.extend_from_slice(&frame[h.data_range().unwrap()]);
+            d
+        })
+        .collect();
+    for p in 0..parity {
+        let mut d = ChunkHeader {
+            index: k + p,
+            ..data[0]
+        }
+        .encode()
+        .to_vec();
+        d.resize(d.len() + CHUNK, 0);
+        out.push(d);
+    }
+    out
+}
+
+/// Every order of `items` (Heap's algorithm).
+fn permutations(items: &mut Vec<usize>, n: usize, out: &mut Vec<Vec<usize>>) {
+    if n <= 1 {
+        out.push(items.clone());
+        return;
+    }
+    for i in 0..n - 1 {
+        permutations(items, n - 1, out);
+        let j = if n.is_multiple_of(2) { i } else { 0 };
+        items.swap(j, n - 1);
+    }
+    permutations(items, n - 1, out);
+}
+
+/// What the test expects the reassembler to have said about a pushed sequence.
+#[derive(Debug, Default)]
+struct Outcome {
+    completed: Option<Vec<u8>>,
+    pending: usize,
+    duplicates: usize,
+    parity: usize,
+}
+
+fn push_all(r: &mut Reassembler, datagrams: &[&[u8]], now: Instant) -> Outcome {
+    let mut out = Outcome::default();
+    for d in datagrams {
+        match r.push(d, now) {
+            Push::Complete { frame, .. } => {
+                assert!(out.completed.is_none(), "completed twice");
+                out.completed = Some(frame.to_vec());
+            }
+            Push::Pending { .. } => out.pending += 1,
+            Push::Rejected(Rejected::Duplicate) => out.duplicates += 1,
+            Push::Rejected(Rejected::Late) => {
+                assert!(out.completed.is_some(), "late before the frame completed");
+            }
+            Push::Rejected(Rejected::Parity) => out.parity += 1,
+            Push::Rejected(other) => panic!("refused: {other:?}"),
+        }
+    }
+    out
+}
+
+/// Every subset of a frame's 6 chunks (5 data, the last short, and 1 parity), each in every
+/// order, once plainly and once with each chunk pushed twice in a row: the frame completes iff
+/// all 5 data chunks came, with exactly the frame's bytes; otherwise the reassembler names the
+/// missing data chunks and how many it needs.
+#[test]
+fn every_loss_pattern_of_a_small_frame_in_every_order() {
+    let f = frame(18, 40); // 5 chunks of 4: 4+4+4+4+2
+    let all = chunks(3, &f, 1);
+    assert_eq!(all.len(), 6);
+    let now = Instant::now();
+    let mut sequences = 0;
+    for subset in 0u32..(1 << all.len()) {
+        let members: Vec<usize> = (0..all.len()).filter(|i| subset & (1 << i) != 0).collect();
+        let data_got = members.iter().filter(|&&i| i < 5).count();
+        let mut orders = Vec::new();
+        permutations(&mut members.clone(), members.len(), &mut orders);
+        for order in orders {
+            for doubled in [false, true] {
+                let seq: Vec<&[u8]> = order
+                    .iter()
+                    .flat_map(|&i| std::iter::repeat_n(&all[i][..], 1 + usize::from(doubled)))
+                    .collect();
+                let mut r = Reassembler::new(KEY, CHUNK);
+                let out = push_all(&mut r, &seq, now);
+                sequences += 1;
+                let parity_sent = usize::from(members.contains(&5)) * (1 + usize::from(doubled));
+                assert_eq!(out.parity, parity_sent, "{order:?}");
+                if data_got == 5 {
+                    assert_eq!(out.completed.as_deref(), Some(&f[..]), "{order:?}");
+                    assert_eq!(r.incomplete().count(), 0);
+                    assert_eq!(r.newest_done(), Some(3));
+                    assert_eq!(r.stats().complete, 1);
+                } else {
+                    assert_eq!(out.completed, None, "{order:?}");
+                    assert_eq!(out.pending, data_got, "{order:?}");
+                    let want_missing: u128 = (0..5)
+                        .filter(|i| !members.contains(i))
+                        .map(|i| 1u128 << i)
+                        .sum();
+                    let inc: Vec<Incomplete> = r.incomplete().collect();
+                    if data_got == 0 {
+                        assert!(inc.is_empty(), "a parity chunk alone opens no frame");
+                    } else {
+                        assert_eq!(inc.len(), 1);
+                        assert_eq!(inc[0].seq, 3);
+                        assert_eq!(inc[0].missing, want_missing, "{order:?}");
+                        assert_eq!(usize::from(inc[0].need), 5 - data_got);
+                        assert_eq!(inc[0].data_chunks, 5);
+                    }
+                    assert_eq!(r.newest_done(), None);
+                }
+                if doubled {
+                    assert_eq!(out.duplicates, data_got - usize::from(data_got == 5));
+                } else {
+                    assert_eq!(out.duplicates, 0);
+                }
+            }
+        }
+    }
+    assert_eq!(sequences, 2 * 1957, "all 2^6 subsets in every order");
+}
+
+#[test]
+fn chunks_of_an_older_frame_after_a_newer_one_are_late() {
+    let (old, new) = (frame(10, 1), frame(10, 2));
+    let (old_c, new_c) = (chunks(1, &old, 0), chunks(2, &new, 0));
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    // Frame 1 starts, frame 2 overtakes it and completes: frame 1 is given up.
+    assert_eq!(r.push(&old_c[0], now), Push::Pending { seq: 1 });
+    for c in &new_c[..2] {
+        assert_eq!(r.push(c, now), Push::Pending { seq: 2 });
+    }
+    assert_eq!(
+        r.push(&new_c[2], now),
+        Push::Complete {
+            seq: 2,
+            frame: &new[..]
+        }
+    );
+    assert_eq!(r.stats().given_up, 1);
+    for c in old_c.iter().chain(&new_c) {
+        assert_eq!(r.push(c, now), Push::Rejected(Rejected::Late));
+    }
+    assert_eq!(r.incomplete().count(), 0);
+    assert_eq!(r.stats().late, 6);
+}
+
+#[test]
+fn a_third_frame_gives_up_the_oldest_and_older_ones_are_late() {
+    let fs: Vec<Vec<u8>> = (0..4u8).map(|s| frame(10, s * 10)).collect();
+    let cs: Vec<Vec<Vec<u8>>> = (0..4).map(|s| chunks(s as u64 + 10, &fs[s], 0)).collect();
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    r.push(&cs[1][0], now); // frame 11
+    r.push(&cs[2][0], now); // frame 12
+                            // Frame 10 is older than both in assembly: late, and nothing is given up for it.
+    assert_eq!(r.push(&cs[0][0], now), Push::Rejected(Rejected::Late));
+    assert_eq!(r.stats().given_up, 0);
+    // Frame 13 takes frame 11's slot.
+    assert_eq!(r.push(&cs[3][0], now), Push::Pending { seq: 13 });
+    assert_eq!(r.stats().given_up, 1);
+    let seqs: Vec<u64> = r.incomplete().map(|i| i.seq).collect();
+    assert_eq!(seqs, [12, 13]);
+    // Frame 11 cannot come back.
+    assert_eq!(r.push(&cs[1][1], now), Push::Rejected(Rejected::Late));
+    // Frame 12 still completes, and then 13 is the only one left.
+    assert!(matches!(r.push(&cs[2][1], now), Push::Pending { .. }));
+    assert_eq!(
+        r.push(&cs[2][2], now),
+        Push::Complete {
+            seq: 12,
+            frame: &fs[2][..]
+        }
+    );
+    let seqs: Vec<u64> = r.incomplete().map(|i| i.seq).collect();
+    assert_eq!(seqs, [13]);
+}
+
+#[test]
+fn a_chunk_disagreeing_with_its_frame_is_refused() {
+    let f = frame(10, 0);
+    let c = chunks(5, &f, 0);
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    r.push(&c[0], now);
+    // Same seq, another frame length (12 bytes, still 3 chunks).
+    let other = chunks(5, &frame(12, 0), 0);
+    assert_eq!(r.push(&other[1], now), Push::Rejected(Rejected::Mismatch));
+    // Same seq, parity count changed.
+    let other = chunks(5, &f, 2);
+    assert_eq!(r.push(&other[1], now), Push::Rejected(Rejected::Mismatch));
+    // Another key; another chunk size; garbage.
+    let mut foreign = c[1].clone();
+    foreign[27] ^= 1;
+    assert_eq!(r.push(&foreign, now), Push::Rejected(Rejected::Foreign));
+    let wide: Vec<u8> = {
+        let h = ChunkHeader::for_frame(5, KEY, 10, 6)
+            .unwrap()
+            .next()
+            .unwrap();
+        let mut d = h.encode().to_vec();
+        d.extend_from_slice(&f[..6]);
+        d
+    };
+    assert_eq!(r.push(&wide, now), Push::Rejected(Rejected::ChunkSize));
+    assert!(matches!(
+        r.push(&f, now),
+        Push::Rejected(Rejected::Invalid(_))
+    ));
+    assert_eq!(r.stats().refused, 5);
+    // The frame is unharmed.
+    r.push(&c[1], now);
+    assert_eq!(
+        r.push(&c[2], now),
+        Push::Complete {
+            seq: 5,
+            frame: &f[..]
+        }
+    );
+}
+
+#[test]
+fn giving_up_drops_the_frame_and_everything_older() {
+    let now = Instant::now();
+    let later = now + Duration::from_millis(30);
+    let mut r = Reassembler::new(KEY, CHUNK);
+    let (a, b) = (chunks(7, &frame(10, 0), 0), chunks(8, &frame(10, 1), 0));
+    r.push(&a[0], now);
+    r.push(&b[2], now);
+    r.push(&b[0], later);
+    let inc: Vec<Incomplete> = r.incomplete().collect();
+    assert_eq!(inc[1].seq, 8);
+    assert_eq!((inc[1].first_at, inc[1].last_at), (now, later));
+    assert_eq!(inc[1].highest_index, 2);
+    assert_eq!(inc[1].missing, 0b010);
+    assert_eq!(r.give_up(7), 1);
+    assert_eq!(r.newest_done(), Some(7));
+    assert_eq!(r.push(&a[1], now), Push::Rejected(Rejected::Late));
+    assert_eq!(r.give_up(8), 1);
+    assert_eq!(r.incomplete().count(), 0);
+    assert_eq!(r.stats().given_up, 2);
+    // A newer frame starts afresh in a freed slot.
+    let c = chunks(9, &frame(3, 9), 0);
+    assert_eq!(
+        r.push(&c[0], now),
+        Push::Complete {
+            seq: 9,
+            frame: &frame(3, 9)[..]
+        }
+    );
+}
+
+/// The largest frame at the smallest mtu (85 chunks), and a 128-chunk frame: the bitmap's top
+/// bits work.
+#[test]
+fn large_frames_reassemble() {
+    use crate::chunk::{chunk_bytes_for_mtu, MIN_MTU_BYTES};
+    let now = Instant::now();
+    for (len, chunk) in [
+        (MAX_UDP_PAYLOAD_BYTES, chunk_bytes_for_mtu(MIN_MTU_BYTES)),
+        (256, 2),
+    ] {
+        let f = frame(len, 3);
+        let mut r = Reassembler::new(KEY, chunk);
+        let hs: Vec<ChunkHeader> = ChunkHeader::for_frame(1, KEY, len, chunk)
+            .unwrap()
+            .collect();
+        let mut done = None;
+        // Backwards, the first chunk last.
+        for h in hs.iter().rev() {
+            let mut d = h.encode().to_vec();
+            d.extend_from_slice(&f[h.data_range().unwrap()]);
+            if let Push::Complete { frame, .. } = r.push(&d, now) {
+                done = Some(frame.to_vec());
+            } else if h.index == 1 {
+                let inc = r.incomplete().next().unwrap();
+                assert_eq!(inc.missing, 1, "only chunk 0 missing");
+                assert_eq!(inc.need, 1);
+            }
+        }
+        assert_eq!(done.as_deref(), Some(&f[..]), "{len}");
+    }
+}

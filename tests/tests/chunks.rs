@@ -1,0 +1,278 @@
+//! Chunked SURV/1 end to end on loopback: surv-client gets its frames in MTU-sized chunks while
+//! an older client (plain `hello`) on the same shared socket still gets whole datagrams; a
+//! scripted viewer that loses chunks gets exactly those again after its `nack`, within the
+//! server's repair limits; a server with chunks off sends whole datagrams to everyone.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use surv_proto::{
+    chunk_bytes_for_mtu, Ack, ChunkHeader, Form, FrameTag, Nack, Push, Reassembler,
+    DEFAULT_MTU_BYTES,
+};
+use surv_server::Config;
+use surv_tests::{client_config, start_server, AckStyle, RawViewer, ServerOpts, IO_TIMEOUT};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// 640x480 frames of the test pattern: 20-40 KB, 18-35 chunks at mtu 1,200.
+fn vga() -> ServerOpts {
+    ServerOpts::default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surv_client_gets_chunks_and_an_older_client_whole_datagrams() {
+    let srv = start_server(vga()).await.unwrap();
+    let run = Duration::from_secs(2);
+    let client = tokio::spawn(surv_client::run(
+        client_config(srv.addr, run.as_secs_f64()),
+        None,
+        CancellationToken::new(),
+    ));
+    // An older surv-client: a plain `hello`, whole JPEG datagrams, `continue <seq>` acks.
+    let mut old = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    assert_eq!(
+        old.params.as_ref().unwrap().mtu,
+        Some(DEFAULT_MTU_BYTES),
+        "the OK line offers chunks"
+    );
+    let got = old.receive(run, u64::MAX, AckStyle::Seq, 0).await.unwrap();
+    let s = timeout(run + IO_TIMEOUT, client)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(got.datagrams >= 40, "old client: {got:?}");
+    assert_eq!(
+        got.decoded, got.datagrams,
+        "old client: whole JPEGs {got:?}"
+    );
+    assert!(got.largest > 10_000, "old client: whole frames {got:?}");
+
+    let c = s.chunks.expect("a chunked session");
+    assert!(s.received >= 40, "{s}");
+    assert_eq!(s.decode_failed, 0, "{s}");
+    assert_eq!(c.completed, s.received, "{s}");
+    // Every frame took many chunks: at least 15 each.
+    assert!(c.stored >= 15 * s.received, "{s}");
+    assert_eq!(c.refused, 0, "{s}");
+    assert_eq!(srv.server.stats.bad_acks.load(Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_chunks_off_sends_whole_datagrams_to_a_client_that_asks() {
+    let srv = start_server(ServerOpts {
+        config: Config {
+            mtu: None,
+            ..Config::default()
+        },
+        ..vga()
+    })
+    .await
+    .unwrap();
+    let old = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    assert_eq!(old.params.as_ref().unwrap().mtu, None, "no mtu= offered");
+    drop(old);
+    let s = surv_client::run(client_config(srv.addr, 1.5), None, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(s.chunks.is_none(), "{s}");
+    assert!(s.received >= 30, "{s}");
+    assert_eq!(s.decode_failed, 0, "{s}");
+}
+
+/// A viewer that says `hello mtu=1200` by hand and reads raw chunks.
+struct ChunkViewer {
+    raw: RawViewer,
+    to: SocketAddr,
+    key: u64,
+    buf: Vec<u8>,
+}
+
+impl ChunkViewer {
+    async fn start(server: SocketAddr) -> ChunkViewer {
+        // Registered as an older client would be; its plain hello is not sent before ours
+        // (RawViewer sends it at once: the first hello fixes the form, so send ours first by
+        // registering without it).
+        let raw = register_without_hello(server).await;
+        let p = raw.params.clone().unwrap();
+        let to = SocketAddr::new(server.ip(), p.udp_port.unwrap());
+        let v = ChunkViewer {
+            to,
+            key: p.key.unwrap(),
+            raw,
+            buf: vec![0u8; 70_000],
+        };
+        v.send(Ack::HelloChunks {
+            mtu: DEFAULT_MTU_BYTES,
+        })
+        .await;
+        v
+    }
+
+    async fn send(&self, ack: Ack) {
+        self.raw
+            .udp
+            .send_to(&ack.encode_keyed(Some(self.key)), self.to)
+            .await
+            .unwrap();
+    }
+
+    /// The next chunk (header and payload), or `None` after `wait` without one.
+    async fn next(&mut self, wait: Duration) -> Option<(ChunkHeader, Vec<u8>)> {
+        let (n, _) = timeout(wait, self.raw.udp.recv_from(&mut self.buf))
+            .await
+            .ok()?
+            .unwrap();
+        let (h, payload) = ChunkHeader::decode(&self.buf[..n]).expect("a chunk");
+        assert_eq!(h.key, self.key);
+        assert!(n <= usize::from(DEFAULT_MTU_BYTES), "{n} bytes");
+        Some((h, payload.to_vec()))
+    }
+
+    /// The chunks of frame `seq` that arrive within `wait`, up to `want` of them, ignoring
+    /// other frames'.
+    async fn chunks_of(
+        &mut self,
+        seq: u64,
+        want: usize,
+        wait: Duration,
+    ) -> Vec<(ChunkHeader, Vec<u8>)> {
+        let until = Instant::now() + wait;
+        let mut got = Vec::new();
+        while got.len() < want {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            match self.next(left).await {
+                Some((h, p)) if h.seq == seq => got.push((h, p)),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        got
+    }
+}
+
+/// Registers (SURV/1) without saying hello.
+async fn register_without_hello(server: SocketAddr) -> RawViewer {
+    use tokio::io::AsyncWriteExt;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server).await.unwrap();
+    let line = surv_proto::Registration {
+        form: Form::V1,
+        udp_port: udp.local_addr().unwrap().port(),
+    }
+    .encode();
+    tcp.write_all(&line).await.unwrap();
+    let surv_proto::Reply::Accepted(p) = surv_tests::read_reply(&mut tcp).await.unwrap() else {
+        panic!("refused");
+    };
+    RawViewer {
+        tcp,
+        udp,
+        params: Some(p),
+    }
+}
+
+/// How long the repair test waits for chunks: well within the server's 200 ms repair time
+/// (loopback delivers in microseconds).
+const WAIT: Duration = Duration::from_millis(40);
+
+/// Frame n's chunks 2, 5 and 9 are "lost"; the viewer nacks them and gets exactly those again,
+/// flagged as resent; the first resend of 5 is "lost" too, and a second nack brings it. The
+/// frame then reassembles into its tagged JPEG. A third nack of the frame, and a nack naming a
+/// chunk the frame does not have, are refused (counted), and nothing is resent for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_brings_the_lost_chunks_again_within_the_repair_limits() {
+    let srv = start_server(vga()).await.unwrap();
+    let mut v = ChunkViewer::start(srv.addr).await;
+    let chunk_bytes = chunk_bytes_for_mtu(DEFAULT_MTU_BYTES);
+    let mut r = Reassembler::new(v.key, chunk_bytes);
+    let now = std::time::Instant::now;
+
+    // The first chunk of a frame with at least 10 chunks, and that frame.
+    let (first, payload) = loop {
+        let (h, p) = v.next(IO_TIMEOUT).await.expect("chunks arrive");
+        if h.index == 0 && h.data_chunks >= 10 {
+            break (h, p);
+        }
+    };
+    let seq = first.seq;
+    let k = first.data_chunks;
+    let wire = |h: &ChunkHeader, p: &[u8]| {
+        let mut d = h.encode().to_vec();
+        d.extend_from_slice(p);
+        d
+    };
+    assert!(matches!(
+        r.push(&wire(&first, &payload), now()),
+        Push::Pending { .. }
+    ));
+    // Chunks leave in one burst: the frame's rest, then (the viewer acks nothing, so its window
+    // of 4 frames shuts) a few more frames, then nothing until a probe.
+    let mut rest = v.chunks_of(seq, usize::from(k) - 1, WAIT).await;
+    assert_eq!(
+        rest.len(),
+        usize::from(k) - 1,
+        "every chunk of frame {seq} came once"
+    );
+    assert!(rest.iter().all(|(h, _)| !h.resent));
+    let lost = [2u8, 5, 9];
+    rest.retain(|(h, _)| !lost.contains(&h.index));
+    for (h, p) in &rest {
+        assert!(matches!(r.push(&wire(h, p), now()), Push::Pending { .. }));
+    }
+    let inc = r.incomplete().next().unwrap();
+    assert_eq!(inc.missing, 1 << 2 | 1 << 5 | 1 << 9);
+    assert_eq!(inc.need, 3);
+
+    v.send(Ack::Nack(Nack {
+        seq,
+        need: inc.need,
+        missing: inc.missing,
+    }))
+    .await;
+    let resent = v.chunks_of(seq, 3, WAIT).await;
+    let indexes: Vec<u8> = resent.iter().map(|(h, _)| h.index).collect();
+    assert_eq!(indexes, lost, "exactly the lost chunks again");
+    assert!(resent.iter().all(|(h, _)| h.resent), "flagged as resent");
+    // The resend of 5 is lost as well.
+    for (h, p) in resent.iter().filter(|(h, _)| h.index != 5) {
+        assert!(matches!(r.push(&wire(h, p), now()), Push::Pending { .. }));
+    }
+    let inc = r.incomplete().next().unwrap();
+    assert_eq!((inc.missing, inc.need), (1 << 5, 1));
+    v.send(Ack::Nack(Nack {
+        seq,
+        need: 1,
+        missing: inc.missing,
+    }))
+    .await;
+    let again = v.chunks_of(seq, 1, WAIT).await;
+    assert_eq!(again.len(), 1);
+    let frame = match r.push(&wire(&again[0].0, &again[0].1), now()) {
+        Push::Complete { frame, .. } => frame.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(FrameTag::decode(&frame).unwrap().seq, seq);
+    assert!(frame.starts_with(&[0xFF, 0xD8]) && frame.ends_with(&[0xFF, 0xD9]));
+
+    // A third repair of the frame, and a chunk it does not have: refused, nothing resent.
+    let refused_before = srv.server.stats.nacks_refused.load(Relaxed);
+    for missing in [1u128 << 5, 1u128 << k] {
+        v.send(Ack::Nack(Nack {
+            seq,
+            need: 1,
+            missing,
+        }))
+        .await;
+    }
+    assert!(v.chunks_of(seq, 1, WAIT).await.is_empty());
+    assert_eq!(
+        srv.server.stats.nacks_refused.load(Relaxed),
+        refused_before + 2
+    );
+    assert_eq!(srv.server.stats.chunks_resent.load(Relaxed), 4);
+}
