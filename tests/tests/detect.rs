@@ -5,6 +5,7 @@
 //! tests fail, not skip, where the model is missing.
 
 #[path = "mqtt/broker.rs"]
+#[allow(dead_code)]
 mod broker;
 #[path = "http/client.rs"]
 #[allow(dead_code)]
@@ -126,7 +127,10 @@ async fn the_astronaut_comes_and_goes_one_start_one_end_everywhere() -> anyhow::
     let hold = Duration::from_secs(1);
     let srv = start_server_with(detecting("person,cat,dog", hold), Box::new(scenes)).await?;
     let stop = CancellationToken::new();
-    let mut config = MqttConfig::new(BrokerUrl::parse(&broker.url())?, "test");
+    let mut config = MqttConfig::new(
+        BrokerUrl::parse(&broker.url()).map_err(anyhow::Error::msg)?,
+        "test",
+    );
     config.prefix = prefix.into();
     config.client_id = "surv-det".into();
     let task = mqtt::spawn(srv.server.clone(), config, stop.clone());
@@ -151,12 +155,16 @@ async fn the_astronaut_comes_and_goes_one_start_one_end_everywhere() -> anyhow::
     );
     assert_eq!(event["camera"], "main", "{event}");
     let count_topic = format!("{prefix}/main/objects/person");
-    let count = sub
-        .next("person count 1", WAIT, |m| {
-            m.topic == count_topic && m.payload == "1"
-        })
+    sub.next("person count 1", WAIT, |m| {
+        m.topic == count_topic && m.payload == "1"
+    })
+    .await?;
+    // Retained: a subscriber that comes later is told the count at once.
+    let mut late = Sub::start(broker.port, &count_topic, "sub-det-late").await?;
+    let count = late
+        .next("retained person count", WAIT, |m| m.topic == count_topic)
         .await?;
-    assert!(count.retain, "the count is retained");
+    assert_eq!((count.payload.as_str(), count.retain), ("1", true), "{count:?}");
     let now = objects(&status(&srv).await?);
     assert_eq!(now["enabled"], true, "{now}");
     let present: Vec<&Value> = now["present"]
