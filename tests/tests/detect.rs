@@ -164,7 +164,11 @@ async fn the_astronaut_comes_and_goes_one_start_one_end_everywhere() -> anyhow::
     let count = late
         .next("retained person count", WAIT, |m| m.topic == count_topic)
         .await?;
-    assert_eq!((count.payload.as_str(), count.retain), ("1", true), "{count:?}");
+    assert_eq!(
+        (count.payload.as_str(), count.retain),
+        ("1", true),
+        "{count:?}"
+    );
     let now = objects(&status(&srv).await?);
     assert_eq!(now["enabled"], true, "{now}");
     let present: Vec<&Value> = now["present"]

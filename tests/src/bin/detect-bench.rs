@@ -6,8 +6,8 @@
 //!    smallest scale covering 512x512, stretch, model): mean, median and worst ms per frame,
 //!    and the share of it before the model.
 //! 2. The server: the test pattern at SIZE@FPS for SECS with detection off, then with
-//!    `--detect person --detect-every 1`: the capture rate both times, frames analysed and
-//!    skipped by the detector.
+//!    `--detect person --detect-every 1`: the capture rate and what one viewer (surv-client)
+//!    received both times, frames analysed and skipped by the detector.
 //!
 //! ```text
 //! cargo run --release -p surv-tests --bin detect-bench -- --frames 30 --secs 10
@@ -144,19 +144,26 @@ async fn server(args: &Args, detect: bool) -> anyhow::Result<()> {
         camera.detect.skipped.load(Relaxed),
     );
     let t0 = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.secs)).await;
+    // A watcher (surv-client, UDP) for the window: what it receives is the rate watchers get.
+    let viewer = surv_client::run(
+        surv_tests::client_config(srv.addr, args.secs as f64),
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let received = viewer.await?.received;
     let secs = t0.elapsed().as_secs_f64();
     let captured = stats.captured.load(Relaxed) - c0;
     let analysed = camera.detect.analysed.load(Relaxed) - a0;
     let skipped = camera.detect.skipped.load(Relaxed) - s0;
     println!(
-        "  detection {}: captured {:.1} frames/s of {} ({}x{}); analysed {:.1}/s, skipped by the \
-         detector {:.1}/s, {:.1} ms a frame",
+        "  detection {}: captured {:.1} frames/s of {} ({}x{}), a viewer received {:.1}/s; \
+         analysed {:.1}/s, skipped by the detector {:.1}/s, {:.1} ms a frame",
         if detect { "on (every frame)" } else { "off" },
         captured as f64 / secs,
         args.fps,
         w,
         h,
+        received as f64 / secs,
         analysed as f64 / secs,
         skipped as f64 / secs,
         camera.detect.busy_us.load(Relaxed) as f64
