@@ -20,7 +20,7 @@ use super::presence::{Change, Presence, Present};
 use super::{DetectConfig, DetectOn, Detection, LABELS};
 use crate::capture::{CaptureShared, FrameRx, SourceState};
 use crate::journal::Journal;
-use crate::motion::watch::MotionState;
+use crate::motion::watch::{take_every, MotionState};
 
 /// What the rest of the server reads about a camera's detector.
 #[derive(Debug, Default)]
@@ -139,14 +139,9 @@ fn run(d: Detect, runtime: &tokio::runtime::Handle) {
         if config.on == DetectOn::Motion && !motion.active.load(Relaxed) {
             continue;
         }
-        // Every `every`-th frame by distance from the last one analysed; a sequence that went
-        // back (a new capture) starts afresh.
-        if let Some(last) = last_analysed {
-            if frame.seq > last && frame.seq - last < every {
-                continue;
-            }
+        if !take_every(&mut last_analysed, frame.seq, every) {
+            continue;
         }
-        last_analysed = Some(frame.seq);
         let Some(jpeg) = frame.jpeg() else {
             continue;
         };

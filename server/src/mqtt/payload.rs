@@ -39,6 +39,33 @@ pub struct MotionBox {
     pub h: f64,
 }
 
+/// What an `_end` event says of its time: `at` is the end (its last frame), and the start,
+/// the end and the duration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    pub at: String,
+    pub at_us: u64,
+    pub start: String,
+    pub start_us: u64,
+    pub end: String,
+    pub end_us: u64,
+    pub duration_s: f64,
+}
+
+impl Span {
+    fn new(start_us: u64, end_us: u64) -> Span {
+        Span {
+            at: stamp_us(end_us),
+            at_us: end_us,
+            start: stamp_us(start_us),
+            start_us,
+            end: stamp_us(end_us),
+            end_us,
+            duration_s: round(end_us.saturating_sub(start_us) as f64 / 1e6, 3),
+        }
+    }
+}
+
 /// One `PREFIX/events` message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -104,13 +131,8 @@ pub enum EventJson {
     },
     /// `at` is the end: the last frame with motion.
     MotionEnd {
-        at: String,
-        at_us: u64,
-        start: String,
-        start_us: u64,
-        end: String,
-        end_us: u64,
-        duration_s: f64,
+        #[serde(flatten)]
+        span: Span,
         peak: f64,
         #[serde(rename = "box")]
         region: MotionBox,
@@ -129,13 +151,8 @@ pub enum EventJson {
     },
     /// `at` is the end: the last frame that showed it.
     ObjectEnd {
-        at: String,
-        at_us: u64,
-        start: String,
-        start_us: u64,
-        end: String,
-        end_us: u64,
-        duration_s: f64,
+        #[serde(flatten)]
+        span: Span,
         label: &'static str,
         peak: f64,
         #[serde(rename = "box")]
@@ -243,13 +260,7 @@ impl EventJson {
                 region,
                 camera,
             } => EventJson::MotionEnd {
-                at: stamp_us(*end_us),
-                at_us: *end_us,
-                start: stamp_us(*start_us),
-                start_us: *start_us,
-                end: stamp_us(*end_us),
-                end_us: *end_us,
-                duration_s: round(end_us.saturating_sub(*start_us) as f64 / 1e6, 3),
+                span: Span::new(*start_us, *end_us),
                 peak: percent(*peak),
                 region: motion_box(region),
                 camera: camera.clone(),
@@ -276,13 +287,7 @@ impl EventJson {
                 region,
                 camera,
             } => EventJson::ObjectEnd {
-                at: stamp_us(*end_us),
-                at_us: *end_us,
-                start: stamp_us(*start_us),
-                start_us: *start_us,
-                end: stamp_us(*end_us),
-                end_us: *end_us,
-                duration_s: round(end_us.saturating_sub(*start_us) as f64 / 1e6, 3),
+                span: Span::new(*start_us, *end_us),
                 label,
                 peak: round(f64::from(*peak), 3),
                 region: motion_box(region),
