@@ -54,3 +54,44 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "surv setup: cargo not found. Install Rust (https://rustup.rs) and run this again." >&2
   exit 1
 fi
+
+# Object detection (surv-server --detect): a COCO-80 CenterNet (MobileNetV3) from the npm package
+# @vladmandic/human (MIT), converted once per machine from TensorFlow.js to ONNX with tf2onnx in
+# a throwaway venv (tensorflow-cpu; deleted after), checked by what it sees on tests/photos, and
+# ONNX Runtime's shared library from the onnxruntime wheel (PyPI), which the server loads at run
+# time. Both are kept in a cache outside the work tree (every clone of this machine shares it)
+# and linked into models/ (git ignores it). Run again: nothing to do.
+HUMAN_VERSION=3.3.6
+ORT_VERSION=1.32.0
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DETECT_CACHE="${SURV_DETECT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/surv/detect}"
+DETECT_DONE="$DETECT_CACHE/human-$HUMAN_VERSION-ort-$ORT_VERSION.ok"
+if [ ! -f "$DETECT_DONE" ]; then
+  echo "surv setup: the detection model (@vladmandic/human $HUMAN_VERSION → ONNX) and ONNX Runtime $ORT_VERSION into $DETECT_CACHE"
+  command -v npm >/dev/null 2>&1 || { echo "surv setup: npm is needed for the detection model" >&2; exit 1; }
+  rm -rf "$DETECT_CACHE/work"
+  mkdir -p "$DETECT_CACHE/work"
+  (
+    cd "$DETECT_CACHE/work"
+    npm pack -q "@vladmandic/human@$HUMAN_VERSION" >/dev/null
+    tar xzf "vladmandic-human-$HUMAN_VERSION.tgz" package/models/centernet.json \
+      package/models/centernet.bin package/LICENSE
+    /usr/bin/python3 -m venv conv
+    conv/bin/pip install -q --disable-pip-version-check --only-binary=:all: \
+      tensorflow-cpu==2.21.0 tf2onnx==1.17.0 "onnxruntime==$ORT_VERSION"
+    conv/bin/python "$ROOT/scripts/detect/convert_centernet.py" package/models centernet.onnx \
+      >convert.log 2>&1 || { cat convert.log >&2; exit 1; }
+    TF_CPP_MIN_LOG_LEVEL=3 conv/bin/python "$ROOT/scripts/detect/check_model.py" centernet.onnx \
+      "$ROOT/tests/photos" 0.35
+    cp conv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION .
+  )
+  mv "$DETECT_CACHE/work/centernet.onnx" "$DETECT_CACHE/centernet.onnx"
+  mv "$DETECT_CACHE/work/libonnxruntime.so.$ORT_VERSION" "$DETECT_CACHE/libonnxruntime.so"
+  mv "$DETECT_CACHE/work/package/LICENSE" "$DETECT_CACHE/LICENSE-human"
+  rm -rf "$DETECT_CACHE/work"
+  touch "$DETECT_DONE"
+fi
+mkdir -p "$ROOT/models"
+ln -sf "$DETECT_CACHE/centernet.onnx" "$ROOT/models/centernet.onnx"
+ln -sf "$DETECT_CACHE/libonnxruntime.so" "$ROOT/models/libonnxruntime.so"
+ln -sf "$DETECT_CACHE/LICENSE-human" "$ROOT/models/LICENSE-human"

@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::capture::{Capture, CaptureConfig, StreamShape};
+use crate::detect::model::Model;
+use crate::detect::watch::Detect;
+use crate::detect::{DetectConfig, ModelPaths};
 use crate::motion::MotionConfig;
 use crate::mqtt::MqttConfig;
 use crate::sources::spec::{SourceOptions, SourceSpec};
@@ -44,6 +47,8 @@ pub struct Plan {
     /// Motion detection: every Nth frame is analysed, with these thresholds.
     pub motion_every: u64,
     pub motion: MotionConfig,
+    /// Object detection's runtime and model, loaded when a camera detects.
+    pub detect_model: ModelPaths,
     /// Seed 001's apps on a camera's `request-port`.
     pub request: RequestConfig,
     /// Events to an MQTT broker; `None`: none.
@@ -63,6 +68,7 @@ impl Plan {
             cameras: Vec::new(),
             motion_every: 2,
             motion: MotionConfig::default(),
+            detect_model: ModelPaths::default(),
             request: RequestConfig::default(),
             mqtt: None,
             release_memory_every: None,
@@ -83,6 +89,8 @@ pub struct CameraPlan {
     pub capture: CaptureConfig,
     /// Motion detection on this camera.
     pub motion: bool,
+    /// Object detection on this camera (`--detect`); `None`: off.
+    pub detect: Option<DetectConfig>,
     pub request_port: u16,
     pub tcp_stream_port: u16,
     /// Where `--forward` (its `forward` key) sends its H.264 as RTP (RTCP to the next port),
@@ -134,6 +142,7 @@ impl CameraPlan {
             },
             capture,
             motion: false,
+            detect: None,
             request_port: 0,
             tcp_stream_port: 0,
             forward: Vec::new(),
@@ -152,6 +161,9 @@ pub struct App {
     running: tokio::sync::Mutex<Vec<Running>>,
     /// Fan-outs run as tasks here under paused-time tests.
     tracker: TaskTracker,
+    /// The object detector's model, loaded when the first camera that detects starts: `None`
+    /// until then, `Some(Err(why))` when it could not be (said once; cameras run without).
+    model: std::sync::Mutex<Option<Result<Arc<Model>, String>>>,
 }
 
 /// One camera's running parts.
@@ -217,6 +229,7 @@ impl App {
             shutdown,
             running: tokio::sync::Mutex::default(),
             tracker: TaskTracker::new(),
+            model: std::sync::Mutex::new(None),
         });
         let mut running = app.running.lock().await;
         for (plan, o) in opened {
@@ -476,6 +489,27 @@ impl App {
                 stop.clone(),
             )));
         }
+        if let Some(config) = &plan.detect {
+            if let Some(model) = self.model() {
+                let detect = Detect {
+                    camera: plan.name.clone(),
+                    frames: camera.frames.clone(),
+                    config: config.clone(),
+                    model,
+                    capture: camera.capture.clone(),
+                    motion: camera.motion.clone(),
+                    journal: Arc::new(self.journal.for_camera(&plan.name)),
+                    state: camera.detect.clone(),
+                    stop: stop.clone(),
+                };
+                match crate::detect::watch::spawn(detect) {
+                    Ok(task) => tasks.push(task),
+                    Err(e) => {
+                        tracing::error!(camera = %plan.name, error = %e, "detection: cannot start its thread; the camera runs without")
+                    }
+                }
+            }
+        }
         crate::start_fanout(server, &camera, &self.tracker);
         let shape = camera.capture.shape();
         tracing::info!(
@@ -487,6 +521,22 @@ impl App {
             "camera"
         );
         Ok(tasks)
+    }
+
+    /// The object detector's model, loaded at the first call; `None` (and an error said once)
+    /// when it cannot be: detection is then off and everything else runs as without it.
+    fn model(&self) -> Option<Arc<Model>> {
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let loaded = model.get_or_insert_with(|| {
+            let started = std::time::Instant::now();
+            let loaded = Model::load(&self.plan.detect_model).map(Arc::new);
+            match &loaded {
+                Ok(m) => tracing::info!(model = ?m, took_ms = started.elapsed().as_millis() as u64, "detection: model loaded"),
+                Err(e) => tracing::error!("detection is off: {e}"),
+            }
+            loaded
+        });
+        loaded.as_ref().ok().cloned()
     }
 
     /// Ends a running camera: its watchers leave (`removed` when `retire`, else `shutdown`),

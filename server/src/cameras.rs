@@ -31,6 +31,8 @@ pub struct Camera {
     pub data: DataPath,
     /// What the motion detector reports (all zero when it does not run).
     pub motion: Arc<MotionState>,
+    /// What the object detector reports (all zero when it does not run).
+    pub detect: Arc<crate::detect::watch::DetectState>,
     /// Cancelled when the camera ends: at shutdown, or when a reload removes or changes it.
     /// Everything serving this camera (its sessions, fan-out, own ports, motion detector)
     /// stops on it.
@@ -66,6 +68,7 @@ impl Camera {
             capture: capture.shared.clone(),
             data: DataPath::default(),
             motion: Arc::default(),
+            detect: Arc::default(),
             rate: RateMeter::new(
                 capture.shared.stats.captured.load(Relaxed),
                 std::time::Instant::now(),

@@ -19,6 +19,8 @@
 //! fps = 15
 //! motion = false
 //! forward = "rtp://192.0.2.20:5004"   # its H.264 as RTP, to Janus, GStreamer, ffmpeg
+//! detect = "person,car"                # object detection (detect-every, detect-on,
+//!                                      # detect-threshold too)
 //!
 //! [[camera]]
 //! name = "gate"
@@ -54,6 +56,12 @@ pub struct CameraEntry {
     pub fps: Option<u32>,
     pub quality: Option<u8>,
     pub motion: Option<bool>,
+    /// Object detection on this camera: COCO labels, comma-separated (`""` or `"off"`: none).
+    pub detect: Option<String>,
+    pub detect_every: Option<u64>,
+    /// `every` or `motion`.
+    pub detect_on: Option<String>,
+    pub detect_threshold: Option<f32>,
     #[serde(rename = "loop")]
     pub looped: Option<bool>,
     pub max_frame_bytes: Option<usize>,

@@ -1,5 +1,6 @@
 //! The journal: one line per watcher JOIN, LEAVE and REFUSE, per SOURCE-LOST and SOURCE-BACK,
-//! and per MOTION-START and MOTION-END, in daily files under the log folder.
+//! per MOTION-START and MOTION-END, and per OBJECT-START and OBJECT-END, in daily files under
+//! the log folder.
 //!
 //! ```text
 //! 2026-11-21T21:40:00.123+01:00 JOIN session=3 viewer=127.0.0.1:5000 form=seed
@@ -9,6 +10,8 @@
 //! 2026-11-21T21:41:03.200+01:00 SOURCE-BACK source="camera 0" down_s=3.200
 //! 2026-11-21T21:42:00.050+01:00 MOTION-START at=2026-11-21T21:42:00.010+01:00 score=3.125 box=0.250,0.400,0.125,0.167
 //! 2026-11-21T21:42:08.020+01:00 MOTION-END start=2026-11-21T21:42:00.010+01:00 end=2026-11-21T21:42:05.000+01:00 duration_s=4.990 peak=6.250 box=0.000,0.400,1.000,0.167
+//! 2026-11-21T21:42:00.300+01:00 OBJECT-START at=2026-11-21T21:42:00.210+01:00 label=person score=0.628 box=0.312,0.051,0.541,0.902
+//! 2026-11-21T21:42:09.100+01:00 OBJECT-END start=2026-11-21T21:42:00.210+01:00 end=2026-11-21T21:42:06.010+01:00 duration_s=5.800 label=person peak=0.641 box=0.290,0.060,0.550,0.890
 //! ```
 //!
 //! `form` is the watcher's kind ([`WatcherKind::as_str`]); every kind of watcher has the same
@@ -137,6 +140,30 @@ pub enum Event {
         end_us: u64,
         peak: f32,
         region: [f32; 4],
+        camera: Option<String>,
+    },
+    /// An object of `label` appeared at `at_us` (capture time): its score (0–1) and box.
+    ObjectStart {
+        at_us: u64,
+        label: &'static str,
+        score: f32,
+        region: [f32; 4],
+        camera: Option<String>,
+    },
+    /// `label` is gone: seen from `start_us` to `end_us`, best score `peak`, its last box.
+    ObjectEnd {
+        start_us: u64,
+        end_us: u64,
+        label: &'static str,
+        peak: f32,
+        region: [f32; 4],
+        camera: Option<String>,
+    },
+    /// How many of `label` the detector sees now (0 at its end). An event only, no line.
+    ObjectCount {
+        at_us: u64,
+        label: &'static str,
+        count: usize,
         camera: Option<String>,
     },
 }
@@ -346,6 +373,60 @@ impl Journal {
             end_us,
             peak,
             region,
+            camera: self.camera.clone(),
+        });
+    }
+
+    /// An object of `label` appeared at `at_us` (capture time) with `score` (0–1) in `region`.
+    pub fn object_start(&self, at_us: u64, label: &'static str, score: f32, region: [f32; 4]) {
+        let [x, y, w, h] = region;
+        self.write(&format!(
+            "OBJECT-START at={} label={label} score={score:.3} box={x:.3},{y:.3},{w:.3},{h:.3}{}",
+            stamp_us(at_us),
+            self.cam()
+        ));
+        self.tell(Event::ObjectStart {
+            at_us,
+            label,
+            score,
+            region,
+            camera: self.camera.clone(),
+        });
+    }
+
+    /// `label` is gone: seen from `start_us` to `end_us` (its last sighting).
+    pub fn object_end(
+        &self,
+        start_us: u64,
+        end_us: u64,
+        label: &'static str,
+        peak: f32,
+        region: [f32; 4],
+    ) {
+        let [x, y, w, h] = region;
+        self.write(&format!(
+            "OBJECT-END start={} end={} duration_s={:.3} label={label} peak={peak:.3} box={x:.3},{y:.3},{w:.3},{h:.3}{}",
+            stamp_us(start_us),
+            stamp_us(end_us),
+            end_us.saturating_sub(start_us) as f64 / 1e6,
+            self.cam()
+        ));
+        self.tell(Event::ObjectEnd {
+            start_us,
+            end_us,
+            label,
+            peak,
+            region,
+            camera: self.camera.clone(),
+        });
+    }
+
+    /// How many of `label` are seen now, for subscribers only (no line).
+    pub fn object_count(&self, label: &'static str, count: usize) {
+        self.tell(Event::ObjectCount {
+            at_us: surv_proto::unix_micros_now(),
+            label,
+            count,
             camera: self.camera.clone(),
         });
     }

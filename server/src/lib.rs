@@ -25,6 +25,7 @@ pub mod auth;
 pub mod cameras;
 pub mod capture;
 pub mod config;
+pub mod detect;
 pub mod encoder;
 pub mod frame;
 pub mod hls;

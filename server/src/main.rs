@@ -42,6 +42,14 @@ enum MotionH264 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DetectWhen {
+    /// Every --detect-every'th frame.
+    Every,
+    /// Only while the camera's motion detector sees motion (needs --motion on).
+    Motion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Transport {
     /// RTP interleaved in the RTSP TCP connection (works through NAT and firewalls).
     Tcp,
@@ -69,7 +77,8 @@ enum Transport {
 struct Args {
     /// Cameras and settings from a TOML file: [[camera]] tables (name, source, and size, fps,
     /// quality, motion, loop, max-frame-bytes, source-allow, rtsp-transport, request-port,
-    /// tcp-stream-port, forward for that camera), and any flag of this command by its long name
+    /// tcp-stream-port, forward, detect, detect-every, detect-on, detect-threshold for that
+    /// camera), and any flag of this command by its long name
     /// (http-port = 8080). A flag given on the command line overrides the file. Watchers pick a
     /// camera by name (SURV/1 "cam=NAME", surv-client --camera, /cam/NAME/ over HTTP); those
     /// that cannot get the first. See docs/CONFIG.md.
@@ -214,6 +223,32 @@ struct Args {
     /// is decoded anyway and the detector takes every --motion-every'th.
     #[arg(long, value_enum, value_name = "WHAT", default_value_t = MotionH264::Keyframes)]
     motion_h264: MotionH264,
+    /// Object detection (journal OBJECT-START / OBJECT-END, MQTT PREFIX/CAMERA/objects): the
+    /// COCO labels to report, comma-separated: person, bicycle, car, motorcycle, bus, truck,
+    /// bird, cat, dog, … (80; `_` for a space: traffic_light). Off when not given. Needs the
+    /// model and runtime scripts/setup.sh installs; without them the server says so and runs
+    /// without detection.
+    #[arg(long, value_name = "LABELS")]
+    detect: Option<String>,
+    /// Analyse every Nth frame for objects (frames that come while the detector is busy are
+    /// skipped anyway, and counted).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    detect_every: u64,
+    /// Which frames the object detector looks at.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = DetectWhen::Every)]
+    detect_on: DetectWhen,
+    /// The detector's score (0-1) from which an object counts (measured: docs/PERFORMANCE.md).
+    #[arg(long, value_name = "SCORE", default_value_t = surv_server::detect::DEFAULT_THRESHOLD)]
+    detect_threshold: f32,
+    /// A label's presence ends after this many seconds without seeing it.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    detect_hold: f64,
+    /// The detector's model (ONNX), as scripts/setup.sh makes it.
+    #[arg(long, value_name = "PATH", default_value = "models/centernet.onnx")]
+    detect_model: PathBuf,
+    /// ONNX Runtime's shared library, loaded at run time (scripts/setup.sh puts it there).
+    #[arg(long, value_name = "PATH", default_value = "models/libonnxruntime.so")]
+    detect_runtime: PathBuf,
     /// Also serve seed 001's apps behind NAT on this UDP port: an app sends "Request" (or
     /// "Request TOKEN") once, and every frame is sent back to its address from this port as one
     /// JPEG datagram. 0 = off. The same port as a udp:// source shares its socket: JPEG
@@ -611,6 +646,10 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
         cameras: camera_plans(parsed)?,
         motion_every: args.motion_every,
         motion,
+        detect_model: surv_server::detect::ModelPaths {
+            runtime: args.detect_runtime.clone(),
+            model: args.detect_model.clone(),
+        },
         request,
         mqtt,
         release_memory_every: Some(RELEASE_MEMORY_EVERY),
@@ -716,6 +755,8 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
     };
     let motion = args.motion == Switch::On;
     if entries.is_empty() {
+        let detect = detect_config(args, args.detect.as_deref(), None, motion)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         check_name(&args.camera_name).map_err(|e| anyhow::anyhow!("--camera-name: {e}"))?;
         let (options, capture) = base(args.size, args.fps, args.quality);
         let forward = resolve_forwards(&args.forward, "--forward", &[])?;
@@ -726,6 +767,7 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
             options,
             capture,
             motion,
+            detect,
             request_port: args.request_port,
             tcp_stream_port: args.tcp_stream_port,
             forward,
@@ -777,6 +819,13 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
         }
         let source =
             SourceSpec::parse(&entry.source).map_err(|e| anyhow::anyhow!("{at}: source: {e}"))?;
+        let detect = detect_config(
+            args,
+            entry.detect.as_deref().or(args.detect.as_deref()),
+            Some(entry),
+            entry.motion.unwrap_or(motion),
+        )
+        .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
         // The server-wide --request-port and --tcp-stream-port are the first camera's.
         let (request_port, tcp_stream_port) = if i == 0 {
             (
@@ -823,12 +872,58 @@ fn camera_plans(parsed: &Parsed) -> anyhow::Result<Vec<CameraPlan>> {
             options,
             capture,
             motion: entry.motion.unwrap_or(motion),
+            detect,
             request_port,
             tcp_stream_port,
             forward,
         });
     }
     Ok(plans)
+}
+
+/// A camera's object detection: `labels` (its `detect`, else `--detect`; empty: off) with the
+/// server-wide `--detect-*` values under its own `detect-*` keys.
+fn detect_config(
+    args: &Args,
+    labels: Option<&str>,
+    entry: Option<&CameraEntry>,
+    motion: bool,
+) -> Result<Option<surv_server::detect::DetectConfig>, String> {
+    let Some(labels) = labels.filter(|l| !l.trim().is_empty() && l.trim() != "off") else {
+        return Ok(None);
+    };
+    let classes = surv_server::detect::parse_labels(labels).map_err(|e| format!("detect: {e}"))?;
+    let mut config = surv_server::detect::DetectConfig::new(classes);
+    config.every = entry
+        .and_then(|e| e.detect_every)
+        .unwrap_or(args.detect_every);
+    config.threshold = entry
+        .and_then(|e| e.detect_threshold)
+        .unwrap_or(args.detect_threshold);
+    config.on = match entry.and_then(|e| e.detect_on.as_deref()) {
+        Some("every") => surv_server::detect::DetectOn::Every,
+        Some("motion") => surv_server::detect::DetectOn::Motion,
+        Some(other) => return Err(format!("detect-on is every or motion, not {other:?}")),
+        None => match args.detect_on {
+            DetectWhen::Every => surv_server::detect::DetectOn::Every,
+            DetectWhen::Motion => surv_server::detect::DetectOn::Motion,
+        },
+    };
+    config.hold = Duration::try_from_secs_f64(args.detect_hold)
+        .map_err(|_| format!("--detect-hold {} is not a duration", args.detect_hold))?;
+    if config.every == 0 {
+        return Err("detect-every must be at least 1".into());
+    }
+    if !(0.0..=1.0).contains(&config.threshold) {
+        return Err(format!(
+            "detect-threshold is a score from 0 to 1, not {}",
+            config.threshold
+        ));
+    }
+    if config.on == surv_server::detect::DetectOn::Motion && !motion {
+        return Err("detect-on motion needs motion detection on (--motion on)".into());
+    }
+    Ok(Some(config))
 }
 
 /// Resolves a camera's forward destinations (`what` names them in errors). None may be given

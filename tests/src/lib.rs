@@ -81,6 +81,9 @@ pub struct ServerOpts {
     /// Motion detection on the first camera, as `--motion on --motion-every N --motion-hold S`
     /// runs it: `(N, S)`. `None`: off.
     pub motion: Option<(u64, Duration)>,
+    /// Object detection on the first camera (`--detect …`), with the model `scripts/setup.sh`
+    /// installs ([`detect_model`]). `None`: off.
+    pub detect: Option<surv_server::detect::DetectConfig>,
     /// Serve RTSP on a free port (and a free UDP pair): [`TestServer::rtsp_addr`].
     pub rtsp: bool,
     /// The RTSP session timeout (`--rtsp-session-timeout`); `None`: the default.
@@ -107,6 +110,7 @@ impl Default for ServerOpts {
             tcp_stream_port: 0,
             request_port: 0,
             motion: None,
+            detect: None,
             rtsp: false,
             rtsp_session_timeout: None,
             forward: Vec::new(),
@@ -174,6 +178,24 @@ pub fn test_pattern(w: u32, h: u32, fps: u32) -> Box<dyn Source> {
         format!("test pattern {w}x{h}@{fps}"),
         move || Ok(Box::new(TestPattern::new(w, h, fps)?) as Box<dyn FrameReader>),
     ))
+}
+
+/// The detection model and runtime `scripts/setup.sh` installs in the workspace's `models/`.
+/// Tests that detect fail (they do not skip) where it is missing: setup installs it.
+pub fn detect_model() -> surv_server::detect::ModelPaths {
+    let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    surv_server::detect::ModelPaths {
+        runtime: models.join("libonnxruntime.so"),
+        model: models.join("centernet.onnx"),
+    }
+}
+
+/// A photograph of `tests/photos` (`astronaut.jpg`, `chelsea.jpg`, `coffee.jpg`).
+pub fn photo(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("photos")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 /// A TCP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).
@@ -276,12 +298,14 @@ pub async fn start_server_cameras(
         first.tcp_stream_port = opts.tcp_stream_port;
         first.request_port = opts.request_port;
         first.motion = opts.motion.is_some();
+        first.detect = opts.detect.clone();
         first.forward = opts.forward.clone();
     }
     let mut plan = Plan {
         cameras,
         ..Plan::new(opts.config, opts.max_datagram_bytes)
     };
+    plan.detect_model = detect_model();
     if let Some((every, hold)) = opts.motion {
         plan.motion_every = every;
         plan.motion.hold = hold;

@@ -311,6 +311,53 @@ impl Collector for ServerCollector {
             }),
             MetricType::Counter,
         )?;
+        let mut objects = e.encode_descriptor(
+            "objects",
+            "Objects of each label the detector sees now, per camera and label it reports \
+             (--detect).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &cams {
+            let present = c.detect.present_now();
+            let labels = c
+                .detect
+                .labels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            for label in labels.split(',').filter(|l| !l.is_empty()) {
+                let count = present
+                    .iter()
+                    .find(|p| crate::detect::LABELS[p.class] == label)
+                    .map_or(0, |p| p.count);
+                ConstGauge::new(count as i64).encode(
+                    objects.encode_family(&[("camera", c.name.as_str()), ("label", label)])?,
+                )?;
+            }
+        }
+        family(
+            e,
+            "detect_analysed",
+            "Frames the object detector analysed.",
+            "camera",
+            cams.iter().map(|c| {
+                let n = c.detect.analysed.load(Relaxed);
+                (c.name.as_str(), ConstCounter::new(n))
+            }),
+            MetricType::Counter,
+        )?;
+        family(
+            e,
+            "detect_skipped",
+            "Published frames the object detector never saw (busy with an earlier one).",
+            "camera",
+            cams.iter().map(|c| {
+                let n = c.detect.skipped.load(Relaxed);
+                (c.name.as_str(), ConstCounter::new(n))
+            }),
+            MetricType::Counter,
+        )?;
         let mut states = e.encode_descriptor(
             "source_state",
             "The source's state: 1 for the current one.",

@@ -142,6 +142,8 @@ pub struct CameraStatus {
     pub fps: u32,
     pub fps_measured: f64,
     pub motion: MotionStatus,
+    /// The object detector (`--detect`).
+    pub objects: ObjectsStatus,
     pub captured: u64,
     /// Frames published: encoded, or passed through as the source sent them.
     pub published: u64,
@@ -248,6 +250,7 @@ impl CameraStatus {
                 events: m.events.load(Relaxed),
                 score_pct: f64::from(m.score_bp.load(Relaxed)) / 100.0,
             },
+            objects: ObjectsStatus::of(&camera.detect),
             captured: c.captured.load(Relaxed),
             published,
             encoded: published,
@@ -292,6 +295,91 @@ pub struct MotionStatus {
     pub events: u64,
     /// Share of the picture that changed in the last analysed frame, percent.
     pub score_pct: f64,
+}
+
+/// The object detector (`--detect`): whether it runs, its counters, what it sees now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectsStatus {
+    pub enabled: bool,
+    /// The labels it reports, comma-separated.
+    pub labels: String,
+    pub analysed: u64,
+    /// Published frames it never saw (busy with an earlier one).
+    pub skipped: u64,
+    pub failed: u64,
+    /// Presences started since start (OBJECT-START lines).
+    pub events: u64,
+    /// Time to analyse the latest frame and on average (decode, resize, model), ms.
+    pub detect_ms: f64,
+    pub detect_ms_mean: f64,
+    /// Each label present now, in the order it appeared.
+    pub present: Vec<PresentStatus>,
+    /// The latest analysed frame's objects, for drawing over the picture.
+    pub boxes: Vec<ObjectBox>,
+}
+
+/// A label present now.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresentStatus {
+    pub label: &'static str,
+    pub count: usize,
+    /// Its best score (0–1) and box in the latest frame that showed it.
+    pub score: f64,
+    #[serde(rename = "box")]
+    pub region: [f64; 4],
+    pub since: String,
+    pub since_us: u64,
+}
+
+/// An object in the latest analysed frame: its box as fractions of the picture (x, y, w, h).
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectBox {
+    pub label: &'static str,
+    pub score: f64,
+    #[serde(rename = "box")]
+    pub region: [f64; 4],
+}
+
+impl ObjectsStatus {
+    fn of(d: &crate::detect::watch::DetectState) -> ObjectsStatus {
+        let analysed = d.analysed.load(Relaxed);
+        let round3 = |v: f32| (f64::from(v) * 1000.0).round() / 1000.0;
+        let region = |r: [f32; 4]| r.map(round3);
+        ObjectsStatus {
+            enabled: d.enabled.load(Relaxed),
+            labels: d.labels.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            analysed,
+            skipped: d.skipped.load(Relaxed),
+            failed: d.failed.load(Relaxed),
+            events: d.events.load(Relaxed),
+            detect_ms: d.last_us.load(Relaxed) as f64 / 1000.0,
+            detect_ms_mean: match analysed + d.failed.load(Relaxed) {
+                0 => 0.0,
+                n => (d.busy_us.load(Relaxed) as f64 / n as f64).round() / 1000.0,
+            },
+            present: d
+                .present_now()
+                .into_iter()
+                .map(|p| PresentStatus {
+                    label: crate::detect::LABELS[p.class],
+                    count: p.count,
+                    score: round3(p.score),
+                    region: region(p.region),
+                    since: crate::journal::stamp_us(p.start_us),
+                    since_us: p.start_us,
+                })
+                .collect(),
+            boxes: d
+                .boxes_now()
+                .into_iter()
+                .map(|b| ObjectBox {
+                    label: b.label(),
+                    score: round3(b.score),
+                    region: region(b.region),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The MQTT publisher's health.

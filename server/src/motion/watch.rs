@@ -153,12 +153,9 @@ pub async fn run(
         // Every `every`-th frame: by distance from the last one analysed, as frames may come
         // with gaps (a passed-through camera's keyframes alone are far apart). A sequence that
         // went back (a new capture) starts afresh.
-        if let Some(last) = last_seq {
-            if frame.seq > last && frame.seq - last < every {
-                continue;
-            }
+        if !take_every(&mut last_seq, frame.seq, every) {
+            continue;
         }
-        last_seq = Some(frame.seq);
         // Analysed as a JPEG: a frame of another codec is skipped.
         let Some(jpeg) = frame.jpeg() else {
             continue;
@@ -192,6 +189,19 @@ pub async fn run(
         report.event(end);
     }
     report.active(false);
+}
+
+/// Whether frame `seq` is due, every `every`-th by distance from the last one taken (`last`,
+/// updated when it is): frames may come with gaps. A sequence that went back (a new capture)
+/// starts afresh.
+pub(crate) fn take_every(last: &mut Option<u64>, seq: u64, every: u64) -> bool {
+    if let Some(last) = *last {
+        if seq > last && seq - last < every {
+            return false;
+        }
+    }
+    *last = Some(seq);
+    true
 }
 
 fn corners(b: MotionBox) -> [f32; 4] {

@@ -15,7 +15,13 @@
 //! {"type":"motion_update",…,"start":"…","start_us":…,"score":2.5,"peak":6.25,"box":{…}}
 //! {"type":"motion_end",…,"start":"…","start_us":…,"end":"…","end_us":…,"duration_s":4.99,
 //!  "peak":6.25,"box":{…}}
+//! {"type":"object_start",…,"label":"person","score":0.628,"box":{…}}
+//! {"type":"object_end",…,"start":"…","start_us":…,"end":"…","end_us":…,"duration_s":5.8,
+//!  "label":"person","peak":0.641,"box":{…}}
+//! {"type":"object_count",…,"label":"person","count":2}
 //! ```
+//!
+//! Object scores are the detector's (0–1), not percent.
 
 use serde::Serialize;
 
@@ -31,6 +37,33 @@ pub struct MotionBox {
     pub y: f64,
     pub w: f64,
     pub h: f64,
+}
+
+/// What an `_end` event says of its time: `at` is the end (its last frame), and the start,
+/// the end and the duration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    pub at: String,
+    pub at_us: u64,
+    pub start: String,
+    pub start_us: u64,
+    pub end: String,
+    pub end_us: u64,
+    pub duration_s: f64,
+}
+
+impl Span {
+    fn new(start_us: u64, end_us: u64) -> Span {
+        Span {
+            at: stamp_us(end_us),
+            at_us: end_us,
+            start: stamp_us(start_us),
+            start_us,
+            end: stamp_us(end_us),
+            end_us,
+            duration_s: round(end_us.saturating_sub(start_us) as f64 / 1e6, 3),
+        }
+    }
 }
 
 /// One `PREFIX/events` message.
@@ -98,16 +131,40 @@ pub enum EventJson {
     },
     /// `at` is the end: the last frame with motion.
     MotionEnd {
-        at: String,
-        at_us: u64,
-        start: String,
-        start_us: u64,
-        end: String,
-        end_us: u64,
-        duration_s: f64,
+        #[serde(flatten)]
+        span: Span,
         peak: f64,
         #[serde(rename = "box")]
         region: MotionBox,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
+    },
+    ObjectStart {
+        at: String,
+        at_us: u64,
+        label: &'static str,
+        score: f64,
+        #[serde(rename = "box")]
+        region: MotionBox,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
+    },
+    /// `at` is the end: the last frame that showed it.
+    ObjectEnd {
+        #[serde(flatten)]
+        span: Span,
+        label: &'static str,
+        peak: f64,
+        #[serde(rename = "box")]
+        region: MotionBox,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        camera: Option<String>,
+    },
+    ObjectCount {
+        at: String,
+        at_us: u64,
+        label: &'static str,
+        count: usize,
         #[serde(skip_serializing_if = "Option::is_none")]
         camera: Option<String>,
     },
@@ -203,15 +260,49 @@ impl EventJson {
                 region,
                 camera,
             } => EventJson::MotionEnd {
-                at: stamp_us(*end_us),
-                at_us: *end_us,
-                start: stamp_us(*start_us),
-                start_us: *start_us,
-                end: stamp_us(*end_us),
-                end_us: *end_us,
-                duration_s: round(end_us.saturating_sub(*start_us) as f64 / 1e6, 3),
+                span: Span::new(*start_us, *end_us),
                 peak: percent(*peak),
                 region: motion_box(region),
+                camera: camera.clone(),
+            },
+            Event::ObjectStart {
+                at_us,
+                label,
+                score,
+                region,
+                camera,
+            } => EventJson::ObjectStart {
+                at: stamp_us(*at_us),
+                at_us: *at_us,
+                label,
+                score: round(f64::from(*score), 3),
+                region: motion_box(region),
+                camera: camera.clone(),
+            },
+            Event::ObjectEnd {
+                start_us,
+                end_us,
+                label,
+                peak,
+                region,
+                camera,
+            } => EventJson::ObjectEnd {
+                span: Span::new(*start_us, *end_us),
+                label,
+                peak: round(f64::from(*peak), 3),
+                region: motion_box(region),
+                camera: camera.clone(),
+            },
+            Event::ObjectCount {
+                at_us,
+                label,
+                count,
+                camera,
+            } => EventJson::ObjectCount {
+                at: stamp_us(*at_us),
+                at_us: *at_us,
+                label,
+                count: *count,
                 camera: camera.clone(),
             },
         }
@@ -233,7 +324,10 @@ pub fn camera_of(event: &Event) -> Option<&str> {
         | Event::SourceBack { camera, .. }
         | Event::MotionStart { camera, .. }
         | Event::MotionUpdate { camera, .. }
-        | Event::MotionEnd { camera, .. } => camera.as_deref(),
+        | Event::MotionEnd { camera, .. }
+        | Event::ObjectStart { camera, .. }
+        | Event::ObjectEnd { camera, .. }
+        | Event::ObjectCount { camera, .. } => camera.as_deref(),
     }
 }
 

@@ -77,6 +77,16 @@ impl Topics {
     fn camera_motion(&self, camera: &str) -> String {
         format!("{}/{camera}/motion", self.prefix)
     }
+
+    /// `PREFIX/CAMERA/objects`: the camera's OBJECT-START and OBJECT-END events.
+    fn camera_objects(&self, camera: &str) -> String {
+        format!("{}/{camera}/objects", self.prefix)
+    }
+
+    /// `PREFIX/CAMERA/objects/LABEL`: how many of `label` it sees now (retained).
+    fn camera_count(&self, camera: &str, label: &str) -> String {
+        format!("{}/{camera}/objects/{label}", self.prefix)
+    }
 }
 
 /// A retained ON/OFF state: its value, and whether it is still to be sent (latest value only).
@@ -138,6 +148,7 @@ pub(super) async fn run(
         online_due: false,
         motion: Retained::default(),
         camera_motion: BTreeMap::new(),
+        counts: BTreeMap::new(),
     };
     let mut tick = tokio::time::interval(config.stats_every.max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -223,6 +234,9 @@ struct Publisher {
     motion: Retained,
     /// `PREFIX/CAMERA/motion`, per camera that has reported motion.
     camera_motion: BTreeMap<String, Retained>,
+    /// `PREFIX/CAMERA/objects/LABEL`, per camera and label the detector has counted: the
+    /// latest count, and whether it is still to be sent.
+    counts: BTreeMap<(String, &'static str), (usize, bool)>,
 }
 
 impl Publisher {
@@ -234,6 +248,9 @@ impl Publisher {
                 self.motion.due = true;
                 for state in self.camera_motion.values_mut() {
                     state.due = true;
+                }
+                for (_, due) in self.counts.values_mut() {
+                    *due = true;
                 }
             }
             Note::Lost => {
@@ -262,6 +279,12 @@ impl Publisher {
     /// `PREFIX/CAMERA/events`; notes what it does to the motion states.
     fn event(&mut self, event: &Event) {
         let camera = camera_of(event);
+        if let Event::ObjectCount { label, count, .. } = event {
+            // A retained state, the latest value only; not an event message.
+            let key = (camera.unwrap_or_default().to_string(), *label);
+            self.counts.insert(key, (*count, true));
+            return;
+        }
         if let Some(on) = motion_state(event) {
             let name = camera.unwrap_or_default().to_string();
             self.camera_motion.insert(name, Retained { on, due: true });
@@ -272,6 +295,12 @@ impl Publisher {
         }
         let json = EventJson::of(event).to_json();
         let mut dropped = 0;
+        if let (Some(camera), Event::ObjectStart { .. } | Event::ObjectEnd { .. }) = (camera, event)
+        {
+            dropped += self
+                .outbox
+                .push((self.topics.camera_objects(camera), json.clone()));
+        }
         if let Some(camera) = camera {
             dropped += self
                 .outbox
@@ -317,6 +346,21 @@ impl Publisher {
             }
             if let Some(m) = self.camera_motion.get_mut(&name) {
                 m.due = false;
+            }
+        }
+        let due: Vec<((String, &'static str), usize)> = self
+            .counts
+            .iter()
+            .filter(|((name, _), (_, due))| *due && !name.is_empty())
+            .map(|(key, (count, _))| (key.clone(), *count))
+            .collect();
+        for (key, count) in due {
+            let topic = self.topics.camera_count(&key.0, key.1);
+            if !self.send_other(topic, &count.to_string(), QoS::AtLeastOnce) {
+                break;
+            }
+            if let Some((_, due)) = self.counts.get_mut(&key) {
+                *due = false;
             }
         }
         while self.can_send() {

@@ -154,6 +154,54 @@ fn motion_events_give_percent_scores_fraction_boxes_and_times() {
 }
 
 #[test]
+fn object_events_give_scores_boxes_labels_and_times() {
+    let region = [0.25, 0.4, 0.125, 1.0 / 6.0];
+    let want_box = json!({"x":0.25,"y":0.4,"w":0.125,"h":0.1667});
+    let start = json_of(&Event::ObjectStart {
+        at_us: AT,
+        label: "person",
+        score: 0.6283,
+        region,
+        camera: Some("yard".into()),
+    });
+    assert_eq!(start["type"], "object_start");
+    assert_eq!(
+        (start["label"].clone(), start["score"].clone()),
+        (json!("person"), json!(0.628))
+    );
+    assert_eq!(start["box"], want_box);
+    assert_time(&start, "at", "at_us");
+    let end = json_of(&Event::ObjectEnd {
+        start_us: AT,
+        end_us: AT + 5_800_000,
+        label: "person",
+        peak: 0.641,
+        region,
+        camera: Some("yard".into()),
+    });
+    assert_eq!(end["type"], "object_end");
+    assert_eq!(
+        (end["duration_s"].clone(), end["peak"].clone()),
+        (json!(5.8), json!(0.641))
+    );
+    assert_eq!(end["at_us"], end["end_us"]);
+    assert_time(&end, "end", "end_us");
+    assert_time(&end, "start", "start_us");
+    assert_eq!(end["camera"], "yard");
+    let count = json_of(&Event::ObjectCount {
+        at_us: AT,
+        label: "dog",
+        count: 2,
+        camera: None,
+    });
+    assert_eq!(
+        (count["label"].clone(), count["count"].clone()),
+        (json!("dog"), json!(2))
+    );
+    assert!(count.get("camera").is_none(), "{count}");
+}
+
+#[test]
 fn a_time_out_of_range_is_written_as_its_number_not_a_panic() {
     assert_eq!(rfc3339(u64::MAX), u64::MAX.to_string());
 }
