@@ -490,23 +490,21 @@ impl App {
             )));
         }
         if let Some(config) = &plan.detect {
-            if let Some(model) = self.model() {
-                let detect = Detect {
-                    camera: plan.name.clone(),
-                    frames: camera.frames.clone(),
-                    config: config.clone(),
-                    model,
-                    capture: camera.capture.clone(),
-                    motion: camera.motion.clone(),
-                    journal: Arc::new(self.journal.for_camera(&plan.name)),
-                    state: camera.detect.clone(),
-                    stop: stop.clone(),
-                };
-                match crate::detect::watch::spawn(detect) {
-                    Ok(task) => tasks.push(task),
-                    Err(e) => {
-                        tracing::error!(camera = %plan.name, error = %e, "detection: cannot start its thread; the camera runs without")
-                    }
+            let detect = Detect {
+                camera: plan.name.clone(),
+                frames: camera.frames.clone(),
+                config: config.clone(),
+                model: self.model(),
+                capture: camera.capture.clone(),
+                motion: camera.motion.clone(),
+                journal: Arc::new(self.journal.for_camera(&plan.name)),
+                state: camera.detect.clone(),
+                stop: stop.clone(),
+            };
+            match crate::detect::watch::spawn(detect) {
+                Ok(task) => tasks.push(task),
+                Err(e) => {
+                    tracing::error!(camera = %plan.name, error = %e, "detection: cannot start its thread; the camera runs without")
                 }
             }
         }
@@ -532,7 +530,7 @@ impl App {
             let loaded = Model::load(&self.plan.detect_model).map(Arc::new);
             match &loaded {
                 Ok(m) => tracing::info!(model = ?m, took_ms = started.elapsed().as_millis() as u64, "detection: model loaded"),
-                Err(e) => tracing::error!("detection is off: {e}"),
+                Err(e) => tracing::error!("detection is off: {e} (only a camera that detects on the device, an OAK, still reports objects)"),
             }
             loaded
         });

@@ -13,6 +13,7 @@
 //! Types only, no I/O and no coding; their `Debug` prints lengths, not bytes.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -97,6 +98,20 @@ pub struct JpegFrame {
     /// Capture time, microseconds since the Unix epoch, server clock (arrival time when the
     /// source does not say).
     pub capture_unix_us: u64,
+    /// What a camera that detects on the device (an OAK running a detection network) says is
+    /// in this picture; `None` from a camera that does not say.
+    pub objects: Option<Arc<[Detection]>>,
+}
+
+impl JpegFrame {
+    /// A frame from a camera that says nothing of what is in it.
+    pub fn new(jpeg: Bytes, capture_unix_us: u64) -> JpegFrame {
+        JpegFrame {
+            jpeg,
+            capture_unix_us,
+            objects: None,
+        }
+    }
 }
 
 impl fmt::Debug for JpegFrame {
@@ -104,8 +119,19 @@ impl fmt::Debug for JpegFrame {
         f.debug_struct("JpegFrame")
             .field("jpeg_bytes", &self.jpeg.len())
             .field("capture_unix_us", &self.capture_unix_us)
+            .field("objects", &self.objects.as_ref().map(|o| o.len()))
             .finish()
     }
+}
+
+/// An object in a picture: its class (an index into the detector's COCO-80 labels), score
+/// (0–1) and box as fractions of the picture (x, y of the top-left corner, width, height), as
+/// motion boxes are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Detection {
+    pub class: usize,
+    pub score: f32,
+    pub region: [f32; 4],
 }
 
 /// One frame as the capture path publishes it: once per frame the source delivered (and per
@@ -311,6 +337,7 @@ mod tests {
         };
         assert!(format!("{raw:?}").contains("data_bytes: 24"));
         let jpeg = JpegFrame {
+            objects: None,
             jpeg: Bytes::from(vec![0xAB; 9]),
             capture_unix_us: 0,
         };

@@ -82,6 +82,7 @@ impl Source for Scenes {
                     scene_end = None;
                 }
                 sink.publish(JpegFrame {
+                    objects: None,
                     jpeg: jpeg.clone(),
                     capture_unix_us: surv_proto::unix_micros_now(),
                 })

@@ -126,6 +126,7 @@ impl Stepper {
         );
         self.tx
             .send(JpegFrame {
+                objects: None,
                 jpeg: Bytes::from(jpeg),
                 capture_unix_us: T0_US + i * FRAME_US,
             })
@@ -360,6 +361,7 @@ async fn frames_the_encoder_was_too_busy_for_are_counted() {
     let stats = &capture.shared.stats;
     for (i, jpeg) in (0..).zip(jpegs) {
         tx.send(JpegFrame {
+            objects: None,
             jpeg,
             capture_unix_us: T0_US + i * FRAME_US,
         })

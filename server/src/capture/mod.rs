@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::encoder::{Encoder, EncoderConfig};
-use crate::frame::EncodedFrame;
+use crate::frame::{Detection, EncodedFrame};
 use crate::journal::Journal;
 use crate::sources::{OnStall, Source, SourceError};
 use backoff::Backoff;
@@ -178,6 +178,9 @@ pub struct CaptureShared {
     state: watch::Sender<SourceState>,
     /// Frames published now are inside a motion event (set by the motion detector).
     motion: AtomicBool,
+    /// The latest objects a camera that detects on the device reported, and the sequence
+    /// number of the frame they came with (read by the camera's detector thread).
+    device_objects: Mutex<Option<(u64, Arc<[Detection]>)>>,
     /// The camera's H.264: access units once for every H.264 watcher, and the encoder that
     /// makes them on demand when the source gives pixels or JPEG.
     pub h264: Arc<h264::H264Feed>,
@@ -196,6 +199,7 @@ impl CaptureShared {
             shape: Mutex::new(idle),
             state: watch::Sender::new(SourceState::Starting),
             motion: AtomicBool::new(false),
+            device_objects: Mutex::new(None),
             h264: Arc::new(h264::H264Feed::new()),
             pictures: watch::Sender::new(PictureWants::default()),
         }
@@ -280,6 +284,26 @@ impl CaptureShared {
 
     pub fn state(&self) -> SourceState {
         self.state.borrow().clone()
+    }
+
+    /// What the device said is in frame `seq`, if it was the latest frame that came with
+    /// objects (a camera that detects on the device).
+    pub fn device_objects(&self, seq: u64) -> Option<Arc<[Detection]>> {
+        let latest = self
+            .device_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*latest {
+            Some((at, objects)) if *at == seq => Some(objects.clone()),
+            _ => None,
+        }
+    }
+
+    fn set_device_objects(&self, seq: u64, objects: Arc<[Detection]>) {
+        *self
+            .device_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((seq, objects));
     }
 }
 

@@ -243,6 +243,9 @@ impl FrameSink {
         };
         let mut work = self.work();
         let seq = self.next_seq(&mut work);
+        if let Some(objects) = &frame.objects {
+            self.inner.shared.set_device_objects(seq, objects.clone());
+        }
         let encoded = if self.passes_through(&frame.jpeg) {
             passthrough(frame, header, seq, self.inner.shared.in_motion()).inspect(|_| {
                 self.inner.shared.stats.passed_through.fetch_add(1, Relaxed);

@@ -102,6 +102,7 @@ impl Source for Scripted {
                     sink.opened("scripted jpeg", shape);
                     for (i, jpeg) in jpegs.into_iter().enumerate() {
                         sink.publish_jpeg(&JpegFrame {
+                            objects: None,
                             jpeg,
                             capture_unix_us: 1_000 + i as u64,
                         });
@@ -566,6 +567,7 @@ impl Source for PublishesOnce {
             sink.opened("an async source", StreamShape::default());
             let before = self.probe_polls.load(Relaxed);
             sink.publish(JpegFrame {
+                objects: None,
                 jpeg: self.jpeg.clone(),
                 capture_unix_us: 1,
             })

@@ -192,14 +192,7 @@ impl Default for ModelPaths {
     }
 }
 
-/// An object in a picture: its class, score (0–1) and box as fractions of the picture (x, y
-/// of the top-left corner, width, height), as motion boxes are.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Detection {
-    pub class: usize,
-    pub score: f32,
-    pub region: [f32; 4],
-}
+pub use crate::frame::Detection;
 
 impl Detection {
     pub fn label(&self) -> &'static str {

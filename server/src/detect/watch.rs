@@ -61,7 +61,9 @@ pub struct Detect {
     pub camera: String,
     pub frames: FrameRx,
     pub config: DetectConfig,
-    pub model: Arc<Model>,
+    /// `None`: the model could not be loaded; only objects the camera itself reports (an OAK
+    /// that detects on the device) are seen.
+    pub model: Option<Arc<Model>>,
     pub capture: Arc<CaptureShared>,
     /// The camera's motion detector's state (read with `DetectOn::Motion`).
     pub motion: Arc<MotionState>,
@@ -136,32 +138,42 @@ fn run(d: Detect, runtime: &tokio::runtime::Handle) {
         }
         let at_us = frame.capture_unix_us;
         report.changes(&presence.tick(at_us), &presence);
-        if config.on == DetectOn::Motion && !motion.active.load(Relaxed) {
-            continue;
-        }
-        if !take_every(&mut last_analysed, frame.seq, every) {
-            continue;
-        }
-        let Some(jpeg) = frame.jpeg() else {
-            continue;
-        };
-        let started = Instant::now();
-        let found = prepare
-            .jpeg(jpeg)
-            .and_then(|input| model.detect(input, config.threshold));
-        let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        state.busy_us.fetch_add(took_us, Relaxed);
-        state.last_us.store(took_us, Relaxed);
-        let found: Vec<Detection> = match found {
-            Ok(found) => found
-                .into_iter()
+        // A camera that detects on the device says what every frame shows: that is taken as
+        // it comes, at no cost, instead of the model's view.
+        let found: Vec<Detection> = if let Some(objects) = capture.device_objects(frame.seq) {
+            objects
+                .iter()
                 .filter(|d| config.classes.contains(&d.class))
-                .collect(),
-            Err(e) => {
-                if state.failed.fetch_add(1, Relaxed) == 0 {
-                    tracing::warn!(error = %e, "detection: a frame could not be analysed");
-                }
+                .copied()
+                .collect()
+        } else {
+            if config.on == DetectOn::Motion && !motion.active.load(Relaxed) {
                 continue;
+            }
+            if !take_every(&mut last_analysed, frame.seq, every) {
+                continue;
+            }
+            let (Some(model), Some(jpeg)) = (&model, frame.jpeg()) else {
+                continue;
+            };
+            let started = Instant::now();
+            let found = prepare
+                .jpeg(jpeg)
+                .and_then(|input| model.detect(input, config.threshold));
+            let took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            state.busy_us.fetch_add(took_us, Relaxed);
+            state.last_us.store(took_us, Relaxed);
+            match found {
+                Ok(found) => found
+                    .into_iter()
+                    .filter(|d| config.classes.contains(&d.class))
+                    .collect(),
+                Err(e) => {
+                    if state.failed.fetch_add(1, Relaxed) == 0 {
+                        tracing::warn!(error = %e, "detection: a frame could not be analysed");
+                    }
+                    continue;
+                }
             }
         };
         state.analysed.fetch_add(1, Relaxed);

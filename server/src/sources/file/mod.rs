@@ -287,6 +287,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// through is decoded and re-encoded on a blocking thread, never on the reactor).
 async fn publish(sink: &FrameSink, jpeg: Bytes) {
     let frame = JpegFrame {
+        objects: None,
         jpeg,
         capture_unix_us: unix_micros_now(),
     };

@@ -174,6 +174,7 @@ impl HttpSource {
                     // blocking pool, never the runtime's thread.
                     Event::Jpeg(jpeg) => {
                         sink.publish(JpegFrame {
+                            objects: None,
                             jpeg,
                             capture_unix_us: unix_micros_now(),
                         })
@@ -253,6 +254,7 @@ impl HttpSource {
         match still {
             Still::Image(jpeg) => {
                 sink.publish(JpegFrame {
+                    objects: None,
                     jpeg,
                     capture_unix_us: unix_micros_now(),
                 })

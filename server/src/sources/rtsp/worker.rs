@@ -157,6 +157,7 @@ fn work(rx: &Receiver<Unit>, sink: &FrameSink, mut decoder: Option<H264Decoder>)
                 } => {
                     if is_newest {
                         sink.publish_jpeg(&JpegFrame {
+                            objects: None,
                             jpeg,
                             capture_unix_us,
                         });

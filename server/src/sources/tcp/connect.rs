@@ -97,6 +97,7 @@ impl Source for TcpConnectSource {
                     Ok(jpeg) if is_whole_jpeg(&jpeg) => {
                         let capture_unix_us = unix_micros_now();
                         sink.publish(JpegFrame {
+                            objects: None,
                             jpeg,
                             capture_unix_us,
                         })

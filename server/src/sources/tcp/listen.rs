@@ -236,7 +236,7 @@ async fn read_connection(
         let event = tokio::select! {
             () = close.cancelled() => return,
             read = conn.next_frame() => match read {
-                Ok(jpeg) => Event::Frame(JpegFrame { jpeg, capture_unix_us: unix_micros_now() }),
+                Ok(jpeg) => Event::Frame(JpegFrame { objects: None, jpeg, capture_unix_us: unix_micros_now() }),
                 Err(end) => Event::Ended(end),
             },
         };

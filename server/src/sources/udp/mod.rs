@@ -257,6 +257,7 @@ impl Source for UdpSource {
                     }
                 }
                 let frame = JpegFrame {
+                    objects: None,
                     jpeg: Bytes::copy_from_slice(datagram),
                     capture_unix_us: unix_micros_now(),
                 };
