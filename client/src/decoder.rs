@@ -116,8 +116,13 @@ fn decode_loop(rx: &Receiver<Bytes>, latest: Option<&Latest>) -> DecodeCounts {
                         .chunks_exact(4)
                         .map(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]))
                         .collect();
-                    if surv_proto::FrameTag::decode(&jpeg).is_ok_and(|t| t.motion) {
+                    let tag = surv_proto::FrameTag::decode(&jpeg).ok();
+                    if tag.is_some_and(|t| t.motion) {
                         mark_motion(&mut pixels, width, height);
+                    }
+                    if tag.is_some_and(|t| t.objects) {
+                        let objects = surv_proto::objects::decode(&jpeg).unwrap_or_default();
+                        mark_objects(&mut pixels, width, height, &objects);
                     }
                     latest.put(Image {
                         width,
@@ -153,6 +158,41 @@ pub fn mark_motion(pixels: &mut [u32], width: usize, height: usize) {
             let edge = b.min(width);
             row[..edge].fill(MOTION_RED);
             row[width - edge..].fill(MOTION_RED);
+        }
+    }
+}
+
+/// Colour of the boxes around objects.
+pub const OBJECT_GREEN: u32 = 0x0020_FF20;
+
+/// The on-screen object marks: a green outline, `max(2, 1/160 of the smaller side)` pixels
+/// wide, around each object the server's detector lists for the frame.
+pub fn mark_objects(
+    pixels: &mut [u32],
+    width: usize,
+    height: usize,
+    objects: &[surv_proto::Object],
+) {
+    if width == 0 || height == 0 || pixels.len() < width * height {
+        return;
+    }
+    let t = (width.min(height) / 160).max(2);
+    let to_px = |f: f32, side: usize| ((f.clamp(0.0, 1.0) * side as f32) as usize).min(side - 1);
+    for o in objects {
+        let [x, y, w, h] = o.region;
+        let (x0, y0) = (to_px(x, width), to_px(y, height));
+        let (x1, y1) = (to_px(x + w, width), to_px(y + h, height));
+        if x1 < x0 || y1 < y0 {
+            continue;
+        }
+        for py in y0..=y1 {
+            let row = &mut pixels[py * width..(py + 1) * width];
+            if py < y0 + t || py + t > y1 {
+                row[x0..=x1].fill(OBJECT_GREEN);
+            } else {
+                row[x0..=(x0 + t - 1).min(x1)].fill(OBJECT_GREEN);
+                row[x1.saturating_sub(t - 1).max(x0)..=x1].fill(OBJECT_GREEN);
+            }
         }
     }
 }
@@ -213,6 +253,39 @@ fn bgrx_bytes(width: usize, height: usize) -> Result<usize, DecodeError> {
 mod tests {
     use super::*;
     use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
+
+    #[test]
+    fn object_marks_outline_each_box_and_stay_inside_the_picture() {
+        let (w, h) = (100, 50);
+        let mut px = vec![0u32; w * h];
+        let object = |region| surv_proto::Object {
+            label: "person".into(),
+            score: 0.9,
+            region,
+        };
+        mark_objects(&mut px, w, h, &[object([0.1, 0.2, 0.5, 0.6])]);
+        // x 10..=60, y 10..=40, 2 pixels wide.
+        assert_eq!(px[10 * w + 10], OBJECT_GREEN);
+        assert_eq!(px[40 * w + 60], OBJECT_GREEN);
+        assert_eq!(px[25 * w + 11], OBJECT_GREEN);
+        assert_eq!(px[25 * w + 12], 0, "inside the box");
+        assert_eq!(px[25 * w + 35], 0, "inside the box");
+        assert_eq!(px[5 * w + 5], 0, "outside the box");
+        // Boxes over the edges, empty and inverted ones are clipped, never out of bounds.
+        mark_objects(
+            &mut px,
+            w,
+            h,
+            &[
+                object([0.9, 0.9, 5.0, 5.0]),
+                object([-1.0, 2.0, -3.0, 0.0]),
+                object([0.5, 0.5, -0.2, -0.2]),
+            ],
+        );
+        assert_eq!(px[(h - 1) * w + (w - 1)], OBJECT_GREEN);
+        mark_objects(&mut [0; 3], 1, 3, &[object([0.0, 0.0, 1.0, 1.0])]);
+        mark_objects(&mut [0; 2], 4, 4, &[object([0.0, 0.0, 1.0, 1.0])]);
+    }
 
     #[test]
     fn the_motion_mark_is_a_border_and_leaves_the_inside() {

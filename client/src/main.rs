@@ -60,16 +60,18 @@ struct Args {
     /// Do not record.
     #[arg(long)]
     no_record: bool,
-    /// What to record: every frame (always), or only around motion the server detected
-    /// (motion; the server must run with --motion on, its default).
-    #[arg(long, value_name = "always|motion", default_value = "always", value_parser = ["always", "motion"])]
+    /// What to record: every frame (always); only around motion the server detected (motion;
+    /// the server must run with --motion on, its default); or only around objects its detector
+    /// sees, by label (person, or person,car; the server must run with --detect for them).
+    #[arg(long, value_name = "always|motion|LABELS", default_value = "always")]
     record_on: String,
-    /// With --record-on motion: seconds recorded before the first frame flagged as motion
-    /// (at most 60; kept in memory meanwhile).
+    /// With --record-on motion or LABELS: seconds recorded before the first frame flagged as
+    /// motion or showing the object (at most 60; kept in memory meanwhile).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pre_roll: f64,
-    /// With --record-on motion: seconds recorded after the last frame flagged as motion (the
-    /// server flags frames until its --motion-hold has passed without motion).
+    /// With --record-on motion or LABELS: seconds recorded after the last frame flagged as
+    /// motion or showing the object (the server flags frames until its --motion-hold, and lists
+    /// objects until its --detect-hold, has passed without them).
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     post_roll: f64,
     /// Write every received JPEG to standard output, one after another (an MJPEG stream for
@@ -140,7 +142,8 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{flag} must be a number of seconds, not {v}"))
     };
     let trigger = match args.record_on.as_str() {
-        "motion" => {
+        "always" => Trigger::Always,
+        on => {
             let pre_roll = seconds(args.pre_roll, "--pre-roll")?;
             if pre_roll > MAX_PRE_ROLL {
                 anyhow::bail!(
@@ -148,12 +151,19 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
                     MAX_PRE_ROLL.as_secs()
                 );
             }
-            Trigger::Motion {
-                pre_roll,
-                post_roll: seconds(args.post_roll, "--post-roll")?,
+            let post_roll = seconds(args.post_roll, "--post-roll")?;
+            match on {
+                "motion" => Trigger::Motion {
+                    pre_roll,
+                    post_roll,
+                },
+                labels => Trigger::Objects {
+                    labels: parse_labels(labels)?,
+                    pre_roll,
+                    post_roll,
+                },
             }
         }
-        _ => Trigger::Always,
     };
     let record = if args.no_record {
         None
@@ -284,4 +294,25 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {host:?}"))?
         .next()
         .with_context(|| format!("{host:?} has no address"))
+}
+
+/// `--record-on`'s labels (`person`, `person,car`, `traffic light`) as the server writes them:
+/// lower case, `_` for a space.
+fn parse_labels(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut labels = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let label = name.to_ascii_lowercase().replace(' ', "_");
+        if !surv_proto::objects::is_valid_label(&label) {
+            anyhow::bail!(
+                "--record-on takes always, motion, or object labels such as person or person,car; {name:?} is none of these"
+            );
+        }
+        if !labels.contains(&label) {
+            labels.push(label);
+        }
+    }
+    if labels.is_empty() {
+        anyhow::bail!("--record-on takes always, motion, or object labels such as person");
+    }
+    Ok(labels)
 }

@@ -180,7 +180,15 @@ pub async fn run(
 
     let mut stats = StreamStats::new();
     let mut motion_frames = 0u64;
+    let mut object_frames = 0u64;
     let mut in_motion = false;
+    // The labels of the objects the server lists in the frames shown now, for the title.
+    let mut seen_labels = String::new();
+    let trigger = cfg
+        .record
+        .as_ref()
+        .map(|r| r.trigger.clone())
+        .unwrap_or_default();
     let mut server_udp: Option<SocketAddr> = None;
     // One byte more than the largest UDP payload, so an oversized datagram shows as such.
     let mut buf = vec![0u8; MAX_UDP_PAYLOAD_BYTES + 1];
@@ -286,15 +294,19 @@ pub async fn run(
                 last_frame_at = Instant::now();
                 warned_quiet = false;
                 motion_frames += u64::from(tag.motion);
-                if tag.motion != in_motion {
+                object_frames += u64::from(tag.objects);
+                let labels = if tag.objects { labels_in(&whole) } else { String::new() };
+                if tag.motion != in_motion || labels != seen_labels {
                     in_motion = tag.motion;
+                    seen_labels = labels;
                     if let Some(latest) = &latest {
-                        latest.set_status(status_line(&stats, in_motion));
+                        latest.set_status(status_line(&stats, in_motion, &seen_labels));
                     }
                 }
                 let frame = whole;
                 if let Some(r) = &recorder {
-                    r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us, motion: tag.motion });
+                    let event = trigger.is_event(&tag, &frame);
+                    r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us, event });
                 }
                 if let Some(p) = &mut pipe {
                     p.push(frame.clone());
@@ -306,7 +318,7 @@ pub async fn run(
         if now >= next_status {
             next_status = now + STATUS_EVERY;
             if let Some(latest) = &latest {
-                latest.set_status(status_line(&stats, in_motion));
+                latest.set_status(status_line(&stats, in_motion, &seen_labels));
             }
             if !warned_quiet && now - last_frame_at >= QUIET_WARNING {
                 tracing::warn!(
@@ -359,6 +371,7 @@ pub async fn run(
         record_dropped: report.as_ref().map_or(0, |r| r.frames_dropped),
         record_idle: report.as_ref().map_or(0, |r| r.frames_idle),
         motion_frames,
+        object_frames,
         piped,
         segments: report.map(|r| r.segments).unwrap_or_default(),
         seconds: stats.elapsed().as_secs_f64(),
@@ -463,13 +476,30 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
     }
 }
 
-/// The window title's status: rate, loss, latency, and `MOTION` first while the frames shown are
-/// inside a motion event.
-fn status_line(s: &StreamStats, in_motion: bool) -> String {
+/// The labels of the objects a frame carries, each once, in the server's order (`person, car`);
+/// empty when it carries none or they cannot be read.
+fn labels_in(datagram: &[u8]) -> String {
+    let mut labels: Vec<String> = Vec::new();
+    for o in surv_proto::objects::decode(datagram).unwrap_or_default() {
+        if !labels.contains(&o.label) {
+            labels.push(o.label);
+        }
+    }
+    labels.join(", ")
+}
+
+/// The window title's status: rate, loss, latency, and first `MOTION` while the frames shown are
+/// inside a motion event and the labels of the objects the server sees in them.
+fn status_line(s: &StreamStats, in_motion: bool, labels: &str) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
     format!(
-        "{}{:.1} fps, loss {:.1}%, latency p50 {} p99 {}",
+        "{}{}{:.1} fps, loss {:.1}%, latency p50 {} p99 {}",
         if in_motion { "● MOTION — " } else { "" },
+        if labels.is_empty() {
+            String::new()
+        } else {
+            format!("● {labels} — ")
+        },
         s.fps(),
         s.loss_ratio() * 100.0,
         ms(s.latency_ms(50.0)),

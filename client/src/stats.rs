@@ -158,11 +158,14 @@ pub struct Summary {
     pub ignored: u64,
     pub recorded: u64,
     pub record_dropped: u64,
-    /// Frames not recorded by choice (`--record-on motion`: outside every pre- and post-roll).
+    /// Frames not recorded by choice (`--record-on motion` or labels: outside every pre- and
+    /// post-roll).
     pub record_idle: u64,
     pub segments: Vec<std::path::PathBuf>,
     /// Frames the server flagged as inside a motion event.
     pub motion_frames: u64,
+    /// Frames that listed objects the server's detector sees.
+    pub object_frames: u64,
     /// With `--pipe`: frames written to the output, and frames not written.
     pub piped: Option<crate::pipe::PipeCounts>,
     pub seconds: f64,
@@ -210,8 +213,11 @@ impl fmt::Display for Summary {
                 self.decode_failed, self.decode_skipped, self.record_dropped, self.ignored
             )?;
         }
+        if self.object_frames > 0 {
+            write!(f, " objects={}", self.object_frames)?;
+        }
         if self.record_idle > 0 {
-            write!(f, " not_recorded_no_motion={}", self.record_idle)?;
+            write!(f, " not_recorded_idle={}", self.record_idle)?;
         }
         if let Some(p) = self.piped {
             write!(f, " piped={} pipe_dropped={}", p.written, p.dropped)?;

@@ -191,6 +191,7 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
                 seq,
                 capture_unix_us: now_us,
                 motion: false,
+                objects: false,
             }
             .encode_into(&jpeg, &mut datagram)
             .unwrap();

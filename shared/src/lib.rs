@@ -10,7 +10,8 @@
 //! * [`chunk`]: the header of each chunk of a frame sent in MTU-sized pieces to a viewer that
 //!   asked for them; [`reassembly`] puts the frame back together, sans-IO.
 //! * [`tag`]: the sequence number, capture time and motion flag carried inside every frame datagram as a JPEG
-//!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it.
+//!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it;
+//!   [`objects`]: what the server's detector sees, in a second COM segment after it.
 //!
 //! Besides the messages, [`size`] owns how a frame size is written on surv's command lines.
 //!
@@ -18,6 +19,7 @@
 
 pub mod ack;
 pub mod chunk;
+pub mod objects;
 pub mod reassembly;
 pub mod register;
 pub mod reply;
@@ -29,6 +31,7 @@ pub use chunk::{
     chunk_bytes_for_mtu, ChunkError, ChunkHeader, CHUNK_HEADER_BYTES, DEFAULT_MTU_BYTES,
     MAX_CHUNKS_PER_FRAME, MAX_MTU_BYTES, MIN_MTU_BYTES,
 };
+pub use objects::{Object, ObjectsError, MAX_OBJECTS_BYTES};
 pub use reassembly::{Incomplete, Push, Reassembler, ReassemblyStats, Rejected};
 pub use register::{
     is_valid_camera_name, is_valid_token, AppRequest, Form, RegError, Registration,
@@ -40,7 +43,7 @@ pub use reply::{
     MAX_STREAM_SIDE_PX,
 };
 pub use size::{parse_size, SizeError};
-pub use tag::{unix_micros_now, FrameTag, TagError, FLAG_MOTION, TAG_BYTES};
+pub use tag::{unix_micros_now, FrameTag, TagError, FLAG_MOTION, FLAG_OBJECTS, TAG_BYTES};
 
 /// Default TCP port a surv server listens on for registrations (seed 003's).
 pub const DEFAULT_TCP_PORT: u16 = 9999;

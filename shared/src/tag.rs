@@ -17,7 +17,9 @@
 //! skipped by the server for that viewer; `capture_unix_us` gives capture → receipt latency when
 //! both clocks agree (same host, or NTP). [`unix_micros_now`] is the clock both ends read for it.
 //! `flags` bit 0 ([`FLAG_MOTION`]) is set on frames published while a motion event is under way;
-//! the other bits are 0 and readers ignore them.
+//! bit 1 ([`FLAG_OBJECTS`]) says that a second COM segment follows the tag, listing the objects
+//! the server's detector sees ([`crate::objects`]); the other bits are 0 and readers ignore
+//! them.
 //!
 //! Version 1 (length 23, no flags byte) is what surv wrote before motion detection; it is still
 //! read, as flags 0.
@@ -40,6 +42,8 @@ pub const TAG_BYTES: usize = 2 + COM_LEN as usize;
 
 /// `flags` bit: the frame was published while a motion event was under way.
 pub const FLAG_MOTION: u8 = 1;
+/// `flags` bit: an objects segment ([`crate::objects`]) follows the tag.
+pub const FLAG_OBJECTS: u8 = 2;
 
 /// What a frame datagram says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub struct FrameTag {
     pub capture_unix_us: u64,
     /// Inside a motion event ([`FLAG_MOTION`]).
     pub motion: bool,
+    /// An objects segment follows the tag ([`FLAG_OBJECTS`]).
+    pub objects: bool,
 }
 
 /// Why a datagram carries no readable tag.
@@ -64,11 +70,37 @@ pub enum TagError {
 }
 
 impl FrameTag {
-    /// Builds the datagram: `jpeg` (a whole JPEG starting with SOI) with the tag after SOI.
+    /// Builds the datagram: `jpeg` (a whole JPEG starting with SOI) with the tag after SOI,
+    /// its flags as this tag's fields say.
     pub fn encode_into(&self, jpeg: &[u8], out: &mut Vec<u8>) -> Result<(), TagError> {
+        self.encode_segments(jpeg, &[], out)
+    }
+
+    /// [`encode_into`](Self::encode_into), with `objects` (a segment made by
+    /// [`crate::objects::encode`], or nothing) after the tag, and [`FLAG_OBJECTS`] set when
+    /// there is one.
+    pub fn encode_with(
+        &self,
+        jpeg: &[u8],
+        objects: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TagError> {
+        FrameTag {
+            objects: !objects.is_empty(),
+            ..*self
+        }
+        .encode_segments(jpeg, objects, out)
+    }
+
+    fn encode_segments(
+        &self,
+        jpeg: &[u8],
+        extra: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), TagError> {
         let body = jpeg.strip_prefix(&SOI).ok_or(TagError::NotJpeg)?;
         out.clear();
-        out.reserve(SOI.len() + TAG_BYTES + body.len());
+        out.reserve(SOI.len() + TAG_BYTES + extra.len() + body.len());
         out.extend_from_slice(&SOI);
         out.extend_from_slice(&COM);
         out.extend_from_slice(&COM_LEN.to_be_bytes());
@@ -76,7 +108,9 @@ impl FrameTag {
         out.push(VERSION);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.capture_unix_us.to_be_bytes());
-        out.push(if self.motion { FLAG_MOTION } else { 0 });
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        out.push(flag(self.motion, FLAG_MOTION) | flag(self.objects, FLAG_OBJECTS));
+        out.extend_from_slice(extra);
         out.extend_from_slice(body);
         Ok(())
     }
@@ -111,6 +145,7 @@ impl FrameTag {
             seq: word(9),
             capture_unix_us: word(17),
             motion: flags & FLAG_MOTION != 0,
+            objects: flags & FLAG_OBJECTS != 0,
         })
     }
 }
@@ -136,6 +171,7 @@ mod tests {
                 seq: 7,
                 capture_unix_us: 1_700_000_000_123_456,
                 motion,
+                objects: false,
             };
             let mut out = Vec::new();
             tag.encode_into(JPEG, &mut out).unwrap();
@@ -163,7 +199,8 @@ mod tests {
             Ok(FrameTag {
                 seq: 42,
                 capture_unix_us: 1_700_000_000_000_000,
-                motion: false
+                motion: false,
+                objects: false,
             })
         );
         // Unknown flag bits are ignored.
@@ -172,11 +209,13 @@ mod tests {
             seq: 1,
             capture_unix_us: 2,
             motion: false,
+            objects: false,
         }
         .encode_into(JPEG, &mut out)
         .unwrap();
-        out[2 + TAG_BYTES - 1] = 0xFE;
-        assert!(!FrameTag::decode(&out).unwrap().motion);
+        out[2 + TAG_BYTES - 1] = 0xFC;
+        let tag = FrameTag::decode(&out).unwrap();
+        assert!(!tag.motion && !tag.objects);
         // A version's length must match it.
         v1[10] = 2;
         assert_eq!(FrameTag::decode(&v1), Err(TagError::Untagged));
@@ -189,6 +228,7 @@ mod tests {
             seq: u64::MAX,
             capture_unix_us: 1,
             motion: true,
+            objects: false,
         }
         .encode_into(JPEG, &mut out)
         .unwrap();
@@ -207,6 +247,7 @@ mod tests {
                 seq: 0,
                 capture_unix_us: 0,
                 motion: false,
+                objects: false,
             }
             .encode_into(b"GIF8", &mut Vec::new()),
             Err(TagError::NotJpeg)
@@ -216,6 +257,7 @@ mod tests {
             seq: 1,
             capture_unix_us: 2,
             motion: false,
+            objects: false,
         }
         .encode_into(JPEG, &mut out)
         .unwrap();

@@ -1,8 +1,10 @@
 //! Object detection on the real server with real photographs (tests/photos) and the model
 //! `scripts/setup.sh` installs: a camera that shows the astronaut, then only a cat, gives one
 //! OBJECT-START person and one OBJECT-END person in the journal, the same on MQTT (a real
-//! mosquitto) and in `/status`; a camera that shows no person gives no person event. These
-//! tests fail, not skip, where the model is missing.
+//! mosquitto) and in `/status`; a camera that shows no person gives no person event; the frames
+//! carry the objects present to viewers, and surv-client with `--record-on person` records the
+//! astronaut's visit with its rolls and nothing of the cat. These tests fail, not skip, where the
+//! model is missing.
 
 #[path = "mqtt/broker.rs"]
 #[allow(dead_code)]
@@ -284,6 +286,141 @@ async fn a_cat_and_a_coffee_cup_are_no_person() -> anyhow::Result<()> {
         !journal.iter().any(|l| l.contains("OBJECT-")),
         "{journal:#?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_on_person_keeps_the_astronaut_with_its_rolls_and_not_the_cat() -> anyhow::Result<()>
+{
+    use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger};
+    let _heavy = surv_tests::heavy().await;
+    let scenes = Scenes::new(&[
+        ("chelsea.jpg", Duration::from_secs(3)),
+        ("astronaut.jpg", Duration::from_secs(3)),
+        ("chelsea.jpg", Duration::from_secs(60)),
+    ]);
+    let changes = scenes.changes_us.clone();
+    let hold = Duration::from_millis(500);
+    // The model sees the cat as a dog more than as a cat: both are listed, neither is asked for.
+    let srv = start_server_with(detecting("person,cat,dog", hold), Box::new(scenes)).await?;
+    let dir = tempfile::tempdir()?;
+    let (pre, post) = (Duration::from_secs(1), Duration::from_secs(1));
+    let viewer = surv_client::Config {
+        record: Some(RecorderConfig {
+            dir: dir.path().into(),
+            segment: Duration::from_secs(60),
+            format: Format::Avi,
+            keep: Retention::default(),
+            trigger: Trigger::Objects {
+                labels: vec!["person".into()],
+                pre_roll: pre,
+                post_roll: post,
+            },
+        }),
+        ..surv_tests::client_config(srv.addr, 9.5)
+    };
+    let summary = surv_client::run(viewer, None, CancellationToken::new()).await?;
+    let journal = srv.stop().await?;
+    let (came_us, left_us) = (changes[1].load(Relaxed), changes[2].load(Relaxed));
+    anyhow::ensure!(came_us > 0 && left_us > 0, "the scenes did not change");
+
+    // The frames carried objects: the cat from the start, the person while she was there.
+    assert!(summary.object_frames >= 60, "{summary}");
+    assert!(summary.record_idle >= 30, "{summary}");
+    assert_eq!(
+        summary.recorded + summary.record_dropped + summary.record_idle,
+        summary.received,
+        "{summary}"
+    );
+    // One recording, in three files: the photographs differ in size (the cat's pre-roll, her,
+    // the cat's post-roll), and a file holds one size.
+    assert_eq!(summary.segments.len(), 3, "{summary}");
+    let mut stream = Vec::new();
+    for file in &summary.segments {
+        surv_tests::ffmpeg_check(file)?;
+        stream.extend(surv_tests::mjpeg_stream(file)?);
+    }
+    // Each recorded JPEG: its capture time and the labels it lists.
+    let recorded: Vec<(u64, Vec<surv_proto::Object>)> = stream
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, 0xD8, 0xFF, 0xFE])
+        .filter_map(|(i, _)| {
+            let tag = surv_proto::FrameTag::decode(&stream[i..]).ok()?;
+            let objects = surv_proto::objects::decode(&stream[i..]).ok()?;
+            Some((tag.capture_unix_us, objects))
+        })
+        .collect();
+    assert_eq!(recorded.len() as u64, summary.recorded, "{summary}");
+    let with_person: Vec<u64> = recorded
+        .iter()
+        .filter(|(_, o)| o.iter().any(|o| o.label == "person"))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        with_person.len() >= 20,
+        "{} frames with her",
+        with_person.len()
+    );
+    let (first_person, last_person) = (with_person[0], *with_person.last().unwrap());
+    // She is listed from shortly after she came (the detector's latency) until the hold
+    // after she left, never before.
+    assert!(first_person >= came_us, "{first_person} before {came_us}");
+    assert!(
+        first_person - came_us < 1_500_000,
+        "listed {} µs after she came",
+        first_person - came_us
+    );
+    let listed_until = left_us + hold.as_micros() as u64;
+    assert!(
+        last_person.abs_diff(listed_until) < 1_500_000,
+        "last listed at {last_person}, she left at {left_us} (+ hold)"
+    );
+    // Her box is a box: a tall shape inside the picture.
+    let box_of = recorded
+        .iter()
+        .flat_map(|(_, o)| o.iter())
+        .find(|o| o.label == "person")
+        .map(|o| o.region)
+        .context("a person")?;
+    assert!(box_of[2] > 0.1 && box_of[3] > 0.2, "{box_of:?}");
+    assert!(
+        box_of[0] + box_of[2] <= 1.0 && box_of[1] + box_of[3] <= 1.0,
+        "{box_of:?}"
+    );
+    // The recording: the pre-roll before her first frame, the post-roll after her last.
+    let (first, last) = (recorded[0].0, recorded.last().unwrap().0);
+    let ms = |a: u64, b: u64| (a as i64 - b as i64) / 1000;
+    eprintln!(
+        "she came at 0 ms, was listed {}..{} ms, left at {} ms; recorded {}..{} ms ({} frames); {summary}",
+        ms(first_person, came_us),
+        ms(last_person, came_us),
+        ms(left_us, came_us),
+        ms(first, came_us),
+        ms(last, came_us),
+        recorded.len()
+    );
+    let slot = 1_000_000 / FPS + 50_000;
+    let (pre_us, post_us) = (pre.as_micros() as u64, post.as_micros() as u64);
+    assert!(
+        first.abs_diff(first_person - pre_us) <= slot,
+        "recording starts {first}, her first frame {first_person}"
+    );
+    assert!(
+        last.abs_diff(last_person + post_us) <= slot,
+        "recording ends {last}, her last frame {last_person}"
+    );
+    // The cat (listed too, but not what was asked for) started no recording of its own.
+    let cat_only_recorded = recorded
+        .iter()
+        .filter(|(t, _)| *t + pre_us + slot < first_person || *t > last_person + post_us + slot)
+        .count();
+    assert_eq!(cat_only_recorded, 0);
+    let person_starts = journal
+        .iter()
+        .filter(|l| l.contains("OBJECT-START") && l.contains("label=person"))
+        .count();
+    assert_eq!(person_starts, 1, "{journal:#?}");
     Ok(())
 }
 

@@ -121,6 +121,7 @@ fn tagged(jpeg: &[u8], seq: u64) -> Vec<u8> {
         seq,
         capture_unix_us: surv_proto::unix_micros_now(),
         motion: false,
+        objects: false,
     }
     .encode_into(jpeg, &mut out)
     .unwrap();

@@ -170,7 +170,7 @@ async fn lossy_live_frames(seconds: u64) -> Vec<RecFrame> {
         frames.push(RecFrame {
             jpeg: Bytes::copy_from_slice(&buf[..len]),
             capture_unix_us: tag.capture_unix_us,
-            motion: tag.motion,
+            event: tag.motion,
         });
     }
     srv.stop().await.unwrap();
@@ -448,7 +448,7 @@ async fn live_frames(width: u32, height: u32, count: usize) -> Vec<RecFrame> {
         frames.push(RecFrame {
             jpeg: Bytes::copy_from_slice(&buf[..len]),
             capture_unix_us: tag.capture_unix_us,
-            motion: tag.motion,
+            event: tag.motion,
         });
     }
     srv.stop().await.unwrap();

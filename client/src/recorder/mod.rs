@@ -8,8 +8,8 @@
 //!   on the recording directory.
 //! * `naming`: segment file names, built for the recorder and parsed for
 //!   [`retention`](crate::retention).
-//! * `gate`: with [`Trigger::Motion`], which frames are recorded: those around motion, with a
-//!   pre- and post-roll.
+//! * `gate`: with [`Trigger::Motion`] or [`Trigger::Objects`], which frames are recorded: those
+//!   around the events, with a pre- and post-roll.
 //!
 //! The display hands each received frame to [`RecorderHandle::push`], which never blocks: a
 //! bounded queue feeds one dedicated thread that owns the file and, for MP4, the encoder. When the
@@ -119,12 +119,12 @@ pub struct RecorderConfig {
     pub format: Format,
     /// Oldest closed segments beyond this are deleted.
     pub keep: Retention,
-    /// What is recorded: everything, or only around motion.
+    /// What is recorded: everything, or only around motion or objects.
     pub trigger: Trigger,
 }
 
 /// What the recorder records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Trigger {
     /// Every frame received.
     #[default]
@@ -136,6 +136,29 @@ pub enum Trigger {
         pre_roll: Duration,
         post_roll: Duration,
     },
+    /// Frames around those in which the server's detector sees one of `labels` (`person`,
+    /// `car`: its objects segment, `surv_proto::objects`), with the same rolls as
+    /// [`Trigger::Motion`].
+    Objects {
+        labels: Vec<String>,
+        pre_roll: Duration,
+        post_roll: Duration,
+    },
+}
+
+impl Trigger {
+    /// Whether `datagram` (tagged `tag`) is one of the frames recordings form around.
+    pub fn is_event(&self, tag: &surv_proto::FrameTag, datagram: &[u8]) -> bool {
+        match self {
+            Trigger::Always => false,
+            Trigger::Motion { .. } => tag.motion,
+            Trigger::Objects { labels, .. } => {
+                tag.objects
+                    && surv_proto::objects::decode(datagram)
+                        .is_ok_and(|seen| seen.iter().any(|o| labels.contains(&o.label)))
+            }
+        }
+    }
 }
 
 impl Default for RecorderConfig {
@@ -157,8 +180,9 @@ pub struct RecFrame {
     pub jpeg: Bytes,
     /// Capture time carried in the stream, µs since the Unix epoch.
     pub capture_unix_us: u64,
-    /// The server flagged the frame as inside a motion event.
-    pub motion: bool,
+    /// The frame is one recordings form around ([`Trigger::is_event`]): flagged as motion, or
+    /// showing a wanted object.
+    pub event: bool,
 }
 
 impl fmt::Debug for RecFrame {
@@ -166,7 +190,7 @@ impl fmt::Debug for RecFrame {
         f.debug_struct("RecFrame")
             .field("jpeg_bytes", &self.jpeg.len())
             .field("capture_unix_us", &self.capture_unix_us)
-            .field("motion", &self.motion)
+            .field("event", &self.event)
             .finish()
     }
 }
@@ -185,8 +209,8 @@ pub struct RecorderReport {
     /// Frames not in any closed segment: the queue was full, the JPEG was unreadable or could
     /// not be coded, or their segment failed to write.
     pub frames_dropped: u64,
-    /// Frames not recorded by choice: with [`Trigger::Motion`], those outside every pre- and
-    /// post-roll.
+    /// Frames not recorded by choice: with [`Trigger::Motion`] or [`Trigger::Objects`], those
+    /// outside every pre- and post-roll.
     pub frames_idle: u64,
     /// Failed attempts to create, write or close a segment.
     pub write_errors: u64,

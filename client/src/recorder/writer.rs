@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, trace, warn};
 
-use super::gate::{Gated, MotionGate};
+use super::gate::{EventGate, Gated};
 use super::naming;
 use super::storage::{probe_writable, warn_about_leftovers, SegmentStore};
 use super::track::{self, FrameError, Track};
@@ -38,8 +38,8 @@ pub(super) struct SegmentWriter<S: SegmentStore> {
     /// Nominal frame interval, from the stream's rate: AVI's slot length.
     frame_us: u32,
     store: S,
-    /// With `--record-on motion`: what is recorded.
-    gate: Option<MotionGate>,
+    /// With `--record-on motion` or labels: what is recorded.
+    gate: Option<EventGate>,
     current: Option<Segment<S::File>>,
     /// After a failed segment, its window `[start, end)` of capture time: frames in it are
     /// dropped, the first frame outside tries a new file.
@@ -89,7 +89,12 @@ impl<S: SegmentStore> SegmentWriter<S> {
                 Trigger::Motion {
                     pre_roll,
                     post_roll,
-                } => Some(MotionGate::new(pre_roll, post_roll, fps)),
+                }
+                | Trigger::Objects {
+                    pre_roll,
+                    post_roll,
+                    ..
+                } => Some(EventGate::new(pre_roll, post_roll, fps)),
             },
             store,
             current: None,
@@ -166,7 +171,7 @@ impl<S: SegmentStore> SegmentWriter<S> {
         match g {
             Gated::Record(f) => self.record(f),
             Gated::Cut => {
-                debug!("motion recording ended");
+                debug!("event recording ended");
                 if let Some(seg) = self.current.take() {
                     self.close(seg);
                 }

@@ -44,6 +44,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use crate::encoder::{Encoder, EncoderConfig};
 use crate::frame::{Detection, EncodedFrame};
 use crate::journal::Journal;
@@ -181,6 +183,9 @@ pub struct CaptureShared {
     /// The latest objects a camera that detects on the device reported, and the sequence
     /// number of the frame they came with (read by the camera's detector thread).
     device_objects: Mutex<Option<(u64, Arc<[Detection]>)>>,
+    /// What frames published now carry of the objects present (a `surv_proto::objects`
+    /// segment after the tag; empty: nothing present, or no detector). Set by the detector.
+    objects: Mutex<Bytes>,
     /// The camera's H.264: access units once for every H.264 watcher, and the encoder that
     /// makes them on demand when the source gives pixels or JPEG.
     pub h264: Arc<h264::H264Feed>,
@@ -200,6 +205,7 @@ impl CaptureShared {
             state: watch::Sender::new(SourceState::Starting),
             motion: AtomicBool::new(false),
             device_objects: Mutex::new(None),
+            objects: Mutex::new(Bytes::new()),
             h264: Arc::new(h264::H264Feed::new()),
             pictures: watch::Sender::new(PictureWants::default()),
         }
@@ -297,6 +303,19 @@ impl CaptureShared {
             Some((at, objects)) if *at == seq => Some(objects.clone()),
             _ => None,
         }
+    }
+
+    /// The objects segment frames published now carry.
+    pub fn objects_segment(&self) -> Bytes {
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// What frames published from now on carry of the objects present.
+    pub fn set_objects_segment(&self, segment: Bytes) {
+        *self.objects.lock().unwrap_or_else(|p| p.into_inner()) = segment;
     }
 
     fn set_device_objects(&self, seq: u64, objects: Arc<[Detection]>) {

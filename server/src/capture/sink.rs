@@ -247,7 +247,14 @@ impl FrameSink {
             self.inner.shared.set_device_objects(seq, objects.clone());
         }
         let encoded = if self.passes_through(&frame.jpeg) {
-            passthrough(frame, header, seq, self.inner.shared.in_motion()).inspect(|_| {
+            let shared = &self.inner.shared;
+            let objects = shared.objects_segment();
+            // Objects ride along when they fit too; the picture comes first.
+            let objects = match frame.jpeg.len() + surv_proto::TAG_BYTES + objects.len() {
+                n if n <= self.inner.max_datagram_bytes => &objects[..],
+                _ => &[],
+            };
+            passthrough(frame, header, seq, shared.in_motion(), objects).inspect(|_| {
                 self.inner.shared.stats.passed_through.fetch_add(1, Relaxed);
             })
         } else {
@@ -450,7 +457,7 @@ fn encode(
 ) -> Result<EncodedFrame, String> {
     let t0 = Instant::now();
     let frame = encoder
-        .encode_tagged(raw, seq, shared.in_motion())
+        .encode_tagged(raw, seq, shared.in_motion(), &shared.objects_segment())
         .map_err(|e| e.to_string())?;
     let stats = &shared.stats;
     stats.encode_times.record(t0.elapsed());
@@ -492,14 +499,16 @@ fn passthrough(
     header: JpegHeader,
     seq: u64,
     motion: bool,
+    objects: &[u8],
 ) -> Result<EncodedFrame, String> {
     let mut datagram = Vec::new();
     FrameTag {
         seq,
         capture_unix_us: frame.capture_unix_us,
         motion,
+        objects: false,
     }
-    .encode_into(&frame.jpeg, &mut datagram)
+    .encode_with(&frame.jpeg, objects, &mut datagram)
     .map_err(|e| e.to_string())?;
     Ok(EncodedFrame {
         seq,

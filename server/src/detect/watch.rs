@@ -133,11 +133,16 @@ fn run(d: Detect, runtime: &tokio::runtime::Handle) {
         last_seen = Some(frame.seq);
         if !matches!(capture.state(), SourceState::Live) {
             report.changes(&presence.finish(), &presence);
+            carry(&capture, &presence, &[]);
             last_analysed = None;
             continue;
         }
         let at_us = frame.capture_unix_us;
-        report.changes(&presence.tick(at_us), &presence);
+        let ended = presence.tick(at_us);
+        if !ended.is_empty() {
+            report.changes(&ended, &presence);
+            carry(&capture, &presence, &state.boxes_now());
+        }
         // A camera that detects on the device says what every frame shows: that is taken as
         // it comes, at no cost, instead of the model's view.
         let found: Vec<Detection> = if let Some(objects) = capture.device_objects(frame.seq) {
@@ -178,16 +183,42 @@ fn run(d: Detect, runtime: &tokio::runtime::Handle) {
         };
         state.analysed.fetch_add(1, Relaxed);
         let changes = presence.analysed(at_us, &found);
+        carry(&capture, &presence, &found);
         *state.boxes.lock().unwrap_or_else(|p| p.into_inner()) = found;
         report.changes(&changes, &presence);
     }
     // The camera ends: nothing is left present in the journal.
     report.changes(&presence.finish(), &presence);
+    carry(&capture, &presence, &[]);
     state
         .boxes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear();
+}
+
+/// Sets what the camera's frames carry from now on ([`surv_proto::objects`]): every box of the
+/// latest analysed frame whose label is present, and for a label present but missed by that
+/// frame (within its hold), its last box.
+fn carry(capture: &CaptureShared, presence: &Presence, latest: &[Detection]) {
+    let present = presence.present();
+    let object = |class: usize, score: f32, region: [f32; 4]| surv_proto::Object {
+        label: LABELS.get(class).copied().unwrap_or("unknown").to_string(),
+        score,
+        region,
+    };
+    let mut objects: Vec<surv_proto::Object> = latest
+        .iter()
+        .filter(|d| present.iter().any(|p| p.class == d.class))
+        .map(|d| object(d.class, d.score, d.region))
+        .collect();
+    for p in present {
+        if !latest.iter().any(|d| d.class == p.class) {
+            objects.push(object(p.class, p.score, p.region));
+        }
+    }
+    let segment = surv_proto::objects::encode(&objects);
+    capture.set_objects_segment(bytes::Bytes::from(segment));
 }
 
 /// Where the detector's findings go.

@@ -176,18 +176,26 @@ impl Encoder {
     /// Encodes `frame` into one datagram no larger than the cap, tagged with `seq` and the
     /// frame's capture time.
     pub fn encode(&mut self, frame: &RawFrame, seq: u64) -> Result<EncodedFrame, EncodeError> {
-        self.encode_tagged(frame, seq, false)
+        self.encode_tagged(frame, seq, false, &[])
     }
 
-    /// [`encode`](Self::encode), with the tag's motion flag set to `motion`.
+    /// [`encode`](Self::encode), with the tag's motion flag set to `motion` and `objects` (a
+    /// [`surv_proto::objects`] segment, or nothing) after the tag. The segment counts under the
+    /// cap; one that would take more than a quarter of it is left out.
     pub fn encode_tagged(
         &mut self,
         frame: &RawFrame,
         seq: u64,
         motion: bool,
+        objects: &[u8],
     ) -> Result<EncodedFrame, EncodeError> {
         check_frame(frame)?;
         let cap = self.cfg.max_datagram_bytes;
+        let objects = if TAG_BYTES + objects.len() <= cap / 4 {
+            objects
+        } else {
+            &[]
+        };
         let ceiling = self.cfg.quality;
         let (old_quality, old_shift) = (self.rate.quality(), self.rate.scale_shift());
         let sizes = scaled_sizes(frame.width, frame.height);
@@ -204,7 +212,7 @@ impl Encoder {
             }
             attempts += 1;
             let jpeg_bytes = self.compress(frame, sizes[shift as usize], shift, quality)?;
-            let total = jpeg_bytes + TAG_BYTES;
+            let total = jpeg_bytes + TAG_BYTES + objects.len();
             if total <= cap {
                 break (jpeg_bytes, total);
             }
@@ -237,8 +245,9 @@ impl Encoder {
             seq,
             capture_unix_us: frame.capture_unix_us,
             motion,
+            objects: false,
         }
-        .encode_into(&self.jpeg[..jpeg_bytes], &mut datagram)?;
+        .encode_with(&self.jpeg[..jpeg_bytes], objects, &mut datagram)?;
         if datagram.len() > cap {
             // FrameTag adds exactly TAG_BYTES, counted above; this keeps the cap a guarantee
             // should that ever change.

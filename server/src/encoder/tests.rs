@@ -155,6 +155,7 @@ fn rgb_frames_are_encoded_too() {
             seq: 9,
             capture_unix_us: 5,
             motion: false,
+            objects: false,
         }
     );
 }

@@ -647,6 +647,7 @@ mod tests {
             seq: 12,
             capture_unix_us: 1_733_370_000_000_000,
             motion: true,
+            objects: false,
         };
         let mut tagged = Vec::new();
         tag.encode_into(&plain, &mut tagged).expect("a JPEG");

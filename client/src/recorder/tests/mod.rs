@@ -44,6 +44,7 @@ fn jpeg(width: usize, height: usize, seq: u64, noisy: bool) -> Bytes {
         seq,
         capture_unix_us: T0_US + seq * FRAME_INTERVAL_US,
         motion: false,
+        objects: false,
     }
     .encode_into(&plain, &mut tagged)
     .unwrap();
@@ -54,7 +55,7 @@ fn frame(jpeg: Bytes, seq: u64) -> RecFrame {
     RecFrame {
         jpeg,
         capture_unix_us: T0_US + seq * FRAME_INTERVAL_US,
-        motion: false,
+        event: false,
     }
 }
 

@@ -451,6 +451,7 @@ mod tests {
             seq: 7,
             capture_unix_us: 1,
             motion: true,
+            objects: false,
         }
         .encode_into(&marked(&jpeg, camera), &mut datagram)
         .unwrap();
@@ -484,6 +485,7 @@ mod tests {
             seq: 1,
             capture_unix_us: 1,
             motion: false,
+            objects: false,
         }
         .encode_into(&jpeg, &mut plain)
         .unwrap();
