@@ -1,6 +1,7 @@
 //! The viewer's datagram path, as surv-client runs it on each datagram a (hostile) server sends:
-//! the frame tag, the recorder's check (a whole JPEG whose header reads), and the decoder (header
-//! read under the pixel cap, decode to BGRX, the window's pixels and motion mark). No input may
+//! the frame tag and its objects segment, the recorder's check (a whole JPEG whose header reads),
+//! and the decoder (header read under the pixel cap, decode to BGRX, the window's pixels, motion
+//! mark and object boxes). No input may
 //! panic, a decoded picture is never over the cap, and a bad datagram never stops the next good
 //! frame from decoding with the same decompressor (the viewer keeps one for the whole stream).
 #![no_main]
@@ -9,7 +10,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use surv_client::decoder::{decode_bgrx, mark_motion, MAX_FRAME_PIXELS};
+use surv_client::decoder::{decode_bgrx, mark_motion, mark_objects, MAX_FRAME_PIXELS};
 use surv_client::recorder::{jpeg_dims, whole_jpeg};
 use surv_proto::{FrameTag, MAX_UDP_PAYLOAD_BYTES};
 
@@ -57,6 +58,10 @@ fuzz_target!(|datagram: &[u8]| {
     let Ok(tag) = FrameTag::decode(datagram) else {
         return;
     };
+    // The objects it lists (title, boxes, --record-on LABELS): never more than the format allows.
+    let objects = surv_proto::objects::decode(datagram).unwrap_or_default();
+    assert!(objects.len() <= surv_proto::objects::MAX_OBJECTS);
+    assert!(objects.is_empty() || tag.objects);
     // recorder/writer.rs: only whole JPEGs whose header reads are recorded.
     if let Ok((width, height)) = whole_jpeg(datagram).and_then(|()| jpeg_dims(datagram)) {
         assert!(width > 0 && height > 0);
@@ -74,6 +79,7 @@ fuzz_target!(|datagram: &[u8]| {
             if tag.motion {
                 mark_motion(&mut pixels, width, height);
             }
+            mark_objects(&mut pixels, width, height, &objects);
         }
         // The next frame of the stream still shows.
         let next = decode_bgrx(d, good_frame(), out);

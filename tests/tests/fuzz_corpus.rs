@@ -140,7 +140,9 @@ fn framing_corpus_decodes_without_panicking() {
 
 #[test]
 fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
-    use surv_client::decoder::{decode_bgrx, mark_motion, DecodeError, MAX_FRAME_PIXELS};
+    use surv_client::decoder::{
+        decode_bgrx, mark_motion, mark_objects, DecodeError, MAX_FRAME_PIXELS,
+    };
     use surv_client::recorder::{jpeg_dims, whole_jpeg};
     use surv_proto::{FrameTag, MAX_UDP_PAYLOAD_BYTES};
     use surv_tests::fixtures::{test_jpeg, Picture, Subsamp};
@@ -156,6 +158,9 @@ fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
         ("v2-arithmetic-64x48.jpg", Some((64, 48))),
         ("v2-gray-40x30.jpg", Some((40, 30))),
         ("v2-motion-64x48-444.jpg", Some((64, 48))),
+        ("v2-objects-64x48.jpg", Some((64, 48))),
+        // Its objects segment claims 9 objects: the objects are refused, the picture shows.
+        ("v2-objects-bad-count-64x48.jpg", Some((64, 48))),
         ("v2-progressive-160x120.jpg", Some((160, 120))),
         ("v2-restart-96x64.jpg", Some((96, 64))),
         // Lossless (SOF3, ffmpeg's ljpeg): libjpeg-turbo cannot convert it to the window's BGRX.
@@ -171,7 +176,7 @@ fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
     let good = test_jpeg(16, 16, Picture::Gradient(1), 90, Subsamp::Sub2x2);
     let mut d = turbojpeg::Decompressor::new().expect("JPEG decoder");
     let mut out = Vec::new();
-    let (mut tagged, mut shown, mut motion, mut too_big) = (0, 0, 0, 0);
+    let (mut tagged, mut shown, mut motion, mut too_big, mut with_objects) = (0, 0, 0, 0, 0);
     let mut seeds_seen = 0;
     for (path, data) in corpus("client_datagram") {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -186,6 +191,21 @@ fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
             continue;
         };
         tagged += 1;
+        let objects = surv_proto::objects::decode(&data);
+        if name == "v2-objects-64x48.jpg" {
+            let labels: Vec<String> = objects
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|o| o.label)
+                .collect();
+            assert_eq!(labels, ["person", "traffic_light"], "{name}: {objects:?}");
+        }
+        if name == "v2-objects-bad-count-64x48.jpg" {
+            assert!(objects.is_err(), "{name}: {objects:?}");
+        }
+        let objects = objects.unwrap_or_default();
+        with_objects += usize::from(!objects.is_empty());
         let recorded = whole_jpeg(&data).and_then(|()| jpeg_dims(&data));
         let decoded = decode_bgrx(&mut d, &data, &mut out);
         match &decoded {
@@ -201,6 +221,7 @@ fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
                     motion += 1;
                     mark_motion(&mut pixels, *width, *height);
                 }
+                mark_objects(&mut pixels, *width, *height, &objects);
             }
             Err(DecodeError::TooBig { .. }) => too_big += 1,
             Err(_) => {}
@@ -220,6 +241,7 @@ fn client_datagram_corpus_is_read_as_the_viewer_reads_it() {
         assert!(matches!(next, Ok((16, 16))), "{name}: then {next:?}");
     }
     assert_eq!(seeds_seen, SEEDS.len(), "a seed file went missing");
+    assert!(with_objects >= 1, "no datagram listed objects");
     assert!(tagged >= SEEDS.len(), "only {tagged} tagged datagrams");
     assert!(
         shown >= SEEDS.iter().filter(|s| s.1.is_some()).count() && motion >= 2 && too_big >= 1,
