@@ -3,7 +3,7 @@
 //! JPEGs over TCP, a still image file). Each camera's snapshot has its own size; a SURV/1
 //! viewer naming a camera gets that camera's frames, a seed-form viewer the first camera's;
 //! unknown cameras are refused with the names there are; a bad config is refused at start
-//! with its line and why.
+//! with its line and why; each camera detects objects as its own keys say.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -428,4 +428,129 @@ async fn sighup_reloads_the_cameras() {
     );
     let names = camera_names(http).await;
     assert_eq!(names, ["stays", "changes", "new"]);
+}
+
+/// Object detection per camera from the config, through the real binary: a camera's own
+/// `detect*` keys, else the server-wide ones; `detect-on = "motion"` analyses nothing while
+/// nothing moves; `detect = "off"` turns it off for one camera; a bad `detect-on` is refused
+/// at start with its line. Uses the model `scripts/setup.sh` installs (fails without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_camera_detects_as_its_config_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http) = (free_tcp_port(), free_tcp_port());
+    let still = dir.path().join("still.jpg");
+    std::fs::write(&still, jpeg(160, 120, 3)).unwrap();
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let text = |calm_on: &str| {
+        format!(
+            r#"port = {port}
+http-port = {http}
+bind = "127.0.0.1"
+log-dir = "{logs}"
+detect = "dog"
+detect-every = 3
+detect-model = "{model}"
+detect-runtime = "{runtime}"
+
+[[camera]]
+name = "people"
+source = "{still}"
+fps = 10
+detect = "person,car"
+detect-every = 1
+
+[[camera]]
+name = "calm"
+source = "{still}"
+fps = 10
+detect = "person"
+detect-on = "{calm_on}"
+
+[[camera]]
+name = "inherits"
+source = "{still}"
+fps = 10
+
+[[camera]]
+name = "none"
+source = "{still}"
+fps = 10
+detect = "off"
+"#,
+            logs = dir.path().join("logs").display(),
+            model = models.join("centernet.onnx").display(),
+            runtime = models.join("libonnxruntime.so").display(),
+            still = still.display(),
+        )
+    };
+    let config = dir.path().join("surv.toml");
+
+    // A bad value: refused at start, with its line.
+    std::fs::write(&config, text("sometimes")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_surv-server"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("running surv-server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("detect-on") && stderr.contains("sometimes"),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, text("motion")).unwrap();
+    let _server = start(&config, dir.path(), http, &[]).await;
+    let objects = |status: &serde_json::Value, name: &str| {
+        status["cameras"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {status}"))["objects"]
+            .clone()
+    };
+    // Until the cameras that analyse have analysed a few frames (bounded).
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (_, body) = get(http, "/status").await.unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let analysed = |name| objects(&status, name)["analysed"].as_u64().unwrap_or(0);
+        if analysed("people") >= 6 && analysed("inherits") >= 2 {
+            break status;
+        }
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        assert!(
+            Instant::now() < until,
+            "too few frames analysed: {status}\n{log}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    };
+    let people = objects(&status, "people");
+    assert_eq!(
+        (&people["enabled"], &people["labels"]),
+        (&true.into(), &"person,car".into()),
+        "{people}"
+    );
+    let inherits = objects(&status, "inherits");
+    assert_eq!(
+        (&inherits["enabled"], &inherits["labels"]),
+        (&true.into(), &"dog".into()),
+        "{inherits}"
+    );
+    // Every frame against every third (the server-wide detect-every) of the same 10 fps still.
+    let (p, i) = (
+        people["analysed"].as_u64().unwrap() + people["skipped"].as_u64().unwrap(),
+        inherits["analysed"].as_u64().unwrap(),
+    );
+    assert!(i <= p / 2 + 1, "people saw {p}, inherits analysed {i}");
+    // A still picture never moves: the motion-gated detector has analysed nothing.
+    let calm = objects(&status, "calm");
+    assert_eq!(
+        (&calm["enabled"], &calm["analysed"]),
+        (&true.into(), &0.into()),
+        "{calm}"
+    );
+    let none = objects(&status, "none");
+    assert_eq!(none["enabled"], false, "{none}");
 }
