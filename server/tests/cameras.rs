@@ -495,7 +495,7 @@ detect = "off"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("detect-on") && stderr.contains("sometimes"),
+        stderr.contains("surv.toml:17: camera calm: detect-on") && stderr.contains("sometimes"),
         "{stderr}"
     );
 
