@@ -267,7 +267,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let sent = || cameras.iter().map(|c| c.sent.load(Relaxed)).sum::<u64>();
     std::thread::sleep(Duration::from_millis(1000));
     let rss_base_kib = rss_kib(&pid)?;
-    let ingest_us = ingest_cpu_us_per_frame(&pid, args.seconds.max(3.0), sent)?;
+    let ingest = ingest_cpu_us_per_frame(&pid, args.seconds.max(3.0), sent)?;
 
     let shared = Arc::new(Shared {
         cameras: CameraBook::new(n),
@@ -351,7 +351,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let (worst_share, worst_cam) = worst_all.unwrap_or((0.0, 0));
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
-        "cameras={n} push={kind:?} size={w}x{h}@{} ({frame_bytes} B/frame) viewers={} measured={:.1}s | worst viewer of any camera={worst_share:.2}% ({}) | frames across cameras={foreign_all} unmarked={unmarked_all} | server cpu/delivered frame={:.2}us ({:.0}% of a core) gen cpu={:.0}% | server cpu/ingested frame, all cameras: no viewer={ingest_us:.1}us, with viewers={:.1}us | rss={:.1}MiB ({:.1}MiB idle) | latency p50={:.2}ms p99={:.2}ms | cameras sent {sent_total} frames, passed through {:.1}% of captured, rejected {} | registered in {reg_secs:.1}s, {} failed",
+        "cameras={n} push={kind:?} size={w}x{h}@{} ({frame_bytes} B/frame) viewers={} measured={:.1}s | worst viewer of any camera={worst_share:.2}% ({}) | frames across cameras={foreign_all} unmarked={unmarked_all} | server cpu/delivered frame={:.2}us ({:.0}% of a core) gen cpu={:.0}% | server cpu/ingested frame, all cameras: no viewer={ingest}, with viewers={:.1}us | rss={:.1}MiB ({:.1}MiB idle) | latency p50={:.2}ms p99={:.2}ms | cameras sent {sent_total} frames, passed through {:.1}% of captured, rejected {} | registered in {reg_secs:.1}s, {} failed",
         args.fps,
         args.viewers,
         frames as f64 / f64::from(args.fps),

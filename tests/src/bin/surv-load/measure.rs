@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use surv_proto::Form;
 
-use crate::procfs::{cpu_us, rss_kib};
+use crate::procfs::{cpu_us, rss_kib, threads_cpu_ns};
 use crate::push::{PushKind, Pusher};
 use crate::receiver::{receive_loop, Shared};
 use crate::server::{log_field, ServerProc};
@@ -29,7 +29,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     let rss_base_kib = rss_kib(&pid)?;
     // A push run: what ingesting costs (read, check, tag, publish) with no viewer to send to.
     let ingest = match &camera {
-        // As long as the measured run: /proc counts CPU in 10 ms ticks.
+        // As long as the measured run (the /proc ticks figure beside it counts in 10 ms steps).
         Some(cam) => Some(ingest_cpu_us_per_frame(
             &pid,
             args.seconds.max(3.0),
@@ -172,9 +172,9 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
             100.0 * f64::from(worst) / frames as f64,
         );
     }
-    if let (Some(ingest_us), Some((sent, frame_bytes))) = (ingest, camera_sent) {
+    if let (Some(ingest), Some((sent, frame_bytes))) = (ingest, camera_sent) {
         println!(
-            "push={:?}: camera sent {sent} frames of {frame_bytes} B | server cpu/ingested frame with no viewer={ingest_us:.1}us | passed through {:.1}% of captured, rejected {}",
+            "push={:?}: camera sent {sent} frames of {frame_bytes} B | server cpu/ingested frame with no viewer={ingest} | passed through {:.1}% of captured, rejected {}",
             args.push.unwrap_or(PushKind::Tcp),
             100.0 * passed_through / captured.max(1.0),
             log_field(&log, "rejected").unwrap_or(0.0),
@@ -189,16 +189,54 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The server's (`pid`) CPU per frame its cameras sent (`sent`: frames so far) over `secs`, µs.
+/// The server's CPU per frame its cameras sent, over a window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ingest {
+    /// From the threads' schedstat (ns), µs per frame.
+    pub us: f64,
+    /// From /proc/<pid>/stat (10 ms ticks), µs per frame: what this tool printed before.
+    pub ticks_us: f64,
+    /// Threads that ended inside the window: their CPU is missing from `us`.
+    pub threads_ended: usize,
+}
+
+impl std::fmt::Display for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1}us (schedstat; /proc ticks: {:.1}us",
+            self.us, self.ticks_us
+        )?;
+        if self.threads_ended > 0 {
+            write!(f, "; {} threads ended: undercounted", self.threads_ended)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// The server's (`pid`) CPU per frame its cameras sent (`sent`: frames so far) over `secs`.
 pub(crate) fn ingest_cpu_us_per_frame(
     pid: &str,
     secs: f64,
     sent: impl Fn() -> u64,
-) -> anyhow::Result<f64> {
-    let (cpu0, sent0) = (cpu_us(pid)?, sent());
+) -> anyhow::Result<Ingest> {
+    let (threads0, cpu0, sent0) = (threads_cpu_ns(pid), cpu_us(pid)?, sent());
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let (cpu1, sent1) = (cpu_us(pid)?, sent());
-    Ok(cpu1.saturating_sub(cpu0) as f64 / sent1.saturating_sub(sent0).max(1) as f64)
+    let (threads1, cpu1, sent1) = (threads_cpu_ns(pid), cpu_us(pid)?, sent());
+    let frames = sent1.saturating_sub(sent0).max(1) as f64;
+    // Threads that started inside the window count from 0.
+    let ns: u64 = threads1
+        .iter()
+        .map(|(tid, ns)| ns.saturating_sub(threads0.get(tid).copied().unwrap_or(0)))
+        .sum();
+    Ok(Ingest {
+        us: ns as f64 / 1e3 / frames,
+        ticks_us: cpu1.saturating_sub(cpu0) as f64 / frames,
+        threads_ended: threads0
+            .keys()
+            .filter(|t| !threads1.contains_key(*t))
+            .count(),
+    })
 }
 
 /// Waits (bounded by `WAIT_LIMIT`) until `cond` holds.
