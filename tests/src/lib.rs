@@ -3,11 +3,13 @@
 //! misbehaviour (loss, silence, spoofing) a test controls. Beside them: `fixtures` (test JPEGs,
 //! the child reaper), `child` (programs run under a time limit), `media` (ffmpeg and ffprobe
 //! judging recorded files), `chromium` (a headless browser driven over its DevTools pipe),
-//! `nginx` (an HLS edge cache from deploy/nginx-edge.conf).
+//! `nginx` (an HLS edge cache from deploy/nginx-edge.conf), `http` (the HTTP/1.1 client of the
+//! tests and surv-load).
 
 pub mod child;
 pub mod chromium;
 pub mod fixtures;
+pub mod http;
 pub mod media;
 pub mod motion_script;
 pub mod nginx;
