@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use surv_tests::http::{Conn, Limits};
 use tokio::time::timeout;
 
 use crate::http::free_port;
@@ -28,6 +27,12 @@ const IN_TIME: Duration = Duration::from_millis(1400);
 const REQUEST_LIMIT: Duration = Duration::from_secs(8);
 /// A response larger than this is refused (a part at 1080p is ~100 KB).
 const MAX_BODY: usize = 16 << 20;
+/// Each player's requests: bounded in time and size, on one kept-alive connection.
+const LIMITS: Limits = Limits {
+    timeout: REQUEST_LIMIT,
+    max_head_bytes: surv_tests::http::DEFAULT_MAX_HEAD_BYTES,
+    max_body_bytes: MAX_BODY,
+};
 /// The players start over this long, so that the first requests do not all meet at once.
 const RAMP: Duration = Duration::from_secs(2);
 const PLAYLIST: &str = "/cam/main/index.m3u8";
@@ -97,8 +102,9 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
     });
     // The muxer starts with the first request; wait for it before the crowd.
     runtime.block_on(async {
-        let mut conn = Conn::open(origin).await?;
-        let (status, _) = conn.get(PLAYLIST).await?;
+        let status = surv_tests::http::get(origin, PLAYLIST, LIMITS)
+            .await?
+            .status;
         ensure!(status == 200, "the origin answered {status} for {PLAYLIST}");
         anyhow::Ok(())
     })?;
@@ -350,13 +356,13 @@ impl Player {
     async fn step(&mut self, to: SocketAddr, shared: &Shared) -> anyhow::Result<()> {
         let c = match &mut self.conn {
             Some(c) => c,
-            None => self.conn.insert(Conn::open(to).await?),
+            None => self.conn.insert(Conn::open(to, LIMITS).await?),
         };
         let path = match hinted_part(&self.playlist) {
             Some((msn, part, _)) => format!("{PLAYLIST}?_HLS_msn={msn}&_HLS_part={part}"),
             None => PLAYLIST.to_string(),
         };
-        let (status, body) = c.get(&path).await?;
+        let (status, body) = kept_alive(c.get(&path).await?)?;
         ensure!(status == 200, "{status} for {path}");
         self.playlist = String::from_utf8(body).context("a playlist that is not UTF-8")?;
         let mut parts = listed_parts(&self.playlist);
@@ -367,7 +373,7 @@ impl Player {
             if self.last.is_some_and(|last| number <= last) {
                 continue;
             }
-            let (status, body) = c.get(&format!("/cam/main/{uri}")).await?;
+            let (status, body) = kept_alive(c.get(&format!("/cam/main/{uri}")).await?)?;
             ensure!(status == 200 && !body.is_empty(), "{status} for part {uri}");
             self.last = Some(number);
             if shared.from_us.load(Relaxed) <= capture_us {
@@ -380,6 +386,13 @@ impl Player {
         }
         Ok(())
     }
+}
+
+/// The status and body of a response on a player's connection, which must stay open: a
+/// player that reconnects for each request is not the player this tool measures.
+fn kept_alive(r: surv_tests::http::Response) -> anyhow::Result<(u16, Vec<u8>)> {
+    ensure!(!r.closes(), "the server closes the connection");
+    Ok((r.status, r.body))
 }
 
 /// `…/<msn>.<part>.m4s` → (msn, part).
@@ -425,104 +438,6 @@ fn listed_parts(playlist: &str) -> Vec<(String, (u64, u64), u64)> {
         }
     }
     parts
-}
-
-/// One keep-alive HTTP/1.1 connection.
-struct Conn {
-    io: BufReader<TcpStream>,
-}
-
-impl Conn {
-    async fn open(to: SocketAddr) -> anyhow::Result<Conn> {
-        let tcp = timeout(REQUEST_LIMIT, TcpStream::connect(to))
-            .await
-            .context("connect timed out")??;
-        tcp.set_nodelay(true)?;
-        Ok(Conn {
-            io: BufReader::with_capacity(64 << 10, tcp),
-        })
-    }
-
-    /// `GET path`: the status and the whole body (by Content-Length, or chunked).
-    async fn get(&mut self, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-        timeout(REQUEST_LIMIT, async {
-            let request = format!("GET {path} HTTP/1.1\r\nHost: surv-load\r\n\r\n");
-            self.io.get_mut().write_all(request.as_bytes()).await?;
-            let mut line = String::new();
-            self.line(&mut line).await?;
-            let status: u16 = line
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("no status line: {line:?}"))?;
-            let (mut length, mut chunked, mut close) = (None, false, false);
-            loop {
-                self.line(&mut line).await?;
-                if line.is_empty() {
-                    break;
-                }
-                let Some((name, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = Some(value.parse::<usize>()?),
-                    "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-                    "connection" => close = value.eq_ignore_ascii_case("close"),
-                    _ => {}
-                }
-            }
-            let body = match (length, chunked) {
-                (_, true) => self.chunked().await?,
-                (Some(len), false) => {
-                    ensure!(len <= MAX_BODY, "a body of {len} bytes");
-                    let mut body = vec![0; len];
-                    self.io.read_exact(&mut body).await?;
-                    body
-                }
-                (None, false) => bail!("a response without a length on a kept-alive connection"),
-            };
-            ensure!(!close, "the server closes the connection");
-            Ok((status, body))
-        })
-        .await
-        .with_context(|| format!("GET {path} took over {REQUEST_LIMIT:?}"))?
-    }
-
-    /// One header line without its CRLF, into `line`.
-    async fn line(&mut self, line: &mut String) -> anyhow::Result<()> {
-        line.clear();
-        let n = (&mut self.io).take(8192).read_line(line).await?;
-        ensure!(n > 0 && line.ends_with('\n'), "the connection ended");
-        line.truncate(line.trim_end_matches(['\r', '\n']).len());
-        Ok(())
-    }
-
-    async fn chunked(&mut self) -> anyhow::Result<Vec<u8>> {
-        let (mut body, mut line) = (Vec::new(), String::new());
-        loop {
-            self.line(&mut line).await?;
-            let size = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(size, 16).context("a bad chunk size")?;
-            ensure!(
-                body.len() + size <= MAX_BODY,
-                "a body over {MAX_BODY} bytes"
-            );
-            if size == 0 {
-                // Trailers, then the empty line.
-                loop {
-                    self.line(&mut line).await?;
-                    if line.is_empty() {
-                        return Ok(body);
-                    }
-                }
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            self.io.read_exact(&mut body[start..]).await?;
-            self.line(&mut line).await?;
-        }
-    }
 }
 
 /// The origin's LL-HLS counters, from `/status`.

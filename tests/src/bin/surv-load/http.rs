@@ -3,14 +3,14 @@
 //! the same size and rate as raw multipart; each prints one line of figures (see `http_clients.rs`
 //! for the clients).
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use surv_tests::http;
 
 use crate::http_clients::{client, Kind, Tally, Target};
 use crate::measure::{measure_window, wait_until};
@@ -65,19 +65,11 @@ fn spawn_clients(
 
 /// The newest frame's size, from `/snapshot.jpg` (what a slow client's byte rate is set from).
 pub(crate) fn snapshot_bytes(port: u16) -> anyhow::Result<usize> {
-    let mut tcp = TcpStream::connect_timeout(
-        &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
-        Duration::from_secs(5),
-    )?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    tcp.write_all(b"GET /snapshot.jpg HTTP/1.0\r\nHost: load\r\n\r\n")?;
-    let mut body = Vec::new();
-    tcp.take(16 << 20).read_to_end(&mut body)?;
-    let head = body
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no snapshot response")?;
-    Ok(body.len() - head - 4)
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let limits = http::Limits::new(Duration::from_secs(5), 16 << 20);
+    let r =
+        http::blocking(http::get(to, "/snapshot.jpg", limits)).context("no snapshot response")?;
+    Ok(r.body.len())
 }
 
 fn error_note(tally: &Tally) -> String {

@@ -8,14 +8,14 @@
 //! alignment). The H.264 encoder's counters come from `/status` (`cameras[0].h264`) when the
 //! server has them; otherwise from its encoder thread (`h264-<camera>`)'s CPU in /proc.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use surv_tests::http;
 
 use crate::http::{free_port, snapshot_bytes};
 use crate::measure::wait_longer_until;
@@ -356,20 +356,10 @@ pub fn run_gst(args: &Args) -> anyhow::Result<()> {
 
 /// The server's `/status`, parsed.
 pub(crate) fn status_json(port: u16) -> anyhow::Result<serde_json::Value> {
-    let mut tcp = TcpStream::connect_timeout(
-        &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port).into(),
-        Duration::from_secs(5),
-    )?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    tcp.write_all(b"GET /status HTTP/1.0\r\nHost: load\r\n\r\n")?;
-    let mut text = String::new();
-    tcp.take(16 << 20).read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no /status response")?;
-    let json: serde_json::Value = serde_json::from_str(body).with_context(|| {
-        format!(
-            "/status is no JSON: {:?}",
-            head.lines().next().unwrap_or_default()
-        )
-    })?;
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let limits = http::Limits::new(Duration::from_secs(5), 16 << 20);
+    let r = http::blocking(http::get(to, "/status", limits)).context("no /status response")?;
+    let json: serde_json::Value = serde_json::from_slice(&r.body)
+        .with_context(|| format!("/status is no JSON: {:?}", r.status_line()))?;
     Ok(json)
 }

@@ -6,8 +6,7 @@
 //! The server allows a bounded number of peers connecting at once (503 with `Retry-After`
 //! past it); a viewer answered so tries again, up to `POST_TRIES` times.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use str0m::change::SdpAnswer;
 use str0m::media::{Direction, MediaKind};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use surv_tests::http;
 
 use crate::http::{free_port, snapshot_bytes};
 use crate::measure::wait_longer_until;
@@ -287,20 +287,9 @@ fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
 
 /// POSTs the offer; the status and the body.
 fn post(whep: SocketAddrV4, offer: &str) -> anyhow::Result<(u16, String)> {
-    let mut tcp = TcpStream::connect_timeout(&SocketAddr::V4(whep), Duration::from_secs(5))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        tcp,
-        "POST /cam/main/whep HTTP/1.1\r\nHost: load\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{offer}",
-        offer.len()
-    )?;
-    let mut reply = String::new();
-    tcp.take(1 << 20).read_to_string(&mut reply)?;
-    let (head, body) = reply.split_once("\r\n\r\n").context("no end of head")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
+    let req = http::Request::post("/cam/main/whep", offer.as_bytes())
+        .headers(&[("Content-Type", "application/sdp")]);
+    let limits = http::Limits::new(Duration::from_secs(10), 1 << 20);
+    let r = http::blocking(http::request(SocketAddr::V4(whep), &req, limits))?;
+    Ok((r.status, r.text().into_owned()))
 }
