@@ -8,8 +8,7 @@
 //! makes. Janus (libnice) gathers no loopback ICE candidate, so the viewers reach it at this
 //! host's LAN address; the datagrams never leave the host.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,6 +19,7 @@ use surv_server::auth::Token;
 use surv_server::capture::FrameSink;
 use surv_server::sources::{Source, SourceError, SourceRun};
 use surv_server::Config;
+use surv_tests::http;
 use surv_tests::{
     free_tcp_port, heavy, output_within, start_server_cameras, test_pattern, Reaper, ServerOpts,
 };
@@ -161,7 +161,8 @@ impl Edge {
 
     /// `GET /janus/info`: the server's description (its plugins and transports).
     fn info(&self) -> anyhow::Result<String> {
-        let (status, body) = http_get(("127.0.0.1", self.http_port), "/janus/info", None)?;
+        let to = SocketAddr::from(([127, 0, 0, 1], self.http_port));
+        let (status, body) = http::blocking(http_get(to, "/janus/info", None))?;
         if status != 200 {
             bail!("janus answered {status}: {body}");
         }
@@ -173,28 +174,17 @@ impl Edge {
     }
 }
 
-/// `GET path` over HTTP/1.0 with a bounded time; `(status, body)`.
-fn http_get(
-    to: impl std::net::ToSocketAddrs,
+/// `GET path` within 5 s, a body of at most 1 MiB; `(status, body)`.
+async fn http_get(
+    to: SocketAddr,
     path: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let addr = to.to_socket_addrs()?.next().context("an address")?;
-    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: test\r\n{auth}\r\n")?;
-    let mut all = Vec::new();
-    tcp.take(1 << 20).read_to_end(&mut all)?;
-    let text = String::from_utf8_lossy(&all);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    Ok((status, body.to_string()))
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let req = http::Request::get(path).headers(&headers);
+    let r = http::request(to, &req, http::Limits::new(Duration::from_secs(5), 1 << 20)).await?;
+    Ok((r.status, r.text().into_owned()))
 }
 
 /// What one run of janus_client.py printed: each viewer's line, then the summary.
@@ -333,9 +323,7 @@ async fn healthz_says_ready_when_every_camera_delivers() {
         },
         ..ServerOpts::sized(160, 96)
     };
-    let get = |addr: SocketAddr, path: &'static str| {
-        tokio::task::spawn_blocking(move || http_get(addr, path, None).unwrap())
-    };
+    let get = |addr: SocketAddr, path: &'static str| http_get(addr, path, None);
 
     let srv = start_server_cameras(opts(), vec![("front", test_pattern(160, 96, 30))])
         .await
@@ -353,10 +341,8 @@ async fn healthz_says_ready_when_every_camera_delivers() {
         401,
         "the token still guards /status"
     );
-    let token = tokio::task::spawn_blocking(move || {
-        http_get(http, "/status", Some("health-s3cret")).unwrap()
-    });
-    assert_eq!(token.await.unwrap().0, 200);
+    let token = http_get(http, "/status", Some("health-s3cret")).await;
+    assert_eq!(token.unwrap().0, 200);
     srv.stop().await.unwrap();
 
     let srv = start_server_cameras(

@@ -12,11 +12,11 @@ use surv_server::app::CameraPlan;
 use surv_server::auth::Token;
 use surv_server::Config;
 use surv_tests::child::output_within;
+use surv_tests::http::Limits;
 use surv_tests::{
     capture_config, heavy, start_server_cameras, test_pattern, ServerOpts, TestServer, IO_TIMEOUT,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -68,30 +68,13 @@ async fn forwarding_server(dest: SocketAddr) -> (TestServer, SocketAddr, JoinHan
     (srv, http, task)
 }
 
-/// `GET path` over HTTP/1.0: the status, the Content-Type and the body.
+/// `GET path`: the status, the Content-Type and the body.
 async fn get(http: SocketAddr, path: &str) -> (u16, String, String) {
-    timeout(IO_TIMEOUT, async {
-        let mut tcp = TcpStream::connect(http).await.unwrap();
-        tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: surv\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut all = Vec::new();
-        tcp.read_to_end(&mut all).await.unwrap();
-        let text = String::from_utf8(all).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let content_type = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-type")
-                    .then(|| value.trim().to_string())
-            })
-            .unwrap_or_default();
-        (status, content_type, body.to_string())
-    })
-    .await
-    .expect("a whole response within the timeout")
+    let r = surv_tests::http::get(http, path, Limits::new(IO_TIMEOUT, 1 << 20))
+        .await
+        .unwrap();
+    let content_type = r.header("content-type").unwrap_or_default().to_string();
+    (r.status, content_type, String::from_utf8(r.body).unwrap())
 }
 
 /// Runs a receiver (blocking) off the runtime; its output.

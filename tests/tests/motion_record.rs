@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use surv_client::recorder::{Format, RecorderConfig, Retention, Trigger};
 use surv_proto::FrameTag;
+use surv_tests::http::Limits;
 use surv_tests::motion_script::{Script, FPS, H, LIGHTS, MOVE, W};
 use surv_tests::{ffmpeg_check, heavy, mjpeg_stream, probe, start_server_with, ServerOpts};
 use tokio_util::sync::CancellationToken;
@@ -20,23 +21,11 @@ const POST: Duration = Duration::from_secs(1);
 /// One frame interval, µs.
 const FRAME_US: u64 = 1_000_000 / FPS;
 
-/// `GET /status` over HTTP/1.0, its JSON body.
+/// `GET /status`, its JSON body.
 async fn status(http: std::net::SocketAddr) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut tcp = tokio::net::TcpStream::connect(http).await?;
-        tcp.write_all(b"GET /status HTTP/1.0\r\n\r\n").await?;
-        let mut reply = Vec::new();
-        tcp.take(1 << 20).read_to_end(&mut reply).await?;
-        anyhow::Ok(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(5), io).await??;
-    let body = reply
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| &reply[i + 4..])
-        .ok_or_else(|| anyhow::anyhow!("no body"))?;
-    Ok(serde_json::from_slice(body)?)
+    let limits = Limits::new(Duration::from_secs(5), 1 << 20);
+    let reply = surv_tests::http::get(http, "/status", limits).await?;
+    Ok(serde_json::from_slice(&reply.body)?)
 }
 
 /// The JPEGs of an MJPEG stream copied out of a file, by their surv tags: (capture µs, motion).

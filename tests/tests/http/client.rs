@@ -55,21 +55,11 @@ impl Web {
 
 type Headers = Vec<(String, String)>;
 
-/// A response, read whole (HTTP/1.0: the server closes after it).
-pub struct Reply {
-    pub status: u16,
-    pub headers: Headers,
-    pub body: Vec<u8>,
-}
+/// A response, read whole.
+pub use surv_tests::http::Response as Reply;
 
-impl Reply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+/// The largest body a test reads whole (a recording or an HLS segment is far smaller).
+const MAX_BODY_BYTES: usize = 64 << 20;
 
 /// Splits a response head from its body: status, headers, where the body starts.
 fn parse_head(bytes: &[u8]) -> Option<(u16, Headers, usize)> {
@@ -94,25 +84,9 @@ pub async fn get_with(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
-    timeout(IO_TIMEOUT, async {
-        let mut tcp = TcpStream::connect(addr).await?;
-        let mut request = format!("GET {path} HTTP/1.0\r\nHost: surv\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        tcp.write_all(request.as_bytes()).await?;
-        let mut all = Vec::new();
-        tcp.read_to_end(&mut all).await?;
-        let (status, headers, start) = parse_head(&all).context("no response head")?;
-        Ok(Reply {
-            status,
-            headers,
-            body: all[start..].to_vec(),
-        })
-    })
-    .await
-    .context("no whole response within the timeout")?
+    let req = surv_tests::http::Request::get(path).headers(headers);
+    let limits = surv_tests::http::Limits::new(IO_TIMEOUT, MAX_BODY_BYTES);
+    surv_tests::http::request(addr, &req, limits).await
 }
 
 /// One frame of an MJPEG stream as a client got it.
