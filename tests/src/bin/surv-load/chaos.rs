@@ -8,13 +8,13 @@
 //! churn) and `chaos_http.rs` (the HTTP port); this file runs them and measures.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use surv_tests::http;
 
 use crate::chaos_floods::{self, Flood};
 use crate::chaos_http;
@@ -83,25 +83,11 @@ impl Reading {
     }
 }
 
-/// A plain HTTP/1.0 GET on loopback, bounded by `limit`: the status code and body.
+/// A GET on loopback within `limit`, a body of at most 4 MiB: the status code and body.
 pub fn http_get(to: SocketAddrV4, path: &str, limit: Duration) -> anyhow::Result<(u16, String)> {
-    let mut tcp = TcpStream::connect_timeout(&to.into(), limit)?;
-    tcp.set_read_timeout(Some(limit))?;
-    tcp.set_write_timeout(Some(limit))?;
-    write!(tcp, "GET {path} HTTP/1.0\r\nHost: chaos\r\n\r\n")?;
-    let mut body = Vec::new();
-    tcp.take(4 << 20).read_to_end(&mut body)?;
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
+    let limits = http::Limits::new(limit, 4 << 20);
+    let r = http::blocking(http::get(SocketAddr::V4(to), path, limits))?;
+    Ok((r.status, r.text().into_owned()))
 }
 
 /// `/metrics` as name → value (`surv_` prefix and `_total` suffix removed; labelled samples keep
