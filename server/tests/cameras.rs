@@ -11,10 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use surv_proto::Form;
+use surv_tests::http;
 use surv_tests::standins::push::{length_prefixed_sender, Feed};
 use surv_tests::{free_tcp_port, free_udp_port, test_jpeg, Picture, RawViewer, Reaper, IO_TIMEOUT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
 fn jpeg(w: usize, h: usize, seed: u64) -> Vec<u8> {
@@ -27,19 +26,11 @@ fn jpeg(w: usize, h: usize, seed: u64) -> Vec<u8> {
     )
 }
 
-/// `GET path` over HTTP/1.0: the status code and the body.
+/// `GET path`: the status code and the body.
 async fn get(port: u16, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let mut tcp = timeout(IO_TIMEOUT, TcpStream::connect(("127.0.0.1", port))).await??;
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut all = Vec::new();
-    timeout(IO_TIMEOUT, tcp.read_to_end(&mut all)).await??;
-    let head_end = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP head in {} bytes", all.len()))?;
-    let status = std::str::from_utf8(&all[9..12])?.parse()?;
-    Ok((status, all[head_end + 4..].to_vec()))
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let r = http::get(to, path, http::Limits::new(IO_TIMEOUT, 16 << 20)).await?;
+    Ok((r.status, r.body))
 }
 
 /// The size of the JPEG `bytes` (after surv's tag, which turbojpeg skips as a comment).
