@@ -142,6 +142,7 @@ pub struct Decoded {
 }
 
 /// What a header says of the frame that follows.
+#[derive(Debug)]
 struct Header {
     payload_bytes: usize,
     objects: Option<Arc<[Detection]>>,
@@ -153,9 +154,8 @@ struct Header {
 pub struct Decoder {
     max_frame_bytes: usize,
     framing: Option<Framing>,
-    /// The header of the frame being read has been consumed; this many payload bytes follow,
-    /// with what the header said they show.
-    payload: Option<(usize, Option<Arc<[Detection]>>, usize)>,
+    /// The header of the frame being read has been consumed; what it said follows.
+    payload: Option<Header>,
 }
 
 impl Decoder {
@@ -176,7 +176,7 @@ impl Decoder {
     /// ones: what a reader should make room for (never more than one frame).
     pub fn wanted(&self, buffered: usize) -> usize {
         let unit = match (&self.payload, self.framing) {
-            (Some((len, ..)), _) => *len,
+            (Some(header), _) => header.payload_bytes,
             (None, Some(Framing::LengthPrefixed)) => LENGTH_PREFIX_BYTES,
             (None, Some(Framing::Abcde)) | (None, None) => ABCDE_HEADER_BYTES,
             // At least this; a longer header is read on as it comes.
@@ -190,22 +190,19 @@ impl Decoder {
     /// messages (seed 004 starts with one) are skipped, with what their header said.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, FramingError> {
         loop {
-            if let Some((len, ..)) = self.payload {
-                if buf.len() < len {
-                    return Err(FramingError::Incomplete);
-                }
-                let Some((_, objects, skipped_objects)) = self.payload.take() else {
-                    continue;
-                };
-                let payload = buf.split_to(len).freeze();
+            if let Some(header) = self.payload.take_if(|h| buf.len() >= h.payload_bytes) {
+                let payload = buf.split_to(header.payload_bytes).freeze();
                 if payload.is_empty() {
                     continue;
                 }
                 return Ok(Decoded {
                     payload,
-                    objects,
-                    skipped_objects,
+                    objects: header.objects,
+                    skipped_objects: header.skipped_objects,
                 });
+            }
+            if self.payload.is_some() {
+                return Err(FramingError::Incomplete);
             }
             let framing = match self.framing {
                 Some(f) => f,
@@ -217,7 +214,7 @@ impl Decoder {
                 Framing::AbcdeObjects => self.abcde_objects_header(buf)?,
             };
             self.framing = Some(framing);
-            self.payload = Some((header.payload_bytes, header.objects, header.skipped_objects));
+            self.payload = Some(header);
         }
     }
 
