@@ -5,7 +5,11 @@
 //! (the same bytes from a connecting camera), passes the JPEGs through and gives the device's
 //! people to the camera's detector: one OBJECT-START and one OBJECT-END per presence in the
 //! journal, with no model loaded (the worktree has none; the detector needs none for a camera
-//! that says what it sees).
+//! that says what it sees). `/status` and `/metrics` count what the device counts.
+
+#[path = "http/client.rs"]
+#[allow(dead_code)]
+mod client;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -136,6 +140,7 @@ fn detecting() -> ServerOpts {
     detect.hold = HOLD;
     ServerOpts {
         detect: Some(detect),
+        http: true,
         ..ServerOpts::sized(320, 240)
     }
 }
@@ -283,6 +288,19 @@ async fn three_people_overflow_the_header_and_all_three_are_read_over_tcp_listen
         }
         sleep(Duration::from_millis(20)).await;
     }
+    // As a user sees it, while the three are still in view (2 s).
+    let http = srv.http_addr.context("http")?;
+    let status = client::get(http, "/status").await?;
+    let status: serde_json::Value = serde_json::from_slice(&status.body)?;
+    let objects = &status["cameras"][0]["objects"];
+    assert_eq!(objects["present"][0]["label"], "person", "{objects}");
+    assert_eq!(objects["present"][0]["count"], 3, "{objects}");
+    let metrics = client::get(http, "/metrics").await?;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"surv_objects{camera="main",label="person"} 3"#),
+        "{text}"
+    );
     srv.wait_journal(|l| l.contains("OBJECT-END") && l.contains("label=person"))
         .await?;
     assert!(oak.running(), "the stand-in had stopped before OBJECT-END");
