@@ -99,9 +99,11 @@ fn multipart_corpus_reads_without_panicking() {
 #[test]
 fn framing_corpus_decodes_without_panicking() {
     use bytes::BytesMut;
-    use surv_server::sources::tcp::framing::{Decoder, FramingError, ABCDE_HEADER_BYTES};
+    use surv_server::sources::tcp::framing::{
+        Decoder, FramingError, MAX_ABCDE_OBJECTS_HEADER_BYTES,
+    };
     const CAP: usize = 4096;
-    let (mut frames, mut invalid) = (0, 0);
+    let (mut frames, mut invalid, mut objects) = (0, 0, 0);
     for (path, data) in corpus("framing") {
         let Some((&split, stream)) = data.split_first() else {
             continue;
@@ -117,9 +119,17 @@ fn framing_corpus_decodes_without_panicking() {
             buf.extend_from_slice(chunk);
             loop {
                 match decoder.decode(&mut buf) {
-                    Ok(payload) => {
+                    Ok(frame) => {
+                        let payload = &frame.payload;
                         assert!(!payload.is_empty() && payload.len() <= CAP, "{path:?}");
                         frames += 1;
+                        for d in frame.objects.iter().flat_map(|o| o.iter()) {
+                            assert!(d.class < surv_server::detect::LABELS.len(), "{path:?}");
+                            let [x, y, w, h] = d.region;
+                            let inside = [x, y, w, h, x + w, y + h];
+                            assert!(inside.iter().all(|v| (0.0..=1.0).contains(v)), "{path:?}");
+                            objects += 1;
+                        }
                     }
                     Err(FramingError::Incomplete) => break,
                     Err(FramingError::Invalid(_)) => {
@@ -128,13 +138,15 @@ fn framing_corpus_decodes_without_panicking() {
                     }
                 }
             }
-            assert!(buf.len() <= CAP + ABCDE_HEADER_BYTES + read, "{path:?}");
+            let most = CAP + MAX_ABCDE_OBJECTS_HEADER_BYTES + read;
+            assert!(buf.len() <= most, "{path:?}");
         }
     }
-    // The seed inputs are real camera streams and real garbage: both paths are reached.
+    // The seed inputs are real camera streams and real garbage: both paths are reached, and
+    // the detecting OAK's detections.
     assert!(
-        frames >= 10 && invalid >= 3,
-        "{frames} frames, {invalid} invalid"
+        frames >= 10 && invalid >= 3 && objects >= 4,
+        "{frames} frames, {invalid} invalid, {objects} objects"
     );
 }
 

@@ -9,11 +9,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{timeout_at, Instant};
 
-use super::framing::{Decoder, FramingError, Invalid};
+use super::framing::{Decoded, Decoder, FramingError, Invalid};
 use super::peers::Cause;
 
 /// The most read into the buffer at once.
@@ -85,6 +85,8 @@ pub struct Conn<S> {
     deadlines: Deadlines,
     last_byte_at: Instant,
     last_frame_at: Instant,
+    /// Entries of the camera's detection lists skipped as unusable, so far.
+    skipped_objects: u64,
 }
 
 impl<S: AsyncRead + Unpin> Conn<S> {
@@ -98,6 +100,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
             deadlines,
             last_byte_at: now,
             last_frame_at: now,
+            skipped_objects: 0,
         }
     }
 
@@ -106,14 +109,21 @@ impl<S: AsyncRead + Unpin> Conn<S> {
         self.decoder.framing()
     }
 
-    /// The next payload (a JPEG from a sane camera), or why the connection is over.
-    /// Cancel-safe between frames only: a dropped call loses the bytes of a partial frame.
-    pub async fn next_frame(&mut self) -> Result<Bytes, ConnEnd> {
+    /// Entries of the camera's detection lists skipped so far (no label or box surv can use).
+    pub fn skipped_objects(&self) -> u64 {
+        self.skipped_objects
+    }
+
+    /// The next payload (a JPEG from a sane camera) with what the camera says it shows, or why
+    /// the connection is over. Cancel-safe between frames only: a dropped call loses the bytes
+    /// of a partial frame.
+    pub async fn next_frame(&mut self) -> Result<Decoded, ConnEnd> {
         loop {
             match self.decoder.decode(&mut self.buf) {
-                Ok(payload) => {
+                Ok(decoded) => {
                     self.last_frame_at = Instant::now();
-                    return Ok(payload);
+                    self.note_skipped(decoded.skipped_objects);
+                    return Ok(decoded);
                 }
                 Err(FramingError::Invalid(why)) => return Err(ConnEnd::Invalid(why)),
                 Err(FramingError::Incomplete) => {}
@@ -136,6 +146,27 @@ impl<S: AsyncRead + Unpin> Conn<S> {
                 Ok(Err(e)) => return Err(ConnEnd::Broken(io_reason(&e))),
             }
         }
+    }
+}
+
+impl<S> Conn<S> {
+    /// Counts detection entries skipped; the first ones are logged, once per connection (a
+    /// camera whose script sends no labels, the mobilenet tracker's, sends none on every
+    /// frame: not an error).
+    fn note_skipped(&mut self, skipped: usize) {
+        if skipped == 0 {
+            return;
+        }
+        if self.skipped_objects == 0 {
+            tracing::warn!(
+                peer = %self.peer,
+                skipped,
+                "camera detections without a label and box surv can use are skipped"
+            );
+        }
+        self.skipped_objects = self
+            .skipped_objects
+            .saturating_add(u64::try_from(skipped).unwrap_or(u64::MAX));
     }
 }
 

@@ -94,11 +94,11 @@ impl Source for TcpConnectSource {
                     read = conn.next_frame() => read,
                 };
                 match read {
-                    Ok(jpeg) if is_whole_jpeg(&jpeg) => {
+                    Ok(frame) if is_whole_jpeg(&frame.payload) => {
                         let capture_unix_us = unix_micros_now();
                         sink.publish(JpegFrame {
-                            objects: None,
-                            jpeg,
+                            objects: frame.objects,
+                            jpeg: frame.payload,
                             capture_unix_us,
                         })
                         .await;

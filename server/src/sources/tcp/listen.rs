@@ -236,7 +236,11 @@ async fn read_connection(
         let event = tokio::select! {
             () = close.cancelled() => return,
             read = conn.next_frame() => match read {
-                Ok(jpeg) => Event::Frame(JpegFrame { objects: None, jpeg, capture_unix_us: unix_micros_now() }),
+                Ok(frame) => Event::Frame(JpegFrame {
+                    objects: frame.objects,
+                    jpeg: frame.payload,
+                    capture_unix_us: unix_micros_now(),
+                }),
                 Err(end) => Event::Ended(end),
             },
         };

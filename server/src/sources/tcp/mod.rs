@@ -1,9 +1,12 @@
 //! TCP camera sources: `tcp-listen://` (the camera connects to surv: seed 004's `sendvid.py`,
 //! OAK PoE `tcp_streaming_client`) and `tcp://` (surv connects to the camera: OAK PoE
-//! `tcp_streaming_server`), both speaking either framing of [`framing`], told apart per
-//! connection.
+//! `tcp_streaming_server`, or an OAK whose script detects on the device), both speaking any
+//! framing of [`framing`], told apart per connection.
 //!
-//! * [`framing`]: the sans-I/O decoder (length prefix or ABCDE header, capped).
+//! * [`framing`]: the sans-I/O decoder (length prefix, or an ABCDE header of 32 bytes or of
+//!   256 with the device's detections; capped).
+//! * [`pylit`]: the Python literals the detections are written as.
+//! * [`oak`]: the device's detections made into surv's, sent on with their frame.
 //! * [`conn`]: one connection read under its idle and frame deadlines.
 //! * [`listen`]: the listener kept across the camera's reconnects, one pusher at a time.
 //! * [`connect`]: one outgoing connection per run; the capture path reconnects with backoff.
@@ -17,7 +20,9 @@ pub mod conn;
 pub mod connect;
 pub mod framing;
 pub mod listen;
+pub mod oak;
 pub mod peers;
+pub mod pylit;
 #[cfg(test)]
 mod tests;
 
