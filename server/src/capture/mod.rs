@@ -292,15 +292,17 @@ impl CaptureShared {
         self.state.borrow().clone()
     }
 
-    /// What the device said is in frame `seq`, if it was the latest frame that came with
-    /// objects (a camera that detects on the device).
+    /// What the device says is in frame `seq` or a newer one (a camera that detects on the
+    /// device: the latest objects it sent, when they came with that frame or after it; a
+    /// detector that took frame `seq` just before a newer one arrived gets the newer objects,
+    /// rather than none and the model's view).
     pub fn device_objects(&self, seq: u64) -> Option<Arc<[Detection]>> {
         let latest = self
             .device_objects
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match &*latest {
-            Some((at, objects)) if *at == seq => Some(objects.clone()),
+            Some((at, objects)) if *at >= seq => Some(objects.clone()),
             _ => None,
         }
     }
