@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Watches a surv server: registers over TCP, receives its JPEG frames over UDP, shows them in
 /// a window (fps, loss and latency in the title; a red border and "MOTION" in the title while
-/// the server reports motion), records rolling AVI or MP4 segments (all the time, or only around
-/// motion), optionally writes the stream to standard output (--pipe), and prints a summary at
+/// the server reports motion; a green box around each object its detector sees, and the labels
+/// in the title), records rolling AVI or MP4 segments (all the time, or only around motion or
+/// objects), optionally writes the stream to standard output (--pipe), and prints a summary at
 /// exit. Esc, closing the window, Ctrl-C or a closed pipe ends it cleanly (the server is told
 /// `end`).
 #[derive(Debug, Parser)]
@@ -315,4 +316,23 @@ fn parse_labels(text: &str) -> anyhow::Result<Vec<String>> {
         anyhow::bail!("--record-on takes always, motion, or object labels such as person");
     }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_labels;
+
+    #[test]
+    fn record_on_labels_are_written_as_the_server_writes_them() {
+        assert_eq!(parse_labels("person").unwrap(), ["person"]);
+        assert_eq!(
+            parse_labels(" Person, traffic light ,person,").unwrap(),
+            ["person", "traffic_light"]
+        );
+        let long = "x".repeat(33);
+        for bad in ["", ",", "persön", "a/b", long.as_str()] {
+            let e = parse_labels(bad).unwrap_err().to_string();
+            assert!(e.contains("--record-on"), "{bad:?}: {e}");
+        }
+    }
 }
