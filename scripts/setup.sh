@@ -68,7 +68,15 @@ DETECT_CACHE="${SURV_DETECT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/surv/detect}"
 DETECT_DONE="$DETECT_CACHE/human-$HUMAN_VERSION-ort-$ORT_VERSION.ok"
 if [ ! -f "$DETECT_DONE" ]; then
   echo "surv setup: the detection model (@vladmandic/human $HUMAN_VERSION → ONNX) and ONNX Runtime $ORT_VERSION into $DETECT_CACHE"
-  command -v npm >/dev/null 2>&1 || { echo "surv setup: npm is needed for the detection model" >&2; exit 1; }
+  if ! command -v npm >/dev/null 2>&1; then
+    # Debian's npm (with its nodejs) where no Node.js is installed yet.
+    echo "surv setup: installing npm, for the detection model"
+    NPM_SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then NPM_SUDO="sudo"; fi
+    $NPM_SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $NPM_SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+    command -v npm >/dev/null 2>&1 || { echo "surv setup: npm could not be installed; it is needed for the detection model" >&2; exit 1; }
+  fi
   rm -rf "$DETECT_CACHE/work"
   mkdir -p "$DETECT_CACHE/work"
   (
