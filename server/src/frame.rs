@@ -336,11 +336,7 @@ mod tests {
             ..RawFrame::new()
         };
         assert!(format!("{raw:?}").contains("data_bytes: 24"));
-        let jpeg = JpegFrame {
-            objects: None,
-            jpeg: Bytes::from(vec![0xAB; 9]),
-            capture_unix_us: 0,
-        };
+        let jpeg = JpegFrame::new(Bytes::from(vec![0xAB; 9]), 0);
         assert!(format!("{jpeg:?}").contains("jpeg_bytes: 9"));
     }
 }

@@ -83,12 +83,8 @@ impl Source for Scenes {
                     scene += 1;
                     scene_end = None;
                 }
-                sink.publish(JpegFrame {
-                    objects: None,
-                    jpeg: jpeg.clone(),
-                    capture_unix_us: surv_proto::unix_micros_now(),
-                })
-                .await;
+                sink.publish(JpegFrame::new(jpeg.clone(), surv_proto::unix_micros_now()))
+                    .await;
             }
         })
     }

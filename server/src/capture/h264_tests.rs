@@ -125,11 +125,7 @@ impl Stepper {
             surv_tests::fixtures::Subsamp::Sub2x2,
         );
         self.tx
-            .send(JpegFrame {
-                objects: None,
-                jpeg: Bytes::from(jpeg),
-                capture_unix_us: T0_US + i * FRAME_US,
-            })
+            .send(JpegFrame::new(Bytes::from(jpeg), T0_US + i * FRAME_US))
             .unwrap();
         let unit = tokio::time::timeout(WITHIN, self.probe.recv())
             .await
@@ -360,12 +356,7 @@ async fn frames_the_encoder_was_too_busy_for_are_counted() {
     let _demand = feed.demand();
     let stats = &capture.shared.stats;
     for (i, jpeg) in (0..).zip(jpegs) {
-        tx.send(JpegFrame {
-            objects: None,
-            jpeg,
-            capture_unix_us: T0_US + i * FRAME_US,
-        })
-        .unwrap();
+        tx.send(JpegFrame::new(jpeg, T0_US + i * FRAME_US)).unwrap();
     }
     // Every frame is coded or counted as skipped; the newest is always coded.
     tokio::time::timeout(WITHIN, async {

@@ -101,11 +101,7 @@ impl Source for Scripted {
                 Some(Step::Jpegs(jpegs)) => {
                     sink.opened("scripted jpeg", shape);
                     for (i, jpeg) in jpegs.into_iter().enumerate() {
-                        sink.publish_jpeg(&JpegFrame {
-                            objects: None,
-                            jpeg,
-                            capture_unix_us: 1_000 + i as u64,
-                        });
+                        sink.publish_jpeg(&JpegFrame::new(jpeg, 1_000 + i as u64));
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Err(gone("pusher left"))
@@ -566,12 +562,7 @@ impl Source for PublishesOnce {
         Box::pin(async move {
             sink.opened("an async source", StreamShape::default());
             let before = self.probe_polls.load(Relaxed);
-            sink.publish(JpegFrame {
-                objects: None,
-                jpeg: self.jpeg.clone(),
-                capture_unix_us: 1,
-            })
-            .await;
+            sink.publish(JpegFrame::new(self.jpeg.clone(), 1)).await;
             let during = self.probe_polls.load(Relaxed) - before;
             *self.polls_during_publish.lock().unwrap() = Some(during);
             stop.cancelled().await;

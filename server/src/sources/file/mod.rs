@@ -286,11 +286,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// Hands a JPEG to the sink, stamped now (see [`FrameSink::publish`]: one too big to pass
 /// through is decoded and re-encoded on a blocking thread, never on the reactor).
 async fn publish(sink: &FrameSink, jpeg: Bytes) {
-    let frame = JpegFrame {
-        objects: None,
-        jpeg,
-        capture_unix_us: unix_micros_now(),
-    };
+    let frame = JpegFrame::new(jpeg, unix_micros_now());
     sink.publish(frame).await;
 }
 

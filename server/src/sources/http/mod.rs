@@ -173,12 +173,7 @@ impl HttpSource {
                     // On this task when it passes through; a re-encode goes to the
                     // blocking pool, never the runtime's thread.
                     Event::Jpeg(jpeg) => {
-                        sink.publish(JpegFrame {
-                            objects: None,
-                            jpeg,
-                            capture_unix_us: unix_micros_now(),
-                        })
-                        .await
+                        sink.publish(JpegFrame::new(jpeg, unix_micros_now())).await
                     }
                     Event::Skipped(why) => sink.reject(&why.to_string()),
                     Event::End => {
@@ -252,14 +247,7 @@ impl HttpSource {
 
     async fn publish_still(&self, still: Still, sink: &FrameSink) {
         match still {
-            Still::Image(jpeg) => {
-                sink.publish(JpegFrame {
-                    objects: None,
-                    jpeg,
-                    capture_unix_us: unix_micros_now(),
-                })
-                .await
-            }
+            Still::Image(jpeg) => sink.publish(JpegFrame::new(jpeg, unix_micros_now())).await,
             Still::TooLarge(bytes) => sink.reject(&format!(
                 "still image of {bytes} bytes is over --max-frame-bytes {}",
                 self.max_frame_bytes

@@ -156,11 +156,7 @@ fn work(rx: &Receiver<Unit>, sink: &FrameSink, mut decoder: Option<H264Decoder>)
                     capture_unix_us,
                 } => {
                     if is_newest {
-                        sink.publish_jpeg(&JpegFrame {
-                            objects: None,
-                            jpeg,
-                            capture_unix_us,
-                        });
+                        sink.publish_jpeg(&JpegFrame::new(jpeg, capture_unix_us));
                     } else {
                         sink.reject(SKIPPED_FOR_NEWER);
                     }

@@ -256,11 +256,7 @@ impl Source for UdpSource {
                         });
                     }
                 }
-                let frame = JpegFrame {
-                    objects: None,
-                    jpeg: Bytes::copy_from_slice(datagram),
-                    capture_unix_us: unix_micros_now(),
-                };
+                let frame = JpegFrame::new(Bytes::copy_from_slice(datagram), unix_micros_now());
                 sink.publish(frame).await;
             }
         })
