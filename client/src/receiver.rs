@@ -295,7 +295,11 @@ pub async fn run(
                 warned_quiet = false;
                 motion_frames += u64::from(tag.motion);
                 object_frames += u64::from(tag.objects);
-                let labels = if tag.objects { labels_in(&whole) } else { String::new() };
+                let objects = match tag.objects {
+                    true => surv_proto::objects::decode(&whole).unwrap_or_default(),
+                    false => Vec::new(),
+                };
+                let labels = labels_of(&objects);
                 if tag.motion != in_motion || labels != seen_labels {
                     in_motion = tag.motion;
                     seen_labels = labels;
@@ -305,7 +309,7 @@ pub async fn run(
                 }
                 let frame = whole;
                 if let Some(r) = &recorder {
-                    let event = trigger.is_event(&tag, &frame);
+                    let event = trigger.is_event(&tag, &objects);
                     r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us, event });
                 }
                 if let Some(p) = &mut pipe {
@@ -476,13 +480,13 @@ async fn register(cfg: &Config, udp_port: u16) -> Result<(TcpStream, StreamParam
     }
 }
 
-/// The labels of the objects a frame carries, each once, in the server's order (`person, car`);
-/// empty when it carries none or they cannot be read.
-fn labels_in(datagram: &[u8]) -> String {
-    let mut labels: Vec<String> = Vec::new();
-    for o in surv_proto::objects::decode(datagram).unwrap_or_default() {
-        if !labels.contains(&o.label) {
-            labels.push(o.label);
+/// The labels of a frame's objects, each once, in the server's order (`person, car`); empty
+/// when it lists none.
+fn labels_of(objects: &[surv_proto::Object]) -> String {
+    let mut labels: Vec<&str> = Vec::new();
+    for o in objects {
+        if !labels.contains(&o.label.as_str()) {
+            labels.push(&o.label);
         }
     }
     labels.join(", ")

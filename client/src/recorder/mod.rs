@@ -147,16 +147,13 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// Whether `datagram` (tagged `tag`) is one of the frames recordings form around.
-    pub fn is_event(&self, tag: &surv_proto::FrameTag, datagram: &[u8]) -> bool {
+    /// Whether a frame tagged `tag`, listing `objects` (its objects segment, read once by the
+    /// caller), is one of the frames recordings form around.
+    pub fn is_event(&self, tag: &surv_proto::FrameTag, objects: &[surv_proto::Object]) -> bool {
         match self {
             Trigger::Always => false,
             Trigger::Motion { .. } => tag.motion,
-            Trigger::Objects { labels, .. } => {
-                tag.objects
-                    && surv_proto::objects::decode(datagram)
-                        .is_ok_and(|seen| seen.iter().any(|o| labels.contains(&o.label)))
-            }
+            Trigger::Objects { labels, .. } => objects.iter().any(|o| labels.contains(&o.label)),
         }
     }
 }
