@@ -21,11 +21,7 @@ pub fn cpu_us(pid: &str) -> anyhow::Result<u64> {
 /// not in it.
 pub fn threads_cpu_ns(pid: &str) -> std::collections::BTreeMap<String, u64> {
     let mut found = std::collections::BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for task in tasks(pid) {
         let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
         if let Some(ns) = stat.split_whitespace().next().and_then(|v| v.parse().ok()) {
             found.insert(task.file_name().to_string_lossy().into_owned(), ns);
@@ -106,11 +102,7 @@ pub fn udp_drops(pid: &str) -> u64 {
 /// (user + system), µs, from /proc/<pid>/task/<tid>/stat.
 pub fn threads_cpu_us(pid: &str, prefix: &str) -> Vec<(String, u64)> {
     let mut found = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for task in tasks(pid) {
         let dir = task.path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let name = name.trim_end();
@@ -123,4 +115,12 @@ pub fn threads_cpu_us(pid: &str, prefix: &str) -> Vec<(String, u64)> {
         }
     }
     found
+}
+
+/// The entries of /proc/<pid>/task: one per live thread.
+fn tasks(pid: &str) -> impl Iterator<Item = std::fs::DirEntry> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
 }
