@@ -13,16 +13,23 @@
 #
 # Link mode (issue 20): `sudo scripts/loss-netns.sh link [SECONDS] [SIZES] [LOSSES] [EACH_WAY]`
 # measures a real link instead of loopback: the server in one namespace, surv-client in another,
-# a veth pair with MTU 1500 between them (so a whole frame datagram crosses as IP fragments), and
-# nftables dropping LOSS % of IP packets at prerouting priority -500 (before reassembly, which is
-# at -400: a whole-datagram frame is lost with any of its fragments, as on a real link) on the
-# viewer's side (EACH_WAY=1: on the server's side too, so acks and nacks are lost as well).
-# Each condition runs surv-client twice, whole datagrams (--mtu 0) and chunks (--mtu 1200), for
-# SECONDS, and prints one table row: the share of the frames the server captured (fps × seconds)
-# that the viewer received whole, and the viewer's p50/p99 latency. No added delay: the round
-# trip is the veth's (well under 1 ms).
-# SURV_PROFILE=dev uses the dev build (dependencies optimised; enough for loss figures, not CPU).
-#   e.g. sudo scripts/loss-netns.sh link 10 "640x480 1280x720" "0 1 3 10"
+# a router namespace between them, every link a veth with MTU 1500 (so a whole frame datagram
+# crosses as IP fragments), and nftables dropping LOSS % of IP packets at prerouting priority
+# -500 (before reassembly, which is at -400: a whole-datagram frame is lost with any of its
+# fragments, as on a real link) on the viewer's side (EACH_WAY=1: on the server's side too, so
+# acks and nacks are lost as well).
+# Each condition runs surv-client for SECONDS, whole datagrams (--mtu 0) and chunks (--mtu 1200)
+# (MODES="chunks": only chunks), and prints one table row: the share of the frames the server
+# captured (fps × seconds) that the viewer received whole, the viewer's p50/p99 latency, its
+# longest wait for a frame, and its summary (with latency p99 per 10 s window).
+# Environment:
+#   DELAY_MS=20         each way, on every packet (TCP too): surv-netdelay in the router, through
+#                       a TUN device (netem cannot load on these kernels). Default 0.
+#   RATE=4mbit          a tbf bottleneck on the router's link toward the viewer, its buffer
+#                       TBF_LATENCY (default 200ms; tail drop past it).
+#   SURV_PROFILE=dev    the dev build (dependencies optimised; enough for loss figures, not CPU).
+#   e.g. sudo DELAY_MS=20 scripts/loss-netns.sh link 10 "1280x720 1920x1080" "0 1 3 10"
+#        sudo DELAY_MS=20 RATE=4mbit MODES=chunks scripts/loss-netns.sh link 60 1920x1080 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "link" ]]; then
@@ -30,34 +37,71 @@ if [[ "${1:-}" == "link" ]]; then
     sizes=${3:-640x480 1280x720}
     losses=${4:-0 1 3 10}
     each_way=${5:-0}
+    delay_ms=${DELAY_MS:-0}
+    rate=${RATE:-}
+    tbf_latency=${TBF_LATENCY:-200ms}
     fps=30
     command -v nft >/dev/null || { echo "loss-netns: needs nft (apt-get install nftables)" >&2; exit 1; }
     profile=${SURV_PROFILE:-release}
     bin=${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
-    cargo build --profile "$profile" -q -p surv-server -p surv-client
-    s="surv-s-$$" v="surv-v-$$"
+    cargo build --profile "$profile" -q -p surv-server -p surv-client -p surv-tests --bin surv-server \
+        --bin surv-client --bin surv-netdelay
+    s="surv-s-$$" r="surv-r-$$" v="surv-v-$$"
     logs=$(mktemp -d)
-    server_pid=
+    server_pid= delay_pid=
     cleanup() {
+        set +e
         [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+        [ -n "$delay_pid" ] && kill -INT "$delay_pid" 2>/dev/null && wait "$delay_pid" 2>/dev/null
+        [ -f "$logs/delay.log" ] && cat "$logs/delay.log" >&2
         ip netns del "$s" 2>/dev/null
+        ip netns del "$r" 2>/dev/null
         ip netns del "$v" 2>/dev/null
+        [ -n "${KEEP_LOGS:-}" ] && cp -r "$logs/." "$KEEP_LOGS/"
         rm -rf "$logs"
     }
     trap cleanup EXIT
+    # server (10.77.0.1) ── veth ── router ── veth ── viewer (10.78.0.2), every link MTU 1500.
     ip netns add "$s"
+    ip netns add "$r"
     ip netns add "$v"
-    ip link add veth-s netns "$s" type veth peer name veth-v netns "$v"
+    ip link add veth-s netns "$s" type veth peer name veth-rs netns "$r"
+    ip link add veth-v netns "$v" type veth peer name veth-rv netns "$r"
     ip -n "$s" addr add 10.77.0.1/24 dev veth-s
-    ip -n "$v" addr add 10.77.0.2/24 dev veth-v
-    for n in "$s" "$v"; do ip -n "$n" link set lo up; done
-    ip -n "$s" link set veth-s mtu 1500 up
-    ip -n "$v" link set veth-v mtu 1500 up
-    # A veth passes a UDP GSO send to its peer whole (one packet of up to 54 chunks), where a
-    # real NIC cuts it into wire packets: without this, nft would drop whole frames' chunks at
-    # once. With segmentation offload off, the stack cuts it before the veth, as a NIC would.
-    ip netns exec "$s" ethtool -K veth-s tx-udp-segmentation off gso off >/dev/null
-    ip netns exec "$v" ethtool -K veth-v gro off >/dev/null
+    ip -n "$r" addr add 10.77.0.254/24 dev veth-rs
+    ip -n "$r" addr add 10.78.0.254/24 dev veth-rv
+    ip -n "$v" addr add 10.78.0.2/24 dev veth-v
+    for n in "$s" "$r" "$v"; do ip -n "$n" link set lo up; done
+    for l in "$s veth-s" "$r veth-rs" "$r veth-rv" "$v veth-v"; do
+        read -r n dev <<<"$l"
+        ip -n "$n" link set "$dev" mtu 1500 up
+        # A veth passes a UDP GSO send (or a GRO-merged train) to its peer whole, where a real
+        # NIC cuts it into wire packets: without this, nft would drop whole frames' chunks at
+        # once. With offloads off, the stack cuts it before the veth, as a NIC would.
+        ip netns exec "$n" ethtool -K "$dev" tx-udp-segmentation off gso off gro off >/dev/null
+    done
+    ip -n "$s" route add 10.78.0.0/24 via 10.77.0.254
+    ip -n "$v" route add 10.77.0.0/24 via 10.78.0.254
+    ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
+    if [ "$delay_ms" -gt 0 ]; then
+        # The delay: every packet the router gets from either side goes into tun0 (policy
+        # routing by input interface), surv-netdelay holds it DELAY_MS and writes it back, and
+        # the main table forwards it on. netem cannot load on these kernels.
+        ip -n "$r" tuntap add dev tun0 mode tun
+        ip -n "$r" link set tun0 mtu 1500 up
+        for n in all default tun0 veth-rs veth-rv; do ip netns exec "$r" sysctl -qw "net.ipv4.conf.$n.rp_filter=0"; done
+        ip -n "$r" route add default dev tun0 table 100
+        ip -n "$r" rule add iif veth-rs lookup 100
+        ip -n "$r" rule add iif veth-rv lookup 100
+        ip netns exec "$r" "$bin/surv-netdelay" --tun tun0 --delay-ms "$delay_ms" --seconds 7200 >"$logs/delay.log" 2>&1 &
+        delay_pid=$!
+    fi
+    if [ -n "$rate" ]; then
+        # The bottleneck: the router's link toward the viewer carries RATE, with a buffer of
+        # TBF_LATENCY (tail drop past it), as a slow uplink does.
+        ip netns exec "$r" tc qdisc add dev veth-rv root tbf rate "$rate" burst 32kb latency "$tbf_latency"
+    fi
+    echo "round trip: $((2 * delay_ms)) ms added; bottleneck toward the viewer: ${rate:-none}${rate:+ (buffer $tbf_latency)}"
     drop() { # namespace, per mille
         ip netns exec "$1" nft flush ruleset
         [ "$2" -gt 0 ] || return 0
@@ -65,28 +109,29 @@ if [[ "${1:-}" == "link" ]]; then
         ip netns exec "$1" nft add chain inet surv pre '{ type filter hook prerouting priority -500; }'
         ip netns exec "$1" nft add rule inet surv pre ip protocol udp numgen random mod 1000 '<' "$2" drop
     }
-    echo "| picture | packet loss ($([ "$each_way" = 1 ] && echo each way || echo viewer side)) | mode | frames received | latency p50 / p99 ms | client summary |"
-    echo "|---|---|---|---|---|---|"
+    echo "| picture | packet loss ($([ "$each_way" = 1 ] && echo each way || echo viewer side)) | mode | frames received | latency p50 / p99 ms | longest gap ms | client summary |"
+    echo "|---|---|---|---|---|---|---|"
     for size in $sizes; do
         ip netns exec "$s" "$bin/surv-server" --source test --bind 10.77.0.1 --size "$size" --fps "$fps" \
             --http-port 0 --motion off --log-dir "$logs" >"$logs/server.log" 2>&1 &
         server_pid=$!
         for _ in $(seq 50); do
-            ip netns exec "$v" bash -c 'exec 3<>/dev/tcp/10.77.0.1/9999' 2>/dev/null && break
+            ip netns exec "$v" timeout 2 bash -c 'exec 3<>/dev/tcp/10.77.0.1/9999' 2>/dev/null && break
             sleep 0.1
         done
         for loss in $losses; do
             permille=$(awk -v l="$loss" 'BEGIN { printf "%d", l * 10 }')
             drop "$v" "$permille"
             [ "$each_way" = 1 ] && drop "$s" "$permille"
-            for mode in whole chunks; do
+            for mode in ${MODES:-whole chunks}; do
                 mtu=$([ "$mode" = whole ] && echo 0 || echo 1200)
                 out=$(ip netns exec "$v" timeout $((seconds + 20)) "$bin/surv-client" 10.77.0.1 9999 0 \
                     --headless --no-record --seconds "$seconds" --mtu "$mtu" 2>&1 | grep 'frames received=' || true)
                 got=$(sed -n 's/.*frames received=\([0-9]*\).*/\1/p' <<<"$out")
                 lat=$(sed -n 's/.*latency_ms p50=\([^ ]*\) p99=\([^ ]*\).*/\1 \/ \2/p' <<<"$out")
                 pct=$(awk -v g="${got:-0}" -v n=$((fps * seconds)) 'BEGIN { printf "%.1f %%", 100 * g / n }')
-                echo "| ${size}@${fps} | ${loss} % | ${mode} | ${pct} (${got:-0} of $((fps * seconds))) | ${lat:-n/a} | ${out#*s, } |"
+                gap=$(sed -n 's/.*longest_gap_ms=\([0-9]*\).*/\1/p' <<<"$out")
+                echo "| ${size}@${fps} | ${loss} % | ${mode} | ${pct} (${got:-0} of $((fps * seconds))) | ${lat:-n/a} | ${gap:-n/a} | ${out#*s, } |"
             done
         done
         drop "$v" 0

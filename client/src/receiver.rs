@@ -4,6 +4,7 @@
 //! ([`surv_proto::reassembly`]), missing ones asked for again ([`crate::repair`]), and the
 //! whole frame goes the same way as a whole datagram.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +177,10 @@ pub async fn run(
     let mut nacks = NackTimer::default();
     let mut steps = Vec::new();
     let mut newest_chunk_seq: Option<u64> = None;
+    // Frames to hand on, oldest first: at most the reassembler's slots at once.
+    let mut ready: VecDeque<Bytes> = VecDeque::with_capacity(surv_proto::reassembly::SLOTS);
+    // Where the latest datagram came from (a frame's sender once its tag reads).
+    let mut frames_from: Option<SocketAddr> = None;
     let mut next_check = Instant::now();
 
     let mut stats = StreamStats::new();
@@ -222,8 +227,8 @@ pub async fn run(
                 next_check = Instant::now() + CHECK_EVERY;
                 if let (Some(r), Some(to)) = (&mut chunks, server_udp) {
                     repair_steps(&udp, to, key, r, &mut nacks, &mut steps, newest_chunk_seq);
+                    take_ready(r, &mut ready);
                 }
-                continue;
             }
             () = pipe_closed.cancelled() => break "pipe closed".to_string(),
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break "time limit".to_string(),
@@ -248,7 +253,7 @@ pub async fn run(
                 }
                 let datagram = &buf[..n];
                 // A chunk starts "SC", a whole frame FF D8.
-                let whole = match &mut chunks {
+                match &mut chunks {
                     Some(r) if n >= CHUNK_HEADER_BYTES && datagram[0] == b'S' => {
                         let now = std::time::Instant::now();
                         // A resent chunk times the repair's round trip.
@@ -258,65 +263,76 @@ pub async fn run(
                             }
                         }
                         match r.push(datagram, now) {
-                            Push::Complete { frame, .. } => Bytes::copy_from_slice(frame),
-                            Push::Pending { seq } => {
+                            Push::Complete { frame, .. } => ready.push_back(Bytes::copy_from_slice(frame)),
+                            Push::Pending { seq } | Push::Held { seq } => {
                                 server_udp = Some(from);
                                 newest_chunk_seq = Some(newest_chunk_seq.map_or(seq, |s| s.max(seq)));
                                 repair_steps(&udp, from, key, r, &mut nacks, &mut steps, newest_chunk_seq);
-                                continue;
                             }
-                            Push::Rejected(Rejected::Late | Rejected::Duplicate) => continue,
+                            Push::Rejected(Rejected::Late | Rejected::Duplicate) => {}
                             Push::Rejected(why) => {
                                 tracing::trace!(?why, "chunk refused");
                                 stats.ignored += 1;
-                                continue;
                             }
                         }
+                        // Frames held behind one just completed or given up, in order.
+                        take_ready(r, &mut ready);
                     }
-                    _ => Bytes::copy_from_slice(datagram),
-                };
-                let Ok(tag) = FrameTag::decode(&whole) else {
-                    stats.ignored += 1;
-                    continue;
-                };
-                server_udp = Some(from);
-                let ack = match &chunks {
-                    Some(r) => Ack::Received {
-                        seq: r.newest_done().unwrap_or(tag.seq),
-                        rx_bytes: r.stats().chunk_bytes as u32,
-                    },
-                    None => Ack::Continue(Some(tag.seq)),
-                };
-                if udp.try_send_to(&ack.encode_keyed(key), from).is_err() {
-                    tracing::debug!("ack not sent (socket busy); the next one covers it");
+                    _ => ready.push_back(Bytes::copy_from_slice(datagram)),
                 }
-                stats.on_frame(tag.seq, tag.capture_unix_us, unix_micros_now());
-                last_frame_at = Instant::now();
-                warned_quiet = false;
-                motion_frames += u64::from(tag.motion);
-                object_frames += u64::from(tag.objects);
-                let objects = match tag.objects {
-                    true => surv_proto::objects::decode(&whole).unwrap_or_default(),
-                    false => Vec::new(),
-                };
-                let labels = labels_of(&objects);
-                if tag.motion != in_motion || labels != seen_labels {
-                    in_motion = tag.motion;
-                    seen_labels = labels;
-                    if let Some(latest) = &latest {
-                        latest.set_status(status_line(&stats, in_motion, &seen_labels));
-                    }
-                }
-                let frame = whole;
-                if let Some(r) = &recorder {
-                    let event = trigger.is_event(&tag, &objects);
-                    r.push(RecFrame { jpeg: frame.clone(), capture_unix_us: tag.capture_unix_us, event });
-                }
-                if let Some(p) = &mut pipe {
-                    p.push(frame.clone());
-                }
-                decoder.push(frame);
+                frames_from = Some(from);
             }
+        }
+        // Every frame that left reassembly (or came whole), oldest first.
+        while let Some(whole) = ready.pop_front() {
+            let Some(from) = frames_from.or(server_udp) else {
+                break;
+            };
+            let Ok(tag) = FrameTag::decode(&whole) else {
+                stats.ignored += 1;
+                continue;
+            };
+            server_udp = Some(from);
+            let ack = match &chunks {
+                Some(r) => Ack::Received {
+                    seq: r.newest_done().unwrap_or(tag.seq),
+                    rx_bytes: r.stats().chunk_bytes as u32,
+                },
+                None => Ack::Continue(Some(tag.seq)),
+            };
+            if udp.try_send_to(&ack.encode_keyed(key), from).is_err() {
+                tracing::debug!("ack not sent (socket busy); the next one covers it");
+            }
+            stats.on_frame(tag.seq, tag.capture_unix_us, unix_micros_now());
+            last_frame_at = Instant::now();
+            warned_quiet = false;
+            motion_frames += u64::from(tag.motion);
+            object_frames += u64::from(tag.objects);
+            let objects = match tag.objects {
+                true => surv_proto::objects::decode(&whole).unwrap_or_default(),
+                false => Vec::new(),
+            };
+            let labels = labels_of(&objects);
+            if tag.motion != in_motion || labels != seen_labels {
+                in_motion = tag.motion;
+                seen_labels = labels;
+                if let Some(latest) = &latest {
+                    latest.set_status(status_line(&stats, in_motion, &seen_labels));
+                }
+            }
+            let frame = whole;
+            if let Some(r) = &recorder {
+                let event = trigger.is_event(&tag, &objects);
+                r.push(RecFrame {
+                    jpeg: frame.clone(),
+                    capture_unix_us: tag.capture_unix_us,
+                    event,
+                });
+            }
+            if let Some(p) = &mut pipe {
+                p.push(frame.clone());
+            }
+            decoder.push(frame);
         }
         let now = Instant::now();
         if now >= next_status {
@@ -370,6 +386,8 @@ pub async fn run(
         fps: stats.fps(),
         latency_p50_ms: stats.latency_ms(50.0),
         latency_p99_ms: stats.latency_ms(99.0),
+        longest_gap_ms: stats.longest_gap().as_secs_f64() * 1000.0,
+        window_p99_ms: stats.window_p99_ms(),
         ignored: stats.ignored,
         recorded: report.as_ref().map_or(0, |r| r.frames_written),
         record_dropped: report.as_ref().map_or(0, |r| r.frames_dropped),
@@ -393,6 +411,14 @@ pub async fn run(
             }
         }),
     })
+}
+
+/// Moves the frames the reassembler holds that may now leave (no older frame in assembly) to
+/// `ready`, oldest first.
+fn take_ready(r: &mut Reassembler, ready: &mut VecDeque<Bytes>) {
+    while let Some((_, frame)) = r.pop_ready() {
+        ready.push_back(Bytes::copy_from_slice(frame));
+    }
 }
 
 /// Sends the `nack`s due for the frames in assembly and gives up the frames past saving, with

@@ -3,16 +3,20 @@
 //!
 //! A frame in assembly is asked for once its missing chunks are lost rather than late: its last
 //! chunk came (chunks leave in order), a chunk of a newer frame came, or [`GAP`] passed without
-//! one of its chunks. If it is still incomplete a repair's round trip later (1.5 × the measured
-//! one, from a `nack` to the first chunk resent for it, plus [`RENACK_MARGIN`], at least
-//! [`MIN_RENACK`]; [`RENACK_AFTER`] before any measurement) it is asked for again, at most
-//! [`MAX_NACKS`] times in all (the server answers as often). [`GIVE_UP_AFTER`] after its
-//! first chunk it is given up: by then newer frames are due, and showing it would go back in
-//! time. The server repairs a frame within 200 ms of sending it; one round costs a round trip
-//! and at most [`CHECK_EVERY`] of timer.
+//! one of its chunks. It is asked for again once the answer came and still left it short (a
+//! chunk resent for it arrived, then [`GAP`] passed without another: the server resends in one
+//! burst), or when the answer is overdue: a repair's round trip after the `nack` (1.5 × the
+//! measured one, from a `nack` to the first chunk resent for it, plus [`RENACK_MARGIN`], at
+//! least [`MIN_RENACK`]; [`RENACK_AFTER`] before any measurement); at most [`MAX_NACKS`] times
+//! in all (the server answers as often). It is given up as soon as its last `nack`'s answer is
+//! in or overdue in the same way, and in any case [`GIVE_UP_AFTER`] after its
+//! first chunk: frames that completed after it wait for it (they leave in order), so this wait
+//! is what a repair may add to their latency. The server repairs a frame within 200 ms of
+//! sending it; one round costs a round trip and at most [`CHECK_EVERY`] of timer.
 
 use std::time::{Duration, Instant};
 
+use surv_proto::reassembly::SLOTS;
 use surv_proto::{Incomplete, Nack};
 
 /// How often the receiver checks its incomplete frames while it has any.
@@ -34,7 +38,7 @@ pub const MIN_RENACK: Duration = Duration::from_millis(10);
 /// `nack`s per frame at most.
 pub const MAX_NACKS: u8 = 2;
 
-/// A frame not complete this long after its first chunk is given up.
+/// A frame not complete this long after its first chunk is given up, whatever its repairs.
 pub const GIVE_UP_AFTER: Duration = Duration::from_millis(250);
 
 /// What to do about the frames in assembly now.
@@ -50,7 +54,7 @@ pub enum Step {
 #[derive(Debug, Default)]
 pub struct NackTimer {
     /// seq, nacks sent, when the last went, whether its answer was timed. At most as many as
-    /// frames in assembly (two).
+    /// frames in assembly ([`SLOTS`]).
     asked: Vec<(u64, u8, Instant, bool)>,
     /// `nack`s sent in all.
     pub sent: u64,
@@ -86,26 +90,33 @@ impl NackTimer {
         out: &mut Vec<Step>,
     ) {
         out.clear();
-        let mut live = [None::<u64>; 2];
+        let mut live = [None::<u64>; SLOTS];
+        let renack_after = self.renack_after();
         for (i, f) in frames.enumerate() {
             if let Some(slot) = live.get_mut(i) {
                 *slot = Some(f.seq);
             }
-            if now.saturating_duration_since(f.first_at) >= GIVE_UP_AFTER {
+            let asked = self.asked.iter_mut().find(|a| a.0 == f.seq);
+            // The last nack's answer is in (its resent chunks came, then GAP of silence) and
+            // the frame still lacks chunks, or the answer is overdue: those chunks are lost.
+            let answered_or_overdue = |&(_, _, at, answered): &(u64, u8, Instant, bool)| {
+                now.saturating_duration_since(at) >= renack_after
+                    || (answered && now.saturating_duration_since(f.last_at) >= GAP)
+            };
+            let spent = asked
+                .as_deref()
+                .is_some_and(|a| a.1 >= MAX_NACKS && answered_or_overdue(a));
+            if spent || now.saturating_duration_since(f.first_at) >= GIVE_UP_AFTER {
                 out.push(Step::GiveUp(f.seq));
                 continue;
             }
-            let renack_after = self.renack_after();
-            let asked = self.asked.iter_mut().find(|a| a.0 == f.seq);
             let ask = match asked.as_deref() {
                 None => {
                     f.highest_index.saturating_add(1) >= f.data_chunks
                         || newest_seen.is_some_and(|n| n > f.seq)
                         || now.saturating_duration_since(f.last_at) >= GAP
                 }
-                Some(&(_, count, at, _)) => {
-                    count < MAX_NACKS && now.saturating_duration_since(at) >= renack_after
-                }
+                Some(a) => a.1 < MAX_NACKS && answered_or_overdue(a),
             };
             if !ask || f.need == 0 {
                 continue;
@@ -170,36 +181,74 @@ mod tests {
         assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(40)), []);
         // … then once more, and never a third time.
         assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(64)), [nack]);
-        assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(200)), []);
+        assert_eq!(steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(123)), []);
         assert_eq!(t.sent, 2);
-        // Given up GIVE_UP_AFTER after its first chunk.
+        // Given up once the second nack's answer is as overdue as a re-ask would be (64 + 60
+        // ms): frames held behind it wait no longer.
         assert_eq!(
-            steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(250)),
+            steps(&mut t, &[frame(5, t0, ms(4), 9)], 5, ms(124)),
             [Step::GiveUp(5)]
+        );
+        // And any frame GIVE_UP_AFTER after its first chunk, whatever its nacks.
+        let mut fresh = NackTimer::default();
+        assert_eq!(
+            steps(&mut fresh, &[frame(6, t0, ms(4), 3)], 6, ms(250)),
+            [Step::GiveUp(6)]
         );
     }
 
-    /// Once a repair's round trip is measured (2 ms here), a frame still incomplete is asked
-    /// for again after 1.5 × it + 5 ms, at least 10 ms, not after the 60 ms default.
+    /// Once a repair's round trip is measured (2 ms here), a frame whose answer never came is
+    /// asked for again after 1.5 × it + 5 ms, at least 10 ms, not after the 60 ms default.
     #[test]
     fn asking_again_follows_the_measured_repair_round_trip() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut t = NackTimer::default();
         assert_eq!(t.renack_after(), RENACK_AFTER);
-        let f = frame(5, t0, ms(1), 9);
-        assert_eq!(steps(&mut t, &[f], 5, ms(1)).len(), 1);
-        t.on_resent(5, ms(3));
-        t.on_resent(5, ms(4)); // later chunks of the same repair are not samples
+        // Frame 4's repair times the round trip: 2 ms.
+        let f4 = frame(4, t0, ms(1), 9);
+        assert_eq!(steps(&mut t, &[f4], 4, ms(1)).len(), 1);
+        t.on_resent(4, ms(3));
+        t.on_resent(4, ms(4)); // later chunks of the same repair are not samples
         assert_eq!(t.renack_after(), MIN_RENACK);
-        assert_eq!(steps(&mut t, &[f], 5, ms(10)), []);
-        assert_eq!(steps(&mut t, &[f], 5, ms(11)).len(), 1, "asked again");
+        // Frame 5's nack gets no answer at all: asked again MIN_RENACK later.
+        let f5 = frame(5, ms(20), ms(21), 9);
+        assert_eq!(steps(&mut t, &[f5], 5, ms(21)).len(), 1);
+        assert_eq!(steps(&mut t, &[f5], 5, ms(30)), []);
+        assert_eq!(steps(&mut t, &[f5], 5, ms(31)).len(), 1, "asked again");
         // A slow repair (40 ms) stretches the wait: 0.75 × 2 + 0.25 × 40 = 11.5 ms smoothed.
-        t.on_resent(5, ms(51));
+        t.on_resent(5, ms(71));
         assert_eq!(
             t.renack_after(),
             Duration::from_micros(11_500 * 3 / 2 + 5_000)
         );
+    }
+
+    /// An answer that came and left the frame short (its resent chunks lost again) is asked
+    /// for again GAP after the last chunk, not a whole repair round trip later; after the last
+    /// nack allowed the same moment gives it up.
+    #[test]
+    fn an_answer_that_leaves_the_frame_short_is_asked_again_at_once() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = NackTimer::default();
+        let f = frame(5, t0, ms(1), 9);
+        assert_eq!(steps(&mut t, &[f], 5, ms(1)).len(), 1);
+        // The answer: chunks resent at 41 and 42 ms (a 40 ms round trip), one still missing.
+        t.on_resent(5, ms(41));
+        let f = frame(5, t0, ms(42), 9);
+        assert_eq!(t.renack_after(), Duration::from_millis(65));
+        assert_eq!(steps(&mut t, &[f], 5, ms(46)), []);
+        assert_eq!(
+            steps(&mut t, &[f], 5, ms(47)).len(),
+            1,
+            "GAP after the answer"
+        );
+        // The second answer at 88 ms, still short: given up at 93, not at 47 + 65.
+        t.on_resent(5, ms(88));
+        let f = frame(5, t0, ms(88), 9);
+        assert_eq!(steps(&mut t, &[f], 5, ms(92)), []);
+        assert_eq!(steps(&mut t, &[f], 5, ms(93)), [Step::GiveUp(5)]);
     }
 
     #[test]

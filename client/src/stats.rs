@@ -38,7 +38,20 @@ pub struct StreamStats {
     /// When the first and the latest frame arrived, for the frame rate.
     first_at: Option<Instant>,
     last_at: Option<Instant>,
+    /// The longest wait between two frames.
+    longest_gap: Duration,
+    /// Latency p99 (µs) of each whole [`WINDOW`] since the first frame, oldest first (at most
+    /// [`MAX_WINDOWS`]), and the histogram of the window in progress: whether latency grows.
+    window_p99_us: Vec<u64>,
+    window_latency_us: Histogram<u64>,
+    window_started: Option<Instant>,
 }
+
+/// The span of each latency window in the summary.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// Windows kept (a day of 10 s windows); later ones are not listed.
+const MAX_WINDOWS: usize = 8_640;
 
 impl Default for StreamStats {
     fn default() -> Self {
@@ -62,22 +75,57 @@ impl StreamStats {
                 .expect("static histogram bounds are valid"),
             first_at: None,
             last_at: None,
+            longest_gap: Duration::ZERO,
+            window_p99_us: Vec::new(),
+            window_latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("static histogram bounds are valid"),
+            window_started: None,
         }
     }
 
     /// A tagged frame arrived at `now_unix_us` (our clock).
     pub fn on_frame(&mut self, seq: u64, capture_unix_us: u64, now_unix_us: u64) {
-        let now = Instant::now();
+        self.on_frame_at(seq, capture_unix_us, now_unix_us, Instant::now());
+    }
+
+    /// [`StreamStats::on_frame`], at a given monotonic time.
+    fn on_frame_at(&mut self, seq: u64, capture_unix_us: u64, now_unix_us: u64, now: Instant) {
         self.first_at.get_or_insert(now);
-        self.last_at = Some(now);
+        if let Some(last) = self.last_at.replace(now) {
+            self.longest_gap = self.longest_gap.max(now.saturating_duration_since(last));
+        }
         self.received += 1;
         self.on_seq(seq);
+        let started = *self.window_started.get_or_insert(now);
+        if now.saturating_duration_since(started) >= WINDOW {
+            if self.window_p99_us.len() < MAX_WINDOWS {
+                self.window_p99_us
+                    .push(self.window_latency_us.value_at_percentile(99.0));
+            }
+            self.window_latency_us.reset();
+            self.window_started = Some(started + WINDOW);
+        }
         match now_unix_us.checked_sub(capture_unix_us) {
-            Some(us) => self
-                .latency_us
-                .saturating_record(us.clamp(1, MAX_LATENCY_US)),
+            Some(us) => {
+                let us = us.clamp(1, MAX_LATENCY_US);
+                self.latency_us.saturating_record(us);
+                self.window_latency_us.saturating_record(us);
+            }
             None => self.clock_skewed += 1,
         }
+    }
+
+    /// The longest wait between two frames (zero before the second).
+    pub fn longest_gap(&self) -> Duration {
+        self.longest_gap
+    }
+
+    /// Latency p99, ms, of each whole 10 s window since the first frame, oldest first.
+    pub fn window_p99_ms(&self) -> Vec<f64> {
+        self.window_p99_us
+            .iter()
+            .map(|&us| us as f64 / 1000.0)
+            .collect()
     }
 
     /// Places `seq` against the newest number seen. The numbers come from the network, so the
@@ -155,6 +203,11 @@ pub struct Summary {
     pub fps: f64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// The longest wait between two frames, ms.
+    pub longest_gap_ms: f64,
+    /// Latency p99 of each whole 10 s window, ms, oldest first: flat when latency does not
+    /// grow.
+    pub window_p99_ms: Vec<f64>,
     pub ignored: u64,
     pub recorded: u64,
     pub record_dropped: u64,
@@ -206,6 +259,15 @@ impl fmt::Display for Summary {
             self.segments.len(),
             self.ended_by,
         )?;
+        write!(f, " longest_gap_ms={:.0}", self.longest_gap_ms)?;
+        if self.window_p99_ms.len() > 1 {
+            let list: Vec<String> = self
+                .window_p99_ms
+                .iter()
+                .map(|v| format!("{v:.0}"))
+                .collect();
+            write!(f, " latency_p99_ms_per_10s={}", list.join(","))?;
+        }
         if self.decode_failed + self.decode_skipped + self.record_dropped + self.ignored > 0 {
             write!(
                 f,
@@ -247,6 +309,42 @@ mod tests {
         assert_eq!(s.reordered, 1);
         assert_eq!(s.lost(), 2, "14 and 15 never came");
         assert!((s.loss_ratio() - 2.0 / 7.0).abs() < 1e-9);
+    }
+
+    /// Latency 10 ms for 25 s, then 50 ms: the windows show the step, the gap the pause.
+    #[test]
+    fn the_longest_gap_and_each_windows_p99_are_kept() {
+        let mut s = StreamStats::new();
+        let t0 = Instant::now();
+        let mut seq = 0;
+        for ms in (0..40_000u64).step_by(100) {
+            if (20_000..21_500).contains(&ms) {
+                continue; // 1.5 s without frames
+            }
+            let latency_us = if ms < 25_000 { 10_000 } else { 50_000 };
+            s.on_frame_at(
+                seq,
+                1_000_000,
+                1_000_000 + latency_us,
+                t0 + Duration::from_millis(ms),
+            );
+            seq += 1;
+        }
+        assert_eq!(s.longest_gap(), Duration::from_millis(1_600));
+        let w = s.window_p99_ms();
+        assert_eq!(
+            w.len(),
+            3,
+            "0–10, 10–20, 20–30 s whole; 30–40 in progress: {w:?}"
+        );
+        assert!(
+            (w[0] - 10.0).abs() < 0.1 && (w[1] - 10.0).abs() < 0.1,
+            "{w:?}"
+        );
+        assert!(
+            (w[2] - 50.0).abs() < 0.1,
+            "20–30 s holds 25–30 s at 50 ms: {w:?}"
+        );
     }
 
     #[test]

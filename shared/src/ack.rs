@@ -13,7 +13,8 @@
 //!                                            as chunks ([`crate::chunk`]) of at most <bytes>
 //!                                            (MIN_MTU_BYTES..=MAX_MTU_BYTES)
 //!                 "continue <seq> r=<rx> k=<key>"  frames up to <seq> are accounted for
-//!                                            (complete, or given up); <rx>: payload bytes
+//!                                            (complete, or given up; an older one may
+//!                                            still be in repair); <rx>: payload bytes
 //!                                            received this session, mod 2^32, decimal
 //!                 "nack <seq> n=<need> m=<hex> k=<key>"  frame <seq> is incomplete: it needs
 //!                                            <need> (1..=128) more chunks; <hex>: which data

@@ -1,23 +1,28 @@
 //! A chunked session's frames put back together from their chunks ([`crate::chunk`]), sans-IO:
-//! the viewer pushes each datagram with the time it arrived and gets a whole frame back when its
-//! last missing chunk comes; it asks which frames are incomplete (what to `nack`) and gives
-//! frames up when they are no longer worth showing.
+//! the viewer pushes each datagram with the time it arrived and gets whole frames back, in
+//! order; it asks which frames are incomplete (what to `nack`) and gives frames up when they are
+//! no longer worth showing.
 //!
 //! ```text
 //!  datagram ─▶ ChunkHeader::decode ─▶ key, chunk size ─▶ slot of its seq ─▶ all k data chunks?
-//!               (refused: Invalid)     (Foreign, ChunkSize)  (Late, Duplicate,   └▶ Complete(&frame)
-//!                                                             Mismatch, Parity)
+//!               (refused: Invalid)     (Foreign, ChunkSize)  (Late, Duplicate,   ├▶ oldest in assembly: Complete(&frame)
+//!                                                             Mismatch, Parity)  └▶ older ones still coming: Held
+//!                                                                                   (pop_ready once they leave)
 //! ```
 //!
-//! * At most two frames are in assembly (two slots, each the largest frame, allocated once by
-//!   [`Reassembler::new`]); nothing is allocated per chunk, so a hostile stream of headers costs
-//!   no memory.
-//! * A chunk of a frame older than or equal to the newest one completed or given up is `Late`:
-//!   frames are shown newest first, never out of order.
-//! * A chunk of a new frame takes a free slot, or the slot of the older frame in assembly, which
-//!   is given up (and counted). A chunk older than both frames in assembly is `Late`.
-//! * When a frame completes, older frames still in assembly are given up: the newest complete
-//!   frame wins, as the decoder does.
+//! * Up to [`SLOTS`] frames are in assembly at once (each slot the largest frame, allocated once
+//!   by [`Reassembler::new`]); nothing is allocated per chunk, so a hostile stream of headers
+//!   costs no memory.
+//! * Frames leave in order. A frame that completes while an older one is still in assembly (its
+//!   missing chunks asked for again, a round trip away) is held, and leaves by
+//!   [`Reassembler::pop_ready`] once every older frame has completed or been given up: on a path
+//!   whose round trip is longer than a frame interval, a repaired frame is still shown, and the
+//!   newer frames wait for it no longer than the viewer's give-up budget ([`crate::Incomplete`]
+//!   tells it what is waiting).
+//! * A chunk of a frame older than or equal to the newest one that left (shown or given up) is
+//!   `Late`: frames are shown in order, never going back.
+//! * A chunk of a new frame takes a free slot, or the slot of the oldest frame in assembly, which
+//!   is given up (and counted).
 //! * Every chunk of a frame must agree with the first one seen on the frame's shape (`k`, `m`,
 //!   `frame_bytes`), else it is a `Mismatch`. The payload is copied where its index says; a
 //!   repeated index is a `Duplicate` and is not copied again.
@@ -28,14 +33,20 @@ use std::time::Instant;
 use crate::chunk::{ChunkError, ChunkHeader, MAX_CHUNKS_PER_FRAME};
 use crate::MAX_UDP_PAYLOAD_BYTES;
 
-/// Frames in assembly at once.
-const SLOTS: usize = 2;
+/// Frames in assembly (or held, complete) at once: 8 frames at 30 fps span 267 ms, more than
+/// surv-client waits for a frame (250 ms at most).
+pub const SLOTS: usize = 8;
 
 /// What became of one pushed datagram.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Push<'a> {
-    /// Its frame is whole: the frame's bytes (a tagged JPEG), borrowed until the next push.
+    /// Its frame is whole and the oldest in assembly: the frame's bytes (a tagged JPEG),
+    /// borrowed until the next push. Newer frames it held back may now be ready
+    /// ([`Reassembler::pop_ready`]).
     Complete { seq: u64, frame: &'a [u8] },
+    /// Its frame is whole, but an older one is still in assembly: held until that one completes
+    /// or is given up, then taken by [`Reassembler::pop_ready`].
+    Held { seq: u64 },
     /// Stored; its frame still lacks chunks.
     Pending { seq: u64 },
     /// Not stored, and why.
@@ -51,8 +62,8 @@ pub enum Rejected {
     Foreign,
     /// A chunk size other than the session's.
     ChunkSize,
-    /// Its frame is older than (or is) the newest one completed or given up, or older than
-    /// both frames in assembly.
+    /// Its frame is older than (or is) the newest one that left (shown or given up), or it is
+    /// complete already.
     Late,
     /// Its index is stored already.
     Duplicate,
@@ -71,8 +82,10 @@ pub struct ReassemblyStats {
     pub chunk_bytes: u64,
     /// Frames completed.
     pub complete: u64,
-    /// Frames given up incomplete (by [`Reassembler::give_up`], by a newer frame completing, or
-    /// by a third frame needing a slot).
+    /// Frames that completed while an older one was in assembly, and waited for it.
+    pub held: u64,
+    /// Frames given up incomplete (by [`Reassembler::give_up`], or by a newer frame needing a
+    /// slot when all are taken).
     pub given_up: u64,
     pub duplicate: u64,
     pub late: u64,
@@ -99,10 +112,12 @@ pub struct Incomplete {
     pub missing: u128,
 }
 
-/// One frame in assembly.
+/// One frame in assembly, or complete and held.
 struct Slot {
     /// `None`: free.
     seq: Option<u64>,
+    /// All its data chunks are in: it waits for an older frame.
+    complete: bool,
     data_chunks: u8,
     parity_chunks: u8,
     frame_bytes: u32,
@@ -120,8 +135,10 @@ struct Slot {
 pub struct Reassembler {
     key: u64,
     chunk_bytes: usize,
-    slots: [Slot; SLOTS],
-    /// The newest frame completed or given up.
+    slots: Vec<Slot>,
+    /// The newest frame that left (shown or given up): older chunks are late.
+    floor: Option<u64>,
+    /// The newest frame completed (held or shown) or given up: what a `continue` acknowledges.
     newest_done: Option<u64>,
     stats: ReassemblyStats,
 }
@@ -134,6 +151,7 @@ impl std::fmt::Debug for Reassembler {
                 "in_assembly",
                 &self.slots.iter().map(|s| s.seq).collect::<Vec<_>>(),
             )
+            .field("floor", &self.floor)
             .field("newest_done", &self.newest_done)
             .field("stats", &self.stats)
             .finish()
@@ -142,11 +160,12 @@ impl std::fmt::Debug for Reassembler {
 
 impl Reassembler {
     /// For the session with `key`, whose chunks are `chunk_bytes` long (from the mtu it was
-    /// granted: [`crate::chunk::chunk_bytes_for_mtu`]). Allocates its two frame buffers, about
-    /// 128 KB, once.
+    /// granted: [`crate::chunk::chunk_bytes_for_mtu`]). Allocates its [`SLOTS`] frame buffers,
+    /// about 512 KB, once.
     pub fn new(key: u64, chunk_bytes: usize) -> Reassembler {
         let slot = |now| Slot {
             seq: None,
+            complete: false,
             data_chunks: 0,
             parity_chunks: 0,
             frame_bytes: 0,
@@ -161,7 +180,8 @@ impl Reassembler {
         Reassembler {
             key,
             chunk_bytes,
-            slots: [slot(now), slot(now)],
+            slots: (0..SLOTS).map(|_| slot(now)).collect(),
+            floor: None,
             newest_done: None,
             stats: ReassemblyStats::default(),
         }
@@ -180,13 +200,16 @@ impl Reassembler {
     pub fn push(&mut self, datagram: &[u8], now: Instant) -> Push<'_> {
         match self.store(datagram, now) {
             Ok((seq, Some(i))) => {
-                self.finish(seq);
                 self.stats.complete += 1;
-                let slot = &self.slots[i];
-                let len = usize::try_from(slot.frame_bytes).unwrap_or(0);
+                self.newest_done = Some(self.newest_done.map_or(seq, |d| d.max(seq)));
+                self.slots[i].complete = true;
+                if self.oldest() != Some(i) {
+                    self.stats.held += 1;
+                    return Push::Held { seq };
+                }
                 Push::Complete {
                     seq,
-                    frame: slot.buf.get(..len).unwrap_or_default(),
+                    frame: self.leave(i),
                 }
             }
             Ok((seq, None)) => Push::Pending { seq },
@@ -211,11 +234,14 @@ impl Reassembler {
             return Err(Rejected::ChunkSize);
         }
         let range = h.data_range().ok_or(Rejected::Parity)?;
-        if self.newest_done.is_some_and(|done| h.seq <= done) {
+        if self.floor.is_some_and(|floor| h.seq <= floor) {
             return Err(Rejected::Late);
         }
         let i = self.slot_for(&h, now)?;
         let slot = &mut self.slots[i];
+        if slot.complete {
+            return Err(Rejected::Late);
+        }
         let same_shape = (slot.data_chunks, slot.parity_chunks, slot.frame_bytes)
             == (h.data_chunks, h.parity_chunks, h.frame_bytes);
         if !same_shape {
@@ -238,7 +264,7 @@ impl Reassembler {
         Ok((h.seq, (slot.received == slot.data_chunks).then_some(i)))
     }
 
-    /// The slot of `h`'s frame: its own, a free one, or the older frame's (given up).
+    /// The slot of `h`'s frame: its own, a free one, or the oldest frame's (given up).
     fn slot_for(&mut self, h: &ChunkHeader, now: Instant) -> Result<usize, Rejected> {
         if let Some(i) = self.slots.iter().position(|s| s.seq == Some(h.seq)) {
             return Ok(i);
@@ -246,18 +272,21 @@ impl Reassembler {
         let i = match self.slots.iter().position(|s| s.seq.is_none()) {
             Some(free) => free,
             None => {
-                let oldest = (0..SLOTS)
-                    .min_by_key(|&i| self.slots[i].seq)
-                    .unwrap_or_default();
-                if self.slots[oldest].seq.is_some_and(|s| h.seq < s) {
+                let oldest = self.oldest().unwrap_or_default();
+                let seq = self.slots[oldest].seq.unwrap_or_default();
+                if h.seq < seq {
                     return Err(Rejected::Late);
                 }
+                // Taking the oldest frame's place: it and everything older are gone.
+                self.slots[oldest].seq = None;
                 self.stats.given_up += 1;
+                self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
                 oldest
             }
         };
         let slot = &mut self.slots[i];
         slot.seq = Some(h.seq);
+        slot.complete = false;
         slot.data_chunks = h.data_chunks;
         slot.parity_chunks = h.parity_chunks;
         slot.frame_bytes = h.frame_bytes;
@@ -269,42 +298,61 @@ impl Reassembler {
         Ok(i)
     }
 
-    /// `seq` completed: it and every older frame in assembly leave (the older ones given up).
-    fn finish(&mut self, seq: u64) {
-        for slot in &mut self.slots {
-            match slot.seq {
-                Some(s) if s < seq => {
-                    slot.seq = None;
-                    self.stats.given_up += 1;
-                }
-                Some(s) if s == seq => slot.seq = None,
-                _ => {}
-            }
-        }
-        self.newest_done = Some(self.newest_done.map_or(seq, |d| d.max(seq)));
+    /// The slot of the oldest frame in assembly or held.
+    fn oldest(&self) -> Option<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].seq.is_some())
+            .min_by_key(|&i| self.slots[i].seq)
     }
 
-    /// Gives up every frame up to `seq` (it cannot be completed in time): their chunks are
-    /// `Late` from now on. Returns how many frames in assembly that dropped.
+    /// Slot `i`'s complete frame leaves (is shown): its bytes, until the next push.
+    fn leave(&mut self, i: usize) -> &[u8] {
+        let slot = &mut self.slots[i];
+        let seq = slot.seq.take().unwrap_or_default();
+        slot.complete = false;
+        self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
+        let len = usize::try_from(slot.frame_bytes).unwrap_or(0);
+        slot.buf.get(..len).unwrap_or_default()
+    }
+
+    /// The oldest held frame, once no older frame is in assembly: its number and bytes
+    /// (borrowed until the next call). Call until `None` after every push and give-up.
+    pub fn pop_ready(&mut self) -> Option<(u64, &[u8])> {
+        let i = self.oldest()?;
+        if !self.slots[i].complete {
+            return None;
+        }
+        let seq = self.slots[i].seq?;
+        Some((seq, self.leave(i)))
+    }
+
+    /// Gives up every frame in assembly up to `seq` (it cannot be completed in time): their
+    /// chunks are `Late` from now on, and frames held behind them may be ready
+    /// ([`Reassembler::pop_ready`]). Returns how many frames in assembly that dropped.
     pub fn give_up(&mut self, seq: u64) -> usize {
         let mut dropped = 0;
         for slot in &mut self.slots {
-            if slot.seq.is_some_and(|s| s <= seq) {
+            if slot.seq.is_some_and(|s| s <= seq) && !slot.complete {
                 slot.seq = None;
                 dropped += 1;
             }
         }
         self.stats.given_up += dropped as u64;
+        self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
         self.newest_done = Some(self.newest_done.map_or(seq, |d| d.max(seq)));
         dropped
     }
 
-    /// The frames in assembly, oldest first, with what each lacks.
+    /// The frames in assembly (not the complete ones held), oldest first, with what each
+    /// lacks.
     pub fn incomplete(&self) -> impl Iterator<Item = Incomplete> + '_ {
-        let mut order: [usize; SLOTS] = [0, 1];
+        let mut order: [usize; SLOTS] = std::array::from_fn(|i| i);
         order.sort_by_key(|&i| self.slots[i].seq);
         order.into_iter().filter_map(|i| {
             let s = &self.slots[i];
+            if s.complete {
+                return None;
+            }
             let k = usize::from(s.data_chunks);
             let all = if k >= MAX_CHUNKS_PER_FRAME {
                 u128::MAX

@@ -186,6 +186,16 @@ const REPAIR_WAIT: Duration = Duration::from_millis(250);
 /// itself and is made again with a new viewer.
 const REPAIR_TRIES: usize = 4;
 
+/// The server sends each chunk a `nack` names twice (`REPAIR_COPIES`), three times when it
+/// names at least 1 in 20 of the frame's `k` chunks (`HEAVY_LOSS_*`).
+fn copies(named: usize, k: u8) -> usize {
+    if named * 20 >= usize::from(k) {
+        3
+    } else {
+        2
+    }
+}
+
 /// Frame n's chunks 2, 5 and 9 are "lost"; the viewer nacks them and gets exactly those again,
 /// flagged as resent; the first resend of 5 is "lost" too, and a second nack brings it. The
 /// frame then reassembles into its tagged JPEG. A third nack of the frame, and a nack naming a
@@ -253,16 +263,27 @@ async fn a_nack_brings_the_lost_chunks_again_within_the_repair_limits() {
             missing: inc.missing,
         }))
         .await;
-        let resent = v.chunks_of(seq, 3, REPAIR_WAIT).await;
+        let copies_1 = copies(3, k);
+        let resent = v.chunks_of(seq, 3 * copies_1, REPAIR_WAIT).await;
         if too_late(&resent, refused_before, tries) {
             continue;
         }
         let indexes: Vec<u8> = resent.iter().map(|(h, _)| h.index).collect();
-        assert_eq!(indexes, lost, "exactly the lost chunks again");
+        assert_eq!(
+            indexes,
+            lost.repeat(copies_1),
+            "exactly the lost chunks again, {copies_1} times (k = {k})"
+        );
         assert!(resent.iter().all(|(h, _)| h.resent), "flagged as resent");
-        // The resend of 5 is lost as well.
-        for (h, p) in resent.iter().filter(|(h, _)| h.index != 5) {
+        // Both resends of 5 are lost as well.
+        for (h, p) in resent[..3].iter().filter(|(h, _)| h.index != 5) {
             assert!(matches!(r.push(&wire(h, p), now()), Push::Pending { .. }));
+        }
+        for (h, p) in resent[3..].iter().filter(|(h, _)| h.index != 5) {
+            assert_eq!(
+                r.push(&wire(h, p), now()),
+                Push::Rejected(surv_proto::Rejected::Duplicate)
+            );
         }
         let inc = r.incomplete().next().unwrap();
         assert_eq!((inc.missing, inc.need), (1 << 5, 1));
@@ -273,11 +294,13 @@ async fn a_nack_brings_the_lost_chunks_again_within_the_repair_limits() {
             missing: inc.missing,
         }))
         .await;
-        let again = v.chunks_of(seq, 1, REPAIR_WAIT).await;
+        let copies_2 = copies(1, k);
+        let again = v.chunks_of(seq, copies_2, REPAIR_WAIT).await;
         if too_late(&again, refused_before, tries) {
             continue;
         }
-        assert_eq!(again.len(), 1);
+        assert_eq!(again.len(), copies_2);
+        assert!(again.iter().all(|(h, _)| h.index == 5));
         let frame = match r.push(&wire(&again[0].0, &again[0].1), now()) {
             Push::Complete { frame, .. } => frame.to_vec(),
             other => panic!("{other:?}"),

@@ -1,6 +1,6 @@
 //! Unit tests of reassembly: every loss pattern of a small frame in every order, with and
-//! without duplicates; older frames after newer ones; the third frame; hostile and foreign
-//! chunks; giving up.
+//! without duplicates; newer frames held for older ones in repair; a frame past the slots;
+//! hostile and foreign chunks; giving up.
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,7 @@ fn push_all(r: &mut Reassembler, datagrams: &[&[u8]], now: Instant) -> Outcome {
                 out.completed = Some(frame.to_vec());
             }
             Push::Pending { .. } => out.pending += 1,
+            Push::Held { .. } => panic!("held, with no older frame"),
             Push::Rejected(Rejected::Duplicate) => out.duplicates += 1,
             Push::Rejected(Rejected::Late) => {
                 assert!(out.completed.is_some(), "late before the frame completed");
@@ -152,51 +153,96 @@ fn every_loss_pattern_of_a_small_frame_in_every_order() {
     assert_eq!(sequences, 2 * 1957, "all 2^6 subsets in every order");
 }
 
+/// Frame 2 overtakes frame 1 and completes: it is held until frame 1 completes, then both
+/// leave in order; chunks of frames that left are late.
 #[test]
-fn chunks_of_an_older_frame_after_a_newer_one_are_late() {
+fn a_newer_frame_waits_for_an_older_one_in_repair() {
     let (old, new) = (frame(10, 1), frame(10, 2));
     let (old_c, new_c) = (chunks(1, &old, 0), chunks(2, &new, 0));
     let now = Instant::now();
     let mut r = Reassembler::new(KEY, CHUNK);
-    // Frame 1 starts, frame 2 overtakes it and completes: frame 1 is given up.
     assert_eq!(r.push(&old_c[0], now), Push::Pending { seq: 1 });
     for c in &new_c[..2] {
         assert_eq!(r.push(c, now), Push::Pending { seq: 2 });
     }
+    assert_eq!(r.push(&new_c[2], now), Push::Held { seq: 2 });
+    assert_eq!(r.pop_ready(), None, "frame 1 is still in assembly");
+    assert_eq!(r.newest_done(), Some(2), "acks may name the held frame");
+    let inc: Vec<u64> = r.incomplete().map(|i| i.seq).collect();
+    assert_eq!(inc, [1], "a held frame is not incomplete");
     assert_eq!(
-        r.push(&new_c[2], now),
+        r.push(&new_c[0], now),
+        Push::Rejected(Rejected::Late),
+        "held: complete already"
+    );
+    // Frame 1's missing chunks come (a repair): it leaves, then frame 2.
+    assert_eq!(r.push(&old_c[1], now), Push::Pending { seq: 1 });
+    assert_eq!(
+        r.push(&old_c[2], now),
         Push::Complete {
-            seq: 2,
-            frame: &new[..]
+            seq: 1,
+            frame: &old[..]
         }
     );
-    assert_eq!(r.stats().given_up, 1);
+    assert_eq!(r.pop_ready(), Some((2, &new[..])));
+    assert_eq!(r.pop_ready(), None);
+    assert_eq!((r.stats().held, r.stats().given_up), (1, 0));
     for c in old_c.iter().chain(&new_c) {
         assert_eq!(r.push(c, now), Push::Rejected(Rejected::Late));
     }
     assert_eq!(r.incomplete().count(), 0);
-    assert_eq!(r.stats().late, 6);
 }
 
+/// Giving up the frame in repair releases the frames held behind it.
 #[test]
-fn a_third_frame_gives_up_the_oldest_and_older_ones_are_late() {
-    let fs: Vec<Vec<u8>> = (0..4u8).map(|s| frame(10, s * 10)).collect();
-    let cs: Vec<Vec<Vec<u8>>> = (0..4).map(|s| chunks(s as u64 + 10, &fs[s], 0)).collect();
+fn giving_up_an_older_frame_releases_the_held_ones() {
+    let fs: Vec<Vec<u8>> = (0..3u8).map(|s| frame(10, s * 10)).collect();
+    let cs: Vec<Vec<Vec<u8>>> = (0..3).map(|s| chunks(s as u64 + 10, &fs[s], 0)).collect();
     let now = Instant::now();
     let mut r = Reassembler::new(KEY, CHUNK);
-    r.push(&cs[1][0], now); // frame 11
-    r.push(&cs[2][0], now); // frame 12
-                            // Frame 10 is older than both in assembly: late, and nothing is given up for it.
+    r.push(&cs[0][0], now); // frame 10, incomplete
+    for c in &cs[1] {
+        r.push(c, now);
+    }
+    for c in &cs[2] {
+        r.push(c, now);
+    }
+    assert_eq!(r.stats().held, 2);
+    assert_eq!(r.pop_ready(), None);
+    assert_eq!(r.give_up(10), 1);
+    assert_eq!(r.pop_ready(), Some((11, &fs[1][..])));
+    assert_eq!(r.pop_ready(), Some((12, &fs[2][..])));
+    assert_eq!(r.pop_ready(), None);
+    assert_eq!(r.push(&cs[0][1], now), Push::Rejected(Rejected::Late));
+}
+
+/// With every slot taken, a newer frame gives up the oldest; a frame older than all of them is
+/// late; a frame older than those in assembly but newer than what left may still start.
+#[test]
+fn a_frame_past_the_slots_gives_up_the_oldest_and_older_ones_are_late() {
+    let n = SLOTS as u64 + 2;
+    let fs: Vec<Vec<u8>> = (0..n).map(|s| frame(10, s as u8 * 10)).collect();
+    let cs: Vec<Vec<Vec<u8>>> = (0..n as usize)
+        .map(|s| chunks(s as u64 + 10, &fs[s], 0))
+        .collect();
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    // Frames 11 ..= 10 + SLOTS take every slot.
+    for c in &cs[1..=SLOTS] {
+        assert!(matches!(r.push(&c[0], now), Push::Pending { .. }));
+    }
+    // Frame 10 is older than all of them: late, and nothing is given up for it.
     assert_eq!(r.push(&cs[0][0], now), Push::Rejected(Rejected::Late));
     assert_eq!(r.stats().given_up, 0);
-    // Frame 13 takes frame 11's slot.
-    assert_eq!(r.push(&cs[3][0], now), Push::Pending { seq: 13 });
+    // The next frame takes frame 11's slot.
+    let last = SLOTS + 1;
+    assert!(matches!(r.push(&cs[last][0], now), Push::Pending { .. }));
     assert_eq!(r.stats().given_up, 1);
     let seqs: Vec<u64> = r.incomplete().map(|i| i.seq).collect();
-    assert_eq!(seqs, [12, 13]);
+    assert_eq!(seqs, (12..=10 + last as u64).collect::<Vec<_>>());
     // Frame 11 cannot come back.
     assert_eq!(r.push(&cs[1][1], now), Push::Rejected(Rejected::Late));
-    // Frame 12 still completes, and then 13 is the only one left.
+    // Frame 12 still completes, and leaves at once: it is the oldest.
     assert!(matches!(r.push(&cs[2][1], now), Push::Pending { .. }));
     assert_eq!(
         r.push(&cs[2][2], now),
@@ -205,8 +251,7 @@ fn a_third_frame_gives_up_the_oldest_and_older_ones_are_late() {
             frame: &fs[2][..]
         }
     );
-    let seqs: Vec<u64> = r.incomplete().map(|i| i.seq).collect();
-    assert_eq!(seqs, [13]);
+    assert_eq!(r.incomplete().count(), SLOTS - 1);
 }
 
 #[test]

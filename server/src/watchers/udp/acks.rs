@@ -156,13 +156,22 @@ fn on_datagram(
             false
         }
         Ok(ack @ (Ack::Continue(_) | Ack::Received { .. })) => {
-            // A chunked session's `continue` also says how much it received (a rate signal
-            // not used yet); it settles the window as any `continue <seq>` does.
+            // A chunked session's `continue` also says how much it received: its rate
+            // follows it. It settles the window as any `continue <seq>` does.
             let seq = match ack {
                 Ack::Received { seq, .. } => Some(seq),
                 Ack::Continue(seq) => seq,
                 _ => None,
             };
+            if let Ack::Received { seq, rx_bytes } = ack {
+                let before = st.rate.limit();
+                st.rate.on_ack(seq, rx_bytes, now);
+                let after = st.rate.limit();
+                if after != before {
+                    let kbit = |l: Option<f64>| l.map_or(-1.0, |l| (l * 8.0 / 1000.0).round());
+                    tracing::debug!(viewer = %from, seq, before_kbit_s = kbit(before), kbit_s = kbit(after), held_back = st.rate.limited_frames, "rate limit");
+                }
+            }
             st.window.on_ack(seq, now);
             st.last_heard = now;
             st.send_errors = 0;

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::data_path::{DataPath, SentFrame, SharedSocket};
+use super::rate::Rate;
 use super::window::Window;
 use crate::capture::SharedFrame;
 use crate::watchers::Tally;
@@ -38,6 +39,8 @@ pub(crate) struct LinkState {
     /// A chunked session's frames last sent, oldest first, for its `nack`s
     /// (at most [`super::data_path::REPAIR_FRAMES`]).
     pub sent_chunked: VecDeque<SentFrame>,
+    /// A chunked session's rate: the frames its path carries ([`super::rate`]).
+    pub rate: Rate,
 }
 
 /// One session's end of the data path.

@@ -21,6 +21,7 @@ pub mod admission;
 mod chunks;
 pub mod data_path;
 pub(crate) mod link;
+pub(crate) mod rate;
 pub mod session;
 pub mod window;
 
