@@ -294,10 +294,13 @@ pub async fn run(
             };
             server_udp = Some(from);
             let ack = match &chunks {
-                Some(r) => Ack::Received {
-                    seq: r.newest_done().unwrap_or(tag.seq),
-                    rx_bytes: r.stats().chunk_bytes as u32,
-                },
+                Some(r) => {
+                    let seq = r.newest_done().unwrap_or(tag.seq);
+                    Ack::Received {
+                        seq,
+                        rx_bytes: r.bytes_through(seq) as u32,
+                    }
+                }
                 None => Ack::Continue(Some(tag.seq)),
             };
             if udp.try_send_to(&ack.encode_keyed(key), from).is_err() {
@@ -443,9 +446,10 @@ fn repair_steps(
             Step::Nack(nack) => Ack::Nack(nack),
             Step::GiveUp(seq) => {
                 r.give_up(seq);
+                let seq = r.newest_done().unwrap_or(seq);
                 Ack::Received {
-                    seq: r.newest_done().unwrap_or(seq),
-                    rx_bytes: r.stats().chunk_bytes as u32,
+                    seq,
+                    rx_bytes: r.bytes_through(seq) as u32,
                 }
             }
         };

@@ -161,7 +161,24 @@ impl ChunkHeader {
 
     /// Reads a chunk datagram: its header and its payload (borrowed), every field checked.
     pub fn decode(datagram: &[u8]) -> Result<(ChunkHeader, &[u8]), ChunkError> {
-        let Some((head, payload)) = datagram.split_first_chunk::<CHUNK_HEADER_BYTES>() else {
+        let header = ChunkHeader::decode_head(datagram)?;
+        let payload = &datagram[CHUNK_HEADER_BYTES..];
+        let want = header.payload_bytes()?;
+        if payload.len() != want {
+            return Err(ChunkError::Payload {
+                got: payload.len(),
+                want,
+            });
+        }
+        Ok((header, payload))
+    }
+
+    /// Reads the header alone from the start of a chunk datagram (what follows it is not
+    /// looked at): for a receiver that copies only the first bytes of each datagram, as a load
+    /// generator does. Every field is checked but the payload's length, which
+    /// [`ChunkHeader::payload_bytes`] gives.
+    pub fn decode_head(datagram: &[u8]) -> Result<ChunkHeader, ChunkError> {
+        let Some(head) = datagram.first_chunk::<CHUNK_HEADER_BYTES>() else {
             return Err(ChunkError::Short(datagram.len()));
         };
         if head[..2] != CHUNK_MAGIC {
@@ -188,14 +205,8 @@ impl ChunkHeader {
             seq: be64(12),
             key: be64(20),
         };
-        let want = header.payload_bytes()?;
-        if payload.len() != want {
-            return Err(ChunkError::Payload {
-                got: payload.len(),
-                want,
-            });
-        }
-        Ok((header, payload))
+        header.payload_bytes()?;
+        Ok(header)
     }
 
     /// Checks every field but the payload's length, and says what that length must be.

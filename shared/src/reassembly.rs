@@ -118,6 +118,8 @@ struct Slot {
     seq: Option<u64>,
     /// All its data chunks are in: it waits for an older frame.
     complete: bool,
+    /// Payload bytes of the chunks stored.
+    bytes: u64,
     data_chunks: u8,
     parity_chunks: u8,
     frame_bytes: u32,
@@ -166,6 +168,7 @@ impl Reassembler {
         let slot = |now| Slot {
             seq: None,
             complete: false,
+            bytes: 0,
             data_chunks: 0,
             parity_chunks: 0,
             frame_bytes: 0,
@@ -191,9 +194,22 @@ impl Reassembler {
         self.stats
     }
 
-    /// The newest frame completed or given up: what a `continue` acknowledges.
+    /// The newest frame completed (held or shown) or given up: what a `continue` acknowledges.
     pub fn newest_done(&self) -> Option<u64> {
         self.newest_done
+    }
+
+    /// Payload bytes stored of the frames up to `seq` (the newest one a `continue` names), this
+    /// session: every chunk stored but those of newer frames still in assembly. What `r=` says,
+    /// so that the server compares it with the bytes of exactly those frames.
+    pub fn bytes_through(&self, seq: u64) -> u64 {
+        let newer: u64 = self
+            .slots
+            .iter()
+            .filter(|s| s.seq.is_some_and(|s| s > seq))
+            .map(|s| s.bytes)
+            .sum();
+        self.stats.chunk_bytes.saturating_sub(newer)
     }
 
     /// Takes one datagram that arrived at `now`.
@@ -257,6 +273,7 @@ impl Reassembler {
             .copy_from_slice(payload);
         slot.have |= bit;
         slot.received += 1;
+        slot.bytes += payload.len() as u64;
         slot.highest_index = slot.highest_index.max(h.index);
         slot.last_at = now;
         self.stats.chunks += 1;
@@ -287,6 +304,7 @@ impl Reassembler {
         let slot = &mut self.slots[i];
         slot.seq = Some(h.seq);
         slot.complete = false;
+        slot.bytes = 0;
         slot.data_chunks = h.data_chunks;
         slot.parity_chunks = h.parity_chunks;
         slot.frame_bytes = h.frame_bytes;

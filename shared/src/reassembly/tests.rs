@@ -193,6 +193,26 @@ fn a_newer_frame_waits_for_an_older_one_in_repair() {
     assert_eq!(r.incomplete().count(), 0);
 }
 
+/// `r=` counts the frames up to the one acked: not the chunks in of newer frames.
+#[test]
+fn bytes_through_leave_out_newer_frames_in_assembly() {
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    let (a, b) = (chunks(7, &frame(10, 0), 0), chunks(8, &frame(10, 1), 0));
+    for c in &a {
+        r.push(c, now);
+    }
+    r.push(&b[0], now);
+    r.push(&b[2], now);
+    assert_eq!(r.stats().chunk_bytes, 10 + 4 + 2);
+    assert_eq!(
+        r.bytes_through(7),
+        10,
+        "frame 8's 6 bytes are not through 7"
+    );
+    assert_eq!(r.bytes_through(8), 16);
+}
+
 /// Giving up the frame in repair releases the frames held behind it.
 #[test]
 fn giving_up_an_older_frame_releases_the_held_ones() {

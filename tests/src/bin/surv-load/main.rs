@@ -201,6 +201,12 @@ struct Args {
     /// In the chaos run, random datagrams per second at most.
     #[arg(long, default_value_t = 50_000)]
     chaos_datagram_rate: u64,
+    /// SURV/1 viewers ask for each frame in chunks of at most this many bytes (`hello mtu=`,
+    /// as surv-client does), count a frame when its last chunk is in, and ack it with the bytes
+    /// received (`continue <seq> r=<rx>`). They send no `nack`: a frame missing a chunk is a
+    /// frame lost. 0: whole datagrams.
+    #[arg(long, default_value_t = 0)]
+    mtu: u16,
     /// One-way delay of the viewers' path, ms: each frame reaches its viewer, and each of the
     /// viewer's acks and hellos leaves, this long ± --jitter-ms after it was sent (uniform,
     /// independent per datagram, so they can overtake each other). Needs no root.

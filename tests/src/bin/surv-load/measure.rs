@@ -39,6 +39,7 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     };
 
     let shared = Arc::new(Shared::default());
+    shared.keys.mtu.store(args.mtu, Relaxed);
     let (end_tx, end_rx) = mpsc::channel();
     let receiver = {
         let shared = shared.clone();

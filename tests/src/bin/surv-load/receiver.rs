@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use surv_proto::{Ack, Form, FrameTag};
+use surv_proto::chunk::CHUNK_HEADER_BYTES;
+use surv_proto::{Ack, ChunkHeader, Form, FrameTag};
 use surv_server::sys;
 
 use crate::cameras::{camera_in, CameraBook};
@@ -121,6 +122,9 @@ impl Phases {
 /// Each SURV/1 viewer's session key from its `OK` line, and where its `hello` goes, by viewer
 /// index.
 pub struct SessionKeys {
+    /// SURV/1 viewers ask for chunks of at most this many bytes (`hello mtu=`); 0: whole
+    /// datagrams.
+    pub mtu: std::sync::atomic::AtomicU16,
     known: Vec<AtomicBool>,
     key: Vec<AtomicU64>,
     /// The server's session address (IPv4 << 16 | port); 0: none.
@@ -130,6 +134,7 @@ pub struct SessionKeys {
 impl Default for SessionKeys {
     fn default() -> SessionKeys {
         SessionKeys {
+            mtu: std::sync::atomic::AtomicU16::new(0),
             known: (0..MAX_VIEWER_INDEX)
                 .map(|_| AtomicBool::new(false))
                 .collect(),
@@ -153,6 +158,15 @@ impl SessionKeys {
         self.known[index]
             .load(Relaxed)
             .then(|| self.key[index].load(Relaxed))
+    }
+
+    /// Viewer `index`'s hello: asking for chunks when `mtu` is set.
+    pub fn hello(&self, index: usize) -> Vec<u8> {
+        let hello = match self.mtu.load(Relaxed) {
+            0 => Ack::Hello,
+            mtu => Ack::HelloChunks { mtu },
+        };
+        hello.encode_keyed(self.get(index))
     }
 
     /// Where viewer `index` says hello, if it has a key.
@@ -223,6 +237,55 @@ struct Arrival {
     rx_unix_ns: Option<u64>,
     /// In a many-cameras run, the camera whose marker the frame carries.
     mark: Option<usize>,
+    /// A chunked viewer's payload bytes received so far (its ack's `r=`); `None`: whole
+    /// datagrams.
+    rx_bytes: Option<u64>,
+}
+
+/// A chunked viewer's frame in assembly: surv-load counts chunks, it does not copy them (only
+/// each datagram's first bytes are read). A frame missing a chunk is a frame lost: no `nack`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Assembly {
+    seq: Option<u64>,
+    got: u8,
+    capture_unix_us: Option<u64>,
+    mark: Option<usize>,
+    rx_bytes: u64,
+}
+
+impl Assembly {
+    /// Counts chunk `h` (`len` bytes on the wire, `prefix` its first bytes): the frame, once
+    /// its last chunk is in.
+    fn chunk(
+        &mut self,
+        h: &ChunkHeader,
+        len: usize,
+        prefix: &[u8],
+    ) -> Option<(u64, u64, Option<usize>)> {
+        self.rx_bytes += len.saturating_sub(CHUNK_HEADER_BYTES) as u64;
+        match self.seq {
+            Some(seq) if h.seq < seq => return None,
+            Some(seq) if h.seq == seq => {}
+            _ => {
+                *self = Assembly {
+                    seq: Some(h.seq),
+                    rx_bytes: self.rx_bytes,
+                    ..Assembly::default()
+                };
+            }
+        }
+        self.got = self.got.saturating_add(1);
+        if h.index == 0 {
+            let jpeg = prefix.get(CHUNK_HEADER_BYTES..).unwrap_or_default();
+            self.capture_unix_us = FrameTag::decode(jpeg).ok().map(|t| t.capture_unix_us);
+            self.mark = camera_in(jpeg);
+        }
+        if self.got != h.data_chunks {
+            return None;
+        }
+        self.got = u8::MAX; // counted once
+        Some((h.seq, self.capture_unix_us?, self.mark))
+    }
 }
 
 /// The viewers as the receiving thread plays them: what they counted, and where each one's
@@ -284,6 +347,9 @@ impl Viewers<'_> {
             Form::V1 => {
                 use std::fmt::Write as _;
                 let _ = write!(self.ack_text, "continue {}", f.seq);
+                if let Some(rx) = f.rx_bytes {
+                    let _ = write!(self.ack_text, " r={}", rx as u32);
+                }
                 if let Some(key) = shared.keys.get(index) {
                     let _ = write!(self.ack_text, " k={key:016x}");
                 }
@@ -348,6 +414,10 @@ pub fn receive_loop(
         ack_text: String::with_capacity(64),
     };
     let mut line: Option<DelayLine<Arrival>> = delay.map(DelayLine::new);
+    let mut assembly: Vec<Assembly> = match shared.keys.mtu.load(Relaxed) {
+        0 => Vec::new(),
+        _ => vec![Assembly::default(); MAX_VIEWER_INDEX],
+    };
     let mut rb = mmsg::RecvBatch::new(RECV_BATCH);
     let mut sb = mmsg::SendBatch::default();
     let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
@@ -360,7 +430,7 @@ pub fn receive_loop(
                     continue;
                 }
                 if let Some(to) = shared.keys.hello_to(index) {
-                    let hello = Ack::Hello.encode_keyed(shared.keys.get(index));
+                    let hello = shared.keys.hello(index);
                     send_or_hold(&mut line, &mut sb, &hello, to, viewer_ip(index));
                 }
             }
@@ -390,6 +460,38 @@ pub fn receive_loop(
                 let Some(index) = viewer_index(d.to) else {
                     return;
                 };
+                if d.prefix.first() == Some(&b'S') {
+                    // A chunk: counted into its viewer's frame, which arrives with its last.
+                    let h = match ChunkHeader::decode_head(d.prefix) {
+                        Ok(h) if shared.keys.get(index) == Some(h.key) => h,
+                        _ => {
+                            v.t.untagged += 1;
+                            return;
+                        }
+                    };
+                    let a = &mut assembly[index];
+                    let Some((seq, capture_unix_us, mark)) = a.chunk(&h, d.len, d.prefix) else {
+                        return;
+                    };
+                    let f = Arrival {
+                        index,
+                        seq,
+                        capture_unix_us,
+                        len: h.frame_bytes as usize,
+                        from: d.from,
+                        rx_unix_ns: d.rx_unix_ns,
+                        mark,
+                        rx_bytes: Some(a.rx_bytes),
+                    };
+                    match &mut line {
+                        None => sb.push(v.receive(&f, now_ns), d.from, d.to),
+                        Some(line) => line.hold_inbound(now, |held| Arrival {
+                            rx_unix_ns: f.rx_unix_ns.map(|rx| rx + held.as_nanos() as u64),
+                            ..f
+                        }),
+                    }
+                    return;
+                }
                 let Ok(tag) = FrameTag::decode(d.prefix) else {
                     v.t.untagged += 1;
                     if shared.count_untagged.load(Relaxed) {
@@ -410,6 +512,7 @@ pub fn receive_loop(
                     } else {
                         None
                     },
+                    rx_bytes: None,
                 };
                 match &mut line {
                     None => sb.push(v.receive(&f, now_ns), d.from, d.to),
@@ -458,6 +561,53 @@ mod tests {
             last_rx_ns: last.to_vec(),
             max_gap_ns: gaps.to_vec(),
         }
+    }
+
+    /// Chunks of a tagged frame as the server cuts them, each datagram's first 64 bytes and
+    /// its length: what the receiving thread reads.
+    fn chunk_prefixes(seq: u64, key: u64, frame_len: usize) -> Vec<(ChunkHeader, Vec<u8>, usize)> {
+        let mut jpeg = vec![0xFF, 0xD8];
+        jpeg.extend_from_slice(&[0; 100]);
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        let tag = FrameTag {
+            seq,
+            capture_unix_us: 1_234_567,
+            motion: false,
+            objects: false,
+        };
+        let mut frame = Vec::new();
+        tag.encode_into(&jpeg, &mut frame).unwrap();
+        frame.resize(frame_len, 0);
+        ChunkHeader::for_frame(seq, key, frame.len(), 1_172)
+            .unwrap()
+            .map(|h| {
+                let mut d = h.encode().to_vec();
+                d.extend_from_slice(&frame[h.data_range().unwrap()]);
+                let len = d.len();
+                d.truncate(crate::mmsg::PREFIX_BYTES);
+                (h, d, len)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunked_frame_arrives_with_its_last_chunk_once_and_older_chunks_are_dropped() {
+        let mut a = Assembly::default();
+        let f7 = chunk_prefixes(7, 9, 3_000);
+        let f8 = chunk_prefixes(8, 9, 3_000);
+        assert_eq!(f7.len(), 3);
+        // Frame 8's first chunk, then frame 7's (late: dropped), then the rest of 8.
+        assert_eq!(a.chunk(&f8[0].0, f8[0].2, &f8[0].1), None);
+        assert_eq!(a.chunk(&f7[1].0, f7[1].2, &f7[1].1), None);
+        assert_eq!(a.chunk(&f8[2].0, f8[2].2, &f8[2].1), None);
+        assert_eq!(
+            a.chunk(&f8[1].0, f8[1].2, &f8[1].1),
+            Some((8, 1_234_567, None))
+        );
+        // A repeated chunk completes nothing again.
+        assert_eq!(a.chunk(&f8[1].0, f8[1].2, &f8[1].1), None);
+        // Every chunk's payload counted (r=), the late and repeated ones too: they arrived.
+        assert_eq!(a.rx_bytes, 4 * 1_172 + (3_000 - 2 * 1_172));
     }
 
     #[test]

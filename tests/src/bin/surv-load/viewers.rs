@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use surv_proto::{Ack, Form, Registration, Reply, ReplyError};
+use surv_proto::{Form, Registration, Reply, ReplyError};
 
 use crate::mmsg::SendBatch;
 use crate::receiver::SessionKeys;
@@ -86,8 +86,8 @@ pub fn register_all_for(
                     Ok(Reply::Accepted(p)) => {
                         let to = p.udp_port.map(|port| SocketAddrV4::new(*server.ip(), port));
                         keys.set(index, p.key, to);
-                        if let (Some(key), Some(to)) = (p.key, to) {
-                            hellos.push(&Ack::Hello.encode_keyed(Some(key)), to, viewer_ip(index));
+                        if let (Some(_), Some(to)) = (p.key, to) {
+                            hellos.push(&keys.hello(index), to, viewer_ip(index));
                         }
                         ok.push(Viewer { index, _tcp: tcp });
                     }
