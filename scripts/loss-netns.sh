@@ -125,6 +125,15 @@ if [[ "${1:-}" == "link" ]]; then
             [ "$each_way" = 1 ] && drop "$s" "$permille"
             for mode in ${MODES:-whole chunks}; do
                 mtu=$([ "$mode" = whole ] && echo 0 || echo 1200)
+                # A whole datagram that lost a fragment leaves its other fragments queued for
+                # reassembly for 30 s (ipfrag_time), and past 4 MB of them (ipfrag_high_thresh)
+                # the kernel drops every new fragment: wait until the last condition's are gone,
+                # so that each starts as a fresh viewer would (within a run they pile up, as on
+                # a real lossy link).
+                for _ in $(seq 35); do
+                    ip netns exec "$v" awk '$1 == "FRAG:" && $5 == 0 { ok = 1 } END { exit !ok }' /proc/net/sockstat && break
+                    sleep 1
+                done
                 out=$(ip netns exec "$v" timeout $((seconds + 20)) "$bin/surv-client" 10.77.0.1 9999 0 \
                     --headless --no-record --seconds "$seconds" --mtu "$mtu" 2>&1 | grep 'frames received=' || true)
                 got=$(sed -n 's/.*frames received=\([0-9]*\).*/\1/p' <<<"$out")

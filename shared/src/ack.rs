@@ -15,7 +15,7 @@
 //!                 "continue <seq> r=<rx> k=<key>"  frames up to <seq> are accounted for
 //!                                            (complete, or given up; an older one may
 //!                                            still be in repair); <rx>: payload bytes
-//!                                            received this session, mod 2^32, decimal
+//!                                            received this session of the frames up to <seq>, mod 2^32
 //!                 "nack <seq> n=<need> m=<hex> k=<key>"  frame <seq> is incomplete: it needs
 //!                                            <need> (1..=128) more chunks; <hex>: which data
 //!                                            chunks are missing, a bitmap (bit i = chunk i)
