@@ -119,6 +119,11 @@ impl Rate {
             Some(last) => self.rx_total += u64::from(rx.wrapping_sub(last)),
             None => self.rx_total = u64::from(rx),
         }
+        // An ack can overtake the fan-out's record of the frame it acks (on loopback it comes
+        // back before the send returns): no sample until the frame is on the books.
+        if self.sent.back().is_none_or(|&(s, _)| s < seq) {
+            return;
+        }
         // The bytes of every frame up to the one acked.
         let Some(sent) = self
             .sent
@@ -325,6 +330,30 @@ mod tests {
             // Every third ack covers a frame still missing a 1,172-byte chunk.
             let short = if i % 3 == 0 { 1_172 } else { 0 };
             r.on_ack(i, ((i + 1) * frame - short) as u32, now);
+        }
+        assert_eq!(r.limit(), None);
+    }
+
+    /// On loopback the ack of a frame can come before the fan-out has booked it as sent:
+    /// that ack is no sample (it would count the frame as received but not sent, and the next
+    /// sample a frame short).
+    #[test]
+    fn an_ack_ahead_of_the_books_is_no_sample() {
+        let mut r = Rate::default();
+        let t0 = Instant::now();
+        let frame = 23_000u64;
+        for i in 0..300u64 {
+            let now = t0 + Duration::from_millis(100 * i);
+            assert!(r.admit(frame, now), "frame {i} held back");
+            let rx = ((i + 1) * frame) as u32;
+            // Every fifth frame's ack arrives before the frame is booked.
+            if i % 5 == 0 {
+                r.on_ack(i, rx, now);
+                r.on_sent(i, frame);
+            } else {
+                r.on_sent(i, frame);
+                r.on_ack(i, rx, now);
+            }
         }
         assert_eq!(r.limit(), None);
     }
