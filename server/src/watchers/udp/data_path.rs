@@ -386,7 +386,7 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
     };
     let job = chunk_job(link, &link.state(), Chunks::All);
     let outcome = match job {
-        Some(job) => send_chunks(senders, link, frame.seq, datagram, job),
+        Some(job) => send_chunks(senders, link, frame.seq, datagram, &[job]),
         None => {
             let mut outcome = Vec::with_capacity(1);
             link.socket
@@ -421,25 +421,30 @@ fn chunk_job(link: &Link, st: &LinkState, chunks: Chunks) -> Option<ChunkJob> {
     })
 }
 
-/// Sends one viewer its chunks of frame `seq` now (the rare path).
+/// Sends one viewer its chunks of frame `seq` now, once per job (the rare path): `Sent` if any
+/// of them went, else what became of the first.
 fn send_chunks(
     senders: &mut Senders,
     link: &Link,
     seq: u64,
     datagram: &[u8],
-    job: ChunkJob,
+    jobs: &[ChunkJob],
 ) -> Outcome {
-    let mut outcome = Vec::with_capacity(1);
+    let mut outcome = Vec::with_capacity(jobs.len());
     senders.chunks.send(
         link.socket.udp.as_raw_fd(),
         seq,
         datagram,
-        &[job],
+        jobs,
         &mut outcome,
         SEND_WAITS,
         SEND_WAIT,
     );
-    outcome.first().copied().unwrap_or(Outcome::Skipped)
+    if outcome.contains(&Outcome::Sent) {
+        Outcome::Sent
+    } else {
+        outcome.first().copied().unwrap_or(Outcome::Skipped)
+    }
 }
 
 /// Sends a chunked viewer the chunks of `frame` that its `nack` named (`missing`), flagged as
@@ -454,12 +459,21 @@ pub(crate) fn repair(
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let Some(job) = chunk_job(link, &link.state(), Chunks::Missing(missing)) else {
+    let (job, limited) = {
+        let st = link.state();
+        (
+            chunk_job(link, &st, Chunks::Missing(missing)),
+            st.rate.limit().is_some(),
+        )
+    };
+    let Some(job) = job else {
         return;
     };
-    let chunks = datagram.len().div_ceil(job.chunk_bytes.max(1));
+    let Some(chunks) = surv_proto::chunk::data_chunks(datagram.len(), job.chunk_bytes) else {
+        return;
+    };
     let named = missing.count_ones() as usize;
-    let copies = if link.state().rate.limit().is_some() {
+    let copies = if limited {
         // A congested path lost them to its queue: copies would only fill it more.
         1
     } else if named * HEAVY_LOSS_ONE_IN >= chunks {
@@ -468,17 +482,7 @@ pub(crate) fn repair(
         REPAIR_COPIES
     };
     let jobs: [ChunkJob; HEAVY_LOSS_COPIES] = std::array::from_fn(|_| job.clone());
-    let mut outcome = Vec::with_capacity(copies);
-    senders.chunks.send(
-        link.socket.udp.as_raw_fd(),
-        frame.seq,
-        datagram,
-        &jobs[..copies],
-        &mut outcome,
-        SEND_WAITS,
-        SEND_WAIT,
-    );
-    if outcome.contains(&Outcome::Sent) {
+    if send_chunks(senders, link, frame.seq, datagram, &jobs[..copies]) == Outcome::Sent {
         server
             .stats
             .chunks_resent
