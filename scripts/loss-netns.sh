@@ -21,7 +21,8 @@
 # Each condition runs surv-client for SECONDS, whole datagrams (--mtu 0) and chunks (--mtu 1200)
 # (MODES="chunks": only chunks), and prints one table row: the share of the frames the server
 # captured (fps × seconds) that the viewer received whole, the viewer's p50/p99 latency, its
-# longest wait for a frame, and its summary (with latency p99 per 10 s window).
+# longest wait for a frame, its summary (with latency p99 per 10 s window), and what the viewer
+# host's IP reassembly did meanwhile (datagrams reassembled, failed, timed out).
 # Environment:
 #   DELAY_MS=20         each way, on every packet (TCP too): surv-netdelay in the router, through
 #                       a TUN device (netem cannot load on these kernels). Default 0.
@@ -102,6 +103,12 @@ if [[ "${1:-}" == "link" ]]; then
         ip netns exec "$r" tc qdisc add dev veth-rv root tbf rate "$rate" burst 32kb latency "$tbf_latency"
     fi
     echo "round trip: $((2 * delay_ms)) ms added; bottleneck toward the viewer: ${rate:-none}${rate:+ (buffer $tbf_latency)}"
+    # The viewer's kernel's IP reassembly so far: datagrams reassembled, failures (a fragment
+    # dropped for want of reassembly memory counts here), and those timed out (ipfrag_time).
+    reasm() {
+        ip netns exec "$1" awk '$1 == "Ip:" && !h { for (i = 2; i <= NF; i++) col[$i] = i; h = 1; next }
+            $1 == "Ip:" { print $col["ReasmOKs"], $col["ReasmFails"], $col["ReasmTimeout"] }' /proc/net/snmp
+    }
     drop() { # namespace, per mille
         ip netns exec "$1" nft flush ruleset
         [ "$2" -gt 0 ] || return 0
@@ -134,13 +141,16 @@ if [[ "${1:-}" == "link" ]]; then
                     ip netns exec "$v" awk '$1 == "FRAG:" && $5 == 0 { ok = 1 } END { exit !ok }' /proc/net/sockstat && break
                     sleep 1
                 done
+                reasm0=$(reasm "$v")
                 out=$(ip netns exec "$v" timeout $((seconds + 20)) "$bin/surv-client" 10.77.0.1 9999 0 \
                     --headless --no-record --seconds "$seconds" --mtu "$mtu" 2>&1 | grep 'frames received=' || true)
                 got=$(sed -n 's/.*frames received=\([0-9]*\).*/\1/p' <<<"$out")
                 lat=$(sed -n 's/.*latency_ms p50=\([^ ]*\) p99=\([^ ]*\).*/\1 \/ \2/p' <<<"$out")
                 pct=$(awk -v g="${got:-0}" -v n=$((fps * seconds)) 'BEGIN { printf "%.1f %%", 100 * g / n }')
                 gap=$(sed -n 's/.*longest_gap_ms=\([0-9]*\).*/\1/p' <<<"$out")
-                echo "| ${size}@${fps} | ${loss} % | ${mode} | ${pct} (${got:-0} of $((fps * seconds))) | ${lat:-n/a} | ${gap:-n/a} | ${out#*s, } |"
+                read -r ok0 failed0 timeout0 <<<"$reasm0"
+                read -r ok1 failed1 timeout1 <<<"$(reasm "$v")"
+                echo "| ${size}@${fps} | ${loss} % | ${mode} | ${pct} (${got:-0} of $((fps * seconds))) | ${lat:-n/a} | ${gap:-n/a} | ${out#*s, } reassembled=$((ok1 - ok0)) reassembly_failed=$((failed1 - failed0)) timed_out=$((timeout1 - timeout0)) |"
             done
         done
         drop "$v" 0

@@ -26,6 +26,8 @@ pub struct JpegInfo {
     pub height: u32,
     /// Colour components (1 grey, 3 YCbCr or RGB, 4 CMYK).
     pub components: u8,
+    /// The bytes from SOI to the end of the first scan header: all a header reader reads.
+    pub head_bytes: usize,
 }
 
 /// Why bytes are not a JPEG picture.
@@ -151,7 +153,10 @@ pub fn check(jpeg: &[u8]) -> Result<JpegInfo, NotAPicture> {
             scan_header(segment, info.components)?;
             // The scan's entropy-coded data runs to the final EOI (or the next scan).
             return if at < body.len() {
-                Ok(info)
+                Ok(JpegInfo {
+                    head_bytes: at,
+                    ..info
+                })
             } else {
                 Err(NotAPicture::EmptyScan)
             };
@@ -176,6 +181,7 @@ fn frame_header(segment: &[u8]) -> Result<JpegInfo, NotAPicture> {
         width: u32::from(width),
         height: u32::from(height),
         components: n,
+        head_bytes: 0,
     })
 }
 

@@ -43,14 +43,16 @@ fn a_progressive_jpeg_is_a_picture() {
             format: turbojpeg::PixelFormat::RGB,
         })
         .unwrap();
+    let info = check(&jpeg).unwrap();
     assert_eq!(
-        check(&jpeg),
-        Ok(JpegInfo {
-            width: 64,
-            height: 48,
-            components: 3
-        })
+        (info.width, info.height, info.components),
+        (64, 48, 3),
+        "{info:?}"
     );
+    // The head ends where the scan's data starts: after the SOS segment's length.
+    let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    let sos_len = usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]));
+    assert_eq!(info.head_bytes, sos + 2 + sos_len);
 }
 
 #[test]

@@ -7,16 +7,17 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{Instant, Sleep};
 
 use super::framing::{Decoded, Decoder, FramingError, Invalid};
 use super::peers::Cause;
 
-/// The most read into the buffer at once.
+/// The room made in the buffer before each read: the most read at once.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How long a camera connection may go without progress.
@@ -85,6 +86,8 @@ pub struct Conn<S> {
     deadlines: Deadlines,
     last_byte_at: Instant,
     last_frame_at: Instant,
+    /// Fires at the deadline it was armed for; made at the first wait.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Entries of the camera's detection lists skipped as unusable, so far.
     skipped_objects: u64,
 }
@@ -100,6 +103,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
             deadlines,
             last_byte_at: now,
             last_frame_at: now,
+            timer: None,
             skipped_objects: 0,
         }
     }
@@ -130,20 +134,42 @@ impl<S: AsyncRead + Unpin> Conn<S> {
             }
             let idle_at = self.last_byte_at + self.deadlines.idle;
             let frame_at = self.last_frame_at + self.deadlines.frame;
-            let want = self.decoder.wanted(self.buf.len()).min(READ_CHUNK_BYTES);
-            self.buf.reserve(want);
-            match timeout_at(idle_at.min(frame_at), self.stream.read_buf(&mut self.buf)).await {
-                Err(_) if idle_at <= frame_at => return Err(ConnEnd::Idle(self.deadlines.idle)),
-                Err(_) => return Err(ConnEnd::Slow(self.deadlines.frame)),
-                Ok(Ok(0)) if self.buf.is_empty() => return Err(ConnEnd::Closed),
-                Ok(Ok(0)) => {
+            let deadline = idle_at.min(frame_at);
+            // Room for a whole frame of the usual size, header included: one read takes all
+            // the camera has sent (reading the header alone first cost a system call a frame).
+            self.buf.reserve(READ_CHUNK_BYTES);
+            // One timer for the connection, armed lazily: deadlines only move later, so a timer
+            // that fires early is re-armed rather than one made and dropped on every read.
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.is_elapsed() || timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
+            }
+            let read = tokio::select! {
+                biased;
+                read = self.stream.read_buf(&mut self.buf) => read,
+                () = timer.as_mut() => {
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    return Err(if idle_at <= frame_at {
+                        ConnEnd::Idle(self.deadlines.idle)
+                    } else {
+                        ConnEnd::Slow(self.deadlines.frame)
+                    });
+                }
+            };
+            match read {
+                Ok(0) if self.buf.is_empty() => return Err(ConnEnd::Closed),
+                Ok(0) => {
                     return Err(ConnEnd::Broken(format!(
                         "closed {} bytes into a frame",
                         self.buf.len()
                     )))
                 }
-                Ok(Ok(_)) => self.last_byte_at = Instant::now(),
-                Ok(Err(e)) => return Err(ConnEnd::Broken(io_reason(&e))),
+                Ok(_) => self.last_byte_at = Instant::now(),
+                Err(e) => return Err(ConnEnd::Broken(io_reason(&e))),
             }
         }
     }

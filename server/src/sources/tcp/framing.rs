@@ -172,19 +172,6 @@ impl Decoder {
         self.framing
     }
 
-    /// How many more bytes the unit being read (header or payload) needs beyond the `buffered`
-    /// ones: what a reader should make room for (never more than one frame).
-    pub fn wanted(&self, buffered: usize) -> usize {
-        let unit = match (&self.payload, self.framing) {
-            (Some(header), _) => header.payload_bytes,
-            (None, Some(Framing::LengthPrefixed)) => LENGTH_PREFIX_BYTES,
-            (None, Some(Framing::Abcde)) | (None, None) => ABCDE_HEADER_BYTES,
-            // At least this; a longer header is read on as it comes.
-            (None, Some(Framing::AbcdeObjects)) => ABCDE_OBJECTS_HEADER_BYTES,
-        };
-        unit.saturating_sub(buffered).max(1)
-    }
-
     /// The next payload from `buf` (consumed from it), or why there is none. A payload is
     /// whatever the framing carried (a JPEG from a sane camera); the caller judges it. Empty
     /// messages (seed 004 starts with one) are skipped, with what their header said.

@@ -268,6 +268,14 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(1000));
     let rss_base_kib = rss_kib(&pid)?;
     let ingest = ingest_cpu_us_per_frame(&pid, args.seconds.max(3.0), sent)?;
+    if args.ingest_floor {
+        let floor = crate::floor::ingest_floor_us(args.size, args.fps, args.seconds.max(3.0))?;
+        println!(
+            "ingest floor: a bare tokio reader of one such camera={floor:.1}us per frame; the server with {n} camera(s)={:.1}us ({:.2}x the floor)",
+            ingest.us,
+            ingest.us / floor
+        );
+    }
 
     let shared = Arc::new(Shared {
         cameras: CameraBook::new(n),

@@ -56,6 +56,7 @@ mod chaos_floods;
 mod chaos_http;
 mod churn;
 mod delay;
+mod floor;
 mod glass;
 mod gst;
 mod hls;
@@ -128,6 +129,11 @@ struct Args {
     /// camera the worst viewer's share of its frames and any frame of another camera.
     #[arg(long)]
     cameras: Option<usize>,
+    /// With --cameras: after the server's ingest figure, the same camera played to a bare tokio
+    /// reader in this process (read, copy, nothing else), and its CPU per frame: the floor of
+    /// what any tokio server pays per pushed frame on this machine (`floor.rs`).
+    #[arg(long)]
+    ingest_floor: bool,
     /// Instead of surv-server, measure GStreamer's multiudpsink sending the same stream (JPEG,
     /// no acks) to --viewers addresses: the CPU-per-datagram yardstick.
     #[arg(long)]

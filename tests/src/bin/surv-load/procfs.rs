@@ -30,6 +30,19 @@ pub fn threads_cpu_ns(pid: &str) -> std::collections::BTreeMap<String, u64> {
     found
 }
 
+/// The name (`comm`) of each live thread of a process, by thread id.
+pub fn thread_names(pid: &str) -> std::collections::BTreeMap<String, String> {
+    tasks(pid)
+        .map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            (
+                task.file_name().to_string_lossy().into_owned(),
+                name.trim_end().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Resident set size of a process, KiB, from /proc/<pid>/status.
 pub fn rss_kib(pid: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

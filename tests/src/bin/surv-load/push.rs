@@ -159,10 +159,15 @@ fn push(
                 }
             };
             tcp.set_nodelay(true)?;
+            // One write per frame, length and JPEG together, as seed 004's sendvid.py does
+            // (`sendall(struct.pack('>I', len(message)) + message)`).
+            let mut message = Vec::new();
             Box::new(move |jpeg| {
                 let len = u32::try_from(jpeg.len()).expect("a test frame is under 4 GiB");
-                tcp.write_all(&len.to_be_bytes())?;
-                tcp.write_all(jpeg)
+                message.clear();
+                message.extend_from_slice(&len.to_be_bytes());
+                message.extend_from_slice(jpeg);
+                tcp.write_all(&message)
             })
         }
         PushKind::Udp => {
