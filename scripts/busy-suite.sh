@@ -10,15 +10,16 @@ cd "$(dirname "$0")/.."
 runs="${1:-3}"
 bash scripts/setup.sh
 cargo build --release -p surv-server -p surv-client
+bin="${CARGO_TARGET_DIR:-target}/release"
 logs="$(mktemp -d)"
 # Ports of their own, away from the tests' (which take OS-picked ones).
 port=19199
 http=19180
-target/release/surv-server --source test --size 1280x720 --fps 30 --bind 127.0.0.1 \
+"$bin/surv-server" --source test --size 1280x720 --fps 30 --bind 127.0.0.1 \
     --port "$port" --http-port "$http" --log-dir "$logs" >"$logs/server.out" 2>&1 &
 server=$!
 sleep 1
-target/release/surv-client 127.0.0.1 "$port" 0 --seconds 100000 --headless \
+"$bin/surv-client" 127.0.0.1 "$port" 0 --seconds 100000 --headless \
     --record-dir "$logs/recordings" --keep-bytes 500M >"$logs/client.out" 2>&1 &
 client=$!
 trap 'kill "$client" "$server" 2>/dev/null; wait 2>/dev/null; echo "load logs: $logs"' EXIT
