@@ -246,6 +246,10 @@ struct Args {
     /// In an HLS run, the origin's HTTP port (default: a free one; needed with --via).
     #[arg(long)]
     http_port: Option<u16>,
+    /// The address the server listens on: 127.0.0.1, or 0.0.0.0 so that --via caches on other
+    /// hosts reach it too (`scripts/hls-netns.sh`). The tool itself reaches it on 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1")]
+    server_bind: std::net::IpAddr,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -280,6 +284,11 @@ fn main() -> anyhow::Result<()> {
         eprintln!(
             "surv-load: warning: open-file limit {fd_limit} is below {} watchers",
             args.viewers.max(http_total)
+        );
+    }
+    if !(args.server_bind.is_loopback() || args.server_bind.is_unspecified()) {
+        bail!(
+            "--server-bind takes 127.0.0.1 or 0.0.0.0: this tool reaches the server on 127.0.0.1"
         );
     }
     if let Some(n) = args.cameras {

@@ -86,7 +86,7 @@ impl ServerProc {
                     .iter()
                     .flat_map(|p| [OsStr::new("--config"), p.as_os_str()]),
             )
-            .args(["--bind", "127.0.0.1"])
+            .args(["--bind", &args.server_bind.to_string()])
             .args(["--port", &port.to_string()])
             .args([
                 "--size",
