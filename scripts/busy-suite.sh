@@ -12,11 +12,12 @@ bash scripts/setup.sh
 cargo build --release -p surv-server -p surv-client
 bin="${CARGO_TARGET_DIR:-target}/release"
 logs="$(mktemp -d)"
-# Ports of their own, away from the tests' (which take OS-picked ones).
+# Ports of their own, away from the tests' (which take OS-picked ones) and the defaults.
 port=19199
 http=19180
 "$bin/surv-server" --source test --size 1280x720 --fps 30 --bind 127.0.0.1 \
-    --port "$port" --http-port "$http" --log-dir "$logs" >"$logs/server.out" 2>&1 &
+    --port "$port" --http-port "$http" --rtsp-port 19554 --rtsp-udp-port 19000 --webrtc-port 19555 \
+    --log-dir "$logs" >"$logs/server.out" 2>&1 &
 server=$!
 sleep 1
 "$bin/surv-client" 127.0.0.1 "$port" 0 --seconds 100000 --headless \

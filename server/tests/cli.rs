@@ -7,6 +7,19 @@ use std::time::Duration;
 /// failing the test rather than hanging it.
 const EXIT_WITHIN: Duration = Duration::from_secs(30);
 
+/// Every port on an OS-picked one or off: these start-up errors must not depend on whether
+/// another server (a user's, the busy suite's 720p one) holds the default ports.
+const NO_LISTENERS: [&str; 8] = [
+    "--port",
+    "0",
+    "--http-port",
+    "0",
+    "--rtsp-port",
+    "0",
+    "--webrtc-port",
+    "0",
+];
+
 fn server() -> Command {
     Command::new(env!("CARGO_BIN_EXE_surv-server"))
 }
@@ -20,7 +33,8 @@ fn a_missing_camera_is_named_and_the_test_source_suggested() {
     let logs = tempfile::tempdir().unwrap();
     let out = output(
         server()
-            .args(["--cam", "99", "--size", "160x90", "--port", "0"])
+            .args(["--cam", "99", "--size", "160x90"])
+            .args(NO_LISTENERS)
             .arg("--log-dir")
             .arg(logs.path()),
     );
@@ -45,7 +59,8 @@ fn bad_flags_are_refused_with_a_reason() {
         let out = output(
             server()
                 .args(args)
-                .args(["--port", "0", "--bind", "127.0.0.1"]),
+                .args(NO_LISTENERS)
+                .args(["--bind", "127.0.0.1"]),
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} started");
