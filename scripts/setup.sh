@@ -12,7 +12,8 @@ set -euo pipefail
 # RTSP server from Python (gir1.2-gst-rtsp-server-1.0, python3-gi, plugins base/good/ugly for
 # jpegenc, rtpjpegpay, x264enc, rtph264pay), gst-launch-1.0 (gstreamer1.0-tools, also the
 # comparison in surv-load), a real MQTT broker (mosquitto, mosquitto-clients), and nftables
-# for the loss harness (scripts/loss-netns.sh). RTSP players that read surv's RTSP server in the
+# and ethtool for the network harnesses (scripts/loss-netns.sh, scripts/hls-netns.sh: loss, and
+# veth offloads off). RTSP players that read surv's RTSP server in the
 # tests: GStreamer's libav decoders (avdec_h264) and bad plugins (h264parse, sdpdemux), and VLC
 # (vlc-bin + vlc-plugin-base, played headless with cvlc). python3-venv: the venv below. janus:
 # the WebRTC gateway the Janus test starts (streaming plugin, HTTP transport) on surv's
@@ -22,7 +23,7 @@ set -euo pipefail
 PACKAGES=(cmake nasm libclang-dev clang pkg-config libx11-6 libxcursor1 ffmpeg chromium
   xvfb openbox xdotool wmctrl imagemagick
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-  gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients nftables
+  gir1.2-gst-rtsp-server-1.0 python3-gi mosquitto mosquitto-clients nftables ethtool
   gstreamer1.0-libav gstreamer1.0-plugins-bad vlc-bin vlc-plugin-base python3-venv janus systemd nginx-light)
 
 missing=()
