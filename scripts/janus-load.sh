@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # WebRTC through Janus, on this host: one surv-server forwards its camera (the test pattern)
 # to two Janus edges started from deploy/janus/ (free ports, config in a temp folder, no
-# daemon); K aiortc viewers (tests/peers/janus_client.py, each decoding with FFmpeg) watch,
-# half on each edge, for SECS seconds. Prints surv's CPU over SECS with 0 viewers, then over
+# daemon); K viewers watch, half on each edge, for SECS seconds: with CLIENT=str0m (the
+# default) `surv-load --janus K`, a str0m peer per viewer counting the H.264 frames it
+# receives whole (no decoding); with CLIENT=aiortc tests/peers/janus_client.py, each viewer
+# decoding every frame with FFmpeg in Python (two processes: about 40 viewers is what this
+# 2-core machine decodes beside the rest). Prints surv's CPU over SECS with 0 viewers, then over
 # SECS with the K watching (share of one core, /proc/PID/stat), each edge's CPU, what every
 # viewer decoded (its share of the frames the stream carried while it watched), and surv's
 # forward counters. The viewers share the machine's cores with surv and Janus.
-#   scripts/janus-load.sh [K [SECS [WxH]]]      e.g. scripts/janus-load.sh 10 10 640x480
+#   [CLIENT=str0m|aiortc] scripts/janus-load.sh [K [SECS [WxH]]]   e.g. scripts/janus-load.sh 10 10 640x480
 # Needs janus and the venv (scripts/setup.sh). Uses the dev build of surv-server, as
 # scripts/webrtc-load.sh does, built as the tests build it (`cargo test --workspace --no-run`:
 # `cargo build -p surv-server` alone unifies other features and compiles the dependencies
-# again); set SURV_SERVER to another.
+# again); set SURV_SERVER (and SURV_LOAD) to others.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${1:-10}
 SECS=${2:-10}
 SIZE=${3:-640x480}
 FPS=30
+CLIENT=${CLIENT:-str0m}
+case "$CLIENT" in str0m | aiortc) ;; *) echo "CLIENT is str0m or aiortc" >&2; exit 2 ;; esac
 PY=.venv/bin/python
-if [ -z "${SURV_SERVER:-}" ]; then
+if [ -z "${SURV_SERVER:-}" ] || { [ "$CLIENT" = str0m ] && [ -z "${SURV_LOAD:-}" ]; }; then
   cargo test -q --workspace --no-run
-  SURV_SERVER="${CARGO_TARGET_DIR:-target}/debug/surv-server"
 fi
+SURV_SERVER=${SURV_SERVER:-${CARGO_TARGET_DIR:-target}/debug/surv-server}
+SURV_LOAD=${SURV_LOAD:-${CARGO_TARGET_DIR:-target}/debug/surv-load}
 dir=$(mktemp -d)
 pids=()
 cleanup() {
@@ -94,6 +100,27 @@ window() { # window SECONDS -> "surv edge1 edge2" CPU % over it
 sleep 2 # the encoder and both forwards running
 echo "surv-server $SIZE@$FPS test pattern, --forward to 2 Janus edges; $K viewers, $SECS s each"
 echo "0 viewers: $(window "$SECS")"
+if [ "$CLIENT" = str0m ]; then
+  # surv-load joins the K viewers (15 ms apart), waits until every one plays, 3 s more, then
+  # measures SECS s: surv's and Janus's CPU are taken over the same window.
+  "$SURV_LOAD" --janus "$K" --janus-api "http://127.0.0.1:$J1/janus" \
+    --janus-api "http://127.0.0.1:$J2/janus" --fps "$FPS" --seconds "$SECS" \
+    >"$dir/viewers.txt" 2>"$dir/viewers.err" &
+  load=$!
+  pids+=("$load")
+  for _ in $(seq $((K / 10 + 600))); do
+    grep -q 'measuring for' "$dir/viewers.err" 2>/dev/null && break
+    kill -0 "$load" 2>/dev/null || break
+    sleep 0.1
+  done
+  if grep -q 'measuring for' "$dir/viewers.err"; then
+    echo "$K viewers: $(window "$SECS")"
+  else
+    echo "the viewers never started measuring: $dir/viewers.err" >&2
+  fi
+  wait "$load" || true
+  sed 's/^/  /' "$dir/viewers.txt" "$dir/viewers.err"
+else
 # K viewers, half on each edge; each joins within RAMP s and decodes SECS + 6 s after its
 # first frame, so the measuring window (from RAMP + 3 s on) lies inside every viewer's watch.
 RAMP=$((K / 5 + 2))
@@ -117,6 +144,7 @@ for e in edge1 edge2; do
   echo "$e viewers:"
   sed 's/^/  /' "$dir/$e.json"
 done
+fi
 curl -sf "http://127.0.0.1:$HTTP/status" | $PY -c 'import json, sys
 s = json.load(sys.stdin); c = s["cameras"][0]
 print("h264 encodes:", c["h264"]["encodes"], "published:", c["published"])

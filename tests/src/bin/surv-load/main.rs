@@ -25,6 +25,9 @@
 //! With `--webrtc N`, the watchers are N WebRTC viewers by WHEP, each a str0m peer (see
 //! `webrtc.rs`).
 //!
+//! With `--janus N`, N str0m WebRTC viewers of Janus edges that surv forwards to (see
+//! `janus.rs`; `scripts/janus-load.sh` starts surv and the edges).
+//!
 //! With `--hls N`, the watchers are N LL-HLS players, straight to the origin or through
 //! `--edges K` nginx edges (or `--via URL` caches): parts per player in time, and what the
 //! origin served per part it made (see `hls.rs`).
@@ -48,7 +51,7 @@
 //! `http_clients.rs` (their clients), `mjpeg.rs` (reading multipart MJPEG), `request.rs` (the
 //! apps run), `cameras.rs` (the many-cameras run), `rtsp.rs` (the RTSP runs, and their GStreamer
 //! yardstick), `rtsp_watchers.rs` (their players), `glass.rs` (the browser's latency),
-//! `webrtc.rs` (the WebRTC viewers), `hls.rs` (the LL-HLS players).
+//! `webrtc.rs` (the WebRTC viewers), `janus.rs` (viewers through Janus), `hls.rs` (the LL-HLS players).
 
 mod cameras;
 mod chaos;
@@ -62,6 +65,7 @@ mod gst;
 mod hls;
 mod http;
 mod http_clients;
+mod janus;
 mod measure;
 mod mjpeg;
 mod mmsg;
@@ -230,6 +234,18 @@ struct Args {
     /// viewer, server CPU per viewer, encodes per captured frame (see `webrtc.rs`).
     #[arg(long, value_name = "N")]
     webrtc: Option<usize>,
+    /// N WebRTC viewers of a Janus streaming mountpoint instead, spread over the --janus-api
+    /// edges (a str0m peer each, speaking Janus's HTTP API): frames per viewer against those
+    /// the stream carried. Starts no server: `scripts/janus-load.sh` runs surv and Janus.
+    #[arg(long, value_name = "N")]
+    janus: Option<usize>,
+    /// With --janus: a Janus HTTP API on this host, http://127.0.0.1:PORT/janus; repeat for
+    /// several edges.
+    #[arg(long, value_name = "URL")]
+    janus_api: Vec<String>,
+    /// With --janus: the streaming mountpoint's id.
+    #[arg(long, default_value_t = 1)]
+    janus_mountpoint: u64,
     /// N LL-HLS players instead, each following the live edge by blocking reloads: parts per
     /// player in time, part arrival after capture, what the origin served per part it made, its
     /// CPU (see `hls.rs`). Straight to the origin unless --edges or --via.
@@ -259,6 +275,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(n) = args.webrtc {
         return webrtc::run(&args, n);
+    }
+    if let Some(n) = args.janus {
+        return janus::run(&args, n);
     }
     if let Some(n) = args.hls {
         surv_server::sys::raise_fd_limit().ok();

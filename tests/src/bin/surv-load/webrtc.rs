@@ -33,18 +33,65 @@ const STAGGER: Duration = Duration::from_millis(15);
 const IDLE_SECS: f64 = 3.0;
 
 /// What the viewers saw, shared with their threads.
-struct Tally {
-    frames: Vec<AtomicU64>,
+pub(crate) struct Tally {
+    pub(crate) frames: Vec<AtomicU64>,
     /// Frames str0m said were not contiguous with the one before (packets lost between).
-    broken: AtomicU64,
-    bytes: Vec<AtomicU64>,
+    pub(crate) broken: AtomicU64,
+    pub(crate) bytes: Vec<AtomicU64>,
+    /// RTP time (90 kHz) of each viewer's first and last frame while measuring (u64::MAX:
+    /// none yet): how many frames the stream carried over the viewer's window.
+    pub(crate) first_rtp: Vec<AtomicU64>,
+    pub(crate) last_rtp: Vec<AtomicU64>,
     /// POST → first frame, µs (u64::MAX: none yet).
-    first_us: Vec<AtomicU64>,
-    playing: AtomicUsize,
-    failed: AtomicUsize,
-    errors: Mutex<Vec<String>>,
-    measuring: AtomicBool,
-    stop: AtomicBool,
+    pub(crate) first_us: Vec<AtomicU64>,
+    pub(crate) playing: AtomicUsize,
+    pub(crate) failed: AtomicUsize,
+    pub(crate) errors: Mutex<Vec<String>>,
+    pub(crate) measuring: AtomicBool,
+    pub(crate) stop: AtomicBool,
+}
+
+impl Tally {
+    pub(crate) fn new(n: usize) -> Tally {
+        let counters = |v: u64| (0..n).map(|_| AtomicU64::new(v)).collect();
+        Tally {
+            frames: counters(0),
+            broken: AtomicU64::new(0),
+            bytes: counters(0),
+            first_rtp: counters(u64::MAX),
+            last_rtp: counters(u64::MAX),
+            first_us: counters(u64::MAX),
+            playing: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            errors: Mutex::new(Vec::new()),
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Keeps the first few viewers' errors for the report.
+    pub(crate) fn fail(&self, i: usize, e: &anyhow::Error) {
+        self.failed.fetch_add(1, Relaxed);
+        let mut errors = self.errors.lock().unwrap();
+        if errors.len() < 5 {
+            errors.push(format!("viewer {i}: {e:#}"));
+        }
+    }
+
+    /// Frames the stream carried between viewer `i`'s first and last frame while measuring,
+    /// both counted, at `fps` (RTP time 90 kHz); 0 if it got none.
+    pub(crate) fn spanned(&self, i: usize, fps: u32) -> u64 {
+        let (a, b) = (
+            self.first_rtp[i].load(Relaxed),
+            self.last_rtp[i].load(Relaxed),
+        );
+        if a == u64::MAX || b == u64::MAX {
+            return 0;
+        }
+        // Modulo 2^32 like the RTP field, whether or not str0m extended it.
+        let ticks = b.wrapping_sub(a) & 0xffff_ffff;
+        (ticks as f64 * f64::from(fps) / 90_000.0).round() as u64 + 1
+    }
 }
 
 pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
@@ -67,17 +114,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
     let idle_pct =
         100.0 * cpu_us(&pid)?.saturating_sub(c0) as f64 / 1e6 / t0.elapsed().as_secs_f64();
 
-    let tally = Arc::new(Tally {
-        frames: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        broken: AtomicU64::new(0),
-        bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
-        first_us: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
-        playing: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
-        errors: Mutex::new(Vec::new()),
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-    });
+    let tally = Arc::new(Tally::new(n));
     let whep = SocketAddrV4::new(Ipv4Addr::LOCALHOST, http);
     let t_conn = Instant::now();
     let mut threads = Vec::with_capacity(n);
@@ -89,11 +126,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
                 .stack_size(256 << 10)
                 .spawn(move || {
                     if let Err(e) = viewer(i, whep, &tally) {
-                        tally.failed.fetch_add(1, Relaxed);
-                        let mut errors = tally.errors.lock().unwrap();
-                        if errors.len() < 5 {
-                            errors.push(format!("viewer {i}: {e:#}"));
-                        }
+                        tally.fail(i, &e);
                     }
                 })?,
         );
@@ -223,7 +256,20 @@ fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
     };
     let answer = SdpAnswer::from_sdp_string(&answer).context("the answer")?;
     rtc.sdp_api().accept_answer(pending, answer)?;
+    play(i, rtc, &socket, tally, posted)
+}
 
+/// Runs viewer `i`'s peer on `socket` until the tally says stop: counts its frames (while
+/// measuring) and its first frame's time after `started`. An error if ICE disconnects, or if
+/// no frame came at all.
+pub(crate) fn play(
+    i: usize,
+    mut rtc: Rtc,
+    socket: &UdpSocket,
+    tally: &Tally,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let local = socket.local_addr()?;
     let mut buf = vec![0u8; 2048];
     let mut playing = false;
     while !tally.stop.load(Relaxed) {
@@ -237,7 +283,7 @@ fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
                     if !playing {
                         playing = true;
                         tally.playing.fetch_add(1, Relaxed);
-                        tally.first_us[i].store(posted.elapsed().as_micros() as u64, Relaxed);
+                        tally.first_us[i].store(started.elapsed().as_micros() as u64, Relaxed);
                     }
                     if tally.measuring.load(Relaxed) {
                         if !d.contiguous {
@@ -245,6 +291,9 @@ fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
                         }
                         tally.frames[i].fetch_add(1, Relaxed);
                         tally.bytes[i].fetch_add(d.data.len() as u64, Relaxed);
+                        let t = d.time.numer();
+                        let _ = tally.first_rtp[i].compare_exchange(u64::MAX, t, Relaxed, Relaxed);
+                        tally.last_rtp[i].store(t, Relaxed);
                     }
                 }
                 Output::Event(Event::IceConnectionStateChange(
