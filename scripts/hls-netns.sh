@@ -17,7 +17,7 @@ size=${3:-1280x720}
 command -v nginx >/dev/null || { echo "hls-netns: needs nginx (scripts/setup.sh installs it)" >&2; exit 1; }
 profile=${SURV_PROFILE:-release}
 bin=${CARGO_TARGET_DIR:-target}/$([ "$profile" = dev ] && echo debug || echo "$profile")
-cargo build --profile "$profile" -q -p surv-server -p surv-tests --bin surv-server --bin surv-load
+cargo build --profile "$profile" -q -p surv-server -p surv-tests --bin surv-server --bin surv-load --bin surv-edge-conf
 o="surv-o-$$"
 edges=("surv-e1-$$" "surv-e2-$$")
 tmp=$(mktemp -d)
@@ -50,31 +50,8 @@ for i in 1 2; do
     done
     d="$tmp/edge$i"
     mkdir -p "$d"
-    sed -e "s|server 192.0.2.10:8080;|server 10.79.$i.1:$port;|" \
-        -e "s|listen 8081;|listen 10.79.$i.2:8081;|" \
-        -e "s|/var/cache/nginx/surv-edge|$d/cache|" deploy/nginx-edge.conf >"$d/edge.conf"
-    for s in "10.79.$i.1:$port" "10.79.$i.2:8081" "$d/cache"; do
-        grep -q "$s" "$d/edge.conf" || { echo "hls-netns: deploy/nginx-edge.conf changed: no $s" >&2; exit 1; }
-    done
-    conns=$((players + 64))
-    cat >"$d/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $d/nginx.pid;
-worker_rlimit_nofile $((2 * conns + 64));
-error_log $d/error.log warn;
-events { worker_connections $conns; }
-http {
-  access_log off;
-  client_body_temp_path $d/body;
-  proxy_temp_path $d/proxy;
-  fastcgi_temp_path $d/fastcgi;
-  uwsgi_temp_path $d/uwsgi;
-  scgi_temp_path $d/scgi;
-  include $d/edge.conf;
-}
-EOF
+    # The tests' own edge configuration (tests/src/nginx.rs), for this host's addresses.
+    "$bin/surv-edge-conf" "$d" "10.79.$i.1:$port" "10.79.$i.2:8081" $((players + 64))
     ip netns exec "$e" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" </dev/null >/dev/null 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do

@@ -15,6 +15,50 @@ use crate::{free_tcp_port, Reaper};
 /// Connections per edge when not said (players plus the edge's own to the origin).
 pub const WORKER_CONNECTIONS: usize = 256;
 
+/// Writes an edge's configuration into `dir`: `edge.conf` (deploy/nginx-edge.conf with
+/// `origin`, `listen` and the cache folder `dir/cache` put in) and `nginx.conf` (the main
+/// configuration around it, every path in `dir`, one worker of `connections` connections).
+/// Start it with `nginx -p DIR -c DIR/nginx.conf -e DIR/error.log`.
+pub fn write_config(
+    dir: &Path,
+    origin: SocketAddr,
+    listen: SocketAddr,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let deployed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx-edge.conf"),
+    )
+    .context("reading deploy/nginx-edge.conf")?;
+    let d = dir.display();
+    let mut conf = deployed;
+    for (from, to) in [
+        ("server 192.0.2.10:8080;", format!("server {origin};")),
+        ("listen 8081;", format!("listen {listen};")),
+        ("/var/cache/nginx/surv-edge", format!("{d}/cache")),
+    ] {
+        ensure!(
+            conf.contains(from),
+            "deploy/nginx-edge.conf has no `{from}`"
+        );
+        conf = conf.replace(from, &to);
+    }
+    std::fs::write(dir.join("edge.conf"), conf)?;
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             worker_rlimit_nofile {files};\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections {connections}; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
+             proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
+             include {d}/edge.conf;\n}}\n",
+            files = 2 * connections + 64,
+        ),
+    )?;
+    Ok(())
+}
+
 /// One nginx edge process in front of `origin`.
 pub struct Edge {
     pub addr: SocketAddr,
@@ -32,37 +76,8 @@ impl Edge {
     pub fn start_sized(origin: SocketAddr, connections: usize) -> anyhow::Result<Edge> {
         let dir = tempfile::tempdir()?;
         let port = free_tcp_port();
-        let deployed = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx-edge.conf"),
-        )
-        .context("reading deploy/nginx-edge.conf")?;
-        let d = dir.path().display();
-        let mut conf = deployed;
-        for (from, to) in [
-            ("server 192.0.2.10:8080;", format!("server {origin};")),
-            ("listen 8081;", format!("listen 127.0.0.1:{port};")),
-            ("/var/cache/nginx/surv-edge", format!("{d}/cache")),
-        ] {
-            ensure!(
-                conf.contains(from),
-                "deploy/nginx-edge.conf has no `{from}`"
-            );
-            conf = conf.replace(from, &to);
-        }
-        std::fs::write(dir.path().join("edge.conf"), conf)?;
-        std::fs::write(
-            dir.path().join("nginx.conf"),
-            format!(
-                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-                 worker_rlimit_nofile {files};\nerror_log {d}/error.log warn;\n\
-                 events {{ worker_connections {connections}; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
-                 proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
-                 uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-                 include {d}/edge.conf;\n}}\n",
-                files = 2 * connections + 64,
-            ),
-        )?;
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        write_config(dir.path(), origin, listen, connections)?;
         let nginx = Command::new("nginx")
             .arg("-p")
             .arg(dir.path())
@@ -76,7 +91,7 @@ impl Edge {
             .spawn()
             .context("starting nginx (scripts/setup.sh installs it)")?;
         let edge = Edge {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: listen,
             dir,
             nginx: Reaper(nginx),
         };
