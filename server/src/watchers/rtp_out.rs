@@ -17,7 +17,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
+use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::UdpSocket;
 
 use crate::rtp::{RtpFrame, Stamp, RTP_HEADER_BYTES};
@@ -25,6 +28,17 @@ use crate::sys::{self, cannot_segment, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GSO_WORK
 
 /// `$`, channel, 16-bit length (RFC 2326 §10.12), then the RTP header.
 const PREFIX_BYTES: usize = 4 + RTP_HEADER_BYTES;
+
+/// A writer that can try a vectored write without waiting: `WouldBlock` when it has no room.
+pub trait TryWriteVectored {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl TryWriteVectored for OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+}
 
 /// One session's buffers for its headers, reused frame after frame.
 #[derive(Debug, Default)]
@@ -51,13 +65,16 @@ pub fn interleave_prefix(channel: u8, len: usize) -> [u8; 4] {
 
 impl RtpOut {
     /// Writes `frame`'s packets under `stamp`'s headers, interleaved on `channel`; the bytes of
-    /// RTP sent (headers included, `$` prefixes not). An error when the connection fails.
-    pub async fn write_interleaved<W: AsyncWrite + Unpin>(
+    /// RTP sent (headers included, `$` prefixes not). First one `writev` without waiting (what
+    /// a reader that keeps up always takes: no timer, no waker); what it leaves is written
+    /// within `deadline`, or the error is `TimedOut`. An error when the connection fails.
+    pub async fn write_interleaved<W: AsyncWrite + TryWriteVectored + Unpin>(
         &mut self,
         write: &mut W,
         channel: u8,
         stamp: &mut Stamp,
         frame: &RtpFrame,
+        deadline: Duration,
     ) -> io::Result<usize> {
         self.headers.clear();
         stamp.headers(frame, &mut self.headers);
@@ -77,14 +94,28 @@ impl RtpOut {
             iovs.push(IoSlice::new(payload(packet)));
         }
         let mut rest: &mut [IoSlice<'_>] = &mut iovs;
-        while !rest.is_empty() {
-            let n = write.write_vectored(rest).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut rest, n);
+        match write.try_write_vectored(rest) {
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        Ok(rtp_bytes)
+        if rest.is_empty() {
+            return Ok(rtp_bytes);
+        }
+        let finish = async {
+            while !rest.is_empty() {
+                let n = write.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            Ok(rtp_bytes)
+        };
+        match tokio::time::timeout(deadline, finish).await {
+            Ok(done) => done,
+            Err(_) => Err(io::ErrorKind::TimedOut.into()),
+        }
     }
 
     /// Sends `frame`'s packets under `stamp`'s headers to `dest` from `socket` (waiting for
@@ -285,17 +316,74 @@ mod tests {
         );
     }
 
+    /// A writer that takes `room` bytes without waiting, then the rest only by waiting.
+    struct Wire {
+        bytes: std::cell::RefCell<Vec<u8>>,
+        room: std::cell::Cell<usize>,
+    }
+
+    impl TryWriteVectored for Wire {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room.get() == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.room.get());
+                self.bytes.borrow_mut().extend_from_slice(&buf[..n]);
+                self.room.set(self.room.get() - n);
+                taken += n;
+            }
+            Ok(taken)
+        }
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.bytes.borrow_mut().extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
     #[tokio::test]
     async fn interleaved_packets_carry_the_channel_length_and_session_header() {
         let sizes = [1412, 1412, 40];
         let shared = frame(&sizes);
-        let mut stamp = Stamp::new(7, 50, 10);
-        let mut wire: Vec<u8> = Vec::new();
-        let bytes = RtpOut::default()
-            .write_interleaved(&mut wire, 2, &mut stamp, &shared)
-            .await
-            .unwrap();
-        assert_eq!(bytes, sizes.iter().sum::<usize>());
+        let mut wires = Vec::new();
+        // All without waiting; cut inside the first payload, then the rest by waiting; all
+        // by waiting.
+        for room in [1 << 20, 2000, 0] {
+            let mut stamp = Stamp::new(7, 50, 10);
+            let mut wire = Wire {
+                bytes: Vec::new().into(),
+                room: room.into(),
+            };
+            let bytes = RtpOut::default()
+                .write_interleaved(&mut wire, 2, &mut stamp, &shared, Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert_eq!(bytes, sizes.iter().sum::<usize>());
+            wires.push(wire.bytes.into_inner());
+        }
+        assert_eq!(wires[0], wires[1]);
+        assert_eq!(wires[0], wires[2]);
+        let wire = &wires[0];
         let mut got = Vec::new();
         let mut rest = &wire[..];
         while let [b'$', channel, hi, lo, tail @ ..] = rest {

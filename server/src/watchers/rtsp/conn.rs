@@ -6,6 +6,7 @@
 //! every player asks of a server with one stream per URL.
 
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::request::{self, mount, pick_transport, transport_reply, Delivery, Reply, Stream};
 use super::Shared;
@@ -186,14 +187,25 @@ impl Conn {
     ) -> LeaveReason {
         let opened = Instant::now();
         let mut last_request: Option<Instant> = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval_at(aligned_second(opened), Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out = Vec::with_capacity(64 * 1024);
+        // Made once, not per turn of the loop: each `cancelled()` future locks its token to
+        // register and again to leave, which per frame and session adds up.
+        let shutdown = shutdown.cancelled();
+        tokio::pin!(shutdown);
+        // The camera's stop, once a SETUP names the camera (it does not change after).
+        let mut camera_ends: Option<Pin<Box<WaitForCancellationFutureOwned>>> = None;
         loop {
-            let camera_stop = self.session.as_ref().map(|s| s.camera.stop.clone());
-            let camera_ends = async {
-                match camera_stop {
-                    Some(stop) => stop.cancelled_owned().await,
+            if camera_ends.is_none() {
+                camera_ends = self
+                    .session
+                    .as_ref()
+                    .map(|s| Box::pin(s.camera.stop.clone().cancelled_owned()));
+            }
+            let camera = async {
+                match camera_ends.as_mut() {
+                    Some(ends) => ends.await,
                     None => std::future::pending().await,
                 }
             };
@@ -210,8 +222,8 @@ impl Conn {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => return LeaveReason::Shutdown,
-                () = camera_ends => return LeaveReason::Shutdown,
+                () = &mut shutdown => return LeaveReason::Shutdown,
+                () = camera => return LeaveReason::Shutdown,
                 n = read.read_buf(buf) => {
                     match n {
                         Ok(0) => return LeaveReason::Closed,
@@ -734,6 +746,16 @@ impl Conn {
     }
 }
 
+/// The next whole second of the runtime's clock since the first connection: every
+/// connection's 1 s tick falls on the same instant, so that a hundred sessions' ticks wake the
+/// runtime once a second instead of a hundred times.
+fn aligned_second(now: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let since = now.saturating_duration_since(epoch);
+    epoch + Duration::from_secs(since.as_secs() + 1)
+}
+
 /// The RTP timestamp PLAY's RTP-Info announces: the first frame the session will send.
 fn first_ts(stamp: &Stamp, play: &Play) -> Option<u32> {
     match &play.media {
@@ -759,11 +781,13 @@ async fn deliver(
     let stats = &shared.server.stats;
     let bytes = match delivery {
         Delivery::Tcp { channel } => {
-            let written = rtp_out.write_interleaved(write, channel, stamp, frame);
-            match timeout(WRITE_DEADLINE, written).await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(_)) => return Err(LeaveReason::Closed),
-                Err(_) => return Err(LeaveReason::Timeout),
+            let written = rtp_out.write_interleaved(write, channel, stamp, frame, WRITE_DEADLINE);
+            match written.await {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return Err(LeaveReason::Timeout)
+                }
+                Err(_) => return Err(LeaveReason::Closed),
             }
         }
         Delivery::Udp { rtp, .. } => {
