@@ -82,3 +82,148 @@ pub fn ingest_floor_us(size: (u32, u32), fps: u32, secs: f64) -> anyhow::Result<
     anyhow::ensure!(frames > 0, "the floor reader got no frame");
     Ok(ns1.saturating_sub(ns0) as f64 / 1e3 / frames as f64)
 }
+
+/// The name of the send floor's writer thread.
+const WRITER_NAME: &str = "floor-tx";
+/// The send floor's packets: interleaved RTP as surv writes it (`$`, channel, length, a
+/// 12-byte header, then up to this much payload).
+const FLOOR_PAYLOAD_BYTES: usize = 1400;
+/// The kernel's send buffer surv sets on an RTSP connection.
+const FLOOR_SEND_BUFFER_BYTES: usize = 256 * 1024;
+
+/// What the send floor measured.
+pub struct SendFloor {
+    /// The writer thread's CPU, % of a core.
+    pub pct: f64,
+    /// Its CPU per frame delivered to one reader, µs.
+    pub us_per_frame: f64,
+}
+
+/// `--send-floor`: the least any server pays to send `frame_bytes` a frame at `fps` to `n`
+/// loopback TCP readers: one writer thread that does nothing but one `writev` per frame per
+/// reader (the frame as interleaved RTP packets, from one shared buffer), to readers like the
+/// tool's players (a tokio runtime of `reader_threads` threads, a task per connection). Its
+/// thread's CPU over `secs` (schedstat; the loopback receive the kernel runs in the sender's
+/// context is in it, as it is in the server's).
+pub fn tcp_send_floor(
+    n: usize,
+    frame_bytes: usize,
+    fps: u32,
+    secs: f64,
+    reader_threads: usize,
+) -> anyhow::Result<SendFloor> {
+    use std::io::{IoSlice, Write};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(reader_threads.max(1))
+        .thread_name("floor-rx")
+        .enable_all()
+        .build()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for _ in 0..n {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+                return;
+            };
+            let mut buf = vec![0u8; 64 << 10];
+            while !stop.load(Relaxed) {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+    listener.set_nonblocking(true)?;
+    let until = Instant::now() + crate::WAIT_LIMIT;
+    let mut conns = Vec::with_capacity(n);
+    while conns.len() < n {
+        match listener.accept() {
+            Ok((tcp, _)) => {
+                tcp.set_nonblocking(false)?;
+                tcp.set_nodelay(true)?;
+                socket2::SockRef::from(&tcp).set_send_buffer_size(FLOOR_SEND_BUFFER_BYTES)?;
+                conns.push(tcp);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                anyhow::ensure!(
+                    Instant::now() < until,
+                    "the floor's readers did not connect"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let payload = vec![0x5au8; frame_bytes.max(1)];
+    let frames = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, frames) = (stop.clone(), frames.clone());
+        std::thread::Builder::new().name(WRITER_NAME.into()).spawn(
+            move || -> std::io::Result<()> {
+                let prefixes: Vec<[u8; 16]> = payload
+                    .chunks(FLOOR_PAYLOAD_BYTES)
+                    .map(|p| {
+                        let [hi, lo] = ((12 + p.len()) as u16).to_be_bytes();
+                        let mut h = [0u8; 16];
+                        h[..4].copy_from_slice(&[b'$', 0, hi, lo]);
+                        h[4] = 0x80;
+                        h
+                    })
+                    .collect();
+                let start = Instant::now();
+                let mut k = 0u32;
+                while !stop.load(Relaxed) {
+                    for mut tcp in &conns {
+                        let mut iovs: Vec<IoSlice<'_>> = prefixes
+                            .iter()
+                            .zip(payload.chunks(FLOOR_PAYLOAD_BYTES))
+                            .flat_map(|(h, p)| [IoSlice::new(h), IoSlice::new(p)])
+                            .collect();
+                        let mut rest = &mut iovs[..];
+                        while !rest.is_empty() {
+                            let n = tcp.write_vectored(rest)?;
+                            IoSlice::advance_slices(&mut rest, n);
+                        }
+                    }
+                    frames.fetch_add(1, Relaxed);
+                    k += 1;
+                    let next = start + Duration::from_secs(1) * k / fps.max(1);
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                Ok(())
+            },
+        )?
+    };
+    let cpu_ns = || -> u64 {
+        let pid = std::process::id().to_string();
+        let names = crate::procfs::thread_names(&pid);
+        crate::procfs::threads_cpu_ns(&pid)
+            .into_iter()
+            .filter(|(tid, _)| names.get(tid).is_some_and(|n| n == WRITER_NAME))
+            .map(|(_, ns)| ns)
+            .sum()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (ns0, f0, t0) = (cpu_ns(), frames.load(Relaxed), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (ns1, f1, elapsed) = (cpu_ns(), frames.load(Relaxed), t0.elapsed().as_secs_f64());
+    stop.store(true, Relaxed);
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the floor's writer panicked"))?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    written.context("the floor's writer")?;
+    let delivered = f1.saturating_sub(f0) * n as u64;
+    anyhow::ensure!(delivered > 0, "the floor's writer sent no frame");
+    let ns = ns1.saturating_sub(ns0) as f64;
+    Ok(SendFloor {
+        pct: 100.0 * ns / 1e9 / elapsed,
+        us_per_frame: ns / 1e3 / delivered as f64,
+    })
+}

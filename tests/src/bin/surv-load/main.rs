@@ -171,6 +171,11 @@ struct Args {
     /// In an RTSP run, the mount: `main` (H.264) or `main/mjpeg` (RTP/JPEG).
     #[arg(long, default_value = "main")]
     rtsp_path: String,
+    /// In an RTSP run over TCP, afterwards: the same bytes a frame (the median player's bit
+    /// rate) written by one bare thread to as many loopback TCP readers, one `writev` per frame
+    /// per reader; its CPU per delivered frame beside the server's (`floor.rs`).
+    #[arg(long)]
+    send_floor: bool,
     /// In an RTSP run, ms between two players' starts.
     #[arg(long, default_value_t = 10)]
     rtsp_stagger_ms: u64,
@@ -333,6 +338,11 @@ fn main() -> anyhow::Result<()> {
         }
         if (fd_limit as usize) < 3 * n + 64 {
             eprintln!("surv-load: warning: open-file limit {fd_limit} is below {n} RTSP players (3 descriptors each)");
+        }
+        if args.send_floor
+            && (args.gst_baseline || args.rtsp_transport != rtsp_watchers::Transport::Tcp)
+        {
+            bail!("--send-floor goes with an RTSP run of surv over TCP");
         }
         return match args.gst_baseline {
             true => rtsp::run_gst(&args),

@@ -274,6 +274,19 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         ms(first_key.last().copied().unwrap_or(0)),
         n - first_key.len(),
     );
+    if args.send_floor {
+        let frame_bytes = (s.median_bps / 8.0 / f64::from(fps.max(1))) as usize;
+        let threads = args.client_threads;
+        let floor =
+            crate::floor::tcp_send_floor(n, frame_bytes, fps, args.seconds.max(3.0), threads)?;
+        let server_us = srv_cpu / s.delivered.max(1) as f64;
+        println!(
+            "send floor: one bare writer thread, {frame_bytes} B a frame as interleaved RTP (one writev per frame per reader) to {n} loopback TCP readers on {threads} threads: {:.1}% of a core = {:.2}us per delivered frame | the server {server_us:.2}us ({:.2}x the floor)",
+            floor.pct,
+            floor.us_per_frame,
+            server_us / floor.us_per_frame,
+        );
+    }
     Ok(())
 }
 
