@@ -172,12 +172,10 @@ async fn gstreamer_plays_both_mounts_over_tcp_and_udp() {
                 url(&srv, path)
             );
             let mut cmd = Command::new("gst-launch-1.0");
-            cmd.arg("-q").args(pipeline.split(' '));
+            cmd.args(pipeline.split(' '));
             let out = run(cmd).await;
-            // Once in a busy-suite run (2026-12-06, the UDP MJPEG pipeline) the server closed
-            // the connection under GStreamer: the journal's LEAVE says why, next time.
             assert!(
-                out.status.success(),
+                out.status.success() || only_the_pause_race(&out),
                 "{pipeline}: {}{}\nthe server's journal:\n{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
@@ -186,6 +184,63 @@ async fn gstreamer_plays_both_mounts_over_tcp_and_udp() {
         }
     }
     srv.stop().await.unwrap();
+}
+
+/// GStreamer's own race at the end of a pipeline: fakesink's 60th buffer ends the stream, and
+/// while rtspsrc sends its PAUSE, the CLOSE of the next state change flushes the connection
+/// under it; the PAUSE reports "Could not send message. (Received end-of-file)" and gst-launch
+/// exits 1, though the TEARDOWN that follows is answered 200. Seen 2 times in 80 runs beside
+/// two busy loops (2026-12-06, `GST_DEBUG=rtspsrc:5`: the error 27 µs after the PAUSE left,
+/// before any answer could come). Counted as played when the stream did end (EOS: all 60
+/// buffers decoded) and that error is the only one.
+fn only_the_pause_race(out: &std::process::Output) -> bool {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
+    let reasons: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("Could not"))
+        .collect();
+    text.contains("Got EOS from element")
+        && text.contains("gst_rtspsrc_pause ()")
+        && !errors.is_empty()
+        && errors.iter().all(|l| {
+            *l == "ERROR: from element /GstPipeline:pipeline0/GstRTSPSrc:rtspsrc0: Could not write to resource."
+        })
+        && reasons
+            .iter()
+            .all(|l| *l == "Could not send message. (Received end-of-file)")
+}
+
+#[test]
+fn the_pause_race_is_told_from_other_failures() {
+    use std::os::unix::process::ExitStatusExt as _;
+    // gst-launch's whole output in the race, as captured (2026-12-06).
+    let race = include_str!("rtsp_data/gst-pause-race.txt");
+    let output = |text: &str| std::process::Output {
+        status: std::process::ExitStatus::from_raw(1 << 8),
+        stdout: text.as_bytes().to_vec(),
+        stderr: Vec::new(),
+    };
+    assert!(only_the_pause_race(&output(race)));
+    // Not before the stream ended, not another error, not the race's error on PLAY.
+    assert!(!only_the_pause_race(&output(
+        &race.replace("Got EOS from element \"pipeline0\".\n", "")
+    )));
+    assert!(!only_the_pause_race(&output(&race.replacen(
+        "Could not write to resource.",
+        "Internal data stream error.",
+        1
+    ))));
+    assert!(!only_the_pause_race(&output(
+        &race.replace("Received end-of-file", "Connection refused")
+    )));
+    assert!(!only_the_pause_race(&output(
+        &race.replace("gst_rtspsrc_pause ()", "gst_rtspsrc_play ()")
+    )));
 }
 
 /// One request on a fresh connection; the response's head and body.
