@@ -251,6 +251,12 @@ struct Args {
     /// With --janus: the streaming mountpoint's id.
     #[arg(long, default_value_t = 1)]
     janus_mountpoint: u64,
+    /// With --webrtc: play this WHEP endpoint of a server this tool does not start
+    /// (http://IP:PORT/cam/NAME/whep; loopback or a test namespace's private address) and print
+    /// per viewer, per 10 s, frames, capture → arrival latency and bit rate
+    /// (`scripts/webrtc-tbf.sh`).
+    #[arg(long, value_name = "URL")]
+    whep_url: Option<String>,
     /// N LL-HLS players instead, each following the live edge by blocking reloads: parts per
     /// player in time, part arrival after capture, what the origin served per part it made, its
     /// CPU (see `hls.rs`). Straight to the origin unless --edges or --via.

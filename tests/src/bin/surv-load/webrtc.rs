@@ -49,6 +49,20 @@ pub(crate) struct Tally {
     pub(crate) errors: Mutex<Vec<String>>,
     pub(crate) measuring: AtomicBool,
     pub(crate) stop: AtomicBool,
+    /// Per viewer, every frame while measuring (`--whep-url` runs only).
+    pub(crate) samples: Option<Vec<Mutex<Vec<Sample>>>>,
+    pub(crate) started: Instant,
+}
+
+/// One frame a viewer got: when (s since the tally began), capture → arrival (from the
+/// server's sender reports, which map RTP time to the capture's wall clock; NaN before the
+/// first), its bytes and RTP time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    pub(crate) at: f64,
+    pub(crate) latency_ms: f64,
+    pub(crate) bytes: usize,
+    pub(crate) rtp: u64,
 }
 
 impl Tally {
@@ -66,6 +80,15 @@ impl Tally {
             errors: Mutex::new(Vec::new()),
             measuring: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            samples: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn with_samples(n: usize) -> Tally {
+        Tally {
+            samples: Some((0..n).map(|_| Mutex::new(Vec::new())).collect()),
+            ..Tally::new(n)
         }
     }
 
@@ -98,6 +121,9 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
     if n == 0 || n > 2000 {
         bail!("--webrtc takes 1..=2000 viewers");
     }
+    if let Some(url) = &args.whep_url {
+        return run_external(args, n, url);
+    }
     let http = free_port()?;
     let webrtc = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
     let extra = [
@@ -115,7 +141,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
         100.0 * cpu_us(&pid)?.saturating_sub(c0) as f64 / 1e6 / t0.elapsed().as_secs_f64();
 
     let tally = Arc::new(Tally::new(n));
-    let whep = SocketAddrV4::new(Ipv4Addr::LOCALHOST, http);
+    let whep = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
     let t_conn = Instant::now();
     let mut threads = Vec::with_capacity(n);
     for i in 0..n {
@@ -125,7 +151,7 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
                 .name(format!("whep-{i}"))
                 .stack_size(256 << 10)
                 .spawn(move || {
-                    if let Err(e) = viewer(i, whep, &tally) {
+                    if let Err(e) = viewer(i, whep, "/cam/main/whep", &tally) {
                         tally.fail(i, &e);
                     }
                 })?,
@@ -230,8 +256,15 @@ fn report(
 }
 
 /// One viewer: offer, POST, answer, then frames until told to stop.
-fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("127.0.0.1:0")?;
+fn viewer(i: usize, whep: SocketAddr, path: &str, tally: &Tally) -> anyhow::Result<()> {
+    let socket = if whep.ip().is_loopback() {
+        UdpSocket::bind("127.0.0.1:0")?
+    } else {
+        // The address this host reaches the server from (connecting a UDP socket sends nothing).
+        let probe = UdpSocket::bind("0.0.0.0:0")?;
+        probe.connect(whep)?;
+        UdpSocket::bind((probe.local_addr()?.ip(), 0))?
+    };
     let local = socket.local_addr()?;
     let mut rtc = Rtc::builder()
         .clear_codecs()
@@ -246,7 +279,7 @@ fn viewer(i: usize, whep: SocketAddrV4, tally: &Tally) -> anyhow::Result<()> {
     let mut tries = 0;
     let answer = loop {
         tries += 1;
-        match post(whep, &offer)? {
+        match post(whep, path, &offer)? {
             (201, body) => break body,
             (503, _) if tries < POST_TRIES => {
                 std::thread::sleep(Duration::from_millis(250 + 10 * (i as u64 % 50)));
@@ -294,6 +327,17 @@ pub(crate) fn play(
                         let t = d.time.numer();
                         let _ = tally.first_rtp[i].compare_exchange(u64::MAX, t, Relaxed, Relaxed);
                         tally.last_rtp[i].store(t, Relaxed);
+                        if let Some(samples) = &tally.samples {
+                            let latency_ms = d.last_sender_info.map_or(f64::NAN, |sr| {
+                                capture_latency_ms(t, sr.rtp_time.numer(), sr.ntp_time)
+                            });
+                            samples[i].lock().unwrap().push(Sample {
+                                at: tally.started.elapsed().as_secs_f64(),
+                                latency_ms,
+                                bytes: d.data.len(),
+                                rtp: t,
+                            });
+                        }
                     }
                 }
                 Output::Event(Event::IceConnectionStateChange(
@@ -335,10 +379,145 @@ pub(crate) fn play(
 }
 
 /// POSTs the offer; the status and the body.
-fn post(whep: SocketAddrV4, offer: &str) -> anyhow::Result<(u16, String)> {
-    let req = http::Request::post("/cam/main/whep", offer.as_bytes())
-        .headers(&[("Content-Type", "application/sdp")]);
+fn post(whep: SocketAddr, path: &str, offer: &str) -> anyhow::Result<(u16, String)> {
+    let req =
+        http::Request::post(path, offer.as_bytes()).headers(&[("Content-Type", "application/sdp")]);
     let limits = http::Limits::new(Duration::from_secs(10), 1 << 20);
-    let r = http::blocking(http::request(SocketAddr::V4(whep), &req, limits))?;
+    let r = http::blocking(http::request(whep, &req, limits))?;
     Ok((r.status, r.text().into_owned()))
+}
+
+/// Capture → arrival, ms: the frame's RTP time `rtp` placed on the sender's wall clock by a
+/// sender report (`sr_rtp` at `sr_ntp`), against this host's clock (the same clock: the server
+/// runs on this host, in another network namespace at most).
+fn capture_latency_ms(rtp: u64, sr_rtp: u64, sr_ntp: std::time::SystemTime) -> f64 {
+    // RTP time modulo 2^32, signed: a frame may be older than the report.
+    let ticks = rtp.wrapping_sub(sr_rtp) as u32 as i32;
+    let capture = sr_ntp
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        + f64::from(ticks) / 90_000.0;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    (now - capture) * 1000.0
+}
+
+/// `--webrtc N --whep-url URL`: N viewers of a server this tool did not start (in another
+/// network namespace: `scripts/webrtc-tbf.sh`), from `--warmup-secs` after they play for
+/// `--seconds`; per viewer and per 10 s window: the frames it got against those the stream
+/// carried (RTP time), capture → arrival latency, its bit rate.
+fn run_external(args: &Args, n: usize, url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("--whep-url: http://IP:PORT/PATH")?;
+    let (host, path) = rest.split_once('/').context("--whep-url: no path")?;
+    let whep: SocketAddr = host.parse().context("--whep-url: IP:PORT")?;
+    let private = match whep.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback(),
+    };
+    if !private {
+        bail!("--whep-url: only loopback or private (a test namespace's) addresses");
+    }
+    let path = format!("/{path}");
+    let tally = Arc::new(Tally::with_samples(n));
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tally, path) = (tally.clone(), path.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("whep-{i}"))
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    if let Err(e) = viewer(i, whep, &path, &tally) {
+                        tally.fail(i, &e);
+                    }
+                })?,
+        );
+        std::thread::sleep(STAGGER);
+    }
+    let result = (|| {
+        wait_longer_until("every viewer playing", STAGGER * n as u32, || {
+            tally.playing.load(Relaxed) + tally.failed.load(Relaxed) >= n
+        })?;
+        std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
+        let t0 = tally.started.elapsed().as_secs_f64();
+        eprintln!("surv-load: measuring for {} s", args.seconds);
+        tally.measuring.store(true, Relaxed);
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        tally.measuring.store(false, Relaxed);
+        eprintln!("surv-load: measured");
+        report_windows(args, n, &tally, t0);
+        Ok(())
+    })();
+    tally.stop.store(true, Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    result
+}
+
+/// Per viewer: the whole window, then each 10 s of it.
+fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
+    const WINDOW: f64 = 10.0;
+    let fps = f64::from(args.fps.max(1));
+    println!(
+        "webrtc viewers={n} ({} playing, {} failed) of an external server, measured {} s at {} fps | {}",
+        tally.playing.load(Relaxed),
+        tally.failed.load(Relaxed),
+        args.seconds,
+        args.fps,
+        tally.errors.lock().unwrap().join("; "),
+    );
+    let Some(samples) = &tally.samples else {
+        return;
+    };
+    for (i, viewer) in samples.iter().enumerate() {
+        let all = viewer.lock().unwrap();
+        let spanned = tally.spanned(i, args.fps);
+        println!(
+            "viewer {i}: {} of {spanned} frames ({:.2}%)",
+            all.len(),
+            100.0 * all.len() as f64 / spanned.max(1) as f64
+        );
+        let windows = (args.seconds / WINDOW).ceil() as usize;
+        for w in 0..windows {
+            let (a, b) = (t0 + w as f64 * WINDOW, t0 + (w + 1) as f64 * WINDOW);
+            let got: Vec<&Sample> = all.iter().filter(|s| s.at >= a && s.at < b).collect();
+            let mut lat: Vec<f64> = got
+                .iter()
+                .map(|s| s.latency_ms)
+                .filter(|l| l.is_finite())
+                .collect();
+            lat.sort_by(f64::total_cmp);
+            let q = |p: f64| {
+                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
+            let span = match (got.first(), got.last()) {
+                (Some(f), Some(l)) => {
+                    ((l.rtp.wrapping_sub(f.rtp) & 0xffff_ffff) as f64 * fps / 90_000.0).round()
+                        as usize
+                        + 1
+                }
+                _ => 0,
+            };
+            let bytes: usize = got.iter().map(|s| s.bytes).sum();
+            println!(
+                "  {:>3.0}-{:<3.0}s: {} frames ({:.1}/s; {span} spanned) | latency p50={:.0}ms p99={:.0}ms max={:.0}ms | {:.0} kbit/s",
+                a - t0,
+                b - t0,
+                got.len(),
+                got.len() as f64 / WINDOW,
+                q(0.5),
+                q(0.99),
+                lat.last().copied().unwrap_or(f64::NAN),
+                8.0 * bytes as f64 / WINDOW / 1000.0,
+            );
+        }
+    }
 }
