@@ -24,12 +24,9 @@ use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc};
 use surv_tests::http;
 
-use crate::measure::wait_longer_until;
-use crate::webrtc::{play, Tally};
+use crate::webrtc::{play, start_viewers, Tally};
 use crate::Args;
 
-/// Between two viewers' starts.
-const STAGGER: Duration = Duration::from_millis(15);
 /// Janus ends a session silent for its `session_timeout` (60 s in deploy/janus/).
 const KEEPALIVE: Duration = Duration::from_secs(20);
 /// Each API request, and each long poll (Janus answers one within 30 s).
@@ -115,51 +112,42 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let tally = Arc::new(Tally::new(n));
     let sessions: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
-    let mut threads = Vec::with_capacity(n + 1);
-    let t_conn = Instant::now();
-    for i in 0..n {
-        let (tally, sessions) = (tally.clone(), sessions.clone());
-        let api = apis[i % apis.len()].clone();
-        let mountpoint = args.janus_mountpoint;
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("janus-{i}"))
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    if let Err(e) = viewer(i, &api, mountpoint, &tally, &sessions) {
-                        tally.fail(i, &e);
-                    }
-                })?,
-        );
-        std::thread::sleep(STAGGER);
-    }
-    {
+    let keeper = {
         let (tally, sessions, apis) = (tally.clone(), sessions.clone(), apis.clone());
-        threads.push(std::thread::spawn(move || {
-            keepalive(&apis, &tally, &sessions)
-        }));
-    }
-    let result = (|| {
-        wait_longer_until("every viewer playing", STAGGER * n as u32, || {
-            tally.playing.load(Relaxed) + tally.failed.load(Relaxed) >= n
-        })?;
-        let conn_secs = t_conn.elapsed().as_secs_f64();
-        std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
-        eprintln!("surv-load: measuring for {} s", args.seconds);
-        let t0 = Instant::now();
-        tally.measuring.store(true, Relaxed);
-        std::thread::sleep(Duration::from_secs_f64(args.seconds));
-        tally.measuring.store(false, Relaxed);
-        let secs = t0.elapsed().as_secs_f64();
-        eprintln!("surv-load: measured");
-        report(args, n, apis.len(), &tally, secs, conn_secs);
-        Ok(())
-    })();
+        std::thread::spawn(move || keepalive(&apis, &tally, &sessions))
+    };
+    let t_conn = Instant::now();
+    let mountpoint = args.janus_mountpoint;
+    let started = {
+        let (apis, sessions) = (apis.clone(), sessions.clone());
+        start_viewers(n, "janus", &tally, move |i, tally| {
+            viewer(i, &apis[i % apis.len()], mountpoint, tally, &sessions)
+        })
+    };
+    let mut threads = match started {
+        Ok(threads) => threads,
+        Err(e) => {
+            tally.stop.store(true, Relaxed);
+            let _ = keeper.join();
+            return Err(e);
+        }
+    };
+    threads.push(keeper);
+    let conn_secs = t_conn.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
+    eprintln!("surv-load: measuring for {} s", args.seconds);
+    let t0 = Instant::now();
+    tally.measuring.store(true, Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    tally.measuring.store(false, Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("surv-load: measured");
+    report(args, n, apis.len(), &tally, secs, conn_secs);
     tally.stop.store(true, Relaxed);
     for t in threads {
         let _ = t.join();
     }
-    result
+    Ok(())
 }
 
 /// Keeps every session alive until the tally says stop.

@@ -143,25 +143,16 @@ pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
     let tally = Arc::new(Tally::new(n));
     let whep = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, http));
     let t_conn = Instant::now();
-    let mut threads = Vec::with_capacity(n);
-    for i in 0..n {
-        let tally = tally.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("whep-{i}"))
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    if let Err(e) = viewer(i, whep, "/cam/main/whep", &tally) {
-                        tally.fail(i, &e);
-                    }
-                })?,
-        );
-        std::thread::sleep(STAGGER);
-    }
+    let threads = match start_viewers(n, "whep", &tally, move |i, tally| {
+        viewer(i, whep, "/cam/main/whep", tally)
+    }) {
+        Ok(threads) => threads,
+        Err(e) => {
+            server.stop();
+            return Err(e);
+        }
+    };
     let result = (|| {
-        wait_longer_until("every viewer playing", STAGGER * n as u32, || {
-            tally.playing.load(Relaxed) + tally.failed.load(Relaxed) >= n
-        })?;
         let conn_secs = t_conn.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
         let s0 = status(http)?;
@@ -387,6 +378,46 @@ fn post(whep: SocketAddr, path: &str, offer: &str) -> anyhow::Result<(u16, Strin
     Ok((r.status, r.text().into_owned()))
 }
 
+/// Starts `n` viewer threads `STAGGER` apart, each `viewer(i, tally)` (an error counted as the
+/// viewer failing), and returns them once every one plays or has failed.
+pub(crate) fn start_viewers<F>(
+    n: usize,
+    name: &str,
+    tally: &Arc<Tally>,
+    viewer: F,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>>
+where
+    F: Fn(usize, &Tally) -> anyhow::Result<()> + Send + Sync + 'static,
+{
+    let viewer = Arc::new(viewer);
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let (tally, viewer) = (tally.clone(), viewer.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    if let Err(e) = viewer(i, &tally) {
+                        tally.fail(i, &e);
+                    }
+                })?,
+        );
+        std::thread::sleep(STAGGER);
+    }
+    let waited = wait_longer_until("every viewer playing", STAGGER * n as u32, || {
+        tally.playing.load(Relaxed) + tally.failed.load(Relaxed) >= n
+    });
+    if let Err(e) = waited {
+        tally.stop.store(true, Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
+    }
+    Ok(threads)
+}
+
 /// Capture → arrival, ms: the frame's RTP time `rtp` placed on the sender's wall clock by a
 /// sender report (`sr_rtp` at `sr_ntp`), against this host's clock (the same clock: the server
 /// runs on this host, in another network namespace at most).
@@ -424,40 +455,22 @@ fn run_external(args: &Args, n: usize, url: &str) -> anyhow::Result<()> {
     }
     let path = format!("/{path}");
     let tally = Arc::new(Tally::with_samples(n));
-    let mut threads = Vec::with_capacity(n);
-    for i in 0..n {
-        let (tally, path) = (tally.clone(), path.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("whep-{i}"))
-                .stack_size(256 << 10)
-                .spawn(move || {
-                    if let Err(e) = viewer(i, whep, &path, &tally) {
-                        tally.fail(i, &e);
-                    }
-                })?,
-        );
-        std::thread::sleep(STAGGER);
-    }
-    let result = (|| {
-        wait_longer_until("every viewer playing", STAGGER * n as u32, || {
-            tally.playing.load(Relaxed) + tally.failed.load(Relaxed) >= n
-        })?;
-        std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
-        let t0 = tally.started.elapsed().as_secs_f64();
-        eprintln!("surv-load: measuring for {} s", args.seconds);
-        tally.measuring.store(true, Relaxed);
-        std::thread::sleep(Duration::from_secs_f64(args.seconds));
-        tally.measuring.store(false, Relaxed);
-        eprintln!("surv-load: measured");
-        report_windows(args, n, &tally, t0);
-        Ok(())
-    })();
+    let threads = start_viewers(n, "whep", &tally, move |i, tally| {
+        viewer(i, whep, &path, tally)
+    })?;
+    std::thread::sleep(Duration::from_secs_f64(args.warmup_secs));
+    let t0 = tally.started.elapsed().as_secs_f64();
+    eprintln!("surv-load: measuring for {} s", args.seconds);
+    tally.measuring.store(true, Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(args.seconds));
+    tally.measuring.store(false, Relaxed);
+    eprintln!("surv-load: measured");
+    report_windows(args, n, &tally, t0);
     tally.stop.store(true, Relaxed);
     for t in threads {
         let _ = t.join();
     }
-    result
+    Ok(())
 }
 
 /// Per viewer: the whole window, then each 10 s of it.
