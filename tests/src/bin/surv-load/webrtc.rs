@@ -498,7 +498,8 @@ fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
         );
         let windows = (args.seconds / WINDOW).ceil() as usize;
         for w in 0..windows {
-            let (a, b) = (t0 + w as f64 * WINDOW, t0 + (w + 1) as f64 * WINDOW);
+            let a = t0 + w as f64 * WINDOW;
+            let b = (a + WINDOW).min(t0 + args.seconds);
             let got: Vec<&Sample> = all.iter().filter(|s| s.at >= a && s.at < b).collect();
             let mut lat: Vec<f64> = got
                 .iter()
@@ -525,11 +526,11 @@ fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
                 a - t0,
                 b - t0,
                 got.len(),
-                got.len() as f64 / WINDOW,
+                got.len() as f64 / (b - a),
                 q(0.5),
                 q(0.99),
                 lat.last().copied().unwrap_or(f64::NAN),
-                8.0 * bytes as f64 / WINDOW / 1000.0,
+                8.0 * bytes as f64 / (b - a) / 1000.0,
             );
         }
     }
