@@ -61,6 +61,9 @@ pub(crate) struct Tally {
 pub(crate) struct Sample {
     pub(crate) at: f64,
     pub(crate) latency_ms: f64,
+    /// Capture → arrival of the frame's first packet (str0m's `network_time`): the path's own
+    /// delay, without the time the viewer's depacketizer held the frame for missing packets.
+    pub(crate) first_packet_ms: f64,
     pub(crate) bytes: usize,
     pub(crate) rtp: u64,
 }
@@ -322,9 +325,12 @@ pub(crate) fn play(
                             let latency_ms = d.last_sender_info.map_or(f64::NAN, |sr| {
                                 capture_latency_ms(t, sr.rtp_time.numer(), sr.ntp_time)
                             });
+                            // As long ago as the first packet came in.
+                            let held_ms = d.network_time.elapsed().as_secs_f64() * 1000.0;
                             samples[i].lock().unwrap().push(Sample {
                                 at: tally.started.elapsed().as_secs_f64(),
                                 latency_ms,
+                                first_packet_ms: latency_ms - held_ms,
                                 bytes: d.data.len(),
                                 rtp: t,
                             });
@@ -507,8 +513,14 @@ fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
                 .filter(|l| l.is_finite())
                 .collect();
             lat.sort_by(f64::total_cmp);
-            let q = |p: f64| {
-                lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            let mut first: Vec<f64> = got
+                .iter()
+                .map(|s| s.first_packet_ms)
+                .filter(|l| l.is_finite())
+                .collect();
+            first.sort_by(f64::total_cmp);
+            let q = |v: &[f64], p: f64| {
+                v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
                     .copied()
                     .unwrap_or(f64::NAN)
             };
@@ -522,14 +534,16 @@ fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
             };
             let bytes: usize = got.iter().map(|s| s.bytes).sum();
             println!(
-                "  {:>3.0}-{:<3.0}s: {} frames ({:.1}/s; {span} spanned) | latency p50={:.0}ms p99={:.0}ms max={:.0}ms | {:.0} kbit/s",
+                "  {:>3.0}-{:<3.0}s: {} frames ({:.1}/s; {span} spanned) | latency p50={:.0}ms p99={:.0}ms max={:.0}ms (first packet p50={:.0}ms p99={:.0}ms) | {:.0} kbit/s",
                 a - t0,
                 b - t0,
                 got.len(),
                 got.len() as f64 / (b - a),
-                q(0.5),
-                q(0.99),
+                q(&lat, 0.5),
+                q(&lat, 0.99),
                 lat.last().copied().unwrap_or(f64::NAN),
+                q(&first, 0.5),
+                q(&first, 0.99),
                 8.0 * bytes as f64 / (b - a) / 1000.0,
             );
         }
