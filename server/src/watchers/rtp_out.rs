@@ -15,11 +15,10 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use bytes::Bytes;
-use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
-
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::UdpSocket;
 
