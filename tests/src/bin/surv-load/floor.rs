@@ -57,13 +57,7 @@ impl Floor {
 
     /// CPU time of the floor runtime's threads so far, ns.
     fn cpu_ns() -> u64 {
-        let pid = std::process::id().to_string();
-        let names = crate::procfs::thread_names(&pid);
-        crate::procfs::threads_cpu_ns(&pid)
-            .into_iter()
-            .filter(|(tid, _)| names.get(tid).is_some_and(|n| n == THREAD_NAME))
-            .map(|(_, ns)| ns)
-            .sum()
+        crate::procfs::named_threads_cpu_ns(&std::process::id().to_string(), THREAD_NAME)
     }
 }
 
@@ -200,15 +194,8 @@ pub fn tcp_send_floor(
             },
         )?
     };
-    let cpu_ns = || -> u64 {
-        let pid = std::process::id().to_string();
-        let names = crate::procfs::thread_names(&pid);
-        crate::procfs::threads_cpu_ns(&pid)
-            .into_iter()
-            .filter(|(tid, _)| names.get(tid).is_some_and(|n| n == WRITER_NAME))
-            .map(|(_, ns)| ns)
-            .sum()
-    };
+    let cpu_ns =
+        || crate::procfs::named_threads_cpu_ns(&std::process::id().to_string(), WRITER_NAME);
     std::thread::sleep(Duration::from_secs(1));
     let (ns0, f0, t0) = (cpu_ns(), frames.load(Relaxed), std::time::Instant::now());
     std::thread::sleep(Duration::from_secs_f64(secs));

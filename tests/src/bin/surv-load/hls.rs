@@ -16,6 +16,7 @@ use surv_tests::http::{Conn, Limits};
 use tokio::time::timeout;
 
 use crate::http::free_port;
+use crate::measure::percentile;
 use crate::procfs::cpu_us;
 use crate::server::ServerProc;
 use crate::Args;
@@ -222,11 +223,6 @@ fn report(args: &Args, n: usize, run: &Run) {
         .map(|g| g.after_us as f64 / 1e3)
         .collect();
     after_ms.sort_by(f64::total_cmp);
-    let pct = |v: &[f64], p: f64| {
-        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
     let (s0, s1) = &run.status;
     let made = s1.parts_made.saturating_sub(s0.parts_made).max(1) as f64;
     let served = |f: fn(&HlsCounters) -> u64| f(s1).saturating_sub(f(s0));
@@ -251,12 +247,12 @@ fn report(args: &Args, n: usize, run: &Run) {
         made,
         IN_TIME.as_millis(),
         100.0 * shares.first().copied().unwrap_or(0.0),
-        100.0 * pct(&shares, 0.5),
+        100.0 * percentile(&shares, 0.5),
     );
     println!(
         "  part arrival after capture, ms: p50 {:.0}, p99 {:.0}, max {:.0} ({} parts); a player holding back 0.6 s (PART-HOLD-BACK) shows them that much later",
-        pct(&after_ms, 0.5),
-        pct(&after_ms, 0.99),
+        percentile(&after_ms, 0.5),
+        percentile(&after_ms, 0.99),
         after_ms.last().copied().unwrap_or(f64::NAN),
         after_ms.len()
     );

@@ -61,7 +61,7 @@ impl Api {
     }
 
     fn call(&self, path: &str, mut body: Value) -> anyhow::Result<Value> {
-        body["transaction"] = json!(format!("{:016x}", rand_u64()));
+        body["transaction"] = json!(format!("{:016x}", rand::random::<u64>()));
         let text = body.to_string();
         let req = http::Request::post(path, text.as_bytes())
             .headers(&[("Content-Type", "application/json")]);
@@ -89,13 +89,6 @@ impl Api {
 
 fn limits() -> http::Limits {
     http::Limits::new(REQUEST_TIMEOUT, 1 << 20)
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
 }
 
 pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {

@@ -245,6 +245,15 @@ pub(crate) fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<
     wait_longer_until(what, Duration::ZERO, cond)
 }
 
+/// The `p` quantile (0..=1) of `sorted` by nearest rank, rounding down: element ⌊len × p⌋,
+/// the last at most; NaN for no values.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// [`wait_until`], allowing `extra` time beyond [`WAIT_LIMIT`] (for a wait that spans the
 /// measured window).
 pub(crate) fn wait_longer_until(
@@ -303,4 +312,19 @@ pub(crate) fn measure_window(
         secs,
         rss_kib: rss_kib(pid)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_by_nearest_rank_rounding_down() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 6.0);
+        assert_eq!(percentile(&v, 0.99), 10.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 1.0), 10.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 }

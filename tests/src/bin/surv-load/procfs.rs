@@ -30,6 +30,17 @@ pub fn threads_cpu_ns(pid: &str) -> std::collections::BTreeMap<String, u64> {
     found
 }
 
+/// Time on a CPU, ns (schedstat, as [`threads_cpu_ns`]), of the live threads of a process named
+/// exactly `name`, summed.
+pub fn named_threads_cpu_ns(pid: &str, name: &str) -> u64 {
+    let names = thread_names(pid);
+    threads_cpu_ns(pid)
+        .into_iter()
+        .filter(|(tid, _)| names.get(tid).is_some_and(|n| n == name))
+        .map(|(_, ns)| ns)
+        .sum()
+}
+
 /// The name (`comm`) of each live thread of a process, by thread id.
 pub fn thread_names(pid: &str) -> std::collections::BTreeMap<String, String> {
     tasks(pid)

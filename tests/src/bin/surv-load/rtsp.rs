@@ -202,6 +202,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     };
     let s = shares(&tally, n, secs);
     let srv_cpu = srv1.saturating_sub(srv0) as f64;
+    let server_us = srv_cpu / s.delivered.max(1) as f64;
     let skipped: u64 = journal
         .lines()
         .filter(|l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
@@ -225,7 +226,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     println!(
         "server cpu={:.1}% of a core ({idle_pct:.1}% idle, no watcher) = {:.2}us per delivered frame | rss={:.1}MiB ({:.1}MiB idle) | gen cpu={:.0}% | frames skipped by the server (journal LEAVEs): {skipped} | {} datagrams not from the server | connected in {conn_secs:.1}s",
         100.0 * srv_cpu / 1e6 / secs,
-        srv_cpu / s.delivered.max(1) as f64,
+        server_us,
         rss_loaded as f64 / 1024.0,
         rss_idle as f64 / 1024.0,
         100.0 * gen1.saturating_sub(gen0) as f64 / 1e6 / secs,
@@ -279,7 +280,6 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         let threads = args.client_threads;
         let floor =
             crate::floor::tcp_send_floor(n, frame_bytes, fps, args.seconds.max(3.0), threads)?;
-        let server_us = srv_cpu / s.delivered.max(1) as f64;
         println!(
             "send floor: one bare writer thread, {frame_bytes} B a frame as interleaved RTP (one writev per frame per reader) to {n} loopback TCP readers on {threads} threads: {:.1}% of a core = {:.2}us per delivered frame | the server {server_us:.2}us ({:.2}x the floor)",
             floor.pct,

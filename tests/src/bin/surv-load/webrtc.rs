@@ -19,7 +19,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use surv_tests::http;
 
 use crate::http::{free_port, snapshot_bytes};
-use crate::measure::wait_longer_until;
+use crate::measure::{percentile, wait_longer_until};
 use crate::procfs::{cpu_us, rss_kib};
 use crate::rtsp::{status, Counters};
 use crate::server::ServerProc;
@@ -114,10 +114,15 @@ impl Tally {
         if a == u64::MAX || b == u64::MAX {
             return 0;
         }
-        // Modulo 2^32 like the RTP field, whether or not str0m extended it.
-        let ticks = b.wrapping_sub(a) & 0xffff_ffff;
-        (ticks as f64 * f64::from(fps) / 90_000.0).round() as u64 + 1
+        rtp_frames_spanned(a, b, fps)
     }
+}
+
+/// Frames at `fps` from RTP time (90 kHz) `first` to `last`, both counted; modulo 2^32 like
+/// the RTP field, whether or not str0m extended it.
+fn rtp_frames_spanned(first: u64, last: u64, fps: u32) -> u64 {
+    let ticks = last.wrapping_sub(first) & 0xffff_ffff;
+    (ticks as f64 * f64::from(fps) / 90_000.0).round() as u64 + 1
 }
 
 pub fn run(args: &Args, n: usize) -> anyhow::Result<()> {
@@ -482,7 +487,6 @@ fn run_external(args: &Args, n: usize, url: &str) -> anyhow::Result<()> {
 /// Per viewer: the whole window, then each 10 s of it.
 fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
     const WINDOW: f64 = 10.0;
-    let fps = f64::from(args.fps.max(1));
     println!(
         "webrtc viewers={n} ({} playing, {} failed) of an external server, measured {} s at {} fps | {}",
         tally.playing.load(Relaxed),
@@ -507,29 +511,18 @@ fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
             let a = t0 + w as f64 * WINDOW;
             let b = (a + WINDOW).min(t0 + args.seconds);
             let got: Vec<&Sample> = all.iter().filter(|s| s.at >= a && s.at < b).collect();
-            let mut lat: Vec<f64> = got
-                .iter()
-                .map(|s| s.latency_ms)
-                .filter(|l| l.is_finite())
-                .collect();
-            lat.sort_by(f64::total_cmp);
-            let mut first: Vec<f64> = got
-                .iter()
-                .map(|s| s.first_packet_ms)
-                .filter(|l| l.is_finite())
-                .collect();
-            first.sort_by(f64::total_cmp);
-            let q = |v: &[f64], p: f64| {
-                v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(f64::NAN)
+            let sorted = |ms: fn(&Sample) -> f64| {
+                let mut v: Vec<f64> = got
+                    .iter()
+                    .map(|s| ms(s))
+                    .filter(|l| l.is_finite())
+                    .collect();
+                v.sort_by(f64::total_cmp);
+                v
             };
+            let (lat, first) = (sorted(|s| s.latency_ms), sorted(|s| s.first_packet_ms));
             let span = match (got.first(), got.last()) {
-                (Some(f), Some(l)) => {
-                    ((l.rtp.wrapping_sub(f.rtp) & 0xffff_ffff) as f64 * fps / 90_000.0).round()
-                        as usize
-                        + 1
-                }
+                (Some(f), Some(l)) => rtp_frames_spanned(f.rtp, l.rtp, args.fps.max(1)),
                 _ => 0,
             };
             let bytes: usize = got.iter().map(|s| s.bytes).sum();
@@ -539,11 +532,11 @@ fn report_windows(args: &Args, n: usize, tally: &Tally, t0: f64) {
                 b - t0,
                 got.len(),
                 got.len() as f64 / (b - a),
-                q(&lat, 0.5),
-                q(&lat, 0.99),
+                percentile(&lat, 0.5),
+                percentile(&lat, 0.99),
                 lat.last().copied().unwrap_or(f64::NAN),
-                q(&first, 0.5),
-                q(&first, 0.99),
+                percentile(&first, 0.5),
+                percentile(&first, 0.99),
                 8.0 * bytes as f64 / (b - a) / 1000.0,
             );
         }
