@@ -50,6 +50,8 @@ pub struct Camera {
     pub forwards: OnceLock<Vec<Arc<Forwarding>>>,
     /// Its RTP packets, made once per frame for every RTSP session and the forward.
     pub rtp: Arc<crate::rtp::CameraPackets>,
+    /// The one writer of its H.264 RTSP sessions over TCP, while any plays.
+    pub rtsp_writer: crate::watchers::rtsp::TcpWriter,
 }
 
 impl Camera {
@@ -77,6 +79,7 @@ impl Camera {
             retired: AtomicBool::new(false),
             fanout: Mutex::new(None),
             forwards: OnceLock::new(),
+            rtsp_writer: Default::default(),
             rtp: Arc::default(),
         }
     }

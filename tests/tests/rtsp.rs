@@ -527,6 +527,134 @@ async fn a_player_that_stops_reading_skips_to_a_keyframe() {
     srv.stop().await.unwrap();
 }
 
+/// Reads `p`'s RTP (channel 0) until `frames` frames ended (marker bits), every packet's
+/// sequence number the one after the last (`last`: the one before the first, if known), each
+/// frame's timestamp after the one before (no frame twice) by less than half a second; the
+/// first packet's NAL type.
+async fn frames_in_order(p: &mut RawPlayer, frames: usize, last: &mut Option<u16>) -> u8 {
+    let mut first = None;
+    let mut ended = 0;
+    let mut last_ts: Option<u32> = None;
+    while ended < frames {
+        let (channel, packet) = p.packet().await;
+        if channel != 0 {
+            continue; // RTCP
+        }
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        if let Some(prev) = *last {
+            assert_eq!(seq, prev.wrapping_add(1), "a gap in the sequence numbers");
+        }
+        *last = Some(seq);
+        first.get_or_insert(nal_type(&packet));
+        if packet[1] & 0x80 != 0 {
+            let ts = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+            if let Some(prev) = last_ts {
+                let step = ts.wrapping_sub(prev);
+                assert!(
+                    step > 0 && step < 45_000,
+                    "a frame's timestamp {step} after the last"
+                );
+            }
+            last_ts = Some(ts);
+            ended += 1;
+        }
+    }
+    first.unwrap()
+}
+
+/// Three players of one camera over TCP, read at once: after the cached GOP, the camera's one
+/// writer sends them (counted), each packet in order, starting at a keyframe; a PAUSE takes a
+/// player back from the writer (nothing more comes), and its PLAY resumes at a keyframe with
+/// the sequence number RTP-Info announced, handed to the writer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_camera_s_one_writer_sends_its_tcp_players_in_order() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(320, 240, None).await;
+    let addr = srv.rtsp_addr.unwrap();
+    let base = format!("rtsp://{addr}/main");
+    let by_writer = || srv.server.stats.rtsp.writer_frames.load(Relaxed);
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        let mut p = RawPlayer::connect(addr).await;
+        let head = p
+            .describe_and_setup(&base, "RTP/AVP/TCP;unicast;interleaved=0-1")
+            .await;
+        let session = session_id(&head);
+        let head = p
+            .request("PLAY", &base, &format!("Session: {session}\r\n"))
+            .await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        players.push((p, session));
+    }
+    let reads: Vec<_> = players
+        .into_iter()
+        .map(|(mut p, session)| {
+            tokio::spawn(async move {
+                let mut last = None;
+                let first = frames_in_order(&mut p, 90, &mut last).await;
+                assert_eq!(first, 7, "the first packet: a keyframe's SPS");
+                (p, session, last)
+            })
+        })
+        .collect();
+    let mut players = Vec::new();
+    for read in reads {
+        players.push(read.await.expect("a player read 90 frames in order"));
+    }
+    let before_pause = by_writer();
+    assert!(
+        before_pause >= 3 * 45,
+        "the writer sent {before_pause} of the 270 frames"
+    );
+    // Two leave: no unit was lost between their tasks and the writer (a unit neither sent
+    // shows in the LEAVE's frames_skipped; they read all along, so nothing fell behind).
+    for (p, session, _) in players.drain(1..) {
+        let mut p = p;
+        let head = p
+            .request("TEARDOWN", &base, &format!("Session: {session}\r\n"))
+            .await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    }
+    let leaves = srv
+        .wait_journal_count(2, |l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
+        .await
+        .unwrap();
+    for leave in &leaves {
+        assert!(leave.contains("reason=end"), "{leave}");
+        assert!(leave.contains(" frames_skipped=0"), "{leave}");
+    }
+    let (p, session, _) = &mut players[0];
+    let head = p
+        .request("PAUSE", &base, &format!("Session: {session}\r\n"))
+        .await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    // Paused: no RTP within half a second (what was on its way came before the answer).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut chunk = [0u8; 1024];
+    let quiet = timeout(Duration::from_millis(500), p.tcp.read(&mut chunk)).await;
+    assert!(quiet.is_err(), "data after PAUSE: {quiet:?}");
+    let head = p
+        .request("PLAY", &base, &format!("Session: {session}\r\n"))
+        .await;
+    assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    let announced: u16 = head
+        .split(';')
+        .find_map(|f| f.strip_prefix("seq="))
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no seq in RTP-Info: {head}"));
+    let resumed = by_writer();
+    let mut last = Some(announced.wrapping_sub(1));
+    let first = frames_in_order(p, 60, &mut last).await;
+    assert_eq!(first, 7, "PLAY after PAUSE resumes at a keyframe");
+    assert!(
+        by_writer() > resumed,
+        "the writer takes the player again after the resumed keyframe"
+    );
+    drop(players);
+    srv.stop().await.unwrap();
+}
+
 /// Each camera by its name, at its own size; past `--max-viewers`, PLAY is refused (453) with
 /// the reason, counted and journalled, and the first player is not disturbed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,6 +171,12 @@ impl H264Feed {
         joined
     }
 
+    /// A receiver of the units published from now on (no GOP, no keyframe asked: for a
+    /// camera's one writer, whose sessions join through their own [`FeedReader`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<H264Unit>> {
+        self.tx.subscribe()
+    }
+
     /// Asks the encoder for an IDR picture on its next frame, or as soon as
     /// [`FORCED_KEYFRAME_GAP_90K`] has passed since the last one (a watcher joined, or fell
     /// behind). Nothing for a passthrough camera: its keyframes come when the camera sends them.
@@ -333,6 +339,12 @@ fn thread_name(label: &str) -> String {
     name
 }
 
+/// How many units may queue for a watcher of a camera at `fps` before it counts as behind:
+/// half a second's.
+pub fn lag_limit(fps: u32) -> usize {
+    (fps.max(1) as usize).div_ceil(2).max(2)
+}
+
 /// One watcher's way through a camera's H.264 feed, the same for every kind that sends it
 /// (RTSP sessions, `--forward`): the cached GOP first, then live units, each in order; a
 /// reader that falls behind (more than `lag_limit` units queued for it, or the broadcast
@@ -359,7 +371,7 @@ impl FeedReader {
             rx,
             wait_key: backlog.is_empty(),
             backlog,
-            lag_limit: (fps.max(1) as usize).div_ceil(2).max(2),
+            lag_limit: lag_limit(fps),
             skipped: 0,
         }
     }

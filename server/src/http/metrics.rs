@@ -514,6 +514,11 @@ impl Collector for ServerCollector {
                 "JPEG frames an RTSP /mjpeg session skipped: RTP/JPEG (RFC 2435) cannot carry them.",
                 &rtsp.jpeg_unfit,
             ),
+            (
+                "rtsp_writer_frames",
+                "Frames a camera's one writer sent to its caught-up H.264 RTSP sessions over TCP.",
+                &rtsp.writer_frames,
+            ),
         ] {
             counter(e, name, help, v.load(Relaxed))?;
         }

@@ -15,10 +15,9 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::UdpSocket;
 
@@ -63,18 +62,15 @@ pub fn interleave_prefix(channel: u8, len: usize) -> [u8; 4] {
 }
 
 impl RtpOut {
-    /// Writes `frame`'s packets under `stamp`'s headers, interleaved on `channel`; the bytes of
-    /// RTP sent (headers included, `$` prefixes not). First one `writev` without waiting (what
-    /// a reader that keeps up always takes: no timer, no waker); what it leaves is written
-    /// within `deadline`, or the error is `TimedOut`. An error when the connection fails.
-    pub async fn write_interleaved<W: AsyncWrite + TryWriteVectored + Unpin>(
-        &mut self,
-        write: &mut W,
+    /// `frame`'s packets under `stamp`'s headers, interleaved on `channel`, as the iovecs of
+    /// one `writev` (taking their sequence numbers), and the bytes of RTP in them (headers
+    /// included, `$` prefixes not).
+    pub fn interleaved<'a>(
+        &'a mut self,
         channel: u8,
         stamp: &mut Stamp,
-        frame: &RtpFrame,
-        deadline: Duration,
-    ) -> io::Result<usize> {
+        frame: &'a RtpFrame,
+    ) -> (Vec<IoSlice<'a>>, usize) {
         self.headers.clear();
         stamp.headers(frame, &mut self.headers);
         self.prefixes.clear();
@@ -92,29 +88,7 @@ impl RtpOut {
             iovs.push(IoSlice::new(prefix));
             iovs.push(IoSlice::new(payload(packet)));
         }
-        let mut rest: &mut [IoSlice<'_>] = &mut iovs;
-        match write.try_write_vectored(rest) {
-            Ok(n) => IoSlice::advance_slices(&mut rest, n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-        if rest.is_empty() {
-            return Ok(rtp_bytes);
-        }
-        let finish = async {
-            while !rest.is_empty() {
-                let n = write.write_vectored(rest).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                IoSlice::advance_slices(&mut rest, n);
-            }
-            Ok(rtp_bytes)
-        };
-        match tokio::time::timeout(deadline, finish).await {
-            Ok(done) => done,
-            Err(_) => Err(io::ErrorKind::TimedOut.into()),
-        }
+        (iovs, rtp_bytes)
     }
 
     /// Sends `frame`'s packets under `stamp`'s headers to `dest` from `socket` (waiting for
@@ -315,74 +289,15 @@ mod tests {
         );
     }
 
-    /// A writer that takes `room` bytes without waiting, then the rest only by waiting.
-    struct Wire {
-        bytes: std::cell::RefCell<Vec<u8>>,
-        room: std::cell::Cell<usize>,
-    }
-
-    impl TryWriteVectored for Wire {
-        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            if self.room.get() == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let mut taken = 0;
-            for buf in bufs {
-                let n = buf.len().min(self.room.get());
-                self.bytes.borrow_mut().extend_from_slice(&buf[..n]);
-                self.room.set(self.room.get() - n);
-                taken += n;
-            }
-            Ok(taken)
-        }
-    }
-
-    impl AsyncWrite for Wire {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.bytes.borrow_mut().extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn interleaved_packets_carry_the_channel_length_and_session_header() {
+    #[test]
+    fn interleaved_packets_carry_the_channel_length_and_session_header() {
         let sizes = [1412, 1412, 40];
         let shared = frame(&sizes);
-        let mut wires = Vec::new();
-        // All without waiting; cut inside the first payload, then the rest by waiting; all
-        // by waiting.
-        for room in [1 << 20, 2000, 0] {
-            let mut stamp = Stamp::new(7, 50, 10);
-            let mut wire = Wire {
-                bytes: Vec::new().into(),
-                room: room.into(),
-            };
-            let bytes = RtpOut::default()
-                .write_interleaved(&mut wire, 2, &mut stamp, &shared, Duration::from_secs(1))
-                .await
-                .unwrap();
-            assert_eq!(bytes, sizes.iter().sum::<usize>());
-            wires.push(wire.bytes.into_inner());
-        }
-        assert_eq!(wires[0], wires[1]);
-        assert_eq!(wires[0], wires[2]);
-        let wire = &wires[0];
+        let mut stamp = Stamp::new(7, 50, 10);
+        let mut out = RtpOut::default();
+        let (iovs, bytes) = out.interleaved(2, &mut stamp, &shared);
+        assert_eq!(bytes, sizes.iter().sum::<usize>());
+        let wire: Vec<u8> = iovs.iter().flat_map(|b| b.iter().copied()).collect();
         let mut got = Vec::new();
         let mut rest = &wire[..];
         while let [b'$', channel, hi, lo, tail @ ..] = rest {
@@ -393,6 +308,8 @@ mod tests {
         }
         assert!(rest.is_empty(), "{} bytes left over", rest.len());
         check(&got, &sizes, 10);
+        // The next frame goes on with the sequence.
+        assert_eq!(stamp.next_seq(), 13);
     }
 
     #[test]

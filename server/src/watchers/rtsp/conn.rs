@@ -1,9 +1,10 @@
 //! One RTSP connection: its requests answered in order and, once it PLAYs, its session's RTP
 //! (interleaved on this connection, or over UDP from the shared pair) and RTCP sender reports.
 //!
-//! One task owns the connection, so a response is never written into the middle of an
-//! interleaved packet. A connection carries at most one session (one video stream): what
-//! every player asks of a server with one stream per URL.
+//! Everything the connection sends goes through its [`Link`], so a response is never written
+//! into the middle of an interleaved packet; an H.264 session over TCP that has caught up is
+//! sent by its camera's one writer ([`super::link`]). A connection carries at most one session
+//! (one video stream): what every player asks of a server with one stream per URL.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -14,12 +15,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use rtsp_types::headers::{Transports, AUTHORIZATION, CSEQ, SESSION};
 use rtsp_types::{Message, Method, ParseError, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::link::{By, Link, Offered, Sent, TcpWriter};
 use super::request::{self, mount, pick_transport, transport_reply, Delivery, Reply, Stream};
 use super::Shared;
 use crate::auth::{http_presented, DigestAnswer, Presented};
@@ -29,7 +30,7 @@ use crate::capture::{FrameRx, PictureDemand, SharedFrame};
 use crate::journal::LeaveReason;
 use crate::rtp::{jpeg_timestamp, rtcp, RtpFrame, Stamp};
 use crate::watchers::rtp_out::{interleave_prefix, RtpOut};
-use crate::watchers::{LiveTally, Membership, RefusalCause, Refused, Tally, WatcherKind, Watchers};
+use crate::watchers::{Membership, RefusalCause, Refused, WatcherKind, Watchers};
 
 /// A request longer than this (headers and body) closes the connection: no RTSP request a
 /// player sends comes near it.
@@ -42,7 +43,7 @@ const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// it is told ends (`timeout`), as gortsplib does.
 const UDP_SILENCE_GRACE: Duration = Duration::from_secs(5);
 /// A player that takes none of what it is sent for this long is dropped (`timeout`).
-const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+pub(super) const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How often a playing session gets an RTCP sender report.
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long a DESCRIBE waits for an encoded camera's first parameter sets.
@@ -76,7 +77,7 @@ pub(super) async fn serve(
             tracing::debug!(%peer, error = %e, "RTSP: cannot size the send buffer");
         }
     }
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, write) = stream.into_split();
     let mut conn = Conn {
         shared,
         peer,
@@ -85,12 +86,14 @@ pub(super) async fn serve(
         authed: false,
         demand: None,
         session: None,
+        link: Arc::new(Link::new(write)),
         rtp_out: RtpOut::default(),
     };
     let mut buf = BytesMut::with_capacity(4096);
-    let reason = conn.run(&mut read, &mut write, &mut buf, &shutdown).await;
+    let reason = conn.run(&mut read, &mut buf, &shutdown).await;
     tracing::debug!(%peer, reason = reason.as_str(), "RTSP connection ends");
-    let _ = timeout(Duration::from_secs(1), write.shutdown()).await;
+    // The write half shuts down when the last holder of the link lets go (the camera's
+    // writer lets go at its next unit).
     conn.end(reason);
 }
 
@@ -106,7 +109,10 @@ struct Conn {
     /// Holds the camera's H.264 encoder running from DESCRIBE on.
     demand: Option<H264Demand>,
     session: Option<Session>,
-    /// Its session's RTP headers, reused frame after frame.
+    /// Everything it writes goes here.
+    link: Arc<Link>,
+    /// Its session's RTP headers, reused frame after frame (but an H.264 session over TCP's:
+    /// they are in the link).
     rtp_out: RtpOut,
 }
 
@@ -117,7 +123,8 @@ struct Session {
     stream: Stream,
     delivery: Delivery,
     /// Its SSRC, timestamp base (random: RFC 3550) and one sequence-number run across PAUSE
-    /// and PLAY, over the camera's shared packets.
+    /// and PLAY, over the camera's shared packets (an H.264 session over TCP: from its PLAY
+    /// on, the link's copy goes on).
     stamp: Stamp,
     play: Option<Play>,
 }
@@ -125,23 +132,23 @@ struct Session {
 /// A PLAYing session: a watcher.
 struct Play {
     membership: Membership,
-    tally: Tally,
-    live: Arc<LiveTally>,
+    /// What it sent (but an H.264 session over TCP's: in the link).
+    sent: Sent,
+    /// H.264 over TCP: the link sends it, with the camera's writer once caught up.
+    linked: bool,
     media: Media,
     /// An `/mjpeg` session keeps the camera's pictures coming (an H.264 camera passed through
     /// is decoded only while someone needs pictures).
     _pictures: Option<PictureDemand>,
     paused: bool,
-    /// For sender reports: what was sent, and the newest frame's RTP and wall-clock times.
-    packets: u32,
-    octets: u32,
-    last: Option<(u32, u64)>,
     last_report: Instant,
 }
 
 enum Media {
     /// The cached GOP, then live; behind → skip to a keyframe.
     H264(FeedReader),
+    /// H.264 over TCP, caught up: the camera's writer sends it.
+    Handed,
     Jpeg {
         rx: FrameRx,
     },
@@ -165,6 +172,7 @@ impl Media {
                 Ok(()) => Next::Picture(rx.borrow_and_update().clone()),
                 Err(_) => Next::Ended,
             },
+            Media::Handed => std::future::pending().await,
         }
     }
 }
@@ -181,7 +189,6 @@ impl Conn {
     async fn run(
         &mut self,
         read: &mut tokio::net::tcp::OwnedReadHalf,
-        write: &mut OwnedWriteHalf,
         buf: &mut BytesMut,
         shutdown: &CancellationToken,
     ) -> LeaveReason {
@@ -196,6 +203,10 @@ impl Conn {
         tokio::pin!(shutdown);
         // The camera's stop, once a SETUP names the camera (it does not change after).
         let mut camera_ends: Option<Pin<Box<WaitForCancellationFutureOwned>>> = None;
+        // A write left bytes waiting (or failed): finish it.
+        let link = self.link.clone();
+        let unfinished = link.wake.notified();
+        tokio::pin!(unfinished);
         loop {
             if camera_ends.is_none() {
                 camera_ends = self
@@ -213,7 +224,7 @@ impl Conn {
                 .session
                 .as_mut()
                 .and_then(|s| s.play.as_mut())
-                .filter(|p| !p.paused);
+                .filter(|p| !p.paused && !matches!(p.media, Media::Handed));
             let playing = play.is_some();
             let media = async {
                 match play {
@@ -224,6 +235,12 @@ impl Conn {
             tokio::select! {
                 () = &mut shutdown => return LeaveReason::Shutdown,
                 () = camera => return LeaveReason::Shutdown,
+                () = &mut unfinished => {
+                    unfinished.set(link.wake.notified());
+                    if let Err(reason) = link.flush().await {
+                        return reason;
+                    }
+                }
                 n = read.read_buf(buf) => {
                     match n {
                         Ok(0) => return LeaveReason::Closed,
@@ -243,7 +260,7 @@ impl Conn {
                                 };
                                 out.clear();
                                 let after = self.answer(&req, &mut out).await;
-                                if let Err(reason) = write_all(write, &out).await {
+                                if let Err(reason) = link.write_all(&out).await {
                                     return reason;
                                 }
                                 if after == After::Teardown {
@@ -255,18 +272,18 @@ impl Conn {
                                     .len()
                                     .saturating_add(needed.map_or(1, |n| n.get()));
                                 if wanted > MAX_REQUEST_BYTES {
-                                    return self.bad_request(write, "request too long").await;
+                                    return self.bad_request("request too long").await;
                                 }
                                 break;
                             }
                             Err(ParseError::Error) => {
-                                return self.bad_request(write, "not an RTSP request").await;
+                                return self.bad_request("not an RTSP request").await;
                             }
                         }
                     }
                 }
                 next = media, if playing => {
-                    if let Err(reason) = self.send(next, write).await {
+                    if let Err(reason) = self.send(next).await {
                         return reason;
                     }
                 }
@@ -292,7 +309,7 @@ impl Conn {
                             }
                         }
                     }
-                    if let Err(reason) = self.report(write, &mut out).await {
+                    if let Err(reason) = self.report(&mut out).await {
                         return reason;
                     }
                 }
@@ -301,7 +318,7 @@ impl Conn {
     }
 
     /// Answers a request that is no RTSP (or too long): 400, and the connection closes.
-    async fn bad_request(&self, write: &mut OwnedWriteHalf, why: &str) -> LeaveReason {
+    async fn bad_request(&self, why: &str) -> LeaveReason {
         self.shared
             .server
             .stats
@@ -311,7 +328,7 @@ impl Conn {
         tracing::info!(peer = %self.peer, why, "RTSP: closing a connection");
         let mut out = Vec::new();
         Reply::new(400).write(None, &mut out);
-        let _ = write_all(write, &out).await;
+        let _ = self.link.write_all(&out).await;
         LeaveReason::Error
     }
 
@@ -355,8 +372,14 @@ impl Conn {
             }
             Method::Pause => {
                 self.check_session(req)?;
-                if let Some(play) = self.session.as_mut().and_then(|s| s.play.as_mut()) {
-                    play.paused = true;
+                if let Some(session) = self.session.as_mut() {
+                    if let Some(play) = session.play.as_mut() {
+                        play.paused = true;
+                        if play.linked {
+                            self.link.pause_h264(true);
+                            TcpWriter::leave(&session.camera, &self.link);
+                        }
+                    }
                 }
                 ok(self.with_session(Reply::new(200)))
             }
@@ -563,6 +586,15 @@ impl Conn {
         };
         if let Some(play) = session.play.as_mut() {
             // PLAY after PAUSE: H.264 goes on from a keyframe.
+            if play.paused && play.linked {
+                if matches!(play.media, Media::Handed) {
+                    let fps = session.camera.capture.shape().fps;
+                    play.media =
+                        Media::H264(FeedReader::join(session.camera.capture.h264.clone(), fps));
+                }
+                self.link.pause_h264(false);
+                TcpWriter::join(&self.shared, &session.camera, self.link.clone());
+            }
             play.paused = false;
             if let Media::H264(reader) = &mut play.media {
                 reader.restart_at_keyframe();
@@ -588,23 +620,38 @@ impl Conn {
             };
             let pictures =
                 (session.stream == Stream::Jpeg).then(|| session.camera.capture.want_pictures());
-            let live = Arc::new(LiveTally::default());
+            let sent = Sent::default();
             let membership =
-                slot.join_reporting(WatcherKind::Rtsp, peer, &session.camera, live.clone());
+                slot.join_reporting(WatcherKind::Rtsp, peer, &session.camera, sent.live.clone());
+            let linked = match (session.stream, session.delivery) {
+                (Stream::H264, Delivery::Tcp { channel }) => {
+                    let camera = &session.camera;
+                    self.link.start_h264(
+                        session.stamp.clone(),
+                        channel,
+                        sent.live.clone(),
+                        camera.capture.h264.clone(),
+                        camera.capture.shape().fps,
+                    );
+                    TcpWriter::join(&self.shared, camera, self.link.clone());
+                    true
+                }
+                _ => false,
+            };
             session.play = Some(Play {
                 membership,
-                tally: Tally::default(),
-                live,
+                sent,
+                linked,
                 media,
                 _pictures: pictures,
                 paused: false,
-                packets: 0,
-                octets: 0,
-                last: None,
                 last_report: Instant::now(),
             });
         }
-        let next_seq = session.stamp.next_seq();
+        let next_seq = self
+            .link
+            .with_h264(|h| h.stamp.next_seq())
+            .unwrap_or_else(|| session.stamp.next_seq());
         let mut info = format!(
             "url={};seq={next_seq}",
             content_base(req).trim_end_matches('/')
@@ -627,7 +674,7 @@ impl Conn {
     }
 
     /// Sends what the media side had next.
-    async fn send(&mut self, next: Next, write: &mut OwnedWriteHalf) -> Result<(), LeaveReason> {
+    async fn send(&mut self, next: Next) -> Result<(), LeaveReason> {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
@@ -635,29 +682,40 @@ impl Conn {
             return Ok(());
         };
         let packets = &session.camera.rtp;
-        let frame = match (next, &mut play.media) {
+        let stats = &self.shared.server.stats;
+        let (frame, capture_unix_us) = match (next, &mut play.media) {
             (Next::Ended, _) => return Err(LeaveReason::Shutdown),
-            (Next::Unit(unit), Media::H264(_)) => {
-                play.tally.seen(unit.seq);
+            (Next::Unit(unit), Media::H264(reader)) if play.linked => {
                 let frame = packets.h264(&unit);
-                play.last = Some((session.stamp.timestamp(frame.rtp_ts), unit.capture_unix_us));
-                frame
+                match self.link.offer(&unit, &frame, By::Session) {
+                    Offered::Sent { bytes, packets } => {
+                        stats.rtsp.rtp_packets.fetch_add(packets as u64, Relaxed);
+                        stats.frames_sent.fetch_add(1, Relaxed);
+                        stats.bytes_sent.fetch_add(bytes as u64, Relaxed);
+                        self.link.flush().await?;
+                        // Behind: the queued units are skipped, and it resumes at a keyframe.
+                        reader.check_lag();
+                    }
+                    Offered::Skipped => {}
+                    // The camera's writer has it now.
+                    Offered::NotMine => play.media = Media::Handed,
+                    Offered::Broken => return Err(LeaveReason::Closed),
+                }
+                return Ok(());
+            }
+            (Next::Unit(unit), Media::H264(_)) => {
+                play.sent.tally.seen(unit.seq);
+                (packets.h264(&unit), unit.capture_unix_us)
             }
             (Next::Picture(Some(picture)), Media::Jpeg { .. }) => {
-                play.tally.seen(picture.seq);
+                play.sent.tally.seen(picture.seq);
                 let Some(jpeg) = picture.jpeg() else {
                     return Ok(());
                 };
-                let made = packets.jpeg(picture.seq, jpeg, picture.capture_unix_us);
-                match made {
-                    Ok(frame) => {
-                        let ts = session.stamp.timestamp(frame.rtp_ts);
-                        play.last = Some((ts, picture.capture_unix_us));
-                        frame
-                    }
+                match packets.jpeg(picture.seq, jpeg, picture.capture_unix_us) {
+                    Ok(frame) => (frame, picture.capture_unix_us),
                     Err(unfit) => {
-                        let stats = &self.shared.server.stats.rtsp;
-                        if stats.jpeg_unfit.fetch_add(1, Relaxed) == 0 {
+                        if stats.rtsp.jpeg_unfit.fetch_add(1, Relaxed) == 0 {
                             tracing::warn!(camera = %session.camera.name, reason = %unfit,
                                 "RTP/JPEG: a frame cannot be sent as RTP/JPEG; skipped (counted)");
                         }
@@ -672,14 +730,12 @@ impl Conn {
             session.delivery,
             &mut session.stamp,
             &frame,
-            write,
+            &self.link,
             &mut self.rtp_out,
         )
         .await?;
-        play.packets = play.packets.wrapping_add(frame.packets.len() as u32);
-        play.octets = play.octets.wrapping_add(bytes as u32);
-        play.tally.sent(bytes);
-        play.live.set(&play.tally);
+        play.sent
+            .frame(&session.stamp, &frame, bytes, capture_unix_us);
         // Behind: the queued frames are skipped, and H.264 resumes at a keyframe.
         if let Media::H264(reader) = &mut play.media {
             reader.check_lag();
@@ -688,37 +744,42 @@ impl Conn {
     }
 
     /// An RTCP sender report, every [`SENDER_REPORT_EVERY`] while playing.
-    async fn report(
-        &mut self,
-        write: &mut OwnedWriteHalf,
-        out: &mut Vec<u8>,
-    ) -> Result<(), LeaveReason> {
+    async fn report(&mut self, out: &mut Vec<u8>) -> Result<(), LeaveReason> {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
         };
         let Some(play) = session.play.as_mut() else {
             return Ok(());
         };
-        let Some((ts, unix_us)) = play.last else {
-            return Ok(());
-        };
         if play.paused || play.last_report.elapsed() < SENDER_REPORT_EVERY {
             return Ok(());
         }
+        let from = |stamp: &Stamp, sent: &Sent| {
+            sent.last.map(|(ts, unix_us)| {
+                rtcp::sender_report(
+                    stamp.ssrc,
+                    unix_us,
+                    ts,
+                    sent.packets,
+                    sent.octets,
+                    &session.camera.name,
+                )
+            })
+        };
+        let report = if play.linked {
+            self.link.with_h264(|h| from(&h.stamp, &h.sent)).flatten()
+        } else {
+            from(&session.stamp, &play.sent)
+        };
+        let Some(report) = report else {
+            return Ok(());
+        };
         play.last_report = Instant::now();
-        let report = rtcp::sender_report(
-            session.stamp.ssrc,
-            unix_us,
-            ts,
-            play.packets,
-            play.octets,
-            &session.camera.name,
-        );
         match session.delivery {
             Delivery::Tcp { channel } => {
                 out.clear();
                 interleave(channel + 1, &report, out);
-                write_all(write, out).await
+                self.link.write_all(out).await
             }
             Delivery::Udp { rtcp, .. } => {
                 let _ = self.shared.rtcp.send_to(&report, rtcp).await;
@@ -740,7 +801,13 @@ impl Conn {
         if let Some(session) = self.session.take() {
             self.forget_udp(&session);
             if let Some(play) = session.play {
-                play.membership.leave(reason, &play.tally);
+                let tally = if play.linked {
+                    TcpWriter::leave(&session.camera, &self.link);
+                    self.link.end_h264().unwrap_or_default()
+                } else {
+                    play.sent.tally
+                };
+                play.membership.leave(reason, &tally);
             }
         }
     }
@@ -766,6 +833,7 @@ fn first_ts(stamp: &Stamp, play: &Play) -> Option<u32> {
             .borrow()
             .as_ref()
             .map(|f| stamp.timestamp(jpeg_timestamp(f.capture_unix_us))),
+        Media::Handed => None,
     }
 }
 
@@ -775,21 +843,12 @@ async fn deliver(
     delivery: Delivery,
     stamp: &mut Stamp,
     frame: &RtpFrame,
-    write: &mut OwnedWriteHalf,
+    link: &Link,
     rtp_out: &mut RtpOut,
 ) -> Result<usize, LeaveReason> {
     let stats = &shared.server.stats;
     let bytes = match delivery {
-        Delivery::Tcp { channel } => {
-            let written = rtp_out.write_interleaved(write, channel, stamp, frame, WRITE_DEADLINE);
-            match written.await {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return Err(LeaveReason::Timeout)
-                }
-                Err(_) => return Err(LeaveReason::Closed),
-            }
-        }
+        Delivery::Tcp { channel } => link.write_frame(rtp_out, channel, stamp, frame).await?,
         Delivery::Udp { rtp, .. } => {
             let sent = rtp_out.send_udp(&shared.rtp, rtp, stamp, frame).await;
             if sent.failed > 0 {
@@ -813,15 +872,6 @@ fn interleave(channel: u8, packet: &[u8], out: &mut Vec<u8>) {
     let len = packet.len().min(usize::from(u16::MAX));
     out.extend_from_slice(&interleave_prefix(channel, len));
     out.extend_from_slice(&packet[..len]);
-}
-
-/// Writes all of `bytes` within the write deadline.
-async fn write_all(write: &mut OwnedWriteHalf, bytes: &[u8]) -> Result<(), LeaveReason> {
-    match timeout(WRITE_DEADLINE, write.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(LeaveReason::Closed),
-        Err(_) => Err(LeaveReason::Timeout),
-    }
 }
 
 /// The request's URI with a trailing `/` and no credentials: players resolve `stream=0`

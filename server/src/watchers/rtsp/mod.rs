@@ -4,9 +4,10 @@
 //!
 //! ```text
 //!  player ──TCP: OPTIONS, DESCRIBE, SETUP, PLAY … TEARDOWN──▶ conn (one task a connection)
-//!         ◀──── RTP/RTCP interleaved ($ frames) on the same connection ───┤
-//!         ◀──── or RTP/RTCP over UDP, from the one shared port pair ──────┘
-//!                 (RTP on --rtsp-udp-port, RTCP on the next port)
+//!         ◀──── RTP/RTCP interleaved ($ frames) on the same connection ───┤ (through its link;
+//!         ◀──── or RTP/RTCP over UDP, from the one shared port pair ──────┘  H.264 once caught
+//!                 (RTP on --rtsp-udp-port, RTCP on the next port)            up: the camera's
+//!                                                                            one writer, link.rs)
 //! ```
 //!
 //! A PLAYing session is a watcher like every other (`form=rtsp` in the journal, against
@@ -17,7 +18,10 @@
 //! it, as the password of Basic or Digest authentication (any user name).
 
 mod conn;
+mod link;
 pub mod request;
+
+pub use link::TcpWriter;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -122,6 +126,9 @@ pub struct RtspStats {
     /// JPEG frames an `/mjpeg` session could not send as RTP/JPEG (RFC 2435 cannot carry
     /// them: progressive, 4:4:4, restart markers, over 2040 pixels, …): skipped.
     pub jpeg_unfit: AtomicU64,
+    /// Frames sent by a camera's one writer to its caught-up H.264 sessions over TCP (the
+    /// rest of their frames went from each session's own task: the cached GOP).
+    pub writer_frames: AtomicU64,
 }
 
 /// What the connections share.

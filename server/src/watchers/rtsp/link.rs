@@ -1,0 +1,705 @@
+//! An RTSP connection's write side, and each camera's one writer for its H.264 sessions over
+//! TCP.
+//!
+//! ```text
+//!  camera's H.264 feed ──broadcast──▶ camera's writer (one task) ──try writev──▶ link 1 … link N
+//!                                     a unit's packets stamped and offered to each link in turn
+//!  connection's task ──replies, sender reports, the cached GOP, what a write left──▶ its link
+//! ```
+//!
+//! Every byte a connection sends goes through its [`Link`]: a write is tried without waiting,
+//! and what the socket does not take is kept (`pending`) and goes before anything written
+//! after it; the connection's task is woken to finish it. So a reply or a sender report never
+//! lands inside an interleaved packet, whoever wrote the packet.
+//!
+//! An H.264 session over TCP starts on its connection's task (the cached GOP, at the player's
+//! pace) and passes to its camera's writer at the first unit the writer finds right after the
+//! last one sent (`last_seq + 1`): both compare and send under the link's lock, so each unit
+//! goes out once and in order, by whichever comes first; from the writer's first, the task
+//! stops reading the feed. A hundred players of a camera then cost one task's wake-up a frame,
+//! not a hundred. A player behind (more than half a second of frames waiting in `pending`)
+//! skips to the next keyframe, counted, as on its own task.
+
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, BytesMut};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{broadcast, Notify};
+use tokio::time::{timeout_at, Instant};
+
+use super::Shared;
+use crate::cameras::Camera;
+use crate::capture::h264::{H264Feed, H264Unit};
+use crate::journal::LeaveReason;
+use crate::rtp::{RtpFrame, Stamp};
+use crate::watchers::rtp_out::{RtpOut, TryWriteVectored};
+use crate::watchers::{LiveTally, Tally};
+
+/// At most this many iovecs go to one `writev` (Linux's `IOV_MAX`); the rest of a larger
+/// frame waits in `pending`.
+const IOV_MAX: usize = 1024;
+
+/// A connection's write side.
+pub(super) struct Link {
+    write: OwnedWriteHalf,
+    state: Mutex<LinkState>,
+    /// Notified when `pending` gets bytes, or the link breaks: the connection's task finishes
+    /// the write ([`Link::flush`]) or ends.
+    pub wake: Notify,
+}
+
+#[derive(Default)]
+struct LinkState {
+    /// Bytes the socket has not taken yet: they go before anything else.
+    pending: BytesMut,
+    /// Frames (whole or in part) added to `pending` since it was last empty.
+    pending_frames: usize,
+    /// A write failed: nothing more is written, the connection ends.
+    broken: bool,
+    /// The H.264 session's sending, from its PLAY on.
+    h264: Option<H264Send>,
+}
+
+/// What an H.264 session over TCP sends, and has sent.
+pub(super) struct H264Send {
+    pub stamp: Stamp,
+    channel: u8,
+    out: RtpOut,
+    pub sent: Sent,
+    /// The newest unit sent (or skipped after the writer took the session).
+    last_seq: Option<u64>,
+    /// The camera's writer sends this session's units.
+    by_writer: bool,
+    /// PAUSEd: neither sends.
+    paused: bool,
+    /// Behind: units are skipped until a keyframe.
+    wait_key: bool,
+    lag_limit: usize,
+    feed: Arc<H264Feed>,
+}
+
+/// What a session has sent: its sender reports, its LEAVE, `/status`.
+#[derive(Default)]
+pub(super) struct Sent {
+    pub tally: Tally,
+    pub live: Arc<LiveTally>,
+    pub packets: u32,
+    pub octets: u32,
+    /// The newest frame's RTP timestamp (the session's) and capture time.
+    pub last: Option<(u32, u64)>,
+}
+
+impl Sent {
+    /// `frame` (`bytes` of RTP) went out under `stamp`, captured at `capture_unix_us`.
+    pub fn frame(&mut self, stamp: &Stamp, frame: &RtpFrame, bytes: usize, capture_unix_us: u64) {
+        self.last = Some((stamp.timestamp(frame.rtp_ts), capture_unix_us));
+        self.packets = self.packets.wrapping_add(frame.packets.len() as u32);
+        self.octets = self.octets.wrapping_add(bytes as u32);
+        self.tally.sent(bytes);
+        self.live.set(&self.tally);
+    }
+}
+
+/// Who offers a unit to a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum By {
+    /// The connection's own task (the GOP, until the writer takes over).
+    Session,
+    Writer,
+}
+
+/// What an offer did.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Offered {
+    /// Written, or queued behind what was: its bytes of RTP and packets.
+    Sent { bytes: usize, packets: usize },
+    /// Not sent: the session is behind, or waits for a keyframe (counted in its tally).
+    Skipped,
+    /// Not this one's to send: the writer has the session (to its task), or the session's task
+    /// has not caught up yet (to the writer), or it is paused or not H.264.
+    NotMine,
+    /// The connection failed.
+    Broken,
+}
+
+impl Link {
+    pub fn new(write: OwnedWriteHalf) -> Link {
+        Link {
+            write,
+            state: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the H.264 session's sending (its first PLAY).
+    pub fn start_h264(
+        &self,
+        stamp: Stamp,
+        channel: u8,
+        live: Arc<LiveTally>,
+        feed: Arc<H264Feed>,
+        fps: u32,
+    ) {
+        self.state().h264 = Some(H264Send {
+            stamp,
+            channel,
+            out: RtpOut::default(),
+            sent: Sent {
+                live,
+                ..Sent::default()
+            },
+            last_seq: None,
+            by_writer: false,
+            paused: false,
+            wait_key: false,
+            lag_limit: crate::capture::h264::lag_limit(fps),
+            feed,
+        });
+    }
+
+    /// PAUSE (`true`: the writer lets go; the session's task takes it back at PLAY) or PLAY.
+    pub fn pause_h264(&self, paused: bool) {
+        if let Some(h) = self.state().h264.as_mut() {
+            h.paused = paused;
+            h.by_writer = false;
+        }
+    }
+
+    /// Reads the H.264 session's sending state.
+    pub fn with_h264<R>(&self, f: impl FnOnce(&H264Send) -> R) -> Option<R> {
+        self.state().h264.as_ref().map(f)
+    }
+
+    /// Ends the H.264 session's sending: what it sent.
+    pub fn end_h264(&self) -> Option<Tally> {
+        self.state().h264.take().map(|h| h.sent.tally)
+    }
+
+    /// Offers the H.264 session `unit` (its packets `frame`): sent when it is `by`'s to send
+    /// (see the module's doc), without waiting; what the socket does not take waits in
+    /// `pending` and the connection's task is woken to finish it.
+    pub fn offer(&self, unit: &H264Unit, frame: &RtpFrame, by: By) -> Offered {
+        let mut state = self.state();
+        let LinkState {
+            pending,
+            pending_frames,
+            broken,
+            h264,
+        } = &mut *state;
+        if *broken {
+            return Offered::Broken;
+        }
+        let Some(h) = h264.as_mut().filter(|h| !h.paused) else {
+            return Offered::NotMine;
+        };
+        match by {
+            By::Session if h.by_writer => return Offered::NotMine,
+            By::Session => {}
+            By::Writer if !h.by_writer => {
+                if h.last_seq.map(|s| s + 1) != Some(unit.seq) {
+                    return Offered::NotMine;
+                }
+                h.by_writer = true;
+            }
+            By::Writer => {}
+        }
+        if h.last_seq.is_some_and(|s| unit.seq <= s) {
+            return Offered::NotMine;
+        }
+        h.last_seq = Some(unit.seq);
+        h.sent.tally.seen(unit.seq);
+        if h.wait_key {
+            if !frame.keyframe {
+                return Offered::Skipped;
+            }
+            h.wait_key = false;
+        }
+        if !pending.is_empty() && *pending_frames >= h.lag_limit {
+            // Behind: what waits goes out, then the next keyframe.
+            h.wait_key = true;
+            h.feed.want_keyframe();
+            return Offered::Skipped;
+        }
+        let was_empty = pending.is_empty();
+        let (iovs, bytes) = h.out.interleaved(h.channel, &mut h.stamp, frame);
+        if put(&self.write, pending, &iovs).is_err() {
+            *broken = true;
+            self.wake.notify_one();
+            return Offered::Broken;
+        }
+        if !pending.is_empty() {
+            *pending_frames += 1;
+            if was_empty {
+                self.wake.notify_one();
+            }
+        }
+        h.sent.frame(&h.stamp, frame, bytes, unit.capture_unix_us);
+        Offered::Sent {
+            bytes,
+            packets: frame.packets.len(),
+        }
+    }
+
+    /// Writes another session's frame (RTP/JPEG over TCP) under `stamp` on `channel`, and
+    /// waits until the socket took it; its bytes of RTP.
+    pub async fn write_frame(
+        &self,
+        out: &mut RtpOut,
+        channel: u8,
+        stamp: &mut Stamp,
+        frame: &RtpFrame,
+    ) -> Result<usize, LeaveReason> {
+        let bytes = {
+            let mut state = self.state();
+            if state.broken {
+                return Err(LeaveReason::Closed);
+            }
+            let (iovs, bytes) = out.interleaved(channel, stamp, frame);
+            if put(&self.write, &mut state.pending, &iovs).is_err() {
+                state.broken = true;
+                return Err(LeaveReason::Closed);
+            }
+            bytes
+        };
+        self.flush().await?;
+        Ok(bytes)
+    }
+
+    /// Writes `bytes` (a reply, a sender report) after whatever waits, and waits until the
+    /// socket took them.
+    pub async fn write_all(&self, bytes: &[u8]) -> Result<(), LeaveReason> {
+        {
+            let mut state = self.state();
+            if state.broken {
+                return Err(LeaveReason::Closed);
+            }
+            if put(&self.write, &mut state.pending, &[IoSlice::new(bytes)]).is_err() {
+                state.broken = true;
+                return Err(LeaveReason::Closed);
+            }
+        }
+        self.flush().await
+    }
+
+    /// Writes what waits in `pending`; `Timeout` when the player takes none of it for
+    /// [`super::conn::WRITE_DEADLINE`], `Closed` when the connection fails.
+    pub async fn flush(&self) -> Result<(), LeaveReason> {
+        let mut deadline = Instant::now() + super::conn::WRITE_DEADLINE;
+        loop {
+            {
+                let mut state = self.state();
+                if state.broken {
+                    return Err(LeaveReason::Closed);
+                }
+                if !state.pending.is_empty() {
+                    match self.write.try_write(&state.pending) {
+                        Ok(0) => state.broken = true,
+                        Ok(n) => {
+                            state.pending.advance(n);
+                            deadline = Instant::now() + super::conn::WRITE_DEADLINE;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => state.broken = true,
+                    }
+                    if state.broken {
+                        return Err(LeaveReason::Closed);
+                    }
+                }
+                if state.pending.is_empty() {
+                    state.pending_frames = 0;
+                    return Ok(());
+                }
+            }
+            match timeout_at(deadline, self.write.writable()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(LeaveReason::Closed),
+                Err(_) => return Err(LeaveReason::Timeout),
+            }
+        }
+    }
+
+    /// The writer fell behind the feed: the session resumes at the next keyframe.
+    fn lost_units(&self) {
+        if let Some(h) = self.state().h264.as_mut().filter(|h| h.by_writer) {
+            h.wait_key = true;
+            h.feed.want_keyframe();
+        }
+    }
+}
+
+/// Writes `iovs` without waiting when nothing waits before them, and appends what the writer
+/// did not take (all of it when something waits) to `pending`.
+fn put<W: TryWriteVectored>(
+    write: &W,
+    pending: &mut BytesMut,
+    iovs: &[IoSlice<'_>],
+) -> io::Result<()> {
+    let mut written = 0;
+    if pending.is_empty() && !iovs.is_empty() {
+        match write.try_write_vectored(&iovs[..iovs.len().min(IOV_MAX)]) {
+            Ok(n) => written = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for iov in iovs {
+        if written >= iov.len() {
+            written -= iov.len();
+            continue;
+        }
+        pending.extend_from_slice(&iov[written..]);
+        written = 0;
+    }
+    Ok(())
+}
+
+/// A camera's writer for its H.264 sessions over TCP (in [`Camera`]): the links it serves, and
+/// whether its task runs (it starts with the first link and ends at the first unit it finds
+/// no link for, or with the camera).
+#[derive(Default)]
+pub struct TcpWriter {
+    members: Mutex<Members>,
+}
+
+#[derive(Default)]
+struct Members {
+    links: Vec<Arc<Link>>,
+    running: bool,
+}
+
+impl TcpWriter {
+    fn members(&self) -> MutexGuard<'_, Members> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `link`'s H.264 session may be taken by `camera`'s writer from now on.
+    pub(super) fn join(shared: &Arc<Shared>, camera: &Arc<Camera>, link: Arc<Link>) {
+        let mut members = camera.rtsp_writer.members();
+        members.links.push(link);
+        if !members.running {
+            members.running = true;
+            let rx = camera.capture.h264.subscribe();
+            tokio::spawn(run(shared.clone(), camera.clone(), rx));
+        }
+    }
+
+    /// `link` leaves `camera`'s writer (PAUSE, or the connection ends).
+    pub(super) fn leave(camera: &Camera, link: &Arc<Link>) {
+        camera
+            .rtsp_writer
+            .members()
+            .links
+            .retain(|l| !Arc::ptr_eq(l, link));
+    }
+}
+
+/// A camera's writer: each unit stamped and offered to every link, in turn, without waiting.
+async fn run(shared: Arc<Shared>, camera: Arc<Camera>, mut rx: broadcast::Receiver<Arc<H264Unit>>) {
+    let writer = &camera.rtsp_writer;
+    let stats = &shared.server.stats;
+    let mut links: Vec<Arc<Link>> = Vec::new();
+    loop {
+        let got = tokio::select! {
+            () = camera.stop.cancelled() => break,
+            got = rx.recv() => got,
+        };
+        let unit = match got {
+            Ok(unit) => unit,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                for link in writer.members().links.iter() {
+                    link.lost_units();
+                }
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        {
+            let mut members = writer.members();
+            if members.links.is_empty() {
+                members.running = false;
+                return;
+            }
+            links.clone_from(&members.links);
+        }
+        let frame = camera.rtp.h264(&unit);
+        let (mut frames, mut bytes, mut packets) = (0u64, 0u64, 0u64);
+        for link in &links {
+            match link.offer(&unit, &frame, By::Writer) {
+                Offered::Sent {
+                    bytes: b,
+                    packets: p,
+                } => {
+                    frames += 1;
+                    bytes += b as u64;
+                    packets += p as u64;
+                }
+                Offered::Skipped | Offered::NotMine | Offered::Broken => {}
+            }
+        }
+        // Nothing of a link that left outlives the frame here.
+        links.clear();
+        if frames > 0 {
+            stats.rtsp.rtp_packets.fetch_add(packets, Relaxed);
+            stats.rtsp.writer_frames.fetch_add(frames, Relaxed);
+            stats.frames_sent.fetch_add(frames, Relaxed);
+            stats.bytes_sent.fetch_add(bytes, Relaxed);
+        }
+    }
+    writer.members().running = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{H264AccessUnit, ParameterSets};
+    use crate::rtp::RtpHeader;
+    use bytes::Bytes;
+    use std::cell::{Cell, RefCell};
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Unit `seq` (a keyframe or not) of `bytes` bytes at 30 frames a second, and its shared
+    /// packets: one packet, timestamp `seq × 3000`.
+    fn unit(seq: u64, keyframe: bool, bytes: usize) -> (H264Unit, RtpFrame) {
+        let unit = H264Unit {
+            seq,
+            au: H264AccessUnit {
+                data: Bytes::from(vec![0; bytes]),
+                parameter_sets: keyframe.then(|| ParameterSets {
+                    sps: Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E]),
+                    pps: Bytes::from_static(&[0x68, 0xCE, 0x3C, 0x80]),
+                }),
+            },
+            media_time_90k: seq * 3000,
+            capture_unix_us: seq,
+        };
+        let mut packet = BytesMut::new();
+        RtpHeader {
+            payload_type: 96,
+            marker: true,
+            seq: 0,
+            timestamp: (seq * 3000) as u32,
+            ssrc: 0,
+        }
+        .write(&mut packet);
+        packet.resize(12 + bytes, seq as u8);
+        let frame = RtpFrame {
+            first_seq: 0,
+            rtp_ts: (seq * 3000) as u32,
+            keyframe,
+            packets: vec![packet.freeze()],
+        };
+        (unit, frame)
+    }
+
+    /// A link over a loopback connection, its H.264 session started (SSRC 7, timestamps from
+    /// 0, sequence numbers from 100, channel 0), and the player's end.
+    async fn link(send_buffer: Option<usize>) -> (Arc<Link>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let player = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        if let Some(bytes) = send_buffer {
+            use std::os::fd::AsRawFd as _;
+            crate::sys::set_buffer(server.as_raw_fd(), libc::SO_SNDBUF, bytes).unwrap();
+        }
+        let (_, write) = server.into_split();
+        let link = Arc::new(Link::new(write));
+        link.start_h264(
+            Stamp::new(7, 0, 100),
+            0,
+            Arc::default(),
+            Arc::new(H264Feed::new()),
+            30,
+        );
+        (link, player)
+    }
+
+    /// The player's interleaved packets: (sequence number, timestamp) each, until `n`.
+    async fn received(player: &mut TcpStream, n: usize) -> Vec<(u16, u32)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let mut prefix = [0u8; 4];
+            player.read_exact(&mut prefix).await.unwrap();
+            assert_eq!((prefix[0], prefix[1]), (b'$', 0));
+            let mut packet = vec![0u8; usize::from(u16::from_be_bytes([prefix[2], prefix[3]]))];
+            player.read_exact(&mut packet).await.unwrap();
+            let (h, _) = RtpHeader::parse(&packet).unwrap();
+            assert_eq!(h.ssrc, 7);
+            got.push((h.seq, h.timestamp));
+        }
+        got
+    }
+
+    /// Each unit goes out once, in order, by whichever of the session's task and the writer
+    /// offers it first; the writer takes the session only at the unit right after the last
+    /// sent, and from then on the task sends nothing; PAUSE stops both.
+    #[tokio::test]
+    async fn the_writer_takes_the_session_at_the_next_unit_and_only_then() {
+        let (link, mut player) = link(None).await;
+        let u: Vec<_> = (0..7).map(|seq| unit(seq, seq % 6 == 0, 100)).collect();
+        let offer = |i: usize, by| link.offer(&u[i].0, &u[i].1, by);
+        let sent = Offered::Sent {
+            bytes: 112,
+            packets: 1,
+        };
+        assert_eq!(offer(0, By::Session), sent);
+        assert_eq!(
+            offer(2, By::Writer),
+            Offered::NotMine,
+            "ahead of the session"
+        );
+        assert_eq!(offer(1, By::Session), sent);
+        assert_eq!(offer(1, By::Writer), Offered::NotMine, "sent already");
+        assert_eq!(offer(2, By::Writer), sent, "the next one: the writer's now");
+        assert_eq!(offer(3, By::Session), Offered::NotMine);
+        assert_eq!(offer(3, By::Writer), sent);
+        link.pause_h264(true);
+        assert_eq!(offer(4, By::Writer), Offered::NotMine);
+        assert_eq!(offer(4, By::Session), Offered::NotMine);
+        link.pause_h264(false);
+        assert_eq!(offer(5, By::Writer), Offered::NotMine, "4 was not sent");
+        assert_eq!(
+            offer(6, By::Session),
+            sent,
+            "the task resumes at a keyframe"
+        );
+        let got = received(&mut player, 5).await;
+        let expected: Vec<(u16, u32)> = [0u32, 1, 2, 3, 6]
+            .iter()
+            .zip(100u16..)
+            .map(|(&i, seq)| (seq, i * 3000))
+            .collect();
+        assert_eq!(got, expected);
+        let tally = link.end_h264().unwrap();
+        assert_eq!(tally.frames_sent, 5);
+    }
+
+    /// A player that does not read: frames wait in `pending` (the task is woken to finish
+    /// them) up to the lag limit, then are skipped, counted, until a keyframe after the
+    /// player caught up; no frame is cut, and the sequence numbers run on.
+    #[tokio::test]
+    async fn a_player_behind_skips_to_a_keyframe_after_the_lag_limit() {
+        let (link, mut player) = link(Some(4096)).await;
+        let limit = crate::capture::h264::lag_limit(30);
+        let first = unit(0, true, 1000);
+        assert!(matches!(
+            link.offer(&first.0, &first.1, By::Session),
+            Offered::Sent { .. }
+        ));
+        let mut outcomes = Vec::new();
+        for seq in 1..=(limit as u64 + 40) {
+            let (u, f) = unit(seq, false, 20_000);
+            outcomes.push(link.offer(&u, &f, By::Writer));
+        }
+        let sent = outcomes
+            .iter()
+            .filter(|o| matches!(o, Offered::Sent { .. }))
+            .count();
+        assert!(
+            sent <= limit + 5,
+            "{sent} frames queued for a player that reads nothing"
+        );
+        assert_eq!(outcomes.last(), Some(&Offered::Skipped));
+        tokio::time::timeout(Duration::from_secs(1), link.wake.notified())
+            .await
+            .expect("the task is woken to finish the write");
+        // A keyframe while the backlog is still there: skipped too.
+        let key = unit(limit as u64 + 41, true, 1000);
+        assert_eq!(link.offer(&key.0, &key.1, By::Writer), Offered::Skipped);
+        // The player reads; the task finishes the backlog; the next keyframe goes out.
+        let flushing = {
+            let link = link.clone();
+            tokio::spawn(async move { link.flush().await })
+        };
+        let backlog = received(&mut player, 1 + sent).await;
+        flushing.await.unwrap().unwrap();
+        let key = unit(limit as u64 + 42, true, 1000);
+        assert!(matches!(
+            link.offer(&key.0, &key.1, By::Writer),
+            Offered::Sent { .. }
+        ));
+        let after = received(&mut player, 1).await;
+        let seqs: Vec<u16> = backlog.iter().chain(&after).map(|p| p.0).collect();
+        assert_eq!(seqs, (100..100 + seqs.len() as u16).collect::<Vec<_>>());
+        assert_eq!(after[0].1, (limit as u32 + 42) * 3000);
+        let tally = link.end_h264().unwrap();
+        assert_eq!(tally.frames_sent, 2 + sent as u64);
+        assert_eq!(tally.skipped(), limit as u64 + 42 - (1 + sent as u64));
+    }
+
+    /// A writer that takes `room` bytes, then has no room.
+    struct Wire {
+        bytes: RefCell<Vec<u8>>,
+        room: Cell<usize>,
+    }
+
+    impl TryWriteVectored for Wire {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room.get() == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.room.get());
+                self.bytes.borrow_mut().extend_from_slice(&buf[..n]);
+                self.room.set(self.room.get() - n);
+                taken += n;
+            }
+            Ok(taken)
+        }
+    }
+
+    /// What is written and what waits are, in order, the bytes given, wherever the socket's
+    /// room ends (none, inside an iovec, at an iovec's end, all); with something waiting,
+    /// nothing is written ahead of it.
+    #[test]
+    fn what_the_socket_does_not_take_waits_in_order() {
+        let parts: [&[u8]; 3] = [b"$\x00\x00\x05", b"hello", b"$\x01\x00\x02hi"];
+        let all: Vec<u8> = parts.concat();
+        let iovs: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        for room in [0, 2, 4, 9, 12, all.len(), 1 << 20] {
+            let wire = Wire {
+                bytes: RefCell::default(),
+                room: Cell::new(room),
+            };
+            let mut pending = BytesMut::new();
+            put(&wire, &mut pending, &iovs).unwrap();
+            let mut got = wire.bytes.borrow().clone();
+            assert_eq!(got.len(), room.min(all.len()), "room {room}");
+            got.extend_from_slice(&pending);
+            assert_eq!(got, all, "room {room}");
+            // A second write goes behind what waits, even with room now.
+            wire.room.set(1 << 20);
+            let before = wire.bytes.borrow().len();
+            put(&wire, &mut pending, &[IoSlice::new(b"next")]).unwrap();
+            if room < all.len() {
+                assert_eq!(wire.bytes.borrow().len(), before, "room {room}");
+                assert!(pending.ends_with(b"next"));
+            } else {
+                assert!(pending.is_empty());
+            }
+        }
+    }
+
+    /// A writer that fails: the error, nothing kept.
+    #[test]
+    fn a_failed_write_is_an_error() {
+        struct Broken;
+        impl TryWriteVectored for Broken {
+            fn try_write_vectored(&self, _: &[IoSlice<'_>]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+        }
+        let mut pending = BytesMut::new();
+        assert!(put(&Broken, &mut pending, &[IoSlice::new(b"x")]).is_err());
+    }
+}
