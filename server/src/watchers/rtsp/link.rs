@@ -403,7 +403,6 @@ impl TcpWriter {
 async fn run(shared: Arc<Shared>, camera: Arc<Camera>, mut rx: broadcast::Receiver<Arc<H264Unit>>) {
     let writer = &camera.rtsp_writer;
     let stats = &shared.server.stats;
-    let mut links: Vec<Arc<Link>> = Vec::new();
     loop {
         let got = tokio::select! {
             () = camera.stop.cancelled() => break,
@@ -419,31 +418,30 @@ async fn run(shared: Arc<Shared>, camera: Arc<Camera>, mut rx: broadcast::Receiv
             }
             Err(broadcast::error::RecvError::Closed) => break,
         };
+        let frame = camera.rtp.h264(&unit);
+        let (mut frames, mut bytes, mut packets) = (0u64, 0u64, 0u64);
         {
+            // Under the lock: no write waits, and joining or leaving waits for one frame's
+            // writes at most.
             let mut members = writer.members();
             if members.links.is_empty() {
                 members.running = false;
                 return;
             }
-            links.clone_from(&members.links);
-        }
-        let frame = camera.rtp.h264(&unit);
-        let (mut frames, mut bytes, mut packets) = (0u64, 0u64, 0u64);
-        for link in &links {
-            match link.offer(&unit, &frame, By::Writer) {
-                Offered::Sent {
-                    bytes: b,
-                    packets: p,
-                } => {
-                    frames += 1;
-                    bytes += b as u64;
-                    packets += p as u64;
+            for link in &members.links {
+                match link.offer(&unit, &frame, By::Writer) {
+                    Offered::Sent {
+                        bytes: b,
+                        packets: p,
+                    } => {
+                        frames += 1;
+                        bytes += b as u64;
+                        packets += p as u64;
+                    }
+                    Offered::Skipped | Offered::NotMine | Offered::Broken => {}
                 }
-                Offered::Skipped | Offered::NotMine | Offered::Broken => {}
             }
         }
-        // Nothing of a link that left outlives the frame here.
-        links.clear();
         if frames > 0 {
             stats.rtsp.rtp_packets.fetch_add(packets, Relaxed);
             stats.rtsp.writer_frames.fetch_add(frames, Relaxed);
