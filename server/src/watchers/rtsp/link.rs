@@ -40,6 +40,9 @@ use crate::watchers::{LiveTally, Tally};
 /// At most this many iovecs go to one `writev` (Linux's `IOV_MAX`); the rest of a larger
 /// frame waits in `pending`.
 const IOV_MAX: usize = 1024;
+/// A session with this much waiting (besides the kernel's send buffer) is behind, whatever
+/// the frame count: what one slow player can hold.
+const MAX_PENDING_BYTES: usize = 1024 * 1024;
 
 /// A connection's write side.
 pub(super) struct Link {
@@ -220,7 +223,9 @@ impl Link {
             }
             h.wait_key = false;
         }
-        if !pending.is_empty() && *pending_frames >= h.lag_limit {
+        if !pending.is_empty()
+            && (*pending_frames >= h.lag_limit || pending.len() >= MAX_PENDING_BYTES)
+        {
             // Behind: what waits goes out, then the next keyframe.
             h.wait_key = true;
             h.feed.want_keyframe();
@@ -579,6 +584,25 @@ mod tests {
         assert_eq!(got, expected);
         let tally = link.end_h264().unwrap();
         assert_eq!(tally.frames_sent, 5);
+    }
+
+    /// Large frames to a player that does not read: what waits stays under a megabyte and a
+    /// frame.
+    #[tokio::test]
+    async fn what_waits_for_one_player_is_bounded_in_bytes() {
+        let (link, _player) = link(Some(4096)).await;
+        let first = unit(0, true, 1000);
+        link.offer(&first.0, &first.1, By::Session);
+        for seq in 1..40 {
+            let (u, f) = unit(seq, seq % 10 == 0, 100_000);
+            link.offer(&u, &f, By::Writer);
+        }
+        let waiting = link.state().pending.len();
+        assert!(
+            waiting < MAX_PENDING_BYTES + 100_100,
+            "{waiting} bytes wait for one player"
+        );
+        assert!(waiting >= MAX_PENDING_BYTES - 4096 * 4, "{waiting}");
     }
 
     /// A player that does not read: frames wait in `pending` (the task is woken to finish
