@@ -696,7 +696,7 @@ impl Conn {
                         // Behind: the queued units are skipped, and it resumes at a keyframe.
                         reader.check_lag();
                     }
-                    Offered::Skipped => {}
+                    Offered::Skipped | Offered::Already => {}
                     // The camera's writer has it now.
                     Offered::NotMine => play.media = Media::Handed,
                     Offered::Broken => return Err(LeaveReason::Closed),

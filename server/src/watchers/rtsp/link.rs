@@ -123,6 +123,8 @@ pub(super) enum Offered {
     /// Not this one's to send: the writer has the session (to its task), or the session's task
     /// has not caught up yet (to the writer), or it is paused or not H.264.
     NotMine,
+    /// Sent already (by the other).
+    Already,
     /// The connection failed.
     Broken,
 }
@@ -213,7 +215,7 @@ impl Link {
             By::Writer => {}
         }
         if h.last_seq.is_some_and(|s| unit.seq <= s) {
-            return Offered::NotMine;
+            return Offered::Already;
         }
         h.last_seq = Some(unit.seq);
         h.sent.tally.seen(unit.seq);
@@ -443,7 +445,7 @@ async fn run(shared: Arc<Shared>, camera: Arc<Camera>, mut rx: broadcast::Receiv
                         bytes += b as u64;
                         packets += p as u64;
                     }
-                    Offered::Skipped | Offered::NotMine | Offered::Broken => {}
+                    Offered::Skipped | Offered::NotMine | Offered::Already | Offered::Broken => {}
                 }
             }
         }
@@ -561,7 +563,12 @@ mod tests {
             "ahead of the session"
         );
         assert_eq!(offer(1, By::Session), sent);
-        assert_eq!(offer(1, By::Writer), Offered::NotMine, "sent already");
+        assert_eq!(offer(0, By::Session), Offered::Already);
+        assert_eq!(
+            offer(1, By::Writer),
+            Offered::NotMine,
+            "sent already: not the next"
+        );
         assert_eq!(offer(2, By::Writer), sent, "the next one: the writer's now");
         assert_eq!(offer(3, By::Session), Offered::NotMine);
         assert_eq!(offer(3, By::Writer), sent);
