@@ -179,6 +179,14 @@ struct Args {
     /// In an RTSP run, ms between two players' starts.
     #[arg(long, default_value_t = 10)]
     rtsp_stagger_ms: u64,
+    /// In an RTSP run over TCP, this many more players that read slowly (--rtsp-slow-kbit, a
+    /// 16 KiB receive buffer): the N players' figures are theirs alone, the slow ones' are
+    /// printed apart.
+    #[arg(long, default_value_t = 0)]
+    rtsp_slow: usize,
+    /// What a slow RTSP player reads, kbit/s.
+    #[arg(long, default_value_t = 256)]
+    rtsp_slow_kbit: u64,
     /// Memory run: viewers join and leave for this many seconds; RSS is printed periodically.
     #[arg(long)]
     churn_secs: Option<f64>,

@@ -92,13 +92,15 @@ struct Shares {
     max_bps: f64,
 }
 
-fn shares(tally: &Tally, n: usize, secs: f64) -> Shares {
-    let mut frames: Vec<u64> = tally.frames[..n]
+/// The figures of watchers `which` (at least one).
+fn shares(tally: &Tally, which: std::ops::Range<usize>, secs: f64) -> Shares {
+    let n = which.len();
+    let mut frames: Vec<u64> = tally.frames[which.clone()]
         .iter()
         .map(|c| u64::from(c.load(Relaxed)))
         .collect();
     frames.sort_unstable();
-    let mut bytes: Vec<u64> = tally.bytes[..n].iter().map(|c| c.load(Relaxed)).collect();
+    let mut bytes: Vec<u64> = tally.bytes[which].iter().map(|c| c.load(Relaxed)).collect();
     bytes.sort_unstable();
     let bps = |b: u64| 8.0 * b as f64 / secs;
     Shares {
@@ -149,7 +151,13 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     let jpeg_bytes = snapshot_bytes(http_port)?;
 
     let rt = runtime(args)?;
-    let tally = Arc::new(Tally::new(n));
+    let slow = if args.rtsp_transport == Transport::Tcp {
+        args.rtsp_slow
+    } else {
+        0
+    };
+    let slow_bps = args.rtsp_slow_kbit * 1000 / 8;
+    let tally = Arc::new(Tally::new(n + slow));
     let target = Arc::new(Target {
         addr: rtsp_addr,
         path: args.rtsp_path.trim_matches('/').to_string(),
@@ -157,18 +165,20 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     });
     let stagger = Duration::from_millis(args.rtsp_stagger_ms);
     let t_conn = Instant::now();
-    for i in 0..n {
-        rt.spawn(watcher(i, target.clone(), tally.clone()));
+    for i in 0..n + slow {
+        let pace = (i >= n).then_some(slow_bps);
+        rt.spawn(watcher(i, target.clone(), tally.clone(), pace));
         std::thread::sleep(stagger);
     }
-    wait_longer_until("every watcher playing", stagger * n as u32, || {
-        tally.playing.load(Relaxed) + tally.errors.load(Relaxed) >= n
+    let all = n + slow;
+    wait_longer_until("every watcher playing", stagger * all as u32, || {
+        tally.playing.load(Relaxed) + tally.errors.load(Relaxed) >= all
     })
     .inspect_err(|_| eprintln!("surv-load: {}", tally.error_note()))?;
     let conn_secs = t_conn.elapsed().as_secs_f64();
-    if tally.playing.load(Relaxed) < n {
+    if tally.playing.load(Relaxed) < all {
         eprintln!(
-            "surv-load: only {} of {n} watchers play; {}",
+            "surv-load: only {} of {all} watchers play; {}",
             tally.playing.load(Relaxed),
             tally.error_note()
         );
@@ -200,7 +210,7 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         }
         _ => s1.published.saturating_sub(s0.published),
     };
-    let s = shares(&tally, n, secs);
+    let s = shares(&tally, 0..n, secs);
     let srv_cpu = srv1.saturating_sub(srv0) as f64;
     let server_us = srv_cpu / s.delivered.max(1) as f64;
     let skipped: u64 = journal
@@ -232,6 +242,18 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
         100.0 * gen1.saturating_sub(gen0) as f64 / 1e6 / secs,
         tally.foreign.load(Relaxed),
     );
+    if slow > 0 {
+        let sl = shares(&tally, n..n + slow, secs);
+        println!(
+            "slow players={slow} reading {} kbit/s each (16 KiB receive buffer), not counted above: frames per player min={} ({:.2}%) median={} ({:.2}%), bit rate median {:.2} Mbit/s (the journal's skipped frames above include theirs)",
+            args.rtsp_slow_kbit,
+            sl.min_frames,
+            pct(sl.min_frames, published),
+            sl.median_frames,
+            pct(sl.median_frames, published),
+            mbit(sl.median_bps),
+        );
+    }
     let encoder_us = enc1.saturating_sub(enc0) as f64;
     let jpeg_mount = target.path.ends_with("mjpeg");
     match (s0.h264, s1.h264) {
@@ -337,7 +359,7 @@ pub fn run_gst(args: &Args) -> anyhow::Result<()> {
         tally.measuring.store(false, Relaxed);
         let (c1, g1, secs) = (cpu_us(&pid)?, cpu_us(&gen_pid)?, t0.elapsed().as_secs_f64());
         let rss = rss_kib(&pid)?;
-        let s = shares(&tally, n, secs);
+        let s = shares(&tally, 0..n, secs);
         let sent = (f64::from(fps) * secs).round() as u64;
         let cpu = c1.saturating_sub(c0) as f64;
         println!(

@@ -65,6 +65,11 @@ pub struct Target {
     pub transport: Transport,
 }
 
+/// A slow player's receive buffer: the server sees it behind soon.
+const SLOW_RCVBUF_BYTES: u32 = 16 * 1024;
+/// A slow player's reads.
+const SLOW_READ_BYTES: usize = 4 * 1024;
+
 /// What the watchers share with the run.
 pub struct Tally {
     pub stop: AtomicBool,
@@ -121,9 +126,10 @@ impl Tally {
     }
 }
 
-/// One watcher, until `tally.stop`; an error is counted (the first one kept).
-pub async fn watcher(index: usize, target: Arc<Target>, tally: Arc<Tally>) {
-    if let Err(e) = run(index, &target, &tally).await {
+/// One watcher, until `tally.stop`; an error is counted (the first one kept). `slow_bps`: it
+/// reads at most this many bytes a second (TCP only).
+pub async fn watcher(index: usize, target: Arc<Target>, tally: Arc<Tally>, slow_bps: Option<u64>) {
+    if let Err(e) = run(index, &target, &tally, slow_bps).await {
         if !tally.stop.load(Relaxed) {
             tally.error(index, e);
         }
@@ -151,8 +157,19 @@ pub async fn listen(index: usize, rtp: StdUdpSocket, tally: Arc<Tally>) {
     }
 }
 
-async fn run(index: usize, target: &Target, tally: &Tally) -> Result<(), String> {
-    let tcp = timeout(CONNECT_LIMIT, TcpStream::connect(target.addr))
+async fn run(
+    index: usize,
+    target: &Target,
+    tally: &Tally,
+    slow_bps: Option<u64>,
+) -> Result<(), String> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    if slow_bps.is_some() {
+        socket
+            .set_recv_buffer_size(SLOW_RCVBUF_BYTES)
+            .map_err(|e| format!("receive buffer: {e}"))?;
+    }
+    let tcp = timeout(CONNECT_LIMIT, socket.connect(target.addr.into()))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
@@ -162,6 +179,11 @@ async fn run(index: usize, target: &Target, tally: &Tally) -> Result<(), String>
         buf: Vec::with_capacity(READ_BYTES),
         start: 0,
         cseq: 0,
+        slow: slow_bps.map(|bps| Slow {
+            bps: bps.max(1),
+            since: Instant::now(),
+            bytes: 0,
+        }),
     };
     let url = format!("rtsp://{}/{}", target.addr, target.path);
     let describe = conn
@@ -280,6 +302,15 @@ struct Conn {
     buf: Vec<u8>,
     start: usize,
     cseq: u32,
+    /// A slow player's pace.
+    slow: Option<Slow>,
+}
+
+/// A slow player reads [`SLOW_READ_BYTES`] at a time, no faster than `bps` on average.
+struct Slow {
+    bps: u64,
+    since: Instant,
+    bytes: u64,
 }
 
 /// What the front of the buffer holds.
@@ -299,8 +330,21 @@ impl Conn {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        if let Some(slow) = &self.slow {
+            let due = slow.since + Duration::from_secs_f64(slow.bytes as f64 / slow.bps as f64);
+            let wait = due.saturating_duration_since(Instant::now()).min(limit);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+                return Ok(false);
+            }
+        }
         let len = self.buf.len();
-        self.buf.resize(len + READ_BYTES, 0);
+        let room = if self.slow.is_some() {
+            SLOW_READ_BYTES
+        } else {
+            READ_BYTES
+        };
+        self.buf.resize(len + room, 0);
         let got = timeout(limit, self.tcp.read(&mut self.buf[len..])).await;
         let n = match got {
             Err(_) => 0,
@@ -315,6 +359,9 @@ impl Conn {
             }
         };
         self.buf.truncate(len + n);
+        if let Some(slow) = &mut self.slow {
+            slow.bytes += n as u64;
+        }
         Ok(n > 0)
     }
 
@@ -435,7 +482,9 @@ impl Conn {
             } else if last_data.elapsed() > WAIT_LIMIT {
                 return Err("nothing received for 30 s".into());
             }
-            if Instant::now() >= next_keepalive {
+            // A slow player's answer would wait behind what the server queued for it; a
+            // session over TCP needs no keep-alive.
+            if self.slow.is_none() && Instant::now() >= next_keepalive {
                 self.keepalive(url).await?;
                 next_keepalive += KEEPALIVE_EVERY;
             }
