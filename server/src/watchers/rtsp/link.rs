@@ -17,8 +17,9 @@
 //! last one sent (`last_seq + 1`): both compare and send under the link's lock, so each unit
 //! goes out once and in order, by whichever comes first; from the writer's first, the task
 //! stops reading the feed. A hundred players of a camera then cost one task's wake-up a frame,
-//! not a hundred. A player behind (more than half a second of frames waiting in `pending`)
-//! skips to the next keyframe, counted, as on its own task.
+//! not a hundred. A player behind (more than half a second of frames, or a megabyte, waiting
+//! in `pending`) skips to the next keyframe, counted, as on its own task; the others do not
+//! wait for it.
 
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering::Relaxed;
@@ -123,7 +124,7 @@ pub(super) enum Offered {
     /// Not this one's to send: the writer has the session (to its task), or the session's task
     /// has not caught up yet (to the writer), or it is paused or not H.264.
     NotMine,
-    /// Sent already (by the other).
+    /// Sent already.
     Already,
     /// The connection failed.
     Broken,
