@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::link::{By, Link, Offered, Sent, TcpWriter};
 use super::request::{self, mount, pick_transport, transport_reply, Delivery, Reply, Stream};
-use super::Shared;
+use super::{count_sent, Shared};
 use crate::auth::{http_presented, DigestAnswer, Presented};
 use crate::cameras::Camera;
 use crate::capture::h264::{FeedReader, H264Demand, H264Unit};
@@ -689,9 +689,7 @@ impl Conn {
                 let frame = packets.h264(&unit);
                 match self.link.offer(&unit, &frame, By::Session) {
                     Offered::Sent { bytes, packets } => {
-                        stats.rtsp.rtp_packets.fetch_add(packets as u64, Relaxed);
-                        stats.frames_sent.fetch_add(1, Relaxed);
-                        stats.bytes_sent.fetch_add(bytes as u64, Relaxed);
+                        count_sent(stats, 1, packets as u64, bytes as u64);
                         self.link.flush().await?;
                         // Behind: the queued units are skipped, and it resumes at a keyframe.
                         reader.check_lag();
@@ -857,12 +855,7 @@ async fn deliver(
             sent.bytes
         }
     };
-    stats
-        .rtsp
-        .rtp_packets
-        .fetch_add(frame.packets.len() as u64, Relaxed);
-    stats.frames_sent.fetch_add(1, Relaxed);
-    stats.bytes_sent.fetch_add(bytes as u64, Relaxed);
+    count_sent(stats, 1, frame.packets.len() as u64, bytes as u64);
     Ok(bytes)
 }
 

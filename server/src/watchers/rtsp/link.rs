@@ -30,7 +30,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::{timeout_at, Instant};
 
-use super::Shared;
+use super::{count_sent, Shared};
 use crate::cameras::Camera;
 use crate::capture::h264::{H264Feed, H264Unit};
 use crate::journal::LeaveReason;
@@ -263,18 +263,8 @@ impl Link {
         stamp: &mut Stamp,
         frame: &RtpFrame,
     ) -> Result<usize, LeaveReason> {
-        let bytes = {
-            let mut state = self.state();
-            if state.broken {
-                return Err(LeaveReason::Closed);
-            }
-            let (iovs, bytes) = out.interleaved(channel, stamp, frame);
-            if put(&self.write, &mut state.pending, &iovs).is_err() {
-                state.broken = true;
-                return Err(LeaveReason::Closed);
-            }
-            bytes
-        };
+        let (iovs, bytes) = out.interleaved(channel, stamp, frame);
+        self.queue(&iovs)?;
         self.flush().await?;
         Ok(bytes)
     }
@@ -282,17 +272,19 @@ impl Link {
     /// Writes `bytes` (a reply, a sender report) after whatever waits, and waits until the
     /// socket took them.
     pub async fn write_all(&self, bytes: &[u8]) -> Result<(), LeaveReason> {
-        {
-            let mut state = self.state();
-            if state.broken {
-                return Err(LeaveReason::Closed);
-            }
-            if put(&self.write, &mut state.pending, &[IoSlice::new(bytes)]).is_err() {
-                state.broken = true;
-                return Err(LeaveReason::Closed);
-            }
-        }
+        self.queue(&[IoSlice::new(bytes)])?;
         self.flush().await
+    }
+
+    /// Writes `iovs` without waiting behind whatever waits ([`put`]); `Closed` when the
+    /// connection failed.
+    fn queue(&self, iovs: &[IoSlice<'_>]) -> Result<(), LeaveReason> {
+        let mut state = self.state();
+        if state.broken || put(&self.write, &mut state.pending, iovs).is_err() {
+            state.broken = true;
+            return Err(LeaveReason::Closed);
+        }
+        Ok(())
     }
 
     /// Writes what waits in `pending`; `Timeout` when the player takes none of it for
@@ -451,10 +443,8 @@ async fn run(shared: Arc<Shared>, camera: Arc<Camera>, mut rx: broadcast::Receiv
             }
         }
         if frames > 0 {
-            stats.rtsp.rtp_packets.fetch_add(packets, Relaxed);
+            count_sent(stats, frames, packets, bytes);
             stats.rtsp.writer_frames.fetch_add(frames, Relaxed);
-            stats.frames_sent.fetch_add(frames, Relaxed);
-            stats.bytes_sent.fetch_add(bytes, Relaxed);
         }
     }
     writer.members().running = false;

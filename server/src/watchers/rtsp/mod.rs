@@ -131,6 +131,14 @@ pub struct RtspStats {
     pub writer_frames: AtomicU64,
 }
 
+/// Counts `frames` of RTP (`packets`, `bytes`) sent to RTSP sessions: the server's frames and
+/// bytes sent, and the RTSP packets.
+fn count_sent(stats: &crate::Stats, frames: u64, packets: u64, bytes: u64) {
+    stats.rtsp.rtp_packets.fetch_add(packets, Relaxed);
+    stats.frames_sent.fetch_add(frames, Relaxed);
+    stats.bytes_sent.fetch_add(bytes, Relaxed);
+}
+
 /// What the connections share.
 pub(crate) struct Shared {
     pub server: Arc<Server>,
