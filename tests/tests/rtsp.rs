@@ -428,6 +428,22 @@ impl RawPlayer {
         .await
     }
 
+    /// A player of `base` over TCP (interleaved 0-1), PLAYing (200): it, its session and the
+    /// PLAY answer's head.
+    async fn play_over_tcp(addr: SocketAddr, base: &str) -> (RawPlayer, String, String) {
+        let mut p = RawPlayer::connect(addr).await;
+        let head = p
+            .describe_and_setup(base, "RTP/AVP/TCP;unicast;interleaved=0-1")
+            .await;
+        assert!(head.contains("interleaved=0-1"), "{head}");
+        let session = session_id(&head);
+        let head = p
+            .request("PLAY", base, &format!("Session: {session}\r\n"))
+            .await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        (p, session, head)
+    }
+
     /// The next interleaved packet: channel and RTP packet.
     async fn packet(&mut self) -> (u8, Vec<u8>) {
         loop {
@@ -472,15 +488,7 @@ async fn a_player_that_stops_reading_skips_to_a_keyframe() {
     let srv = rtsp_server(1280, 720, None).await;
     let addr = srv.rtsp_addr.unwrap();
     let base = format!("rtsp://{addr}/main");
-    let mut p = RawPlayer::connect(addr).await;
-    let head = p
-        .describe_and_setup(&base, "RTP/AVP/TCP;unicast;interleaved=0-1")
-        .await;
-    assert!(head.contains("interleaved=0-1"), "{head}");
-    let session = session_id(&head);
-    let head = p
-        .request("PLAY", &base, &format!("Session: {session}\r\n"))
-        .await;
+    let (mut p, _, head) = RawPlayer::play_over_tcp(addr, &base).await;
     assert!(head.contains("RTP-Info: url="), "{head}");
     // The first packet starts a keyframe: the SPS (the GOP cache starts at a keyframe).
     let (channel, first) = p.packet().await;
@@ -575,15 +583,7 @@ async fn the_camera_s_one_writer_sends_its_tcp_players_in_order() {
     let by_writer = || srv.server.stats.rtsp.writer_frames.load(Relaxed);
     let mut players = Vec::new();
     for _ in 0..3 {
-        let mut p = RawPlayer::connect(addr).await;
-        let head = p
-            .describe_and_setup(&base, "RTP/AVP/TCP;unicast;interleaved=0-1")
-            .await;
-        let session = session_id(&head);
-        let head = p
-            .request("PLAY", &base, &format!("Session: {session}\r\n"))
-            .await;
-        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        let (p, session, _) = RawPlayer::play_over_tcp(addr, &base).await;
         players.push((p, session));
     }
     let reads: Vec<_> = players
