@@ -41,6 +41,8 @@ impl JpegToH264 {
             bitrate: Bitrate::Fixed { bps: bps as u32 },
             // IDR pictures only where the recorder asks (each fragment's first).
             idr_period_frames: 0,
+            // A recording keeps every picture: no layers to drop.
+            temporal_layers: 1,
         };
         Ok(JpegToH264 {
             coder: surv_codec::JpegToH264::new(settings)?,

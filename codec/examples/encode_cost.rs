@@ -53,6 +53,8 @@ fn main() {
                 min_bps: 200_000,
             },
             idr_period_frames: 60,
+            // As the server codes.
+            temporal_layers: 3,
         })
         .expect("encoder");
         let mut bytes = 0;

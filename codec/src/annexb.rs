@@ -80,6 +80,15 @@ pub fn has_idr_slice(annexb: &[u8]) -> bool {
     nal_units(annexb).any(|nal| nal_type(nal) == Some(nal_type::IDR_SLICE))
 }
 
+/// Whether no other picture can refer to this access unit: it has slices, and every one has
+/// `nal_ref_idc` 0 (H.264 7.4.1), so a sender may leave it out and the stream still decodes.
+pub fn is_disposable(annexb: &[u8]) -> bool {
+    let mut slices = nal_units(annexb)
+        .filter(|nal| matches!(nal_type(nal), Some(1..=nal_type::IDR_SLICE)))
+        .peekable();
+    slices.peek().is_some() && slices.all(|nal| nal[0] & 0x60 == 0)
+}
+
 /// One coded picture in MP4 form.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct AvcAccessUnit {
@@ -118,6 +127,24 @@ pub fn to_avc(annexb: &[u8]) -> AvcAccessUnit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_picture_is_disposable_when_no_slice_is_a_reference() {
+        // Two slices, both nal_ref_idc 0.
+        assert!(is_disposable(&[
+            0, 0, 0, 1, 0x01, 0x9a, 0, 0, 0, 1, 0x01, 0x9b
+        ]));
+        // One of them a reference (nal_ref_idc 1, 2, 3).
+        for head in [0x21, 0x41, 0x61] {
+            assert!(!is_disposable(&[
+                0, 0, 0, 1, 0x01, 0x9a, 0, 0, 0, 1, head, 0x9b
+            ]));
+        }
+        // An IDR slice is always a reference; SEI (nal_ref_idc 0) is not a slice.
+        assert!(!is_disposable(&[0, 0, 0, 1, 0x65, 0x88]));
+        assert!(!is_disposable(&[0, 0, 0, 1, 0x06, 0x05]));
+        assert!(!is_disposable(&[]));
+    }
 
     fn stream() -> Vec<u8> {
         [

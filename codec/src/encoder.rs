@@ -13,7 +13,15 @@
 //! An IDR picture comes every [`H264Settings::idr_period_frames`] frames, on request
 //! ([`JpegToH264::force_intra_frame`]), and first after the picture size changes: the encoder is
 //! made again for the new size (the SPS says the size). Nowhere else: OpenH264's scene change
-//! detection is off, so a GOP is as long as the caller says.
+//! detection is off, so a GOP is as long as the caller says (rounded up to a whole number of
+//! temporal-layer periods, below).
+//!
+//! **Temporal layers** ([`H264Settings::temporal_layers`]): with 3, pictures go T0 T2 T1 T2 T0…
+//! (a period of 4); a T0 picture refers only to T0 pictures, a T1 only to T0, a T2 to T0 or T1.
+//! So a sender may drop every T2 picture (half the frame rate) or every T1 and T2 (a quarter)
+//! for one viewer and the others still get the whole stream: one encode, every rate. Each
+//! [`Coded`] says its layer; the top layer's slices have `nal_ref_idc` 0 (no picture refers to
+//! them). Constrained Baseline allows all of it: the stream is plain H.264 to every decoder.
 
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
@@ -88,10 +96,15 @@ pub struct H264Settings {
     /// The stream's frame rate (rate control works per frame).
     pub fps: f32,
     pub bitrate: Bitrate,
-    /// An IDR picture every this many frames (the GOP); 0: only when asked and when the size
-    /// changes.
+    /// An IDR picture every this many frames (the GOP), rounded up to a multiple of the
+    /// temporal-layer period (OpenH264 needs it); 0: only when asked and when the size changes.
     pub idr_period_frames: u32,
+    /// Temporal layers, 1 to [`MAX_TEMPORAL_LAYERS`]: 1 makes every picture a reference (T0).
+    pub temporal_layers: u8,
 }
+
+/// The most temporal layers [`H264Settings::temporal_layers`] takes.
+pub const MAX_TEMPORAL_LAYERS: u8 = 3;
 
 /// One coded picture: an Annex B access unit, borrowed from the encoder until the next frame.
 #[derive(Debug)]
@@ -100,6 +113,10 @@ pub struct Coded<'a> {
     pub annexb: &'a [u8],
     /// An IDR picture: a decoder can start here.
     pub idr: bool,
+    /// Its temporal layer, 0 (the base) to `temporal_layers - 1`: a picture refers only to
+    /// pictures of lower layers (and T0 to T0), so dropping every picture above a layer leaves a
+    /// stream that decodes. An IDR is always 0.
+    pub layer: u8,
     /// Coded size: the JPEG's, rounded down to even numbers (4:2:0 chroma needs them).
     pub width: u32,
     pub height: u32,
@@ -151,21 +168,62 @@ impl JpegToH264 {
         if cw < 2 || ch < 2 || cw.max(ch) > MAX_LONG_SIDE || cw.min(ch) > MAX_SHORT_SIDE {
             return Err(H264Error::Size(w, h));
         }
-        let encoder = match &mut self.encoder {
-            Some((encoder, size)) if *size == (cw, ch) => encoder,
-            slot => {
-                // A new encoder, rather than OpenH264's own re-initialisation: the bit rate
-                // follows the size, and its first picture is an IDR with the new parameter sets.
-                *slot = None;
-                self.idr_wanted = false;
-                &mut slot
-                    .insert((new_encoder(&self.settings, cw, ch)?, (cw, ch)))
-                    .0
+        // A new encoder, rather than OpenH264's own re-initialisation: the bit rate follows
+        // the size, and its first picture is an IDR with the new parameter sets.
+        let fresh = !matches!(&self.encoder, Some((_, size)) if *size == (cw, ch));
+        if fresh {
+            self.encoder = None;
+            self.idr_wanted = false;
+            self.encoder = Some((new_encoder(&self.settings, cw, ch)?, (cw, ch)));
+        }
+        let layers = self.settings.temporal_layers.clamp(1, MAX_TEMPORAL_LAYERS);
+        if fresh && layers > 1 {
+            // OpenH264 takes temporal layers only once it is initialised, which the crate does
+            // at the first picture, and setting them restarts its GOP with an IDR: so the first
+            // picture is coded twice, the first result dropped. Once per encoder.
+            self.picture(jpeg, &header, at_ms)?;
+            let Some((encoder, _)) = &mut self.encoder else {
+                return Err(H264Error::Skipped);
+            };
+            if let Err(e) = set_temporal_layers(encoder, layers, self.settings.idr_period_frames) {
+                // The stream goes on with one layer, from an IDR: this picture is lost.
+                self.idr_wanted = true;
+                return Err(e);
             }
+        }
+        let Some((encoder, _)) = &mut self.encoder else {
+            return Err(H264Error::Skipped);
         };
         if std::mem::take(&mut self.idr_wanted) {
             encoder.force_intra_frame();
         }
+        let (idr, layer) = self.picture(jpeg, &header, at_ms)?;
+        if self.annexb.is_empty() {
+            return Err(H264Error::Skipped);
+        }
+        Ok(Coded {
+            annexb: &self.annexb,
+            idr,
+            layer,
+            // Bounded by MAX_LONG_SIDE above.
+            width: u32::try_from(cw).unwrap_or(u32::MAX),
+            height: u32::try_from(ch).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Codes one picture with the current encoder into `self.annexb`: whether it is an IDR,
+    /// and its temporal layer.
+    fn picture(
+        &mut self,
+        jpeg: &[u8],
+        header: &turbojpeg::DecompressHeader,
+        at_ms: u64,
+    ) -> Result<(bool, u8), H264Error> {
+        let (w, h) = (header.width, header.height);
+        let (cw, ch) = (w & !1, h & !1);
+        let Some((encoder, _)) = &mut self.encoder else {
+            return Err(H264Error::Skipped);
+        };
         let stamp = Timestamp::from_millis(at_ms);
         let bitstream = if header.subsamp == Subsamp::Sub2x2 {
             // Straight to planar 4:2:0, rows unpadded: no colour conversion at all.
@@ -221,19 +279,54 @@ impl JpegToH264 {
             FrameType::Skip | FrameType::Invalid => return Err(H264Error::Skipped),
             _ => false,
         };
+        // One spatial layer: every layer of the output is the same picture's.
+        let layer = if idr || bitstream.num_layers() == 0 {
+            0
+        } else {
+            let tid = bitstream.raw_info().sLayerInfo[0].uiTemporalId;
+            tid.min(MAX_TEMPORAL_LAYERS - 1)
+        };
         self.annexb.clear();
         bitstream.write_vec(&mut self.annexb);
-        if self.annexb.is_empty() {
-            return Err(H264Error::Skipped);
-        }
-        Ok(Coded {
-            annexb: &self.annexb,
-            idr,
-            // Bounded by MAX_LONG_SIDE above.
-            width: u32::try_from(cw).unwrap_or(u32::MAX),
-            height: u32::try_from(ch).unwrap_or(u32::MAX),
-        })
+        Ok((idr, layer))
     }
+}
+
+/// Gives an initialised encoder `layers` temporal layers, the IDR period rounded up to a
+/// multiple of their period (OpenH264 refuses others).
+fn set_temporal_layers(
+    encoder: &mut Encoder,
+    layers: u8,
+    idr_period: u32,
+) -> Result<(), H264Error> {
+    let mut params = openh264_sys2::SEncParamExt::default();
+    // SAFETY: the encoder is initialised (it coded a picture); both calls read or write
+    // `params`, a whole `SEncParamExt` that outlives them, as the option says.
+    let (got, set) = unsafe {
+        let api = encoder.raw_api();
+        let got = api.get_option(
+            openh264_sys2::ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
+            (&raw mut params).cast(),
+        );
+        params.iTemporalLayerNum = i32::from(layers);
+        params.uiIntraPeriod = idr_period.next_multiple_of(layer_period(layers));
+        let set = api.set_option(
+            openh264_sys2::ENCODER_OPTION_SVC_ENCODE_PARAM_EXT,
+            (&raw mut params).cast(),
+        );
+        (got, set)
+    };
+    if got != 0 || set != 0 {
+        return Err(H264Error::Encoder(openh264::Error::msg(
+            "OpenH264 refused temporal layers",
+        )));
+    }
+    Ok(())
+}
+
+/// Pictures per temporal-layer period: 1, 2 or 4.
+pub fn layer_period(layers: u8) -> u32 {
+    1 << (layers.clamp(1, MAX_TEMPORAL_LAYERS) - 1)
 }
 
 fn new_encoder(settings: &H264Settings, width: usize, height: usize) -> Result<Encoder, H264Error> {
@@ -308,6 +401,7 @@ mod tests {
                 min_bps: 200_000,
             },
             idr_period_frames,
+            temporal_layers: 1,
         }
     }
 
@@ -394,6 +488,78 @@ mod tests {
         assert_eq!((c.width, c.height), (64, 48));
         let (sps, _) = annexb::parameter_sets(c.annexb).unwrap();
         assert_eq!(&sps[..3], [0x67, 0x42, 0xC0]);
+    }
+
+    /// Three temporal layers: T0 T2 T1 T2 from each IDR, the top layer unreferenced
+    /// (`nal_ref_idc` 0), the IDR period rounded up to the layers' period, and a stream thinned
+    /// to any layer decodes, every picture, with no error.
+    #[test]
+    fn temporal_layers_can_be_dropped_and_the_rest_decodes() {
+        let mut s = settings(6);
+        s.temporal_layers = 3;
+        let mut enc = JpegToH264::new(s).unwrap();
+        let mut coded = Vec::new();
+        for seq in 0..20 {
+            if seq == 13 {
+                enc.force_intra_frame();
+            }
+            let c = enc
+                .encode(&jpeg(320, 240, seq, Subsamp::Sub2x2), seq as u64 * 33)
+                .unwrap();
+            coded.push((c.idr, c.layer, c.annexb.to_vec()));
+        }
+        let layers: Vec<u8> = coded.iter().map(|c| c.1).collect();
+        let idrs: Vec<usize> = (0..20).filter(|&i| coded[i].0).collect();
+        // A period of 6 becomes 8; the forced IDR at 13 restarts both the GOP and the layers.
+        assert_eq!(idrs, [0, 8, 13]);
+        assert_eq!(
+            layers,
+            [0, 2, 1, 2, 0, 2, 1, 2, 0, 2, 1, 2, 0, 0, 2, 1, 2, 0, 2, 1]
+        );
+        for (idr, layer, annexb) in &coded {
+            assert_eq!(annexb::parameter_sets(annexb).is_some(), *idr);
+            let nri: Vec<u8> = annexb::nal_units(annexb)
+                .filter(|n| matches!(annexb::nal_type(n), Some(1 | 5)))
+                .map(|n| n[0] >> 5 & 3)
+                .collect();
+            assert!(!nri.is_empty());
+            assert_eq!(
+                nri.iter().all(|&r| r == 0),
+                *layer == 2,
+                "layer {layer}: {nri:?}"
+            );
+        }
+        for top in 0..3u8 {
+            let mut decoder = openh264::decoder::Decoder::new().expect("an OpenH264 decoder");
+            let mut pictures = 0;
+            for (i, (_, layer, annexb)) in coded.iter().enumerate() {
+                if *layer > top {
+                    continue;
+                }
+                match decoder.decode(annexb) {
+                    Ok(Some(_)) => pictures += 1,
+                    Ok(None) => panic!("layers ≤ {top}: picture {i} gave nothing"),
+                    Err(e) => panic!("layers ≤ {top}: picture {i}: {e}"),
+                }
+            }
+            let expected = layers.iter().filter(|&&l| l <= top).count();
+            assert_eq!(pictures, expected, "layers ≤ {top}");
+        }
+    }
+
+    #[test]
+    fn one_layer_makes_every_picture_a_reference() {
+        let mut enc = JpegToH264::new(settings(0)).unwrap();
+        for seq in 0..6 {
+            let c = enc
+                .encode(&jpeg(160, 90, seq, Subsamp::Sub2x2), seq as u64 * 33)
+                .unwrap();
+            assert_eq!(c.layer, 0);
+            let slice = annexb::nal_units(c.annexb)
+                .find(|n| matches!(annexb::nal_type(n), Some(1 | 5)))
+                .unwrap();
+            assert_ne!(slice[0] >> 5 & 3, 0, "picture {seq} is a reference");
+        }
     }
 
     #[test]

@@ -216,7 +216,16 @@ pub struct H264AccessUnit {
     /// For a keyframe (an IDR picture, where a decoder can start), the parameter sets that
     /// decoder needs; `None` for every other picture.
     pub parameter_sets: Option<ParameterSets>,
+    /// Its temporal layer: 0 for a picture others may refer to, up to [`TOP_LAYER`]. A picture
+    /// refers only to pictures of lower layers (a layer-0 picture to layer-0 ones), so a sender
+    /// may leave out every picture above a layer and the rest still decodes. surv's encoder says
+    /// each picture's (OpenH264's temporal id); a passed-through picture is 0, or
+    /// [`TOP_LAYER`] when no picture refers to it (all its slices have `nal_ref_idc` 0).
+    pub layer: u8,
 }
+
+/// The highest [`H264AccessUnit::layer`]: pictures no other picture refers to.
+pub const TOP_LAYER: u8 = 2;
 
 impl H264AccessUnit {
     /// Whether a decoder (a viewer joining, a recording starting) can start at this picture.
@@ -269,6 +278,7 @@ mod tests {
 
     fn h264(parameter_sets: Option<ParameterSets>) -> Payload {
         Payload::H264(H264AccessUnit {
+            layer: 0,
             data: Bytes::from_static(&[0, 0, 0, 1, 0x65, 0x88, 0x84]),
             parameter_sets,
         })
@@ -304,10 +314,12 @@ mod tests {
     #[test]
     fn a_keyframe_is_one_with_parameter_sets() {
         let key = H264AccessUnit {
+            layer: 0,
             data: Bytes::new(),
             parameter_sets: Some(parameter_sets()),
         };
         let delta = H264AccessUnit {
+            layer: 0,
             data: Bytes::new(),
             parameter_sets: None,
         };

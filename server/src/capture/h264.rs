@@ -51,6 +51,9 @@ pub const ENCODER_LINGER: Duration = Duration::from_secs(5);
 pub const FORCED_KEYFRAME_GAP_90K: u64 = 90_000;
 /// The lowest bit rate the encoder is given (tiny pictures at low rates still need some).
 pub const MIN_BITRATE_BPS: u32 = 200_000;
+/// The encoder's temporal layers: a viewer whose link is short of the stream can be sent half
+/// or a quarter of the frames (`frame::H264AccessUnit::layer`) from the same encode.
+pub const TEMPORAL_LAYERS: u8 = 3;
 
 /// How often an idle encoder thread looks whether its linger is over (it also looks at every
 /// frame).
@@ -598,6 +601,7 @@ impl EncoderRun {
                 au: H264AccessUnit {
                     data: Bytes::copy_from_slice(coded.annexb),
                     parameter_sets,
+                    layer: coded.layer,
                 },
                 media_time_90k,
                 capture_unix_us: frame.capture_unix_us,
@@ -632,6 +636,7 @@ fn settings(fps: u32, gop_secs: u32) -> H264Settings {
             min_bps: MIN_BITRATE_BPS,
         },
         idr_period_frames: gop_secs.saturating_mul(fps),
+        temporal_layers: TEMPORAL_LAYERS,
     }
 }
 

@@ -440,6 +440,7 @@ fn unit(keyframe: bool, bytes: usize, media_time_90k: u64) -> H264Unit {
     H264Unit {
         seq: 0,
         au: H264AccessUnit {
+            layer: 0,
             data: Bytes::from(vec![0; bytes]),
             parameter_sets: keyframe.then(|| ParameterSets {
                 sps: Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E]),

@@ -127,6 +127,7 @@ impl Source for Scripted {
 /// A stand-in access unit: a keyframe carries parameter sets (what makes it one to the feed).
 fn h264_unit(keyframe: bool) -> crate::frame::H264AccessUnit {
     crate::frame::H264AccessUnit {
+        layer: 0,
         data: Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9a, 0x02]),
         parameter_sets: keyframe.then(|| crate::frame::ParameterSets {
             sps: Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E]),

@@ -535,6 +535,7 @@ mod tests {
         H264Unit {
             seq: 0,
             au: H264AccessUnit {
+                layer: 0,
                 data: Bytes::from(data),
                 parameter_sets: keyframe.then_some(ps),
             },

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use super::spec::{redact, RtspTransport};
 use super::{unix_micros_now, Source, SourceError, SourceRun};
 use crate::capture::{Decode, FrameSink};
-use crate::frame::{H264AccessUnit, ParameterSets};
+use crate::frame::{H264AccessUnit, ParameterSets, TOP_LAYER};
 use session::{Codec, Opened, Target};
 use worker::{Unit, Worker, WAITING_FOR_KEY};
 
@@ -261,6 +261,11 @@ impl H264Run {
         }
         let seq = sink.publish_h264(
             H264AccessUnit {
+                layer: if annexb::is_disposable(&data) {
+                    TOP_LAYER
+                } else {
+                    0
+                },
                 data: data.clone(),
                 parameter_sets,
             },

@@ -467,6 +467,7 @@ mod tests {
         let unit = H264Unit {
             seq,
             au: H264AccessUnit {
+                layer: 0,
                 data: Bytes::from(vec![0; bytes]),
                 parameter_sets: keyframe.then(|| ParameterSets {
                     sps: Bytes::from_static(&[0x67, 0x42, 0xC0, 0x1E]),

@@ -111,6 +111,7 @@ async fn a_frame_without_a_jpeg_is_skipped() {
             } else {
                 Arc::new(EncodedFrame {
                     payload: Payload::H264(H264AccessUnit {
+                        layer: 0,
                         data: Bytes::from_static(&[0, 0, 0, 1, 0x41, 0x9A]),
                         parameter_sets: None,
                     }),

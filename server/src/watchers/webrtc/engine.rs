@@ -825,6 +825,7 @@ mod tests {
         H264Unit {
             seq: 0,
             au: H264AccessUnit {
+                layer: 0,
                 data: Bytes::from_static(data),
                 parameter_sets: keyframe.then(|| ParameterSets {
                     sps: Bytes::from_static(&[0x67, 0x42, 0xe0, 0x1f]),
