@@ -10,7 +10,8 @@
 # namespaces.
 #   sudo scripts/webrtc-tbf.sh [VIEWERS] [SECS] [RATE] [LIFT]     e.g. scripts/webrtc-tbf.sh 10 60 1mbit 40
 # Environment: SURV_PROFILE=release for the release build (default: dev, as the tests build
-# it); TBF_LATENCY (default 200ms): how long the tbf queues before it drops; SIZE (1280x720).
+# it); TBF_LATENCY (default 200ms): how long the tbf queues before it drops; SIZE (1280x720);
+# KEEP_LOG=FILE keeps the server's log (RUST_LOG passes through).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 viewers=${1:-10}
@@ -30,6 +31,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     ip netns del "$s" 2>/dev/null
     ip netns del "$v" 2>/dev/null
+    [ -n "${KEEP_LOG:-}" ] && cp "$tmp/server.log" "$KEEP_LOG"
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -68,10 +70,19 @@ for _ in $(seq 600); do
     kill -0 "$slow" 2>/dev/null || break
     sleep 0.1
 done
+peer_status() {
+    ip netns exec "$s" curl -s --max-time 5 http://10.80.1.1:18080/status | python3 -c 'import json, sys
+for p in (json.load(sys.stdin).get("webrtc") or {}).get("peers", []):
+    if p["address"].startswith("10.80.1.2"):
+        print("the slow peer, as the server sees it:", {k: p.get(k) for k in ("level", "estimate_bps", "bitrate_bps", "frames_thinned", "loss", "rtt_ms", "nacks")})' || true
+}
 sleep "$lift"
+peer_status
 ip netns exec "$s" tc -s qdisc show dev veth-s | sed 's/^/tbf before lifting: /'
 ip netns exec "$s" tc qdisc del dev veth-s root
 echo "limit lifted at ${lift} s"
+sleep 5
+peer_status
 wait "$slow" || true
 wait "$fast" || true
 echo "== the viewer behind the tbf"

@@ -161,6 +161,12 @@ struct Args {
     /// Default: the --bind address, or every interface's address when bound to all.
     #[arg(long, value_name = "IP")]
     webrtc_host: Vec<IpAddr>,
+    /// Each WebRTC player is sent what its link carries: bandwidth estimation (TWCC) and
+    /// pacing per player, and a player whose link carries less than the stream gets half, a
+    /// quarter of the frames or the keyframes alone, never a growing delay. `false`: every
+    /// frame to every player whatever its link (less CPU; for a LAN whose viewers all keep up).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    webrtc_adapt: bool,
     /// H.264 made by surv (for RTSP watchers of cameras that do not send H.264 themselves):
     /// a keyframe every this many seconds, and one at once for a joining watcher (at most one
     /// a second).
@@ -529,7 +535,11 @@ fn run() -> anyhow::Result<()> {
                          --webrtc-port with another port, or --webrtc-port 0 to turn WebRTC off)"
                     )
                 })?;
-                Some(socket.with_hosts(args.webrtc_host.clone()))
+                Some(
+                    socket
+                        .with_hosts(args.webrtc_host.clone())
+                        .with_adapt(args.webrtc_adapt),
+                )
             }
         };
         let shutdown = CancellationToken::new();

@@ -580,6 +580,11 @@ impl Collector for ServerCollector {
                 "NACKs from WebRTC peers (answered from the peer's packet history).",
                 &webrtc.nacks,
             ),
+            (
+                "webrtc_frames_thinned",
+                "Frames left out for WebRTC peers whose links carry less than the stream.",
+                &webrtc.frames_thinned,
+            ),
         ] {
             counter(e, name, help, v.load(Relaxed))?;
         }

@@ -111,6 +111,7 @@ pub struct WebrtcStatus {
     pub send_errors: u64,
     pub keyframe_requests: u64,
     pub nacks: u64,
+    pub frames_thinned: u64,
     pub peers: Vec<crate::watchers::webrtc::PeerReport>,
 }
 
@@ -127,6 +128,7 @@ impl WebrtcStatus {
             send_errors: w.send_errors.load(Relaxed),
             keyframe_requests: w.keyframe_requests.load(Relaxed),
             nacks: w.nacks.load(Relaxed),
+            frames_thinned: w.frames_thinned.load(Relaxed),
             peers: w.peer_reports(),
         }
     }

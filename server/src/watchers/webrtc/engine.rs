@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::{KeyframeRequestKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
@@ -24,6 +25,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::offer::INITIAL_ESTIMATE;
+use super::thin::{self, LevelRates, Thinning};
 use super::{Command, NewPeer, PeerReport, WebrtcStats, CONNECT_WITHIN, SILENCE_LIMIT};
 use crate::cameras::Camera;
 use crate::capture::h264::{H264Demand, H264Unit};
@@ -59,6 +62,8 @@ struct Feed {
     _demand: H264Demand,
     relay: CancellationToken,
     peers: usize,
+    /// The stream's bit rate at each level, which the peers' levels are chosen by.
+    rates: LevelRates,
 }
 
 pub(super) struct Engine {
@@ -104,6 +109,12 @@ struct Peer {
     wait_key: bool,
     /// The camera's cached GOP at connect, still to write.
     backlog: VecDeque<Arc<H264Unit>>,
+    /// How much of the stream its link carries (`thin.rs`).
+    thin: Thinning,
+    /// str0m's newest estimate for it, bits per second, and whether `thin` has seen it.
+    estimate: Option<(u64, bool)>,
+    /// The bit rate str0m's estimator was last told to probe up to.
+    desired_bps: u64,
     tally: Tally,
     live: Arc<LiveTally>,
     report: PeerReport,
@@ -262,9 +273,11 @@ impl Engine {
                 _demand: demand,
                 relay,
                 peers: 0,
+                rates: LevelRates::default(),
             }
         });
         feed.peers += 1;
+        let desired_bps = desired_bps(&feed.rates);
         let id = slot.id();
         let now = Instant::now();
         let report = PeerReport {
@@ -272,6 +285,7 @@ impl Engine {
             camera: camera.name.clone(),
             address: http_peer.to_string(),
             state: "connecting",
+            level: thin::level_name(thin::ALL),
             ..PeerReport::default()
         };
         self.stats()
@@ -280,10 +294,15 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, report.clone());
         tracing::debug!(id, camera = %camera.name, %http_peer, "WebRTC: peer answered");
+        let mut rtc = answered.rtc;
+        // The estimate starts at what the stream needs when that is known (a slow link is
+        // not flooded at the start), else high (see `INITIAL_ESTIMATE`).
+        rtc.bwe().reset(Bitrate::bps(desired_bps));
+        rtc.bwe().set_desired_bitrate(Bitrate::bps(desired_bps));
         let mut peer = Peer {
             id,
             token,
-            rtc: answered.rtc,
+            rtc,
             mid: answered.mid,
             pt: answered.pt,
             camera,
@@ -297,6 +316,9 @@ impl Engine {
             next_seq: None,
             wait_key: false,
             backlog: VecDeque::new(),
+            thin: Thinning::default(),
+            estimate: None,
+            desired_bps,
             tally: Tally::default(),
             live: Arc::new(LiveTally::default()),
             report,
@@ -314,7 +336,14 @@ impl Engine {
     fn relayed(&mut self, relayed: Relayed, socket: &UdpSocket) {
         match relayed {
             Relayed::Unit(key, unit, data) => {
+                let Some(feed) = self.feeds.get_mut(&key) else {
+                    return;
+                };
+                let level = thin::unit_level(unit.au.is_keyframe(), unit.au.layer);
+                feed.rates.add(unit.media_time_90k, level, data.len());
+                let now = Instant::now();
                 for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
+                    peer.follow_estimate(&feed.rates, now);
                     peer.send_unit(&unit, &data, &self.server);
                     peer.drain(socket, &self.server);
                 }
@@ -529,6 +558,14 @@ impl Peer {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     if let Some(unit) = self.backlog.pop_front() {
+                        if unit.au.layer > 0 && self.next_seq == Some(unit.seq) {
+                            // The GOP is the past: its layer-0 pictures (a chain that decodes)
+                            // bring the player to the present with half the bytes or less,
+                            // which a slow link is seconds shorter at.
+                            self.tally.seen(unit.seq);
+                            self.next_seq = Some(unit.seq + 1);
+                            continue;
+                        }
                         let data = access_unit_bytes(&unit);
                         self.send_unit(&unit, &data, server);
                         continue;
@@ -599,8 +636,46 @@ impl Peer {
                 }
                 self.publish_report(server);
             }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.estimate = Some((estimate.as_u64(), true));
+                self.report.estimate_bps = Some(estimate.as_u64());
+            }
             Event::Closed => self.end(LeaveReason::Closed),
             _ => {}
+        }
+    }
+
+    /// The newest estimate sets the peer's level (`thin.rs`), at every unit (a step up waits
+    /// for it to hold); a new one also tells the estimator to probe up to a little more than
+    /// the whole stream, as that changes.
+    fn follow_estimate(&mut self, rates: &LevelRates, now: Instant) {
+        let Some((bps, new)) = self.estimate else {
+            return;
+        };
+        let before = self.thin.level();
+        self.thin.estimate(bps, rates, now);
+        if self.thin.level() != before {
+            tracing::debug!(
+                id = self.id,
+                estimate_bps = bps,
+                level = thin::level_name(self.thin.level()),
+                "WebRTC: peer steps down"
+            );
+        }
+        if !new {
+            return;
+        }
+        self.estimate = Some((bps, false));
+        tracing::trace!(
+            id = self.id,
+            estimate_bps = bps,
+            level = before,
+            "WebRTC: estimate"
+        );
+        let desired = desired_bps(rates);
+        if desired.abs_diff(self.desired_bps) > self.desired_bps / 10 {
+            self.desired_bps = desired;
+            self.rtc.bwe().set_desired_bitrate(Bitrate::bps(desired));
         }
     }
 
@@ -634,7 +709,8 @@ impl Peer {
         match gop.first() {
             Some(first) => {
                 // Written one by one as the peer drains (see `drain`), so that str0m's send
-                // buffer holds one picture's packets at a time, not the whole GOP's.
+                // buffer holds one picture's packets at a time, not the whole GOP's; only its
+                // layer-0 pictures.
                 self.next_seq = Some(first.seq);
                 self.backlog = gop.into();
             }
@@ -674,6 +750,23 @@ impl Peer {
             return;
         }
         self.wait_key = false;
+        let before = self.thin.level();
+        let admitted = self
+            .thin
+            .admit(thin::unit_level(keyframe, unit.au.layer), Instant::now());
+        if self.thin.level() != before {
+            tracing::debug!(
+                id = self.id,
+                level = thin::level_name(self.thin.level()),
+                "WebRTC: peer steps up"
+            );
+        }
+        self.report.level = thin::level_name(self.thin.level());
+        if !admitted {
+            self.report.frames_thinned = self.thin.thinned;
+            server.stats.webrtc.frames_thinned.fetch_add(1, Relaxed);
+            return;
+        }
         let Some(writer) = self.rtc.writer(self.mid) else {
             self.end(LeaveReason::Error);
             return;
@@ -736,6 +829,14 @@ impl Peer {
             r.clone_from(&self.report);
         }
     }
+}
+
+/// What a peer's estimator probes up to: a quarter more than the whole stream (room for
+/// resends and RTCP), or [`INITIAL_ESTIMATE`] before the stream's rate is known.
+fn desired_bps(rates: &LevelRates) -> u64 {
+    rates
+        .bps(thin::ALL)
+        .map_or(INITIAL_ESTIMATE.as_u64(), |bps| bps + bps / 4)
 }
 
 /// Sends one datagram without waiting: a full socket buffer drops it (counted).

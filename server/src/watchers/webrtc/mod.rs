@@ -22,6 +22,7 @@
 
 mod engine;
 pub mod offer;
+mod thin;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -61,6 +62,8 @@ pub struct WebrtcSocket {
     /// `--webrtc-host`: the addresses of our ICE host candidates. Empty: the bound address, or
     /// every interface's when bound to all.
     hosts: Vec<IpAddr>,
+    /// `--webrtc-adapt`: each peer sent what its link carries (`thin.rs`), by str0m's estimate.
+    adapt: bool,
 }
 
 impl WebrtcSocket {
@@ -81,12 +84,20 @@ impl WebrtcSocket {
         Ok(WebrtcSocket {
             socket,
             hosts: Vec::new(),
+            adapt: true,
         })
     }
 
     /// The addresses players are told to send to (`--webrtc-host`), instead of the bound one.
     pub fn with_hosts(mut self, hosts: Vec<IpAddr>) -> WebrtcSocket {
         self.hosts = hosts;
+        self
+    }
+
+    /// Whether each peer gets what its link carries (bandwidth estimation, pacing, fewer
+    /// frames for a slow link: the default), or every frame whatever its link (`false`).
+    pub fn with_adapt(mut self, adapt: bool) -> WebrtcSocket {
+        self.adapt = adapt;
         self
     }
 
@@ -149,6 +160,8 @@ pub struct WebrtcStats {
     pub keyframe_requests: AtomicU64,
     /// NACKs from players (str0m resends from the peer's packet history).
     pub nacks: AtomicU64,
+    /// Frames left out for peers whose links carry less than the stream (`thin.rs`).
+    pub frames_thinned: AtomicU64,
     /// Live peers, by watcher id.
     pub peers: Mutex<BTreeMap<u64, PeerReport>>,
 }
@@ -179,6 +192,13 @@ pub struct PeerReport {
     pub loss: Option<f32>,
     pub nacks: u64,
     pub keyframe_requests: u64,
+    /// What its link carries by str0m's estimate (TWCC), bits per second.
+    pub estimate_bps: Option<u64>,
+    /// What it is sent of the camera's frames: `all`, `half`, `quarter` or `keyframes`, the
+    /// most its estimate fits (surv's encoder makes three temporal layers).
+    pub level: &'static str,
+    /// Frames left out to fit its link.
+    pub frames_thinned: u64,
 }
 
 /// An answered offer for the engine.
@@ -352,7 +372,8 @@ pub fn start(
 ) -> Result<(Webrtc, impl std::future::Future<Output = ()>), StartError> {
     let local = socket.socket.local_addr()?;
     let candidates = socket.candidates()?;
-    let config = Arc::new(PeerConfig::new(candidates.clone()).ok_or(StartError::Certificate)?);
+    let config =
+        Arc::new(PeerConfig::new(candidates.clone(), socket.adapt).ok_or(StartError::Certificate)?);
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let connecting = Arc::new(AtomicUsize::new(0));
     let (ended_tx, ended) = oneshot::channel::<()>();

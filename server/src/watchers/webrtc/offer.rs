@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec, PayloadParams};
@@ -27,6 +28,10 @@ pub const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Packets each peer keeps for retransmission on NACK (str0m's video send buffer): at 2 Mbit/s
 /// about 3 s of the stream.
 pub const RESEND_PACKETS: usize = 600;
+/// Where a peer's bandwidth estimate starts while its camera's rate is not yet measured (else
+/// at that rate): str0m probes at 3 and 6 times it at once, so a fast link is found within
+/// about a second, and a slow one is not flooded at the start.
+pub const INITIAL_ESTIMATE: Bitrate = Bitrate::mbps(2);
 
 /// Why an offer was not answered; `status` is the HTTP status the player gets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -107,18 +112,21 @@ pub struct PeerConfig {
     pub cert: DtlsCert,
     /// Our ICE host candidates: every address players may reach the UDP port at.
     pub candidates: Vec<SocketAddr>,
+    /// Bandwidth estimation (and str0m's pacing) for every peer: what its level follows.
+    pub adapt: bool,
 }
 
 impl PeerConfig {
     /// str0m's pure-Rust crypto and a fresh certificate; `None` if the certificate cannot be
     /// made.
-    pub fn new(candidates: Vec<SocketAddr>) -> Option<PeerConfig> {
+    pub fn new(candidates: Vec<SocketAddr>, adapt: bool) -> Option<PeerConfig> {
         let crypto = str0m::crypto::from_feature_flags();
         let cert = crypto.dtls_provider.generate_certificate()?;
         Some(PeerConfig {
             crypto: Arc::new(crypto),
             cert,
             candidates,
+            adapt,
         })
     }
 }
@@ -166,6 +174,10 @@ pub fn answer(offer: SdpOffer, config: &PeerConfig, now: Instant) -> Result<Answ
         .set_dtls_cert(config.cert.clone())
         .set_stats_interval(Some(STATS_EVERY))
         .set_send_buffer_video(RESEND_PACKETS)
+        // The estimate each peer's level follows (`thin.rs`); str0m also paces the peer's
+        // packets at 1.1 times it (the engine restarts it at the camera's rate when known).
+        // Without it, no estimate comes and every peer gets every frame.
+        .enable_bwe(config.adapt.then_some(INITIAL_ESTIMATE))
         .build(now);
     for addr in &config.candidates {
         match Candidate::host(*addr, "udp") {
@@ -247,7 +259,7 @@ pub fn examine(body: &[u8]) -> Result<(), OfferError> {
     static CONFIG: std::sync::OnceLock<Option<PeerConfig>> = std::sync::OnceLock::new();
     let offer = parse(Some(b"application/sdp"), body)?;
     let config = CONFIG
-        .get_or_init(|| PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))]))
+        .get_or_init(|| PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))], true))
         .as_ref()
         .ok_or_else(|| OfferError::Rejected("no DTLS certificate".into()))?;
     answer(offer, config, Instant::now()).map(|_| ())
@@ -289,7 +301,7 @@ mod tests {
             .find(|(p, _)| p.ends_with("aiortc-recvonly-h264"))
             .expect("the aiortc offer in the corpus")
             .1;
-        let config = PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))]).unwrap();
+        let config = PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))], true).unwrap();
         let offer = parse(Some(b"application/sdp"), &offer).unwrap();
         let a = answer(offer, &config, Instant::now()).unwrap();
         assert!(a.answer.contains("127.0.0.1 8555 typ host"), "{}", a.answer);

@@ -1,0 +1,386 @@
+//! Nobody falls behind: each peer is sent as much of its camera's one H.264 stream as its link
+//! carries, by leaving out whole temporal layers (`frame::H264AccessUnit::layer`), never by
+//! queueing.
+//!
+//! A peer's **level** says what it gets, lowest first: [`KEYFRAMES`] (the IDR pictures alone),
+//! then layer 0, layers 0–1, and [`ALL`]. surv's encoder makes three layers (half the frames
+//! are layer 2, a quarter layer 1), so the levels are about 1/60, 1/4, 1/2 and all of the
+//! frames at a 2 s GOP; a passed-through camera has layers 0 and 2 only (its pictures no other
+//! refers to), so its levels 1 and 2 are the same.
+//!
+//! The level follows str0m's bandwidth estimate (TWCC, delay- and loss-based), against each
+//! level's bit rate measured on the camera's own units ([`LevelRates`]). Down at once, as far
+//! as needed, when the level's rate is over the estimate. Up one level at a time: once the
+//! next level's rate has been within [`FIT`] of the estimate for [`UP_AFTER`] on end (a
+//! probe's brief overshoot does not count), as long after the last step, and only at a
+//! picture where the new level's stream can start (a layer-0 picture, or a keyframe when
+//! coming up from keyframes alone), so every picture sent has its references.
+//!
+//! A level the peer had to leave within [`FAILED_WITHIN`] of reaching it failed: it is tried
+//! again only after twice the last wait (up to [`MAX_BACKOFF`]); a probe that overshot a
+//! shaper's burst would otherwise make the peer climb and fall every few seconds.
+//! [`STEADY_AFTER`] at a level forgets its failures.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::frame::TOP_LAYER;
+
+/// The IDR pictures alone.
+pub(super) const KEYFRAMES: u8 = 0;
+/// Every picture.
+pub(super) const ALL: u8 = TOP_LAYER + 1;
+/// A peer steps down when its level's rate is over the estimate; it steps up when the next
+/// level's rate is at most this share of it (room for resends, RTCP and the rate's wobble).
+const FIT: f64 = 0.85;
+/// The next level must have fitted this long on end, and the last step be this old, for a
+/// step up.
+const UP_AFTER: Duration = Duration::from_secs(2);
+/// A step down this soon after the step up to that level means the level failed.
+const FAILED_WITHIN: Duration = Duration::from_secs(4);
+/// The longest a failed level waits before it is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// This long at a level and its failures are forgotten.
+const STEADY_AFTER: Duration = Duration::from_secs(10);
+/// Seconds of the camera's stream the rates are measured over (whole seconds of media time).
+const WINDOW_SECS: u64 = 4;
+
+/// The level a unit needs: 0 for a keyframe, its layer + 1 otherwise.
+pub(super) fn unit_level(keyframe: bool, layer: u8) -> u8 {
+    if keyframe {
+        KEYFRAMES
+    } else {
+        layer.min(TOP_LAYER) + 1
+    }
+}
+
+/// A level's name, for `/status`.
+pub(super) fn level_name(level: u8) -> &'static str {
+    match level {
+        KEYFRAMES => "keyframes",
+        1 => "quarter",
+        2 => "half",
+        _ => "all",
+    }
+}
+
+/// A camera's bytes at each level over its last [`WINDOW_SECS`] whole seconds of media time.
+#[derive(Debug, Default)]
+pub(super) struct LevelRates {
+    /// (second of media time, bytes per unit level), oldest first; the last may be partial.
+    seconds: VecDeque<(u64, [u64; ALL as usize + 1])>,
+}
+
+impl LevelRates {
+    /// A unit of `level` and `bytes` at `media_time_90k`.
+    pub(super) fn add(&mut self, media_time_90k: u64, level: u8, bytes: usize) {
+        let second = media_time_90k / 90_000;
+        match self.seconds.back_mut() {
+            Some((s, counts)) if *s == second => {
+                counts[usize::from(level.min(ALL))] += bytes as u64;
+            }
+            // An older second (the clock stepped back): a new run of seconds.
+            Some((s, _)) if *s > second => {
+                self.seconds.clear();
+                self.add(media_time_90k, level, bytes);
+            }
+            _ => {
+                let mut counts = [0; ALL as usize + 1];
+                counts[usize::from(level.min(ALL))] = bytes as u64;
+                self.seconds.push_back((second, counts));
+                while self
+                    .seconds
+                    .front()
+                    .is_some_and(|(s, _)| s + WINDOW_SECS < second)
+                {
+                    self.seconds.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Bits per second a peer at `level` is sent, over the whole seconds measured; `None`
+    /// before the first whole second.
+    pub(super) fn bps(&self, level: u8) -> Option<u64> {
+        let (newest, _) = self.seconds.back()?;
+        let whole = self.seconds.iter().filter(|(s, _)| s < newest);
+        let (secs, bytes) = whole.fold((0u64, 0u64), |(n, b), (_, counts)| {
+            let at_level: u64 = counts[..=usize::from(level.min(ALL))].iter().sum();
+            (n + 1, b + at_level)
+        });
+        // Seconds without a unit (a stalled camera) count as empty ones.
+        let first = self.seconds.front()?.0;
+        let span = (newest - first).max(secs);
+        (span > 0).then(|| bytes * 8 / span)
+    }
+}
+
+/// One peer's level.
+#[derive(Debug)]
+pub(super) struct Thinning {
+    level: u8,
+    /// Where the estimate says it could be; above `level` until a picture lets it go up.
+    wanted: u8,
+    /// When the level last changed.
+    last_step: Option<Instant>,
+    /// Since when every estimate has fitted the level above.
+    fits_above_since: Option<Instant>,
+    /// Per level: when it last failed, and how long it waits after that.
+    failed: [Option<(Instant, Duration)>; ALL as usize + 1],
+    /// Units left out, for the counters.
+    pub(super) thinned: u64,
+}
+
+impl Default for Thinning {
+    fn default() -> Self {
+        Thinning {
+            level: ALL,
+            wanted: ALL,
+            last_step: None,
+            fits_above_since: None,
+            failed: [None; ALL as usize + 1],
+            thinned: 0,
+        }
+    }
+}
+
+impl Thinning {
+    pub(super) fn level(&self) -> u8 {
+        self.level
+    }
+
+    /// The newest estimate of what the peer's link carries, in bits per second, at `now`:
+    /// given again as time passes (a step up waits for the estimate to hold).
+    pub(super) fn estimate(&mut self, bps: u64, rates: &LevelRates, now: Instant) {
+        let fits = |l: u8, share: f64| rates.bps(l).map(|r| r as f64 <= bps as f64 * share);
+        // The highest level the link carries; keyframes alone whatever the estimate (they are
+        // what a viewer needs to see anything at all). Nothing measured yet: stay.
+        let Some(fitting) = (KEYFRAMES + 1..=ALL)
+            .rev()
+            .find(|&l| fits(l, 1.0) == Some(true))
+            .or_else(|| rates.bps(ALL).map(|_| KEYFRAMES))
+        else {
+            return;
+        };
+        let at_level_for = self.last_step.map(|t| now.saturating_duration_since(t));
+        if at_level_for.is_some_and(|d| d >= STEADY_AFTER) {
+            self.failed[usize::from(self.level)] = None;
+        }
+        if fitting < self.level {
+            if at_level_for.is_some_and(|d| d < FAILED_WITHIN) {
+                let slot = &mut self.failed[usize::from(self.level)];
+                let wait = slot.map_or(UP_AFTER, |(_, w)| (w * 2).min(MAX_BACKOFF));
+                *slot = Some((now, wait));
+            }
+            self.level = fitting;
+            self.wanted = fitting;
+            self.last_step = Some(now);
+            self.fits_above_since = None;
+            return;
+        }
+        if self.level == ALL || fits(self.level + 1, FIT) != Some(true) {
+            self.fits_above_since = None;
+            self.wanted = self.level;
+            return;
+        }
+        let since = *self.fits_above_since.get_or_insert(now);
+        let held = now.saturating_duration_since(since) >= UP_AFTER;
+        let rested = self
+            .last_step
+            .is_none_or(|t| now.saturating_duration_since(t) >= UP_AFTER);
+        let retry = self.failed[usize::from(self.level + 1)]
+            .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait);
+        if held && rested && retry && self.wanted == self.level {
+            self.wanted = self.level + 1;
+        }
+    }
+
+    /// Whether a unit needing `level` goes to the peer; a step up waiting for its picture
+    /// takes effect here.
+    pub(super) fn admit(&mut self, level: u8, now: Instant) -> bool {
+        if self.wanted > self.level {
+            // From keyframes alone only at a keyframe; else at any layer-0 picture: the
+            // pictures after it refer to it or to what comes after.
+            let starts = level == KEYFRAMES || (self.level > KEYFRAMES && level == 1);
+            if starts {
+                self.level = self.wanted;
+                self.last_step = Some(now);
+                self.fits_above_since = None;
+            }
+        }
+        let admitted = level <= self.level;
+        if !admitted {
+            self.thinned += 1;
+        }
+        admitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `secs` seconds of a 30 fps camera coded with three layers (T0 T2 T1 T2…), an IDR every
+    /// 60 frames: keyframes `key` bytes, layer 0 `l0`, layer 1 `l1`, layer 2 `l2`.
+    fn camera(secs: u64, key: usize, l0: usize, l1: usize, l2: usize) -> LevelRates {
+        let mut rates = LevelRates::default();
+        for i in 0..secs * 30 {
+            let (level, bytes) = match (i % 60, i % 4) {
+                (0, _) => (KEYFRAMES, key),
+                (_, 0) => (1, l0),
+                (_, 2) => (2, l1),
+                _ => (3, l2),
+            };
+            rates.add(i * 3_000, level, bytes);
+        }
+        rates
+    }
+
+    #[test]
+    fn rates_add_up_by_level_over_whole_seconds() {
+        let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
+        // Per 2 s: 1 keyframe, 14 layer 0, 15 layer 1, 30 layer 2.
+        let per_2s = |key: u64, l0: u64, l1: u64, l2: u64| {
+            (30_000 * key + 8_000 * l0 + 4_000 * l1 + 2_000 * l2) * 8 / 2
+        };
+        assert_eq!(rates.bps(KEYFRAMES), Some(per_2s(1, 0, 0, 0)));
+        assert_eq!(rates.bps(1), Some(per_2s(1, 14, 0, 0)));
+        assert_eq!(rates.bps(2), Some(per_2s(1, 14, 15, 0)));
+        assert_eq!(rates.bps(ALL), Some(per_2s(1, 14, 15, 30)));
+        // Nothing whole yet: unknown.
+        let mut young = LevelRates::default();
+        young.add(0, 3, 1000);
+        young.add(80_000, 3, 1000);
+        assert_eq!(young.bps(ALL), None);
+        young.add(90_000, 3, 1000);
+        assert_eq!(young.bps(ALL), Some(16_000));
+        // A clock stepped back starts again rather than counting a negative span.
+        young.add(0, 3, 1000);
+        assert_eq!(young.bps(ALL), None);
+    }
+
+    #[test]
+    fn down_at_once_and_up_a_level_at_a_time_once_the_estimate_held() {
+        let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
+        let all = rates.bps(ALL).unwrap() as f64;
+        let half = rates.bps(2).unwrap() as f64;
+        let quarter = rates.bps(1).unwrap() as f64;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut thin = Thinning::default();
+        assert_eq!(thin.level(), ALL);
+        // Room for all: stays.
+        thin.estimate((all / FIT) as u64 + 1, &rates, t0);
+        assert_eq!(thin.level(), ALL);
+        // Room for half: down at once, and a layer-2 picture is left out.
+        thin.estimate((half / FIT) as u64 + 1, &rates, t0);
+        assert_eq!(thin.level(), 2);
+        assert!(!thin.admit(3, t0));
+        assert!(thin.admit(2, t0) && thin.admit(1, t0) && thin.admit(KEYFRAMES, t0));
+        // Less than keyframes need: keyframes alone all the same, two levels down at once.
+        thin.estimate(1, &rates, t0);
+        assert_eq!(thin.level(), KEYFRAMES);
+        assert!(!thin.admit(1, t0) && !thin.admit(2, t0) && thin.admit(KEYFRAMES, t0));
+        assert_eq!(thin.thinned, 3);
+        // Room for everything: up one level, once it held UP_AFTER, and from keyframes alone
+        // only at the next keyframe.
+        let plenty = (all * 2.0) as u64;
+        thin.estimate(plenty, &rates, at(100));
+        thin.estimate(plenty, &rates, at(1_900));
+        assert!(thin.admit(KEYFRAMES, at(1_900)));
+        assert_eq!(thin.level(), KEYFRAMES, "not held long enough");
+        thin.estimate(plenty, &rates, at(2_100));
+        assert!(!thin.admit(1, at(2_100)));
+        assert_eq!(
+            thin.level(),
+            KEYFRAMES,
+            "a layer-0 picture does not start it"
+        );
+        assert!(thin.admit(KEYFRAMES, at(2_200)));
+        assert_eq!(thin.level(), 1, "one level");
+        // A brief overshoot (a probe) then a fall to what fits now: no step.
+        thin.estimate(plenty, &rates, at(4_300));
+        thin.estimate((quarter / FIT) as u64 + 1, &rates, at(4_500));
+        thin.estimate(plenty, &rates, at(6_000));
+        thin.estimate(plenty, &rates, at(7_000));
+        assert!(thin.admit(1, at(7_000)));
+        assert_eq!(thin.level(), 1, "the estimate fitted half only since 6.0 s");
+        // Held from 6.0 s: half at 8.0 s, at the next layer-0 picture, not at a layer-1 one.
+        thin.estimate(plenty, &rates, at(8_000));
+        assert!(!thin.admit(2, at(8_000)));
+        assert!(thin.admit(1, at(8_050)));
+        assert_eq!(thin.level(), 2);
+        assert!(thin.admit(2, at(8_100)) && !thin.admit(3, at(8_100)));
+        // The next level: the estimate fitted it since 9.0 s (the step at 8.05 s began the
+        // count again), so not at 10.0 s.
+        thin.estimate(plenty, &rates, at(9_000));
+        thin.estimate(plenty, &rates, at(10_000));
+        assert!(thin.admit(1, at(10_000)));
+        assert_eq!(thin.level(), 2, "held 1 s only");
+        thin.estimate(plenty, &rates, at(11_000));
+        // From a layer level, up at a layer-0 picture only: a layer-2 one's reference (a
+        // layer-1 picture) may be one this peer did not get.
+        assert!(!thin.admit(3, at(11_000)));
+        assert!(thin.admit(2, at(11_033)));
+        assert!(thin.admit(1, at(11_066)));
+        assert_eq!(thin.level(), ALL);
+        assert!(thin.admit(3, at(11_100)));
+    }
+
+    #[test]
+    fn a_level_left_soon_after_reaching_it_waits_longer_each_time() {
+        let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
+        let all = rates.bps(ALL).unwrap() as f64;
+        let half = (rates.bps(2).unwrap() as f64 / FIT) as u64 + 1;
+        let plenty = (all * 2.0) as u64;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut thin = Thinning::default();
+        thin.estimate(half, &rates, t0);
+        // Up to all at 2 s (held from 0 s... the step down was at 0 s).
+        let climb = |thin: &mut Thinning, from: u64| {
+            thin.estimate(plenty, &rates, at(from));
+            thin.estimate(plenty, &rates, at(from + 2_000));
+            thin.admit(1, at(from + 2_000));
+            thin.level()
+        };
+        assert_eq!(climb(&mut thin, 0), ALL);
+        // Falls back 1 s later: all failed, waits 2 s.
+        thin.estimate(half, &rates, at(3_000));
+        assert_eq!(thin.level(), 2);
+        assert_eq!(climb(&mut thin, 3_100), ALL, "2 s wait, over at 5.1 s");
+        // Fails again: 4 s now, from 6.1 s.
+        thin.estimate(half, &rates, at(6_100));
+        assert_eq!(climb(&mut thin, 6_200), 2, "at 8.2 s: 2.1 s of 4");
+        thin.estimate(plenty, &rates, at(10_100));
+        thin.admit(1, at(10_100));
+        assert_eq!(thin.level(), ALL);
+        // Ten seconds there: forgotten; the next failure waits 2 s again.
+        thin.estimate(plenty, &rates, at(20_200));
+        thin.estimate(half, &rates, at(21_000));
+        assert_eq!(thin.level(), 2, "left after 10.9 s: not a failure");
+        assert_eq!(climb(&mut thin, 21_000), ALL);
+        assert_eq!(thin.failed[usize::from(ALL)], None);
+    }
+
+    #[test]
+    fn nothing_measured_changes_nothing() {
+        let mut thin = Thinning::default();
+        let now = Instant::now();
+        thin.estimate(1, &LevelRates::default(), now);
+        assert_eq!(thin.level(), ALL);
+        assert!(thin.admit(3, now));
+    }
+
+    #[test]
+    fn unit_levels_and_names() {
+        assert_eq!(unit_level(true, 0), KEYFRAMES);
+        assert_eq!(unit_level(false, 0), 1);
+        assert_eq!(unit_level(false, TOP_LAYER), ALL);
+        assert_eq!(unit_level(false, 200), ALL);
+        assert_eq!(
+            (0..=ALL).map(level_name).collect::<Vec<_>>(),
+            ["keyframes", "quarter", "half", "all"]
+        );
+    }
+}
