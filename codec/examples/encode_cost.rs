@@ -1,7 +1,8 @@
 //! What one frame costs the H.264 feed's encoder thread: JPEG decode to I420 plus OpenH264,
 //! per picture size, on a moving picture at 30 fps with a 2 s GOP (the server's settings).
 //!
-//! `cargo run --release -p surv-codec --example encode_cost [FRAMES]`
+//! `cargo run --release -p surv-codec --example encode_cost [FRAMES] [LAYERS]` (temporal
+//! layers: 3, the server's, by default; 1 to compare).
 
 use std::time::Instant;
 
@@ -44,6 +45,10 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(300);
+    let layers: u8 = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
     for (w, h) in [(640, 480), (1280, 720)] {
         let jpegs: Vec<Vec<u8>> = (0..30).map(|i| jpeg(w, h, i)).collect();
         let mut coder = JpegToH264::new(H264Settings {
@@ -53,8 +58,7 @@ fn main() {
                 min_bps: 200_000,
             },
             idr_period_frames: 60,
-            // As the server codes.
-            temporal_layers: 3,
+            temporal_layers: layers,
         })
         .expect("encoder");
         let mut bytes = 0;
@@ -67,7 +71,7 @@ fn main() {
         }
         let per_frame = started.elapsed() / frames as u32;
         println!(
-            "{w}x{h}: {:.2} ms a frame (JPEG decode + H.264), {} kbit/s at 30 fps",
+            "{w}x{h}, {layers} temporal layer(s): {:.2} ms a frame (JPEG decode + H.264), {} kbit/s at 30 fps",
             per_frame.as_secs_f64() * 1e3,
             bytes * 8 * 30 / frames / 1000
         );
