@@ -162,7 +162,10 @@ impl JpegToH264 {
 
     /// Codes one JPEG; `at_ms` is its capture time, which OpenH264's rate control uses.
     pub fn encode(&mut self, jpeg: &[u8], at_ms: u64) -> Result<Coded<'_>, H264Error> {
-        let header = self.decompressor.read_header(jpeg)?;
+        let header = self
+            .decompressor
+            .read_header(jpeg)
+            .map_err(|e| renewed(&mut self.decompressor, e))?;
         let (w, h) = (header.width, header.height);
         let (cw, ch) = (w & !1, h & !1);
         if cw < 2 || ch < 2 || cw.max(ch) > MAX_LONG_SIDE || cw.min(ch) > MAX_SHORT_SIDE {
@@ -181,7 +184,11 @@ impl JpegToH264 {
             // OpenH264 takes temporal layers only once it is initialised, which the crate does
             // at the first picture, and setting them restarts its GOP with an IDR: so the first
             // picture is coded twice, the first result dropped. Once per encoder.
-            self.picture(jpeg, &header, at_ms)?;
+            if let Err(e) = self.picture(jpeg, &header, at_ms) {
+                // Made again at the next picture, so that it gets its layers.
+                self.encoder = None;
+                return Err(e);
+            }
             let Some((encoder, _)) = &mut self.encoder else {
                 return Err(H264Error::Skipped);
             };
@@ -229,16 +236,18 @@ impl JpegToH264 {
             // Straight to planar 4:2:0, rows unpadded: no colour conversion at all.
             let len = turbojpeg::yuv_pixels_len(w, 1, h, Subsamp::Sub2x2)?;
             self.yuv.resize(len, 0);
-            self.decompressor.decompress_to_yuv(
-                jpeg,
-                YuvImage {
-                    pixels: &mut self.yuv[..],
-                    width: w,
-                    align: 1,
-                    height: h,
-                    subsamp: Subsamp::Sub2x2,
-                },
-            )?;
+            self.decompressor
+                .decompress_to_yuv(
+                    jpeg,
+                    YuvImage {
+                        pixels: &mut self.yuv[..],
+                        width: w,
+                        align: 1,
+                        height: h,
+                        subsamp: Subsamp::Sub2x2,
+                    },
+                )
+                .map_err(|e| renewed(&mut self.decompressor, e))?;
             let cstride = w.div_ceil(2);
             let (y, rest) = self.yuv.split_at(w * h);
             let (u, v) = rest.split_at(cstride * h.div_ceil(2));
@@ -256,16 +265,18 @@ impl JpegToH264 {
         } else {
             // Other subsamplings (4:2:2 from some cameras, 4:4:4, grey): via RGB.
             self.full.resize(w * h * 3, 0);
-            self.decompressor.decompress(
-                jpeg,
-                turbojpeg::Image {
-                    pixels: &mut self.full[..],
-                    width: w,
-                    pitch: w * 3,
-                    height: h,
-                    format: PixelFormat::RGB,
-                },
-            )?;
+            self.decompressor
+                .decompress(
+                    jpeg,
+                    turbojpeg::Image {
+                        pixels: &mut self.full[..],
+                        width: w,
+                        pitch: w * 3,
+                        height: h,
+                        format: PixelFormat::RGB,
+                    },
+                )
+                .map_err(|e| renewed(&mut self.decompressor, e))?;
             self.rgb.resize(cw * ch * 3, 0);
             for row in 0..ch {
                 self.rgb[row * cw * 3..(row + 1) * cw * 3]
@@ -290,6 +301,17 @@ impl JpegToH264 {
         bitstream.write_vec(&mut self.annexb);
         Ok((idr, layer))
     }
+}
+
+/// A JPEG turbojpeg failed on can leave its handle unusable (seen: the first JPEG a handle
+/// read, cut inside its header; every later header read failed, `IntegerOverflow("width")`),
+/// and one bad frame would stop the stream: a fresh handle for the next. The error is the
+/// frame's.
+fn renewed(decompressor: &mut Decompressor, e: turbojpeg::Error) -> H264Error {
+    if let Ok(fresh) = Decompressor::new() {
+        *decompressor = fresh;
+    }
+    H264Error::Jpeg(e)
 }
 
 /// Gives an initialised encoder `layers` temporal layers, the IDR period rounded up to a
@@ -544,6 +566,36 @@ mod tests {
             }
             let expected = layers.iter().filter(|&&l| l <= top).count();
             assert_eq!(pictures, expected, "layers ≤ {top}");
+        }
+    }
+
+    /// A JPEG cut short fails its frame only: the next ones are coded (turbojpeg's handle
+    /// was left unusable before, and every later frame failed), and a fresh encoder whose
+    /// first picture failed is made again at the next, layers and all.
+    #[test]
+    fn a_bad_jpeg_fails_its_frame_only_and_the_layers_survive_it() {
+        let mut s = settings(8);
+        s.temporal_layers = 3;
+        let mut enc = JpegToH264::new(s).unwrap();
+        let good = jpeg(160, 90, 0, Subsamp::Sub2x2);
+        // The header reads; the scan is cut off.
+        let cut = &good[..good.len() * 3 / 4];
+        assert!(enc.encode(cut, 0).is_err(), "a JPEG cut short is an error");
+        let layers: Vec<u8> = (0..4)
+            .map(|seq| {
+                enc.encode(&jpeg(160, 90, seq, Subsamp::Sub2x2), 33 * seq as u64 + 33)
+                    .unwrap()
+                    .layer
+            })
+            .collect();
+        assert_eq!(layers, [0, 2, 1, 2]);
+        // A new coder whose first JPEG is cut inside its header: that one left turbojpeg's
+        // handle unusable for every later frame.
+        let mut enc = JpegToH264::new(s).unwrap();
+        assert!(enc.encode(&good[..good.len() / 3], 0).is_err());
+        for seq in 1..3 {
+            let next = enc.encode(&jpeg(160, 90, seq, Subsamp::Sub2x2), 33 * seq as u64);
+            assert!(next.is_ok(), "{:?}", next.err());
         }
     }
 
