@@ -295,8 +295,8 @@ impl Engine {
             .insert(id, report.clone());
         tracing::debug!(id, camera = %camera.name, %http_peer, "WebRTC: peer answered");
         let mut rtc = answered.rtc;
-        // The estimate starts at what the stream needs when that is known (a slow link is
-        // not flooded at the start), else high (see `INITIAL_ESTIMATE`).
+        // The estimate starts at a little more than the stream when its rate is known (a slow
+        // link is not flooded at the start), else at `INITIAL_ESTIMATE`.
         rtc.bwe().reset(Bitrate::bps(desired_bps));
         rtc.bwe().set_desired_bitrate(Bitrate::bps(desired_bps));
         let mut peer = Peer {
