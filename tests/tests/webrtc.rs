@@ -652,16 +652,60 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     let _heavy = surv_tests::heavy().await;
     let srv = start(Some(TOKEN)).await;
     let url = format!("http://{}/cam/main/?token={TOKEN}", srv.http_addr.unwrap());
-    let (first, later) = tokio::task::spawn_blocking(move || {
+    let watching = tokio::task::spawn_blocking(move || {
         watch_the_page(
             &url,
             &LOOPBACK_WEBRTC,
             |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
             Duration::from_secs(5),
         )
-    })
-    .await
-    .unwrap();
+    });
+    // While it plays: Chromium's transport-wide feedback reaches str0m's bandwidth estimator
+    // (`--webrtc-adapt`, the default), and the peer is sent every frame.
+    let until = tokio::time::Instant::now() + IO_TIMEOUT;
+    let peer = loop {
+        let status = request(
+            srv.http_addr.unwrap(),
+            "GET",
+            "/status",
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        )
+        .await
+        .unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        let peer = status["webrtc"]["peers"][0].clone();
+        if peer["state"] == "connected" && peer["estimate_bps"].is_u64() {
+            break peer;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no bandwidth estimate for the peer: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("peer in /status: {peer}");
+    assert_eq!(peer["level"], "all", "{peer}");
+    // Its last report while the page plays.
+    let mut last = peer;
+    while !watching.is_finished() {
+        let status = request(
+            srv.http_addr.unwrap(),
+            "GET",
+            "/status",
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            b"",
+        )
+        .await
+        .unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        if status["webrtc"]["peers"][0].is_object() {
+            last = status["webrtc"]["peers"][0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("last: {last}");
+    let (first, later) = watching.await.unwrap();
     println!("page: {first}\nthen: {later}");
     assert_eq!(first["mode"], "webrtc", "{first}");
     assert_eq!(later["mode"], "webrtc", "{later}");
@@ -677,7 +721,7 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     let rate = frames as f64 / secs;
     assert!(
         rate >= 29.0,
-        "{frames} frames decoded in {secs:.2} s: {rate:.1}/s"
+        "{frames} frames decoded in {secs:.2} s: {rate:.1}/s; the peer's last report: {last}"
     );
     // The page says what it plays, and how well.
     let playing = later["playing"].as_str().unwrap();

@@ -10,10 +10,10 @@
 //!
 //! The level follows str0m's bandwidth estimate (TWCC, delay- and loss-based), against each
 //! level's bit rate measured on the camera's own units ([`LevelRates`]). Down at once, as far
-//! as needed, when the level's rate is over the estimate. Up one level at a time: once the
-//! next level's rate has been within [`FIT`] of the estimate for [`UP_AFTER`] on end (a
-//! probe's brief overshoot does not count), as long after the last step, and only at a
-//! picture where the new level's stream can start (a layer-0 picture, or a keyframe when
+//! as needed, when the estimate falls under [`FIT`] of the level's rate. Up one level at a
+//! time: once the next level's rate has been within [`FIT`] of the estimate for [`UP_AFTER`]
+//! on end (a probe's brief overshoot does not count), as long after the last step, and only
+//! at a picture where the new level's stream can start (a layer-0 picture, or a keyframe when
 //! coming up from keyframes alone), so every picture sent has its references.
 //!
 //! A level the peer had to leave within [`FAILED_WITHIN`] of reaching it failed: it is tried
@@ -30,8 +30,11 @@ use crate::frame::TOP_LAYER;
 pub(super) const KEYFRAMES: u8 = 0;
 /// Every picture.
 pub(super) const ALL: u8 = TOP_LAYER + 1;
-/// A peer steps down when its level's rate is over the estimate; it steps up when the next
-/// level's rate is at most this share of it (room for resends, RTCP and the rate's wobble).
+/// A peer steps up when the next level's rate is at most this share of the estimate (room for
+/// resends, RTCP and the rate's wobble), and down when the estimate falls under this share of
+/// its level's rate: a band between, as an estimate of a link with room to spare hovers only
+/// a little above what is sent on it (measured: 1.0-1.5 Mbit/s for a 0.8 Mbit/s stream on
+/// loopback), while a congested link's falls under the stream at once.
 const FIT: f64 = 0.85;
 /// The next level must have fitted this long on end, and the last step be this old, for a
 /// step up.
@@ -157,7 +160,7 @@ impl Thinning {
         // what a viewer needs to see anything at all). Nothing measured yet: stay.
         let Some(fitting) = (KEYFRAMES + 1..=ALL)
             .rev()
-            .find(|&l| fits(l, 1.0) == Some(true))
+            .find(|&l| fits(l, 1.0 / FIT) == Some(true))
             .or_else(|| rates.bps(ALL).map(|_| KEYFRAMES))
         else {
             return;
@@ -272,8 +275,9 @@ mod tests {
         // Room for all: stays.
         thin.estimate((all / FIT) as u64 + 1, &rates, t0);
         assert_eq!(thin.level(), ALL);
-        // Room for half: down at once, and a layer-2 picture is left out.
-        thin.estimate((half / FIT) as u64 + 1, &rates, t0);
+        // Room for half only (all's rate well over it): down at once, and a layer-2 picture
+        // is left out.
+        thin.estimate((half * FIT) as u64 + 1, &rates, t0);
         assert_eq!(thin.level(), 2);
         assert!(!thin.admit(3, t0));
         assert!(thin.admit(2, t0) && thin.admit(1, t0) && thin.admit(KEYFRAMES, t0));
@@ -300,7 +304,7 @@ mod tests {
         assert_eq!(thin.level(), 1, "one level");
         // A brief overshoot (a probe) then a fall to what fits now: no step.
         thin.estimate(plenty, &rates, at(4_300));
-        thin.estimate((quarter / FIT) as u64 + 1, &rates, at(4_500));
+        thin.estimate((quarter * FIT) as u64 + 1, &rates, at(4_500));
         thin.estimate(plenty, &rates, at(6_000));
         thin.estimate(plenty, &rates, at(7_000));
         assert!(thin.admit(1, at(7_000)));
@@ -331,7 +335,7 @@ mod tests {
     fn a_level_left_soon_after_reaching_it_waits_longer_each_time() {
         let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
         let all = rates.bps(ALL).unwrap() as f64;
-        let half = (rates.bps(2).unwrap() as f64 / FIT) as u64 + 1;
+        let half = (rates.bps(2).unwrap() as f64 * FIT) as u64 + 1;
         let plenty = (all * 2.0) as u64;
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
