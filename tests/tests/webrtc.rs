@@ -127,6 +127,20 @@ impl Reply {
     }
 }
 
+/// The server's `/status`, with the test's token.
+async fn status_json(srv: &TestServer) -> serde_json::Value {
+    let reply = request(
+        srv.http_addr.unwrap(),
+        "GET",
+        "/status",
+        &[("Authorization", &format!("Bearer {TOKEN}"))],
+        b"",
+    )
+    .await
+    .unwrap();
+    serde_json::from_str(&reply.body).unwrap()
+}
+
 /// One HTTP/1.1 request with `Connection: close`, bounded.
 async fn request(
     addr: SocketAddr,
@@ -371,16 +385,7 @@ async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdow
     srv.wait_journal(|l| l.contains(" JOIN ") && l.contains("form=webrtc"))
         .await
         .unwrap();
-    let status = request(
-        srv.http_addr.unwrap(),
-        "GET",
-        "/status",
-        &[("Authorization", &format!("Bearer {TOKEN}"))],
-        b"",
-    )
-    .await
-    .unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let status = status_json(&srv).await;
     let peers = status["webrtc"]["peers"]
         .as_array()
         .cloned()
@@ -391,16 +396,7 @@ async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdow
     // str0m's statistics reach /status: what is sent to it (each second), its round trip.
     let until = tokio::time::Instant::now() + IO_TIMEOUT;
     let report = loop {
-        let status = request(
-            srv.http_addr.unwrap(),
-            "GET",
-            "/status",
-            &[("Authorization", &format!("Bearer {TOKEN}"))],
-            b"",
-        )
-        .await
-        .unwrap();
-        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        let status = status_json(&srv).await;
         let peer = status["webrtc"]["peers"][0].clone();
         let bps = peer["bitrate_bps"].as_u64().unwrap_or(0);
         if bps > 0 && peer["rtt_ms"].is_number() {
@@ -664,16 +660,7 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     // (`--webrtc-adapt`, the default), and the peer is sent every frame.
     let until = tokio::time::Instant::now() + IO_TIMEOUT;
     let peer = loop {
-        let status = request(
-            srv.http_addr.unwrap(),
-            "GET",
-            "/status",
-            &[("Authorization", &format!("Bearer {TOKEN}"))],
-            b"",
-        )
-        .await
-        .unwrap();
-        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        let status = status_json(&srv).await;
         let peer = status["webrtc"]["peers"][0].clone();
         if peer["state"] == "connected" && peer["estimate_bps"].is_u64() {
             break peer;
@@ -689,16 +676,7 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     // Its last report while the page plays.
     let mut last = peer;
     while !watching.is_finished() {
-        let status = request(
-            srv.http_addr.unwrap(),
-            "GET",
-            "/status",
-            &[("Authorization", &format!("Bearer {TOKEN}"))],
-            b"",
-        )
-        .await
-        .unwrap();
-        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        let status = status_json(&srv).await;
         if status["webrtc"]["peers"][0].is_object() {
             last = status["webrtc"]["peers"][0].clone();
         }
