@@ -72,6 +72,9 @@ pub(super) fn level_name(level: u8) -> &'static str {
 pub(super) struct LevelRates {
     /// (second of media time, bytes per unit level), oldest first; the last may be partial.
     seconds: VecDeque<(u64, [u64; ALL as usize + 1])>,
+    /// Bits per second at each level over the whole seconds: worked out when a second starts
+    /// (the only time it changes), read for every peer at every unit.
+    bps: [Option<u64>; ALL as usize + 1],
 }
 
 impl LevelRates {
@@ -87,6 +90,7 @@ impl LevelRates {
                 self.seconds.clear();
                 self.add(media_time_90k, level, bytes);
             }
+            // A new second: the one before it is whole now.
             _ => {
                 let mut counts = [0; ALL as usize + 1];
                 counts[usize::from(level.min(ALL))] = bytes as u64;
@@ -98,6 +102,7 @@ impl LevelRates {
                 {
                     self.seconds.pop_front();
                 }
+                self.bps = std::array::from_fn(|l| self.measure(l as u8));
             }
         }
     }
@@ -105,6 +110,10 @@ impl LevelRates {
     /// Bits per second a peer at `level` is sent, over the whole seconds measured; `None`
     /// before the first whole second.
     pub(super) fn bps(&self, level: u8) -> Option<u64> {
+        self.bps[usize::from(level.min(ALL))]
+    }
+
+    fn measure(&self, level: u8) -> Option<u64> {
         let (newest, _) = self.seconds.back()?;
         let whole = self.seconds.iter().filter(|(s, _)| s < newest);
         let (secs, bytes) = whole.fold((0u64, 0u64), |(n, b), (_, counts)| {
