@@ -141,6 +141,28 @@ async fn status_json(srv: &TestServer) -> serde_json::Value {
     serde_json::from_str(&reply.body).unwrap()
 }
 
+/// The first WebRTC peer in `/status` once `ready` holds for it, asked every 200 ms; fails
+/// after `IO_TIMEOUT`, saying what it lacked (`what`).
+async fn first_peer_when(
+    srv: &TestServer,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let until = tokio::time::Instant::now() + IO_TIMEOUT;
+    loop {
+        let status = status_json(srv).await;
+        let peer = &status["webrtc"]["peers"][0];
+        if ready(peer) {
+            return peer.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no {what} for the peer: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One HTTP/1.1 request with `Connection: close`, bounded.
 async fn request(
     addr: SocketAddr,
@@ -394,20 +416,10 @@ async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdow
     assert_eq!(peers[0]["state"], "connected", "{status}");
     assert_eq!(status["watchers"]["by_kind"]["webrtc"], 1, "{status}");
     // str0m's statistics reach /status: what is sent to it (each second), its round trip.
-    let until = tokio::time::Instant::now() + IO_TIMEOUT;
-    let report = loop {
-        let status = status_json(&srv).await;
-        let peer = status["webrtc"]["peers"][0].clone();
-        let bps = peer["bitrate_bps"].as_u64().unwrap_or(0);
-        if bps > 0 && peer["rtt_ms"].is_number() {
-            break peer;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "no bit rate or RTT: {peer}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let report = first_peer_when(&srv, "bit rate or RTT", |peer| {
+        peer["bitrate_bps"].as_u64().unwrap_or(0) > 0 && peer["rtt_ms"].is_number()
+    })
+    .await;
     println!("peer in /status: {report}");
     let journal = srv.stop().await.unwrap();
     let leave = journal
@@ -658,19 +670,10 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     });
     // While it plays: Chromium's transport-wide feedback reaches str0m's bandwidth estimator
     // (`--webrtc-adapt`, the default), and the peer is sent every frame.
-    let until = tokio::time::Instant::now() + IO_TIMEOUT;
-    let peer = loop {
-        let status = status_json(&srv).await;
-        let peer = status["webrtc"]["peers"][0].clone();
-        if peer["state"] == "connected" && peer["estimate_bps"].is_u64() {
-            break peer;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "no bandwidth estimate for the peer: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let peer = first_peer_when(&srv, "bandwidth estimate", |peer| {
+        peer["state"] == "connected" && peer["estimate_bps"].is_u64()
+    })
+    .await;
     println!("peer in /status: {peer}");
     assert_eq!(peer["level"], "all", "{peer}");
     // Its last report while the page plays.
