@@ -74,7 +74,7 @@ peer_status() {
     ip netns exec "$s" curl -s --max-time 5 http://10.80.1.1:18080/status | python3 -c 'import json, sys
 for p in (json.load(sys.stdin).get("webrtc") or {}).get("peers", []):
     if p["address"].startswith("10.80.1.2"):
-        print("the slow peer, as the server sees it:", {k: p.get(k) for k in ("level", "estimate_bps", "bitrate_bps", "frames_thinned", "loss", "rtt_ms", "nacks")})' || true
+        print("the slow peer, as the server sees it:", {k: p.get(k) for k in ("level", "estimate_bps", "bitrate_bps", "frames_thinned", "frames_late", "loss", "rtt_ms", "nacks")})' || true
 }
 sleep "$lift"
 peer_status

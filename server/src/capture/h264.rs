@@ -174,6 +174,26 @@ impl H264Feed {
         joined
     }
 
+    /// Whether this encoded camera's next picture is a keyframe a join asked for: the cached
+    /// GOP already spans [`FORCED_KEYFRAME_GAP_90K`] at the next frame, so the encoder forces
+    /// one then. A watcher joining now can wait for it (a frame later, the same picture but
+    /// newer) rather than take the cached GOP, which can be seconds of a slow link. Never for
+    /// a passthrough camera (its keyframes come when the camera sends them).
+    pub fn keyframe_due(&self) -> bool {
+        if self.is_passthrough() || !self.keyframe_wanted.load(Relaxed) {
+            return false;
+        }
+        let gop = self.gop();
+        let [.., before, newest] = gop.units.as_slice() else {
+            return false;
+        };
+        let step = newest.media_time_90k.saturating_sub(before.media_time_90k);
+        let span = newest
+            .media_time_90k
+            .saturating_sub(gop.units[0].media_time_90k);
+        span + step >= FORCED_KEYFRAME_GAP_90K
+    }
+
     /// A receiver of the units published from now on (no GOP, no keyframe asked: for a
     /// camera's one writer, whose sessions join through their own [`FeedReader`]).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<H264Unit>> {

@@ -292,9 +292,15 @@ async fn a_wanted_keyframe_comes_on_the_next_frame_and_at_most_once_a_second() {
     assert!(s.step().await.au.is_keyframe());
     for i in 1..30 {
         assert!(!s.step().await.au.is_keyframe(), "frame {i}");
+        if i == 10 {
+            // Asked a third of a second after the IDR: not at the next frame.
+            s.feed.want_keyframe();
+            assert!(!s.feed.keyframe_due());
+        }
     }
     // Frame 30 is 1.00002 s after the IDR.
     s.feed.want_keyframe();
+    assert!(s.feed.keyframe_due(), "a joiner can wait for it");
     let forced = s.step().await;
     assert!(forced.au.is_keyframe(), "the next frame is an IDR");
     assert_eq!(s.stats().keyframes_forced.load(Relaxed), 1);
@@ -302,7 +308,10 @@ async fn a_wanted_keyframe_comes_on_the_next_frame_and_at_most_once_a_second() {
     s.feed.want_keyframe();
     let mut idrs = Vec::new();
     for i in 31..=61 {
+        // What a joiner is told matches what comes, at every frame.
+        let due = s.feed.keyframe_due();
         let unit = s.step().await;
+        assert_eq!(unit.au.is_keyframe(), due, "frame {i}");
         if unit.au.is_keyframe() {
             idrs.push(i);
             assert!(unit.media_time_90k - forced.media_time_90k >= FORCED_KEYFRAME_GAP_90K);
@@ -495,6 +504,22 @@ fn the_gop_cache_is_bounded_and_starts_at_a_keyframe() {
         }
     }
     assert_eq!(kept, 256);
+}
+
+/// A passthrough camera's next keyframe is the camera's to send: never "due" for a joiner,
+/// however old its GOP.
+#[test]
+fn a_passthrough_camera_has_no_keyframe_due() {
+    let feed = H264Feed::new();
+    feed.want_keyframe();
+    feed.publish(unit(true, 10, 0));
+    assert!(!feed.keyframe_due(), "one unit: no interval to go by");
+    for t in 1..=30 {
+        feed.publish(unit(false, 10, t * 3_000));
+    }
+    assert!(feed.keyframe_due(), "an encoded camera's would be");
+    feed.set_passthrough(true);
+    assert!(!feed.keyframe_due());
 }
 
 /// A reader joined before the first keyframe skips to it; one that falls more than half a

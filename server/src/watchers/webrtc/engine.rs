@@ -679,8 +679,9 @@ impl Peer {
         }
     }
 
-    /// ICE and DTLS are through: the peer joins, and gets the camera's cached GOP at once (or
-    /// waits for the keyframe its joining asked for).
+    /// ICE and DTLS are through: the peer joins, and gets the camera's cached GOP at once, or
+    /// waits for the keyframe its joining asked for when the encoder makes it next (or nothing
+    /// is cached).
     fn connected(&mut self, server: &Arc<Server>) {
         let Stage::Connecting(_) = self.stage else {
             return;
@@ -707,10 +708,16 @@ impl Peer {
         let feed = self.camera.capture.h264.clone();
         let (gop, _) = feed.join();
         match gop.first() {
+            // The encoder's next picture is the keyframe this join asked for: no need for the
+            // past (a slow link would take seconds over it before anything live).
+            Some(_) if feed.keyframe_due() => {
+                self.next_seq = Some(0);
+                self.wait_key = true;
+            }
             Some(first) => {
-                // Written one by one as the peer drains (see `drain`), so that str0m's send
-                // buffer holds one picture's packets at a time, not the whole GOP's; only its
-                // layer-0 pictures.
+                // Only its layer-0 pictures, written one by one as the peer drains (see
+                // `drain`): without the pacer (`--webrtc-adapt=false`) str0m holds one
+                // picture's packets at a time, with it they wait in the pacer's queue.
                 self.next_seq = Some(first.seq);
                 self.backlog = gop.into();
             }
@@ -751,9 +758,12 @@ impl Peer {
         }
         self.wait_key = false;
         let before = self.thin.level();
-        let admitted = self
-            .thin
-            .admit(thin::unit_level(keyframe, unit.au.layer), Instant::now());
+        let queued = self.queued();
+        let admitted = self.thin.admit(
+            thin::unit_level(keyframe, unit.au.layer),
+            queued,
+            Instant::now(),
+        );
         if self.thin.level() != before {
             tracing::debug!(
                 id = self.id,
@@ -764,6 +774,7 @@ impl Peer {
         self.report.level = thin::level_name(self.thin.level());
         if !admitted {
             self.report.frames_thinned = self.thin.thinned;
+            self.report.frames_late = self.thin.late;
             server.stats.webrtc.frames_thinned.fetch_add(1, Relaxed);
             return;
         }
@@ -792,6 +803,20 @@ impl Peer {
                 self.end(LeaveReason::Error);
             }
         }
+    }
+
+    /// How long the peer's send queue (str0m's pacer) takes to drain at the estimate, as the
+    /// pacer last looked; nothing without an estimate (`--webrtc-adapt=false`: no pacer).
+    fn queued(&mut self) -> Duration {
+        let Some((bps, _)) = self.estimate else {
+            return Duration::ZERO;
+        };
+        let mut api = self.rtc.direct_api();
+        let bytes = api
+            .stream_tx_by_mid(self.mid, None)
+            .and_then(|tx| tx.queue_info().map(|q| q.byte_size()))
+            .unwrap_or(0);
+        Duration::from_secs_f64(bytes as f64 * 8.0 / bps.max(1) as f64)
     }
 
     /// Sends what str0m has to say on the way out (DTLS close_notify) for peers that end

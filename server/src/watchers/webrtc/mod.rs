@@ -197,8 +197,10 @@ pub struct PeerReport {
     /// What it is sent of the camera's frames: `all`, `half`, `quarter` or `keyframes`, the
     /// most its estimate fits (surv's encoder makes three temporal layers).
     pub level: &'static str,
-    /// Frames left out to fit its link.
+    /// Frames left out to fit its link...
     pub frames_thinned: u64,
+    /// ...of which because its send queue was long (`thin.rs`).
+    pub frames_late: u64,
 }
 
 /// An answered offer for the engine.

@@ -20,6 +20,12 @@
 //! again only after twice the last wait (up to [`MAX_BACKOFF`]); a probe that overshot a
 //! shaper's burst would otherwise make the peer climb and fall every few seconds.
 //! [`STEADY_AFTER`] at a level forgets its failures.
+//!
+//! The estimate lags the link: until it falls, a peer's packets wait in its pacer's queue.
+//! So a unit is also left out when that queue would take longer than [`QUEUE_LIMIT`] to drain
+//! at the estimate ([`QUEUE_LIMIT_LAYER0`] for a layer-0 picture; never a keyframe), and
+//! with it every unit after it that needs its level or more, until one that needs less (the
+//! pictures after a left-out one may refer to it): the newest frames, not a growing delay.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -47,6 +53,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const STEADY_AFTER: Duration = Duration::from_secs(10);
 /// Seconds of the camera's stream the rates are measured over (whole seconds of media time).
 const WINDOW_SECS: u64 = 4;
+/// A unit of the top layers is left out when the peer's send queue would take longer than
+/// this to drain at the estimate...
+const QUEUE_LIMIT: Duration = Duration::from_millis(150);
+/// ...a layer-0 picture when longer than this (the peer then waits for the next keyframe).
+const QUEUE_LIMIT_LAYER0: Duration = Duration::from_millis(300);
 
 /// The level a unit needs: 0 for a keyframe, its layer + 1 otherwise.
 pub(super) fn unit_level(keyframe: bool, layer: u8) -> u8 {
@@ -139,8 +150,13 @@ pub(super) struct Thinning {
     fits_above_since: Option<Instant>,
     /// Per level: when it last failed, and how long it waits after that.
     failed: [Option<(Instant, Duration)>; ALL as usize + 1],
-    /// Units left out, for the counters.
+    /// After a unit was left out for the queue: units needing more than this wait for one
+    /// needing this or less.
+    cap: Option<u8>,
+    /// Units left out, for the counters...
     pub(super) thinned: u64,
+    /// ...of which for the queue.
+    pub(super) late: u64,
 }
 
 impl Default for Thinning {
@@ -151,7 +167,9 @@ impl Default for Thinning {
             last_step: None,
             fits_above_since: None,
             failed: [None; ALL as usize + 1],
+            cap: None,
             thinned: 0,
+            late: 0,
         }
     }
 }
@@ -207,9 +225,9 @@ impl Thinning {
         }
     }
 
-    /// Whether a unit needing `level` goes to the peer; a step up waiting for its picture
-    /// takes effect here.
-    pub(super) fn admit(&mut self, level: u8, now: Instant) -> bool {
+    /// Whether a unit needing `level` goes to the peer, whose send queue takes `queued` to
+    /// drain at the estimate; a step up waiting for its picture takes effect here.
+    pub(super) fn admit(&mut self, level: u8, queued: Duration, now: Instant) -> bool {
         if self.wanted > self.level {
             // From keyframes alone only at a keyframe; else at any layer-0 picture: the
             // pictures after it refer to it or to what comes after.
@@ -220,7 +238,22 @@ impl Thinning {
                 self.fits_above_since = None;
             }
         }
-        let admitted = level <= self.level;
+        let mut admitted = level <= self.level;
+        match self.cap {
+            Some(cap) if level <= cap => self.cap = None,
+            Some(_) => admitted = false,
+            None => {}
+        }
+        let limit = if level == 1 {
+            QUEUE_LIMIT_LAYER0
+        } else {
+            QUEUE_LIMIT
+        };
+        if admitted && level > KEYFRAMES && queued > limit {
+            self.cap = Some(level - 1);
+            self.late += 1;
+            admitted = false;
+        }
         if !admitted {
             self.thinned += 1;
         }
@@ -231,6 +264,9 @@ impl Thinning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A send queue with nothing in it.
+    const EMPTY: Duration = Duration::ZERO;
 
     /// `secs` seconds of a 30 fps camera coded with three layers (T0 T2 T1 T2…), an IDR every
     /// 60 frames: keyframes `key` bytes, layer 0 `l0`, layer 1 `l1`, layer 2 `l2`.
@@ -288,56 +324,64 @@ mod tests {
         // is left out.
         thin.estimate((half * FIT) as u64 + 1, &rates, t0);
         assert_eq!(thin.level(), 2);
-        assert!(!thin.admit(3, t0));
-        assert!(thin.admit(2, t0) && thin.admit(1, t0) && thin.admit(KEYFRAMES, t0));
+        assert!(!thin.admit(3, EMPTY, t0));
+        assert!(
+            thin.admit(2, EMPTY, t0)
+                && thin.admit(1, EMPTY, t0)
+                && thin.admit(KEYFRAMES, EMPTY, t0)
+        );
         // Less than keyframes need: keyframes alone all the same, two levels down at once.
         thin.estimate(1, &rates, t0);
         assert_eq!(thin.level(), KEYFRAMES);
-        assert!(!thin.admit(1, t0) && !thin.admit(2, t0) && thin.admit(KEYFRAMES, t0));
+        assert!(
+            !thin.admit(1, EMPTY, t0)
+                && !thin.admit(2, EMPTY, t0)
+                && thin.admit(KEYFRAMES, EMPTY, t0)
+        );
         assert_eq!(thin.thinned, 3);
         // Room for everything: up one level, once it held UP_AFTER, and from keyframes alone
         // only at the next keyframe.
         let plenty = (all * 2.0) as u64;
         thin.estimate(plenty, &rates, at(100));
         thin.estimate(plenty, &rates, at(1_900));
-        assert!(thin.admit(KEYFRAMES, at(1_900)));
+        assert!(thin.admit(KEYFRAMES, EMPTY, at(1_900)));
         assert_eq!(thin.level(), KEYFRAMES, "not held long enough");
         thin.estimate(plenty, &rates, at(2_100));
-        assert!(!thin.admit(1, at(2_100)));
+        assert!(!thin.admit(1, EMPTY, at(2_100)));
         assert_eq!(
             thin.level(),
             KEYFRAMES,
             "a layer-0 picture does not start it"
         );
-        assert!(thin.admit(KEYFRAMES, at(2_200)));
+        assert!(thin.admit(KEYFRAMES, EMPTY, at(2_200)));
         assert_eq!(thin.level(), 1, "one level");
         // A brief overshoot (a probe) then a fall to what fits now: no step.
         thin.estimate(plenty, &rates, at(4_300));
         thin.estimate((quarter * FIT) as u64 + 1, &rates, at(4_500));
         thin.estimate(plenty, &rates, at(6_000));
         thin.estimate(plenty, &rates, at(7_000));
-        assert!(thin.admit(1, at(7_000)));
+        assert!(thin.admit(1, EMPTY, at(7_000)));
         assert_eq!(thin.level(), 1, "the estimate fitted half only since 6.0 s");
         // Held from 6.0 s: half at 8.0 s, at the next layer-0 picture, not at a layer-1 one.
         thin.estimate(plenty, &rates, at(8_000));
-        assert!(!thin.admit(2, at(8_000)));
-        assert!(thin.admit(1, at(8_050)));
+        assert!(!thin.admit(2, EMPTY, at(8_000)));
+        assert!(thin.admit(1, EMPTY, at(8_050)));
         assert_eq!(thin.level(), 2);
-        assert!(thin.admit(2, at(8_100)) && !thin.admit(3, at(8_100)));
+        assert!(thin.admit(2, EMPTY, at(8_100)) && !thin.admit(3, EMPTY, at(8_100)));
         // The next level: the estimate fitted it since 9.0 s (the step at 8.05 s began the
         // count again), so not at 10.0 s.
         thin.estimate(plenty, &rates, at(9_000));
         thin.estimate(plenty, &rates, at(10_000));
-        assert!(thin.admit(1, at(10_000)));
+        assert!(thin.admit(1, EMPTY, at(10_000)));
         assert_eq!(thin.level(), 2, "held 1 s only");
         thin.estimate(plenty, &rates, at(11_000));
         // From a layer level, up at a layer-0 picture only: a layer-2 one's reference (a
         // layer-1 picture) may be one this peer did not get.
-        assert!(!thin.admit(3, at(11_000)));
-        assert!(thin.admit(2, at(11_033)));
-        assert!(thin.admit(1, at(11_066)));
+        assert!(!thin.admit(3, EMPTY, at(11_000)));
+        assert!(thin.admit(2, EMPTY, at(11_033)));
+        assert!(thin.admit(1, EMPTY, at(11_066)));
         assert_eq!(thin.level(), ALL);
-        assert!(thin.admit(3, at(11_100)));
+        assert!(thin.admit(3, EMPTY, at(11_100)));
     }
 
     #[test]
@@ -354,7 +398,7 @@ mod tests {
         let climb = |thin: &mut Thinning, from: u64| {
             thin.estimate(plenty, &rates, at(from));
             thin.estimate(plenty, &rates, at(from + 2_000));
-            thin.admit(1, at(from + 2_000));
+            thin.admit(1, EMPTY, at(from + 2_000));
             thin.level()
         };
         assert_eq!(climb(&mut thin, 0), ALL);
@@ -366,7 +410,7 @@ mod tests {
         thin.estimate(half, &rates, at(6_100));
         assert_eq!(climb(&mut thin, 6_200), 2, "at 8.2 s: 2.1 s of 4");
         thin.estimate(plenty, &rates, at(10_100));
-        thin.admit(1, at(10_100));
+        thin.admit(1, EMPTY, at(10_100));
         assert_eq!(thin.level(), ALL);
         // Ten seconds there: forgotten; the next failure waits 2 s again.
         thin.estimate(plenty, &rates, at(20_200));
@@ -377,12 +421,42 @@ mod tests {
     }
 
     #[test]
+    fn a_long_queue_leaves_out_the_newest_units_and_what_refers_to_them() {
+        let now = Instant::now();
+        let mut thin = Thinning::default();
+        let long = QUEUE_LIMIT + Duration::from_millis(1);
+        let longer = QUEUE_LIMIT_LAYER0 + Duration::from_millis(1);
+        // A layer-1 picture (level 2) left out: the layer-2 one after it refers to it, so it
+        // is left out too with the queue empty; the next layer-0 picture goes, and what
+        // follows it.
+        assert!(!thin.admit(2, long, now));
+        assert!(!thin.admit(3, EMPTY, now));
+        assert!(thin.admit(1, EMPTY, now));
+        assert!(thin.admit(3, EMPTY, now));
+        // A layer-2 picture left out: the next layer-1 one goes.
+        assert!(!thin.admit(3, long, now));
+        assert!(thin.admit(2, EMPTY, now));
+        // A layer-0 picture waits longer before it is left out; after it, everything waits
+        // for a keyframe, which goes whatever the queue.
+        assert!(thin.admit(1, long, now));
+        assert!(!thin.admit(1, longer, now));
+        for level in [3, 2, 3, 1] {
+            assert!(!thin.admit(level, EMPTY, now), "level {level}");
+        }
+        assert!(thin.admit(KEYFRAMES, longer, now));
+        assert!(thin.admit(3, EMPTY, now));
+        assert_eq!((thin.late, thin.thinned), (3, 8));
+        // The queue is not the estimate: the level stays.
+        assert_eq!(thin.level(), ALL);
+    }
+
+    #[test]
     fn nothing_measured_changes_nothing() {
         let mut thin = Thinning::default();
         let now = Instant::now();
         thin.estimate(1, &LevelRates::default(), now);
         assert_eq!(thin.level(), ALL);
-        assert!(thin.admit(3, now));
+        assert!(thin.admit(3, EMPTY, now));
     }
 
     #[test]
