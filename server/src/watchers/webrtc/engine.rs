@@ -111,6 +111,8 @@ struct Peer {
     backlog: VecDeque<Arc<H264Unit>>,
     /// How much of the stream its link carries (`thin.rs`).
     thin: Thinning,
+    /// Packets str0m had sent it at its last statistics.
+    egress_packets: u64,
     /// str0m's newest estimate for it, bits per second, and whether `thin` has seen it.
     estimate: Option<(u64, bool)>,
     /// The bit rate str0m's estimator was last told to probe up to.
@@ -318,6 +320,7 @@ impl Engine {
             backlog: VecDeque::new(),
             thin: Thinning::default(),
             estimate: None,
+            egress_packets: 0,
             desired_bps,
             tally: Tally::default(),
             live: Arc::new(LiveTally::default()),
@@ -605,6 +608,21 @@ impl Peer {
             }
             Event::MediaEgressStats(s) if s.mid == self.mid => {
                 let new_nacks = s.nacks.saturating_sub(self.report.nacks);
+                let new_packets = s.packets.saturating_sub(self.egress_packets);
+                self.egress_packets = s.packets;
+                if self.estimate.is_some() && thin::lossy(new_nacks, new_packets) {
+                    let before = self.thin.level();
+                    self.thin.losing(Instant::now());
+                    if self.thin.level() != before {
+                        tracing::debug!(
+                            id = self.id,
+                            nacks = new_nacks,
+                            packets = new_packets,
+                            level = thin::level_name(self.thin.level()),
+                            "WebRTC: peer steps down, its link losing packets"
+                        );
+                    }
+                }
                 stats.nacks.fetch_add(new_nacks, Relaxed);
                 self.report.nacks = s.nacks;
                 if let Some(rtt) = s.rtt {
@@ -652,7 +670,7 @@ impl Peer {
         let Some((bps, new)) = self.estimate else {
             return;
         };
-        let before = self.thin.level();
+        let (before, waited) = (self.thin.level(), self.thin.waits_for_keyframe());
         self.thin.estimate(bps, rates, now);
         if self.thin.level() != before {
             tracing::debug!(
@@ -661,6 +679,11 @@ impl Peer {
                 level = thin::level_name(self.thin.level()),
                 "WebRTC: peer steps down"
             );
+        }
+        if self.thin.waits_for_keyframe() && !waited {
+            // Up from keyframes alone: at a keyframe, asked for (at most one a second is
+            // forced for the camera) rather than a whole GOP away.
+            self.camera.capture.h264.want_keyframe();
         }
         if !new {
             return;

@@ -10,16 +10,21 @@
 //!
 //! The level follows str0m's bandwidth estimate (TWCC, delay- and loss-based), against each
 //! level's bit rate measured on the camera's own units ([`LevelRates`]). Down at once, as far
-//! as needed, when the estimate falls under [`FIT`] of the level's rate. Up one level at a
-//! time: once the next level's rate has been within [`FIT`] of the estimate for [`UP_AFTER`]
-//! on end (a probe's brief overshoot does not count), as long after the last step, and only
-//! at a picture where the new level's stream can start (a layer-0 picture, or a keyframe when
-//! coming up from keyframes alone), so every picture sent has its references.
+//! as needed, when the estimate falls under [`FIT`] of the level's rate. Up to the highest
+//! level whose rate has been within [`FIT`] of the estimate for [`UP_AFTER`] on end (a probe's
+//! brief overshoot does not count), as long after the last step, and only at a picture where
+//! the new level's stream can start (a layer-0 picture, or a keyframe when coming up from
+//! keyframes alone, which the peer then asks the camera for), so every picture sent has its
+//! references.
 //!
-//! A level the peer had to leave within [`FAILED_WITHIN`] of reaching it failed: it is tried
-//! again only after twice the last wait (up to [`MAX_BACKOFF`]); a probe that overshot a
+//! A level the peer had to leave within [`FAILED_WITHIN`] of reaching it failed: it (and any
+//! above it) is tried again only after twice the last wait (up to [`MAX_BACKOFF`]); a probe
+//! that overshot a
 //! shaper's burst would otherwise make the peer climb and fall every few seconds.
 //! [`STEADY_AFTER`] at a level forgets its failures.
+//!
+//! The estimate misses a queue that stays full: a peer whose receiver asks for resends of
+//! more than [`LOSSY`] of its packets over a second steps down a level too ([`lossy`]).
 //!
 //! The estimate lags the link: until it falls, a peer's packets wait in its pacer's queue.
 //! So a unit is also left out when that queue would take longer than [`QUEUE_LIMIT`] to drain
@@ -42,8 +47,8 @@ pub(super) const ALL: u8 = TOP_LAYER + 1;
 /// a little above what is sent on it (measured: 1.0-1.5 Mbit/s for a 0.8 Mbit/s stream on
 /// loopback), while a congested link's falls under the stream at once.
 const FIT: f64 = 0.85;
-/// The next level must have fitted this long on end, and the last step be this old, for a
-/// step up.
+/// A higher level must have fitted this long on end, and the last step be this old, for a
+/// step up to it.
 const UP_AFTER: Duration = Duration::from_secs(2);
 /// A step down this soon after the step up to that level means the level failed.
 const FAILED_WITHIN: Duration = Duration::from_secs(4);
@@ -53,6 +58,17 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const STEADY_AFTER: Duration = Duration::from_secs(10);
 /// Seconds of the camera's stream the rates are measured over (whole seconds of media time).
 const WINDOW_SECS: u64 = 4;
+/// A peer whose receiver sent NACKs for more than this share of the packets sent to it over a
+/// statistics interval (and at least [`LOSSY_NACKS`] of them) steps down a level: a link
+/// losing 1 % at random keeps its level, one dropping at a full queue does not.
+const LOSSY: f64 = 0.02;
+const LOSSY_NACKS: u64 = 3;
+
+/// Whether `nacks` NACKs for `packets` packets sent mean a lossy link (see [`LOSSY`]).
+pub(super) fn lossy(nacks: u64, packets: u64) -> bool {
+    nacks >= LOSSY_NACKS && nacks as f64 > packets as f64 * LOSSY
+}
+
 /// A unit of the top layers is left out when the peer's send queue would take longer than
 /// this to drain at the estimate...
 const QUEUE_LIMIT: Duration = Duration::from_millis(150);
@@ -146,8 +162,8 @@ pub(super) struct Thinning {
     wanted: u8,
     /// When the level last changed.
     last_step: Option<Instant>,
-    /// Since when every estimate has fitted the level above.
-    fits_above_since: Option<Instant>,
+    /// Per level above the peer's: since when every estimate has fitted it.
+    fits_since: [Option<Instant>; ALL as usize + 1],
     /// Per level: when it last failed, and how long it waits after that.
     failed: [Option<(Instant, Duration)>; ALL as usize + 1],
     /// After a unit was left out for the queue: units needing more than this wait for one
@@ -165,7 +181,7 @@ impl Default for Thinning {
             level: ALL,
             wanted: ALL,
             last_step: None,
-            fits_above_since: None,
+            fits_since: [None; ALL as usize + 1],
             failed: [None; ALL as usize + 1],
             cap: None,
             thinned: 0,
@@ -197,32 +213,75 @@ impl Thinning {
             self.failed[usize::from(self.level)] = None;
         }
         if fitting < self.level {
-            if at_level_for.is_some_and(|d| d < FAILED_WITHIN) {
-                let slot = &mut self.failed[usize::from(self.level)];
-                let wait = slot.map_or(UP_AFTER, |(_, w)| (w * 2).min(MAX_BACKOFF));
-                *slot = Some((now, wait));
+            self.step_down(fitting, now);
+            return;
+        }
+        for l in KEYFRAMES..=ALL {
+            let since = &mut self.fits_since[usize::from(l)];
+            if l > self.level && fits(l, FIT) == Some(true) {
+                since.get_or_insert(now);
+            } else {
+                *since = None;
             }
-            self.level = fitting;
-            self.wanted = fitting;
-            self.last_step = Some(now);
-            self.fits_above_since = None;
-            return;
         }
-        if self.level == ALL || fits(self.level + 1, FIT) != Some(true) {
-            self.fits_above_since = None;
+        if self.wanted > self.level {
+            if self.fits_since[usize::from(self.wanted)].is_some() {
+                // Waits for its picture.
+                return;
+            }
             self.wanted = self.level;
-            return;
         }
-        let since = *self.fits_above_since.get_or_insert(now);
-        let held = now.saturating_duration_since(since) >= UP_AFTER;
         let rested = self
             .last_step
             .is_none_or(|t| now.saturating_duration_since(t) >= UP_AFTER);
-        let retry = self.failed[usize::from(self.level + 1)]
-            .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait);
-        if held && rested && retry && self.wanted == self.level {
-            self.wanted = self.level + 1;
+        if !rested {
+            return;
         }
+        // The highest level held long enough, not past one still waiting after a failure.
+        let held = |l: u8| {
+            self.fits_since[usize::from(l)]
+                .is_some_and(|t| now.saturating_duration_since(t) >= UP_AFTER)
+        };
+        let retry = |l: u8| {
+            self.failed[usize::from(l)]
+                .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait)
+        };
+        if let Some(up) = (self.level + 1..=ALL)
+            .take_while(|&l| retry(l))
+            .filter(|&l| held(l))
+            .last()
+        {
+            self.wanted = up;
+        }
+    }
+
+    /// The peer's receiver asked for resends of more than [`LOSSY`] of what it was sent over
+    /// the last statistics interval (`lossy`): its link drops packets, most likely at a full
+    /// queue in front of it, which the delay-based estimate stops seeing once the queue stops
+    /// growing, while resends complete its frames ever later. One level down.
+    pub(super) fn losing(&mut self, now: Instant) {
+        if self.level > KEYFRAMES {
+            self.step_down(self.level - 1, now);
+        }
+    }
+
+    fn step_down(&mut self, to: u8, now: Instant) {
+        let at_level_for = self.last_step.map(|t| now.saturating_duration_since(t));
+        if at_level_for.is_some_and(|d| d < FAILED_WITHIN) {
+            let slot = &mut self.failed[usize::from(self.level)];
+            let wait = slot.map_or(UP_AFTER, |(_, w)| (w * 2).min(MAX_BACKOFF));
+            *slot = Some((now, wait));
+        }
+        self.level = to;
+        self.wanted = to;
+        self.last_step = Some(now);
+        self.fits_since = [None; ALL as usize + 1];
+    }
+
+    /// Whether a step up from keyframes alone waits for the next keyframe (which the peer
+    /// then asks the camera for, rather than wait a whole GOP).
+    pub(super) fn waits_for_keyframe(&self) -> bool {
+        self.level == KEYFRAMES && self.wanted > KEYFRAMES
     }
 
     /// Whether a unit needing `level` goes to the peer, whose send queue takes `queued` to
@@ -235,7 +294,7 @@ impl Thinning {
             if starts {
                 self.level = self.wanted;
                 self.last_step = Some(now);
-                self.fits_above_since = None;
+                self.fits_since = [None; ALL as usize + 1];
             }
         }
         let mut admitted = level <= self.level;
@@ -308,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn down_at_once_and_up_a_level_at_a_time_once_the_estimate_held() {
+    fn down_at_once_and_up_to_the_highest_level_the_estimate_held() {
         let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
         let all = rates.bps(ALL).unwrap() as f64;
         let half = rates.bps(2).unwrap() as f64;
@@ -339,14 +398,16 @@ mod tests {
                 && thin.admit(KEYFRAMES, EMPTY, t0)
         );
         assert_eq!(thin.thinned, 3);
-        // Room for everything: up one level, once it held UP_AFTER, and from keyframes alone
-        // only at the next keyframe.
+        // Room for everything: once it held UP_AFTER, straight up to all, and from keyframes
+        // alone only at a keyframe (which the peer asks for).
         let plenty = (all * 2.0) as u64;
         thin.estimate(plenty, &rates, at(100));
         thin.estimate(plenty, &rates, at(1_900));
         assert!(thin.admit(KEYFRAMES, EMPTY, at(1_900)));
         assert_eq!(thin.level(), KEYFRAMES, "not held long enough");
+        assert!(!thin.waits_for_keyframe());
         thin.estimate(plenty, &rates, at(2_100));
+        assert!(thin.waits_for_keyframe());
         assert!(!thin.admit(1, EMPTY, at(2_100)));
         assert_eq!(
             thin.level(),
@@ -354,34 +415,44 @@ mod tests {
             "a layer-0 picture does not start it"
         );
         assert!(thin.admit(KEYFRAMES, EMPTY, at(2_200)));
-        assert_eq!(thin.level(), 1, "one level");
+        assert_eq!(thin.level(), ALL);
+        assert!(!thin.waits_for_keyframe());
+        // Down to a quarter (4.1 s after reaching all: not a failure).
+        thin.estimate((quarter * FIT) as u64 + 1, &rates, at(6_300));
+        assert_eq!(thin.level(), 1);
         // A brief overshoot (a probe) then a fall to what fits now: no step.
-        thin.estimate(plenty, &rates, at(4_300));
-        thin.estimate((quarter * FIT) as u64 + 1, &rates, at(4_500));
-        thin.estimate(plenty, &rates, at(6_000));
-        thin.estimate(plenty, &rates, at(7_000));
-        assert!(thin.admit(1, EMPTY, at(7_000)));
-        assert_eq!(thin.level(), 1, "the estimate fitted half only since 6.0 s");
-        // Held from 6.0 s: half at 8.0 s, at the next layer-0 picture, not at a layer-1 one.
-        thin.estimate(plenty, &rates, at(8_000));
-        assert!(!thin.admit(2, EMPTY, at(8_000)));
-        assert!(thin.admit(1, EMPTY, at(8_050)));
+        thin.estimate(plenty, &rates, at(6_400));
+        thin.estimate((quarter * FIT) as u64 + 1, &rates, at(6_600));
+        thin.estimate(plenty, &rates, at(8_400));
+        thin.estimate(plenty, &rates, at(9_400));
+        assert!(thin.admit(1, EMPTY, at(9_400)));
+        assert_eq!(thin.level(), 1, "the estimate fitted all only since 8.4 s");
+        // Room for half, not all, held from 10 s: half at 12 s, at the next layer-0
+        // picture, not at a layer-1 one, and no further.
+        let half_only = (half / FIT) as u64 + 1;
+        thin.estimate(half_only, &rates, at(10_000));
+        thin.estimate(half_only, &rates, at(12_000));
+        assert!(!thin.admit(2, EMPTY, at(12_000)));
+        assert!(thin.admit(1, EMPTY, at(12_050)));
         assert_eq!(thin.level(), 2);
-        assert!(thin.admit(2, EMPTY, at(8_100)) && !thin.admit(3, EMPTY, at(8_100)));
-        // The next level: the estimate fitted it since 9.0 s (the step at 8.05 s began the
-        // count again), so not at 10.0 s.
-        thin.estimate(plenty, &rates, at(9_000));
-        thin.estimate(plenty, &rates, at(10_000));
-        assert!(thin.admit(1, EMPTY, at(10_000)));
-        assert_eq!(thin.level(), 2, "held 1 s only");
-        thin.estimate(plenty, &rates, at(11_000));
+        assert!(thin.admit(2, EMPTY, at(12_100)) && !thin.admit(3, EMPTY, at(12_100)));
+        // All held from 12.1 s: wanted at 14.1 s; the estimate falls back before a layer-0
+        // picture comes: the step is off.
+        thin.estimate(plenty, &rates, at(12_100));
+        thin.estimate(plenty, &rates, at(14_100));
+        thin.estimate(half_only, &rates, at(14_200));
+        assert!(thin.admit(1, EMPTY, at(14_300)));
+        assert_eq!(thin.level(), 2, "all no longer fits");
         // From a layer level, up at a layer-0 picture only: a layer-2 one's reference (a
         // layer-1 picture) may be one this peer did not get.
-        assert!(!thin.admit(3, EMPTY, at(11_000)));
-        assert!(thin.admit(2, EMPTY, at(11_033)));
-        assert!(thin.admit(1, EMPTY, at(11_066)));
+        thin.estimate(plenty, &rates, at(14_400));
+        thin.estimate(plenty, &rates, at(16_400));
+        assert!(!thin.admit(3, EMPTY, at(16_400)));
+        assert!(thin.admit(2, EMPTY, at(16_433)));
+        assert_eq!(thin.level(), 2);
+        assert!(thin.admit(1, EMPTY, at(16_466)));
         assert_eq!(thin.level(), ALL);
-        assert!(thin.admit(3, EMPTY, at(11_100)));
+        assert!(thin.admit(3, EMPTY, at(16_500)));
     }
 
     #[test]
@@ -447,6 +518,47 @@ mod tests {
         assert!(thin.admit(3, EMPTY, now));
         assert_eq!((thin.late, thin.thinned), (3, 8));
         // The queue is not the estimate: the level stays.
+        assert_eq!(thin.level(), ALL);
+    }
+
+    #[test]
+    fn a_lossy_link_steps_down_a_level_and_counts_as_a_failure_soon_after_a_step_up() {
+        // 1 % of the packets NACKed: not lossy; 3 % is; a handful of packets is not enough.
+        assert!(!lossy(1, 100) && !lossy(10, 1_000));
+        assert!(lossy(30, 1_000) && lossy(3, 100));
+        assert!(!lossy(2, 10), "fewer than three NACKs");
+        let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
+        let plenty = rates.bps(ALL).unwrap() * 2;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut thin = Thinning::default();
+        thin.estimate(plenty, &rates, t0);
+        thin.losing(t0);
+        assert_eq!(thin.level(), 2, "one level, whatever the estimate");
+        thin.losing(at(1_000));
+        thin.losing(at(2_000));
+        assert_eq!(thin.level(), KEYFRAMES);
+        thin.losing(at(3_000));
+        assert_eq!(thin.level(), KEYFRAMES, "keyframes alone all the same");
+        // Up again as the estimate allows; losing within 4 s of reaching all is a failure:
+        // the first waits 2 s (as long as the hold), the second 4 s.
+        thin.estimate(plenty, &rates, at(3_100));
+        thin.estimate(plenty, &rates, at(5_100));
+        assert!(thin.admit(KEYFRAMES, EMPTY, at(5_100)));
+        assert_eq!(thin.level(), ALL);
+        thin.losing(at(6_000));
+        assert_eq!(thin.level(), 2);
+        thin.estimate(plenty, &rates, at(6_100));
+        thin.estimate(plenty, &rates, at(8_100));
+        assert!(thin.admit(1, EMPTY, at(8_100)));
+        assert_eq!(thin.level(), ALL);
+        thin.losing(at(9_000));
+        thin.estimate(plenty, &rates, at(9_100));
+        thin.estimate(plenty, &rates, at(11_100));
+        assert!(thin.admit(1, EMPTY, at(11_100)));
+        assert_eq!(thin.level(), 2, "all failed twice: waits until 13.0 s");
+        thin.estimate(plenty, &rates, at(13_000));
+        assert!(thin.admit(1, EMPTY, at(13_000)));
         assert_eq!(thin.level(), ALL);
     }
 
