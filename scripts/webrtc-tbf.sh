@@ -6,8 +6,8 @@
 # the unlimited viewers: `surv-load --webrtc N --whep-url …`) and the slow viewer's host, joined
 # by a veth of MTU 1500 with offloads off; the tbf sits on the server's side of it, toward the
 # viewer. Every viewer is a str0m peer; each prints per 10 s the frames it got, capture →
-# arrival latency (from the server's sender reports) and its bit rate. Nothing leaves the
-# namespaces.
+# arrival latency (from the server's sender reports) and its bit rate; the script prints how
+# long after the lift the slow one is sent every frame again. Nothing leaves the namespaces.
 #   sudo scripts/webrtc-tbf.sh [VIEWERS] [SECS] [RATE] [LIFT]     e.g. scripts/webrtc-tbf.sh 10 60 1mbit 40
 # Environment: SURV_PROFILE=release for the release build (default: dev, as the tests build
 # it); TBF_LATENCY (default 200ms): how long the tbf queues before it drops; SIZE (1280x720);
@@ -80,9 +80,31 @@ sleep "$lift"
 peer_status
 ip netns exec "$s" tc -s qdisc show dev veth-s | sed 's/^/tbf before lifting: /'
 ip netns exec "$s" tc qdisc del dev veth-s root
+lifted=$(date +%s.%N)
 echo "limit lifted at ${lift} s"
-sleep 5
-peer_status
+since_lift() { awk -v now="$(date +%s.%N)" -v t="$lifted" 'BEGIN { printf "%.1f", now - t }'; }
+# How long the slow peer takes to be sent every frame again (its level in /status, twice a
+# second until the measurement ends); its whole report 5 s after the lift.
+slow_level() {
+    ip netns exec "$s" curl -s --max-time 2 http://10.80.1.1:18080/status | python3 -c 'import json, sys
+for p in (json.load(sys.stdin).get("webrtc") or {}).get("peers", []):
+    if p["address"].startswith("10.80.1.2"):
+        print(p.get("level"))' 2>/dev/null || true
+}
+recovered= shown=
+for _ in $(seq $((2 * (secs - lift)))); do
+    if [ -z "$recovered" ] && [ "$(slow_level)" = all ]; then
+        recovered=$(since_lift)
+        echo "the slow peer is sent every frame again $recovered s after the lift"
+    fi
+    if [ -z "$shown" ] && awk -v e="$(since_lift)" 'BEGIN { exit !(e >= 5) }'; then
+        peer_status
+        shown=1
+    fi
+    [ -n "$recovered" ] && [ -n "$shown" ] && break
+    sleep 0.5
+done
+[ -n "$recovered" ] || echo "the slow peer was not sent every frame again within $((secs - lift)) s of the lift"
 wait "$slow" || true
 wait "$fast" || true
 echo "== the viewer behind the tbf"
