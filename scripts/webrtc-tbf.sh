@@ -70,35 +70,33 @@ for _ in $(seq 600); do
     kill -0 "$slow" 2>/dev/null || break
     sleep 0.1
 done
-peer_status() {
+# The slow peer in the server's /status: its level alone (`slow_peer level`), or its report.
+slow_peer() {
     ip netns exec "$s" curl -s --max-time 5 http://10.80.1.1:18080/status | python3 -c 'import json, sys
 for p in (json.load(sys.stdin).get("webrtc") or {}).get("peers", []):
     if p["address"].startswith("10.80.1.2"):
-        print("the slow peer, as the server sees it:", {k: p.get(k) for k in ("level", "estimate_bps", "bitrate_bps", "frames_thinned", "frames_late", "loss", "rtt_ms", "nacks")})' || true
+        if sys.argv[1:] == ["level"]:
+            print(p.get("level"))
+        else:
+            print("the slow peer, as the server sees it:", {k: p.get(k) for k in ("level", "estimate_bps", "bitrate_bps", "frames_thinned", "frames_late", "loss", "rtt_ms", "nacks")})' "$@" 2>/dev/null || true
 }
 sleep "$lift"
-peer_status
+slow_peer
 ip netns exec "$s" tc -s qdisc show dev veth-s | sed 's/^/tbf before lifting: /'
 ip netns exec "$s" tc qdisc del dev veth-s root
 lifted=$(date +%s.%N)
 echo "limit lifted at ${lift} s"
 since_lift() { awk -v now="$(date +%s.%N)" -v t="$lifted" 'BEGIN { printf "%.1f", now - t }'; }
-# How long the slow peer takes to be sent every frame again (its level in /status, twice a
-# second until the measurement ends); its whole report 5 s after the lift.
-slow_level() {
-    ip netns exec "$s" curl -s --max-time 2 http://10.80.1.1:18080/status | python3 -c 'import json, sys
-for p in (json.load(sys.stdin).get("webrtc") or {}).get("peers", []):
-    if p["address"].startswith("10.80.1.2"):
-        print(p.get("level"))' 2>/dev/null || true
-}
+# How long the slow peer takes to be sent every frame again (its level, twice a second until
+# the measurement ends); its whole report 5 s after the lift.
 recovered= shown=
 for _ in $(seq $((2 * (secs - lift)))); do
-    if [ -z "$recovered" ] && [ "$(slow_level)" = all ]; then
+    if [ -z "$recovered" ] && [ "$(slow_peer level)" = all ]; then
         recovered=$(since_lift)
         echo "the slow peer is sent every frame again $recovered s after the lift"
     fi
     if [ -z "$shown" ] && awk -v e="$(since_lift)" 'BEGIN { exit !(e >= 5) }'; then
-        peer_status
+        slow_peer
         shown=1
     fi
     [ -n "$recovered" ] && [ -n "$shown" ] && break
