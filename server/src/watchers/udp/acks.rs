@@ -169,7 +169,7 @@ fn on_datagram(
                 let after = st.rate.limit();
                 if after != before {
                     let kbit = |l: Option<f64>| l.map_or(-1.0, |l| (l * 8.0 / 1000.0).round());
-                    tracing::debug!(viewer = %from, seq, before_kbit_s = kbit(before), kbit_s = kbit(after), held_back = st.rate.limited_frames, "rate limit");
+                    tracing::debug!(viewer = %from, seq, before_kbit_s = kbit(before), kbit_s = kbit(after), held_back = st.rate.limited_frames, queue_cuts = st.rate.queue_cuts, "rate limit");
                 }
             }
             st.window.on_ack(seq, now);

@@ -355,7 +355,7 @@ fn record(
             st.tally.bytes_sent += bytes;
             st.send_errors = 0;
             if st.chunk_bytes.is_some() {
-                st.rate.on_sent(frame.seq, bytes);
+                st.rate.on_sent(frame.seq, bytes, now);
                 if st.sent_chunked.len() == REPAIR_FRAMES {
                     st.sent_chunked.pop_front();
                 }
