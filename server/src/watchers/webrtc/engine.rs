@@ -611,17 +611,15 @@ impl Peer {
                 let new_packets = s.packets.saturating_sub(self.egress_packets);
                 self.egress_packets = s.packets;
                 if self.estimate.is_some() && thin::lossy(new_nacks, new_packets) {
+                    tracing::trace!(
+                        id = self.id,
+                        nacks = new_nacks,
+                        packets = new_packets,
+                        "WebRTC: peer losing packets"
+                    );
                     let before = self.thin.level();
                     self.thin.losing(Instant::now());
-                    if self.thin.level() != before {
-                        tracing::debug!(
-                            id = self.id,
-                            nacks = new_nacks,
-                            packets = new_packets,
-                            level = thin::level_name(self.thin.level()),
-                            "WebRTC: peer steps down, its link losing packets"
-                        );
-                    }
+                    self.log_level(before, "loss");
                 }
                 stats.nacks.fetch_add(new_nacks, Relaxed);
                 self.report.nacks = s.nacks;
@@ -672,14 +670,7 @@ impl Peer {
         };
         let (before, waited) = (self.thin.level(), self.thin.waits_for_keyframe());
         self.thin.estimate(bps, rates, now);
-        if self.thin.level() != before {
-            tracing::debug!(
-                id = self.id,
-                estimate_bps = bps,
-                level = thin::level_name(self.thin.level()),
-                "WebRTC: peer steps down"
-            );
-        }
+        self.log_level(before, "estimate");
         if self.thin.waits_for_keyframe() && !waited {
             // Up from keyframes alone: at a keyframe, asked for (at most one a second is
             // forced for the camera) rather than a whole GOP away.
@@ -787,13 +778,7 @@ impl Peer {
             queued,
             Instant::now(),
         );
-        if self.thin.level() != before {
-            tracing::debug!(
-                id = self.id,
-                level = thin::level_name(self.thin.level()),
-                "WebRTC: peer steps up"
-            );
-        }
+        self.log_level(before, "climb");
         self.report.level = thin::level_name(self.thin.level());
         if !admitted {
             self.report.frames_thinned = self.thin.thinned;
@@ -825,6 +810,22 @@ impl Peer {
                 tracing::debug!(id = self.id, error = %e, "WebRTC: cannot write a frame");
                 self.end(LeaveReason::Error);
             }
+        }
+    }
+
+    /// Logs a change of the peer's level from `before`, and what made it: the estimate
+    /// falling, its link losing packets, or the climb back at a unit of the new level.
+    fn log_level(&self, before: u8, cause: &'static str) {
+        let level = self.thin.level();
+        if level != before {
+            tracing::debug!(
+                id = self.id,
+                from = thin::level_name(before),
+                level = thin::level_name(level),
+                estimate_bps = self.estimate.map(|(bps, _)| bps),
+                cause,
+                "WebRTC: peer's level changes"
+            );
         }
     }
 
