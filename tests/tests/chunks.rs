@@ -187,9 +187,13 @@ const REPAIR_WAIT: Duration = Duration::from_millis(250);
 const REPAIR_TRIES: usize = 4;
 
 /// The server sends each chunk a `nack` names twice (`REPAIR_COPIES`), three times when it
-/// names at least 1 in 20 of the frame's `k` chunks (`HEAVY_LOSS_*`).
+/// names at least 1 in 20 of the frame's `k` chunks (`HEAVY_LOSS_*`), four times when at least
+/// 1 in 10 (`HEAVIEST_LOSS_*`).
 fn copies(named: usize, k: u8) -> usize {
-    if named * 20 >= usize::from(k) {
+    let k = usize::from(k);
+    if named * 10 >= k {
+        4
+    } else if named * 20 >= k {
         3
     } else {
         2
