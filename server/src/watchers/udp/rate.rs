@@ -122,8 +122,8 @@ pub(crate) struct Rate {
     /// The viewer's `r=` (mod 2^32) made continuous.
     rx_total: u64,
     last_rx: Option<u32>,
-    mark: Option<Mark>,
-    /// The marks of the last [`RATE_WINDOW`], oldest first, for the rate the acks show.
+    /// Sample starting points, oldest first: the newest starts the sample running now; the
+    /// oldest is the newest at least [`RATE_WINDOW`] old, for the rate the acks show.
     marks: VecDeque<Mark>,
     /// Bytes per second; `None`: unlimited.
     limit: Option<f64>,
@@ -188,19 +188,18 @@ impl Rate {
             rx: self.rx_total,
             sent: acked.cum,
         };
-        let Some(mark) = self.mark else {
-            self.mark = Some(here);
+        let Some(&mark) = self.marks.back() else {
+            self.marks.push_back(here);
             return;
         };
         let dt = now.saturating_duration_since(mark.at);
         if dt < SAMPLE {
             return;
         }
-        self.mark = Some(here);
+        self.marks.push_back(here);
         // The rate the acks show: since the newest mark at least RATE_WINDOW old (or the
         // oldest kept), this sample's included.
-        self.marks.push_back(mark);
-        while self.marks.len() > 1 && now.saturating_duration_since(self.marks[1].at) >= RATE_WINDOW
+        while self.marks.len() > 2 && now.saturating_duration_since(self.marks[1].at) >= RATE_WINDOW
         {
             self.marks.pop_front();
         }
