@@ -313,7 +313,12 @@ async fn a_nack_brings_the_lost_chunks_again_within_the_repair_limits() {
         assert!(frame.starts_with(&[0xFF, 0xD8]) && frame.ends_with(&[0xFF, 0xD9]));
         break (v, seq, k, resent_before);
     };
-    // This try's two repairs: 3 + 1 chunks.
+    // This try's two repairs: 3 + 1 chunks (counted just after they are sent: the viewer may
+    // hold them before the count moves).
+    let until = Instant::now() + IO_TIMEOUT;
+    while stats.chunks_resent.load(Relaxed) - resent_before < 4 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(stats.chunks_resent.load(Relaxed) - resent_before, 4);
 
     // A third repair of the frame, and a chunk it does not have: refused, nothing resent.
@@ -329,4 +334,28 @@ async fn a_nack_brings_the_lost_chunks_again_within_the_repair_limits() {
     assert!(v.chunks_of(seq, 1, REPAIR_WAIT).await.is_empty());
     assert_eq!(stats.nacks_refused.load(Relaxed), refused_before + 2);
     assert_eq!(stats.chunks_resent.load(Relaxed) - resent_before, 4);
+}
+
+/// A chunked session makes its socket's acks waited for (its nacks are answered at once, not
+/// at the next frame), counted on the data path while it lasts and no longer once it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_session_is_counted_while_it_lasts() {
+    let srv = start_server(vga()).await.unwrap();
+    let data = || srv.server.first_camera().data.chunked_sessions();
+    let mut whole = RawViewer::register(srv.addr, Form::V1).await.unwrap();
+    whole
+        .receive(Duration::from_millis(300), 2, AckStyle::Seq, 0)
+        .await
+        .unwrap();
+    assert_eq!(data(), 0, "a whole-datagram session is not chunked");
+    let mut v = ChunkViewer::start(srv.addr).await;
+    assert!(v.next(IO_TIMEOUT).await.is_some(), "a chunk comes");
+    assert_eq!(data(), 1);
+    drop(v);
+    let until = Instant::now() + IO_TIMEOUT;
+    while data() != 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(data(), 0, "its leaving is counted");
+    assert_eq!(srv.server.watchers.len(), 1, "the other session streams on");
 }

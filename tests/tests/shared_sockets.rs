@@ -246,3 +246,41 @@ async fn a_viewer_gone_before_its_acceptance_is_not_left_attached() {
         stats.gone_before_accepted.load(Relaxed)
     );
 }
+
+/// A socket of whole-datagram viewers has its acks read by the fan-out just before each frame;
+/// when frames stop, an `end` must still end its session (the ack task reads such a socket on
+/// a timer too), not wait for the viewer timeout (10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_ends_the_session_when_frames_have_stopped() {
+    let mut srv = start_server(small()).await.unwrap();
+    let mut viewers = Vec::new();
+    for form in [Form::Seed, Form::V1] {
+        let viewer = RawViewer::register(srv.addr, form).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let (_, server_udp) = timeout(IO_TIMEOUT, viewer.udp.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        viewers.push((form, viewer, server_udp));
+    }
+    assert_eq!(srv.server.first_camera().data.chunked_sessions(), 0);
+    srv.stop_capture().await;
+    // Whatever was in flight has come; no frame comes after this.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (left, (form, viewer, server_udp)) in
+        viewers.into_iter().enumerate().map(|(i, v)| (1 - i, v))
+    {
+        let sent = Instant::now();
+        viewer.end(server_udp).await.unwrap();
+        let until = sent + Duration::from_secs(3);
+        while srv.server.watchers.len() != left && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            srv.server.watchers.len(),
+            left,
+            "{form:?}: the session outlived its end by {:?}",
+            sent.elapsed()
+        );
+    }
+}

@@ -23,24 +23,25 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::acks::ack_loop;
+use super::acks::{ack_loop, drain, Reader, ACK_BATCHES_PER_FRAME};
 use super::chunks::{ChunkJob, ChunkSender, Chunks};
 use super::link::{Attached, Link, LinkState};
 use super::window::Window;
 use crate::cameras::Camera;
 use crate::capture::{FrameRx, SharedFrame};
-use crate::sys::{self, BatchSender};
+use crate::sys::{self, BatchReceiver, BatchSender};
 use crate::watchers::Tally;
 use crate::Server;
 
@@ -107,6 +108,12 @@ pub(crate) struct SharedSocket {
     pub(super) udp: UdpSocket,
     local_ip: IpAddr,
     pub(super) links: DashMap<SocketAddr, Arc<Link>>,
+    /// Where acks are read into; held by whoever reads them ([`super::acks`]).
+    pub(super) inbox: Mutex<BatchReceiver>,
+    /// Chunked sessions on it: while there are any, its ack task waits for each ack.
+    pub(super) chunked: AtomicUsize,
+    /// Told when a session joins or turns out chunked: the ack task changes how it reads.
+    pub(super) changed: Notify,
     /// Cancelled when this socket is closed: its ack task ends, and the descriptor closes with
     /// the last reference.
     pub(super) closed: CancellationToken,
@@ -156,6 +163,13 @@ impl DataPath {
     pub fn attached(&self) -> usize {
         let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         sockets.iter().map(|s| s.links.len()).sum()
+    }
+
+    /// Chunked sessions on the data path now: while a socket has any, its acks are waited for
+    /// (a `nack` is answered at once); otherwise the fan-out reads them before each frame.
+    pub fn chunked_sessions(&self) -> usize {
+        let sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        sockets.iter().map(|s| s.chunked.load(Relaxed)).sum()
     }
 
     /// Shared UDP sockets open (one per local address, more only while an address is registered
@@ -218,6 +232,7 @@ impl DataPath {
             if let dashmap::Entry::Vacant(e) = socket.links.entry(viewer) {
                 let link = new_link(socket);
                 e.insert(link.clone());
+                socket.changed.notify_one();
                 data.joined.notify_one();
                 return Ok(Attached(link));
             }
@@ -246,9 +261,12 @@ impl DataPath {
     /// viewer address registered twice) is closed when its last session leaves.
     pub(crate) fn detach(link: &Arc<Link>) {
         let socket = &link.socket;
-        socket
+        let removed = socket
             .links
             .remove_if(&link.viewer, |_, l| Arc::ptr_eq(l, link));
+        if removed.is_some() && link.state().chunk_bytes.is_some() {
+            socket.chunked.fetch_sub(1, Relaxed);
+        }
         if !socket.links.is_empty() {
             return;
         }
@@ -296,9 +314,12 @@ impl SharedSocket {
             let _ = sys::set_dont_fragment(fd);
         }
         Ok(SharedSocket {
-            udp: UdpSocket::from_std(std)?,
+            udp: std,
             local_ip,
             links: DashMap::new(),
+            inbox: Mutex::default(),
+            chunked: AtomicUsize::new(0),
+            changed: Notify::new(),
             closed: CancellationToken::new(),
             owner,
             frames,
@@ -544,6 +565,11 @@ pub(super) fn confirm(
     }
     st.confirmed = true;
     st.chunk_bytes = chunk_bytes;
+    if chunk_bytes.is_some() {
+        // Its nacks want answers at once: the socket's ack task waits for acks from now on.
+        link.socket.chunked.fetch_add(1, Relaxed);
+        link.socket.changed.notify_one();
+    }
     let frame = link.socket.frames.borrow().clone()?;
     offer(link, st, &frame, Instant::now()).then_some(frame)
 }
@@ -628,6 +654,16 @@ fn fan_out(
         return;
     };
     for socket in data.sockets() {
+        if socket.chunked.load(Relaxed) == 0 {
+            // The acks that came since the last frame (see `acks`): windows opened, ends seen.
+            drain(
+                server,
+                &socket,
+                Reader::Fanout,
+                senders,
+                ACK_BATCHES_PER_FRAME,
+            );
+        }
         let now = Instant::now();
         batch.links.clear();
         batch.dests.clear();
