@@ -3,7 +3,8 @@
 //! `recvmmsg` of many datagrams with their senders, full lengths and, when asked, their
 //! destination and kernel receive time), one segmented UDP send (GSO: a frame's RTP packets in
 //! one call), a `sendmmsg` of segmented sends (a frame's chunks to many viewers), the sockaddr conversions, socket options, a bounded
-//! wait on one socket, and the open-file limit.
+//! wait on one socket, a UDP socket's registration with the runtime for reading alone, and
+//! the open-file limit.
 //!
 //! Sending shares the frame: every message's iovec points at the same bytes, so a frame is
 //! never copied in user space however many viewers get it. Every batch type owns its buffers
@@ -14,7 +15,11 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// Messages per `sendmmsg` call (the kernel's UIO_MAXIOV caps a call at 1024).
 pub const SEND_BATCH: usize = 512;
@@ -716,6 +721,20 @@ fn poll_one(fd: RawFd, events: libc::c_short, wait: Duration) {
     let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: one pollfd, alive for the call.
     unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+/// Registers a socket that others share with the async runtime for reading alone (tokio's
+/// `UdpSocket` registers for writing too, and the kernel wakes a socket's writers each time it
+/// lets go of a datagram sent: every datagram sent woke the runtime's reactor, whether or not
+/// anyone waited to write). The registration holds a share of the socket, so its descriptor
+/// stays open as long.
+pub fn register_shared(
+    socket: Arc<std::net::UdpSocket>,
+) -> io::Result<AsyncFd<Arc<std::net::UdpSocket>>> {
+    // SAFETY: the registration holds the socket (shared), so its descriptor stays open and the
+    // same for as long as the registration lives.
+    let registered = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) };
+    registered.map_err(|e| e.into_parts().1)
 }
 
 /// The IP addresses of this host's interfaces that are up (`getifaddrs`): WebRTC's ICE host

@@ -16,14 +16,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use surv_proto::Ack;
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -43,16 +42,6 @@ pub(super) const ACK_BATCHES_PER_FRAME: usize = 64;
 /// thread takes before each frame): when frames stop, an `end` still ends its session.
 pub(super) const IDLE_DRAIN: Duration = Duration::from_millis(50);
 
-/// A shared socket as registered with the runtime while it has chunked sessions: holding it
-/// keeps the socket, and so its descriptor, open for as long as the registration.
-struct Registered(Arc<SharedSocket>);
-
-impl AsRawFd for Registered {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.udp.as_raw_fd()
-    }
-}
-
 /// Takes in the acks arriving on `socket` until `shutdown`, in batches.
 pub(super) async fn ack_loop(
     server: Arc<Server>,
@@ -60,7 +49,7 @@ pub(super) async fn ack_loop(
     shutdown: CancellationToken,
 ) {
     let mut senders = Senders::default();
-    let mut registered: Option<AsyncFd<Registered>> = None;
+    let mut registered: Option<AsyncFd<Arc<std::net::UdpSocket>>> = None;
     loop {
         if socket.chunked.load(Relaxed) == 0 {
             // Deregistered: arriving acks no longer wake the runtime.
@@ -82,15 +71,9 @@ pub(super) async fn ack_loop(
             continue;
         }
         if registered.is_none() {
-            // SAFETY: `Registered` holds the socket, so its descriptor stays open and the same
-            // for as long as the registration lives.
-            let res = unsafe {
-                AsyncFd::register_with_interest(Registered(socket.clone()), Interest::READABLE)
-            };
-            match res {
+            match sys::register_shared(socket.udp.clone()) {
                 Ok(fd) => registered = Some(fd),
                 Err(e) => {
-                    let (_, e) = e.into_parts();
                     // Rare (the runtime's poller refused it): read on the idle timer instead.
                     tracing::warn!(error = %e, "cannot wait for acks; reading them every 50 ms");
                     tokio::select! {

@@ -105,7 +105,7 @@ pub(crate) struct Senders {
 
 /// A UDP socket that sessions share, with the sessions it serves by viewer address.
 pub(crate) struct SharedSocket {
-    pub(super) udp: UdpSocket,
+    pub(super) udp: Arc<UdpSocket>,
     local_ip: IpAddr,
     pub(super) links: DashMap<SocketAddr, Arc<Link>>,
     /// Where acks are read into; held by whoever reads them ([`super::acks`]).
@@ -314,7 +314,7 @@ impl SharedSocket {
             let _ = sys::set_dont_fragment(fd);
         }
         Ok(SharedSocket {
-            udp: std,
+            udp: Arc::new(std),
             local_ip,
             links: DashMap::new(),
             inbox: Mutex::default(),
