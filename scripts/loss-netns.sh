@@ -180,6 +180,8 @@ for run in "0 0 0" "20 0 0" "40 0 0" "0 50 25" "20 50 25"; do
         ip netns exec "$ns" nft add rule inet surv in meta l4proto udp numgen random mod 100 '<' "$loss" drop
     fi
     echo "== random loss ${loss} % on every UDP datagram (frames and acks), delay ${delay_ms} ± ${jitter_ms} ms each way"
-    ip netns exec "$ns" target/release/surv-load --viewers "$viewers" --size "$size" --fps 30 \
-        --seconds "$seconds" --seed-percent 50 --delay-ms "$delay_ms" --jitter-ms "$jitter_ms"
+    release=${CARGO_TARGET_DIR:-target}/release
+    ip netns exec "$ns" "$release/surv-load" --server "$release/surv-server" --viewers "$viewers" \
+        --size "$size" --fps 30 --seconds "$seconds" --seed-percent 50 \
+        --delay-ms "$delay_ms" --jitter-ms "$jitter_ms"
 done
