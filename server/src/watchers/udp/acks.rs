@@ -8,11 +8,13 @@
 //! * While a chunked session is on it, its ack task waits for each ack (the socket registered
 //!   with the runtime for reading): a `nack` is answered as soon as it comes.
 //! * Otherwise (whole datagrams only, the seed form's), the fan-out thread takes in what has
-//!   come just before it sends each frame, and the ack task only every [`IDLE_DRAIN`] (frames
-//!   may stop): nothing is registered with the runtime, so an ack wakes no thread. An ack then
-//!   waits at most a frame interval; whole-datagram sessions are not repaired, and a window's
+//!   come just before it sends each frame, and the ack task what comes between, every
+//!   [`READ_EVERY`]: nothing is registered with the runtime, so an ack wakes no thread. An ack
+//!   then waits a few milliseconds; whole-datagram sessions are not repaired, and a window's
 //!   room is wanted only when the next frame goes. Measured: a fifth less of the server's CPU
-//!   at 1,000 viewers (docs/PERFORMANCE.md).
+//!   at 1,000 viewers (docs/PERFORMANCE.md). Read only before each frame, a flood of datagrams
+//!   filled the socket's buffer between frames and the kernel dropped what came after, acks
+//!   included; read every 5 ms, it is read as fast as before (the chaos run's flood).
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,8 +41,10 @@ const ACK_BATCHES_PER_WAKE: usize = 16;
 pub(super) const ACK_BATCHES_PER_FRAME: usize = 64;
 
 /// How often the ack task reads a socket without chunked sessions (whose acks the fan-out
-/// thread takes before each frame): when frames stop, an `end` still ends its session.
-pub(super) const IDLE_DRAIN: Duration = Duration::from_millis(50);
+/// thread also takes before each frame): acks wait no longer than this, an `end` ends its
+/// session when frames have stopped, and a flood is read before it fills the socket's buffer
+/// (8 MiB: 25,000 datagrams a second of up to 64 KiB, the chaos run's, fill it in 10 ms).
+pub(super) const READ_EVERY: Duration = Duration::from_millis(5);
 
 /// Takes in the acks arriving on `socket` until `shutdown`, in batches.
 pub(super) async fn ack_loop(
@@ -59,7 +63,7 @@ pub(super) async fn ack_loop(
                 () = shutdown.cancelled() => return,
                 () = socket.closed.cancelled() => return,
                 () = socket.changed.notified() => {}
-                () = tokio::time::sleep(IDLE_DRAIN), if !idle => {}
+                () = tokio::time::sleep(READ_EVERY), if !idle => {}
             }
             drain(
                 &server,
@@ -75,11 +79,11 @@ pub(super) async fn ack_loop(
                 Ok(fd) => registered = Some(fd),
                 Err(e) => {
                     // Rare (the runtime's poller refused it): read on the idle timer instead.
-                    tracing::warn!(error = %e, "cannot wait for acks; reading them every 50 ms");
+                    tracing::warn!(error = %e, "cannot wait for acks; reading them every 5 ms");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = socket.closed.cancelled() => return,
-                        () = tokio::time::sleep(IDLE_DRAIN) => {}
+                        () = tokio::time::sleep(READ_EVERY) => {}
                     }
                     drain(
                         &server,
