@@ -54,10 +54,23 @@ pub(super) async fn ack_loop(
 ) {
     let mut senders = Senders::default();
     let mut registered: Option<AsyncFd<Arc<std::net::UdpSocket>>> = None;
+    let mut refused = false;
     loop {
         if socket.chunked.load(Relaxed) == 0 {
             // Deregistered: arriving acks no longer wake the runtime.
             registered = None;
+        } else if registered.is_none() {
+            match sys::register_shared(socket.udp.clone()) {
+                Ok(fd) => registered = Some(fd),
+                Err(e) if !refused => {
+                    // Rare (the runtime's poller refused it): read on the timer instead.
+                    refused = true;
+                    tracing::warn!(error = %e, "cannot wait for acks; reading them every 5 ms");
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(fd) = registered.as_ref() else {
             let idle = socket.links.is_empty();
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -72,31 +85,6 @@ pub(super) async fn ack_loop(
                 &mut senders,
                 ACK_BATCHES_PER_WAKE,
             );
-            continue;
-        }
-        if registered.is_none() {
-            match sys::register_shared(socket.udp.clone()) {
-                Ok(fd) => registered = Some(fd),
-                Err(e) => {
-                    // Rare (the runtime's poller refused it): read on the idle timer instead.
-                    tracing::warn!(error = %e, "cannot wait for acks; reading them every 5 ms");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = socket.closed.cancelled() => return,
-                        () = tokio::time::sleep(READ_EVERY) => {}
-                    }
-                    drain(
-                        &server,
-                        &socket,
-                        Reader::AckTask,
-                        &mut senders,
-                        ACK_BATCHES_PER_WAKE,
-                    );
-                    continue;
-                }
-            }
-        }
-        let Some(fd) = registered.as_ref() else {
             continue;
         };
         let mut ready = tokio::select! {
