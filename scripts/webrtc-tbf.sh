@@ -11,7 +11,8 @@
 #   sudo scripts/webrtc-tbf.sh [VIEWERS] [SECS] [RATE] [LIFT]     e.g. scripts/webrtc-tbf.sh 10 60 1mbit 40
 # Environment: SURV_PROFILE=release for the release build (default: dev, as the tests build
 # it); TBF_LATENCY (default 200ms): how long the tbf queues before it drops; SIZE (1280x720);
-# KEEP_LOG=FILE keeps the server's log (RUST_LOG passes through).
+# KEEP_LOG=FILE keeps the server's log (RUST_LOG passes through); SURV_SERVER=PATH runs that
+# surv-server binary instead of the one built (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 viewers=${1:-10}
@@ -47,7 +48,7 @@ for l in "$s veth-s" "$v veth-v"; do
     ip netns exec "$n" ethtool -K "$dev" tso off gso off gro off >/dev/null
 done
 ip netns exec "$s" tc qdisc add dev veth-s root tbf rate "$rate" burst 16kb latency "${TBF_LATENCY:-200ms}"
-ip netns exec "$s" "$bin/surv-server" --source test --size "$size" --fps 30 --motion off \
+ip netns exec "$s" "${SURV_SERVER:-$bin/surv-server}" --source test --size "$size" --fps 30 --motion off \
     --bind 0.0.0.0 --port 0 --rtsp-port 0 --http-port 18080 --webrtc-port 18555 \
     --webrtc-host 10.80.1.1 --log-dir "$tmp" 2>"$tmp/server.log" &
 pids+=($!)

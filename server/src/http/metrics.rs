@@ -585,6 +585,11 @@ impl Collector for ServerCollector {
                 "Frames left out for WebRTC peers whose links carry less than the stream.",
                 &webrtc.frames_thinned,
             ),
+            (
+                "webrtc_probes",
+                "Probes asked of WebRTC peers' estimators while held below the whole stream.",
+                &webrtc.probes,
+            ),
         ] {
             counter(e, name, help, v.load(Relaxed))?;
         }

@@ -112,6 +112,7 @@ pub struct WebrtcStatus {
     pub keyframe_requests: u64,
     pub nacks: u64,
     pub frames_thinned: u64,
+    pub probes: u64,
     pub peers: Vec<crate::watchers::webrtc::PeerReport>,
 }
 
@@ -129,6 +130,7 @@ impl WebrtcStatus {
             keyframe_requests: w.keyframe_requests.load(Relaxed),
             nacks: w.nacks.load(Relaxed),
             frames_thinned: w.frames_thinned.load(Relaxed),
+            probes: w.probes.load(Relaxed),
             peers: w.peer_reports(),
         }
     }

@@ -346,7 +346,7 @@ impl Engine {
                 feed.rates.add(unit.media_time_90k, level, data.len());
                 let now = Instant::now();
                 for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
-                    peer.follow_estimate(&feed.rates, now);
+                    peer.follow_estimate(&feed.rates, &self.server.stats.webrtc, now);
                     peer.send_unit(&unit, &data, &self.server);
                     peer.drain(socket, &self.server);
                 }
@@ -664,7 +664,7 @@ impl Peer {
     /// The newest estimate sets the peer's level (`thin.rs`), at every unit (a step up waits
     /// for it to hold); a new one also tells the estimator to probe up to a little more than
     /// the whole stream, as that changes.
-    fn follow_estimate(&mut self, rates: &LevelRates, now: Instant) {
+    fn follow_estimate(&mut self, rates: &LevelRates, stats: &WebrtcStats, now: Instant) {
         let Some((bps, new)) = self.estimate else {
             return;
         };
@@ -675,6 +675,15 @@ impl Peer {
             // Up from keyframes alone: at a keyframe, asked for (at most one a second is
             // forced for the camera) rather than a whole GOP away.
             self.camera.capture.h264.want_keyframe();
+        }
+        if self.thin.wants_probe(bps, rates, now) {
+            // A new estimator at the same estimate: str0m's starts by probing (padding at
+            // up to twice the desired rate for a few milliseconds), and its result is the
+            // estimate from then on.
+            tracing::debug!(id = self.id, estimate_bps = bps, "WebRTC: probe");
+            self.rtc.bwe().reset(Bitrate::bps(bps));
+            self.report.probes = self.thin.probes;
+            stats.probes.fetch_add(1, Relaxed);
         }
         if !new {
             return;

@@ -162,6 +162,8 @@ pub struct WebrtcStats {
     pub nacks: AtomicU64,
     /// Frames left out for peers whose links carry less than the stream (`thin.rs`).
     pub frames_thinned: AtomicU64,
+    /// Probes asked of peers' estimators held below the whole stream (`thin.rs`).
+    pub probes: AtomicU64,
     /// Live peers, by watcher id.
     pub peers: Mutex<BTreeMap<u64, PeerReport>>,
 }
@@ -201,6 +203,8 @@ pub struct PeerReport {
     pub frames_thinned: u64,
     /// ...of which because its send queue was long (`thin.rs`).
     pub frames_late: u64,
+    /// Probes asked of its estimator while it was held below the whole stream (`thin.rs`).
+    pub probes: u64,
 }
 
 /// An answered offer for the engine.

@@ -23,6 +23,14 @@
 //! shaper's burst would otherwise make the peer climb and fall every few seconds.
 //! [`STEADY_AFTER`] at a level forgets its failures.
 //!
+//! The estimate cannot climb past a thinned peer's level by itself: str0m grows it to about
+//! 1.5 × what is sent and no further, and probes for more only when a peer sends under 65 % of
+//! its estimate (its periodic probe, every 5 s) or when the estimate has not moved for 15 s. A
+//! peer held below [`ALL`] whose estimate sits well above its own level's rate but short of the
+//! next level's (application-limited, or a link that carries just that) asks for a probe every
+//! [`PROBE_EVERY`] ([`Thinning::wants_probe`]; the engine restarts the peer's estimator at its
+//! estimate, which probes at once), unless the next level is still waiting after a failure.
+//!
 //! The estimate misses a queue that stays full: a peer whose receiver asks for resends of
 //! more than [`LOSSY`] of its packets over a second steps down a level too ([`lossy`]).
 //!
@@ -52,8 +60,15 @@ const FIT: f64 = 0.85;
 const UP_AFTER: Duration = Duration::from_secs(2);
 /// A step down this soon after the step up to that level means the level failed.
 const FAILED_WITHIN: Duration = Duration::from_secs(4);
-/// The longest a failed level waits before it is tried again.
-const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// The longest a failed level waits before it is tried again: with a probe every
+/// [`PROBE_EVERY`], a longer wait is what kept a peer from the whole stream after its link
+/// cleared (8 s: 7.0 s after the lift in two runs of five; 4 s: one of six).
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// A peer held below [`ALL`] by an application-limited estimate asks for a probe this often.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// An estimate is taken for application-limited when the peer's level's rate is at most this
+/// share of it (str0m's settles at about 1.5 × what is sent: 0.67).
+const APP_LIMITED: f64 = 0.8;
 /// This long at a level and its failures are forgotten.
 const STEADY_AFTER: Duration = Duration::from_secs(10);
 /// Seconds of the camera's stream the rates are measured over (whole seconds of media time).
@@ -169,6 +184,10 @@ pub(super) struct Thinning {
     /// After a unit was left out for the queue: units needing more than this wait for one
     /// needing this or less.
     cap: Option<u8>,
+    /// When it last asked for a probe.
+    last_probe: Option<Instant>,
+    /// Probes asked for, for the counters.
+    pub(super) probes: u64,
     /// Units left out, for the counters...
     pub(super) thinned: u64,
     /// ...of which for the queue.
@@ -184,6 +203,8 @@ impl Default for Thinning {
             fits_since: [None; ALL as usize + 1],
             failed: [None; ALL as usize + 1],
             cap: None,
+            last_probe: None,
+            probes: 0,
             thinned: 0,
             late: 0,
         }
@@ -253,6 +274,34 @@ impl Thinning {
         {
             self.wanted = up;
         }
+    }
+
+    /// Whether the peer's estimator should probe for more now, at estimate `bps`: the peer is
+    /// held below [`ALL`] (not on its way up), the next level does not fit the estimate but its
+    /// own level's rate is at most [`APP_LIMITED`] of it, the next level is not waiting after
+    /// a failure, and its last step and its last probe are [`PROBE_EVERY`] old. Counted.
+    pub(super) fn wants_probe(&mut self, bps: u64, rates: &LevelRates, now: Instant) -> bool {
+        if self.level >= ALL || self.wanted > self.level {
+            return false;
+        }
+        let next = self.level + 1;
+        let (Some(own), Some(above)) = (rates.bps(self.level), rates.bps(next)) else {
+            return false;
+        };
+        let bps = bps as f64;
+        if above as f64 <= bps * FIT || own as f64 > bps * APP_LIMITED {
+            return false;
+        }
+        let old =
+            |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY);
+        let retry = self.failed[usize::from(next)]
+            .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait);
+        if !(old(self.last_step) && old(self.last_probe) && retry) {
+            return false;
+        }
+        self.last_probe = Some(now);
+        self.probes += 1;
+        true
     }
 
     /// The peer's receiver asked for resends of more than [`LOSSY`] of what it was sent over
@@ -489,6 +538,74 @@ mod tests {
         assert_eq!(thin.level(), 2, "left after 10.9 s: not a failure");
         assert_eq!(climb(&mut thin, 21_000), ALL);
         assert_eq!(thin.failed[usize::from(ALL)], None);
+        // Failing again and again waits no longer than MAX_BACKOFF: 2, 4, 4 s.
+        thin.estimate(half, &rates, at(23_500));
+        assert_eq!(climb(&mut thin, 25_500), ALL);
+        thin.estimate(half, &rates, at(28_000));
+        thin.estimate(plenty, &rates, at(30_000));
+        thin.estimate(plenty, &rates, at(31_900));
+        thin.admit(1, EMPTY, at(31_900));
+        assert_eq!(thin.level(), 2, "3.9 s after 28 s");
+        thin.estimate(plenty, &rates, at(32_000));
+        thin.admit(1, EMPTY, at(32_000));
+        assert_eq!(thin.level(), ALL, "4 s after 28 s");
+        thin.estimate(half, &rates, at(33_000));
+        assert_eq!(climb(&mut thin, 33_000), 2, "at 35 s: 2 s of 4");
+        thin.estimate(plenty, &rates, at(37_000));
+        thin.admit(1, EMPTY, at(37_000));
+        assert_eq!(thin.level(), ALL, "4 s after 33 s, not 8");
+    }
+
+    #[test]
+    fn a_peer_held_down_by_an_application_limited_estimate_asks_for_probes() {
+        // Layer 2 heavy enough that all's rate is 1.9 × half's.
+        let rates = camera(6, 30_000, 8_000, 4_000, 6_000);
+        let half = rates.bps(2).unwrap() as f64;
+        let all = rates.bps(ALL).unwrap() as f64;
+        assert!(all > half * 1.5 / FIT);
+        // What str0m's estimate settles at for a peer sent half: 1.5 × that.
+        let limited = (half * 1.5) as u64;
+        let plenty = (all * 2.0) as u64;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut thin = Thinning::default();
+        assert!(
+            !thin.wants_probe(limited, &rates, t0),
+            "at all: nothing to probe for"
+        );
+        thin.estimate(limited, &rates, t0);
+        assert_eq!(thin.level(), 2);
+        assert!(
+            !thin.wants_probe(limited, &rates, at(1_000)),
+            "the step is 1 s old"
+        );
+        assert!(thin.wants_probe(limited, &rates, at(2_000)));
+        assert!(
+            !thin.wants_probe(limited, &rates, at(3_000)),
+            "the probe is 1 s old"
+        );
+        assert!(thin.wants_probe(limited, &rates, at(4_000)));
+        // An estimate just over half's rate: the link, not the sender, holds it there.
+        let tight = (half / FIT) as u64 + 1;
+        thin.estimate(tight, &rates, at(6_000));
+        assert_eq!(thin.level(), 2);
+        assert!(!thin.wants_probe(tight, &rates, at(6_000)));
+        // All fails twice (left 1 s after reaching it): a probe waits for its retry too.
+        for (from, fell) in [(6_000, 9_000), (11_000, 14_000)] {
+            thin.estimate(plenty, &rates, at(from));
+            thin.estimate(plenty, &rates, at(from + 2_000));
+            assert!(thin.admit(1, EMPTY, at(from + 2_000)));
+            assert_eq!(thin.level(), ALL);
+            assert!(!thin.wants_probe(plenty, &rates, at(from + 2_000)));
+            thin.estimate(limited, &rates, at(fell));
+            assert_eq!(thin.level(), 2);
+        }
+        assert!(
+            !thin.wants_probe(limited, &rates, at(16_000)),
+            "all waits 4 s from 14 s"
+        );
+        assert!(thin.wants_probe(limited, &rates, at(18_000)));
+        assert_eq!(thin.probes, 3);
     }
 
     #[test]
