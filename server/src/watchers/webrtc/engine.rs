@@ -662,8 +662,9 @@ impl Peer {
     }
 
     /// The newest estimate sets the peer's level (`thin.rs`), at every unit (a step up waits
-    /// for it to hold); a new one also tells the estimator to probe up to a little more than
-    /// the whole stream, as that changes.
+    /// for it to hold), and a peer held below all by an application-limited estimate asks for a
+    /// probe (`Thinning::wants_probe`); a new estimate also tells the estimator to probe up to a
+    /// little more than the whole stream, as that changes.
     fn follow_estimate(&mut self, rates: &LevelRates, stats: &WebrtcStats, now: Instant) {
         let Some((bps, new)) = self.estimate else {
             return;
