@@ -263,12 +263,8 @@ impl Thinning {
             self.fits_since[usize::from(l)]
                 .is_some_and(|t| now.saturating_duration_since(t) >= UP_AFTER)
         };
-        let retry = |l: u8| {
-            self.failed[usize::from(l)]
-                .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait)
-        };
         if let Some(up) = (self.level + 1..=ALL)
-            .take_while(|&l| retry(l))
+            .take_while(|&l| self.may_retry(l, now))
             .filter(|&l| held(l))
             .last()
         {
@@ -294,14 +290,19 @@ impl Thinning {
         }
         let old =
             |t: Option<Instant>| t.is_none_or(|t| now.saturating_duration_since(t) >= PROBE_EVERY);
-        let retry = self.failed[usize::from(next)]
-            .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait);
-        if !(old(self.last_step) && old(self.last_probe) && retry) {
+        if !(old(self.last_step) && old(self.last_probe) && self.may_retry(next, now)) {
             return false;
         }
         self.last_probe = Some(now);
         self.probes += 1;
         true
+    }
+
+    /// Whether `level` may be tried at `now`: it has not failed, or its wait after the last
+    /// failure is over.
+    fn may_retry(&self, level: u8, now: Instant) -> bool {
+        self.failed[usize::from(level)]
+            .is_none_or(|(t, wait)| now.saturating_duration_since(t) >= wait)
     }
 
     /// The peer's receiver asked for resends of more than [`LOSSY`] of what it was sent over
