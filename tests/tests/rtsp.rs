@@ -443,8 +443,16 @@ impl RawPlayer {
         assert!(head.starts_with("RTSP/1.0 200"), "{head}");
         (p, session, head)
     }
+}
 
-    /// The next interleaved packet: channel and RTP packet.
+/// Where a test player's packets come from.
+trait Packets {
+    /// The next packet: its channel (0: RTP) and bytes.
+    async fn packet(&mut self) -> (u8, Vec<u8>);
+}
+
+impl Packets for RawPlayer {
+    /// The next interleaved packet.
     async fn packet(&mut self) -> (u8, Vec<u8>) {
         loop {
             if self.buf.len() >= 4 {
@@ -539,7 +547,7 @@ async fn a_player_that_stops_reading_skips_to_a_keyframe() {
 /// sequence number the one after the last (`last`: the one before the first, if known), each
 /// frame's timestamp after the one before (no frame twice) by less than half a second; the
 /// first packet's NAL type.
-async fn frames_in_order(p: &mut RawPlayer, frames: usize, last: &mut Option<u16>) -> u8 {
+async fn frames_in_order(p: &mut impl Packets, frames: usize, last: &mut Option<u16>) -> u8 {
     let mut first = None;
     let mut ended = 0;
     let mut last_ts: Option<u32> = None;
@@ -651,6 +659,90 @@ async fn the_camera_s_one_writer_sends_its_tcp_players_in_order() {
         by_writer() > resumed,
         "the writer takes the player again after the resumed keyframe"
     );
+    drop(players);
+    srv.stop().await.unwrap();
+}
+
+/// A player over UDP: its RTSP connection and its RTP socket.
+struct UdpPlayer {
+    _rtsp: RawPlayer,
+    rtp: tokio::net::UdpSocket,
+    _rtcp: tokio::net::UdpSocket,
+}
+
+impl UdpPlayer {
+    /// A player of `base` over UDP (its own RTP/RTCP pair), PLAYing (200).
+    async fn play(addr: SocketAddr, base: &str) -> UdpPlayer {
+        let rtp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rtcp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ports = (
+            rtp.local_addr().unwrap().port(),
+            rtcp.local_addr().unwrap().port(),
+        );
+        socket2::SockRef::from(&rtp)
+            .set_recv_buffer_size(4 << 20)
+            .unwrap();
+        let mut p = RawPlayer::connect(addr).await;
+        let transport = format!("RTP/AVP;unicast;client_port={}-{}", ports.0, ports.1);
+        let head = p.describe_and_setup(base, &transport).await;
+        let session = session_id(&head);
+        let head = p
+            .request("PLAY", base, &format!("Session: {session}\r\n"))
+            .await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+        UdpPlayer {
+            _rtsp: p,
+            rtp,
+            _rtcp: rtcp,
+        }
+    }
+}
+
+impl Packets for UdpPlayer {
+    async fn packet(&mut self) -> (u8, Vec<u8>) {
+        let mut buf = vec![0u8; 2048];
+        let n = timeout(Duration::from_secs(10), self.rtp.recv(&mut buf))
+            .await
+            .expect("the server stopped sending")
+            .unwrap();
+        buf.truncate(n);
+        (0, buf)
+    }
+}
+
+/// Three players of one camera over UDP: after the cached GOP, the camera's one writer sends
+/// them too (counted), each packet in order from a keyframe, none twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_camera_s_one_writer_sends_its_udp_players_in_order() {
+    let _serial = heavy().await;
+    let srv = rtsp_server(320, 240, None).await;
+    let addr = srv.rtsp_addr.unwrap();
+    let base = format!("rtsp://{addr}/main");
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        players.push(UdpPlayer::play(addr, &base).await);
+    }
+    let reads: Vec<_> = players
+        .into_iter()
+        .map(|mut p| {
+            tokio::spawn(async move {
+                let mut last = None;
+                let first = frames_in_order(&mut p, 90, &mut last).await;
+                assert_eq!(first, 7, "the first packet: a keyframe's SPS");
+                p
+            })
+        })
+        .collect();
+    let mut players = Vec::new();
+    for read in reads {
+        players.push(read.await.expect("a player read 90 frames in order"));
+    }
+    let by_writer = srv.server.stats.rtsp.writer_frames.load(Relaxed);
+    assert!(
+        by_writer >= 3 * 45,
+        "the writer sent {by_writer} of the 270 frames"
+    );
+    assert_eq!(srv.server.stats.send_errors.load(Relaxed), 0);
     drop(players);
     srv.stop().await.unwrap();
 }

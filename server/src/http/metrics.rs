@@ -516,7 +516,7 @@ impl Collector for ServerCollector {
             ),
             (
                 "rtsp_writer_frames",
-                "Frames a camera's one writer sent to its caught-up H.264 RTSP sessions over TCP.",
+                "Frames a camera's one writer sent to its caught-up H.264 RTSP sessions (TCP and UDP).",
                 &rtsp.writer_frames,
             ),
         ] {

@@ -10,13 +10,14 @@
 //!                     (UDP: [its hdr₀][payload₀][its hdr₁][payload₁] … cut every 12 + 1400 bytes)
 //! ```
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::UdpSocket;
@@ -91,9 +92,9 @@ impl RtpOut {
         (iovs, rtp_bytes)
     }
 
-    /// Sends `frame`'s packets under `stamp`'s headers to `dest` from `socket` (waiting for
+    /// Sends `frame`'s packets under `stamp`'s headers to `dest` from `socket`, waiting for
     /// room in its buffer as `send_to` does; a packet the socket refuses is lost, counted in
-    /// `failed`, as any UDP loss).
+    /// `failed`, as any UDP loss.
     pub async fn send_udp(
         &mut self,
         socket: &UdpSocket,
@@ -101,23 +102,83 @@ impl RtpOut {
         stamp: &mut Stamp,
         frame: &RtpFrame,
     ) -> UdpSent {
+        let mut unsent = VecDeque::new();
+        let mut sent = self.try_send_udp(socket, dest, stamp, frame, &mut unsent);
+        loop {
+            let drained = drain_udp(socket, dest, &mut unsent);
+            sent.failed += drained.failed;
+            if !drained.blocked || socket.writable().await.is_err() {
+                break;
+            }
+        }
+        sent
+    }
+
+    /// Sends `frame`'s packets under `stamp`'s headers to `dest` from `socket` as far as its
+    /// buffer takes them now, never waiting: from the first packet it has no room for, the
+    /// packets wait in `unsent` (whole datagrams, in order) for [`drain_udp`]; all of them when
+    /// `unsent` already holds some, which go first. A packet the socket refuses otherwise is
+    /// lost, counted in `failed`, as any UDP loss; `packets` and `bytes` count the rest, sent
+    /// or waiting.
+    pub fn try_send_udp(
+        &mut self,
+        socket: &UdpSocket,
+        dest: SocketAddr,
+        stamp: &mut Stamp,
+        frame: &RtpFrame,
+        unsent: &mut VecDeque<Bytes>,
+    ) -> UdpSent {
         self.headers.clear();
         stamp.headers(frame, &mut self.headers);
         let mut sent = UdpSent::default();
         for run in gso_runs(&frame.sizes()) {
             let packets = &frame.packets[run.clone()];
             let headers = &self.headers[run];
-            let bytes: usize = packets.iter().map(Bytes::len).sum();
-            match send_run(socket, dest, headers, packets).await {
-                Ok(()) => {
-                    sent.packets += packets.len();
-                    sent.bytes += bytes;
-                }
-                Err(_) => sent.failed += packets.len(),
+            let mut tried = RunTry::default();
+            if unsent.is_empty() {
+                tried = try_run(socket, dest, headers, packets);
             }
+            // One by one, a send stops at the first packet refused for want of room.
+            let done = tried.sent + tried.failed;
+            for (header, packet) in headers.iter().zip(packets).skip(done) {
+                let mut datagram = BytesMut::with_capacity(packet.len());
+                datagram.extend_from_slice(header);
+                datagram.extend_from_slice(payload(packet));
+                unsent.push_back(datagram.freeze());
+            }
+            sent.packets += packets.len() - tried.failed;
+            sent.bytes += packets.iter().map(Bytes::len).sum::<usize>() - tried.failed_bytes;
+            sent.failed += tried.failed;
         }
         sent
     }
+}
+
+/// What [`drain_udp`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Datagrams the socket refused with an error: lost.
+    pub failed: usize,
+    /// The socket had no room for the rest: they still wait.
+    pub blocked: bool,
+}
+
+/// Sends the datagrams waiting in `unsent` to `dest`, in order, as far as `socket` takes them
+/// now.
+pub fn drain_udp(socket: &UdpSocket, dest: SocketAddr, unsent: &mut VecDeque<Bytes>) -> Drained {
+    let mut drained = Drained::default();
+    while let Some(datagram) = unsent.front() {
+        match socket.try_send_to(datagram, dest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drained.blocked = true;
+                break;
+            }
+            Err(_) => drained.failed += 1,
+        }
+        unsent.pop_front();
+    }
+    drained
 }
 
 /// The payload after a shared packet's own header.
@@ -125,29 +186,46 @@ fn payload(packet: &Bytes) -> &[u8] {
     packet.get(RTP_HEADER_BYTES..).unwrap_or_default()
 }
 
-/// One run of packets in one segmented send (or one by one where segmenting does not work).
-async fn send_run(
+/// What one try of a run of packets did: the first `sent + failed` were dealt with, in order.
+#[derive(Debug, Default)]
+struct RunTry {
+    sent: usize,
+    /// Refused with an error (lost), and their bytes.
+    failed: usize,
+    failed_bytes: usize,
+}
+
+/// Tries one run of packets in one segmented send (or one by one where segmenting does not
+/// work), without waiting: it stops at the first packet the socket has no room for.
+fn try_run(
     socket: &UdpSocket,
     dest: SocketAddr,
     headers: &[[u8; RTP_HEADER_BYTES]],
     packets: &[Bytes],
-) -> io::Result<()> {
+) -> RunTry {
     let fd = socket.as_raw_fd();
     let mut iovs: Vec<IoSlice<'_>> = Vec::with_capacity(2 * packets.len());
     for (header, packet) in headers.iter().zip(packets) {
         iovs.push(IoSlice::new(header));
         iovs.push(IoSlice::new(payload(packet)));
     }
+    let mut tried = RunTry::default();
     if packets.len() > 1 && GSO_WORKS.load(Relaxed) {
         let segment = u16::try_from(packets[0].len()).unwrap_or(u16::MAX);
-        let segmented = socket
-            .async_io(Interest::WRITABLE, || {
-                sys::send_segments(fd, &dest, &iovs, Some(segment))
-            })
-            .await;
+        let segmented = socket.try_io(Interest::WRITABLE, || {
+            sys::send_segments(fd, &dest, &iovs, Some(segment))
+        });
         match segmented {
-            Ok(_) => return Ok(()),
-            Err(e) if !cannot_segment(&e) => return Err(e),
+            Ok(_) => {
+                tried.sent = packets.len();
+                return tried;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return tried,
+            Err(e) if !cannot_segment(&e) => {
+                tried.failed = packets.len();
+                tried.failed_bytes = packets.iter().map(Bytes::len).sum();
+                return tried;
+            }
             Err(e) => {
                 if GSO_WORKS.swap(false, Relaxed) {
                     tracing::info!(error = %e,
@@ -156,18 +234,20 @@ async fn send_run(
             }
         }
     }
-    let mut result = Ok(());
-    for pair in iovs.chunks(2) {
-        let one = socket
-            .async_io(Interest::WRITABLE, || {
-                sys::send_segments(fd, &dest, pair, None)
-            })
-            .await;
-        if let Err(e) = one {
-            result = Err(e);
+    for (pair, packet) in iovs.chunks(2).zip(packets) {
+        let one = socket.try_io(Interest::WRITABLE, || {
+            sys::send_segments(fd, &dest, pair, None)
+        });
+        match one {
+            Ok(_) => tried.sent += 1,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                tried.failed += 1;
+                tried.failed_bytes += packet.len();
+            }
         }
     }
-    result
+    tried
 }
 
 /// Cuts a frame's packets (their sizes, in order) into runs one segmented send can carry:
@@ -203,7 +283,6 @@ pub fn gso_runs(sizes: &[usize]) -> Vec<Range<usize>> {
 mod tests {
     use super::*;
     use crate::rtp::RtpHeader;
-    use bytes::BytesMut;
 
     /// A shared frame as the packetizers make it (SSRC 0, sequence from 0, timestamp 1000):
     /// packets of `sizes` bytes, payload bytes numbered by packet, the marker on the last.

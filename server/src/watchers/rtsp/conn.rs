@@ -2,7 +2,7 @@
 //! (interleaved on this connection, or over UDP from the shared pair) and RTCP sender reports.
 //!
 //! Everything the connection sends goes through its [`Link`], so a response is never written
-//! into the middle of an interleaved packet; an H.264 session over TCP that has caught up is
+//! into the middle of an interleaved packet; an H.264 session (TCP or UDP) that has caught up is
 //! sent by its camera's one writer ([`super::link`]). A connection carries at most one session
 //! (one video stream): what every player asks of a server with one stream per URL.
 
@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::link::{By, Link, Offered, Sent, TcpWriter};
+use super::link::{By, H264Writer, Link, Offered, Route, Sent};
 use super::request::{self, mount, pick_transport, transport_reply, Delivery, Reply, Stream};
 use super::{count_sent, Shared};
 use crate::auth::{http_presented, DigestAnswer, Presented};
@@ -111,7 +111,7 @@ struct Conn {
     session: Option<Session>,
     /// Everything it writes goes here.
     link: Arc<Link>,
-    /// Its session's RTP headers, reused frame after frame (but an H.264 session over TCP's:
+    /// Its session's RTP headers, reused frame after frame (but an H.264 session's:
     /// they are in the link).
     rtp_out: RtpOut,
 }
@@ -123,7 +123,7 @@ struct Session {
     stream: Stream,
     delivery: Delivery,
     /// Its SSRC, timestamp base (random: RFC 3550) and one sequence-number run across PAUSE
-    /// and PLAY, over the camera's shared packets (an H.264 session over TCP: from its PLAY
+    /// and PLAY, over the camera's shared packets (an H.264 session: from its PLAY
     /// on, the link's copy goes on).
     stamp: Stamp,
     play: Option<Play>,
@@ -132,9 +132,9 @@ struct Session {
 /// A PLAYing session: a watcher.
 struct Play {
     membership: Membership,
-    /// What it sent (but an H.264 session over TCP's: in the link).
+    /// What it sent (but an H.264 session's: in the link).
     sent: Sent,
-    /// H.264 over TCP: the link sends it, with the camera's writer once caught up.
+    /// H.264: the link sends it, with the camera's writer once caught up.
     linked: bool,
     media: Media,
     /// An `/mjpeg` session keeps the camera's pictures coming (an H.264 camera passed through
@@ -147,7 +147,7 @@ struct Play {
 enum Media {
     /// The cached GOP, then live; behind → skip to a keyframe.
     H264(FeedReader),
-    /// H.264 over TCP, caught up: the camera's writer sends it.
+    /// H.264, caught up: the camera's writer sends it.
     Handed,
     Jpeg {
         rx: FrameRx,
@@ -288,6 +288,7 @@ impl Conn {
                     }
                 }
                 _ = tick.tick() => {
+                    self.count_send_errors();
                     let now = Instant::now();
                     let quiet = now.duration_since(last_request.unwrap_or(opened));
                     match self.session.as_ref().and_then(|s| s.play.as_ref().map(|p| (s, p))) {
@@ -377,7 +378,7 @@ impl Conn {
                         play.paused = true;
                         if play.linked {
                             self.link.pause_h264(true);
-                            TcpWriter::leave(&session.camera, &self.link);
+                            H264Writer::leave(&session.camera, &self.link);
                         }
                     }
                 }
@@ -593,7 +594,7 @@ impl Conn {
                         Media::H264(FeedReader::join(session.camera.capture.h264.clone(), fps));
                 }
                 self.link.pause_h264(false);
-                TcpWriter::join(&self.shared, &session.camera, self.link.clone());
+                H264Writer::join(&self.shared, &session.camera, self.link.clone());
             }
             play.paused = false;
             if let Media::H264(reader) = &mut play.media {
@@ -624,19 +625,26 @@ impl Conn {
             let membership =
                 slot.join_reporting(WatcherKind::Rtsp, peer, &session.camera, sent.live.clone());
             let linked = match (session.stream, session.delivery) {
-                (Stream::H264, Delivery::Tcp { channel }) => {
+                (Stream::H264, delivery) => {
                     let camera = &session.camera;
+                    let route = match delivery {
+                        Delivery::Tcp { channel } => Route::Tcp(channel),
+                        Delivery::Udp { rtp, .. } => Route::Udp {
+                            socket: self.shared.rtp.clone(),
+                            dest: rtp,
+                        },
+                    };
                     self.link.start_h264(
                         session.stamp.clone(),
-                        channel,
+                        route,
                         sent.live.clone(),
                         camera.capture.h264.clone(),
                         camera.capture.shape().fps,
                     );
-                    TcpWriter::join(&self.shared, camera, self.link.clone());
+                    H264Writer::join(&self.shared, camera, self.link.clone());
                     true
                 }
-                _ => false,
+                (Stream::Jpeg, _) => false,
             };
             session.play = Some(Play {
                 membership,
@@ -786,6 +794,15 @@ impl Conn {
         }
     }
 
+    /// Moves the frames its link lost to UDP send errors into the server's count.
+    fn count_send_errors(&self) {
+        let lost = self.link.take_send_errors();
+        if lost > 0 {
+            let stats = &self.shared.server.stats;
+            stats.send_errors.fetch_add(lost, Relaxed);
+        }
+    }
+
     /// Forgets a UDP session's addresses in the shared pair's table.
     fn forget_udp(&self, session: &Session) {
         if let Delivery::Udp { rtp, rtcp } = session.delivery {
@@ -796,11 +813,12 @@ impl Conn {
 
     /// The connection ended: its session leaves (if it played) with `reason`.
     fn end(mut self, reason: LeaveReason) {
+        self.count_send_errors();
         if let Some(session) = self.session.take() {
             self.forget_udp(&session);
             if let Some(play) = session.play {
                 let tally = if play.linked {
-                    TcpWriter::leave(&session.camera, &self.link);
+                    H264Writer::leave(&session.camera, &self.link);
                     self.link.end_h264().unwrap_or_default()
                 } else {
                     play.sent.tally

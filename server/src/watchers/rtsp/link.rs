@@ -1,32 +1,36 @@
-//! An RTSP connection's write side, and each camera's one writer for its H.264 sessions over
-//! TCP.
+//! An RTSP connection's write side, and each camera's one writer for its H.264 sessions.
 //!
 //! ```text
-//!  camera's H.264 feed ──broadcast──▶ camera's writer (one task) ──try writev──▶ link 1 … link N
+//!  camera's H.264 feed ──broadcast──▶ camera's writer (one task) ──try writev / sendmsg──▶ link 1 … link N
 //!                                     a unit's packets stamped and offered to each link in turn
-//!  connection's task ──replies, sender reports, the cached GOP, what a write left──▶ its link
+//!  connection's task ──replies, sender reports, the cached GOP, what a send left──▶ its link
 //! ```
 //!
 //! Every byte a connection sends goes through its [`Link`]: a write is tried without waiting,
 //! and what the socket does not take is kept (`pending`) and goes before anything written
 //! after it; the connection's task is woken to finish it. So a reply or a sender report never
-//! lands inside an interleaved packet, whoever wrote the packet.
+//! lands inside an interleaved packet, whoever wrote the packet. An H.264 session over UDP
+//! goes the same way through the server's shared RTP socket: the datagrams that socket has no
+//! room for wait in the link (`datagrams`), in order, for the connection's task.
 //!
-//! An H.264 session over TCP starts on its connection's task (the cached GOP, at the player's
-//! pace) and passes to its camera's writer at the first unit the writer finds right after the
-//! last one sent (`last_seq + 1`): both compare and send under the link's lock, so each unit
-//! goes out once and in order, by whichever comes first; from the writer's first, the task
-//! stops reading the feed. A hundred players of a camera then cost one task's wake-up a frame,
-//! not a hundred. A player behind (more than half a second of frames, or a megabyte, waiting
-//! in `pending`) skips to the next keyframe, counted, as on its own task; the others do not
-//! wait for it.
+//! An H.264 session starts on its connection's task (the cached GOP, at the player's pace)
+//! and passes to its camera's writer at the first unit the writer finds right after the last
+//! one sent (`last_seq + 1`): both compare and send under the link's lock, so each unit goes
+//! out once and in order, by whichever comes first; from the writer's first, the task stops
+//! reading the feed. A hundred players of a camera then cost one task's wake-up a frame, not a
+//! hundred. A player behind (more than half a second of frames, or a megabyte, waiting in the
+//! link) skips to the next keyframe, counted, as on its own task; the others do not wait for
+//! it.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::{timeout_at, Instant};
 
@@ -35,7 +39,7 @@ use crate::cameras::Camera;
 use crate::capture::h264::{H264Feed, H264Unit};
 use crate::journal::LeaveReason;
 use crate::rtp::{RtpFrame, Stamp};
-use crate::watchers::rtp_out::{RtpOut, TryWriteVectored};
+use crate::watchers::rtp_out::{drain_udp, RtpOut, TryWriteVectored};
 use crate::watchers::{LiveTally, Tally};
 
 /// At most this many iovecs go to one `writev` (Linux's `IOV_MAX`); the rest of a larger
@@ -58,18 +62,23 @@ pub(super) struct Link {
 struct LinkState {
     /// Bytes the socket has not taken yet: they go before anything else.
     pending: BytesMut,
-    /// Frames (whole or in part) added to `pending` since it was last empty.
+    /// An H.264 session over UDP: datagrams the shared socket had no room for yet, in order.
+    datagrams: VecDeque<Bytes>,
+    /// Frames (whole or in part) added to `pending` or `datagrams` since both were last empty.
     pending_frames: usize,
+    /// Frames of which the UDP socket refused a datagram with an error (lost), not yet
+    /// counted in the server's `send_errors` ([`Link::take_send_errors`]).
+    send_errors: u64,
     /// A write failed: nothing more is written, the connection ends.
     broken: bool,
     /// The H.264 session's sending, from its PLAY on.
     h264: Option<H264Send>,
 }
 
-/// What an H.264 session over TCP sends, and has sent.
+/// What an H.264 session sends, and has sent.
 pub(super) struct H264Send {
     pub stamp: Stamp,
-    channel: u8,
+    route: Route,
     out: RtpOut,
     pub sent: Sent,
     /// The newest unit sent (or skipped after the writer took the session).
@@ -82,6 +91,17 @@ pub(super) struct H264Send {
     wait_key: bool,
     lag_limit: usize,
     feed: Arc<H264Feed>,
+}
+
+/// Where an H.264 session's packets go.
+pub(super) enum Route {
+    /// Interleaved on the connection, on this channel.
+    Tcp(u8),
+    /// Datagrams from the shared RTP socket to the player's port.
+    Udp {
+        socket: Arc<UdpSocket>,
+        dest: SocketAddr,
+    },
 }
 
 /// What a session has sent: its sender reports, its LEAVE, `/status`.
@@ -147,14 +167,14 @@ impl Link {
     pub fn start_h264(
         &self,
         stamp: Stamp,
-        channel: u8,
+        route: Route,
         live: Arc<LiveTally>,
         feed: Arc<H264Feed>,
         fps: u32,
     ) {
         self.state().h264 = Some(H264Send {
             stamp,
-            channel,
+            route,
             out: RtpOut::default(),
             sent: Sent {
                 live,
@@ -194,7 +214,9 @@ impl Link {
         let mut state = self.state();
         let LinkState {
             pending,
+            datagrams,
             pending_frames,
+            send_errors,
             broken,
             h264,
         } = &mut *state;
@@ -226,22 +248,34 @@ impl Link {
             }
             h.wait_key = false;
         }
-        if !pending.is_empty()
-            && (*pending_frames >= h.lag_limit || pending.len() >= MAX_PENDING_BYTES)
-        {
+        let was_empty = pending.is_empty() && datagrams.is_empty();
+        if !was_empty && (*pending_frames >= h.lag_limit || pending.len() >= MAX_PENDING_BYTES) {
             // Behind: what waits goes out, then the next keyframe.
             h.wait_key = true;
             h.feed.want_keyframe();
             return Offered::Skipped;
         }
-        let was_empty = pending.is_empty();
-        let (iovs, bytes) = h.out.interleaved(h.channel, &mut h.stamp, frame);
-        if put(&self.write, pending, &iovs).is_err() {
-            *broken = true;
-            self.wake.notify_one();
-            return Offered::Broken;
-        }
-        if !pending.is_empty() {
+        let bytes = match &h.route {
+            Route::Tcp(channel) => {
+                let (iovs, bytes) = h.out.interleaved(*channel, &mut h.stamp, frame);
+                if put(&self.write, pending, &iovs).is_err() {
+                    *broken = true;
+                    self.wake.notify_one();
+                    return Offered::Broken;
+                }
+                bytes
+            }
+            Route::Udp { socket, dest } => {
+                let sent = h
+                    .out
+                    .try_send_udp(socket, *dest, &mut h.stamp, frame, datagrams);
+                if sent.failed > 0 {
+                    *send_errors += 1;
+                }
+                sent.bytes
+            }
+        };
+        if !(pending.is_empty() && datagrams.is_empty()) {
             *pending_frames += 1;
             if was_empty {
                 self.wake.notify_one();
@@ -287,13 +321,15 @@ impl Link {
         Ok(())
     }
 
-    /// Writes what waits in `pending`; `Timeout` when the player takes none of it for
-    /// [`super::conn::WRITE_DEADLINE`], `Closed` when the connection fails.
+    /// Writes what waits in `pending` and sends what waits in `datagrams`; `Timeout` when
+    /// neither socket takes any of it for [`super::conn::WRITE_DEADLINE`], `Closed` when the
+    /// connection fails.
     pub async fn flush(&self) -> Result<(), LeaveReason> {
         let mut deadline = Instant::now() + super::conn::WRITE_DEADLINE;
         loop {
-            {
-                let mut state = self.state();
+            let (tcp_waits, udp_waits) = {
+                let mut guard = self.state();
+                let state = &mut *guard;
                 if state.broken {
                     return Err(LeaveReason::Closed);
                 }
@@ -311,17 +347,56 @@ impl Link {
                         return Err(LeaveReason::Closed);
                     }
                 }
-                if state.pending.is_empty() {
+                let mut udp_waits = None;
+                if !state.datagrams.is_empty() {
+                    match state.h264.as_ref().map(|h| &h.route) {
+                        Some(Route::Udp { socket, dest }) => {
+                            let before = state.datagrams.len();
+                            let drained = drain_udp(socket, *dest, &mut state.datagrams);
+                            if drained.failed > 0 {
+                                state.send_errors += 1;
+                            }
+                            if state.datagrams.len() < before {
+                                deadline = Instant::now() + super::conn::WRITE_DEADLINE;
+                            }
+                            if drained.blocked {
+                                udp_waits = Some(socket.clone());
+                            }
+                        }
+                        // The session ended: nothing to send them to.
+                        _ => state.datagrams.clear(),
+                    }
+                }
+                let tcp_waits = !state.pending.is_empty();
+                if !tcp_waits && udp_waits.is_none() {
                     state.pending_frames = 0;
                     return Ok(());
                 }
-            }
-            match timeout_at(deadline, self.write.writable()).await {
+                (tcp_waits, udp_waits)
+            };
+            let room = async {
+                match (tcp_waits, &udp_waits) {
+                    (true, None) => self.write.writable().await,
+                    (false, Some(udp)) => udp.writable().await,
+                    (_, Some(udp)) => tokio::select! {
+                        r = self.write.writable() => r,
+                        r = udp.writable() => r,
+                    },
+                    (false, None) => Ok(()),
+                }
+            };
+            match timeout_at(deadline, room).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(LeaveReason::Closed),
                 Err(_) => return Err(LeaveReason::Timeout),
             }
         }
+    }
+
+    /// Frames of which a datagram was lost to a socket error since the last call: for the
+    /// server's `send_errors`.
+    pub fn take_send_errors(&self) -> u64 {
+        std::mem::take(&mut self.state().send_errors)
     }
 
     /// The writer fell behind the feed: the session resumes at the next keyframe.
@@ -359,11 +434,11 @@ fn put<W: TryWriteVectored>(
     Ok(())
 }
 
-/// A camera's writer for its H.264 sessions over TCP (in [`Camera`]): the links it serves, and
+/// A camera's writer for its H.264 sessions (in [`Camera`]): the links it serves, and
 /// whether its task runs (it starts with the first link and ends at the first unit it finds
 /// no link for, or with the camera).
 #[derive(Default)]
-pub struct TcpWriter {
+pub struct H264Writer {
     members: Mutex<Members>,
 }
 
@@ -373,7 +448,7 @@ struct Members {
     running: bool,
 }
 
-impl TcpWriter {
+impl H264Writer {
     fn members(&self) -> MutexGuard<'_, Members> {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -512,7 +587,7 @@ mod tests {
         let link = Arc::new(Link::new(write));
         link.start_h264(
             Stamp::new(7, 0, 100),
-            0,
+            Route::Tcp(0),
             Arc::default(),
             Arc::new(H264Feed::new()),
             30,
@@ -655,6 +730,86 @@ mod tests {
         let tally = link.end_h264().unwrap();
         assert_eq!(tally.frames_sent, 2 + sent as u64);
         assert_eq!(tally.skipped(), limit as u64 + 42 - (1 + sent as u64));
+    }
+
+    /// An H.264 session over UDP: a frame goes at once, one datagram a packet under the
+    /// session's header. While datagrams wait (the shared socket had no room), later frames
+    /// queue behind them, in order, up to the lag limit, then are skipped to a keyframe; the
+    /// connection's flush sends what waits, and the sequence numbers run on.
+    #[tokio::test]
+    async fn a_udp_session_s_frames_wait_in_order_behind_what_the_socket_had_no_room_for() {
+        let (link, _player) = link(None).await;
+        link.end_h264();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        // Known to have room, as the server's shared socket is once the runtime has seen it
+        // (a try before that finds no readiness and waits for the connection's flush).
+        socket.writable().await.unwrap();
+        let route = Route::Udp {
+            socket,
+            dest: rx.local_addr().unwrap(),
+        };
+        let live = Arc::default();
+        let feed = Arc::new(H264Feed::new());
+        link.start_h264(Stamp::new(7, 0, 100), route, live, feed, 30);
+        let next = || async {
+            let mut buf = vec![0u8; 2048];
+            let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
+                .await
+                .expect("a datagram within 5 s")
+                .unwrap();
+            buf.truncate(n);
+            buf
+        };
+        let first = unit(0, true, 100);
+        let sent = Offered::Sent {
+            bytes: 112,
+            packets: 1,
+        };
+        assert_eq!(link.offer(&first.0, &first.1, By::Session), sent);
+        let got = next().await;
+        let (h, payload) = RtpHeader::parse(&got).unwrap();
+        assert_eq!(
+            (h.ssrc, h.seq, h.timestamp, payload.len()),
+            (7, 100, 0, 100)
+        );
+        // The socket had no room for a datagram: it waits, and what follows waits behind it.
+        link.state()
+            .datagrams
+            .push_back(Bytes::from_static(b"waiting"));
+        let limit = crate::capture::h264::lag_limit(30);
+        let outcomes: Vec<Offered> = (1..=limit as u64 + 5)
+            .map(|seq| {
+                let (u, f) = unit(seq, false, 100);
+                link.offer(&u, &f, By::Writer)
+            })
+            .collect();
+        let queued = outcomes.iter().filter(|o| **o == sent).count();
+        assert_eq!(queued, limit, "{outcomes:?}");
+        assert_eq!(outcomes.last(), Some(&Offered::Skipped));
+        assert_eq!(link.state().datagrams.len(), 1 + limit);
+        let key = unit(limit as u64 + 6, true, 100);
+        assert_eq!(link.offer(&key.0, &key.1, By::Writer), Offered::Skipped);
+        link.flush().await.unwrap();
+        assert_eq!(next().await, b"waiting");
+        for i in 0..limit {
+            let got = next().await;
+            let (h, _) = RtpHeader::parse(&got).unwrap();
+            assert_eq!(
+                (h.seq, h.timestamp),
+                (101 + i as u16, (1 + i as u32) * 3000)
+            );
+        }
+        // Caught up: the next keyframe goes at once.
+        let key = unit(limit as u64 + 7, true, 100);
+        assert_eq!(link.offer(&key.0, &key.1, By::Writer), sent);
+        let got = next().await;
+        let (h, _) = RtpHeader::parse(&got).unwrap();
+        assert_eq!(h.seq, 101 + limit as u16);
+        assert_eq!(h.timestamp, (limit as u32 + 7) * 3000);
+        let tally = link.end_h264().unwrap();
+        assert_eq!(tally.frames_sent, 2 + limit as u64);
+        assert_eq!(link.take_send_errors(), 0);
     }
 
     /// A writer that takes `room` bytes, then has no room.

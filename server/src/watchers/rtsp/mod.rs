@@ -21,7 +21,7 @@ mod conn;
 mod link;
 pub mod request;
 
-pub use link::TcpWriter;
+pub use link::H264Writer;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -126,8 +126,8 @@ pub struct RtspStats {
     /// JPEG frames an `/mjpeg` session could not send as RTP/JPEG (RFC 2435 cannot carry
     /// them: progressive, 4:4:4, restart markers, over 2040 pixels, …): skipped.
     pub jpeg_unfit: AtomicU64,
-    /// Frames sent by a camera's one writer to its caught-up H.264 sessions over TCP (the
-    /// rest of their frames went from each session's own task: the cached GOP).
+    /// Frames sent by a camera's one writer to its caught-up H.264 sessions, over TCP and UDP
+    /// (the rest of their frames went from each session's own task: the cached GOP).
     pub writer_frames: AtomicU64,
 }
 
@@ -142,7 +142,8 @@ fn count_sent(stats: &crate::Stats, frames: u64, packets: u64, bytes: u64) {
 /// What the connections share.
 pub(crate) struct Shared {
     pub server: Arc<Server>,
-    pub rtp: UdpSocket,
+    /// RTP goes out from here (H.264 sessions' links hold it too).
+    pub rtp: Arc<UdpSocket>,
     pub rtcp: UdpSocket,
     /// The pair's ports, for SETUP answers.
     pub server_ports: (u16, u16),
@@ -166,7 +167,7 @@ pub async fn run(server: Arc<Server>, sockets: RtspSockets, shutdown: Cancellati
     let connections = Arc::new(Semaphore::new(server.watchers.max() + SPARE_CONNECTIONS));
     let shared = Arc::new(Shared {
         server,
-        rtp: sockets.rtp,
+        rtp: Arc::new(sockets.rtp),
         rtcp: sockets.rtcp,
         server_ports,
         heard: DashMap::new(),

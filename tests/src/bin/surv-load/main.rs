@@ -171,9 +171,10 @@ struct Args {
     /// In an RTSP run, the mount: `main` (H.264) or `main/mjpeg` (RTP/JPEG).
     #[arg(long, default_value = "main")]
     rtsp_path: String,
-    /// In an RTSP run over TCP, afterwards: the same bytes a frame (the median player's bit
-    /// rate) written by one bare thread to as many loopback TCP readers, one `writev` per frame
-    /// per reader; its CPU per delivered frame beside the server's (`floor.rs`).
+    /// In an RTSP run, afterwards: the same bytes a frame (the median player's bit rate) sent
+    /// by one bare thread to as many loopback readers over the run's transport (TCP: one
+    /// `writev` per frame per reader; UDP: one segmented `sendmsg`); its CPU per delivered
+    /// frame beside the server's (`floor.rs`).
     #[arg(long)]
     send_floor: bool,
     /// In an RTSP run, ms between two players' starts.
@@ -353,10 +354,8 @@ fn main() -> anyhow::Result<()> {
         if (fd_limit as usize) < 3 * n + 64 {
             eprintln!("surv-load: warning: open-file limit {fd_limit} is below {n} RTSP players (3 descriptors each)");
         }
-        if args.send_floor
-            && (args.gst_baseline || args.rtsp_transport != rtsp_watchers::Transport::Tcp)
-        {
-            bail!("--send-floor goes with an RTSP run of surv over TCP");
+        if args.send_floor && args.gst_baseline {
+            bail!("--send-floor goes with an RTSP run of surv, not --gst-baseline");
         }
         return match args.gst_baseline {
             true => rtsp::run_gst(&args),

@@ -300,10 +300,20 @@ pub fn run_surv(args: &Args) -> anyhow::Result<()> {
     if args.send_floor {
         let frame_bytes = (s.median_bps / 8.0 / f64::from(fps.max(1))) as usize;
         let threads = args.client_threads;
-        let floor =
-            crate::floor::tcp_send_floor(n, frame_bytes, fps, args.seconds.max(3.0), threads)?;
+        let secs = args.seconds.max(3.0);
+        let (floor, how) = match args.rtsp_transport {
+            Transport::Tcp => (
+                crate::floor::tcp_send_floor(n, frame_bytes, fps, secs, threads)?,
+                format!("interleaved RTP (one writev per frame per reader) to {n} loopback TCP readers"),
+            ),
+            Transport::Udp => (
+                crate::floor::udp_send_floor(n, frame_bytes, fps, secs, threads)?,
+                format!("RTP datagrams (one segmented sendmsg per frame per reader) to {n} loopback UDP readers"),
+            ),
+        };
         println!(
-            "send floor: one bare writer thread, {frame_bytes} B a frame as interleaved RTP (one writev per frame per reader) to {n} loopback TCP readers on {threads} threads: {:.1}% of a core = {:.2}us per delivered frame | the server {server_us:.2}us ({:.2}x the floor)",
+            "send floor: one bare writer thread, {frame_bytes} B a frame as {} on {threads} threads: {:.1}% of a core = {:.2}us per delivered frame | the server {server_us:.2}us ({:.2}x the floor)",
+            how,
             floor.pct,
             floor.us_per_frame,
             server_us / floor.us_per_frame,
