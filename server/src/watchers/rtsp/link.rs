@@ -249,7 +249,8 @@ impl Link {
             h.wait_key = false;
         }
         let was_empty = pending.is_empty() && datagrams.is_empty();
-        if !was_empty && (*pending_frames >= h.lag_limit || pending.len() >= MAX_PENDING_BYTES) {
+        let waiting_bytes = || pending.len() + datagrams.iter().map(Bytes::len).sum::<usize>();
+        if !was_empty && (*pending_frames >= h.lag_limit || waiting_bytes() >= MAX_PENDING_BYTES) {
             // Behind: what waits goes out, then the next keyframe.
             h.wait_key = true;
             h.feed.want_keyframe();

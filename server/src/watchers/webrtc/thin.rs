@@ -73,6 +73,9 @@ const APP_LIMITED: f64 = 0.8;
 const STEADY_AFTER: Duration = Duration::from_secs(10);
 /// Seconds of the camera's stream the rates are measured over (whole seconds of media time).
 const WINDOW_SECS: u64 = 4;
+/// The rates are known once the whole seconds span this much of the stream (90 kHz): less is
+/// mostly the first keyframe.
+const MIN_SPAN_90K: u64 = 90_000;
 /// A peer whose receiver sent NACKs for more than this share of the packets sent to it over a
 /// statistics interval (and at least [`LOSSY_NACKS`] of them) steps down a level: a link
 /// losing 1 % at random keeps its level, one dropping at a full queue does not.
@@ -114,6 +117,9 @@ pub(super) fn level_name(level: u8) -> &'static str {
 pub(super) struct LevelRates {
     /// (second of media time, bytes per unit level), oldest first; the last may be partial.
     seconds: VecDeque<(u64, [u64; ALL as usize + 1])>,
+    /// The first unit's media time: the first second is partial, from there on (the feed
+    /// starts when the first peer of a camera comes, mid-second).
+    start_90k: u64,
     /// Bits per second at each level over the whole seconds: worked out when a second starts
     /// (the only time it changes), read for every peer at every unit.
     bps: [Option<u64>; ALL as usize + 1],
@@ -131,6 +137,13 @@ impl LevelRates {
             Some((s, _)) if *s > second => {
                 self.seconds.clear();
                 self.add(media_time_90k, level, bytes);
+            }
+            None => {
+                self.start_90k = media_time_90k;
+                let mut counts = [0; ALL as usize + 1];
+                counts[usize::from(level.min(ALL))] = bytes as u64;
+                self.seconds.push_back((second, counts));
+                self.bps = [None; ALL as usize + 1];
             }
             // A new second: the one before it is whole now.
             _ => {
@@ -150,22 +163,24 @@ impl LevelRates {
     }
 
     /// Bits per second a peer at `level` is sent, over the whole seconds measured; `None`
-    /// before the first whole second.
+    /// before they span [`MIN_SPAN_90K`] of media time.
     pub(super) fn bps(&self, level: u8) -> Option<u64> {
         self.bps[usize::from(level.min(ALL))]
     }
 
     fn measure(&self, level: u8) -> Option<u64> {
         let (newest, _) = self.seconds.back()?;
-        let whole = self.seconds.iter().filter(|(s, _)| s < newest);
-        let (secs, bytes) = whole.fold((0u64, 0u64), |(n, b), (_, counts)| {
-            let at_level: u64 = counts[..=usize::from(level.min(ALL))].iter().sum();
-            (n + 1, b + at_level)
-        });
-        // Seconds without a unit (a stalled camera) count as empty ones.
-        let first = self.seconds.front()?.0;
-        let span = (newest - first).max(secs);
-        (span > 0).then(|| bytes * 8 / span)
+        let bytes: u64 = self
+            .seconds
+            .iter()
+            .filter(|(s, _)| s < newest)
+            .map(|(_, counts)| counts[..=usize::from(level.min(ALL))].iter().sum::<u64>())
+            .sum();
+        // From the oldest second kept, or the first unit within it; seconds without a unit (a
+        // stalled camera) count as empty ones.
+        let from = (self.seconds.front()?.0 * 90_000).max(self.start_90k);
+        let span = (newest * 90_000).saturating_sub(from);
+        (span >= MIN_SPAN_90K).then(|| bytes * 8 * 90_000 / span)
     }
 }
 
@@ -414,6 +429,27 @@ mod tests {
         // A clock stepped back starts again rather than counting a negative span.
         young.add(0, 3, 1000);
         assert_eq!(young.bps(ALL), None);
+        // A feed that starts mid-second (0.6 s): its first second is 0.4 s of the stream, not
+        // a whole one. 1,000 bytes a frame at 30 fps is 240 kbit/s from the first measure on
+        // (counted as a whole second, the first 0.4 s read as 96 kbit/s, and 1.4 s as 168).
+        let mut late = LevelRates::default();
+        let mut measured = Vec::new();
+        for i in 18..30 * 6 {
+            late.add(i * 3_000, 3, 1000);
+            if i % 30 == 0 {
+                measured.push(late.bps(ALL));
+            }
+        }
+        assert_eq!(
+            measured,
+            [
+                None,
+                Some(240_000),
+                Some(240_000),
+                Some(240_000),
+                Some(240_000)
+            ]
+        );
     }
 
     #[test]
