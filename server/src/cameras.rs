@@ -50,7 +50,7 @@ pub struct Camera {
     pub forwards: OnceLock<Vec<Arc<Forwarding>>>,
     /// Its RTP packets, made once per frame for every RTSP session and the forward.
     pub rtp: Arc<crate::rtp::CameraPackets>,
-    /// The one writer of its H.264 RTSP sessions over TCP, while any plays.
+    /// The one writer of its H.264 RTSP sessions (over TCP and UDP), while any plays.
     pub rtsp_writer: crate::watchers::rtsp::H264Writer,
 }
 

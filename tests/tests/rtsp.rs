@@ -665,7 +665,8 @@ async fn the_camera_s_one_writer_sends_its_tcp_players_in_order() {
 
 /// A player over UDP: its RTSP connection and its RTP socket.
 struct UdpPlayer {
-    _rtsp: RawPlayer,
+    rtsp: RawPlayer,
+    session: String,
     rtp: tokio::net::UdpSocket,
     _rtcp: tokio::net::UdpSocket,
 }
@@ -691,7 +692,8 @@ impl UdpPlayer {
             .await;
         assert!(head.starts_with("RTSP/1.0 200"), "{head}");
         UdpPlayer {
-            _rtsp: p,
+            rtsp: p,
+            session,
             rtp,
             _rtcp: rtcp,
         }
@@ -711,7 +713,8 @@ impl Packets for UdpPlayer {
 }
 
 /// Three players of one camera over UDP: after the cached GOP, the camera's one writer sends
-/// them too (counted), each packet in order from a keyframe, none twice or lost.
+/// them too (counted), each packet in order from a keyframe, none twice or lost; their
+/// LEAVEs after TEARDOWN count no frame skipped and the server no send error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_camera_s_one_writer_sends_its_udp_players_in_order() {
     let _serial = heavy().await;
@@ -742,6 +745,22 @@ async fn the_camera_s_one_writer_sends_its_udp_players_in_order() {
         by_writer >= 3 * 45,
         "the writer sent {by_writer} of the 270 frames"
     );
+    for p in &mut players {
+        let session = p.session.clone();
+        let head = p
+            .rtsp
+            .request("TEARDOWN", &base, &format!("Session: {session}\r\n"))
+            .await;
+        assert!(head.starts_with("RTSP/1.0 200"), "{head}");
+    }
+    let leaves = srv
+        .wait_journal_count(3, |l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
+        .await
+        .unwrap();
+    for leave in &leaves {
+        assert!(leave.contains("reason=end"), "{leave}");
+        assert!(leave.contains(" frames_skipped=0"), "{leave}");
+    }
     assert_eq!(srv.server.stats.send_errors.load(Relaxed), 0);
     drop(players);
     srv.stop().await.unwrap();

@@ -51,7 +51,8 @@ pub struct RtpOut {
 pub struct UdpSent {
     pub packets: usize,
     pub bytes: usize,
-    /// Packets the socket did not take (its buffer full, or an error): lost to this session.
+    /// Packets the socket refused with an error: lost to this session (a full buffer is
+    /// waited out, or the packets queued: [`RtpOut::try_send_udp`]).
     pub failed: usize,
 }
 
@@ -104,10 +105,12 @@ impl RtpOut {
     ) -> UdpSent {
         let mut unsent = VecDeque::new();
         let mut sent = self.try_send_udp(socket, dest, stamp, frame, &mut unsent);
-        loop {
-            let drained = drain_udp(socket, dest, &mut unsent);
+        while !unsent.is_empty() {
+            let drained = drain_udp(socket, dest, &mut unsent, usize::MAX);
             sent.failed += drained.failed;
-            if !drained.blocked || socket.writable().await.is_err() {
+            sent.packets -= drained.failed;
+            sent.bytes -= drained.failed_bytes;
+            if drained.blocked && socket.writable().await.is_err() {
                 break;
             }
         }
@@ -157,25 +160,40 @@ impl RtpOut {
 /// What [`drain_udp`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
-    /// Datagrams the socket refused with an error: lost.
+    /// Bytes taken off the queue, sent or lost.
+    pub bytes: usize,
+    /// Datagrams the socket refused with an error (lost), and their bytes.
     pub failed: usize,
-    /// The socket had no room for the rest: they still wait.
+    pub failed_bytes: usize,
+    /// The socket had no room for the next: it and the rest still wait.
     pub blocked: bool,
 }
 
 /// Sends the datagrams waiting in `unsent` to `dest`, in order, as far as `socket` takes them
-/// now.
-pub fn drain_udp(socket: &UdpSocket, dest: SocketAddr, unsent: &mut VecDeque<Bytes>) -> Drained {
+/// now, at most `max` of them.
+pub fn drain_udp(
+    socket: &UdpSocket,
+    dest: SocketAddr,
+    unsent: &mut VecDeque<Bytes>,
+    max: usize,
+) -> Drained {
     let mut drained = Drained::default();
-    while let Some(datagram) = unsent.front() {
+    for _ in 0..max {
+        let Some(datagram) = unsent.front() else {
+            break;
+        };
         match socket.try_send_to(datagram, dest) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 drained.blocked = true;
                 break;
             }
-            Err(_) => drained.failed += 1,
+            Err(_) => {
+                drained.failed += 1;
+                drained.failed_bytes += datagram.len();
+            }
         }
+        drained.bytes += datagram.len();
         unsent.pop_front();
     }
     drained

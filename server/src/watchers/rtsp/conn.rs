@@ -709,10 +709,6 @@ impl Conn {
                 }
                 return Ok(());
             }
-            (Next::Unit(unit), Media::H264(_)) => {
-                play.sent.tally.seen(unit.seq);
-                (packets.h264(&unit), unit.capture_unix_us)
-            }
             (Next::Picture(Some(picture)), Media::Jpeg { .. }) => {
                 play.sent.tally.seen(picture.seq);
                 let Some(jpeg) = picture.jpeg() else {

@@ -11,7 +11,8 @@
 //! after it; the connection's task is woken to finish it. So a reply or a sender report never
 //! lands inside an interleaved packet, whoever wrote the packet. An H.264 session over UDP
 //! goes the same way through the server's shared RTP socket: the datagrams that socket has no
-//! room for wait in the link (`datagrams`), in order, for the connection's task.
+//! room for wait in the link (`datagrams`), in order, for the connection's task or the next
+//! frame's offer, whichever finds room first.
 //!
 //! An H.264 session starts on its connection's task (the cached GOP, at the player's pace)
 //! and passes to its camera's writer at the first unit the writer finds right after the last
@@ -48,13 +49,16 @@ const IOV_MAX: usize = 1024;
 /// A session with this much waiting (besides the kernel's send buffer) is behind, whatever
 /// the frame count: what one slow player can hold.
 const MAX_PENDING_BYTES: usize = 1024 * 1024;
+/// Datagrams sent from a link's queue under one hold of its lock: the camera's writer waits
+/// for that lock.
+const DRAIN_AT_ONCE: usize = 64;
 
 /// A connection's write side.
 pub(super) struct Link {
     write: OwnedWriteHalf,
     state: Mutex<LinkState>,
-    /// Notified when `pending` gets bytes, or the link breaks: the connection's task finishes
-    /// the write ([`Link::flush`]) or ends.
+    /// Notified when `pending` or `datagrams` gets something to finish, or the link breaks:
+    /// the connection's task finishes the write ([`Link::flush`]) or ends.
     pub wake: Notify,
 }
 
@@ -62,9 +66,12 @@ pub(super) struct Link {
 struct LinkState {
     /// Bytes the socket has not taken yet: they go before anything else.
     pending: BytesMut,
-    /// An H.264 session over UDP: datagrams the shared socket had no room for yet, in order.
+    /// An H.264 session over UDP: datagrams the shared socket had no room for yet, in order,
+    /// and their bytes.
     datagrams: VecDeque<Bytes>,
-    /// Frames (whole or in part) added to `pending` or `datagrams` since both were last empty.
+    datagram_bytes: usize,
+    /// Frames (whole or in part) added to the H.264 session's queue (`pending` over TCP,
+    /// `datagrams` over UDP) since it was last empty.
     pending_frames: usize,
     /// Frames of which the UDP socket refused a datagram with an error (lost), not yet
     /// counted in the server's `send_errors` ([`Link::take_send_errors`]).
@@ -209,12 +216,14 @@ impl Link {
 
     /// Offers the H.264 session `unit` (its packets `frame`): sent when it is `by`'s to send
     /// (see the module's doc), without waiting; what the socket does not take waits in
-    /// `pending` and the connection's task is woken to finish it.
+    /// `pending` (TCP) or `datagrams` (UDP, which each offer first tries to send on) and the
+    /// connection's task is woken to finish it.
     pub fn offer(&self, unit: &H264Unit, frame: &RtpFrame, by: By) -> Offered {
         let mut state = self.state();
         let LinkState {
             pending,
             datagrams,
+            datagram_bytes,
             pending_frames,
             send_errors,
             broken,
@@ -248,9 +257,26 @@ impl Link {
             }
             h.wait_key = false;
         }
-        let was_empty = pending.is_empty() && datagrams.is_empty();
-        let waiting_bytes = || pending.len() + datagrams.iter().map(Bytes::len).sum::<usize>();
-        if !was_empty && (*pending_frames >= h.lag_limit || waiting_bytes() >= MAX_PENDING_BYTES) {
+        let udp = matches!(h.route, Route::Udp { .. });
+        if let Route::Udp { socket, dest } = &h.route {
+            if !datagrams.is_empty() {
+                // What waits goes first, as far as the socket takes it now (also while the
+                // connection's task waits on its TCP side).
+                let drained = drain_udp(socket, *dest, datagrams, DRAIN_AT_ONCE);
+                *datagram_bytes -= drained.bytes;
+                if drained.failed > 0 {
+                    *send_errors += 1;
+                }
+                if datagrams.is_empty() {
+                    *pending_frames = 0;
+                }
+            }
+        }
+        let (was_empty, waiting) = match udp {
+            true => (datagrams.is_empty(), *datagram_bytes),
+            false => (pending.is_empty(), pending.len()),
+        };
+        if !was_empty && (*pending_frames >= h.lag_limit || waiting >= MAX_PENDING_BYTES) {
             // Behind: what waits goes out, then the next keyframe.
             h.wait_key = true;
             h.feed.want_keyframe();
@@ -267,16 +293,22 @@ impl Link {
                 bytes
             }
             Route::Udp { socket, dest } => {
+                let before = datagrams.len();
                 let sent = h
                     .out
                     .try_send_udp(socket, *dest, &mut h.stamp, frame, datagrams);
+                *datagram_bytes += datagrams.range(before..).map(Bytes::len).sum::<usize>();
                 if sent.failed > 0 {
                     *send_errors += 1;
                 }
                 sent.bytes
             }
         };
-        if !(pending.is_empty() && datagrams.is_empty()) {
+        let queued = match udp {
+            true => !datagrams.is_empty(),
+            false => !pending.is_empty(),
+        };
+        if queued {
             *pending_frames += 1;
             if was_empty {
                 self.wake.notify_one();
@@ -328,7 +360,7 @@ impl Link {
     pub async fn flush(&self) -> Result<(), LeaveReason> {
         let mut deadline = Instant::now() + super::conn::WRITE_DEADLINE;
         loop {
-            let (tcp_waits, udp_waits) = {
+            let (tcp_waits, udp_waits, more) = {
                 let mut guard = self.state();
                 let state = &mut *guard;
                 if state.broken {
@@ -349,32 +381,52 @@ impl Link {
                     }
                 }
                 let mut udp_waits = None;
-                if !state.datagrams.is_empty() {
-                    match state.h264.as_ref().map(|h| &h.route) {
-                        Some(Route::Udp { socket, dest }) => {
-                            let before = state.datagrams.len();
-                            let drained = drain_udp(socket, *dest, &mut state.datagrams);
-                            if drained.failed > 0 {
-                                state.send_errors += 1;
-                            }
-                            if state.datagrams.len() < before {
-                                deadline = Instant::now() + super::conn::WRITE_DEADLINE;
-                            }
-                            if drained.blocked {
-                                udp_waits = Some(socket.clone());
-                            }
+                let mut more = false;
+                let udp = match state.h264.as_ref().map(|h| &h.route) {
+                    Some(Route::Udp { socket, dest }) => Some((socket, *dest)),
+                    _ => None,
+                };
+                match udp {
+                    Some((socket, dest)) if !state.datagrams.is_empty() => {
+                        let drained = drain_udp(socket, dest, &mut state.datagrams, DRAIN_AT_ONCE);
+                        state.datagram_bytes -= drained.bytes;
+                        if drained.failed > 0 {
+                            state.send_errors += 1;
                         }
-                        // The session ended: nothing to send them to.
-                        _ => state.datagrams.clear(),
+                        if drained.bytes > 0 {
+                            deadline = Instant::now() + super::conn::WRITE_DEADLINE;
+                        }
+                        if drained.blocked {
+                            udp_waits = Some(socket.clone());
+                        } else {
+                            more = !state.datagrams.is_empty();
+                        }
+                    }
+                    Some(_) => {}
+                    // The session ended: nothing to send them to.
+                    None => {
+                        state.datagrams.clear();
+                        state.datagram_bytes = 0;
                     }
                 }
                 let tcp_waits = !state.pending.is_empty();
-                if !tcp_waits && udp_waits.is_none() {
+                let media_waits = match udp {
+                    Some(_) => !state.datagrams.is_empty(),
+                    None => tcp_waits,
+                };
+                if !media_waits {
                     state.pending_frames = 0;
+                }
+                if !tcp_waits && udp_waits.is_none() && !more {
                     return Ok(());
                 }
-                (tcp_waits, udp_waits)
+                (tcp_waits, udp_waits, more)
             };
+            if more {
+                // Another batch, after letting the camera's writer have the lock.
+                tokio::task::yield_now().await;
+                continue;
+            }
             let room = async {
                 match (tcp_waits, &udp_waits) {
                     (true, None) => self.write.writable().await,
@@ -733,19 +785,18 @@ mod tests {
         assert_eq!(tally.skipped(), limit as u64 + 42 - (1 + sent as u64));
     }
 
-    /// An H.264 session over UDP: a frame goes at once, one datagram a packet under the
-    /// session's header. While datagrams wait (the shared socket had no room), later frames
-    /// queue behind them, in order, up to the lag limit, then are skipped to a keyframe; the
-    /// connection's flush sends what waits, and the sequence numbers run on.
+    /// An H.264 session over UDP whose socket has no room: its frames wait in order, one
+    /// datagram a packet under the session's header, up to the lag limit, then are skipped to
+    /// a keyframe; the connection's flush sends what waits once the socket has room, and the
+    /// sequence numbers run on.
     #[tokio::test]
-    async fn a_udp_session_s_frames_wait_in_order_behind_what_the_socket_had_no_room_for() {
+    async fn a_udp_session_s_frames_wait_in_order_while_the_socket_has_no_room() {
         let (link, _player) = link(None).await;
         link.end_h264();
         let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Fresh: the runtime has not seen it writable yet, so every try finds no room, as
+        // with a full buffer, until something waits for room.
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        // Known to have room, as the server's shared socket is once the runtime has seen it
-        // (a try before that finds no readiness and waits for the connection's flush).
-        socket.writable().await.unwrap();
         let route = Route::Udp {
             socket,
             dest: rx.local_addr().unwrap(),
@@ -762,54 +813,43 @@ mod tests {
             buf.truncate(n);
             buf
         };
-        let first = unit(0, true, 100);
         let sent = Offered::Sent {
             bytes: 112,
             packets: 1,
         };
-        assert_eq!(link.offer(&first.0, &first.1, By::Session), sent);
-        let got = next().await;
-        let (h, payload) = RtpHeader::parse(&got).unwrap();
-        assert_eq!(
-            (h.ssrc, h.seq, h.timestamp, payload.len()),
-            (7, 100, 0, 100)
-        );
-        // The socket had no room for a datagram: it waits, and what follows waits behind it.
-        link.state()
-            .datagrams
-            .push_back(Bytes::from_static(b"waiting"));
         let limit = crate::capture::h264::lag_limit(30);
-        let outcomes: Vec<Offered> = (1..=limit as u64 + 5)
+        let outcomes: Vec<Offered> = (0..=limit as u64 + 5)
             .map(|seq| {
-                let (u, f) = unit(seq, false, 100);
-                link.offer(&u, &f, By::Writer)
+                let (u, f) = unit(seq, seq == 0, 100);
+                let by = if seq == 0 { By::Session } else { By::Writer };
+                link.offer(&u, &f, by)
             })
             .collect();
         let queued = outcomes.iter().filter(|o| **o == sent).count();
         assert_eq!(queued, limit, "{outcomes:?}");
         assert_eq!(outcomes.last(), Some(&Offered::Skipped));
-        assert_eq!(link.state().datagrams.len(), 1 + limit);
+        assert_eq!(link.state().datagrams.len(), limit);
+        assert_eq!(link.state().datagram_bytes, limit * 112);
         let key = unit(limit as u64 + 6, true, 100);
         assert_eq!(link.offer(&key.0, &key.1, By::Writer), Offered::Skipped);
         link.flush().await.unwrap();
-        assert_eq!(next().await, b"waiting");
         for i in 0..limit {
             let got = next().await;
-            let (h, _) = RtpHeader::parse(&got).unwrap();
-            assert_eq!(
-                (h.seq, h.timestamp),
-                (101 + i as u16, (1 + i as u32) * 3000)
-            );
+            let (h, payload) = RtpHeader::parse(&got).unwrap();
+            assert_eq!(h.ssrc, 7);
+            assert_eq!(payload.len(), 100);
+            assert_eq!((h.seq, h.timestamp), (100 + i as u16, i as u32 * 3000));
         }
-        // Caught up: the next keyframe goes at once.
+        assert_eq!(link.state().datagram_bytes, 0);
+        // Caught up, and the socket known to have room: the next keyframe goes at once.
         let key = unit(limit as u64 + 7, true, 100);
         assert_eq!(link.offer(&key.0, &key.1, By::Writer), sent);
         let got = next().await;
         let (h, _) = RtpHeader::parse(&got).unwrap();
-        assert_eq!(h.seq, 101 + limit as u16);
+        assert_eq!(h.seq, 100 + limit as u16);
         assert_eq!(h.timestamp, (limit as u32 + 7) * 3000);
         let tally = link.end_h264().unwrap();
-        assert_eq!(tally.frames_sent, 2 + limit as u64);
+        assert_eq!(tally.frames_sent, 1 + limit as u64);
         assert_eq!(link.take_send_errors(), 0);
     }
 

@@ -227,8 +227,9 @@ pub fn udp_send_floor(
                     .flat_map(|p| [IoSlice::new(&header), IoSlice::new(p)])
                     .collect();
                 let segmented = (run.len() > 1).then_some(segment as u16);
-                // A datagram the socket has no room for is lost, as surv's would be.
-                let _ = send_segments(tx.as_raw_fd(), dest, &iovs, segmented);
+                // Any send refused (a full buffer included) ends the floor: a floor that
+                // dropped frames would read low.
+                send_segments(tx.as_raw_fd(), dest, &iovs, segmented)?;
             }
         }
         Ok(())
