@@ -40,7 +40,7 @@ use crate::cameras::Camera;
 use crate::capture::h264::{H264Feed, H264Unit};
 use crate::journal::LeaveReason;
 use crate::rtp::{RtpFrame, Stamp};
-use crate::watchers::rtp_out::{drain_udp, RtpOut, TryWriteVectored};
+use crate::watchers::rtp_out::{drain_udp, Drained, RtpOut, TryWriteVectored};
 use crate::watchers::{LiveTally, Tally};
 
 /// At most this many iovecs go to one `writev` (Linux's `IOV_MAX`); the rest of a larger
@@ -66,16 +66,11 @@ pub(super) struct Link {
 struct LinkState {
     /// Bytes the socket has not taken yet: they go before anything else.
     pending: BytesMut,
-    /// An H.264 session over UDP: datagrams the shared socket had no room for yet, in order,
-    /// and their bytes.
-    datagrams: VecDeque<Bytes>,
-    datagram_bytes: usize,
+    /// An H.264 session over UDP: datagrams the shared socket had no room for yet.
+    datagrams: Datagrams,
     /// Frames (whole or in part) added to the H.264 session's queue (`pending` over TCP,
     /// `datagrams` over UDP) since it was last empty.
     pending_frames: usize,
-    /// Frames of which the UDP socket refused a datagram with an error (lost), not yet
-    /// counted in the server's `send_errors` ([`Link::take_send_errors`]).
-    send_errors: u64,
     /// A write failed: nothing more is written, the connection ends.
     broken: bool,
     /// The H.264 session's sending, from its PLAY on.
@@ -100,6 +95,57 @@ pub(super) struct H264Send {
     feed: Arc<H264Feed>,
 }
 
+/// An H.264 session's datagrams that the shared UDP socket had no room for, in order.
+#[derive(Default)]
+struct Datagrams {
+    queue: VecDeque<Bytes>,
+    /// Their bytes.
+    bytes: usize,
+    /// Sends that lost a datagram to a socket error, not yet counted in the server's
+    /// `send_errors` ([`Link::take_send_errors`]).
+    send_errors: u64,
+}
+
+impl Datagrams {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Sends `frame` under the session's headers, behind what waits ([`RtpOut::try_send_udp`]);
+    /// its bytes of RTP.
+    fn send(
+        &mut self,
+        out: &mut RtpOut,
+        (socket, dest): (&UdpSocket, SocketAddr),
+        stamp: &mut Stamp,
+        frame: &RtpFrame,
+    ) -> usize {
+        let before = self.queue.len();
+        let sent = out.try_send_udp(socket, dest, stamp, frame, &mut self.queue);
+        self.bytes += self.queue.range(before..).map(Bytes::len).sum::<usize>();
+        if sent.failed > 0 {
+            self.send_errors += 1;
+        }
+        sent.bytes
+    }
+
+    /// Sends what waits, as far as the socket takes it now, [`DRAIN_AT_ONCE`] at most.
+    fn drain(&mut self, (socket, dest): (&UdpSocket, SocketAddr)) -> Drained {
+        let drained = drain_udp(socket, dest, &mut self.queue, DRAIN_AT_ONCE);
+        self.bytes -= drained.bytes;
+        if drained.failed > 0 {
+            self.send_errors += 1;
+        }
+        drained
+    }
+
+    /// The session ended: nothing to send them to.
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.bytes = 0;
+    }
+}
+
 /// Where an H.264 session's packets go.
 pub(super) enum Route {
     /// Interleaved on the connection, on this channel.
@@ -109,6 +155,16 @@ pub(super) enum Route {
         socket: Arc<UdpSocket>,
         dest: SocketAddr,
     },
+}
+
+impl Route {
+    /// The shared socket and the player's address, over UDP.
+    fn udp(&self) -> Option<(&Arc<UdpSocket>, SocketAddr)> {
+        match self {
+            Route::Udp { socket, dest } => Some((socket, *dest)),
+            Route::Tcp(_) => None,
+        }
+    }
 }
 
 /// What a session has sent: its sender reports, its LEAVE, `/status`.
@@ -223,9 +279,7 @@ impl Link {
         let LinkState {
             pending,
             datagrams,
-            datagram_bytes,
             pending_frames,
-            send_errors,
             broken,
             h264,
         } = &mut *state;
@@ -257,24 +311,18 @@ impl Link {
             }
             h.wait_key = false;
         }
-        let udp = matches!(h.route, Route::Udp { .. });
-        if let Route::Udp { socket, dest } = &h.route {
-            if !datagrams.is_empty() {
-                // What waits goes first, as far as the socket takes it now (also while the
-                // connection's task waits on its TCP side).
-                let drained = drain_udp(socket, *dest, datagrams, DRAIN_AT_ONCE);
-                *datagram_bytes -= drained.bytes;
-                if drained.failed > 0 {
-                    *send_errors += 1;
-                }
-                if datagrams.is_empty() {
-                    *pending_frames = 0;
-                }
+        let udp = h.route.udp();
+        if let Some((socket, dest)) = udp.filter(|_| !datagrams.is_empty()) {
+            // What waits goes first, as far as the socket takes it now (also while the
+            // connection's task waits on its TCP side).
+            datagrams.drain((socket, dest));
+            if datagrams.is_empty() {
+                *pending_frames = 0;
             }
         }
         let (was_empty, waiting) = match udp {
-            true => (datagrams.is_empty(), *datagram_bytes),
-            false => (pending.is_empty(), pending.len()),
+            Some(_) => (datagrams.is_empty(), datagrams.bytes),
+            None => (pending.is_empty(), pending.len()),
         };
         if !was_empty && (*pending_frames >= h.lag_limit || waiting >= MAX_PENDING_BYTES) {
             // Behind: what waits goes out, then the next keyframe.
@@ -293,20 +341,12 @@ impl Link {
                 bytes
             }
             Route::Udp { socket, dest } => {
-                let before = datagrams.len();
-                let sent = h
-                    .out
-                    .try_send_udp(socket, *dest, &mut h.stamp, frame, datagrams);
-                *datagram_bytes += datagrams.range(before..).map(Bytes::len).sum::<usize>();
-                if sent.failed > 0 {
-                    *send_errors += 1;
-                }
-                sent.bytes
+                datagrams.send(&mut h.out, (socket, *dest), &mut h.stamp, frame)
             }
         };
         let queued = match udp {
-            true => !datagrams.is_empty(),
-            false => !pending.is_empty(),
+            Some(_) => !datagrams.is_empty(),
+            None => !pending.is_empty(),
         };
         if queued {
             *pending_frames += 1;
@@ -382,17 +422,10 @@ impl Link {
                 }
                 let mut udp_waits = None;
                 let mut more = false;
-                let udp = match state.h264.as_ref().map(|h| &h.route) {
-                    Some(Route::Udp { socket, dest }) => Some((socket, *dest)),
-                    _ => None,
-                };
+                let udp = state.h264.as_ref().and_then(|h| h.route.udp());
                 match udp {
                     Some((socket, dest)) if !state.datagrams.is_empty() => {
-                        let drained = drain_udp(socket, dest, &mut state.datagrams, DRAIN_AT_ONCE);
-                        state.datagram_bytes -= drained.bytes;
-                        if drained.failed > 0 {
-                            state.send_errors += 1;
-                        }
+                        let drained = state.datagrams.drain((socket, dest));
                         if drained.bytes > 0 {
                             deadline = Instant::now() + super::conn::WRITE_DEADLINE;
                         }
@@ -404,10 +437,7 @@ impl Link {
                     }
                     Some(_) => {}
                     // The session ended: nothing to send them to.
-                    None => {
-                        state.datagrams.clear();
-                        state.datagram_bytes = 0;
-                    }
+                    None => state.datagrams.clear(),
                 }
                 let tcp_waits = !state.pending.is_empty();
                 let media_waits = match udp {
@@ -449,7 +479,7 @@ impl Link {
     /// Frames of which a datagram was lost to a socket error since the last call: for the
     /// server's `send_errors`.
     pub fn take_send_errors(&self) -> u64 {
-        std::mem::take(&mut self.state().send_errors)
+        std::mem::take(&mut self.state().datagrams.send_errors)
     }
 
     /// The writer fell behind the feed: the session resumes at the next keyframe.
@@ -828,8 +858,8 @@ mod tests {
         let queued = outcomes.iter().filter(|o| **o == sent).count();
         assert_eq!(queued, limit, "{outcomes:?}");
         assert_eq!(outcomes.last(), Some(&Offered::Skipped));
-        assert_eq!(link.state().datagrams.len(), limit);
-        assert_eq!(link.state().datagram_bytes, limit * 112);
+        assert_eq!(link.state().datagrams.queue.len(), limit);
+        assert_eq!(link.state().datagrams.bytes, limit * 112);
         let key = unit(limit as u64 + 6, true, 100);
         assert_eq!(link.offer(&key.0, &key.1, By::Writer), Offered::Skipped);
         link.flush().await.unwrap();
@@ -840,7 +870,7 @@ mod tests {
             assert_eq!(payload.len(), 100);
             assert_eq!((h.seq, h.timestamp), (100 + i as u16, i as u32 * 3000));
         }
-        assert_eq!(link.state().datagram_bytes, 0);
+        assert_eq!(link.state().datagrams.bytes, 0);
         // Caught up, and the socket known to have room: the next keyframe goes at once.
         let key = unit(limit as u64 + 7, true, 100);
         assert_eq!(link.offer(&key.0, &key.1, By::Writer), sent);
