@@ -134,8 +134,6 @@ struct Play {
     membership: Membership,
     /// What it sent (but an H.264 session's: in the link).
     sent: Sent,
-    /// H.264: the link sends it, with the camera's writer once caught up.
-    linked: bool,
     media: Media,
     /// An `/mjpeg` session keeps the camera's pictures coming (an H.264 camera passed through
     /// is decoded only while someone needs pictures).
@@ -376,7 +374,7 @@ impl Conn {
                 if let Some(session) = self.session.as_mut() {
                     if let Some(play) = session.play.as_mut() {
                         play.paused = true;
-                        if play.linked {
+                        if session.stream == Stream::H264 {
                             self.link.pause_h264(true);
                             H264Writer::leave(&session.camera, &self.link);
                         }
@@ -587,7 +585,7 @@ impl Conn {
         };
         if let Some(play) = session.play.as_mut() {
             // PLAY after PAUSE: H.264 goes on from a keyframe.
-            if play.paused && play.linked {
+            if play.paused && session.stream == Stream::H264 {
                 if matches!(play.media, Media::Handed) {
                     let fps = session.camera.capture.shape().fps;
                     play.media =
@@ -624,32 +622,28 @@ impl Conn {
             let sent = Sent::default();
             let membership =
                 slot.join_reporting(WatcherKind::Rtsp, peer, &session.camera, sent.live.clone());
-            let linked = match (session.stream, session.delivery) {
-                (Stream::H264, delivery) => {
-                    let camera = &session.camera;
-                    let route = match delivery {
-                        Delivery::Tcp { channel } => Route::Tcp(channel),
-                        Delivery::Udp { rtp, .. } => Route::Udp {
-                            socket: self.shared.rtp.clone(),
-                            dest: rtp,
-                        },
-                    };
-                    self.link.start_h264(
-                        session.stamp.clone(),
-                        route,
-                        sent.live.clone(),
-                        camera.capture.h264.clone(),
-                        camera.capture.shape().fps,
-                    );
-                    H264Writer::join(&self.shared, camera, self.link.clone());
-                    true
-                }
-                (Stream::Jpeg, _) => false,
-            };
+            // An H.264 session: the link sends it, with the camera's writer once caught up.
+            if session.stream == Stream::H264 {
+                let camera = &session.camera;
+                let route = match session.delivery {
+                    Delivery::Tcp { channel } => Route::Tcp(channel),
+                    Delivery::Udp { rtp, .. } => Route::Udp {
+                        socket: self.shared.rtp.clone(),
+                        dest: rtp,
+                    },
+                };
+                self.link.start_h264(
+                    session.stamp.clone(),
+                    route,
+                    sent.live.clone(),
+                    camera.capture.h264.clone(),
+                    camera.capture.shape().fps,
+                );
+                H264Writer::join(&self.shared, camera, self.link.clone());
+            }
             session.play = Some(Play {
                 membership,
                 sent,
-                linked,
                 media,
                 _pictures: pictures,
                 paused: false,
@@ -693,7 +687,7 @@ impl Conn {
         let stats = &self.shared.server.stats;
         let (frame, capture_unix_us) = match (next, &mut play.media) {
             (Next::Ended, _) => return Err(LeaveReason::Shutdown),
-            (Next::Unit(unit), Media::H264(reader)) if play.linked => {
+            (Next::Unit(unit), Media::H264(reader)) => {
                 let frame = packets.h264(&unit);
                 match self.link.offer(&unit, &frame, By::Session) {
                     Offered::Sent { bytes, packets } => {
@@ -768,7 +762,7 @@ impl Conn {
                 )
             })
         };
-        let report = if play.linked {
+        let report = if session.stream == Stream::H264 {
             self.link.with_h264(|h| from(&h.stamp, &h.sent)).flatten()
         } else {
             from(&session.stamp, &play.sent)
@@ -813,7 +807,7 @@ impl Conn {
         if let Some(session) = self.session.take() {
             self.forget_udp(&session);
             if let Some(play) = session.play {
-                let tally = if play.linked {
+                let tally = if session.stream == Stream::H264 {
                     H264Writer::leave(&session.camera, &self.link);
                     self.link.end_h264().unwrap_or_default()
                 } else {
