@@ -129,6 +129,9 @@ impl LevelRates {
     /// A unit of `level` and `bytes` at `media_time_90k`.
     pub(super) fn add(&mut self, media_time_90k: u64, level: u8, bytes: usize) {
         let second = media_time_90k / 90_000;
+        if self.seconds.is_empty() {
+            self.start_90k = media_time_90k;
+        }
         match self.seconds.back_mut() {
             Some((s, counts)) if *s == second => {
                 counts[usize::from(level.min(ALL))] += bytes as u64;
@@ -138,14 +141,8 @@ impl LevelRates {
                 self.seconds.clear();
                 self.add(media_time_90k, level, bytes);
             }
-            None => {
-                self.start_90k = media_time_90k;
-                let mut counts = [0; ALL as usize + 1];
-                counts[usize::from(level.min(ALL))] = bytes as u64;
-                self.seconds.push_back((second, counts));
-                self.bps = [None; ALL as usize + 1];
-            }
-            // A new second: the one before it is whole now.
+            // A new second: the one before it is whole now (the first second: the rates stay
+            // unknown).
             _ => {
                 let mut counts = [0; ALL as usize + 1];
                 counts[usize::from(level.min(ALL))] = bytes as u64;
