@@ -578,6 +578,20 @@ async fn frames_in_order(p: &mut impl Packets, frames: usize, last: &mut Option<
     first.unwrap()
 }
 
+/// `n` RTSP LEAVEs come, each `reason=end` (a TEARDOWN) with no frame skipped: no unit was
+/// lost between a session's task and the camera's writer (a unit neither sent shows in
+/// `frames_skipped`).
+async fn all_left_at_teardown_with_nothing_skipped(srv: &TestServer, n: usize) {
+    let leaves = srv
+        .wait_journal_count(n, |l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
+        .await
+        .unwrap();
+    for leave in &leaves {
+        assert!(leave.contains("reason=end"), "{leave}");
+        assert!(leave.contains(" frames_skipped=0"), "{leave}");
+    }
+}
+
 /// Three players of one camera over TCP, read at once: after the cached GOP, the camera's one
 /// writer sends them (counted), each packet in order, starting at a keyframe; a PAUSE takes a
 /// player back from the writer (nothing more comes), and its PLAY resumes at a keyframe with
@@ -623,14 +637,7 @@ async fn the_camera_s_one_writer_sends_its_tcp_players_in_order() {
             .await;
         assert!(head.starts_with("RTSP/1.0 200"), "{head}");
     }
-    let leaves = srv
-        .wait_journal_count(2, |l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
-        .await
-        .unwrap();
-    for leave in &leaves {
-        assert!(leave.contains("reason=end"), "{leave}");
-        assert!(leave.contains(" frames_skipped=0"), "{leave}");
-    }
+    all_left_at_teardown_with_nothing_skipped(&srv, 2).await;
     let (p, session, _) = &mut players[0];
     let head = p
         .request("PAUSE", &base, &format!("Session: {session}\r\n"))
@@ -753,14 +760,7 @@ async fn the_camera_s_one_writer_sends_its_udp_players_in_order() {
             .await;
         assert!(head.starts_with("RTSP/1.0 200"), "{head}");
     }
-    let leaves = srv
-        .wait_journal_count(3, |l| l.contains(" LEAVE ") && l.contains("form=rtsp"))
-        .await
-        .unwrap();
-    for leave in &leaves {
-        assert!(leave.contains("reason=end"), "{leave}");
-        assert!(leave.contains(" frames_skipped=0"), "{leave}");
-    }
+    all_left_at_teardown_with_nothing_skipped(&srv, 3).await;
     assert_eq!(srv.server.stats.send_errors.load(Relaxed), 0);
     drop(players);
     srv.stop().await.unwrap();
