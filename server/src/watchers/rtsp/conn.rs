@@ -371,19 +371,12 @@ impl Conn {
             }
             Method::Pause => {
                 self.check_session(req)?;
-                if let Some(session) = self.session.as_mut() {
-                    if let Some(play) = session.play.as_mut() {
-                        play.paused = true;
-                        if session.stream == Stream::H264 {
-                            self.link.pause_h264(true);
-                            H264Writer::leave(&session.camera, &self.link);
-                        }
-                    }
-                }
+                self.halt();
                 ok(self.with_session(Reply::new(200)))
             }
             Method::Teardown => {
                 self.check_session(req)?;
+                self.halt();
                 Ok((Reply::new(200), After::Teardown))
             }
             Method::GetParameter | Method::SetParameter => {
@@ -391,6 +384,23 @@ impl Conn {
                 ok(self.with_session(Reply::new(200)))
             }
             _ => Err(Reply::new(501).header("Public", request::PUBLIC)),
+        }
+    }
+
+    /// PAUSE or TEARDOWN: nothing is sent to the session after its reply. An H.264 session
+    /// leaves the camera's writer first (which could otherwise send a frame between the reply
+    /// and the connection's end) and drops the datagrams still waiting for the shared socket
+    /// ([`Link::pause_h264`]).
+    fn halt(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        if let Some(play) = session.play.as_mut() {
+            play.paused = true;
+            if session.stream == Stream::H264 {
+                self.link.pause_h264(true);
+                H264Writer::leave(&session.camera, &self.link);
+            }
         }
     }
 

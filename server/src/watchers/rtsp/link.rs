@@ -252,11 +252,21 @@ impl Link {
         });
     }
 
-    /// PAUSE (`true`: the writer lets go; the session's task takes it back at PLAY) or PLAY.
+    /// PAUSE or TEARDOWN (`true`: the writer lets go; the session's task takes it back at PLAY)
+    /// or PLAY. Pausing drops the datagrams still waiting for room on the shared socket: they
+    /// would reach the player after the reply (PLAY starts again at a keyframe). Bytes waiting
+    /// on TCP stay: the reply goes behind them on the same stream.
     pub fn pause_h264(&self, paused: bool) {
-        if let Some(h) = self.state().h264.as_mut() {
-            h.paused = paused;
-            h.by_writer = false;
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let Some(h) = state.h264.as_mut() else {
+            return;
+        };
+        h.paused = paused;
+        h.by_writer = false;
+        if paused && h.route.udp().is_some() {
+            state.datagrams.clear();
+            state.pending_frames = 0;
         }
     }
 
@@ -881,6 +891,38 @@ mod tests {
         let tally = link.end_h264().unwrap();
         assert_eq!(tally.frames_sent, 1 + limit as u64);
         assert_eq!(link.take_send_errors(), 0);
+    }
+
+    /// PAUSE (and TEARDOWN) over UDP: what waits for room on the shared socket is dropped, not
+    /// sent after the reply, and nothing more is offered to the session.
+    #[tokio::test]
+    async fn a_paused_udp_session_sends_nothing_that_waited() {
+        let (link, _player) = link(None).await;
+        link.end_h264();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // Fresh: it refuses every try until something waits for room (see above).
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let route = Route::Udp {
+            socket,
+            dest: rx.local_addr().unwrap(),
+        };
+        let feed = Arc::new(H264Feed::new());
+        link.start_h264(Stamp::new(7, 0, 100), route, Arc::default(), feed, 30);
+        for seq in 0..3 {
+            let (u, f) = unit(seq, seq == 0, 100);
+            let by = if seq == 0 { By::Session } else { By::Writer };
+            assert!(matches!(link.offer(&u, &f, by), Offered::Sent { .. }));
+        }
+        assert_eq!(link.state().datagrams.queue.len(), 3);
+        link.pause_h264(true);
+        assert!(link.state().datagrams.is_empty());
+        assert_eq!(link.state().datagrams.bytes, 0);
+        let (u, f) = unit(3, false, 100);
+        assert_eq!(link.offer(&u, &f, By::Writer), Offered::NotMine);
+        link.flush().await.unwrap();
+        let mut buf = [0u8; 2048];
+        let got = tokio::time::timeout(Duration::from_millis(300), rx.recv(&mut buf)).await;
+        assert!(got.is_err(), "a datagram after PAUSE: {got:?}");
     }
 
     /// A writer that takes `room` bytes, then has no room.
