@@ -117,6 +117,148 @@ async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
     web.stop().await;
 }
 
+/// VLC (Debian's `cvlc` 3.0, which has no RTSP client: built without live555) plays the
+/// playlist headless and writes every tenth picture it decodes as a JPEG (its `scene` filter).
+/// Each is the camera's size and carries the test pattern's capture time in its bottom row;
+/// their numbers against their capture times say VLC decoded every frame between them.
+///
+/// The muxer runs first until its playlist holds four segments, as it does for every player
+/// after the first. VLC 3 plays HLS from its live edge without LL-HLS's parts: started on the
+/// playlist of a muxer its own request has just started (one segment), its buffer ran dry a
+/// few seconds in, and it restarted its clock and flushed its decoder (about 20 grey pictures,
+/// "ES_OUT_SET_(GROUP_)PCR is called too late" in its log; 3 of 3 tries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vlc_plays_the_playlist_and_decodes_every_frame() {
+    const EVERY: u64 = 10;
+    let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
+    let playlist = "/cam/main/index.m3u8";
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = get(web.http, playlist).await.unwrap();
+        if reply.text().matches("#EXTINF").count() >= 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "no 4 segments in 15 s: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let url = format!("http://{}{playlist}", web.http);
+    let dir = tempfile::tempdir().unwrap();
+    // VLC refuses to run as root: as `nobody`, then, which must be able to write here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let mut vlc = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", "cvlc"]);
+        c
+    } else {
+        Command::new("cvlc")
+    };
+    vlc.env("HOME", dir.path())
+        .args([
+            "--intf",
+            "dummy",
+            "--vout",
+            "dummy",
+            "--aout",
+            "dummy",
+            "--no-audio",
+        ])
+        .args(["--play-and-exit", "--run-time", "5"])
+        .args([
+            "--video-filter",
+            "scene",
+            "--scene-format",
+            "jpg",
+            "--scene-prefix",
+            "f",
+        ])
+        .arg(format!("--scene-ratio={EVERY}"))
+        .arg(format!("--scene-path={}", dir.path().display()))
+        .arg(&url);
+    let started_ms = now_us() / 1000;
+    let played = run(vlc).await;
+    let ended_ms = now_us() / 1000;
+    let log = String::from_utf8_lossy(&played.stderr);
+    assert!(played.status.success(), "cvlc: {log}");
+    // f00001.jpg, f00011.jpg, …: the decoded picture's number, from 1.
+    let mut pictures: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let n = name.strip_prefix('f')?.strip_suffix(".jpg")?.parse().ok()?;
+            Some((n, path))
+        })
+        .collect();
+    pictures.sort();
+    assert!(
+        pictures.len() >= 8,
+        "VLC wrote {} pictures: {log}",
+        pictures.len()
+    );
+    let (w, h) = (WIDTH as usize, HEIGHT as usize);
+    let code = surv_server::sources::test_pattern::TimeCode::layout(w, h).unwrap();
+    let mut times = Vec::new();
+    for (n, path) in &pictures {
+        let jpeg = std::fs::read(path).unwrap();
+        let gray = turbojpeg::decompress(&jpeg, turbojpeg::PixelFormat::GRAY).unwrap();
+        // VLC writes the picture a little taller than the camera's (258 rows for 240, 482 for
+        // 480): scaled back, nearest row, to read the code where the camera drew it.
+        let size = (gray.width, gray.height);
+        assert!(
+            size.0 == w && (h..h * 9 / 8).contains(&size.1),
+            "picture {n}: {size:?}"
+        );
+        let plane: Vec<u8> = (0..h)
+            .flat_map(|y| {
+                let row = (y * gray.height + gray.height / 2) / h;
+                gray.pixels[row * gray.pitch..][..w].to_vec()
+            })
+            .collect();
+        let ms = code.read(&plane, w).unwrap();
+        // Captured while VLC ran, or up to 10 s before (the segments behind the live edge);
+        // milliseconds modulo 2^32. A grey picture (decoded without its references) reads as
+        // anything, mostly far from now.
+        let behind = (ended_ms as u32).wrapping_sub(ms);
+        assert!(
+            u64::from(behind) <= ended_ms - started_ms + 10_000,
+            "picture {n}: captured at {ms}, VLC ran {started_ms}..{ended_ms} (mod 2^32)"
+        );
+        times.push((*n, ms));
+    }
+    // Each picture ten frames after the one before at 30 a second (a frame either way for the
+    // source's own late ticks on a busy machine), and as many frames decoded from the first to
+    // the last as the capture times say were made (3 % for those late ticks).
+    let frame_ms = 1000.0 / 30.0;
+    for pair in times.windows(2) {
+        let ((n0, t0), (n1, t1)) = (pair[0], pair[1]);
+        let frames = f64::from(t1.wrapping_sub(t0)) / frame_ms;
+        assert!(
+            (frames - (n1 - n0) as f64).abs() <= 1.2,
+            "pictures {n0} and {n1}: {frames:.1} frames apart: {times:?}"
+        );
+    }
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let spanned = (f64::from(last.1.wrapping_sub(first.1)) / frame_ms).round() as u64;
+    let decoded = last.0 - first.0;
+    assert!(
+        decoded as f64 >= 0.97 * spanned as f64,
+        "VLC decoded {decoded} frames where {spanned} were captured: {times:?}"
+    );
+    eprintln!(
+        "vlc: {} pictures, every {EVERY}th of {decoded} frames decoded; {spanned} captured",
+        times.len()
+    );
+    web.stop().await;
+}
+
 /// The last frame's time in seconds, from framecrc's time base (`#tb 0: 1/90000`).
 fn last_pts_s(stdout: &[u8]) -> Option<f64> {
     let text = String::from_utf8_lossy(stdout);
