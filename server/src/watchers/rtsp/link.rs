@@ -825,6 +825,22 @@ mod tests {
         assert_eq!(tally.skipped(), limit as u64 + 42 - (1 + sent as u64));
     }
 
+    /// Makes `link`'s H.264 session one over UDP (SSRC 7, sequence from 100) from a fresh
+    /// socket, which the runtime has not seen writable yet: every try finds no room, as with a
+    /// full buffer, until something waits for room. The player's socket.
+    async fn udp_session(link: &Link) -> UdpSocket {
+        link.end_h264();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let route = Route::Udp {
+            socket,
+            dest: rx.local_addr().unwrap(),
+        };
+        let feed = Arc::new(H264Feed::new());
+        link.start_h264(Stamp::new(7, 0, 100), route, Arc::default(), feed, 30);
+        rx
+    }
+
     /// An H.264 session over UDP whose socket has no room: its frames wait in order, one
     /// datagram a packet under the session's header, up to the lag limit, then are skipped to
     /// a keyframe; the connection's flush sends what waits once the socket has room, and the
@@ -832,18 +848,7 @@ mod tests {
     #[tokio::test]
     async fn a_udp_session_s_frames_wait_in_order_while_the_socket_has_no_room() {
         let (link, _player) = link(None).await;
-        link.end_h264();
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        // Fresh: the runtime has not seen it writable yet, so every try finds no room, as
-        // with a full buffer, until something waits for room.
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let route = Route::Udp {
-            socket,
-            dest: rx.local_addr().unwrap(),
-        };
-        let live = Arc::default();
-        let feed = Arc::new(H264Feed::new());
-        link.start_h264(Stamp::new(7, 0, 100), route, live, feed, 30);
+        let rx = udp_session(&link).await;
         let next = || async {
             let mut buf = vec![0u8; 2048];
             let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
@@ -898,16 +903,7 @@ mod tests {
     #[tokio::test]
     async fn a_paused_udp_session_sends_nothing_that_waited() {
         let (link, _player) = link(None).await;
-        link.end_h264();
-        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        // Fresh: it refuses every try until something waits for room (see above).
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let route = Route::Udp {
-            socket,
-            dest: rx.local_addr().unwrap(),
-        };
-        let feed = Arc::new(H264Feed::new());
-        link.start_h264(Stamp::new(7, 0, 100), route, Arc::default(), feed, 30);
+        let rx = udp_session(&link).await;
         for seq in 0..3 {
             let (u, f) = unit(seq, seq == 0, 100);
             let by = if seq == 0 { By::Session } else { By::Writer };
