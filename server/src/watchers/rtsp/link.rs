@@ -146,6 +146,16 @@ impl Datagrams {
     }
 }
 
+/// The bytes waiting in an H.264 session's own queue (`datagrams` over UDP, `pending` over
+/// TCP), `None` when it is empty: what its lag limit counts.
+fn media_waiting(udp: bool, pending: &BytesMut, datagrams: &Datagrams) -> Option<usize> {
+    match udp {
+        true if !datagrams.is_empty() => Some(datagrams.bytes),
+        false if !pending.is_empty() => Some(pending.len()),
+        _ => None,
+    }
+}
+
 /// Where an H.264 session's packets go.
 pub(super) enum Route {
     /// Interleaved on the connection, on this channel.
@@ -330,11 +340,10 @@ impl Link {
                 *pending_frames = 0;
             }
         }
-        let (was_empty, waiting) = match udp {
-            Some(_) => (datagrams.is_empty(), datagrams.bytes),
-            None => (pending.is_empty(), pending.len()),
-        };
-        if !was_empty && (*pending_frames >= h.lag_limit || waiting >= MAX_PENDING_BYTES) {
+        let waiting = media_waiting(udp.is_some(), pending, datagrams);
+        let was_empty = waiting.is_none();
+        if waiting.is_some_and(|bytes| *pending_frames >= h.lag_limit || bytes >= MAX_PENDING_BYTES)
+        {
             // Behind: what waits goes out, then the next keyframe.
             h.wait_key = true;
             h.feed.want_keyframe();
@@ -354,11 +363,7 @@ impl Link {
                 datagrams.send(&mut h.out, (socket, *dest), &mut h.stamp, frame)
             }
         };
-        let queued = match udp {
-            Some(_) => !datagrams.is_empty(),
-            None => !pending.is_empty(),
-        };
-        if queued {
+        if media_waiting(udp.is_some(), pending, datagrams).is_some() {
             *pending_frames += 1;
             if was_empty {
                 self.wake.notify_one();
@@ -450,11 +455,7 @@ impl Link {
                     None => state.datagrams.clear(),
                 }
                 let tcp_waits = !state.pending.is_empty();
-                let media_waits = match udp {
-                    Some(_) => !state.datagrams.is_empty(),
-                    None => tcp_waits,
-                };
-                if !media_waits {
+                if media_waiting(udp.is_some(), &state.pending, &state.datagrams).is_none() {
                     state.pending_frames = 0;
                 }
                 if !tcp_waits && udp_waits.is_none() && !more {
