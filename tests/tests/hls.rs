@@ -23,6 +23,10 @@ const PLAYER_LIMIT: Duration = Duration::from_secs(30);
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
 
+/// Held by each test that runs players (ffmpeg, VLC, nginx): they take turns, so that on a
+/// 2-core machine one player's decoding doesn't starve another's clock.
+static PLAYERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs a player (blocking) off the runtime; its output.
 async fn run(mut cmd: Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || output_within(&mut cmd, PLAYER_LIMIT))
@@ -63,6 +67,7 @@ fn framecrc(stdout: &[u8]) -> (usize, usize, Vec<u64>) {
 /// timeline says were there; ffprobe names the codec and size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
+    let _turn = PLAYERS.lock().await;
     let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
     let url = format!("http://{}/cam/main/index.m3u8", web.http);
     let mut ffmpeg = Command::new("ffmpeg");
@@ -130,6 +135,7 @@ async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
 /// in its log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vlc_plays_the_playlist_and_decodes_every_frame() {
+    let _turn = PLAYERS.lock().await;
     const EVERY: u64 = 10;
     let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
     let playlist = "/cam/main/index.m3u8";
@@ -147,6 +153,52 @@ async fn vlc_plays_the_playlist_and_decodes_every_frame() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let url = format!("http://{}{playlist}", web.http);
+    // VLC's clock is its own: starved of the CPU for a second or more (seen once, on a busy CI
+    // machine), it finds itself late, flushes its decoder and shows grey pictures until the
+    // next keyframe, and says "is called too late" in its log. Such a run is not judged and
+    // VLC plays again, up to three times; the third is judged whatever its log says.
+    let mut attempt = 0;
+    let times = loop {
+        attempt += 1;
+        let (times, late) = vlc_reads_time_codes(&url, EVERY).await;
+        if late.is_empty() || attempt == 3 {
+            break times.unwrap_or_else(|why| panic!("attempt {attempt}: {why}; late: {late:?}"));
+        }
+        eprintln!("vlc: attempt {attempt} not judged, VLC fell behind its clock: {late:?}");
+    };
+    // Each picture ten frames after the one before at 30 a second (a frame either way for the
+    // source's own late ticks on a busy machine), and as many frames decoded from the first to
+    // the last as the capture times say were made (3 % for those late ticks).
+    let frame_ms = 1000.0 / 30.0;
+    for pair in times.windows(2) {
+        let ((n0, t0), (n1, t1)) = (pair[0], pair[1]);
+        let frames = f64::from(t1.wrapping_sub(t0)) / frame_ms;
+        assert!(
+            (frames - (n1 - n0) as f64).abs() <= 1.2,
+            "pictures {n0} and {n1}: {frames:.1} frames apart: {times:?}"
+        );
+    }
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let spanned = (f64::from(last.1.wrapping_sub(first.1)) / frame_ms).round() as u64;
+    let decoded = last.0 - first.0;
+    assert!(
+        decoded as f64 >= 0.97 * spanned as f64,
+        "VLC decoded {decoded} frames where {spanned} were captured: {times:?}"
+    );
+    eprintln!(
+        "vlc: {} pictures, every {EVERY}th of {decoded} frames decoded; {spanned} captured",
+        times.len()
+    );
+    web.stop().await;
+}
+
+/// VLC plays `url` headless for 5 s and writes every `every`th picture it decodes; each
+/// picture's number (from 1) and the capture time it shows (ms modulo 2^32), or why they can't
+/// be read; and the lines where VLC's log says its clock was late.
+async fn vlc_reads_time_codes(
+    url: &str,
+    every: u64,
+) -> (Result<Vec<(u64, u32)>, String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     // VLC refuses to run as root: as `nobody`, then, which must be able to write here.
     std::fs::set_permissions(
@@ -182,84 +234,69 @@ async fn vlc_plays_the_playlist_and_decodes_every_frame() {
             "--scene-prefix",
             "f",
         ])
-        .arg(format!("--scene-ratio={EVERY}"))
+        .arg(format!("--scene-ratio={every}"))
         .arg(format!("--scene-path={}", dir.path().display()))
-        .arg(&url);
+        .arg(url);
     let started_ms = now_us() / 1000;
     let played = run(vlc).await;
     let ended_ms = now_us() / 1000;
     let log = String::from_utf8_lossy(&played.stderr);
-    assert!(played.status.success(), "cvlc: {log}");
-    // f00001.jpg, f00011.jpg, …: the decoded picture's number, from 1.
-    let mut pictures: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            let name = path.file_name()?.to_str()?;
-            let n = name.strip_prefix('f')?.strip_suffix(".jpg")?.parse().ok()?;
-            Some((n, path))
-        })
+    let late = log
+        .lines()
+        .filter(|l| l.contains("is called too late"))
+        .map(str::to_string)
         .collect();
-    pictures.sort();
-    assert!(
-        pictures.len() >= 8,
-        "VLC wrote {} pictures: {log}",
-        pictures.len()
-    );
-    let (w, h) = (WIDTH as usize, HEIGHT as usize);
-    let code = surv_server::sources::test_pattern::TimeCode::layout(w, h).unwrap();
-    let mut times = Vec::new();
-    for (n, path) in &pictures {
-        let jpeg = std::fs::read(path).unwrap();
-        let gray = turbojpeg::decompress(&jpeg, turbojpeg::PixelFormat::GRAY).unwrap();
-        // VLC writes the picture a little taller than the camera's (258 rows for 240, 482 for
-        // 480): scaled back, nearest row, to read the code where the camera drew it.
-        let size = (gray.width, gray.height);
-        assert!(
-            size.0 == w && (h..h * 9 / 8).contains(&size.1),
-            "picture {n}: {size:?}"
-        );
-        let plane: Vec<u8> = (0..h)
-            .flat_map(|y| {
-                let row = (y * gray.height + gray.height / 2) / h;
-                gray.pixels[row * gray.pitch..][..w].to_vec()
+    let read = || {
+        if !played.status.success() {
+            return Err(format!("cvlc: {log}"));
+        }
+        // f00001.jpg, f00011.jpg, …: the decoded picture's number, from 1.
+        let mut pictures: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?;
+                let n = name.strip_prefix('f')?.strip_suffix(".jpg")?.parse().ok()?;
+                Some((n, path))
             })
             .collect();
-        let ms = code.read(&plane, w).unwrap();
-        // Captured while VLC ran, or up to 10 s before (the segments behind the live edge);
-        // milliseconds modulo 2^32. A grey picture (decoded without its references) reads as
-        // anything, mostly far from now.
-        let behind = (ended_ms as u32).wrapping_sub(ms);
-        assert!(
-            u64::from(behind) <= ended_ms - started_ms + 10_000,
-            "picture {n}: captured at {ms}, VLC ran {started_ms}..{ended_ms} (mod 2^32)"
-        );
-        times.push((*n, ms));
-    }
-    // Each picture ten frames after the one before at 30 a second (a frame either way for the
-    // source's own late ticks on a busy machine), and as many frames decoded from the first to
-    // the last as the capture times say were made (3 % for those late ticks).
-    let frame_ms = 1000.0 / 30.0;
-    for pair in times.windows(2) {
-        let ((n0, t0), (n1, t1)) = (pair[0], pair[1]);
-        let frames = f64::from(t1.wrapping_sub(t0)) / frame_ms;
-        assert!(
-            (frames - (n1 - n0) as f64).abs() <= 1.2,
-            "pictures {n0} and {n1}: {frames:.1} frames apart: {times:?}"
-        );
-    }
-    let (first, last) = (times[0], times[times.len() - 1]);
-    let spanned = (f64::from(last.1.wrapping_sub(first.1)) / frame_ms).round() as u64;
-    let decoded = last.0 - first.0;
-    assert!(
-        decoded as f64 >= 0.97 * spanned as f64,
-        "VLC decoded {decoded} frames where {spanned} were captured: {times:?}"
-    );
-    eprintln!(
-        "vlc: {} pictures, every {EVERY}th of {decoded} frames decoded; {spanned} captured",
-        times.len()
-    );
-    web.stop().await;
+        pictures.sort();
+        if pictures.len() < 8 {
+            return Err(format!("VLC wrote {} pictures: {log}", pictures.len()));
+        }
+        let (w, h) = (WIDTH as usize, HEIGHT as usize);
+        let code = surv_server::sources::test_pattern::TimeCode::layout(w, h).unwrap();
+        let mut times = Vec::new();
+        for (n, path) in &pictures {
+            let jpeg = std::fs::read(path).unwrap();
+            let gray = turbojpeg::decompress(&jpeg, turbojpeg::PixelFormat::GRAY).unwrap();
+            // VLC writes the picture a little taller than the camera's (258 rows for 240, 482
+            // for 480): scaled back, nearest row, to read the code where the camera drew it.
+            let size = (gray.width, gray.height);
+            if size.0 != w || !(h..h * 9 / 8).contains(&size.1) {
+                return Err(format!("picture {n}: {size:?}"));
+            }
+            let plane: Vec<u8> = (0..h)
+                .flat_map(|y| {
+                    let row = (y * gray.height + gray.height / 2) / h;
+                    gray.pixels[row * gray.pitch..][..w].to_vec()
+                })
+                .collect();
+            let ms = code.read(&plane, w).unwrap();
+            // Captured while VLC ran, or up to 10 s before (the segments behind the live
+            // edge); milliseconds modulo 2^32. A grey picture (decoded without its
+            // references) reads as anything, mostly far from now.
+            let behind = (ended_ms as u32).wrapping_sub(ms);
+            if u64::from(behind) > ended_ms - started_ms + 10_000 {
+                return Err(format!(
+                    "picture {n}: captured at {ms}, VLC ran {started_ms}..{ended_ms} (mod 2^32)"
+                ));
+            }
+            times.push((*n, ms));
+        }
+        Ok(times)
+    };
+    (read(), late)
 }
 
 /// The last frame's time in seconds, from framecrc's time base (`#tb 0: 1/90000`).
@@ -417,10 +454,31 @@ async fn blocking_reloads_wait_for_the_part_and_parts_are_immutable() {
         "a part came {latencies_ms:?} ms after its capture"
     );
 
-    // The part after the newest, asked for before it exists (the preload hint): it waits.
-    let (_, _, hinted) = Playlist { text: text.clone() }.hint();
-    let asked = Instant::now();
-    let part = get(http, &format!("/cam/main/{hinted}")).await.unwrap();
+    // The part after the newest, asked for before it exists (the preload hint): it waits. A
+    // late frame can end its segment first (a keyframe's time came): then that part never
+    // comes, the answer is 404, the playlist shows the next segment begun without it, and the
+    // new hint is tried.
+    let mut tries = 0;
+    let (part, asked, hinted) = loop {
+        let (msn, _, hinted) = Playlist { text: text.clone() }.hint();
+        let asked = Instant::now();
+        let part = get(http, &format!("/cam/main/{hinted}")).await.unwrap();
+        if part.status != 404 {
+            break (part, asked, hinted);
+        }
+        tries += 1;
+        text = get(http, "/cam/main/index.m3u8")
+            .await
+            .unwrap()
+            .text()
+            .into_owned();
+        let parts = Playlist { text: text.clone() }.parts();
+        let next = format!("/{}.0.m4s", msn + 1);
+        assert!(
+            tries < 5 && parts.iter().all(|p| p.0 != hinted) && text.contains(&next),
+            "try {tries}: {hinted} was 404 and the playlist is\n{text}"
+        );
+    };
     assert_eq!(part.status, 200);
     assert!(!part.body.is_empty());
     assert!(asked.elapsed() < Duration::from_millis(1500));
@@ -565,6 +623,7 @@ async fn the_token_guards_the_playlist_and_bad_queries_are_400() {
 /// far fewer playlists than the players ask for: the players cost the origin nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nginx_edges_cache_the_origin_for_their_players() {
+    let _turn = PLAYERS.lock().await;
     const PLAYERS_PER_EDGE: usize = 3;
     const PARTS: usize = 10;
     let _heavy = surv_tests::heavy().await;
