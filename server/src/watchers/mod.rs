@@ -496,6 +496,13 @@ impl Tally {
         self.bytes_sent = self.bytes_sent.saturating_add(bytes as u64);
     }
 
+    /// `frames` counted as sent, `bytes` of them, never left after all (dropped while they
+    /// waited for room): they count as skipped.
+    pub fn withdraw(&mut self, frames: u64, bytes: usize) {
+        self.frames_sent = self.frames_sent.saturating_sub(frames);
+        self.bytes_sent = self.bytes_sent.saturating_sub(bytes as u64);
+    }
+
     /// Frames published while the watcher was there that it was not sent.
     pub fn skipped(&self) -> u64 {
         self.first_seq.map_or(0, |first| {

@@ -111,6 +111,15 @@ impl Datagrams {
         self.queue.is_empty()
     }
 
+    /// Frames with a packet still waiting: each frame's last packet carries RTP's marker bit
+    /// and datagrams leave in order, so a frame waits (whole or in part) while its last does.
+    fn frames(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|d| d.get(1).is_some_and(|b| b & 0x80 != 0))
+            .count()
+    }
+
     /// Sends `frame` under the session's headers, behind what waits ([`RtpOut::try_send_udp`]);
     /// its bytes of RTP.
     fn send(
@@ -197,6 +206,15 @@ impl Sent {
         self.tally.sent(bytes);
         self.live.set(&self.tally);
     }
+
+    /// `frames` (`packets`, `bytes` of RTP) counted by [`Sent::frame`] were dropped before
+    /// they left: the sender reports and the tally no longer count them.
+    fn withdraw(&mut self, frames: usize, packets: usize, bytes: usize) {
+        self.packets = self.packets.wrapping_sub(packets as u32);
+        self.octets = self.octets.wrapping_sub(bytes as u32);
+        self.tally.withdraw(frames as u64, bytes);
+        self.live.set(&self.tally);
+    }
 }
 
 /// Who offers a unit to a link.
@@ -275,7 +293,11 @@ impl Link {
         h.paused = paused;
         h.by_writer = false;
         if paused && h.route.udp().is_some() {
-            state.datagrams.clear();
+            // A frame partly sent counts as not sent: the player can't show it.
+            let datagrams = &mut state.datagrams;
+            h.sent
+                .withdraw(datagrams.frames(), datagrams.queue.len(), datagrams.bytes);
+            datagrams.clear();
             state.pending_frames = 0;
         }
     }
@@ -911,15 +933,40 @@ mod tests {
             assert!(matches!(link.offer(&u, &f, by), Offered::Sent { .. }));
         }
         assert_eq!(link.state().datagrams.queue.len(), 3);
+        let counted = |link: &Link| link.with_h264(|h| (h.sent.tally.frames_sent, h.sent.packets));
+        assert_eq!(counted(&link), Some((3, 3)));
         link.pause_h264(true);
         assert!(link.state().datagrams.is_empty());
         assert_eq!(link.state().datagrams.bytes, 0);
+        // Dropped, so not sent: the LEAVE and the sender reports don't count them.
+        assert_eq!(counted(&link), Some((0, 0)));
+        assert_eq!(link.with_h264(|h| h.sent.octets), Some(0));
         let (u, f) = unit(3, false, 100);
         assert_eq!(link.offer(&u, &f, By::Writer), Offered::NotMine);
         link.flush().await.unwrap();
         let mut buf = [0u8; 2048];
         let got = tokio::time::timeout(Duration::from_millis(300), rx.recv(&mut buf)).await;
         assert!(got.is_err(), "a datagram after PAUSE: {got:?}");
+    }
+
+    /// Frames waiting are counted by their last packets (RTP's marker bit), whatever number of
+    /// each frame's packets already left.
+    #[test]
+    fn the_datagrams_waiting_tell_their_frames_by_the_marker_bit() {
+        let packet = |marker: bool| Bytes::from(vec![0x80, 96 | (u8::from(marker) << 7), 0, 0]);
+        let mut d = Datagrams::default();
+        assert_eq!(d.frames(), 0);
+        // The rest of a frame (its first packet left), a one-packet frame, a frame of three.
+        for marker in [false, true, true, false, false, true] {
+            d.queue.push_back(packet(marker));
+        }
+        assert_eq!(d.frames(), 3);
+        d.queue.drain(..2);
+        assert_eq!(d.frames(), 2);
+        d.queue.drain(..2);
+        assert_eq!(d.frames(), 1);
+        d.queue.push_back(Bytes::new());
+        assert_eq!(d.frames(), 1);
     }
 
     /// A writer that takes `room` bytes, then has no room.
