@@ -56,6 +56,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# npm, for packages from the npm registry: Debian's (with its nodejs) where none is installed.
+need_npm() {
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "surv setup: installing npm"
+    NPM_SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then NPM_SUDO="sudo"; fi
+    $NPM_SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $NPM_SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+    command -v npm >/dev/null 2>&1 || { echo "surv setup: npm could not be installed" >&2; exit 1; }
+  fi
+}
+
 # Object detection (surv-server --detect): a COCO-80 CenterNet (MobileNetV3) from the npm package
 # @vladmandic/human (MIT), converted once per machine from TensorFlow.js to ONNX with tf2onnx in
 # a throwaway venv (tensorflow-cpu; deleted after), checked by what it sees on tests/photos, and
@@ -69,15 +81,7 @@ DETECT_CACHE="${SURV_DETECT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/surv/detect}"
 DETECT_DONE="$DETECT_CACHE/human-$HUMAN_VERSION-ort-$ORT_VERSION.ok"
 if [ ! -f "$DETECT_DONE" ]; then
   echo "surv setup: the detection model (@vladmandic/human $HUMAN_VERSION → ONNX) and ONNX Runtime $ORT_VERSION into $DETECT_CACHE"
-  if ! command -v npm >/dev/null 2>&1; then
-    # Debian's npm (with its nodejs) where no Node.js is installed yet.
-    echo "surv setup: installing npm, for the detection model"
-    NPM_SUDO=""
-    if [ "$(id -u)" -ne 0 ]; then NPM_SUDO="sudo"; fi
-    $NPM_SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $NPM_SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
-    command -v npm >/dev/null 2>&1 || { echo "surv setup: npm could not be installed; it is needed for the detection model" >&2; exit 1; }
-  fi
+  need_npm
   rm -rf "$DETECT_CACHE/work"
   mkdir -p "$DETECT_CACHE/work"
   (
@@ -104,3 +108,25 @@ mkdir -p "$ROOT/models"
 ln -sf "$DETECT_CACHE/centernet.onnx" "$ROOT/models/centernet.onnx"
 ln -sf "$DETECT_CACHE/libonnxruntime.so" "$ROOT/models/libonnxruntime.so"
 ln -sf "$DETECT_CACHE/LICENSE-human" "$ROOT/models/LICENSE-human"
+
+# hls.js (Apache-2.0), the LL-HLS player that web pages use where the browser has no HLS of its
+# own (Chromium): the tests and `surv-load --glass` play the camera's playlist with it in
+# headless Chromium. From the npm registry, into a cache, linked into models/ as the model is.
+HLSJS_VERSION=1.7.4
+HLSJS_CACHE="${SURV_HLSJS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/surv/hlsjs}"
+if [ ! -f "$HLSJS_CACHE/hls-$HLSJS_VERSION.min.js" ]; then
+  echo "surv setup: hls.js $HLSJS_VERSION into $HLSJS_CACHE"
+  need_npm
+  rm -rf "$HLSJS_CACHE/work"
+  mkdir -p "$HLSJS_CACHE/work"
+  (
+    cd "$HLSJS_CACHE/work"
+    npm pack -q "hls.js@$HLSJS_VERSION" >/dev/null
+    tar xzf "hls.js-$HLSJS_VERSION.tgz" package/dist/hls.min.js package/LICENSE
+  )
+  mv "$HLSJS_CACHE/work/package/LICENSE" "$HLSJS_CACHE/LICENSE-hls.js"
+  mv "$HLSJS_CACHE/work/package/dist/hls.min.js" "$HLSJS_CACHE/hls-$HLSJS_VERSION.min.js"
+  rm -rf "$HLSJS_CACHE/work"
+fi
+ln -sf "$HLSJS_CACHE/hls-$HLSJS_VERSION.min.js" "$ROOT/models/hls.min.js"
+ln -sf "$HLSJS_CACHE/LICENSE-hls.js" "$ROOT/models/LICENSE-hls.js"

@@ -134,3 +134,88 @@ impl Browser {
         }
     }
 }
+
+/// hls.js, which `scripts/setup.sh` puts in the workspace's `models/`: the LL-HLS player of web
+/// pages where the browser has no HLS of its own, as Chromium has none. Its source, to evaluate
+/// in a page; a missing file fails the caller (setup installs it).
+pub fn hls_js() -> anyhow::Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hls.min.js");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (scripts/setup.sh installs it)", path.display()))
+}
+
+/// A script that plays `playlist` (a URL of the page's origin) with hls.js (evaluated in the
+/// page before it) in low-latency mode, in a muted `<video>` inside a new `#picture`:
+/// `window.hlsErrors` lists hls.js's errors (`"fatal: …"` for a fatal one), `window.hls` is
+/// the player.
+pub fn play_hls(playlist: &str) -> String {
+    let url = serde_json::to_string(playlist).expect("a string");
+    format!(
+        r#"(() => {{
+  const box = document.createElement("div");
+  box.id = "picture";
+  const v = document.createElement("video");
+  v.muted = true;
+  v.autoplay = true;
+  v.playsInline = true;
+  box.appendChild(v);
+  document.body.appendChild(box);
+  const errors = window.hlsErrors = [];
+  const hls = window.hls = new Hls({{ lowLatencyMode: true }});
+  hls.on(Hls.Events.ERROR, (_, d) => errors.push((d.fatal ? "fatal: " : "") + d.details));
+  hls.loadSource({url});
+  hls.attachMedia(v);
+  v.play().catch(e => errors.push("play: " + e));
+  return Hls.version;
+}})()"#
+    )
+}
+
+/// A script for the start of every page (`Page.addScriptToEvaluateOnNewDocument`): every
+/// `<video>` and `<img>` inside `#picture` is watched, and `window.glass` collects what each
+/// frame shown says: `first` (`performance.now()` at the first frame), `frames`, `samples` (each
+/// frame's lateness behind its capture, ms, by the code the test pattern draws along its
+/// bottom and the same wall clock) and `unreadable`. The layout mirrors `TimeCode::layout`.
+pub const TIME_CODE_READER: &str = r##"(() => {
+  const g = window.glass = { first: null, frames: 0, samples: [], unreadable: 0 };
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const read = (src, w, h) => {
+    const cell = Math.floor(w / 32) & ~1, strip = Math.max(8, Math.floor(h / 24)) & ~1;
+    if (cell < 2 || strip * 4 > h) return null;
+    const x0 = Math.floor((w - 32 * cell) / 2) & ~1, y = h - strip / 2;
+    canvas.width = w;
+    canvas.height = 1;
+    ctx.drawImage(src, 0, y, w, 1, 0, 0, w, 1);
+    const row = ctx.getImageData(0, 0, w, 1).data;
+    let v = 0;
+    for (let i = 0; i < 32; i++) {
+      const x = 4 * (x0 + i * cell + cell / 2);
+      const luma = 0.299 * row[x] + 0.587 * row[x + 1] + 0.114 * row[x + 2];
+      v = v * 2 + (luma >= 128 ? 1 : 0);
+    }
+    return v;
+  };
+  const seen = (src, w, h) => {
+    const now = Date.now();
+    if (g.first === null) g.first = performance.now();
+    g.frames += 1;
+    const code = w && h ? read(src, w, h) : null;
+    const late = code === null ? NaN : ((now % 4294967296) - code + 4294967296) % 4294967296;
+    if (late >= 0 && late < 10000) g.samples.push(late); else g.unreadable += 1;
+  };
+  const hooked = new WeakSet();
+  setInterval(() => {
+    for (const v of document.querySelectorAll("#picture video")) {
+      if (hooked.has(v)) continue;
+      hooked.add(v);
+      const each = () => { seen(v, v.videoWidth, v.videoHeight); v.requestVideoFrameCallback(each); };
+      v.requestVideoFrameCallback(each);
+    }
+    for (const img of document.querySelectorAll("#picture img")) {
+      if (hooked.has(img)) continue;
+      hooked.add(img);
+      img.addEventListener("load", () => seen(img, img.naturalWidth, img.naturalHeight));
+    }
+  }, 5);
+})()"##;

@@ -23,10 +23,6 @@ const PLAYER_LIMIT: Duration = Duration::from_secs(30);
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
 
-/// Held by each test that runs players (ffmpeg, VLC, nginx): they take turns, so that on a
-/// 2-core machine one player's decoding doesn't starve another's clock.
-static PLAYERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Runs a player (blocking) off the runtime; its output.
 async fn run(mut cmd: Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || output_within(&mut cmd, PLAYER_LIMIT))
@@ -67,7 +63,8 @@ fn framecrc(stdout: &[u8]) -> (usize, usize, Vec<u64>) {
 /// timeline says were there; ffprobe names the codec and size.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
-    let _turn = PLAYERS.lock().await;
+    // Players take turns (ffmpeg, VLC, Chromium, nginx): one must not starve another's clock.
+    let _heavy = surv_tests::heavy().await;
     let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
     let url = format!("http://{}/cam/main/index.m3u8", web.http);
     let mut ffmpeg = Command::new("ffmpeg");
@@ -135,7 +132,8 @@ async fn ffmpeg_plays_the_playlist_and_decodes_every_frame() {
 /// in its log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vlc_plays_the_playlist_and_decodes_every_frame() {
-    let _turn = PLAYERS.lock().await;
+    // Players take turns (ffmpeg, VLC, Chromium, nginx): one must not starve another's clock.
+    let _heavy = surv_tests::heavy().await;
     const EVERY: u64 = 10;
     let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
     let playlist = "/cam/main/index.m3u8";
@@ -190,6 +188,101 @@ async fn vlc_plays_the_playlist_and_decodes_every_frame() {
         times.len()
     );
     web.stop().await;
+}
+
+/// hls.js, the LL-HLS player of web pages (`scripts/setup.sh` puts it in `models/`), plays the
+/// playlist in headless Chromium, in low-latency mode, in a page of the server's origin. The
+/// page reads the test pattern's capture time from each picture shown. It starts, shows ≥ 90 %
+/// of the frames over 6 s with every code readable and no fatal error, is live (each picture
+/// within 5 s of its capture; how close is `surv-load --glass`'s figure, not a test's), and
+/// plays LL-HLS: blocking playlist reloads and parts, not whole segments only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_in_chromium_plays_the_playlist_at_low_latency() {
+    const SECS: u64 = 6;
+    // Players take turns (ffmpeg, VLC, Chromium, nginx): one must not starve another's clock.
+    let _heavy = surv_tests::heavy().await;
+    let web = start_web(ServerOpts::sized(WIDTH, HEIGHT)).await;
+    let origin = format!("http://{}", web.http);
+    let seen = tokio::task::spawn_blocking(move || play_with_hls_js(&origin, SECS))
+        .await
+        .unwrap()
+        .unwrap();
+    let glass = &seen["glass"];
+    let frames = glass["frames"].as_u64().unwrap_or(0);
+    let mut late: Vec<f64> = glass["samples"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+        .unwrap_or_default();
+    late.sort_by(f64::total_cmp);
+    let errors = seen["errors"].as_array().cloned().unwrap_or_default();
+    eprintln!(
+        "hls.js {}: {frames} frames in {SECS} s, behind capture p50 {:?} ms, max {:?} ms; errors {errors:?}",
+        seen["version"],
+        late.get(late.len() / 2),
+        late.last()
+    );
+    assert!(frames as f64 >= 0.9 * 30.0 * SECS as f64, "{seen}");
+    assert_eq!(glass["unreadable"], 0, "{seen}");
+    assert!(late.last().is_some_and(|&ms| ms < 5000.0), "{seen}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| !e.as_str().unwrap_or_default().starts_with("fatal")),
+        "{seen}"
+    );
+    let hls = &web.srv.server.stats.hls;
+    assert!(hls.blocked_reloads.load(Relaxed) > 0, "no blocking reload");
+    assert!(hls.parts_served.load(Relaxed) > 0, "no part asked for");
+    web.stop().await;
+}
+
+/// Plays `{origin}/cam/main/index.m3u8` with hls.js in a page of `origin` until its first
+/// picture (20 s at most), then `secs` more: what `TIME_CODE_READER` saw over those, hls.js's
+/// version and errors.
+fn play_with_hls_js(origin: &str, secs: u64) -> anyhow::Result<serde_json::Value> {
+    use serde_json::json;
+    use surv_tests::chromium::{hls_js, play_hls, Browser, TIME_CODE_READER};
+    let mut browser = Browser::launch_with(&["--autoplay-policy=no-user-gesture-required"])?;
+    browser.open("about:blank")?;
+    browser.call("Page.enable", json!({}))?;
+    browser.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({ "source": TIME_CODE_READER }),
+    )?;
+    // A page of the server's origin that plays nothing itself: `/status`'s JSON.
+    let page = format!("{origin}/status");
+    browser.call("Page.navigate", json!({ "url": page }))?;
+    let loaded = format!(
+        "document.readyState === 'complete' && location.href === {}",
+        serde_json::to_string(&page)?
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while browser.eval(&loaded)? != json!(true) {
+        anyhow::ensure!(std::time::Instant::now() < until, "{page} did not load");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let script = format!(
+        "{};\n{}",
+        hls_js()?,
+        play_hls(&format!("{origin}/cam/main/index.m3u8"))
+    );
+    let version = browser.eval(&script)?;
+    while browser.eval("window.glass.first")?.is_null() {
+        let state = browser.eval("({ glass: window.glass, errors: window.hlsErrors })")?;
+        anyhow::ensure!(
+            std::time::Instant::now() < until,
+            "no picture within 20 s: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    browser.eval(
+        "(() => { const g = window.glass; g.samples = []; g.frames = 0; g.unreadable = 0; })()",
+    )?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let mut seen = browser.eval("({ glass: window.glass, errors: window.hlsErrors })")?;
+    seen["version"] = version;
+    browser.close();
+    Ok(seen)
 }
 
 /// VLC plays `url` headless for 5 s and writes every `every`th picture it decodes; each
@@ -623,7 +716,6 @@ async fn the_token_guards_the_playlist_and_bad_queries_are_400() {
 /// far fewer playlists than the players ask for: the players cost the origin nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nginx_edges_cache_the_origin_for_their_players() {
-    let _turn = PLAYERS.lock().await;
     const PLAYERS_PER_EDGE: usize = 3;
     const PARTS: usize = 10;
     let _heavy = surv_tests::heavy().await;

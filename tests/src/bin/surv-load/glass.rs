@@ -5,16 +5,17 @@
 //! `<video>`; MJPEG: the `<img>`'s `load`), draws that row into a canvas and compares the code
 //! with the same wall clock. Both ends run on this machine, so there is no clock offset.
 //!
-//! Per mode (the page's WebRTC, then `?play=mjpeg`): the first frame after the page starts
-//! loading, over `LOADS` loads, then over SECS the latency of every frame (p50, p99, max), the
-//! frames that came, the codes that could not be read, WebRTC's `freezeCount`, and the bitrate
-//! the page measured.
+//! Per mode (the page's WebRTC, then `?play=mjpeg`, then LL-HLS: hls.js, from `models/`, playing
+//! `/cam/main/index.m3u8` in a page of the server's origin): the first frame after the page
+//! starts loading, over `LOADS` loads, then over SECS the latency of every frame (p50, p99,
+//! max), the frames that came, the codes that could not be read, and for the camera's page
+//! WebRTC's `freezeCount` and the bitrate the page measured.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use surv_tests::chromium::Browser;
+use surv_tests::chromium::{hls_js, play_hls, Browser, TIME_CODE_READER};
 
 use crate::http::free_port;
 use crate::server::ServerProc;
@@ -25,58 +26,12 @@ const LOADS: usize = 10;
 /// The longest a load may take to show its first frame before the run fails.
 const FIRST_FRAME_LIMIT: Duration = Duration::from_secs(15);
 
-/// Runs at the start of every page the browser loads: `window.glass` collects what each frame
-/// shown says. The layout mirrors `TimeCode::layout` (the server's test pattern).
-const GLASS: &str = r##"(() => {
-  const g = window.glass = { first: null, frames: 0, samples: [], unreadable: 0 };
-  const canvas = document.createElement("canvas");
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  const read = (src, w, h) => {
-    const cell = Math.floor(w / 32) & ~1, strip = Math.max(8, Math.floor(h / 24)) & ~1;
-    if (cell < 2 || strip * 4 > h) return null;
-    const x0 = Math.floor((w - 32 * cell) / 2) & ~1, y = h - strip / 2;
-    canvas.width = w;
-    canvas.height = 1;
-    ctx.drawImage(src, 0, y, w, 1, 0, 0, w, 1);
-    const row = ctx.getImageData(0, 0, w, 1).data;
-    let v = 0;
-    for (let i = 0; i < 32; i++) {
-      const x = 4 * (x0 + i * cell + cell / 2);
-      const luma = 0.299 * row[x] + 0.587 * row[x + 1] + 0.114 * row[x + 2];
-      v = v * 2 + (luma >= 128 ? 1 : 0);
-    }
-    return v;
-  };
-  const seen = (src, w, h) => {
-    const now = Date.now();
-    if (g.first === null) g.first = performance.now();
-    g.frames += 1;
-    const code = w && h ? read(src, w, h) : null;
-    const late = code === null ? NaN : ((now % 4294967296) - code + 4294967296) % 4294967296;
-    if (late >= 0 && late < 10000) g.samples.push(late); else g.unreadable += 1;
-  };
-  const hooked = new WeakSet();
-  setInterval(() => {
-    for (const v of document.querySelectorAll("#picture video")) {
-      if (hooked.has(v)) continue;
-      hooked.add(v);
-      const each = () => { seen(v, v.videoWidth, v.videoHeight); v.requestVideoFrameCallback(each); };
-      v.requestVideoFrameCallback(each);
-    }
-    for (const img of document.querySelectorAll("#picture img")) {
-      if (hooked.has(img)) continue;
-      hooked.add(img);
-      img.addEventListener("load", () => seen(img, img.naturalWidth, img.naturalHeight));
-    }
-  }, 5);
-})()"##;
-
 pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
     if !(1..=3600).contains(&secs) {
         bail!("--glass takes 1..=3600 seconds");
     }
     let (w, h) = args.size;
-    for (mode, query) in [("webrtc", ""), ("mjpeg", "?play=mjpeg")] {
+    for mode in ["webrtc", "mjpeg", "hls"] {
         let http = free_port()?;
         let webrtc = std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
@@ -88,14 +43,28 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
             webrtc.to_string(),
         ];
         let server = ServerProc::start_with(args, 16, &extra)?;
-        let url = format!("http://127.0.0.1:{http}/cam/main/{query}");
-        let measured = watch(&url, secs);
+        let origin = format!("http://127.0.0.1:{http}");
+        // LL-HLS: hls.js in a page of the server's origin (the JSON of `/status`; the camera's
+        // page would play WebRTC beside it), as a site that embeds the camera would play it.
+        let (url, after_load) = match mode {
+            "webrtc" => (format!("{origin}/cam/main/"), None),
+            "mjpeg" => (format!("{origin}/cam/main/?play=mjpeg"), None),
+            _ => (
+                format!("{origin}/status"),
+                Some(format!(
+                    "{};\n{}",
+                    hls_js()?,
+                    play_hls(&format!("{origin}/cam/main/index.m3u8"))
+                )),
+            ),
+        };
+        let measured = watch(&url, secs, after_load.as_deref());
         server.stop();
         let m = measured.with_context(|| format!("the {mode} page"))?;
         println!(
             "glass {mode} {w}x{h}@{}: first frame over {LOADS} loads median {:.0} ms, max {:.0} ms; \
              over {secs} s: {} frames ({:.1}/s), latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, \
-             unreadable {}, freezeCount {}, bitrate {:.0} kbit/s",
+             unreadable {}, freezeCount {}, bitrate {}",
             args.fps,
             m.first_ms[LOADS / 2],
             m.first_ms[LOADS - 1],
@@ -105,8 +74,9 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
             pct(&m.late_ms, 0.99),
             m.late_ms.last().copied().unwrap_or(f64::NAN),
             m.unreadable,
-            m.freezes,
-            m.kbps,
+            // The camera's page counts these; hls.js in a bare page does not.
+            if mode == "hls" { "n/a".to_string() } else { m.freezes.to_string() },
+            if mode == "hls" { "n/a".to_string() } else { format!("{:.0} kbit/s", m.kbps) },
         );
     }
     Ok(())
@@ -130,7 +100,9 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn watch(url: &str, secs: u64) -> anyhow::Result<Measured> {
+/// Loads `url` `LOADS` times, timing the first frame of each (after evaluating `after_load` in
+/// the page once it has loaded, if given), then measures the last load for `secs`.
+fn watch(url: &str, secs: u64, after_load: Option<&str>) -> anyhow::Result<Measured> {
     // Loopback candidates without mDNS names (as the tests' pages), playing without a gesture.
     let mut browser = Browser::launch_with(&[
         "--allow-loopback-in-peer-connection",
@@ -141,7 +113,7 @@ fn watch(url: &str, secs: u64) -> anyhow::Result<Measured> {
     browser.call("Page.enable", json!({}))?;
     browser.call(
         "Page.addScriptToEvaluateOnNewDocument",
-        json!({ "source": GLASS }),
+        json!({ "source": TIME_CODE_READER }),
     )?;
     let mut first_ms = Vec::with_capacity(LOADS);
     for _ in 0..LOADS {
@@ -149,13 +121,27 @@ fn watch(url: &str, secs: u64) -> anyhow::Result<Measured> {
         // The previous page's `glass` may answer until the new document replaces it.
         std::thread::sleep(Duration::from_millis(100));
         let until = Instant::now() + FIRST_FRAME_LIMIT;
+        if let Some(script) = after_load {
+            let loaded = format!(
+                "document.readyState === 'complete' && location.href === {}",
+                serde_json::to_string(url)?
+            );
+            while browser.eval(&loaded)? != json!(true) {
+                if Instant::now() > until {
+                    bail!("{url} did not load within {FIRST_FRAME_LIMIT:?}");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            browser.eval(script)?;
+        }
         let first = loop {
             let first = browser.eval("window.glass && window.glass.first")?;
             if let Some(ms) = first.as_f64() {
                 break ms;
             }
             if Instant::now() > until {
-                let state = browser.eval("({ glass: window.glass, surv: window.surv })")?;
+                let state = browser
+                    .eval("({ glass: window.glass, surv: window.surv, hls: window.hlsErrors })")?;
                 bail!("no frame within {FIRST_FRAME_LIMIT:?} of loading {url}: {state}");
             }
             std::thread::sleep(Duration::from_millis(20));
