@@ -114,6 +114,32 @@ impl Browser {
         Ok(())
     }
 
+    /// Runs `script` at the start of every document the page loads from now on.
+    pub fn on_every_document(&mut self, script: &str) -> anyhow::Result<()> {
+        self.call("Page.enable", json!({}))?;
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": script }),
+        )?;
+        Ok(())
+    }
+
+    /// Navigates the page to `url` and waits until that document has loaded, `until` at most.
+    pub fn navigate_loaded(&mut self, url: &str, until: Instant) -> anyhow::Result<()> {
+        self.call("Page.navigate", json!({ "url": url }))?;
+        let loaded = format!(
+            "document.readyState === 'complete' && location.href === {}",
+            serde_json::to_string(url)?
+        );
+        while self.eval(&loaded)? != json!(true) {
+            if Instant::now() > until {
+                bail!("{url} did not load in time");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Evaluates a JS expression in the page and returns its value.
     pub fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
         let r = self.call(

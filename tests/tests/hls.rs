@@ -240,27 +240,13 @@ async fn hls_js_in_chromium_plays_the_playlist_at_low_latency() {
 /// picture (20 s at most), then `secs` more: what `TIME_CODE_READER` saw over those, hls.js's
 /// version and errors.
 fn play_with_hls_js(origin: &str, secs: u64) -> anyhow::Result<serde_json::Value> {
-    use serde_json::json;
     use surv_tests::chromium::{hls_js, play_hls, Browser, TIME_CODE_READER};
     let mut browser = Browser::launch_with(&["--autoplay-policy=no-user-gesture-required"])?;
     browser.open("about:blank")?;
-    browser.call("Page.enable", json!({}))?;
-    browser.call(
-        "Page.addScriptToEvaluateOnNewDocument",
-        json!({ "source": TIME_CODE_READER }),
-    )?;
+    browser.on_every_document(TIME_CODE_READER)?;
     // A page of the server's origin that plays nothing itself: `/status`'s JSON.
-    let page = format!("{origin}/status");
-    browser.call("Page.navigate", json!({ "url": page }))?;
-    let loaded = format!(
-        "document.readyState === 'complete' && location.href === {}",
-        serde_json::to_string(&page)?
-    );
     let until = std::time::Instant::now() + Duration::from_secs(20);
-    while browser.eval(&loaded)? != json!(true) {
-        anyhow::ensure!(std::time::Instant::now() < until, "{page} did not load");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    browser.navigate_loaded(&format!("{origin}/status"), until)?;
     let script = format!(
         "{};\n{}",
         hls_js()?,

@@ -110,29 +110,17 @@ fn watch(url: &str, secs: u64, after_load: Option<&str>) -> anyhow::Result<Measu
         "--autoplay-policy=no-user-gesture-required",
     ])?;
     browser.open("about:blank")?;
-    browser.call("Page.enable", json!({}))?;
-    browser.call(
-        "Page.addScriptToEvaluateOnNewDocument",
-        json!({ "source": TIME_CODE_READER }),
-    )?;
+    browser.on_every_document(TIME_CODE_READER)?;
     let mut first_ms = Vec::with_capacity(LOADS);
     for _ in 0..LOADS {
-        browser.call("Page.navigate", json!({ "url": url }))?;
-        // The previous page's `glass` may answer until the new document replaces it.
-        std::thread::sleep(Duration::from_millis(100));
         let until = Instant::now() + FIRST_FRAME_LIMIT;
         if let Some(script) = after_load {
-            let loaded = format!(
-                "document.readyState === 'complete' && location.href === {}",
-                serde_json::to_string(url)?
-            );
-            while browser.eval(&loaded)? != json!(true) {
-                if Instant::now() > until {
-                    bail!("{url} did not load within {FIRST_FRAME_LIMIT:?}");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            browser.navigate_loaded(url, until)?;
             browser.eval(script)?;
+        } else {
+            browser.call("Page.navigate", json!({ "url": url }))?;
+            // The previous page's `glass` may answer until the new document replaces it.
+            std::thread::sleep(Duration::from_millis(100));
         }
         let first = loop {
             let first = browser.eval("window.glass && window.glass.first")?;
