@@ -188,7 +188,8 @@ pub fn play_hls(playlist: &str) -> String {
   document.body.appendChild(box);
   const errors = window.hlsErrors = [];
   const hls = window.hls = new Hls({{ lowLatencyMode: true }});
-  hls.on(Hls.Events.ERROR, (_, d) => errors.push((d.fatal ? "fatal: " : "") + d.details));
+  hls.on(Hls.Events.ERROR, (_, d) => errors.push((d.fatal ? "fatal: " : "") + d.details +
+    (d.response ? " " + d.response.code + " " + d.response.text : "") + (d.error ? " " + d.error : "")));
   hls.loadSource({url});
   hls.attachMedia(v);
   v.play().catch(e => errors.push("play: " + e));

@@ -25,8 +25,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -58,6 +59,32 @@ pub(crate) fn is_media_path(path: &str) -> bool {
         ),
         (Some("cam"), Some(_), Some("hls"), Some(_), Some(_), None)
     )
+}
+
+/// Whether `path` is HLS: a playlist (`/index.m3u8`, `/cam/<name>/index.m3u8`) or media.
+fn is_hls_path(path: &str) -> bool {
+    path == "/index.m3u8"
+        || is_media_path(path)
+        || path
+            .strip_prefix("/cam/")
+            .and_then(|rest| rest.strip_suffix("/index.m3u8"))
+            .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
+/// CORS on every HLS response (a refusal too): a page of any origin may play the camera with
+/// hls.js, as it may play it by WHEP. The requests of a player are simple GETs (no preflight);
+/// the token goes in the playlist's query (`?token=`), which the media do not need. The header
+/// is the same for every origin, so a cache keeps one copy.
+pub(crate) async fn cors(request: Request, next: Next) -> Response {
+    if !is_hls_path(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 /// A file under a stream.
@@ -360,6 +387,30 @@ async fn part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hls_paths_are_the_playlists_and_the_media() {
+        for yes in [
+            "/index.m3u8",
+            "/cam/main/index.m3u8",
+            "/cam/main/hls/0123abcd/init.mp4",
+            "/cam/main/hls/0123abcd/17.4.m4s",
+        ] {
+            assert!(is_hls_path(yes), "{yes}");
+        }
+        for no in [
+            "/",
+            "/status",
+            "/cam/main/",
+            "/cam/main/whep",
+            "/cam//index.m3u8",
+            "/cam/a/b/index.m3u8",
+            "/index.m3u8/x",
+            "/cam/main/index.m3u",
+        ] {
+            assert!(!is_hls_path(no), "{no}");
+        }
+    }
 
     #[test]
     fn media_names_parse_strictly() {

@@ -247,6 +247,7 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/livez", get(health::live))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(middleware::from_fn(whep::cors))
+        .layer(middleware::from_fn(hls::cors))
         .with_state(state)
 }
 
