@@ -170,8 +170,8 @@ pub fn hls_js() -> anyhow::Result<String> {
         .with_context(|| format!("reading {} (scripts/setup.sh installs it)", path.display()))
 }
 
-/// A script that plays `playlist` (a URL of the page's origin) with hls.js (evaluated in the
-/// page before it) in low-latency mode, in a muted `<video>` inside a new `#picture`:
+/// A script that plays `playlist` (of any origin: HLS answers with CORS) with hls.js (evaluated
+/// in the page before it) in low-latency mode, in a muted `<video>` inside a new `#picture`:
 /// `window.hlsErrors` lists hls.js's errors (`"fatal: …"` for a fatal one), `window.hls` is
 /// the player.
 pub fn play_hls(playlist: &str) -> String {

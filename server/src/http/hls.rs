@@ -25,9 +25,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
@@ -62,29 +61,13 @@ pub(crate) fn is_media_path(path: &str) -> bool {
 }
 
 /// Whether `path` is HLS: a playlist (`/index.m3u8`, `/cam/<name>/index.m3u8`) or media.
-fn is_hls_path(path: &str) -> bool {
+pub(crate) fn is_hls_path(path: &str) -> bool {
     path == "/index.m3u8"
         || is_media_path(path)
         || path
             .strip_prefix("/cam/")
             .and_then(|rest| rest.strip_suffix("/index.m3u8"))
             .is_some_and(|name| !name.is_empty() && !name.contains('/'))
-}
-
-/// CORS on every HLS response (a refusal too): a page of any origin may play the camera with
-/// hls.js, as it may play it by WHEP. The requests of a player are simple GETs (no preflight);
-/// the token goes in the playlist's query (`?token=`), which the media do not need. The header
-/// is the same for every origin, so a cache keeps one copy.
-pub(crate) async fn cors(request: Request, next: Next) -> Response {
-    if !is_hls_path(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let mut response = next.run(request).await;
-    response.headers_mut().insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    response
 }
 
 /// A file under a stream.

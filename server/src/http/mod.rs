@@ -36,7 +36,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -246,9 +246,34 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(health::ready))
         .route("/livez", get(health::live))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
-        .layer(middleware::from_fn(whep::cors))
-        .layer(middleware::from_fn(hls::cors))
+        .layer(middleware::from_fn(cors))
         .with_state(state)
+}
+
+/// CORS on every WHEP and LL-HLS response, a refusal too (so that a page can read why): a page
+/// of any origin may play the camera by WHEP or with hls.js, and read WHEP's `Location`. A
+/// WHEP preflight is answered by its route ([`whep::preflight`]); a player's HLS requests are
+/// simple GETs and need none (the token goes in the playlist's `?token=`). The header is the
+/// same for every origin, so a cache keeps one copy.
+async fn cors(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let whep = whep::is_whep_path(path);
+    if !whep && !hls::is_hls_path(path) {
+        return next.run(request).await;
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    if whep {
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("Location"),
+        );
+    }
+    response
 }
 
 /// Every request comes through here before its route: the one place where a request is let in

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
@@ -37,25 +36,6 @@ pub(crate) fn is_whep_path(path: &str) -> bool {
         ),
         (Some("cam"), Some(_), Some("whep"), None | Some(_), None)
     )
-}
-
-/// CORS on every WHEP response (a refusal too, so that a page can read why): any origin may
-/// read it and its `Location`; a preflight learns what it may send.
-pub(crate) async fn cors(request: Request, next: Next) -> Response {
-    if !is_whep_path(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location"),
-    );
-    response
 }
 
 /// `OPTIONS /cam/<name>/whep[/<session>]`: the CORS preflight.
