@@ -57,13 +57,23 @@ async def play(args, out):
         tracks = asyncio.Queue()
         pc.on("track", lambda track: tracks.put_nowait(track))
         await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        if args.hide_candidates:
+            # As a browser that hides its addresses behind mDNS names the server cannot
+            # resolve (or a player behind a NAT of its own): the server learns where we are
+            # only from our connectivity checks.
+            offer = "".join(
+                line
+                for line in offer.splitlines(keepends=True)
+                if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+            )
         started = time.monotonic()
         deadline = started + args.timeout
         status, headers, body = await asyncio.to_thread(
             http,
             "POST",
             args.url,
-            pc.localDescription.sdp.encode(),
+            offer.encode(),
             args.token,
             "application/sdp",
             args.timeout,
@@ -110,6 +120,11 @@ def main():
     p.add_argument("--token", help="sent as Authorization: Bearer TOKEN")
     p.add_argument("--keep", action="store_true", help="do not DELETE the session")
     p.add_argument("--hold", type=float, default=0.0, help="with --keep: seconds to stay")
+    p.add_argument(
+        "--hide-candidates",
+        action="store_true",
+        help="send the offer without our ICE candidates (a browser's mDNS names, a NAT)",
+    )
     args = p.parse_args()
     out = {
         "status": None,

@@ -3,7 +3,7 @@
 //! misbehaviour (loss, silence, spoofing) a test controls. Beside them: `fixtures` (test JPEGs,
 //! the child reaper), `child` (programs run under a time limit), `media` (ffmpeg and ffprobe
 //! judging recorded files), `chromium` (a headless browser driven over its DevTools pipe),
-//! `nginx` (an HLS edge cache from deploy/nginx-edge.conf), `http` (the HTTP/1.1 client of the
+//! `nginx` (an HLS edge cache from deploy/nginx-edge.conf), `nat` (a port forward on loopback), `http` (the HTTP/1.1 client of the
 //! tests and surv-load).
 
 pub mod child;
@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod http;
 pub mod media;
 pub mod motion_script;
+pub mod nat;
 pub mod nginx;
 pub mod standins;
 
@@ -98,6 +99,9 @@ pub struct ServerOpts {
     /// Serve WebRTC on a free UDP port of 127.0.0.1 (offers by WHEP over HTTP, which this turns
     /// on too): [`TestServer::webrtc_addr`].
     pub webrtc: bool,
+    /// `--webrtc-host`: the addresses players are told (ICE host candidates) instead of the
+    /// bound 127.0.0.1; empty: the bound address.
+    pub webrtc_hosts: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerOpts {
@@ -118,6 +122,7 @@ impl Default for ServerOpts {
             forward: Vec::new(),
             http: false,
             webrtc: false,
+            webrtc_hosts: Vec::new(),
         }
     }
 }
@@ -348,9 +353,10 @@ pub async fn start_server_cameras(
     };
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let webrtc = if opts.webrtc {
-        Some(surv_server::watchers::webrtc::WebrtcSocket::bind(
-            "127.0.0.1:0".parse()?,
-        )?)
+        Some(
+            surv_server::watchers::webrtc::WebrtcSocket::bind("127.0.0.1:0".parse()?)?
+                .with_hosts(opts.webrtc_hosts.clone()),
+        )
     } else {
         None
     };

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -88,10 +89,22 @@ impl Played {
 
 /// Runs the peer against `url` (bounded) and reads its JSON line.
 async fn play(url: String, token: Option<&str>, frames: u64) -> anyhow::Result<Played> {
+    play_with(url, token, frames, &[]).await
+}
+
+/// [`play`], with more of the peer's options.
+async fn play_with(
+    url: String,
+    token: Option<&str>,
+    frames: u64,
+    options: &[&str],
+) -> anyhow::Result<Played> {
     let token = token.map(str::to_string);
+    let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
         let mut cmd = client();
         cmd.arg(&url)
+            .args(&options)
             .args(["--frames", &frames.to_string()])
             .args(["--timeout", "40"]);
         if let Some(t) = &token {
@@ -273,11 +286,45 @@ async fn an_aiortc_peer_decodes_the_camera_and_delete_ends_it() {
     .unwrap();
     assert_eq!(again.status, 404, "{}", again.body);
     let w = &srv.server.stats.webrtc;
-    use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(w.sessions.load(Relaxed), 1);
     assert_eq!(w.connected.load(Relaxed), 1);
     assert!(w.packets_sent.load(Relaxed) > FRAMES);
     srv.wait_sessions(0).await.unwrap();
+    srv.stop().await.unwrap();
+}
+
+/// The server behind a port forward, as on a home router: it is bound to 127.0.0.1, players
+/// are told 127.0.0.2 (`--webrtc-host`), and what they send there arrives at 127.0.0.1 from the
+/// forward's own address. aiortc, its own addresses hidden as a browser's are (mDNS names) or
+/// as a NAT of its own would make them unreachable, must connect and decode through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_reaches_the_server_through_a_port_forward_to_its_webrtc_host() {
+    let _heavy = surv_tests::heavy().await;
+    let public_ip: std::net::IpAddr = [127, 0, 0, 2].into();
+    let srv = start_server(ServerOpts {
+        webrtc: true,
+        webrtc_hosts: vec![public_ip],
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap();
+    let inside = srv.webrtc_addr.unwrap();
+    let public = SocketAddr::new(public_ip, inside.port());
+    let forward = surv_tests::nat::PortForward::start(public, inside, true, false)
+        .await
+        .unwrap();
+    let played = play_with(whep_url(&srv, "main"), None, FRAMES, &["--hide-candidates"])
+        .await
+        .unwrap();
+    let (udp_in, udp_out) = (
+        forward.counts.udp_in.load(Relaxed),
+        forward.counts.udp_out.load(Relaxed),
+    );
+    println!("through the forward: {played:?}; datagrams in {udp_in}, out {udp_out}");
+    assert_eq!(played.status, Some(201), "{played:?}");
+    assert!(played.frames >= FRAMES, "{played:?}");
+    // Every datagram went through the forward: the server offered no other address.
+    assert!(udp_out > FRAMES && udp_in > 0, "in {udp_in}, out {udp_out}");
     srv.stop().await.unwrap();
 }
 
@@ -363,7 +410,6 @@ async fn whep_refuses_what_it_cannot_answer_and_counts_it() {
         .unwrap();
     assert_eq!(r.status, 404, "{}", r.body);
 
-    use std::sync::atomic::Ordering::Relaxed;
     let w = &srv.server.stats.webrtc;
     assert_eq!(w.offers.load(Relaxed), 5, "401s never reach the handler");
     assert_eq!(w.offers_refused.load(Relaxed), 5);
@@ -442,7 +488,6 @@ fn silent_offer() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_that_never_connect_are_bounded_and_dropped() {
-    use std::sync::atomic::Ordering::Relaxed;
     use surv_server::watchers::webrtc::{CONNECT_WITHIN, MAX_CONNECTING};
     let srv = start(None).await;
     let http = srv.http_addr.unwrap();

@@ -435,23 +435,9 @@ impl Engine {
         peer.drain(socket, &self.server);
     }
 
-    /// The local candidate a datagram came in on: its destination address when the kernel
-    /// said it (IPv4), else the bound address, else (bound to every address, IPv6) our first
-    /// candidate of its family. Only ICE's bookkeeping uses it: replies leave from the one
-    /// socket whatever it says.
+    /// The local candidate a datagram came in on ([`local_candidate`]).
     fn destination(&self, from: SocketAddr, to: Option<IpAddr>) -> SocketAddr {
-        let port = self.local.port();
-        if let Some(ip) = to {
-            return SocketAddr::new(ip, port);
-        }
-        if !self.local.ip().is_unspecified() {
-            return self.local;
-        }
-        self.candidates
-            .iter()
-            .find(|c| c.is_ipv4() == from.is_ipv4())
-            .copied()
-            .unwrap_or(self.local)
+        local_candidate(self.local, &self.candidates, from, to)
     }
 
     /// Gives every peer whose timeout has come its time.
@@ -975,6 +961,39 @@ async fn relay_units(
     }
 }
 
+/// The local candidate a datagram from `from` came in on, as ICE must be told it: str0m drops
+/// a connectivity check whose destination is none of our host candidates.
+///
+/// * Its destination address (IPv4: the kernel says it) or, without one, the bound address,
+///   when that is one of our candidates.
+/// * Else the first candidate of its family. That is a player behind no NAT of ours reaching
+///   an address we were told to give (`--webrtc-host`) through a port forward or a 1:1 NAT:
+///   it arrives at our private address, yet the player sent it to the public one, and that
+///   is the candidate its checks are paired with. Bound to every address (IPv6, where the
+///   destination is not read) it is the same.
+/// * Else what it arrived at.
+///
+/// Replies leave from the one socket whatever this says: only ICE's bookkeeping uses it.
+fn local_candidate(
+    local: SocketAddr,
+    candidates: &[SocketAddr],
+    from: SocketAddr,
+    to: Option<IpAddr>,
+) -> SocketAddr {
+    let arrived = match to {
+        Some(ip) => SocketAddr::new(ip, local.port()),
+        None => local,
+    };
+    if candidates.contains(&arrived) {
+        return arrived;
+    }
+    candidates
+        .iter()
+        .find(|c| c.is_ipv4() == from.is_ipv4())
+        .copied()
+        .unwrap_or(arrived)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1027,5 +1046,48 @@ mod tests {
         );
         // A capture time in the future (clock set back) is now.
         assert!(Instant::now().duration_since(wallclock(u64::MAX)) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_datagram_through_a_port_forward_is_paired_with_the_address_players_were_given() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let player = addr("198.51.100.9:50000");
+        // Bound to one address, which is the candidate.
+        let local = addr("10.0.0.5:8555");
+        assert_eq!(
+            local_candidate(local, &[local], player, ip("10.0.0.5")),
+            local
+        );
+        assert_eq!(local_candidate(local, &[local], player, None), local);
+        // Behind a port forward: told 203.0.113.7, it arrives at 10.0.0.5.
+        let public = addr("203.0.113.7:8555");
+        let lan = addr("192.168.1.20:8555");
+        assert_eq!(
+            local_candidate(local, &[public], player, ip("10.0.0.5")),
+            public
+        );
+        // Two addresses given: the one it came to when it is one of them, else the first.
+        assert_eq!(
+            local_candidate(
+                addr("0.0.0.0:8555"),
+                &[public, lan],
+                player,
+                ip("192.168.1.20")
+            ),
+            lan
+        );
+        assert_eq!(
+            local_candidate(addr("0.0.0.0:8555"), &[public, lan], player, ip("10.0.0.5")),
+            public
+        );
+        // Bound to every IPv6 address (no destination read): the first IPv6 candidate.
+        let v6 = addr("[2001:db8::5]:8555");
+        assert_eq!(
+            local_candidate(addr("[::]:8555"), &[v6], addr("[2001:db8::9]:5000"), None),
+            v6
+        );
+        // No candidate of its family: what it arrived at.
+        assert_eq!(local_candidate(local, &[v6], player, ip("10.0.0.5")), local);
     }
 }
