@@ -167,6 +167,11 @@ struct Args {
     /// frame to every player whatever its link (less CPU; for a LAN whose viewers all keep up).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     webrtc_adapt: bool,
+    /// WebRTC players may also connect over TCP to the same port number (ICE-TCP), for
+    /// networks that block UDP: slower to recover from loss than UDP, but a picture where
+    /// there would be none. Players take it only when UDP does not connect. `false`: UDP only.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    webrtc_tcp: bool,
     /// H.264 made by surv (for RTSP watchers of cameras that do not send H.264 themselves):
     /// a keyframe every this many seconds, and one at once for a joining watcher (at most one
     /// a second).
@@ -535,11 +540,20 @@ fn run() -> anyhow::Result<()> {
                          --webrtc-port with another port, or --webrtc-port 0 to turn WebRTC off)"
                     )
                 })?;
-                Some(
+                let socket = socket
+                    .with_hosts(args.webrtc_host.clone())
+                    .with_adapt(args.webrtc_adapt);
+                let socket = if args.webrtc_tcp {
+                    socket.with_tcp().with_context(|| {
+                        format!(
+                            "listening on TCP {addr} for WebRTC over TCP (is another server on \
+                             that port? --webrtc-tcp false turns it off)"
+                        )
+                    })?
+                } else {
                     socket
-                        .with_hosts(args.webrtc_host.clone())
-                        .with_adapt(args.webrtc_adapt),
-                )
+                };
+                Some(socket)
             }
         };
         let shutdown = CancellationToken::new();

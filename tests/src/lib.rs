@@ -102,6 +102,8 @@ pub struct ServerOpts {
     /// `--webrtc-host`: the addresses players are told (ICE host candidates) instead of the
     /// bound 127.0.0.1; empty: the bound address.
     pub webrtc_hosts: Vec<std::net::IpAddr>,
+    /// `--webrtc-tcp`: players may connect over TCP to the WebRTC port number too.
+    pub webrtc_tcp: bool,
 }
 
 impl Default for ServerOpts {
@@ -123,6 +125,7 @@ impl Default for ServerOpts {
             http: false,
             webrtc: false,
             webrtc_hosts: Vec::new(),
+            webrtc_tcp: false,
         }
     }
 }
@@ -353,10 +356,13 @@ pub async fn start_server_cameras(
     };
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let webrtc = if opts.webrtc {
-        Some(
-            surv_server::watchers::webrtc::WebrtcSocket::bind("127.0.0.1:0".parse()?)?
-                .with_hosts(opts.webrtc_hosts.clone()),
-        )
+        let socket = surv_server::watchers::webrtc::WebrtcSocket::bind("127.0.0.1:0".parse()?)?
+            .with_hosts(opts.webrtc_hosts.clone());
+        Some(if opts.webrtc_tcp {
+            socket.with_tcp()?
+        } else {
+            socket
+        })
     } else {
         None
     };

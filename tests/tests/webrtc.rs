@@ -223,6 +223,8 @@ async fn start(token: Option<&str>) -> TestServer {
     };
     start_server(ServerOpts {
         webrtc: true,
+        // As the server runs by default: players may use TCP where UDP does not connect.
+        webrtc_tcp: true,
         config,
         ..ServerOpts::default()
     })
@@ -478,6 +480,61 @@ async fn a_peer_without_the_token_is_refused_and_a_playing_one_leaves_at_shutdow
 
 /// A real player's offer (aiortc's, from the fuzz corpus), POSTed with nobody behind it: it is
 /// answered, and then never connects.
+/// What a hostile client can do to the WebRTC TCP port: a frame no WebRTC peer sends closes its
+/// link at once; junk framed well is counted as foreign and nothing more; past
+/// `MAX_TCP_LINKS` open links, one more is closed at once and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tcp_links_are_closed_and_bounded() {
+    use surv_server::watchers::webrtc::MAX_TCP_LINKS;
+    let srv = start(None).await;
+    let addr = srv.webrtc_addr.unwrap();
+    let w = &srv.server.stats.webrtc;
+    // Closed by the server: the read ends (EOF or reset) well before the 15 s silence limit.
+    async fn closed_soon(conn: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            timeout(Duration::from_secs(5), conn.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+    for frame in [&[0u8, 0][..], &[0xff, 0xff, 1, 2, 3][..]] {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(frame).await.unwrap();
+        assert!(closed_soon(&mut conn).await, "{frame:?} left open");
+    }
+    // Junk in a good frame: counted, the link left to its timeouts.
+    let mut junk = TcpStream::connect(addr).await.unwrap();
+    let mut frame = vec![0u8, 100];
+    frame.extend((0..100u8).map(|i| i.wrapping_mul(37)));
+    junk.write_all(&frame).await.unwrap();
+    let until = tokio::time::Instant::now() + IO_TIMEOUT;
+    while w.datagrams_foreign.load(Relaxed) == 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.datagrams_foreign.load(Relaxed), 1);
+    let mut buf = [0u8; 8];
+    assert!(
+        timeout(Duration::from_millis(300), junk.read(&mut buf))
+            .await
+            .is_err(),
+        "the junk link stays open until its timeouts"
+    );
+    // The junk link is open: MAX_TCP_LINKS more make one too many.
+    let mut held = Vec::new();
+    for _ in 0..MAX_TCP_LINKS {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let until = tokio::time::Instant::now() + IO_TIMEOUT;
+    while w.tcp_links_refused.load(Relaxed) == 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(w.tcp_links_refused.load(Relaxed), 1);
+    assert_eq!(w.tcp_links.load(Relaxed) as usize, 3 + MAX_TCP_LINKS - 1);
+    assert!(closed_soon(held.last_mut().unwrap()).await);
+    drop(held);
+    srv.stop().await.unwrap();
+}
+
 fn silent_offer() -> Vec<u8> {
     surv_tests::fixtures::fuzz_corpus("whep_offer")
         .into_iter()
@@ -721,6 +778,8 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     .await;
     println!("peer in /status: {peer}");
     assert_eq!(peer["level"], "all", "{peer}");
+    // TCP is offered too, under UDP: a player that can use UDP does.
+    assert_eq!(peer["transport"], "udp", "{peer}");
     // Its last report while the page plays.
     let mut last = peer;
     while !watching.is_finished() {
@@ -776,12 +835,119 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     srv.stop().await.unwrap();
 }
 
+/// UDP blocked on the viewer's side, as above, but the server takes WebRTC over TCP too
+/// (`--webrtc-tcp`): Chromium connects to its passive TCP candidate (ICE-TCP) and the page plays
+/// WebRTC at the full rate, not MJPEG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_webrtc_over_tcp_where_udp_is_blocked() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start_server(ServerOpts {
+        webrtc: true,
+        webrtc_tcp: true,
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}/cam/main/", srv.http_addr.unwrap());
+    let watching = tokio::task::spawn_blocking(move || {
+        let mut switches = LOOPBACK_WEBRTC.to_vec();
+        switches.push("--webrtc-ip-handling-policy=disable_non_proxied_udp");
+        watch_the_page(
+            &url,
+            &switches,
+            |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
+            Duration::from_secs(5),
+        )
+    });
+    let peer = first_peer_when(&srv, "a connected peer", |peer| {
+        peer["state"] == "connected"
+    })
+    .await;
+    println!("peer in /status: {peer}");
+    assert_eq!(peer["transport"], "tcp", "{peer}");
+    let (first, later) = watching.await.unwrap();
+    println!("page: {first}\nthen: {later}");
+    assert_eq!(later["mode"], "webrtc", "{later}");
+    assert_eq!(later["codec"], "video/H264", "{later}");
+    let frames = later["frames"].as_u64().unwrap() - first["frames"].as_u64().unwrap();
+    let secs = (later["statsAt"].as_f64().unwrap() - first["statsAt"].as_f64().unwrap()) / 1000.0;
+    assert!(secs >= 3.0, "{first} then {later}");
+    let rate = frames as f64 / secs;
+    assert!(
+        rate >= 29.0,
+        "{frames} frames decoded in {secs:.2} s: {rate:.1}/s"
+    );
+    let w = &srv.server.stats.webrtc;
+    assert!(w.tcp_links.load(Relaxed) >= 1);
+    assert_eq!(w.send_errors.load(Relaxed), 0);
+    let journal = srv.journal();
+    assert!(
+        !journal.iter().any(|l| l.contains("form=http")),
+        "no MJPEG beside it: {journal:#?}"
+    );
+    srv.stop().await.unwrap();
+}
+
+/// UDP blocked on the server's side: a firewall in front of it drops UDP and forwards TCP
+/// (players told 127.0.0.2, `--webrtc-host`, the server on 127.0.0.1). Chromium, with its
+/// usual policy, tries UDP, gets nothing, and plays over the forwarded TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_plays_over_tcp_through_a_firewall_that_drops_udp() {
+    let _heavy = surv_tests::heavy().await;
+    let public_ip: std::net::IpAddr = [127, 0, 0, 2].into();
+    let srv = start_server(ServerOpts {
+        webrtc: true,
+        webrtc_tcp: true,
+        webrtc_hosts: vec![public_ip],
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap();
+    let inside = srv.webrtc_addr.unwrap();
+    let public = SocketAddr::new(public_ip, inside.port());
+    let forward = surv_tests::nat::PortForward::start(public, inside, false, true)
+        .await
+        .unwrap();
+    let url = format!("http://{}/cam/main/", srv.http_addr.unwrap());
+    let (first, later) = tokio::task::spawn_blocking(move || {
+        watch_the_page(
+            &url,
+            &LOOPBACK_WEBRTC,
+            |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
+            Duration::from_secs(3),
+        )
+    })
+    .await
+    .unwrap();
+    println!("page: {first}\nthen: {later}");
+    assert_eq!(later["mode"], "webrtc", "{later}");
+    assert!(later["frames"].as_u64().unwrap() > first["frames"].as_u64().unwrap());
+    assert!(forward.counts.tcp_connections.load(Relaxed) >= 1);
+    assert_eq!(forward.counts.udp_in.load(Relaxed), 0);
+    let joined = srv
+        .wait_journal(|l| l.contains(" JOIN ") && l.contains("form=webrtc"))
+        .await
+        .unwrap();
+    println!("{joined}");
+    srv.stop().await.unwrap();
+}
+
 /// UDP blocked on the viewer's side (Chromium told to send no UDP that no proxy carries: no
 /// ICE candidate can reach the server): the page gives WebRTC up and plays MJPEG, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_falls_back_to_mjpeg_where_udp_is_blocked() {
     let _heavy = surv_tests::heavy().await;
-    let srv = start(Some(TOKEN)).await;
+    // No WebRTC over TCP either (`--webrtc-tcp false`): nothing can connect.
+    let srv = start_server(ServerOpts {
+        webrtc: true,
+        config: Config {
+            token: Some(Token::new(TOKEN).unwrap()),
+            ..Config::default()
+        },
+        ..ServerOpts::default()
+    })
+    .await
+    .unwrap();
     let url = format!("http://{}/cam/main/?token={TOKEN}", srv.http_addr.unwrap());
     let (first, later) = tokio::task::spawn_blocking(move || {
         let mut switches = LOOPBACK_WEBRTC.to_vec();

@@ -557,7 +557,7 @@ impl Collector for ServerCollector {
             ),
             (
                 "webrtc_send_errors",
-                "Datagrams to WebRTC peers the socket did not take: dropped.",
+                "Datagrams to WebRTC peers the socket (or a TCP link's queue) did not take: dropped.",
                 &webrtc.send_errors,
             ),
             (
@@ -569,6 +569,16 @@ impl Collector for ServerCollector {
                 "webrtc_datagrams_foreign",
                 "Datagrams on the WebRTC port no peer accepted: dropped.",
                 &webrtc.datagrams_foreign,
+            ),
+            (
+                "webrtc_tcp_links",
+                "TCP connections of WebRTC players taken (ICE-TCP, where UDP is blocked).",
+                &webrtc.tcp_links,
+            ),
+            (
+                "webrtc_tcp_links_refused",
+                "TCP connections to the WebRTC port closed at once: too many open.",
+                &webrtc.tcp_links_refused,
             ),
             (
                 "webrtc_keyframe_requests",

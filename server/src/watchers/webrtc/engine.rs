@@ -17,17 +17,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::media::{KeyframeRequestKind, MediaTime, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::offer::INITIAL_ESTIMATE;
 use super::thin::{self, LevelRates, Thinning};
-use super::{Command, NewPeer, PeerReport, WebrtcStats, CONNECT_WITHIN, SILENCE_LIMIT};
+use super::{
+    Command, NewPeer, PeerReport, WebrtcStats, CONNECT_WITHIN, MAX_TCP_LINKS, SILENCE_LIMIT,
+};
 use crate::cameras::Camera;
 use crate::capture::h264::{H264Demand, H264Unit};
 use crate::journal::LeaveReason;
@@ -47,6 +49,11 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 const MIN_WAIT: Duration = Duration::from_millis(1);
 /// Outputs drained from a closing peer at most (its DTLS close_notify and RTCP BYE).
 const CLOSE_OUTPUTS: usize = 64;
+/// Packets queued for one TCP link's writer, at most (about a second of a 1.2 Mbit/s stream):
+/// past it a packet is dropped and counted, as a full UDP buffer drops it.
+const TCP_QUEUE: usize = 128;
+/// Packets from TCP links not yet taken by the engine, at most (then the readers wait).
+const TCP_INBOX: usize = 1024;
 
 /// A unit from a camera's relay, with its bytes as str0m takes them (made once for all peers).
 enum Relayed {
@@ -101,8 +108,9 @@ struct Peer {
     created: Instant,
     timeout: Instant,
     last_heard: Instant,
-    /// The newest address it sent from.
+    /// The newest address it sent from, and by what.
     remote: Option<SocketAddr>,
+    transport: Protocol,
     /// The next unit it should get; `None` until it connected.
     next_seq: Option<u64>,
     /// It lost units: nothing until a keyframe.
@@ -147,9 +155,11 @@ impl Engine {
     }
 
     /// Runs the engine on this thread until `shutdown`; every peer has left when it returns.
+    /// `tcp`: players' TCP connections to take too (ICE-TCP).
     pub(super) fn run_on_thread(
         self,
         socket: std::net::UdpSocket,
+        tcp: Option<std::net::TcpListener>,
         commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -164,18 +174,28 @@ impl Engine {
             }
         };
         runtime.block_on(async move {
-            match UdpSocket::from_std(socket) {
-                Ok(socket) => self.run(socket, commands, shutdown).await,
+            let socket = match UdpSocket::from_std(socket) {
+                Ok(socket) => socket,
                 Err(e) => {
-                    tracing::error!(error = %e, "WebRTC: cannot use the socket; WebRTC is off")
+                    tracing::error!(error = %e, "WebRTC: cannot use the socket; WebRTC is off");
+                    return;
                 }
-            }
+            };
+            let tcp = tcp.and_then(|l| match TcpListener::from_std(l) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "WebRTC: cannot use the TCP listener; ICE-TCP is off");
+                    None
+                }
+            });
+            self.run(socket, tcp, commands, shutdown).await;
         });
     }
 
     async fn run(
         mut self,
         socket: UdpSocket,
+        tcp: Option<TcpListener>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -184,6 +204,22 @@ impl Engine {
         if self.local.is_ipv4() {
             receiver = receiver.with_control();
         }
+        let (links_tx, mut links) = mpsc::channel(TCP_INBOX);
+        let links_stop = shutdown.child_token();
+        if let Some(listener) = tcp {
+            tokio::spawn(accept_links(
+                listener,
+                links_tx,
+                self.server.clone(),
+                links_stop.clone(),
+            ));
+        } else {
+            drop(links_tx);
+        }
+        let mut wire = Wire {
+            udp: socket,
+            tcp: HashMap::new(),
+        };
         loop {
             let now = Instant::now();
             let wake = self
@@ -198,24 +234,58 @@ impl Engine {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(command) = commands.recv() => self.command(command, &socket, &units_tx),
-                Some(relayed) = units.recv() => self.relayed(relayed, &socket),
-                ready = socket.readable() => {
+                Some(command) = commands.recv() => self.command(command, &wire, &units_tx),
+                Some(relayed) = units.recv() => self.relayed(relayed, &wire),
+                ready = wire.udp.readable() => {
                     if ready.is_ok() {
-                        self.receive(&socket, &mut receiver);
+                        self.receive(&wire, &mut receiver);
                     }
                 }
+                Some(event) = links.recv() => self.link_event(event, &mut wire),
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
             }
-            self.drive(&socket, Instant::now());
-            self.sweep(&socket);
+            self.drive(&wire, Instant::now());
+            self.sweep(&wire);
+            close_strangers(&mut wire, Instant::now());
         }
         for peer in &mut self.peers {
             peer.end(LeaveReason::Shutdown);
         }
-        self.sweep(&socket);
+        self.sweep(&wire);
+        links_stop.cancel();
         for feed in self.feeds.values() {
             feed.relay.cancel();
+        }
+    }
+
+    /// A TCP link opened, brought a packet, or closed.
+    fn link_event(&mut self, event: LinkEvent, wire: &mut Wire) {
+        match event {
+            LinkEvent::Opened { remote, out, stop } => {
+                let link = Link {
+                    out,
+                    stop,
+                    opened: Instant::now(),
+                    taken: std::cell::Cell::new(false),
+                };
+                if let Some(old) = wire.tcp.insert(remote, link) {
+                    old.stop.cancel();
+                }
+            }
+            LinkEvent::Packet {
+                remote,
+                local,
+                bytes,
+            } => {
+                self.stats().datagrams_received.fetch_add(1, Relaxed);
+                let to = Some(local.ip());
+                self.datagram(wire, Instant::now(), Protocol::Tcp, remote, to, &bytes);
+            }
+            LinkEvent::Closed { remote } => {
+                if wire.tcp.get(&remote).is_some_and(|l| l.stop.is_cancelled()) {
+                    wire.tcp.remove(&remote);
+                }
+            }
         }
     }
 
@@ -223,9 +293,9 @@ impl Engine {
         &self.server.stats.webrtc
     }
 
-    fn command(&mut self, command: Command, socket: &UdpSocket, units: &mpsc::Sender<Relayed>) {
+    fn command(&mut self, command: Command, wire: &Wire, units: &mpsc::Sender<Relayed>) {
         match command {
-            Command::Add(new) => self.add(*new, socket, units),
+            Command::Add(new) => self.add(*new, wire, units),
             Command::Delete {
                 camera,
                 token,
@@ -243,12 +313,12 @@ impl Engine {
                     None => false,
                 };
                 let _ = done.send(found);
-                self.sweep(socket);
+                self.sweep(wire);
             }
         }
     }
 
-    fn add(&mut self, new: NewPeer, socket: &UdpSocket, units: &mpsc::Sender<Relayed>) {
+    fn add(&mut self, new: NewPeer, wire: &Wire, units: &mpsc::Sender<Relayed>) {
         let NewPeer {
             slot,
             token,
@@ -315,6 +385,7 @@ impl Engine {
             timeout: answered.timeout,
             last_heard: now,
             remote: None,
+            transport: Protocol::Udp,
             next_seq: None,
             wait_key: false,
             backlog: VecDeque::new(),
@@ -330,13 +401,13 @@ impl Engine {
             connecting: self.connecting.clone(),
         };
         for t in &answered.transmits {
-            send(socket, self.stats(), &t.contents, t.destination);
+            wire.send(self.stats(), t);
         }
-        peer.drain(socket, &self.server);
+        peer.drain(wire, &self.server);
         self.peers.push(peer);
     }
 
-    fn relayed(&mut self, relayed: Relayed, socket: &UdpSocket) {
+    fn relayed(&mut self, relayed: Relayed, wire: &Wire) {
         match relayed {
             Relayed::Unit(key, unit, data) => {
                 let Some(feed) = self.feeds.get_mut(&key) else {
@@ -348,7 +419,7 @@ impl Engine {
                 for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
                     peer.follow_estimate(&feed.rates, &self.server.stats.webrtc, now);
                     peer.send_unit(&unit, &data, &self.server);
-                    peer.drain(socket, &self.server);
+                    peer.drain(wire, &self.server);
                 }
             }
             Relayed::Lagged(key) => {
@@ -360,13 +431,14 @@ impl Engine {
                 for peer in self.peers.iter_mut().filter(|p| p.feed == key) {
                     peer.end(LeaveReason::Shutdown);
                 }
-                self.sweep(socket);
+                self.sweep(wire);
             }
         }
     }
 
     /// Takes in what is queued on the socket (a few batches; the loop comes back for more).
-    fn receive(&mut self, socket: &UdpSocket, receiver: &mut MmsgReceiver) {
+    fn receive(&mut self, wire: &Wire, receiver: &mut MmsgReceiver) {
+        let socket = &wire.udp;
         let fd = socket.as_raw_fd();
         let mut inbox: Vec<(SocketAddr, Option<IpAddr>, Vec<u8>)> = Vec::new();
         for _ in 0..4 {
@@ -387,15 +459,16 @@ impl Engine {
         let now = Instant::now();
         for (from, to, bytes) in inbox {
             self.stats().datagrams_received.fetch_add(1, Relaxed);
-            self.datagram(socket, now, from, to, &bytes);
+            self.datagram(wire, now, Protocol::Udp, from, to, &bytes);
         }
     }
 
     /// One datagram, to the peer that accepts it.
     fn datagram(
         &mut self,
-        socket: &UdpSocket,
+        wire: &Wire,
         now: Instant,
+        proto: Protocol,
         from: SocketAddr,
         to: Option<IpAddr>,
         bytes: &[u8],
@@ -408,7 +481,7 @@ impl Engine {
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto,
                 source: from,
                 destination: self.destination(from, to),
                 contents,
@@ -427,12 +500,18 @@ impl Engine {
         self.by_source.insert(from, peer.id);
         peer.last_heard = now;
         peer.remote = Some(from);
+        peer.transport = proto;
+        if proto == Protocol::Tcp {
+            if let Some(link) = wire.tcp.get(&from) {
+                link.taken.set(true);
+            }
+        }
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(id = peer.id, error = %e, "WebRTC: peer input failed");
             peer.end(LeaveReason::Error);
             return;
         }
-        peer.drain(socket, &self.server);
+        peer.drain(wire, &self.server);
     }
 
     /// The local candidate a datagram came in on ([`local_candidate`]).
@@ -441,7 +520,7 @@ impl Engine {
     }
 
     /// Gives every peer whose timeout has come its time.
-    fn drive(&mut self, socket: &UdpSocket, now: Instant) {
+    fn drive(&mut self, wire: &Wire, now: Instant) {
         for peer in self.peers.iter_mut().filter(|p| p.timeout <= now) {
             if peer.ending.is_some() {
                 continue;
@@ -451,14 +530,14 @@ impl Engine {
                 peer.end(LeaveReason::Error);
                 continue;
             }
-            peer.drain(socket, &self.server);
+            peer.drain(wire, &self.server);
         }
     }
 
     /// Ends peers that did not connect in time, went quiet or were closed, and removes the ones
     /// that ended: each connected one leaves (its LEAVE line), each other one is journalled as
     /// refused if it timed out.
-    fn sweep(&mut self, socket: &UdpSocket) {
+    fn sweep(&mut self, wire: &Wire) {
         let now = Instant::now();
         for peer in &mut self.peers {
             if peer.ending.is_some() {
@@ -484,7 +563,7 @@ impl Engine {
         self.peers = live;
         for mut peer in gone {
             let reason = peer.ending.unwrap_or(LeaveReason::Error);
-            peer.close(socket, &self.server);
+            peer.close(wire, &self.server);
             self.by_source.retain(|_, id| *id != peer.id);
             self.stats()
                 .peers
@@ -538,7 +617,7 @@ impl Peer {
 
     /// Polls the peer until it wants a timeout: its datagrams go out, its events are handled.
     /// Media written while handling an event (the GOP, at connect) are sent by the same loop.
-    fn drain(&mut self, socket: &UdpSocket, server: &Arc<Server>) {
+    fn drain(&mut self, wire: &Wire, server: &Arc<Server>) {
         let stats = &server.stats.webrtc;
         loop {
             if self.ending.is_some() {
@@ -562,7 +641,7 @@ impl Peer {
                     self.timeout = t;
                     return;
                 }
-                Ok(Output::Transmit(t)) => send(socket, stats, &t.contents, t.destination),
+                Ok(Output::Transmit(t)) => wire.send(stats, &t),
                 Ok(Output::Event(e)) => self.event(e, server),
                 Err(e) => {
                     tracing::debug!(id = self.id, error = %e, "WebRTC: peer failed");
@@ -712,6 +791,10 @@ impl Peer {
         // Its place among the connecting peers is free again.
         self.connecting.fetch_sub(1, Relaxed);
         self.report.state = "connected";
+        self.report.transport = match self.transport {
+            Protocol::Udp => "udp",
+            _ => "tcp",
+        };
         self.report.address = address.to_string();
         self.publish_report(server);
         tracing::debug!(id = self.id, %address, "WebRTC: peer connected");
@@ -841,7 +924,7 @@ impl Peer {
 
     /// Sends what str0m has to say on the way out (DTLS close_notify) for peers that end
     /// politely; every peer's engine is dropped after.
-    fn close(&mut self, socket: &UdpSocket, server: &Server) {
+    fn close(&mut self, wire: &Wire, server: &Server) {
         let polite = matches!(
             self.ending,
             Some(LeaveReason::End | LeaveReason::Shutdown | LeaveReason::Removed)
@@ -852,9 +935,7 @@ impl Peer {
         }
         for _ in 0..CLOSE_OUTPUTS {
             match self.rtc.poll_output() {
-                Ok(Output::Transmit(t)) => {
-                    send(socket, &server.stats.webrtc, &t.contents, t.destination)
-                }
+                Ok(Output::Transmit(t)) => wire.send(&server.stats.webrtc, &t),
                 Ok(Output::Event(_)) => {}
                 Ok(Output::Timeout(_)) | Err(_) => break,
             }
@@ -884,15 +965,222 @@ fn desired_bps(rates: &LevelRates) -> u64 {
         .map_or(INITIAL_ESTIMATE.as_u64(), |bps| bps + bps / 4)
 }
 
-/// Sends one datagram without waiting: a full socket buffer drops it (counted).
-fn send(socket: &UdpSocket, stats: &WebrtcStats, bytes: &[u8], to: SocketAddr) {
-    match socket.try_send_to(bytes, to) {
-        Ok(_) => {
+/// Closes the TCP links no peer has taken a packet from within [`CONNECT_WITHIN`] of their
+/// opening: a stranger's connection holds no place for long.
+fn close_strangers(wire: &mut Wire, now: Instant) {
+    wire.tcp.retain(|_, link| {
+        let stranger = !link.taken.get() && now.duration_since(link.opened) > CONNECT_WITHIN;
+        if stranger {
+            link.stop.cancel();
+        }
+        !stranger && !link.stop.is_cancelled()
+    });
+}
+
+/// Where peers' datagrams leave: the shared UDP socket, or the TCP link a peer reached us by
+/// (ICE-TCP), each packet framed with its length (RFC 4571).
+struct Wire {
+    udp: UdpSocket,
+    /// Open TCP links, by the player's address.
+    tcp: HashMap<SocketAddr, Link>,
+}
+
+/// A player's TCP connection, as the engine holds it.
+struct Link {
+    /// Framed packets to its writer task; full, a packet is dropped (counted).
+    out: mpsc::Sender<Vec<u8>>,
+    /// Ends its reader and writer.
+    stop: CancellationToken,
+    opened: Instant,
+    /// A peer took a packet from it: it is some peer's path, not a stranger's.
+    taken: std::cell::Cell<bool>,
+}
+
+impl Wire {
+    /// Sends one datagram without waiting: a full socket buffer or link queue drops it
+    /// (counted). A TCP packet for an address with no link is not sent: str0m's checks toward a
+    /// player's own TCP candidates (active ones, which only the player can open), or a link
+    /// that has closed.
+    fn send(&self, stats: &WebrtcStats, t: &Transmit) {
+        let bytes: &[u8] = &t.contents;
+        let sent = match t.proto {
+            Protocol::Udp => self.udp.try_send_to(bytes, t.destination).is_ok(),
+            _ => {
+                let Some(link) = self.tcp.get(&t.destination) else {
+                    tracing::trace!(to = %t.destination, "WebRTC: no TCP link there; not sent");
+                    return;
+                };
+                // str0m's packets are at most its MTU, far under RFC 4571's 64 KiB.
+                match u16::try_from(bytes.len()) {
+                    Ok(len) => {
+                        let mut framed = Vec::with_capacity(bytes.len() + 2);
+                        framed.extend_from_slice(&len.to_be_bytes());
+                        framed.extend_from_slice(bytes);
+                        link.out.try_send(framed).is_ok()
+                    }
+                    Err(_) => false,
+                }
+            }
+        };
+        if sent {
             stats.packets_sent.fetch_add(1, Relaxed);
             stats.bytes_sent.fetch_add(bytes.len() as u64, Relaxed);
-        }
-        Err(_) => {
+        } else {
             stats.send_errors.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// What the TCP links' tasks tell the engine, in order for each link.
+enum LinkEvent {
+    Opened {
+        remote: SocketAddr,
+        out: mpsc::Sender<Vec<u8>>,
+        stop: CancellationToken,
+    },
+    Packet {
+        remote: SocketAddr,
+        local: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        remote: SocketAddr,
+    },
+}
+
+/// Takes players' TCP connections until `stop`: each gets a reader task (packets to the engine)
+/// and a writer task (the engine's packets to it); past [`MAX_TCP_LINKS`] open, one is closed
+/// at once (counted).
+async fn accept_links(
+    listener: TcpListener,
+    events: mpsc::Sender<LinkEvent>,
+    server: Arc<Server>,
+    stop: CancellationToken,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stats = &server.stats.webrtc;
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, mostly: wait rather than spin.
+                tracing::debug!(error = %e, "WebRTC: cannot accept a TCP link");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if open
+            .fetch_update(Relaxed, Relaxed, |n| (n < MAX_TCP_LINKS).then_some(n + 1))
+            .is_err()
+        {
+            stats.tcp_links_refused.fetch_add(1, Relaxed);
+            continue;
+        }
+        stats.tcp_links.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            open.fetch_sub(1, Relaxed);
+            continue;
+        };
+        let (reader, writer) = stream.into_split();
+        let (out, queued) = mpsc::channel(TCP_QUEUE);
+        let link_stop = stop.child_token();
+        let opened = LinkEvent::Opened {
+            remote,
+            out,
+            stop: link_stop.clone(),
+        };
+        if events.send(opened).await.is_err() {
+            return;
+        }
+        tokio::spawn(write_link(writer, queued, link_stop.clone()));
+        let (events, open) = (events.clone(), open.clone());
+        tokio::spawn(async move {
+            read_link(reader, remote, local, &events, &link_stop).await;
+            link_stop.cancel();
+            open.fetch_sub(1, Relaxed);
+            let _ = events.send(LinkEvent::Closed { remote }).await;
+        });
+    }
+}
+
+/// A link's packets to the engine until it closes, goes quiet for [`SILENCE_LIMIT`], frames a
+/// packet no WebRTC peer sends (empty, or over [`MAX_DATAGRAM_BYTES`]), or is stopped.
+async fn read_link(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    remote: SocketAddr,
+    local: SocketAddr,
+    events: &mpsc::Sender<LinkEvent>,
+    stop: &CancellationToken,
+) {
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = tokio::time::timeout(SILENCE_LIMIT, reader.read_exact(&mut len)) => read,
+        };
+        if !matches!(read, Ok(Ok(_))) {
+            return;
+        }
+        let len = usize::from(u16::from_be_bytes(len));
+        if len == 0 || len > MAX_DATAGRAM_BYTES {
+            tracing::debug!(%remote, len, "WebRTC: a TCP link framed no WebRTC packet; closed");
+            return;
+        }
+        let mut bytes = vec![0u8; len];
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = tokio::time::timeout(SILENCE_LIMIT, reader.read_exact(&mut bytes)) => read,
+        };
+        if !matches!(read, Ok(Ok(_))) {
+            return;
+        }
+        let packet = LinkEvent::Packet {
+            remote,
+            local,
+            bytes,
+        };
+        if events.send(packet).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the engine's framed packets to a link, as many as are queued in one write, until the
+/// engine lets go of it, a write fails, or it is stopped.
+async fn write_link(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut queued: mpsc::Receiver<Vec<u8>>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return,
+            first = queued.recv() => first,
+        };
+        let Some(first) = first else {
+            return;
+        };
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < 64 * 1024 {
+            match queued.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::select! {
+            () = stop.cancelled() => return,
+            written = writer.write_all(&batch) => written,
+        };
+        if written.is_err() {
+            stop.cancel();
+            return;
         }
     }
 }

@@ -6,6 +6,7 @@
 //!                                                          │ the peer's Rtc and watcher slot
 //!                                                          ▼
 //!  player ◀────── STUN, DTLS, SRTP/SRTCP: one UDP port ──▶ engine thread (every peer's Rtc)
+//!  player ◀── the same over TCP, same port (ICE-TCP) ──▶ a reader and a writer task per link
 //!                                                          ▲ Arc<H264Unit>: one relay task per camera
 //!                                       H264Feed (one encode per camera, GOP cache, keyframe on join)
 //! ```
@@ -19,6 +20,13 @@
 //! disconnected), `closed` (it closed DTLS), `shutdown` or `removed`. A peer that does not
 //! finish ICE and DTLS within [`CONNECT_WITHIN`] is dropped and its refusal journalled (cause
 //! `timeout`); at most [`MAX_CONNECTING`] may be connecting at once.
+//!
+//! Where UDP is blocked (a company network, some guest Wi-Fi), a player may reach the same
+//! port number over TCP (`--webrtc-tcp`, on by default): every answer also offers a passive
+//! TCP host candidate per address (RFC 6544), lower in priority than UDP, so a player uses it
+//! only when UDP does not connect. Each packet on it is framed with a 2-byte length (RFC 4571).
+//! A link no peer has taken within [`CONNECT_WITHIN`] is closed, as is one silent for
+//! [`SILENCE_LIMIT`]; at most [`MAX_TCP_LINKS`] are open at once.
 
 mod engine;
 pub mod offer;
@@ -52,6 +60,8 @@ pub const CONNECT_WITHIN: Duration = Duration::from_secs(15);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(15);
 /// The kernel buffers of the shared socket: many peers' bursts of an IDR at once.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// Players' TCP links (ICE-TCP) open at once, at most: one more is closed at once (counted).
+pub const MAX_TCP_LINKS: usize = 256;
 /// Offers queued for the engine thread at most.
 const COMMAND_QUEUE: usize = 64;
 
@@ -64,6 +74,8 @@ pub struct WebrtcSocket {
     hosts: Vec<IpAddr>,
     /// `--webrtc-adapt`: each peer sent what its link carries (`thin.rs`), by str0m's estimate.
     adapt: bool,
+    /// `--webrtc-tcp`: the same address and port over TCP, for players whose UDP is blocked.
+    tcp: Option<std::net::TcpListener>,
 }
 
 impl WebrtcSocket {
@@ -85,7 +97,17 @@ impl WebrtcSocket {
             socket,
             hosts: Vec::new(),
             adapt: true,
+            tcp: None,
         })
+    }
+
+    /// Listens on the same address and port over TCP too (ICE-TCP: players whose network
+    /// blocks UDP). Fails if that TCP port is taken.
+    pub fn with_tcp(mut self) -> io::Result<WebrtcSocket> {
+        let listener = std::net::TcpListener::bind(self.socket.local_addr()?)?;
+        listener.set_nonblocking(true)?;
+        self.tcp = Some(listener);
+        Ok(self)
     }
 
     /// The addresses players are told to send to (`--webrtc-host`), instead of the bound one.
@@ -156,6 +178,10 @@ pub struct WebrtcStats {
     pub datagrams_received: AtomicU64,
     /// Datagrams no peer accepted (not STUN/DTLS/RTP, or from nobody we answered): dropped.
     pub datagrams_foreign: AtomicU64,
+    /// TCP connections of players taken (ICE-TCP), and those closed at once because
+    /// [`MAX_TCP_LINKS`] were open.
+    pub tcp_links: AtomicU64,
+    pub tcp_links_refused: AtomicU64,
     /// PLI and FIR from players, each passed to the camera as a keyframe wish.
     pub keyframe_requests: AtomicU64,
     /// NACKs from players (str0m resends from the peer's packet history).
@@ -186,6 +212,9 @@ pub struct PeerReport {
     pub address: String,
     /// `connecting` or `connected`.
     pub state: &'static str,
+    /// How its media go: `udp`, or `tcp` where its network blocks UDP (ICE-TCP); empty while
+    /// it connects.
+    pub transport: &'static str,
     /// Round-trip time, from RTCP receiver reports or ICE consent checks.
     pub rtt_ms: Option<f64>,
     /// What we send it, bits per second, over the last statistics interval.
@@ -378,8 +407,10 @@ pub fn start(
 ) -> Result<(Webrtc, impl std::future::Future<Output = ()>), StartError> {
     let local = socket.socket.local_addr()?;
     let candidates = socket.candidates()?;
-    let config =
-        Arc::new(PeerConfig::new(candidates.clone(), socket.adapt).ok_or(StartError::Certificate)?);
+    let tcp = socket.tcp.is_some();
+    let config = Arc::new(
+        PeerConfig::new(candidates.clone(), socket.adapt, tcp).ok_or(StartError::Certificate)?,
+    );
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let connecting = Arc::new(AtomicUsize::new(0));
     let (ended_tx, ended) = oneshot::channel::<()>();
@@ -392,11 +423,11 @@ pub fn start(
     let spawned = std::thread::Builder::new()
         .name("webrtc".into())
         .spawn(move || {
-            engine.run_on_thread(socket.socket, inbox, shutdown);
+            engine.run_on_thread(socket.socket, socket.tcp, inbox, shutdown);
             let _ = ended_tx.send(());
         })?;
     drop(spawned);
-    tracing::info!(%local, candidates = ?candidates, "WebRTC: WHEP at http://…/cam/CAMERA/whep");
+    tracing::info!(%local, candidates = ?candidates, tcp, "WebRTC: WHEP at http://…/cam/CAMERA/whep");
     let handle = Webrtc {
         server,
         config,

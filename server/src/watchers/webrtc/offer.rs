@@ -18,7 +18,7 @@ use str0m::change::SdpOffer;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{MediaKind, Mid, Pt};
-use str0m::net::Transmit;
+use str0m::net::{TcpType, Transmit};
 use str0m::{Candidate, Output, Rtc, RtcConfig};
 
 /// An offer longer than this is refused unread: a browser's is 3-10 KiB.
@@ -114,12 +114,14 @@ pub struct PeerConfig {
     pub candidates: Vec<SocketAddr>,
     /// Bandwidth estimation (and str0m's pacing) for every peer: what its level follows.
     pub adapt: bool,
+    /// Also a passive TCP candidate per address (ICE-TCP, the same port).
+    pub tcp: bool,
 }
 
 impl PeerConfig {
     /// str0m's pure-Rust crypto and a fresh certificate; `None` if the certificate cannot be
     /// made.
-    pub fn new(candidates: Vec<SocketAddr>, adapt: bool) -> Option<PeerConfig> {
+    pub fn new(candidates: Vec<SocketAddr>, adapt: bool, tcp: bool) -> Option<PeerConfig> {
         let crypto = str0m::crypto::from_feature_flags();
         let cert = crypto.dtls_provider.generate_certificate()?;
         Some(PeerConfig {
@@ -127,6 +129,7 @@ impl PeerConfig {
             cert,
             candidates,
             adapt,
+            tcp,
         })
     }
 }
@@ -185,6 +188,21 @@ pub fn answer(offer: SdpOffer, config: &PeerConfig, now: Instant) -> Result<Answ
                 rtc.add_local_candidate(c);
             }
             Err(e) => tracing::debug!(%addr, error = %e, "not an ICE host candidate"),
+        }
+    }
+    // ICE-TCP: a player connects to us (passive); its type preference is under UDP's, so a
+    // player takes it only when UDP does not connect.
+    for addr in config.candidates.iter().filter(|_| config.tcp) {
+        match Candidate::builder()
+            .tcp()
+            .host(*addr)
+            .tcptype(TcpType::Passive)
+            .build()
+        {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => tracing::debug!(%addr, error = %e, "not an ICE-TCP host candidate"),
         }
     }
     // The offer's media, in order (str0m tells of them by events only once DTLS is up).
@@ -259,7 +277,7 @@ pub fn examine(body: &[u8]) -> Result<(), OfferError> {
     static CONFIG: std::sync::OnceLock<Option<PeerConfig>> = std::sync::OnceLock::new();
     let offer = parse(Some(b"application/sdp"), body)?;
     let config = CONFIG
-        .get_or_init(|| PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))], true))
+        .get_or_init(|| PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))], true, true))
         .as_ref()
         .ok_or_else(|| OfferError::Rejected("no DTLS certificate".into()))?;
     answer(offer, config, Instant::now()).map(|_| ())
@@ -301,10 +319,28 @@ mod tests {
             .find(|(p, _)| p.ends_with("aiortc-recvonly-h264"))
             .expect("the aiortc offer in the corpus")
             .1;
-        let config = PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))], true).unwrap();
+        let config =
+            PeerConfig::new(vec![SocketAddr::from(([127, 0, 0, 1], 8555))], true, true).unwrap();
         let offer = parse(Some(b"application/sdp"), &offer).unwrap();
         let a = answer(offer, &config, Instant::now()).unwrap();
-        assert!(a.answer.contains("127.0.0.1 8555 typ host"), "{}", a.answer);
+        let candidates: Vec<&str> = a
+            .answer
+            .lines()
+            .filter(|l| l.starts_with("a=candidate:"))
+            .collect();
+        let udp = candidates.iter().find(|l| l.contains(" udp "));
+        let tcp = candidates.iter().find(|l| l.contains(" tcp "));
+        let (Some(udp), Some(tcp)) = (udp, tcp) else {
+            panic!("a UDP and a TCP candidate: {}", a.answer);
+        };
+        assert!(udp.contains(" 127.0.0.1 8555 typ host"), "{udp}");
+        assert!(
+            tcp.contains(" 127.0.0.1 8555 typ host tcptype passive"),
+            "{tcp}"
+        );
+        // UDP first: its priority is the higher one.
+        let prio = |l: &str| l.split(' ').nth(3).and_then(|p| p.parse::<u32>().ok());
+        assert!(prio(udp) > prio(tcp), "{udp} / {tcp}");
         assert!(a.answer.contains("a=sendonly"), "{}", a.answer);
         // aiortc offers 42001f as 99 and 42e01f as 101: Constrained Baseline is picked.
         assert_eq!(*a.pt, 101, "{}", a.answer);
