@@ -5,7 +5,8 @@
 //! `<video>`; MJPEG: the `<img>`'s `load`), draws that row into a canvas and compares the code
 //! with the same wall clock. Both ends run on this machine, so there is no clock offset.
 //!
-//! Per mode (the page's WebRTC, then `?play=mjpeg`, then LL-HLS: hls.js, from `models/`, playing
+//! Per mode (the page's WebRTC; the same with Chromium sending no UDP, so that it plays WebRTC
+//! over TCP, ICE-TCP; then `?play=mjpeg`; then LL-HLS: hls.js, from `models/`, playing
 //! `/cam/main/index.m3u8` in a page of the server's origin): the first frame after the page
 //! starts loading, over `LOADS` loads, then over SECS the latency of every frame (p50, p99,
 //! max), the frames that came, the codes that could not be read, and for the camera's page
@@ -31,7 +32,7 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         bail!("--glass takes 1..=3600 seconds");
     }
     let (w, h) = args.size;
-    for mode in ["webrtc", "mjpeg", "hls"] {
+    for mode in ["webrtc", "webrtc-tcp", "mjpeg", "hls"] {
         let http = free_port()?;
         let webrtc = std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
@@ -47,7 +48,7 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         // LL-HLS: hls.js in a page of the server's origin (the JSON of `/status`; the camera's
         // page would play WebRTC beside it), as a site that embeds the camera would play it.
         let (url, after_load) = match mode {
-            "webrtc" => (format!("{origin}/cam/main/"), None),
+            "webrtc" | "webrtc-tcp" => (format!("{origin}/cam/main/"), None),
             "mjpeg" => (format!("{origin}/cam/main/?play=mjpeg"), None),
             _ => (
                 format!("{origin}/status"),
@@ -58,7 +59,10 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
                 )),
             ),
         };
-        let measured = watch(&url, secs, after_load.as_deref());
+        // No UDP but through a proxy, and there is none: WebRTC goes over TCP or not at all.
+        let no_udp =
+            (mode == "webrtc-tcp").then_some("--webrtc-ip-handling-policy=disable_non_proxied_udp");
+        let measured = watch(&url, secs, after_load.as_deref(), no_udp);
         server.stop();
         let m = measured.with_context(|| format!("the {mode} page"))?;
         println!(
@@ -101,14 +105,22 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Loads `url` `LOADS` times, timing the first frame of each (after evaluating `after_load` in
-/// the page once it has loaded, if given), then measures the last load for `secs`.
-fn watch(url: &str, secs: u64, after_load: Option<&str>) -> anyhow::Result<Measured> {
+/// the page once it has loaded, if given), then measures the last load for `secs`; Chromium
+/// runs with `switch` too, if given.
+fn watch(
+    url: &str,
+    secs: u64,
+    after_load: Option<&str>,
+    switch: Option<&str>,
+) -> anyhow::Result<Measured> {
     // Loopback candidates without mDNS names (as the tests' pages), playing without a gesture.
-    let mut browser = Browser::launch_with(&[
+    let mut switches = vec![
         "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns",
         "--autoplay-policy=no-user-gesture-required",
-    ])?;
+    ];
+    switches.extend(switch);
+    let mut browser = Browser::launch_with(&switches)?;
     browser.open("about:blank")?;
     browser.on_every_document(TIME_CODE_READER)?;
     let mut first_ms = Vec::with_capacity(LOADS);

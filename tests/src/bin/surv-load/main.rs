@@ -18,7 +18,8 @@
 //! per watcher against those published, server CPU per delivered frame, H.264 encodes per
 //! captured frame and their cost, bits per second, PLAY → first keyframe (see `rtsp.rs`).
 //!
-//! With `--glass SECS`, headless Chromium plays the camera page (WebRTC, then MJPEG) and reads
+//! With `--glass SECS`, headless Chromium plays the camera page (WebRTC over UDP, then over TCP,
+//! then MJPEG, then LL-HLS with hls.js) and reads
 //! the capture time the test pattern draws into each frame: first frame after a page load and
 //! glass-to-glass latency (see `glass.rs`).
 //!
@@ -240,7 +241,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     jitter_ms: u32,
     /// Glass to glass in headless Chromium, for this many seconds per mode: the camera page by
-    /// WebRTC, then by MJPEG; first frame over 10 page loads, then every frame's latency read
+    /// WebRTC over UDP, then over TCP (Chromium sending no UDP), then by MJPEG, then LL-HLS by
+    /// hls.js; first frame over 10 page loads, then every frame's latency read
     /// from the capture time the test pattern draws into it (see `glass.rs`).
     #[arg(long, value_name = "SECS")]
     glass: Option<u64>,
