@@ -721,6 +721,7 @@ const PAGE_PLAYER: &str = r##"(() => {
   return { mode: s.mode || null, reason: s.reason || null, codec: s.codec || null,
            frames: s.frames || 0, statsAt: s.statsAt || null, kbps: s.kbps ?? null,
            latencyMs: s.latencyMs ?? null, width: s.width || 0, height: s.height || 0,
+           transport: s.transport || null,
            imgDrawn: img ? img.naturalWidth : 0,
            playing: text("mode"), latency: text("latency"), bitrate: text("bitrate") };
 })()"##;
@@ -811,6 +812,7 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     // The page says what it plays, and how well.
     let playing = later["playing"].as_str().unwrap();
     assert!(playing.starts_with("WebRTC (video/H264)"), "{later}");
+    assert_eq!(later["transport"], "udp", "{later}");
     assert!(later["kbps"].as_f64().unwrap() > 0.0, "{later}");
     assert!(
         later["bitrate"].as_str().unwrap().ends_with("bit/s"),
@@ -869,6 +871,15 @@ async fn the_page_plays_webrtc_over_tcp_where_udp_is_blocked() {
     println!("page: {first}\nthen: {later}");
     assert_eq!(later["mode"], "webrtc", "{later}");
     assert_eq!(later["codec"], "video/H264", "{later}");
+    // The page says so.
+    assert_eq!(later["transport"], "tcp", "{later}");
+    assert!(
+        later["playing"]
+            .as_str()
+            .unwrap()
+            .starts_with("WebRTC over TCP (video/H264)"),
+        "{later}"
+    );
     let frames = later["frames"].as_u64().unwrap() - first["frames"].as_u64().unwrap();
     let secs = (later["statsAt"].as_f64().unwrap() - first["statsAt"].as_f64().unwrap()) / 1000.0;
     assert!(secs >= 3.0, "{first} then {later}");

@@ -20,10 +20,11 @@ function survAuth(token) {
 // { mode: "starting" | "webrtc" | "mjpeg" | "snapshot", reason (why not WebRTC), codec,
 //   frames (drawn; WebRTC: framesDecoded, as of statsAt, its getStats time in ms), kbps,
 //   latencyMs (WebRTC: jitter buffer + decode + half the round trip; null when unknown),
-//   freezes (WebRTC: the receiver's freezeCount), width, height }.
+//   freezes (WebRTC: the receiver's freezeCount), transport (WebRTC: "udp", or "tcp" where UDP
+//   is blocked), width, height }.
 function survPlay(box, base, token, fallback, webrtcToo = true) {
   const state = { mode: "starting", reason: null, codec: null, frames: 0, statsAt: null,
-                  kbps: null, latencyMs: null, freezes: 0, width: 0, height: 0 };
+                  kbps: null, latencyMs: null, freezes: 0, transport: null, width: 0, height: 0 };
   const video = document.createElement("video");
   video.muted = true;
   video.autoplay = true;
@@ -44,6 +45,7 @@ function survPlay(box, base, token, fallback, webrtcToo = true) {
     state.reason = reason;
     state.codec = "image/jpeg";
     state.latencyMs = null;
+    state.transport = null;
     if (fallback === "snapshot") {
       const next = () => setTimeout(() => {
         img.src = base + "snapshot.jpg" + withToken("?t=" + Date.now());
@@ -175,8 +177,10 @@ function survPlay(box, base, token, fallback, webrtcToo = true) {
       const stats = await pc.getStats();
       let rtt = null;
       stats.forEach((s) => {
-        if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined)
-          rtt = s.currentRoundTripTime;
+        if (s.type !== "candidate-pair" || !s.nominated) return;
+        if (s.currentRoundTripTime !== undefined) rtt = s.currentRoundTripTime;
+        const local = stats.get(s.localCandidateId);
+        if (local && local.protocol) state.transport = local.protocol;
       });
       stats.forEach((s) => {
         if (s.type !== "inbound-rtp" || s.kind !== "video") return;
