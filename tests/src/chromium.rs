@@ -140,6 +140,29 @@ impl Browser {
         Ok(())
     }
 
+    /// Waits until the page's [`TIME_CODE_READER`] has seen a first picture, and returns when
+    /// (`window.glass.first`, ms from the navigation's start); after `until`, fails with what
+    /// `state` (a JS expression) says of the page.
+    pub fn first_picture(&mut self, until: Instant, state: &str) -> anyhow::Result<f64> {
+        loop {
+            if let Some(ms) = self.eval("window.glass && window.glass.first")?.as_f64() {
+                return Ok(ms);
+            }
+            if Instant::now() > until {
+                bail!("no picture in time: {}", self.eval(state)?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts [`TIME_CODE_READER`]'s counts afresh (frames, samples, unreadable codes).
+    pub fn reset_glass(&mut self) -> anyhow::Result<()> {
+        self.eval(
+            "(() => { const g = window.glass; g.samples = []; g.frames = 0; g.unreadable = 0; })()",
+        )?;
+        Ok(())
+    }
+
     /// Evaluates a JS expression in the page and returns its value.
     pub fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
         let r = self.call(

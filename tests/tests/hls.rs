@@ -259,17 +259,8 @@ fn play_with_hls_js(origin: &str, secs: u64) -> anyhow::Result<serde_json::Value
         play_hls(&format!("{origin}/cam/main/index.m3u8"))
     );
     let version = browser.eval(&script)?;
-    while browser.eval("window.glass.first")?.is_null() {
-        let state = browser.eval("({ glass: window.glass, errors: window.hlsErrors })")?;
-        anyhow::ensure!(
-            std::time::Instant::now() < until,
-            "no picture within 20 s: {state}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    browser.eval(
-        "(() => { const g = window.glass; g.samples = []; g.frames = 0; g.unreadable = 0; })()",
-    )?;
+    browser.first_picture(until, "({ glass: window.glass, errors: window.hlsErrors })")?;
+    browser.reset_glass()?;
     std::thread::sleep(Duration::from_secs(secs));
     let mut seen = browser.eval("({ glass: window.glass, errors: window.hlsErrors })")?;
     seen["version"] = version;

@@ -65,6 +65,12 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         let measured = watch(&url, secs, after_load.as_deref(), no_udp);
         server.stop();
         let m = measured.with_context(|| format!("the {mode} page"))?;
+        // The camera's page counts these; hls.js in a bare page does not.
+        let (freezes, bitrate) = if mode == "hls" {
+            ("n/a".to_string(), "n/a".to_string())
+        } else {
+            (m.freezes.to_string(), format!("{:.0} kbit/s", m.kbps))
+        };
         println!(
             "glass {mode} {w}x{h}@{}: first frame over {LOADS} loads median {:.0} ms, max {:.0} ms; \
              over {secs} s: {} frames ({:.1}/s), latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, \
@@ -78,9 +84,8 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
             pct(&m.late_ms, 0.99),
             m.late_ms.last().copied().unwrap_or(f64::NAN),
             m.unreadable,
-            // The camera's page counts these; hls.js in a bare page does not.
-            if mode == "hls" { "n/a".to_string() } else { m.freezes.to_string() },
-            if mode == "hls" { "n/a".to_string() } else { format!("{:.0} kbit/s", m.kbps) },
+            freezes,
+            bitrate,
         );
     }
     Ok(())
@@ -134,27 +139,19 @@ fn watch(
             // The previous page's `glass` may answer until the new document replaces it.
             std::thread::sleep(Duration::from_millis(100));
         }
-        let first = loop {
-            let first = browser.eval("window.glass && window.glass.first")?;
-            if let Some(ms) = first.as_f64() {
-                break ms;
-            }
-            if Instant::now() > until {
-                let state = browser
-                    .eval("({ glass: window.glass, surv: window.surv, hls: window.hlsErrors })")?;
-                bail!("no frame within {FIRST_FRAME_LIMIT:?} of loading {url}: {state}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let first = browser
+            .first_picture(
+                until,
+                "({ glass: window.glass, surv: window.surv, hls: window.hlsErrors })",
+            )
+            .with_context(|| format!("within {FIRST_FRAME_LIMIT:?} of loading {url}"))?;
         first_ms.push(first);
         // Playing a little before the next load, as a person would.
         std::thread::sleep(Duration::from_millis(1000));
     }
     first_ms.sort_by(f64::total_cmp);
-    let before = browser.eval(
-        "(() => { const g = window.glass; g.samples = []; g.frames = 0; g.unreadable = 0; \
-         return (window.surv && window.surv.freezes) || 0; })()",
-    )?;
+    browser.reset_glass()?;
+    let before = browser.eval("(window.surv && window.surv.freezes) || 0")?;
     std::thread::sleep(Duration::from_secs(secs));
     let after: Value = browser.eval(
         "({ glass: window.glass, freezes: (window.surv && window.surv.freezes) || 0, \
