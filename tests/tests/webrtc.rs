@@ -617,6 +617,8 @@ const PLAY_IN_PAGE: &str = r#"(() => {
       });
       const r = await fetch(url, { method: "POST", body: pc.localDescription.sdp,
                                    headers: { "Content-Type": "application/sdp", ...auth } });
+      whep.candidates = pc.localDescription.sdp.split("\r\n")
+        .filter((l) => l.startsWith("a=candidate:"));
       whep.status = r.status;
       whep.location = r.headers.get("Location");
       const sdp = await r.text();
@@ -638,17 +640,11 @@ const PLAY_IN_PAGE: &str = r#"(() => {
   return true;
 })()"#;
 
-/// What the page's peer connection says, once it decoded `frames` (or the deadline passed).
-fn play_in_chromium(url: &str, frames: u64) -> serde_json::Value {
+/// What the page's peer connection says, once it decoded `frames` (or the deadline passed), in
+/// a Chromium with `switches`.
+fn play_in_chromium(url: &str, frames: u64, switches: &[&str]) -> serde_json::Value {
     use surv_tests::chromium::Browser;
-    // Loopback candidates (Chromium leaves them out by default) without mDNS names, which the
-    // server could not resolve; the page plays without a gesture.
-    let mut browser = Browser::launch_with(&[
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-        "--autoplay-policy=no-user-gesture-required",
-    ])
-    .unwrap();
+    let mut browser = Browser::launch_with(switches).unwrap();
     browser.open("about:blank").unwrap();
     let script = PLAY_IN_PAGE
         .replace("URL_HERE", &serde_json::to_string(url).unwrap())
@@ -683,9 +679,10 @@ async fn headless_chromium_plays_the_camera_from_another_origin() {
     let url = whep_url(&srv, "main");
     // The page is about:blank, an opaque origin: every request is cross-origin (CORS), the
     // DELETE after a preflight.
-    let seen = tokio::task::spawn_blocking(move || play_in_chromium(&url, FRAMES))
-        .await
-        .unwrap();
+    let seen =
+        tokio::task::spawn_blocking(move || play_in_chromium(&url, FRAMES, &LOOPBACK_WEBRTC))
+            .await
+            .unwrap();
     println!("chromium: {seen}");
     let playing = &seen["playing"];
     assert_eq!(playing["status"], 201, "{seen}");
@@ -710,6 +707,45 @@ async fn headless_chromium_plays_the_camera_from_another_origin() {
         .await
         .unwrap();
     assert!(leave.contains("reason=end"), "{leave}");
+    srv.stop().await.unwrap();
+}
+
+/// A browser on another machine hides its addresses behind mDNS names (`….local`), which surv
+/// does not resolve: Chromium as it runs by default (only loopback allowed, for the test) must
+/// still connect, the server learning its address from its connectivity checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_with_its_addresses_behind_mdns_names_plays() {
+    let _heavy = surv_tests::heavy().await;
+    let srv = start(Some(TOKEN)).await;
+    let url = whep_url(&srv, "main");
+    let seen = tokio::task::spawn_blocking(move || {
+        play_in_chromium(
+            &url,
+            FRAMES,
+            &[
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    println!("chromium: {seen}");
+    let playing = &seen["playing"];
+    let candidates: Vec<&str> = playing["candidates"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
+    assert!(!candidates.is_empty(), "{seen}");
+    assert!(
+        candidates.iter().all(|c| c.contains(".local ")),
+        "every candidate an mDNS name: {candidates:?}"
+    );
+    assert_eq!(playing["status"], 201, "{seen}");
+    assert!(
+        playing["framesDecoded"].as_u64().unwrap_or(0) >= FRAMES,
+        "{seen}"
+    );
     srv.stop().await.unwrap();
 }
 
@@ -751,7 +787,8 @@ fn watch_the_page(
     (first, later)
 }
 
-/// Loopback candidates and no mDNS names, as in [`play_in_chromium`].
+/// Loopback candidates (Chromium leaves them out by default) without mDNS names, and playing
+/// without a gesture.
 const LOOPBACK_WEBRTC: [&str; 3] = [
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
