@@ -532,6 +532,26 @@ async fn hostile_tcp_links_are_closed_and_bounded() {
     assert_eq!(w.tcp_links.load(Relaxed) as usize, 3 + MAX_TCP_LINKS - 1);
     assert!(closed_soon(held.last_mut().unwrap()).await);
     drop(held);
+    // A stranger that keeps talking (junk every 2 s, never silent for long) but that no peer
+    // ever takes: closed once CONNECT_WITHIN (15 s) has passed since it opened.
+    let opened = tokio::time::Instant::now();
+    let closed_after = loop {
+        let mut buf = [0u8; 8];
+        match timeout(Duration::from_secs(2), junk.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break opened.elapsed(),
+            Ok(Ok(_)) => panic!("the server wrote to a stranger"),
+            Err(_) => {}
+        }
+        assert!(opened.elapsed() < Duration::from_secs(40), "never closed");
+        if junk.write_all(&frame).await.is_err() {
+            break opened.elapsed();
+        }
+    };
+    println!("the talking stranger was closed after {closed_after:?}");
+    assert!(
+        closed_after >= Duration::from_secs(12),
+        "closed too soon: {closed_after:?}"
+    );
     srv.stop().await.unwrap();
 }
 
