@@ -295,16 +295,14 @@ async fn an_aiortc_peer_decodes_the_camera_and_delete_ends_it() {
     srv.stop().await.unwrap();
 }
 
-/// The server behind a port forward, as on a home router: it is bound to 127.0.0.1, players
-/// are told 127.0.0.2 (`--webrtc-host`), and what they send there arrives at 127.0.0.1 from the
-/// forward's own address. aiortc, its own addresses hidden as a browser's are (mDNS names) or
-/// as a NAT of its own would make them unreachable, must connect and decode through it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_player_reaches_the_server_through_a_port_forward_to_its_webrtc_host() {
-    let _heavy = surv_tests::heavy().await;
+/// A server on 127.0.0.1 whose players are told 127.0.0.2 (`--webrtc-host`), and a forward
+/// from 127.0.0.2 to it: of UDP (else UDP there is dropped), and with `tcp` of TCP too (which
+/// the server then takes: `--webrtc-tcp`).
+async fn behind_a_forward(udp: bool, tcp: bool) -> (TestServer, surv_tests::nat::PortForward) {
     let public_ip: std::net::IpAddr = [127, 0, 0, 2].into();
     let srv = start_server(ServerOpts {
         webrtc: true,
+        webrtc_tcp: tcp,
         webrtc_hosts: vec![public_ip],
         ..ServerOpts::default()
     })
@@ -312,9 +310,20 @@ async fn a_player_reaches_the_server_through_a_port_forward_to_its_webrtc_host()
     .unwrap();
     let inside = srv.webrtc_addr.unwrap();
     let public = SocketAddr::new(public_ip, inside.port());
-    let forward = surv_tests::nat::PortForward::start(public, inside, true, false)
+    let forward = surv_tests::nat::PortForward::start(public, inside, udp, tcp)
         .await
         .unwrap();
+    (srv, forward)
+}
+
+/// The server behind a port forward, as on a home router: it is bound to 127.0.0.1, players
+/// are told 127.0.0.2 (`--webrtc-host`), and what they send there arrives at 127.0.0.1 from the
+/// forward's own address. aiortc, its own addresses hidden as a browser's are (mDNS names) or
+/// as a NAT of its own would make them unreachable, must connect and decode through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_player_reaches_the_server_through_a_port_forward_to_its_webrtc_host() {
+    let _heavy = surv_tests::heavy().await;
+    let (srv, forward) = behind_a_forward(true, false).await;
     let played = play_with(whep_url(&srv, "main"), None, FRAMES, &["--hide-candidates"])
         .await
         .unwrap();
@@ -968,20 +977,7 @@ async fn the_page_plays_webrtc_over_tcp_where_udp_is_blocked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_plays_over_tcp_through_a_firewall_that_drops_udp() {
     let _heavy = surv_tests::heavy().await;
-    let public_ip: std::net::IpAddr = [127, 0, 0, 2].into();
-    let srv = start_server(ServerOpts {
-        webrtc: true,
-        webrtc_tcp: true,
-        webrtc_hosts: vec![public_ip],
-        ..ServerOpts::default()
-    })
-    .await
-    .unwrap();
-    let inside = srv.webrtc_addr.unwrap();
-    let public = SocketAddr::new(public_ip, inside.port());
-    let forward = surv_tests::nat::PortForward::start(public, inside, false, true)
-        .await
-        .unwrap();
+    let (srv, forward) = behind_a_forward(false, true).await;
     let url = format!("http://{}/cam/main/", srv.http_addr.unwrap());
     let (first, later) = tokio::task::spawn_blocking(move || {
         watch_the_page(
