@@ -1111,7 +1111,7 @@ async fn accept_links(
 /// A link's packets to the engine until it closes, goes quiet for [`SILENCE_LIMIT`], frames a
 /// packet no WebRTC peer sends (empty, or over [`MAX_DATAGRAM_BYTES`]), or is stopped.
 async fn read_link(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: impl tokio::io::AsyncRead + Unpin,
     remote: SocketAddr,
     local: SocketAddr,
     events: &mpsc::Sender<LinkEvent>,
@@ -1377,5 +1377,74 @@ mod tests {
         );
         // No candidate of its family: what it arrived at.
         assert_eq!(local_candidate(local, &[v6], player, ip("10.0.0.5")), local);
+    }
+
+    /// Reads `input` (each `Vec` one read, the whole of it) as a link and returns the packets
+    /// it passed on.
+    fn read_as_link(input: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let mut io = tokio_test::io::Builder::new();
+        for read in input {
+            io.read(read);
+        }
+        packets_of(io.build())
+    }
+
+    /// The packets a link reading `reader` passes on.
+    fn packets_of(reader: impl tokio::io::AsyncRead + Unpin) -> Vec<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (events, mut got) = mpsc::channel(16);
+            let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+            read_link(reader, addr, addr, &events, &CancellationToken::new()).await;
+            drop(events);
+            let mut packets = Vec::new();
+            while let Some(e) = got.recv().await {
+                if let LinkEvent::Packet { bytes, .. } = e {
+                    packets.push(bytes);
+                }
+            }
+            packets
+        })
+    }
+
+    #[test]
+    fn a_link_reads_rfc_4571_frames_split_anywhere() {
+        let mut stream = vec![0u8, 3, b'a', b'b', b'c', 0, 1, b'z'];
+        let want = vec![b"abc".to_vec(), b"z".to_vec()];
+        assert_eq!(read_as_link(&[stream.clone()]), want);
+        for cut in 1..stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(
+                read_as_link(&[a.to_vec(), b.to_vec()]),
+                want,
+                "cut at {cut}"
+            );
+        }
+        // A byte at a time.
+        let bytes: Vec<Vec<u8>> = stream.iter().map(|b| vec![*b]).collect();
+        assert_eq!(read_as_link(&bytes), want);
+        // Ends mid-frame: what came whole is passed, the rest dropped with the link.
+        stream.extend([0, 9, b'x']);
+        assert_eq!(read_as_link(&[stream]), want);
+    }
+
+    #[test]
+    fn a_link_framing_no_webrtc_packet_ends_there() {
+        // Empty: the link ends, what follows is not read.
+        assert!(packets_of(&[0u8, 0, 0, 1, b'a'][..]).is_empty());
+        // Over MAX_DATAGRAM_BYTES: ends before anything is read or allocated for it.
+        let len = u16::try_from(MAX_DATAGRAM_BYTES + 1).unwrap().to_be_bytes();
+        let mut stream = vec![0, 1, b'k'];
+        stream.extend(len);
+        stream.extend([1, 2, 3]);
+        assert_eq!(packets_of(&stream[..]), vec![b"k".to_vec()]);
+        // The largest allowed is passed.
+        let len = u16::try_from(MAX_DATAGRAM_BYTES).unwrap().to_be_bytes();
+        let mut frame = len.to_vec();
+        frame.extend(vec![7u8; MAX_DATAGRAM_BYTES]);
+        assert_eq!(read_as_link(&[frame]), vec![vec![7u8; MAX_DATAGRAM_BYTES]]);
     }
 }
