@@ -143,6 +143,10 @@ pub const STALL_FRAMES: u32 = 10;
 /// How long a (re)opened source may take to deliver its first frame (a camera's connection,
 /// its RTSP set-up, an H.264 stream's first key frame).
 pub const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(20);
+/// At stop, how long a source is given to end by itself (a capture thread ends after the frame
+/// it is on): a stopped capture has let go of its source and counted its last frame. One that
+/// has not ended by then is dropped.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a live source at `fps` may go without a frame before it counts as lost: 5 s, or
 /// 10 frame intervals when that is longer.
@@ -564,7 +568,9 @@ async fn watch_run(
         tokio::select! {
             result = &mut run => return result,
             // A source should end by itself at stop; one that does not is dropped here.
-            () = stop.cancelled() => return Ok(()),
+            () = stop.cancelled() => {
+                return tokio::time::timeout(STOP_GRACE, &mut run).await.unwrap_or(Ok(()));
+            }
             () = tokio::time::sleep_until(wake) => {}
         }
     }
