@@ -125,6 +125,8 @@ struct Peer {
     estimate: Option<(u64, bool)>,
     /// The bit rate str0m's estimator was last told to probe up to.
     desired_bps: u64,
+    /// The lowest round trip its receiver reports showed: the path without a queue.
+    min_rtt: Option<Duration>,
     tally: Tally,
     live: Arc<LiveTally>,
     report: PeerReport,
@@ -393,6 +395,7 @@ impl Engine {
             estimate: None,
             egress_packets: 0,
             desired_bps,
+            min_rtt: None,
             tally: Tally::default(),
             live: Arc::new(LiveTally::default()),
             report,
@@ -675,12 +678,18 @@ impl Peer {
                 let new_nacks = s.nacks.saturating_sub(self.report.nacks);
                 let new_packets = s.packets.saturating_sub(self.egress_packets);
                 self.egress_packets = s.packets;
-                if self.estimate.is_some() && thin::lossy(new_nacks, new_packets) {
+                if let Some(rtt) = s.rtt {
+                    self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
+                }
+                let lossy = thin::lossy(new_nacks, new_packets, s.rtt, self.min_rtt);
+                if self.estimate.is_some() && lossy {
                     tracing::trace!(
                         id = self.id,
                         nacks = new_nacks,
                         packets = new_packets,
-                        "WebRTC: peer losing packets"
+                        rtt = ?s.rtt,
+                        min_rtt = ?self.min_rtt,
+                        "WebRTC: peer losing packets at a queue"
                     );
                     let before = self.thin.level();
                     self.thin.losing(Instant::now());

@@ -32,7 +32,10 @@
 //! estimate, which probes at once), unless the next level is still waiting after a failure.
 //!
 //! The estimate misses a queue that stays full: a peer whose receiver asks for resends of
-//! more than [`LOSSY`] of its packets over a second steps down a level too ([`lossy`]).
+//! more than [`LOSSY`] of its packets over a second, while its round trip stands
+//! [`QUEUED_RTT`] over the lowest it had, steps down a level too ([`lossy`]). Loss with no
+//! queue behind it (a Wi-Fi or a last mile that loses packets at random) is repaired by
+//! resends and keeps the level.
 //!
 //! The estimate lags the link: until it falls, a peer's packets wait in its pacer's queue.
 //! So a unit is also left out when that queue would take longer than [`QUEUE_LIMIT`] to drain
@@ -77,14 +80,30 @@ const WINDOW_SECS: u64 = 4;
 /// mostly the first keyframe.
 const MIN_SPAN_90K: u64 = 90_000;
 /// A peer whose receiver sent NACKs for more than this share of the packets sent to it over a
-/// statistics interval (and at least [`LOSSY_NACKS`] of them) steps down a level: a link
-/// losing 1 % at random keeps its level, one dropping at a full queue does not.
+/// statistics interval (and at least [`LOSSY_NACKS`] of them) steps down a level, when its
+/// round trip shows a queue ([`QUEUED_RTT`]): a link dropping at a full queue does not keep
+/// its level; one losing at random does.
 const LOSSY: f64 = 0.02;
 const LOSSY_NACKS: u64 = 3;
+/// A round trip this much over the lowest the peer had means a queue on its path. Random loss
+/// leaves it alone: with 3 % of the packets lost on loopback and no queue, the rule without
+/// this stepped a peer down to keyframes alone (9 frames a second shown, of 30).
+const QUEUED_RTT: Duration = Duration::from_millis(30);
 
-/// Whether `nacks` NACKs for `packets` packets sent mean a lossy link (see [`LOSSY`]).
-pub(super) fn lossy(nacks: u64, packets: u64) -> bool {
-    nacks >= LOSSY_NACKS && nacks as f64 > packets as f64 * LOSSY
+/// Whether `nacks` NACKs for `packets` packets sent, at round trip `rtt` against the lowest
+/// the peer had, mean a queue that drops (see [`LOSSY`]). Without a round trip yet, the NACKs
+/// alone say it.
+pub(super) fn lossy(
+    nacks: u64,
+    packets: u64,
+    rtt: Option<Duration>,
+    min_rtt: Option<Duration>,
+) -> bool {
+    let queued = match (rtt, min_rtt) {
+        (Some(rtt), Some(min)) => rtt.saturating_sub(min) >= QUEUED_RTT,
+        _ => true,
+    };
+    queued && nacks >= LOSSY_NACKS && nacks as f64 > packets as f64 * LOSSY
 }
 
 /// A unit of the top layers is left out when the peer's send queue would take longer than
@@ -675,9 +694,18 @@ mod tests {
     #[test]
     fn a_lossy_link_steps_down_a_level_and_counts_as_a_failure_soon_after_a_step_up() {
         // 1 % of the packets NACKed: not lossy; 3 % is; a handful of packets is not enough.
-        assert!(!lossy(1, 100) && !lossy(10, 1_000));
-        assert!(lossy(30, 1_000) && lossy(3, 100));
-        assert!(!lossy(2, 10), "fewer than three NACKs");
+        let lossy2 = |nacks, packets| lossy(nacks, packets, None, None);
+        assert!(!lossy2(1, 100) && !lossy2(10, 1_000));
+        assert!(lossy2(30, 1_000) && lossy2(3, 100));
+        assert!(!lossy2(2, 10), "fewer than three NACKs");
+        // With a round trip: 3 % lost with no queue (it is at its lowest) is random loss; with
+        // the round trip 30 ms or more over its lowest, a queue that drops.
+        let ms = |ms: u64| Some(Duration::from_millis(ms));
+        assert!(!lossy(30, 1_000, ms(41), ms(40)));
+        assert!(!lossy(30, 1_000, ms(69), ms(40)));
+        assert!(lossy(30, 1_000, ms(70), ms(40)));
+        assert!(lossy(30, 1_000, ms(240), ms(40)));
+        assert!(!lossy(10, 1_000, ms(240), ms(40)), "1 % even with a queue");
         let rates = camera(6, 30_000, 8_000, 4_000, 2_000);
         let plenty = rates.bps(ALL).unwrap() * 2;
         let t0 = Instant::now();

@@ -32,11 +32,22 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         bail!("--glass takes 1..=3600 seconds");
     }
     let (w, h) = args.size;
-    for mode in ["webrtc", "webrtc-tcp", "mjpeg", "hls"] {
+    const MODES: [&str; 4] = ["webrtc", "webrtc-tcp", "mjpeg", "hls"];
+    if let Some(unknown) = args
+        .glass_modes
+        .iter()
+        .find(|m| !MODES.contains(&m.as_str()))
+    {
+        bail!("--glass-modes: {unknown:?} is none of {}", MODES.join(", "));
+    }
+    for mode in args.glass_modes.iter().map(String::as_str) {
         let http = free_port()?;
-        let webrtc = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let webrtc = match args.glass_webrtc_port {
+            0 => std::net::UdpSocket::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+            port => port,
+        };
         let extra = [
             "--http-port".to_string(),
             http.to_string(),

@@ -246,6 +246,18 @@ struct Args {
     /// from the capture time the test pattern draws into it (see `glass.rs`).
     #[arg(long, value_name = "SECS")]
     glass: Option<u64>,
+    /// With --glass: which modes, of webrtc, webrtc-tcp, mjpeg, hls (comma-separated).
+    #[arg(
+        long,
+        value_name = "MODES",
+        value_delimiter = ',',
+        default_value = "webrtc,webrtc-tcp,mjpeg,hls"
+    )]
+    glass_modes: Vec<String>,
+    /// With --glass: the server's WebRTC port (UDP and TCP; 0: a free one), so that a script
+    /// can drop a share of its packets (scripts/webrtc-tcp-loss.sh).
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    glass_webrtc_port: u16,
     /// N WebRTC viewers (a str0m WHEP peer each, on a thread of its own) instead: frames per
     /// viewer, server CPU per viewer, encodes per captured frame (see `webrtc.rs`).
     #[arg(long, value_name = "N")]
