@@ -222,6 +222,8 @@ impl Engine {
             udp: socket,
             tcp: HashMap::new(),
         };
+        // Strangers' links are looked for at housekeeping's pace, not at every datagram.
+        let mut strangers_at = Instant::now();
         loop {
             let now = Instant::now();
             let wake = self
@@ -248,7 +250,11 @@ impl Engine {
             }
             self.drive(&wire, Instant::now());
             self.sweep(&wire);
-            close_strangers(&mut wire, Instant::now());
+            let now = Instant::now();
+            if now >= strangers_at {
+                close_strangers(&mut wire, now);
+                strangers_at = now + HOUSEKEEPING_EVERY;
+            }
         }
         for peer in &mut self.peers {
             peer.end(LeaveReason::Shutdown);
