@@ -816,6 +816,36 @@ fn watch_the_page(
     (first, later)
 }
 
+/// The page's player plays WebRTC and has decoded a frame (for [`watch_the_page`]).
+fn plays_webrtc(s: &serde_json::Value) -> bool {
+    s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0
+}
+
+/// `framesDecoded` per second of getStats time between two of the page's states, at least 3 s
+/// apart.
+fn decoded_per_second(first: &serde_json::Value, later: &serde_json::Value) -> f64 {
+    let frames = later["frames"].as_u64().unwrap() - first["frames"].as_u64().unwrap();
+    let secs = (later["statsAt"].as_f64().unwrap() - first["statsAt"].as_f64().unwrap()) / 1000.0;
+    assert!(secs >= 3.0, "{first} then {later}");
+    println!("{frames} frames decoded in {secs:.2} s");
+    frames as f64 / secs
+}
+
+/// Only WebRTC: the page joined by WebRTC and opened no MJPEG stream beside it.
+fn only_webrtc_joined(srv: &TestServer) {
+    let journal = srv.journal();
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains(" JOIN ") && l.contains("form=webrtc")),
+        "{journal:#?}"
+    );
+    assert!(
+        !journal.iter().any(|l| l.contains("form=http")),
+        "no MJPEG beside it: {journal:#?}"
+    );
+}
+
 /// Loopback candidates (Chromium leaves them out by default) without mDNS names, and playing
 /// without a gesture.
 const LOOPBACK_WEBRTC: [&str; 3] = [
@@ -830,12 +860,7 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
     let srv = start(Some(TOKEN)).await;
     let url = format!("http://{}/cam/main/?token={TOKEN}", srv.http_addr.unwrap());
     let watching = tokio::task::spawn_blocking(move || {
-        watch_the_page(
-            &url,
-            &LOOPBACK_WEBRTC,
-            |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
-            Duration::from_secs(5),
-        )
+        watch_the_page(&url, &LOOPBACK_WEBRTC, plays_webrtc, Duration::from_secs(5))
     });
     // While it plays: Chromium's transport-wide feedback reaches str0m's bandwidth estimator
     // (`--webrtc-adapt`, the default), and the peer is sent every frame.
@@ -866,15 +891,8 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
         (later["width"].as_u64(), later["height"].as_u64()),
         (Some(640), Some(480))
     );
-    // framesDecoded per second of getStats time, over the 5 s.
-    let frames = later["frames"].as_u64().unwrap() - first["frames"].as_u64().unwrap();
-    let secs = (later["statsAt"].as_f64().unwrap() - first["statsAt"].as_f64().unwrap()) / 1000.0;
-    assert!(secs >= 3.0, "{first} then {later}");
-    let rate = frames as f64 / secs;
-    assert!(
-        rate >= 29.0,
-        "{frames} frames decoded in {secs:.2} s: {rate:.1}/s; the peer's last report: {last}"
-    );
+    let rate = decoded_per_second(&first, &later);
+    assert!(rate >= 29.0, "{rate:.1}/s; the peer's last report: {last}");
     // The page says what it plays, and how well.
     let playing = later["playing"].as_str().unwrap();
     assert!(playing.starts_with("WebRTC (video/H264)"), "{later}");
@@ -888,18 +906,7 @@ async fn the_page_plays_the_camera_by_webrtc_at_the_full_rate() {
         later["latency"].as_str().unwrap().ends_with("network)"),
         "{later}"
     );
-    // Only WebRTC: the page opened no MJPEG stream beside it.
-    let journal = srv.journal();
-    assert!(
-        journal
-            .iter()
-            .any(|l| l.contains(" JOIN ") && l.contains("form=webrtc")),
-        "{journal:#?}"
-    );
-    assert!(
-        !journal.iter().any(|l| l.contains("form=http")),
-        "{journal:#?}"
-    );
+    only_webrtc_joined(&srv);
     srv.stop().await.unwrap();
 }
 
@@ -920,12 +927,7 @@ async fn the_page_plays_webrtc_over_tcp_where_udp_is_blocked() {
     let watching = tokio::task::spawn_blocking(move || {
         let mut switches = LOOPBACK_WEBRTC.to_vec();
         switches.push("--webrtc-ip-handling-policy=disable_non_proxied_udp");
-        watch_the_page(
-            &url,
-            &switches,
-            |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
-            Duration::from_secs(5),
-        )
+        watch_the_page(&url, &switches, plays_webrtc, Duration::from_secs(5))
     });
     let peer = first_peer_when(&srv, "a connected peer", |peer| {
         peer["state"] == "connected"
@@ -946,14 +948,8 @@ async fn the_page_plays_webrtc_over_tcp_where_udp_is_blocked() {
             .starts_with("WebRTC over TCP (video/H264)"),
         "{later}"
     );
-    let frames = later["frames"].as_u64().unwrap() - first["frames"].as_u64().unwrap();
-    let secs = (later["statsAt"].as_f64().unwrap() - first["statsAt"].as_f64().unwrap()) / 1000.0;
-    assert!(secs >= 3.0, "{first} then {later}");
-    let rate = frames as f64 / secs;
-    assert!(
-        rate >= 29.0,
-        "{frames} frames decoded in {secs:.2} s: {rate:.1}/s"
-    );
+    let rate = decoded_per_second(&first, &later);
+    assert!(rate >= 29.0, "{rate:.1}/s");
     let w = &srv.server.stats.webrtc;
     assert!(w.tcp_links.load(Relaxed) >= 1);
     // Not asserted: a Chromium starved of the CPU reads its link late, the link's queue fills
@@ -963,11 +959,7 @@ async fn the_page_plays_webrtc_over_tcp_where_udp_is_blocked() {
         w.packets_sent.load(Relaxed),
         w.send_errors.load(Relaxed)
     );
-    let journal = srv.journal();
-    assert!(
-        !journal.iter().any(|l| l.contains("form=http")),
-        "no MJPEG beside it: {journal:#?}"
-    );
+    only_webrtc_joined(&srv);
     srv.stop().await.unwrap();
 }
 
@@ -980,12 +972,7 @@ async fn the_page_plays_over_tcp_through_a_firewall_that_drops_udp() {
     let (srv, forward) = behind_a_forward(false, true).await;
     let url = format!("http://{}/cam/main/", srv.http_addr.unwrap());
     let (first, later) = tokio::task::spawn_blocking(move || {
-        watch_the_page(
-            &url,
-            &LOOPBACK_WEBRTC,
-            |s| s["mode"] == "webrtc" && s["frames"].as_u64().unwrap_or(0) > 0,
-            Duration::from_secs(3),
-        )
+        watch_the_page(&url, &LOOPBACK_WEBRTC, plays_webrtc, Duration::from_secs(3))
     })
     .await
     .unwrap();
