@@ -187,19 +187,19 @@ impl Browser {
 /// hls.js, which `scripts/setup.sh` puts in the workspace's `models/`: the LL-HLS player of web
 /// pages where the browser has no HLS of its own, as Chromium has none. Its source, to evaluate
 /// in a page; a missing file fails the caller (setup installs it).
-pub fn hls_js() -> anyhow::Result<String> {
+fn hls_js() -> anyhow::Result<String> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/hls.min.js");
     std::fs::read_to_string(&path)
         .with_context(|| format!("reading {} (scripts/setup.sh installs it)", path.display()))
 }
 
-/// A script that plays `playlist` (of any origin: HLS answers with CORS) with hls.js (evaluated
-/// in the page before it) in low-latency mode, in a muted `<video>` inside a new `#picture`:
+/// A script that loads hls.js ([`hls_js`]) and plays `playlist` (of any origin: HLS answers
+/// with CORS) with it in low-latency mode, in a muted `<video>` inside a new `#picture`:
 /// `window.hlsErrors` lists hls.js's errors (`"fatal: …"` for a fatal one), `window.hls` is
-/// the player.
-pub fn play_hls(playlist: &str) -> String {
-    let url = serde_json::to_string(playlist).expect("a string");
-    format!(
+/// the player; the script's value is hls.js's version.
+pub fn play_hls(playlist: &str) -> anyhow::Result<String> {
+    let url = serde_json::to_string(playlist)?;
+    let player = format!(
         r#"(() => {{
   const box = document.createElement("div");
   box.id = "picture";
@@ -218,7 +218,20 @@ pub fn play_hls(playlist: &str) -> String {
   v.play().catch(e => errors.push("play: " + e));
   return Hls.version;
 }})()"#
-    )
+    );
+    Ok(format!("{};\n{player}", hls_js()?))
+}
+
+/// The lateness behind capture (ms) of every picture [`TIME_CODE_READER`] read, sorted, from
+/// the page's `window.glass` as evaluated; `None` when it has no samples.
+pub fn glass_samples(glass: &Value) -> Option<Vec<f64>> {
+    let mut late: Vec<f64> = glass["samples"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    late.sort_by(f64::total_cmp);
+    Some(late)
 }
 
 /// A script for the start of every page (`Page.addScriptToEvaluateOnNewDocument`): every

@@ -209,11 +209,7 @@ async fn hls_js_in_chromium_plays_the_playlist_at_low_latency() {
         .unwrap();
     let glass = &seen["glass"];
     let frames = glass["frames"].as_u64().unwrap_or(0);
-    let mut late: Vec<f64> = glass["samples"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
-        .unwrap_or_default();
-    late.sort_by(f64::total_cmp);
+    let late = surv_tests::chromium::glass_samples(glass).unwrap_or_default();
     let errors = seen["errors"].as_array().cloned().unwrap_or_default();
     eprintln!(
         "hls.js {}: {frames} frames in {SECS} s, behind capture p50 {:?} ms, max {:?} ms; errors {errors:?}",
@@ -241,7 +237,7 @@ async fn hls_js_in_chromium_plays_the_playlist_at_low_latency() {
 /// picture (20 s at most), then `secs` more: what `TIME_CODE_READER` saw over those, hls.js's
 /// version and errors.
 fn play_with_hls_js(origin: &str, secs: u64) -> anyhow::Result<serde_json::Value> {
-    use surv_tests::chromium::{hls_js, play_hls, Browser, TIME_CODE_READER};
+    use surv_tests::chromium::{play_hls, Browser, TIME_CODE_READER};
     let mut browser = Browser::launch_with(&["--autoplay-policy=no-user-gesture-required"])?;
     browser.open("about:blank")?;
     browser.on_every_document(TIME_CODE_READER)?;
@@ -253,12 +249,7 @@ fn play_with_hls_js(origin: &str, secs: u64) -> anyhow::Result<serde_json::Value
     let other = origin.replace("127.0.0.1", "localhost");
     anyhow::ensure!(other != origin, "{origin} is not 127.0.0.1");
     browser.navigate_loaded(&format!("{other}/status"), until)?;
-    let script = format!(
-        "{};\n{}",
-        hls_js()?,
-        play_hls(&format!("{origin}/cam/main/index.m3u8"))
-    );
-    let version = browser.eval(&script)?;
+    let version = browser.eval(&play_hls(&format!("{origin}/cam/main/index.m3u8"))?)?;
     browser.first_picture(until, "({ glass: window.glass, errors: window.hlsErrors })")?;
     browser.reset_glass()?;
     std::thread::sleep(Duration::from_secs(secs));

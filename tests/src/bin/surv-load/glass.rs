@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use surv_tests::chromium::{hls_js, play_hls, Browser, TIME_CODE_READER};
+use surv_tests::chromium::{glass_samples, play_hls, Browser, TIME_CODE_READER};
 
 use crate::http::free_port;
 use crate::server::ServerProc;
@@ -63,11 +63,7 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
             "mjpeg" => (format!("{origin}/cam/main/?play=mjpeg"), None),
             _ => (
                 format!("{origin}/status"),
-                Some(format!(
-                    "{};\n{}",
-                    hls_js()?,
-                    play_hls(&format!("{origin}/cam/main/index.m3u8"))
-                )),
+                Some(play_hls(&format!("{origin}/cam/main/index.m3u8"))?),
             ),
         };
         // No UDP but through a proxy, and there is none: WebRTC goes over TCP or not at all.
@@ -169,13 +165,7 @@ fn watch(
             kbps: (window.surv && window.surv.kbps) || 0 })",
     )?;
     browser.close();
-    let mut late_ms: Vec<f64> = after["glass"]["samples"]
-        .as_array()
-        .context("no samples")?
-        .iter()
-        .filter_map(Value::as_f64)
-        .collect();
-    late_ms.sort_by(f64::total_cmp);
+    let late_ms = glass_samples(&after["glass"]).context("no samples")?;
     Ok(Measured {
         first_ms,
         frames: after["glass"]["frames"].as_u64().unwrap_or(0),
