@@ -209,6 +209,32 @@ pub fn photo(name: &str) -> Vec<u8> {
 }
 
 /// A TCP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).
+/// The WebRTC socket on a port of the kernel's choice. With `tcp` the same port number
+/// must be free over TCP too, which the kernel's UDP choice does not see to: a port some other
+/// test's TCP connection holds is given up and another tried (CI once lost that race).
+fn bind_webrtc(
+    hosts: &[std::net::IpAddr],
+    tcp: bool,
+) -> anyhow::Result<surv_server::watchers::webrtc::WebrtcSocket> {
+    use surv_server::watchers::webrtc::WebrtcSocket;
+    const TRIES: usize = 20;
+    let mut last = None;
+    for _ in 0..TRIES {
+        let socket = WebrtcSocket::bind("127.0.0.1:0".parse()?)?.with_hosts(hosts.to_vec());
+        if !tcp {
+            return Ok(socket);
+        }
+        match socket.with_tcp() {
+            Ok(socket) => return Ok(socket),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no port free over both UDP and TCP in {TRIES} tries: {last:?}"
+    ))
+}
+
 pub fn free_tcp_port() -> u16 {
     let s = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a TCP port");
     s.local_addr().expect("its address").port()
@@ -356,13 +382,7 @@ pub async fn start_server_cameras(
     };
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
     let webrtc = if opts.webrtc {
-        let socket = surv_server::watchers::webrtc::WebrtcSocket::bind("127.0.0.1:0".parse()?)?
-            .with_hosts(opts.webrtc_hosts.clone());
-        Some(if opts.webrtc_tcp {
-            socket.with_tcp()?
-        } else {
-            socket
-        })
+        Some(bind_webrtc(&opts.webrtc_hosts, opts.webrtc_tcp)?)
     } else {
         None
     };
