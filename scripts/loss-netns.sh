@@ -18,8 +18,9 @@
 # -500 (before reassembly, which is at -400: a whole-datagram frame is lost with any of its
 # fragments, as on a real link) on the viewer's side (EACH_WAY=1: on the server's side too, so
 # acks and nacks are lost as well).
-# Each condition runs surv-client for SECONDS, whole datagrams (--mtu 0) and chunks (--mtu 1200)
-# (MODES="chunks": only chunks), and prints one table row: the share of the frames the server
+# Each condition runs surv-client for SECONDS, whole datagrams (--mtu 0), chunks repaired by
+# nack alone (--mtu 1200 --fec false) and chunks with parity too (--mtu 1200, surv-client's
+# default) (MODES="chunks fec": only those), and prints one table row: the share of the frames the server
 # captured (fps × seconds) that the viewer received whole, the viewer's p50/p99 latency, its
 # longest wait for a frame, its summary (with latency p99 per 10 s window), and what the viewer
 # host's IP reassembly did meanwhile (datagrams reassembled, failed, timed out).
@@ -130,8 +131,9 @@ if [[ "${1:-}" == "link" ]]; then
             permille=$(awk -v l="$loss" 'BEGIN { printf "%d", l * 10 }')
             drop "$v" "$permille"
             [ "$each_way" = 1 ] && drop "$s" "$permille"
-            for mode in ${MODES:-whole chunks}; do
+            for mode in ${MODES:-whole chunks fec}; do
                 mtu=$([ "$mode" = whole ] && echo 0 || echo 1200)
+                fec=$([ "$mode" = fec ] && echo true || echo false)
                 # A whole datagram that lost a fragment leaves its other fragments queued for
                 # reassembly for 30 s (ipfrag_time), and past 4 MB of them (ipfrag_high_thresh)
                 # the kernel drops every new fragment: wait until the last condition's are gone,
@@ -143,7 +145,7 @@ if [[ "${1:-}" == "link" ]]; then
                 done
                 reasm0=$(reasm "$v")
                 out=$(ip netns exec "$v" timeout $((seconds + 20)) "$bin/surv-client" 10.77.0.1 9999 0 \
-                    --headless --no-record --seconds "$seconds" --mtu "$mtu" 2>&1 | grep 'frames received=' || true)
+                    --headless --no-record --seconds "$seconds" --mtu "$mtu" --fec "$fec" 2>&1 | grep 'frames received=' || true)
                 got=$(sed -n 's/.*frames received=\([0-9]*\).*/\1/p' <<<"$out")
                 lat=$(sed -n 's/.*latency_ms p50=\([^ ]*\) p99=\([^ ]*\).*/\1 \/ \2/p' <<<"$out")
                 pct=$(awk -v g="${got:-0}" -v n=$((fps * seconds)) 'BEGIN { printf "%.1f %%", 100 * g / n }')

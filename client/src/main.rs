@@ -98,6 +98,12 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = surv_proto::DEFAULT_MTU_BYTES,
           value_parser = parse_mtu)]
     mtu: u16,
+    /// With chunks: report the share of chunks lost on the way with each ack, so that a
+    /// server that offers it (`fec=1`) sends parity chunks for it, from which a frame that lost
+    /// a few chunks is put back at once instead of a round trip later. `false`: lost chunks are
+    /// only asked for again.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    fec: bool,
 }
 
 /// `--mtu`: 0 (off) or a chunk datagram size in `MIN_MTU_BYTES..=MAX_MTU_BYTES`.
@@ -219,6 +225,7 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         pipe: args.pipe,
         camera: args.camera.clone(),
         mtu: (args.mtu != 0).then_some(args.mtu),
+        fec: args.fec,
     };
 
     let window = if args.headless {

@@ -61,6 +61,9 @@ pub struct Config {
     /// Ask for each frame in chunks of at most this many bytes (`--mtu`), when the server
     /// offers them; `None`: whole frame datagrams.
     pub mtu: Option<u16>,
+    /// With chunks, report the loss (`l=`) to a server that offers parity chunks for it
+    /// (`--fec`).
+    pub fec: bool,
 }
 
 /// Why the viewer could not stream at all.
@@ -170,8 +173,10 @@ pub async fn run(
     }
     .encode_keyed(key);
     let mut next_hello = Instant::now();
+    // Parity chunks, for our loss reports, when the server offers them and we want them.
+    let fec = chunk_mtu.is_some() && params.fec && cfg.fec;
     let mut chunks = chunk_mtu.map(|mtu| {
-        tracing::info!(mtu, "frames come in chunks");
+        tracing::info!(mtu, fec, "frames come in chunks");
         Reassembler::new(key.unwrap_or_default(), chunk_bytes_for_mtu(mtu))
     });
     let mut nacks = NackTimer::default();
@@ -226,7 +231,7 @@ pub async fn run(
             () = sleep_until(next_check), if check_due => {
                 next_check = Instant::now() + CHECK_EVERY;
                 if let (Some(r), Some(to)) = (&mut chunks, server_udp) {
-                    repair_steps(&udp, to, key, r, &mut nacks, &mut steps, newest_chunk_seq);
+                    repair_steps(&udp, to, (key, fec), r, &mut nacks, &mut steps, newest_chunk_seq);
                     take_ready(r, &mut ready);
                 }
             }
@@ -267,7 +272,7 @@ pub async fn run(
                             Push::Pending { seq } | Push::Held { seq } => {
                                 server_udp = Some(from);
                                 newest_chunk_seq = Some(newest_chunk_seq.map_or(seq, |s| s.max(seq)));
-                                repair_steps(&udp, from, key, r, &mut nacks, &mut steps, newest_chunk_seq);
+                                repair_steps(&udp, from, (key, fec), r, &mut nacks, &mut steps, newest_chunk_seq);
                             }
                             Push::Rejected(Rejected::Late | Rejected::Duplicate) => {}
                             Push::Rejected(why) => {
@@ -299,6 +304,7 @@ pub async fn run(
                     Ack::Received {
                         seq,
                         rx_bytes: r.bytes_through(seq) as u32,
+                        loss: fec.then(|| r.loss_permille().unwrap_or(0)),
                     }
                 }
                 None => Ack::Continue(Some(tag.seq)),
@@ -411,6 +417,9 @@ pub async fn run(
                 late: c.late,
                 refused: c.refused,
                 nacks: nacks.sent,
+                parity: c.parity_chunks,
+                restored: c.restored,
+                loss_permille: r.loss_permille(),
             }
         }),
     })
@@ -426,10 +435,11 @@ fn take_ready(r: &mut Reassembler, ready: &mut VecDeque<Bytes>) {
 
 /// Sends the `nack`s due for the frames in assembly and gives up the frames past saving, with
 /// a `continue` past them so the server's window moves on.
+/// `(key, fec)`: the session's key, and whether its `continue`s report the loss.
 fn repair_steps(
     udp: &UdpSocket,
     to: SocketAddr,
-    key: Option<u64>,
+    (key, fec): (Option<u64>, bool),
     r: &mut Reassembler,
     nacks: &mut NackTimer,
     steps: &mut Vec<Step>,
@@ -450,6 +460,7 @@ fn repair_steps(
                 Ack::Received {
                     seq,
                     rx_bytes: r.bytes_through(seq) as u32,
+                    loss: fec.then(|| r.loss_permille().unwrap_or(0)),
                 }
             }
         };
@@ -572,6 +583,7 @@ mod tests {
             pipe: false,
             camera: None,
             mtu: None,
+            fec: false,
         }
     }
 

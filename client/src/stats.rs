@@ -238,6 +238,10 @@ pub struct ChunkCounts {
     pub late: u64,
     pub refused: u64,
     pub nacks: u64,
+    /// Parity chunks stored, frames restored from them, and the loss last measured (‰).
+    pub parity: u64,
+    pub restored: u64,
+    pub loss_permille: Option<u16>,
 }
 
 impl fmt::Display for Summary {
@@ -287,8 +291,9 @@ impl fmt::Display for Summary {
         if let Some(c) = self.chunks {
             write!(
                 f,
-                " chunks: stored={} frames_completed={} frames_given_up={} nacks={} duplicate={} late={} refused={}",
-                c.stored, c.completed, c.given_up, c.nacks, c.duplicate, c.late, c.refused
+                " chunks: stored={} frames_completed={} frames_given_up={} nacks={} duplicate={} late={} refused={} parity={} restored={} loss_permille={}",
+                c.stored, c.completed, c.given_up, c.nacks, c.duplicate, c.late, c.refused,
+                c.parity, c.restored, c.loss_permille.map_or("n/a".to_string(), |l| l.to_string())
             )?;
         }
         Ok(())

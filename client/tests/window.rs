@@ -169,6 +169,7 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
             key: None,
             udp_port: None,
             mtu: None,
+            fec: false,
         };
         tcp.write_all(&Reply::Accepted(params).encode()).unwrap();
 

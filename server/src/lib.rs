@@ -81,6 +81,9 @@ pub struct Config {
     /// The largest chunk datagram sent to a SURV/1 viewer that asks for frames in chunks
     /// (`--mtu`, told in the `OK` line); `None`: whole frame datagrams to everyone.
     pub mtu: Option<u16>,
+    /// With `mtu`: send parity chunks to a chunked viewer that reports its loss (`--fec`, told
+    /// in the `OK` line as `fec=1`).
+    pub fec: bool,
     /// The access token (`--token`); `None`: everyone may watch.
     pub token: Option<auth::Token>,
     /// With a token set, still let in the seed forms, which cannot carry one.
@@ -108,6 +111,7 @@ impl Default for Config {
             max_pending_registrations: 4096,
             max_in_flight: 4,
             mtu: Some(surv_proto::DEFAULT_MTU_BYTES),
+            fec: true,
             token: None,
             allow_unauthenticated: false,
             http_write_deadline: Duration::from_secs(10),
@@ -143,6 +147,8 @@ pub struct Stats {
     pub send_errors: AtomicU64,
     /// Chunks sent again to chunked SURV/1 viewers that named them in a `nack`.
     pub chunks_resent: AtomicU64,
+    /// Parity chunks sent to chunked viewers that report loss (`--fec`).
+    pub parity_chunks_sent: AtomicU64,
     /// `nack`s not answered: for a frame no longer held or already repaired twice, past the
     /// repair time, or naming chunks the frame does not have.
     pub nacks_refused: AtomicU64,

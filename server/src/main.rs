@@ -213,6 +213,13 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = surv_proto::DEFAULT_MTU_BYTES,
           value_parser = parse_mtu)]
     mtu: u16,
+    /// With --mtu: also send parity chunks (forward error correction) to a chunked viewer
+    /// that reports losing some (surv-client does, with its own --fec), about twice its loss
+    /// as a share of each frame's chunks, so that most frames that lost a chunk or two are put
+    /// back at once instead of a round trip later. None to a viewer that loses nothing or whose
+    /// link is congested. `false`: lost chunks are only sent again when asked for.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    fec: bool,
     /// Also serve OAK host programs on this TCP port: each frame as the OAK PoE
     /// tcp_streaming_server writes it (32-byte "ABCDE" header, then the JPEG). 0 = off.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
@@ -629,6 +636,7 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
         register_timeout: secs(args.register_timeout, "--register-timeout")?,
         max_in_flight: args.max_in_flight,
         mtu: (args.mtu != 0).then_some(args.mtu),
+        fec: args.fec,
         http_write_deadline: secs(args.http_write_timeout, "--http-write-timeout")?,
         metrics_public: args.metrics_public,
         ..Config::default()

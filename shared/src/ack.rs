@@ -16,6 +16,11 @@
 //!                                            (complete, or given up; an older one may
 //!                                            still be in repair); <rx>: payload bytes
 //!                                            received this session of the frames up to <seq>, mod 2^32
+//!                 "continue <seq> r=<rx> l=<loss> k=<key>"  the same, from a viewer that takes
+//!                                            parity chunks, to a server whose OK line said
+//!                                            `fec=1`: <loss>, 0..=1000, is the share of chunks
+//!                                            lost on the way lately, in thousandths; the server
+//!                                            sends parity chunks for it
 //!                 "nack <seq> n=<need> m=<hex> k=<key>"  frame <seq> is incomplete: it needs
 //!                                            <need> (1..=128) more chunks; <hex>: which data
 //!                                            chunks are missing, a bitmap (bit i = chunk i)
@@ -51,6 +56,9 @@ pub const MAX_CHUNK_ACK_BYTES: usize = 96;
 /// The most data chunks a `nack` can name (its bitmap's width): [`crate::chunk::MAX_CHUNKS_PER_FRAME`].
 const NACK_BITS: usize = crate::chunk::MAX_CHUNKS_PER_FRAME;
 
+/// The largest `l=`: everything lost.
+pub const MAX_LOSS_PERMILLE: u16 = 1000;
+
 /// One decoded ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
@@ -64,8 +72,13 @@ pub enum Ack {
     /// As [`Ack::Hello`], asking for each frame in chunks of at most `mtu` bytes.
     HelloChunks { mtu: u16 },
     /// A chunked session's `continue`: frames up to `seq` are accounted for; `rx_bytes` is the
-    /// payload it received this session, mod 2^32.
-    Received { seq: u64, rx_bytes: u32 },
+    /// payload it received this session, mod 2^32; `loss`, from a viewer that takes parity
+    /// chunks, the share of chunks it lost lately in thousandths (0..=[`MAX_LOSS_PERMILLE`]).
+    Received {
+        seq: u64,
+        rx_bytes: u32,
+        loss: Option<u16>,
+    },
     /// A chunked session's frame is incomplete.
     Nack(Nack),
 }
@@ -150,7 +163,16 @@ impl Ack {
             Ack::End => b"end".to_vec(),
             Ack::Hello => b"hello".to_vec(),
             Ack::HelloChunks { mtu } => format!("hello mtu={mtu}").into_bytes(),
-            Ack::Received { seq, rx_bytes } => format!("continue {seq} r={rx_bytes}").into_bytes(),
+            Ack::Received {
+                seq,
+                rx_bytes,
+                loss: None,
+            } => format!("continue {seq} r={rx_bytes}").into_bytes(),
+            Ack::Received {
+                seq,
+                rx_bytes,
+                loss: Some(loss),
+            } => format!("continue {seq} r={rx_bytes} l={loss}").into_bytes(),
             Ack::Nack(n) => format!("nack {} n={} m={:x}", n.seq, n.need, n.missing).into_bytes(),
         };
         if let Some(key) = key {
@@ -160,7 +182,8 @@ impl Ack {
     }
 }
 
-/// The forms with numbers, the key already taken off: `continue <seq>`, `continue <seq> r=<rx>`,
+/// The forms with numbers, the key already taken off: `continue <seq>`, `continue <seq> r=<rx>`
+/// (and ` l=<loss>`),
 /// `nack <seq> n=<need> m=<hex>`, `hello mtu=<bytes>` (only with a key).
 fn decode_numbered(text: &[u8], keyed: bool) -> Option<Ack> {
     if let Some(rest) = text.strip_prefix(b"continue ") {
@@ -170,9 +193,20 @@ fn decode_numbered(text: &[u8], keyed: bool) -> Option<Ack> {
             None => Ack::Continue(Some(seq)),
             Some(word) => {
                 let rx = parse_u64(word.strip_prefix(b"r=")?)?;
+                let loss = match words.next() {
+                    None => None,
+                    Some(word) => {
+                        let loss = parse_u64(word.strip_prefix(b"l=")?)?;
+                        if loss > u64::from(MAX_LOSS_PERMILLE) {
+                            return None;
+                        }
+                        Some(u16::try_from(loss).ok()?)
+                    }
+                };
                 Ack::Received {
                     seq,
                     rx_bytes: u32::try_from(rx).ok()?,
+                    loss,
                 }
             }
         };
@@ -332,10 +366,22 @@ mod tests {
             Ack::Received {
                 seq: 0,
                 rx_bytes: 0,
+                loss: None,
             },
             Ack::Received {
                 seq: u64::MAX,
                 rx_bytes: u32::MAX,
+                loss: None,
+            },
+            Ack::Received {
+                seq: 5,
+                rx_bytes: 7,
+                loss: Some(0),
+            },
+            Ack::Received {
+                seq: u64::MAX,
+                rx_bytes: u32::MAX,
+                loss: Some(MAX_LOSS_PERMILLE),
             },
             Ack::Nack(Nack {
                 seq: 3,
@@ -374,7 +420,19 @@ mod tests {
             Ok((
                 Ack::Received {
                     seq: 9,
-                    rx_bytes: 4096
+                    rx_bytes: 4096,
+                    loss: None,
+                },
+                Some(255)
+            ))
+        );
+        assert_eq!(
+            Ack::decode_keyed(b"continue 9 r=4096 l=31 k=00000000000000ff"),
+            Ok((
+                Ack::Received {
+                    seq: 9,
+                    rx_bytes: 4096,
+                    loss: Some(31),
                 },
                 Some(255)
             ))
@@ -395,6 +453,12 @@ mod tests {
             b"continue 1 r=5 r=5 k=0123456789abcdef",
             b"continue 1 x=5 k=0123456789abcdef",
             b"continue 1  r=5 k=0123456789abcdef",
+            b"continue 1 r=5 l=1001 k=0123456789abcdef", // over everything
+            b"continue 1 r=5 l= k=0123456789abcdef",
+            b"continue 1 r=5 l=-1 k=0123456789abcdef",
+            b"continue 1 r=5 l=3 l=3 k=0123456789abcdef",
+            b"continue 1 l=3 r=5 k=0123456789abcdef",
+            b"continue 1 r=5 l=3 x k=0123456789abcdef",
             b"nack 1 n=0 m=1 k=0123456789abcdef", // needs nothing
             b"nack 1 n=129 m=1 k=0123456789abcdef", // more than a frame holds
             b"nack 1 n=99999999999999999999999 m=1 k=0123456789abcdef",

@@ -23,9 +23,10 @@
 //!
 //! * Data chunk `i < k` carries `jpeg[i·chunk_bytes .. min((i+1)·chunk_bytes, frame_bytes)]`:
 //!   every data chunk is `chunk_bytes` long but the last, which is the rest.
-//! * Chunks `k ≤ i < k+m` are parity (forward error correction). The format has room for them;
-//!   this version of surv sends none (`m` = 0) and a viewer drops any it gets
-//!   ([`crate::reassembly`]).
+//! * Chunks `k ≤ i < k+m` are parity (forward error correction, [`crate::parity`]), each
+//!   `chunk_bytes` long: any `k` of a frame's `k+m` chunks give it back. A server sends them
+//!   only to a viewer that reports its loss (`l=` in its `continue`, see [`crate::ack`]), and
+//!   `m` is the same in every chunk of one frame to one viewer, resent ones included.
 //! * A frame's first byte is `0xFF` (SOI) and a chunk's is `'S'`: one byte tells a whole frame
 //!   datagram from a chunk.
 //! * The key in every chunk makes a chunk from anyone but this session's server cost one
@@ -265,6 +266,11 @@ impl ChunkHeader {
         (start < end).then_some(start..end)
     }
 
+    /// Which parity chunk this is (`index − k`); `None` for a data chunk.
+    pub fn parity_index(&self) -> Option<usize> {
+        usize::from(self.index).checked_sub(usize::from(self.data_chunks))
+    }
+
     /// The headers of every data chunk of a frame of `frame_bytes` under `key`, in order, for a
     /// sender; `None` when the frame cannot be chunked at `chunk_bytes` (see [`data_chunks`]).
     pub fn for_frame(
@@ -273,20 +279,37 @@ impl ChunkHeader {
         frame_bytes: usize,
         chunk_bytes: usize,
     ) -> Option<impl Iterator<Item = ChunkHeader>> {
+        ChunkHeader::for_frame_with_parity(seq, key, frame_bytes, chunk_bytes, 0)
+    }
+
+    /// As [`ChunkHeader::for_frame`], the frame coded with `m` parity chunks
+    /// ([`crate::parity`]): the data chunks' headers, then the parity chunks'; `None` also when
+    /// `m` parity chunks cannot go with the frame (over 32, or over 128 chunks in all).
+    pub fn for_frame_with_parity(
+        seq: u64,
+        key: u64,
+        frame_bytes: usize,
+        chunk_bytes: usize,
+        m: usize,
+    ) -> Option<impl Iterator<Item = ChunkHeader>> {
         if !valid_chunk_bytes(chunk_bytes) {
             return None;
         }
         let k = data_chunks(frame_bytes, chunk_bytes)?;
-        let (k8, chunk16, frame32) = (
+        if m > 0 && !crate::parity::valid_shape(k, m) {
+            return None;
+        }
+        let (k8, m8, chunk16, frame32) = (
             u8::try_from(k).ok()?,
+            u8::try_from(m).ok()?,
             u16::try_from(chunk_bytes).ok()?,
             u32::try_from(frame_bytes).ok()?,
         );
-        Some((0..k8).map(move |index| ChunkHeader {
+        Some((0..k8 + m8).map(move |index| ChunkHeader {
             resent: false,
             index,
             data_chunks: k8,
-            parity_chunks: 0,
+            parity_chunks: m8,
             chunk_bytes: chunk16,
             frame_bytes: frame32,
             seq,

@@ -8,7 +8,8 @@
 //! * [`ack`]: the viewer's UDP answer to each frame, `continue` or `end` (and a chunked
 //!   session's `nack`).
 //! * [`chunk`]: the header of each chunk of a frame sent in MTU-sized pieces to a viewer that
-//!   asked for them; [`reassembly`] puts the frame back together, sans-IO.
+//!   asked for them; [`parity`] makes its parity chunks, and [`reassembly`] puts the frame
+//!   back together, sans-IO.
 //! * [`tag`]: the sequence number, capture time and motion flag carried inside every frame datagram as a JPEG
 //!   COM segment, so that a viewer that only understands plain JPEG (seed 003's) still decodes it;
 //!   [`objects`]: what the server's detector sees, in a second COM segment after it.
@@ -20,6 +21,7 @@
 pub mod ack;
 pub mod chunk;
 pub mod objects;
+pub mod parity;
 pub mod reassembly;
 pub mod register;
 pub mod reply;

@@ -26,16 +26,25 @@
 //! * Every chunk of a frame must agree with the first one seen on the frame's shape (`k`, `m`,
 //!   `frame_bytes`), else it is a `Mismatch`. The payload is copied where its index says; a
 //!   repeated index is a `Duplicate` and is not copied again.
-//! * Parity chunks are dropped (`Parity`): this version sends none and decodes none.
+//! * Parity chunks ([`crate::parity`]) are kept beside the data (up to 32 of them a frame, in
+//!   space allocated once per slot); once a frame has `k` chunks of either kind, its missing
+//!   data chunks are restored from them and it is complete. Which frames were restored, and the
+//!   share of chunks lost on the way ([`Reassembler::loss_permille`], what the viewer reports
+//!   so that the server sends parity for it), are counted.
 
 use std::time::Instant;
 
-use crate::chunk::{ChunkError, ChunkHeader, MAX_CHUNKS_PER_FRAME};
+use crate::chunk::{ChunkError, ChunkHeader, MAX_CHUNKS_PER_FRAME, MAX_PARITY_CHUNKS};
+use crate::parity::ParityDecoder;
 use crate::MAX_UDP_PAYLOAD_BYTES;
 
 /// Frames in assembly (or held, complete) at once: 8 frames at 30 fps span 267 ms, more than
 /// surv-client waits for a frame (250 ms at most).
 pub const SLOTS: usize = 8;
+
+/// The loss a viewer reports is measured over this many chunks sent (about a third of a second
+/// of 1280x720@30 at mtu 1,200), then measured afresh.
+pub const LOSS_WINDOW_CHUNKS: u32 = 300;
 
 /// What became of one pushed datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,8 +78,6 @@ pub enum Rejected {
     Duplicate,
     /// Its frame's shape differs from the first chunk's of that frame.
     Mismatch,
-    /// A parity chunk: not decoded by this version.
-    Parity,
 }
 
 /// Counts since the reassembler was made, for the viewer's summary.
@@ -84,12 +91,16 @@ pub struct ReassemblyStats {
     pub complete: u64,
     /// Frames that completed while an older one was in assembly, and waited for it.
     pub held: u64,
+    /// Frames completed with parity chunks standing in for lost data chunks.
+    pub restored: u64,
+    /// Parity chunks stored.
+    pub parity_chunks: u64,
     /// Frames given up incomplete (by [`Reassembler::give_up`], or by a newer frame needing a
     /// slot when all are taken).
     pub given_up: u64,
     pub duplicate: u64,
     pub late: u64,
-    /// Invalid, foreign, wrong size, mismatched or parity: not this session's or not usable.
+    /// Invalid, foreign, wrong size or mismatched: not this session's or not usable.
     pub refused: u64,
 }
 
@@ -106,7 +117,7 @@ pub struct Incomplete {
     pub highest_index: u8,
     /// The frame's data chunk count, `k`.
     pub data_chunks: u8,
-    /// Data chunks still missing (`k` − received).
+    /// Chunks still needed: `k` less the data and parity chunks received, at least 1.
     pub need: u8,
     /// Bit i set: data chunk i is missing.
     pub missing: u128,
@@ -125,12 +136,50 @@ struct Slot {
     frame_bytes: u32,
     /// Bit i set: data chunk i is stored.
     have: u128,
+    /// Data chunks stored.
     received: u8,
     highest_index: u8,
+    /// Bit j set: parity chunk j is stored.
+    parity_have: u32,
+    parity_received: u8,
+    /// Chunks that came on their first sending (not resent), and the highest index of those:
+    /// what the loss is measured on.
+    first_copies: u8,
+    highest_first: Option<u8>,
     first_at: Instant,
     last_at: Instant,
     /// The frame's bytes, [`MAX_UDP_PAYLOAD_BYTES`] long.
     buf: Box<[u8]>,
+    /// Its parity chunks, [`MAX_PARITY_CHUNKS`] of the session's chunk size.
+    parity: Box<[u8]>,
+}
+
+/// The share of chunks lost on the way, over windows of [`LOSS_WINDOW_CHUNKS`].
+#[derive(Debug, Default)]
+struct LossMeter {
+    sent: u32,
+    lost: u32,
+    last: Option<u16>,
+}
+
+impl LossMeter {
+    /// A frame that left (complete, held or given up): the chunks sent up to the highest index
+    /// that came on its first sending, and how many of those came. (Chunks are sent in index
+    /// order; lost ones after the last that came are not seen.)
+    fn count(&mut self, slot: &Slot) {
+        let Some(highest) = slot.highest_first else {
+            return;
+        };
+        let sent = u32::from(highest) + 1;
+        self.sent += sent;
+        self.lost += sent.saturating_sub(u32::from(slot.first_copies));
+        if self.sent >= LOSS_WINDOW_CHUNKS {
+            let permille = u64::from(self.lost) * 1000 / u64::from(self.sent);
+            self.last = Some(u16::try_from(permille.min(1000)).unwrap_or(1000));
+            self.sent = 0;
+            self.lost = 0;
+        }
+    }
 }
 
 /// A chunked session's reassembly: see the module doc.
@@ -143,6 +192,8 @@ pub struct Reassembler {
     /// The newest frame completed (held or shown) or given up: what a `continue` acknowledges.
     newest_done: Option<u64>,
     stats: ReassemblyStats,
+    loss: LossMeter,
+    decoder: ParityDecoder,
 }
 
 impl std::fmt::Debug for Reassembler {
@@ -163,7 +214,7 @@ impl std::fmt::Debug for Reassembler {
 impl Reassembler {
     /// For the session with `key`, whose chunks are `chunk_bytes` long (from the mtu it was
     /// granted: [`crate::chunk::chunk_bytes_for_mtu`]). Allocates its [`SLOTS`] frame buffers,
-    /// about 512 KB, once.
+    /// about 512 KB, and their parity space (at mtu 1,200, 300 KB), once.
     pub fn new(key: u64, chunk_bytes: usize) -> Reassembler {
         let slot = |now| Slot {
             seq: None,
@@ -175,9 +226,14 @@ impl Reassembler {
             have: 0,
             received: 0,
             highest_index: 0,
+            parity_have: 0,
+            parity_received: 0,
+            first_copies: 0,
+            highest_first: None,
             first_at: now,
             last_at: now,
             buf: vec![0u8; MAX_UDP_PAYLOAD_BYTES].into_boxed_slice(),
+            parity: vec![0u8; MAX_PARITY_CHUNKS * chunk_bytes].into_boxed_slice(),
         };
         let now = Instant::now();
         Reassembler {
@@ -187,7 +243,15 @@ impl Reassembler {
             floor: None,
             newest_done: None,
             stats: ReassemblyStats::default(),
+            loss: LossMeter::default(),
+            decoder: ParityDecoder::default(),
         }
+    }
+
+    /// The share of chunks lost on the way over the last [`LOSS_WINDOW_CHUNKS`] measured, in
+    /// thousandths (what `l=` reports); `None` until that many were sent.
+    pub fn loss_permille(&self) -> Option<u16> {
+        self.loss.last
     }
 
     pub fn stats(&self) -> ReassemblyStats {
@@ -249,7 +313,6 @@ impl Reassembler {
         if usize::from(h.chunk_bytes) != self.chunk_bytes {
             return Err(Rejected::ChunkSize);
         }
-        let range = h.data_range().ok_or(Rejected::Parity)?;
         if self.floor.is_some_and(|floor| h.seq <= floor) {
             return Err(Rejected::Late);
         }
@@ -263,22 +326,83 @@ impl Reassembler {
         if !same_shape {
             return Err(Rejected::Mismatch);
         }
-        let bit = 1u128 << h.index; // index < k ≤ 128, checked by decode
-        if slot.have & bit != 0 {
-            return Err(Rejected::Duplicate);
+        if let Some(j) = h.parity_index() {
+            // j < m ≤ 32, checked by decode; a parity chunk is `chunk_bytes` long.
+            let bit = 1u32 << j;
+            if slot.parity_have & bit != 0 {
+                return Err(Rejected::Duplicate);
+            }
+            let at = j * self.chunk_bytes;
+            slot.parity
+                .get_mut(at..at + self.chunk_bytes)
+                .ok_or(Rejected::Mismatch)?
+                .copy_from_slice(payload);
+            slot.parity_have |= bit;
+            slot.parity_received += 1;
+            self.stats.parity_chunks += 1;
+        } else {
+            let range = h.data_range().ok_or(Rejected::Mismatch)?;
+            let bit = 1u128 << h.index; // index < k ≤ 128, checked by decode
+            if slot.have & bit != 0 {
+                return Err(Rejected::Duplicate);
+            }
+            slot.buf
+                .get_mut(range)
+                .ok_or(Rejected::Mismatch)?
+                .copy_from_slice(payload);
+            slot.have |= bit;
+            slot.received += 1;
+            slot.bytes += payload.len() as u64;
+            self.stats.chunks += 1;
+            self.stats.chunk_bytes += payload.len() as u64;
         }
-        slot.buf
-            .get_mut(range)
-            .ok_or(Rejected::Mismatch)?
-            .copy_from_slice(payload);
-        slot.have |= bit;
-        slot.received += 1;
-        slot.bytes += payload.len() as u64;
+        if !h.resent {
+            slot.first_copies += 1;
+            slot.highest_first = Some(slot.highest_first.map_or(h.index, |x| x.max(h.index)));
+        }
         slot.highest_index = slot.highest_index.max(h.index);
         slot.last_at = now;
-        self.stats.chunks += 1;
-        self.stats.chunk_bytes += payload.len() as u64;
-        Ok((h.seq, (slot.received == slot.data_chunks).then_some(i)))
+        if slot.received == slot.data_chunks {
+            return Ok((h.seq, Some(i)));
+        }
+        let enough = usize::from(slot.received) + usize::from(slot.parity_received)
+            >= usize::from(slot.data_chunks);
+        Ok((h.seq, (enough && self.restore(i)).then_some(i)))
+    }
+
+    /// Restores slot `i`'s missing data chunks from its parity chunks (it has `k` chunks in
+    /// all); whether that worked.
+    fn restore(&mut self, i: usize) -> bool {
+        let slot = &mut self.slots[i];
+        let (k, m) = (
+            usize::from(slot.data_chunks),
+            usize::from(slot.parity_chunks),
+        );
+        let frame_bytes = usize::try_from(slot.frame_bytes).unwrap_or(0);
+        let restored = self.decoder.restore(
+            &mut slot.buf,
+            frame_bytes,
+            self.chunk_bytes,
+            k,
+            m,
+            slot.have,
+            &slot.parity,
+            slot.parity_have,
+        );
+        if restored.is_none() {
+            return false;
+        }
+        let stored = slot.bytes;
+        slot.have = if k >= MAX_CHUNKS_PER_FRAME {
+            u128::MAX
+        } else {
+            (1u128 << k) - 1
+        };
+        slot.received = slot.data_chunks;
+        slot.bytes = frame_bytes as u64;
+        self.stats.chunk_bytes += slot.bytes.saturating_sub(stored);
+        self.stats.restored += 1;
+        true
     }
 
     /// The slot of `h`'s frame: its own, a free one, or the oldest frame's (given up).
@@ -295,6 +419,7 @@ impl Reassembler {
                     return Err(Rejected::Late);
                 }
                 // Taking the oldest frame's place: it and everything older are gone.
+                self.loss.count(&self.slots[oldest]);
                 self.slots[oldest].seq = None;
                 self.stats.given_up += 1;
                 self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
@@ -311,6 +436,10 @@ impl Reassembler {
         slot.have = 0;
         slot.received = 0;
         slot.highest_index = 0;
+        slot.parity_have = 0;
+        slot.parity_received = 0;
+        slot.first_copies = 0;
+        slot.highest_first = None;
         slot.first_at = now;
         slot.last_at = now;
         Ok(i)
@@ -325,6 +454,9 @@ impl Reassembler {
 
     /// Slot `i`'s complete frame leaves (is shown): its bytes, until the next push.
     fn leave(&mut self, i: usize) -> &[u8] {
+        if self.slots[i].seq.is_some() {
+            self.loss.count(&self.slots[i]);
+        }
         let slot = &mut self.slots[i];
         let seq = slot.seq.take().unwrap_or_default();
         slot.complete = false;
@@ -351,6 +483,7 @@ impl Reassembler {
         let mut dropped = 0;
         for slot in &mut self.slots {
             if slot.seq.is_some_and(|s| s <= seq) && !slot.complete {
+                self.loss.count(slot);
                 slot.seq = None;
                 dropped += 1;
             }
@@ -383,7 +516,10 @@ impl Reassembler {
                 last_at: s.last_at,
                 highest_index: s.highest_index,
                 data_chunks: s.data_chunks,
-                need: s.data_chunks.saturating_sub(s.received),
+                need: s
+                    .data_chunks
+                    .saturating_sub(s.received.saturating_add(s.parity_received))
+                    .max(1),
                 missing: all & !s.have,
             })
         })

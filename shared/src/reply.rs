@@ -18,6 +18,9 @@
 //!                 mtu           optional: the server sends frames in chunks of at most this
 //!                               many bytes to a viewer whose `hello` asks for them (see
 //!                               [`crate::chunk`]), 800..=8972; absent from servers before it
+//!                 fec           optional, with mtu: `1`, the server also sends parity chunks to
+//!                               a chunked viewer whose `continue`s report its loss (`l=`, see
+//!                               [`crate::ack`]); absent from servers before it
 //!     ERR SURV/1  the rest of the line is a reason for the person running the viewer
 //! ```
 //!
@@ -69,6 +72,9 @@ pub struct StreamParams {
     /// The largest chunk datagram the server sends a viewer that asks for chunks; `None`: the
     /// server sends whole frames only.
     pub mtu: Option<u16>,
+    /// With `mtu`: the server sends parity chunks to a chunked viewer that reports its loss
+    /// (`l=` in its `continue`s, [`crate::ack`]); `fec=1` on the line.
+    pub fec: bool,
 }
 
 /// The server's answer to a `SURV/1` registration.
@@ -139,6 +145,9 @@ impl Reply {
                 }
                 if let Some(mtu) = p.mtu {
                     let _ = write!(line, " mtu={mtu}");
+                    if p.fec {
+                        line.push_str(" fec=1");
+                    }
                 }
                 line.push('\n');
                 line.into_bytes()
@@ -206,6 +215,7 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
     let mut session_key = None;
     let mut udp_port = None;
     let mut mtu = None;
+    let mut fec = None;
     for word in params.split_ascii_whitespace() {
         let (key, value) = word
             .split_once('=')
@@ -252,6 +262,15 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
             mtu = Some(bytes);
             continue;
         }
+        if key == "fec" {
+            if fec.is_some() {
+                return Err(ReplyError::Repeated("fec"));
+            }
+            // 1: parity for a viewer that reports its loss; any other value, from a later
+            // server, is a form this viewer does not know: none.
+            fec = Some(value == "1");
+            continue;
+        }
         let Some(i) = FIELDS.iter().position(|f| f.0 == key) else {
             continue; // a parameter from a later server
         };
@@ -280,6 +299,7 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
         max_datagram_bytes: usize::try_from(field(4)?).unwrap_or(usize::MAX),
         key: session_key,
         udp_port,
+        fec: mtu.is_some() && fec == Some(true),
         mtu,
     }))
 }

@@ -65,6 +65,7 @@ pub fn client_config(server: SocketAddr, seconds: f64) -> surv_client::Config {
         pipe: false,
         camera: None,
         mtu: Some(surv_proto::DEFAULT_MTU_BYTES),
+        fec: true,
     }
 }
 

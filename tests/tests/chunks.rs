@@ -359,3 +359,108 @@ async fn a_chunked_session_is_counted_while_it_lasts() {
     assert_eq!(data(), 0, "its leaving is counted");
     assert_eq!(srv.server.watchers.len(), 1, "the other session streams on");
 }
+
+/// What a scripted viewer that reports `loss` saw in `secs`: frames whole (their tags read),
+/// frames restored by parity, and the parity count of every frame sent with some.
+struct ParityRun {
+    whole: usize,
+    restored: u64,
+    parity_counts: Vec<(u8, u8)>,
+    fec_offered: bool,
+}
+
+/// A viewer that reports `loss` ‰ in every `continue` and, of each frame sent with parity,
+/// loses data chunks 1 and 3 (as the path would).
+async fn report_loss(server: SocketAddr, loss: u16, secs: u64) -> ParityRun {
+    let mut v = ChunkViewer::start(server).await;
+    let fec_offered = v.raw.params.as_ref().unwrap().fec;
+    let mut r = Reassembler::new(v.key, chunk_bytes_for_mtu(DEFAULT_MTU_BYTES));
+    let mut run = ParityRun {
+        whole: 0,
+        restored: 0,
+        parity_counts: Vec::new(),
+        fec_offered,
+    };
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 2_000];
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some((h, payload)) = v.next(left.min(IO_TIMEOUT)).await else {
+            break;
+        };
+        if h.parity_chunks > 0 {
+            if !run
+                .parity_counts
+                .contains(&(h.data_chunks, h.parity_chunks))
+            {
+                run.parity_counts.push((h.data_chunks, h.parity_chunks));
+            }
+            if [1, 3].contains(&h.index) {
+                continue;
+            }
+        }
+        buf.clear();
+        buf.extend_from_slice(&h.encode());
+        buf.extend_from_slice(&payload);
+        let done = match r.push(&buf, std::time::Instant::now()) {
+            Push::Complete { seq, frame } => {
+                FrameTag::decode(frame).expect("a tagged JPEG, restored or not");
+                Some(seq)
+            }
+            _ => None,
+        };
+        if let Some(seq) = done {
+            run.whole += 1;
+            v.send(Ack::Received {
+                seq,
+                rx_bytes: r.bytes_through(seq) as u32,
+                loss: Some(loss),
+            })
+            .await;
+        }
+    }
+    run.restored = r.stats().restored;
+    run
+}
+
+/// A viewer that reports 10 % of its chunks lost is sent parity chunks (30 % of each frame's
+/// data chunks, every header of a frame saying how many), and frames that lost two data chunks
+/// are restored from them, whole; a viewer that reports under 0.5 % gets none; nor does any
+/// viewer of a server with `--fec false`, which does not offer it in its `OK` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_reports_loss_gets_parity_that_restores_its_frames() {
+    let srv = start_server(vga()).await.unwrap();
+    let lossy = report_loss(srv.addr, 100, 2).await;
+    assert!(lossy.fec_offered);
+    assert!(!lossy.parity_counts.is_empty(), "no parity came");
+    for &(k, m) in &lossy.parity_counts {
+        assert_eq!(usize::from(m), (usize::from(k) * 30).div_ceil(100), "k {k}");
+    }
+    assert!(
+        lossy.restored >= 10 && lossy.whole as u64 >= lossy.restored,
+        "restored {} of {} whole",
+        lossy.restored,
+        lossy.whole
+    );
+    let parity_sent = srv.server.stats.parity_chunks_sent.load(Relaxed);
+    assert!(parity_sent >= 10 * 5, "{parity_sent}");
+    let clean = report_loss(srv.addr, 4, 1).await;
+    assert!(clean.whole >= 10, "{}", clean.whole);
+    assert_eq!(clean.parity_counts, [], "no parity under 0.5 %");
+    srv.stop().await.unwrap();
+
+    let srv = start_server(ServerOpts {
+        config: Config {
+            fec: false,
+            ..Config::default()
+        },
+        ..vga()
+    })
+    .await
+    .unwrap();
+    let off = report_loss(srv.addr, 100, 1).await;
+    assert!(!off.fec_offered);
+    assert!(off.whole >= 10, "{}", off.whole);
+    assert_eq!(off.parity_counts, [], "--fec false");
+    assert_eq!(srv.server.stats.parity_chunks_sent.load(Relaxed), 0);
+    srv.stop().await.unwrap();
+}

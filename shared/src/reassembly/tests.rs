@@ -15,9 +15,15 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| seed.wrapping_add(i as u8)).collect()
 }
 
-/// The frame's chunk datagrams: its data chunks, then `parity` parity chunks (payload zeros),
-/// every header saying the frame was encoded with `parity` parity chunks.
+/// The frame's chunk datagrams: its data chunks, then its `parity` parity chunks, every header
+/// saying the frame was encoded with `parity` parity chunks.
 fn chunks(seq: u64, frame: &[u8], parity: u8) -> Vec<Vec<u8>> {
+    let mut code = Vec::new();
+    if parity > 0 {
+        crate::parity::ParityEncoder::default()
+            .encode(frame, CHUNK, usize::from(parity), &mut code)
+            .unwrap();
+    }
     let data: Vec<ChunkHeader> = ChunkHeader::for_frame(seq, KEY, frame.len(), CHUNK)
         .unwrap()
         .map(|h| ChunkHeader {
@@ -41,7 +47,8 @@ fn chunks(seq: u64, frame: &[u8], parity: u8) -> Vec<Vec<u8>> {
         }
         .encode()
         .to_vec();
-        d.resize(d.len() + CHUNK, 0);
+        let at = usize::from(p) * CHUNK;
+        d.extend_from_slice(&code[at..at + CHUNK]);
         out.push(d);
     }
     out
@@ -67,7 +74,6 @@ struct Outcome {
     completed: Option<Vec<u8>>,
     pending: usize,
     duplicates: usize,
-    parity: usize,
 }
 
 fn push_all(r: &mut Reassembler, datagrams: &[&[u8]], now: Instant) -> Outcome {
@@ -84,7 +90,6 @@ fn push_all(r: &mut Reassembler, datagrams: &[&[u8]], now: Instant) -> Outcome {
             Push::Rejected(Rejected::Late) => {
                 assert!(out.completed.is_some(), "late before the frame completed");
             }
-            Push::Rejected(Rejected::Parity) => out.parity += 1,
             Push::Rejected(other) => panic!("refused: {other:?}"),
         }
     }
@@ -93,8 +98,9 @@ fn push_all(r: &mut Reassembler, datagrams: &[&[u8]], now: Instant) -> Outcome {
 
 /// Every subset of a frame's 6 chunks (5 data, the last short, and 1 parity), each in every
 /// order, once plainly and once with each chunk pushed twice in a row: the frame completes iff
-/// all 5 data chunks came, with exactly the frame's bytes; otherwise the reassembler names the
-/// missing data chunks and how many it needs.
+/// 5 of the 6 came (the parity chunk standing in for any one data chunk), with exactly the
+/// frame's bytes; otherwise the reassembler names the missing data chunks and how many more
+/// chunks it needs.
 #[test]
 fn every_loss_pattern_of_a_small_frame_in_every_order() {
     let f = frame(18, 40); // 5 chunks of 4: 4+4+4+4+2
@@ -104,7 +110,6 @@ fn every_loss_pattern_of_a_small_frame_in_every_order() {
     let mut sequences = 0;
     for subset in 0u32..(1 << all.len()) {
         let members: Vec<usize> = (0..all.len()).filter(|i| subset & (1 << i) != 0).collect();
-        let data_got = members.iter().filter(|&&i| i < 5).count();
         let mut orders = Vec::new();
         permutations(&mut members.clone(), members.len(), &mut orders);
         for order in orders {
@@ -116,34 +121,43 @@ fn every_loss_pattern_of_a_small_frame_in_every_order() {
                 let mut r = Reassembler::new(KEY, CHUNK);
                 let out = push_all(&mut r, &seq, now);
                 sequences += 1;
-                let parity_sent = usize::from(members.contains(&5)) * (1 + usize::from(doubled));
-                assert_eq!(out.parity, parity_sent, "{order:?}");
-                if data_got == 5 {
+                let got = members.len();
+                if got >= 5 {
                     assert_eq!(out.completed.as_deref(), Some(&f[..]), "{order:?}");
                     assert_eq!(r.incomplete().count(), 0);
                     assert_eq!(r.newest_done(), Some(3));
                     assert_eq!(r.stats().complete, 1);
+                    // Restored when a data chunk was missing as the fifth chunk came.
+                    let fifth = order[4];
+                    let data_by_fifth = order[..5].iter().filter(|&&i| i < 5).count();
+                    assert_eq!(
+                        r.stats().restored,
+                        u64::from(data_by_fifth < 5),
+                        "{order:?} (fifth {fifth})"
+                    );
+                    assert_eq!(r.stats().chunk_bytes, 18, "r= counts the frame once");
                 } else {
                     assert_eq!(out.completed, None, "{order:?}");
-                    assert_eq!(out.pending, data_got, "{order:?}");
+                    assert_eq!(out.pending, got, "{order:?}");
                     let want_missing: u128 = (0..5)
                         .filter(|i| !members.contains(i))
                         .map(|i| 1u128 << i)
                         .sum();
                     let inc: Vec<Incomplete> = r.incomplete().collect();
-                    if data_got == 0 {
-                        assert!(inc.is_empty(), "a parity chunk alone opens no frame");
+                    if got == 0 {
+                        assert!(inc.is_empty());
                     } else {
                         assert_eq!(inc.len(), 1);
                         assert_eq!(inc[0].seq, 3);
                         assert_eq!(inc[0].missing, want_missing, "{order:?}");
-                        assert_eq!(usize::from(inc[0].need), 5 - data_got);
+                        assert_eq!(usize::from(inc[0].need), 5 - got);
                         assert_eq!(inc[0].data_chunks, 5);
                     }
                     assert_eq!(r.newest_done(), None);
                 }
                 if doubled {
-                    assert_eq!(out.duplicates, data_got - usize::from(data_got == 5));
+                    // The chunk that completes the frame, and every one after, is late again.
+                    assert_eq!(out.duplicates, got.min(4), "{order:?}");
                 } else {
                     assert_eq!(out.duplicates, 0);
                 }
@@ -378,4 +392,70 @@ fn large_frames_reassemble() {
         }
         assert_eq!(done.as_deref(), Some(&f[..]), "{len}");
     }
+}
+
+/// The loss a viewer reports: chunks that did not come on their first sending, up to the
+/// highest index that did, over the chunks sent; resent chunks and frames that lost every
+/// chunk do not count; nothing is said before a window's worth.
+#[test]
+fn the_loss_reported_is_the_share_of_chunks_lost_on_their_first_sending() {
+    let f = frame(40, 9); // 10 data chunks
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    assert_eq!(r.loss_permille(), None);
+    // 40 frames of 10 data + 2 parity chunks: each loses its chunk 3 (the parity completes
+    // it), and its last parity chunk (after completion: not seen, not counted).
+    let frames = LOSS_WINDOW_CHUNKS as u64 / 11 + 1;
+    for seq in 1..=frames {
+        let c = chunks(seq, &f, 2);
+        for (i, d) in c.iter().enumerate() {
+            if i == 3 || i == 11 {
+                continue;
+            }
+            let pushed = r.push(d, now);
+            if i == 10 {
+                assert!(matches!(pushed, Push::Complete { .. }), "{pushed:?}");
+            }
+        }
+        // A repair of chunk 3 after the frame left: late, and no loss taken back.
+        let mut resent = c[3].clone();
+        resent[2] |= crate::chunk::FLAG_RESENT;
+        assert_eq!(r.push(&resent, now), Push::Rejected(Rejected::Late));
+    }
+    assert_eq!(r.stats().restored, frames);
+    // 1 lost of 11 sent up to the highest index seen (10): 90.9 ‰.
+    assert_eq!(r.loss_permille(), Some(90));
+    // Then a window without loss.
+    for seq in frames + 1..=frames + LOSS_WINDOW_CHUNKS as u64 / 10 {
+        for d in &chunks(seq, &f, 0) {
+            r.push(d, now);
+        }
+    }
+    assert_eq!(r.loss_permille(), Some(0));
+}
+
+/// A frame that lost more data chunks than its parity covers is asked for; the repair of any
+/// of them completes it with the parity it has.
+#[test]
+fn a_repair_completes_a_frame_with_the_parity_it_has() {
+    let f = frame(40, 3);
+    let c = chunks(7, &f, 2);
+    let now = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    for (i, d) in c.iter().enumerate() {
+        if ![1, 4, 8].contains(&i) {
+            assert_eq!(r.push(d, now), Push::Pending { seq: 7 });
+        }
+    }
+    let inc: Vec<Incomplete> = r.incomplete().collect();
+    assert_eq!(inc.len(), 1);
+    assert_eq!(inc[0].missing, 1 << 1 | 1 << 4 | 1 << 8);
+    assert_eq!(inc[0].need, 1, "7 data + 2 parity of 10");
+    let mut resent = c[4].clone();
+    resent[2] |= crate::chunk::FLAG_RESENT;
+    match r.push(&resent, now) {
+        Push::Complete { seq: 7, frame } => assert_eq!(frame, &f[..]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.stats().restored, 1);
 }

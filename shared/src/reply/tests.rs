@@ -15,6 +15,7 @@ fn params() -> StreamParams {
         key: None,
         udp_port: None,
         mtu: None,
+        fec: false,
     }
 }
 
@@ -33,6 +34,7 @@ fn round_trips() {
         key: None,
         udp_port: None,
         mtu: None,
+        fec: false,
     };
     for reply in [
         Reply::Accepted(small),
@@ -262,6 +264,7 @@ fn ok_fields_at_the_ends_of_their_ranges_are_accepted() {
                 key: None,
                 udp_port: None,
                 mtu: None,
+                fec: false,
             }))
         );
     }
@@ -413,4 +416,38 @@ fn the_mtu_word_round_trips_and_old_lines_still_read() {
     }
     let twice = b"OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600 mtu=1200 mtu=1200\n";
     assert_eq!(Reply::decode(twice), Err(ReplyError::Repeated("mtu")));
+}
+
+#[test]
+fn the_fec_word_round_trips_and_means_nothing_without_an_mtu() {
+    let fec = Reply::Accepted(StreamParams {
+        key: Some(7),
+        udp_port: Some(40123),
+        mtu: Some(1200),
+        fec: true,
+        ..params()
+    });
+    let wire = fec.encode();
+    assert!(wire.ends_with(b" mtu=1200 fec=1\n"), "{wire:?}");
+    assert_eq!(Reply::decode(&wire), Ok((fec, wire.len())));
+    let head = "OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600";
+    let read = |rest: &str| match Reply::decode(format!("{head} {rest}\n").as_bytes()) {
+        Ok((Reply::Accepted(p), _)) => Ok(p.fec),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    assert_eq!(read("fec=1"), Ok(false), "no chunks, no parity");
+    assert_eq!(read("mtu=1200 fec=2"), Ok(false), "a later form");
+    assert_eq!(read("mtu=1200"), Ok(false));
+    assert_eq!(read("fec=1 mtu=1200"), Ok(true));
+    assert_eq!(
+        read("mtu=1200 fec=1 fec=1"),
+        Err(ReplyError::Repeated("fec"))
+    );
+    // Without an mtu the server does not write it.
+    let whole = Reply::Accepted(StreamParams {
+        fec: true,
+        ..params()
+    });
+    assert!(!String::from_utf8(whole.encode()).unwrap().contains("fec"));
 }

@@ -149,7 +149,9 @@ pub(super) fn drain(
         for (link, frame, what) in released.drain(..) {
             match what {
                 Send::Frame => send_one(server, &link, &frame, senders),
-                Send::Repair(missing) => repair(server, &link, &frame, missing, senders),
+                Send::Repair(missing, parity) => {
+                    repair(server, &link, &frame, (missing, parity), senders)
+                }
             }
         }
         match res {
@@ -168,7 +170,7 @@ pub(super) fn drain(
 /// What an ack has the ack task send, after the batch: a frame, or a frame's chunks again.
 enum Send {
     Frame,
-    Repair(u128),
+    Repair(u128, u8),
 }
 
 type Released = (Arc<Link>, SharedFrame, Send);
@@ -227,9 +229,9 @@ fn on_datagram(
             st.last_heard = now;
             st.window.on_alive(now);
             match repairable(&mut st, &nack, now) {
-                Some(frame) => {
+                Some((frame, parity)) => {
                     drop(st);
-                    released.push((link, frame, Send::Repair(nack.missing)));
+                    released.push((link, frame, Send::Repair(nack.missing, parity)));
                 }
                 None => {
                     drop(st);
@@ -252,7 +254,18 @@ fn on_datagram(
                 Ack::Continue(seq) => seq,
                 _ => None,
             };
-            if let Ack::Received { seq, rx_bytes } = ack {
+            if let Ack::Received {
+                seq,
+                rx_bytes,
+                loss,
+            } = ack
+            {
+                // Taken only where parity was offered (`--fec`).
+                let loss = loss.filter(|_| server.config.fec);
+                if loss != st.loss_permille {
+                    tracing::debug!(viewer = %from, seq, ?loss, "reported loss");
+                    st.loss_permille = loss;
+                }
                 let before = st.rate.limit();
                 st.rate.on_ack(seq, rx_bytes, now);
                 let after = st.rate.limit();
@@ -283,7 +296,11 @@ fn on_datagram(
 /// The frame a `nack` may be answered with: one of the frames last sent to this chunked
 /// session, sent within [`REPAIR_FOR`], repaired fewer than [`MAX_REPAIRS`] times, and the
 /// bitmap naming only chunks it has. Counts the repair.
-fn repairable(st: &mut LinkState, nack: &surv_proto::Nack, now: Instant) -> Option<SharedFrame> {
+fn repairable(
+    st: &mut LinkState,
+    nack: &surv_proto::Nack,
+    now: Instant,
+) -> Option<(SharedFrame, u8)> {
     let chunk_bytes = st.chunk_bytes?;
     let sent = st
         .sent_chunked
@@ -299,5 +316,5 @@ fn repairable(st: &mut LinkState, nack: &surv_proto::Nack, now: Instant) -> Opti
         return None;
     }
     sent.repairs += 1;
-    Some(sent.frame.clone())
+    Some((sent.frame.clone(), sent.parity))
 }

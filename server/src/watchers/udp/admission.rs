@@ -314,6 +314,7 @@ async fn admit(
             udp_port: link.socket.udp.local_addr().ok().map(|a| a.port()),
             // Chunks carry the session key and are asked for in the keyed hello.
             mtu: server.config.mtu.filter(|_| key.is_some()),
+            fec: server.config.fec && server.config.mtu.is_some() && key.is_some(),
         });
         if !matches!(
             timeout(REPLY_TIMEOUT, tcp.write_all(&reply.encode())).await,

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::acks::{ack_loop, drain, Reader, ACK_BATCHES_PER_FRAME};
-use super::chunks::{ChunkJob, ChunkSender, Chunks};
+use super::chunks::{parity_chunks, ChunkJob, ChunkSender, Chunks};
 use super::link::{Attached, Link, LinkState};
 use super::window::Window;
 use crate::cameras::Camera;
@@ -93,6 +93,8 @@ pub(crate) struct SentFrame {
     pub frame: SharedFrame,
     pub at: Instant,
     pub repairs: u8,
+    /// The parity chunks it was coded with: its repairs' headers say the same.
+    pub parity: u8,
 }
 
 /// The senders a path that sends one viewer its frame keeps: whole datagrams, and chunks.
@@ -207,6 +209,7 @@ impl DataPath {
                     key,
                     confirmed: key.is_none(),
                     chunk_bytes: None,
+                    loss_permille: None,
                     sent_chunked: std::collections::VecDeque::with_capacity(REPAIR_FRAMES),
                     rate: super::rate::Rate::default(),
                 }),
@@ -371,7 +374,7 @@ fn record(
     link: &Link,
     st: &mut LinkState,
     frame: &SharedFrame,
-    outcome: Outcome,
+    (outcome, parity): (Outcome, u8),
     now: Instant,
 ) {
     match outcome {
@@ -390,6 +393,7 @@ fn record(
                     frame: frame.clone(),
                     at: now,
                     repairs: 0,
+                    parity,
                 });
             }
             tracing::trace!(viewer = %link.viewer, seq = frame.seq, bytes, "sent");
@@ -411,7 +415,8 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let job = chunk_job(link, &link.state(), Chunks::All);
+    let job = chunk_job(link, &link.state(), datagram.len(), Chunks::All);
+    let parity = job.as_ref().map_or(0, |j| j.parity);
     let outcome = match job {
         Some(job) => send_chunks(senders, link, frame.seq, datagram, &[job]),
         None => {
@@ -425,6 +430,10 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
         server.stats.frames_sent.fetch_add(1, Relaxed);
         server
             .stats
+            .parity_chunks_sent
+            .fetch_add(u64::from(parity), Relaxed);
+        server
+            .stats
             .bytes_sent
             .fetch_add(datagram.len() as u64, Relaxed);
     }
@@ -433,18 +442,22 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
         link,
         &mut link.state(),
         frame,
-        outcome,
+        (outcome, parity),
         Instant::now(),
     );
 }
 
-/// What a chunked session is sent of a frame; `None` for a whole-datagram session.
-fn chunk_job(link: &Link, st: &LinkState, chunks: Chunks) -> Option<ChunkJob> {
+/// What a chunked session is sent of a frame of `frame_bytes` (with the parity its reported
+/// loss calls for); `None` for a whole-datagram session.
+fn chunk_job(link: &Link, st: &LinkState, frame_bytes: usize, chunks: Chunks) -> Option<ChunkJob> {
+    let chunk_bytes = st.chunk_bytes?;
+    let k = surv_proto::chunk::data_chunks(frame_bytes, chunk_bytes).unwrap_or(0);
     Some(ChunkJob {
         dest: link.viewer,
         key: st.key.unwrap_or_default(),
-        chunk_bytes: st.chunk_bytes?,
+        chunk_bytes,
         chunks,
+        parity: parity_chunks(k, st.loss_permille, st.rate.limit().is_some()),
     })
 }
 
@@ -475,12 +488,13 @@ fn send_chunks(
 }
 
 /// Sends a chunked viewer the chunks of `frame` that its `nack` named (`missing`), flagged as
-/// resent: the rare path, from the ack task. The caller checked the frame and the bitmap.
+/// resent, under the frame's `parity` count: the rare path, from the ack task. The caller
+/// checked the frame and the bitmap.
 pub(crate) fn repair(
     server: &Server,
     link: &Link,
     frame: &SharedFrame,
-    missing: u128,
+    (missing, parity): (u128, u8),
     senders: &mut Senders,
 ) {
     let Some(datagram) = frame.jpeg() else {
@@ -489,7 +503,8 @@ pub(crate) fn repair(
     let (job, limited) = {
         let st = link.state();
         (
-            chunk_job(link, &st, Chunks::Missing(missing)),
+            chunk_job(link, &st, datagram.len(), Chunks::Missing(missing))
+                .map(|job| ChunkJob { parity, ..job }),
             st.rate.limit().is_some(),
         )
     };
@@ -672,7 +687,7 @@ fn fan_out(
             let link = entry.value();
             let mut st = link.state();
             if offer(link, &mut st, frame, now) {
-                match chunk_job(link, &st, Chunks::All) {
+                match chunk_job(link, &st, datagram.len(), Chunks::All) {
                     Some(job) => {
                         batch.jobs.push(job);
                         batch.chunked.push(link.clone());
@@ -698,6 +713,7 @@ fn fan_out(
                 server,
                 &batch.chunked,
                 &batch.outcomes,
+                Some(&batch.jobs),
                 frame,
                 datagram.len(),
             );
@@ -711,7 +727,14 @@ fn fan_out(
             &batch.dests,
             &mut batch.outcomes,
         );
-        book(server, &batch.links, &batch.outcomes, frame, datagram.len());
+        book(
+            server,
+            &batch.links,
+            &batch.outcomes,
+            None,
+            frame,
+            datagram.len(),
+        );
     }
 }
 
@@ -720,16 +743,30 @@ fn book(
     server: &Server,
     links: &[Arc<Link>],
     outcomes: &[Outcome],
+    jobs: Option<&[ChunkJob]>,
     frame: &SharedFrame,
     bytes: usize,
 ) {
     let now = Instant::now();
-    let mut sent = 0u64;
-    for (link, &outcome) in links.iter().zip(outcomes) {
+    let (mut sent, mut parity_sent) = (0u64, 0u64);
+    for (i, (link, &outcome)) in links.iter().zip(outcomes).enumerate() {
         sent += u64::from(outcome == Outcome::Sent);
-        record(server, link, &mut link.state(), frame, outcome, now);
+        let parity = jobs.and_then(|j| j.get(i)).map_or(0, |j| j.parity);
+        parity_sent += u64::from(parity) * u64::from(outcome == Outcome::Sent);
+        record(
+            server,
+            link,
+            &mut link.state(),
+            frame,
+            (outcome, parity),
+            now,
+        );
     }
     server.stats.frames_sent.fetch_add(sent, Relaxed);
+    server
+        .stats
+        .parity_chunks_sent
+        .fetch_add(parity_sent, Relaxed);
     server
         .stats
         .bytes_sent

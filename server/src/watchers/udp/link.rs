@@ -36,6 +36,9 @@ pub(crate) struct LinkState {
     /// A chunked session (its `hello` asked for chunks): the payload bytes of each chunk;
     /// `None`: whole frame datagrams.
     pub chunk_bytes: Option<usize>,
+    /// The share of chunks its viewer last reported lost, in thousandths (`l=`): parity
+    /// chunks follow it ([`super::chunks::parity_chunks`]).
+    pub loss_permille: Option<u16>,
     /// A chunked session's frames last sent, oldest first, for its `nack`s
     /// (at most [`super::data_path::REPAIR_FRAMES`]).
     pub sent_chunked: VecDeque<SentFrame>,

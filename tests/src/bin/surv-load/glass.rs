@@ -73,14 +73,22 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         server.stop();
         let m = measured.with_context(|| format!("the {mode} page"))?;
         // The camera's page counts these; hls.js in a bare page does not.
-        let (freezes, bitrate) = if mode == "hls" {
-            ("n/a".to_string(), "n/a".to_string())
-        } else {
-            (m.freezes.to_string(), format!("{:.0} kbit/s", m.kbps))
+        let (freezes, bitrate, decoded) = match mode {
+            "hls" => ("n/a".to_string(), "n/a".to_string(), "n/a".to_string()),
+            "mjpeg" => (
+                m.freezes.to_string(),
+                format!("{:.0} kbit/s", m.kbps),
+                "n/a".to_string(),
+            ),
+            _ => (
+                m.freezes.to_string(),
+                format!("{:.0} kbit/s", m.kbps),
+                m.decoded.to_string(),
+            ),
         };
         println!(
             "glass {mode} {w}x{h}@{}: first frame over {LOADS} loads median {:.0} ms, max {:.0} ms; \
-             over {secs} s: {} frames ({:.1}/s), latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, \
+             over {secs} s: {} frames shown ({:.1}/s; decoded {decoded}), latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms, \
              unreadable {}, freezeCount {}, bitrate {}",
             args.fps,
             m.first_ms[LOADS / 2],
@@ -106,7 +114,16 @@ struct Measured {
     late_ms: Vec<f64>,
     unreadable: u64,
     freezes: u64,
+    /// WebRTC: the frames Chromium decoded (`framesDecoded`), of which `frames` are those it
+    /// showed: frames that come together (after a resend) are decoded but only the last is shown.
+    decoded: u64,
     kbps: f64,
+}
+
+/// How much the player's counter `key` grew from `before` to `after`.
+fn counted(before: &Value, after: &Value, key: &str) -> u64 {
+    let at = |v: &Value| v[key].as_u64().unwrap_or(0);
+    at(after).saturating_sub(at(before))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -158,12 +175,11 @@ fn watch(
     }
     first_ms.sort_by(f64::total_cmp);
     browser.reset_glass()?;
-    let before = browser.eval("(window.surv && window.surv.freezes) || 0")?;
+    const PLAYER: &str = "({ freezes: (window.surv && window.surv.freezes) || 0, \
+        decoded: (window.surv && window.surv.frames) || 0, kbps: (window.surv && window.surv.kbps) || 0 })";
+    let before = browser.eval(PLAYER)?;
     std::thread::sleep(Duration::from_secs(secs));
-    let after: Value = browser.eval(
-        "({ glass: window.glass, freezes: (window.surv && window.surv.freezes) || 0, \
-            kbps: (window.surv && window.surv.kbps) || 0 })",
-    )?;
+    let after: Value = browser.eval(&format!("({{ glass: window.glass, player: {PLAYER} }})"))?;
     browser.close();
     let late_ms = glass_samples(&after["glass"]).context("no samples")?;
     Ok(Measured {
@@ -171,10 +187,8 @@ fn watch(
         frames: after["glass"]["frames"].as_u64().unwrap_or(0),
         late_ms,
         unreadable: after["glass"]["unreadable"].as_u64().unwrap_or(0),
-        freezes: after["freezes"]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(before.as_u64().unwrap_or(0)),
-        kbps: after["kbps"].as_f64().unwrap_or(0.0),
+        freezes: counted(&before, &after["player"], "freezes"),
+        decoded: counted(&before, &after["player"], "decoded"),
+        kbps: after["player"]["kbps"].as_f64().unwrap_or(0.0),
     })
 }
