@@ -42,9 +42,14 @@ use crate::MAX_UDP_PAYLOAD_BYTES;
 /// surv-client waits for a frame (250 ms at most).
 pub const SLOTS: usize = 8;
 
-/// The loss a viewer reports is measured over this many chunks sent (about a third of a second
-/// of 1280x720@30 at mtu 1,200), then measured afresh.
-pub const LOSS_WINDOW_CHUNKS: u32 = 300;
+/// The loss a viewer reports is measured over the chunks of the frames that left since the
+/// window before the last closed: windows of this many chunks sent (about a second of
+/// 1280x720@30 at mtu 1,200; at 1 % loss, 10 chunks lost, enough to tell from none) ...
+pub const LOSS_WINDOW_CHUNKS: u32 = 1_000;
+
+/// ... and it is said from this many on, so that a viewer that starts on a lossy link gets
+/// parity within a few frames.
+pub const LOSS_FIRST_CHUNKS: u32 = 100;
 
 /// What became of one pushed datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,12 +159,14 @@ struct Slot {
     parity: Box<[u8]>,
 }
 
-/// The share of chunks lost on the way, over windows of [`LOSS_WINDOW_CHUNKS`].
+/// The share of chunks lost on the way: over the window being filled and the one before it
+/// (windows of [`LOSS_WINDOW_CHUNKS`]), once they hold [`LOSS_FIRST_CHUNKS`].
 #[derive(Debug, Default)]
 struct LossMeter {
-    sent: u32,
-    lost: u32,
-    last: Option<u16>,
+    /// (sent, lost) of the window before ...
+    before: (u32, u32),
+    /// ... and of this one.
+    now: (u32, u32),
 }
 
 impl LossMeter {
@@ -171,14 +178,20 @@ impl LossMeter {
             return;
         };
         let sent = u32::from(highest) + 1;
-        self.sent += sent;
-        self.lost += sent.saturating_sub(u32::from(slot.first_copies));
-        if self.sent >= LOSS_WINDOW_CHUNKS {
-            let permille = u64::from(self.lost) * 1000 / u64::from(self.sent);
-            self.last = Some(u16::try_from(permille.min(1000)).unwrap_or(1000));
-            self.sent = 0;
-            self.lost = 0;
+        self.now.0 += sent;
+        self.now.1 += sent.saturating_sub(u32::from(slot.first_copies));
+        if self.now.0 >= LOSS_WINDOW_CHUNKS {
+            self.before = std::mem::take(&mut self.now);
         }
+    }
+
+    fn permille(&self) -> Option<u16> {
+        let sent = u64::from(self.before.0) + u64::from(self.now.0);
+        let lost = u64::from(self.before.1) + u64::from(self.now.1);
+        if sent < u64::from(LOSS_FIRST_CHUNKS) {
+            return None;
+        }
+        Some(u16::try_from((lost * 1000 / sent).min(1000)).unwrap_or(1000))
     }
 }
 
@@ -248,10 +261,11 @@ impl Reassembler {
         }
     }
 
-    /// The share of chunks lost on the way over the last [`LOSS_WINDOW_CHUNKS`] measured, in
-    /// thousandths (what `l=` reports); `None` until that many were sent.
+    /// The share of chunks lost on the way lately (over the last one to two
+    /// [`LOSS_WINDOW_CHUNKS`]), in thousandths: what `l=` reports; `None` until
+    /// [`LOSS_FIRST_CHUNKS`] were sent.
     pub fn loss_permille(&self) -> Option<u16> {
-        self.loss.last
+        self.loss.permille()
     }
 
     pub fn stats(&self) -> ReassemblyStats {

@@ -395,42 +395,58 @@ fn large_frames_reassemble() {
 }
 
 /// The loss a viewer reports: chunks that did not come on their first sending, up to the
-/// highest index that did, over the chunks sent; resent chunks and frames that lost every
-/// chunk do not count; nothing is said before a window's worth.
+/// highest index that did, over the chunks sent; resent chunks and parity that came after the
+/// frame was whole do not count; nothing is said before [`LOSS_FIRST_CHUNKS`], and a window
+/// without loss takes the figure down over the next two.
 #[test]
 fn the_loss_reported_is_the_share_of_chunks_lost_on_their_first_sending() {
     let f = frame(40, 9); // 10 data chunks
     let now = Instant::now();
     let mut r = Reassembler::new(KEY, CHUNK);
-    assert_eq!(r.loss_permille(), None);
-    // 40 frames of 10 data + 2 parity chunks: each loses its chunk 3 (the parity completes
-    // it), and its last parity chunk (after completion: not seen, not counted).
-    let frames = LOSS_WINDOW_CHUNKS as u64 / 11 + 1;
-    for seq in 1..=frames {
-        let c = chunks(seq, &f, 2);
-        for (i, d) in c.iter().enumerate() {
-            if i == 3 || i == 11 {
-                continue;
+    let mut seq = 0;
+    // Frames of 10 data + 2 parity chunks, each losing its chunk 3 (the parity completes it)
+    // and its last parity chunk (after completion: not seen, not counted).
+    let mut lossy = |r: &mut Reassembler, frames: u32| {
+        for _ in 0..frames {
+            seq += 1;
+            let c = chunks(seq, &f, 2);
+            for (i, d) in c.iter().enumerate() {
+                if i == 3 || i == 11 {
+                    continue;
+                }
+                let pushed = r.push(d, now);
+                if i == 10 {
+                    assert!(matches!(pushed, Push::Complete { .. }), "{pushed:?}");
+                }
             }
-            let pushed = r.push(d, now);
-            if i == 10 {
-                assert!(matches!(pushed, Push::Complete { .. }), "{pushed:?}");
-            }
+            // A repair of chunk 3 after the frame left: late, and no loss taken back.
+            let mut resent = c[3].clone();
+            resent[2] |= crate::chunk::FLAG_RESENT;
+            assert_eq!(r.push(&resent, now), Push::Rejected(Rejected::Late));
         }
-        // A repair of chunk 3 after the frame left: late, and no loss taken back.
-        let mut resent = c[3].clone();
-        resent[2] |= crate::chunk::FLAG_RESENT;
-        assert_eq!(r.push(&resent, now), Push::Rejected(Rejected::Late));
-    }
-    assert_eq!(r.stats().restored, frames);
+    };
+    lossy(&mut r, LOSS_FIRST_CHUNKS / 11);
+    assert_eq!(r.loss_permille(), None, "99 chunks");
+    lossy(&mut r, 1);
     // 1 lost of 11 sent up to the highest index seen (10): 90.9 ‰.
     assert_eq!(r.loss_permille(), Some(90));
-    // Then a window without loss.
-    for seq in frames + 1..=frames + LOSS_WINDOW_CHUNKS as u64 / 10 {
-        for d in &chunks(seq, &f, 0) {
-            r.push(d, now);
+    lossy(&mut r, LOSS_WINDOW_CHUNKS / 11);
+    assert_eq!(r.loss_permille(), Some(90));
+    assert_eq!(r.stats().restored, u64::from(LOSS_WINDOW_CHUNKS / 11 + 10));
+    // Then frames without loss: a window, and the figure falls (the window before now holds
+    // the last lossy frames and the clean ones); another, and it is 0.
+    let mut clean = |r: &mut Reassembler, chunks_sent: u32| {
+        for _ in 0..chunks_sent / 10 {
+            seq += 1;
+            for d in &chunks(seq, &f, 0) {
+                r.push(d, now);
+            }
         }
-    }
+    };
+    clean(&mut r, LOSS_WINDOW_CHUNKS);
+    let mixed = r.loss_permille().unwrap();
+    assert!((1..90).contains(&mixed), "{mixed}");
+    clean(&mut r, LOSS_WINDOW_CHUNKS);
     assert_eq!(r.loss_permille(), Some(0));
 }
 
