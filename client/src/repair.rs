@@ -112,7 +112,10 @@ impl NackTimer {
             }
             let ask = match asked.as_deref() {
                 None => {
-                    f.highest_index.saturating_add(1) >= f.data_chunks
+                    // Its last chunk came (the parity's last, when it has parity: a frame
+                    // that lost data chunks may still be whole from its parity).
+                    u16::from(f.highest_index) + 1
+                        >= u16::from(f.data_chunks) + u16::from(f.parity_chunks)
                         || newest_seen.is_some_and(|n| n > f.seq)
                         || now.saturating_duration_since(f.last_at) >= GAP
                 }
@@ -152,6 +155,7 @@ mod tests {
             last_at,
             highest_index,
             data_chunks: 10,
+            parity_chunks: 0,
             need: 2,
             missing: 0b1001,
         }
@@ -249,6 +253,31 @@ mod tests {
         let f = frame(5, t0, ms(88), 9);
         assert_eq!(steps(&mut t, &[f], 5, ms(92)), []);
         assert_eq!(steps(&mut t, &[f], 5, ms(93)), [Step::GiveUp(5)]);
+    }
+
+    /// A frame with parity is not asked for when its last data chunk comes, but when its last
+    /// parity chunk does: the parity may still make it whole.
+    #[test]
+    fn a_frame_with_parity_waits_for_its_last_parity_chunk() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut t = NackTimer::default();
+        let with_parity = |highest| Incomplete {
+            parity_chunks: 3,
+            need: 1,
+            ..frame(5, t0, ms(1), highest)
+        };
+        assert_eq!(steps(&mut t, &[with_parity(9)], 5, ms(1)), []);
+        assert_eq!(steps(&mut t, &[with_parity(11)], 5, ms(1)), []);
+        let out = steps(&mut t, &[with_parity(12)], 5, ms(1));
+        assert_eq!(
+            out,
+            [Step::Nack(Nack {
+                seq: 5,
+                need: 1,
+                missing: 0b1001
+            })]
+        );
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct Incomplete {
     pub highest_index: u8,
     /// The frame's data chunk count, `k`.
     pub data_chunks: u8,
+    /// Its parity chunk count, `m`: its last chunk is index `k + m − 1`.
+    pub parity_chunks: u8,
     /// Chunks still needed: `k` less the data and parity chunks received, at least 1.
     pub need: u8,
     /// Bit i set: data chunk i is missing.
@@ -530,6 +532,7 @@ impl Reassembler {
                 last_at: s.last_at,
                 highest_index: s.highest_index,
                 data_chunks: s.data_chunks,
+                parity_chunks: s.parity_chunks,
                 need: s
                     .data_chunks
                     .saturating_sub(s.received.saturating_add(s.parity_received))
