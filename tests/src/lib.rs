@@ -209,7 +209,6 @@ pub fn photo(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// A TCP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).
 /// The WebRTC socket on a port of the kernel's choice. With `tcp` the same port number
 /// must be free over TCP too, which the kernel's UDP choice does not see to: a port some other
 /// test's TCP connection holds is given up and another tried (CI once lost that race).
@@ -236,6 +235,7 @@ fn bind_webrtc(
     ))
 }
 
+/// A TCP port of 127.0.0.1 free a moment ago (the OS's pick, let go at once).
 pub fn free_tcp_port() -> u16 {
     let s = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a TCP port");
     s.local_addr().expect("its address").port()
