@@ -148,7 +148,6 @@ struct Slot {
     highest_index: u8,
     /// Bit j set: parity chunk j is stored.
     parity_have: u32,
-    parity_received: u8,
     /// Chunks that came on their first sending (not resent), and the highest index of those:
     /// what the loss is measured on.
     first_copies: u8,
@@ -159,6 +158,22 @@ struct Slot {
     buf: Box<[u8]>,
     /// Its parity chunks, [`MAX_PARITY_CHUNKS`] of the session's chunk size.
     parity: Box<[u8]>,
+}
+
+impl Slot {
+    /// Data and parity chunks stored.
+    fn chunks_stored(&self) -> usize {
+        usize::from(self.received) + self.parity_have.count_ones() as usize
+    }
+
+    /// Frees the slot (its frame left, or was given up or pushed out), counting its chunks'
+    /// loss: its frame's number, if it held one.
+    fn vacate(&mut self, loss: &mut LossMeter) -> Option<u64> {
+        if self.seq.is_some() {
+            loss.count(self);
+        }
+        self.seq.take()
+    }
 }
 
 /// The share of chunks lost on the way: over the window being filled and the one before it
@@ -242,7 +257,6 @@ impl Reassembler {
             received: 0,
             highest_index: 0,
             parity_have: 0,
-            parity_received: 0,
             first_copies: 0,
             highest_first: None,
             first_at: now,
@@ -354,7 +368,6 @@ impl Reassembler {
                 .ok_or(Rejected::Mismatch)?
                 .copy_from_slice(payload);
             slot.parity_have |= bit;
-            slot.parity_received += 1;
             self.stats.parity_chunks += 1;
         } else {
             let range = h.data_range().ok_or(Rejected::Mismatch)?;
@@ -381,8 +394,7 @@ impl Reassembler {
         if slot.received == slot.data_chunks {
             return Ok((h.seq, Some(i)));
         }
-        let enough = usize::from(slot.received) + usize::from(slot.parity_received)
-            >= usize::from(slot.data_chunks);
+        let enough = slot.chunks_stored() >= usize::from(slot.data_chunks);
         Ok((h.seq, (enough && self.restore(i)).then_some(i)))
     }
 
@@ -435,8 +447,7 @@ impl Reassembler {
                     return Err(Rejected::Late);
                 }
                 // Taking the oldest frame's place: it and everything older are gone.
-                self.loss.count(&self.slots[oldest]);
-                self.slots[oldest].seq = None;
+                self.slots[oldest].vacate(&mut self.loss);
                 self.stats.given_up += 1;
                 self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
                 oldest
@@ -453,7 +464,6 @@ impl Reassembler {
         slot.received = 0;
         slot.highest_index = 0;
         slot.parity_have = 0;
-        slot.parity_received = 0;
         slot.first_copies = 0;
         slot.highest_first = None;
         slot.first_at = now;
@@ -470,11 +480,8 @@ impl Reassembler {
 
     /// Slot `i`'s complete frame leaves (is shown): its bytes, until the next push.
     fn leave(&mut self, i: usize) -> &[u8] {
-        if self.slots[i].seq.is_some() {
-            self.loss.count(&self.slots[i]);
-        }
+        let seq = self.slots[i].vacate(&mut self.loss).unwrap_or_default();
         let slot = &mut self.slots[i];
-        let seq = slot.seq.take().unwrap_or_default();
         slot.complete = false;
         self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
         let len = usize::try_from(slot.frame_bytes).unwrap_or(0);
@@ -499,8 +506,7 @@ impl Reassembler {
         let mut dropped = 0;
         for slot in &mut self.slots {
             if slot.seq.is_some_and(|s| s <= seq) && !slot.complete {
-                self.loss.count(slot);
-                slot.seq = None;
+                slot.vacate(&mut self.loss);
                 dropped += 1;
             }
         }
@@ -535,7 +541,7 @@ impl Reassembler {
                 parity_chunks: s.parity_chunks,
                 need: s
                     .data_chunks
-                    .saturating_sub(s.received.saturating_add(s.parity_received))
+                    .saturating_sub(u8::try_from(s.chunks_stored()).unwrap_or(u8::MAX))
                     .max(1),
                 missing: all & !s.have,
             })
