@@ -299,14 +299,7 @@ pub async fn run(
             };
             server_udp = Some(from);
             let ack = match &chunks {
-                Some(r) => {
-                    let seq = r.newest_done().unwrap_or(tag.seq);
-                    Ack::Received {
-                        seq,
-                        rx_bytes: r.bytes_through(seq) as u32,
-                        loss: fec.then(|| r.loss_permille().unwrap_or(0)),
-                    }
-                }
+                Some(r) => received(r, r.newest_done().unwrap_or(tag.seq), fec),
                 None => Ack::Continue(Some(tag.seq)),
             };
             if udp.try_send_to(&ack.encode_keyed(key), from).is_err() {
@@ -433,6 +426,16 @@ fn take_ready(r: &mut Reassembler, ready: &mut VecDeque<Bytes>) {
     }
 }
 
+/// A chunked session's `continue` for the frames up to `seq`: what it received of them, and
+/// with `fec` the loss it measured.
+fn received(r: &Reassembler, seq: u64, fec: bool) -> Ack {
+    Ack::Received {
+        seq,
+        rx_bytes: r.bytes_through(seq) as u32,
+        loss: fec.then(|| r.loss_permille().unwrap_or(0)),
+    }
+}
+
 /// Sends the `nack`s due for the frames in assembly and gives up the frames past saving, with
 /// a `continue` past them so the server's window moves on.
 /// `(key, fec)`: the session's key, and whether its `continue`s report the loss.
@@ -456,12 +459,7 @@ fn repair_steps(
             Step::Nack(nack) => Ack::Nack(nack),
             Step::GiveUp(seq) => {
                 r.give_up(seq);
-                let seq = r.newest_done().unwrap_or(seq);
-                Ack::Received {
-                    seq,
-                    rx_bytes: r.bytes_through(seq) as u32,
-                    loss: fec.then(|| r.loss_permille().unwrap_or(0)),
-                }
+                received(r, r.newest_done().unwrap_or(seq), fec)
             }
         };
         if udp.try_send_to(&ack.encode_keyed(key), to).is_err() {
