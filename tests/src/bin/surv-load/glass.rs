@@ -73,18 +73,16 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         server.stop();
         let m = measured.with_context(|| format!("the {mode} page"))?;
         // The camera's page counts these; hls.js in a bare page does not.
-        let (freezes, bitrate, decoded) = match mode {
-            "hls" => ("n/a".to_string(), "n/a".to_string(), "n/a".to_string()),
-            "mjpeg" => (
-                m.freezes.to_string(),
-                format!("{:.0} kbit/s", m.kbps),
-                "n/a".to_string(),
-            ),
-            _ => (
-                m.freezes.to_string(),
-                format!("{:.0} kbit/s", m.kbps),
-                m.decoded.to_string(),
-            ),
+        let (freezes, bitrate) = if mode == "hls" {
+            ("n/a".to_string(), "n/a".to_string())
+        } else {
+            (m.freezes.to_string(), format!("{:.0} kbit/s", m.kbps))
+        };
+        // Decoded frames: WebRTC's `getStats` alone says them.
+        let decoded = if mode.starts_with("webrtc") {
+            m.decoded.to_string()
+        } else {
+            "n/a".to_string()
         };
         println!(
             "glass {mode} {w}x{h}@{}: first frame over {LOADS} loads median {:.0} ms, max {:.0} ms; \
