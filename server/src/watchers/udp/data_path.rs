@@ -416,9 +416,9 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
         return;
     };
     let job = chunk_job(link, &link.state(), datagram.len(), Chunks::All);
-    let parity = job.as_ref().map_or(0, |j| j.parity);
-    let outcome = match job {
-        Some(job) => send_chunks(senders, link, frame.seq, datagram, &[job]),
+    let jobs = job.as_ref().map(std::slice::from_ref);
+    let outcome = match jobs {
+        Some(jobs) => send_chunks(senders, link, frame.seq, datagram, jobs),
         None => {
             let mut outcome = Vec::with_capacity(1);
             link.socket
@@ -426,25 +426,7 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
             outcome.first().copied().unwrap_or(Outcome::Skipped)
         }
     };
-    if outcome == Outcome::Sent {
-        server.stats.frames_sent.fetch_add(1, Relaxed);
-        server
-            .stats
-            .parity_chunks_sent
-            .fetch_add(u64::from(parity), Relaxed);
-        server
-            .stats
-            .bytes_sent
-            .fetch_add(datagram.len() as u64, Relaxed);
-    }
-    record(
-        server,
-        link,
-        &mut link.state(),
-        frame,
-        (outcome, parity),
-        Instant::now(),
-    );
+    book(server, &[link], &[outcome], jobs, frame, datagram.len());
 }
 
 /// What a chunked session is sent of a frame of `frame_bytes` (with the parity its reported
@@ -739,9 +721,9 @@ fn fan_out(
 }
 
 /// Records each viewer's outcome of one frame's send, and the server's totals.
-fn book(
+fn book<L: std::ops::Deref<Target = Link>>(
     server: &Server,
-    links: &[Arc<Link>],
+    links: &[L],
     outcomes: &[Outcome],
     jobs: Option<&[ChunkJob]>,
     frame: &SharedFrame,
@@ -771,5 +753,5 @@ fn book(
         .stats
         .bytes_sent
         .fetch_add(sent * bytes as u64, Relaxed);
-    tracing::trace!(seq = frame.seq, viewers = sent, "fanned out");
+    tracing::trace!(seq = frame.seq, viewers = sent, "frame sent");
 }
