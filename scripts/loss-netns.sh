@@ -28,7 +28,10 @@
 #   DELAY_MS=20         each way, on every packet (TCP too): surv-netdelay in the router, through
 #                       a TUN device (netem cannot load on these kernels). Default 0.
 #   RATE=4mbit          a tbf bottleneck on the router's link toward the viewer, its buffer
-#                       TBF_LATENCY (default 200ms; tail drop past it).
+#                       TBF_LATENCY (default 200ms; tail drop past it) and its bucket TBF_BURST
+#                       (default 32kb; 3kb is a link that sends at its rate from the first packet,
+#                       as a router's uplink port does: a burst beyond the buffer is cut).
+#   SERVER_ARGS="--pace false"  more surv-server options (word-split), e.g. to compare.
 #   SURV_PROFILE=dev    the dev build (dependencies optimised; enough for loss figures, not CPU).
 #   e.g. sudo DELAY_MS=20 scripts/loss-netns.sh link 10 "1280x720 1920x1080" "0 1 3 10"
 #        sudo DELAY_MS=20 RATE=4mbit MODES=chunks scripts/loss-netns.sh link 60 1920x1080 0
@@ -42,6 +45,7 @@ if [[ "${1:-}" == "link" ]]; then
     delay_ms=${DELAY_MS:-0}
     rate=${RATE:-}
     tbf_latency=${TBF_LATENCY:-200ms}
+    tbf_burst=${TBF_BURST:-32kb}
     fps=30
     command -v nft >/dev/null || { echo "loss-netns: needs nft (apt-get install nftables)" >&2; exit 1; }
     profile=${SURV_PROFILE:-release}
@@ -101,9 +105,9 @@ if [[ "${1:-}" == "link" ]]; then
     if [ -n "$rate" ]; then
         # The bottleneck: the router's link toward the viewer carries RATE, with a buffer of
         # TBF_LATENCY (tail drop past it), as a slow uplink does.
-        ip netns exec "$r" tc qdisc add dev veth-rv root tbf rate "$rate" burst 32kb latency "$tbf_latency"
+        ip netns exec "$r" tc qdisc add dev veth-rv root tbf rate "$rate" burst "$tbf_burst" latency "$tbf_latency"
     fi
-    echo "round trip: $((2 * delay_ms)) ms added; bottleneck toward the viewer: ${rate:-none}${rate:+ (buffer $tbf_latency)}"
+    echo "round trip: $((2 * delay_ms)) ms added; bottleneck toward the viewer: ${rate:-none}${rate:+ (buffer $tbf_latency, bucket $tbf_burst)}"
     # The viewer's kernel's IP reassembly so far: datagrams reassembled, failures (a fragment
     # dropped for want of reassembly memory counts here), and those timed out (ipfrag_time).
     reasm() {
@@ -121,7 +125,7 @@ if [[ "${1:-}" == "link" ]]; then
     echo "|---|---|---|---|---|---|---|"
     for size in $sizes; do
         ip netns exec "$s" "$bin/surv-server" --source test --bind 10.77.0.1 --size "$size" --fps "$fps" \
-            --http-port 0 --motion off --log-dir "$logs" >"$logs/server.log" 2>&1 &
+            --http-port 0 --motion off --log-dir "$logs" ${SERVER_ARGS:-} >"$logs/server.log" 2>&1 &
         server_pid=$!
         for _ in $(seq 50); do
             ip netns exec "$v" timeout 2 bash -c 'exec 3<>/dev/tcp/10.77.0.1/9999' 2>/dev/null && break

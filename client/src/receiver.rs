@@ -175,8 +175,13 @@ pub async fn run(
     let mut next_hello = Instant::now();
     // Parity chunks, for our loss reports, when the server offers them and we want them.
     let fec = chunk_mtu.is_some() && params.fec && cfg.fec;
+    // And our path's rate, to a server that paces to it.
+    let reports = Reports {
+        loss: fec,
+        path: chunk_mtu.is_some() && params.pace,
+    };
     let mut chunks = chunk_mtu.map(|mtu| {
-        tracing::info!(mtu, fec, "frames come in chunks");
+        tracing::info!(mtu, fec, paced = reports.path, "frames come in chunks");
         Reassembler::new(key.unwrap_or_default(), chunk_bytes_for_mtu(mtu))
     });
     let mut nacks = NackTimer::default();
@@ -231,7 +236,7 @@ pub async fn run(
             () = sleep_until(next_check), if check_due => {
                 next_check = Instant::now() + CHECK_EVERY;
                 if let (Some(r), Some(to)) = (&mut chunks, server_udp) {
-                    repair_steps(&udp, to, (key, fec), r, &mut nacks, &mut steps, newest_chunk_seq);
+                    repair_steps(&udp, to, (key, reports), r, &mut nacks, &mut steps, newest_chunk_seq);
                     take_ready(r, &mut ready);
                 }
             }
@@ -272,7 +277,7 @@ pub async fn run(
                             Push::Pending { seq } | Push::Held { seq } => {
                                 server_udp = Some(from);
                                 newest_chunk_seq = Some(newest_chunk_seq.map_or(seq, |s| s.max(seq)));
-                                repair_steps(&udp, from, (key, fec), r, &mut nacks, &mut steps, newest_chunk_seq);
+                                repair_steps(&udp, from, (key, reports), r, &mut nacks, &mut steps, newest_chunk_seq);
                             }
                             Push::Rejected(Rejected::Late | Rejected::Duplicate) => {}
                             Push::Rejected(why) => {
@@ -299,7 +304,7 @@ pub async fn run(
             };
             server_udp = Some(from);
             let ack = match &chunks {
-                Some(r) => received(r, r.newest_done().unwrap_or(tag.seq), fec),
+                Some(r) => received(r, r.newest_done().unwrap_or(tag.seq), reports),
                 None => Ack::Continue(Some(tag.seq)),
             };
             if udp.try_send_to(&ack.encode_keyed(key), from).is_err() {
@@ -413,6 +418,7 @@ pub async fn run(
                 parity: c.parity_chunks,
                 restored: c.restored,
                 loss_permille: r.loss_permille(),
+                path_kbps: r.path_kbps(),
             }
         }),
     })
@@ -426,23 +432,33 @@ fn take_ready(r: &mut Reassembler, ready: &mut VecDeque<Bytes>) {
     }
 }
 
+/// What a chunked session's `continue`s report besides the bytes received.
+#[derive(Debug, Clone, Copy)]
+struct Reports {
+    /// The loss measured (to a server that sends parity, when we take it).
+    loss: bool,
+    /// The path's rate (to a server that paces to it), once measured.
+    path: bool,
+}
+
 /// A chunked session's `continue` for the frames up to `seq`: what it received of them, and
-/// with `fec` the loss it measured.
-fn received(r: &Reassembler, seq: u64, fec: bool) -> Ack {
+/// what `reports` asks for.
+fn received(r: &Reassembler, seq: u64, reports: Reports) -> Ack {
     Ack::Received {
         seq,
         rx_bytes: r.bytes_through(seq) as u32,
-        loss: fec.then(|| r.loss_permille().unwrap_or(0)),
+        loss: reports.loss.then(|| r.loss_permille().unwrap_or(0)),
+        path_kbps: r.path_kbps().filter(|_| reports.path),
     }
 }
 
 /// Sends the `nack`s due for the frames in assembly and gives up the frames past saving, with
 /// a `continue` past them so the server's window moves on.
-/// `(key, fec)`: the session's key, and whether its `continue`s report the loss.
+/// `(key, reports)`: the session's key, and what its `continue`s report.
 fn repair_steps(
     udp: &UdpSocket,
     to: SocketAddr,
-    (key, fec): (Option<u64>, bool),
+    (key, reports): (Option<u64>, Reports),
     r: &mut Reassembler,
     nacks: &mut NackTimer,
     steps: &mut Vec<Step>,
@@ -459,7 +475,7 @@ fn repair_steps(
             Step::Nack(nack) => Ack::Nack(nack),
             Step::GiveUp(seq) => {
                 r.give_up(seq);
-                received(r, r.newest_done().unwrap_or(seq), fec)
+                received(r, r.newest_done().unwrap_or(seq), reports)
             }
         };
         if udp.try_send_to(&ack.encode_keyed(key), to).is_err() {

@@ -242,6 +242,8 @@ pub struct ChunkCounts {
     pub parity: u64,
     pub restored: u64,
     pub loss_permille: Option<u16>,
+    /// The path's rate last measured (kbit/s, what `p=` reports to a server that paces).
+    pub path_kbps: Option<u32>,
 }
 
 impl fmt::Display for Summary {
@@ -291,9 +293,10 @@ impl fmt::Display for Summary {
         if let Some(c) = self.chunks {
             write!(
                 f,
-                " chunks: stored={} frames_completed={} frames_given_up={} nacks={} duplicate={} late={} refused={} parity={} restored={} loss_permille={}",
+                " chunks: stored={} frames_completed={} frames_given_up={} nacks={} duplicate={} late={} refused={} parity={} restored={} loss_permille={} path_kbit_s={}",
                 c.stored, c.completed, c.given_up, c.nacks, c.duplicate, c.late, c.refused,
-                c.parity, c.restored, c.loss_permille.map_or("n/a".to_string(), |l| l.to_string())
+                c.parity, c.restored, c.loss_permille.map_or("n/a".to_string(), |l| l.to_string()),
+                c.path_kbps.map_or("n/a".to_string(), |k| k.to_string())
             )?;
         }
         Ok(())

@@ -170,6 +170,7 @@ fn fake_server() -> (u16, Arc<AtomicBool>) {
             udp_port: None,
             mtu: None,
             fec: false,
+            pace: false,
         };
         tcp.write_all(&Reply::Accepted(params).encode()).unwrap();
 

@@ -84,6 +84,9 @@ pub struct Config {
     /// With `mtu`: send parity chunks to a chunked viewer that reports its loss (`--fec`, told
     /// in the `OK` line as `fec=1`).
     pub fec: bool,
+    /// With `mtu`: pace a chunked viewer's frames to the path rate it reports (`--pace`, told
+    /// in the `OK` line as `pace=1`).
+    pub pace: bool,
     /// The access token (`--token`); `None`: everyone may watch.
     pub token: Option<auth::Token>,
     /// With a token set, still let in the seed forms, which cannot carry one.
@@ -112,6 +115,7 @@ impl Default for Config {
             max_in_flight: 4,
             mtu: Some(surv_proto::DEFAULT_MTU_BYTES),
             fec: true,
+            pace: true,
             token: None,
             allow_unauthenticated: false,
             http_write_deadline: Duration::from_secs(10),
@@ -149,6 +153,8 @@ pub struct Stats {
     pub chunks_resent: AtomicU64,
     /// Parity chunks sent to chunked viewers that report loss (`--fec`).
     pub parity_chunks_sent: AtomicU64,
+    /// Frames sent paced to chunked viewers whose path is slow enough (`--pace`).
+    pub frames_paced: AtomicU64,
     /// `nack`s not answered: for a frame no longer held or already repaired twice, past the
     /// repair time, or naming chunks the frame does not have.
     pub nacks_refused: AtomicU64,

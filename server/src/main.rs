@@ -220,6 +220,12 @@ struct Args {
     /// link is congested. `false`: lost chunks are only sent again when asked for.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     fec: bool,
+    /// With --mtu: spread each frame's chunks at a little over the rate a chunked viewer
+    /// reports its path delivers (surv-client does), instead of one burst that a link with a
+    /// small buffer or a policer cuts short. A path that takes a frame within 2 ms (a LAN)
+    /// still gets one burst; a frame is spread over at most 4/5 of the frame interval.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pace: bool,
     /// Also serve OAK host programs on this TCP port: each frame as the OAK PoE
     /// tcp_streaming_server writes it (32-byte "ABCDE" header, then the JPEG). 0 = off.
     #[arg(long, value_name = "PORT", default_value_t = 0)]
@@ -637,6 +643,7 @@ fn plan(parsed: &Parsed) -> anyhow::Result<Plan> {
         max_in_flight: args.max_in_flight,
         mtu: (args.mtu != 0).then_some(args.mtu),
         fec: args.fec,
+        pace: args.pace,
         http_write_deadline: secs(args.http_write_timeout, "--http-write-timeout")?,
         metrics_public: args.metrics_public,
         ..Config::default()

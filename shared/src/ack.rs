@@ -21,6 +21,12 @@
 //!                                            `fec=1`: <loss>, 0..=1000, is the share of chunks
 //!                                            lost on the way lately, in thousandths; the server
 //!                                            sends parity chunks for it
+//!                 "continue <seq> r=<rx> [l=<loss>] p=<kbps> k=<key>"  the same, to a server
+//!                                            whose OK line said `pace=1`: <kbps>, 1..=MAX_PATH_KBPS,
+//!                                            is the rate its path delivered a frame's chunks at
+//!                                            lately, in kbit/s (the server paces a frame's
+//!                                            chunks to it: [`crate::reassembly`] measures it);
+//!                                            left out while it has no measure
 //!                 "nack <seq> n=<need> m=<hex> k=<key>"  frame <seq> is incomplete: it needs
 //!                                            <need> (1..=128) more chunks; <hex>: which data
 //!                                            chunks are missing, a bitmap (bit i = chunk i)
@@ -59,6 +65,9 @@ const NACK_BITS: usize = crate::chunk::MAX_CHUNKS_PER_FRAME;
 /// The largest `l=`: everything lost.
 pub const MAX_LOSS_PERMILLE: u16 = 1000;
 
+/// The highest path rate a `continue` may report (`p=`, kbit/s): 100 Gbit/s.
+pub const MAX_PATH_KBPS: u32 = 100_000_000;
+
 /// One decoded ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
@@ -73,11 +82,14 @@ pub enum Ack {
     HelloChunks { mtu: u16 },
     /// A chunked session's `continue`: frames up to `seq` are accounted for; `rx_bytes` is the
     /// payload it received this session, mod 2^32; `loss`, from a viewer that takes parity
-    /// chunks, the share of chunks it lost lately in thousandths (0..=[`MAX_LOSS_PERMILLE`]).
+    /// chunks, the share of chunks it lost lately in thousandths (0..=[`MAX_LOSS_PERMILLE`]);
+    /// `path_kbps`, to a server that paces, the rate its path delivered chunks at lately
+    /// (1..=[`MAX_PATH_KBPS`]).
     Received {
         seq: u64,
         rx_bytes: u32,
         loss: Option<u16>,
+        path_kbps: Option<u32>,
     },
     /// A chunked session's frame is incomplete.
     Nack(Nack),
@@ -166,13 +178,18 @@ impl Ack {
             Ack::Received {
                 seq,
                 rx_bytes,
-                loss: None,
-            } => format!("continue {seq} r={rx_bytes}").into_bytes(),
-            Ack::Received {
-                seq,
-                rx_bytes,
-                loss: Some(loss),
-            } => format!("continue {seq} r={rx_bytes} l={loss}").into_bytes(),
+                loss,
+                path_kbps,
+            } => {
+                let mut text = format!("continue {seq} r={rx_bytes}");
+                if let Some(loss) = loss {
+                    text.push_str(&format!(" l={loss}"));
+                }
+                if let Some(kbps) = path_kbps {
+                    text.push_str(&format!(" p={kbps}"));
+                }
+                text.into_bytes()
+            }
             Ack::Nack(n) => format!("nack {} n={} m={:x}", n.seq, n.need, n.missing).into_bytes(),
         };
         if let Some(key) = key {
@@ -183,7 +200,7 @@ impl Ack {
 }
 
 /// The forms with numbers, the key already taken off: `continue <seq>`, `continue <seq> r=<rx>`
-/// (and ` l=<loss>`),
+/// (and ` l=<loss>`, ` p=<kbps>`, in that order),
 /// `nack <seq> n=<need> m=<hex>`, `hello mtu=<bytes>` (only with a key).
 fn decode_numbered(text: &[u8], keyed: bool) -> Option<Ack> {
     if let Some(rest) = text.strip_prefix(b"continue ") {
@@ -193,20 +210,33 @@ fn decode_numbered(text: &[u8], keyed: bool) -> Option<Ack> {
             None => Ack::Continue(Some(seq)),
             Some(word) => {
                 let rx = parse_u64(word.strip_prefix(b"r=")?)?;
-                let loss = match words.next() {
+                let mut word = words.next();
+                let loss = match word.and_then(|w| w.strip_prefix(b"l=")) {
                     None => None,
-                    Some(word) => {
-                        let loss = parse_u64(word.strip_prefix(b"l=")?)?;
+                    Some(value) => {
+                        word = words.next();
+                        let loss = parse_u64(value)?;
                         if loss > u64::from(MAX_LOSS_PERMILLE) {
                             return None;
                         }
                         Some(u16::try_from(loss).ok()?)
                     }
                 };
+                let path_kbps = match word {
+                    None => None,
+                    Some(word) => {
+                        let kbps = parse_u64(word.strip_prefix(b"p=")?)?;
+                        if kbps == 0 || kbps > u64::from(MAX_PATH_KBPS) {
+                            return None;
+                        }
+                        Some(u32::try_from(kbps).ok()?)
+                    }
+                };
                 Ack::Received {
                     seq,
                     rx_bytes: u32::try_from(rx).ok()?,
                     loss,
+                    path_kbps,
                 }
             }
         };
@@ -367,21 +397,31 @@ mod tests {
                 seq: 0,
                 rx_bytes: 0,
                 loss: None,
+                path_kbps: None,
             },
             Ack::Received {
                 seq: u64::MAX,
                 rx_bytes: u32::MAX,
                 loss: None,
+                path_kbps: None,
             },
             Ack::Received {
                 seq: 5,
                 rx_bytes: 7,
                 loss: Some(0),
+                path_kbps: None,
+            },
+            Ack::Received {
+                seq: 5,
+                rx_bytes: 7,
+                loss: None,
+                path_kbps: Some(1),
             },
             Ack::Received {
                 seq: u64::MAX,
                 rx_bytes: u32::MAX,
                 loss: Some(MAX_LOSS_PERMILLE),
+                path_kbps: Some(MAX_PATH_KBPS),
             },
             Ack::Nack(Nack {
                 seq: 3,
@@ -422,6 +462,7 @@ mod tests {
                     seq: 9,
                     rx_bytes: 4096,
                     loss: None,
+                    path_kbps: None,
                 },
                 Some(255)
             ))
@@ -433,6 +474,31 @@ mod tests {
                     seq: 9,
                     rx_bytes: 4096,
                     loss: Some(31),
+                    path_kbps: None,
+                },
+                Some(255)
+            ))
+        );
+        assert_eq!(
+            Ack::decode_keyed(b"continue 9 r=4096 l=31 p=25000 k=00000000000000ff"),
+            Ok((
+                Ack::Received {
+                    seq: 9,
+                    rx_bytes: 4096,
+                    loss: Some(31),
+                    path_kbps: Some(25_000),
+                },
+                Some(255)
+            ))
+        );
+        assert_eq!(
+            Ack::decode_keyed(b"continue 9 r=4096 p=25000 k=00000000000000ff"),
+            Ok((
+                Ack::Received {
+                    seq: 9,
+                    rx_bytes: 4096,
+                    loss: None,
+                    path_kbps: Some(25_000),
                 },
                 Some(255)
             ))
@@ -459,6 +525,12 @@ mod tests {
             b"continue 1 r=5 l=3 l=3 k=0123456789abcdef",
             b"continue 1 l=3 r=5 k=0123456789abcdef",
             b"continue 1 r=5 l=3 x k=0123456789abcdef",
+            b"continue 1 r=5 p=0 k=0123456789abcdef", // no rate
+            b"continue 1 r=5 p=100000001 k=0123456789abcdef", // over 100 Gbit/s
+            b"continue 1 r=5 p= k=0123456789abcdef",
+            b"continue 1 r=5 p=3 l=3 k=0123456789abcdef", // out of order
+            b"continue 1 r=5 p=3 p=3 k=0123456789abcdef",
+            b"continue 1 r=5 l=3 p=3 x k=0123456789abcdef",
             b"nack 1 n=0 m=1 k=0123456789abcdef", // needs nothing
             b"nack 1 n=129 m=1 k=0123456789abcdef", // more than a frame holds
             b"nack 1 n=99999999999999999999999 m=1 k=0123456789abcdef",

@@ -31,6 +31,9 @@
 //!   data chunks are restored from them and it is complete. Which frames were restored, and the
 //!   share of chunks lost on the way ([`Reassembler::loss_permille`], what the viewer reports
 //!   so that the server sends parity for it), are counted.
+//! * The rate the path delivered each frame's chunks at (their spread on arrival,
+//!   [`Reassembler::path_kbps`], what the viewer reports so that the server paces its chunks)
+//!   is measured.
 
 use std::time::Instant;
 
@@ -50,6 +53,13 @@ pub const LOSS_WINDOW_CHUNKS: u32 = 1_000;
 /// ... and it is said from this many on, so that a viewer that starts on a lossy link gets
 /// parity within a few frames.
 pub const LOSS_FIRST_CHUNKS: u32 = 100;
+
+/// The path rate a viewer reports is the upper quartile of the last this many frames' (half a
+/// second at 30 fps): a frame's chunks are spread by the slowest link they cross, but only when
+/// they were sent faster than it, and a frame sent slower (paced) shows its pace instead, so
+/// the higher figures are the path's; not the highest, which a viewer that read a frame's
+/// chunks late, all at once, measures far too high.
+pub const PATH_SAMPLES: usize = 16;
 
 /// What became of one pushed datagram.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,6 +164,11 @@ struct Slot {
     highest_first: Option<u8>,
     first_at: Instant,
     last_at: Instant,
+    /// When the first of its first copies arrived, and the latest; the datagram bytes of those
+    /// after the first: the spread the path gave them ([`PathMeter`]).
+    copy_first_at: Option<Instant>,
+    copy_last_at: Instant,
+    copy_bytes: u32,
     /// The frame's bytes, [`MAX_UDP_PAYLOAD_BYTES`] long.
     buf: Box<[u8]>,
     /// Its parity chunks, [`MAX_PARITY_CHUNKS`] of the session's chunk size.
@@ -168,11 +183,56 @@ impl Slot {
 
     /// Frees the slot (its frame left, or was given up or pushed out), counting its chunks'
     /// loss: its frame's number, if it held one.
-    fn vacate(&mut self, loss: &mut LossMeter) -> Option<u64> {
+    fn vacate(&mut self, meters: &mut Meters) -> Option<u64> {
         if self.seq.is_some() {
-            loss.count(self);
+            meters.loss.count(self);
+            meters.path.count(self);
         }
         self.seq.take()
+    }
+}
+
+/// What each frame that leaves is measured for.
+#[derive(Debug, Default)]
+struct Meters {
+    loss: LossMeter,
+    path: PathMeter,
+}
+
+/// The rate the path delivered frames' chunks at: the datagram bytes of a frame's first copies
+/// after its first, over the time from the first to the last of them, for the last
+/// [`PATH_SAMPLES`] frames with three or more; their upper quartile.
+#[derive(Debug, Default)]
+struct PathMeter {
+    /// kbit/s, 0 where none yet.
+    samples: [u32; PATH_SAMPLES],
+    next: usize,
+}
+
+impl PathMeter {
+    fn count(&mut self, slot: &Slot) {
+        let Some(first) = slot.copy_first_at else {
+            return;
+        };
+        let micros = slot
+            .copy_last_at
+            .saturating_duration_since(first)
+            .as_micros();
+        if slot.first_copies < 3 || micros == 0 {
+            return;
+        }
+        let kbps = u128::from(slot.copy_bytes) * 8_000 / micros;
+        let kbps = u32::try_from(kbps).unwrap_or(u32::MAX);
+        self.samples[self.next] = kbps.clamp(1, crate::ack::MAX_PATH_KBPS);
+        self.next = (self.next + 1) % PATH_SAMPLES;
+    }
+
+    fn kbps(&self) -> Option<u32> {
+        let mut sorted = self.samples;
+        sorted.sort_unstable();
+        let from = sorted.iter().position(|&k| k > 0)?;
+        let taken = &sorted[from..];
+        Some(taken[taken.len() * 3 / 4])
     }
 }
 
@@ -222,7 +282,7 @@ pub struct Reassembler {
     /// The newest frame completed (held or shown) or given up: what a `continue` acknowledges.
     newest_done: Option<u64>,
     stats: ReassemblyStats,
-    loss: LossMeter,
+    meters: Meters,
     decoder: ParityDecoder,
 }
 
@@ -261,6 +321,9 @@ impl Reassembler {
             highest_first: None,
             first_at: now,
             last_at: now,
+            copy_first_at: None,
+            copy_last_at: now,
+            copy_bytes: 0,
             buf: vec![0u8; MAX_UDP_PAYLOAD_BYTES].into_boxed_slice(),
             parity: vec![0u8; MAX_PARITY_CHUNKS * chunk_bytes].into_boxed_slice(),
         };
@@ -272,7 +335,7 @@ impl Reassembler {
             floor: None,
             newest_done: None,
             stats: ReassemblyStats::default(),
-            loss: LossMeter::default(),
+            meters: Meters::default(),
             decoder: ParityDecoder::default(),
         }
     }
@@ -281,7 +344,15 @@ impl Reassembler {
     /// [`LOSS_WINDOW_CHUNKS`]), in thousandths: what `l=` reports; `None` until
     /// [`LOSS_FIRST_CHUNKS`] were sent.
     pub fn loss_permille(&self) -> Option<u16> {
-        self.loss.permille()
+        self.meters.loss.permille()
+    }
+
+    /// The rate the path delivered chunks at lately, in kbit/s (the upper quartile of the
+    /// last [`PATH_SAMPLES`] frames' spreads): what `p=` reports, so that the server paces a frame's
+    /// chunks no faster than the path takes them. `None` until a frame of three or more chunks
+    /// arrived spread over some time.
+    pub fn path_kbps(&self) -> Option<u32> {
+        self.meters.path.kbps()
     }
 
     pub fn stats(&self) -> ReassemblyStats {
@@ -386,6 +457,14 @@ impl Reassembler {
             self.stats.chunk_bytes += payload.len() as u64;
         }
         if !h.resent {
+            match slot.copy_first_at {
+                None => slot.copy_first_at = Some(now),
+                Some(_) => {
+                    let bytes = u32::try_from(datagram.len()).unwrap_or(u32::MAX);
+                    slot.copy_bytes = slot.copy_bytes.saturating_add(bytes);
+                    slot.copy_last_at = now;
+                }
+            }
             slot.first_copies += 1;
             slot.highest_first = Some(slot.highest_first.map_or(h.index, |x| x.max(h.index)));
         }
@@ -447,7 +526,7 @@ impl Reassembler {
                     return Err(Rejected::Late);
                 }
                 // Taking the oldest frame's place: it and everything older are gone.
-                self.slots[oldest].vacate(&mut self.loss);
+                self.slots[oldest].vacate(&mut self.meters);
                 self.stats.given_up += 1;
                 self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
                 oldest
@@ -468,6 +547,9 @@ impl Reassembler {
         slot.highest_first = None;
         slot.first_at = now;
         slot.last_at = now;
+        slot.copy_first_at = None;
+        slot.copy_last_at = now;
+        slot.copy_bytes = 0;
         Ok(i)
     }
 
@@ -480,7 +562,7 @@ impl Reassembler {
 
     /// Slot `i`'s complete frame leaves (is shown): its bytes, until the next push.
     fn leave(&mut self, i: usize) -> &[u8] {
-        let seq = self.slots[i].vacate(&mut self.loss).unwrap_or_default();
+        let seq = self.slots[i].vacate(&mut self.meters).unwrap_or_default();
         let slot = &mut self.slots[i];
         slot.complete = false;
         self.floor = Some(self.floor.map_or(seq, |f| f.max(seq)));
@@ -506,7 +588,7 @@ impl Reassembler {
         let mut dropped = 0;
         for slot in &mut self.slots {
             if slot.seq.is_some_and(|s| s <= seq) && !slot.complete {
-                slot.vacate(&mut self.loss);
+                slot.vacate(&mut self.meters);
                 dropped += 1;
             }
         }

@@ -21,6 +21,9 @@
 //!                 fec           optional, with mtu: `1`, the server also sends parity chunks to
 //!                               a chunked viewer whose `continue`s report its loss (`l=`, see
 //!                               [`crate::ack`]); absent from servers before it
+//!                 pace          optional, with mtu: `1`, the server paces a frame's chunks to
+//!                               the path rate a chunked viewer's `continue`s report (`p=`);
+//!                               absent from servers before it
 //!     ERR SURV/1  the rest of the line is a reason for the person running the viewer
 //! ```
 //!
@@ -75,6 +78,9 @@ pub struct StreamParams {
     /// With `mtu`: the server sends parity chunks to a chunked viewer that reports its loss
     /// (`l=` in its `continue`s, [`crate::ack`]); `fec=1` on the line.
     pub fec: bool,
+    /// With `mtu`: the server paces a frame's chunks to the rate a chunked viewer reports its
+    /// path delivers (`p=` in its `continue`s); `pace=1` on the line.
+    pub pace: bool,
 }
 
 /// The server's answer to a `SURV/1` registration.
@@ -148,6 +154,9 @@ impl Reply {
                     if p.fec {
                         line.push_str(" fec=1");
                     }
+                    if p.pace {
+                        line.push_str(" pace=1");
+                    }
                 }
                 line.push('\n');
                 line.into_bytes()
@@ -216,6 +225,7 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
     let mut udp_port = None;
     let mut mtu = None;
     let mut fec = None;
+    let mut pace = None;
     for word in params.split_ascii_whitespace() {
         let (key, value) = word
             .split_once('=')
@@ -271,6 +281,14 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
             fec = Some(value == "1");
             continue;
         }
+        if key == "pace" {
+            if pace.is_some() {
+                return Err(ReplyError::Repeated("pace"));
+            }
+            // As `fec`: 1, or a later form this viewer does not know.
+            pace = Some(value == "1");
+            continue;
+        }
         let Some(i) = FIELDS.iter().position(|f| f.0 == key) else {
             continue; // a parameter from a later server
         };
@@ -300,6 +318,7 @@ fn decode_line(line: &[u8]) -> Result<Reply, ReplyError> {
         key: session_key,
         udp_port,
         fec: mtu.is_some() && fec == Some(true),
+        pace: mtu.is_some() && pace == Some(true),
         mtu,
     }))
 }

@@ -414,6 +414,7 @@ async fn report_loss(server: SocketAddr, loss: u16, secs: u64) -> ParityRun {
                 seq,
                 rx_bytes: r.bytes_through(seq) as u32,
                 loss: Some(loss),
+                path_kbps: None,
             })
             .await;
         }
@@ -462,5 +463,114 @@ async fn a_viewer_that_reports_loss_gets_parity_that_restores_its_frames() {
     assert!(off.whole >= 10, "{}", off.whole);
     assert_eq!(off.parity_counts, [], "--fec false");
     assert_eq!(srv.server.stats.parity_chunks_sent.load(Relaxed), 0);
+    srv.stop().await.unwrap();
+}
+
+/// What a scripted viewer that reports its path at `kbps` in every `continue` saw in `secs`:
+/// whether the server offered pacing, and for each frame that came whole, how long its chunks
+/// took to arrive, first to last.
+async fn report_path(server: SocketAddr, kbps: Option<u32>, secs: u64) -> (bool, Vec<Duration>) {
+    let mut v = ChunkViewer::start(server).await;
+    let offered = v.raw.params.as_ref().unwrap().pace;
+    let mut r = Reassembler::new(v.key, chunk_bytes_for_mtu(DEFAULT_MTU_BYTES));
+    let mut first_at: Vec<(u64, Instant)> = Vec::new();
+    let mut spreads = Vec::new();
+    let mut acked = None;
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 2_000];
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Some((h, payload)) = v.next(left.min(IO_TIMEOUT)).await else {
+            break;
+        };
+        let now = Instant::now();
+        if !first_at.iter().any(|&(s, _)| s == h.seq) {
+            first_at.push((h.seq, now));
+        }
+        buf.clear();
+        buf.extend_from_slice(&h.encode());
+        buf.extend_from_slice(&payload);
+        // A frame is whole when its last chunk comes (shown, or held behind an older one that
+        // lost a chunk: this viewer asks for none, and the older one is pushed out later).
+        if let Push::Complete { seq, .. } | Push::Held { seq } =
+            r.push(&buf, std::time::Instant::now())
+        {
+            if let Some(&(_, at)) = first_at.iter().find(|&&(s, _)| s == seq) {
+                spreads.push(now - at);
+            }
+        }
+        while r.pop_ready().is_some() {}
+        if let Some(seq) = r.newest_done().filter(|&s| Some(s) != acked) {
+            acked = Some(seq);
+            v.send(Ack::Received {
+                seq,
+                rx_bytes: r.bytes_through(seq) as u32,
+                loss: None,
+                path_kbps: kbps,
+            })
+            .await;
+        }
+        first_at.retain(|&(s, _)| s + 16 > h.seq);
+    }
+    (offered, spreads)
+}
+
+fn median(mut d: Vec<Duration>) -> Duration {
+    d.sort();
+    d[d.len() / 2]
+}
+
+/// Viewers that report a path of 4 Mbit/s get each frame's chunks spread over most of the
+/// frame interval (at 1.25 × 4 Mbit/s a 640x480 frame of 18 or more chunks would take 43 ms or
+/// more: a 30 fps frame is spread over 26 ms at most, its chunks 2 ms apart at most), every
+/// frame whole; one that reports a loopback-fast path, or none, gets its frames in one burst;
+/// a server with `--pace false` offers no pacing and sends bursts whatever is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_reports_a_slow_path_gets_each_frame_spread() {
+    let srv = start_server(vga()).await.unwrap();
+    // Two at once: paced together, one send a tick for both.
+    let ((offered, slow), (_, other)) = tokio::join!(
+        report_path(srv.addr, Some(4_000), 2),
+        report_path(srv.addr, Some(4_000), 2)
+    );
+    assert!(offered, "the OK line says pace=1");
+    assert!(slow.len() >= 30, "{} frames whole", slow.len());
+    assert!(other.len() >= 30, "{} frames whole", other.len());
+    let paced = srv.server.stats.frames_paced.load(Relaxed) as usize;
+    assert!(
+        paced + 6 >= slow.len() + other.len(),
+        "{paced} frames paced"
+    );
+    // A frame spread over 18-26 ms arrives over as long, unless this task read its first
+    // chunk late: the median says it.
+    let other = median(other);
+    assert!(other >= Duration::from_millis(12), "{other:?}");
+    let slow = median(slow);
+    assert!(slow >= Duration::from_millis(12), "{slow:?}");
+    // Sent in one burst, a frame crosses loopback in well under the paced median.
+    let (_, fast) = report_path(srv.addr, Some(10_000_000), 1).await;
+    assert!(fast.len() >= 10, "{} frames whole", fast.len());
+    assert!(
+        median(fast) < slow / 2,
+        "10 Gbit/s takes a frame in microseconds"
+    );
+    let (_, unknown) = report_path(srv.addr, None, 1).await;
+    assert!(unknown.len() >= 10, "{} frames whole", unknown.len());
+    assert!(median(unknown) < slow / 2, "no figure, no pacing");
+    srv.stop().await.unwrap();
+
+    let srv = start_server(ServerOpts {
+        config: Config {
+            pace: false,
+            ..Config::default()
+        },
+        ..vga()
+    })
+    .await
+    .unwrap();
+    let (offered, off) = report_path(srv.addr, Some(4_000), 1).await;
+    assert!(!offered);
+    assert!(off.len() >= 10, "{} frames whole", off.len());
+    assert_eq!(srv.server.stats.frames_paced.load(Relaxed), 0);
+    assert!(median(off) < slow / 2, "--pace false");
     srv.stop().await.unwrap();
 }

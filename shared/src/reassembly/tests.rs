@@ -450,6 +450,69 @@ fn the_loss_reported_is_the_share_of_chunks_lost_on_their_first_sending() {
     assert_eq!(r.loss_permille(), Some(0));
 }
 
+/// The path rate a viewer reports: a frame's first copies after its first, in datagram bytes,
+/// over their spread on arrival; the upper quartile of the last [`PATH_SAMPLES`] frames, so
+/// that one frame read all at once does not count; resent chunks, frames of fewer than three
+/// chunks and chunks that came at one instant say nothing.
+#[test]
+fn the_path_rate_reported_is_the_spread_of_a_frames_chunks() {
+    let f = frame(40, 9); // 10 data chunks of 4 bytes: datagrams of 32
+    let t0 = Instant::now();
+    let mut r = Reassembler::new(KEY, CHUNK);
+    let at = |us: u64| t0 + Duration::from_micros(us);
+    // Frame 1: one chunk every 100 µs: 9 × 32 bytes over 900 µs = 2,560 kbit/s.
+    for (i, d) in chunks(1, &f, 0).iter().enumerate() {
+        r.push(d, at(100 * i as u64));
+    }
+    assert_eq!(chunks(1, &f, 0)[1].len(), 32);
+    assert_eq!(r.path_kbps(), Some(2_560));
+    // Frame 2, twice as fast, loses chunk 5 (asked for, resent 10 ms later: not counted): 8 ×
+    // 32 bytes over 450 µs.
+    let c = chunks(2, &f, 0);
+    for (i, d) in c.iter().enumerate().filter(|&(i, _)| i != 5) {
+        r.push(d, at(10_000 + 50 * i as u64));
+    }
+    let mut resent = c[5].clone();
+    resent[2] |= crate::chunk::FLAG_RESENT;
+    assert!(matches!(r.push(&resent, at(20_000)), Push::Complete { .. }));
+    assert_eq!(
+        r.path_kbps(),
+        Some(8 * 32 * 8_000 / 450),
+        "the higher of the two"
+    );
+    // Frames whose chunks came at one instant, or of two chunks, measure nothing.
+    for d in &chunks(3, &f, 0) {
+        r.push(d, at(30_000));
+    }
+    for d in &chunks(4, &frame(8, 1), 0) {
+        r.push(d, at(40_000));
+    }
+    assert_eq!(r.path_kbps(), Some(8 * 32 * 8_000 / 450));
+    // After PATH_SAMPLES slower frames, the fast one is forgotten ...
+    let mut seq = 10;
+    let mut t = 50_000;
+    let mut frame_every = |r: &mut Reassembler, us_apart: u64| {
+        for (i, d) in chunks(seq, &f, 0).iter().enumerate() {
+            r.push(d, at(t + us_apart * i as u64));
+        }
+        seq += 1;
+        t += 10_000;
+    };
+    for _ in 0..PATH_SAMPLES {
+        frame_every(&mut r, 100);
+    }
+    assert_eq!(r.path_kbps(), Some(2_560));
+    // ... three frames read at a hundredth of that spread do not count, a fourth does.
+    for _ in 0..3 {
+        frame_every(&mut r, 1);
+    }
+    assert_eq!(r.path_kbps(), Some(2_560));
+    frame_every(&mut r, 1);
+    assert_eq!(r.path_kbps(), Some(256_000));
+    // A new reassembler has no figure.
+    assert_eq!(Reassembler::new(KEY, CHUNK).path_kbps(), None);
+}
+
 /// A frame that lost more data chunks than its parity covers is asked for; the repair of any
 /// of them completes it with the parity it has.
 #[test]

@@ -16,6 +16,7 @@ fn params() -> StreamParams {
         udp_port: None,
         mtu: None,
         fec: false,
+        pace: false,
     }
 }
 
@@ -35,6 +36,7 @@ fn round_trips() {
         udp_port: None,
         mtu: None,
         fec: false,
+        pace: false,
     };
     for reply in [
         Reply::Accepted(small),
@@ -265,6 +267,7 @@ fn ok_fields_at_the_ends_of_their_ranges_are_accepted() {
                 udp_port: None,
                 mtu: None,
                 fec: false,
+                pace: false,
             }))
         );
     }
@@ -450,4 +453,38 @@ fn the_fec_word_round_trips_and_means_nothing_without_an_mtu() {
         ..params()
     });
     assert!(!String::from_utf8(whole.encode()).unwrap().contains("fec"));
+}
+
+#[test]
+fn the_pace_word_round_trips_and_means_nothing_without_an_mtu() {
+    let paced = Reply::Accepted(StreamParams {
+        key: Some(7),
+        udp_port: Some(40123),
+        mtu: Some(1200),
+        fec: true,
+        pace: true,
+        ..params()
+    });
+    let wire = paced.encode();
+    assert!(wire.ends_with(b" mtu=1200 fec=1 pace=1\n"), "{wire:?}");
+    assert_eq!(Reply::decode(&wire), Ok((paced, wire.len())));
+    let head = "OK SURV/1 session=1 width=2 height=2 fps=1 max_datagram=600";
+    let read = |rest: &str| match Reply::decode(format!("{head} {rest}\n").as_bytes()) {
+        Ok((Reply::Accepted(p), _)) => Ok(p.pace),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e),
+    };
+    assert_eq!(read("pace=1"), Ok(false), "no chunks, no pacing");
+    assert_eq!(read("mtu=1200 pace=2"), Ok(false), "a later form");
+    assert_eq!(read("mtu=1200 fec=1"), Ok(false));
+    assert_eq!(read("pace=1 mtu=1200"), Ok(true));
+    assert_eq!(
+        read("mtu=1200 pace=1 pace=1"),
+        Err(ReplyError::Repeated("pace"))
+    );
+    let whole = Reply::Accepted(StreamParams {
+        pace: true,
+        ..params()
+    });
+    assert!(!String::from_utf8(whole.encode()).unwrap().contains("pace"));
 }

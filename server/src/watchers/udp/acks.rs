@@ -229,9 +229,9 @@ fn on_datagram(
             st.last_heard = now;
             st.window.on_alive(now);
             match repairable(&mut st, &nack, now) {
-                Some((frame, parity)) => {
+                Some((frame, missing, parity)) => {
                     drop(st);
-                    released.push((link, frame, Send::Repair(nack.missing, parity)));
+                    released.push((link, frame, Send::Repair(missing, parity)));
                 }
                 None => {
                     drop(st);
@@ -258,14 +258,17 @@ fn on_datagram(
                 seq,
                 rx_bytes,
                 loss,
+                path_kbps,
             } = ack
             {
-                // Taken only where parity was offered (`--fec`).
+                // Taken only where parity was offered (`--fec`) ...
                 let loss = loss.filter(|_| server.config.fec);
                 if loss != st.loss_permille {
                     tracing::debug!(viewer = %from, seq, ?loss, "reported loss");
                     st.loss_permille = loss;
                 }
+                // ... and pacing (`--pace`).
+                st.path_kbps = path_kbps.filter(|_| server.config.pace);
                 let before = st.rate.limit();
                 st.rate.on_ack(seq, rx_bytes, now);
                 let after = st.rate.limit();
@@ -293,22 +296,28 @@ fn on_datagram(
     }
 }
 
-/// The frame a `nack` may be answered with: one of the frames last sent to this chunked
-/// session, sent within [`REPAIR_FOR`], repaired fewer than [`MAX_REPAIRS`] times, and the
-/// bitmap naming only chunks it has. Counts the repair.
+/// The frame a `nack` may be answered with, the chunks to send again and its parity count:
+/// one of the frames last sent to this chunked session, sent within [`REPAIR_FOR`], repaired
+/// fewer than [`MAX_REPAIRS`] times, and the bitmap naming only chunks it has; of a frame
+/// still leaving paced, only the chunks that have gone (the rest are on their way). Counts
+/// the repair.
 fn repairable(
     st: &mut LinkState,
     nack: &surv_proto::Nack,
     now: Instant,
-) -> Option<(SharedFrame, u8)> {
+) -> Option<(SharedFrame, u128, u8)> {
     let chunk_bytes = st.chunk_bytes?;
+    let missing = match &st.paced {
+        Some(p) if p.frame.seq == nack.seq => nack.missing & p.sent_bits(),
+        _ => nack.missing,
+    };
     let sent = st
         .sent_chunked
         .iter_mut()
         .find(|s| s.frame.seq == nack.seq)?;
     let k = sent.frame.jpeg()?.len().div_ceil(chunk_bytes);
     let beyond = if k >= 128 { 0 } else { u128::MAX << k };
-    if nack.missing == 0
+    if missing == 0
         || nack.missing & beyond != 0
         || sent.repairs >= MAX_REPAIRS
         || now.saturating_duration_since(sent.at) > REPAIR_FOR
@@ -316,5 +325,5 @@ fn repairable(
         return None;
     }
     sent.repairs += 1;
-    Some((sent.frame.clone(), sent.parity))
+    Some((sent.frame.clone(), missing, sent.parity))
 }

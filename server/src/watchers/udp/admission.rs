@@ -315,6 +315,7 @@ async fn admit(
             // Chunks carry the session key and are asked for in the keyed hello.
             mtu: server.config.mtu.filter(|_| key.is_some()),
             fec: server.config.fec && server.config.mtu.is_some() && key.is_some(),
+            pace: server.config.pace && server.config.mtu.is_some() && key.is_some(),
         });
         if !matches!(
             timeout(REPLY_TIMEOUT, tcp.write_all(&reply.encode())).await,

@@ -67,6 +67,9 @@ pub(crate) enum Chunks {
     All,
     /// The data chunks whose bits are set (a repair): flagged as resent.
     Missing(u128),
+    /// The chunks, data and parity, whose bits are set (index `k + j` is parity chunk `j`):
+    /// part of the frame's first sending, paced ([`super::pacing`]).
+    Part(u128),
 }
 
 /// One viewer's part of a chunked send.
@@ -127,8 +130,12 @@ impl ChunkSender {
         for (j, job) in jobs.iter().enumerate() {
             let start = self.headers.len();
             let m = usize::from(job.parity);
+            let k = surv_proto::chunk::data_chunks(frame.len(), job.chunk_bytes).unwrap_or(0);
             let parity_at = match (job.chunks, m) {
                 (Chunks::All, 1..) => self.code(frame, job.chunk_bytes, job.parity),
+                (Chunks::Part(bits), 1..) if k < 128 && bits >> k != 0 => {
+                    self.code(frame, job.chunk_bytes, job.parity)
+                }
                 _ => Some(0),
             };
             let headers = parity_at.and_then(|_| {
@@ -143,7 +150,8 @@ impl ChunkSender {
                 let resent = match job.chunks {
                     Chunks::All => false,
                     Chunks::Missing(bits) if (bits >> h.index) & 1 == 1 => true,
-                    Chunks::Missing(_) => continue,
+                    Chunks::Part(bits) if (bits >> h.index) & 1 == 1 => false,
+                    Chunks::Missing(_) | Chunks::Part(_) => continue,
                 };
                 let range = match h.parity_index() {
                     None => h.data_range(),

@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use super::acks::{ack_loop, drain, Reader, ACK_BATCHES_PER_FRAME};
 use super::chunks::{parity_chunks, ChunkJob, ChunkSender, Chunks};
 use super::link::{Attached, Link, LinkState};
+use super::pacing::{self, Paced, PACE_TICK};
 use super::window::Window;
 use crate::cameras::Camera;
 use crate::capture::{FrameRx, SharedFrame};
@@ -210,6 +211,8 @@ impl DataPath {
                     confirmed: key.is_none(),
                     chunk_bytes: None,
                     loss_permille: None,
+                    path_kbps: None,
+                    paced: None,
                     sent_chunked: std::collections::VecDeque::with_capacity(REPAIR_FRAMES),
                     rate: super::rate::Rate::default(),
                 }),
@@ -384,6 +387,9 @@ fn record(
             st.tally.frames_sent += 1;
             st.tally.bytes_sent += bytes;
             st.send_errors = 0;
+            if st.paced.as_ref().is_some_and(|p| p.frame.seq == frame.seq) {
+                server.stats.frames_paced.fetch_add(1, Relaxed);
+            }
             if st.chunk_bytes.is_some() {
                 st.rate.on_sent(frame.seq, bytes, now);
                 if st.sent_chunked.len() == REPAIR_FRAMES {
@@ -398,14 +404,27 @@ fn record(
             }
             tracing::trace!(viewer = %link.viewer, seq = frame.seq, bytes, "sent");
         }
-        Outcome::Skipped => {}
-        Outcome::Failed => {
-            server.stats.send_errors.fetch_add(1, Relaxed);
-            st.send_errors += 1;
-            if st.send_errors == 1 || st.send_errors >= MAX_SEND_ERRORS {
-                link.wake.notify_one();
+        Outcome::Skipped | Outcome::Failed
+            if st.paced.as_ref().is_some_and(|p| p.frame.seq == frame.seq) =>
+        {
+            // Its first chunks did not go: the frame is not paced out either.
+            st.paced = None;
+            if outcome == Outcome::Failed {
+                send_failed(server, link, st);
             }
         }
+        Outcome::Skipped => {}
+        Outcome::Failed => send_failed(server, link, st),
+    }
+}
+
+/// Books a failed send to a session; the session task hears of the first and of the last
+/// before it gives up.
+fn send_failed(server: &Server, link: &Link, st: &mut LinkState) {
+    server.stats.send_errors.fetch_add(1, Relaxed);
+    st.send_errors += 1;
+    if st.send_errors == 1 || st.send_errors >= MAX_SEND_ERRORS {
+        link.wake.notify_one();
     }
 }
 
@@ -590,27 +609,53 @@ pub(crate) async fn fan_out_loop(
     let mut frames = camera.frames.clone();
     let mut sender = Senders::default();
     let mut batch = Batch::default();
+    // While a frame leaves paced to some session: when its next chunks are due.
+    let mut next_tick: Option<Instant> = None;
+    let mut last_frame: Option<Instant> = None;
     loop {
         if camera.data.attached() == 0 {
             // Nobody on the data path: sleep until a session joins rather than wake this thread
             // for every frame (a wake-up costs more than a passed-through frame's whole ingest).
             // A join between the check and the wait leaves a permit, so it is not missed; the
             // frame current at a join is sent by the join itself (and not again from here).
+            batch.paced.clear();
+            next_tick = None;
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = camera.data.joined.notified() => continue,
             }
         }
+        let tick = async {
+            match next_tick {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            res = frames.changed() => if res.is_err() {
-                return;
-            },
+            () = tick => pace(&mut batch, &mut sender, Some(Instant::now())),
+            res = frames.changed() => {
+                if res.is_err() {
+                    return;
+                }
+                let frame = frames.borrow_and_update().clone();
+                if let Some(frame) = frame {
+                    // What is left of the last frame still leaving paced goes first, at once.
+                    pace(&mut batch, &mut sender, None);
+                    let now = Instant::now();
+                    let interval = last_frame.map_or(Duration::ZERO, |t| now - t);
+                    last_frame = Some(now);
+                    let budget = pacing::budget(interval);
+                    fan_out(&server, &camera.data, &frame, (&mut sender, &mut batch), budget);
+                }
+            }
         }
-        let frame = frames.borrow_and_update().clone();
-        if let Some(frame) = frame {
-            fan_out(&server, &camera.data, &frame, &mut sender, &mut batch);
-        }
+        let now = Instant::now();
+        next_tick = match next_tick {
+            _ if batch.paced.is_empty() => None,
+            Some(at) if at > now => Some(at),
+            _ => Some(now + PACE_TICK),
+        };
     }
 }
 
@@ -636,15 +681,21 @@ struct Batch {
     /// The viewers that get chunks, and theirs.
     chunked: Vec<Arc<Link>>,
     jobs: Vec<ChunkJob>,
+    /// The sessions with a frame leaving paced, kept from tick to tick until it is out ...
+    paced: Vec<Arc<Link>>,
+    /// ... and those with chunks due this tick: their frame and what they are sent of it.
+    due: Vec<(Arc<Link>, SharedFrame, ChunkJob)>,
 }
 
-/// Sends `frame` to every session whose window is open, one `sendmmsg` per batch of viewers.
+/// Sends `frame` to every session whose window is open, one `sendmmsg` per batch of viewers;
+/// to a chunked session whose path is slow enough, its first chunks, the rest paced over at
+/// most `budget` ([`pace`]).
 fn fan_out(
     server: &Server,
     data: &DataPath,
     frame: &SharedFrame,
-    senders: &mut Senders,
-    batch: &mut Batch,
+    (senders, batch): (&mut Senders, &mut Batch),
+    budget: Duration,
 ) {
     let Some(datagram) = frame.jpeg() else {
         return;
@@ -670,7 +721,13 @@ fn fan_out(
             let mut st = link.state();
             if offer(link, &mut st, frame, now) {
                 match chunk_job(link, &st, datagram.len(), Chunks::All) {
-                    Some(job) => {
+                    Some(mut job) => {
+                        if let Some(first) = start_pacing(&mut st, frame, &job, budget, now) {
+                            job.chunks = Chunks::Part(first);
+                            if !batch.paced.iter().any(|l| Arc::ptr_eq(l, link)) {
+                                batch.paced.push(link.clone());
+                            }
+                        }
                         batch.jobs.push(job);
                         batch.chunked.push(link.clone());
                     }
@@ -718,6 +775,103 @@ fn fan_out(
             datagram.len(),
         );
     }
+}
+
+/// Starts pacing `frame` to a chunked session whose path its viewer reported slow enough:
+/// the chunks to send at once. `None`: the frame goes in one burst.
+fn start_pacing(
+    st: &mut LinkState,
+    frame: &SharedFrame,
+    job: &ChunkJob,
+    budget: Duration,
+    now: Instant,
+) -> Option<u128> {
+    let k = surv_proto::chunk::data_chunks(frame.jpeg()?.len(), job.chunk_bytes)?;
+    let chunks = k + usize::from(job.parity);
+    let datagram = surv_proto::chunk::CHUNK_HEADER_BYTES + job.chunk_bytes;
+    let mut paced = Paced::new(
+        frame.clone(),
+        job.clone(),
+        (chunks, datagram),
+        st.path_kbps,
+        budget,
+        now,
+    )?;
+    let first = paced.take_due(Some(now));
+    st.paced = Some(paced);
+    Some(first)
+}
+
+/// Sends each paced session the chunks of its frame that came due by `now` (`None`: all that
+/// are left), one `sendmmsg` per socket for all of them, and forgets the sessions whose frame
+/// is out, abandoned (a send failed: its viewer asks for the rest) or that left the data path.
+fn pace(batch: &mut Batch, senders: &mut Senders, now: Option<Instant>) {
+    let Batch {
+        paced,
+        due,
+        jobs,
+        outcomes,
+        ..
+    } = batch;
+    due.clear();
+    jobs.clear();
+    paced.retain(|link| {
+        let attached = link
+            .socket
+            .links
+            .get(&link.viewer)
+            .is_some_and(|l| Arc::ptr_eq(l.value(), link));
+        let mut st = link.state();
+        let live = attached && !st.ended;
+        let Some(p) = st.paced.as_mut().filter(|_| live) else {
+            st.paced = None;
+            return false;
+        };
+        let bits = p.take_due(now);
+        if bits != 0 {
+            due.push((link.clone(), p.frame.clone(), p.part(bits)));
+        }
+        true
+    });
+    // Every paced session has the frame last sent (the rest of an older one went before it):
+    // in practice one group per socket.
+    due.sort_by_key(|(link, frame, _)| (Arc::as_ptr(&link.socket) as usize, frame.seq));
+    jobs.extend(due.iter().map(|(_, _, job)| job.clone()));
+    let mut at = 0;
+    while at < due.len() {
+        let (link, frame, _) = &due[at];
+        let end = at
+            + due[at..]
+                .iter()
+                .take_while(|(l, f, _)| Arc::ptr_eq(&l.socket, &link.socket) && f.seq == frame.seq)
+                .count();
+        let Some(datagram) = frame.jpeg() else {
+            at = end;
+            continue;
+        };
+        senders.chunks.send(
+            link.socket.udp.as_raw_fd(),
+            frame.seq,
+            datagram,
+            &jobs[at..end],
+            outcomes,
+            SEND_WAITS,
+            SEND_WAIT,
+        );
+        for ((link, frame, _), &outcome) in due[at..end].iter().zip(outcomes.iter()) {
+            let mut st = link.state();
+            if st
+                .paced
+                .as_ref()
+                .is_some_and(|p| p.frame.seq == frame.seq && (outcome != Outcome::Sent || p.done()))
+            {
+                st.paced = None;
+            }
+        }
+        at = end;
+    }
+    due.clear();
+    paced.retain(|link| link.state().paced.is_some());
 }
 
 /// Records each viewer's outcome of one frame's send, and the server's totals.

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::data_path::{DataPath, SentFrame, SharedSocket};
+use super::pacing::Paced;
 use super::rate::Rate;
 use super::window::Window;
 use crate::capture::SharedFrame;
@@ -39,6 +40,11 @@ pub(crate) struct LinkState {
     /// The share of chunks its viewer last reported lost, in thousandths (`l=`): parity
     /// chunks follow it ([`super::chunks::parity_chunks`]).
     pub loss_permille: Option<u16>,
+    /// The rate its viewer last reported its path delivers, in kbit/s (`p=`): its frames'
+    /// chunks are paced to it ([`super::pacing`]).
+    pub path_kbps: Option<u32>,
+    /// A chunked session's frame still leaving paced.
+    pub paced: Option<Paced>,
     /// A chunked session's frames last sent, oldest first, for its `nack`s
     /// (at most [`super::data_path::REPAIR_FRAMES`]).
     pub sent_chunked: VecDeque<SentFrame>,

@@ -13,6 +13,7 @@
 //! * `link`: what the data path and the session share about one viewer.
 //! * [`data_path`]: shared sockets and the fan-out thread.
 //! * `chunks`: a frame as MTU-sized chunks to the viewers that asked for them (UDP GSO).
+//! * `pacing`: a chunked frame spread at the rate its viewer's path takes.
 //! * `acks`: the ack path.
 //! * [`window`]: the ack window that keeps a lost datagram or ack from stalling a viewer.
 
@@ -21,6 +22,7 @@ pub mod admission;
 mod chunks;
 pub mod data_path;
 pub(crate) mod link;
+mod pacing;
 pub(crate) mod rate;
 pub mod session;
 pub mod window;
