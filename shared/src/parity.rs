@@ -20,6 +20,15 @@ pub fn valid_shape(k: usize, m: usize) -> bool {
     k >= 1 && (1..=MAX_PARITY_CHUNKS).contains(&m) && k + m <= MAX_CHUNKS_PER_FRAME
 }
 
+/// A frame's last data chunk `bytes` padded with zeros to `chunk_bytes`, in `buf`: the code
+/// takes whole chunks.
+fn padded<'a>(buf: &'a mut Vec<u8>, bytes: &[u8], chunk_bytes: usize) -> &'a [u8] {
+    buf.clear();
+    buf.extend_from_slice(bytes);
+    buf.resize(chunk_bytes, 0);
+    buf
+}
+
 /// Makes a frame's parity chunks; keeps its working space between frames.
 #[derive(Default)]
 pub struct ParityEncoder {
@@ -65,11 +74,8 @@ impl ParityEncoder {
         for _ in 1..k {
             rs.add_original_shard(chunks.next()?).ok()?;
         }
-        let tail = chunks.next()?;
-        self.last.clear();
-        self.last.extend_from_slice(tail);
-        self.last.resize(chunk_bytes, 0);
-        rs.add_original_shard(&self.last).ok()?;
+        rs.add_original_shard(padded(&mut self.last, chunks.next()?, chunk_bytes))
+            .ok()?;
         let result = rs.encode().ok()?;
         out.reserve(m * chunk_bytes);
         for parity in result.recovery_iter() {
@@ -116,14 +122,12 @@ impl ParityDecoder {
         let range = |i: usize| i * chunk_bytes..((i + 1) * chunk_bytes).min(frame_bytes);
         for i in (0..k).filter(|&i| have >> i & 1 == 1) {
             let bytes = frame.get(range(i))?;
-            if i + 1 == k {
-                self.last.clear();
-                self.last.extend_from_slice(bytes);
-                self.last.resize(chunk_bytes, 0);
-                rs.add_original_shard(i, &self.last).ok()?;
+            let bytes = if i + 1 == k {
+                padded(&mut self.last, bytes, chunk_bytes)
             } else {
-                rs.add_original_shard(i, bytes).ok()?;
-            }
+                bytes
+            };
+            rs.add_original_shard(i, bytes).ok()?;
         }
         for j in (0..m).filter(|&j| parity_have >> j & 1 == 1) {
             rs.add_recovery_shard(j, parity.get(j * chunk_bytes..(j + 1) * chunk_bytes)?)

@@ -434,7 +434,7 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let job = chunk_job(link, &link.state(), datagram.len(), Chunks::All);
+    let job = first_job(link, &link.state(), datagram.len());
     let jobs = job.as_ref().map(std::slice::from_ref);
     let outcome = match jobs {
         Some(jobs) => send_chunks(senders, link, frame.seq, datagram, jobs),
@@ -448,18 +448,24 @@ pub(crate) fn send_one(server: &Server, link: &Link, frame: &SharedFrame, sender
     book(server, &[link], &[outcome], jobs, frame, datagram.len());
 }
 
-/// What a chunked session is sent of a frame of `frame_bytes` (with the parity its reported
-/// loss calls for); `None` for a whole-datagram session.
-fn chunk_job(link: &Link, st: &LinkState, frame_bytes: usize, chunks: Chunks) -> Option<ChunkJob> {
-    let chunk_bytes = st.chunk_bytes?;
-    let k = surv_proto::chunk::data_chunks(frame_bytes, chunk_bytes).unwrap_or(0);
+/// What a chunked session is sent of a frame: `chunks`, the frame coded with `parity` parity
+/// chunks; `None` for a whole-datagram session.
+fn chunk_job(link: &Link, st: &LinkState, chunks: Chunks, parity: u8) -> Option<ChunkJob> {
     Some(ChunkJob {
         dest: link.viewer,
         key: st.key.unwrap_or_default(),
-        chunk_bytes,
+        chunk_bytes: st.chunk_bytes?,
         chunks,
-        parity: parity_chunks(k, st.loss_permille, st.rate.limit().is_some()),
+        parity,
     })
+}
+
+/// A chunked session's first sending of a frame of `frame_bytes`, with the parity its reported
+/// loss calls for; `None` for a whole-datagram session.
+fn first_job(link: &Link, st: &LinkState, frame_bytes: usize) -> Option<ChunkJob> {
+    let k = surv_proto::chunk::data_chunks(frame_bytes, st.chunk_bytes?).unwrap_or(0);
+    let parity = parity_chunks(k, st.loss_permille, st.rate.limit().is_some());
+    chunk_job(link, st, Chunks::All, parity)
 }
 
 /// Sends one viewer its chunks of frame `seq` now, once per job (the rare path): `Sent` if any
@@ -504,8 +510,7 @@ pub(crate) fn repair(
     let (job, limited) = {
         let st = link.state();
         (
-            chunk_job(link, &st, datagram.len(), Chunks::Missing(missing))
-                .map(|job| ChunkJob { parity, ..job }),
+            chunk_job(link, &st, Chunks::Missing(missing), parity),
             st.rate.limit().is_some(),
         )
     };
@@ -720,7 +725,7 @@ fn fan_out(
             let link = entry.value();
             let mut st = link.state();
             if offer(link, &mut st, frame, now) {
-                match chunk_job(link, &st, datagram.len(), Chunks::All) {
+                match first_job(link, &st, datagram.len()) {
                     Some(mut job) => {
                         if let Some(first) = start_pacing(&mut st, frame, &job, budget, now) {
                             job.chunks = Chunks::Part(first);
