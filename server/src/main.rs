@@ -223,7 +223,7 @@ struct Args {
     /// With --mtu: spread each frame's chunks at a little over the rate a chunked viewer
     /// reports its path delivers (surv-client does), instead of one burst that a link with a
     /// small buffer or a policer cuts short. A path that takes a frame within 2 ms (a LAN)
-    /// still gets one burst; a frame is spread over at most 4/5 of the frame interval.
+    /// still gets one burst; a frame is spread over at most 4/5 of the frame interval and 50 ms.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pace: bool,
     /// Also serve OAK host programs on this TCP port: each frame as the OAK PoE

@@ -521,7 +521,7 @@ fn median(mut d: Vec<Duration>) -> Duration {
 
 /// Viewers that report a path of 4 Mbit/s get each frame's chunks spread over most of the
 /// frame interval (at 1.25 × 4 Mbit/s a 640x480 frame of 18 or more chunks would take 43 ms or
-/// more: a 30 fps frame is spread over 26 ms at most, its chunks 2 ms apart at most), every
+/// more: a 30 fps frame is spread over 26 ms at most, its chunks 1 ms apart at most), every
 /// frame whole; one that reports a loopback-fast path, or none, gets its frames in one burst;
 /// a server with `--pace false` offers no pacing and sends bursts whatever is reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -507,11 +507,12 @@ pub(crate) fn repair(
     let Some(datagram) = frame.jpeg() else {
         return;
     };
-    let (job, limited) = {
+    let (job, limited, path_kbps) = {
         let st = link.state();
         (
             chunk_job(link, &st, Chunks::Missing(missing), parity),
             st.rate.limit().is_some(),
+            st.path_kbps,
         )
     };
     let Some(job) = job else {
@@ -521,8 +522,10 @@ pub(crate) fn repair(
         return;
     };
     let named = missing.count_ones() as usize;
-    let copies = if limited {
-        // A congested path lost them to its queue: copies would only fill it more.
+    let datagram_bytes = surv_proto::chunk::CHUNK_HEADER_BYTES + job.chunk_bytes;
+    let copies = if limited || pacing::paces(chunks, datagram_bytes, path_kbps) {
+        // A congested path lost them to its queue, a paced one cuts bursts: copies would only
+        // fill them more.
         1
     } else if named * HEAVIEST_LOSS_ONE_IN >= chunks {
         HEAVIEST_LOSS_COPIES
@@ -616,15 +619,18 @@ pub(crate) async fn fan_out_loop(
     let mut batch = Batch::default();
     // While a frame leaves paced to some session: when its next chunks are due.
     let mut next_tick: Option<Instant> = None;
-    let mut last_frame: Option<Instant> = None;
+    let (mut last_frame, mut last_interval): (Option<Instant>, Option<Duration>) = (None, None);
     loop {
         if camera.data.attached() == 0 {
             // Nobody on the data path: sleep until a session joins rather than wake this thread
             // for every frame (a wake-up costs more than a passed-through frame's whole ingest).
             // A join between the check and the wait leaves a permit, so it is not missed; the
             // frame current at a join is sent by the join itself (and not again from here).
-            batch.paced.clear();
+            for link in batch.paced.drain(..) {
+                link.state().paced = None;
+            }
             next_tick = None;
+            (last_frame, last_interval) = (None, None);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = camera.data.joined.notified() => continue,
@@ -638,7 +644,7 @@ pub(crate) async fn fan_out_loop(
         };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tick => pace(&mut batch, &mut sender, Some(Instant::now())),
+            () = tick => pace(&server, &mut batch, &mut sender, Some(Instant::now())),
             res = frames.changed() => {
                 if res.is_err() {
                     return;
@@ -646,11 +652,11 @@ pub(crate) async fn fan_out_loop(
                 let frame = frames.borrow_and_update().clone();
                 if let Some(frame) = frame {
                     // What is left of the last frame still leaving paced goes first, at once.
-                    pace(&mut batch, &mut sender, None);
+                    pace(&server, &mut batch, &mut sender, None);
                     let now = Instant::now();
                     let interval = last_frame.map_or(Duration::ZERO, |t| now - t);
-                    last_frame = Some(now);
-                    let budget = pacing::budget(interval);
+                    let budget = pacing::budget(last_interval.map_or(interval, |l| l.min(interval)));
+                    (last_frame, last_interval) = (Some(now), Some(interval));
                     fan_out(&server, &camera.data, &frame, (&mut sender, &mut batch), budget);
                 }
             }
@@ -728,10 +734,10 @@ fn fan_out(
                 match first_job(link, &st, datagram.len()) {
                     Some(mut job) => {
                         if let Some(first) = start_pacing(&mut st, frame, &job, budget, now) {
+                            // The last frame's were all sent before this one: no session is
+                            // on the list twice.
                             job.chunks = Chunks::Part(first);
-                            if !batch.paced.iter().any(|l| Arc::ptr_eq(l, link)) {
-                                batch.paced.push(link.clone());
-                            }
+                            batch.paced.push(link.clone());
                         }
                         batch.jobs.push(job);
                         batch.chunked.push(link.clone());
@@ -810,7 +816,7 @@ fn start_pacing(
 /// Sends each paced session the chunks of its frame that came due by `now` (`None`: all that
 /// are left), one `sendmmsg` per socket for all of them, and forgets the sessions whose frame
 /// is out, abandoned (a send failed: its viewer asks for the rest) or that left the data path.
-fn pace(batch: &mut Batch, senders: &mut Senders, now: Option<Instant>) {
+fn pace(server: &Server, batch: &mut Batch, senders: &mut Senders, now: Option<Instant>) {
     let Batch {
         paced,
         due,
@@ -865,6 +871,9 @@ fn pace(batch: &mut Batch, senders: &mut Senders, now: Option<Instant>) {
         );
         for ((link, frame, _), &outcome) in due[at..end].iter().zip(outcomes.iter()) {
             let mut st = link.state();
+            if outcome == Outcome::Failed {
+                send_failed(server, link, &mut st);
+            }
             if st
                 .paced
                 .as_ref()

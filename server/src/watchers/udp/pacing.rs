@@ -33,15 +33,28 @@ pub const PACE_GAIN: f64 = 1.25;
 /// A frame that the pace sends within this long goes as one burst.
 pub const MIN_PACE: Duration = Duration::from_millis(2);
 
-/// Chunks never leave further apart than this: surv-client takes 5 ms without a chunk of an
-/// incomplete frame for a loss. (A path slower than a chunk every 2 ms, 4.8 Mbit/s at mtu
-/// 1,200, is paced at that.)
-pub const MAX_SPACING: Duration = Duration::from_millis(2);
+/// Chunks are never scheduled further apart than this: surv-client takes 5 ms without a chunk
+/// of an incomplete frame for a loss, and a tick may come a millisecond or two late (the
+/// timer's resolution, a busy fan-out). (A path slower than a chunk a millisecond, 9.6 Mbit/s
+/// at mtu 1,200, is paced at that.)
+pub const MAX_SPACING: Duration = Duration::from_millis(1);
 
-/// The longest a frame is spread over: four fifths of the time since the frame before it
-/// (the frame interval), at most 50 ms.
+/// The longest a frame is spread over: four fifths of the frame interval (the shorter of the
+/// last two, so that one late frame does not stretch the next one's), at most 50 ms.
 pub fn budget(frame_interval: Duration) -> Duration {
     (frame_interval * 4 / 5).min(Duration::from_millis(50))
+}
+
+/// How long `chunks` datagrams of `datagram_bytes` take at [`PACE_GAIN`] × `path_kbps`.
+fn at_pace(chunks: usize, datagram_bytes: usize, path_kbps: u32) -> Duration {
+    let bits = (chunks * datagram_bytes) as f64 * 8.0;
+    Duration::from_secs_f64(bits / (PACE_GAIN * f64::from(path_kbps) * 1000.0))
+}
+
+/// Whether a frame of `chunks` datagrams of `datagram_bytes` goes paced to a viewer whose path
+/// delivers `path_kbps`: such a path cuts bursts, and a repair to it goes once.
+pub fn paces(chunks: usize, datagram_bytes: usize, path_kbps: Option<u32>) -> bool {
+    path_kbps.is_some_and(|kbps| chunks >= 2 && at_pace(chunks, datagram_bytes, kbps) >= MIN_PACE)
 }
 
 /// One frame leaving paced.
@@ -68,14 +81,15 @@ impl Paced {
         budget: Duration,
         now: Instant,
     ) -> Option<Paced> {
-        let kbps = f64::from(path_kbps?);
-        if chunks < 2 {
+        if !paces(chunks, datagram_bytes, path_kbps) {
             return None;
         }
-        let secs = (chunks * datagram_bytes) as f64 * 8.0 / (PACE_GAIN * kbps * 1000.0);
-        let spread = Duration::from_secs_f64(secs)
+        let spread = at_pace(chunks, datagram_bytes, path_kbps?)
             .min(budget)
             .min(MAX_SPACING * (chunks - 1) as u32);
+        if spread < MIN_PACE {
+            return None;
+        }
         if spread < MIN_PACE {
             return None;
         }
@@ -176,6 +190,7 @@ mod tests {
         let t0 = Instant::now();
         // 51 datagrams of 1,200 bytes to a path of 19,584 kbit/s: at 1.25 × that, 1,200 bytes
         // every 0.4 ms, the last at 20 ms.
+        assert!(paces(51, 1200, Some(19_584)));
         let mut p = Paced::new(frame(), job(), (51, 1200), Some(19_584), LONG, t0).unwrap();
         assert_eq!(p.spacing, Duration::from_micros(400));
         assert_eq!(p.take_due(Some(t0)), 1);
@@ -217,7 +232,7 @@ mod tests {
         // 1 Mbit/s would take 491 ms: 26.4 ms.
         let p = Paced::new(frame(), job(), (51, 1200), Some(1_000), budget, t0).unwrap();
         assert_eq!(p.spacing * 50, Duration::from_micros(26_400));
-        // 10 chunks at 1 Mbit/s: a chunk every 2 ms, not 7.7.
+        // 10 chunks at 1 Mbit/s: a chunk every millisecond, not 7.7.
         let p = Paced::new(frame(), job(), (10, 1200), Some(1_000), budget, t0).unwrap();
         assert_eq!(p.spacing, MAX_SPACING);
     }
@@ -227,6 +242,11 @@ mod tests {
         let t0 = Instant::now();
         // 51 × 1,200 bytes at 1.25 × 1 Gbit/s: 0.4 ms.
         assert!(Paced::new(frame(), job(), (51, 1200), Some(1_000_000), LONG, t0).is_none());
+        assert!(!paces(51, 1200, Some(1_000_000)));
+        assert!(!paces(51, 1200, None));
+        assert!(!paces(1, 1200, Some(1_000)));
+        // The first frame (no interval yet): no budget, a burst.
+        assert!(Paced::new(frame(), job(), (51, 1200), Some(1_000), Duration::ZERO, t0).is_none());
         assert!(Paced::new(frame(), job(), (1, 1200), Some(1_000), LONG, t0).is_none());
         assert!(Paced::new(frame(), job(), (51, 1200), None, LONG, t0).is_none());
         // Just over MIN_PACE: paced.

@@ -232,6 +232,11 @@ struct Args {
     /// frame lost. 0: whole datagrams.
     #[arg(long, default_value_t = 0)]
     mtu: u16,
+    /// With --mtu: the chunked viewers report a path of this many kbit/s in every `continue`
+    /// (`p=`), so that a server that paces (surv-server's --pace) spreads their frames at 1.25 ×
+    /// that: what pacing costs the server at scale. None: they report nothing (not paced).
+    #[arg(long, value_name = "KBPS")]
+    report_path_kbps: Option<u32>,
     /// One-way delay of the viewers' path, ms: each frame reaches its viewer, and each of the
     /// viewer's acks and hellos leaves, this long ± --jitter-ms after it was sent (uniform,
     /// independent per datagram, so they can overtake each other). Needs no root.

@@ -38,7 +38,10 @@ pub fn run(args: &Args, udp: &UdpSocket) -> anyhow::Result<()> {
         None => None,
     };
 
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        path_kbps: args.report_path_kbps,
+        ..Shared::default()
+    });
     shared.keys.mtu.store(args.mtu, Relaxed);
     let (end_tx, end_rx) = mpsc::channel();
     let receiver = {

@@ -49,6 +49,9 @@ pub struct Shared {
     pub server_ports: std::sync::Mutex<std::collections::BTreeSet<u16>>,
     /// A many-cameras run: each viewer's camera, the frames it counts, those that strayed.
     pub cameras: CameraBook,
+    /// Chunked viewers report this path rate in every `continue` (`p=`, kbit/s), as
+    /// surv-client reports the one it measures, so that the server paces their frames.
+    pub path_kbps: Option<u32>,
 }
 
 /// Phases of a run cut by frame number: phase k holds frames `bounds[k]..bounds[k + 1]`. Each
@@ -349,6 +352,9 @@ impl Viewers<'_> {
                 let _ = write!(self.ack_text, "continue {}", f.seq);
                 if let Some(rx) = f.rx_bytes {
                     let _ = write!(self.ack_text, " r={}", rx as u32);
+                    if let Some(kbps) = self.shared.path_kbps {
+                        let _ = write!(self.ack_text, " p={kbps}");
+                    }
                 }
                 if let Some(key) = shared.keys.get(index) {
                     let _ = write!(self.ack_text, " k={key:016x}");
