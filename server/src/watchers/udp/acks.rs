@@ -307,9 +307,9 @@ fn repairable(
     now: Instant,
 ) -> Option<(SharedFrame, u128, u8)> {
     let chunk_bytes = st.chunk_bytes?;
-    let missing = match &st.paced {
-        Some(p) if p.frame.seq == nack.seq => nack.missing & p.sent_bits(),
-        _ => nack.missing,
+    let missing = match st.paced_for(nack.seq) {
+        Some(p) => nack.missing & p.sent_bits(),
+        None => nack.missing,
     };
     let sent = st
         .sent_chunked

@@ -130,10 +130,14 @@ impl ChunkSender {
         for (j, job) in jobs.iter().enumerate() {
             let start = self.headers.len();
             let m = usize::from(job.parity);
-            let k = surv_proto::chunk::data_chunks(frame.len(), job.chunk_bytes).unwrap_or(0);
+            // A paced part needs the code only if it carries parity (index k or more).
+            let has_parity = |bits: u128| {
+                surv_proto::chunk::data_chunks(frame.len(), job.chunk_bytes)
+                    .is_some_and(|k| k < 128 && bits >> k != 0)
+            };
             let parity_at = match (job.chunks, m) {
                 (Chunks::All, 1..) => self.code(frame, job.chunk_bytes, job.parity),
-                (Chunks::Part(bits), 1..) if k < 128 && bits >> k != 0 => {
+                (Chunks::Part(bits), 1..) if has_parity(bits) => {
                     self.code(frame, job.chunk_bytes, job.parity)
                 }
                 _ => Some(0),

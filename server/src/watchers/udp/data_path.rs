@@ -387,7 +387,7 @@ fn record(
             st.tally.frames_sent += 1;
             st.tally.bytes_sent += bytes;
             st.send_errors = 0;
-            if st.paced.as_ref().is_some_and(|p| p.frame.seq == frame.seq) {
+            if st.paced_for(frame.seq).is_some() {
                 server.stats.frames_paced.fetch_add(1, Relaxed);
             }
             if st.chunk_bytes.is_some() {
@@ -404,9 +404,7 @@ fn record(
             }
             tracing::trace!(viewer = %link.viewer, seq = frame.seq, bytes, "sent");
         }
-        Outcome::Skipped | Outcome::Failed
-            if st.paced.as_ref().is_some_and(|p| p.frame.seq == frame.seq) =>
-        {
+        Outcome::Skipped | Outcome::Failed if st.paced_for(frame.seq).is_some() => {
             // Its first chunks did not go: the frame is not paced out either.
             st.paced = None;
             if outcome == Outcome::Failed {
@@ -522,8 +520,7 @@ pub(crate) fn repair(
         return;
     };
     let named = missing.count_ones() as usize;
-    let datagram_bytes = surv_proto::chunk::CHUNK_HEADER_BYTES + job.chunk_bytes;
-    let copies = if limited || pacing::paces(chunks, datagram_bytes, path_kbps) {
+    let copies = if limited || pacing::paces(pacing::shape(&job, chunks), path_kbps) {
         // A congested path lost them to its queue, a paced one cuts bursts: copies would only
         // fill them more.
         1
@@ -798,16 +795,8 @@ fn start_pacing(
     now: Instant,
 ) -> Option<u128> {
     let k = surv_proto::chunk::data_chunks(frame.jpeg()?.len(), job.chunk_bytes)?;
-    let chunks = k + usize::from(job.parity);
-    let datagram = surv_proto::chunk::CHUNK_HEADER_BYTES + job.chunk_bytes;
-    let mut paced = Paced::new(
-        frame.clone(),
-        job.clone(),
-        (chunks, datagram),
-        st.path_kbps,
-        budget,
-        now,
-    )?;
+    let shape = pacing::shape(job, k);
+    let mut paced = Paced::new(frame.clone(), job.clone(), shape, st.path_kbps, budget, now)?;
     let first = paced.take_due(Some(now));
     st.paced = Some(paced);
     Some(first)
@@ -875,9 +864,8 @@ fn pace(server: &Server, batch: &mut Batch, senders: &mut Senders, now: Option<I
                 send_failed(server, link, &mut st);
             }
             if st
-                .paced
-                .as_ref()
-                .is_some_and(|p| p.frame.seq == frame.seq && (outcome != Outcome::Sent || p.done()))
+                .paced_for(frame.seq)
+                .is_some_and(|p| outcome != Outcome::Sent || p.done())
             {
                 st.paced = None;
             }

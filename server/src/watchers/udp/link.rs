@@ -52,6 +52,13 @@ pub(crate) struct LinkState {
     pub rate: Rate,
 }
 
+impl LinkState {
+    /// Its frame `seq`, if that is the one leaving paced.
+    pub fn paced_for(&self, seq: u64) -> Option<&Paced> {
+        self.paced.as_ref().filter(|p| p.frame.seq == seq)
+    }
+}
+
 /// One session's end of the data path.
 pub(crate) struct Link {
     pub viewer: SocketAddr,

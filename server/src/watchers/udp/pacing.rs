@@ -51,9 +51,19 @@ fn at_pace(chunks: usize, datagram_bytes: usize, path_kbps: u32) -> Duration {
     Duration::from_secs_f64(bits / (PACE_GAIN * f64::from(path_kbps) * 1000.0))
 }
 
-/// Whether a frame of `chunks` datagrams of `datagram_bytes` goes paced to a viewer whose path
-/// delivers `path_kbps`: such a path cuts bursts, and a repair to it goes once.
-pub fn paces(chunks: usize, datagram_bytes: usize, path_kbps: Option<u32>) -> bool {
+/// A frame of `k` data chunks as `job` sends it: its datagrams, data and parity, and the size
+/// of each.
+pub fn shape(job: &ChunkJob, k: usize) -> (usize, usize) {
+    (
+        k + usize::from(job.parity),
+        surv_proto::chunk::CHUNK_HEADER_BYTES + job.chunk_bytes,
+    )
+}
+
+/// Whether a frame of `chunks` datagrams of `datagram_bytes` ([`shape`]) goes paced to a
+/// viewer whose path delivers `path_kbps`: such a path cuts bursts, and a repair to it goes
+/// once.
+pub fn paces((chunks, datagram_bytes): (usize, usize), path_kbps: Option<u32>) -> bool {
     path_kbps.is_some_and(|kbps| chunks >= 2 && at_pace(chunks, datagram_bytes, kbps) >= MIN_PACE)
 }
 
@@ -71,7 +81,7 @@ pub(crate) struct Paced {
 
 impl Paced {
     /// Starts frame `frame` to a viewer whose path delivers `path_kbps`: `job`'s `chunks`
-    /// datagrams of `datagram_bytes` each, spread over at most `budget`. `None`: it goes in one
+    /// datagrams of `datagram_bytes` each ([`shape`]), spread over at most `budget`. `None`: it goes in one
     /// burst (a fast path, one chunk, no figure).
     pub fn new(
         frame: SharedFrame,
@@ -81,15 +91,12 @@ impl Paced {
         budget: Duration,
         now: Instant,
     ) -> Option<Paced> {
-        if !paces(chunks, datagram_bytes, path_kbps) {
+        if !paces((chunks, datagram_bytes), path_kbps) {
             return None;
         }
         let spread = at_pace(chunks, datagram_bytes, path_kbps?)
             .min(budget)
             .min(MAX_SPACING * (chunks - 1) as u32);
-        if spread < MIN_PACE {
-            return None;
-        }
         if spread < MIN_PACE {
             return None;
         }
@@ -190,7 +197,8 @@ mod tests {
         let t0 = Instant::now();
         // 51 datagrams of 1,200 bytes to a path of 19,584 kbit/s: at 1.25 × that, 1,200 bytes
         // every 0.4 ms, the last at 20 ms.
-        assert!(paces(51, 1200, Some(19_584)));
+        assert_eq!(shape(&job(), 49), (51, 1200), "49 data chunks and 2 parity");
+        assert!(paces((51, 1200), Some(19_584)));
         let mut p = Paced::new(frame(), job(), (51, 1200), Some(19_584), LONG, t0).unwrap();
         assert_eq!(p.spacing, Duration::from_micros(400));
         assert_eq!(p.take_due(Some(t0)), 1);
@@ -242,9 +250,9 @@ mod tests {
         let t0 = Instant::now();
         // 51 × 1,200 bytes at 1.25 × 1 Gbit/s: 0.4 ms.
         assert!(Paced::new(frame(), job(), (51, 1200), Some(1_000_000), LONG, t0).is_none());
-        assert!(!paces(51, 1200, Some(1_000_000)));
-        assert!(!paces(51, 1200, None));
-        assert!(!paces(1, 1200, Some(1_000)));
+        assert!(!paces((51, 1200), Some(1_000_000)));
+        assert!(!paces((51, 1200), None));
+        assert!(!paces((1, 1200), Some(1_000)));
         // The first frame (no interval yet): no budget, a burst.
         assert!(Paced::new(frame(), job(), (51, 1200), Some(1_000), Duration::ZERO, t0).is_none());
         assert!(Paced::new(frame(), job(), (1, 1200), Some(1_000), LONG, t0).is_none());
