@@ -82,6 +82,13 @@ async fn a_server_with_chunks_off_sends_whole_datagrams_to_a_client_that_asks() 
     assert_eq!(s.decode_failed, 0, "{s}");
 }
 
+/// A chunk's datagram again, from its header and payload (as [`ChunkViewer::next`] split it).
+fn wire(h: &ChunkHeader, payload: &[u8]) -> Vec<u8> {
+    let mut d = h.encode().to_vec();
+    d.extend_from_slice(payload);
+    d
+}
+
 /// A viewer that says `hello mtu=1200` by hand and reads raw chunks.
 struct ChunkViewer {
     raw: RawViewer,
@@ -210,11 +217,6 @@ async fn a_nack_brings_the_lost_chunks_again_within_the_repair_limits() {
     let chunk_bytes = chunk_bytes_for_mtu(DEFAULT_MTU_BYTES);
     let now = std::time::Instant::now;
     let stats = &srv.server.stats;
-    let wire = |h: &ChunkHeader, p: &[u8]| {
-        let mut d = h.encode().to_vec();
-        d.extend_from_slice(p);
-        d
-    };
     // Whether the server refused a nack that brought nothing: then the try is made again.
     let too_late = |got: &[(ChunkHeader, Vec<u8>)], refused_before: u64, tries: usize| {
         let late = got.is_empty() && stats.nacks_refused.load(Relaxed) > refused_before;
@@ -382,7 +384,6 @@ async fn report_loss(server: SocketAddr, loss: u16, secs: u64) -> ParityRun {
         fec_offered,
     };
     let until = Instant::now() + Duration::from_secs(secs);
-    let mut buf = vec![0u8; 2_000];
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         let Some((h, payload)) = v.next(left.min(IO_TIMEOUT)).await else {
             break;
@@ -398,10 +399,7 @@ async fn report_loss(server: SocketAddr, loss: u16, secs: u64) -> ParityRun {
                 continue;
             }
         }
-        buf.clear();
-        buf.extend_from_slice(&h.encode());
-        buf.extend_from_slice(&payload);
-        let done = match r.push(&buf, std::time::Instant::now()) {
+        let done = match r.push(&wire(&h, &payload), std::time::Instant::now()) {
             Push::Complete { seq, frame } => {
                 FrameTag::decode(frame).expect("a tagged JPEG, restored or not");
                 Some(seq)
@@ -477,7 +475,6 @@ async fn report_path(server: SocketAddr, kbps: Option<u32>, secs: u64) -> (bool,
     let mut spreads = Vec::new();
     let mut acked = None;
     let until = Instant::now() + Duration::from_secs(secs);
-    let mut buf = vec![0u8; 2_000];
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         let Some((h, payload)) = v.next(left.min(IO_TIMEOUT)).await else {
             break;
@@ -486,13 +483,10 @@ async fn report_path(server: SocketAddr, kbps: Option<u32>, secs: u64) -> (bool,
         if !first_at.iter().any(|&(s, _)| s == h.seq) {
             first_at.push((h.seq, now));
         }
-        buf.clear();
-        buf.extend_from_slice(&h.encode());
-        buf.extend_from_slice(&payload);
         // A frame is whole when its last chunk comes (shown, or held behind an older one that
         // lost a chunk: this viewer asks for none, and the older one is pushed out later).
         if let Push::Complete { seq, .. } | Push::Held { seq } =
-            r.push(&buf, std::time::Instant::now())
+            r.push(&wire(&h, &payload), std::time::Instant::now())
         {
             if let Some(&(_, at)) = first_at.iter().find(|&&(s, _)| s == seq) {
                 spreads.push(now - at);
