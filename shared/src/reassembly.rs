@@ -348,9 +348,9 @@ impl Reassembler {
     }
 
     /// The rate the path delivered chunks at lately, in kbit/s (the upper quartile of the
-    /// last [`PATH_SAMPLES`] frames' spreads): what `p=` reports, so that the server paces a frame's
-    /// chunks no faster than the path takes them. `None` until a frame of three or more chunks
-    /// arrived spread over some time.
+    /// last [`PATH_SAMPLES`] frames' spreads): what `p=` reports, so that the server spreads a
+    /// frame's chunks at a little over it instead of sending them in one burst. `None` until a
+    /// frame of three or more chunks arrived spread over some time.
     pub fn path_kbps(&self) -> Option<u32> {
         self.meters.path.kbps()
     }
