@@ -20,6 +20,8 @@ export RUSTC_BOOTSTRAP=1
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks -Zsanitizer=address"
+# Crates that are not ours (fuzz/rustc-untraced.sh lists them) are built without coverage.
+export RUSTC_WRAPPER="$PWD/fuzz/rustc-untraced.sh"
 cargo build --release --manifest-path fuzz/Cargo.toml --target "$triple" --bin "$target"
 mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
 exec "${CARGO_TARGET_DIR:-fuzz/target}/$triple/release/$target" -max_total_time="$secs" -runs="$runs" -rss_limit_mb=2048 \
