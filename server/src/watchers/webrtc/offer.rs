@@ -28,6 +28,15 @@ pub const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Packets each peer keeps for retransmission on NACK (str0m's video send buffer): at 2 Mbit/s
 /// about 3 s of the stream.
 pub const RESEND_PACKETS: usize = 600;
+/// A packet is resent on NACK only this long after it was first sent (str0m keeps 3 s): a
+/// resend any later completes a frame too old to be worth showing, and spends a slow link's
+/// room on it. Behind a 1 Mbit/s link, resends of the join's frames 2 s after their capture made
+/// frames arrive 2.3 s late (`scripts/webrtc-tbf.sh`). Long enough for a resend across an
+/// intercontinental round trip, and the receiver asks for a keyframe when a frame cannot be
+/// completed.
+pub const RESEND_WITHIN: Duration = Duration::from_millis(500);
+/// str0m's default share of resent bytes past which its queued resends are dropped.
+const RESEND_RATIO_CAP: Option<f32> = Some(0.15);
 /// Where a peer's bandwidth estimate starts while its camera's rate is not yet measured (else
 /// at that rate): str0m probes at 3 and 6 times it at once, so a fast link is found within
 /// about a second, and a slow one is not flooded at the start.
@@ -240,6 +249,10 @@ pub fn answer(offer: SdpOffer, config: &PeerConfig, now: Instant) -> Result<Answ
     let Some((mid, pt)) = chosen else {
         return Err(OfferError::NoH264Video);
     };
+    match rtc.direct_api().stream_tx_by_mid(mid, None) {
+        Some(tx) => tx.set_rtx_cache(RESEND_PACKETS, RESEND_WITHIN, RESEND_RATIO_CAP),
+        None => tracing::debug!(?mid, "no send stream yet: str0m's resend history is kept"),
+    }
     Ok(Answered {
         rtc,
         answer: answer.to_sdp_string(),
