@@ -650,15 +650,9 @@ pub(crate) async fn fan_out_loop(
                 if let Some(frame) = frame {
                     // What is left of the last frame still leaving paced goes first, at once.
                     pace(&server, &mut batch, &mut sender, None);
-                    // The budget comes from the shorter of the last two intervals (one late
-                    // frame does not stretch the next); none is known for the first frame.
                     let now = Instant::now();
                     let interval = last_frame.map(|t| now - t);
-                    let shorter = match (last_interval, interval) {
-                        (Some(last), Some(this)) => last.min(this),
-                        (_, this) => this.unwrap_or_default(),
-                    };
-                    let budget = pacing::budget(shorter);
+                    let budget = pacing::budget(last_interval, interval);
                     (last_frame, last_interval) = (Some(now), interval);
                     fan_out(&server, &camera.data, &frame, (&mut sender, &mut batch), budget);
                 }

@@ -39,10 +39,16 @@ pub const MIN_PACE: Duration = Duration::from_millis(2);
 /// at mtu 1,200, is paced at that.)
 pub const MAX_SPACING: Duration = Duration::from_millis(1);
 
-/// The longest a frame is spread over: four fifths of the frame interval (the shorter of the
-/// last two, so that one late frame does not stretch the next one's), at most 50 ms.
-pub fn budget(frame_interval: Duration) -> Duration {
-    (frame_interval * 4 / 5).min(Duration::from_millis(50))
+/// The longest a frame is spread over: four fifths of the frame interval, at most 50 ms. The
+/// interval is the shorter of the last two (`last`, then `this` one's), so that one late frame
+/// does not stretch the next one's; before a second frame (`this` unknown) there is none, and
+/// the frame goes in one burst.
+pub fn budget(last: Option<Duration>, this: Option<Duration>) -> Duration {
+    let interval = match (last, this) {
+        (Some(last), Some(this)) => last.min(this),
+        (_, this) => this.unwrap_or_default(),
+    };
+    (interval * 4 / 5).min(Duration::from_millis(50))
 }
 
 /// How long `chunks` datagrams of `datagram_bytes` take at [`PACE_GAIN`] × `path_kbps`.
@@ -235,8 +241,16 @@ mod tests {
     #[test]
     fn a_frame_is_spread_no_longer_than_its_budget_nor_its_chunks_further_apart_than_max_spacing() {
         let t0 = Instant::now();
-        let budget = super::budget(Duration::from_millis(33));
+        let ms = |n| Some(Duration::from_millis(n));
+        let budget = super::budget(ms(33), ms(33));
         assert_eq!(budget, Duration::from_micros(26_400));
+        // The shorter of the last two intervals: one late frame does not stretch the next.
+        assert_eq!(super::budget(ms(33), ms(200)), budget);
+        assert_eq!(super::budget(ms(200), ms(33)), budget);
+        assert_eq!(super::budget(ms(200), ms(200)), Duration::from_millis(50));
+        // After idle: the second frame's own interval; the first frame has none.
+        assert_eq!(super::budget(None, ms(33)), budget);
+        assert_eq!(super::budget(None, None), Duration::ZERO);
         // 1 Mbit/s would take 491 ms: 26.4 ms.
         let p = Paced::new(frame(), job(), (51, 1200), Some(1_000), budget, t0).unwrap();
         assert_eq!(p.spacing * 50, Duration::from_micros(26_400));
