@@ -701,6 +701,23 @@ impl Peer {
                     self.thin.losing(Instant::now());
                     self.log_level(before, "loss");
                 }
+                // What the thinning goes by, each second (`RUST_LOG=surv_server::watchers::
+                // webrtc::engine=trace`): how a slow peer's round trip, pacer queue and estimate
+                // move together.
+                if tracing::enabled!(tracing::Level::TRACE) {
+                    let queued = self.queued();
+                    tracing::trace!(
+                        id = self.id,
+                        rtt = ?s.rtt,
+                        min_rtt = ?self.min_rtt,
+                        nacks = new_nacks,
+                        packets = new_packets,
+                        ?queued,
+                        estimate_bps = self.estimate.map(|(bps, _)| bps),
+                        level = thin::level_name(self.thin.level()),
+                        "WebRTC: egress stats"
+                    );
+                }
                 stats.nacks.fetch_add(new_nacks, Relaxed);
                 self.report.nacks = s.nacks;
                 if let Some(rtt) = s.rtt {

@@ -4,6 +4,9 @@
 //! code back from every frame it is about to show (WebRTC: `requestVideoFrameCallback` on the
 //! `<video>`; MJPEG: the `<img>`'s `load`), draws that row into a canvas and compares the code
 //! with the same wall clock. Both ends run on this machine, so there is no clock offset.
+//! With `--glass-origin` it plays a server it did not start: `scripts/webrtc-rtt.sh` runs one
+//! in a network namespace and this tool in another, behind a router that delays and drops (one
+//! machine still, one clock).
 //!
 //! Per mode (the page's WebRTC; the same with Chromium sending no UDP, so that it plays WebRTC
 //! over TCP, ICE-TCP; then `?play=mjpeg`; then LL-HLS: hls.js, from `models/`, playing
@@ -40,22 +43,33 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
     {
         bail!("--glass-modes: {unknown:?} is none of {}", MODES.join(", "));
     }
+    if let Some(origin) = &args.glass_origin {
+        if !origin.starts_with("http://") || origin.trim_end_matches('/').contains("/cam") {
+            bail!("--glass-origin takes the server's origin, http://IP:PORT, not {origin:?}");
+        }
+    }
     for mode in args.glass_modes.iter().map(String::as_str) {
-        let http = free_port()?;
-        let webrtc = match args.glass_webrtc_port {
-            0 => std::net::UdpSocket::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port(),
-            port => port,
+        // The server: the one at --glass-origin, or one of ours per mode.
+        let (server, origin) = match &args.glass_origin {
+            Some(origin) => (None, origin.trim_end_matches('/').to_string()),
+            None => {
+                let http = free_port()?;
+                let webrtc = match args.glass_webrtc_port {
+                    0 => std::net::UdpSocket::bind("127.0.0.1:0")?
+                        .local_addr()?
+                        .port(),
+                    port => port,
+                };
+                let extra = [
+                    "--http-port".to_string(),
+                    http.to_string(),
+                    "--webrtc-port".to_string(),
+                    webrtc.to_string(),
+                ];
+                let server = ServerProc::start_with(args, 16, &extra)?;
+                (Some(server), format!("http://127.0.0.1:{http}"))
+            }
         };
-        let extra = [
-            "--http-port".to_string(),
-            http.to_string(),
-            "--webrtc-port".to_string(),
-            webrtc.to_string(),
-        ];
-        let server = ServerProc::start_with(args, 16, &extra)?;
-        let origin = format!("http://127.0.0.1:{http}");
         // LL-HLS: hls.js in a page of the server's origin (the JSON of `/status`; the camera's
         // page would play WebRTC beside it), as a site that embeds the camera would play it.
         let (url, after_load) = match mode {
@@ -70,7 +84,9 @@ pub fn run(args: &Args, secs: u64) -> anyhow::Result<()> {
         let no_udp =
             (mode == "webrtc-tcp").then_some("--webrtc-ip-handling-policy=disable_non_proxied_udp");
         let measured = watch(&url, secs, after_load.as_deref(), no_udp);
-        server.stop();
+        if let Some(server) = server {
+            server.stop();
+        }
         let m = measured.with_context(|| format!("the {mode} page"))?;
         // The camera's page counts these; hls.js in a bare page does not.
         let (freezes, bitrate) = if mode == "hls" {

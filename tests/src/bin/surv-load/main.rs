@@ -263,6 +263,12 @@ struct Args {
     /// can drop a share of its packets (scripts/webrtc-tcp-loss.sh).
     #[arg(long, value_name = "PORT", default_value_t = 0)]
     glass_webrtc_port: u16,
+    /// With --glass: play a server this tool does not start, at this HTTP origin
+    /// (http://IP:PORT; loopback or a test namespace's private address), which must run the test
+    /// pattern on the same machine's clock (`scripts/webrtc-rtt.sh` puts Chromium behind a
+    /// delaying router).
+    #[arg(long, value_name = "URL")]
+    glass_origin: Option<String>,
     /// N WebRTC viewers (a str0m WHEP peer each, on a thread of its own) instead: frames per
     /// viewer, server CPU per viewer, encodes per captured frame (see `webrtc.rs`).
     #[arg(long, value_name = "N")]
