@@ -68,40 +68,8 @@ if [[ "${1:-}" == "link" ]]; then
     }
     trap cleanup EXIT
     # server (10.77.0.1) ── veth ── router ── veth ── viewer (10.78.0.2), every link MTU 1500.
-    ip netns add "$s"
-    ip netns add "$r"
-    ip netns add "$v"
-    ip link add veth-s netns "$s" type veth peer name veth-rs netns "$r"
-    ip link add veth-v netns "$v" type veth peer name veth-rv netns "$r"
-    ip -n "$s" addr add 10.77.0.1/24 dev veth-s
-    ip -n "$r" addr add 10.77.0.254/24 dev veth-rs
-    ip -n "$r" addr add 10.78.0.254/24 dev veth-rv
-    ip -n "$v" addr add 10.78.0.2/24 dev veth-v
-    for n in "$s" "$r" "$v"; do ip -n "$n" link set lo up; done
-    for l in "$s veth-s" "$r veth-rs" "$r veth-rv" "$v veth-v"; do
-        read -r n dev <<<"$l"
-        ip -n "$n" link set "$dev" mtu 1500 up
-        # A veth passes a UDP GSO send (or a GRO-merged train) to its peer whole, where a real
-        # NIC cuts it into wire packets: without this, nft would drop whole frames' chunks at
-        # once. With offloads off, the stack cuts it before the veth, as a NIC would.
-        ip netns exec "$n" ethtool -K "$dev" tx-udp-segmentation off gso off gro off >/dev/null
-    done
-    ip -n "$s" route add 10.78.0.0/24 via 10.77.0.254
-    ip -n "$v" route add 10.77.0.0/24 via 10.78.0.254
-    ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
-    if [ "$delay_ms" -gt 0 ]; then
-        # The delay: every packet the router gets from either side goes into tun0 (policy
-        # routing by input interface), surv-netdelay holds it DELAY_MS and writes it back, and
-        # the main table forwards it on. netem cannot load on these kernels.
-        ip -n "$r" tuntap add dev tun0 mode tun
-        ip -n "$r" link set tun0 mtu 1500 up
-        for n in all default tun0 veth-rs veth-rv; do ip netns exec "$r" sysctl -qw "net.ipv4.conf.$n.rp_filter=0"; done
-        ip -n "$r" route add default dev tun0 table 100
-        ip -n "$r" rule add iif veth-rs lookup 100
-        ip -n "$r" rule add iif veth-rv lookup 100
-        ip netns exec "$r" "$bin/surv-netdelay" --tun tun0 --delay-ms "$delay_ms" --seconds 7200 >"$logs/delay.log" 2>&1 &
-        delay_pid=$!
-    fi
+    . scripts/netns-link.sh
+    netns_link "$s" "$r" "$v" "$delay_ms" "$bin/surv-netdelay" "$logs/delay.log"
     if [ -n "$rate" ]; then
         # The bottleneck: the router's link toward the viewer carries RATE, with a buffer of
         # TBF_LATENCY (tail drop past it), as a slow uplink does.

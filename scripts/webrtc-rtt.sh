@@ -36,36 +36,9 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-for n in "$s" "$r" "$v"; do
-    ip netns add "$n"
-    ip -n "$n" link set lo up
-done
-ip link add veth-s netns "$s" type veth peer name veth-rs netns "$r"
-ip link add veth-v netns "$v" type veth peer name veth-rv netns "$r"
-ip -n "$s" addr add 10.77.0.1/24 dev veth-s
-ip -n "$r" addr add 10.77.0.254/24 dev veth-rs
-ip -n "$r" addr add 10.78.0.254/24 dev veth-rv
-ip -n "$v" addr add 10.78.0.2/24 dev veth-v
-for l in "$s veth-s" "$r veth-rs" "$r veth-rv" "$v veth-v"; do
-    read -r n dev <<<"$l"
-    ip -n "$n" link set "$dev" mtu 1500 up
-    ip netns exec "$n" ethtool -K "$dev" tso off gso off gro off >/dev/null
-done
-ip -n "$s" route add 10.78.0.0/24 via 10.77.0.254
-ip -n "$v" route add 10.77.0.0/24 via 10.78.0.254
-ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
-if [ "$delay_ms" -gt 0 ]; then
-    # Every packet the router gets from either side goes into tun0 (policy routing by input
-    # interface); surv-netdelay holds it DELAY_MS and writes it back; the main table forwards it.
-    ip -n "$r" tuntap add dev tun0 mode tun
-    ip -n "$r" link set tun0 mtu 1500 up
-    for n in all default tun0 veth-rs veth-rv; do ip netns exec "$r" sysctl -qw "net.ipv4.conf.$n.rp_filter=0"; done
-    ip -n "$r" route add default dev tun0 table 100
-    ip -n "$r" rule add iif veth-rs lookup 100
-    ip -n "$r" rule add iif veth-rv lookup 100
-    ip netns exec "$r" "$bin/surv-netdelay" --tun tun0 --delay-ms "$delay_ms" --seconds 7200 >"$tmp/delay.log" 2>&1 &
-    pids+=($!)
-fi
+. scripts/netns-link.sh
+netns_link "$s" "$r" "$v" "$delay_ms" "$bin/surv-netdelay" "$tmp/delay.log"
+[ -n "$delay_pid" ] && pids+=("$delay_pid")
 if [ "$loss" != 0 ]; then
     ip netns exec "$r" nft add table inet surv
     ip netns exec "$r" nft add chain inet surv toward '{ type filter hook forward priority 0; }'
