@@ -1,6 +1,7 @@
 //! `surv-netdelay`: a fixed one-way delay for every IP packet routed through a TUN device, where
-//! netem cannot load (these kernels). Root only; for `scripts/loss-netns.sh link`, which runs it
-//! in a router namespace between the server's and the viewer's: policy routing sends every packet
+//! netem cannot load (these kernels). Root only; for `scripts/loss-netns.sh link` and
+//! `scripts/webrtc-rtt.sh`, which run it (`scripts/netns-link.sh`) in a router namespace between
+//! the server's and the viewer's: policy routing sends every packet
 //! the router gets from either side into the TUN device, this program holds each one
 //! `--delay-ms` and writes it back, and the router forwards it on by its main table. So TCP,
 //! UDP, IP fragments and acks all cross with the same delay each way, as on a real path.
