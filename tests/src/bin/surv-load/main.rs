@@ -266,8 +266,9 @@ struct Args {
     /// With --glass: play a server this tool does not start, at this HTTP origin
     /// (http://IP:PORT; loopback or a test namespace's private address), which must run the test
     /// pattern on the same machine's clock (`scripts/webrtc-rtt.sh` puts Chromium behind a
-    /// delaying router).
-    #[arg(long, value_name = "URL")]
+    /// delaying router). It starts no server, so --server and --glass-webrtc-port are refused
+    /// beside it rather than ignored.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["server", "glass_webrtc_port"])]
     glass_origin: Option<String>,
     /// N WebRTC viewers (a str0m WHEP peer each, on a thread of its own) instead: frames per
     /// viewer, server CPU per viewer, encodes per captured frame (see `webrtc.rs`).
